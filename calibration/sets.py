@@ -1,0 +1,100 @@
+"""Sample sets (lists of ``{input: array}``) for each model in the zoo."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from calibration.photos import crops, load_rgb, photo_paths, split
+
+LICENSE_DIR = Path("/usr/share/common-licenses")
+
+
+def _normalise(rgb: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    x = (rgb.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def efficientnet_samples(part: str, per_photo: int = 4) -> list[dict[str, np.ndarray]]:
+    from models import efficientnet_lite0 as m
+
+    calib, held = split(photo_paths())
+    paths = calib if part == "calib" else held
+    samples = []
+    for i, path in enumerate(paths):
+        for view in crops(load_rgb(path), m.IMAGE_SIZE, per_photo, seed=i + (0 if part == "calib" else 1000)):
+            samples.append({m.INPUT_NAME: _normalise(view, m.MEAN, m.STD)})
+    return samples
+
+
+def _sentences(paths: list[Path]) -> list[str]:
+    out = []
+    for path in paths:
+        text = " ".join(path.read_text(encoding="utf-8", errors="ignore").split())
+        for chunk in text.split(". "):
+            words = chunk.split()
+            if 6 <= len(words) <= 60:
+                out.append(" ".join(words))
+    return out
+
+
+def license_files() -> list[Path]:
+    return sorted(p for p in LICENSE_DIR.iterdir() if p.is_file())
+
+
+def minilm_samples(part: str, count: int = 64, max_length: int = 128) -> list[dict[str, np.ndarray]]:
+    """Sentences from license texts: calibration and held-out from different documents."""
+    from models.minilm import load_tokenizer
+
+    files = license_files()
+    calib_files = [p for i, p in enumerate(files) if i % 3 != 2]
+    held_files = [p for i, p in enumerate(files) if i % 3 == 2]
+    sentences = _sentences(calib_files if part == "calib" else held_files)
+    rng = np.random.default_rng(0 if part == "calib" else 1)
+    picked = [sentences[i] for i in sorted(rng.choice(len(sentences), size=min(count, len(sentences)), replace=False))]
+    tok = load_tokenizer()
+    samples = []
+    for sentence in picked:
+        enc = tok(sentence, truncation=True, max_length=max_length, return_tensors="np")
+        samples.append({k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})
+    return samples
+
+
+def text_images(part: str, count: int, size: tuple[int, int] = (480, 640)) -> list[np.ndarray]:
+    """Photos with rendered text (DejaVu fonts) plus scikit-image's real text/page scans."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    calib, held = split(photo_paths())
+    photos = calib if part == "calib" else held
+    lines = _sentences(license_files())
+    rng = np.random.default_rng(10 if part == "calib" else 11)
+    fonts = sorted(Path("/usr/share/fonts/truetype/dejavu").glob("*.ttf"))
+    out = []
+    for k in range(count):
+        base = Image.fromarray(load_rgb(photos[k % len(photos)])).resize((size[1], size[0]))
+        draw = ImageDraw.Draw(base)
+        for _ in range(int(rng.integers(3, 9))):
+            font = ImageFont.truetype(str(fonts[int(rng.integers(len(fonts)))]), int(rng.integers(14, 40))) if fonts else ImageFont.load_default()
+            text = lines[int(rng.integers(len(lines)))][: int(rng.integers(10, 40))]
+            x, y = int(rng.integers(0, size[1] // 2)), int(rng.integers(0, size[0] - 40))
+            if rng.random() < 0.7:
+                box = draw.textbbox((x, y), text, font=font)
+                draw.rectangle(box, fill=tuple(int(v) for v in rng.integers(200, 256, 3)))
+                draw.text((x, y), text, font=font, fill=tuple(int(v) for v in rng.integers(0, 60, 3)))
+            else:
+                draw.text((x, y), text, font=font, fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        out.append(np.asarray(base))
+    return out
+
+
+def ppocr_samples(part: str, count: int = 24, size: tuple[int, int] = (480, 640)) -> list[dict[str, np.ndarray]]:
+    from models import ppocr_det as m
+
+    return [{"x": _normalise(img, m.MEAN, m.STD)} for img in text_images(part, count, size)]
+
+
+SETS = {
+    "efficientnet-lite0": efficientnet_samples,
+    "minilm": minilm_samples,
+    "ppocr-det": ppocr_samples,
+}

@@ -1,0 +1,42 @@
+"""Build the real pretrained models of the zoo: ``python -m models.build [NAME ...] --out DIR``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from models import efficientnet_lite0, minilm, ppocr_det
+
+BUILDERS = {
+    "efficientnet-lite0": (efficientnet_lite0.build, "efficientnet_lite0.onnx"),
+    "minilm": (minilm.build, "all_minilm_l6_v2.onnx"),
+    "ppocr-det": (ppocr_det.build, "ppocrv4_det.onnx"),
+}
+
+
+def build(name: str, out_dir: Path, force: bool = False) -> Path:
+    """Build one model into ``out_dir`` (skipped when the file is already there)."""
+    builder, filename = BUILDERS[name]
+    path = out_dir / filename
+    if path.exists() and not force:
+        return path
+    tmp = path.with_suffix(".tmp.onnx")
+    builder(tmp)
+    tmp.replace(path)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(BUILDERS)} (default: all)")
+    parser.add_argument("--out", type=Path, default=Path("build/models"))
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+    unknown = sorted(set(args.names) - set(BUILDERS))
+    if unknown:
+        parser.error(f"unknown model(s): {', '.join(unknown)}; choose from {', '.join(BUILDERS)}")
+    for name in args.names or list(BUILDERS):
+        print(build(name, args.out, args.force))
+
+
+if __name__ == "__main__":
+    main()

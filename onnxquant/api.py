@@ -1,0 +1,226 @@
+"""The public entry points. The CLI is a thin layer over these."""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxquant import __version__
+from onnxquant.calibration.collector import ProgressCallback, collect, make_session
+from onnxquant.calibration.feeds import check_feed, input_specs
+from onnxquant.calibration.observers import StatsTable, needs_histogram
+from onnxquant.calibration.sources import open_source
+from onnxquant.calibration.stats_io import load_stats, save_stats
+from onnxquant.errors import CalibrationDataError, ModelError, QuantizationError
+from onnxquant.model_io import check_model, load_model, save_model, serialize
+from onnxquant.passes.insert_qdq import insert_qdq
+from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset, prepare_model
+from onnxquant.planner import finalize, node_names, select
+from onnxquant.recipe import Recipe
+
+RECIPE_KEY = "onnxquant.recipe"
+VERSION_KEY = "onnxquant.version"
+
+
+@dataclass
+class FloatNode:
+    name: str
+    op_type: str
+    reason: str
+
+
+@dataclass
+class QuantizeResult:
+    """What ``quantize`` did, for people (``summary``) and scripts (``to_dict``)."""
+
+    model: onnx.ModelProto
+    output_path: Path | None
+    size_before: int
+    size_after: int
+    quantized_nodes: dict[str, int]  # op type -> count
+    float_nodes: list[FloatNode]
+    samples: int
+    seconds: dict[str, float]
+    recipe: Recipe
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output_path) if self.output_path else None,
+            "size_before": self.size_before,
+            "size_after": self.size_after,
+            "compression": round(self.size_before / max(self.size_after, 1), 3),
+            "quantized_nodes": dict(sorted(self.quantized_nodes.items())),
+            "quantized_node_count": sum(self.quantized_nodes.values()),
+            "float_nodes": [vars(n) for n in self.float_nodes],
+            "calibration_samples": self.samples,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "notes": self.notes,
+            "recipe": self.recipe.to_dict(),
+        }
+
+
+def _as_model(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, Path | None]:
+    if isinstance(model, onnx.ModelProto):
+        check_model(model)
+        return model, None
+    return load_model(model), Path(model)
+
+
+def _first_sample(source: Any, model: onnx.ModelProto) -> dict[str, np.ndarray] | None:
+    for sample in source:
+        return check_feed(sample, input_specs(model), 0)
+    return None
+
+
+def _self_check(quantized: onnx.ModelProto, reference: onnx.ModelProto, sample: dict[str, np.ndarray] | None) -> None:
+    """The result must be a valid model that runs and gives finite outputs of the right shapes."""
+    try:
+        check_model(quantized, what="quantized model")
+    except ModelError as exc:
+        raise QuantizationError(f"internal error, result rejected: {exc}") from exc
+    try:
+        session = make_session(quantized)
+    except ModelError as exc:
+        raise QuantizationError(f"internal error, result rejected: {exc}") from exc
+    if sample is None:
+        return
+    got = session.run(None, sample)
+    want = make_session(reference).run(None, sample)
+    for g, w, out in zip(got, want, session.get_outputs()):
+        if np.shape(g) != np.shape(w):
+            raise QuantizationError(f"internal error: output {out.name!r} changed shape {np.shape(w)} -> {np.shape(g)}")
+        if np.asarray(g).dtype.kind == "f" and not np.all(np.isfinite(g)):
+            raise QuantizationError(f"quantized output {out.name!r} is not finite")
+
+
+def _stamp(model: onnx.ModelProto, recipe: Recipe) -> None:
+    props = [p for p in model.metadata_props if p.key not in (RECIPE_KEY, VERSION_KEY)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(props)
+    helper.set_model_props(model, {**{p.key: p.value for p in props}, RECIPE_KEY: recipe.to_json(), VERSION_KEY: __version__})
+
+
+def calibrate(
+    model: onnx.ModelProto | str | os.PathLike,
+    data: Any,
+    recipe: Recipe | None = None,
+    progress: ProgressCallback | None = None,
+    histograms: bool | None = None,
+) -> StatsTable:
+    """Collect activation statistics only (to save them, or to quantize several ways later)."""
+    recipe = recipe or Recipe()
+    loaded, _ = _as_model(model)
+    prepared, _ = prepare_model(loaded, simplify=recipe.simplify)
+    node_names(prepared)
+    sel = select(prepared, recipe)
+    source = _open(prepared, data, recipe)
+    want_hist = needs_histogram(recipe.calibration.method) if histograms is None else histograms
+    return collect(prepared, sel.observed, source, want_hist, recipe.calibration.max_samples, progress, _length(source))
+
+
+def _length(source: Any) -> int | None:
+    try:
+        return len(source)
+    except TypeError:
+        return None
+
+
+def _open(prepared: onnx.ModelProto, data: Any, recipe: Recipe):
+    specs = input_specs(prepared)
+    preprocess = recipe.preprocess
+    if preprocess.size is None and len(specs) == 1 and len(specs[0].shape) == 4:
+        dims = specs[0].shape
+        hw = (dims[2], dims[3]) if preprocess.layout == "NCHW" else (dims[1], dims[2])
+        if all(isinstance(d, int) and d > 0 for d in hw):
+            preprocess = preprocess.with_size(hw)  # type: ignore[arg-type]
+    return open_source(data, [s.name for s in specs], preprocess)
+
+
+def quantize(
+    model: onnx.ModelProto | str | os.PathLike,
+    data: Any = None,
+    recipe: Recipe | None = None,
+    output: str | os.PathLike | None = None,
+    *,
+    stats: StatsTable | str | os.PathLike | None = None,
+    save_stats_to: str | os.PathLike | None = None,
+    progress: ProgressCallback | None = None,
+) -> QuantizeResult:
+    """Quantize ``model`` to int8 QDQ from calibration ``data`` (or saved ``stats``).
+
+    ``data``: a folder of .npz files or images, an iterable of ``{input: array}`` dicts, or an
+    onnxruntime ``CalibrationDataReader``. The input model is never modified; ``output`` is
+    written atomically, and only after the result passes its self-check.
+    """
+    started = time.perf_counter()
+    recipe = recipe or Recipe()
+    loaded, _ = _as_model(model)
+    size_before = loaded.ByteSize()
+    prepared, prep = prepare_model(loaded, simplify=recipe.simplify)
+    names = node_names(prepared)
+    per_channel_ok = default_opset(prepared) >= MIN_QDQ_OPSET
+    sel = select(prepared, recipe, per_channel_ok=per_channel_ok)
+    t_cal = time.perf_counter()
+    first = None
+    if stats is not None:
+        table = stats if isinstance(stats, StatsTable) else load_stats(stats)
+        missing = [t for t in sel.observed if t not in table.tensors]
+        if len(missing) == len(sel.observed) and missing:
+            raise CalibrationDataError("the statistics file does not match this model (no tensor in common)")
+        if needs_histogram(recipe.calibration.method) and any(s.histogram is None for s in table.tensors.values()):
+            raise CalibrationDataError(
+                f"calibration method {recipe.calibration.method!r} needs histograms; the statistics file has only min/max"
+            )
+        if data is not None:
+            first = _first_sample(_open(prepared, data, recipe), prepared)
+    else:
+        if data is None:
+            raise CalibrationDataError("no calibration data given")
+        source = _open(prepared, data, recipe)
+        want_hist = needs_histogram(recipe.calibration.method) or save_stats_to is not None
+        table = collect(prepared, sel.observed, source, want_hist, recipe.calibration.max_samples, progress, _length(source))
+        first = _first_sample(source, prepared) if not hasattr(data, "get_next") else None
+        if save_stats_to is not None:
+            save_stats(table, save_stats_to)
+    calibration_seconds = time.perf_counter() - t_cal
+
+    # Tensors that turned out not to be float32 (unknown before running) narrow the selection.
+    not_float = set(sel.observed) - set(table.tensors)
+    sel = select(prepared, recipe, not_float=not_float, per_channel_ok=per_channel_ok)
+    plan = finalize(prepared, sel, table, recipe)
+    quantized = insert_qdq(prepared, plan, default_opset(prepared))
+    _stamp(quantized, recipe)
+    _self_check(quantized, prepared, first)
+    out_path = save_model(quantized, output) if output is not None else None
+
+    op_by_name = {n.name: n.op_type for n in prepared.graph.node}
+    floats = [FloatNode(n, op, r) for n, (op, r) in sel.float_nodes.items() if op in _INTERESTING or "excluded" in r or "include" in r]
+    del names
+    notes = [*prep.notes, *plan.notes]
+    if prep.folded_constants:
+        notes.append(f"{prep.folded_constants} Constant nodes folded into initializers")
+    return QuantizeResult(
+        model=quantized,
+        output_path=out_path,
+        size_before=size_before,
+        size_after=len(serialize(quantized)),
+        quantized_nodes=dict(Counter(op_by_name[n] for n in sel.quantized)),
+        float_nodes=floats,
+        samples=table.samples,
+        seconds={"calibration": calibration_seconds, "total": time.perf_counter() - started},
+        recipe=recipe,
+        notes=notes,
+    )
+
+
+# Float nodes worth telling the user about: compute-heavy ops that stayed float.
+_INTERESTING = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat", "GlobalAveragePool",
+                "AveragePool", "MaxPool", "Sigmoid", "LeakyRelu", "Resize", "Relu", "Clip"}

@@ -1,0 +1,1 @@
+"""Calibration: sample sources, streaming statistics, range estimators."""

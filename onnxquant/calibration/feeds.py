@@ -1,0 +1,71 @@
+"""Check calibration samples against the model's inputs before they reach onnxruntime."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxquant.errors import CalibrationDataError
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...]  # ints are fixed dims, str/None are free
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    initializers = {i.name for i in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        ttype = value.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(ttype.elem_type)) if ttype.elem_type else np.dtype("float32")
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in ttype.shape.dim)
+        specs.append(InputSpec(value.name, dtype, dims))
+    return specs
+
+
+def check_feed(feed: dict[str, np.ndarray], specs: list[InputSpec], index: int) -> dict[str, np.ndarray]:
+    """Return the feed with safe dtype casts applied, or raise a one-line error."""
+    where = f"calibration sample {index}"
+    names = {s.name for s in specs}
+    missing = sorted(names - feed.keys())
+    if missing:
+        raise CalibrationDataError(f"{where}: missing input(s) {missing}; the model expects {sorted(names)}")
+    extra = sorted(feed.keys() - names)
+    if extra:
+        raise CalibrationDataError(f"{where}: unknown input(s) {extra}; the model expects {sorted(names)}")
+    checked = {}
+    for spec in specs:
+        value = np.asarray(feed[spec.name])
+        if value.dtype == object:
+            raise CalibrationDataError(f"{where}: input {spec.name!r} is not a numeric array")
+        if value.dtype != spec.dtype:
+            if np.can_cast(value.dtype, spec.dtype, "same_kind") and value.dtype.kind == spec.dtype.kind:
+                value = value.astype(spec.dtype)
+            else:
+                raise CalibrationDataError(
+                    f"{where}: input {spec.name!r} has dtype {value.dtype}, the model expects {spec.dtype}"
+                )
+        if spec.shape and len(spec.shape) != value.ndim:
+            raise CalibrationDataError(
+                f"{where}: input {spec.name!r} has shape {value.shape}, the model expects rank {len(spec.shape)} {_fmt(spec.shape)}"
+            )
+        for axis, (want, got) in enumerate(zip(spec.shape, value.shape)):
+            if isinstance(want, int) and want > 0 and want != got:
+                raise CalibrationDataError(
+                    f"{where}: input {spec.name!r} has shape {value.shape}, the model expects {_fmt(spec.shape)} (axis {axis})"
+                )
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            raise CalibrationDataError(f"{where}: input {spec.name!r} contains NaN or Inf")
+        checked[spec.name] = value
+    return checked
+
+
+def _fmt(shape: tuple) -> str:
+    return "[" + ", ".join(str(d) if d not in (None, "") else "?" for d in shape) + "]"

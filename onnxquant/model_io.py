@@ -1,0 +1,146 @@
+"""Loading and saving ONNX models safely.
+
+Loading refuses what a hostile or broken file could do to us: unreadable protobuf, external data
+that points outside the model's folder, graphs the checker rejects. Saving is atomic (a temporary
+file renamed into place) and deterministic, and uses external data above protobuf's 2 GB limit.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnx import external_data_helper
+
+from onnxquant.errors import ModelError
+
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _iter_graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _iter_graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _iter_graphs(sub)
+
+
+def iter_tensors(model: onnx.ModelProto):
+    """Every TensorProto that can hold weights: initializers and Constant/attribute tensors."""
+    for graph in _iter_graphs(model.graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
+                elif attr.type == onnx.AttributeProto.TENSORS:
+                    yield from attr.tensors
+
+
+def check_external_data_paths(model: onnx.ModelProto, base_dir: Path) -> None:
+    """Refuse external data locations that leave the model's folder (``..``, absolute, symlinks)."""
+    root = base_dir.resolve()
+    for tensor in iter_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        if not location or os.path.isabs(location) or Path(location).drive:
+            raise ModelError(f"external data of {tensor.name!r} has an unsafe location {location!r}")
+        target = (root / location).resolve()
+        if root != target and root not in target.parents:
+            raise ModelError(
+                f"external data of {tensor.name!r} points outside the model's folder: {location!r}"
+            )
+        if not target.is_file():
+            raise ModelError(f"external data file {location!r} of {tensor.name!r} is missing")
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read, validate and return a model with its external data loaded.
+
+    The file is opened read-only; nothing is ever written next to the input.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises several unrelated types on corrupt input
+        raise ModelError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
+    if not model.HasField("graph") or len(model.graph.node) == 0:
+        raise ModelError(f"{path}: the model has no graph nodes (empty or truncated file?)")
+    check_external_data_paths(model, path.parent)
+    try:
+        external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot read external data ({_first_line(exc)})") from exc
+    check_model(model, what=str(path))
+    return model
+
+
+def check_model(model: onnx.ModelProto, what: str = "model") -> None:
+    """``onnx.checker`` with a one-line error; large models are checked through a file."""
+    try:
+        if model.ByteSize() < PROTOBUF_LIMIT:
+            onnx.checker.check_model(model)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                tmp_path = Path(tmp) / "model.onnx"
+                _write_external(model, tmp_path)
+                onnx.checker.check_model(str(tmp_path))
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"{what}: invalid ONNX model ({_first_line(exc)})") from exc
+
+
+def serialize(model: onnx.ModelProto) -> bytes:
+    """Deterministic bytes of a model under the protobuf limit."""
+    return model.SerializeToString(deterministic=True)
+
+
+def _write_external(model: onnx.ModelProto, path: Path) -> None:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    external_data_helper.convert_model_to_external_data(
+        copy, all_tensors_to_one_file=True, location=path.name + ".data", size_threshold=1024
+    )
+    external_data_helper.write_external_data_tensors(copy, str(path.parent))
+    path.write_bytes(serialize(copy))
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write ``model`` to ``path`` atomically: on any failure no partial file is left behind.
+
+    Models over 2 GB are written with their weights in ``<name>.data`` beside the model.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxquant-", dir=path.parent))
+    try:
+        tmp_path = tmp_dir / path.name
+        if model.ByteSize() < PROTOBUF_LIMIT:
+            tmp_path.write_bytes(serialize(model))
+        else:
+            _write_external(model, tmp_path)
+            data = tmp_dir / (path.name + ".data")
+            os.replace(data, path.parent / data.name)
+        os.replace(tmp_path, path)
+    finally:
+        for leftover in tmp_dir.iterdir():
+            leftover.unlink()
+        tmp_dir.rmdir()
+    return path
+
+
+def model_size(model: onnx.ModelProto) -> int:
+    """Bytes the model takes on disk (protobuf plus any external data)."""
+    return model.ByteSize()

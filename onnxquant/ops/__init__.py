@@ -1,0 +1,1 @@
+"""Which inputs of which op types are quantized, on which axis."""

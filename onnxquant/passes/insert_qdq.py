@@ -1,0 +1,144 @@
+"""Perform a ``QuantPlan``: insert QuantizeLinear/DequantizeLinear, quantize initializers.
+
+Activations get one Q/DQ pair per tensor. When a quantized node produced the tensor, every
+reader takes the DQ output (the float tensor then exists only as the input of Q, which is what
+onnxruntime needs to fuse the producer into an integer kernel); otherwise only quantized readers
+do, and float readers keep the exact float tensor. Weights are stored quantized with a DQ node.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxquant.planner import QuantPlan
+from onnxquant.qparams import QParams, quantize
+
+MS_DOMAIN = "com.microsoft"
+
+
+class _Names:
+    """Fresh, deterministic tensor and node names that never collide with the graph's."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.used: set[str] = {i.name for i in model.graph.initializer}
+        for node in model.graph.node:
+            self.used.update(node.input)
+            self.used.update(node.output)
+            self.used.add(node.name)
+        self.used.update(v.name for v in model.graph.input)
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.used:
+            k += 1
+            name = f"{base}_{k}"
+        self.used.add(name)
+        return name
+
+
+def _qdq_domain(params: QParams, opset: int) -> str:
+    """16-bit Q/DQ is standard from opset 21; before that onnxruntime has it in com.microsoft."""
+    return MS_DOMAIN if params.dtype in ("uint16", "int16") and opset < 21 else ""
+
+
+def _params_initializers(names: _Names, base: str, params: QParams) -> list[onnx.TensorProto]:
+    scale = numpy_helper.from_array(np.asarray(params.scale, np.float32), names.fresh(f"{base}_scale"))
+    zero = numpy_helper.from_array(np.asarray(params.zero_point), names.fresh(f"{base}_zero_point"))
+    return [scale, zero]
+
+
+def _axis_attr(params: QParams) -> dict[str, int]:
+    return {"axis": params.axis} if params.axis is not None and np.ndim(params.scale) == 1 else {}
+
+
+def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int) -> onnx.ModelProto:
+    """Return a new model with the plan applied; ``model`` is left untouched."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    names = _Names(out)
+    sel = plan.selection
+    new_inits: list[onnx.TensorProto] = []
+    head: list[onnx.NodeProto] = []  # weight DQ nodes and Q/DQ of graph inputs
+    after: dict[str, list[onnx.NodeProto]] = {}  # tensor -> Q/DQ nodes placed after its producer
+    dq_of: dict[str, str] = {}
+
+    producers = {o for n in graph.node for o in n.output}
+    for tensor in sel.activations:
+        params = plan.activations[tensor]
+        scale, zero = _params_initializers(names, tensor, params)
+        new_inits += [scale, zero]
+        q_out, dq_out = names.fresh(f"{tensor}_quantized"), names.fresh(f"{tensor}_dequantized")
+        domain = _qdq_domain(params, opset)
+        nodes = [
+            helper.make_node("QuantizeLinear", [tensor, scale.name, zero.name], [q_out],
+                             name=names.fresh(f"{tensor}_QuantizeLinear"), domain=domain),
+            helper.make_node("DequantizeLinear", [q_out, scale.name, zero.name], [dq_out],
+                             name=names.fresh(f"{tensor}_DequantizeLinear"), domain=domain),
+        ]
+        (after.setdefault(tensor, []) if tensor in producers else head).extend(nodes)
+        dq_of[tensor] = dq_out
+
+    weight_dq: dict[tuple[str, str], str] = {}
+    inits = {i.name: i for i in graph.initializer}
+    for (node_name, tensor), params in sorted(plan.weights.items()):
+        value = numpy_helper.to_array(inits[tensor])
+        base = f"{tensor}_{node_name}" if sum(1 for k in plan.weights if k[1] == tensor) > 1 else tensor
+        q_init = numpy_helper.from_array(quantize(value, params), names.fresh(f"{base}_quantized"))
+        scale, zero = _params_initializers(names, base, params)
+        new_inits += [q_init, scale, zero]
+        dq_out = names.fresh(f"{base}_dequantized")
+        head.append(helper.make_node("DequantizeLinear", [q_init.name, scale.name, zero.name], [dq_out],
+                                     name=names.fresh(f"{base}_DequantizeLinear"),
+                                     domain=_qdq_domain(params, opset), **_axis_attr(params)))
+        weight_dq[(node_name, tensor)] = dq_out
+
+    body: list[onnx.NodeProto] = []
+    for node in graph.node:
+        quantized = node.name in sel.quantized
+        for i, name in enumerate(node.input):
+            if (node.name, name) in weight_dq:
+                node.input[i] = weight_dq[(node.name, name)]
+            elif name in dq_of and (quantized or name in sel.owned):
+                node.input[i] = dq_of[name]
+        body.append(node)
+        for output in node.output:
+            body.extend(after.get(output, []))
+
+    # Initializers now read only through their quantized copy are dropped.
+    still_read = {i for n in [*head, *body] for i in n.input}
+    still_read |= {o.name for o in graph.output}
+    still_read |= _subgraph_reads(body)
+    kept = [i for i in graph.initializer if i.name in still_read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    del graph.node[:]
+    graph.node.extend(head + body)
+    if any(n.domain == MS_DOMAIN for n in head + body) and not any(o.domain == MS_DOMAIN for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return out
+
+
+def _subgraph_reads(nodes: list[onnx.NodeProto]) -> set[str]:
+    """Outer-scope names read inside If/Loop/Scan bodies."""
+    reads: set[str] = set()
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            reads.update(node.input)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for g in attr.graphs:
+                        walk(g)
+
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                walk(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    walk(g)
+    return reads

@@ -1,0 +1,336 @@
+"""Decide what to quantize, as data: a plan the graph rewrite then performs.
+
+Two steps. ``select`` walks the graph in topological order and decides which nodes become
+integer kernels (and why the others stay float) and which tensors need statistics. ``finalize``
+turns calibration statistics into scales and zero points. Neither touches the graph.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxquant.calibration.observers import StatsTable, estimate_range
+from onnxquant.ops.rules import ACTIVATION_FUSERS, DEFAULT_OP_TYPES, RULES, Kind, gemm_is_plain, is_depthwise, weight_axis
+from onnxquant.qparams import QParams, asymmetric, per_channel_absmax, symmetric
+from onnxquant.recipe import NodeSelection, Recipe
+
+FLOAT = onnx.TensorProto.FLOAT
+
+
+@dataclass
+class Selection:
+    """Which nodes are quantized and which tensors they need quantized."""
+
+    quantized: dict[str, str] = field(default_factory=dict)  # node name -> op type
+    float_nodes: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (op, reason)
+    activations: list[str] = field(default_factory=list)  # tensors that get a Q/DQ pair
+    owned: set[str] = field(default_factory=set)  # produced by a quantized node: all readers use DQ
+    groups: dict[str, str] = field(default_factory=dict)  # tensor -> representative (shared scale)
+    # (node, tensor) -> (input index, channel axis or None, reduce range to 7 bits)
+    weights: dict[tuple[str, str], tuple[int, int | None, bool]] = field(default_factory=dict)
+    constants: dict[tuple[str, str], int] = field(default_factory=dict)  # (node, tensor) -> input index
+    biases: dict[tuple[str, str], str] = field(default_factory=dict)  # (node, bias) -> weight tensor
+
+    @property
+    def observed(self) -> list[str]:
+        return sorted(self.activations)
+
+
+@dataclass
+class QuantPlan:
+    """Every number the rewrite writes: activation params, weight params, per node input."""
+
+    activations: dict[str, QParams]
+    weights: dict[tuple[str, str], QParams]  # (node, initializer) -> params
+    selection: Selection
+    notes: list[str] = field(default_factory=list)
+
+
+def node_names(model: onnx.ModelProto) -> list[str]:
+    """Stable names for every node; unnamed nodes get ``<op>_<index>`` (written back)."""
+    seen: set[str] = set()
+    names = []
+    for index, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        while name in seen:
+            name = f"{name}_{index}"
+        node.name = name
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def _matches(node: onnx.NodeProto, pattern: str) -> bool:
+    if pattern.startswith("op:"):
+        return node.op_type == pattern[3:]
+    if pattern.startswith("re:"):
+        return re.search(pattern[3:], node.name) is not None
+    return node.name == pattern
+
+
+def _selected_by_user(node: onnx.NodeProto, nodes: NodeSelection) -> str | None:
+    """None when the user's include/exclude patterns allow the node, else the reason."""
+    if nodes.include and not any(_matches(node, p) for p in nodes.include):
+        return "not matched by --include"
+    if any(_matches(node, p) for p in nodes.exclude):
+        return "excluded by --exclude"
+    return None
+
+
+class _Graph:
+    """Read-only indexes over a graph: producers, consumers, types, initializers."""
+
+    def __init__(self, model: onnx.ModelProto, not_float: set[str] | None = None) -> None:
+        graph = model.graph
+        self.initializers = {i.name: i for i in graph.initializer}
+        self.outputs = {o.name for o in graph.output}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for out in node.output:
+                self.producer[out] = node
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(node)
+        types = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.output, *graph.value_info]}
+        self.not_float = not_float or set()
+        self.types = types
+
+    def is_float_activation(self, name: str) -> bool:
+        if not name or name in self.initializers:
+            return False
+        if name in self.not_float:
+            return False
+        return self.types.get(name, FLOAT) in (FLOAT, 0)  # unknown: observe, decide after calibration
+
+    def is_float_initializer(self, name: str) -> bool:
+        init = self.initializers.get(name)
+        return init is not None and init.data_type == FLOAT
+
+    def constant_value(self, name: str) -> np.ndarray | None:
+        init = self.initializers.get(name)
+        return None if init is None else numpy_helper.to_array(init)
+
+
+def _clip_is_constant(node: onnx.NodeProto, g: _Graph) -> bool:
+    return all(not name or name in g.initializers for name in node.input[1:])
+
+
+def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = None,
+           per_channel_ok: bool = True) -> Selection:
+    """Decide which nodes become integer kernels.
+
+    ``not_float`` names tensors that calibration found not to be float32 (types that shape
+    inference could not tell beforehand); nodes reading them stay float.
+    """
+    g = _Graph(model, not_float)
+    op_types = set(recipe.quantization.op_types or DEFAULT_OP_TYPES)
+    sel = Selection()
+    int8_outputs: set[str] = set()  # outputs that will be int8 (for neighbours' decisions)
+    fused_inputs: set[str] = set()  # producer outputs absorbed by a following Relu/Clip
+    parent: dict[str, str] = {}
+
+    def find(t: str) -> str:
+        while parent.get(t, t) != t:
+            t = parent[t]
+        return t
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    def stay_float(node: onnx.NodeProto, reason: str) -> None:
+        sel.float_nodes[node.name] = (node.op_type, reason)
+
+    for node in model.graph.node:
+        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if rule is None or node.op_type not in op_types:
+            stay_float(node, "op type not quantized" if rule is None else "op type not in the recipe's op_types")
+            continue
+        reason = _selected_by_user(node, recipe.nodes)
+        if reason:
+            stay_float(node, reason)
+            continue
+        data = [i for i in (node.input if rule.kind == Kind.CONCAT else [node.input[k] for k in rule.data_inputs if k < len(node.input)]) if i]
+        act = [t for t in data if t not in g.initializers]
+        if not act or not all(g.is_float_activation(t) for t in act):
+            stay_float(node, "input is not a float32 activation")
+            continue
+        if any(o in g.outputs for o in node.output) and not rule.float_output_ok:
+            stay_float(node, "produces a graph output (kept float for accuracy)")
+            continue
+        weight_ok = True
+        if rule.kind == Kind.WEIGHTED:
+            if node.op_type == "Gemm" and not gemm_is_plain(node):
+                stay_float(node, "Gemm with alpha/beta/transA is not fused")
+                continue
+            w = node.input[rule.weight_input] if len(node.input) > rule.weight_input else ""
+            if node.op_type == "MatMul" and not g.is_float_initializer(w):
+                if g.is_float_activation(w):
+                    rule = RULES["MatMul"]  # activation x activation: both sides are activations
+                    act = [node.input[0], w]
+                    weight_ok = False
+                else:
+                    stay_float(node, "MatMul weight is not float32")
+                    continue
+            elif not g.is_float_initializer(w):
+                stay_float(node, "weight is not a float32 initializer")
+                continue
+        elif rule.kind == Kind.FUSED_ACTIVATION:
+            if node.op_type == "Clip" and not _clip_is_constant(node, g):
+                stay_float(node, "Clip bounds are not constant")
+                continue
+            src = node.input[0]
+            producer = g.producer.get(src)
+            if (producer is not None and producer.name in sel.quantized and producer.op_type in ACTIVATION_FUSERS
+                    and len(g.consumers.get(src, [])) == 1 and src not in g.outputs and src in int8_outputs):
+                fused_inputs.add(src)
+                int8_outputs.discard(src)
+            elif src not in int8_outputs:
+                stay_float(node, "input is not int8 (nothing to fuse with)")
+                continue
+        elif rule.kind in (Kind.BINARY, Kind.CONCAT):
+            consts = [t for t in data if t in g.initializers]
+            if rule.kind == Kind.BINARY and (consts or len(act) < 2):
+                stay_float(node, "has a constant operand (kept float: no fused kernel gain)")
+                continue
+            if not all(t in int8_outputs for t in act):
+                stay_float(node, "not all inputs are int8")
+                continue
+        elif rule.kind in (Kind.SHARED, Kind.UNARY):
+            if node.input[0] not in int8_outputs:
+                stay_float(node, "input is not int8")
+                continue
+
+        sel.quantized[node.name] = node.op_type
+        for t in act:
+            if t not in fused_inputs:
+                sel.activations.append(t)
+        if rule.kind == Kind.WEIGHTED and weight_ok:
+            w = node.input[rule.weight_input]
+            shape = tuple(g.initializers[w].dims)
+            axis = weight_axis(node, len(shape)) if per_channel_ok and recipe.quantization.per_channel else None
+            reduce = recipe.quantization.reduce_range and not is_depthwise(node, shape)
+            sel.weights[(node.name, w)] = (rule.weight_input, axis, reduce)
+            b = node.input[rule.bias_input] if rule.bias_input is not None and len(node.input) > rule.bias_input else ""
+            if b and recipe.quantization.quantize_bias and g.is_float_initializer(b) and len(g.initializers[b].dims) == 1:
+                sel.biases[(node.name, b)] = w
+        if rule.kind == Kind.CONCAT:
+            for t in data:
+                if t in g.initializers:
+                    sel.constants[(node.name, t)] = list(node.input).index(t)
+        out = node.output[0]
+        if out not in g.outputs:
+            int8_outputs.add(out)
+            sel.owned.add(out)
+        if rule.kind in (Kind.SHARED, Kind.CONCAT):
+            for t in act:
+                union(t, out)
+            for t in data:
+                if t in g.initializers:
+                    union(t, out)
+
+    _decide_outputs(model, sel, g, fused_inputs)
+    seen: set[str] = set()
+    sel.activations = [t for t in sel.activations if not (t in seen or seen.add(t))]
+    sel.owned &= set(sel.activations)
+    for t in [*sel.activations, *(k[1] for k in sel.constants)]:
+        sel.groups[t] = find(t)
+    return sel
+
+
+def _decide_outputs(model: onnx.ModelProto, sel: Selection, g: _Graph, fused: set[str]) -> None:
+    """Quantize each quantized node's output where fusion needs it or an int8 reader exists."""
+    for node in model.graph.node:
+        if node.name not in sel.quantized:
+            continue
+        out = node.output[0]
+        if out in fused or out in g.outputs:
+            continue
+        rule = RULES[node.op_type]
+        readers = g.consumers.get(out, [])
+        int8_reader = any(r.name in sel.quantized and (r.op_type not in ("Relu", "Clip") or out not in fused) for r in readers)
+        if not rule.float_output_ok or int8_reader:
+            sel.activations.append(out)
+        else:
+            sel.owned.discard(out)
+
+
+def _activation_params(lo: float, hi: float, recipe: Recipe) -> QParams:
+    q = recipe.quantization
+    if q.activation_symmetric:
+        return symmetric(max(abs(lo), abs(hi)), q.activation_type)  # type: ignore[arg-type]
+    return asymmetric(lo, hi, q.activation_type)  # type: ignore[arg-type]
+
+
+def finalize(model: onnx.ModelProto, sel: Selection, stats: StatsTable, recipe: Recipe) -> QuantPlan:
+    """Turn statistics into scales: shared groups take the union of their members' ranges."""
+    g = _Graph(model)
+    cal = recipe.calibration
+    levels = float(2 ** (8 if recipe.quantization.activation_type.endswith("8") else 16) - 1)
+    ranges: dict[str, tuple[float, float]] = {}
+    for t in sel.activations:
+        s = stats.tensors.get(t)
+        if s is not None:
+            ranges[t] = estimate_range(s, cal.method, percentile=cal.percentile, levels=levels)
+    for (_, t) in sel.constants:
+        value = g.constant_value(t)
+        ranges[t] = (float(value.min()), float(value.max())) if value is not None and value.size else (0.0, 0.0)
+    group_range: dict[str, tuple[float, float]] = {}
+    for t, (lo, hi) in ranges.items():
+        root = sel.groups.get(t, t)
+        old = group_range.get(root, (lo, hi))
+        group_range[root] = (min(old[0], lo), max(old[1], hi))
+    activations = {t: _activation_params(*group_range[sel.groups.get(t, t)], recipe) for t in sel.activations}
+    notes: list[str] = []
+    weights: dict[tuple[str, str], QParams] = {}
+    q = recipe.quantization
+    for (node, w), (_, axis, reduce) in sel.weights.items():
+        value = g.constant_value(w)
+        absmax = per_channel_absmax(value, axis) if axis is not None else np.abs(value).max(initial=0.0)
+        weights[(node, w)] = symmetric(absmax, q.weight_type, axis, reduce)  # type: ignore[arg-type]
+    for (node, t), _ in sel.constants.items():
+        weights[(node, t)] = activations[t] if t in activations else _activation_params(*group_range[sel.groups.get(t, t)], recipe)
+    by_node = {n.name: n for n in model.graph.node}
+    for (node, b), w in sel.biases.items():
+        x = by_node[node].input[0]
+        if x not in activations:
+            continue
+        bias = g.constant_value(b).astype(np.float64)
+        params = _bias_params(bias, activations[x], weights[(node, w)])
+        if params is None:
+            notes.append(f"{node}: bias does not match the weight's channels; kept float")
+            continue
+        weights[(node, w)], weights[(node, b)] = params
+    return QuantPlan(activations, weights, sel, notes)
+
+
+# Headroom under int32 so accumulations of bias plus products do not overflow.
+_BIAS_LIMIT = float(2**31 - 1) / 4
+
+
+def _bias_params(bias: np.ndarray, x: QParams, w: QParams) -> tuple[QParams, QParams] | None:
+    """int32 bias params (scale = input scale x weight scale), raising weight scales if needed.
+
+    A channel whose weights are all near zero (common after batch-norm folding) gets a tiny
+    weight scale, and its bias would overflow int32 at ``x_scale * w_scale``. Such channels get
+    the smallest weight scale that makes the bias fit, which costs nothing: their weights are
+    near zero anyway.
+    """
+    x_scale = float(x.scale)
+    w_scale = w.scale.astype(np.float64)
+    if w_scale.ndim == 1 and w_scale.shape[0] != bias.shape[0]:
+        return None
+    needed = np.abs(bias) / (x_scale * _BIAS_LIMIT)
+    if w_scale.ndim == 0:
+        needed = np.max(needed, initial=0.0)
+    new_w_scale = np.maximum(w_scale, needed).astype(np.float32)
+    w_new = QParams(new_w_scale, w.zero_point, w.dtype, w.axis)
+    scale = (x_scale * new_w_scale.astype(np.float64)).astype(np.float32)
+    scale = np.broadcast_to(scale, bias.shape).copy()
+    return w_new, QParams(scale, np.zeros(bias.shape, np.int32), "int32", 0)

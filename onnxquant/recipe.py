@@ -1,0 +1,163 @@
+"""What to quantize and how, as one frozen value: from CLI flags, a TOML file, or Python.
+
+A recipe is validated when it is built, so a bad combination fails before any work starts, and
+it is written into the output model's metadata so every model says how it was made.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from onnxquant.calibration.observers import METHODS
+from onnxquant.calibration.preprocess import ImagePreprocess
+from onnxquant.errors import UsageError
+
+ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
+WEIGHT_TYPES = ("int8", "uint8")
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    method: str = "minmax"
+    percentile: float = 99.999
+    max_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"calibration method {self.method!r} unknown; choose from {', '.join(METHODS)}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise UsageError(f"percentile must be in (50, 100], got {self.percentile}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise UsageError(f"max_samples must be at least 1, got {self.max_samples}")
+
+
+@dataclass(frozen=True)
+class QuantizationSettings:
+    activation_type: str = "uint8"
+    activation_symmetric: bool = False
+    weight_type: str = "int8"
+    per_channel: bool = True
+    # 7-bit weights for GEMM-based kernels (depthwise convs keep 8 bits): onnxruntime's u8s8
+    # kernels on x86 CPUs without VNNI saturate 16-bit intermediate sums with full 8-bit
+    # weights (see README, "Why 7-bit weights").
+    reduce_range: bool = True
+    quantize_bias: bool = True
+    op_types: tuple[str, ...] | None = None  # None: every op type the target fuses
+
+    def __post_init__(self) -> None:
+        if self.activation_type not in ACTIVATION_TYPES:
+            raise UsageError(f"activation type {self.activation_type!r} unknown; choose from {', '.join(ACTIVATION_TYPES)}")
+        if self.weight_type not in WEIGHT_TYPES:
+            raise UsageError(f"weight type {self.weight_type!r} unknown; choose from {', '.join(WEIGHT_TYPES)}")
+        if self.activation_symmetric and self.activation_type.startswith("uint"):
+            raise UsageError("symmetric activations need a signed type (int8 or int16)")
+
+
+@dataclass(frozen=True)
+class NodeSelection:
+    """Patterns: ``op:Conv`` (op type), ``re:<regex>`` (node name regex), or an exact node name."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        import re
+
+        for pattern in (*self.include, *self.exclude):
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except re.error as exc:
+                    raise UsageError(f"bad node pattern {pattern!r}: {exc}") from exc
+            elif not pattern or pattern == "op:":
+                raise UsageError("empty node pattern")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    quantization: QuantizationSettings = field(default_factory=QuantizationSettings)
+    nodes: NodeSelection = field(default_factory=NodeSelection)
+    preprocess: ImagePreprocess = field(default_factory=ImagePreprocess)
+    simplify: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return _clean(asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def with_overrides(self, **sections: dict[str, Any]) -> "Recipe":
+        """A copy with some fields replaced, e.g. ``with_overrides(calibration={"method": "mse"})``."""
+        changes: dict[str, Any] = {}
+        for name, values in sections.items():
+            values = {k: v for k, v in values.items() if v is not None}
+            if name == "simplify":
+                changes[name] = values
+                continue
+            current = getattr(self, name)
+            changes[name] = _build(type(current), {**asdict(current), **values}, name)
+        return replace(self, **changes)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+_SECTIONS = {
+    "calibration": CalibrationSettings,
+    "quantization": QuantizationSettings,
+    "nodes": NodeSelection,
+    "preprocess": ImagePreprocess,
+}
+
+
+def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UsageError(f"recipe [{section}]: unknown key(s) {unknown}; known: {sorted(known)}")
+    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    if cls is ImagePreprocess:
+        for key in ("layout", "channel_order"):
+            if key in converted and converted[key] not in {"layout": ("NCHW", "NHWC"), "channel_order": ("RGB", "BGR")}[key]:
+                raise UsageError(f"recipe [preprocess]: bad {key} {converted[key]!r}")
+    try:
+        return cls(**converted)
+    except TypeError as exc:
+        raise UsageError(f"recipe [{section}]: {exc}") from exc
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    unknown = sorted(set(data) - set(_SECTIONS) - {"simplify"})
+    if unknown:
+        raise UsageError(f"recipe: unknown section(s) {unknown}; known: {sorted([*_SECTIONS, 'simplify'])}")
+    parts: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        section = data.get(name, {})
+        if not isinstance(section, dict):
+            raise UsageError(f"recipe: [{name}] must be a table")
+        parts[name] = _build(cls, section, name)
+    simplify = data.get("simplify", True)
+    if not isinstance(simplify, bool):
+        raise UsageError("recipe: simplify must be true or false")
+    return Recipe(simplify=simplify, **parts)
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UsageError(f"{path}: recipe file not found") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not valid TOML ({exc})") from exc
+    return recipe_from_dict(data)
