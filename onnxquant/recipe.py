@@ -91,14 +91,20 @@ class Recipe:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
-    def with_overrides(self, **sections: dict[str, Any]) -> "Recipe":
-        """A copy with some fields replaced, e.g. ``with_overrides(calibration={"method": "mse"})``."""
+    def with_overrides(self, **sections: Any) -> "Recipe":
+        """A copy with some fields replaced; ``None`` values keep the current setting.
+
+        ``with_overrides(calibration={"method": "mse"}, simplify=False)``
+        """
         changes: dict[str, Any] = {}
         for name, values in sections.items():
-            values = {k: v for k, v in values.items() if v is not None}
             if name == "simplify":
-                changes[name] = values
+                if values is not None:
+                    changes[name] = bool(values)
                 continue
+            if name not in _SECTIONS:
+                raise UsageError(f"unknown recipe section {name!r}")
+            values = {k: v for k, v in values.items() if v is not None}
             current = getattr(self, name)
             changes[name] = _build(type(current), {**asdict(current), **values}, name)
         return replace(self, **changes)

@@ -52,6 +52,14 @@ class StreamingHistogram:
         end = self.origin + self.width * self.bins
         right = max(0, math.ceil((hi - end) / self.width) + 1) if hi >= end else 0
         factor = max(1, math.ceil((left + self.bins + right) / self.bins))
+        if factor > self.bins:
+            # The old range is narrower than one new bin: restart and keep its counts in the
+            # bin that holds it (merging bin by bin would need factors beyond int64).
+            total, center = int(self.counts.sum()), self.origin + self.width * self.bins / 2
+            self.counts = np.zeros(self.bins, np.int64)
+            self._start(min(lo, self.origin), max(hi, end))
+            self.counts[min(self.bins - 1, max(0, int((center - self.origin) / self.width)))] = total
+            return
         index = (np.arange(self.bins) + left) // factor
         self.counts = np.bincount(index, weights=self.counts, minlength=self.bins).astype(np.int64)
         self.origin -= left * self.width

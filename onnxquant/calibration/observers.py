@@ -82,9 +82,18 @@ def _mse(stats: TensorStats, levels: float = 255.0, steps: int = 100, **_: float
 def _entropy(stats: TensorStats, levels: float = 255.0, steps: int = 128, **_: float) -> tuple[float, float]:
     """KL-divergence calibration (TensorRT style) over candidate clipping ranges."""
     centers, counts = _centers_counts(stats)
+    nlevels = int(levels)
+    if stats.count < 16 * nlevels:
+        return stats.min, stats.max  # too few values for a meaningful divergence
+    if stats.min >= 0:
+        # One-sided (ReLU-like) tensors: the spike of exact zeros says nothing about where to
+        # clip the positive tail, and would otherwise dominate the divergence.
+        counts = counts.copy()
+        counts[np.argmin(np.abs(centers - 0.0))] = 0.0
     total = counts.sum()
     best, best_kl = (stats.min, stats.max), np.inf
-    nlevels = int(levels)
+    if total == 0:
+        return best
     for lo, hi in _candidate_ranges(stats, steps):
         inside = (centers >= lo) & (centers <= hi)
         if inside.sum() < nlevels:

@@ -16,7 +16,9 @@ from onnx import version_converter
 
 from onnxquant.errors import ModelError
 from onnxquant.model_io import PROTOBUF_LIMIT, serialize
+from onnxquant.passes.fold_affine import fold_affine_into_conv
 from onnxquant.passes.fold_constants import fold_constant_nodes
+from onnxquant.passes.fuse_hardswish import fuse_hardswish
 
 MIN_QDQ_OPSET = 13
 
@@ -24,6 +26,8 @@ MIN_QDQ_OPSET = 13
 @dataclass
 class PrepareReport:
     folded_constants: int = 0
+    folded_affines: int = 0
+    fused_hardswish: int = 0
     opset_from: int = 0
     opset_to: int = 0
     simplified: bool = False
@@ -125,5 +129,7 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True) -> tuple[onnx.M
     work = _upgrade_opset(work, report)
     if simplify:
         work = _simplify(work, report)
+        report.folded_affines = fold_affine_into_conv(work)
+        report.fused_hardswish = fuse_hardswish(work, default_opset(work))
     work = infer_shapes(work)
     return work, report

@@ -1,0 +1,131 @@
+"""Tiny generated models for tests and the quick start (seeded random weights, built in code)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)
+
+
+def tiny_cnn(opset: int = 17, batch: int | str = "N", seed: int = 0, constant_weights: bool = False) -> onnx.ModelProto:
+    """Conv-ReLU, depthwise Conv-Clip, residual Add, MaxPool, GlobalAveragePool, Flatten, Gemm."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0, 0.3, (8, 3, 3, 3))
+    b1 = rng.normal(0, 0.1, 8)
+    w2 = rng.normal(0, 0.3, (8, 1, 3, 3))
+    b2 = rng.normal(0, 0.1, 8)
+    w3 = rng.normal(0, 0.3, (8, 8, 1, 1))
+    fc = rng.normal(0, 0.3, (4, 8))
+    fcb = rng.normal(0, 0.1, 4)
+    inits = [
+        _init("w1", w1), _init("b1", b1), _init("w2", w2), _init("b2", b2), _init("w3", w3),
+        _init("fc", fc), _init("fcb", fcb),
+        _init("clip_min", np.array(0.0)), _init("clip_max", np.array(6.0)),
+        numpy_helper.from_array(np.array([0, -1], dtype=np.int64), "flat_shape"),
+    ]
+    clip_inputs = ["c2", "clip_min", "clip_max"] if opset >= 11 else ["c2"]
+    clip_attrs = {} if opset >= 11 else {"min": 0.0, "max": 6.0}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="dwconv", pads=[1, 1, 1, 1], group=8),
+        helper.make_node("Clip", clip_inputs, ["r2"], name="relu6", **clip_attrs),
+        helper.make_node("Conv", ["r2", "w3"], ["c3"], name="pwconv"),
+        helper.make_node("Add", ["c3", "r1"], ["s"], name="residual"),
+        helper.make_node("MaxPool", ["s"], ["p"], name="maxpool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["p"], ["g"], name="gap"),
+        helper.make_node("Reshape", ["g", "flat_shape"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc", "fcb"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="onnxquant-tests")
+    model.ir_version = 8 if opset >= 13 else 7
+    if constant_weights:
+        model = weights_as_constants(model)
+    onnx.checker.check_model(model)
+    return model
+
+
+def weights_as_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model with its initializers stored as Constant nodes (as Paddle exports do)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    constants = [helper.make_node("Constant", [], [i.name], value=i, name=f"const_{i.name}") for i in out.graph.initializer]
+    nodes = list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(constants + nodes)
+    del out.graph.initializer[:]
+    return out
+
+
+def tiny_mlp(seed: int = 0, hidden: int = 16) -> onnx.ModelProto:
+    """MatMul + bias Add + Relu + MatMul over a dynamic (batch, sequence, features) input."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        _init("w1", rng.normal(0, 0.3, (8, hidden))), _init("b1", rng.normal(0, 0.1, hidden)),
+        _init("w2", rng.normal(0, 0.3, (hidden, 4))),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+        helper.make_node("Add", ["h", "b1"], ["hb"], name="bias1"),
+        helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxquant-tests")
+    model.ir_version = 8
+    return model
+
+
+def tiny_if_model() -> onnx.ModelProto:
+    """A Conv whose result goes through an If with Conv-bearing branches (nested subgraphs)."""
+    rng = np.random.default_rng(1)
+    w = _init("w", rng.normal(0, 0.3, (4, 3, 3, 3)))
+    wb = _init("wb", rng.normal(0, 0.3, (4, 4, 1, 1)))
+
+    def branch(name: str, scale: float) -> onnx.GraphProto:
+        s = _init(f"{name}_s", np.array(scale))
+        return helper.make_graph(
+            [helper.make_node("Conv", ["c", "wb"], [f"{name}_c"], name=f"{name}_conv"),
+             helper.make_node("Mul", [f"{name}_c", f"{name}_s"], [f"{name}_out"], name=f"{name}_mul")],
+            name, [], [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [1, 4, 8, 8])], [s],
+        )
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("If", ["flag"], ["y"], name="if", then_branch=branch("then", 1.0), else_branch=branch("else", -1.0)),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_if",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+         helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [w, wb],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxquant-tests")
+    model.ir_version = 8
+    return model
+
+
+def image_samples(count: int, seed: int = 0, batch: int = 1, size: int = 16) -> list[dict[str, np.ndarray]]:
+    """Smooth random images (so convolutions see image-like correlations)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        base = rng.normal(0, 1, (batch, 3, size // 4, size // 4)).astype(np.float32)
+        img = np.kron(base, np.ones((1, 1, 4, 4), np.float32)) + rng.normal(0, 0.1, (batch, 3, size, size)).astype(np.float32)
+        out.append({"x": img.astype(np.float32)})
+    return out

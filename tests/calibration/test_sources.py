@@ -1,0 +1,89 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxquant.calibration.feeds import InputSpec, check_feed
+from onnxquant.calibration.preprocess import ImagePreprocess
+from onnxquant.calibration.sources import open_source
+from onnxquant.errors import CalibrationDataError
+
+
+def test_npz_folder_is_sorted_and_lazy(tmp_path: Path):
+    for i in (2, 0, 1):
+        np.savez(tmp_path / f"s{i}.npz", x=np.full((1, 2), i, np.float32))
+    source = open_source(tmp_path, ["x"])
+    assert len(source) == 3
+    assert [int(s["x"][0, 0]) for s in source] == [0, 1, 2]
+    assert [int(s["x"][0, 0]) for s in source] == [0, 1, 2]  # re-iterable
+
+
+def test_pickled_npz_is_refused(tmp_path: Path):
+    np.savez(tmp_path / "bad.npz", x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(CalibrationDataError, match="pickled"):
+        list(open_source(tmp_path, ["x"]))
+
+
+def test_npy_only_folder_is_explained(tmp_path: Path):
+    np.save(tmp_path / "a.npy", np.zeros(3))
+    with pytest.raises(CalibrationDataError, match=".npy"):
+        open_source(tmp_path, ["x"])
+
+
+def test_empty_and_missing_folders(tmp_path: Path):
+    with pytest.raises(CalibrationDataError, match="no .npz"):
+        open_source(tmp_path, ["x"])
+    with pytest.raises(CalibrationDataError, match="not found"):
+        open_source(tmp_path / "nope", ["x"])
+
+
+def test_image_folder_with_declared_preprocessing(tmp_path: Path):
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(tmp_path / "a.png")
+    pre = ImagePreprocess(size=(16, 16), mean=(127.0,) * 3, std=(128.0,) * 3)
+    [sample] = list(open_source(tmp_path, ["image"], pre))
+    assert sample["image"].shape == (1, 3, 16, 16)
+    assert np.allclose(sample["image"], (200 - 127) / 128)
+    nhwc = ImagePreprocess(size=(8, 10), layout="NHWC")
+    [sample] = list(open_source(tmp_path, ["image"], nhwc))
+    assert sample["image"].shape == (1, 8, 10, 3)
+
+
+def test_onnxruntime_reader_and_iterables():
+    class Reader:
+        def __init__(self):
+            self.items = [{"x": np.ones(2)}, {"x": np.zeros(2)}]
+
+        def get_next(self):
+            return self.items.pop(0) if self.items else None
+
+    assert len(list(open_source(Reader(), ["x"]))) == 2
+    assert len(list(open_source([{"x": np.ones(1)}] * 3, ["x"]))) == 3
+    assert len(list(open_source((s for s in [{"x": np.ones(1)}]), ["x"]))) == 1
+
+
+SPEC = [InputSpec("x", np.dtype("float32"), ("N", 3, 4))]
+
+
+@pytest.mark.parametrize(
+    "feed, message",
+    [
+        ({}, "missing input"),
+        ({"x": np.zeros((1, 3, 4), np.float32), "y": np.zeros(1)}, "unknown input"),
+        ({"x": np.zeros((1, 3, 5), np.float32)}, "axis 2"),
+        ({"x": np.zeros((3, 4), np.float32)}, "rank 3"),
+        ({"x": np.zeros((1, 3, 4), np.int64)}, "dtype int64"),
+        ({"x": np.full((1, 3, 4), np.nan, np.float32)}, "NaN or Inf"),
+        ({"x": np.full((1, 3, 4), np.inf, np.float32)}, "NaN or Inf"),
+    ],
+)
+def test_bad_feeds_get_one_line_errors(feed, message):
+    with pytest.raises(CalibrationDataError, match=message) as info:
+        check_feed(feed, SPEC, 7)
+    assert "\n" not in str(info.value) and "sample 7" in str(info.value)
+
+
+def test_float64_is_cast_to_float32():
+    out = check_feed({"x": np.zeros((2, 3, 4))}, SPEC, 0)
+    assert out["x"].dtype == np.float32

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from models.tiny import image_samples, tiny_cnn
+
+
+def run(model: onnx.ModelProto | str | Path, feed: dict[str, np.ndarray], optimize: bool = True) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+def optimized_op_types(model: onnx.ModelProto, tmp_path: Path) -> list[str]:
+    """Op types onnxruntime's CPU provider actually runs after its QDQ fusions."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    out = tmp_path / "optimized.onnx"
+    options.optimized_model_filepath = str(out)
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(out)).graph.node]
+
+
+@pytest.fixture
+def cnn_path(tmp_path: Path) -> Path:
+    path = tmp_path / "cnn.onnx"
+    onnx.save(tiny_cnn(), str(path))
+    return path
+
+
+@pytest.fixture
+def npz_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i, sample in enumerate(image_samples(12)):
+        np.savez(folder / f"s{i:02d}.npz", **sample)
+    return folder

@@ -1,0 +1,87 @@
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from models.tiny import image_samples, tiny_cnn
+from onnxquant.passes.fold_affine import fold_affine_into_conv
+from onnxquant.passes.fold_constants import fold_constant_nodes
+from onnxquant.passes.fuse_hardswish import fuse_hardswish
+from onnxquant.passes.prepare import default_opset, prepare_model
+from tests.conftest import run
+
+FEED = image_samples(1)[0]
+
+
+def test_constant_node_weights_become_initializers():
+    model = tiny_cnn(constant_weights=True)
+    assert len(model.graph.initializer) == 0
+    folded = fold_constant_nodes(model)
+    assert folded == 10 and not any(n.op_type == "Constant" for n in model.graph.node)
+    np.testing.assert_allclose(run(model, FEED)[0], run(tiny_cnn(), FEED)[0], rtol=1e-6)
+
+
+def test_prepare_never_touches_its_input():
+    model = tiny_cnn(constant_weights=True)
+    before = model.SerializeToString()
+    prepare_model(model)
+    assert model.SerializeToString() == before
+
+
+def test_opset_11_is_upgraded_to_13_and_stays_equivalent():
+    old = tiny_cnn(opset=11)
+    prepared, report = prepare_model(old)
+    assert default_opset(prepared) == 13 and report.opset_from == 11
+    np.testing.assert_allclose(run(prepared, FEED)[0], run(old, FEED)[0], rtol=1e-5, atol=1e-6)
+
+
+def _conv_with_affines(pads: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "b"),
+        numpy_helper.from_array(np.float32(1.7).reshape(()), "pre_s"),
+        numpy_helper.from_array(rng.normal(size=(1, 3, 1, 1)).astype(np.float32), "pre_b"),
+        numpy_helper.from_array(rng.normal(size=(1, 4, 1, 1)).astype(np.float32), "post_s"),
+        numpy_helper.from_array(np.float32(0.3).reshape(()), "post_b"),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["x", "pre_s"], ["a"]),
+        helper.make_node("Add", ["a", "pre_b"], ["a2"]),
+        helper.make_node("Conv", ["a2", "w", "b"], ["c"], pads=[pads] * 4),
+        helper.make_node("Mul", ["c", "post_s"], ["c2"]),
+        helper.make_node("Add", ["post_b", "c2"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_affines_fold_into_conv_exactly():
+    feed = {"x": np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)}
+    # With padding the pre-conv Add cannot fold (the border would see it), so the Mul before it
+    # is not next to the Conv either: both stay. The post-conv Mul/Add always fold.
+    for pads, left in [(0, 0), (1, 2)]:
+        model = _conv_with_affines(pads)
+        want = run(model, feed, optimize=False)[0]
+        fold_affine_into_conv(model)
+        assert sum(n.op_type in ("Mul", "Add") for n in model.graph.node) == left
+        np.testing.assert_allclose(run(model, feed, optimize=False)[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_hardswish_pattern_fuses_exactly():
+    inits = [numpy_helper.from_array(np.float32(v).reshape(()), n) for n, v in [("three", 3), ("zero", 0), ("six", 6)]]
+    nodes = [
+        helper.make_node("Add", ["x", "three"], ["a"]),
+        helper.make_node("Clip", ["a", "zero", "six"], ["c"]),
+        helper.make_node("Mul", ["x", "c"], ["m"]),
+        helper.make_node("Div", ["m", "six"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64])], inits)
+    feed = {"x": np.linspace(-8, 8, 64, dtype=np.float32)}
+    for opset, ops in [(13, ["HardSigmoid", "Mul"]), (14, ["HardSwish"])]:
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        want = run(model, feed)[0]
+        assert fuse_hardswish(model, opset) == 1
+        assert [n.op_type for n in model.graph.node] == ops
+        np.testing.assert_allclose(run(model, feed)[0], want, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,56 @@
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from onnxquant.cli import main
+
+
+def _run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_quantize_prints_a_summary(cnn_path: Path, npz_dir: Path, tmp_path: Path):
+    out = tmp_path / "q.onnx"
+    result = _run("quantize", cnn_path, "-o", out, "--calib-data", npz_dir)
+    assert result.exit_code == 0, result.output
+    assert out.exists()
+    assert "size:" in result.output and "quantized: 10 nodes" in result.output and "Conv 3" in result.output
+
+
+def test_json_for_scripts(cnn_path: Path, npz_dir: Path, tmp_path: Path):
+    result = _run("quantize", cnn_path, "-o", tmp_path / "q.onnx", "--calib-data", npz_dir, "--json", "--calibration", "mse")
+    data = json.loads(result.output)
+    assert data["quantized_nodes"]["Conv"] == 3 and data["recipe"]["calibration"]["method"] == "mse"
+    assert data["size_before"] == cnn_path.stat().st_size
+    assert data["size_after"] == (tmp_path / "q.onnx").stat().st_size
+
+
+def test_recipe_file_and_flags(cnn_path: Path, npz_dir: Path, tmp_path: Path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[calibration]\nmethod = "percentile"\npercentile = 99.9\n[nodes]\nexclude = ["op:Gemm"]\n')
+    result = _run("quantize", cnn_path, "-o", tmp_path / "q.onnx", "--calib-data", npz_dir, "--recipe", recipe, "--json")
+    data = json.loads(result.output)
+    assert data["recipe"]["calibration"] == {"method": "percentile", "percentile": 99.9}
+    assert "Gemm" not in data["quantized_nodes"]
+    assert any(n["op_type"] == "Gemm" and "excluded" in n["reason"] for n in data["float_nodes"])
+
+
+def test_errors_are_one_line_with_exit_codes(cnn_path: Path, npz_dir: Path, tmp_path: Path):
+    bad_model = tmp_path / "bad.onnx"
+    bad_model.write_bytes(b"\x08\x07garbage")
+    cases = [
+        (("quantize", bad_model, "-o", tmp_path / "o.onnx", "--calib-data", npz_dir), 3),
+        (("quantize", cnn_path, "-o", tmp_path / "o.onnx", "--calib-data", tmp_path / "missing"), 4),
+        (("quantize", cnn_path, "-o", tmp_path / "o.onnx", "--calib-data", npz_dir, "--activation-type", "uint8",
+          "--symmetric-activations"), 2),
+    ]
+    bad_recipe = tmp_path / "r.toml"
+    bad_recipe.write_text("[calibration]\nmethdo = 'mse'\n")
+    cases.append((("quantize", cnn_path, "-o", tmp_path / "o.onnx", "--calib-data", npz_dir, "--recipe", bad_recipe), 2))
+    for args, code in cases:
+        result = _run(*args)
+        assert result.exit_code == code, result.output
+        assert result.output.startswith("error: ") and result.output.count("\n") == 1
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "o.onnx").exists()

@@ -1,0 +1,72 @@
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+import numpy as np
+
+from models.tiny import tiny_cnn, tiny_mlp
+from onnxquant.ops.rules import weight_axis
+from onnxquant.passes.prepare import prepare_model
+from onnxquant.planner import node_names, select
+from onnxquant.recipe import NodeSelection, Recipe
+
+
+def _select(model: onnx.ModelProto, recipe: Recipe = Recipe()):
+    prepared, _ = prepare_model(model, simplify=False)
+    node_names(prepared)
+    return prepared, select(prepared, recipe)
+
+
+def test_weight_axes_per_op():
+    node = lambda op, **a: helper.make_node(op, [], [], **a)  # noqa: E731
+    assert weight_axis(node("Conv"), 4) == 0
+    assert weight_axis(node("ConvTranspose"), 4) == 1
+    assert weight_axis(node("ConvTranspose", group=2), 4) is None
+    assert weight_axis(node("Gemm", transB=1), 2) == 0
+    assert weight_axis(node("Gemm"), 2) == 1
+    assert weight_axis(node("MatMul"), 2) == 1
+    assert weight_axis(node("MatMul"), 3) is None
+
+
+def test_cnn_selection_fuses_activations_and_shares_pool_scale():
+    _, sel = _select(tiny_cnn())
+    assert set(sel.quantized) == {"conv1", "relu1", "dwconv", "relu6", "pwconv", "residual", "maxpool", "gap", "flatten", "fc"}
+    # Conv outputs feeding only a Relu/Clip are not quantized: the activation is fused.
+    assert "c1" not in sel.activations and "c2" not in sel.activations
+    assert {"x", "r1", "r2", "c3", "s", "p", "g", "f"} <= set(sel.activations)
+    assert sel.groups["p"] == sel.groups["s"]  # MaxPool shares its input's scale
+    assert sel.groups["f"] == sel.groups["g"]  # Reshape too
+    assert "logits" not in sel.activations  # graph outputs stay float
+    axes = {node: axis for (node, _), (_, axis, _) in sel.weights.items()}
+    assert axes == {"conv1": 0, "dwconv": 0, "pwconv": 0, "fc": 0}
+    reduce = {node: r for (node, _), (_, _, r) in sel.weights.items()}
+    assert reduce["dwconv"] is False and reduce["conv1"] is True  # depthwise keeps 8 bits
+
+
+def test_bias_add_after_matmul_stays_float():
+    _, sel = _select(tiny_mlp())
+    assert set(sel.quantized) == {"mm1", "mm2"}
+    assert "h" not in sel.activations  # float output: MatMulIntegerToFloat
+    assert sel.float_nodes["bias1"][1].startswith("has a constant operand")
+
+
+def test_include_exclude_by_name_op_and_regex():
+    _, sel = _select(tiny_cnn(), Recipe(nodes=NodeSelection(exclude=("op:Gemm", "re:^dw"))))
+    assert "fc" not in sel.quantized and "dwconv" not in sel.quantized
+    assert sel.float_nodes["fc"][1] == "excluded by --exclude"
+    _, sel = _select(tiny_cnn(), Recipe(nodes=NodeSelection(include=("conv1", "relu1"))))
+    assert set(sel.quantized) == {"conv1", "relu1"}
+
+
+def test_concat_shares_one_scale_across_inputs():
+    inits = [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32) * k, f"w{k}") for k in (1, 2, 3)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="ca"),
+        helper.make_node("Conv", ["x", "w2"], ["b"], name="cb"),
+        helper.make_node("Concat", ["a", "b"], ["c"], name="cat", axis=1),
+        helper.make_node("Conv", ["c", "w3"], ["y"], name="cy") if False else helper.make_node("Relu", ["c"], ["y"], name="r"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits[:2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    _, sel = _select(model)
+    assert "cat" in sel.quantized
+    assert sel.groups["a"] == sel.groups["b"] == sel.groups["c"]
