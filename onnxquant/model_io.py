@@ -81,10 +81,16 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelError(f"{path}: the model has no graph nodes (empty or truncated file?)")
     check_external_data_paths(model, path.parent)
     try:
+        # The checker reads the file itself (no Python-side re-serialization, works over 2 GB).
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"{path}: invalid ONNX model ({_first_line(exc)})") from exc
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot be checked ({_first_line(exc)})") from exc
+    try:
         external_data_helper.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:
         raise ModelError(f"{path}: cannot read external data ({_first_line(exc)})") from exc
-    check_model(model, what=str(path))
     return model
 
 
@@ -117,17 +123,20 @@ def _write_external(model: onnx.ModelProto, path: Path) -> None:
     path.write_bytes(serialize(copy))
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, data: bytes | None = None) -> Path:
     """Write ``model`` to ``path`` atomically: on any failure no partial file is left behind.
 
-    Models over 2 GB are written with their weights in ``<name>.data`` beside the model.
+    ``data``, when given, is the model's serialization already made by the caller. Models over
+    2 GB are written with their weights in ``<name>.data`` beside the model.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxquant-", dir=path.parent))
     try:
         tmp_path = tmp_dir / path.name
-        if model.ByteSize() < PROTOBUF_LIMIT:
+        if data is not None:
+            tmp_path.write_bytes(data)
+        elif model.ByteSize() < PROTOBUF_LIMIT:
             tmp_path.write_bytes(serialize(model))
         else:
             _write_external(model, tmp_path)

@@ -157,6 +157,19 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
             stay_float(node, reason)
             continue
         data = [i for i in (node.input if rule.kind == Kind.CONCAT else [node.input[k] for k in rule.data_inputs if k < len(node.input)]) if i]
+        if rule.kind == Kind.GATHER:
+            # An embedding table: stored 8-bit, looked up in 8 bits (onnxruntime drops the
+            # DQ/Q pair around Gather when both share one scale), dequantized after.
+            if not g.is_float_initializer(node.input[0]) or node.output[0] in g.outputs:
+                stay_float(node, "Gather data is not a float32 table" if node.output[0] not in g.outputs
+                           else "produces a graph output (kept float for accuracy)")
+                continue
+            sel.quantized[node.name] = node.op_type
+            sel.constants[(node.name, node.input[0])] = 0
+            union(node.input[0], node.output[0])
+            int8_outputs.add(node.output[0])
+            sel.owned.add(node.output[0])
+            continue
         act = [t for t in data if t not in g.initializers]
         if not act or not all(g.is_float_activation(t) for t in act):
             stay_float(node, "input is not a float32 activation")

@@ -22,7 +22,12 @@ ProgressCallback = Callable[[int, int | None], None]
 
 
 def model_digest(model: onnx.ModelProto) -> str:
-    return hashlib.sha256(serialize(model)).hexdigest()
+    """Digest of the graph's structure (ops and tensor names, not weights): what saved
+    statistics must match to be reused."""
+    h = hashlib.sha256()
+    for node in model.graph.node:
+        h.update("|".join([node.op_type, *node.input, ">", *node.output]).encode())
+    return h.hexdigest()
 
 
 def _augment(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -35,7 +40,7 @@ def _augment(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return augmented
 
 
-def make_session(model: onnx.ModelProto, threads: int = 0):
+def make_session(model: onnx.ModelProto | bytes, threads: int = 0):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -43,7 +48,8 @@ def make_session(model: onnx.ModelProto, threads: int = 0):
     if threads:
         options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(serialize(model), options, providers=["CPUExecutionProvider"])
+        data = model if isinstance(model, bytes) else serialize(model)
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot run the model: {str(exc).strip().splitlines()[0]}") from exc
 

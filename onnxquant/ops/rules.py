@@ -21,6 +21,7 @@ class Kind(enum.Enum):
     CONCAT = "concat"  # inputs and output share one scale
     SHARED = "shared"  # data movement: output shares the input's scale (Q/DQ dropped)
     UNARY = "unary"  # pools, Sigmoid, LeakyRelu: own output scale
+    GATHER = "gather"  # embedding lookup: the table is stored 8-bit, the output shares its scale
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ RULES: dict[str, OpRule] = {
     "Unsqueeze": OpRule(Kind.SHARED),
     "Flatten": OpRule(Kind.SHARED),
     "Resize": OpRule(Kind.SHARED),
+    "Gather": OpRule(Kind.GATHER),
     "GlobalAveragePool": OpRule(Kind.UNARY),
     "AveragePool": OpRule(Kind.UNARY),
     "Sigmoid": OpRule(Kind.UNARY),

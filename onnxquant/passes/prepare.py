@@ -80,12 +80,8 @@ def _used_domains(model: onnx.ModelProto) -> set[str]:
 
 
 def _simplify(model: onnx.ModelProto, report: PrepareReport) -> onnx.ModelProto:
-    """Run onnxruntime's BASIC (standard-op only) graph optimizer offline."""
+    """Run onnxruntime's BASIC (standard-op only) graph optimizer offline (models under 2 GB)."""
     import onnxruntime as ort
-
-    if model.ByteSize() >= PROTOBUF_LIMIT:
-        report.notes.append("model over 2 GB: graph simplification skipped")
-        return model
     with tempfile.TemporaryDirectory(prefix="onnxquant-") as tmp:
         out = Path(tmp) / "simplified.onnx"
         options = ort.SessionOptions()
@@ -111,10 +107,8 @@ def _simplify(model: onnx.ModelProto, report: PrepareReport) -> onnx.ModelProto:
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shape and type inference where onnx can do it; the model unchanged where it cannot."""
-    if model.ByteSize() >= PROTOBUF_LIMIT:
-        return model
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:
         return model
 
@@ -127,9 +121,14 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True) -> tuple[onnx.M
     report.folded_constants = fold_constant_nodes(work)
     _drop_initializer_inputs(work)
     work = _upgrade_opset(work, report)
-    if simplify:
+    small = work.ByteSize() < PROTOBUF_LIMIT  # in-memory tools stop at protobuf's limit
+    if simplify and small:
         work = _simplify(work, report)
+    elif simplify:
+        report.notes.append("model over 2 GB: onnxruntime graph simplification skipped")
+    if simplify:
         report.folded_affines = fold_affine_into_conv(work)
         report.fused_hardswish = fuse_hardswish(work, default_opset(work))
-    work = infer_shapes(work)
+    if small:
+        work = infer_shapes(work)
     return work, report

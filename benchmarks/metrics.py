@@ -1,0 +1,38 @@
+"""Agreement of a compressed model with its fp32 original, per kind of output."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def classifier(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
+    """Top-1 agreement and mean KL(fp32 || int8) of the softmax."""
+    top1 = np.mean([np.array_equal(r.argmax(-1), g.argmax(-1)) for r, g in zip(ref, got)])
+    kl = np.mean([np.sum(_softmax(r) * (np.log(_softmax(r) + 1e-12) - np.log(_softmax(g) + 1e-12)), -1).mean()
+                  for r, g in zip(ref, got)])
+    return {"top1_agreement": float(top1), "kl": float(kl)}
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+
+
+def embedding(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
+    """Mean and worst cosine similarity of the embeddings."""
+    cos = [_cos(r, g) for r, g in zip(ref, got)]
+    return {"cosine": float(np.mean(cos)), "cosine_min": float(np.min(cos))}
+
+
+def probability_map(ref: list[np.ndarray], got: list[np.ndarray], threshold: float = 0.3) -> dict[str, float]:
+    """Text-probability maps: pixel agreement and IoU of the text mask at the detector's threshold."""
+    agree = np.mean([((r > threshold) == (g > threshold)).mean() for r, g in zip(ref, got)])
+    iou = np.mean([((r > threshold) & (g > threshold)).sum() / max(((r > threshold) | (g > threshold)).sum(), 1)
+                   for r, g in zip(ref, got)])
+    mae = np.mean([np.abs(r - g).mean() for r, g in zip(ref, got)])
+    return {"mask_iou": float(iou), "pixel_agreement": float(agree), "mean_abs_error": float(mae)}

