@@ -22,7 +22,7 @@ from onnxquant.errors import CalibrationDataError, ModelError, QuantizationError
 from onnxquant.model_io import PROTOBUF_LIMIT, check_model, load_model, save_model, serialize
 from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset, prepare_model
-from onnxquant.planner import finalize, node_names, select
+from onnxquant.planner import NOT_FLOAT, finalize, node_names, select
 from onnxquant.recipe import Recipe
 
 RECIPE_KEY = "onnxquant.recipe"
@@ -197,7 +197,9 @@ def quantize(
     out_path = save_model(quantized, output, data) if output is not None else None
 
     op_by_name = {n.name: n.op_type for n in prepared.graph.node}
-    floats = [FloatNode(n, op, r) for n, (op, r) in sel.float_nodes.items() if op in _INTERESTING or "excluded" in r or "include" in r]
+    # Shape arithmetic (int64 Concat, Gather of shapes...) is not float compute: not reported.
+    floats = [FloatNode(n, op, r) for n, (op, r) in sel.float_nodes.items()
+              if (op in _INTERESTING and r != NOT_FLOAT) or "excluded" in r or "include" in r]
     del names
     notes = [*prep.notes, *plan.notes]
     if prep.folded_constants:

@@ -111,6 +111,7 @@ def _parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
 @click.option("--weight-type", type=click.Choice(WEIGHT_TYPES), help="Weight type (default int8).")
 @click.option("--per-channel/--per-tensor", default=None, help="Per-channel weight scales (default per-channel).")
 @click.option("--reduce-range/--no-reduce-range", default=None, help="7-bit weights in GEMM kernels (default on; see README).")
+@click.option("--quantize-bias/--float-bias", default=None, help="int32 biases for Conv/Gemm (default on).")
 @click.option("--op-types", help="Comma-separated op types to quantize (default: all supported).")
 @click.option("--include", multiple=True, help="Only quantize matching nodes: NAME, op:TYPE or re:REGEX. Repeatable.")
 @click.option("--exclude", multiple=True, help="Keep matching nodes float: NAME, op:TYPE or re:REGEX. Repeatable.")
@@ -118,6 +119,8 @@ def _parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
 @click.option("--image-mean", help="Image calibration: per-channel mean in 0..255, e.g. 127,127,127.")
 @click.option("--image-std", help="Image calibration: per-channel std in 0..255, e.g. 128,128,128.")
 @click.option("--image-layout", type=click.Choice(["NCHW", "NHWC"]), help="Image calibration: input layout.")
+@click.option("--image-resize", type=int, help="Image calibration: short side before the centre crop (default crop*256/224).")
+@click.option("--image-channel-order", type=click.Choice(["RGB", "BGR"]), help="Image calibration: channel order.")
 @click.option("--no-simplify", is_flag=True, default=False, help="Skip graph simplification before quantizing.")
 @click.option("--save-stats", type=click.Path(dir_okay=False, path_type=Path), help="Save calibration statistics (re-quantize later without running the model).")
 @click.option("--load-stats", type=click.Path(dir_okay=False, path_type=Path), help="Use saved statistics instead of running calibration.")
@@ -127,8 +130,9 @@ def _parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
 def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Path | None, calibration: str | None,
              percentile: float | None, max_samples: int | None, activation_type: str | None,
              symmetric_activations: bool | None, weight_type: str | None, per_channel: bool | None,
-             reduce_range: bool | None, op_types: str | None, include: tuple[str, ...], exclude: tuple[str, ...],
-             image_size: str | None, image_mean: str | None, image_std: str | None, image_layout: str | None,
+             reduce_range: bool | None, quantize_bias: bool | None, op_types: str | None, include: tuple[str, ...],
+             exclude: tuple[str, ...], image_size: str | None, image_mean: str | None, image_std: str | None,
+             image_layout: str | None, image_resize: int | None, image_channel_order: str | None,
              no_simplify: bool, save_stats: Path | None, load_stats: Path | None, as_json: bool, quiet: bool,
              debug: bool) -> None:
     """Quantize MODEL to an int8 QDQ model using calibration data."""
@@ -141,13 +145,14 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
         quantization={
             "activation_type": activation_type, "activation_symmetric": symmetric_activations,
             "weight_type": weight_type, "per_channel": per_channel, "reduce_range": reduce_range,
+            "quantize_bias": quantize_bias,
             "op_types": tuple(t.strip() for t in op_types.split(",") if t.strip()) if op_types else None,
         },
         nodes={"include": include or None, "exclude": exclude or None},
         preprocess={
             "size": tuple(int(v) for v in size) if size else None,
             "mean": _parse_floats(image_mean, "--image-mean"), "std": _parse_floats(image_std, "--image-std"),
-            "layout": image_layout,
+            "layout": image_layout, "resize": image_resize, "channel_order": image_channel_order,
         },
     )
     if no_simplify:

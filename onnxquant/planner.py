@@ -19,6 +19,7 @@ from onnxquant.qparams import QParams, asymmetric, per_channel_absmax, symmetric
 from onnxquant.recipe import NodeSelection, Recipe
 
 FLOAT = onnx.TensorProto.FLOAT
+NOT_FLOAT = "input is not a float32 activation"
 
 
 @dataclass
@@ -172,7 +173,7 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
             continue
         act = [t for t in data if t not in g.initializers]
         if not act or not all(g.is_float_activation(t) for t in act):
-            stay_float(node, "input is not a float32 activation")
+            stay_float(node, NOT_FLOAT)
             continue
         if any(o in g.outputs for o in node.output) and not rule.float_output_ok:
             stay_float(node, "produces a graph output (kept float for accuracy)")

@@ -54,3 +54,33 @@ def test_errors_are_one_line_with_exit_codes(cnn_path: Path, npz_dir: Path, tmp_
         assert result.output.startswith("error: ") and result.output.count("\n") == 1
         assert "Traceback" not in result.output
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_every_quantization_setting_has_a_flag(cnn_path: Path, npz_dir: Path, tmp_path: Path):
+    result = _run("quantize", cnn_path, "-o", tmp_path / "q.onnx", "--calib-data", npz_dir, "--json",
+                  "--float-bias", "--no-reduce-range", "--per-tensor", "--weight-type", "uint8",
+                  "--activation-type", "int8", "--symmetric-activations", "--max-samples", "5", "--op-types", "Conv,Relu")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["recipe"]["quantization"] == {
+        "activation_symmetric": True, "activation_type": "int8", "op_types": ["Conv", "Relu"], "per_channel": False,
+        "quantize_bias": False, "reduce_range": False, "weight_type": "uint8",
+    }
+    assert data["calibration_samples"] == 5 and set(data["quantized_nodes"]) == {"Conv", "Relu"}
+
+
+def test_image_folder_flags(cnn_path: Path, tmp_path: Path):
+    from PIL import Image
+    import numpy as np
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    result = _run("quantize", cnn_path, "-o", tmp_path / "q.onnx", "--calib-data", photos, "--json",
+                  "--image-mean", "127,127,127", "--image-std", "128,128,128", "--image-resize", "20",
+                  "--image-channel-order", "BGR")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["calibration_samples"] == 3
+    assert data["recipe"]["preprocess"]["resize"] == 20 and data["recipe"]["preprocess"]["channel_order"] == "BGR"
