@@ -110,8 +110,8 @@ def calibrate(
 ) -> StatsTable:
     """Collect activation statistics only (to save them, or to quantize several ways later)."""
     recipe = recipe or Recipe()
-    loaded, _ = _as_model(model)
-    prepared, _ = prepare_model(loaded, simplify=recipe.simplify)
+    loaded, source_path = _as_model(model)
+    prepared, _ = prepare_model(loaded, simplify=recipe.simplify, owned=source_path is not None)
     node_names(prepared)
     sel = select(prepared, recipe)
     source = _open(prepared, data, recipe)
@@ -157,7 +157,9 @@ def quantize(
     recipe = recipe or Recipe()
     loaded, source_path = _as_model(model)
     size_before = source_path.stat().st_size if source_path else loaded.ByteSize()
-    prepared, prep = prepare_model(loaded, simplify=recipe.simplify)
+    # A model loaded here from a file is ours to rewrite; a caller's ModelProto is copied.
+    prepared, prep = prepare_model(loaded, simplify=recipe.simplify, owned=source_path is not None)
+    del loaded
     names = node_names(prepared)
     per_channel_ok = default_opset(prepared) >= MIN_QDQ_OPSET
     sel = select(prepared, recipe, per_channel_ok=per_channel_ok)
@@ -189,14 +191,14 @@ def quantize(
     not_float = set(sel.observed) - set(table.tensors)
     sel = select(prepared, recipe, not_float=not_float, per_channel_ok=per_channel_ok)
     plan = finalize(prepared, sel, table, recipe)
-    quantized = insert_qdq(prepared, plan, default_opset(prepared))
+    op_by_name = {n.name: n.op_type for n in prepared.graph.node}
+    quantized = insert_qdq(prepared, plan, default_opset(prepared), inplace=True)  # prepared is ours
     _stamp(quantized, recipe)
     data = serialize(quantized) if quantized.ByteSize() < PROTOBUF_LIMIT else None
     if data is not None:
         _self_check(data, first)
     out_path = save_model(quantized, output, data) if output is not None else None
 
-    op_by_name = {n.name: n.op_type for n in prepared.graph.node}
     # Shape arithmetic (int64 Concat, Gather of shapes...) is not float compute: not reported.
     floats = [FloatNode(n, op, r) for n, (op, r) in sel.float_nodes.items()
               if (op in _INTERESTING and r != NOT_FLOAT) or "excluded" in r or "include" in r]

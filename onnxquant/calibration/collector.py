@@ -30,14 +30,18 @@ def model_digest(model: onnx.ModelProto) -> str:
     return h.hexdigest()
 
 
-def _augment(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    existing = {o.name for o in augmented.graph.output}
-    for name in names:
-        if name not in existing:
-            augmented.graph.output.add().name = name
-    return augmented
+def _augmented_bytes(model: onnx.ModelProto, names: list[str]) -> bytes:
+    """The model with ``names`` as extra outputs, serialized without copying the weights:
+    outputs are added in place, serialized, then removed again."""
+    existing = {o.name for o in model.graph.output}
+    added = [n for n in names if n not in existing]
+    before = len(model.graph.output)
+    for name in added:
+        model.graph.output.add().name = name
+    try:
+        return serialize(model)
+    finally:
+        del model.graph.output[before:]
 
 
 def make_session(model: onnx.ModelProto | bytes, threads: int = 0):
@@ -65,7 +69,7 @@ def collect(
 ) -> StatsTable:
     """Observe ``tensor_names`` over ``samples``; non-float tensors are skipped."""
     names = sorted(set(tensor_names))
-    session = make_session(_augment(model, names))
+    session = make_session(_augmented_bytes(model, names))
     fetch = [o.name for o in session.get_outputs()]
     wanted = set(names)
     specs = input_specs(model)

@@ -52,10 +52,17 @@ def _axis_attr(params: QParams) -> dict[str, int]:
     return {"axis": params.axis} if params.axis is not None and np.ndim(params.scale) == 1 else {}
 
 
-def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int) -> onnx.ModelProto:
-    """Return a new model with the plan applied; ``model`` is left untouched."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: bool = False) -> onnx.ModelProto:
+    """Return the model with the plan applied.
+
+    ``model`` is left untouched unless ``inplace``: then it is rewritten and returned, which
+    spares a copy of every float weight the rewrite is about to replace.
+    """
+    if inplace:
+        out = model
+    else:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     graph = out.graph
     names = _Names(out)
     sel = plan.selection

@@ -88,11 +88,16 @@ def _simplify(model: onnx.ModelProto, report: PrepareReport) -> onnx.ModelProto:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.optimized_model_filepath = str(out)
         options.log_severity_level = 3
+        source = Path(tmp) / "source.onnx"
+        source.write_bytes(serialize(model))  # from a file, the bytes are not alive beside the session
         try:
-            ort.InferenceSession(serialize(model), options, providers=["CPUExecutionProvider"])
-            simplified = onnx.load_model(str(out))
+            ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ModelError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}") from exc
+        # ``model`` is prepare_model's own working copy: its weights are dead from here on, so
+        # free them before the simplified copy is read (one copy of a large model, not two).
+        del model.graph.initializer[:]
+        simplified = onnx.load_model(str(out))
     # The optimizer declares every domain it knows; keep only those the graph uses.
     used = _used_domains(simplified)
     kept = [o for o in simplified.opset_import if o.domain in used or o.domain in ("", "ai.onnx")]
@@ -105,19 +110,53 @@ def _simplify(model: onnx.ModelProto, report: PrepareReport) -> onnx.ModelProto:
     return simplified
 
 
+def _skeleton(model: onnx.ModelProto, max_elements: int = 4096) -> onnx.ModelProto:
+    """The graph without its large weights: each becomes a typed graph input.
+
+    Shape inference needs the weights' shapes, and the values only of small tensors (shape
+    constants). Inferring on the skeleton gives the same shapes without copying the weights.
+    """
+    skeleton = onnx.ModelProto(ir_version=model.ir_version)
+    skeleton.opset_import.extend(model.opset_import)
+    graph = skeleton.graph
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    for init in model.graph.initializer:
+        count = 1
+        for d in init.dims:
+            count *= d
+        if count <= max_elements and init.data_location != onnx.TensorProto.EXTERNAL:
+            graph.initializer.append(init)
+        else:
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return skeleton
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape and type inference where onnx can do it; the model unchanged where it cannot."""
+    """Shape and type inference where onnx can do it, recorded as value_info in ``model``."""
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(_skeleton(model), strict_mode=False)
     except Exception:
         return model
+    known = {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input}
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(v for v in inferred.graph.value_info if v.name not in known)
+    return model
 
 
-def prepare_model(model: onnx.ModelProto, simplify: bool = True) -> tuple[onnx.ModelProto, PrepareReport]:
-    """Return a prepared copy of ``model`` (the input is never modified) and what was done."""
+def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = False) -> tuple[onnx.ModelProto, PrepareReport]:
+    """Return a prepared model and what was done.
+
+    ``model`` is copied first unless ``owned`` says the caller hands it over (it was just
+    loaded from a file): a large model then exists once, not twice.
+    """
     report = PrepareReport()
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+    if owned:
+        work = model
+    else:
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
     report.folded_constants = fold_constant_nodes(work)
     _drop_initializer_inputs(work)
     work = _upgrade_opset(work, report)
@@ -129,6 +168,5 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True) -> tuple[onnx.M
     if simplify:
         report.folded_affines = fold_affine_into_conv(work)
         report.fused_hardswish = fuse_hardswish(work, default_opset(work))
-    if small:
-        work = infer_shapes(work)
+    work = infer_shapes(work)
     return work, report
