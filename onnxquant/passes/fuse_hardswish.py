@@ -3,7 +3,8 @@
 Paddle and older PyTorch exporters spell hard-swish as four elementwise ops, each a full pass
 over the activation. ``HardSwish`` (opset 14) or ``x * HardSigmoid(x)`` (any opset) computes
 the same function in one or two passes, which matters most in a quantized model, where these
-float ops sit between integer kernels.
+float ops sit between integer kernels. (onnxruntime itself runs HardSwish as HardSigmoid and
+Mul, so upgrading a model's opset just for HardSwish buys nothing.)
 """
 from __future__ import annotations
 
@@ -41,64 +42,86 @@ def _clip_bounds(node: onnx.NodeProto, inits: dict) -> tuple[float, float] | Non
     return None
 
 
-def fuse_hardswish(model: onnx.ModelProto, opset: int) -> int:
-    """Rewrite in place; returns how many hard-swish patterns were fused."""
-    graph = model.graph
+def _matches(graph: onnx.GraphProto):
+    """Yield (x, [add, clip, mul, div] node positions) for every ``x * clip(x + 3, 0, 6) / 6``.
+
+    Positions, not Python objects: protobuf wrappers are not stable identities.
+    """
+    nodes = list(graph.node)
     inits = {i.name: i for i in graph.initializer}
     outputs = {o.name for o in graph.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
+    consumers: dict[str, list[int]] = {}
+    for k, node in enumerate(nodes):
         for name in node.input:
-            consumers.setdefault(name, []).append(node)
+            consumers.setdefault(name, []).append(k)
 
-    def single(tensor: str, op: str) -> onnx.NodeProto | None:
+    def single(tensor: str, op: str) -> int | None:
         readers = consumers.get(tensor, [])
-        if len(readers) == 1 and readers[0].op_type == op and tensor not in outputs:
+        if len(readers) == 1 and nodes[readers[0]].op_type == op and tensor not in outputs:
             return readers[0]
         return None
 
-    fused = 0
-    replace: dict[int, list[onnx.NodeProto]] = {}
-    drop: set[int] = set()
-    for add in graph.node:
-        if add.op_type != "Add" or id(add) in drop:
+    for a, add in enumerate(nodes):
+        if add.op_type != "Add":
             continue
         operand = _const_operand(add, inits)
         if operand is None or not np.isclose(operand[1], 3.0):
             continue
         x = operand[0]
-        clip = single(add.output[0], "Clip")
-        if clip is None or _clip_bounds(clip, inits) is None or not np.allclose(_clip_bounds(clip, inits), (0.0, 6.0)):
+        c = single(add.output[0], "Clip")
+        bounds = _clip_bounds(nodes[c], inits) if c is not None else None
+        if bounds is None or not np.allclose(bounds, (0.0, 6.0)):
             continue
-        mul = single(clip.output[0], "Mul")
-        if mul is None or set(mul.input) != {x, clip.output[0]}:
+        m = single(nodes[c].output[0], "Mul")
+        if m is None or set(nodes[m].input) != {x, nodes[c].output[0]}:
             continue
-        div = single(mul.output[0], "Div")
-        if div is None or div.input[0] != mul.output[0] or _scalar(inits, div.input[1]) is None \
+        d = single(nodes[m].output[0], "Div")
+        if d is None:
+            continue
+        div = nodes[d]
+        if div.input[0] != nodes[m].output[0] or _scalar(inits, div.input[1]) is None \
                 or not np.isclose(_scalar(inits, div.input[1]), 6.0):
             continue
-        out = div.output[0]
+        yield x, (a, c, m, d)
+
+
+def fuse_hardswish(model: onnx.ModelProto, opset: int) -> int:
+    """Rewrite in place; returns how many hard-swish patterns were fused."""
+    graph = model.graph
+    nodes = list(graph.node)
+    replace: dict[int, list[onnx.NodeProto]] = {}
+    drop: set[int] = set()
+    for x, (a, c, m, d) in list(_matches(graph)):
+        name, out = nodes[a].name or f"hardswish_{a}", nodes[d].output[0]
         if opset >= 14:
-            new = [helper.make_node("HardSwish", [x], [out], name=f"{add.name}_HardSwish")]
+            new = [helper.make_node("HardSwish", [x], [out], name=f"{name}_HardSwish")]
         else:
-            gate = f"{add.name}_hardsigmoid"
+            gate = f"{name}_hardsigmoid"
             new = [
-                helper.make_node("HardSigmoid", [x], [gate], name=f"{add.name}_HardSigmoid", alpha=1.0 / 6.0, beta=0.5),
-                helper.make_node("Mul", [x, gate], [out], name=f"{add.name}_HardSwish"),
+                helper.make_node("HardSigmoid", [x], [gate], name=f"{name}_HardSigmoid", alpha=1.0 / 6.0, beta=0.5),
+                helper.make_node("Mul", [x, gate], [out], name=f"{name}_HardSwish"),
             ]
-        replace[id(add)] = new
-        drop.update({id(clip), id(mul), id(div)})
-        fused += 1
-    if fused:
-        nodes = []
-        for node in graph.node:
-            if id(node) in drop:
+        replace[a] = new
+        drop.update({c, m, d})
+    if replace:
+        outputs = {o.name for o in graph.output}
+        kept_nodes = []
+        for k, node in enumerate(nodes):
+            if k in drop:
                 continue
-            nodes.extend(replace.get(id(node), [node]))
+            kept_nodes.extend(replace.get(k, [node]))
+        kept_nodes = [_copy(n) for n in kept_nodes]
         del graph.node[:]
-        graph.node.extend(nodes)
+        graph.node.extend(kept_nodes)
         used = {i for n in graph.node for i in n.input}
         kept = [i for i in graph.initializer if i.name in used or i.name in outputs]
         del graph.initializer[:]
         graph.initializer.extend(kept)
-    return fused
+    return len(replace)
+
+
+def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
+    """Detached copy: clearing the graph's node list must not invalidate what we re-insert."""
+    out = onnx.NodeProto()
+    out.CopyFrom(node)
+    return out

@@ -41,18 +41,25 @@ def default_opset(model: onnx.ModelProto) -> int:
     return 0
 
 
+def _convert(model: onnx.ModelProto, target: int) -> onnx.ModelProto | str:
+    """The model at opset ``target``, or the reason the version converter gave up."""
+    try:
+        upgraded = version_converter.convert_version(model, target)
+        onnx.checker.check_model(upgraded)
+    except Exception as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return upgraded
+
+
 def _upgrade_opset(model: onnx.ModelProto, report: PrepareReport) -> onnx.ModelProto:
     version = default_opset(model)
     report.opset_from = report.opset_to = version
     if version >= MIN_QDQ_OPSET:
         return model
-    try:
-        upgraded = version_converter.convert_version(model, MIN_QDQ_OPSET)
-        onnx.checker.check_model(upgraded)
-    except Exception as exc:
+    upgraded = _convert(model, MIN_QDQ_OPSET)
+    if isinstance(upgraded, str):
         report.notes.append(
-            f"opset {version} could not be upgraded to {MIN_QDQ_OPSET} ({str(exc).splitlines()[0]}): "
-            "weights are quantized per-tensor"
+            f"opset {version} could not be upgraded to {MIN_QDQ_OPSET} ({upgraded}): weights are quantized per-tensor"
         )
         return model
     report.opset_to = MIN_QDQ_OPSET
