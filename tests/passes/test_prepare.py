@@ -85,3 +85,26 @@ def test_hardswish_pattern_fuses_exactly():
         assert fuse_hardswish(model, opset) == 1
         assert [n.op_type for n in model.graph.node] == ops
         np.testing.assert_allclose(run(model, feed)[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_many_hardswish_patterns_in_one_graph():
+    """Every pattern fused, nothing else dropped (nodes are tracked by position, not id())."""
+    inits = [numpy_helper.from_array(np.float32(v).reshape(()), n) for n, v in [("three", 3), ("zero", 0), ("six", 6)]]
+    nodes, x = [], "x"
+    for k in range(12):
+        nodes += [
+            helper.make_node("Add", [x, "three"], [f"a{k}"]),
+            helper.make_node("Clip", [f"a{k}", "zero", "six"], [f"c{k}"]),
+            helper.make_node("Mul", [x, f"c{k}"], [f"m{k}"]),
+            helper.make_node("Div", [f"m{k}", "six"], [f"h{k}"]),
+            helper.make_node("Neg", [f"h{k}"], [f"n{k}"]),
+        ]
+        x = f"n{k}"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [32])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [32])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    feed = {"x": np.linspace(-8, 8, 32, dtype=np.float32)}
+    want = run(model, feed)[0]
+    assert fuse_hardswish(model, 13) == 12
+    assert [n.op_type for n in model.graph.node].count("Neg") == 12 and len(model.graph.node) == 36
+    np.testing.assert_allclose(run(model, feed)[0], want, rtol=1e-5, atol=1e-6)
