@@ -8,7 +8,7 @@ import onnxquant
 from models.tiny import image_samples, tiny_cnn, tiny_if_model, tiny_mlp
 from onnxquant.api import RECIPE_KEY
 from onnxquant.errors import CalibrationDataError, ModelError
-from onnxquant.recipe import CalibrationSettings, QuantizationSettings, Recipe
+from onnxquant.recipe import CalibrationSettings, NodeSelection, QuantizationSettings, Recipe
 from tests.conftest import optimized_op_types, run
 
 HELD_OUT = image_samples(8, seed=99)
@@ -127,3 +127,20 @@ def test_bad_inputs_raise_typed_errors(cnn_path: Path, tmp_path: Path):
     with pytest.raises(ModelError):
         onnxquant.quantize(bad, [{"x": np.zeros((1, 3, 16, 16), np.float32)}])
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_excluded_conv_really_runs_in_float(cnn_path: Path, npz_dir: Path, tmp_path: Path):
+    """onnxruntime must not re-quantize a conv the user kept float (its WeightBiasQuantization
+    would, with per-tensor weights, when the conv sits between DQ and Q)."""
+    recipe = Recipe(nodes=NodeSelection(exclude=("dwconv",)))
+    result = onnxquant.quantize(cnn_path, npz_dir, recipe)
+    ops = optimized_op_types(result.model, tmp_path)
+    # pwconv is an integer kernel; dwconv runs in float, and so does conv1, whose output the
+    # float dwconv now reads exactly (the price of keeping a node really float).
+    assert ops.count("QLinearConv") == 1
+    assert sum(op in ("Conv", "FusedConv") for op in ops) == 2
+    full = onnxquant.quantize(cnn_path, npz_dir)
+    for feed in HELD_OUT:
+        ref = run(cnn_path, feed)[0]
+        # one layer fewer in int8 must not be less accurate than all of them
+        assert _sqnr(ref, run(result.model, feed)[0]) >= _sqnr(ref, run(full.model, feed)[0]) - 0.5

@@ -101,13 +101,14 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
                                      domain=_qdq_domain(params, opset), **_axis_attr(params)))
         weight_dq[(node_name, tensor)] = dq_out
 
+    guarded = _runtime_would_quantize(graph, sel)
     body: list[onnx.NodeProto] = []
     for node in graph.node:
         quantized = node.name in sel.quantized
         for i, name in enumerate(node.input):
             if (node.name, name) in weight_dq:
                 node.input[i] = weight_dq[(node.name, name)]
-            elif name in dq_of and (quantized or name in sel.owned):
+            elif name in dq_of and (quantized or (name in sel.owned and node.name not in guarded)):
                 node.input[i] = dq_of[name]
         body.append(node)
         for output in node.output:
@@ -125,6 +126,41 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
     if any(n.domain == MS_DOMAIN for n in head + body) and not any(o.domain == MS_DOMAIN for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return out
+
+
+_WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+_PASS_THROUGH_ACTIVATIONS = {"Relu", "Clip"}
+
+
+def _runtime_would_quantize(graph: onnx.GraphProto, sel) -> set[str]:
+    """Float Conv/Gemm/MatMul nodes that onnxruntime would quantize on its own.
+
+    onnxruntime's WeightBiasQuantization turns ``DQ -> Conv(float weight) -> Q`` into an integer
+    kernel, quantizing the weight itself (coarser than ours): a node the plan keeps float
+    (excluded by the user, say) would silently run in int8 and lose accuracy. Such nodes must
+    read the exact float input instead of the DQ output. Their producer then runs unfused:
+    slower around the float node, but the node really is float.
+    """
+    inits = {i.name for i in graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    quantized_outputs = set(sel.activations)
+    guarded = set()
+    for node in graph.node:
+        if node.name in sel.quantized or node.op_type not in _WEIGHTED or len(node.input) < 2:
+            continue
+        if node.input[1] not in inits or not node.output:
+            continue
+        out = node.output[0]
+        # Follow a Relu/Clip that onnxruntime would fold into the following Q.
+        chain = readers.get(out, [])
+        if len(chain) == 1 and chain[0].op_type in _PASS_THROUGH_ACTIVATIONS and chain[0].name not in sel.quantized:
+            out = chain[0].output[0]
+        if out in quantized_outputs:
+            guarded.add(node.name)
+    return guarded
 
 
 def _subgraph_reads(nodes: list[onnx.NodeProto]) -> set[str]:
