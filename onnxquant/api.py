@@ -160,7 +160,7 @@ def quantize(
     # A model loaded here from a file is ours to rewrite; a caller's ModelProto is copied.
     prepared, prep = prepare_model(loaded, simplify=recipe.simplify, owned=source_path is not None)
     del loaded
-    names = node_names(prepared)
+    node_names(prepared)
     per_channel_ok = default_opset(prepared) >= MIN_QDQ_OPSET
     sel = select(prepared, recipe, per_channel_ok=per_channel_ok)
     t_cal = time.perf_counter()
@@ -194,23 +194,33 @@ def quantize(
     op_by_name = {n.name: n.op_type for n in prepared.graph.node}
     quantized = insert_qdq(prepared, plan, default_opset(prepared), inplace=True)  # prepared is ours
     _stamp(quantized, recipe)
-    data = serialize(quantized) if quantized.ByteSize() < PROTOBUF_LIMIT else None
-    if data is not None:
-        _self_check(data, first)
-    out_path = save_model(quantized, output, data) if output is not None else None
+    # One serialization serves the self-check, the file and the reported size.
+    payload = serialize(quantized) if quantized.ByteSize() < PROTOBUF_LIMIT else None
+    notes = [*prep.notes, *plan.notes]
+    if payload is not None:
+        _self_check(payload, first)
+    else:
+        notes.append("model over 2 GB: the onnxruntime self-check was skipped")
+    out_path = save_model(quantized, output, payload) if output is not None else None
 
     # Shape arithmetic (int64 Concat, Gather of shapes...) is not float compute: not reported.
     floats = [FloatNode(n, op, r) for n, (op, r) in sel.float_nodes.items()
               if (op in _INTERESTING and r != NOT_FLOAT) or "excluded" in r or "include" in r]
-    del names
-    notes = [*prep.notes, *plan.notes]
     if prep.folded_constants:
         notes.append(f"{prep.folded_constants} Constant nodes folded into initializers")
+    if prep.folded_affines:
+        notes.append(f"{prep.folded_affines} constant Mul/Add folded into Conv weights")
+    if prep.fused_hardswish:
+        notes.append(f"{prep.fused_hardswish} hard-swish patterns fused")
+    bodies = sum(1 for n in quantized.graph.node for a in n.attribute
+                 if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS))
+    if bodies:
+        notes.append(f"{bodies} subgraph attribute(s) (If/Loop/Scan bodies) left float")
     return QuantizeResult(
         model=quantized,
         output_path=out_path,
         size_before=size_before,
-        size_after=len(data) if data is not None else quantized.ByteSize(),
+        size_after=len(payload) if payload is not None else quantized.ByteSize(),
         quantized_nodes=dict(Counter(op_by_name[n] for n in sel.quantized)),
         float_nodes=floats,
         samples=table.samples,

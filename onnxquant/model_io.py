@@ -23,20 +23,21 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _iter_graphs(graph: onnx.GraphProto):
+def iter_graphs(graph: onnx.GraphProto):
+    """``graph`` and every graph nested in it (If/Loop/Scan bodies), depth first."""
     yield graph
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _iter_graphs(attr.g)
+                yield from iter_graphs(attr.g)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for sub in attr.graphs:
-                    yield from _iter_graphs(sub)
+                    yield from iter_graphs(sub)
 
 
 def iter_tensors(model: onnx.ModelProto):
     """Every TensorProto that can hold weights: initializers and Constant/attribute tensors."""
-    for graph in _iter_graphs(model.graph):
+    for graph in iter_graphs(model.graph):
         yield from graph.initializer
         for node in graph.node:
             for attr in node.attribute:

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxquant.model_io import iter_graphs
 from onnxquant.planner import QuantPlan
 from onnxquant.qparams import QParams, quantize
 
@@ -166,22 +167,11 @@ def _runtime_would_quantize(graph: onnx.GraphProto, sel) -> set[str]:
 def _subgraph_reads(nodes: list[onnx.NodeProto]) -> set[str]:
     """Outer-scope names read inside If/Loop/Scan bodies."""
     reads: set[str] = set()
-
-    def walk(graph: onnx.GraphProto) -> None:
-        for node in graph.node:
-            reads.update(node.input)
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    walk(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for g in attr.graphs:
-                        walk(g)
-
     for node in nodes:
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                walk(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    walk(g)
+            bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for body in bodies:
+                for graph in iter_graphs(body):
+                    for inner in graph.node:
+                        reads.update(inner.input)
     return reads

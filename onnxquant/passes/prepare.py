@@ -15,7 +15,7 @@ import onnx
 from onnx import version_converter
 
 from onnxquant.errors import ModelError
-from onnxquant.model_io import PROTOBUF_LIMIT, serialize
+from onnxquant.model_io import PROTOBUF_LIMIT, iter_graphs, serialize
 from onnxquant.passes.fold_affine import fold_affine_into_conv
 from onnxquant.passes.fold_constants import fold_constant_nodes
 from onnxquant.passes.fuse_hardswish import fuse_hardswish
@@ -77,10 +77,8 @@ def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
 
 
 def _used_domains(model: onnx.ModelProto) -> set[str]:
-    from onnxquant.model_io import _iter_graphs
-
     domains = set()
-    for graph in _iter_graphs(model.graph):
+    for graph in iter_graphs(model.graph):
         for node in graph.node:
             domains.add(node.domain if node.domain != "ai.onnx" else "")
     return domains
