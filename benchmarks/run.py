@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from benchmarks import metrics
 from calibration.build import write_samples
 from models.build import BUILDERS, build
 
+REPO = Path(__file__).resolve().parent.parent
 METRIC = {"efficientnet-lite0": metrics.classifier, "minilm": metrics.embedding, "ppocr-det": metrics.probability_map}
 HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "minilm": ("cosine", "cosine_min"),
             "ppocr-det": ("mask_iou", "mean_abs_error")}
@@ -75,8 +77,14 @@ def bench_model(name: str, work: Path, threads: int, rounds: int) -> dict:
     for tool in TOOLS:
         out = work / "quantized" / f"{name}.{tool}.onnx"
         out.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.quantize_one", tool, str(fp32), str(calib), str(out)],
-                              capture_output=True, text=True)
+        # onnxruntime.quantization leaves temporary files in the working directory: give each
+        # tool a scratch one, with the repository on the import path.
+        scratch = work / "scratch" / tool
+        scratch.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.quantize_one", tool, str(fp32.resolve()),
+                               str(calib.resolve()), str(out.resolve())],
+                              capture_output=True, text=True, cwd=scratch, env=env)
         try:
             info = json.loads(proc.stdout.strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError):

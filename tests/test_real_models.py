@@ -39,7 +39,11 @@ def _prepare(name: str, work: Path) -> tuple[Path, Path, Path]:
 def _ort_static(model: Path, calib: Path, out: Path) -> Path:
     from onnxruntime.quantization import QuantFormat, quantize_static
 
-    quantize_static(str(model), str(out), NpzReader(str(calib)), quant_format=QuantFormat.QDQ, per_channel=True)
+    # quantize_static leaves temporary files in the working directory: keep them out of the repo.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(out.parent)
+        quantize_static(str(model.resolve()), str(out.resolve()), NpzReader(str(calib.resolve())),
+                        quant_format=QuantFormat.QDQ, per_channel=True)
     return out
 
 
