@@ -110,13 +110,22 @@ def calibrate(
 ) -> StatsTable:
     """Collect activation statistics only (to save them, or to quantize several ways later)."""
     recipe = recipe or Recipe()
-    loaded, source_path = _as_model(model)
-    prepared, _ = prepare_model(loaded, simplify=recipe.simplify, owned=source_path is not None)
-    node_names(prepared)
-    sel = select(prepared, recipe)
+    prepared, _, sel, _ = _prepare_and_select(model, recipe)
     source = _open(prepared, data, recipe)
     want_hist = needs_histogram(recipe.calibration.method) if histograms is None else histograms
     return collect(prepared, sel.observed, source, want_hist, recipe.calibration.max_samples, progress, _length(source))
+
+
+def _prepare_and_select(model: onnx.ModelProto | str | os.PathLike, recipe: Recipe):
+    """Load, prepare, name nodes and make the first selection; also the input's size in bytes."""
+    loaded, source_path = _as_model(model)
+    size_before = source_path.stat().st_size if source_path else loaded.ByteSize()
+    # A model loaded here from a file is ours to rewrite; a caller's ModelProto is copied.
+    prepared, prep = prepare_model(loaded, simplify=recipe.simplify, owned=source_path is not None)
+    del loaded
+    node_names(prepared)
+    sel = select(prepared, recipe, per_channel_ok=default_opset(prepared) >= MIN_QDQ_OPSET)
+    return prepared, prep, sel, size_before
 
 
 def _length(source: Any) -> int | None:
@@ -155,14 +164,8 @@ def quantize(
     """
     started = time.perf_counter()
     recipe = recipe or Recipe()
-    loaded, source_path = _as_model(model)
-    size_before = source_path.stat().st_size if source_path else loaded.ByteSize()
-    # A model loaded here from a file is ours to rewrite; a caller's ModelProto is copied.
-    prepared, prep = prepare_model(loaded, simplify=recipe.simplify, owned=source_path is not None)
-    del loaded
-    node_names(prepared)
+    prepared, prep, sel, size_before = _prepare_and_select(model, recipe)
     per_channel_ok = default_opset(prepared) >= MIN_QDQ_OPSET
-    sel = select(prepared, recipe, per_channel_ok=per_channel_ok)
     t_cal = time.perf_counter()
     first = None
     if stats is not None:

@@ -268,7 +268,7 @@ def _decide_outputs(model: onnx.ModelProto, sel: Selection, g: _Graph, fused: se
             continue
         rule = RULES[node.op_type]
         readers = g.consumers.get(out, [])
-        int8_reader = any(r.name in sel.quantized and (r.op_type not in ("Relu", "Clip") or out not in fused) for r in readers)
+        int8_reader = any(r.name in sel.quantized for r in readers)
         if not rule.float_output_ok or int8_reader:
             sel.activations.append(out)
         else:
