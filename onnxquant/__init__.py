@@ -3,9 +3,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from onnxquant.api import QuantizeResult, calibrate, quantize  # noqa: E402
-from onnxquant.calibration.preprocess import ImagePreprocess  # noqa: E402
-from onnxquant.errors import OnnxQuantError  # noqa: E402
-from onnxquant.recipe import Recipe, load_recipe  # noqa: E402
+from onnxquant.api import QuantizeResult, calibrate, quantize
+from onnxquant.calibration.preprocess import ImagePreprocess
+from onnxquant.errors import OnnxQuantError
+from onnxquant.recipe import Recipe, load_recipe
 
-__all__ = ["ImagePreprocess", "OnnxQuantError", "QuantizeResult", "Recipe", "calibrate", "load_recipe", "quantize", "__version__"]
+__all__ = ["ImagePreprocess", "OnnxQuantError", "QuantizeResult", "Recipe", "__version__", "calibrate", "load_recipe", "quantize"]

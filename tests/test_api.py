@@ -8,7 +8,12 @@ import onnxquant
 from models.tiny import image_samples, tiny_cnn, tiny_if_model, tiny_mlp
 from onnxquant.api import RECIPE_KEY
 from onnxquant.errors import CalibrationDataError, ModelError
-from onnxquant.recipe import CalibrationSettings, NodeSelection, QuantizationSettings, Recipe
+from onnxquant.recipe import (
+    CalibrationSettings,
+    NodeSelection,
+    QuantizationSettings,
+    Recipe,
+)
 from tests.conftest import optimized_op_types, run
 
 HELD_OUT = image_samples(8, seed=99)

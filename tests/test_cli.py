@@ -70,8 +70,8 @@ def test_every_quantization_setting_has_a_flag(cnn_path: Path, npz_dir: Path, tm
 
 
 def test_image_folder_flags(cnn_path: Path, tmp_path: Path):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -1,6 +1,6 @@
+import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-import numpy as np
 
 from models.tiny import tiny_cnn, tiny_mlp
 from onnxquant.ops.rules import weight_axis
@@ -16,7 +16,7 @@ def _select(model: onnx.ModelProto, recipe: Recipe = Recipe()):
 
 
 def test_weight_axes_per_op():
-    node = lambda op, **a: helper.make_node(op, [], [], **a)  # noqa: E731
+    node = lambda op, **a: helper.make_node(op, [], [], **a)
     assert weight_axis(node("Conv"), 4) == 0
     assert weight_axis(node("ConvTranspose"), 4) == 1
     assert weight_axis(node("ConvTranspose", group=2), 4) is None

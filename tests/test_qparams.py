@@ -2,7 +2,15 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxquant.qparams import MIN_SCALE, asymmetric, dequantize, per_channel_absmax, quantize, qrange, symmetric
+from onnxquant.qparams import (
+    MIN_SCALE,
+    asymmetric,
+    dequantize,
+    per_channel_absmax,
+    qrange,
+    quantize,
+    symmetric,
+)
 
 finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
 

@@ -28,7 +28,7 @@ class ImagePreprocess:
     channel_order: Literal["RGB", "BGR"] = "RGB"
     dtype: str = "float32"
 
-    def with_size(self, size: tuple[int, int]) -> "ImagePreprocess":
+    def with_size(self, size: tuple[int, int]) -> ImagePreprocess:
         from dataclasses import replace
 
         return replace(self, size=size)
