@@ -42,7 +42,7 @@ class StreamingHistogram:
 
     def _start(self, lo: float, hi: float) -> None:
         span = hi - lo
-        if span <= 0:
+        if span <= 1e-30:  # constant (or subnormal-wide) first batch: a width of 0 would divide by 0
             span = max(abs(lo), 1.0) * 1e-6
         self.origin = lo
         self.width = span / self.bins * (1 + 1e-9)
@@ -75,7 +75,7 @@ class StreamingHistogram:
         np.clip(index, 0, self.bins - 1, out=index)
         self.counts += np.bincount(index, minlength=self.bins)
 
-    def merge(self, other: "StreamingHistogram") -> None:
+    def merge(self, other: StreamingHistogram) -> None:
         """Fold another histogram in (e.g. from another calibration worker or a saved file)."""
         if other.empty:
             return
