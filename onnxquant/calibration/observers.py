@@ -5,8 +5,9 @@ once can be re-used with any method without running the model again.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -16,21 +17,40 @@ Method = Literal["minmax", "percentile", "entropy", "mse"]
 METHODS: tuple[str, ...] = ("minmax", "percentile", "entropy", "mse")
 
 
+# Values at or below this are mask sentinels (attention masks built from finfo.min or -1e9),
+# not magnitudes: a range stretched to them leaves every real value in one quantization step.
+MASK_SENTINEL = -1e9
+# A masked tensor's range reaches at least this far below its maximum, so masked positions,
+# saturated to the range's floor, still weigh exp(-16) ~ 1e-7 in a following Softmax.
+MASK_GAP = 16.0
+
+
 @dataclass
 class TensorStats:
-    """Exact min/max plus, when a histogram method may be used, a streaming histogram."""
+    """Exact min/max plus, when a histogram method may be used, a streaming histogram.
+
+    Mask sentinels are counted in ``masked`` and kept out of the range and histogram.
+    """
 
     min: float = float("inf")
     max: float = float("-inf")
     count: int = 0
     histogram: StreamingHistogram | None = None
+    masked: int = 0
 
     def update(self, values: np.ndarray) -> None:
         if values.size == 0:
             return
         lo, hi = float(values.min()), float(values.max())
-        if not (np.isfinite(lo) and np.isfinite(hi)):
+        if np.isnan(lo) or np.isnan(hi) or hi == np.inf:
             raise FloatingPointError("tensor contains NaN or Inf")
+        if lo <= MASK_SENTINEL:
+            keep = values > MASK_SENTINEL
+            self.masked += int(values.size - np.count_nonzero(keep))
+            values = values[keep]
+            if values.size == 0:
+                return
+            lo = float(values.min())
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.count += values.size
         if self.histogram is not None:
@@ -133,8 +153,11 @@ def needs_histogram(method: str) -> bool:
 def estimate_range(stats: TensorStats, method: str, **options: float) -> tuple[float, float]:
     """The activation range ``method`` picks from ``stats``."""
     if stats.count == 0:
-        return 0.0, 0.0
-    return ESTIMATORS[method](stats, **options)
+        return (-MASK_GAP, 0.0) if stats.masked else (0.0, 0.0)
+    lo, hi = ESTIMATORS[method](stats, **options)
+    if stats.masked:
+        lo = min(lo, hi - MASK_GAP)
+    return lo, hi
 
 
 @dataclass

@@ -26,6 +26,7 @@ def save_stats(table: StatsTable, path: str | os.PathLike) -> Path:
         "min": np.array([s.min for s in stats], np.float64),
         "max": np.array([s.max for s in stats], np.float64),
         "count": np.array([s.count for s in stats], np.int64),
+        "masked": np.array([s.masked for s in stats], np.int64),
     }
     if has_hist:
         arrays["hist_origin"] = np.array([s.histogram.origin for s in stats], np.float64)
@@ -53,8 +54,9 @@ def load_stats(path: str | os.PathLike) -> StatsTable:
                     histogram.origin = float(data["hist_origin"][i])
                     histogram.width = float(data["hist_width"][i])
                     histogram.counts = data["hist_counts"][i].astype(np.int64)
+                masked = int(data["masked"][i]) if "masked" in data.files else 0
                 table.tensors[name] = TensorStats(
-                    float(data["min"][i]), float(data["max"][i]), int(data["count"][i]), histogram
+                    float(data["min"][i]), float(data["max"][i]), int(data["count"][i]), histogram, masked
                 )
     except CalibrationDataError:
         raise

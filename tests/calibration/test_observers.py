@@ -54,3 +54,18 @@ def test_streaming_minmax_memory_is_constant():
         s.update(np.random.default_rng(i).normal(size=10_000).astype(np.float32))
     assert s.histogram.counts.nbytes == before
     assert s.count == 500_000
+
+
+def test_mask_sentinels_stay_out_of_the_range():
+    """An attention mask of finfo.min must not stretch the range over every real value."""
+    from onnxquant.calibration.observers import MASK_GAP
+
+    stats = TensorStats()
+    values = np.array([-1.0, 2.0, 3.0, np.finfo(np.float32).min, -np.inf], np.float32)
+    stats.update(values)
+    assert (stats.min, stats.max, stats.masked) == (-1.0, 3.0, 2)
+    lo, hi = estimate_range(stats, "minmax")
+    assert hi == 3.0 and lo == 3.0 - MASK_GAP  # masked positions saturate far below the maximum
+    only_mask = TensorStats()
+    only_mask.update(np.array([np.finfo(np.float32).min], np.float32))
+    assert estimate_range(only_mask, "minmax") == (-MASK_GAP, 0.0)
