@@ -34,3 +34,15 @@ class QuantizationError(OnnxQuantError):
     """The rewrite produced a model that fails its own self-check."""
 
     exit_code = 5
+
+
+class BudgetExceededError(OnnxQuantError):
+    """Validation ran, and the compressed model misses a budget the user set."""
+
+    exit_code = 6
+
+
+class ExecutionProviderError(OnnxQuantError):
+    """An execution provider was asked for and cannot be loaded here (never silently replaced)."""
+
+    exit_code = 7

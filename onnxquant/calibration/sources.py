@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from onnxquant.calibration.feeds import input_specs
 from onnxquant.calibration.preprocess import IMAGE_SUFFIXES, ImagePreprocess
 from onnxquant.errors import CalibrationDataError
 
@@ -120,3 +121,14 @@ def open_source(
     if isinstance(data, Iterable):
         return from_iterable(data)
     raise CalibrationDataError(f"unsupported calibration data: {type(data).__name__}")
+
+
+def open_for_model(model: Any, data: Any, preprocess: ImagePreprocess) -> SampleSource:
+    """``open_source`` for ``model``'s inputs; images are cropped to its input size unless told."""
+    specs = input_specs(model)
+    if preprocess.size is None and len(specs) == 1 and len(specs[0].shape) == 4:
+        dims = specs[0].shape
+        hw = (dims[2], dims[3]) if preprocess.layout == "NCHW" else (dims[1], dims[2])
+        if all(isinstance(d, int) and d > 0 for d in hw):
+            preprocess = preprocess.with_size(hw)  # type: ignore[arg-type]
+    return open_source(data, [s.name for s in specs], preprocess)

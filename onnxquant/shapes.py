@@ -1,0 +1,59 @@
+"""Fix a model's symbolic input dims to concrete sizes.
+
+Edge providers compile a graph for one set of shapes (QNN HTP takes no node of a graph with a
+dynamic batch), so validation and the ``qnn`` target pin free dims to the samples' shapes.
+"""
+from __future__ import annotations
+
+import onnx
+
+from onnxquant.errors import CalibrationDataError
+
+
+def _dims(value: onnx.ValueInfoProto):
+    return value.type.tensor_type.shape.dim
+
+
+def has_free_dims(model: onnx.ModelProto) -> bool:
+    """True when any graph input has a dim without a fixed positive size."""
+    inits = {i.name for i in model.graph.initializer}
+    return any(not (d.HasField("dim_value") and d.dim_value > 0)
+               for v in model.graph.input if v.name not in inits for d in _dims(v))
+
+
+def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """A copy of ``model`` whose inputs have exactly ``shapes``.
+
+    A named dim (``batch``) fixed on an input is fixed to the same size wherever else it appears
+    (other inputs, outputs, value_info), so the graph stays consistent.
+    """
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    by_param: dict[str, int] = {}
+    inputs = {v.name: v for v in fixed.graph.input}
+    for name, shape in shapes.items():
+        value = inputs.get(name)
+        if value is None:
+            raise CalibrationDataError(f"input {name!r} is not an input of the model")
+        dims = _dims(value)
+        if len(dims) != len(shape):
+            raise CalibrationDataError(f"input {name!r} has rank {len(dims)}; got shape {list(shape)}")
+        for dim, size in zip(dims, shape):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                if dim.dim_value != size:
+                    raise CalibrationDataError(
+                        f"input {name!r} has a fixed size {dim.dim_value} where the sample has {size}")
+                continue
+            if dim.dim_param:
+                if by_param.setdefault(dim.dim_param, size) != size:
+                    raise CalibrationDataError(
+                        f"dim {dim.dim_param!r} is {by_param[dim.dim_param]} in one input and {size} in another")
+            dim.Clear()
+            dim.dim_value = size
+    for value in [*fixed.graph.input, *fixed.graph.output, *fixed.graph.value_info]:
+        for dim in _dims(value):
+            if dim.dim_param in by_param:
+                size = by_param[dim.dim_param]
+                dim.Clear()
+                dim.dim_value = size
+    return fixed
