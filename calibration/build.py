@@ -12,11 +12,14 @@ import numpy as np
 from calibration.sets import SETS
 
 
-def write_samples(name: str, part: str, out_dir: Path) -> Path:
+def write_samples(name: str, part: str, out_dir: Path, seq_len: int | None = None) -> Path:
+    if seq_len is not None and name != "minilm":
+        raise SystemExit("--seq-len applies to text models (minilm) only")
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.npz"):
         old.unlink()
-    for i, sample in enumerate(SETS[name](part)):
+    samples = SETS[name](part, pad_to=seq_len) if seq_len else SETS[name](part)
+    for i, sample in enumerate(samples):
         np.savez(out_dir / f"sample_{i:04d}.npz", **sample)
     return out_dir
 
@@ -26,8 +29,9 @@ def main() -> None:
     parser.add_argument("name", choices=sorted(SETS))
     parser.add_argument("--part", choices=("calib", "holdout"), default="calib")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seq-len", type=int, help="Pad every text sample to this many tokens (fixed-shape runtimes).")
     args = parser.parse_args()
-    print(write_samples(args.name, args.part, args.out))
+    print(write_samples(args.name, args.part, args.out, args.seq_len))
 
 
 if __name__ == "__main__":

@@ -42,8 +42,12 @@ def license_files() -> list[Path]:
     return sorted(p for p in LICENSE_DIR.iterdir() if p.is_file())
 
 
-def minilm_samples(part: str, count: int = 64, max_length: int = 128) -> list[dict[str, np.ndarray]]:
-    """Sentences from license texts: calibration and held-out from different documents."""
+def minilm_samples(part: str, count: int = 64, max_length: int = 128, pad_to: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Sentences from license texts: calibration and held-out from different documents.
+
+    ``pad_to`` pads (and truncates) every sentence to that many tokens: fixed-shape runtimes
+    such as QNN need one input shape, and the masked mean pooling ignores the padding.
+    """
     from models.minilm import load_tokenizer
 
     files = license_files()
@@ -55,7 +59,10 @@ def minilm_samples(part: str, count: int = 64, max_length: int = 128) -> list[di
     tok = load_tokenizer()
     samples = []
     for sentence in picked:
-        enc = tok(sentence, truncation=True, max_length=max_length, return_tensors="np")
+        if pad_to:
+            enc = tok(sentence, truncation=True, max_length=pad_to, padding="max_length", return_tensors="np")
+        else:
+            enc = tok(sentence, truncation=True, max_length=max_length, return_tensors="np")
         samples.append({k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})
     return samples
 

@@ -129,3 +129,58 @@ def image_samples(count: int, seed: int = 0, batch: int = 1, size: int = 16) -> 
         img = np.kron(base, np.ones((1, 1, 4, 4), np.float32)) + rng.normal(0, 0.1, (batch, 3, size, size)).astype(np.float32)
         out.append({"x": img.astype(np.float32)})
     return out
+
+
+def tiny_attention(seq: int | str = "S", seed: int = 0) -> onnx.ModelProto:
+    """One attention-like block: masked softmax (finfo.min mask), exact GELU as Erf, residual.
+
+    The pieces that break NPU quantization in exported transformers, at toy size.
+    """
+    rng = np.random.default_rng(seed)
+    d = 8
+    inits = [
+        _init("wq", rng.normal(0, 0.4, (d, d))), _init("wk", rng.normal(0, 0.4, (d, d))),
+        _init("w1", rng.normal(0, 0.4, (d, d))), _init("b1", rng.normal(0, 0.1, d)),
+        _init("sqrt2", np.array(np.sqrt(2.0))), _init("one", np.array(1.0)), _init("half", np.array(0.5)),
+        _init("neg", np.array(np.finfo(np.float32).min)), _init("zero", np.array(0.0)),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"], name="q"),
+        helper.make_node("MatMul", ["x", "wk"], ["k"], name="k"),
+        helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"], name="scores"),
+        helper.make_node("Where", ["keep", "zero", "neg"], ["bias"], name="mask"),
+        helper.make_node("Add", ["scores", "bias"], ["masked"], name="add_mask"),
+        helper.make_node("Softmax", ["masked"], ["probs"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", "x"], ["ctx"], name="ctx"),
+        helper.make_node("MatMul", ["ctx", "w1"], ["h0"], name="ffn"),
+        helper.make_node("Add", ["h0", "b1"], ["h"], name="ffn_bias"),
+        helper.make_node("Div", ["h", "sqrt2"], ["hs"], name="gelu_div"),
+        helper.make_node("Erf", ["hs"], ["e"], name="gelu_erf"),
+        helper.make_node("Add", ["e", "one"], ["e1"], name="gelu_add"),
+        helper.make_node("Mul", ["h", "e1"], ["he"], name="gelu_mul"),
+        helper.make_node("Mul", ["he", "half"], ["g"], name="gelu_half"),
+        helper.make_node("Add", ["g", "x"], ["y"], name="residual"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, seq, d]),
+         helper.make_tensor_value_info("keep", TensorProto.BOOL, [1, 1, seq])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, seq, d])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxquant-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def attention_samples(count: int, seq: int = 6, seed: int = 1) -> list[dict[str, np.ndarray]]:
+    """Inputs for ``tiny_attention``: the last positions of each sample are padding (masked)."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i in range(count):
+        keep = np.zeros((1, 1, seq), bool)
+        keep[..., : seq - i % 3] = True
+        samples.append({"x": rng.normal(0, 1, (1, seq, 8)).astype(np.float32), "keep": keep})
+    return samples

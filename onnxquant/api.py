@@ -16,14 +16,27 @@ from onnxquant import __version__
 from onnxquant.calibration.collector import ProgressCallback, collect, make_session
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.calibration.observers import StatsTable, needs_histogram
-from onnxquant.calibration.sources import open_source
+from onnxquant.calibration.sources import open_for_model
 from onnxquant.calibration.stats_io import load_stats, save_stats
-from onnxquant.errors import CalibrationDataError, ModelError, QuantizationError
-from onnxquant.model_io import PROTOBUF_LIMIT, check_model, load_model, save_model, serialize
+from onnxquant.errors import (
+    CalibrationDataError,
+    ModelError,
+    QuantizationError,
+    UsageError,
+)
+from onnxquant.model_io import (
+    PROTOBUF_LIMIT,
+    check_model,
+    load_model,
+    save_model,
+    serialize,
+)
+from onnxquant.npu_planner import select_every_op
 from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset, prepare_model
-from onnxquant.planner import NOT_FLOAT, finalize, node_names, select
+from onnxquant.planner import NOT_FLOAT, Selection, finalize, node_names, select
 from onnxquant.recipe import Recipe
+from onnxquant.shapes import fix_input_shapes, has_free_dims
 
 RECIPE_KEY = "onnxquant.recipe"
 VERSION_KEY = "onnxquant.version"
@@ -110,22 +123,52 @@ def calibrate(
 ) -> StatsTable:
     """Collect activation statistics only (to save them, or to quantize several ways later)."""
     recipe = recipe or Recipe()
-    prepared, _, sel, _ = _prepare_and_select(model, recipe)
+    prepared, _, sel, _ = _prepare_and_select(model, recipe, data)
     source = _open(prepared, data, recipe)
     want_hist = needs_histogram(recipe.calibration.method) if histograms is None else histograms
     return collect(prepared, sel.observed, source, want_hist, recipe.calibration.max_samples, progress, _length(source))
 
 
-def _prepare_and_select(model: onnx.ModelProto | str | os.PathLike, recipe: Recipe):
-    """Load, prepare, name nodes and make the first selection; also the input's size in bytes."""
+def _prepare_and_select(model: onnx.ModelProto | str | os.PathLike, recipe: Recipe, data: Any = None):
+    """Load, fix input shapes if needed, prepare, name nodes and make the first selection.
+
+    Also returns the input's size in bytes.
+    """
     loaded, source_path = _as_model(model)
     size_before = source_path.stat().st_size if source_path else loaded.ByteSize()
+    shapes = _fixed_shapes(loaded, recipe, data)
+    if shapes:
+        loaded = fix_input_shapes(loaded, shapes)
     # A model loaded here from a file is ours to rewrite; a caller's ModelProto is copied.
-    prepared, prep = prepare_model(loaded, simplify=recipe.simplify, owned=source_path is not None)
+    prepared, prep = prepare_model(loaded, simplify=recipe.simplify, owned=source_path is not None or bool(shapes),
+                                   gelu=recipe.every_op)
     del loaded
+    if shapes:
+        prep.notes.append("input shapes fixed to " + ", ".join(f"{k} {list(v)}" for k, v in sorted(shapes.items())))
     node_names(prepared)
-    sel = select(prepared, recipe, per_channel_ok=default_opset(prepared) >= MIN_QDQ_OPSET)
-    return prepared, prep, sel, size_before
+    return prepared, prep, _select(prepared, recipe), size_before
+
+
+def _select(prepared: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = None) -> Selection:
+    per_channel_ok = default_opset(prepared) >= MIN_QDQ_OPSET
+    if recipe.every_op:
+        return select_every_op(prepared, recipe, not_float, per_channel_ok)
+    return select(prepared, recipe, not_float=not_float, per_channel_ok=per_channel_ok)
+
+
+def _fixed_shapes(model: onnx.ModelProto, recipe: Recipe, data: Any) -> dict[str, tuple[int, ...]]:
+    """The recipe's input shapes; for fixed-shape targets, free dims come from the first sample."""
+    shapes = recipe.shapes
+    if not recipe.every_op or not has_free_dims(fix_input_shapes(model, shapes) if shapes else model):
+        return shapes
+    first = None
+    if data is not None and not hasattr(data, "get_next"):  # a reader cannot be read twice
+        first = next(iter(open_for_model(model, data, recipe.preprocess)), None)
+    if first is None:
+        raise UsageError(f"target {recipe.target!r} compiles for fixed input shapes and the model has free dims: "
+                         "give --input-shape NAME=D1,D2,... for each input")
+    specs = input_specs(model)
+    return {**{s.name: tuple(np.asarray(first[s.name]).shape) for s in specs if s.name in first}, **shapes}
 
 
 def _length(source: Any) -> int | None:
@@ -136,14 +179,7 @@ def _length(source: Any) -> int | None:
 
 
 def _open(prepared: onnx.ModelProto, data: Any, recipe: Recipe):
-    specs = input_specs(prepared)
-    preprocess = recipe.preprocess
-    if preprocess.size is None and len(specs) == 1 and len(specs[0].shape) == 4:
-        dims = specs[0].shape
-        hw = (dims[2], dims[3]) if preprocess.layout == "NCHW" else (dims[1], dims[2])
-        if all(isinstance(d, int) and d > 0 for d in hw):
-            preprocess = preprocess.with_size(hw)  # type: ignore[arg-type]
-    return open_source(data, [s.name for s in specs], preprocess)
+    return open_for_model(prepared, data, recipe.preprocess)
 
 
 def quantize(
@@ -164,8 +200,7 @@ def quantize(
     """
     started = time.perf_counter()
     recipe = recipe or Recipe()
-    prepared, prep, sel, size_before = _prepare_and_select(model, recipe)
-    per_channel_ok = default_opset(prepared) >= MIN_QDQ_OPSET
+    prepared, prep, sel, size_before = _prepare_and_select(model, recipe, data)
     t_cal = time.perf_counter()
     first = None
     if stats is not None:
@@ -192,7 +227,7 @@ def quantize(
 
     # Tensors that turned out not to be float32 (unknown before running) narrow the selection.
     not_float = set(sel.observed) - set(table.tensors)
-    sel = select(prepared, recipe, not_float=not_float, per_channel_ok=per_channel_ok)
+    sel = _select(prepared, recipe, not_float)
     plan = finalize(prepared, sel, table, recipe)
     op_by_name = {n.name: n.op_type for n in prepared.graph.node}
     quantized = insert_qdq(prepared, plan, default_opset(prepared), inplace=True)  # prepared is ours
@@ -215,6 +250,8 @@ def quantize(
         notes.append(f"{prep.folded_affines} constant Mul/Add folded into Conv weights")
     if prep.fused_hardswish:
         notes.append(f"{prep.fused_hardswish} hard-swish patterns fused")
+    if prep.fused_gelu:
+        notes.append(f"{prep.fused_gelu} GELU patterns fused into Gelu")
     bodies = sum(1 for n in quantized.graph.node for a in n.attribute
                  if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS))
     if bodies:

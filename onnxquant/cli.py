@@ -10,8 +10,15 @@ import click
 
 from onnxquant import __version__
 from onnxquant.calibration.observers import METHODS
-from onnxquant.errors import OnnxQuantError
-from onnxquant.recipe import ACTIVATION_TYPES, WEIGHT_TYPES, Recipe, load_recipe
+from onnxquant.errors import BudgetExceededError, ExecutionProviderError, OnnxQuantError
+from onnxquant.providers import PROVIDERS
+from onnxquant.recipe import (
+    ACTIVATION_TYPES,
+    TARGETS,
+    WEIGHT_TYPES,
+    load_recipe,
+    recipe_for_target,
+)
 
 
 class _Command(click.Command):
@@ -33,12 +40,12 @@ class _Command(click.Command):
             ctx.exit(1)
 
 
-def _progress(quiet: bool):
+def _progress(quiet: bool, desc: str = "calibrating"):
     if quiet or not sys.stderr.isatty():
         return None, None
     from tqdm import tqdm
 
-    bar = tqdm(desc="calibrating", unit="sample", file=sys.stderr, leave=False)
+    bar = tqdm(desc=desc, unit="sample", file=sys.stderr, leave=False)
 
     def update(done: int, total: int | None) -> None:
         if total is not None and bar.total != total:
@@ -98,11 +105,52 @@ def _parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
     return values
 
 
+def _image_options(command: Any) -> Any:
+    """The image pre-processing flags, shared by every command that reads an image folder."""
+    options = [
+        click.option("--image-size", help="Image samples: crop HEIGHT,WIDTH (default: the model's input shape)."),
+        click.option("--image-mean", help="Image samples: per-channel mean in 0..255, e.g. 127,127,127."),
+        click.option("--image-std", help="Image samples: per-channel std in 0..255, e.g. 128,128,128."),
+        click.option("--image-layout", type=click.Choice(["NCHW", "NHWC"]), help="Image samples: input layout."),
+        click.option("--image-resize", type=int, help="Image samples: short side before the centre crop (default crop*256/224)."),
+        click.option("--image-channel-order", type=click.Choice(["RGB", "BGR"]), help="Image samples: channel order."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _parse_shapes(specs: tuple[str, ...]) -> dict[str, list[int]] | None:
+    shapes = {}
+    for spec in specs:
+        name, sep, dims = spec.rpartition("=")
+        try:
+            shapes[name] = [int(d) for d in dims.replace("x", ",").split(",")]
+        except ValueError:
+            name = ""
+        if not sep or not name:
+            raise click.BadParameter(f"{spec!r}: expected NAME=D1,D2,..., e.g. input_ids=1,128", param_hint="--input-shape")
+    return shapes or None
+
+
+def _preprocess_overrides(image: dict[str, Any]) -> dict[str, Any]:
+    size = _parse_floats(image.get("image_size"), "--image-size")
+    return {
+        "size": tuple(int(v) for v in size) if size else None,
+        "mean": _parse_floats(image.get("image_mean"), "--image-mean"),
+        "std": _parse_floats(image.get("image_std"), "--image-std"),
+        "layout": image.get("image_layout"), "resize": image.get("image_resize"),
+        "channel_order": image.get("image_channel_order"),
+    }
+
+
 @main.command(cls=_Command)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Quantized model to write.")
 @click.option("--calib-data", type=click.Path(path_type=Path), help="Folder of .npz samples (one dict of named inputs each) or images.")
 @click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False, path_type=Path), help="TOML recipe; flags override it.")
+@click.option("--target", type=click.Choice(TARGETS), help="Runtime to quantize for: its data types and Q/DQ placement (default cpu).")
+@click.option("--input-shape", "input_shape", multiple=True, help="Fix an input's free dims: NAME=D1,D2,... Repeatable.")
 @click.option("--calibration", type=click.Choice(METHODS), help="Activation range estimator (default minmax).")
 @click.option("--percentile", type=float, help="Percentile for --calibration percentile (default 99.999).")
 @click.option("--max-samples", type=int, help="Use at most this many calibration samples.")
@@ -115,31 +163,24 @@ def _parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
 @click.option("--op-types", help="Comma-separated op types to quantize (default: all supported).")
 @click.option("--include", multiple=True, help="Only quantize matching nodes: NAME, op:TYPE or re:REGEX. Repeatable.")
 @click.option("--exclude", multiple=True, help="Keep matching nodes float: NAME, op:TYPE or re:REGEX. Repeatable.")
-@click.option("--image-size", help="Image calibration: crop HEIGHT,WIDTH (default: the model's input shape).")
-@click.option("--image-mean", help="Image calibration: per-channel mean in 0..255, e.g. 127,127,127.")
-@click.option("--image-std", help="Image calibration: per-channel std in 0..255, e.g. 128,128,128.")
-@click.option("--image-layout", type=click.Choice(["NCHW", "NHWC"]), help="Image calibration: input layout.")
-@click.option("--image-resize", type=int, help="Image calibration: short side before the centre crop (default crop*256/224).")
-@click.option("--image-channel-order", type=click.Choice(["RGB", "BGR"]), help="Image calibration: channel order.")
+@_image_options
 @click.option("--no-simplify", is_flag=True, default=False, help="Skip graph simplification before quantizing.")
 @click.option("--save-stats", type=click.Path(dir_okay=False, path_type=Path), help="Save calibration statistics (re-quantize later without running the model).")
 @click.option("--load-stats", type=click.Path(dir_okay=False, path_type=Path), help="Use saved statistics instead of running calibration.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary (errors still print).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Path | None, calibration: str | None,
+def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Path | None, target: str | None,
+             input_shape: tuple[str, ...], calibration: str | None,
              percentile: float | None, max_samples: int | None, activation_type: str | None,
              symmetric_activations: bool | None, weight_type: str | None, per_channel: bool | None,
              reduce_range: bool | None, quantize_bias: bool | None, op_types: str | None, include: tuple[str, ...],
-             exclude: tuple[str, ...], image_size: str | None, image_mean: str | None, image_std: str | None,
-             image_layout: str | None, image_resize: int | None, image_channel_order: str | None,
-             no_simplify: bool, save_stats: Path | None, load_stats: Path | None, as_json: bool, quiet: bool,
-             debug: bool) -> None:
+             exclude: tuple[str, ...], no_simplify: bool, save_stats: Path | None, load_stats: Path | None, as_json: bool, quiet: bool,
+             debug: bool, **image: Any) -> None:
     """Quantize MODEL to an int8 QDQ model using calibration data."""
     from onnxquant.api import quantize as run_quantize
 
-    recipe = load_recipe(recipe_path) if recipe_path else Recipe()
-    size = _parse_floats(image_size, "--image-size")
+    recipe = load_recipe(recipe_path, target) if recipe_path else recipe_for_target(target or "cpu")
     recipe = recipe.with_overrides(
         calibration={"method": calibration, "percentile": percentile, "max_samples": max_samples},
         quantization={
@@ -149,11 +190,8 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
             "op_types": tuple(t.strip() for t in op_types.split(",") if t.strip()) if op_types else None,
         },
         nodes={"include": include or None, "exclude": exclude or None},
-        preprocess={
-            "size": tuple(int(v) for v in size) if size else None,
-            "mean": _parse_floats(image_mean, "--image-mean"), "std": _parse_floats(image_std, "--image-std"),
-            "layout": image_layout, "resize": image_resize, "channel_order": image_channel_order,
-        },
+        preprocess=_preprocess_overrides(image),
+        input_shapes=_parse_shapes(input_shape),
     )
     if no_simplify:
         recipe = recipe.with_overrides(simplify=False)
@@ -170,6 +208,104 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
     elif not quiet:
         click.echo(_summary(summary))
+
+
+def _validation_summary(report: dict[str, Any]) -> str:
+    size = report["size"]
+    lines = [
+        f"original:   {report['original']} ({_size(size['original'])})",
+        f"compressed: {report['compressed']} ({_size(size['compressed'])}, {size['ratio']:.2f}x the size)",
+        f"samples: {report['samples']}",
+    ]
+    for p in report["providers"]:
+        if not p["available"]:
+            lines.append(f"[{p['ep']}] unavailable: {p['reason']}")
+            continue
+        c, o = p["compressed"], p["original"]
+        if not c["loaded"]:
+            lines.append(f"[{p['ep']}] compressed model does not load: {c.get('error')}")
+            continue
+        place = c.get("placement") or {}
+        where = (f"{place.get('nodes_on_ep', 0)} nodes on the provider, {place.get('fallback_nodes', 0)} fell back"
+                 if p["ep"] != "cpu" else "on the CPU")
+        lat = c.get("latency_ms")
+        text = f"[{p['ep']}] {where}"
+        if lat:
+            text += f"; latency median {lat['median']:.2f} ms, p90 {lat['p90']:.2f} ms"
+        if p["latency_ratio"] is not None:
+            text += f" ({p['latency_ratio']:.2f}x the original's)"
+        elif not o["loaded"]:
+            text += "; the original does not run on this provider"
+        lines.append(text)
+        if p.get("fixed_shapes"):
+            lines.append(f"  input shapes fixed to {p['fixed_shapes']}")
+        if place.get("fallback_ops"):
+            lines.append(f"  fell back: {place['fallback_ops']}")
+        for name, a in p["agreement"].items():
+            if "exact_match" in a:
+                lines.append(f"  {name}: exact match {a['exact_match']:.4f}")
+                continue
+            parts = [f"top-1 {a['top1']:.4f}"] if "top1" in a else []
+            parts.append(f"cosine {a['cosine']:.4f} (min {a['cosine_min']:.4f})")
+            parts.append(f"SQNR {a['sqnr_db']} dB" if isinstance(a["sqnr_db"], str) else f"SQNR {a['sqnr_db']:.1f} dB")
+            parts.append(f"max abs error {a['max_abs_error']:.4g}" if not isinstance(a["max_abs_error"], str)
+                         else f"max abs error {a['max_abs_error']}")
+            lines.append(f"  {name}: " + ", ".join(parts))
+    for failure in report["failures"]:
+        lines.append(f"FAIL {failure}")
+    lines.append("PASS" if report["passed"] else "not passed")
+    return "\n".join(lines)
+
+
+@main.command(cls=_Command)
+@click.argument("original", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("compressed", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Folder of held-out .npz samples or images.")
+@click.option("--ep", "eps", multiple=True, type=click.Choice(PROVIDERS), help="Execution provider; repeatable (default cpu).")
+@click.option("--min-cosine", type=float, help="Budget: mean cosine similarity of every float output.")
+@click.option("--min-top1", type=float, help="Budget: top-1 agreement of (batch, classes) outputs.")
+@click.option("--min-sqnr", type=float, help="Budget: signal-to-quantization-noise ratio in dB.")
+@click.option("--max-abs-error", type=float, help="Budget: largest absolute difference of any output value.")
+@click.option("--max-latency-ratio", type=float, help="Budget: compressed / original median latency on each provider.")
+@click.option("--require-on-ep", is_flag=True, help="Budget: no node but the input/output Q/DQ may fall back to the CPU.")
+@click.option("--max-samples", type=int, help="Use at most this many samples.")
+@click.option("--latency-runs", type=int, default=10, show_default=True, help="Timed runs per model and provider, at least.")
+@click.option("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's choice).")
+@_image_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no report (the exit code tells).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def validate(original: Path, compressed: Path, data: Path, eps: tuple[str, ...], min_cosine: float | None,
+             min_top1: float | None, min_sqnr: float | None, max_abs_error: float | None,
+             max_latency_ratio: float | None, require_on_ep: bool, max_samples: int | None, latency_runs: int,
+             threads: int | None, as_json: bool, quiet: bool, debug: bool, **image: Any) -> None:
+    """Compare COMPRESSED with ORIGINAL on each execution provider.
+
+    Exit codes: 0 every budget holds; 6 a budget is exceeded; 7 a provider cannot be loaded.
+    """
+    from onnxquant.calibration.preprocess import ImagePreprocess
+    from onnxquant.validate import Budget
+    from onnxquant.validate import validate as run_validate
+
+    budget = Budget(min_cosine=min_cosine, min_top1=min_top1, min_sqnr_db=min_sqnr, max_abs_error=max_abs_error,
+                    max_latency_ratio=max_latency_ratio, require_on_ep=require_on_ep)
+    preprocess: ImagePreprocess = recipe_for_target("cpu").with_overrides(preprocess=_preprocess_overrides(image)).preprocess
+    update, bar = _progress(quiet or as_json, "validating")
+    try:
+        report = run_validate(original, compressed, data, eps or ("cpu",), budget, preprocess=preprocess,
+                              max_samples=max_samples, latency_runs=latency_runs, threads=threads, progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = report.to_dict()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+    elif not quiet:
+        click.echo(_validation_summary(summary))
+    if report.unavailable:
+        raise ExecutionProviderError(f"execution provider(s) not available: {', '.join(report.unavailable)}")
+    if report.failures:
+        raise BudgetExceededError(f"{len(report.failures)} budget check(s) failed; first: {report.failures[0]}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,15 @@ import onnx
 from onnx import numpy_helper
 
 from onnxquant.calibration.observers import StatsTable, estimate_range
-from onnxquant.ops.rules import ACTIVATION_FUSERS, DEFAULT_OP_TYPES, RULES, Kind, gemm_is_plain, is_depthwise, weight_axis
+from onnxquant.ops.rules import (
+    ACTIVATION_FUSERS,
+    DEFAULT_OP_TYPES,
+    RULES,
+    Kind,
+    gemm_is_plain,
+    is_depthwise,
+    weight_axis,
+)
 from onnxquant.qparams import QParams, asymmetric, per_channel_absmax, symmetric
 from onnxquant.recipe import NodeSelection, Recipe
 
@@ -35,10 +43,13 @@ class Selection:
     weights: dict[tuple[str, str], tuple[int, int | None, bool]] = field(default_factory=dict)
     constants: dict[tuple[str, str], int] = field(default_factory=dict)  # (node, tensor) -> input index
     biases: dict[tuple[str, str], str] = field(default_factory=dict)  # (node, bias) -> weight tensor
+    # tensor -> tensor whose params it takes (a Conv output feeding only a Relu takes the Relu's)
+    range_from: dict[str, str] = field(default_factory=dict)
+    boundary_outputs: set[str] = field(default_factory=set)  # graph outputs written by a DQ
 
     @property
     def observed(self) -> list[str]:
-        return sorted(self.activations)
+        return sorted(t for t in self.activations if t not in self.range_from)
 
 
 @dataclass
@@ -288,7 +299,7 @@ def finalize(model: onnx.ModelProto, sel: Selection, stats: StatsTable, recipe: 
     cal = recipe.calibration
     levels = float(2 ** (8 if recipe.quantization.activation_type.endswith("8") else 16) - 1)
     ranges: dict[str, tuple[float, float]] = {}
-    for t in sel.activations:
+    for t in sel.observed:
         s = stats.tensors.get(t)
         if s is not None:
             ranges[t] = estimate_range(s, cal.method, percentile=cal.percentile, levels=levels)
@@ -300,7 +311,9 @@ def finalize(model: onnx.ModelProto, sel: Selection, stats: StatsTable, recipe: 
         root = sel.groups.get(t, t)
         old = group_range.get(root, (lo, hi))
         group_range[root] = (min(old[0], lo), max(old[1], hi))
-    activations = {t: _activation_params(*group_range[sel.groups.get(t, t)], recipe) for t in sel.activations}
+    activations = {t: _activation_params(*group_range[sel.groups.get(t, t)], recipe) for t in sel.observed}
+    for t, src in sel.range_from.items():
+        activations[t] = activations[src]
     notes: list[str] = []
     weights: dict[tuple[str, str], QParams] = {}
     q = recipe.quantization

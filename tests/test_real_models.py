@@ -15,12 +15,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("skimage")
 
-import onnxquant  # noqa: E402
-from benchmarks import metrics  # noqa: E402
-from benchmarks.quantize_one import NpzReader  # noqa: E402
-from calibration.build import write_samples  # noqa: E402
-from models.build import build  # noqa: E402
-from tests.conftest import optimized_op_types, run  # noqa: E402
+import onnxquant
+from benchmarks import metrics
+from benchmarks.quantize_one import NpzReader
+from calibration.build import write_samples
+from models.build import build
+from tests.conftest import optimized_op_types, run
 
 pytestmark = pytest.mark.realmodel
 
@@ -82,3 +82,18 @@ def test_ppocr_detector_with_constant_node_weights(work: Path):
     mine = metrics.probability_map(ref, _outputs(work / "det.int8.onnx", held))
     theirs = metrics.probability_map(ref, _outputs(_ort_static(model, calib, work / "det.ort.onnx"), held))
     assert mine["mask_iou"] >= theirs["mask_iou"] and mine["mask_iou"] > 0.9
+
+
+def test_efficientnet_lite0_for_qnn_runs_on_the_htp_simulator(work: Path):
+    """--target qnn: every node but the input Q and output DQ compiles for the NPU."""
+    from onnxquant.recipe import recipe_for_target
+    from onnxquant.validate import Budget, validate
+
+    model, calib, held = _prepare("efficientnet-lite0", work)
+    out = work / "eff.qnn.onnx"
+    onnxquant.quantize(model, calib, recipe_for_target("qnn"), out)
+    report = validate(model, out, held, ("qnn",), Budget(min_cosine=0.95, require_on_ep=True),
+                      max_samples=3, latency_runs=1)
+    assert report.passed, report.failures
+    placement = report.to_dict()["providers"][0]["compressed"]["placement"]
+    assert placement["fallback_nodes"] == 0 and placement["nodes_on_ep"] > 300

@@ -71,6 +71,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
     head: list[onnx.NodeProto] = []  # weight DQ nodes and Q/DQ of graph inputs
     after: dict[str, list[onnx.NodeProto]] = {}  # tensor -> Q/DQ nodes placed after its producer
     dq_of: dict[str, str] = {}
+    renamed: dict[str, str] = {}  # graph output -> new name of its producer's float result
 
     producers = {o for n in graph.node for o in n.output}
     for tensor in sel.activations:
@@ -78,9 +79,15 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
         scale, zero = _params_initializers(names, tensor, params)
         new_inits += [scale, zero]
         q_out, dq_out = names.fresh(f"{tensor}_quantized"), names.fresh(f"{tensor}_dequantized")
+        q_in = tensor
+        if tensor in sel.boundary_outputs:
+            # A graph output written by the DQ: the producer's float result gets a new name, so
+            # the producer's only reader is the Q (a clean node unit for an NPU).
+            q_in = renamed[tensor] = names.fresh(f"{tensor}_before_quantize")
+            dq_out = tensor
         domain = _qdq_domain(params, opset)
         nodes = [
-            helper.make_node("QuantizeLinear", [tensor, scale.name, zero.name], [q_out],
+            helper.make_node("QuantizeLinear", [q_in, scale.name, zero.name], [q_out],
                              name=names.fresh(f"{tensor}_QuantizeLinear"), domain=domain),
             helper.make_node("DequantizeLinear", [q_out, scale.name, zero.name], [dq_out],
                              name=names.fresh(f"{tensor}_DequantizeLinear"), domain=domain),
@@ -112,7 +119,9 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
             elif name in dq_of and (quantized or (name in sel.owned and node.name not in guarded)):
                 node.input[i] = dq_of[name]
         body.append(node)
-        for output in node.output:
+        for k, output in enumerate(list(node.output)):
+            if output in renamed:
+                node.output[k] = renamed[output]
             body.extend(after.get(output, []))
 
     # Initializers now read only through their quantized copy are dropped.

@@ -18,6 +18,7 @@ from onnxquant.errors import ModelError
 from onnxquant.model_io import PROTOBUF_LIMIT, iter_graphs, serialize
 from onnxquant.passes.fold_affine import fold_affine_into_conv
 from onnxquant.passes.fold_constants import fold_constant_nodes
+from onnxquant.passes.fuse_gelu import MS_DOMAIN, fuse_gelu
 from onnxquant.passes.fuse_hardswish import fuse_hardswish
 
 MIN_QDQ_OPSET = 13
@@ -28,6 +29,7 @@ class PrepareReport:
     folded_constants: int = 0
     folded_affines: int = 0
     fused_hardswish: int = 0
+    fused_gelu: int = 0
     opset_from: int = 0
     opset_to: int = 0
     simplified: bool = False
@@ -150,11 +152,13 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = False) -> tuple[onnx.ModelProto, PrepareReport]:
+def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = False,
+                  gelu: bool = False) -> tuple[onnx.ModelProto, PrepareReport]:
     """Return a prepared model and what was done.
 
     ``model`` is copied first unless ``owned`` says the caller hands it over (it was just
-    loaded from a file): a large model then exists once, not twice.
+    loaded from a file): a large model then exists once, not twice. ``gelu`` fuses exact-GELU
+    patterns into one op (for NPU targets, which lack a quantized Erf).
     """
     report = PrepareReport()
     if owned:
@@ -173,5 +177,9 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
     if simplify:
         report.folded_affines = fold_affine_into_conv(work)
         report.fused_hardswish = fuse_hardswish(work, default_opset(work))
+    if gelu:
+        report.fused_gelu = fuse_gelu(work.graph, default_opset(work))
+        if report.fused_gelu and default_opset(work) < 20 and not any(o.domain == MS_DOMAIN for o in work.opset_import):
+            work.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     work = infer_shapes(work)
     return work, report
