@@ -159,7 +159,7 @@ def _select(prepared: onnx.ModelProto, recipe: Recipe, not_float: set[str] | Non
 def _fixed_shapes(model: onnx.ModelProto, recipe: Recipe, data: Any) -> dict[str, tuple[int, ...]]:
     """The recipe's input shapes; for fixed-shape targets, free dims come from the first sample."""
     shapes = recipe.shapes
-    if not recipe.every_op or not has_free_dims(fix_input_shapes(model, shapes) if shapes else model):
+    if not recipe.every_op or not has_free_dims(model, given=shapes):
         return shapes
     first = None
     if data is not None and not hasattr(data, "get_next"):  # a reader cannot be read twice

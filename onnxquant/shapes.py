@@ -5,6 +5,8 @@ dynamic batch), so validation and the ``qnn`` target pin free dims to the sample
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import onnx
 
 from onnxquant.errors import CalibrationDataError
@@ -14,11 +16,17 @@ def _dims(value: onnx.ValueInfoProto):
     return value.type.tensor_type.shape.dim
 
 
-def has_free_dims(model: onnx.ModelProto) -> bool:
-    """True when any graph input has a dim without a fixed positive size."""
-    inits = {i.name for i in model.graph.initializer}
-    return any(not (d.HasField("dim_value") and d.dim_value > 0)
-               for v in model.graph.input if v.name not in inits for d in _dims(v))
+def has_free_dims(model: onnx.ModelProto, given: Iterable[str] = ()) -> bool:
+    """True when an input dim has no fixed size, once the inputs named in ``given`` are fixed.
+
+    Fixing an input also fixes its named dims wherever else they appear (see
+    ``fix_input_shapes``), so those do not count as free.
+    """
+    given = set(given)
+    inputs = [v for v in model.graph.input if v.name not in {i.name for i in model.graph.initializer}]
+    named = {d.dim_param for v in inputs if v.name in given for d in _dims(v) if d.dim_param}
+    return any(not (d.HasField("dim_value") and d.dim_value > 0) and d.dim_param not in named
+               for v in inputs if v.name not in given for d in _dims(v))
 
 
 def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:

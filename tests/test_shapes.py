@@ -27,3 +27,9 @@ def test_contradicting_shapes_are_refused():
         fix_input_shapes(tiny_attention(), {"x": (1, 5, 8), "keep": (1, 1, 6)})
     with pytest.raises(CalibrationDataError, match="not an input"):
         fix_input_shapes(tiny_cnn(), {"y": (1,)})
+
+
+def test_a_shape_for_one_input_fixes_the_dims_it_names_in_the_others():
+    model = tiny_attention()
+    assert has_free_dims(model, given=["keep"]) is False  # "S" is fixed through keep, x's 8 is fixed
+    assert has_free_dims(tiny_cnn(), given=[]) is True
