@@ -1,8 +1,10 @@
 """The ``onnxquant`` command: options -> recipe -> library call -> printed summary."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +42,12 @@ class _Command(click.Command):
             ctx.exit(1)
 
 
-def _progress(quiet: bool, desc: str = "calibrating"):
+@contextlib.contextmanager
+def _progress(quiet: bool, desc: str) -> Iterator[Any]:
+    """A progress callback for the library: a tqdm bar on a TTY, else None; closed on exit."""
     if quiet or not sys.stderr.isatty():
-        return None, None
+        yield None
+        return
     from tqdm import tqdm
 
     bar = tqdm(desc=desc, unit="sample", file=sys.stderr, leave=False)
@@ -53,7 +58,18 @@ def _progress(quiet: bool, desc: str = "calibrating"):
         bar.n = done
         bar.refresh()
 
-    return update, bar
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def _emit(summary: dict[str, Any], as_json: bool, quiet: bool, render: Any) -> None:
+    """JSON for scripts, ``render(summary)`` for people, nothing when quiet."""
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+    elif not quiet:
+        click.echo(render(summary))
 
 
 def _size(n: int) -> str:
@@ -197,17 +213,9 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
         recipe = recipe.with_overrides(simplify=False)
     if calib_data is None and load_stats is None:
         raise click.UsageError("give --calib-data DIR (or --load-stats FILE)")
-    update, bar = _progress(quiet or as_json)
-    try:
+    with _progress(quiet or as_json, "calibrating") as update:
         result = run_quantize(model, calib_data, recipe, output, stats=load_stats, save_stats_to=save_stats, progress=update)
-    finally:
-        if bar is not None:
-            bar.close()
-    summary = result.to_dict()
-    if as_json:
-        click.echo(json.dumps(summary, indent=2, sort_keys=True))
-    elif not quiet:
-        click.echo(_summary(summary))
+    _emit(result.to_dict(), as_json, quiet, _summary)
 
 
 def _validation_summary(report: dict[str, Any]) -> str:
@@ -290,18 +298,10 @@ def validate(original: Path, compressed: Path, data: Path, eps: tuple[str, ...],
     budget = Budget(min_cosine=min_cosine, min_top1=min_top1, min_sqnr_db=min_sqnr, max_abs_error=max_abs_error,
                     max_latency_ratio=max_latency_ratio, require_on_ep=require_on_ep)
     preprocess: ImagePreprocess = recipe_for_target("cpu").with_overrides(preprocess=_preprocess_overrides(image)).preprocess
-    update, bar = _progress(quiet or as_json, "validating")
-    try:
+    with _progress(quiet or as_json, "validating") as update:
         report = run_validate(original, compressed, data, eps or ("cpu",), budget, preprocess=preprocess,
                               max_samples=max_samples, latency_runs=latency_runs, threads=threads, progress=update)
-    finally:
-        if bar is not None:
-            bar.close()
-    summary = report.to_dict()
-    if as_json:
-        click.echo(json.dumps(summary, indent=2, sort_keys=True))
-    elif not quiet:
-        click.echo(_validation_summary(summary))
+    _emit(report.to_dict(), as_json, quiet, _validation_summary)
     if report.unavailable:
         raise ExecutionProviderError(f"execution provider(s) not available: {', '.join(report.unavailable)}")
     if report.failures:
