@@ -13,6 +13,7 @@ import onnx
 from onnx import helper
 
 from onnxquant.passes.fuse_hardswish import _const_operand
+from onnxquant.passes.node_index import NodeIndex
 
 MS_DOMAIN = "com.microsoft"
 
@@ -23,20 +24,9 @@ def _close(value: float | None, target: float) -> bool:
 
 def fuse_gelu(graph: onnx.GraphProto, opset: int) -> int:
     """Fuse every exact-GELU pattern in ``graph``; return how many were fused."""
-    nodes = list(graph.node)
-    inits = {i.name: i for i in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    producer = {o: k for k, n in enumerate(nodes) for o in n.output}
-    readers: dict[str, list[int]] = {}
-    for k, n in enumerate(nodes):
-        for name in n.input:
-            readers.setdefault(name, []).append(k)
-
-    def only_reader(tensor: str, op: str) -> int | None:
-        found = readers.get(tensor, [])
-        if len(found) == 1 and nodes[found[0]].op_type == op and tensor not in outputs:
-            return found[0]
-        return None
+    index = NodeIndex(graph)
+    nodes, inits, producer, readers, only_reader = (index.nodes, index.inits, index.producer, index.readers,
+                                                    index.only_reader)
 
     drop: set[int] = set()
     replace: dict[int, onnx.NodeProto] = {}
@@ -83,7 +73,7 @@ def fuse_gelu(graph: onnx.GraphProto, opset: int) -> int:
         replace[max(chain)] = fused  # the last op's position: every reader of out comes later
     if not replace:
         return 0
-    new_nodes = [replace[k] if k in replace else n for k, n in enumerate(nodes) if k in replace or k not in drop]
+    new_nodes = [replace.get(k, n) for k, n in enumerate(nodes) if k in replace or k not in drop]
     del graph.node[:]
     graph.node.extend(new_nodes)
     return len(replace)

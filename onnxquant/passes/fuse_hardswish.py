@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxquant.passes.node_index import NodeIndex
+
 
 def _scalar(graph_inits: dict[str, onnx.TensorProto], name: str) -> float | None:
     init = graph_inits.get(name)
@@ -47,19 +49,8 @@ def _matches(graph: onnx.GraphProto):
 
     Positions, not Python objects: protobuf wrappers are not stable identities.
     """
-    nodes = list(graph.node)
-    inits = {i.name: i for i in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    consumers: dict[str, list[int]] = {}
-    for k, node in enumerate(nodes):
-        for name in node.input:
-            consumers.setdefault(name, []).append(k)
-
-    def single(tensor: str, op: str) -> int | None:
-        readers = consumers.get(tensor, [])
-        if len(readers) == 1 and nodes[readers[0]].op_type == op and tensor not in outputs:
-            return readers[0]
-        return None
+    index = NodeIndex(graph)
+    nodes, inits, single = index.nodes, index.inits, index.only_reader
 
     for a, add in enumerate(nodes):
         if add.op_type != "Add":
