@@ -78,8 +78,6 @@ def select_every_op(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] 
             elif i == bias_in and recipe.quantization.quantize_bias and len(g.initializers[t].dims) == 1 \
                     and g.is_float_initializer(node.input[weight_in]):
                 sel.biases[(node.name, t)] = node.input[weight_in]
-            elif i == bias_in:
-                sel.constants[(node.name, t)] = i
             else:
                 sel.constants[(node.name, t)] = i
         if node.op_type in SAME_SCALE_OPS and data_in and float_outs:

@@ -28,7 +28,7 @@ from onnxquant.errors import (
     ModelError,
     UsageError,
 )
-from onnxquant.model_io import PROTOBUF_LIMIT, load_model, serialize
+from onnxquant.model_io import PROTOBUF_LIMIT, iter_tensors, load_model, serialize
 from onnxquant.providers import (
     NEEDS_STATIC_SHAPES,
     PROVIDERS,
@@ -162,8 +162,6 @@ def _percentile(values: list[float], q: float) -> float:
 
 def file_size(path: Path, model: onnx.ModelProto) -> int:
     """The model file plus every external data file it names (each counted once)."""
-    from onnxquant.model_io import iter_tensors
-
     locations = {entry.value for t in iter_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL
                  for entry in t.external_data if entry.key == "location"}
     return path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in sorted(locations))

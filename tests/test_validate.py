@@ -84,7 +84,7 @@ def test_missing_provider_is_reported_never_replaced(cnn_path: Path, quantized_c
                   "--json", "--latency-runs", "1")
     assert result.exit_code == 7
     data = json.loads(result.output.split("\nerror:")[0]) if "\nerror:" in result.output else json.loads(result.output)
-    openvino = [p for p in data["providers"] if p["ep"] == "openvino"][0]
+    openvino = next(p for p in data["providers"] if p["ep"] == "openvino")
     assert openvino["available"] is False and "onnxruntime-openvino" in openvino["reason"]
     assert data["unavailable"] == ["openvino"]
 
