@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 METRIC = {"efficientnet-lite0": metrics.classifier, "minilm": metrics.embedding, "ppocr-det": metrics.probability_map}
 HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "minilm": ("cosine", "cosine_min"),
             "ppocr-det": ("mask_iou", "mean_abs_error")}
-TOOLS = ("onnxquant", "ort", "ort+pre")
+TOOLS = ("onnxquant", "ort", "ort+pre", "nncf")
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:

@@ -36,6 +36,7 @@ from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset, prepare_model
 from onnxquant.planner import NOT_FLOAT, Selection, finalize, node_names, select
 from onnxquant.recipe import Recipe
+from onnxquant.recovery.bias_correction import correct_biases
 from onnxquant.shapes import fix_input_shapes, has_free_dims
 
 RECIPE_KEY = "onnxquant.recipe"
@@ -229,12 +230,13 @@ def quantize(
     not_float = set(sel.observed) - set(table.tensors)
     sel = _select(prepared, recipe, not_float)
     plan = finalize(prepared, sel, table, recipe)
+    recovery_notes = _recover_after_plan(prepared, plan, data, recipe, progress)
     op_by_name = {n.name: n.op_type for n in prepared.graph.node}
     quantized = insert_qdq(prepared, plan, default_opset(prepared), inplace=True)  # prepared is ours
     _stamp(quantized, recipe)
     # One serialization serves the self-check, the file and the reported size.
     payload = serialize(quantized) if quantized.ByteSize() < PROTOBUF_LIMIT else None
-    notes = [*prep.notes, *plan.notes]
+    notes = [*prep.notes, *plan.notes, *recovery_notes]
     if payload is not None:
         _self_check(payload, first)
     else:
@@ -268,6 +270,24 @@ def quantize(
         recipe=recipe,
         notes=notes,
     )
+
+
+def _recover_after_plan(prepared: onnx.ModelProto, plan: Any, data: Any, recipe: Recipe,
+                        progress: ProgressCallback | None) -> list[str]:
+    """Recovery passes that need the final scales: learned rounding, then bias correction."""
+    settings = recipe.recovery
+    if not settings.bias_correction:
+        return []
+    if data is None:
+        return ["bias correction skipped: it needs calibration data, not only saved statistics"]
+    if hasattr(data, "get_next"):
+        return ["bias correction skipped: it reads the calibration data again (give a folder or a list, "
+                "not a one-pass reader)"]
+    notes = []
+    changed = correct_biases(prepared, plan, _open(prepared, data, recipe), recipe.calibration.max_samples)
+    if changed:
+        notes.append(f"bias correction: {changed} biases shifted")
+    return notes
 
 
 # Float nodes worth telling the user about: compute-heavy ops that stayed float.

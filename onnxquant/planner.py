@@ -361,3 +361,13 @@ def _bias_params(bias: np.ndarray, x: QParams, w: QParams) -> tuple[QParams, QPa
     scale = (x_scale * new_w_scale.astype(np.float64)).astype(np.float32)
     scale = np.broadcast_to(scale, bias.shape).copy()
     return w_new, QParams(scale, np.zeros(bias.shape, np.int32), "int32", 0)
+
+
+def refresh_bias_params(model: onnx.ModelProto, plan: QuantPlan, node: str, bias: str) -> None:
+    """Recompute one bias's int32 params after a recovery pass changed its float values."""
+    weight = plan.selection.biases[(node, bias)]
+    x = next(n.input[0] for n in model.graph.node if n.name == node)
+    value = next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == bias)
+    params = _bias_params(value.astype(np.float64), plan.activations[x], plan.weights[(node, weight)])
+    if params is not None:
+        plan.weights[(node, weight)], plan.weights[(node, bias)] = params

@@ -77,6 +77,27 @@ class NodeSelection:
                 raise UsageError("empty node pattern")
 
 
+@dataclass(frozen=True)
+class RecoverySettings:
+    """Accuracy-recovery passes (see README, "Accuracy recovery"); defaults are the measured best."""
+
+    equalize: bool = True  # cross-layer equalisation of Conv pairs joined by ReLU-like activations
+    smoothquant: bool = True  # move activation outliers into MatMul weights (LayerNorm producers)
+    smoothquant_alpha: float = 0.5
+    bias_correction: bool = True  # cancel each layer's mean output shift, per channel
+    adaround: bool = False  # learned rounding of weights (slower; numpy only)
+    adaround_iterations: int = 400
+    adaround_seconds: float | None = None  # time cap; layers past it keep nearest rounding
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.smoothquant_alpha < 1.0:
+            raise UsageError(f"smoothquant_alpha must be in (0, 1), got {self.smoothquant_alpha}")
+        if self.adaround_iterations < 1:
+            raise UsageError(f"adaround_iterations must be at least 1, got {self.adaround_iterations}")
+        if self.adaround_seconds is not None and self.adaround_seconds <= 0:
+            raise UsageError(f"adaround_seconds must be positive, got {self.adaround_seconds}")
+
+
 TARGETS = ("cpu", "qnn", "openvino")
 
 # What each runtime wants, applied under the user's own settings (see README, "Targets").
@@ -109,6 +130,7 @@ class Recipe:
     quantization: QuantizationSettings = field(default_factory=QuantizationSettings)
     nodes: NodeSelection = field(default_factory=NodeSelection)
     preprocess: ImagePreprocess = field(default_factory=ImagePreprocess)
+    recovery: RecoverySettings = field(default_factory=RecoverySettings)
     simplify: bool = True
     target: str = "cpu"
     # Fixed sizes for inputs with free dims, e.g. {"input_ids": (1, 128)}; sorted for stable output.
@@ -168,6 +190,7 @@ _SECTIONS = {
     "quantization": QuantizationSettings,
     "nodes": NodeSelection,
     "preprocess": ImagePreprocess,
+    "recovery": RecoverySettings,
 }
 
 

@@ -38,7 +38,7 @@ class _Names:
         return name
 
 
-def _qdq_domain(params: QParams, opset: int) -> str:
+def qdq_domain(params: QParams, opset: int) -> str:
     """16-bit Q/DQ is standard from opset 21; before that onnxruntime has it in com.microsoft."""
     return MS_DOMAIN if params.dtype in ("uint16", "int16") and opset < 21 else ""
 
@@ -85,7 +85,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
             # the producer's only reader is the Q (a clean node unit for an NPU).
             q_in = renamed[tensor] = names.fresh(f"{tensor}_before_quantize")
             dq_out = tensor
-        domain = _qdq_domain(params, opset)
+        domain = qdq_domain(params, opset)
         nodes = [
             helper.make_node("QuantizeLinear", [q_in, scale.name, zero.name], [q_out],
                              name=names.fresh(f"{tensor}_QuantizeLinear"), domain=domain),
@@ -106,7 +106,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
         dq_out = names.fresh(f"{base}_dequantized")
         head.append(helper.make_node("DequantizeLinear", [q_init.name, scale.name, zero.name], [dq_out],
                                      name=names.fresh(f"{base}_DequantizeLinear"),
-                                     domain=_qdq_domain(params, opset), **_axis_attr(params)))
+                                     domain=qdq_domain(params, opset), **_axis_attr(params)))
         weight_dq[(node_name, tensor)] = dq_out
 
     guarded = _runtime_would_quantize(graph, sel)

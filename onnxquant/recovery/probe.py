@@ -1,0 +1,106 @@
+"""Run a model with extra nodes and outputs over samples, one sample at a time.
+
+Recovery passes measure things the model does not output (a layer's input, a channel's mean
+error under quantization). They describe the extra nodes as a ``Probe``; the probe is added to
+the graph only while it is serialized, so the model itself is left as it was.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxquant.calibration.collector import make_session
+from onnxquant.calibration.feeds import check_feed, input_specs
+from onnxquant.errors import CalibrationDataError
+from onnxquant.model_io import serialize
+from onnxquant.passes.insert_qdq import qdq_domain
+from onnxquant.qparams import QParams
+
+
+@dataclass
+class Probe:
+    """Extra nodes, initializers and outputs; names are prefixed so they cannot clash."""
+
+    prefix: str
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    initializers: list[onnx.TensorProto] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    _count: int = 0
+
+    def name(self, hint: str) -> str:
+        self._count += 1
+        return f"{self.prefix}{self._count}_{hint}"
+
+    def constant(self, value: np.ndarray, hint: str = "c") -> str:
+        name = self.name(hint)
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], hint: str = "", domain: str = "", **attrs) -> str:
+        out = self.name(hint or op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [out], name=out, domain=domain, **attrs))
+        return out
+
+    def reduce_mean(self, x: str, axes: list[int], opset: int) -> str:
+        """Mean over ``axes`` (keepdims 0), in the form ``opset`` wants."""
+        if opset >= 18:
+            return self.node("ReduceMean", [x, self.constant(np.array(axes, np.int64), "axes")], keepdims=0)
+        return self.node("ReduceMean", [x], axes=axes, keepdims=0)
+
+    def reduce_max(self, x: str, axes: list[int], opset: int) -> str:
+        if opset >= 18:
+            return self.node("ReduceMax", [x, self.constant(np.array(axes, np.int64), "axes")], keepdims=0)
+        return self.node("ReduceMax", [x], axes=axes, keepdims=0)
+
+    def reduce_sum_square(self, x: str) -> str:
+        """Sum of squares of every element (a scalar); no axes means all, in every opset."""
+        return self.node("ReduceSumSquare", [x], keepdims=0)
+
+    def fake_quant(self, x: str, params: QParams, opset: int) -> str:
+        """QuantizeLinear then DequantizeLinear of ``x`` with ``params``, as the rewrite writes them."""
+        attrs = {} if params.axis is None else {"axis": params.axis}
+        domain = qdq_domain(params, opset)
+        s = self.constant(np.asarray(params.scale, np.float32), "scale")
+        z = self.constant(np.asarray(params.zero_point), "zp")
+        q = self.node("QuantizeLinear", [x, s, z], "q", domain=domain, **attrs)
+        return self.node("DequantizeLinear", [q, s, z], "dq", domain=domain, **attrs)
+
+
+def probe_bytes(model: onnx.ModelProto, probe: Probe) -> bytes:
+    """``model`` with the probe's nodes and outputs, serialized; ``model`` is restored after."""
+    graph = model.graph
+    counts = len(graph.node), len(graph.initializer), len(graph.output)
+    graph.node.extend(probe.nodes)
+    graph.initializer.extend(probe.initializers)
+    for name in probe.outputs:
+        graph.output.add().name = name
+    try:
+        return serialize(model)
+    finally:
+        del graph.node[counts[0]:]
+        del graph.initializer[counts[1]:]
+        del graph.output[counts[2]:]
+
+
+def run_probe(
+    model: onnx.ModelProto,
+    probe: Probe,
+    samples: Iterable[dict[str, np.ndarray]],
+    max_samples: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield the probe's outputs for each sample (one sample's worth of memory at a time)."""
+    session = make_session(probe_bytes(model, probe))
+    specs = input_specs(model)
+    for index, raw in enumerate(samples):
+        if max_samples is not None and index >= max_samples:
+            break
+        feed = check_feed(raw, specs, index)
+        try:
+            values = session.run(probe.outputs, feed)
+        except Exception as exc:
+            raise CalibrationDataError(f"sample {index}: onnxruntime failed: {str(exc).strip().splitlines()[0]}") from exc
+        yield dict(zip(probe.outputs, values))

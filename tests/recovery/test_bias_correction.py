@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxquant
+from onnxquant.recipe import Recipe
+from tests.conftest import run
+
+SCALE = 0.01
+
+
+def _depthwise_with_biased_rounding() -> onnx.ModelProto:
+    """A depthwise Conv whose weights all sit 0.4 steps above an integer: int8 rounds every
+    one of them down, a systematic shift per channel that bias correction must remove."""
+    w = np.full((4, 1, 3, 3), 10.4 * SCALE, np.float32)
+    w[:, 0, 0, 0] = 127 * SCALE  # fixes the per-channel scale at SCALE
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="dw", group=4),
+         helper.make_node("GlobalAveragePool", ["c"], ["y"], name="gap")],
+        "dw",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1, 1])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(4, np.float32), "b")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _samples(n: int, seed: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.uniform(0, 1, (1, 4, 8, 8)).astype(np.float32)} for _ in range(n)]
+
+
+def _mean_shift(model: onnx.ModelProto, quantized: onnx.ModelProto) -> float:
+    diffs = [run(model, s)[0] - run(quantized, s)[0] for s in _samples(8, seed=7)]
+    return float(np.abs(np.mean(diffs, axis=(0, 1, 3, 4))).max())
+
+
+def test_bias_correction_removes_systematic_rounding_shift():
+    model = _depthwise_with_biased_rounding()
+    calib = _samples(16, seed=1)
+    plain = onnxquant.quantize(model, calib, Recipe().with_overrides(recovery={"bias_correction": False}))
+    corrected = onnxquant.quantize(model, calib, Recipe())
+    before, after = _mean_shift(model, plain.model), _mean_shift(model, corrected.model)
+    assert before > 0.01  # 8 weights x 0.4 steps x 0.01 x mean input 0.5
+    assert after < before / 5
+    assert any("bias correction: 1 biases" in n for n in corrected.notes)
+    # the caller's model is untouched
+    assert not numpy_helper.to_array(model.graph.initializer[1]).any()
+
+
+def test_bias_correction_skipped_for_one_pass_reader(cnn_path: Path):
+    class Reader:
+        def __init__(self) -> None:
+            self.items = iter(_cnn_samples())
+
+        def get_next(self):
+            return next(self.items, None)
+
+    result = onnxquant.quantize(cnn_path, Reader())
+    assert any("bias correction skipped" in n for n in result.notes)
+
+
+def _cnn_samples() -> list[dict[str, np.ndarray]]:
+    from models.tiny import image_samples
+
+    return image_samples(6)
