@@ -37,6 +37,7 @@ from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset, prepare_model
 from onnxquant.planner import NOT_FLOAT, Selection, finalize, node_names, select
 from onnxquant.recipe import Recipe
 from onnxquant.recovery.bias_correction import correct_biases
+from onnxquant.recovery.smoothquant import smooth
 from onnxquant.shapes import fix_input_shapes, has_free_dims
 
 RECIPE_KEY = "onnxquant.recipe"
@@ -147,7 +148,32 @@ def _prepare_and_select(model: onnx.ModelProto | str | os.PathLike, recipe: Reci
     if shapes:
         prep.notes.append("input shapes fixed to " + ", ".join(f"{k} {list(v)}" for k, v in sorted(shapes.items())))
     node_names(prepared)
-    return prepared, prep, _select(prepared, recipe), size_before
+    sel = _select(prepared, recipe)
+    if _recover_before_calibration(prepared, sel, prep, recipe, data):
+        node_names(prepared)
+        sel = _select(prepared, recipe)
+    return prepared, prep, sel, size_before
+
+
+def _rereadable(data: Any) -> bool:
+    return data is not None and not hasattr(data, "get_next")
+
+
+def _recover_before_calibration(prepared: onnx.ModelProto, sel: Selection, prep: Any, recipe: Recipe,
+                                data: Any) -> bool:
+    """Passes that change activation ranges, so run before calibration. True if the graph changed."""
+    settings = recipe.recovery
+    if not settings.smoothquant or not any(op in ("MatMul", "Gemm") for op in sel.quantized.values()):
+        return False
+    if not _rereadable(data):
+        prep.notes.append("SmoothQuant skipped: it reads the calibration data once more before calibrating")
+        return False
+    report = smooth(prepared, sel, _open(prepared, data, recipe), settings.smoothquant_alpha,
+                    recipe.calibration.max_samples, fold_only=settings.smoothquant_fold_only)
+    if report.folded or report.inserted:
+        prep.notes.append(f"SmoothQuant (alpha {settings.smoothquant_alpha}): {report.folded} LayerNorm outputs "
+                          f"folded, {report.inserted} Mul nodes inserted")
+    return bool(report.inserted)
 
 
 def _select(prepared: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = None) -> Selection:

@@ -1,0 +1,76 @@
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxquant
+from onnxquant.api import _select
+from onnxquant.planner import node_names
+from onnxquant.recipe import Recipe
+from onnxquant.recovery.smoothquant import smooth
+from tests.conftest import run
+
+OUTLIER = 3  # the input channel a hundred times larger than the others
+
+
+def _outlier_matmul(layer_norm: bool) -> onnx.ModelProto:
+    """(1, 6, 8) tokens -> [LayerNorm] -> MatMul (8 -> 4), with one outlier input channel."""
+    rng = np.random.default_rng(0)
+    gamma = np.ones(8, np.float32)
+    gamma[OUTLIER] = 100.0
+    nodes, inits = [], [numpy_helper.from_array(rng.normal(0, 0.3, (8, 4)).astype(np.float32), "w")]
+    x = "x"
+    if layer_norm:
+        inits += [numpy_helper.from_array(gamma, "gamma"), numpy_helper.from_array(np.zeros(8, np.float32), "beta")]
+        nodes.append(helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], name="ln", axis=-1))
+        x = "h"
+    nodes += [helper.make_node("MatMul", [x, "w"], ["m"], name="mm"), helper.make_node("Relu", ["m"], ["y"], name="act")]
+    graph = helper.make_graph(nodes, "outlier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def _samples(n: int, seed: int, outlier: bool = False) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        x = rng.normal(0, 1, (1, 6, 8)).astype(np.float32)
+        if outlier:
+            x[..., OUTLIER] *= 100
+        out.append({"x": x})
+    return out
+
+
+def _sqnr(model, quantized, samples) -> float:
+    ref = np.concatenate([run(model, s)[0] for s in samples])
+    got = np.concatenate([run(quantized, s)[0] for s in samples])
+    return float(10 * np.log10(np.sum(ref**2) / np.sum((ref - got) ** 2)))
+
+
+def test_smoothing_keeps_the_float_function_and_folds_into_layer_norm():
+    model = _outlier_matmul(layer_norm=True)
+    smoothed = onnx.ModelProto()
+    smoothed.CopyFrom(model)
+    node_names(smoothed)
+    report = smooth(smoothed, _select(smoothed, Recipe()), _samples(8, 1), alpha=0.75)
+    assert (report.folded, report.inserted) == (1, 0)
+    gamma = numpy_helper.to_array(next(i for i in smoothed.graph.initializer if i.name == "gamma"))
+    assert gamma[OUTLIER] < 50  # the outlier moved into the weight
+    for s in _samples(4, 2):
+        np.testing.assert_allclose(run(smoothed, s)[0], run(model, s)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_smoothing_inserts_a_mul_when_it_cannot_fold_and_improves_int8():
+    model = _outlier_matmul(layer_norm=False)
+    calib, held = _samples(16, 1, outlier=True), _samples(8, 2, outlier=True)
+    on = onnxquant.quantize(model, calib, Recipe())
+    off = onnxquant.quantize(model, calib, Recipe().with_overrides(recovery={"smoothquant": False}))
+    assert any("1 Mul nodes inserted" in n for n in on.notes)
+    assert _sqnr(model, on.model, held) > _sqnr(model, off.model, held) + 3
+    only_fold = onnxquant.quantize(model, calib, Recipe().with_overrides(recovery={"smoothquant_fold_only": True}))
+    assert not any("SmoothQuant" in n for n in only_fold.notes)
+
+
+def test_smoothing_leaves_rank_two_features_alone(cnn_path, npz_dir):
+    result = onnxquant.quantize(cnn_path, npz_dir)
+    assert not any("SmoothQuant" in n for n in result.notes)
