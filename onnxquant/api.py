@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,17 @@ from onnxquant.model_io import (
     save_model,
     serialize,
 )
+from onnxquant.mixed_precision import (
+    Holdout,
+    LayerSensitivity,
+    Metric,
+    MixedPrecisionResult,
+    measure,
+    rank_layers,
+    search,
+)
 from onnxquant.npu_planner import select_every_op
+from onnxquant.ops.rules import RULES, Kind
 from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset, prepare_model
 from onnxquant.planner import NOT_FLOAT, Selection, finalize, node_names, select
@@ -65,6 +76,7 @@ class QuantizeResult:
     seconds: dict[str, float]
     recipe: Recipe
     notes: list[str] = field(default_factory=list)
+    mixed_precision: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +91,7 @@ class QuantizeResult:
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "notes": self.notes,
             "recipe": self.recipe.to_dict(),
+            **({"mixed_precision": self.mixed_precision} if self.mixed_precision is not None else {}),
         }
 
 
@@ -218,12 +231,20 @@ def quantize(
     stats: StatsTable | str | os.PathLike | None = None,
     save_stats_to: str | os.PathLike | None = None,
     progress: ProgressCallback | None = None,
+    holdout: Any = None,
+    max_drop: float | None = None,
+    metric: Metric | None = None,
 ) -> QuantizeResult:
     """Quantize ``model`` to int8 QDQ from calibration ``data`` (or saved ``stats``).
 
     ``data``: a folder of .npz files or images, an iterable of ``{input: array}`` dicts, or an
     onnxruntime ``CalibrationDataReader``. The input model is never modified; ``output`` is
     written atomically, and only after the result passes its self-check.
+
+    ``max_drop``: automatic mixed precision. The fewest most-sensitive layers stay float so
+    that the drop on ``holdout`` (default: the calibration data) is at most ``max_drop``: 1
+    minus the worst output's agreement with fp32 (top-1 agreement for classifier scores, mean
+    cosine otherwise), or, with ``metric``, the fp32 score minus the quantized score.
     """
     started = time.perf_counter()
     recipe = recipe or Recipe()
@@ -254,15 +275,20 @@ def quantize(
 
     # Tensors that turned out not to be float32 (unknown before running) narrow the selection.
     not_float = set(sel.observed) - set(table.tensors)
-    sel = _select(prepared, recipe, not_float)
-    plan = finalize(prepared, sel, table, recipe)
-    recovery_notes = _recover_after_plan(prepared, plan, data, recipe, progress)
     op_by_name = {n.name: n.op_type for n in prepared.graph.node}
-    quantized = insert_qdq(prepared, plan, default_opset(prepared), inplace=True)  # prepared is ours
+    mixed = None
+    if max_drop is None:
+        quantized, sel, build_notes = _build(prepared, recipe, table, not_float, data, inplace=True)  # prepared is ours
+    else:
+        mixed = _mixed_precision(prepared, recipe, table, not_float, data, holdout, max_drop, metric, progress)
+        quantized, build_notes = mixed.model, [f"mixed precision: {len(mixed.float_layers)} layer(s) kept float, "
+                                               f"drop {mixed.drop:.4f} within budget {max_drop}"]
+        recipe = _excluding(recipe, mixed.float_layers)  # the recipe that reproduces this model
+        sel = _select(prepared, recipe, not_float)
     _stamp(quantized, recipe)
     # One serialization serves the self-check, the file and the reported size.
     payload = serialize(quantized) if quantized.ByteSize() < PROTOBUF_LIMIT else None
-    notes = [*prep.notes, *plan.notes, *recovery_notes]
+    notes = [*prep.notes, *build_notes]
     if payload is not None:
         _self_check(payload, first)
     else:
@@ -295,11 +321,118 @@ def quantize(
         seconds={"calibration": calibration_seconds, "total": time.perf_counter() - started},
         recipe=recipe,
         notes=notes,
+        mixed_precision=mixed.to_dict() if mixed is not None else None,
     )
 
 
-def _recover_after_plan(prepared: onnx.ModelProto, plan: Any, data: Any, recipe: Recipe,
-                        progress: ProgressCallback | None) -> list[str]:
+def _excluding(recipe: Recipe, nodes: Sequence[str]) -> Recipe:
+    if not nodes:
+        return recipe
+    return recipe.with_overrides(nodes={"exclude": (*recipe.nodes.exclude, *nodes)})
+
+
+def _ensure_stats(prepared: onnx.ModelProto, sel: Selection, table: StatsTable, data: Any, recipe: Recipe) -> bool:
+    """Observe tensors a narrower selection needs that the full one did not (a Conv's own output
+    when its Relu stays float). False when they cannot be observed."""
+    missing = [t for t in sel.observed if t not in table.tensors]
+    if not missing:
+        return True
+    if not _rereadable(data):
+        return False
+    extra = collect(prepared, missing, _open(prepared, data, recipe), needs_histogram(recipe.calibration.method),
+                    recipe.calibration.max_samples)
+    table.tensors.update(extra.tensors)
+    return all(t in table.tensors for t in sel.observed)
+
+
+def _build(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTable, not_float: set[str], data: Any,
+           inplace: bool, recover: bool = True) -> tuple[onnx.ModelProto, Selection, list[str]]:
+    """Plan, recover and rewrite: the quantized model for ``recipe`` from calibrated ``table``.
+
+    With ``inplace`` false, ``prepared`` is left as it was (recovery passes change weights).
+    """
+    work = prepared
+    if not inplace:
+        work = onnx.ModelProto()
+        work.CopyFrom(prepared)
+    sel = _select(work, recipe, not_float)
+    if not _ensure_stats(work, sel, table, data, recipe):
+        raise CalibrationDataError("this selection needs statistics of tensors that were not observed")
+    plan = finalize(work, sel, table, recipe)
+    notes = [*plan.notes, *(_recover_after_plan(work, plan, data, recipe) if recover else [])]
+    return insert_qdq(work, plan, default_opset(work), inplace=True), sel, notes
+
+
+def _weighted_units(prepared: onnx.ModelProto, sel: Selection) -> list[tuple[str, str]]:
+    """Quantized Conv/Gemm/MatMul-like nodes, in graph order: the units mixed precision moves."""
+    return [(n.name, n.op_type) for n in prepared.graph.node
+            if n.name in sel.quantized and RULES[n.op_type].kind == Kind.WEIGHTED]
+
+
+def _rank(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTable, not_float: set[str], data: Any,
+          holdout: Holdout, metric: Metric | None, progress: ProgressCallback | None) -> list[LayerSensitivity]:
+    sel = _select(prepared, recipe, not_float)
+
+    def alone(node: str) -> onnx.ModelProto | None:
+        solo = recipe.with_overrides(nodes={"include": (node,)})
+        try:
+            model, solo_sel, _ = _build(prepared, solo, table, not_float, data, inplace=False, recover=False)
+        except CalibrationDataError:
+            return None
+        return model if solo_sel.quantized else None
+
+    return rank_layers(_weighted_units(prepared, sel), alone, holdout, metric,
+                       (lambda done, total: progress(done, total)) if progress else None)
+
+
+def _holdout_for(prepared: onnx.ModelProto, data: Any, holdout: Any, recipe: Recipe) -> Holdout:
+    source = holdout if holdout is not None else data
+    if not _rereadable(source):
+        raise UsageError("mixed precision and sensitivity need held-out samples that can be read repeatedly "
+                         "(a folder or a list)")
+    return Holdout.from_samples(prepared, _open(prepared, source, recipe), recipe.calibration.max_samples)
+
+
+def _mixed_precision(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTable, not_float: set[str], data: Any,
+                     holdout: Any, max_drop: float, metric: Metric | None,
+                     progress: ProgressCallback | None) -> MixedPrecisionResult:
+    if max_drop < 0:
+        raise UsageError(f"max_drop must be at least 0, got {max_drop}")
+    held = _holdout_for(prepared, data, holdout, recipe)
+    full_model, _, _ = _build(prepared, recipe, table, not_float, data, inplace=False)
+    full = (full_model, measure(full_model, held, metric))
+    if full[1].drop <= max_drop:
+        return search(lambda excluded: full_model, [], held, max_drop, metric, full)
+    ranking = _rank(prepared, recipe, table, not_float, data, held, metric, progress)
+
+    def build(excluded: tuple[str, ...]) -> onnx.ModelProto:
+        return _build(prepared, _excluding(recipe, excluded), table, not_float, data, inplace=False)[0]
+
+    return search(build, ranking, held, max_drop, metric, full)
+
+
+def sensitivity(
+    model: onnx.ModelProto | str | os.PathLike,
+    data: Any,
+    holdout: Any = None,
+    recipe: Recipe | None = None,
+    metric: Metric | None = None,
+    progress: ProgressCallback | None = None,
+) -> list[LayerSensitivity]:
+    """Each weighted layer quantized alone, measured against fp32 on ``holdout`` (default: the
+    calibration data); most damaging first."""
+    recipe = recipe or Recipe()
+    prepared, _, sel, _ = _prepare_and_select(model, recipe, data)
+    if not _rereadable(data):
+        raise CalibrationDataError("sensitivity needs calibration data (a folder or a list)")
+    table = collect(prepared, sel.observed, _open(prepared, data, recipe), needs_histogram(recipe.calibration.method),
+                    recipe.calibration.max_samples)
+    not_float = set(sel.observed) - set(table.tensors)
+    held = _holdout_for(prepared, data, holdout, recipe)
+    return _rank(prepared, recipe, table, not_float, data, held, metric, progress)
+
+
+def _recover_after_plan(prepared: onnx.ModelProto, plan: Any, data: Any, recipe: Recipe) -> list[str]:
     """Recovery passes that need the final scales: learned rounding, then bias correction."""
     settings = recipe.recovery
     if not settings.bias_correction:

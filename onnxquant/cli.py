@@ -149,6 +149,31 @@ def _parse_shapes(specs: tuple[str, ...]) -> dict[str, list[int]] | None:
     return shapes or None
 
 
+def _recovery_options(command: Any) -> Any:
+    """Accuracy-recovery switches, shared by quantize and sensitivity."""
+    options = [
+        click.option("--bias-correction/--no-bias-correction", "rc_bias_correction", default=None,
+                     help="Cancel each layer's mean output shift (default on)."),
+        click.option("--equalize/--no-equalize", "rc_equalize", default=None,
+                     help="Cross-layer equalisation of Conv pairs joined by ReLU (default on)."),
+        click.option("--smoothquant/--no-smoothquant", "rc_smoothquant", default=None,
+                     help="Move token-activation outliers into MatMul weights (default on)."),
+        click.option("--smoothquant-alpha", "rc_smoothquant_alpha", type=float, help="SmoothQuant migration strength (default 0.75)."),
+        click.option("--adaround/--no-adaround", "rc_adaround", default=None,
+                     help="Learned rounding of weights, layer by layer (default off: slower)."),
+        click.option("--adaround-seconds", "rc_adaround_seconds", type=float,
+                     help="Time cap for --adaround; later layers keep nearest rounding."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _recovery_overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """Pop the ``rc_*`` options (from ``_recovery_options``) into a recipe section."""
+    return {key[3:]: options.pop(key) for key in [k for k in options if k.startswith("rc_")]}
+
+
 def _preprocess_overrides(image: dict[str, Any]) -> dict[str, Any]:
     size = _parse_floats(image.get("image_size"), "--image-size")
     return {
@@ -180,6 +205,10 @@ def _preprocess_overrides(image: dict[str, Any]) -> dict[str, Any]:
 @click.option("--include", multiple=True, help="Only quantize matching nodes: NAME, op:TYPE or re:REGEX. Repeatable.")
 @click.option("--exclude", multiple=True, help="Keep matching nodes float: NAME, op:TYPE or re:REGEX. Repeatable.")
 @_image_options
+@_recovery_options
+@click.option("--max-drop", type=click.FloatRange(min=0), help="Mixed precision: keep the fewest most-sensitive layers float so the "
+              "agreement drop on --holdout stays within this (e.g. 0.01).")
+@click.option("--holdout", type=click.Path(path_type=Path), help="Held-out samples for --max-drop (default: the calibration data).")
 @click.option("--no-simplify", is_flag=True, default=False, help="Skip graph simplification before quantizing.")
 @click.option("--save-stats", type=click.Path(dir_okay=False, path_type=Path), help="Save calibration statistics (re-quantize later without running the model).")
 @click.option("--load-stats", type=click.Path(dir_okay=False, path_type=Path), help="Use saved statistics instead of running calibration.")
@@ -192,7 +221,7 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
              symmetric_activations: bool | None, weight_type: str | None, per_channel: bool | None,
              reduce_range: bool | None, quantize_bias: bool | None, op_types: str | None, include: tuple[str, ...],
              exclude: tuple[str, ...], no_simplify: bool, save_stats: Path | None, load_stats: Path | None, as_json: bool, quiet: bool,
-             debug: bool, **image: Any) -> None:
+             debug: bool, max_drop: float | None, holdout: Path | None, **image: Any) -> None:
     """Quantize MODEL to an int8 QDQ model using calibration data."""
     from onnxquant.api import quantize as run_quantize
 
@@ -208,14 +237,54 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
         nodes={"include": include or None, "exclude": exclude or None},
         preprocess=_preprocess_overrides(image),
         input_shapes=_parse_shapes(input_shape),
+        recovery=_recovery_overrides(image),
     )
     if no_simplify:
         recipe = recipe.with_overrides(simplify=False)
     if calib_data is None and load_stats is None:
         raise click.UsageError("give --calib-data DIR (or --load-stats FILE)")
+    if max_drop is not None and calib_data is None:
+        raise click.UsageError("--max-drop needs --calib-data")
     with _progress(quiet or as_json, "calibrating") as update:
-        result = run_quantize(model, calib_data, recipe, output, stats=load_stats, save_stats_to=save_stats, progress=update)
+        result = run_quantize(model, calib_data, recipe, output, stats=load_stats, save_stats_to=save_stats,
+                              progress=update, holdout=holdout, max_drop=max_drop)
     _emit(result.to_dict(), as_json, quiet, _summary)
+
+
+def _sensitivity_table(report: dict[str, Any]) -> str:
+    lines = [f"{'drop':>8} {'1-cos':>9}  layer (quantized alone; most damaging first)"]
+    for layer in report["layers"]:
+        lines.append(f"{layer['drop']:8.4f} {layer['cosine_drop']:9.2e}  {layer['node']} ({layer['op_type']})")
+    return "\n".join(lines)
+
+
+@main.command(cls=_Command)
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--calib-data", type=click.Path(path_type=Path), required=True, help="Calibration samples (.npz folder or images).")
+@click.option("--holdout", type=click.Path(path_type=Path), help="Held-out samples to measure on (default: the calibration data).")
+@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False, path_type=Path), help="TOML recipe.")
+@click.option("--target", type=click.Choice(TARGETS), help="Runtime to quantize for (default cpu).")
+@click.option("--max-samples", type=int, help="Use at most this many samples of each set.")
+@click.option("--top", type=int, help="Show only the N most damaging layers.")
+@_image_options
+@click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def sensitivity(model: Path, calib_data: Path, holdout: Path | None, recipe_path: Path | None, target: str | None,
+                max_samples: int | None, top: int | None, as_json: bool, quiet: bool, debug: bool, **image: Any) -> None:
+    """Quantize each weighted layer of MODEL alone and rank the layers by the damage they do.
+
+    drop: 1 minus the worst output's agreement with fp32 (top-1 for classifier scores, mean
+    cosine otherwise); 1-cos breaks ties.
+    """
+    from onnxquant.api import sensitivity as run_sensitivity
+
+    recipe = load_recipe(recipe_path, target) if recipe_path else recipe_for_target(target or "cpu")
+    recipe = recipe.with_overrides(calibration={"max_samples": max_samples}, preprocess=_preprocess_overrides(image))
+    with _progress(quiet or as_json, "layers") as update:
+        ranking = run_sensitivity(model, calib_data, holdout, recipe, progress=update)
+    layers = [r.to_dict() for r in ranking][: top or None]
+    _emit({"model": str(model), "layers": layers}, as_json, quiet, _sensitivity_table)
 
 
 def _validation_summary(report: dict[str, Any]) -> str:

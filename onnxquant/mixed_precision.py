@@ -1,0 +1,182 @@
+"""Sensitivity analysis and automatic mixed precision against an accuracy budget.
+
+Sensitivity: each weighted layer (Conv, Gemm, MatMul...) is quantized alone and the model's
+outputs are compared with fp32 on held-out samples; the list is sorted by damage. Mixed
+precision keeps the most damaging layers in float, as few as possible: it doubles the count
+until the budget holds, then bisects back to the smallest count that still holds.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxquant.agreement import OutputAgreement
+from onnxquant.calibration.collector import make_session
+from onnxquant.calibration.feeds import check_feed, input_specs
+from onnxquant.errors import BudgetExceededError, CalibrationDataError
+from onnxquant.model_io import serialize
+
+# A user metric scores a model from its outputs on every held-out sample (higher is better);
+# the drop is the fp32 score minus the quantized score.
+Metric = Callable[[list[list[np.ndarray]]], float]
+
+
+@dataclass
+class Holdout:
+    """Held-out feeds and the fp32 outputs for them, computed once."""
+
+    feeds: list[dict[str, np.ndarray]]
+    references: list[list[np.ndarray]]
+    output_names: list[str]
+
+    @classmethod
+    def from_samples(cls, model: onnx.ModelProto, samples: Iterable[dict[str, np.ndarray]],
+                     max_samples: int | None = None) -> Holdout:
+        session = make_session(serialize(model))
+        specs = input_specs(model)
+        feeds, refs = [], []
+        for index, raw in enumerate(samples):
+            if max_samples is not None and index >= max_samples:
+                break
+            feed = check_feed(raw, specs, index)
+            feeds.append(feed)
+            refs.append(session.run(None, feed))
+        if not feeds:
+            raise CalibrationDataError("no held-out samples were read")
+        return cls(feeds, refs, [o.name for o in session.get_outputs()])
+
+
+@dataclass
+class Measurement:
+    drop: float
+    scores: dict[str, float]  # per output: top-1 agreement, mean cosine or exact-match rate
+    # 1 - worst mean cosine: a finer tie-break than top-1 agreement on a few dozen samples
+    cosine_drop: float = 0.0
+
+
+def _agreement_score(agreement: OutputAgreement) -> float:
+    data = agreement.to_dict()
+    if "top1" in data:
+        return float(data["top1"])
+    if "cosine" in data:
+        return float(data["cosine"]) if data["cosine"] is not None else 0.0
+    return float(data["exact_match"])
+
+
+def measure(quantized: onnx.ModelProto | bytes, holdout: Holdout, metric: Metric | None = None) -> Measurement:
+    """Drop of ``quantized`` against fp32 on the held-out samples.
+
+    Default: 1 minus the worst output's agreement (top-1 agreement for classifier scores, mean
+    cosine for other float outputs). With ``metric``: the user's score, fp32 minus quantized.
+    """
+    session = make_session(quantized if isinstance(quantized, bytes) else serialize(quantized))
+    outputs = [session.run(None, feed) for feed in holdout.feeds]
+    if metric is not None:
+        base, got = float(metric(holdout.references)), float(metric(outputs))
+        return Measurement(base - got, {"metric_fp32": base, "metric": got})
+    scores, cosines = {}, [1.0]
+    for k, name in enumerate(holdout.output_names):
+        agreement = OutputAgreement(name)
+        for ref, out in zip(holdout.references, outputs):
+            agreement.add(ref[k], out[k])
+        scores[name] = _agreement_score(agreement)
+        if agreement.is_float and agreement.cosines:
+            cosines.append(float(np.mean(agreement.cosines)))
+    return Measurement(1.0 - min(scores.values()), scores, 1.0 - min(cosines))
+
+
+@dataclass
+class LayerSensitivity:
+    node: str
+    op_type: str
+    drop: float  # of the model with this layer alone quantized
+    scores: dict[str, float]
+    cosine_drop: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "op_type": self.op_type, "drop": round(self.drop, 6),
+                "cosine_drop": round(self.cosine_drop, 6),
+                "scores": {k: round(v, 6) for k, v in self.scores.items()}}
+
+
+def rank_layers(units: Sequence[tuple[str, str]], quantize_alone: Callable[[str], onnx.ModelProto | None],
+                holdout: Holdout, metric: Metric | None = None,
+                progress: Callable[[int, int], None] | None = None) -> list[LayerSensitivity]:
+    """Each (node, op type) quantized alone, most damaging first (ties: graph order)."""
+    found = []
+    for index, (node, op_type) in enumerate(units):
+        model = quantize_alone(node)
+        if model is not None:
+            m = measure(model, holdout, metric)
+            found.append((index, LayerSensitivity(node, op_type, m.drop, m.scores, m.cosine_drop)))
+        if progress:
+            progress(index + 1, len(units))
+    found.sort(key=lambda item: (-item[1].drop, -item[1].cosine_drop, item[0]))
+    return [s for _, s in found]
+
+
+@dataclass
+class MixedPrecisionResult:
+    model: onnx.ModelProto
+    float_layers: list[str]
+    drop: float
+    budget: float
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    ranking: list[LayerSensitivity] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget, "drop": round(self.drop, 6), "float_layers": self.float_layers,
+                "trials": self.trials, "sensitivity": [s.to_dict() for s in self.ranking]}
+
+
+def search(build: Callable[[tuple[str, ...]], onnx.ModelProto], ranking: list[LayerSensitivity],
+           holdout: Holdout, max_drop: float, metric: Metric | None = None,
+           full: tuple[onnx.ModelProto, Measurement] | None = None) -> MixedPrecisionResult:
+    """The fewest most-sensitive layers kept float such that the drop is within ``max_drop``.
+
+    ``build(excluded)`` quantizes everything but ``excluded``. Raises ``BudgetExceededError``
+    when even every ranked layer in float misses the budget.
+    """
+    order = [s.node for s in ranking]
+    trials: list[dict[str, Any]] = []
+    results: dict[int, tuple[onnx.ModelProto, float]] = {}
+
+    def trial(k: int) -> bool:
+        if k == 0 and full is not None:
+            model, m = full
+        else:
+            model = build(tuple(order[:k]))
+            m = measure(model, holdout, metric)
+        trials.append({"float_layers": k, "drop": round(m.drop, 6)})
+        results[k] = (model, m.drop)
+        return m.drop <= max_drop
+
+    def done(k: int) -> MixedPrecisionResult:
+        model, drop = results[k]
+        return MixedPrecisionResult(model, order[:k], drop, max_drop, trials, ranking)
+
+    if trial(0):
+        return done(0)
+    failing, k = 0, 1
+    while True:
+        k = min(k, len(order))
+        if trial(k):
+            break
+        if k == len(order):
+            best = min(results.values(), key=lambda r: r[1])[1]
+            raise BudgetExceededError(
+                f"accuracy budget {max_drop} not met: the smallest drop reached is {best:.4f} with all "
+                f"{len(order)} weighted layers in float (the rest of the int8 graph costs more)")
+        failing, k = k, k * 2
+    passing = k
+    while passing - failing > 1:  # bisect: the drop shrinks as more layers stay float
+        middle = (failing + passing) // 2
+        if trial(middle):
+            passing = middle
+        else:
+            failing = middle
+    return done(passing)

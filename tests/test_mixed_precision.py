@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxquant
+from models.tiny import image_samples
+from onnxquant.api import sensitivity
+from onnxquant.errors import BudgetExceededError
+from onnxquant.mixed_precision import Holdout, search
+from tests.conftest import optimized_op_types, run
+
+HELD = image_samples(8, seed=42)
+
+
+def _mse_metric(cnn_path: Path):
+    """A user metric: minus the mean squared error against the fp32 logits (higher is better)."""
+    reference = [run(cnn_path, feed)[0] for feed in HELD]
+
+    def metric(outputs: list[list[np.ndarray]]) -> float:
+        return -float(np.mean([np.mean((out[0] - ref) ** 2) for out, ref in zip(outputs, reference)]))
+
+    return metric
+
+
+def test_sensitivity_ranks_every_weighted_layer(cnn_path: Path, npz_dir: Path):
+    ranking = sensitivity(cnn_path, npz_dir, HELD)
+    assert sorted(r.node for r in ranking) == ["conv1", "dwconv", "fc", "pwconv"]
+    keys = [(r.drop, r.cosine_drop) for r in ranking]
+    assert keys == sorted(keys, reverse=True)
+    assert all(r.cosine_drop > 0 for r in ranking)  # every layer alone costs something
+
+
+def test_mixed_precision_meets_a_budget_with_few_float_layers(cnn_path: Path, npz_dir: Path, tmp_path: Path):
+    metric = _mse_metric(cnn_path)
+    full = onnxquant.quantize(cnn_path, npz_dir)
+    full_drop = -metric([run(full.model, feed) for feed in HELD])
+    budget = full_drop / 3
+    result = onnxquant.quantize(cnn_path, npz_dir, output=tmp_path / "mp.onnx", holdout=HELD,
+                                max_drop=budget, metric=metric)
+    mp = result.mixed_precision
+    assert 0 < len(mp["float_layers"]) < 4
+    assert mp["drop"] <= budget
+    # the written model really is within budget, and the float layers really run in float
+    assert -metric([run(tmp_path / "mp.onnx", feed) for feed in HELD]) <= budget
+    assert optimized_op_types(result.model, tmp_path).count("QLinearConv") + ("fc" in mp["float_layers"]) < 4
+    assert set(mp["float_layers"]) <= set(result.recipe.nodes.exclude)
+
+
+def test_budget_that_cannot_be_met_fails_loudly(cnn_path: Path, npz_dir: Path):
+    """When even every ranked layer in float misses the budget (here the build ignores the
+    exclusions, as if the rest of the int8 graph carried the error), the search says so."""
+    full = onnxquant.quantize(cnn_path, npz_dir).model
+    holdout = Holdout.from_samples(onnx.load(str(cnn_path)), HELD)
+    ranking = sensitivity(cnn_path, npz_dir, HELD)
+    with pytest.raises(BudgetExceededError, match="not met"):
+        search(lambda excluded: full, ranking, holdout, max_drop=0.0, metric=_mse_metric(cnn_path))
+
+
+def test_cli_max_drop_reports_the_float_layers(cnn_path: Path, npz_dir: Path, tmp_path: Path):
+    from click.testing import CliRunner
+
+    from onnxquant.cli import main
+
+    out = tmp_path / "q.onnx"
+    result = CliRunner().invoke(main, ["quantize", str(cnn_path), "-o", str(out), "--calib-data", str(npz_dir),
+                                       "--max-drop", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"float_layers"' in result.output and out.exists()
+    bad = CliRunner().invoke(main, ["quantize", str(cnn_path), "-o", str(out), "--calib-data", str(npz_dir),
+                                    "--max-drop", "-1"])
+    assert bad.exit_code == 2
