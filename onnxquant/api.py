@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,13 +25,6 @@ from onnxquant.errors import (
     QuantizationError,
     UsageError,
 )
-from onnxquant.model_io import (
-    PROTOBUF_LIMIT,
-    check_model,
-    load_model,
-    save_model,
-    serialize,
-)
 from onnxquant.mixed_precision import (
     Holdout,
     LayerSensitivity,
@@ -41,12 +34,20 @@ from onnxquant.mixed_precision import (
     rank_layers,
     search,
 )
+from onnxquant.model_io import (
+    PROTOBUF_LIMIT,
+    check_model,
+    load_model,
+    save_model,
+    serialize,
+)
 from onnxquant.npu_planner import select_every_op
 from onnxquant.ops.rules import RULES, Kind
 from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset, prepare_model
 from onnxquant.planner import NOT_FLOAT, Selection, finalize, node_names, select
 from onnxquant.recipe import Recipe
+from onnxquant.recovery.adaround import adaround
 from onnxquant.recovery.bias_correction import correct_biases
 from onnxquant.recovery.smoothquant import smooth
 from onnxquant.shapes import fix_input_shapes, has_free_dims
@@ -281,8 +282,8 @@ def quantize(
         quantized, sel, build_notes = _build(prepared, recipe, table, not_float, data, inplace=True)  # prepared is ours
     else:
         mixed = _mixed_precision(prepared, recipe, table, not_float, data, holdout, max_drop, metric, progress)
-        quantized, build_notes = mixed.model, [f"mixed precision: {len(mixed.float_layers)} layer(s) kept float, "
-                                               f"drop {mixed.drop:.4f} within budget {max_drop}"]
+        kept = f"mixed precision: {len(mixed.float_layers)} layer(s) kept float, drop {mixed.drop:.4f} within budget {max_drop}"
+        quantized, build_notes = mixed.model, [kept]
         recipe = _excluding(recipe, mixed.float_layers)  # the recipe that reproduces this model
         sel = _select(prepared, recipe, not_float)
     _stamp(quantized, recipe)
@@ -435,14 +436,26 @@ def sensitivity(
 def _recover_after_plan(prepared: onnx.ModelProto, plan: Any, data: Any, recipe: Recipe) -> list[str]:
     """Recovery passes that need the final scales: learned rounding, then bias correction."""
     settings = recipe.recovery
-    if not settings.bias_correction:
+    wanted = [name for name, on in (("learned rounding", settings.adaround), ("bias correction", settings.bias_correction)) if on]
+    if not wanted:
         return []
     if data is None:
-        return ["bias correction skipped: it needs calibration data, not only saved statistics"]
+        return [f"{' and '.join(wanted)} skipped: it needs calibration data, not only saved statistics"]
     if hasattr(data, "get_next"):
-        return ["bias correction skipped: it reads the calibration data again (give a folder or a list, "
+        return [f"{' and '.join(wanted)} skipped: it reads the calibration data again (give a folder or a list, "
                 "not a one-pass reader)"]
     notes = []
+    if settings.adaround:
+        rounded = adaround(prepared, plan, _open(prepared, data, recipe), settings.adaround_iterations,
+                           settings.adaround_seconds, recipe.calibration.max_samples)
+        gains = sorted(rounded.gain_db.values())
+        notes.append(f"learned rounding: {len(rounded.optimized)} layers improved (median reconstruction gain "
+                     f"{gains[len(gains) // 2] if gains else 0:.1f} dB), {len(rounded.unchanged)} kept nearest rounding")
+        if rounded.skipped:
+            notes.append(f"learned rounding: time budget reached, {len(rounded.skipped)} layers kept nearest rounding "
+                         "(output depends on machine speed)")
+    if not settings.bias_correction:
+        return notes
     changed = correct_biases(prepared, plan, _open(prepared, data, recipe), recipe.calibration.max_samples)
     if changed:
         notes.append(f"bias correction: {changed} biases shifted")

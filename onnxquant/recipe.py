@@ -88,7 +88,7 @@ class RecoverySettings:
     smoothquant_fold_only: bool = False
     bias_correction: bool = True  # cancel each layer's mean output shift, per channel
     adaround: bool = False  # learned rounding of weights (slower; numpy only)
-    adaround_iterations: int = 400
+    adaround_iterations: int = 300
     adaround_seconds: float | None = None  # time cap; layers past it keep nearest rounding
 
     def __post_init__(self) -> None:

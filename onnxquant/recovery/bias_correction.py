@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxquant.planner import QuantPlan, refresh_bias_params
 from onnxquant.passes.prepare import default_opset
+from onnxquant.planner import QuantPlan, refresh_bias_params
 from onnxquant.qparams import fake_quantize
 from onnxquant.recovery.probe import Probe, run_probe
 

@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxquant.passes.prepare import default_opset
 from onnxquant.ops.rules import gemm_is_plain
+from onnxquant.passes.prepare import default_opset
 from onnxquant.planner import Selection
 from onnxquant.recovery.probe import Probe, run_probe
 
