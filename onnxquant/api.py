@@ -49,6 +49,7 @@ from onnxquant.planner import NOT_FLOAT, Selection, finalize, node_names, select
 from onnxquant.recipe import Recipe
 from onnxquant.recovery.adaround import adaround
 from onnxquant.recovery.bias_correction import correct_biases
+from onnxquant.recovery.equalize import equalize
 from onnxquant.recovery.smoothquant import smooth
 from onnxquant.shapes import fix_input_shapes, has_free_dims
 
@@ -177,6 +178,13 @@ def _recover_before_calibration(prepared: onnx.ModelProto, sel: Selection, prep:
                                 data: Any) -> bool:
     """Passes that change activation ranges, so run before calibration. True if the graph changed."""
     settings = recipe.recovery
+    if settings.equalize or (settings.equalize is None and not recipe.quantization.per_channel):
+        equalized = equalize(prepared)
+        if equalized.pairs:
+            prep.notes.append(f"cross-layer equalisation: {equalized.pairs} Conv pairs")
+        if equalized.bounded:
+            prep.notes.append(f"cross-layer equalisation: {equalized.bounded} Conv pairs joined by a bounded "
+                              "activation (ReLU6-like) left alone")
     if not settings.smoothquant or not any(op in ("MatMul", "Gemm") for op in sel.quantized.values()):
         return False
     if not _rereadable(data):

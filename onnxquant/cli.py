@@ -155,7 +155,7 @@ def _recovery_options(command: Any) -> Any:
         click.option("--bias-correction/--no-bias-correction", "rc_bias_correction", default=None,
                      help="Cancel each layer's mean output shift (default on)."),
         click.option("--equalize/--no-equalize", "rc_equalize", default=None,
-                     help="Cross-layer equalisation of Conv pairs joined by ReLU (default on)."),
+                     help="Cross-layer equalisation of Conv pairs joined by ReLU (default: with --per-tensor only)."),
         click.option("--smoothquant/--no-smoothquant", "rc_smoothquant", default=None,
                      help="Move token-activation outliers into MatMul weights (default on)."),
         click.option("--smoothquant-alpha", "rc_smoothquant_alpha", type=float, help="SmoothQuant migration strength (default 0.75)."),
