@@ -25,6 +25,7 @@ from onnxquant.errors import (
     QuantizationError,
     UsageError,
 )
+from onnxquant.layer_errors import TensorError, tensor_errors
 from onnxquant.mixed_precision import (
     Holdout,
     LayerSensitivity,
@@ -418,6 +419,28 @@ def _mixed_precision(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTabl
         return _build(prepared, _excluding(recipe, excluded), table, not_float, data, inplace=False)[0]
 
     return search(build, ranking, held, max_drop, metric, full)
+
+
+def layer_errors(
+    model: onnx.ModelProto | str | os.PathLike,
+    data: Any,
+    holdout: Any = None,
+    recipe: Recipe | None = None,
+) -> list[TensorError]:
+    """Quantize as ``quantize`` would, then compare every quantized tensor with its float value
+    on ``holdout`` (default: the calibration data); the tensors that add most error first."""
+    recipe = recipe or Recipe()
+    prepared, _, sel, _ = _prepare_and_select(model, recipe, data)
+    if not _rereadable(data):
+        raise CalibrationDataError("layer errors need calibration data (a folder or a list)")
+    table = collect(prepared, sel.observed, _open(prepared, data, recipe), needs_histogram(recipe.calibration.method),
+                    recipe.calibration.max_samples)
+    not_float = set(sel.observed) - set(table.tensors)
+    quantized, sel, _ = _build(prepared, recipe, table, not_float, data, inplace=False)
+    by_name = {n.name: n for n in prepared.graph.node}
+    tensors = [*sel.activations, *(by_name[node].output[0] for node, _ in sel.weights)]
+    source = holdout if holdout is not None else data
+    return tensor_errors(prepared, quantized, tensors, _open(prepared, source, recipe), recipe.calibration.max_samples)
 
 
 def sensitivity(

@@ -287,6 +287,42 @@ def sensitivity(model: Path, calib_data: Path, holdout: Path | None, recipe_path
     _emit({"model": str(model), "layers": layers}, as_json, quiet, _sensitivity_table)
 
 
+def _layer_error_table(report: dict[str, Any]) -> str:
+    lines = [f"{'own dB':>8} {'total dB':>9}  tensor (node, op); lowest own SQNR first"]
+    for e in report["tensors"]:
+        lines.append(f"{e['own_sqnr_db']:>8} {e['sqnr_db']:>9}  {e['tensor']} ({e['node'] or 'graph input'}, {e['op_type']})")
+    return "\n".join(lines)
+
+
+@main.command("layer-errors", cls=_Command)
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--calib-data", type=click.Path(path_type=Path), required=True, help="Calibration samples (.npz folder or images).")
+@click.option("--holdout", type=click.Path(path_type=Path), help="Samples to compare on (default: the calibration data).")
+@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False, path_type=Path), help="TOML recipe.")
+@click.option("--target", type=click.Choice(TARGETS), help="Runtime to quantize for (default cpu).")
+@click.option("--max-samples", type=int, help="Use at most this many samples of each set.")
+@click.option("--top", type=int, help="Show only the N worst tensors.")
+@_recovery_options
+@_image_options
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No table (the exit code tells).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def layer_errors(model: Path, calib_data: Path, holdout: Path | None, recipe_path: Path | None, target: str | None,
+                 max_samples: int | None, top: int | None, as_json: bool, quiet: bool, debug: bool, **options: Any) -> None:
+    """Per-layer debugging: the error each quantized tensor of MODEL adds, worst first.
+
+    own dB: SQNR of the noise this tensor adds over its producer's cleanest input (low = this
+    layer does the damage); total dB: SQNR accumulated up to it.
+    """
+    from onnxquant.api import layer_errors as run_layer_errors
+
+    recipe = load_recipe(recipe_path, target) if recipe_path else recipe_for_target(target or "cpu")
+    recipe = recipe.with_overrides(calibration={"max_samples": max_samples}, recovery=_recovery_overrides(options),
+                                   preprocess=_preprocess_overrides(options))
+    errors = run_layer_errors(model, calib_data, holdout, recipe)
+    _emit({"model": str(model), "tensors": [e.to_dict() for e in errors][: top or None]}, as_json, quiet, _layer_error_table)
+
+
 def _validation_summary(report: dict[str, Any]) -> str:
     size = report["size"]
     lines = [
