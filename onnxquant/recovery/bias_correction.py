@@ -1,6 +1,6 @@
 """Empirical bias correction: cancel the mean shift int8 adds to each layer's output channels.
 
-Per quantized Conv/Gemm with a bias, the probe runs a fake-quantized copy of the layer next to
+Per quantized Conv/Gemm with a bias (or MatMul followed by a float Add of a constant bias), the probe runs a fake-quantized copy of the layer next to
 the float one, both fed the float input, and averages their difference per output channel over
 the calibration samples. That mean is the layer's own systematic error (rounding of weights
 and input); adding it to the bias removes it. Depthwise convolutions, whose few weights per
@@ -23,6 +23,28 @@ from onnxquant.recovery.probe import Probe, run_probe
 CORRECTABLE = {"Conv", "ConvTranspose", "Gemm"}
 
 
+def _matmul_biases(model: onnx.ModelProto, plan: QuantPlan, inits: dict[str, onnx.TensorProto]) -> dict[str, str]:
+    """MatMul node -> the constant of the float ``Add`` right after it (how transformers
+    export a Linear's bias), when that Add is the MatMul's only reader and owns the constant."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    outputs = {o.name for o in model.graph.output}
+    found = {}
+    for (name, w) in plan.selection.weights:
+        node = next(n for n in model.graph.node if n.name == name)
+        after = readers.get(node.output[0], [])
+        if node.op_type != "MatMul" or len(after) != 1 or after[0].op_type != "Add" or node.output[0] in outputs:
+            continue
+        add = after[0]
+        bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        if (bias in inits and len(inits[bias].dims) == 1 and len(inits[w].dims) == 2
+                and inits[bias].dims[0] == inits[w].dims[1] and len(readers.get(bias, [])) == 1):
+            found[name] = bias
+    return found
+
+
 def _layer_probe(probe: Probe, node: onnx.NodeProto, plan: QuantPlan, weight: np.ndarray, w: str, opset: int) -> str:
     x = node.input[0]
     x_dq = probe.fake_quant(x, plan.activations[x], opset)
@@ -35,8 +57,12 @@ def _layer_probe(probe: Probe, node: onnx.NodeProto, plan: QuantPlan, weight: np
     shadow.name = shadow.output[0]
     probe.nodes.append(shadow)
     diff = probe.node("Sub", [node.output[0], shadow.output[0]], "diff")
-    rank = 2 if node.op_type == "Gemm" else weight.ndim
-    out = probe.reduce_mean(diff, [0, *range(2, rank)], opset)
+    if node.op_type == "MatMul":  # channels last, any rank: flatten the rest away
+        flat = probe.node("Reshape", [diff, probe.constant(np.array([-1, weight.shape[1]], np.int64), "shape")])
+        out = probe.reduce_mean(flat, [0], opset)
+    else:
+        rank = 2 if node.op_type == "Gemm" else weight.ndim
+        out = probe.reduce_mean(diff, [0, *range(2, rank)], opset)
     probe.outputs.append(out)
     return out
 
@@ -63,6 +89,15 @@ def correct_biases(
             continue
         weight = numpy_helper.to_array(inits[w])
         targets[_layer_probe(probe, node, plan, weight, w, opset)] = (name, b)
+    float_adds = set()
+    weight_of = {name: w for (name, w) in plan.selection.weights}
+    for name, b in sorted(_matmul_biases(model, plan, inits).items()):
+        node = by_name[name]
+        if node.input[0] not in plan.activations or (name, weight_of[name]) not in plan.weights:
+            continue
+        weight = numpy_helper.to_array(inits[weight_of[name]])
+        targets[_layer_probe(probe, node, plan, weight, weight_of[name], opset)] = (name, b)
+        float_adds.add(b)
     if not targets:
         return 0
     sums: dict[str, np.ndarray] = {}
@@ -80,6 +115,7 @@ def correct_biases(
         if shift.shape != bias.shape or not np.all(np.isfinite(shift)):
             continue
         inits[b].CopyFrom(numpy_helper.from_array((bias + shift).astype(np.float32), b))
-        refresh_bias_params(model, plan, name, b)
+        if b not in float_adds:
+            refresh_bias_params(model, plan, name, b)
         changed += 1
     return changed
