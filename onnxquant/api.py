@@ -48,10 +48,7 @@ from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset, prepare_model
 from onnxquant.planner import NOT_FLOAT, Selection, finalize, node_names, select
 from onnxquant.recipe import Recipe
-from onnxquant.recovery.adaround import adaround
-from onnxquant.recovery.bias_correction import correct_biases
-from onnxquant.recovery.equalize import equalize
-from onnxquant.recovery.smoothquant import smooth
+from onnxquant.recovery.pipeline import Reopen, after_plan, before_calibration
 from onnxquant.shapes import fix_input_shapes, has_free_dims
 
 RECIPE_KEY = "onnxquant.recipe"
@@ -165,7 +162,7 @@ def _prepare_and_select(model: onnx.ModelProto | str | os.PathLike, recipe: Reci
         prep.notes.append("input shapes fixed to " + ", ".join(f"{k} {list(v)}" for k, v in sorted(shapes.items())))
     node_names(prepared)
     sel = _select(prepared, recipe)
-    if _recover_before_calibration(prepared, sel, prep, recipe, data):
+    if before_calibration(prepared, sel, recipe, _reopener(prepared, data, recipe), prep.notes):
         node_names(prepared)
         sel = _select(prepared, recipe)
     return prepared, prep, sel, size_before
@@ -175,28 +172,17 @@ def _rereadable(data: Any) -> bool:
     return data is not None and not hasattr(data, "get_next")
 
 
-def _recover_before_calibration(prepared: onnx.ModelProto, sel: Selection, prep: Any, recipe: Recipe,
-                                data: Any) -> bool:
-    """Passes that change activation ranges, so run before calibration. True if the graph changed."""
-    settings = recipe.recovery
-    if settings.equalize or (settings.equalize is None and not recipe.quantization.per_channel):
-        equalized = equalize(prepared)
-        if equalized.pairs:
-            prep.notes.append(f"cross-layer equalisation: {equalized.pairs} Conv pairs")
-        if equalized.bounded:
-            prep.notes.append(f"cross-layer equalisation: {equalized.bounded} Conv pairs joined by a bounded "
-                              "activation (ReLU6-like) left alone")
-    if not settings.smoothquant or not any(op in ("MatMul", "Gemm") for op in sel.quantized.values()):
-        return False
+def _reopener(prepared: onnx.ModelProto, data: Any, recipe: Recipe) -> Reopen | None:
+    """A fresh pass over ``data`` for recovery passes, or None when it cannot be read again."""
     if not _rereadable(data):
-        prep.notes.append("SmoothQuant skipped: it reads the calibration data once more before calibrating")
-        return False
-    report = smooth(prepared, sel, _open(prepared, data, recipe), settings.smoothquant_alpha,
-                    recipe.calibration.max_samples, fold_only=settings.smoothquant_fold_only)
-    if report.folded or report.inserted:
-        prep.notes.append(f"SmoothQuant (alpha {settings.smoothquant_alpha}): {report.folded} LayerNorm outputs "
-                          f"folded, {report.inserted} Mul nodes inserted")
-    return bool(report.inserted)
+        return None
+    return lambda: _open(prepared, data, recipe)
+
+
+def _unavailable(data: Any) -> str:
+    if data is None:
+        return "it needs calibration data, not only saved statistics"
+    return "it reads the calibration data again (give a folder or a list, not a one-pass reader)"
 
 
 def _select(prepared: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = None) -> Selection:
@@ -369,7 +355,8 @@ def _build(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTable, not_flo
     if not _ensure_stats(work, sel, table, data, recipe):
         raise CalibrationDataError("this selection needs statistics of tensors that were not observed")
     plan = finalize(work, sel, table, recipe)
-    notes = [*plan.notes, *(_recover_after_plan(work, plan, data, recipe) if recover else [])]
+    notes = [*plan.notes, *(after_plan(work, plan, recipe, _reopener(work, data, recipe), _unavailable(data))
+                            if recover else [])]
     return insert_qdq(work, plan, default_opset(work), inplace=True), sel, notes
 
 
@@ -462,35 +449,6 @@ def sensitivity(
     not_float = set(sel.observed) - set(table.tensors)
     held = _holdout_for(prepared, data, holdout, recipe)
     return _rank(prepared, recipe, table, not_float, data, held, metric, progress)
-
-
-def _recover_after_plan(prepared: onnx.ModelProto, plan: Any, data: Any, recipe: Recipe) -> list[str]:
-    """Recovery passes that need the final scales: learned rounding, then bias correction."""
-    settings = recipe.recovery
-    wanted = [name for name, on in (("learned rounding", settings.adaround), ("bias correction", settings.bias_correction)) if on]
-    if not wanted:
-        return []
-    if data is None:
-        return [f"{' and '.join(wanted)} skipped: it needs calibration data, not only saved statistics"]
-    if hasattr(data, "get_next"):
-        return [f"{' and '.join(wanted)} skipped: it reads the calibration data again (give a folder or a list, "
-                "not a one-pass reader)"]
-    notes = []
-    if settings.adaround:
-        rounded = adaround(prepared, plan, _open(prepared, data, recipe), settings.adaround_iterations,
-                           settings.adaround_seconds, recipe.calibration.max_samples)
-        gains = sorted(rounded.gain_db.values())
-        notes.append(f"learned rounding: {len(rounded.optimized)} layers improved (median reconstruction gain "
-                     f"{gains[len(gains) // 2] if gains else 0:.1f} dB), {len(rounded.unchanged)} kept nearest rounding")
-        if rounded.skipped:
-            notes.append(f"learned rounding: time budget reached, {len(rounded.skipped)} layers kept nearest rounding "
-                         "(output depends on machine speed)")
-    if not settings.bias_correction:
-        return notes
-    changed = correct_biases(prepared, plan, _open(prepared, data, recipe), recipe.calibration.max_samples)
-    if changed:
-        notes.append(f"bias correction: {changed} biases shifted")
-    return notes
 
 
 # Float nodes worth telling the user about: compute-heavy ops that stayed float.

@@ -58,9 +58,21 @@ def test_efficientnet_lite0(work: Path, tmp_path: Path):
     mine = metrics.classifier(ref, _outputs(work / "eff.int8.onnx", held))
     theirs = metrics.classifier(ref, _outputs(_ort_static(model, calib, work / "eff.ort.onnx"), held))
     assert mine["kl"] <= theirs["kl"] and mine["top1_agreement"] >= theirs["top1_agreement"]
-    assert mine["kl"] < 0.15
+    assert mine["kl"] < 0.04  # bias correction: 0.089 -> 0.025 measured
     ops = optimized_op_types(ours.model, tmp_path)
     assert ops.count("QLinearConv") == 49 and "Conv" not in ops  # every conv runs as an integer kernel
+
+
+def test_efficientnet_lite0_mixed_precision_meets_its_budget(work: Path):
+    """Search on the calibration set, check on held-out photos: the budget must generalise."""
+    model, calib, held = _prepare("efficientnet-lite0", work)
+    result = onnxquant.quantize(model, calib, max_drop=0.03)
+    mp = result.mixed_precision
+    assert mp["drop"] <= 0.03 and 0 < len(mp["float_layers"]) < 49 / 4
+    ref = _outputs(model, held)
+    mixed = metrics.classifier(ref, _outputs(result.model, held))
+    default = metrics.classifier(ref, _outputs(onnxquant.quantize(model, calib).model, held))
+    assert mixed["kl"] < default["kl"] and mixed["top1_agreement"] >= default["top1_agreement"]
 
 
 def test_minilm(work: Path):
@@ -69,7 +81,7 @@ def test_minilm(work: Path):
     ref = _outputs(model, held)
     mine = metrics.embedding(ref, _outputs(work / "minilm.int8.onnx", held))
     theirs = metrics.embedding(ref, _outputs(_ort_static(model, calib, work / "minilm.ort.onnx"), held))
-    assert mine["cosine"] >= theirs["cosine"] and mine["cosine"] > 0.98
+    assert mine["cosine"] >= theirs["cosine"] and mine["cosine"] > 0.993  # SmoothQuant + bias correction
     assert ours.size_after < model.stat().st_size / 3.5  # embedding tables are stored 8-bit too
 
 

@@ -1,0 +1,72 @@
+"""When each accuracy-recovery pass runs, and what the summary says about it.
+
+``reopen`` gives a fresh pass over the calibration samples, or is None when they cannot be read
+again (saved statistics only, or a one-pass onnxruntime reader); ``unavailable`` then says why.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import onnx
+
+from onnxquant.planner import QuantPlan, Selection
+from onnxquant.recipe import Recipe
+from onnxquant.recovery.adaround import adaround
+from onnxquant.recovery.bias_correction import correct_biases
+from onnxquant.recovery.equalize import equalize
+from onnxquant.recovery.smoothquant import smooth
+
+Reopen = Callable[[], Iterable[dict[str, np.ndarray]]]
+
+
+def before_calibration(prepared: onnx.ModelProto, sel: Selection, recipe: Recipe, reopen: Reopen | None,
+                       notes: list[str]) -> bool:
+    """Passes that change activation ranges (equalisation, SmoothQuant). True if nodes were added."""
+    settings = recipe.recovery
+    if settings.equalize or (settings.equalize is None and not recipe.quantization.per_channel):
+        equalized = equalize(prepared)
+        if equalized.pairs:
+            notes.append(f"cross-layer equalisation: {equalized.pairs} Conv pairs")
+        if equalized.bounded:
+            notes.append(f"cross-layer equalisation: {equalized.bounded} Conv pairs joined by a bounded "
+                         "activation (ReLU6-like) left alone")
+    if not settings.smoothquant or not any(op in ("MatMul", "Gemm") for op in sel.quantized.values()):
+        return False
+    if reopen is None:
+        notes.append("SmoothQuant skipped: it reads the calibration data once more before calibrating")
+        return False
+    report = smooth(prepared, sel, reopen(), settings.smoothquant_alpha, recipe.calibration.max_samples,
+                    fold_only=settings.smoothquant_fold_only)
+    if report.folded or report.inserted:
+        notes.append(f"SmoothQuant (alpha {settings.smoothquant_alpha}): {report.folded} LayerNorm outputs "
+                     f"folded, {report.inserted} Mul nodes inserted")
+    return bool(report.inserted)
+
+
+def after_plan(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, reopen: Reopen | None,
+               unavailable: str) -> list[str]:
+    """Passes that need the final scales: learned rounding, then bias correction (which then
+    also cancels the mean shift that the learned rounding leaves)."""
+    settings = recipe.recovery
+    wanted = [name for name, on in (("learned rounding", settings.adaround), ("bias correction", settings.bias_correction))
+              if on]
+    if not wanted:
+        return []
+    if reopen is None:
+        return [f"{' and '.join(wanted)} skipped: {unavailable}"]
+    notes = []
+    if settings.adaround:
+        rounded = adaround(prepared, plan, reopen(), settings.adaround_iterations, settings.adaround_seconds,
+                           recipe.calibration.max_samples)
+        gains = sorted(rounded.gain_db.values())
+        notes.append(f"learned rounding: {len(rounded.optimized)} layers improved (median reconstruction gain "
+                     f"{gains[len(gains) // 2] if gains else 0:.1f} dB), {len(rounded.unchanged)} kept nearest rounding")
+        if rounded.skipped:
+            notes.append(f"learned rounding: time budget reached, {len(rounded.skipped)} layers kept nearest rounding "
+                         "(output depends on machine speed)")
+    if settings.bias_correction:
+        changed = correct_biases(prepared, plan, reopen(), recipe.calibration.max_samples)
+        if changed:
+            notes.append(f"bias correction: {changed} biases shifted")
+    return notes
