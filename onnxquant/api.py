@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from onnxquant import __version__
 from onnxquant.calibration.collector import ProgressCallback, collect, make_session
@@ -34,6 +34,7 @@ from onnxquant.mixed_precision import (
     measure,
     rank_layers,
     search,
+    widen_int4,
 )
 from onnxquant.model_io import (
     PROTOBUF_LIMIT,
@@ -45,6 +46,8 @@ from onnxquant.model_io import (
 from onnxquant.npu_planner import select_every_op
 from onnxquant.ops.rules import RULES, Kind
 from onnxquant.passes.insert_qdq import insert_qdq
+from onnxquant.passes.int4_matmul import eligible as int4_eligible
+from onnxquant.passes.int4_matmul import int4_sqnr_db, to_matmul_nbits
 from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset, prepare_model
 from onnxquant.planner import NOT_FLOAT, Selection, finalize, node_names, select
 from onnxquant.recipe import Recipe
@@ -230,6 +233,7 @@ def quantize(
     holdout: Any = None,
     max_drop: float | None = None,
     metric: Metric | None = None,
+    agreement: str = "cosine",
 ) -> QuantizeResult:
     """Quantize ``model`` to int8 QDQ from calibration ``data`` (or saved ``stats``).
 
@@ -239,8 +243,8 @@ def quantize(
 
     ``max_drop``: automatic mixed precision. The fewest most-sensitive layers stay float so
     that the drop on ``holdout`` (default: the calibration data) is at most ``max_drop``: 1
-    minus the worst output's agreement with fp32 (top-1 agreement for classifier scores, mean
-    cosine otherwise), or, with ``metric``, the fp32 score minus the quantized score.
+    minus the worst output's mean cosine with fp32 (``agreement="top1"``: top-1 agreement for
+    ``(batch, classes)`` outputs), or, with ``metric``, the fp32 score minus the quantized score.
     """
     started = time.perf_counter()
     recipe = recipe or Recipe()
@@ -273,14 +277,22 @@ def quantize(
     not_float = set(sel.observed) - set(table.tensors)
     op_by_name = {n.name: n.op_type for n in prepared.graph.node}
     mixed = None
+    int4, int4_rejected = _int4_candidates(prepared, _select(prepared, recipe, not_float), recipe)
+    int4_notes = ([f"int4 weights: {int4_rejected} MatMul weights kept int8 (int4 would keep them below "
+                   f"{recipe.quantization.int4_min_sqnr_db} dB SQNR)"] if int4_rejected else [])
     if max_drop is None:
-        quantized, sel, build_notes = _build(prepared, recipe, table, not_float, data, inplace=True)  # prepared is ours
+        quantized, sel, build_notes = _build(prepared, recipe, table, not_float, data, inplace=True,  # prepared is ours
+                                             int4=frozenset(int4))
     else:
-        mixed = _mixed_precision(prepared, recipe, table, not_float, data, holdout, max_drop, metric, progress)
+        mixed = _mixed_precision(prepared, recipe, table, not_float, data, holdout, max_drop, metric, progress, int4,
+                                 agreement)
         kept = f"mixed precision: {len(mixed.float_layers)} layer(s) kept float, drop {mixed.drop:.4f} within budget {max_drop}"
+        if recipe.quantization.weight_bits == 4:
+            kept += f"; {len(mixed.int4_layers)} of {len(int4)} int4 candidates given 4-bit weights"
         quantized, build_notes = mixed.model, [kept]
-        recipe = _excluding(recipe, mixed.float_layers)  # the recipe that reproduces this model
+        recipe = _excluding(recipe, [*mixed.float_layers, *mixed.int4_layers])  # int8 selection of this model
         sel = _select(prepared, recipe, not_float)
+    build_notes += int4_notes
     _stamp(quantized, recipe)
     # One serialization serves the self-check, the file and the reported size.
     payload = serialize(quantized) if quantized.ByteSize() < PROTOBUF_LIMIT else None
@@ -342,11 +354,14 @@ def _ensure_stats(prepared: onnx.ModelProto, sel: Selection, table: StatsTable, 
 
 
 def _build(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTable, not_float: set[str], data: Any,
-           inplace: bool, recover: bool = True) -> tuple[onnx.ModelProto, Selection, list[str]]:
+           inplace: bool, recover: bool = True, int4: frozenset[str] = frozenset()
+           ) -> tuple[onnx.ModelProto, Selection, list[str]]:
     """Plan, recover and rewrite: the quantized model for ``recipe`` from calibrated ``table``.
 
     With ``inplace`` false, ``prepared`` is left as it was (recovery passes change weights).
+    ``int4``: MatMul nodes that get 4-bit block-wise weights (float activations) instead of int8.
     """
+    recipe = _excluding(recipe, sorted(int4))
     work = prepared
     if not inplace:
         work = onnx.ModelProto()
@@ -357,7 +372,12 @@ def _build(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTable, not_flo
     plan = finalize(work, sel, table, recipe)
     notes = [*plan.notes, *(after_plan(work, plan, recipe, _reopener(work, data, recipe), _unavailable(data))
                             if recover else [])]
-    return insert_qdq(work, plan, default_opset(work), inplace=True), sel, notes
+    quantized = insert_qdq(work, plan, default_opset(work), inplace=True)
+    if int4:
+        replaced = to_matmul_nbits(quantized, set(int4), recipe.quantization.int4_block_size)
+        notes.append(f"int4 weights: {replaced} MatMul layers as MatMulNBits "
+                     f"(block {recipe.quantization.int4_block_size}, float activations)")
+    return quantized, sel, notes
 
 
 def _weighted_units(prepared: onnx.ModelProto, sel: Selection) -> list[tuple[str, str]]:
@@ -382,30 +402,64 @@ def _rank(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTable, not_floa
                        (lambda done, total: progress(done, total)) if progress else None)
 
 
-def _holdout_for(prepared: onnx.ModelProto, data: Any, holdout: Any, recipe: Recipe) -> Holdout:
+def _holdout_for(prepared: onnx.ModelProto, data: Any, holdout: Any, recipe: Recipe, agreement: str) -> Holdout:
     source = holdout if holdout is not None else data
     if not _rereadable(source):
         raise UsageError("mixed precision and sensitivity need held-out samples that can be read repeatedly "
                          "(a folder or a list)")
-    return Holdout.from_samples(prepared, _open(prepared, source, recipe), recipe.calibration.max_samples)
+    return Holdout.from_samples(prepared, _open(prepared, source, recipe), recipe.calibration.max_samples, agreement)
 
 
 def _mixed_precision(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTable, not_float: set[str], data: Any,
                      holdout: Any, max_drop: float, metric: Metric | None,
-                     progress: ProgressCallback | None) -> MixedPrecisionResult:
+                     progress: ProgressCallback | None, int4: list[str], agreement: str) -> MixedPrecisionResult:
+    """int8 with the fewest float layers that meets ``max_drop``; then, given ``int4``
+    candidates, as many of the least sensitive as the budget allows get 4-bit weights."""
     if max_drop < 0:
         raise UsageError(f"max_drop must be at least 0, got {max_drop}")
-    held = _holdout_for(prepared, data, holdout, recipe)
+    held = _holdout_for(prepared, data, holdout, recipe, agreement)
     full_model, _, _ = _build(prepared, recipe, table, not_float, data, inplace=False)
     full = (full_model, measure(full_model, held, metric))
-    if full[1].drop <= max_drop:
-        return search(lambda excluded: full_model, [], held, max_drop, metric, full)
-    ranking = _rank(prepared, recipe, table, not_float, data, held, metric, progress)
+    ranking: list[LayerSensitivity] = []
+    if full[1].drop > max_drop or int4:
+        ranking = _rank(prepared, recipe, table, not_float, data, held, metric, progress)
 
     def build(excluded: tuple[str, ...]) -> onnx.ModelProto:
         return _build(prepared, _excluding(recipe, excluded), table, not_float, data, inplace=False)[0]
 
-    return search(build, ranking, held, max_drop, metric, full)
+    result = search(build, ranking if full[1].drop > max_drop else [], held, max_drop, metric, full)
+    result.ranking = ranking
+    if not int4:
+        return result
+    floats = set(result.float_layers)
+    order = {s.node: (s.drop, s.cosine_drop, k) for k, s in enumerate(ranking)}
+    candidates = sorted((n for n in int4 if n not in floats and n in order), key=lambda n: order[n])
+
+    def build4(chosen: tuple[str, ...]) -> onnx.ModelProto:
+        return _build(prepared, _excluding(recipe, result.float_layers), table, not_float, data, inplace=False,
+                      int4=frozenset(chosen))[0]
+
+    return widen_int4(build4, candidates, held, max_drop, metric, result)
+
+
+def _int4_candidates(prepared: onnx.ModelProto, sel: Selection, recipe: Recipe) -> tuple[list[str], int]:
+    """MatMul layers whose weight int4 keeps well enough (graph order), and how many it would not."""
+    q = recipe.quantization
+    if q.weight_bits != 4:
+        return [], 0
+    inits = {i.name: i for i in prepared.graph.initializer}
+    chosen, rejected = [], 0
+    for node in prepared.graph.node:
+        if node.name not in sel.quantized or node.op_type != "MatMul" or node.input[1] not in inits:
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if not int4_eligible(weight.shape, q.int4_block_size):
+            continue
+        if int4_sqnr_db(weight, q.int4_block_size) >= q.int4_min_sqnr_db:
+            chosen.append(node.name)
+        else:
+            rejected += 1
+    return chosen, rejected
 
 
 def layer_errors(
@@ -437,6 +491,7 @@ def sensitivity(
     recipe: Recipe | None = None,
     metric: Metric | None = None,
     progress: ProgressCallback | None = None,
+    agreement: str = "cosine",
 ) -> list[LayerSensitivity]:
     """Each weighted layer quantized alone, measured against fp32 on ``holdout`` (default: the
     calibration data); most damaging first."""
@@ -447,7 +502,7 @@ def sensitivity(
     table = collect(prepared, sel.observed, _open(prepared, data, recipe), needs_histogram(recipe.calibration.method),
                     recipe.calibration.max_samples)
     not_float = set(sel.observed) - set(table.tensors)
-    held = _holdout_for(prepared, data, holdout, recipe)
+    held = _holdout_for(prepared, data, holdout, recipe, agreement)
     return _rank(prepared, recipe, table, not_float, data, held, metric, progress)
 
 

@@ -198,6 +198,10 @@ def _preprocess_overrides(image: dict[str, Any]) -> dict[str, Any]:
 @click.option("--activation-type", type=click.Choice(ACTIVATION_TYPES), help="Activation type (default uint8).")
 @click.option("--symmetric-activations/--asymmetric-activations", default=None, help="Symmetric activations (signed types only).")
 @click.option("--weight-type", type=click.Choice(WEIGHT_TYPES), help="Weight type (default int8).")
+@click.option("--weight-bits", type=click.Choice(["4", "8"]), help="4: block-wise int4 MatMul weights where their "
+              "distribution allows (with --max-drop: least sensitive layers first, within budget). Target cpu.")
+@click.option("--int4-block-size", type=int, help="Weights per int4 scale along K (power of two, default 32).")
+@click.option("--int4-min-sqnr", type=float, help="A weight int4 keeps below this SQNR in dB stays int8 (default 18).")
 @click.option("--per-channel/--per-tensor", default=None, help="Per-channel weight scales (default per-channel).")
 @click.option("--reduce-range/--no-reduce-range", default=None, help="7-bit weights in GEMM kernels (default on; see README).")
 @click.option("--quantize-bias/--float-bias", default=None, help="int32 biases for Conv/Gemm (default on).")
@@ -209,6 +213,8 @@ def _preprocess_overrides(image: dict[str, Any]) -> dict[str, Any]:
 @click.option("--max-drop", type=click.FloatRange(min=0), help="Mixed precision: keep the fewest most-sensitive layers float so the "
               "agreement drop on --holdout stays within this (e.g. 0.01).")
 @click.option("--holdout", type=click.Path(path_type=Path), help="Held-out samples for --max-drop (default: the calibration data).")
+@click.option("--drop-by", type=click.Choice(["cosine", "top1"]), default="cosine", show_default=True,
+              help="What --max-drop measures: 1 - mean cosine of each output, or 1 - top-1 agreement of (batch, classes) scores.")
 @click.option("--no-simplify", is_flag=True, default=False, help="Skip graph simplification before quantizing.")
 @click.option("--save-stats", type=click.Path(dir_okay=False, path_type=Path), help="Save calibration statistics (re-quantize later without running the model).")
 @click.option("--load-stats", type=click.Path(dir_okay=False, path_type=Path), help="Use saved statistics instead of running calibration.")
@@ -221,7 +227,8 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
              symmetric_activations: bool | None, weight_type: str | None, per_channel: bool | None,
              reduce_range: bool | None, quantize_bias: bool | None, op_types: str | None, include: tuple[str, ...],
              exclude: tuple[str, ...], no_simplify: bool, save_stats: Path | None, load_stats: Path | None, as_json: bool, quiet: bool,
-             debug: bool, max_drop: float | None, holdout: Path | None, **image: Any) -> None:
+             debug: bool, max_drop: float | None, holdout: Path | None, drop_by: str, weight_bits: str | None,
+             int4_block_size: int | None, int4_min_sqnr: float | None, **image: Any) -> None:
     """Quantize MODEL to an int8 QDQ model using calibration data."""
     from onnxquant.api import quantize as run_quantize
 
@@ -231,7 +238,8 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
         quantization={
             "activation_type": activation_type, "activation_symmetric": symmetric_activations,
             "weight_type": weight_type, "per_channel": per_channel, "reduce_range": reduce_range,
-            "quantize_bias": quantize_bias,
+            "quantize_bias": quantize_bias, "weight_bits": int(weight_bits) if weight_bits else None,
+            "int4_block_size": int4_block_size, "int4_min_sqnr_db": int4_min_sqnr,
             "op_types": tuple(t.strip() for t in op_types.split(",") if t.strip()) if op_types else None,
         },
         nodes={"include": include or None, "exclude": exclude or None},
@@ -247,7 +255,7 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
         raise click.UsageError("--max-drop needs --calib-data")
     with _progress(quiet or as_json, "calibrating") as update:
         result = run_quantize(model, calib_data, recipe, output, stats=load_stats, save_stats_to=save_stats,
-                              progress=update, holdout=holdout, max_drop=max_drop)
+                              progress=update, holdout=holdout, max_drop=max_drop, agreement=drop_by)
     _emit(result.to_dict(), as_json, quiet, _summary)
 
 
@@ -266,23 +274,25 @@ def _sensitivity_table(report: dict[str, Any]) -> str:
 @click.option("--target", type=click.Choice(TARGETS), help="Runtime to quantize for (default cpu).")
 @click.option("--max-samples", type=int, help="Use at most this many samples of each set.")
 @click.option("--top", type=int, help="Show only the N most damaging layers.")
+@click.option("--drop-by", type=click.Choice(["cosine", "top1"]), default="cosine", show_default=True,
+              help="Damage as 1 - mean cosine of each output, or 1 - top-1 agreement of (batch, classes) scores.")
 @_image_options
 @click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no table.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def sensitivity(model: Path, calib_data: Path, holdout: Path | None, recipe_path: Path | None, target: str | None,
-                max_samples: int | None, top: int | None, as_json: bool, quiet: bool, debug: bool, **image: Any) -> None:
+                max_samples: int | None, top: int | None, drop_by: str, as_json: bool, quiet: bool, debug: bool,
+                **image: Any) -> None:
     """Quantize each weighted layer of MODEL alone and rank the layers by the damage they do.
 
-    drop: 1 minus the worst output's agreement with fp32 (top-1 for classifier scores, mean
-    cosine otherwise); 1-cos breaks ties.
+    drop: 1 minus the worst output's agreement with fp32 (--drop-by); 1-cos breaks ties.
     """
     from onnxquant.api import sensitivity as run_sensitivity
 
     recipe = load_recipe(recipe_path, target) if recipe_path else recipe_for_target(target or "cpu")
     recipe = recipe.with_overrides(calibration={"max_samples": max_samples}, preprocess=_preprocess_overrides(image))
     with _progress(quiet or as_json, "layers") as update:
-        ranking = run_sensitivity(model, calib_data, holdout, recipe, progress=update)
+        ranking = run_sensitivity(model, calib_data, holdout, recipe, progress=update, agreement=drop_by)
     layers = [r.to_dict() for r in ranking][: top or None]
     _emit({"model": str(model), "layers": layers}, as_json, quiet, _sensitivity_table)
 

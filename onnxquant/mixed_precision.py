@@ -17,8 +17,10 @@ import onnx
 from onnxquant.agreement import OutputAgreement
 from onnxquant.calibration.collector import make_session
 from onnxquant.calibration.feeds import check_feed, input_specs
-from onnxquant.errors import BudgetExceededError, CalibrationDataError
+from onnxquant.errors import BudgetExceededError, CalibrationDataError, UsageError
 from onnxquant.model_io import serialize
+
+AGREEMENTS = ("cosine", "top1")
 
 # A user metric scores a model from its outputs on every held-out sample (higher is better);
 # the drop is the fp32 score minus the quantized score.
@@ -32,10 +34,13 @@ class Holdout:
     feeds: list[dict[str, np.ndarray]]
     references: list[list[np.ndarray]]
     output_names: list[str]
+    agreement: str = "cosine"  # or "top1" for classifier scores (see ``measure``)
 
     @classmethod
     def from_samples(cls, model: onnx.ModelProto, samples: Iterable[dict[str, np.ndarray]],
-                     max_samples: int | None = None) -> Holdout:
+                     max_samples: int | None = None, agreement: str = "cosine") -> Holdout:
+        if agreement not in AGREEMENTS:
+            raise UsageError(f"agreement {agreement!r} unknown; choose from {', '.join(AGREEMENTS)}")
         session = make_session(serialize(model))
         specs = input_specs(model)
         feeds, refs = [], []
@@ -47,7 +52,7 @@ class Holdout:
             refs.append(session.run(None, feed))
         if not feeds:
             raise CalibrationDataError("no held-out samples were read")
-        return cls(feeds, refs, [o.name for o in session.get_outputs()])
+        return cls(feeds, refs, [o.name for o in session.get_outputs()], agreement)
 
 
 @dataclass
@@ -58,9 +63,9 @@ class Measurement:
     cosine_drop: float = 0.0
 
 
-def _agreement_score(agreement: OutputAgreement) -> float:
+def _agreement_score(agreement: OutputAgreement, by: str) -> float:
     data = agreement.to_dict()
-    if "top1" in data:
+    if by == "top1" and "top1" in data:
         return float(data["top1"])
     if "cosine" in data:
         return float(data["cosine"]) if data["cosine"] is not None else 0.0
@@ -70,20 +75,22 @@ def _agreement_score(agreement: OutputAgreement) -> float:
 def measure(quantized: onnx.ModelProto | bytes, holdout: Holdout, metric: Metric | None = None) -> Measurement:
     """Drop of ``quantized`` against fp32 on the held-out samples.
 
-    Default: 1 minus the worst output's agreement (top-1 agreement for classifier scores, mean
-    cosine for other float outputs). With ``metric``: the user's score, fp32 minus quantized.
+    Default: 1 minus the worst output's mean cosine. ``holdout.agreement == "top1"``: top-1
+    agreement for ``(batch, classes)`` outputs instead (a (batch, dims) embedding looks the
+    same, so it is the caller's call). With ``metric``: the user's score, fp32 minus quantized.
     """
     session = make_session(quantized if isinstance(quantized, bytes) else serialize(quantized))
     outputs = [session.run(None, feed) for feed in holdout.feeds]
     if metric is not None:
         base, got = float(metric(holdout.references)), float(metric(outputs))
         return Measurement(base - got, {"metric_fp32": base, "metric": got})
+    agreement_by = holdout.agreement
     scores, cosines = {}, [1.0]
     for k, name in enumerate(holdout.output_names):
         agreement = OutputAgreement(name)
         for ref, out in zip(holdout.references, outputs):
             agreement.add(ref[k], out[k])
-        scores[name] = _agreement_score(agreement)
+        scores[name] = _agreement_score(agreement, agreement_by)
         if agreement.is_float and agreement.cosines:
             cosines.append(float(np.mean(agreement.cosines)))
     return Measurement(1.0 - min(scores.values()), scores, 1.0 - min(cosines))
@@ -127,10 +134,12 @@ class MixedPrecisionResult:
     budget: float
     trials: list[dict[str, Any]] = field(default_factory=list)
     ranking: list[LayerSensitivity] = field(default_factory=list)
+    int4_layers: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"budget": self.budget, "drop": round(self.drop, 6), "float_layers": self.float_layers,
-                "trials": self.trials, "sensitivity": [s.to_dict() for s in self.ranking]}
+                "int4_layers": self.int4_layers, "trials": self.trials,
+                "sensitivity": [s.to_dict() for s in self.ranking]}
 
 
 def search(build: Callable[[tuple[str, ...]], onnx.ModelProto], ranking: list[LayerSensitivity],
@@ -180,3 +189,34 @@ def search(build: Callable[[tuple[str, ...]], onnx.ModelProto], ranking: list[La
         else:
             failing = middle
     return done(passing)
+
+
+def widen_int4(build: Callable[[tuple[str, ...]], onnx.ModelProto], candidates: list[str], holdout: Holdout,
+               max_drop: float, metric: Metric | None, base: MixedPrecisionResult) -> MixedPrecisionResult:
+    """The longest prefix of ``candidates`` (least sensitive first) given 4-bit weights such
+    that the drop stays within ``max_drop``; ``base`` (no int4) already meets it."""
+    if not candidates:
+        return base
+    results: dict[int, tuple[onnx.ModelProto, float]] = {0: (base.model, base.drop)}
+
+    def trial(k: int) -> bool:
+        model = build(tuple(candidates[:k]))
+        m = measure(model, holdout, metric)
+        base.trials.append({"float_layers": len(base.float_layers), "int4_layers": k, "drop": round(m.drop, 6)})
+        results[k] = (model, m.drop)
+        return m.drop <= max_drop
+
+    passing, failing = 0, len(candidates) + 1
+    if trial(len(candidates)):
+        passing = len(candidates)
+    else:
+        failing = len(candidates)
+    while failing - passing > 1:  # bisect: more int4 layers, more drop
+        middle = (passing + failing) // 2
+        if trial(middle):
+            passing = middle
+        else:
+            failing = middle
+    model, drop = results[passing]
+    base.model, base.drop, base.int4_layers = model, drop, candidates[:passing]
+    return base

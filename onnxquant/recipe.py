@@ -47,8 +47,17 @@ class QuantizationSettings:
     reduce_range: bool = True
     quantize_bias: bool = True
     op_types: tuple[str, ...] | None = None  # None: every op type the target fuses
+    # 4: MatMul weights whose distribution int4 keeps well become block-wise int4 (MatMulNBits,
+    # onnxruntime CPU); with a --max-drop budget, the least sensitive layers first.
+    weight_bits: int = 8
+    int4_block_size: int = 32
+    int4_min_sqnr_db: float = 18.0  # a weight int4 keeps worse than this stays int8
 
     def __post_init__(self) -> None:
+        if self.weight_bits not in (4, 8):
+            raise UsageError(f"weight_bits must be 4 or 8, got {self.weight_bits}")
+        if self.int4_block_size < 16 or self.int4_block_size & (self.int4_block_size - 1):
+            raise UsageError(f"int4_block_size must be a power of two, at least 16, got {self.int4_block_size}")
         if self.activation_type not in ACTIVATION_TYPES:
             raise UsageError(f"activation type {self.activation_type!r} unknown; choose from {', '.join(ACTIVATION_TYPES)}")
         if self.weight_type not in WEIGHT_TYPES:
@@ -144,6 +153,8 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise UsageError(f"target {self.target!r} unknown; choose from {', '.join(TARGETS)}")
+        if self.quantization.weight_bits == 4 and self.target != "cpu":
+            raise UsageError("4-bit weights are written as onnxruntime's CPU MatMulNBits: use them with target cpu")
 
     @property
     def every_op(self) -> bool:

@@ -59,12 +59,14 @@ def test_errors_are_one_line_with_exit_codes(cnn_path: Path, npz_dir: Path, tmp_
 def test_every_quantization_setting_has_a_flag(cnn_path: Path, npz_dir: Path, tmp_path: Path):
     result = _run("quantize", cnn_path, "-o", tmp_path / "q.onnx", "--calib-data", npz_dir, "--json",
                   "--float-bias", "--no-reduce-range", "--per-tensor", "--weight-type", "uint8",
-                  "--activation-type", "int8", "--symmetric-activations", "--max-samples", "5", "--op-types", "Conv,Relu")
+                  "--activation-type", "int8", "--symmetric-activations", "--max-samples", "5", "--op-types", "Conv,Relu",
+                  "--weight-bits", "8", "--int4-block-size", "64", "--int4-min-sqnr", "15")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["recipe"]["quantization"] == {
         "activation_symmetric": True, "activation_type": "int8", "op_types": ["Conv", "Relu"], "per_channel": False,
-        "quantize_bias": False, "reduce_range": False, "weight_type": "uint8",
+        "quantize_bias": False, "reduce_range": False, "weight_type": "uint8", "weight_bits": 8,
+        "int4_block_size": 64, "int4_min_sqnr_db": 15.0,
     }
     assert data["calibration_samples"] == 5 and set(data["quantized_nodes"]) == {"Conv", "Relu"}
 
