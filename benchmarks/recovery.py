@@ -56,7 +56,7 @@ def _anchor(tool: str, fp32: Path, calib: Path, out: Path) -> dict:
     scratch.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-m", "benchmarks.quantize_one", tool, str(fp32.resolve()), str(calib.resolve()),
-                           str(out.resolve())], capture_output=True, text=True, cwd=scratch, env=env)
+                           str(out.resolve())], capture_output=True, text=True, cwd=scratch, env=env, check=False)
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):

@@ -5,7 +5,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxquant
 from onnxquant.errors import UsageError
-from onnxquant.passes.int4_matmul import dequantize_int4, int4_sqnr_db, quantize_int4, to_matmul_nbits
+from onnxquant.passes.int4_matmul import (
+    dequantize_int4,
+    int4_sqnr_db,
+    quantize_int4,
+    to_matmul_nbits,
+)
 from onnxquant.recipe import Recipe
 from tests.conftest import run
 
@@ -34,7 +39,7 @@ def test_matmul_nbits_computes_with_the_int4_weights():
     model = _mlp()
     w1 = numpy_helper.to_array(model.graph.initializer[0])
     assert to_matmul_nbits(model, {"mm1"}, 32) == 1
-    assert [n.op_type for n in model.graph.node][0] == "MatMulNBits"
+    assert model.graph.node[0].op_type == "MatMulNBits"
     assert "w1" not in {i.name for i in model.graph.initializer}  # the float weight is gone
     codes, scales = quantize_int4(w1, 32)
     assert codes.min() >= -7 and codes.max() <= 7
