@@ -260,9 +260,9 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
 
 
 def _sensitivity_table(report: dict[str, Any]) -> str:
-    lines = [f"{'drop':>8} {'1-cos':>9}  layer (quantized alone; most damaging first)"]
+    lines = [f"{'drop':>8} {'1-cos':>9} {'SQNR dB':>8}  layer (quantized alone; most damaging first)"]
     for layer in report["layers"]:
-        lines.append(f"{layer['drop']:8.4f} {layer['cosine_drop']:9.2e}  {layer['node']} ({layer['op_type']})")
+        lines.append(f"{layer['drop']:8.4f} {layer['cosine_drop']:9.2e} {layer['sqnr_db']:>8}  {layer['node']} ({layer['op_type']})")
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ until the budget holds, then bisects back to the smallest count that still holds
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,7 @@ class Measurement:
     scores: dict[str, float]  # per output: top-1 agreement, mean cosine or exact-match rate
     # 1 - worst mean cosine: a finer tie-break than top-1 agreement on a few dozen samples
     cosine_drop: float = 0.0
+    sqnr_db: float = math.inf  # worst float output's SQNR
 
 
 def _agreement_score(agreement: OutputAgreement, by: str) -> float:
@@ -85,7 +87,7 @@ def measure(quantized: onnx.ModelProto | bytes, holdout: Holdout, metric: Metric
         base, got = float(metric(holdout.references)), float(metric(outputs))
         return Measurement(base - got, {"metric_fp32": base, "metric": got})
     agreement_by = holdout.agreement
-    scores, cosines = {}, [1.0]
+    scores, cosines, sqnrs = {}, [1.0], []
     for k, name in enumerate(holdout.output_names):
         agreement = OutputAgreement(name)
         for ref, out in zip(holdout.references, outputs):
@@ -93,7 +95,8 @@ def measure(quantized: onnx.ModelProto | bytes, holdout: Holdout, metric: Metric
         scores[name] = _agreement_score(agreement, agreement_by)
         if agreement.is_float and agreement.cosines:
             cosines.append(float(np.mean(agreement.cosines)))
-    return Measurement(1.0 - min(scores.values()), scores, 1.0 - min(cosines))
+            sqnrs.append(agreement.sqnr_db)
+    return Measurement(1.0 - min(scores.values()), scores, 1.0 - min(cosines), min(sqnrs, default=math.inf))
 
 
 @dataclass
@@ -103,10 +106,12 @@ class LayerSensitivity:
     drop: float  # of the model with this layer alone quantized
     scores: dict[str, float]
     cosine_drop: float = 0.0
+    sqnr_db: float = math.inf
 
     def to_dict(self) -> dict[str, Any]:
         return {"node": self.node, "op_type": self.op_type, "drop": round(self.drop, 6),
                 "cosine_drop": round(self.cosine_drop, 6),
+                "sqnr_db": round(self.sqnr_db, 3) if math.isfinite(self.sqnr_db) else "inf",
                 "scores": {k: round(v, 6) for k, v in self.scores.items()}}
 
 
@@ -119,7 +124,7 @@ def rank_layers(units: Sequence[tuple[str, str]], quantize_alone: Callable[[str]
         model = quantize_alone(node)
         if model is not None:
             m = measure(model, holdout, metric)
-            found.append((index, LayerSensitivity(node, op_type, m.drop, m.scores, m.cosine_drop)))
+            found.append((index, LayerSensitivity(node, op_type, m.drop, m.scores, m.cosine_drop, m.sqnr_db)))
         if progress:
             progress(index + 1, len(units))
     found.sort(key=lambda item: (-item[1].drop, -item[1].cosine_drop, item[0]))
