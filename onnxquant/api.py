@@ -165,7 +165,7 @@ def _prepare_and_select(model: onnx.ModelProto | str | os.PathLike, recipe: Reci
         prep.notes.append("input shapes fixed to " + ", ".join(f"{k} {list(v)}" for k, v in sorted(shapes.items())))
     node_names(prepared)
     sel = _select(prepared, recipe)
-    if before_calibration(prepared, sel, recipe, _reopener(prepared, data, recipe), prep.notes):
+    if before_calibration(prepared, sel, recipe, _reopener(prepared, data, recipe), _unavailable(data), prep.notes):
         node_names(prepared)
         sel = _select(prepared, recipe)
     return prepared, prep, sel, size_before

@@ -21,7 +21,7 @@ Reopen = Callable[[], Iterable[dict[str, np.ndarray]]]
 
 
 def before_calibration(prepared: onnx.ModelProto, sel: Selection, recipe: Recipe, reopen: Reopen | None,
-                       notes: list[str]) -> bool:
+                       unavailable: str, notes: list[str]) -> bool:
     """Passes that change activation ranges (equalisation, SmoothQuant). True if nodes were added."""
     settings = recipe.recovery
     if settings.equalize or (settings.equalize is None and not recipe.quantization.per_channel):
@@ -34,7 +34,7 @@ def before_calibration(prepared: onnx.ModelProto, sel: Selection, recipe: Recipe
     if not settings.smoothquant or not any(op in ("MatMul", "Gemm") for op in sel.quantized.values()):
         return False
     if reopen is None:
-        notes.append("SmoothQuant skipped: it reads the calibration data once more before calibrating")
+        notes.append(f"SmoothQuant skipped: {unavailable}")
         return False
     report = smooth(prepared, sel, reopen(), settings.smoothquant_alpha, recipe.calibration.max_samples,
                     fold_only=settings.smoothquant_fold_only)

@@ -74,3 +74,10 @@ def test_smoothing_inserts_a_mul_when_it_cannot_fold_and_improves_int8():
 def test_smoothing_leaves_rank_two_features_alone(cnn_path, npz_dir):
     result = onnxquant.quantize(cnn_path, npz_dir)
     assert not any("SmoothQuant" in n for n in result.notes)
+
+
+def test_statistics_only_requantization_says_smoothquant_was_skipped():
+    model = _outlier_matmul(layer_norm=False)
+    stats = onnxquant.calibrate(model, _samples(8, 1, outlier=True))
+    result = onnxquant.quantize(model, None, stats=stats)
+    assert any(n.startswith("SmoothQuant skipped: it needs calibration data") for n in result.notes)
