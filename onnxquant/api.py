@@ -147,7 +147,8 @@ def calibrate(
     return collect(prepared, sel.observed, source, want_hist, recipe.calibration.max_samples, progress, _length(source))
 
 
-def _prepare_and_select(model: onnx.ModelProto | str | os.PathLike, recipe: Recipe, data: Any = None):
+def _prepare_and_select(model: onnx.ModelProto | str | os.PathLike, recipe: Recipe, data: Any = None,
+                        saved_stats: bool = False):
     """Load, fix input shapes if needed, prepare, name nodes and make the first selection.
 
     Also returns the input's size in bytes.
@@ -165,7 +166,8 @@ def _prepare_and_select(model: onnx.ModelProto | str | os.PathLike, recipe: Reci
         prep.notes.append("input shapes fixed to " + ", ".join(f"{k} {list(v)}" for k, v in sorted(shapes.items())))
     node_names(prepared)
     sel = _select(prepared, recipe)
-    if before_calibration(prepared, sel, recipe, _reopener(prepared, data, recipe), _unavailable(data), prep.notes):
+    if before_calibration(prepared, sel, recipe, _reopener(prepared, data, recipe), _unavailable(data), prep.notes,
+                          saved_stats):
         node_names(prepared)
         sel = _select(prepared, recipe)
     return prepared, prep, sel, size_before
@@ -248,7 +250,7 @@ def quantize(
     """
     started = time.perf_counter()
     recipe = recipe or Recipe()
-    prepared, prep, sel, size_before = _prepare_and_select(model, recipe, data)
+    prepared, prep, sel, size_before = _prepare_and_select(model, recipe, data, saved_stats=stats is not None)
     t_cal = time.perf_counter()
     first = None
     if stats is not None:

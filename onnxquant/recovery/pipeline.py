@@ -10,19 +10,24 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import onnx
 
+from onnxquant.errors import UsageError
 from onnxquant.planner import QuantPlan, Selection
 from onnxquant.recipe import Recipe
 from onnxquant.recovery.adaround import adaround
 from onnxquant.recovery.bias_correction import correct_biases
 from onnxquant.recovery.equalize import equalize
-from onnxquant.recovery.smoothquant import smooth
+from onnxquant.recovery.smoothquant import applies, smooth
 
 Reopen = Callable[[], Iterable[dict[str, np.ndarray]]]
 
 
 def before_calibration(prepared: onnx.ModelProto, sel: Selection, recipe: Recipe, reopen: Reopen | None,
-                       unavailable: str, notes: list[str]) -> bool:
-    """Passes that change activation ranges (equalisation, SmoothQuant). True if nodes were added."""
+                       unavailable: str, notes: list[str], saved_stats: bool = False) -> bool:
+    """Passes that change activation ranges (equalisation, SmoothQuant). True if nodes were added.
+
+    With ``saved_stats`` the ranges come from an earlier run, which smoothed (or not) with the
+    calibration data; smoothing cannot be redone without it, so that is an error, not a note.
+    """
     settings = recipe.recovery
     if settings.equalize or (settings.equalize is None and not recipe.quantization.per_channel):
         equalized = equalize(prepared)
@@ -34,6 +39,11 @@ def before_calibration(prepared: onnx.ModelProto, sel: Selection, recipe: Recipe
     if not settings.smoothquant or not any(op in ("MatMul", "Gemm") for op in sel.quantized.values()):
         return False
     if reopen is None:
+        if not applies(prepared, sel):
+            return False
+        if saved_stats:
+            raise UsageError("SmoothQuant changes activation ranges: to re-quantize from saved statistics, give the "
+                             "calibration data too, or turn SmoothQuant off (--no-smoothquant) for both runs")
         notes.append(f"SmoothQuant skipped: {unavailable}")
         return False
     report = smooth(prepared, sel, reopen(), settings.smoothquant_alpha, recipe.calibration.max_samples,

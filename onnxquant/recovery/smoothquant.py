@@ -70,6 +70,11 @@ def _groups(model: onnx.ModelProto, sel: Selection) -> dict[str, list[_Member]]:
     return groups
 
 
+def applies(model: onnx.ModelProto, sel: Selection) -> bool:
+    """Whether ``smooth`` would find MatMul/Gemm inputs to smooth in ``model``."""
+    return bool(_groups(model, sel))
+
+
 def _channel_maxima(model: onnx.ModelProto, groups: dict[str, list[_Member]], channels: dict[str, int],
                     samples: Iterable[dict[str, np.ndarray]], max_samples: int | None) -> dict[str, np.ndarray]:
     opset = default_opset(model)

@@ -1,9 +1,11 @@
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxquant
 from onnxquant.api import _select
+from onnxquant.errors import UsageError
 from onnxquant.planner import node_names
 from onnxquant.recipe import Recipe
 from onnxquant.recovery.smoothquant import smooth
@@ -76,8 +78,29 @@ def test_smoothing_leaves_rank_two_features_alone(cnn_path, npz_dir):
     assert not any("SmoothQuant" in n for n in result.notes)
 
 
-def test_statistics_only_requantization_says_smoothquant_was_skipped():
+def test_saved_statistics_without_data_cannot_be_smoothed_again():
+    """Saved ranges were collected on the smoothed graph; without the data the smoothing cannot
+    be redone, and ranges of one graph must never be used on another."""
+    model = _outlier_matmul(layer_norm=True)
+    calib = _samples(8, 1, outlier=True)
+    stats = onnxquant.calibrate(model, calib)
+    with pytest.raises(UsageError, match="--no-smoothquant"):
+        onnxquant.quantize(model, None, stats=stats)
+    again = onnxquant.quantize(model, calib, stats=stats)  # with the data: the same smoothing, the same model
+    assert again.model.SerializeToString() == onnxquant.quantize(model, calib).model.SerializeToString()
+    off = Recipe().with_overrides(recovery={"smoothquant": False})
+    onnxquant.quantize(model, None, off, stats=onnxquant.calibrate(model, calib, off))
+
+
+def test_one_pass_reader_skips_smoothing_with_a_note():
     model = _outlier_matmul(layer_norm=False)
-    stats = onnxquant.calibrate(model, _samples(8, 1, outlier=True))
-    result = onnxquant.quantize(model, None, stats=stats)
-    assert any(n.startswith("SmoothQuant skipped: it needs calibration data") for n in result.notes)
+
+    class Reader:
+        def __init__(self) -> None:
+            self.items = iter(_samples(8, 1, outlier=True))
+
+        def get_next(self):
+            return next(self.items, None)
+
+    result = onnxquant.quantize(model, Reader())
+    assert any(n.startswith("SmoothQuant skipped: it reads the calibration data again") for n in result.notes)
