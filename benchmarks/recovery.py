@@ -5,8 +5,9 @@
 For each real model: plain min-max int8 (every recovery pass off), then each pass alone on
 top of it, onnxquant's default, the default with learned rounding, mixed precision against a
 stated budget, and the anchors. Every variant is scored on the same held-out samples.
-Mixed precision searches on the calibration samples, so its held-out score is an honest check
-that the budget generalises.
+Mixed precision runs twice: searched on the held-out samples (the tool's contract: the budget
+holds on ``--holdout``), and searched on the calibration samples, whose held-out score checks
+whether the budget carries over to samples the search never saw.
 """
 from __future__ import annotations
 
@@ -92,20 +93,23 @@ def bench_model(name: str, work: Path, skip_slow: bool) -> list[dict]:
         print(f"  {name} {label}: {rows[-1]['agreement']}", file=sys.stderr)
 
     budget = BUDGETS[name]
-    metric = None
-    if name == "ppocr-det":
-        calib_samples = _load(calib)
-        metric = _iou_metric([ref_session.run(None, x)[0] for x in calib_samples])
-    out = out_dir / f"{name}.mixed.onnx"
-    started = time.perf_counter()
+    metric = _iou_metric([]) if name == "ppocr-det" else None  # rebuilt per search set below
     agreement = "top1" if name == "efficientnet-lite0" else "cosine"
-    result = onnxquant.quantize(fp32, calib, output=out, max_drop=budget, metric=metric, agreement=agreement)
-    mp = result.mixed_precision or {}
-    rows.append({"model": name, "variant": f"mixed precision, budget {budget}", "seconds": time.perf_counter() - started,
-                 "agreement": score(out), "size": out.stat().st_size,
-                 "notes": [f"{len(mp.get('float_layers', []))} layers float; drop on the search set {mp.get('drop', 0):.4f}"]})
+    # Searched on the held-out set itself (the tool's contract: the budget holds on --holdout),
+    # then on the calibration set (does the budget carry over to samples the search never saw?).
+    for where, search_set in (("held-out", held), ("calibration", calib)):
+        out = out_dir / f"{name}.mixed-{where}.onnx"
+        if metric is not None:
+            metric = _iou_metric([ref_session.run(None, x)[0] for x in _load(search_set)])
+        started = time.perf_counter()
+        result = onnxquant.quantize(fp32, calib, output=out, holdout=search_set, max_drop=budget, metric=metric,
+                                    agreement=agreement)
+        mp = result.mixed_precision or {}
+        rows.append({"model": name, "variant": f"mixed precision, budget {budget}, searched on {where}",
+                     "seconds": time.perf_counter() - started, "agreement": score(out), "size": out.stat().st_size,
+                     "notes": [f"{len(mp.get('float_layers', []))} layers float; drop on the search set {mp.get('drop', 0):.4f}"]})
     if name == "minilm":  # the only one with MatMul weights: 4-bit for the least sensitive layers
-        for label, kwargs in (("int4 weights", {}), (f"int4 weights, budget {budget}", {"max_drop": budget})):
+        for label, kwargs in (("int4 weights", {}), ("int4 weights, budget 0.01", {"max_drop": 0.01})):
             out = out_dir / f"{name}.{label.split(',')[-1].strip().replace(' ', '_')}.int4.onnx"
             started = time.perf_counter()
             result = onnxquant.quantize(fp32, calib, Recipe().with_overrides(quantization={"weight_bits": 4}), out, **kwargs)
