@@ -280,8 +280,9 @@ def quantize(
     op_by_name = {n.name: n.op_type for n in prepared.graph.node}
     mixed = None
     int4, int4_rejected = _int4_candidates(prepared, _select(prepared, recipe, not_float), recipe)
-    int4_notes = ([f"int4 weights: {int4_rejected} MatMul weights kept int8 (int4 would keep them below "
-                   f"{recipe.quantization.int4_min_sqnr_db} dB SQNR)"] if int4_rejected else [])
+    kept_int8 = (f"int4 weights: {int4_rejected} MatMul weights kept int8 (int4 would keep them below "
+                 f"{recipe.quantization.int4_min_sqnr_db} dB SQNR)")
+    int4_notes = [kept_int8] if int4_rejected else []
     if max_drop is None:
         quantized, sel, build_notes = _build(prepared, recipe, table, not_float, data, inplace=True,  # prepared is ours
                                              int4=frozenset(int4))
@@ -464,6 +465,17 @@ def _int4_candidates(prepared: onnx.ModelProto, sel: Selection, recipe: Recipe) 
     return chosen, rejected
 
 
+def _calibrated(model: onnx.ModelProto | str | os.PathLike, data: Any, recipe: Recipe,
+                what: str) -> tuple[onnx.ModelProto, StatsTable, set[str]]:
+    """Prepared model, its statistics and its non-float tensors, for the diagnostic commands."""
+    if not _rereadable(data):
+        raise CalibrationDataError(f"{what} needs calibration data (a folder or a list)")
+    prepared, _, sel, _ = _prepare_and_select(model, recipe, data)
+    table = collect(prepared, sel.observed, _open(prepared, data, recipe), needs_histogram(recipe.calibration.method),
+                    recipe.calibration.max_samples)
+    return prepared, table, set(sel.observed) - set(table.tensors)
+
+
 def layer_errors(
     model: onnx.ModelProto | str | os.PathLike,
     data: Any,
@@ -473,12 +485,7 @@ def layer_errors(
     """Quantize as ``quantize`` would, then compare every quantized tensor with its float value
     on ``holdout`` (default: the calibration data); the tensors that add most error first."""
     recipe = recipe or Recipe()
-    prepared, _, sel, _ = _prepare_and_select(model, recipe, data)
-    if not _rereadable(data):
-        raise CalibrationDataError("layer errors need calibration data (a folder or a list)")
-    table = collect(prepared, sel.observed, _open(prepared, data, recipe), needs_histogram(recipe.calibration.method),
-                    recipe.calibration.max_samples)
-    not_float = set(sel.observed) - set(table.tensors)
+    prepared, table, not_float = _calibrated(model, data, recipe, "layer errors")
     quantized, sel, _ = _build(prepared, recipe, table, not_float, data, inplace=False)
     by_name = {n.name: n for n in prepared.graph.node}
     tensors = [*sel.activations, *(by_name[node].output[0] for node, _ in sel.weights)]
@@ -498,12 +505,7 @@ def sensitivity(
     """Each weighted layer quantized alone, measured against fp32 on ``holdout`` (default: the
     calibration data); most damaging first."""
     recipe = recipe or Recipe()
-    prepared, _, sel, _ = _prepare_and_select(model, recipe, data)
-    if not _rereadable(data):
-        raise CalibrationDataError("sensitivity needs calibration data (a folder or a list)")
-    table = collect(prepared, sel.observed, _open(prepared, data, recipe), needs_histogram(recipe.calibration.method),
-                    recipe.calibration.max_samples)
-    not_float = set(sel.observed) - set(table.tensors)
+    prepared, table, not_float = _calibrated(model, data, recipe, "sensitivity")
     held = _holdout_for(prepared, data, holdout, recipe, agreement)
     return _rank(prepared, recipe, table, not_float, data, held, metric, progress)
 

@@ -259,6 +259,23 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
     _emit(result.to_dict(), as_json, quiet, _summary)
 
 
+def _diagnostic_options(command: Any) -> Any:
+    """MODEL, the sample sets and the recipe: shared by sensitivity and layer-errors."""
+    options = [
+        click.argument("model", type=click.Path(dir_okay=False, path_type=Path)),
+        click.option("--calib-data", type=click.Path(path_type=Path), required=True,
+                     help="Calibration samples (.npz folder or images)."),
+        click.option("--holdout", type=click.Path(path_type=Path),
+                     help="Held-out samples to measure on (default: the calibration data)."),
+        click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False, path_type=Path), help="TOML recipe."),
+        click.option("--target", type=click.Choice(TARGETS), help="Runtime to quantize for (default cpu)."),
+        click.option("--max-samples", type=int, help="Use at most this many samples of each set."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def _sensitivity_table(report: dict[str, Any]) -> str:
     lines = [f"{'drop':>8} {'1-cos':>9} {'SQNR dB':>8}  layer (quantized alone; most damaging first)"]
     for layer in report["layers"]:
@@ -267,12 +284,7 @@ def _sensitivity_table(report: dict[str, Any]) -> str:
 
 
 @main.command(cls=_Command)
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--calib-data", type=click.Path(path_type=Path), required=True, help="Calibration samples (.npz folder or images).")
-@click.option("--holdout", type=click.Path(path_type=Path), help="Held-out samples to measure on (default: the calibration data).")
-@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False, path_type=Path), help="TOML recipe.")
-@click.option("--target", type=click.Choice(TARGETS), help="Runtime to quantize for (default cpu).")
-@click.option("--max-samples", type=int, help="Use at most this many samples of each set.")
+@_diagnostic_options
 @click.option("--top", type=int, help="Show only the N most damaging layers.")
 @click.option("--drop-by", type=click.Choice(["cosine", "top1"]), default="cosine", show_default=True,
               help="Damage as 1 - mean cosine of each output, or 1 - top-1 agreement of (batch, classes) scores.")
@@ -305,12 +317,7 @@ def _layer_error_table(report: dict[str, Any]) -> str:
 
 
 @main.command("layer-errors", cls=_Command)
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--calib-data", type=click.Path(path_type=Path), required=True, help="Calibration samples (.npz folder or images).")
-@click.option("--holdout", type=click.Path(path_type=Path), help="Samples to compare on (default: the calibration data).")
-@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False, path_type=Path), help="TOML recipe.")
-@click.option("--target", type=click.Choice(TARGETS), help="Runtime to quantize for (default cpu).")
-@click.option("--max-samples", type=int, help="Use at most this many samples of each set.")
+@_diagnostic_options
 @click.option("--top", type=int, help="Show only the N worst tensors.")
 @_recovery_options
 @_image_options
