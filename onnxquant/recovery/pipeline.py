@@ -46,8 +46,12 @@ def before_calibration(prepared: onnx.ModelProto, sel: Selection, recipe: Recipe
                              "calibration data too, or turn SmoothQuant off (--no-smoothquant) for both runs")
         notes.append(f"SmoothQuant skipped: {unavailable}")
         return False
+    # Where every op is quantized (QNN), an inserted Mul would itself read the raw activation
+    # through a uint8 Q/DQ, outliers and all: only folding into a LayerNorm helps there
+    # (MiniLM on QNN: cosine 0.857 without smoothing, 0.838 with 12 inserted Muls).
+    fold_only = settings.smoothquant_fold_only or recipe.every_op
     report = smooth(prepared, sel, reopen(), settings.smoothquant_alpha, recipe.calibration.max_samples,
-                    fold_only=settings.smoothquant_fold_only)
+                    fold_only=fold_only)
     if report.folded or report.inserted:
         notes.append(f"SmoothQuant (alpha {settings.smoothquant_alpha}): {report.folded} LayerNorm outputs "
                      f"folded, {report.inserted} Mul nodes inserted")

@@ -14,7 +14,7 @@ from tests.conftest import run
 OUTLIER = 3  # the input channel a hundred times larger than the others
 
 
-def _outlier_matmul(layer_norm: bool) -> onnx.ModelProto:
+def _outlier_matmul(layer_norm: bool, infer: bool = True) -> onnx.ModelProto:
     """(1, 6, 8) tokens -> [LayerNorm] -> MatMul (8 -> 4), with one outlier input channel."""
     rng = np.random.default_rng(0)
     gamma = np.ones(8, np.float32)
@@ -29,7 +29,7 @@ def _outlier_matmul(layer_norm: bool) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "outlier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 4])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    return onnx.shape_inference.infer_shapes(model)
+    return onnx.shape_inference.infer_shapes(model) if infer else model
 
 
 def _samples(n: int, seed: int, outlier: bool = False) -> list[dict[str, np.ndarray]]:
@@ -104,3 +104,28 @@ def test_one_pass_reader_skips_smoothing_with_a_note():
 
     result = onnxquant.quantize(model, Reader())
     assert any(n.startswith("SmoothQuant skipped: it reads the calibration data again") for n in result.notes)
+
+
+def test_unknown_ranks_are_checked_on_the_first_sample():
+    """Shape inference stops at contrib ops (com.microsoft Gelu): the rank of a MatMul input is
+    then unknown, and the probe itself tells token activations from rank-2 features."""
+    model = _outlier_matmul(layer_norm=True, infer=False)
+    assert not model.graph.value_info
+    node_names(model)
+    assert smooth(model, _select(model, Recipe()), _samples(4, 1), alpha=0.75).folded == 1
+    flat = _outlier_matmul(layer_norm=True, infer=False)
+    flat.graph.input[0].type.tensor_type.shape.dim.pop(0)  # (6, 8): rank 2
+    flat.graph.output[0].type.tensor_type.shape.dim.pop(0)
+    node_names(flat)
+    two_d = [{"x": s["x"][0]} for s in _samples(4, 1)]
+    report = smooth(flat, _select(flat, Recipe()), two_d, alpha=0.75)
+    assert (report.folded, report.inserted) == (0, 0)
+
+
+def test_every_op_targets_only_fold():
+    """On QNN every op is quantized, the inserted Mul too, so smoothing only folds."""
+    from onnxquant.recipe import recipe_for_target
+
+    model = _outlier_matmul(layer_norm=False)
+    result = onnxquant.quantize(model, _samples(8, 1, outlier=True), recipe_for_target("qnn"))
+    assert not any("SmoothQuant (" in n for n in result.notes)
