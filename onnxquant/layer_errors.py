@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxquant.calibration.collector import _augmented_bytes, make_session
+from onnxquant.calibration.collector import augmented_bytes, make_session
 from onnxquant.calibration.feeds import check_feed, input_specs
+from onnxquant.passes.node_index import NodeIndex
 
 
 @dataclass
@@ -46,14 +47,12 @@ def _db(signal: float, noise: float) -> float:
 
 def dequantized_names(quantized: onnx.ModelProto) -> dict[str, str]:
     """Float tensor -> the output of the DequantizeLinear that carries its int8 version."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in quantized.graph.node:
-        for i in node.input:
-            readers.setdefault(i, []).append(node)
+    index = NodeIndex(quantized.graph)
     out = {}
-    for node in quantized.graph.node:
+    for node in index.nodes:
         if node.op_type == "QuantizeLinear":
-            dq = [r for r in readers.get(node.output[0], []) if r.op_type == "DequantizeLinear"]
+            dq = [index.nodes[k] for k in index.readers.get(node.output[0], [])
+                  if index.nodes[k].op_type == "DequantizeLinear"]
             if dq:
                 out[node.input[0]] = dq[0].output[0]
     return out
@@ -69,8 +68,8 @@ def tensor_errors(reference: onnx.ModelProto, quantized: onnx.ModelProto, tensor
     """
     names = sorted(set(tensors))
     dq = dequantized_names(quantized)
-    ref_session = make_session(_augmented_bytes(reference, names))
-    q_session = make_session(_augmented_bytes(quantized, [dq.get(n, n) for n in names]))
+    ref_session = make_session(augmented_bytes(reference, names))
+    q_session = make_session(augmented_bytes(quantized, [dq.get(n, n) for n in names]))
     available = {o.name for o in q_session.get_outputs()}
     names = [n for n in names if n in {o.name for o in ref_session.get_outputs()} and dq.get(n, n) in available]
     fetch = [dq.get(n, n) for n in names]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -112,6 +113,28 @@ def check_model(model: onnx.ModelProto, what: str = "model") -> None:
 def serialize(model: onnx.ModelProto) -> bytes:
     """Deterministic bytes of a model under the protobuf limit."""
     return model.SerializeToString(deterministic=True)
+
+
+def serialize_extended(
+    model: onnx.ModelProto,
+    nodes: Sequence[onnx.NodeProto] = (),
+    initializers: Sequence[onnx.TensorProto] = (),
+    outputs: Sequence[str] = (),
+) -> bytes:
+    """``model`` with extra nodes, initializers and (untyped) outputs, serialized without
+    copying its weights: they are appended, serialized, then removed again."""
+    graph = model.graph
+    counts = len(graph.node), len(graph.initializer), len(graph.output)
+    graph.node.extend(nodes)
+    graph.initializer.extend(initializers)
+    for name in outputs:
+        graph.output.add().name = name
+    try:
+        return serialize(model)
+    finally:
+        del graph.node[counts[0]:]
+        del graph.initializer[counts[1]:]
+        del graph.output[counts[2]:]
 
 
 def _write_external(model: onnx.ModelProto, path: Path) -> None:

@@ -16,7 +16,7 @@ from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.calibration.histogram import StreamingHistogram
 from onnxquant.calibration.observers import StatsTable, TensorStats
 from onnxquant.errors import CalibrationDataError, ModelError
-from onnxquant.model_io import serialize
+from onnxquant.model_io import serialize, serialize_extended
 
 ProgressCallback = Callable[[int, int | None], None]
 
@@ -30,18 +30,10 @@ def model_digest(model: onnx.ModelProto) -> str:
     return h.hexdigest()
 
 
-def _augmented_bytes(model: onnx.ModelProto, names: list[str]) -> bytes:
-    """The model with ``names`` as extra outputs, serialized without copying the weights:
-    outputs are added in place, serialized, then removed again."""
+def augmented_bytes(model: onnx.ModelProto, names: list[str]) -> bytes:
+    """The model with ``names`` as extra outputs, serialized without copying the weights."""
     existing = {o.name for o in model.graph.output}
-    added = [n for n in names if n not in existing]
-    before = len(model.graph.output)
-    for name in added:
-        model.graph.output.add().name = name
-    try:
-        return serialize(model)
-    finally:
-        del model.graph.output[before:]
+    return serialize_extended(model, outputs=[n for n in names if n not in existing])
 
 
 def make_session(model: onnx.ModelProto | bytes, threads: int = 0):
@@ -69,7 +61,7 @@ def collect(
 ) -> StatsTable:
     """Observe ``tensor_names`` over ``samples``; non-float tensors are skipped."""
     names = sorted(set(tensor_names))
-    session = make_session(_augmented_bytes(model, names))
+    session = make_session(augmented_bytes(model, names))
     fetch = [o.name for o in session.get_outputs()]
     wanted = set(names)
     specs = input_specs(model)

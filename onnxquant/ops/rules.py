@@ -10,7 +10,8 @@ import enum
 from dataclasses import dataclass
 
 import onnx
-from onnx import helper
+
+from onnxquant.passes.node_index import attributes
 
 
 class Kind(enum.Enum):
@@ -65,7 +66,7 @@ DEFAULT_OP_TYPES: tuple[str, ...] = tuple(sorted(RULES))
 
 def weight_axis(node: onnx.NodeProto, weight_rank: int) -> int | None:
     """Axis of the output channels in the weight, or None where per-channel is not valid."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = attributes(node)
     if node.op_type == "Conv":
         return 0
     if node.op_type == "ConvTranspose":
@@ -81,11 +82,11 @@ def weight_axis(node: onnx.NodeProto, weight_rank: int) -> int | None:
 def is_depthwise(node: onnx.NodeProto, weight_shape: tuple[int, ...]) -> bool:
     """A Conv with one input channel per group: onnxruntime runs it in a kernel that accumulates
     in 32 bits, so it does not suffer the u8s8 16-bit saturation that GEMM-based kernels do."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = attributes(node)
     return node.op_type == "Conv" and attrs.get("group", 1) > 1 and len(weight_shape) > 1 and weight_shape[1] == 1
 
 
 def gemm_is_plain(node: onnx.NodeProto) -> bool:
     """QGemm needs alpha == beta == 1 and an untransposed activation."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = attributes(node)
     return attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+from onnxquant.passes.node_index import attributes
 
 
 def _channel_vector(value: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
@@ -76,7 +74,7 @@ def _split_const(node: onnx.NodeProto, idx: _Index) -> tuple[str, np.ndarray] | 
 
 
 def _has_padding(conv: onnx.NodeProto) -> bool:
-    attrs = _attrs(conv)
+    attrs = attributes(conv)
     if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
         return True
     return any(p != 0 for p in attrs.get("pads", []))
@@ -90,7 +88,7 @@ def _fold_once(model: onnx.ModelProto) -> bool:
         if params is None:
             continue
         w, b = params
-        group = _attrs(conv).get("group", 1)
+        group = attributes(conv).get("group", 1)
         # After the conv.
         nxt = idx.only_consumer(conv.output[0])
         split = _split_const(nxt, idx) if nxt is not None else None

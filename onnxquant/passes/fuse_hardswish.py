@@ -10,38 +10,25 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from onnxquant.passes.node_index import NodeIndex
-
-
-def _scalar(graph_inits: dict[str, onnx.TensorProto], name: str) -> float | None:
-    init = graph_inits.get(name)
-    if init is None:
-        return None
-    value = numpy_helper.to_array(init)
-    return float(value.reshape(())) if value.size == 1 else None
+from onnxquant.passes.node_index import NodeIndex, clip_bounds, scalar
 
 
 def _const_operand(node: onnx.NodeProto, inits: dict) -> tuple[str, float] | None:
     if len(node.input) != 2:
         return None
     a, b = node.input
-    if _scalar(inits, b) is not None and a not in inits:
-        return a, _scalar(inits, b)  # type: ignore[return-value]
-    if _scalar(inits, a) is not None and b not in inits and node.op_type in ("Add", "Mul"):
-        return b, _scalar(inits, a)  # type: ignore[return-value]
+    if scalar(inits, b) is not None and a not in inits:
+        return a, scalar(inits, b)  # type: ignore[return-value]
+    if scalar(inits, a) is not None and b not in inits and node.op_type in ("Add", "Mul"):
+        return b, scalar(inits, a)  # type: ignore[return-value]
     return None
 
 
 def _clip_bounds(node: onnx.NodeProto, inits: dict) -> tuple[float, float] | None:
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if len(node.input) >= 3 and node.input[1] and node.input[2]:
-        lo, hi = _scalar(inits, node.input[1]), _scalar(inits, node.input[2])
-        return None if lo is None or hi is None else (lo, hi)
-    if "min" in attrs and "max" in attrs:
-        return float(attrs["min"]), float(attrs["max"])
-    return None
+    bounds = clip_bounds(node, inits)
+    return None if bounds is None or None in bounds else bounds  # type: ignore[return-value]
 
 
 def _matches(graph: onnx.GraphProto):
@@ -70,8 +57,8 @@ def _matches(graph: onnx.GraphProto):
         if d is None:
             continue
         div = nodes[d]
-        if div.input[0] != nodes[m].output[0] or _scalar(inits, div.input[1]) is None \
-                or not np.isclose(_scalar(inits, div.input[1]), 6.0):
+        if div.input[0] != nodes[m].output[0] or scalar(inits, div.input[1]) is None \
+                or not np.isclose(scalar(inits, div.input[1]), 6.0):
             continue
         yield x, (a, c, m, d)
 

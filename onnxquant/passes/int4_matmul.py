@@ -11,6 +11,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxquant.passes.node_index import NodeIndex
+
 MS_DOMAIN = "com.microsoft"
 _QMAX = 7  # symmetric int4: -7..7 (the code 0, i.e. -8, is never used, so negation is exact)
 # MatMulNBits computes with activations quantized to int8 per block (level 4): the fast MLAS
@@ -64,11 +66,9 @@ def to_matmul_nbits(model: onnx.ModelProto, nodes: set[str], block_size: int) ->
     """Replace the named float MatMul nodes (weight = a 2-D initializer) by ``MatMulNBits``, in
     place. Returns how many were replaced; weights no other node reads are dropped."""
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    uses: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
+    index = NodeIndex(graph)
+    inits = index.inits
+    uses = {w: index.uses(w) for w in inits}
     replaced, dropped = 0, set()
     new_nodes = []
     for node in graph.node:

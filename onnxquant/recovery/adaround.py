@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxquant.passes.node_index import NodeIndex, attributes
 from onnxquant.planner import QuantPlan
 from onnxquant.qparams import QParams, qrange
 from onnxquant.recovery.probe import Probe, run_probe
@@ -54,35 +55,26 @@ class AdaRoundReport:
     gain_db: dict[str, float] = field(default_factory=dict)  # reconstruction gain per layer
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
 def _layers(model: onnx.ModelProto, plan: QuantPlan) -> list[_Layer]:
-    by_name = {n.name: n for n in model.graph.node}
-    inits = {i.name: i for i in model.graph.initializer}
-    users: dict[str, int] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            users[i] = users.get(i, 0) + 1
+    index = NodeIndex(model.graph)
+    by_name = {n.name: n for n in index.nodes}
+    inits = index.inits
     layers = []
     for (name, w), (_, _, reduce) in sorted(plan.selection.weights.items()):
         node = by_name[name]
         params = plan.weights.get((name, w))
-        if params is None or node.input[0] not in plan.activations or w not in inits or users.get(w) != 1:
+        if params is None or node.input[0] not in plan.activations or w not in inits or index.uses(w) != 1:
             continue
         qmin, qmax = qrange(params.dtype, reduce)
         if qmin >= 0:
             continue  # unsigned symmetric weights: zero point 128, not handled here
         qmin = -qmax  # symmetric weights use -qmax..qmax
         rank = len(inits[w].dims)
-        if node.op_type == "Conv" and rank == 4 and _attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"):
-            layers.append(_Layer(node, w, params, qmin, qmax, groups=int(_attr(node, "group", 1)), conv=True))
+        attrs = attributes(node)
+        if node.op_type == "Conv" and rank == 4 and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"):
+            layers.append(_Layer(node, w, params, qmin, qmax, groups=int(attrs.get("group", 1)), conv=True))
         elif node.op_type == "Gemm" and rank == 2:
-            layers.append(_Layer(node, w, params, qmin, qmax, rows_first=bool(_attr(node, "transB", 0))))
+            layers.append(_Layer(node, w, params, qmin, qmax, rows_first=bool(attrs.get("transB", 0))))
         elif node.op_type == "MatMul" and rank == 2:
             layers.append(_Layer(node, w, params, qmin, qmax, rows_first=False))
     return layers
@@ -90,11 +82,11 @@ def _layers(model: onnx.ModelProto, plan: QuantPlan) -> list[_Layer]:
 
 def _patches(x: np.ndarray, layer: _Layer, kernel: tuple[int, int]) -> np.ndarray:
     """im2col: (groups, positions, K) patches of a (N, C, H, W) input, K ordered (c, kh, kw)."""
-    node = layer.node
+    attrs = attributes(layer.node)
     kh, kw = kernel
-    dh, dw = _attr(node, "dilations", [1, 1])
-    sh, sw = _attr(node, "strides", [1, 1])
-    pads = _attr(node, "pads", [0, 0, 0, 0])
+    dh, dw = attrs.get("dilations", [1, 1])
+    sh, sw = attrs.get("strides", [1, 1])
+    pads = attrs.get("pads", [0, 0, 0, 0])
     x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     win = np.lib.stride_tricks.sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
     win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, Ho, Wo, kh, kw)

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxquant.passes.node_index import NodeIndex
 from onnxquant.passes.prepare import default_opset
 from onnxquant.planner import QuantPlan, refresh_bias_params
 from onnxquant.qparams import fake_quantize
@@ -23,24 +24,20 @@ from onnxquant.recovery.probe import Probe, run_probe
 CORRECTABLE = {"Conv", "ConvTranspose", "Gemm"}
 
 
-def _matmul_biases(model: onnx.ModelProto, plan: QuantPlan, inits: dict[str, onnx.TensorProto]) -> dict[str, str]:
+def _matmul_biases(index: NodeIndex, plan: QuantPlan, by_name: dict[str, onnx.NodeProto]) -> dict[str, str]:
     """MatMul node -> the constant of the float ``Add`` right after it (how transformers
     export a Linear's bias), when that Add is the MatMul's only reader and owns the constant."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
-    outputs = {o.name for o in model.graph.output}
+    inits = index.inits
     found = {}
     for (name, w) in plan.selection.weights:
-        node = next(n for n in model.graph.node if n.name == name)
-        after = readers.get(node.output[0], [])
-        if node.op_type != "MatMul" or len(after) != 1 or after[0].op_type != "Add" or node.output[0] in outputs:
+        node = by_name[name]
+        k = index.only_reader(node.output[0], "Add") if node.op_type == "MatMul" else None
+        if k is None:
             continue
-        add = after[0]
+        add = index.nodes[k]
         bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
         if (bias in inits and len(inits[bias].dims) == 1 and len(inits[w].dims) == 2
-                and inits[bias].dims[0] == inits[w].dims[1] and len(readers.get(bias, [])) == 1):
+                and inits[bias].dims[0] == inits[w].dims[1] and index.uses(bias) == 1):
             found[name] = bias
     return found
 
@@ -59,10 +56,10 @@ def _layer_probe(probe: Probe, node: onnx.NodeProto, plan: QuantPlan, weight: np
     diff = probe.node("Sub", [node.output[0], shadow.output[0]], "diff")
     if node.op_type == "MatMul":  # channels last, any rank: flatten the rest away
         flat = probe.node("Reshape", [diff, probe.constant(np.array([-1, weight.shape[1]], np.int64), "shape")])
-        out = probe.reduce_mean(flat, [0], opset)
+        out = probe.reduce("ReduceMean", flat, [0], opset)
     else:
         rank = 2 if node.op_type == "Gemm" else weight.ndim
-        out = probe.reduce_mean(diff, [0, *range(2, rank)], opset)
+        out = probe.reduce("ReduceMean", diff, [0, *range(2, rank)], opset)
     probe.outputs.append(out)
     return out
 
@@ -77,8 +74,9 @@ def correct_biases(
 
     Returns how many biases changed.
     """
-    inits = {i.name: i for i in model.graph.initializer}
-    by_name = {n.name: n for n in model.graph.node}
+    index = NodeIndex(model.graph)
+    inits = index.inits
+    by_name = {n.name: n for n in index.nodes}
     opset = default_opset(model)
     probe = Probe(prefix="_oq_bc")
     targets: dict[str, tuple[str, str]] = {}  # probe output -> (node, bias)
@@ -91,7 +89,7 @@ def correct_biases(
         targets[_layer_probe(probe, node, plan, weight, w, opset)] = (name, b)
     float_adds = set()
     weight_of = {name: w for (name, w) in plan.selection.weights}
-    for name, b in sorted(_matmul_biases(model, plan, inits).items()):
+    for name, b in sorted(_matmul_biases(index, plan, by_name).items()):
         node = by_name[name]
         if node.input[0] not in plan.activations or (name, weight_of[name]) not in plan.weights:
             continue

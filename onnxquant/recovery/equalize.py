@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxquant.passes.node_index import NodeIndex, attributes, clip_bounds
+
 HOMOGENEOUS = {"Relu", "LeakyRelu", "PRelu"}
 _S_MIN, _S_MAX = 1e-2, 1e2
 _ROUNDS = 4  # chains (conv -> conv -> conv) settle in a few sweeps
@@ -34,47 +36,28 @@ class _Pair:
     depthwise: bool
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
 def _clip_kind(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> str:
     """'homogeneous' for Clip(0, none/inf), 'bounded' for Clip(0, M), else 'other'."""
-    lo = _attr(node, "min", None)
-    hi = _attr(node, "max", None)
-    if len(node.input) > 1 and node.input[1]:
-        lo = float(numpy_helper.to_array(inits[node.input[1]])) if node.input[1] in inits else None
-    if len(node.input) > 2 and node.input[2]:
-        hi = float(numpy_helper.to_array(inits[node.input[2]])) if node.input[2] in inits else None
-    if lo != 0.0:
+    bounds = clip_bounds(node, inits)
+    if bounds is None or bounds[0] != 0.0:
         return "other"
-    return "homogeneous" if hi is None or np.isinf(hi) else "bounded"
+    return "homogeneous" if bounds[1] is None or np.isinf(bounds[1]) else "bounded"
 
 
 def _pairs(model: onnx.ModelProto) -> tuple[list[_Pair], int]:
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    uses: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
-            uses[i] = uses.get(i, 0) + 1
+    index = NodeIndex(model.graph)
+    inits = index.inits
 
     def only_reader(tensor: str) -> onnx.NodeProto | None:
-        r = readers.get(tensor, [])
-        return r[0] if len(r) == 1 and tensor not in outputs else None
+        k = index.only_reader(tensor)
+        return None if k is None else index.nodes[k]
 
     def own_weights(conv: onnx.NodeProto) -> bool:
         names = [t for t in conv.input[1:3] if t]
-        return all(t in inits and uses.get(t) == 1 for t in names) and len(inits[conv.input[1]].dims) >= 3
+        return all(t in inits and index.uses(t) == 1 for t in names) and len(inits[conv.input[1]].dims) >= 3
 
     pairs, bounded = [], 0
-    for first in graph.node:
+    for first in index.nodes:
         if first.op_type != "Conv" or not own_weights(first):
             continue
         nxt = only_reader(first.output[0])
@@ -96,7 +79,7 @@ def _pairs(model: onnx.ModelProto) -> tuple[list[_Pair], int]:
             continue
         channels = inits[first.input[1]].dims[0]
         w2 = inits[second.input[1]].dims
-        groups = _attr(second, "group", 1)
+        groups = attributes(second).get("group", 1)
         depthwise = groups == channels and w2[0] == channels and w2[1] == 1
         if not (groups == 1 and w2[1] == channels) and not depthwise:
             continue

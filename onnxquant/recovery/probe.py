@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 from onnxquant.calibration.collector import make_session
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.errors import CalibrationDataError
-from onnxquant.model_io import serialize
+from onnxquant.model_io import serialize_extended
 from onnxquant.passes.insert_qdq import qdq_domain
 from onnxquant.qparams import QParams
 
@@ -45,20 +45,12 @@ class Probe:
         self.nodes.append(helper.make_node(op, inputs, [out], name=out, domain=domain, **attrs))
         return out
 
-    def reduce_mean(self, x: str, axes: list[int], opset: int) -> str:
-        """Mean over ``axes`` (keepdims 0), in the form ``opset`` wants."""
+    def reduce(self, op: str, x: str, axes: list[int], opset: int) -> str:
+        """``op`` (ReduceMean, ReduceMax...) over ``axes``, keepdims 0, in the form ``opset``
+        wants: axes became an input in opset 18."""
         if opset >= 18:
-            return self.node("ReduceMean", [x, self.constant(np.array(axes, np.int64), "axes")], keepdims=0)
-        return self.node("ReduceMean", [x], axes=axes, keepdims=0)
-
-    def reduce_max(self, x: str, axes: list[int], opset: int) -> str:
-        if opset >= 18:
-            return self.node("ReduceMax", [x, self.constant(np.array(axes, np.int64), "axes")], keepdims=0)
-        return self.node("ReduceMax", [x], axes=axes, keepdims=0)
-
-    def reduce_sum_square(self, x: str) -> str:
-        """Sum of squares of every element (a scalar); no axes means all, in every opset."""
-        return self.node("ReduceSumSquare", [x], keepdims=0)
+            return self.node(op, [x, self.constant(np.array(axes, np.int64), "axes")], keepdims=0)
+        return self.node(op, [x], axes=axes, keepdims=0)
 
     def fake_quant(self, x: str, params: QParams, opset: int) -> str:
         """QuantizeLinear then DequantizeLinear of ``x`` with ``params``, as the rewrite writes them."""
@@ -71,19 +63,8 @@ class Probe:
 
 
 def probe_bytes(model: onnx.ModelProto, probe: Probe) -> bytes:
-    """``model`` with the probe's nodes and outputs, serialized; ``model`` is restored after."""
-    graph = model.graph
-    counts = len(graph.node), len(graph.initializer), len(graph.output)
-    graph.node.extend(probe.nodes)
-    graph.initializer.extend(probe.initializers)
-    for name in probe.outputs:
-        graph.output.add().name = name
-    try:
-        return serialize(model)
-    finally:
-        del graph.node[counts[0]:]
-        del graph.initializer[counts[1]:]
-        del graph.output[counts[2]:]
+    """``model`` with the probe's nodes and outputs, serialized; ``model`` is left as it was."""
+    return serialize_extended(model, probe.nodes, probe.initializers, probe.outputs)
 
 
 def run_probe(

@@ -18,6 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxquant.ops.rules import gemm_is_plain
+from onnxquant.passes.node_index import NodeIndex, attributes
 from onnxquant.passes.prepare import default_opset
 from onnxquant.planner import Selection
 from onnxquant.recovery.probe import Probe, run_probe
@@ -65,7 +66,7 @@ def _groups(model: onnx.ModelProto, sel: Selection) -> dict[str, list[_Member]]:
         if node.op_type == "Gemm":
             if not gemm_is_plain(node):
                 continue
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            trans_b = attributes(node).get("transB", 0)
             groups.setdefault(node.input[0], []).append(_Member(node, w, 1 if trans_b else 0))
         else:
             groups.setdefault(node.input[0], []).append(_Member(node, w, 0))
@@ -85,7 +86,7 @@ def _channel_maxima(model: onnx.ModelProto, groups: dict[str, list[_Member]], ch
     keys, shapes = {}, {}
     for x in groups:
         flat = probe.node("Reshape", [x, probe.constant(np.array([-1, channels[x]], np.int64), "shape")])
-        keys[probe.reduce_max(probe.node("Abs", [flat]), [0], opset)] = x
+        keys[probe.reduce("ReduceMax", probe.node("Abs", [flat]), [0], opset)] = x
         shapes[probe.node("Shape", [x])] = x
     probe.outputs.extend([*keys, *shapes])
     maxima: dict[str, np.ndarray] = {}
@@ -105,27 +106,18 @@ def smooth(model: onnx.ModelProto, sel: Selection, samples: Iterable[dict[str, n
            max_samples: int | None = None, fold_only: bool = False) -> SmoothReport:
     """Smooth the inputs of the selected MatMul/Gemm nodes of ``model``, in place."""
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    producers = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[str]] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n.name)
-    outputs = {o.name for o in graph.output}
-    weight_users: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            weight_users[i] = weight_users.get(i, 0) + 1
+    index = NodeIndex(graph)
+    inits = index.inits
 
     groups, foldable = {}, {}
     for x, members in _groups(model, sel).items():
-        if any(weight_users.get(m.weight, 0) != 1 for m in members):
+        if any(index.uses(m.weight) != 1 for m in members):
             continue  # a weight shared with another node cannot be rescaled for one reader
-        ln = producers.get(x)
+        ln = index.nodes[index.producer[x]] if x in index.producer else None
         folds = (ln is not None and ln.op_type == "LayerNormalization" and len(ln.input) == 3
-                 and x == ln.output[0] and x not in outputs
-                 and sorted(readers.get(x, [])) == sorted(m.node.name for m in members)
-                 and all(t in inits and weight_users.get(t, 0) == 1 for t in ln.input[1:3]))
+                 and x == ln.output[0] and x not in index.outputs
+                 and sorted(index.nodes[k].name for k in index.readers.get(x, [])) == sorted(m.node.name for m in members)
+                 and all(t in inits and index.uses(t) == 1 for t in ln.input[1:3]))
         if folds or not fold_only:
             groups[x] = members
             foldable[x] = ln if folds else None
