@@ -279,7 +279,7 @@ def quantize(
     not_float = set(sel.observed) - set(table.tensors)
     op_by_name = {n.name: n.op_type for n in prepared.graph.node}
     mixed = None
-    int4, int4_rejected = _int4_candidates(prepared, _select(prepared, recipe, not_float), recipe)
+    int4, int4_rejected = _int4_candidates(prepared, recipe, not_float)
     kept_int8 = (f"int4 weights: {int4_rejected} MatMul weights kept int8 (int4 would keep them below "
                  f"{recipe.quantization.int4_min_sqnr_db} dB SQNR)")
     int4_notes = [kept_int8] if int4_rejected else []
@@ -445,11 +445,12 @@ def _mixed_precision(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTabl
     return widen_int4(build4, candidates, held, max_drop, metric, result)
 
 
-def _int4_candidates(prepared: onnx.ModelProto, sel: Selection, recipe: Recipe) -> tuple[list[str], int]:
+def _int4_candidates(prepared: onnx.ModelProto, recipe: Recipe, not_float: set[str]) -> tuple[list[str], int]:
     """MatMul layers whose weight int4 keeps well enough (graph order), and how many it would not."""
     q = recipe.quantization
     if q.weight_bits != 4:
         return [], 0
+    sel = _select(prepared, recipe, not_float)
     inits = {i.name: i for i in prepared.graph.initializer}
     chosen, rejected = [], 0
     for node in prepared.graph.node:

@@ -121,6 +121,13 @@ def _parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
     return values
 
 
+def _stacked(options: list[Any], command: Any) -> Any:
+    """Apply click option decorators in the order listed (first listed, first in --help)."""
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def _image_options(command: Any) -> Any:
     """The image pre-processing flags, shared by every command that reads an image folder."""
     options = [
@@ -131,9 +138,7 @@ def _image_options(command: Any) -> Any:
         click.option("--image-resize", type=int, help="Image samples: short side before the centre crop (default crop*256/224)."),
         click.option("--image-channel-order", type=click.Choice(["RGB", "BGR"]), help="Image samples: channel order."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _stacked(options, command)
 
 
 def _parse_shapes(specs: tuple[str, ...]) -> dict[str, list[int]] | None:
@@ -164,9 +169,7 @@ def _recovery_options(command: Any) -> Any:
         click.option("--adaround-seconds", "rc_adaround_seconds", type=float,
                      help="Time cap for --adaround; later layers keep nearest rounding."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _stacked(options, command)
 
 
 def _recovery_overrides(options: dict[str, Any]) -> dict[str, Any]:
@@ -271,9 +274,7 @@ def _diagnostic_options(command: Any) -> Any:
         click.option("--target", type=click.Choice(TARGETS), help="Runtime to quantize for (default cpu)."),
         click.option("--max-samples", type=int, help="Use at most this many samples of each set."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _stacked(options, command)
 
 
 def _sensitivity_table(report: dict[str, Any]) -> str:

@@ -147,6 +147,18 @@ class MixedPrecisionResult:
                 "sensitivity": [s.to_dict() for s in self.ranking]}
 
 
+def _bisect(trial: Callable[[int], bool], good: int, bad: int) -> int:
+    """The passing count next to the boundary between ``good`` (passes) and ``bad`` (fails),
+    in either direction, assuming the trials change sides only once between them."""
+    while abs(good - bad) > 1:
+        middle = (good + bad) // 2
+        if trial(middle):
+            good = middle
+        else:
+            bad = middle
+    return good
+
+
 def search(build: Callable[[tuple[str, ...]], onnx.ModelProto], ranking: list[LayerSensitivity],
            holdout: Holdout, max_drop: float, metric: Metric | None = None,
            full: tuple[onnx.ModelProto, Measurement] | None = None) -> MixedPrecisionResult:
@@ -186,14 +198,7 @@ def search(build: Callable[[tuple[str, ...]], onnx.ModelProto], ranking: list[La
                 f"accuracy budget {max_drop} not met: the smallest drop reached is {best:.4f} with all "
                 f"{len(order)} weighted layers in float (the rest of the int8 graph costs more)")
         failing, k = k, k * 2
-    passing = k
-    while passing - failing > 1:  # bisect: the drop shrinks as more layers stay float
-        middle = (failing + passing) // 2
-        if trial(middle):
-            passing = middle
-        else:
-            failing = middle
-    return done(passing)
+    return done(_bisect(trial, good=k, bad=failing))  # the drop shrinks as more layers stay float
 
 
 def widen_int4(build: Callable[[tuple[str, ...]], onnx.ModelProto], candidates: list[str], holdout: Holdout,
@@ -211,17 +216,8 @@ def widen_int4(build: Callable[[tuple[str, ...]], onnx.ModelProto], candidates: 
         results[k] = (model, m.drop)
         return m.drop <= max_drop
 
-    passing, failing = 0, len(candidates) + 1
-    if trial(len(candidates)):
-        passing = len(candidates)
-    else:
-        failing = len(candidates)
-    while failing - passing > 1:  # bisect: more int4 layers, more drop
-        middle = (passing + failing) // 2
-        if trial(middle):
-            passing = middle
-        else:
-            failing = middle
+    everything = len(candidates)
+    passing = everything if trial(everything) else _bisect(trial, good=0, bad=everything)  # more int4, more drop
     model, drop = results[passing]
     base.model, base.drop, base.int4_layers = model, drop, candidates[:passing]
     return base
