@@ -184,3 +184,49 @@ def attention_samples(count: int, seq: int = 6, seed: int = 1) -> list[dict[str,
         keep[..., : seq - i % 3] = True
         samples.append({"x": rng.normal(0, 1, (1, seq, 8)).astype(np.float32), "keep": keep})
     return samples
+
+
+def tiny_mbconv(seed: int = 0, dead: tuple[int, ...] = (), batch: int | str = "N") -> onnx.ModelProto:
+    """An inverted-residual block and a head, as in MobileNetV2/EfficientNet, unfolded BatchNorm
+    included: expand 1x1 Conv-ReLU6, depthwise 3x3 Conv-ReLU, project 1x1 Conv, residual Add,
+    3x3 Conv-BatchNorm-ReLU, GlobalAveragePool, Flatten, Gemm. ``dead``: expand channels whose
+    weights are zero (their bias stays: a dead channel still outputs a constant)."""
+    rng = np.random.default_rng(seed)
+    w_expand = rng.normal(0, 0.4, (16, 4, 1, 1))
+    w_expand[list(dead)] = 0.0
+    b_expand = rng.normal(0, 0.2, 16)
+    b_expand[list(dead)] = -np.abs(b_expand[list(dead)])  # ReLU6 of a negative bias: exactly zero
+    inits = [
+        _init("w_expand", w_expand), _init("b_expand", b_expand),
+        _init("w_dw", rng.normal(0, 0.4, (16, 1, 3, 3))), _init("b_dw", rng.normal(0, 0.2, 16)),
+        _init("w_project", rng.normal(0, 0.3, (4, 16, 1, 1))), _init("b_project", rng.normal(0, 0.1, 4)),
+        _init("w_head", rng.normal(0, 0.3, (8, 4, 3, 3))),
+        _init("bn_scale", rng.uniform(0.5, 1.5, 8)), _init("bn_bias", rng.normal(0, 0.1, 8)),
+        _init("bn_mean", rng.normal(0, 0.1, 8)), _init("bn_var", rng.uniform(0.5, 1.5, 8)),
+        _init("fc", rng.normal(0, 0.3, (5, 8))), _init("fcb", rng.normal(0, 0.1, 5)),
+        _init("zero", np.array(0.0)), _init("six", np.array(6.0)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w_expand", "b_expand"], ["e"], name="expand"),
+        helper.make_node("Clip", ["e", "zero", "six"], ["e6"], name="expand_relu6"),
+        helper.make_node("Conv", ["e6", "w_dw", "b_dw"], ["d"], name="depthwise", pads=[1, 1, 1, 1], group=16),
+        helper.make_node("Relu", ["d"], ["dr"], name="depthwise_relu"),
+        helper.make_node("Conv", ["dr", "w_project", "b_project"], ["p"], name="project"),
+        helper.make_node("Add", ["p", "x"], ["s"], name="residual"),
+        helper.make_node("Conv", ["s", "w_head"], ["h"], name="head", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["h", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["hb"], name="head_bn"),
+        helper.make_node("Relu", ["hb"], ["hr"], name="head_relu"),
+        helper.make_node("GlobalAveragePool", ["hr"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc", "fcb"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_mbconv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 5])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxquant-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

@@ -3,10 +3,18 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from onnxquant.api import QuantizeResult, calibrate, layer_errors, quantize, sensitivity
+from onnxquant.api import (
+           PruneResult,
+           QuantizeResult,
+           calibrate,
+           layer_errors,
+           prune,
+           quantize,
+           sensitivity,
+)
 from onnxquant.calibration.preprocess import ImagePreprocess
 from onnxquant.errors import OnnxQuantError
-from onnxquant.recipe import Recipe, load_recipe
+from onnxquant.recipe import PruneSettings, Recipe, load_recipe
 
-__all__ = ["ImagePreprocess", "OnnxQuantError", "QuantizeResult", "Recipe", "__version__", "calibrate", "layer_errors", "load_recipe",
-           "quantize", "sensitivity"]
+__all__ = ["ImagePreprocess", "OnnxQuantError", "PruneResult", "PruneSettings", "QuantizeResult", "Recipe", "__version__",
+           "calibrate", "layer_errors", "load_recipe", "prune", "quantize", "sensitivity"]

@@ -50,6 +50,15 @@ from onnxquant.passes.int4_matmul import eligible as int4_eligible
 from onnxquant.passes.int4_matmul import int4_sqnr_db, to_matmul_nbits
 from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset, prepare_model
 from onnxquant.planner import NOT_FLOAT, Selection, finalize, node_names, select
+from onnxquant.prune.pipeline import (
+    PruneReport,
+    prune_model,
+    pruning_grams,
+    wanda_norms,
+    with_amount,
+)
+from onnxquant.prune.search import search_amount, upper_amount
+from onnxquant.prune.storage import compressed_size, store_sparse
 from onnxquant.recipe import Recipe
 from onnxquant.recovery.pipeline import Reopen, after_plan, before_calibration
 from onnxquant.shapes import fix_input_shapes, has_free_dims
@@ -80,12 +89,15 @@ class QuantizeResult:
     recipe: Recipe
     notes: list[str] = field(default_factory=list)
     mixed_precision: dict[str, Any] | None = None
+    size_compressed: int | None = None  # deflated, as in a zip bundle (None over 2 GB)
+    pruning: PruneReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "output": str(self.output_path) if self.output_path else None,
             "size_before": self.size_before,
             "size_after": self.size_after,
+            "size_compressed": self.size_compressed,
             "compression": round(self.size_before / max(self.size_after, 1), 3),
             "quantized_nodes": dict(sorted(self.quantized_nodes.items())),
             "quantized_node_count": sum(self.quantized_nodes.values()),
@@ -95,6 +107,7 @@ class QuantizeResult:
             "notes": self.notes,
             "recipe": self.recipe.to_dict(),
             **({"mixed_precision": self.mixed_precision} if self.mixed_precision is not None else {}),
+            **({"pruning": self.pruning.to_dict()} if self.pruning is not None else {}),
         }
 
 
@@ -148,11 +161,22 @@ def calibrate(
 
 
 def _prepare_and_select(model: onnx.ModelProto | str | os.PathLike, recipe: Recipe, data: Any = None,
-                        saved_stats: bool = False):
-    """Load, fix input shapes if needed, prepare, name nodes and make the first selection.
+                        saved_stats: bool = False, holdout: Any = None, metric: Metric | None = None,
+                        agreement: str = "cosine"):
+    """Load, prepare and prune (``_load_prepared``), make the first selection and run the
+    recovery passes that change activation ranges. Also returns the input's size in bytes."""
+    prepared, prep, size_before = _load_prepared(model, recipe, data, holdout, metric, agreement)
+    sel = _select(prepared, recipe)
+    if before_calibration(prepared, sel, recipe, _reopener(prepared, data, recipe), _unavailable(data), prep.notes,
+                          saved_stats):
+        node_names(prepared)
+        sel = _select(prepared, recipe)
+    return prepared, prep, sel, size_before
 
-    Also returns the input's size in bytes.
-    """
+
+def _load_prepared(model: onnx.ModelProto | str | os.PathLike, recipe: Recipe, data: Any = None,
+                   holdout: Any = None, metric: Metric | None = None, agreement: str = "cosine"):
+    """Load, fix input shapes if needed, prepare, name nodes and prune if the recipe says so."""
     loaded, source_path = _as_model(model)
     size_before = source_path.stat().st_size if source_path else loaded.ByteSize()
     shapes = _fixed_shapes(loaded, recipe, data)
@@ -165,12 +189,34 @@ def _prepare_and_select(model: onnx.ModelProto | str | os.PathLike, recipe: Reci
     if shapes:
         prep.notes.append("input shapes fixed to " + ", ".join(f"{k} {list(v)}" for k, v in sorted(shapes.items())))
     node_names(prepared)
-    sel = _select(prepared, recipe)
-    if before_calibration(prepared, sel, recipe, _reopener(prepared, data, recipe), _unavailable(data), prep.notes,
-                          saved_stats):
-        node_names(prepared)
-        sel = _select(prepared, recipe)
-    return prepared, prep, sel, size_before
+    if recipe.prune.enabled:
+        prep.pruning = _prune_prepared(prepared, recipe, data, holdout, metric, agreement)
+        prep.notes.append("pruning: " + prep.pruning.summary())
+        prep.notes.extend(f"pruning: {note}" for note in prep.pruning.notes)
+    return prepared, prep, size_before
+
+
+def _prune_prepared(prepared: onnx.ModelProto, recipe: Recipe, data: Any, holdout: Any, metric: Metric | None,
+                    agreement: str) -> PruneReport:
+    """Prune ``prepared`` in place; with ``max_drop``, at the largest amount within the budget."""
+    settings = recipe.prune
+    samples = (lambda: _open(prepared, data, recipe)) if _rereadable(data) else None
+    max_samples = recipe.calibration.max_samples
+    if settings.max_drop is None:
+        return prune_model(prepared, settings, samples, max_samples)
+    held = _holdout_for(prepared, data, holdout, recipe, agreement)
+    rms = wanda_norms(prepared, settings, samples, max_samples)
+    grams = pruning_grams(prepared, settings, samples, max_samples)
+
+    def pruned(amount: float) -> tuple[onnx.ModelProto, PruneReport]:
+        work = onnx.ModelProto()
+        work.CopyFrom(prepared)
+        return work, prune_model(work, with_amount(settings, amount), samples, max_samples, rms=rms, grams=grams)
+
+    found = search_amount(pruned, held, settings.max_drop, upper_amount(settings), metric)
+    prepared.CopyFrom(found.model)
+    found.report.search = found.to_dict()
+    return found.report
 
 
 def _rereadable(data: Any) -> bool:
@@ -250,7 +296,8 @@ def quantize(
     """
     started = time.perf_counter()
     recipe = recipe or Recipe()
-    prepared, prep, sel, size_before = _prepare_and_select(model, recipe, data, saved_stats=stats is not None)
+    prepared, prep, sel, size_before = _prepare_and_select(model, recipe, data, saved_stats=stats is not None,
+                                                           holdout=holdout, metric=metric, agreement=agreement)
     t_cal = time.perf_counter()
     first = None
     if stats is not None:
@@ -333,7 +380,79 @@ def quantize(
         recipe=recipe,
         notes=notes,
         mixed_precision=mixed.to_dict() if mixed is not None else None,
+        size_compressed=compressed_size(payload) if payload is not None else None,
+        pruning=prep.pruning,
     )
+
+
+@dataclass
+class PruneResult:
+    """What ``prune`` did: per-layer sparsity, removed channels, sizes plain and compressed."""
+
+    model: onnx.ModelProto
+    output_path: Path | None
+    report: PruneReport
+    size_before: int
+    size_after: int
+    compressed_before: int
+    compressed_after: int
+    sparse_initializers: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output_path) if self.output_path else None,
+            "size_before": self.size_before,
+            "size_after": self.size_after,
+            "size_compressed_before": self.compressed_before,
+            "size_compressed_after": self.compressed_after,
+            "sparse_initializers": self.sparse_initializers,
+            "seconds": round(self.seconds, 3),
+            "notes": self.notes,
+            **self.report.to_dict(),
+        }
+
+
+def prune(
+    model: onnx.ModelProto | str | os.PathLike,
+    data: Any = None,
+    recipe: Recipe | None = None,
+    output: str | os.PathLike | None = None,
+    *,
+    holdout: Any = None,
+    metric: Metric | None = None,
+    agreement: str = "cosine",
+) -> PruneResult:
+    """Prune ``model`` as ``recipe.prune`` says and return a float model (prepared as for
+    quantization: BatchNorm folded, constants folded), written atomically to ``output``.
+
+    ``data`` is needed for Wanda scores and for ``max_drop`` (held-out samples default to it).
+    """
+    started = time.perf_counter()
+    recipe = recipe or Recipe()
+    if not recipe.prune.enabled:
+        raise UsageError("nothing to prune: give a sparsity, a threshold, a pattern (2:4) or a channel fraction")
+    original_bytes = Path(model).read_bytes() if not isinstance(model, onnx.ModelProto) else None
+    pruned, prep, size_before = _load_prepared(model, recipe, data, holdout, metric, agreement)
+    if original_bytes is None:
+        original_bytes = serialize(model) if model.ByteSize() < PROTOBUF_LIMIT else b""
+    sparse = store_sparse(pruned) if recipe.prune.sparse_storage else 0
+    _stamp(pruned, recipe)
+    payload = serialize(pruned) if pruned.ByteSize() < PROTOBUF_LIMIT else None
+    notes = [n for n in prep.notes if n != "pruning: " + prep.pruning.summary()]  # the report says it
+    if payload is not None:
+        first = _first_sample(_open(pruned, data, recipe), pruned) if _rereadable(data) else None
+        _self_check(payload, first)
+    else:
+        notes.append("model over 2 GB: the onnxruntime self-check was skipped")
+    out_path = save_model(pruned, output, payload) if output is not None else None
+    if sparse:
+        notes.append(f"{sparse} initializers stored sparse")
+    return PruneResult(pruned, out_path, prep.pruning, size_before,
+                       len(payload) if payload is not None else pruned.ByteSize(),
+                       compressed_size(original_bytes), compressed_size(payload) if payload is not None else 0,
+                       sparse, time.perf_counter() - started, notes)
 
 
 def _excluding(recipe: Recipe, nodes: Sequence[str]) -> Recipe:

@@ -16,6 +16,8 @@ from onnxquant.errors import BudgetExceededError, ExecutionProviderError, OnnxQu
 from onnxquant.providers import PROVIDERS
 from onnxquant.recipe import (
     ACTIVATION_TYPES,
+    PRUNE_METHODS,
+    PRUNE_SCOPES,
     TARGETS,
     WEIGHT_TYPES,
     load_recipe,
@@ -83,7 +85,8 @@ def _size(n: int) -> str:
 def _summary(result: dict[str, Any]) -> str:
     lines = [
         f"wrote {result['output']}",
-        f"size: {_size(result['size_before'])} -> {_size(result['size_after'])} ({result['compression']:.2f}x smaller)",
+        f"size: {_size(result['size_before'])} -> {_size(result['size_after'])} ({result['compression']:.2f}x smaller)"
+        + (f"; {_size(result['size_compressed'])} compressed" if result.get("size_compressed") else ""),
         f"quantized: {result['quantized_node_count']} nodes ("
         + ", ".join(f"{op} {n}" for op, n in result["quantized_nodes"].items()) + ")",
     ]
@@ -172,6 +175,32 @@ def _recovery_options(command: Any) -> Any:
     return _stacked(options, command)
 
 
+def _prune_options(prefix: str) -> Any:
+    """Pruning flags; ``prefix`` ("prune-" inside quantize) keeps them apart from other options."""
+    def stack(command: Any) -> Any:
+        return _stacked([
+            click.option(f"--{prefix}sparsity", "pr_sparsity", type=click.FloatRange(0, 1, max_open=True),
+                         help="Zero this fraction of each prunable layer's weights (the weakest first)."),
+            click.option(f"--{prefix}threshold", "pr_threshold", type=click.FloatRange(min=0),
+                         help="Zero every weight with |w| <= this."),
+            click.option(f"--{prefix}pattern", "pr_pattern", help="N:M semi-structured sparsity along the input dim, e.g. 2:4."),
+            click.option(f"--{prefix}channels", "pr_channels", type=click.FloatRange(0, 1, max_open=True),
+                         help="Zero this fraction of output channels of layers whose channels can be removed, then remove them."),
+            click.option(f"--{prefix}method", "pr_method", type=click.Choice(PRUNE_METHODS),
+                         help="Weight score: magnitude, or wanda (|w| times input RMS; needs data). Default magnitude."),
+            click.option(f"--{prefix}scope", "pr_scope", type=click.Choice(PRUNE_SCOPES),
+                         help="Sparsity per layer, or one global cut (default layer)."),
+            click.option(f"--{prefix}max-drop", "pr_max_drop", type=click.FloatRange(min=0),
+                         help="Search the largest sparsity (up to the value given, default 0.95) whose float model "
+                              "stays within this drop of fp32 on held-out samples."),
+        ], command)
+    return stack
+
+
+def _prune_overrides(options: dict[str, Any]) -> dict[str, Any]:
+    return {key[3:]: options.pop(key) for key in [k for k in options if k.startswith("pr_")]}
+
+
 def _recovery_overrides(options: dict[str, Any]) -> dict[str, Any]:
     """Pop the ``rc_*`` options (from ``_recovery_options``) into a recipe section."""
     return {key[3:]: options.pop(key) for key in [k for k in options if k.startswith("rc_")]}
@@ -218,6 +247,7 @@ def _preprocess_overrides(image: dict[str, Any]) -> dict[str, Any]:
 @click.option("--holdout", type=click.Path(path_type=Path), help="Held-out samples for --max-drop (default: the calibration data).")
 @click.option("--drop-by", type=click.Choice(["cosine", "top1"]), default="cosine", show_default=True,
               help="What --max-drop measures: 1 - mean cosine of each output, or 1 - top-1 agreement of (batch, classes) scores.")
+@_prune_options("prune-")
 @click.option("--no-simplify", is_flag=True, default=False, help="Skip graph simplification before quantizing.")
 @click.option("--save-stats", type=click.Path(dir_okay=False, path_type=Path), help="Save calibration statistics (re-quantize later without running the model).")
 @click.option("--load-stats", type=click.Path(dir_okay=False, path_type=Path), help="Use saved statistics instead of running calibration.")
@@ -249,6 +279,7 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
         preprocess=_preprocess_overrides(image),
         input_shapes=_parse_shapes(input_shape),
         recovery=_recovery_overrides(image),
+        prune=_prune_overrides(image),
     )
     if no_simplify:
         recipe = recipe.with_overrides(simplify=False)
@@ -260,6 +291,67 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
         result = run_quantize(model, calib_data, recipe, output, stats=load_stats, save_stats_to=save_stats,
                               progress=update, holdout=holdout, max_drop=max_drop, agreement=drop_by)
     _emit(result.to_dict(), as_json, quiet, _summary)
+
+
+def _prune_summary(result: dict[str, Any]) -> str:
+    lines = [f"wrote {result['output']}",
+             f"pruned: {len(result['layers'])} layers, {result['sparsity']:.1%} of their weights zero or removed"]
+    structured = result.get("structured") or {}
+    if structured.get("channels_removed"):
+        lines.append(f"channels removed: {structured['channels_removed']} from {len(structured['layers'])} layers")
+    for node, why in (structured.get("kept") or {}).items():
+        lines.append(f"  dead channels kept in {node}: {why}")
+    if "search" in result:
+        found = result["search"]
+        lines.append(f"max-drop search: {found['amount']} (drop {found['drop']:.4f} within {found['budget']}, "
+                     f"{len(found['trials'])} trials)")
+    lines.append(f"size: {_size(result['size_before'])} -> {_size(result['size_after'])}; compressed "
+                 f"{_size(result['size_compressed_before'])} -> {_size(result['size_compressed_after'])}")
+    lines.append("  sparsity  channels-removed  weights  layer")
+    for layer in result["layers"]:
+        lines.append(f"  {layer['sparsity']:8.1%}  {layer['channels_removed']:16d}  {layer['weights']:7d}  {layer['node']}")
+    skipped: dict[str, int] = {}
+    for entry in result["skipped"]:
+        skipped[entry["reason"]] = skipped.get(entry["reason"], 0) + 1
+    for reason, n in sorted(skipped.items()):
+        lines.append(f"not pruned: {n} layers ({reason})")
+    lines.extend(f"note: {note}" for note in result["notes"])
+    return "\n".join(lines)
+
+
+@main.command(cls=_Command)
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Pruned (float) model to write.")
+@click.option("--calib-data", type=click.Path(path_type=Path), help="Samples for --method wanda and --max-drop.")
+@click.option("--holdout", type=click.Path(path_type=Path), help="Held-out samples for --max-drop (default: --calib-data).")
+@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False, path_type=Path), help="TOML recipe ([prune]); flags override it.")
+@_prune_options("")
+@click.option("--keep-dead-channels", is_flag=True, help="Leave all-zero channels in the graph (default: remove them).")
+@click.option("--depthwise", is_flag=True, help="Prune depthwise Conv filters too.")
+@click.option("--sparse-storage", is_flag=True, help="Store sparse float initializers as ONNX sparse tensors where smaller.")
+@click.option("--drop-by", type=click.Choice(["cosine", "top1"]), default="cosine", show_default=True,
+              help="--max-drop measure: output cosine or top-1 agreement with fp32.")
+@click.option("--max-samples", type=int, help="Use at most this many samples of each set.")
+@_image_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No report (errors still print).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def prune(model: Path, output: Path, calib_data: Path | None, holdout: Path | None, recipe_path: Path | None,
+          keep_dead_channels: bool, depthwise: bool, sparse_storage: bool, drop_by: str, max_samples: int | None,
+          as_json: bool, quiet: bool, debug: bool, **options: Any) -> None:
+    """Prune MODEL's weights (and dead channels) to a smaller float model."""
+    from onnxquant.api import prune as run_prune
+
+    recipe = load_recipe(recipe_path) if recipe_path else recipe_for_target("cpu")
+    settings = _prune_overrides(options)
+    settings.update({"remove_dead": False if keep_dead_channels else None, "depthwise": depthwise or None,
+                     "sparse_storage": sparse_storage or None})
+    recipe = recipe.with_overrides(prune=settings, calibration={"max_samples": max_samples},
+                                   preprocess=_preprocess_overrides(options))
+    if recipe.prune.max_drop is not None and calib_data is None and holdout is None:
+        raise click.UsageError("--max-drop needs --calib-data (or --holdout)")
+    result = run_prune(model, calib_data, recipe, output, holdout=holdout, agreement=drop_by)
+    _emit(result.to_dict(), as_json, quiet, _prune_summary)
 
 
 def _diagnostic_options(command: Any) -> Any:

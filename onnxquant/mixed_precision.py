@@ -147,7 +147,7 @@ class MixedPrecisionResult:
                 "sensitivity": [s.to_dict() for s in self.ranking]}
 
 
-def _bisect(trial: Callable[[int], bool], good: int, bad: int) -> int:
+def bisect_boundary(trial: Callable[[int], bool], good: int, bad: int) -> int:
     """The passing count next to the boundary between ``good`` (passes) and ``bad`` (fails),
     in either direction, assuming the trials change sides only once between them."""
     while abs(good - bad) > 1:
@@ -198,7 +198,7 @@ def search(build: Callable[[tuple[str, ...]], onnx.ModelProto], ranking: list[La
                 f"accuracy budget {max_drop} not met: the smallest drop reached is {best:.4f} with all "
                 f"{len(order)} weighted layers in float (the rest of the int8 graph costs more)")
         failing, k = k, k * 2
-    return done(_bisect(trial, good=k, bad=failing))  # the drop shrinks as more layers stay float
+    return done(bisect_boundary(trial, good=k, bad=failing))  # the drop shrinks as more layers stay float
 
 
 def widen_int4(build: Callable[[tuple[str, ...]], onnx.ModelProto], candidates: list[str], holdout: Holdout,
@@ -217,7 +217,7 @@ def widen_int4(build: Callable[[tuple[str, ...]], onnx.ModelProto], candidates: 
         return m.drop <= max_drop
 
     everything = len(candidates)
-    passing = everything if trial(everything) else _bisect(trial, good=0, bad=everything)  # more int4, more drop
+    passing = everything if trial(everything) else bisect_boundary(trial, good=0, bad=everything)  # more int4, more drop
     model, drop = results[passing]
     base.model, base.drop, base.int4_layers = model, drop, candidates[:passing]
     return base

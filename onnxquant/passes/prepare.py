@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 from onnx import version_converter
@@ -34,6 +35,7 @@ class PrepareReport:
     opset_to: int = 0
     simplified: bool = False
     notes: list[str] = field(default_factory=list)
+    pruning: Any = None  # the PruneReport, when the recipe prunes (set by the api after preparing)
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -20,10 +20,16 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxquant.passes.node_index import NodeIndex, attributes
+from onnxquant.passes.node_index import NodeIndex
 from onnxquant.planner import QuantPlan
 from onnxquant.qparams import QParams, qrange
-from onnxquant.recovery.probe import Probe, run_probe
+from onnxquant.recovery.gram import (
+    LinearLayer,
+    accumulate,
+    from_rows,
+    linear_layer,
+    rows,
+)
 
 _ZETA, _GAMMA = 1.1, -0.1  # rectified sigmoid stretch (the paper's values)
 _LR = 0.05
@@ -34,17 +40,10 @@ _BETA = (20.0, 2.0)
 
 
 @dataclass
-class _Layer:
-    node: onnx.NodeProto
-    weight: str
-    params: QParams
-    qmin: int
-    qmax: int
-    groups: int = 1
-    conv: bool = False
-    rows_first: bool = True  # weight stored (out, in) [Gemm transB, Conv] rather than (in, out)
-    gram: np.ndarray | None = None  # (groups, K, K)
-    count: int = 0
+class _Layer(LinearLayer):
+    params: QParams | None = None
+    qmin: int = 0
+    qmax: int = 0
 
 
 @dataclass
@@ -69,44 +68,10 @@ def _layers(model: onnx.ModelProto, plan: QuantPlan) -> list[_Layer]:
         if qmin >= 0:
             continue  # unsigned symmetric weights: zero point 128, not handled here
         qmin = -qmax  # symmetric weights use -qmax..qmax
-        rank = len(inits[w].dims)
-        attrs = attributes(node)
-        if node.op_type == "Conv" and rank == 4 and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"):
-            layers.append(_Layer(node, w, params, qmin, qmax, groups=int(attrs.get("group", 1)), conv=True))
-        elif node.op_type == "Gemm" and rank == 2:
-            layers.append(_Layer(node, w, params, qmin, qmax, rows_first=bool(attrs.get("transB", 0))))
-        elif node.op_type == "MatMul" and rank == 2:
-            layers.append(_Layer(node, w, params, qmin, qmax, rows_first=False))
+        linear = linear_layer(node, w, len(inits[w].dims))
+        if linear is not None:
+            layers.append(_Layer(**vars(linear), params=params, qmin=qmin, qmax=qmax))
     return layers
-
-
-def _patches(x: np.ndarray, layer: _Layer, kernel: tuple[int, int]) -> np.ndarray:
-    """im2col: (groups, positions, K) patches of a (N, C, H, W) input, K ordered (c, kh, kw)."""
-    attrs = attributes(layer.node)
-    kh, kw = kernel
-    dh, dw = attrs.get("dilations", [1, 1])
-    sh, sw = attrs.get("strides", [1, 1])
-    pads = attrs.get("pads", [0, 0, 0, 0])
-    x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    win = np.lib.stride_tricks.sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
-    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, Ho, Wo, kh, kw)
-    n, c, ho, wo = win.shape[:4]
-    g = layer.groups
-    win = win.reshape(n, g, c // g, ho, wo, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
-    return win.reshape(g, n * ho * wo, (c // g) * kh * kw)
-
-
-def _rows(weight: np.ndarray, layer: _Layer) -> np.ndarray:
-    """The weight as (groups, out per group, K): one row per output channel."""
-    if layer.conv:
-        return weight.reshape(layer.groups, weight.shape[0] // layer.groups, -1)
-    return (weight if layer.rows_first else weight.T)[None]
-
-
-def _from_rows(rows: np.ndarray, layer: _Layer, shape: tuple[int, ...]) -> np.ndarray:
-    if layer.conv:
-        return rows.reshape(shape)
-    return rows[0] if layer.rows_first else rows[0].T
 
 
 def _row_scales(layer: _Layer, rows_shape: tuple[int, ...]) -> np.ndarray:
@@ -175,19 +140,7 @@ def adaround(model: onnx.ModelProto, plan: QuantPlan, samples: Iterable[dict[str
         return report
     inits = {i.name: i for i in model.graph.initializer}
     weights = {layer.weight: numpy_helper.to_array(inits[layer.weight]).astype(np.float64) for layer in layers}
-    probe = Probe(prefix="_oq_ar")
-    probe.outputs.extend(sorted({layer.node.input[0] for layer in layers}))
-    for values in run_probe(model, probe, samples, max_samples):
-        for layer in layers:
-            x = values[layer.node.input[0]].astype(np.float64)
-            if layer.conv:
-                shape = weights[layer.weight].shape
-                p = _patches(x, layer, (shape[2], shape[3]))
-            else:
-                p = x.reshape(1, -1, x.shape[-1])
-            gram = np.matmul(p.transpose(0, 2, 1), p)
-            layer.gram = gram if layer.gram is None else layer.gram + gram
-            layer.count += p.shape[1]
+    accumulate(model, layers, {name: w.shape for name, w in weights.items()}, samples, max_samples)
     started = time.perf_counter()
     for layer in layers:
         name = layer.node.name
@@ -197,13 +150,13 @@ def adaround(model: onnx.ModelProto, plan: QuantPlan, samples: Iterable[dict[str
             report.skipped.append(name)
             continue
         w = weights[layer.weight]
-        rows = _rows(w, layer)
-        scale = _row_scales(layer, rows.shape)
-        q, before, after = _optimize(rows, scale, layer.gram / max(layer.count, 1), layer.qmin, layer.qmax, iterations)
+        rows_ = rows(w, layer)
+        scale = _row_scales(layer, rows_.shape)
+        q, before, after = _optimize(rows_, scale, layer.gram / max(layer.count, 1), layer.qmin, layer.qmax, iterations)
         if after >= before:
             report.unchanged.append(name)
             continue
-        value = _from_rows(q * scale, layer, w.shape).astype(np.float32)
+        value = from_rows(q * scale, layer, w.shape).astype(np.float32)
         inits[layer.weight].CopyFrom(numpy_helper.from_array(value, layer.weight))
         report.optimized.append(name)
         report.gain_db[name] = 10 * np.log10(before / after) if after > 0 else float("inf")

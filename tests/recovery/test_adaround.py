@@ -5,7 +5,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxquant
 from onnxquant.recipe import Recipe
-from onnxquant.recovery.adaround import _Layer, _optimize, _patches, _rows
+from onnxquant.recovery.adaround import _optimize
+from onnxquant.recovery.gram import LinearLayer, patches, rows
 from tests.conftest import run
 
 
@@ -53,10 +54,10 @@ def test_patches_times_weights_is_the_convolution(group: int, stride: int, pad: 
                                                 [numpy_helper.from_array(w, "w")]),
                               opset_imports=[helper.make_opsetid("", 17)])
     expected = run(model, {"x": x})[0]
-    layer = _Layer(node, "w", None, -127, 127, groups=group, conv=True)  # type: ignore[arg-type]
-    p = _patches(x.astype(np.float64), layer, (3, 3))  # (groups, positions, K)
-    rows = _rows(w.astype(np.float64), layer)  # (groups, out per group, K)
-    out = np.matmul(p, rows.transpose(0, 2, 1))  # (groups, positions, out per group)
+    layer = LinearLayer(node, "w", groups=group, conv=True)
+    p = patches(x.astype(np.float64), layer, (3, 3))  # (groups, positions, K)
+    weight_rows = rows(w.astype(np.float64), layer)  # (groups, out per group, K)
+    out = np.matmul(p, weight_rows.transpose(0, 2, 1))  # (groups, positions, out per group)
     n, c_out, ho, wo = expected.shape
     got = out.reshape(group, n, ho, wo, c_out // group).transpose(1, 0, 4, 2, 3).reshape(expected.shape)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

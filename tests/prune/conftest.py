@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from models.tiny import tiny_mbconv
+
+
+def mbconv_samples(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(size=(1, 4, 8, 8)).astype(np.float32)} for _ in range(count)]
+
+
+@pytest.fixture
+def mbconv_path(tmp_path: Path) -> Path:
+    path = tmp_path / "mbconv.onnx"
+    onnx.save(tiny_mbconv(), str(path))
+    return path
+
+
+@pytest.fixture
+def mbconv_data(tmp_path: Path) -> Path:
+    folder = tmp_path / "mbconv_calib"
+    folder.mkdir()
+    for i, sample in enumerate(mbconv_samples(16)):
+        np.savez(folder / f"s{i:02d}.npz", **sample)
+    return folder
