@@ -328,6 +328,8 @@ def _prune_summary(result: dict[str, Any]) -> str:
 @_prune_options("")
 @click.option("--keep-dead-channels", is_flag=True, help="Leave all-zero channels in the graph (default: remove them).")
 @click.option("--depthwise", is_flag=True, help="Prune depthwise Conv filters too.")
+@click.option("--channel-multiple", type=click.IntRange(min=1),
+              help="Layers keep a multiple of this many channels (default 16, for onnxruntime's blocked kernels).")
 @click.option("--sparse-storage", is_flag=True, help="Store sparse float initializers as ONNX sparse tensors where smaller.")
 @click.option("--drop-by", type=click.Choice(["cosine", "top1"]), default="cosine", show_default=True,
               help="--max-drop measure: output cosine or top-1 agreement with fp32.")
@@ -337,7 +339,7 @@ def _prune_summary(result: dict[str, Any]) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="No report (errors still print).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def prune(model: Path, output: Path, calib_data: Path | None, holdout: Path | None, recipe_path: Path | None,
-          keep_dead_channels: bool, depthwise: bool, sparse_storage: bool, drop_by: str, max_samples: int | None,
+          keep_dead_channels: bool, depthwise: bool, channel_multiple: int | None, sparse_storage: bool, drop_by: str, max_samples: int | None,
           as_json: bool, quiet: bool, debug: bool, **options: Any) -> None:
     """Prune MODEL's weights (and dead channels) to a smaller float model."""
     from onnxquant.api import prune as run_prune
@@ -345,6 +347,7 @@ def prune(model: Path, output: Path, calib_data: Path | None, holdout: Path | No
     recipe = load_recipe(recipe_path) if recipe_path else recipe_for_target("cpu")
     settings = _prune_overrides(options)
     settings.update({"remove_dead": False if keep_dead_channels else None, "depthwise": depthwise or None,
+                     "channel_multiple": channel_multiple,
                      "sparse_storage": sparse_storage or None})
     recipe = recipe.with_overrides(prune=settings, calibration={"max_samples": max_samples},
                                    preprocess=_preprocess_overrides(options))

@@ -136,6 +136,9 @@ class PruneSettings:
     pattern: str | None = None
     channels: float | None = None
     remove_dead: bool = True
+    # Layers keep a multiple of this many channels: onnxruntime's blocked conv kernels want 8 or
+    # 16, and odd counts ran slower than the unpruned model (see README, "Pruning").
+    channel_multiple: int = 16
     depthwise: bool = False  # depthwise filters are tiny and sensitive: left alone unless asked
     max_drop: float | None = None
     sparse_storage: bool = False  # float initializers stored sparse where that is smaller
@@ -148,6 +151,8 @@ class PruneSettings:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
                 raise UsageError(f"prune {name} must be in [0, 1), got {value}")
+        if self.channel_multiple < 1:
+            raise UsageError(f"prune channel_multiple must be at least 1, got {self.channel_multiple}")
         if self.threshold is not None and self.threshold < 0:
             raise UsageError(f"prune threshold must be at least 0, got {self.threshold}")
         chosen = [n for n in ("sparsity", "threshold", "pattern") if getattr(self, n) is not None]

@@ -23,6 +23,7 @@ from onnxquant.prune.masks import (
 from onnxquant.prune.reconstruct import input_grams, reconstruct
 from onnxquant.prune.structured import (
     StructuredReport,
+    aligned,
     removable_layers,
     remove_dead_channels,
 )
@@ -88,7 +89,7 @@ class PruneReport:
 
 
 def _zero_channels(model: onnx.ModelProto, layers: list[PrunableWeight], fraction: float,
-                   arrays: dict[str, np.ndarray], rms: dict[str, np.ndarray]) -> int:
+                   arrays: dict[str, np.ndarray], rms: dict[str, np.ndarray], multiple: int) -> int:
     """Zero the weakest ``fraction`` of output channels (weights and bias) of each layer whose
     channels can be taken out of the graph; weakest: the smallest L2 norm of the channel's scores."""
     by_name = {n.name: n for n in model.graph.node}
@@ -101,7 +102,8 @@ def _zero_channels(model: onnx.ModelProto, layers: list[PrunableWeight], fractio
         score = scores(weight, layer, rms.get(layer.node))
         per_channel = np.sqrt((np.moveaxis(score, layer.output_axis, 0) ** 2).reshape(weight.shape[layer.output_axis], -1)
                               .sum(axis=1))
-        count = min(int(np.floor(fraction * per_channel.size)), per_channel.size - 1)
+        count = aligned(per_channel.size, min(int(np.floor(fraction * per_channel.size)), per_channel.size - 1),
+                        multiple)
         dead = np.flatnonzero(~lowest(per_channel, count))
         if dead.size == 0:
             continue
@@ -168,7 +170,7 @@ def prune_model(model: onnx.ModelProto, settings: PruneSettings, samples: Sample
     arrays = {layer.initializer: numpy_helper.to_array(inits[layer.initializer]) for layer in layers}
     before = {name: array for name, array in arrays.items()}
     if settings.channels:
-        zeroed = _zero_channels(model, layers, settings.channels, arrays, rms)
+        zeroed = _zero_channels(model, layers, settings.channels, arrays, rms, settings.channel_multiple)
         report.notes.append(f"channel pruning: {zeroed} output channels zeroed")
     for name, mask in _masks(settings, layers, arrays, rms, report.notes).items():
         arrays[name] = np.where(mask, arrays[name], np.zeros((), arrays[name].dtype))
@@ -181,7 +183,8 @@ def prune_model(model: onnx.ModelProto, settings: PruneSettings, samples: Sample
         refit = reconstruct(model, layers, before, grams)
         report.notes.append(f"reconstruction: {refit} layers refit to the calibration data")
     if settings.remove_dead:
-        report.structured = remove_dead_channels(model, layers={layer.node for layer in layers})
+        report.structured = remove_dead_channels(model, layers={layer.node for layer in layers},
+                                                 multiple=settings.channel_multiple)
         if report.structured.channels_removed:
             infer_shapes(model)  # the removed channels changed shapes along the way
     removed = {r.node: r.removed for r in (report.structured.removed if report.structured else [])}

@@ -107,9 +107,22 @@ class _Plan:
         self.arrays[name] = np.take(self.array(name), keep, axis=axis)
 
 
+def aligned(total: int, count: int, multiple: int) -> int:
+    """The most of ``count`` channels that can go while the rest stays a multiple of ``multiple``
+    (onnxruntime's blocked NCHWc conv kernels want 8 or 16 channels; an odd count falls back to
+    slower kernels, so removing 3 of 96 channels made EfficientNet-Lite0 slower, not faster)."""
+    if multiple <= 1:
+        return count
+    for removed in range(count, -1, -1):
+        if (total - removed) % multiple == 0 or removed == 0:
+            return removed
+    return 0
+
+
 class _Remover:
-    def __init__(self, model: onnx.ModelProto, tolerance: float) -> None:
+    def __init__(self, model: onnx.ModelProto, tolerance: float, multiple: int = 1) -> None:
         self.model = model
+        self.multiple = multiple
         self.index = NodeIndex(model.graph)
         self.tolerance = tolerance
         self.cache: dict[str, np.ndarray] = {}
@@ -157,8 +170,10 @@ class _Remover:
                                      (total,))[dead].copy()
         if dead.size == total:  # a layer needs one channel left
             dead, values = dead[:-1], values[:-1]
-            if dead.size == 0:
-                return None
+        keep = aligned(total, int(dead.size), self.multiple)
+        dead, values = dead[:keep], values[:keep]
+        if dead.size == 0:
+            return None
         return _Channels(node.output[0], dead, values, total, rank, axis), node.input[1], out_axis, bias
 
     def remove(self, k: int) -> tuple[ChannelRemoval | None, str | None]:
@@ -388,10 +403,11 @@ def _set_attr(node: onnx.NodeProto, name: str, value: int) -> None:
 
 
 def remove_dead_channels(model: onnx.ModelProto, tolerance: float = 0.0,
-                         layers: set[str] | None = None) -> StructuredReport:
+                         layers: set[str] | None = None, multiple: int = 1) -> StructuredReport:
     """Remove, in place, every output channel whose weights are all within ``tolerance`` of zero
-    (of the layers named in ``layers``, default all), where it can be done exactly."""
-    remover = _Remover(model, tolerance)
+    (of the layers named in ``layers``, default all), where it can be done exactly, leaving a
+    multiple of ``multiple`` channels (some dead channels stay for that)."""
+    remover = _Remover(model, tolerance, multiple)
     report = StructuredReport()
     for k, node in enumerate(remover.index.nodes):
         if layers is not None and node.name not in layers:

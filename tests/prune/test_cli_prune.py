@@ -8,7 +8,8 @@ from tests.test_cli import _run
 
 def test_prune_command_reports_each_layer_and_writes_the_model(mbconv_path: Path, mbconv_data: Path, tmp_path: Path):
     out = tmp_path / "p.onnx"
-    result = _run("prune", mbconv_path, "-o", out, "--sparsity", "0.5", "--channels", "0.25", "--calib-data", mbconv_data)
+    result = _run("prune", mbconv_path, "-o", out, "--sparsity", "0.5", "--channels", "0.25", "--calib-data", mbconv_data,
+                  "--channel-multiple", "1")
     assert result.exit_code == 0, result.output
     assert "channels removed: 6 from 2 layers" in result.output and "compressed" in result.output
     assert "not pruned: 1 layers (depthwise" in result.output

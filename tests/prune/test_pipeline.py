@@ -69,11 +69,18 @@ def test_two_four_pattern(mbconv_path):
 
 
 def test_channel_pruning_gives_a_smaller_dense_model_that_runs(mbconv_path, mbconv_data):
-    result = onnxquant.prune(mbconv_path, mbconv_data, _recipe(channels=0.5))
+    result = onnxquant.prune(mbconv_path, mbconv_data, _recipe(channels=0.5, channel_multiple=4))
     assert result.report.structured.channels_removed == 8 + 4  # half of expand's 16, half of head's 8
     sizes = {node: _weight(result.model, node).shape[0] for node in ("expand", "depthwise", "head")}
     assert sizes == {"expand": 8, "depthwise": 8, "head": 4}
     assert run(result.model, mbconv_samples(1)[0])[0].shape == (1, 5)
+
+
+def test_channel_counts_stay_multiples_for_fast_kernels(mbconv_path, mbconv_data):
+    result = onnxquant.prune(mbconv_path, mbconv_data, _recipe(channels=0.3))  # default multiple 16
+    assert result.report.structured.channels_removed == 0  # 16 - 4 would leave 12 channels
+    result = onnxquant.prune(mbconv_path, mbconv_data, _recipe(channels=0.5, channel_multiple=8))  # head: 8 - 4 = 4
+    assert _weight(result.model, "expand").shape[0] == 8 and _weight(result.model, "head").shape[0] == 8
 
 
 def test_max_drop_picks_the_largest_sparsity_within_budget(mbconv_path, mbconv_data):

@@ -3,7 +3,7 @@ import onnx
 from onnx import numpy_helper
 
 from models.tiny import tiny_mbconv
-from onnxquant.prune.structured import remove_dead_channels, removable_layers
+from onnxquant.prune.structured import aligned, remove_dead_channels, removable_layers
 from tests.conftest import run
 from tests.prune.conftest import mbconv_samples
 
@@ -75,3 +75,9 @@ def test_a_layer_keeps_one_channel():
     _zero(model, "w_head", list(range(8)))
     report = remove_dead_channels(model)
     assert report.removed[0].removed == 7 and _shapes(model)["w_head"][0] == 1
+
+
+def test_alignment_keeps_some_dead_channels():
+    assert aligned(96, 3, 16) == 0 and aligned(96, 20, 16) == 16 and aligned(100, 10, 16) == 4 and aligned(96, 3, 1) == 3
+    model = tiny_mbconv(dead=(1, 5, 9))
+    assert remove_dead_channels(model, multiple=8).channels_removed == 0
