@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 
 from onnxquant.ops.rules import gemm_is_plain
 from onnxquant.passes.node_index import NodeIndex, attributes, clip_bounds
+from onnxquant.prune.weights import weight_axes
 
 
 @dataclass
@@ -101,6 +102,15 @@ class _Plan:
     def array(self, name: str) -> np.ndarray:
         return self.arrays[name] if name in self.arrays else self.remover.array(name)
 
+    def added(self, name: str, contribution: np.ndarray) -> None:
+        """``name`` (a bias) plus ``contribution``, element by element."""
+        if self.remover.index.uses(name) != 1:
+            raise _Blocked(f"constant {name!r} is shared with another node")
+        current = self.array(name)
+        if current.size != contribution.size:
+            raise _Blocked(f"bias {name!r} is broadcast")
+        self.arrays[name] = (current + contribution.reshape(current.shape)).astype(current.dtype)
+
     def sliced(self, name: str, axis: int, keep: np.ndarray) -> None:
         if self.remover.index.uses(name) != 1:
             raise _Blocked(f"constant {name!r} is shared with another node")
@@ -142,20 +152,17 @@ class _Remover:
     def dead_channels(self, k: int) -> tuple[_Channels, str, int, str | None] | None:
         """The dead output channels of layer ``k``: (channels, weight, output axis, bias)."""
         node = self.index.nodes[k]
-        attrs = attributes(node)
         if len(node.input) < 2 or node.input[1] not in self.index.inits:
             return None
         weight = self.array(node.input[1])
-        if node.op_type == "Conv" and attrs.get("group", 1) == 1 and weight.ndim >= 3:
-            out_axis, rank, axis = 0, weight.ndim, 1 - weight.ndim
-            bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        elif node.op_type == "Gemm" and weight.ndim == 2 and gemm_is_plain(node):
-            out_axis, rank, axis = (0 if attrs.get("transB", 0) else 1), 2, -1
-            bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        elif node.op_type == "MatMul" and weight.ndim == 2:
-            out_axis, rank, axis, bias = 1, None, -1, None
-        else:
+        out_axis = _output_axis(node, weight)
+        if out_axis is None:
             return None
+        # Conv outputs are NCHW-like (channel dim 1); Gemm outputs (N, C); MatMul outputs have an
+        # unknown rank with channels last, and their bias comes later as an Add.
+        rank = weight.ndim if node.op_type == "Conv" else 2 if node.op_type == "Gemm" else None
+        axis = 1 - weight.ndim if node.op_type == "Conv" else -1
+        bias = node.input[2] if node.op_type != "MatMul" and len(node.input) > 2 and node.input[2] else None
         magnitude = np.abs(np.moveaxis(weight, out_axis, 0)).reshape(weight.shape[out_axis], -1).max(axis=1)
         dead = np.flatnonzero(magnitude <= self.tolerance)
         if dead.size == 0:
@@ -337,10 +344,7 @@ class _Remover:
             bias_name = next((i for i in add.input if i != node.output[0]), None) if add is not None else None
             if bias_name is None or self.const(bias_name) is None or self.const(bias_name).size != w.shape[1]:
                 raise _Blocked(f"MatMul {node.name!r} has no constant bias Add to take a constant channel")
-            if self.index.uses(bias_name) != 1:
-                raise _Blocked(f"constant {bias_name!r} is shared with another node")
-            current = plan.array(bias_name)
-            plan.arrays[bias_name] = (current + contribution.reshape(current.shape)).astype(current.dtype)
+            plan.added(bias_name, contribution)
         plan.sliced(node.input[1], 0, ch.keep)
 
     def add_to_bias(self, k: int, node: onnx.NodeProto, bias_name: str | None, contribution: np.ndarray,
@@ -360,12 +364,7 @@ class _Remover:
 
             plan.node_ops.append(attach)
             return
-        if self.index.uses(bias_name) != 1:
-            raise _Blocked(f"constant {bias_name!r} is shared with another node")
-        current = plan.array(bias_name)
-        if current.size != contribution.size:
-            raise _Blocked(f"bias {bias_name!r} is broadcast")
-        plan.arrays[bias_name] = (current + contribution.reshape(current.shape)).astype(current.dtype)
+        plan.added(bias_name, contribution)
 
     def fresh_name(self, hint: str) -> str:
         taken = set(self.index.inits) | set(self.index.producer) | {i.name for i in self.model.graph.input}
@@ -455,11 +454,8 @@ def removable_layers(model: onnx.ModelProto) -> list[str]:
 
 
 def _output_axis(node: onnx.NodeProto, weight: np.ndarray) -> int | None:
-    attrs = attributes(node)
-    if node.op_type == "Conv" and attrs.get("group", 1) == 1 and weight.ndim >= 3:
-        return 0
-    if node.op_type == "Gemm" and weight.ndim == 2 and gemm_is_plain(node):
-        return 0 if attrs.get("transB", 0) else 1
-    if node.op_type == "MatMul" and weight.ndim == 2:
-        return 1
-    return None
+    """The weight's output-channel axis where those channels can be removed (grouped convs: no)."""
+    axes = weight_axes(node, weight.shape)
+    if axes is None or (node.op_type == "Conv" and attributes(node).get("group", 1) != 1):
+        return None
+    return axes[1]

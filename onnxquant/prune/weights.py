@@ -36,7 +36,7 @@ class Skipped:
     reason: str
 
 
-def _weight_axes(node: onnx.NodeProto, shape: tuple[int, ...]) -> tuple[int, int] | None:
+def weight_axes(node: onnx.NodeProto, shape: tuple[int, ...]) -> tuple[int, int] | None:
     """(input axis, output axis) of the weight, or None for layouts we do not prune."""
     if node.op_type == "Conv" and len(shape) >= 3:
         return 1, 0
@@ -70,7 +70,7 @@ def prunable_weights(model: onnx.ModelProto, depthwise: bool = False,
         if name not in inits:
             continue
         shape = tuple(int(d) for d in inits[name].dims)
-        axes = _weight_axes(node, shape)
+        axes = weight_axes(node, shape)
         if axes is None:
             skipped.append(Skipped(node.name, node.op_type, "weight layout not supported"))
         elif readers.get(name, 0) > 1:
