@@ -138,6 +138,18 @@ def _self_check(quantized: bytes, sample: dict[str, np.ndarray] | None) -> None:
             raise QuantizationError(f"quantized output {out.name!r} is not finite")
 
 
+def _check_and_save(model: onnx.ModelProto, output: str | os.PathLike | None,
+                    first: dict[str, np.ndarray] | None, notes: list[str]) -> tuple[bytes | None, Path | None]:
+    """Self-check, then write atomically: one serialization serves the check, the file and the
+    reported size (None over 2 GB, where the check is skipped and ``notes`` say so)."""
+    payload = serialize(model) if model.ByteSize() < PROTOBUF_LIMIT else None
+    if payload is not None:
+        _self_check(payload, first)
+    else:
+        notes.append("model over 2 GB: the onnxruntime self-check was skipped")
+    return payload, save_model(model, output, payload) if output is not None else None
+
+
 def _stamp(model: onnx.ModelProto, recipe: Recipe) -> None:
     props = [p for p in model.metadata_props if p.key not in (RECIPE_KEY, VERSION_KEY)]
     del model.metadata_props[:]
@@ -344,14 +356,8 @@ def quantize(
         sel = _select(prepared, recipe, not_float)
     build_notes += int4_notes
     _stamp(quantized, recipe)
-    # One serialization serves the self-check, the file and the reported size.
-    payload = serialize(quantized) if quantized.ByteSize() < PROTOBUF_LIMIT else None
     notes = [*prep.notes, *build_notes]
-    if payload is not None:
-        _self_check(payload, first)
-    else:
-        notes.append("model over 2 GB: the onnxruntime self-check was skipped")
-    out_path = save_model(quantized, output, payload) if output is not None else None
+    payload, out_path = _check_and_save(quantized, output, first, notes)
 
     # Shape arithmetic (int64 Concat, Gather of shapes...) is not float compute: not reported.
     floats = [FloatNode(n, op, r) for n, (op, r) in sel.float_nodes.items()
@@ -439,14 +445,9 @@ def prune(
         original_bytes = serialize(model) if model.ByteSize() < PROTOBUF_LIMIT else b""
     sparse = store_sparse(pruned) if recipe.prune.sparse_storage else 0
     _stamp(pruned, recipe)
-    payload = serialize(pruned) if pruned.ByteSize() < PROTOBUF_LIMIT else None
     notes = [n for n in prep.notes if n != "pruning: " + prep.pruning.summary()]  # the report says it
-    if payload is not None:
-        first = _first_sample(_open(pruned, data, recipe), pruned) if _rereadable(data) else None
-        _self_check(payload, first)
-    else:
-        notes.append("model over 2 GB: the onnxruntime self-check was skipped")
-    out_path = save_model(pruned, output, payload) if output is not None else None
+    first = _first_sample(_open(pruned, data, recipe), pruned) if _rereadable(data) else None
+    payload, out_path = _check_and_save(pruned, output, first, notes)
     if sparse:
         notes.append(f"{sparse} initializers stored sparse")
     return PruneResult(pruned, out_path, prep.pruning, size_before,
