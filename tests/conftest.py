@@ -36,10 +36,14 @@ def cnn_path(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def npz_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "calib"
+def write_npz(folder: Path, samples: list[dict[str, np.ndarray]]) -> Path:
+    """A calibration folder: one .npz per sample."""
     folder.mkdir()
-    for i, sample in enumerate(image_samples(12)):
+    for i, sample in enumerate(samples):
         np.savez(folder / f"s{i:02d}.npz", **sample)
     return folder
+
+
+@pytest.fixture
+def npz_dir(tmp_path: Path) -> Path:
+    return write_npz(tmp_path / "calib", image_samples(12))

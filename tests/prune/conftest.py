@@ -7,6 +7,7 @@ import onnx
 import pytest
 
 from models.tiny import tiny_mbconv
+from tests.conftest import write_npz
 
 
 def mbconv_samples(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -23,8 +24,4 @@ def mbconv_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def mbconv_data(tmp_path: Path) -> Path:
-    folder = tmp_path / "mbconv_calib"
-    folder.mkdir()
-    for i, sample in enumerate(mbconv_samples(16)):
-        np.savez(folder / f"s{i:02d}.npz", **sample)
-    return folder
+    return write_npz(tmp_path / "mbconv_calib", mbconv_samples(16))

@@ -42,5 +42,5 @@ def test_quantize_takes_a_prune_step_from_flags_or_recipe(mbconv_path: Path, mbc
     from_file = _run("quantize", mbconv_path, "-o", tmp_path / "b.onnx", "--calib-data", mbconv_data, "--recipe", recipe,
                      "--json")
     a, b = json.loads(flags.output), json.loads(from_file.output)
-    assert a["pruning"]["sparsity"] >= 0.5 and a["recipe"]["prune"]["sparsity"] == 0.5
+    assert a["pruning"]["sparsity"] >= 0.5 and a["recipe"]["prune"]["sparsity"] == 0.5 and b["pruning"] == a["pruning"]
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()

@@ -2,9 +2,15 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxquant.prune.masks import global_masks, nm_mask, scores, sparsity_mask, threshold_mask
-from onnxquant.prune.weights import PrunableWeight, prunable_weights
 from models.tiny import tiny_mbconv
+from onnxquant.prune.masks import (
+    global_masks,
+    nm_mask,
+    scores,
+    sparsity_mask,
+    threshold_mask,
+)
+from onnxquant.prune.weights import PrunableWeight, prunable_weights
 
 
 def test_sparsity_mask_zeroes_exactly_the_smallest_fraction():

@@ -3,7 +3,7 @@ import onnx
 from onnx import numpy_helper
 
 from models.tiny import tiny_mbconv
-from onnxquant.prune.structured import aligned, remove_dead_channels, removable_layers
+from onnxquant.prune.structured import aligned, removable_layers, remove_dead_channels
 from tests.conftest import run
 from tests.prune.conftest import mbconv_samples
 
