@@ -25,7 +25,7 @@ from onnxquant.errors import (
     QuantizationError,
     UsageError,
 )
-from onnxquant.layer_errors import TensorError, tensor_errors
+from onnxquant.layer_errors import TensorError, dequantized_names, tensor_errors
 from onnxquant.mixed_precision import (
     Holdout,
     LayerSensitivity,
@@ -91,6 +91,10 @@ class QuantizeResult:
     mixed_precision: dict[str, Any] | None = None
     size_compressed: int | None = None  # deflated, as in a zip bundle (None over 2 GB)
     pruning: PruneReport | None = None
+    # With quantize(diagnostics=True), for reports: the calibration statistics (with
+    # histograms) and the float model they were taken on (prepared; same tensor names).
+    stats: StatsTable | None = None
+    reference: onnx.ModelProto | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -294,6 +298,7 @@ def quantize(
     max_drop: float | None = None,
     metric: Metric | None = None,
     agreement: str = "cosine",
+    diagnostics: bool = False,
 ) -> QuantizeResult:
     """Quantize ``model`` to int8 QDQ from calibration ``data`` (or saved ``stats``).
 
@@ -305,6 +310,8 @@ def quantize(
     that the drop on ``holdout`` (default: the calibration data) is at most ``max_drop``: 1
     minus the worst output's mean cosine with fp32 (``agreement="top1"``: top-1 agreement for
     ``(batch, classes)`` outputs), or, with ``metric``, the fp32 score minus the quantized score.
+
+    ``diagnostics``: also keep histograms and the prepared float model in the result, for reports.
     """
     started = time.perf_counter()
     recipe = recipe or Recipe()
@@ -327,7 +334,7 @@ def quantize(
         if data is None:
             raise CalibrationDataError("no calibration data given")
         source = _open(prepared, data, recipe)
-        want_hist = needs_histogram(recipe.calibration.method) or save_stats_to is not None
+        want_hist = needs_histogram(recipe.calibration.method) or save_stats_to is not None or diagnostics
         table = collect(prepared, sel.observed, source, want_hist, recipe.calibration.max_samples, progress, _length(source))
         first = _first_sample(source, prepared) if not hasattr(data, "get_next") else None
         if save_stats_to is not None:
@@ -343,7 +350,8 @@ def quantize(
                  f"{recipe.quantization.int4_min_sqnr_db} dB SQNR)")
     int4_notes = [kept_int8] if int4_rejected else []
     if max_drop is None:
-        quantized, sel, build_notes = _build(prepared, recipe, table, not_float, data, inplace=True,  # prepared is ours
+        quantized, sel, build_notes = _build(prepared, recipe, table, not_float, data,
+                                             inplace=not diagnostics,  # prepared is ours
                                              int4=frozenset(int4))
     else:
         mixed = _mixed_precision(prepared, recipe, table, not_float, data, holdout, max_drop, metric, progress, int4,
@@ -388,6 +396,8 @@ def quantize(
         mixed_precision=mixed.to_dict() if mixed is not None else None,
         size_compressed=compressed_size(payload) if payload is not None else None,
         pruning=prep.pruning,
+        stats=table if diagnostics else None,
+        reference=prepared if diagnostics else None,
     )
 
 
@@ -634,3 +644,16 @@ def sensitivity(
 # Float nodes worth telling the user about: compute-heavy ops that stayed float.
 _INTERESTING = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat", "GlobalAveragePool",
                 "AveragePool", "MaxPool", "Sigmoid", "LeakyRelu", "Resize", "Relu", "Clip"}
+
+
+def diagnose(result: QuantizeResult, data: Any, max_samples: int | None = None) -> list[TensorError]:
+    """Per-tensor error of a ``quantize(..., diagnostics=True)`` result on ``data``, worst first:
+    every quantized activation and every weighted layer's output."""
+    if result.reference is None:
+        raise UsageError("diagnose needs the result of quantize(..., diagnostics=True)")
+    reference, quantized = result.reference, result.model
+    weighted = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+    tensors = [*dequantized_names(quantized), *(n.output[0] for n in reference.graph.node if n.op_type in weighted)]
+    produced = {o for n in reference.graph.node for o in n.output} | {i.name for i in reference.graph.input}
+    tensors = [t for t in dict.fromkeys(tensors) if t in produced]
+    return tensor_errors(reference, quantized, tensors, _open(reference, data, result.recipe), max_samples)

@@ -44,12 +44,8 @@ class _Command(click.Command):
             ctx.exit(1)
 
 
-@contextlib.contextmanager
-def _progress(quiet: bool, desc: str) -> Iterator[Any]:
-    """A progress callback for the library: a tqdm bar on a TTY, else None; closed on exit."""
-    if quiet or not sys.stderr.isatty():
-        yield None
-        return
+def _bar(desc: str) -> tuple[Any, Any]:
+    """A tqdm bar on stderr and the library progress callback that drives it."""
     from tqdm import tqdm
 
     bar = tqdm(desc=desc, unit="sample", file=sys.stderr, leave=False)
@@ -60,10 +56,46 @@ def _progress(quiet: bool, desc: str) -> Iterator[Any]:
         bar.n = done
         bar.refresh()
 
+    return bar, update
+
+
+def _show_progress(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool, desc: str) -> Iterator[Any]:
+    """A progress callback for the library: a tqdm bar on a TTY, else None; closed on exit."""
+    if not _show_progress(quiet):
+        yield None
+        return
+    bar, update = _bar(desc)
     try:
         yield update
     finally:
         bar.close()
+
+
+@contextlib.contextmanager
+def _step_progress(quiet: bool) -> Iterator[Any]:
+    """For multi-step commands: each step gets its own bar, named after the step."""
+    if not _show_progress(quiet):
+        yield None
+        return
+    bars: list[Any] = []
+
+    def begin(desc: str) -> Any:
+        while bars:
+            bars.pop().close()
+        bar, update = _bar(desc)
+        bars.append(bar)
+        return update
+
+    try:
+        yield begin
+    finally:
+        while bars:
+            bars.pop().close()
 
 
 def _emit(summary: dict[str, Any], as_json: bool, quiet: bool, render: Any) -> None:
@@ -525,6 +557,9 @@ def validate(original: Path, compressed: Path, data: Path, eps: tuple[str, ...],
     if report.failures:
         raise BudgetExceededError(f"{len(report.failures)} budget check(s) failed; first: {report.failures[0]}")
 
+
+# The shipping commands (inspect, package, compress) register themselves on `main`.
+from onnxquant import cli_ship  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

@@ -177,3 +177,19 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, data: bytes | No
 def model_size(model: onnx.ModelProto) -> int:
     """Bytes the model takes on disk (protobuf plus any external data)."""
     return model.ByteSize()
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file renamed into place: never a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

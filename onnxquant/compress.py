@@ -1,0 +1,258 @@
+"""The one-step pipeline: a job file in, a validated edge bundle out.
+
+load -> prune -> calibrate -> quantize -> measure -> validate on each listed provider -> package.
+It stops at the first budget that fails (BudgetExceededError, carrying the report so far) and
+then writes nothing: a bundle exists only for a model that met every budget.
+
+The job file is a recipe (see ``onnxquant.recipe``) with the job's own keys added::
+
+    model = "net.onnx"          # paths are relative to the job file
+    calib_data = "calib"
+    holdout = "holdout"         # default: calib_data
+    output = "net-bundle.zip"   # .zip, or a folder
+    max_drop = 0.01             # optional: mixed precision (see quantize)
+    [validate]
+    providers = ["cpu", "qnn"]
+    min_top1 = 0.85
+    [package]
+    ort_optimization = "all"
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from onnxquant.errors import BudgetExceededError, ExecutionProviderError, UsageError
+from onnxquant.providers import PROVIDERS
+from onnxquant.recipe import Recipe, recipe_from_dict
+from onnxquant.validate import Budget, ProgressCallback, ValidationReport
+
+# Called at the start of each step with its description; returns the step's progress callback.
+StepProgress = Callable[[str], ProgressCallback | None]
+
+
+@dataclass(frozen=True)
+class ValidateSettings:
+    providers: tuple[str, ...] = ("cpu",)
+    min_cosine: float | None = None
+    min_top1: float | None = None
+    min_sqnr_db: float | None = None
+    max_abs_error: float | None = None
+    max_latency_ratio: float | None = None
+    require_on_ep: bool = False
+    latency_runs: int = 10
+    max_samples: int | None = 64
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.providers:
+            raise UsageError("job [validate]: providers must list at least one execution provider")
+        unknown = [p for p in self.providers if p not in PROVIDERS]
+        if unknown:
+            raise UsageError(f"job [validate]: unknown provider(s) {unknown}; choose from {', '.join(PROVIDERS)}")
+        if self.latency_runs < 1:
+            raise UsageError("job [validate]: latency_runs must be at least 1")
+        self.budget()  # range checks
+
+    def budget(self) -> Budget:
+        return Budget(min_cosine=self.min_cosine, min_top1=self.min_top1, min_sqnr_db=self.min_sqnr_db,
+                      max_abs_error=self.max_abs_error, max_latency_ratio=self.max_latency_ratio,
+                      require_on_ep=self.require_on_ep)
+
+
+@dataclass(frozen=True)
+class PackageSettings:
+    ort_optimization: str | None = None  # None: "all" for target cpu, "basic" for NPU targets
+    arm: bool = True
+    type_reduction: bool = False
+    html_beside: bool = True  # also write BUNDLE.report.html next to a .zip bundle
+
+
+@dataclass(frozen=True)
+class CompressJob:
+    model: Path
+    calib_data: Path
+    output: Path
+    recipe: Recipe = field(default_factory=Recipe)
+    holdout: Path | None = None
+    max_drop: float | None = None
+    drop_by: str = "cosine"
+    validate: ValidateSettings = field(default_factory=ValidateSettings)
+    package: PackageSettings = field(default_factory=PackageSettings)
+    layer_errors: bool = True  # measure per-layer error for the report (one pass over the holdout)
+    text: str | None = None  # the job file as written, kept in the bundle
+
+
+_JOB_KEYS = ("model", "calib_data", "holdout", "output", "max_drop", "drop_by", "layer_errors")
+_JOB_SECTIONS = {"validate": ValidateSettings, "package": PackageSettings}
+
+
+def _section(cls: type, values: Any, name: str) -> Any:
+    if not isinstance(values, dict):
+        raise UsageError(f"job: [{name}] must be a table")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UsageError(f"job [{name}]: unknown key(s) {unknown}; known: {sorted(known)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise UsageError(f"job [{name}]: {exc}") from exc
+
+
+def job_from_dict(data: dict[str, Any], base_dir: Path, text: str | None = None,
+                  target: str | None = None) -> CompressJob:
+    """A job from parsed TOML; relative paths are taken from ``base_dir``."""
+    for key in ("model", "calib_data", "output"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise UsageError(f"job: {key} = \"PATH\" is required")
+
+    def path(key: str) -> Path | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise UsageError(f"job: {key} must be a path string")
+        return base_dir / value
+
+    recipe = recipe_from_dict({k: v for k, v in data.items() if k not in _JOB_KEYS and k not in _JOB_SECTIONS}, target)
+    max_drop = data.get("max_drop")
+    if max_drop is not None and (not isinstance(max_drop, (int, float)) or max_drop < 0):
+        raise UsageError("job: max_drop must be a number at least 0")
+    drop_by = data.get("drop_by", "cosine")
+    if drop_by not in ("cosine", "top1"):
+        raise UsageError("job: drop_by must be \"cosine\" or \"top1\"")
+    layer_errors = data.get("layer_errors", True)
+    if not isinstance(layer_errors, bool):
+        raise UsageError("job: layer_errors must be true or false")
+    return CompressJob(
+        model=path("model"), calib_data=path("calib_data"), output=path("output"), recipe=recipe,
+        holdout=path("holdout"), max_drop=float(max_drop) if max_drop is not None else None, drop_by=drop_by,
+        validate=_section(ValidateSettings, data.get("validate", {}), "validate"),
+        package=_section(PackageSettings, data.get("package", {}), "package"),
+        layer_errors=layer_errors, text=text)
+
+
+def load_job(path: str | os.PathLike, target: str | None = None) -> CompressJob:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
+    except FileNotFoundError as exc:
+        raise UsageError(f"{path}: job file not found") from exc
+    except IsADirectoryError as exc:
+        raise UsageError(f"{path}: is a folder, not a job file") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not valid TOML ({exc})") from exc
+    return job_from_dict(data, path.parent, text, target)
+
+
+@dataclass
+class CompressResult:
+    output: Path
+    report: dict[str, Any]
+    files: list[dict[str, Any]]
+    html: Path | None
+    seconds: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        validation = self.report["validation"]
+        return {"output": str(self.output), "html": str(self.html) if self.html else None, "files": self.files,
+                "passed": validation["passed"], "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+                "report": self.report}
+
+
+class _Steps:
+    def __init__(self, progress: StepProgress | None) -> None:
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+        self._name: str | None = None
+        self._started = 0.0
+
+    def begin(self, name: str, description: str) -> ProgressCallback | None:
+        self.end()
+        self._name, self._started = name, time.perf_counter()
+        return self.progress(description) if self.progress is not None else None
+
+    def end(self) -> None:
+        if self._name is not None:
+            self.seconds[self._name] = self.seconds.get(self._name, 0.0) + time.perf_counter() - self._started
+            self._name = None
+
+
+def compress(job: CompressJob, progress: StepProgress | None = None) -> CompressResult:
+    """Run ``job`` end to end; the bundle is written only when every budget holds."""
+    from onnxquant.api import diagnose, quantize
+    from onnxquant.inspect_model import inspect_model
+    from onnxquant.model_io import write_atomic
+    from onnxquant.package import package
+    from onnxquant.report.build import activation_report, build_report
+    from onnxquant.report.html import render_html
+
+    steps = _Steps(progress)
+    holdout = job.holdout or job.calib_data
+    with tempfile.TemporaryDirectory(prefix="onnxquant-compress-") as tmp:
+        compressed = Path(tmp) / f"{job.model.stem}.int8.onnx"
+        update = steps.begin("quantize", "pruning and calibrating" if job.recipe.prune.enabled else "calibrating")
+        result = quantize(job.model, job.calib_data, job.recipe, compressed, progress=update, holdout=job.holdout,
+                          max_drop=job.max_drop, agreement=job.drop_by, diagnostics=True)
+        errors = None
+        if job.layer_errors:
+            steps.begin("measure", "measuring per-layer error")
+            errors = [e.to_dict() for e in diagnose(result, holdout, job.validate.max_samples)]
+        activations = activation_report(result.stats, result.model, result.reference)
+        result.stats = result.reference = None  # free the float copy before validation sessions open
+        validation = _validate_each(job, compressed, holdout, steps)
+        steps.end()
+        report = build_report(inspect_model(compressed), result.model, compressed.name,
+                              original=inspect_model(job.model), quantization=result.to_dict(),
+                              validation=validation.to_dict(), layer_errors=errors, activations=activations)
+        failures, unavailable = validation.failures, validation.unavailable
+        if unavailable:
+            raise _failed(ExecutionProviderError(f"execution provider(s) not available: {', '.join(unavailable)}; "
+                                                 "nothing was written"), report)
+        if failures:
+            raise _failed(BudgetExceededError(f"budget failed: {failures[0]}; nothing was written"), report)
+        steps.begin("package", "packaging")
+        bundle = package(compressed, job.output, report=report, recipe_text=job.text,
+                         ort_level=job.package.ort_optimization, arm=job.package.arm,
+                         type_reduction=job.package.type_reduction)
+        html = None
+        if job.package.html_beside and job.output.suffix.lower() == ".zip":
+            html = job.output.with_name(job.output.stem + ".report.html")
+            write_atomic(html, render_html(report).encode("utf-8"))
+        steps.end()
+    return CompressResult(output=job.output, report=report, files=bundle.files, html=html, seconds=steps.seconds)
+
+
+def _failed(error: Exception, report: dict[str, Any]) -> Exception:
+    error.report = report  # type: ignore[attr-defined]  # for --json and Python callers
+    return error
+
+
+def _validate_each(job: CompressJob, compressed: Path, holdout: Path, steps: _Steps) -> ValidationReport:
+    """Validate provider by provider, in the listed order, stopping at the first that fails."""
+    from onnxquant.validate import validate
+
+    settings, budget = job.validate, job.validate.budget()
+    merged: ValidationReport | None = None
+    for ep in dict.fromkeys(settings.providers):
+        update = steps.begin("validate", f"validating on {ep}")
+        report = validate(job.model, compressed, holdout, (ep,), budget, preprocess=job.recipe.preprocess,
+                          max_samples=settings.max_samples, latency_runs=settings.latency_runs,
+                          threads=settings.threads, progress=update)
+        if merged is None:
+            merged = report
+        else:
+            merged.providers.extend(report.providers)
+        if not report.passed:
+            break
+    assert merged is not None  # providers is never empty (checked in ValidateSettings)
+    return merged

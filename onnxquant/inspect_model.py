@@ -1,0 +1,221 @@
+"""What a model is made of: ops, parameters, which layers run quantized, sparsity, size.
+
+Read from the file alone (no data, no session), so ``onnxquant inspect`` works on any model,
+compressed by us or not. A weighted layer is *int8* when its weight reaches it through a
+DequantizeLinear of an 8-bit tensor or it is an integer kernel (QLinearConv, MatMulInteger...),
+*int4* for 4-bit weights (MatMulNBits, int4 DequantizeLinear), else *float*.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxquant.model_io import iter_graphs, load_model, serialize
+from onnxquant.prune.storage import compressed_size
+
+# Ops whose second input (B for MatMulNBits: the first packed input) is a learned weight.
+WEIGHTED_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "Gather": 0,
+                "QLinearConv": 3, "QLinearMatMul": 3, "ConvInteger": 1, "MatMulInteger": 1,
+                "MatMulNBits": 1, "QGemm": 3, "DynamicQuantizeMatMul": 1}
+INTEGER_KERNELS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeMatMul"}
+_INT4 = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+_INT8 = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16}
+
+
+@dataclass
+class LayerInfo:
+    """One weighted node: its weight tensor, precision, parameter count and sparsity."""
+
+    node: str
+    op_type: str
+    weight: str
+    precision: str  # "float", "int8", "int4"
+    parameters: int
+    zeros: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.parameters if self.parameters else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "op_type": self.op_type, "weight": self.weight, "precision": self.precision,
+                "parameters": self.parameters, "sparsity": round(self.sparsity, 4)}
+
+
+@dataclass
+class ModelInspection:
+    path: str
+    size: int  # serialized bytes (plus external data files)
+    size_deflated: int | None  # zlib level 9, as in a zip bundle
+    ir_version: int
+    opsets: dict[str, int]
+    producer: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    op_counts: dict[str, int]
+    parameters: dict[str, int]  # element count by stored data type
+    layers: list[LayerInfo] = field(default_factory=list)
+    made_by: str | None = None  # the onnxquant version stamped in metadata, if any
+
+    @property
+    def total_parameters(self) -> int:
+        return sum(self.parameters.values())
+
+    def precision_counts(self) -> dict[str, dict[str, int]]:
+        """precision -> {"layers": n, "parameters": n}."""
+        out: dict[str, dict[str, int]] = {}
+        for layer in self.layers:
+            entry = out.setdefault(layer.precision, {"layers": 0, "parameters": 0})
+            entry["layers"] += 1
+            entry["parameters"] += layer.parameters
+        return dict(sorted(out.items()))
+
+    def sparsity(self) -> float:
+        total = sum(layer.parameters for layer in self.layers)
+        return sum(layer.zeros for layer in self.layers) / total if total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path, "size": self.size, "size_deflated": self.size_deflated,
+            "ir_version": self.ir_version, "opsets": self.opsets, "producer": self.producer, "made_by": self.made_by,
+            "inputs": self.inputs, "outputs": self.outputs, "op_counts": self.op_counts,
+            "parameters": self.parameters, "total_parameters": self.total_parameters,
+            "precision": self.precision_counts(), "sparsity": round(self.sparsity(), 4),
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+
+def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
+    t = value.type.tensor_type
+    dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "?"
+    return {"name": value.name, "dtype": dtype, "shape": dims}
+
+
+def _dtype_name(data_type: int) -> str:
+    return onnx.TensorProto.DataType.Name(data_type).lower()
+
+
+class _Weights:
+    """Initializers and Constant outputs by name, decoded lazily (only the weights we look at)."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.tensors = {t.name: t for t in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
+                self.tensors[node.output[0]] = node.attribute[0].t
+
+    def array(self, name: str) -> np.ndarray | None:
+        tensor = self.tensors.get(name)
+        if tensor is None:
+            return None
+        try:
+            return numpy_helper.to_array(tensor)
+        except (ValueError, TypeError, OSError):  # undecodable: the layer counts, without sparsity
+            return None
+
+
+def _layers(graph: onnx.GraphProto) -> list[LayerInfo]:
+    weights = _Weights(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    layers = []
+    for node in graph.node:
+        slot = WEIGHTED_OPS.get(node.op_type)
+        if slot is None or len(node.input) <= slot:
+            continue
+        name = node.input[slot]
+        source = producer.get(name)
+        zero_point = None
+        if source is not None and source.op_type == "DequantizeLinear" and source.input[0] in weights.tensors:
+            tensor = weights.tensors[source.input[0]]
+            precision = "int4" if tensor.data_type in _INT4 else "int8" if tensor.data_type in _INT8 else "float"
+            name = source.input[0]
+            if len(source.input) > 2 and source.input[2]:
+                zero_point = weights.array(source.input[2])
+        elif name in weights.tensors:
+            tensor = weights.tensors[name]
+            if node.op_type == "MatMulNBits":
+                precision = "int4"
+            elif node.op_type in INTEGER_KERNELS:
+                precision = "int8"
+            else:
+                precision = "float" if tensor.data_type not in _INT8 | _INT4 else "int8"
+        else:
+            continue  # an activation times an activation (attention scores): no weight
+        if node.op_type == "Gather" and precision == "float" and tensor.data_type != onnx.TensorProto.FLOAT:
+            continue  # Gather of an int64 index table is not an embedding
+        values = weights.array(name)
+        count = int(np.prod(tensor.dims)) if tensor.dims else 1
+        if node.op_type == "MatMulNBits":
+            count = _nbits_parameters(node)
+        zeros = 0
+        if values is not None and node.op_type != "MatMulNBits":
+            zeros = _zeros(values, zero_point, node, source)
+        layers.append(LayerInfo(node.name, node.op_type, name, precision, count, zeros))
+    return layers
+
+
+def _nbits_parameters(node: onnx.NodeProto) -> int:
+    attrs = {a.name: a.i for a in node.attribute}
+    return int(attrs.get("K", 0) * attrs.get("N", 0))
+
+
+def _zeros(values: np.ndarray, zero_point: np.ndarray | None, node: onnx.NodeProto, dq: onnx.NodeProto | None) -> int:
+    """Weights that are exactly zero: for quantized weights, the ones stored as their zero point."""
+    if zero_point is None or zero_point.size == 1:
+        zp = 0 if zero_point is None else zero_point.reshape(())
+        return int(np.count_nonzero(values == zp))
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) if dq is not None else 0
+    shape = [1] * values.ndim
+    shape[axis % values.ndim] = -1
+    return int(np.count_nonzero(values == zero_point.reshape(shape)))
+
+
+def inspect_model(model: str | os.PathLike | onnx.ModelProto) -> ModelInspection:
+    """Everything ``onnxquant inspect`` shows, from the model file (or proto) alone."""
+    if isinstance(model, onnx.ModelProto):
+        proto, path, size = model, "", None
+    else:
+        path = str(model)
+        proto = load_model(model)
+        size = _file_size(Path(model), proto)
+    payload = serialize(proto) if proto.ByteSize() < 2**31 - 1 else None
+    if size is None:
+        size = len(payload) if payload is not None else proto.ByteSize()
+    ops: Counter[str] = Counter()
+    params: Counter[str] = Counter()
+    for graph in iter_graphs(proto.graph):
+        ops.update(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in graph.node)
+        for tensor in graph.initializer:
+            params[_dtype_name(tensor.data_type)] += int(np.prod(tensor.dims)) if tensor.dims else 1
+    meta = {p.key: p.value for p in proto.metadata_props}
+    return ModelInspection(
+        path=path, size=size, size_deflated=compressed_size(payload) if payload is not None else None,
+        ir_version=proto.ir_version, opsets={o.domain or "ai.onnx": o.version for o in proto.opset_import},
+        producer=" ".join(p for p in (proto.producer_name, proto.producer_version) if p),
+        inputs=[_value_info(v) for v in proto.graph.input if v.name not in {t.name for t in proto.graph.initializer}],
+        outputs=[_value_info(v) for v in proto.graph.output],
+        op_counts=dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+        parameters=dict(sorted(params.items())), layers=_layers(proto.graph), made_by=meta.get("onnxquant.version"),
+    )
+
+
+def _file_size(path: Path, model: onnx.ModelProto) -> int:
+    """The model file plus its external data files."""
+    size = path.stat().st_size
+    seen = set()
+    for tensor in (t for g in iter_graphs(model.graph) for t in g.initializer):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            if location and location not in seen:
+                seen.add(location)
+                data = path.parent / location
+                size += data.stat().st_size if data.exists() else 0
+    return size

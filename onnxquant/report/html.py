@@ -1,0 +1,177 @@
+"""The HTML report: one self-contained page rendered from the JSON report (nothing else).
+
+Readable offline and by a person deciding whether a model ships: the verdict first, then size
+and latency per execution provider, agreement, where the error comes from, and the histograms
+behind every clipping range. Inline SVG only; the one script just counts rendered plots.
+"""
+from __future__ import annotations
+
+import json
+from html import escape
+from typing import Any
+
+from onnxquant.report import svg
+
+MB = 1e6
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
+h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
+.verdict{display:inline-block;padding:4px 12px;border-radius:4px;font-weight:700;color:#fff}
+.pass{background:#2e7d32}.fail{background:#c62828}.none{background:#757575}
+table{border-collapse:collapse;margin:8px 0;font-size:13px} td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
+th{background:#f4f4f4} td.n{text-align:right;font-variant-numeric:tabular-nums}
+.grid{display:flex;flex-wrap:wrap;gap:8px} .muted{color:#666;font-size:13px} pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}
+"""
+_SCRIPT = """
+addEventListener('load',function(){var n=0;document.querySelectorAll('svg.plot').forEach(function(s){
+var b=s.getBBox();if(b.width>0&&b.height>0)n++;});document.body.setAttribute('data-rendered-plots',String(n));});
+"""
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f'<td class="n">{value:.4g}</td>'
+    if isinstance(value, int):
+        return f'<td class="n">{value:,}</td>'
+    return f"<td>{escape(str(value))}</td>"
+
+
+def _mb(n: int | None) -> float | None:
+    return round(n / MB, 2) if n is not None else None
+
+
+def _verdict(report: dict[str, Any]) -> str:
+    validation = report.get("validation")
+    if not validation:
+        return '<span class="verdict none">not validated</span>'
+    if validation["passed"]:
+        return '<span class="verdict pass">PASS: every budget holds</span>'
+    return '<span class="verdict fail">FAIL</span>'
+
+
+def _summary(report: dict[str, Any]) -> str:
+    comp, orig = report["compressed"], report.get("original")
+    rows = [["file size (MB)", _mb(orig["size"]) if orig else "", _mb(comp["size"])],
+            ["deflated, as zipped (MB)", _mb(orig["size_deflated"]) if orig else "", _mb(comp["size_deflated"])],
+            ["parameters", orig["total_parameters"] if orig else "", comp["total_parameters"]],
+            ["weight sparsity", f"{orig['sparsity']:.1%}" if orig else "", f"{comp['sparsity']:.1%}"]]
+    for precision in sorted({*comp["precision"], *(orig["precision"] if orig else {})}):
+        rows.append([f"{precision} layers", (orig["precision"].get(precision, {}).get("layers", 0) if orig else ""),
+                     comp["precision"].get(precision, {}).get("layers", 0)])
+    return _table(["", "original", "compressed"], rows)
+
+
+def _providers(validation: dict[str, Any]) -> str:
+    groups, rows = [], []
+    for p in validation["providers"]:
+        if not p["available"]:
+            rows.append([p["ep"], "unavailable", p.get("reason", ""), "", "", ""])
+            continue
+        o, c = p["original"], p["compressed"]
+        om = o.get("latency_ms", {}).get("median") if o.get("loaded") else None
+        cm = c.get("latency_ms", {}).get("median") if c.get("loaded") else None
+        groups.append((p["ep"], [("original", om), ("compressed", cm)]))
+        place = c.get("placement") or {}
+        where = (f"{place.get('nodes_on_ep', 0)} on EP, {place.get('fallback_nodes', 0)} fell back"
+                 if p["ep"] != "cpu" else "CPU")
+        ratio = p.get("latency_ratio")
+        rows.append([p["ep"], "ran" if c.get("loaded") else f"did not load: {c.get('error', '')}", where,
+                     om if om is not None else "", cm if cm is not None else "", ratio if ratio is not None else ""])
+    size = validation["size"]
+    charts = svg.grouped_bars([("file size", [("original", _mb(size["original"])), ("compressed", _mb(size["compressed"]))])],
+                              "MB", "Size before and after", width=260)
+    if groups:
+        charts += svg.grouped_bars(groups, "median ms per sample", "Latency before and after, per execution provider",
+                                   width=max(400, 170 * len(groups)))
+    table = _table(["provider", "compressed model", "placement", "original ms", "compressed ms", "ratio"], rows)
+    return f'<div class="grid">{charts}</div>{table}'
+
+
+def _agreement(validation: dict[str, Any]) -> str:
+    rows = []
+    for p in validation["providers"]:
+        for name, a in (p.get("agreement") or {}).items():
+            if "exact_match" in a:
+                rows.append([p["ep"], name, "", "", "", "", f"exact match {a['exact_match']:.4f}"])
+                continue
+            rows.append([p["ep"], name, a.get("top1", ""), a["cosine"], a["cosine_min"], a["sqnr_db"], a["max_abs_error"]])
+    budget = ", ".join(f"{k} {v}" for k, v in validation["budget"].items()) or "none set"
+    failures = "".join(f"<li>{escape(f)}</li>" for f in validation["failures"])
+    text = _table(["provider", "output", "top-1", "cosine", "cosine min", "SQNR dB", "max abs error"], rows)
+    text += f'<p class="muted">{validation["samples"]} held-out samples; budget: {escape(budget)}</p>'
+    if failures:
+        text += f"<p><b>Failed budget checks</b></p><ul>{failures}</ul>"
+    return text
+
+
+def _layer_errors(errors: list[dict[str, Any]] | None) -> str:
+    if errors is None:
+        return '<p class="muted">Not measured: per-layer error needs calibration data (onnxquant compress measures it).</p>'
+    finite = [e for e in errors if isinstance(e["own_sqnr_db"], (int, float))][:40]
+    if not finite:
+        return '<p class="muted">No quantized tensor adds measurable error.</p>'
+    rows = [(f"{e['op_type']} {e['tensor']}", float(e["own_sqnr_db"])) for e in finite]
+    chart = svg.horizontal_bars(rows, " dB", "Own SQNR of each quantized tensor, worst first (higher is better)",
+                                marker=20.0, marker_label="20 dB")
+    return (chart + '<p class="muted">Own SQNR: the signal-to-noise ratio of the error this tensor adds over its '
+            "producer's cleanest input. A low value marks the layer that does the damage; "
+            "<code>onnxquant sensitivity</code> and <code>--exclude</code> act on it.</p>")
+
+
+def _sparsity(layers: list[dict[str, Any]]) -> str:
+    if not layers:
+        return '<p class="muted">No weighted layers.</p>'
+    rows = [(f"{layer['op_type']} {layer['node'] or layer['weight']}", layer["sparsity"] * 100) for layer in layers]
+    return svg.horizontal_bars(rows, "%", "Share of zero weights per layer (graph order)")
+
+
+def _histograms(items: list[dict[str, Any]], what: str) -> str:
+    if not items:
+        return f'<p class="muted">No {what} histograms: {"needs calibration data" if what == "activation" else "no 8-bit weights"}.</p>'
+    plots = []
+    for h in items:
+        sub = f"range [{h['clip_lo']:.3g}, {h['clip_hi']:.3g}]; clipped {h['clipped']:.2%}"
+        plots.append(svg.histogram(h["counts"], h["lo"], h["hi"], h["clip_lo"], h["clip_hi"],
+                                   h["layer"] or h["tensor"], sub))
+    return (f'<p class="muted">{len(items)} tensors. Dashed lines: the clipping range the quantized model uses. '
+            "Bar heights on a square-root scale.</p>" + f'<div class="grid">{"".join(plots)}</div>')
+
+
+def _float_nodes(quantization: dict[str, Any] | None) -> str:
+    if not quantization:
+        return ""
+    rows = [[n["name"], n["op_type"], n["reason"]] for n in quantization.get("float_nodes", [])]
+    notes = "".join(f"<li>{escape(n)}</li>" for n in quantization.get("notes", []))
+    text = _table(["node", "op", "why it stayed float"], rows) if rows else "<p>Every supported node is quantized.</p>"
+    return text + (f"<ul>{notes}</ul>" if notes else "")
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The page for ``report`` (as written to report.json)."""
+    name = report["compressed"]["path"] or "model"
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>onnxquant report: {escape(name)}</title>",
+             f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>",
+             f"<h1>{escape(name)}</h1>",
+             (f'<p>{_verdict(report)} <span class="muted">onnxquant {escape(report["tool"]["onnxquant"])}, '
+              f'onnxruntime {escape(report["tool"]["onnxruntime"])}</span></p>'),
+             "<h2>Summary</h2>", _summary(report)]
+    validation = report.get("validation")
+    if validation:
+        parts += ["<h2>Size and latency, per execution provider</h2>", _providers(validation),
+                  "<h2>Agreement with the original</h2>", _agreement(validation)]
+    parts += ["<h2>Per-layer error</h2>", _layer_errors(report.get("layer_errors")),
+              "<h2>Sparsity per layer</h2>", _sparsity(report["compressed"].get("layers", [])),
+              "<h2>Weight histograms</h2>", _histograms(report.get("weight_histograms", []), "weight"),
+              "<h2>Activation histograms</h2>", _histograms(report.get("activation_histograms", []), "activation")]
+    quantization = report.get("quantization")
+    if quantization:
+        parts += ["<h2>Left in float, and notes</h2>", _float_nodes(quantization),
+                  "<h2>Recipe</h2>", f"<pre>{escape(json.dumps(quantization.get('recipe', {}), indent=2, sort_keys=True))}</pre>"]
+    parts.append("</body></html>\n")
+    return "".join(parts)
