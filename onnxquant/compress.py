@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxquant.errors import BudgetExceededError, ExecutionProviderError, UsageError
+from onnxquant.ort_format import ORT_LEVELS
 from onnxquant.providers import PROVIDERS
 from onnxquant.recipe import Recipe, recipe_from_dict
 from onnxquant.validate import Budget, ProgressCallback, ValidationReport
@@ -72,6 +73,11 @@ class PackageSettings:
     arm: bool = True
     type_reduction: bool = False
     html_beside: bool = True  # also write BUNDLE.report.html next to a .zip bundle
+
+    def __post_init__(self) -> None:
+        if self.ort_optimization is not None and self.ort_optimization not in ORT_LEVELS:
+            raise UsageError(f"job [package]: ort_optimization {self.ort_optimization!r} unknown; "
+                             f"choose from {', '.join(ORT_LEVELS)}")
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,7 @@ def job_from_dict(data: dict[str, Any], base_dir: Path, text: str | None = None,
             return None
         if not isinstance(value, str):
             raise UsageError(f"job: {key} must be a path string")
-        return base_dir / value
+        return Path(os.path.normpath(base_dir / value))
 
     recipe = recipe_from_dict({k: v for k, v in data.items() if k not in _JOB_KEYS and k not in _JOB_SECTIONS}, target)
     max_drop = data.get("max_drop")

@@ -47,3 +47,13 @@ def write_npz(folder: Path, samples: list[dict[str, np.ndarray]]) -> Path:
 @pytest.fixture
 def npz_dir(tmp_path: Path) -> Path:
     return write_npz(tmp_path / "calib", image_samples(12))
+
+
+@pytest.fixture
+def quantized_path(cnn_path: Path, npz_dir: Path, tmp_path: Path) -> Path:
+    """The tiny CNN quantized by onnxquant (carries its recipe in metadata)."""
+    from onnxquant.api import quantize
+
+    out = tmp_path / "cnn.int8.onnx"
+    quantize(cnn_path, npz_dir, output=out)
+    return out

@@ -129,3 +129,34 @@ def test_efficientnet_lite0_pruned_int8_is_smaller_within_its_budget(work: Path)
     assert channels.report.structured.channels_removed > 1000
     assert channels.size_after < 0.8 * channels.size_before
     assert run(channels.model, dict(np.load(sorted(held.glob("*.npz"))[0])))[0].shape == ref[0].shape
+
+
+def test_efficientnet_lite0_one_command_to_a_validated_bundle(work: Path, tmp_path: Path):
+    """Issue 6's bar: one documented command from the exported model to a validated edge bundle
+    whose ORT-format model runs and whose report covers every layer."""
+    import json
+    import zipfile
+
+    from click.testing import CliRunner
+
+    from onnxquant.cli import main
+
+    model, calib, held = _prepare("efficientnet-lite0", work)
+    job = tmp_path / "job.toml"
+    job.write_text(f'model = "{model}"\ncalib_data = "{calib}"\nholdout = "{held}"\noutput = "bundle.zip"\n'
+                   "[validate]\nmin_top1 = 0.8\nmin_cosine = 0.97\nmax_samples = 32\nlatency_runs = 3\n")
+    result = CliRunner().invoke(main, ["compress", str(job), "--json"])
+    assert result.exit_code == 0, result.output[-3000:]
+    with zipfile.ZipFile(tmp_path / "bundle.zip") as bundle:
+        files = {name: bundle.read(name) for name in bundle.namelist()}
+    report = json.loads(files["report.json"])
+    assert report["validation"]["passed"]
+    assert len(report["weight_histograms"]) == 50 and len(report["activation_histograms"]) >= 60
+    assert len(report["layer_errors"]) >= 90
+    (tmp_path / "x").mkdir()
+    for name in ("model.onnx", "model.ort"):
+        (tmp_path / "x" / name).write_bytes(files[name])
+    sample = dict(np.load(sorted(held.glob("*.npz"))[0]))
+    np.testing.assert_allclose(run(tmp_path / "x" / "model.ort", sample)[0], run(tmp_path / "x" / "model.onnx", sample)[0],
+                               rtol=1e-4, atol=1e-4)
+    assert "QLinearConv" in files["required_operators.config"].decode()

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from models.tiny import tiny_cnn
+from onnxquant.cli import main
+from onnxquant.inspect_model import inspect_model
+
+
+def test_float_model_layers_parameters_and_size(cnn_path: Path):
+    info = inspect_model(cnn_path)
+    assert [layer.op_type for layer in info.layers] == ["Conv", "Conv", "Conv", "Gemm"]
+    assert {layer.precision for layer in info.layers} == {"float"}
+    model = onnx.load(str(cnn_path))
+    assert info.total_parameters == sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    assert info.size == cnn_path.stat().st_size
+    assert 0 < info.size_deflated < info.size
+    assert info.op_counts["Conv"] == 3 and info.made_by is None
+
+
+def test_quantized_model_is_int8_and_stamped(quantized_path: Path):
+    info = inspect_model(quantized_path)
+    assert {layer.precision for layer in info.layers} == {"int8"}
+    assert info.precision_counts()["int8"]["layers"] == 4
+    assert info.made_by is not None
+    assert info.parameters.get("int8", 0) > 0 and "DequantizeLinear" in info.op_counts
+
+
+def test_sparsity_counts_exact_zeros(tmp_path: Path):
+    model = tiny_cnn()
+    w = next(t for t in model.graph.initializer if t.name == "w1")
+    values = numpy_helper.to_array(w).copy()
+    values.reshape(-1)[: values.size // 2] = 0.0
+    w.CopyFrom(numpy_helper.from_array(values, "w1"))
+    path = tmp_path / "sparse.onnx"
+    onnx.save(model, str(path))
+    layer = next(layer for layer in inspect_model(path).layers if layer.weight == "w1")
+    assert layer.sparsity == (values == 0).sum() / values.size >= 0.5
+
+
+def test_cli_text_and_json(quantized_path: Path):
+    text = CliRunner().invoke(main, ["inspect", str(quantized_path), "--layers"])
+    assert text.exit_code == 0, text.output
+    assert "weighted layers: 4 int8" in text.output and "sparsity:" in text.output and "Gemm" in text.output
+    data = json.loads(CliRunner().invoke(main, ["inspect", str(quantized_path), "--json"]).output)
+    assert data["precision"]["int8"]["layers"] == 4 and len(data["layers"]) == 4
+
+
+def test_cli_bad_model_is_one_line(tmp_path: Path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    result = CliRunner().invoke(main, ["inspect", str(bad)])
+    assert result.exit_code == 3 and result.output.startswith("error:") and "Traceback" not in result.output
