@@ -43,15 +43,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_onnxquant(model: str, calib: str, out: str) -> dict:
+def run_onnxquant(model: str, calib: str, out: str, method: str = "minmax") -> dict:
     import onnxquant
 
-    result = onnxquant.quantize(model, calib, output=out)
-    return {"calibration_seconds": result.seconds["calibration"]}
+    recipe = onnxquant.Recipe().with_overrides(calibration={"method": method})
+    result = onnxquant.quantize(model, calib, recipe, output=out)
+    return {"calibration_seconds": result.seconds["calibration"], "samples": result.samples}
 
 
-def run_ort(model: str, calib: str, out: str, preprocess: bool) -> dict:
-    from onnxruntime.quantization import QuantFormat, quantize_static
+def run_ort(model: str, calib: str, out: str, preprocess: bool, method: str = "MinMax") -> dict:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     source = model
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,7 +64,8 @@ def run_ort(model: str, calib: str, out: str, preprocess: bool) -> dict:
                 quant_pre_process(model, source)
             except Exception:  # its symbolic shape inference fails on many exports; users retry so
                 quant_pre_process(model, source, skip_symbolic_shape=True)
-        quantize_static(source, out, NpzReader(calib), quant_format=QuantFormat.QDQ, per_channel=True)
+        quantize_static(source, out, NpzReader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+                        calibrate_method=CalibrationMethod[method])
     return {}
 
 
@@ -88,6 +90,9 @@ TOOLS = {
     "nncf": run_nncf,
     "ort": lambda m, c, o: run_ort(m, c, o, preprocess=False),
     "ort+pre": lambda m, c, o: run_ort(m, c, o, preprocess=True),
+    # Histogram calibration, for the memory benchmark (benchmarks/memory.py).
+    "onnxquant-entropy": lambda m, c, o: run_onnxquant(m, c, o, method="entropy"),
+    "ort-entropy": lambda m, c, o: run_ort(m, c, o, preprocess=False, method="Entropy"),
 }
 
 

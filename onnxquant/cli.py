@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from onnxquant import __version__
+from onnxquant.calibration.collector import memory_budget, session_threads
 from onnxquant.calibration.observers import METHODS
 from onnxquant.errors import BudgetExceededError, ExecutionProviderError, OnnxQuantError
 from onnxquant.providers import PROVIDERS
@@ -23,6 +24,7 @@ from onnxquant.recipe import (
     load_recipe,
     recipe_for_target,
 )
+from onnxquant.units import parse_size
 
 
 class _Command(click.Command):
@@ -41,6 +43,15 @@ class _Command(click.Command):
             ctx.exit(130)
         except MemoryError:
             click.echo("error: out of memory", err=True)
+            ctx.exit(1)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug of ours: still one line, and the way to see more
+            if ctx.params.get("debug"):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            click.echo(f"error: internal error ({type(exc).__name__}: {first}); --debug shows the traceback; "
+                       "please report it", err=True)
             ctx.exit(1)
 
 
@@ -104,6 +115,13 @@ def _emit(summary: dict[str, Any], as_json: bool, quiet: bool, render: Any) -> N
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
     elif not quiet:
         click.echo(render(summary))
+
+
+def _parse_bytes(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-memory") from None
 
 
 def _size(n: int) -> str:
@@ -281,6 +299,10 @@ def _preprocess_overrides(image: dict[str, Any]) -> dict[str, Any]:
               help="What --max-drop measures: 1 - mean cosine of each output, or 1 - top-1 agreement of (batch, classes) scores.")
 @_prune_options("prune-")
 @click.option("--no-simplify", is_flag=True, default=False, help="Skip graph simplification before quantizing.")
+@click.option("--threads", type=click.IntRange(min=0), help="onnxruntime threads while calibrating (default: its own "
+              "choice); the output is the same for any count.")
+@click.option("--max-memory", help="Bound the activations calibration holds per run (e.g. 512M, 2G): tensors are "
+              "observed in groups, one pass each; the output is the same.")
 @click.option("--save-stats", type=click.Path(dir_okay=False, path_type=Path), help="Save calibration statistics (re-quantize later without running the model).")
 @click.option("--load-stats", type=click.Path(dir_okay=False, path_type=Path), help="Use saved statistics instead of running calibration.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -293,7 +315,8 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
              reduce_range: bool | None, quantize_bias: bool | None, op_types: str | None, include: tuple[str, ...],
              exclude: tuple[str, ...], no_simplify: bool, save_stats: Path | None, load_stats: Path | None, as_json: bool, quiet: bool,
              debug: bool, max_drop: float | None, holdout: Path | None, drop_by: str, weight_bits: str | None,
-             int4_block_size: int | None, int4_min_sqnr: float | None, **image: Any) -> None:
+             int4_block_size: int | None, int4_min_sqnr: float | None, threads: int | None, max_memory: str | None,
+             **image: Any) -> None:
     """Quantize MODEL to an int8 QDQ model using calibration data."""
     from onnxquant.api import quantize as run_quantize
 
@@ -319,7 +342,8 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
         raise click.UsageError("give --calib-data DIR (or --load-stats FILE)")
     if max_drop is not None and calib_data is None:
         raise click.UsageError("--max-drop needs --calib-data")
-    with _progress(quiet or as_json, "calibrating") as update:
+    budget = _parse_bytes(max_memory) if max_memory else None
+    with _progress(quiet or as_json, "calibrating") as update, session_threads(threads), memory_budget(budget):
         result = run_quantize(model, calib_data, recipe, output, stats=load_stats, save_stats_to=save_stats,
                               progress=update, holdout=holdout, max_drop=max_drop, agreement=drop_by)
     _emit(result.to_dict(), as_json, quiet, _summary)
@@ -559,7 +583,7 @@ def validate(original: Path, compressed: Path, data: Path, eps: tuple[str, ...],
 
 
 # The shipping commands (inspect, package, compress) register themselves on `main`.
-from onnxquant import cli_ship  # noqa: E402,F401
+from onnxquant import cli_ship  # noqa: F401
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,14 @@ from typing import Any
 
 import click
 
-from onnxquant.cli import _Command, _emit, _size, _step_progress, _validation_summary, main
+from onnxquant.cli import (
+    _Command,
+    _emit,
+    _size,
+    _step_progress,
+    _validation_summary,
+    main,
+)
 from onnxquant.errors import BudgetExceededError, OnnxQuantError, UsageError
 from onnxquant.ort_format import ORT_LEVELS
 from onnxquant.recipe import TARGETS
@@ -120,8 +127,8 @@ def package(compressed: Path, output: Path, validation_path: Path | None, recipe
 def _compress_text(result: dict[str, Any]) -> str:
     report = result["report"]
     quantization = report["quantization"]
-    lines = [f"quantized: {quantization['quantized_node_count']} nodes; "
-             f"{len(quantization['float_nodes'])} compute nodes left float"]
+    lines = [(f"quantized: {quantization['quantized_node_count']} nodes; "
+              f"{len(quantization['float_nodes'])} compute nodes left float")]
     if quantization.get("pruning"):
         lines.append(f"pruned: {quantization['pruning']['sparsity']:.1%} of prunable weights are zero")
     lines.append(_validation_summary(report["validation"]))

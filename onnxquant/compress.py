@@ -28,10 +28,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from onnxquant.calibration.collector import memory_budget, session_threads
 from onnxquant.errors import BudgetExceededError, ExecutionProviderError, UsageError
 from onnxquant.ort_format import ORT_LEVELS
 from onnxquant.providers import PROVIDERS
 from onnxquant.recipe import Recipe, recipe_from_dict
+from onnxquant.units import parse_size
 from onnxquant.validate import Budget, ProgressCallback, ValidationReport
 
 # Called at the start of each step with its description; returns the step's progress callback.
@@ -93,9 +95,11 @@ class CompressJob:
     package: PackageSettings = field(default_factory=PackageSettings)
     layer_errors: bool = True  # measure per-layer error for the report (one pass over the holdout)
     text: str | None = None  # the job file as written, kept in the bundle
+    threads: int | None = None  # onnxruntime threads while calibrating (outputs do not depend on it)
+    max_memory: int | None = None  # bytes of activations calibration may hold per run
 
 
-_JOB_KEYS = ("model", "calib_data", "holdout", "output", "max_drop", "drop_by", "layer_errors")
+_JOB_KEYS = ("model", "calib_data", "holdout", "output", "max_drop", "drop_by", "layer_errors", "threads", "max_memory")
 _JOB_SECTIONS = {"validate": ValidateSettings, "package": PackageSettings}
 
 
@@ -138,12 +142,21 @@ def job_from_dict(data: dict[str, Any], base_dir: Path, text: str | None = None,
     layer_errors = data.get("layer_errors", True)
     if not isinstance(layer_errors, bool):
         raise UsageError("job: layer_errors must be true or false")
+    threads = data.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
+        raise UsageError("job: threads must be a whole number at least 0")
+    max_memory = data.get("max_memory")
+    if max_memory is not None:
+        try:
+            max_memory = parse_size(max_memory)
+        except ValueError as exc:
+            raise UsageError(f"job: max_memory: {exc}") from exc
     return CompressJob(
         model=path("model"), calib_data=path("calib_data"), output=path("output"), recipe=recipe,
         holdout=path("holdout"), max_drop=float(max_drop) if max_drop is not None else None, drop_by=drop_by,
         validate=_section(ValidateSettings, data.get("validate", {}), "validate"),
         package=_section(PackageSettings, data.get("package", {}), "package"),
-        layer_errors=layer_errors, text=text)
+        layer_errors=layer_errors, text=text, threads=threads, max_memory=max_memory)
 
 
 def load_job(path: str | os.PathLike, target: str | None = None) -> CompressJob:
@@ -195,6 +208,11 @@ class _Steps:
 
 def compress(job: CompressJob, progress: StepProgress | None = None) -> CompressResult:
     """Run ``job`` end to end; the bundle is written only when every budget holds."""
+    with session_threads(job.threads), memory_budget(job.max_memory):
+        return _compress(job, progress)
+
+
+def _compress(job: CompressJob, progress: StepProgress | None) -> CompressResult:
     from onnxquant.api import diagnose, quantize
     from onnxquant.inspect_model import inspect_model
     from onnxquant.model_io import write_atomic

@@ -10,13 +10,16 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnx
-from onnx import external_data_helper
+from onnx import external_data_helper, numpy_helper
 
 from onnxquant.errors import ModelError
 
 PROTOBUF_LIMIT = 2**31 - 1
+_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -46,6 +49,24 @@ def iter_tensors(model: onnx.ModelProto):
                     yield attr.t
                 elif attr.type == onnx.AttributeProto.TENSORS:
                     yield from attr.tensors
+
+
+def _check_strings(message: Any) -> None:
+    """Raise UnicodeDecodeError on a string field that is not UTF-8. Protobuf parses such a field
+    as bytes, and it would otherwise fail deep in a pass that copies it."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for descriptor, value in message.ListFields():
+        repeated = (descriptor.is_repeated if hasattr(descriptor, "is_repeated")
+                    else descriptor.label == FieldDescriptor.LABEL_REPEATED)
+        items = value if repeated else (value,)
+        if descriptor.type == FieldDescriptor.TYPE_STRING:
+            for item in items:
+                if isinstance(item, bytes):
+                    item.decode("utf-8")  # raises
+        elif descriptor.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in items:
+                _check_strings(item)
 
 
 def check_external_data_paths(model: onnx.ModelProto, base_dir: Path) -> None:
@@ -79,6 +100,10 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         model = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several unrelated types on corrupt input
         raise ModelError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
+    try:
+        _check_strings(model)
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"{path}: the model holds text that is not UTF-8 (a corrupt file?)") from exc
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise ModelError(f"{path}: the model has no graph nodes (empty or truncated file?)")
     check_external_data_paths(model, path.parent)
@@ -93,7 +118,34 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         external_data_helper.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:
         raise ModelError(f"{path}: cannot read external data ({_first_line(exc)})") from exc
+    check_contents(model, str(path))
     return model
+
+
+_WEIGHTED = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,)}
+
+
+def check_contents(model: onnx.ModelProto, what: str = "model") -> None:
+    """What the checker lets through but onnxruntime or quantization cannot use.
+
+    Two nodes of one graph with the same name (onnxruntime refuses to load them), and NaN or
+    Inf in a Conv/Gemm/MatMul weight or bias (no scale can represent it).
+    """
+    for graph in iter_graphs(model.graph):
+        seen: set[str] = set()
+        for node in graph.node:
+            if node.name and node.name in seen:
+                raise ModelError(f"{what}: two nodes are named {node.name!r} (onnxruntime refuses duplicate node names)")
+            seen.add(node.name)
+        tensors = {t.name: t for t in graph.initializer}
+        for node in graph.node:
+            for slot in _WEIGHTED.get(node.op_type, ()):
+                tensor = tensors.get(node.input[slot]) if len(node.input) > slot else None
+                if tensor is None or tensor.data_type not in _FLOATS:
+                    continue
+                if not np.isfinite(numpy_helper.to_array(tensor)).all():
+                    raise ModelError(f"{what}: {node.op_type} {node.name or node.output[0]!r} has NaN or Inf "
+                                     f"in its {'weight' if slot == 1 else 'bias'} {tensor.name!r}")
 
 
 def check_model(model: onnx.ModelProto, what: str = "model") -> None:

@@ -6,8 +6,10 @@ sample's activations plus constant-size statistics.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -15,7 +17,7 @@ import onnx
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.calibration.histogram import StreamingHistogram
 from onnxquant.calibration.observers import StatsTable, TensorStats
-from onnxquant.errors import CalibrationDataError, ModelError
+from onnxquant.errors import CalibrationDataError, ModelError, UsageError
 from onnxquant.model_io import serialize, serialize_extended
 
 ProgressCallback = Callable[[int, int | None], None]
@@ -36,11 +38,51 @@ def augmented_bytes(model: onnx.ModelProto, names: list[str]) -> bytes:
     return serialize_extended(model, outputs=[n for n in names if n not in existing])
 
 
-def make_session(model: onnx.ModelProto | bytes, threads: int = 0):
+# onnxruntime intra-op threads for every CPU session a library call opens (0: its default).
+_THREADS: contextvars.ContextVar[int] = contextvars.ContextVar("onnxquant_threads", default=0)
+
+
+@contextlib.contextmanager
+def session_threads(threads: int | None) -> Iterator[None]:
+    """Run the sessions opened inside with ``threads`` intra-op threads (None: leave as is)."""
+    if threads is None:
+        yield
+        return
+    if threads < 0:
+        raise ValueError("threads must be at least 0")
+    token = _THREADS.set(threads)
+    try:
+        yield
+    finally:
+        _THREADS.reset(token)
+
+
+# Bytes of observed activations one calibration run may fetch (None: no limit).
+_MAX_MEMORY: contextvars.ContextVar[int | None] = contextvars.ContextVar("onnxquant_max_memory", default=None)
+
+
+@contextlib.contextmanager
+def memory_budget(max_bytes: int | None) -> Iterator[None]:
+    """Calibrate inside with at most ``max_bytes`` of fetched activations per run: tensors are
+    observed in groups, one pass over the data per group. Statistics (and so outputs) are the
+    same as in one pass."""
+    token = _MAX_MEMORY.set(max_bytes)
+    try:
+        yield
+    finally:
+        _MAX_MEMORY.reset(token)
+
+
+def make_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool = True):
+    """A CPU session. ``optimize=False``: no graph fusions, so a tensor's values do not depend on
+    which other tensors are fetched (fetching one blocks the fusions that would consume it)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    threads = threads or _THREADS.get()
     if threads:
         options.intra_op_num_threads = threads
     try:
@@ -48,6 +90,47 @@ def make_session(model: onnx.ModelProto | bytes, threads: int = 0):
         return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot run the model: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def _sizes(model: onnx.ModelProto, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, int]:
+    """Bytes of each tensor for this feed, from inferred shapes; symbolic dims are read off the
+    inputs, and a tensor of unknown shape counts as large as the largest known one."""
+    dims: dict[str, int] = {}
+    for value in model.graph.input:
+        if value.name in feed:
+            for d, n in zip(value.type.tensor_type.shape.dim, feed[value.name].shape):
+                if d.dim_param:
+                    dims[d.dim_param] = int(n)
+    infos = {v.name: v for v in [*model.graph.value_info, *model.graph.output, *model.graph.input]}
+    sizes: dict[str, int | None] = {}
+    for name in names:
+        value = infos.get(name)
+        count: int | None = None
+        if value is not None and value.type.tensor_type.HasField("shape"):
+            count = 1
+            for d in value.type.tensor_type.shape.dim:
+                n = d.dim_value if d.HasField("dim_value") else dims.get(d.dim_param)
+                if not n:
+                    count = None
+                    break
+                count *= n
+        sizes[name] = count * 4 if count is not None else None
+    known = [v for v in sizes.values() if v is not None]
+    fallback = max(known, default=1 << 20)
+    return {n: v if v is not None else fallback for n, v in sizes.items()}
+
+
+def _groups(sizes: dict[str, int], budget: int) -> list[list[str]]:
+    """Tensors in graph-name order, packed into runs of at most ``budget`` bytes."""
+    groups: list[list[str]] = [[]]
+    used = 0
+    for name in sorted(sizes):
+        if groups[-1] and used + sizes[name] > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(name)
+        used += sizes[name]
+    return groups
 
 
 def collect(
@@ -59,15 +142,56 @@ def collect(
     progress: ProgressCallback | None = None,
     total: int | None = None,
 ) -> StatsTable:
-    """Observe ``tensor_names`` over ``samples``; non-float tensors are skipped."""
+    """Observe ``tensor_names`` over ``samples``; non-float tensors are skipped.
+
+    Under a ``memory_budget``, the tensors are split into groups that fit it, each observed in
+    its own pass over the samples (which must then be re-readable).
+    """
     names = sorted(set(tensor_names))
-    session = make_session(augmented_bytes(model, names))
-    fetch = [o.name for o in session.get_outputs()]
-    wanted = set(names)
-    specs = input_specs(model)
     table = StatsTable(model_digest=model_digest(model))
     if max_samples is not None and total is not None:
         total = min(total, max_samples)
+    groups = [names]
+    budget = _MAX_MEMORY.get()
+    if budget is not None:
+        if not getattr(samples, "rereadable", False):
+            raise UsageError("--max-memory may need several passes over the samples; give a folder or a list, "
+                             "not a one-shot reader")
+        first = next(iter(samples), None)
+        if first is None:
+            raise CalibrationDataError("no calibration samples were read")
+        sizes = _sizes(model, names, check_feed(first, input_specs(model), 0))
+        largest = max(sizes, key=lambda n: sizes[n], default=None)
+        if largest is not None and sizes[largest] > budget:
+            raise UsageError(f"--max-memory {budget} bytes is below one sample's tensor {largest!r} "
+                             f"({sizes[largest]} bytes); raise it or calibrate with a smaller batch")
+        groups = _groups(sizes, budget)
+    passes = len(groups)
+    for number, group in enumerate(groups):
+        counted = _observe(model, group, samples, table, histograms, max_samples,
+                           _offset(progress, number, passes), total)
+        if number == 0:
+            table.samples = counted
+    if table.samples == 0:
+        raise CalibrationDataError("no calibration samples were read")
+    return table
+
+
+def _offset(progress: ProgressCallback | None, number: int, passes: int) -> ProgressCallback | None:
+    """Progress over all passes: pass ``number`` reports after the ones before it."""
+    if progress is None or passes == 1:
+        return progress
+    return lambda done, total: progress(number * (total or 0) + done, total * passes if total is not None else None)
+
+
+def _observe(model: onnx.ModelProto, names: list[str], samples: Iterable[dict[str, np.ndarray]], table: StatsTable,
+             histograms: bool, max_samples: int | None, progress: ProgressCallback | None, total: int | None) -> int:
+    """One pass over ``samples`` folding ``names`` into ``table``; returns the samples read."""
+    session = make_session(augmented_bytes(model, names), optimize=False)
+    fetch = [o.name for o in session.get_outputs()]
+    wanted = set(names)
+    specs = input_specs(model)
+    count = 0
     for index, raw in enumerate(samples):
         if max_samples is not None and index >= max_samples:
             break
@@ -91,9 +215,7 @@ def collect(
                     f"calibration sample {index}: tensor {name!r} contains NaN or Inf"
                 ) from exc
         del outputs
-        table.samples += 1
+        count += 1
         if progress:
-            progress(table.samples, total)
-    if table.samples == 0:
-        raise CalibrationDataError("no calibration samples were read")
-    return table
+            progress(count, total)
+    return count

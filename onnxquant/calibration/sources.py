@@ -32,6 +32,7 @@ class SampleSource:
     factory: Any  # () -> Iterator[Sample]
     length: int | None = None
     description: str = ""
+    rereadable: bool = True  # False: a reader or a one-shot iterator, good for one pass only
 
     def __iter__(self) -> Iterator[Sample]:
         return iter(self.factory())
@@ -79,12 +80,13 @@ def from_reader(reader: CalibrationDataReader) -> SampleSource:
         while (feed := reader.get_next()) is not None:
             yield {k: np.asarray(v) for k, v in feed.items()}
 
-    return SampleSource(generate, None, type(reader).__name__)
+    return SampleSource(generate, None, type(reader).__name__, rereadable=False)
 
 
 def from_iterable(samples: Iterable[Mapping[str, Any]]) -> SampleSource:
     length = len(samples) if hasattr(samples, "__len__") else None  # type: ignore[arg-type]
-    return SampleSource(lambda: ({k: np.asarray(v) for k, v in s.items()} for s in samples), length, "samples")
+    return SampleSource(lambda: ({k: np.asarray(v) for k, v in s.items()} for s in samples), length, "samples",
+                        rereadable=iter(samples) is not samples)
 
 
 def open_source(

@@ -7,7 +7,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxquant.api import quantize
-from onnxquant.report.histograms import activation_histograms, activation_ranges, weight_histograms
+from onnxquant.report.histograms import (
+    activation_histograms,
+    activation_ranges,
+    weight_histograms,
+)
 
 
 def _dq_model(q: np.ndarray, scale: np.ndarray, axis: int = 0) -> onnx.ModelProto:

@@ -1,0 +1,112 @@
+"""Calibration under a memory budget, and across thread counts: same statistics, same model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from models.tiny import image_samples, tiny_cnn
+from onnxquant.api import quantize
+from onnxquant.calibration.collector import (
+    _groups,
+    _sizes,
+    collect,
+    memory_budget,
+    session_threads,
+)
+from onnxquant.calibration.sources import from_iterable, from_reader, open_source
+from onnxquant.cli import main
+from onnxquant.errors import UsageError
+from onnxquant.passes.prepare import prepare_model
+
+
+def _tensors(model: onnx.ModelProto) -> list[str]:
+    return [n.output[0] for n in model.graph.node]
+
+
+@pytest.fixture
+def prepared() -> onnx.ModelProto:
+    return prepare_model(tiny_cnn(), simplify=True)[0]
+
+
+def test_sizes_follow_the_feed_batch(prepared: onnx.ModelProto):
+    feed = image_samples(1, batch=3)[0]
+    sizes = _sizes(prepared, _tensors(prepared), feed)
+    conv = next(n.output[0] for n in prepared.graph.node if n.op_type == "Conv")
+    assert sizes[conv] == 3 * 8 * 16 * 16 * 4  # batch 3, 8 channels of 16x16 float32
+
+
+def test_groups_respect_the_budget():
+    sizes = {"a": 40, "b": 30, "c": 30, "d": 90}
+    groups = _groups(sizes, 100)
+    assert sorted(n for g in groups for n in g) == sorted(sizes)
+    assert all(sum(sizes[n] for n in g) <= 100 for g in groups) and len(groups) == 2
+
+
+def test_a_budget_gives_the_same_statistics(prepared: onnx.ModelProto):
+    source = from_iterable(image_samples(5))
+    names = _tensors(prepared)
+    whole = collect(prepared, names, source, histograms=True)
+    with memory_budget(9000):  # a few tensors per pass
+        split = collect(prepared, names, source, histograms=True)
+    assert whole.samples == split.samples == 5 and set(whole.tensors) == set(split.tensors)
+    for name, stats in whole.tensors.items():
+        other = split.tensors[name]
+        assert (stats.min, stats.max, stats.count) == (other.min, other.max, other.count)
+        assert np.array_equal(stats.histogram.counts, other.histogram.counts)
+
+
+def test_progress_covers_every_pass(prepared: onnx.ModelProto):
+    seen: list[tuple[int, int | None]] = []
+    with memory_budget(9000):
+        collect(prepared, _tensors(prepared), from_iterable(image_samples(4)), False,
+                progress=lambda done, total: seen.append((done, total)), total=4)
+    assert seen[-1][0] == seen[-1][1] and seen[-1][1] % 4 == 0 and seen[-1][1] > 4
+
+
+def test_budget_refusals(prepared: onnx.ModelProto):
+    with memory_budget(100), pytest.raises(UsageError, match="below one sample's tensor"):
+        collect(prepared, _tensors(prepared), from_iterable(image_samples(2)), False)
+
+    class Reader:
+        def __init__(self) -> None:
+            self.left = image_samples(2)
+
+        def get_next(self):
+            return self.left.pop() if self.left else None
+
+    with memory_budget(9000), pytest.raises(UsageError, match="one-shot"):
+        collect(prepared, _tensors(prepared), from_reader(Reader()), False)
+    with memory_budget(9000), pytest.raises(UsageError, match="one-shot"):
+        collect(prepared, _tensors(prepared), from_iterable(iter(image_samples(2))), False)
+
+
+def test_output_is_byte_identical_across_budgets_and_threads(cnn_path: Path, npz_dir: Path, tmp_path: Path):
+    outputs = []
+    for threads, budget in ((None, None), (1, None), (2, 9000), (4, None)):
+        with session_threads(threads), memory_budget(budget):
+            quantize(cnn_path, npz_dir, output=tmp_path / f"{threads}-{budget}.onnx")
+        outputs.append((tmp_path / f"{threads}-{budget}.onnx").read_bytes())
+    assert all(o == outputs[0] for o in outputs)
+
+
+def test_cli_flags(cnn_path: Path, npz_dir: Path, tmp_path: Path):
+    run = CliRunner().invoke
+    plain = run(main, ["quantize", str(cnn_path), "-o", str(tmp_path / "a.onnx"), "--calib-data", str(npz_dir), "-q"])
+    bounded = run(main, ["quantize", str(cnn_path), "-o", str(tmp_path / "b.onnx"), "--calib-data", str(npz_dir), "-q",
+                         "--max-memory", "0.01M", "--threads", "1"])
+    assert plain.exit_code == bounded.exit_code == 0, bounded.output
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    small = run(main, ["quantize", str(cnn_path), "-o", str(tmp_path / "c.onnx"), "--calib-data", str(npz_dir),
+                       "--max-memory", "100"])
+    assert small.exit_code == 2 and "below one sample's tensor" in small.output and not (tmp_path / "c.onnx").exists()
+    bad = run(main, ["quantize", str(cnn_path), "-o", str(tmp_path / "c.onnx"), "--calib-data", str(npz_dir),
+                     "--max-memory", "lots"])
+    assert bad.exit_code == 2
+
+
+def test_folder_sources_are_rereadable(npz_dir: Path):
+    assert open_source(npz_dir, ["x"]).rereadable
