@@ -191,7 +191,8 @@ def _prepare_and_select(model: onnx.ModelProto | str | os.PathLike, recipe: Reci
 
 
 def _load_prepared(model: onnx.ModelProto | str | os.PathLike, recipe: Recipe, data: Any = None,
-                   holdout: Any = None, metric: Metric | None = None, agreement: str = "cosine"):
+                   holdout: Any = None, metric: Metric | None = None, agreement: str = "cosine",
+                   progress: ProgressCallback | None = None):
     """Load, fix input shapes if needed, prepare, name nodes and prune if the recipe says so."""
     loaded, source_path = _as_model(model)
     size_before = source_path.stat().st_size if source_path else loaded.ByteSize()
@@ -206,20 +207,20 @@ def _load_prepared(model: onnx.ModelProto | str | os.PathLike, recipe: Recipe, d
         prep.notes.append("input shapes fixed to " + ", ".join(f"{k} {list(v)}" for k, v in sorted(shapes.items())))
     node_names(prepared)
     if recipe.prune.enabled:
-        prep.pruning = _prune_prepared(prepared, recipe, data, holdout, metric, agreement)
+        prep.pruning = _prune_prepared(prepared, recipe, data, holdout, metric, agreement, progress)
         prep.notes.append("pruning: " + prep.pruning.summary())
         prep.notes.extend(f"pruning: {note}" for note in prep.pruning.notes)
     return prepared, prep, size_before
 
 
 def _prune_prepared(prepared: onnx.ModelProto, recipe: Recipe, data: Any, holdout: Any, metric: Metric | None,
-                    agreement: str) -> PruneReport:
+                    agreement: str, progress: ProgressCallback | None = None) -> PruneReport:
     """Prune ``prepared`` in place; with ``max_drop``, at the largest amount within the budget."""
     settings = recipe.prune
     samples = (lambda: _open(prepared, data, recipe)) if _rereadable(data) else None
     max_samples = recipe.calibration.max_samples
     if settings.max_drop is None:
-        return prune_model(prepared, settings, samples, max_samples)
+        return prune_model(prepared, settings, samples, max_samples, progress=progress)
     held = _holdout_for(prepared, data, holdout, recipe, agreement)
     rms = wanda_norms(prepared, settings, samples, max_samples)
     grams = pruning_grams(prepared, settings, samples, max_samples)
@@ -439,18 +440,20 @@ def prune(
     holdout: Any = None,
     metric: Metric | None = None,
     agreement: str = "cosine",
+    progress: ProgressCallback | None = None,
 ) -> PruneResult:
     """Prune ``model`` as ``recipe.prune`` says and return a float model (prepared as for
     quantization: BatchNorm folded, constants folded), written atomically to ``output``.
 
     ``data`` is needed for Wanda scores and for ``max_drop`` (held-out samples default to it).
+    ``progress``: called with (layers refit, layers) while the pruned layers are refit.
     """
     started = time.perf_counter()
     recipe = recipe or Recipe()
     if not recipe.prune.enabled:
         raise UsageError("nothing to prune: give a sparsity, a threshold, a pattern (2:4) or a channel fraction")
     original_bytes = Path(model).read_bytes() if not isinstance(model, onnx.ModelProto) else None
-    pruned, prep, size_before = _load_prepared(model, recipe, data, holdout, metric, agreement)
+    pruned, prep, size_before = _load_prepared(model, recipe, data, holdout, metric, agreement, progress)
     if original_bytes is None:
         original_bytes = serialize(model) if model.ByteSize() < PROTOBUF_LIMIT else b""
     sparse = store_sparse(pruned) if recipe.prune.sparse_storage else 0
@@ -646,7 +649,8 @@ _INTERESTING = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat
                 "AveragePool", "MaxPool", "Sigmoid", "LeakyRelu", "Resize", "Relu", "Clip"}
 
 
-def diagnose(result: QuantizeResult, data: Any, max_samples: int | None = None) -> list[TensorError]:
+def diagnose(result: QuantizeResult, data: Any, max_samples: int | None = None,
+             progress: ProgressCallback | None = None) -> list[TensorError]:
     """Per-tensor error of a ``quantize(..., diagnostics=True)`` result on ``data``, worst first:
     every quantized activation and every weighted layer's output."""
     if result.reference is None:
@@ -656,4 +660,4 @@ def diagnose(result: QuantizeResult, data: Any, max_samples: int | None = None) 
     tensors = [*dequantized_names(quantized), *(n.output[0] for n in reference.graph.node if n.op_type in weighted)]
     produced = {o for n in reference.graph.node for o in n.output} | {i.name for i in reference.graph.input}
     tensors = [t for t in dict.fromkeys(tensors) if t in produced]
-    return tensor_errors(reference, quantized, tensors, _open(reference, data, result.recipe), max_samples)
+    return tensor_errors(reference, quantized, tensors, _open(reference, data, result.recipe), max_samples, progress)

@@ -55,11 +55,11 @@ class _Command(click.Command):
             ctx.exit(1)
 
 
-def _bar(desc: str) -> tuple[Any, Any]:
+def _bar(desc: str, unit: str = "sample") -> tuple[Any, Any]:
     """A tqdm bar on stderr and the library progress callback that drives it."""
     from tqdm import tqdm
 
-    bar = tqdm(desc=desc, unit="sample", file=sys.stderr, leave=False)
+    bar = tqdm(desc=desc, unit=unit, file=sys.stderr, leave=False)
 
     def update(done: int, total: int | None) -> None:
         if total is not None and bar.total != total:
@@ -75,12 +75,12 @@ def _show_progress(quiet: bool) -> bool:
 
 
 @contextlib.contextmanager
-def _progress(quiet: bool, desc: str) -> Iterator[Any]:
+def _progress(quiet: bool, desc: str, unit: str = "sample") -> Iterator[Any]:
     """A progress callback for the library: a tqdm bar on a TTY, else None; closed on exit."""
     if not _show_progress(quiet):
         yield None
         return
-    bar, update = _bar(desc)
+    bar, update = _bar(desc, unit)
     try:
         yield update
     finally:
@@ -409,7 +409,8 @@ def prune(model: Path, output: Path, calib_data: Path | None, holdout: Path | No
                                    preprocess=_preprocess_overrides(options))
     if recipe.prune.max_drop is not None and calib_data is None and holdout is None:
         raise click.UsageError("--max-drop needs --calib-data (or --holdout)")
-    result = run_prune(model, calib_data, recipe, output, holdout=holdout, agreement=drop_by)
+    with _progress(quiet or as_json, "pruning: refitting layers", unit="layer") as update:
+        result = run_prune(model, calib_data, recipe, output, holdout=holdout, agreement=drop_by, progress=update)
     _emit(result.to_dict(), as_json, quiet, _prune_summary)
 
 

@@ -229,8 +229,8 @@ def _compress(job: CompressJob, progress: StepProgress | None) -> CompressResult
                           max_drop=job.max_drop, agreement=job.drop_by, diagnostics=True)
         errors = None
         if job.layer_errors:
-            steps.begin("measure", "measuring per-layer error")
-            errors = [e.to_dict() for e in diagnose(result, holdout, job.validate.max_samples)]
+            update = steps.begin("measure", "measuring per-layer error")
+            errors = [e.to_dict() for e in diagnose(result, holdout, job.validate.max_samples, update)]
         activations = activation_report(result.stats, result.model, result.reference)
         result.stats = result.reference = None  # free the float copy before validation sessions open
         validation = _validate_each(job, compressed, holdout, steps)

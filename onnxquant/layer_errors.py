@@ -9,7 +9,7 @@ rather than at every layer after it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +59,8 @@ def dequantized_names(quantized: onnx.ModelProto) -> dict[str, str]:
 
 
 def tensor_errors(reference: onnx.ModelProto, quantized: onnx.ModelProto, tensors: list[str],
-                  samples: Iterable[dict[str, np.ndarray]], max_samples: int | None = None) -> list[TensorError]:
+                  samples: Iterable[dict[str, np.ndarray]], max_samples: int | None = None,
+                  progress: Callable[[int, int | None], None] | None = None) -> list[TensorError]:
     """SQNR of each of ``tensors`` (float names of the reference), worst own SQNR first.
 
     A quantized tensor is read after its DequantizeLinear, so its own rounding counts. Fetching
@@ -76,6 +77,9 @@ def tensor_errors(reference: onnx.ModelProto, quantized: onnx.ModelProto, tensor
     signal = dict.fromkeys(names, 0.0)
     noise = dict.fromkeys(names, 0.0)
     specs = input_specs(reference)
+    total = getattr(samples, "length", None)
+    if total is not None and max_samples is not None:
+        total = min(total, max_samples)
     for index, raw in enumerate(samples):
         if max_samples is not None and index >= max_samples:
             break
@@ -86,6 +90,8 @@ def tensor_errors(reference: onnx.ModelProto, quantized: onnx.ModelProto, tensor
             r64, d = r.astype(np.float64), r.astype(np.float64) - q.astype(np.float64)
             signal[name] += float(np.vdot(r64, r64))
             noise[name] += float(np.vdot(d, d))
+        if progress is not None:
+            progress(index + 1, total)
     sqnr = {n: _db(signal[n], noise[n]) for n in names}
     relative = {n: noise[n] / signal[n] if signal[n] > 0 else (0.0 if noise[n] == 0 else math.inf) for n in names}
     producer = {o: node for node in reference.graph.node for o in node.output}

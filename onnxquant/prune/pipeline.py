@@ -151,8 +151,8 @@ def _masks(settings: PruneSettings, layers: list[PrunableWeight], arrays: dict[s
 
 def prune_model(model: onnx.ModelProto, settings: PruneSettings, samples: Samples | None = None,
                 max_samples: int | None = None, selected: set[str] | None = None,
-                rms: dict[str, np.ndarray] | None = None, grams: dict[str, LinearLayer] | None = None
-                ) -> PruneReport:
+                rms: dict[str, np.ndarray] | None = None, grams: dict[str, LinearLayer] | None = None,
+                progress: Callable[[int, int | None], None] | None = None) -> PruneReport:
     """Prune ``model`` in place as ``settings`` say and report each layer's sparsity.
 
     ``samples`` (a fresh pass over the calibration data) is needed for Wanda scores only.
@@ -180,7 +180,7 @@ def prune_model(model: onnx.ModelProto, settings: PruneSettings, samples: Sample
             model.graph.initializer[k].CopyFrom(numpy_helper.from_array(arrays[init.name], init.name))
             changed = True
     if settings.reconstruct and grams and changed:
-        refit = reconstruct(model, layers, before, grams)
+        refit = reconstruct(model, layers, before, grams, progress)
         report.notes.append(f"reconstruction: {refit} layers refit to the calibration data")
     if settings.remove_dead:
         report.structured = remove_dead_channels(model, layers={layer.node for layer in layers},

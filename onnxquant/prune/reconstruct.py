@@ -7,7 +7,7 @@ Alistarh 2023, one row at a time). It only needs the Gram matrix of ``[X; 1]``, 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import onnx
@@ -64,7 +64,7 @@ def input_grams(model: onnx.ModelProto, layers: list[PrunableWeight], samples: I
 
 
 def reconstruct(model: onnx.ModelProto, layers: list[PrunableWeight], original: dict[str, np.ndarray],
-                grams: dict[str, LinearLayer]) -> int:
+                grams: dict[str, LinearLayer], progress: Callable[[int, int | None], None] | None = None) -> int:
     """Refit, in place, the pruned weights of ``layers`` (``original``: their weights before
     pruning) so each reproduces the original layer on its unpruned inputs (``input_grams``).
     Returns how many layers were refit.
@@ -74,7 +74,9 @@ def reconstruct(model: onnx.ModelProto, layers: list[PrunableWeight], original: 
     by_name = {n.name: n for n in model.graph.node}
     inits = {i.name: i for i in model.graph.initializer}
     refit = 0
-    for layer in layers:
+    for done, layer in enumerate(layers):
+        if progress is not None:
+            progress(done, len(layers))
         lin = grams.get(layer.node)
         if lin is None or lin.gram is None:
             continue
@@ -105,4 +107,6 @@ def reconstruct(model: onnx.ModelProto, layers: list[PrunableWeight], original: 
                 node.input.append("")
             node.input.append(name)
         refit += 1
+    if progress is not None:
+        progress(len(layers), len(layers))
     return refit
