@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -32,7 +31,7 @@ from onnxquant.calibration.collector import memory_budget, session_threads
 from onnxquant.errors import BudgetExceededError, ExecutionProviderError, UsageError
 from onnxquant.ort_format import ORT_LEVELS
 from onnxquant.providers import PROVIDERS
-from onnxquant.recipe import Recipe, recipe_from_dict
+from onnxquant.recipe import Recipe, read_toml, recipe_from_dict
 from onnxquant.units import parse_size
 from onnxquant.validate import Budget, ProgressCallback, ValidationReport
 
@@ -161,15 +160,7 @@ def job_from_dict(data: dict[str, Any], base_dir: Path, text: str | None = None,
 
 def load_job(path: str | os.PathLike, target: str | None = None) -> CompressJob:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = tomllib.loads(text)
-    except FileNotFoundError as exc:
-        raise UsageError(f"{path}: job file not found") from exc
-    except IsADirectoryError as exc:
-        raise UsageError(f"{path}: is a folder, not a job file") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: not valid TOML ({exc})") from exc
+    text, data = read_toml(path, "job")
     return job_from_dict(data, path.parent, text, target)
 
 

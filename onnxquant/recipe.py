@@ -338,12 +338,18 @@ def recipe_from_dict(data: dict[str, Any], target: str | None = None) -> Recipe:
     return Recipe(simplify=simplify, target=chosen, input_shapes=tuple(sorted(_check_shapes(shapes).items())), **parts)
 
 
-def load_recipe(path: str | os.PathLike, target: str | None = None) -> Recipe:
-    path = Path(path)
+def read_toml(path: Path, what: str) -> tuple[str, dict[str, Any]]:
+    """The text of the TOML file at ``path`` and its data; a missing or broken file is a UsageError."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        return text, tomllib.loads(text)
     except FileNotFoundError as exc:
-        raise UsageError(f"{path}: recipe file not found") from exc
+        raise UsageError(f"{path}: {what} file not found") from exc
+    except IsADirectoryError as exc:
+        raise UsageError(f"{path}: is a folder, not a {what} file") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not valid TOML ({exc})") from exc
-    return recipe_from_dict(data, target)
+
+
+def load_recipe(path: str | os.PathLike, target: str | None = None) -> Recipe:
+    return recipe_from_dict(read_toml(Path(path), "recipe")[1], target)
