@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from onnxquant import __version__
 from onnxquant.calibration.collector import ProgressCallback, collect, make_session
@@ -39,9 +39,12 @@ from onnxquant.mixed_precision import (
 from onnxquant.model_io import (
     PROTOBUF_LIMIT,
     check_model,
+    has_lazy,
     load_model,
+    model_size,
     save_model,
     serialize,
+    tensor_array,
 )
 from onnxquant.npu_planner import select_every_op
 from onnxquant.ops.rules import RULES, Kind
@@ -128,11 +131,14 @@ def _first_sample(source: Any, model: onnx.ModelProto) -> dict[str, np.ndarray] 
     return None
 
 
-def _self_check(quantized: bytes, sample: dict[str, np.ndarray] | None) -> None:
+def _self_check(quantized: bytes, sample: dict[str, np.ndarray] | None, model: onnx.ModelProto | None = None) -> None:
     """The result must load in onnxruntime and give finite outputs (checked before writing)."""
     try:
-        onnx.checker.check_model(quantized)
-        session = make_session(quantized)
+        # With weights left on disk, onnx.checker would look for their data files relative to the
+        # working directory: onnxruntime's own load below checks that model instead.
+        if model is None or not has_lazy(model):
+            onnx.checker.check_model(quantized)
+        session = make_session(quantized, weights=model)
     except (onnx.checker.ValidationError, ModelError) as exc:
         raise QuantizationError(f"internal error, result rejected: {str(exc).splitlines()[0]}") from exc
     if sample is None:
@@ -148,10 +154,12 @@ def _check_and_save(model: onnx.ModelProto, output: str | os.PathLike | None,
     reported size (None over 2 GB, where the check is skipped and ``notes`` say so)."""
     payload = serialize(model) if model.ByteSize() < PROTOBUF_LIMIT else None
     if payload is not None:
-        _self_check(payload, first)
+        _self_check(payload, first, model)
     else:
         notes.append("model over 2 GB: the onnxruntime self-check was skipped")
-    return payload, save_model(model, output, payload) if output is not None else None
+    path = save_model(model, output, payload) if output is not None else None
+    # With weights still on disk, the payload is only the model's skeleton: not its size.
+    return (None if has_lazy(model) else payload), path
 
 
 def _stamp(model: onnx.ModelProto, recipe: Recipe) -> None:
@@ -387,7 +395,7 @@ def quantize(
         model=quantized,
         output_path=out_path,
         size_before=size_before,
-        size_after=len(payload) if payload is not None else quantized.ByteSize(),
+        size_after=len(payload) if payload is not None else model_size(quantized),
         quantized_nodes=dict(Counter(op_by_name[n] for n in sel.quantized)),
         float_nodes=floats,
         samples=table.samples,
@@ -464,7 +472,7 @@ def prune(
     if sparse:
         notes.append(f"{sparse} initializers stored sparse")
     return PruneResult(pruned, out_path, prep.pruning, size_before,
-                       len(payload) if payload is not None else pruned.ByteSize(),
+                       len(payload) if payload is not None else model_size(pruned),
                        compressed_size(original_bytes), compressed_size(payload) if payload is not None else 0,
                        sparse, time.perf_counter() - started, notes)
 
@@ -589,7 +597,7 @@ def _int4_candidates(prepared: onnx.ModelProto, recipe: Recipe, not_float: set[s
     for node in prepared.graph.node:
         if node.name not in sel.quantized or node.op_type != "MatMul" or node.input[1] not in inits:
             continue
-        weight = numpy_helper.to_array(inits[node.input[1]])
+        weight = tensor_array(inits[node.input[1]])
         if not int4_eligible(weight.shape, q.int4_block_size):
             continue
         if int4_sqnr_db(weight, q.int4_block_size) >= q.int4_min_sqnr_db:

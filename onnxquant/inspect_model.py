@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from onnxquant.model_io import iter_graphs, load_model, serialize
+from onnxquant.model_io import iter_graphs, load_model, serialize, tensor_array
 from onnxquant.prune.storage import compressed_size
 
 # Ops whose second input (B for MatMulNBits: the first packed input) is a learned weight.
@@ -117,7 +116,7 @@ class _Weights:
         if tensor is None:
             return None
         try:
-            return numpy_helper.to_array(tensor)
+            return tensor_array(tensor)
         except (ValueError, TypeError, OSError):  # undecodable: the layer counts, without sparsity
             return None
 

@@ -42,7 +42,7 @@ class Holdout:
                      max_samples: int | None = None, agreement: str = "cosine") -> Holdout:
         if agreement not in AGREEMENTS:
             raise UsageError(f"agreement {agreement!r} unknown; choose from {', '.join(AGREEMENTS)}")
-        session = make_session(serialize(model))
+        session = make_session(serialize(model), weights=model)
         specs = input_specs(model)
         feeds, refs = [], []
         for index, raw in enumerate(samples):
@@ -81,7 +81,8 @@ def measure(quantized: onnx.ModelProto | bytes, holdout: Holdout, metric: Metric
     agreement for ``(batch, classes)`` outputs instead (a (batch, dims) embedding looks the
     same, so it is the caller's call). With ``metric``: the user's score, fp32 minus quantized.
     """
-    session = make_session(quantized if isinstance(quantized, bytes) else serialize(quantized))
+    session = make_session(quantized if isinstance(quantized, bytes) else serialize(quantized),
+                           weights=None if isinstance(quantized, bytes) else quantized)
     outputs = [session.run(None, feed) for feed in holdout.feeds]
     if metric is not None:
         base, got = float(metric(holdout.references)), float(metric(outputs))

@@ -114,12 +114,77 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelError(f"{path}: invalid ONNX model ({_first_line(exc)})") from exc
     except Exception as exc:
         raise ModelError(f"{path}: cannot be checked ({_first_line(exc)})") from exc
-    try:
-        external_data_helper.load_external_data_for_model(model, str(path.parent))
-    except Exception as exc:
-        raise ModelError(f"{path}: cannot read external data ({_first_line(exc)})") from exc
+    _anchor_external(model, path)
     check_contents(model, str(path))
     return model
+
+
+# Key we add to an external tensor's entries: the absolute data file it was checked to live in.
+# Weights stay on disk until read (``tensor_array`` memory-maps them); sessions get them as
+# initializers that point into the mapping (``external_initializers``); ``save_model`` copies
+# them in chunks. Nothing holds a whole large model in memory.
+SOURCE_KEY = "onnxquant.source"
+
+
+# Smaller external tensors, and every non-float one (shape constants, which onnxruntime must
+# read while it infers shapes), are read into the model as usual.
+LAZY_MIN_BYTES = 4096
+_LAZY_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+
+
+def _anchor_external(model: onnx.ModelProto, path: Path) -> None:
+    for tensor in iter_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        source = (path.parent / info["location"]).resolve()
+        try:
+            offset, length = int(info.get("offset", 0)), info.get("length")
+            size = source.stat().st_size
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{path}: cannot read external data of {tensor.name!r} ({_first_line(exc)})") from exc
+        expected = _byte_size(tensor)
+        if length is not None and int(length) < expected or offset + expected > size:
+            raise ModelError(f"{path}: external data of {tensor.name!r} is shorter than its shape says "
+                             "(truncated data file?)")
+        if tensor.data_type in _LAZY_TYPES and expected >= LAZY_MIN_BYTES:
+            tensor.external_data.add(key=SOURCE_KEY, value=str(source))
+            continue
+        with open(source, "rb") as handle:
+            handle.seek(offset)
+            tensor.raw_data = handle.read(expected)
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+
+
+def _byte_size(tensor: onnx.TensorProto) -> int:
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize if tensor.dims else itemsize
+
+
+def is_lazy(tensor: onnx.TensorProto) -> bool:
+    """An external tensor that ``load_model`` left on disk."""
+    return tensor.data_location == onnx.TensorProto.EXTERNAL and any(e.key == SOURCE_KEY for e in tensor.external_data)
+
+
+def has_lazy(model: onnx.ModelProto) -> bool:
+    return any(is_lazy(t) for t in iter_tensors(model))
+
+
+def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """The values of ``tensor``; a weight left on disk is memory-mapped (copy-on-write: the file
+    is never changed), not read into memory."""
+    if not is_lazy(tensor):
+        return numpy_helper.to_array(tensor)
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+    return np.memmap(info[SOURCE_KEY], dtype=dtype, mode="c", offset=int(info.get("offset", 0)),
+                     shape=tuple(tensor.dims))
+
+
+def external_initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Main-graph weights left on disk, for ``SessionOptions.add_initializer`` (zero-copy)."""
+    return {t.name: tensor_array(t) for t in model.graph.initializer if is_lazy(t)}
 
 
 _WEIGHTED = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,)}
@@ -143,7 +208,7 @@ def check_contents(model: onnx.ModelProto, what: str = "model") -> None:
                 tensor = tensors.get(node.input[slot]) if len(node.input) > slot else None
                 if tensor is None or tensor.data_type not in _FLOATS:
                     continue
-                if not np.isfinite(numpy_helper.to_array(tensor)).all():
+                if not np.isfinite(tensor_array(tensor)).all():
                     raise ModelError(f"{what}: {node.op_type} {node.name or node.output[0]!r} has NaN or Inf "
                                      f"in its {'weight' if slot == 1 else 'bias'} {tensor.name!r}")
 
@@ -163,8 +228,34 @@ def check_model(model: onnx.ModelProto, what: str = "model") -> None:
 
 
 def serialize(model: onnx.ModelProto) -> bytes:
-    """Deterministic bytes of a model under the protobuf limit."""
-    return model.SerializeToString(deterministic=True)
+    """Deterministic bytes of a model under the protobuf limit. Weights left on disk keep their
+    original relative location (the private source path is left out)."""
+    lazy = [t for t in iter_tensors(model) if is_lazy(t)]
+    if not lazy:
+        return model.SerializeToString(deterministic=True)
+    saved = [[(e.key, e.value) for e in t.external_data] for t in lazy]
+    for tensor, entries in zip(lazy, saved):
+        del tensor.external_data[:]
+        for key, value in entries:
+            if key != SOURCE_KEY:
+                tensor.external_data.add(key=key, value=value)
+    try:
+        return model.SerializeToString(deterministic=True)
+    finally:
+        for tensor, entries in zip(lazy, saved):
+            del tensor.external_data[:]
+            for key, value in entries:
+                tensor.external_data.add(key=key, value=value)
+
+
+def lazy_folder(model: onnx.ModelProto) -> str | None:
+    """The folder the relative locations of weights left on disk are resolved from."""
+    for tensor in iter_tensors(model):
+        if is_lazy(tensor):
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            source, location = Path(info[SOURCE_KEY]), Path(info["location"])
+            return str(source.parents[len(location.parts) - 1])
+    return None
 
 
 def serialize_extended(
@@ -189,6 +280,48 @@ def serialize_extended(
         del graph.output[counts[2]:]
 
 
+def _write_with_lazy(model: onnx.ModelProto, path: Path) -> Path | None:
+    """Write a model holding weights left on disk: they are copied in chunks into
+    ``<name>.data`` beside ``path`` (relative locations), the rest is serialized. The model is
+    restored afterwards. Returns the data file, or None when no weight was on disk."""
+    lazy = [t for t in iter_tensors(model) if is_lazy(t)]
+    if not lazy:
+        return None
+    data_path = path.parent / (path.name + ".data")
+    saved = [[(e.key, e.value) for e in t.external_data] for t in lazy]
+    offset = 0
+    with open(data_path, "wb") as out:
+        for tensor in lazy:
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            length = _byte_size(tensor)
+            pad = (-offset) % 64  # aligned, so a reader can map each weight
+            out.write(b"\0" * pad)
+            offset += pad
+            with open(info[SOURCE_KEY], "rb") as src:
+                src.seek(int(info.get("offset", 0)))
+                left = length
+                while left:
+                    chunk = src.read(min(left, 1 << 24))
+                    if not chunk:
+                        raise ModelError(f"external data of {tensor.name!r} ended early")
+                    out.write(chunk)
+                    left -= len(chunk)
+            del tensor.external_data[:]
+            for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(length))):
+                tensor.external_data.add(key=key, value=value)
+            offset += length
+    try:
+        if model.ByteSize() >= PROTOBUF_LIMIT:
+            raise ModelError("the model's in-memory part is over 2 GB even with its original weights on disk")
+        path.write_bytes(serialize(model))
+    finally:
+        for tensor, entries in zip(lazy, saved):
+            del tensor.external_data[:]
+            for key, value in entries:
+                tensor.external_data.add(key=key, value=value)
+    return data_path
+
+
 def _write_external(model: onnx.ModelProto, path: Path) -> None:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -210,7 +343,10 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, data: bytes | No
     tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxquant-", dir=path.parent))
     try:
         tmp_path = tmp_dir / path.name
-        if data is not None:
+        lazy_data = _write_with_lazy(model, tmp_path) if has_lazy(model) else None
+        if lazy_data is not None:
+            os.replace(lazy_data, path.parent / lazy_data.name)
+        elif data is not None:
             tmp_path.write_bytes(data)
         elif model.ByteSize() < PROTOBUF_LIMIT:
             tmp_path.write_bytes(serialize(model))
@@ -228,7 +364,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, data: bytes | No
 
 def model_size(model: onnx.ModelProto) -> int:
     """Bytes the model takes on disk (protobuf plus any external data)."""
-    return model.ByteSize()
+    return model.ByteSize() + sum(_byte_size(t) for t in iter_tensors(model) if is_lazy(t))
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxquant.calibration.observers import StatsTable, estimate_range
+from onnxquant.model_io import tensor_array
 from onnxquant.ops.rules import (
     ACTIVATION_FUSERS,
     DEFAULT_OP_TYPES,
@@ -125,7 +125,7 @@ class _Graph:
 
     def constant_value(self, name: str) -> np.ndarray | None:
         init = self.initializers.get(name)
-        return None if init is None else numpy_helper.to_array(init)
+        return None if init is None else tensor_array(init)
 
 
 def _clip_is_constant(node: onnx.NodeProto, g: _Graph) -> bool:
@@ -367,7 +367,7 @@ def refresh_bias_params(model: onnx.ModelProto, plan: QuantPlan, node: str, bias
     """Recompute one bias's int32 params after a recovery pass changed its float values."""
     weight = plan.selection.biases[(node, bias)]
     x = next(n.input[0] for n in model.graph.node if n.name == node)
-    value = next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == bias)
+    value = next(tensor_array(i) for i in model.graph.initializer if i.name == bias)
     params = _bias_params(value.astype(np.float64), plan.activations[x], plan.weights[(node, weight)])
     if params is not None:
         plan.weights[(node, weight)], plan.weights[(node, bias)] = params

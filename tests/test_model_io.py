@@ -2,12 +2,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
-from onnx import external_data_helper
+from onnx import external_data_helper, numpy_helper
 
-from models.tiny import tiny_cnn
+from models.tiny import tiny_cnn, tiny_mlp
+from onnxquant.api import quantize
 from onnxquant.errors import ModelError
-from onnxquant.model_io import load_model, save_model
+from onnxquant.model_io import is_lazy, load_model, save_model, tensor_array
+from onnxquant.recipe import Recipe
+from tests.conftest import write_npz
 
 
 def test_truncated_and_garbage_files(tmp_path: Path):
@@ -38,9 +42,74 @@ def _with_external(tmp_path: Path, location: str) -> Path:
     return path
 
 
-def test_external_data_inside_folder_loads(tmp_path: Path):
-    model = load_model(_with_external(tmp_path, "w.bin"))
-    assert all(t.data_location == onnx.TensorProto.DEFAULT for t in model.graph.initializer)
+def _mlp_with_external(folder: Path) -> Path:
+    """tiny_mlp with its two weight matrices (8 and 16 KiB) and everything else in external data."""
+    model = tiny_mlp(hidden=512)
+    external_data_helper.convert_model_to_external_data(model, location="w.bin", size_threshold=0)
+    external_data_helper.write_external_data_tensors(model, str(folder))
+    path = folder / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.fixture
+def mlp_data(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    return write_npz(tmp_path / "mlp-calib", [{"x": rng.normal(0, 1, (1, 4, 8)).astype(np.float32)} for _ in range(6)])
+
+
+def test_external_data_inside_folder_loads_lazily(tmp_path: Path):
+    """Weights in external data stay on disk: memory-mapped when read, never copied into the proto."""
+    model = load_model(_mlp_with_external(tmp_path))
+    original = {t.name: numpy_helper.to_array(t) for t in tiny_mlp(hidden=512).graph.initializer}
+    lazy = [t for t in model.graph.initializer if is_lazy(t)]
+    assert {t.name for t in lazy} == {"w1", "w2"}  # small tensors (the bias) are read in as usual
+    assert model.ByteSize() < 4096
+    for tensor in model.graph.initializer:
+        value = tensor_array(tensor)
+        assert np.array_equal(value, original[tensor.name])
+        if is_lazy(tensor):
+            assert isinstance(value, np.memmap)
+            value[...] = 0  # copy-on-write: the file is never changed
+    assert all(np.array_equal(tensor_array(t), original[t.name]) for t in model.graph.initializer)
+
+
+def test_truncated_external_data_is_refused(tmp_path: Path):
+    path = _mlp_with_external(tmp_path)
+    data = tmp_path / "w.bin"
+    data.write_bytes(data.read_bytes()[:-100])
+    with pytest.raises(ModelError, match="shorter than its shape"):
+        load_model(path)
+
+
+def test_quantizing_external_data_matches_the_inline_model(tmp_path: Path, mlp_data: Path):
+    external = _mlp_with_external(tmp_path)
+    inline = tmp_path / "inline.onnx"
+    inline.write_bytes(tiny_mlp(hidden=512).SerializeToString())
+    recipe = Recipe(simplify=False)  # models with external data skip onnxruntime's simplifier
+    a = quantize(external, mlp_data, recipe, output=tmp_path / "out" / "a.onnx")
+    b = quantize(inline, mlp_data, recipe, output=tmp_path / "out" / "b.onnx")
+    assert (tmp_path / "out" / "a.onnx").read_bytes() == (tmp_path / "out" / "b.onnx").read_bytes()
+    assert a.size_after == b.size_after and not (tmp_path / "out" / "a.onnx.data").exists()
+
+
+def test_weights_left_on_disk_are_copied_beside_the_output(tmp_path: Path, mlp_data: Path):
+    source = tmp_path / "src"
+    source.mkdir()
+    external = _mlp_with_external(source)
+    before = (source / "w.bin").read_bytes()
+    recipe = Recipe(simplify=False).with_overrides(nodes={"exclude": ("op:MatMul",)})
+    quantize(external, mlp_data, recipe, output=tmp_path / "out" / "q.onnx")
+    assert (tmp_path / "out" / "q.onnx.data").exists() and (source / "w.bin").read_bytes() == before
+    saved = onnx.load(str(tmp_path / "out" / "q.onnx"), load_external_data=False)
+    entries = [(e.key, e.value) for t in saved.graph.initializer for e in t.external_data]
+    assert {v for k, v in entries if k == "location"} == {"q.onnx.data"}  # relative, beside the output
+    assert {k for k, _ in entries} == {"location", "offset", "length"}  # no private key leaks
+    feed = {"x": np.ones((1, 4, 8), np.float32)}
+    expected = ort.InferenceSession(tiny_mlp(hidden=512).SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    got = ort.InferenceSession(str(tmp_path / "out" / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)  # every MatMul excluded: float weights
 
 
 @pytest.mark.parametrize("location", ["../w.bin", "/etc/passwd", "sub/../../w.bin"])

@@ -18,7 +18,12 @@ from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.calibration.histogram import StreamingHistogram
 from onnxquant.calibration.observers import StatsTable, TensorStats
 from onnxquant.errors import CalibrationDataError, ModelError, UsageError
-from onnxquant.model_io import serialize, serialize_extended
+from onnxquant.model_io import (
+    external_initializers,
+    lazy_folder,
+    serialize,
+    serialize_extended,
+)
 
 ProgressCallback = Callable[[int, int | None], None]
 
@@ -73,12 +78,26 @@ def memory_budget(max_bytes: int | None) -> Iterator[None]:
         _MAX_MEMORY.reset(token)
 
 
-def make_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool = True):
+def make_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool = True,
+                 weights: onnx.ModelProto | None = None):
     """A CPU session. ``optimize=False``: no graph fusions, so a tensor's values do not depend on
-    which other tensors are fetched (fetching one blocks the fusions that would consume it)."""
+    which other tensors are fetched (fetching one blocks the fusions that would consume it).
+
+    ``weights`` (default: ``model`` itself): the model whose weights left on disk the session
+    reads from their memory mapping, without a copy.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    weights = weights if weights is not None else (model if isinstance(model, onnx.ModelProto) else None)
+    mapped = external_initializers(weights) if weights is not None else {}
+    values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in mapped.items()}
+    if values:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", lazy_folder(weights))
+        # Prepacking would copy every GEMM weight into onnxruntime's own layout: the mapping is the copy.
+        options.add_session_config_entry("session.disable_prepacking", "1")
+        for name, value in values.items():
+            options.add_initializer(name, value)
     options.log_severity_level = 3
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -87,7 +106,9 @@ def make_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: boo
         options.intra_op_num_threads = threads
     try:
         data = model if isinstance(model, bytes) else serialize(model)
-        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        session.onnxquant_weights = values  # the mapped buffers must outlive the session
+        return session
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot run the model: {str(exc).strip().splitlines()[0]}") from exc
 
@@ -187,7 +208,7 @@ def _offset(progress: ProgressCallback | None, number: int, passes: int) -> Prog
 def _observe(model: onnx.ModelProto, names: list[str], samples: Iterable[dict[str, np.ndarray]], table: StatsTable,
              histograms: bool, max_samples: int | None, progress: ProgressCallback | None, total: int | None) -> int:
     """One pass over ``samples`` folding ``names`` into ``table``; returns the samples read."""
-    session = make_session(augmented_bytes(model, names), optimize=False)
+    session = make_session(augmented_bytes(model, names), optimize=False, weights=model)
     fetch = [o.name for o in session.get_outputs()]
     wanted = set(names)
     specs = input_specs(model)

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxquant.model_io import tensor_array
 from onnxquant.passes.node_index import attributes
 
 
@@ -42,7 +43,7 @@ class _Index:
         init = self.inits.get(name)
         if init is None or init.data_type != onnx.TensorProto.FLOAT:
             return None
-        return numpy_helper.to_array(init)
+        return tensor_array(init)
 
     def only_consumer(self, tensor: str) -> onnx.NodeProto | None:
         readers = self.consumers.get(tensor, [])

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxquant.model_io import iter_graphs
+from onnxquant.model_io import iter_graphs, tensor_array
 from onnxquant.planner import QuantPlan
 from onnxquant.qparams import QParams, quantize
 
@@ -98,7 +98,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
     weight_dq: dict[tuple[str, str], str] = {}
     inits = {i.name: i for i in graph.initializer}
     for (node_name, tensor), params in sorted(plan.weights.items()):
-        value = numpy_helper.to_array(inits[tensor])
+        value = tensor_array(inits[tensor])
         base = f"{tensor}_{node_name}" if sum(1 for k in plan.weights if k[1] == tensor) > 1 else tensor
         q_init = numpy_helper.from_array(quantize(value, params), names.fresh(f"{base}_quantized"))
         scale, zero = _params_initializers(names, base, params)

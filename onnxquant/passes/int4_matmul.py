@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxquant.model_io import tensor_array
 from onnxquant.passes.node_index import NodeIndex
 
 MS_DOMAIN = "com.microsoft"
@@ -76,7 +77,7 @@ def to_matmul_nbits(model: onnx.ModelProto, nodes: set[str], block_size: int) ->
         if node.name not in nodes or w not in inits or not eligible(tuple(inits[w].dims), block_size):
             new_nodes.append(node)
             continue
-        weight = numpy_helper.to_array(inits[w])
+        weight = tensor_array(inits[w])
         k, n = weight.shape
         codes, scales = quantize_int4(weight, block_size)
         packed_name, scales_name = f"{w}_int4", f"{w}_int4_scales"

@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
+
+from onnxquant.model_io import tensor_array
 
 
 def attributes(node: onnx.NodeProto) -> dict[str, Any]:
@@ -20,7 +22,7 @@ def scalar(inits: dict[str, onnx.TensorProto], name: str) -> float | None:
     init = inits.get(name)
     if init is None:
         return None
-    value = numpy_helper.to_array(init)
+    value = tensor_array(init)
     return float(value.reshape(())) if value.size == 1 else None
 
 

@@ -16,7 +16,7 @@ import onnx
 from onnx import version_converter
 
 from onnxquant.errors import ModelError
-from onnxquant.model_io import PROTOBUF_LIMIT, iter_graphs, serialize
+from onnxquant.model_io import PROTOBUF_LIMIT, has_lazy, iter_graphs, serialize
 from onnxquant.passes.fold_affine import fold_affine_into_conv
 from onnxquant.passes.fold_constants import fold_constant_nodes
 from onnxquant.passes.fuse_gelu import MS_DOMAIN, fuse_gelu
@@ -172,10 +172,12 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
     _drop_initializer_inputs(work)
     work = _upgrade_opset(work, report)
     small = work.ByteSize() < PROTOBUF_LIMIT  # in-memory tools stop at protobuf's limit
-    if simplify and small:
+    lazy = has_lazy(work)
+    if simplify and small and not lazy:
         work = _simplify(work, report)
     elif simplify:
-        report.notes.append("model over 2 GB: onnxruntime graph simplification skipped")
+        report.notes.append("weights in external data: onnxruntime graph simplification skipped" if lazy
+                            else "model over 2 GB: onnxruntime graph simplification skipped")
     if simplify:
         report.folded_affines = fold_affine_into_conv(work)
         report.fused_hardswish = fuse_hardswish(work, default_opset(work))

@@ -10,6 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxquant.errors import UsageError
+from onnxquant.model_io import tensor_array
 from onnxquant.passes.prepare import infer_shapes
 from onnxquant.prune.activation_norms import input_rms
 from onnxquant.prune.masks import (
@@ -121,7 +122,7 @@ def _zero_channels(model: onnx.ModelProto, layers: list[PrunableWeight], fractio
 
 
 def _read(model: onnx.ModelProto, name: str) -> np.ndarray:
-    return next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == name)
+    return next(tensor_array(i) for i in model.graph.initializer if i.name == name)
 
 
 def _masks(settings: PruneSettings, layers: list[PrunableWeight], arrays: dict[str, np.ndarray],
@@ -167,7 +168,7 @@ def prune_model(model: onnx.ModelProto, settings: PruneSettings, samples: Sample
     if grams is None and settings.reconstruct and samples is not None:
         grams = input_grams(model, layers, samples(), max_samples)  # before any weight changes
     inits = {i.name: i for i in model.graph.initializer}
-    arrays = {layer.initializer: numpy_helper.to_array(inits[layer.initializer]) for layer in layers}
+    arrays = {layer.initializer: tensor_array(inits[layer.initializer]) for layer in layers}
     before = {name: array for name, array in arrays.items()}
     if settings.channels:
         zeroed = _zero_channels(model, layers, settings.channels, arrays, rms, settings.channel_multiple)
@@ -190,7 +191,7 @@ def prune_model(model: onnx.ModelProto, settings: PruneSettings, samples: Sample
     removed = {r.node: r.removed for r in (report.structured.removed if report.structured else [])}
     inits = {i.name: i for i in model.graph.initializer}
     for layer in layers:
-        weight = numpy_helper.to_array(inits[layer.initializer])
+        weight = tensor_array(inits[layer.initializer])
         report.layers.append(LayerSparsity(layer.node, layer.op_type, int(weight.size),
                                            int(weight.size - np.count_nonzero(weight)), removed.get(layer.node, 0)))
     return report

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxquant.model_io import tensor_array
 from onnxquant.prune.weights import PrunableWeight
 from onnxquant.recovery.gram import (
     LinearLayer,
@@ -81,10 +82,10 @@ def reconstruct(model: onnx.ModelProto, layers: list[PrunableWeight], original: 
         if lin is None or lin.gram is None:
             continue
         node = by_name[layer.node]
-        pruned = numpy_helper.to_array(inits[layer.initializer])
+        pruned = tensor_array(inits[layer.initializer])
         out_channels = pruned.shape[layer.output_axis]
         bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        bias = (numpy_helper.to_array(inits[bias_name]).astype(np.float64).ravel() if bias_name
+        bias = (tensor_array(inits[bias_name]).astype(np.float64).ravel() if bias_name
                 else np.zeros(out_channels))
         if bias.size != out_channels:
             continue  # a broadcast bias cannot take per-channel corrections

@@ -7,6 +7,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxquant.model_io import tensor_array
+
 # Deflate at level 9, as zip and most app bundles store files; deterministic for the same bytes.
 COMPRESSION_LEVEL = 9
 
@@ -27,7 +29,7 @@ def store_sparse(model: onnx.ModelProto) -> int:
         if init.data_type != onnx.TensorProto.FLOAT or init.name in graph_inputs or init.data_location == 1:
             keep.append(init)
             continue
-        dense = numpy_helper.to_array(init)
+        dense = tensor_array(init)
         nonzero = np.flatnonzero(dense)
         if dense.size < 16 or nonzero.size * (4 + 8) >= dense.size * 4:
             keep.append(init)

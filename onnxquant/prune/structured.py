@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxquant.model_io import tensor_array
 from onnxquant.ops.rules import gemm_is_plain
 from onnxquant.passes.node_index import NodeIndex, attributes, clip_bounds
 from onnxquant.prune.weights import weight_axes
@@ -142,7 +143,7 @@ class _Remover:
 
     def array(self, name: str) -> np.ndarray:
         if name not in self.cache:
-            self.cache[name] = numpy_helper.to_array(self.index.inits[name])
+            self.cache[name] = tensor_array(self.index.inits[name])
         return self.cache[name]
 
     def const(self, name: str) -> np.ndarray | None:

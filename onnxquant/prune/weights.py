@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
+from onnxquant.model_io import tensor_array
 from onnxquant.ops.rules import gemm_is_plain, is_depthwise
 from onnxquant.passes.node_index import attributes
 
@@ -88,5 +88,5 @@ def prunable_weights(model: onnx.ModelProto, depthwise: bool = False,
 def read(model: onnx.ModelProto, name: str) -> np.ndarray:
     for init in model.graph.initializer:
         if init.name == name:
-            return numpy_helper.to_array(init)
+            return tensor_array(init)
     raise KeyError(name)

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxquant.model_io import tensor_array
 from onnxquant.passes.node_index import NodeIndex
 from onnxquant.planner import QuantPlan
 from onnxquant.qparams import QParams, qrange
@@ -139,7 +140,7 @@ def adaround(model: onnx.ModelProto, plan: QuantPlan, samples: Iterable[dict[str
     if not layers:
         return report
     inits = {i.name: i for i in model.graph.initializer}
-    weights = {layer.weight: numpy_helper.to_array(inits[layer.weight]).astype(np.float64) for layer in layers}
+    weights = {layer.weight: tensor_array(inits[layer.weight]).astype(np.float64) for layer in layers}
     accumulate(model, layers, {name: w.shape for name, w in weights.items()}, samples, max_samples)
     started = time.perf_counter()
     for layer in layers:

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxquant.model_io import tensor_array
 from onnxquant.passes.node_index import NodeIndex
 from onnxquant.passes.prepare import default_opset
 from onnxquant.planner import QuantPlan, refresh_bias_params
@@ -85,7 +86,7 @@ def correct_biases(
         if (node.op_type not in CORRECTABLE or node.input[0] not in plan.activations
                 or (name, b) not in plan.weights or w not in inits):
             continue
-        weight = numpy_helper.to_array(inits[w])
+        weight = tensor_array(inits[w])
         targets[_layer_probe(probe, node, plan, weight, w, opset)] = (name, b)
     float_adds = set()
     weight_of = {name: w for (name, w) in plan.selection.weights}
@@ -93,7 +94,7 @@ def correct_biases(
         node = by_name[name]
         if node.input[0] not in plan.activations or (name, weight_of[name]) not in plan.weights:
             continue
-        weight = numpy_helper.to_array(inits[weight_of[name]])
+        weight = tensor_array(inits[weight_of[name]])
         targets[_layer_probe(probe, node, plan, weight, weight_of[name], opset)] = (name, b)
         float_adds.add(b)
     if not targets:
@@ -109,7 +110,7 @@ def correct_biases(
         if key not in sums:
             continue
         shift = sums[key] / max(count, 1)
-        bias = numpy_helper.to_array(inits[b]).astype(np.float64)
+        bias = tensor_array(inits[b]).astype(np.float64)
         if shift.shape != bias.shape or not np.all(np.isfinite(shift)):
             continue
         inits[b].CopyFrom(numpy_helper.from_array((bias + shift).astype(np.float32), b))

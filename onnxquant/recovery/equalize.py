@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxquant.model_io import tensor_array
 from onnxquant.passes.node_index import NodeIndex, attributes, clip_bounds
 
 HOMOGENEOUS = {"Relu", "LeakyRelu", "PRelu"}
@@ -98,7 +99,7 @@ def equalize(model: onnx.ModelProto) -> EqualizeReport:
     if not pairs:
         return EqualizeReport(0, bounded)
     inits = {i.name: i for i in model.graph.initializer}
-    values = {t: numpy_helper.to_array(inits[t]).astype(np.float64)
+    values = {t: tensor_array(inits[t]).astype(np.float64)
               for p in pairs for t in (*p.first.input[1:3], p.second.input[1]) if t}
     for _ in range(_ROUNDS):
         for p in pairs:

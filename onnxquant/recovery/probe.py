@@ -74,7 +74,7 @@ def run_probe(
     max_samples: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield the probe's outputs for each sample (one sample's worth of memory at a time)."""
-    session = make_session(probe_bytes(model, probe))
+    session = make_session(probe_bytes(model, probe), weights=model)
     specs = input_specs(model)
     for index, raw in enumerate(samples):
         if max_samples is not None and index >= max_samples:

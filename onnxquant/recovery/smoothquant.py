@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxquant.model_io import tensor_array
 from onnxquant.ops.rules import gemm_is_plain
 from onnxquant.passes.node_index import NodeIndex, attributes
 from onnxquant.passes.prepare import default_opset
@@ -123,7 +124,7 @@ def smooth(model: onnx.ModelProto, sel: Selection, samples: Iterable[dict[str, n
             foldable[x] = ln if folds else None
     if not groups:
         return SmoothReport()
-    weights = {m.weight: numpy_helper.to_array(inits[m.weight]).astype(np.float64) for ms in groups.values() for m in ms}
+    weights = {m.weight: tensor_array(inits[m.weight]).astype(np.float64) for ms in groups.values() for m in ms}
     channels = {x: weights[ms[0].weight].shape[ms[0].rows_axis] for x, ms in groups.items()}
     groups = {x: ms for x, ms in groups.items()
               if all(weights[m.weight].shape[m.rows_axis] == channels[x] for m in ms)}
@@ -148,7 +149,7 @@ def smooth(model: onnx.ModelProto, sel: Selection, samples: Iterable[dict[str, n
         ln = foldable[x]
         if ln is not None:
             for t in ln.input[1:3]:
-                value = numpy_helper.to_array(inits[t]).astype(np.float64) / s
+                value = tensor_array(inits[t]).astype(np.float64) / s
                 inits[t].CopyFrom(numpy_helper.from_array(value.astype(np.float32), t))
             report.folded += 1
             continue

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxquant.calibration.observers import StatsTable
+from onnxquant.model_io import tensor_array
 
 BINS = 48
 _WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
@@ -45,7 +45,7 @@ def _r(value: float) -> float:
 
 def _const(graph_tensors: dict[str, onnx.TensorProto], name: str) -> np.ndarray | None:
     tensor = graph_tensors.get(name)
-    return numpy_helper.to_array(tensor) if tensor is not None else None
+    return tensor_array(tensor) if tensor is not None else None
 
 
 def _grid(data_type: int, q: np.ndarray, reduced_ok: bool) -> tuple[int, int]:
@@ -82,7 +82,7 @@ def weight_histograms(quantized: onnx.ModelProto, reduce_range: bool = True, bin
 def _weight_histogram(node: onnx.NodeProto, layer: str, tensors: dict[str, onnx.TensorProto], reduce_range: bool,
                       bins: int) -> Histogram | None:
     data_type = tensors[node.input[0]].data_type
-    q = numpy_helper.to_array(tensors[node.input[0]]).astype(np.int64)
+    q = tensor_array(tensors[node.input[0]]).astype(np.int64)
     scale = _const(tensors, node.input[1])
     zero = _const(tensors, node.input[2]) if len(node.input) > 2 and node.input[2] else None
     if scale is None or q.ndim == 0:
