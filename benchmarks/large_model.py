@@ -21,7 +21,6 @@ import numpy as np
 
 def build(folder: Path, layers: int, width: int) -> Path:
     """``layers`` MatMul(width x 4*width) / MatMul(4*width x width) pairs, weights in one data file."""
-    import onnx
     from onnx import TensorProto, helper
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ from onnxquant.mixed_precision import (
 from onnxquant.model_io import (
     PROTOBUF_LIMIT,
     check_model,
+    file_size,
     has_lazy,
     load_model,
     model_size,
@@ -203,7 +204,7 @@ def _load_prepared(model: onnx.ModelProto | str | os.PathLike, recipe: Recipe, d
                    progress: ProgressCallback | None = None):
     """Load, fix input shapes if needed, prepare, name nodes and prune if the recipe says so."""
     loaded, source_path = _as_model(model)
-    size_before = source_path.stat().st_size if source_path else loaded.ByteSize()
+    size_before = file_size(source_path, loaded) if source_path else model_size(loaded)
     shapes = _fixed_shapes(loaded, recipe, data)
     if shapes:
         loaded = fix_input_shapes(loaded, shapes)

@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxquant.model_io import iter_graphs, load_model, serialize, tensor_array
+from onnxquant.model_io import (
+    file_size,
+    iter_graphs,
+    load_model,
+    serialize,
+    tensor_array,
+)
 from onnxquant.prune.storage import compressed_size
 
 # Ops whose second input (B for MatMulNBits: the first packed input) is a learned weight.
@@ -184,7 +190,7 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto) -> ModelInspection
     else:
         path = str(model)
         proto = load_model(model)
-        size = _file_size(Path(model), proto)
+        size = file_size(Path(model), proto)
     payload = serialize(proto) if proto.ByteSize() < 2**31 - 1 else None
     if size is None:
         size = len(payload) if payload is not None else proto.ByteSize()
@@ -204,17 +210,3 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto) -> ModelInspection
         op_counts=dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
         parameters=dict(sorted(params.items())), layers=_layers(proto.graph), made_by=meta.get("onnxquant.version"),
     )
-
-
-def _file_size(path: Path, model: onnx.ModelProto) -> int:
-    """The model file plus its external data files."""
-    size = path.stat().st_size
-    seen = set()
-    for tensor in (t for g in iter_graphs(model.graph) for t in g.initializer):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-            if location and location not in seen:
-                seen.add(location)
-                data = path.parent / location
-                size += data.stat().st_size if data.exists() else 0
-    return size

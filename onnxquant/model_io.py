@@ -362,6 +362,13 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, data: bytes | No
     return path
 
 
+def file_size(path: Path, model: onnx.ModelProto) -> int:
+    """The model file plus every external data file it names (each counted once)."""
+    locations = {entry.value for t in iter_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL
+                 for entry in t.external_data if entry.key == "location"}
+    return path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in sorted(locations))
+
+
 def model_size(model: onnx.ModelProto) -> int:
     """Bytes the model takes on disk (protobuf plus any external data)."""
     return model.ByteSize() + sum(_byte_size(t) for t in iter_tensors(model) if is_lazy(t))

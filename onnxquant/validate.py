@@ -28,7 +28,12 @@ from onnxquant.errors import (
     ModelError,
     UsageError,
 )
-from onnxquant.model_io import PROTOBUF_LIMIT, iter_tensors, load_model, serialize
+from onnxquant.model_io import (
+    PROTOBUF_LIMIT,
+    file_size,
+    load_model,
+    serialize,
+)
 from onnxquant.providers import (
     NEEDS_STATIC_SHAPES,
     PROVIDERS,
@@ -158,13 +163,6 @@ class ValidationReport:
 
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
-
-
-def file_size(path: Path, model: onnx.ModelProto) -> int:
-    """The model file plus every external data file it names (each counted once)."""
-    locations = {entry.value for t in iter_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL
-                 for entry in t.external_data if entry.key == "location"}
-    return path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in sorted(locations))
 
 
 def boundary_nodes(model: onnx.ModelProto) -> set[str]:
