@@ -18,8 +18,10 @@ import onnx
 
 from onnxquant.model_io import (
     file_size,
+    has_lazy,
     iter_graphs,
     load_model,
+    model_size,
     serialize,
     tensor_array,
 )
@@ -191,9 +193,10 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto) -> ModelInspection
         path = str(model)
         proto = load_model(model)
         size = file_size(Path(model), proto)
-    payload = serialize(proto) if proto.ByteSize() < 2**31 - 1 else None
+    # Weights left on disk are not in the serialization: its deflated size would mean nothing.
+    payload = serialize(proto) if proto.ByteSize() < 2**31 - 1 and not has_lazy(proto) else None
     if size is None:
-        size = len(payload) if payload is not None else proto.ByteSize()
+        size = len(payload) if payload is not None else model_size(proto)
     ops: Counter[str] = Counter()
     params: Counter[str] = Counter()
     for graph in iter_graphs(proto.graph):

@@ -57,3 +57,19 @@ def test_cli_bad_model_is_one_line(tmp_path: Path):
     bad.write_bytes(b"\x08\x07garbage")
     result = CliRunner().invoke(main, ["inspect", str(bad)])
     assert result.exit_code == 3 and result.output.startswith("error:") and "Traceback" not in result.output
+
+
+def test_weights_in_external_data_are_read_from_disk(tmp_path: Path):
+    from onnx import external_data_helper
+
+    from models.tiny import tiny_mlp
+
+    model = tiny_mlp(hidden=512)
+    external_data_helper.convert_model_to_external_data(model, location="w.bin", size_threshold=0)
+    external_data_helper.write_external_data_tensors(model, str(tmp_path))
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    info = inspect_model(path)
+    assert info.size == path.stat().st_size + (tmp_path / "w.bin").stat().st_size
+    assert info.size_deflated is None  # the file alone would say nothing of the weights
+    assert [layer.parameters for layer in info.layers] == [8 * 512, 512 * 4]
