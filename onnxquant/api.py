@@ -132,14 +132,23 @@ def _first_sample(source: Any, model: onnx.ModelProto) -> dict[str, np.ndarray] 
     return None
 
 
-def _self_check(quantized: bytes, sample: dict[str, np.ndarray] | None, model: onnx.ModelProto | None = None) -> None:
-    """The result must load in onnxruntime and give finite outputs (checked before writing)."""
+CHECKER_MAX_BYTES = 256 * 2**20
+
+
+def _self_check(quantized: bytes | Path, sample: dict[str, np.ndarray] | None,
+                model: onnx.ModelProto | None = None) -> None:
+    """The result (its bytes, or the file written for it) must load in onnxruntime and give
+    finite outputs; it is checked before it is put in place."""
     try:
-        # With weights left on disk, onnx.checker would look for their data files relative to the
-        # working directory: onnxruntime's own load below checks that model instead.
-        if model is None or not has_lazy(model):
+        if isinstance(quantized, Path):
+            # By path, external data beside it is found. A large result is left to onnxruntime's
+            # load below, which checks it as well: the checker would hold one more copy of it.
+            if quantized.stat().st_size <= CHECKER_MAX_BYTES:
+                onnx.checker.check_model(str(quantized))
+        elif model is None or not has_lazy(model):
+            # (in memory, the checker would look for data files in the working directory)
             onnx.checker.check_model(quantized)
-        session = make_session(quantized, weights=model)
+        session = make_session(quantized, weights=None if isinstance(quantized, Path) else model)
     except (onnx.checker.ValidationError, ModelError) as exc:
         raise QuantizationError(f"internal error, result rejected: {str(exc).splitlines()[0]}") from exc
     if sample is None:
@@ -149,18 +158,38 @@ def _self_check(quantized: bytes, sample: dict[str, np.ndarray] | None, model: o
             raise QuantizationError(f"quantized output {out.name!r} is not finite")
 
 
+@dataclass
+class _Saved:
+    path: Path | None
+    size: int  # bytes on disk (model plus external data)
+    deflated: int | None  # as in a zip bundle; None when weights are not in the serialization
+
+
 def _check_and_save(model: onnx.ModelProto, output: str | os.PathLike | None,
-                    first: dict[str, np.ndarray] | None, notes: list[str]) -> tuple[bytes | None, Path | None]:
-    """Self-check, then write atomically: one serialization serves the check, the file and the
-    reported size (None over 2 GB, where the check is skipped and ``notes`` say so)."""
+                    first: dict[str, np.ndarray] | None, notes: list[str]) -> _Saved:
+    """Self-check, then put in place atomically.
+
+    With an output, the file is written to a temporary name first and the check loads that file,
+    so the serialization is dropped before onnxruntime makes its own copy (large models hold
+    one copy fewer). Over 2 GB the check is skipped and ``notes`` say so.
+    """
+    lazy = has_lazy(model)
     payload = serialize(model) if model.ByteSize() < PROTOBUF_LIMIT else None
-    if payload is not None:
-        _self_check(payload, first, model)
-    else:
+    size = len(payload) if payload is not None and not lazy else model_size(model)
+    deflated = compressed_size(payload) if payload is not None and not lazy else None
+    if payload is None:
         notes.append("model over 2 GB: the onnxruntime self-check was skipped")
-    path = save_model(model, output, payload) if output is not None else None
-    # With weights still on disk, the payload is only the model's skeleton: not its size.
-    return (None if has_lazy(model) else payload), path
+        return _Saved(save_model(model, output) if output is not None else None, size, deflated)
+    if output is None:
+        _self_check(payload, first, model)
+        return _Saved(None, size, deflated)
+    data = None if lazy else payload
+    del payload
+    path = save_model(model, output, data, check=lambda written: _self_check(written, first))
+    if lazy:  # what was written, data file included
+        beside = path.with_name(path.name + ".data")
+        size = path.stat().st_size + (beside.stat().st_size if beside.exists() else 0)
+    return _Saved(path, size, deflated)
 
 
 def _stamp(model: onnx.ModelProto, recipe: Recipe) -> None:
@@ -375,7 +404,7 @@ def quantize(
     build_notes += int4_notes
     _stamp(quantized, recipe)
     notes = [*prep.notes, *build_notes]
-    payload, out_path = _check_and_save(quantized, output, first, notes)
+    saved = _check_and_save(quantized, output, first, notes)
 
     # Shape arithmetic (int64 Concat, Gather of shapes...) is not float compute: not reported.
     floats = [FloatNode(n, op, r) for n, (op, r) in sel.float_nodes.items()
@@ -394,9 +423,9 @@ def quantize(
         notes.append(f"{bodies} subgraph attribute(s) (If/Loop/Scan bodies) left float")
     return QuantizeResult(
         model=quantized,
-        output_path=out_path,
+        output_path=saved.path,
         size_before=size_before,
-        size_after=len(payload) if payload is not None else model_size(quantized),
+        size_after=saved.size,
         quantized_nodes=dict(Counter(op_by_name[n] for n in sel.quantized)),
         float_nodes=floats,
         samples=table.samples,
@@ -404,7 +433,7 @@ def quantize(
         recipe=recipe,
         notes=notes,
         mixed_precision=mixed.to_dict() if mixed is not None else None,
-        size_compressed=compressed_size(payload) if payload is not None else None,
+        size_compressed=saved.deflated,
         pruning=prep.pruning,
         stats=table if diagnostics else None,
         reference=prepared if diagnostics else None,
@@ -469,12 +498,11 @@ def prune(
     _stamp(pruned, recipe)
     notes = [n for n in prep.notes if n != "pruning: " + prep.pruning.summary()]  # the report says it
     first = _first_sample(_open(pruned, data, recipe), pruned) if _rereadable(data) else None
-    payload, out_path = _check_and_save(pruned, output, first, notes)
+    saved = _check_and_save(pruned, output, first, notes)
     if sparse:
         notes.append(f"{sparse} initializers stored sparse")
-    return PruneResult(pruned, out_path, prep.pruning, size_before,
-                       len(payload) if payload is not None else model_size(pruned),
-                       compressed_size(original_bytes), compressed_size(payload) if payload is not None else 0,
+    return PruneResult(pruned, saved.path, prep.pruning, size_before, saved.size,
+                       compressed_size(original_bytes), saved.deflated or 0,
                        sparse, time.perf_counter() - started, notes)
 
 

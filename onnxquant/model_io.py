@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -332,28 +332,34 @@ def _write_external(model: onnx.ModelProto, path: Path) -> None:
     path.write_bytes(serialize(copy))
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike, data: bytes | None = None) -> Path:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, data: bytes | None = None,
+               check: Callable[[Path], None] | None = None) -> Path:
     """Write ``model`` to ``path`` atomically: on any failure no partial file is left behind.
 
     ``data``, when given, is the model's serialization already made by the caller. Models over
-    2 GB are written with their weights in ``<name>.data`` beside the model.
+    2 GB are written with their weights in ``<name>.data`` beside the model. ``check`` is called
+    with the written temporary file (its data file beside it) before anything is put in place;
+    if it raises, nothing is.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxquant-", dir=path.parent))
     try:
         tmp_path = tmp_dir / path.name
-        lazy_data = _write_with_lazy(model, tmp_path) if has_lazy(model) else None
-        if lazy_data is not None:
-            os.replace(lazy_data, path.parent / lazy_data.name)
+        if has_lazy(model):
+            _write_with_lazy(model, tmp_path)
         elif data is not None:
             tmp_path.write_bytes(data)
         elif model.ByteSize() < PROTOBUF_LIMIT:
             tmp_path.write_bytes(serialize(model))
         else:
             _write_external(model, tmp_path)
-            data = tmp_dir / (path.name + ".data")
-            os.replace(data, path.parent / data.name)
+        del data
+        if check is not None:
+            check(tmp_path)
+        external = tmp_dir / (path.name + ".data")
+        if external.exists():
+            os.replace(external, path.parent / external.name)
         os.replace(tmp_path, path)
     finally:
         for leftover in tmp_dir.iterdir():

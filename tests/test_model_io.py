@@ -158,3 +158,35 @@ def test_initializer_values_survive(tmp_path: Path):
     back = load_model(path)
     for a, b in zip(model.graph.initializer, back.graph.initializer):
         np.testing.assert_array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
+
+
+def test_a_result_that_fails_its_check_is_never_put_in_place(tmp_path: Path, npz_dir: Path, monkeypatch):
+    """The self-check loads the written temporary file; when it fails, no file is left."""
+    from onnxquant import api
+    from onnxquant.errors import QuantizationError
+
+    checked: list[Path] = []
+
+    def failing(written, sample, model=None):
+        checked.append(written)
+        assert isinstance(written, Path) and written.exists()  # the check reads the file itself
+        raise QuantizationError("result rejected (test)")
+
+    monkeypatch.setattr(api, "_self_check", failing)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(tiny_cnn().SerializeToString())
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(QuantizationError):
+        quantize(model, npz_dir, output=out / "q.onnx")
+    assert checked and list(out.iterdir()) == []
+
+
+def test_weights_on_disk_in_the_output_are_checked_beside_it(tmp_path: Path, mlp_data: Path):
+    """A result that keeps weights on disk is checked from its written file and data file."""
+    source = tmp_path / "src"
+    source.mkdir()
+    recipe = Recipe(simplify=False).with_overrides(nodes={"exclude": ("op:MatMul",)})
+    result = quantize(_mlp_with_external(source), mlp_data, recipe, output=tmp_path / "out" / "q.onnx")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["q.onnx", "q.onnx.data"]
+    assert result.size_after == sum(p.stat().st_size for p in (tmp_path / "out").iterdir())

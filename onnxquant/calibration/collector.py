@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -78,7 +79,7 @@ def memory_budget(max_bytes: int | None) -> Iterator[None]:
         _MAX_MEMORY.reset(token)
 
 
-def make_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool = True,
+def make_session(model: onnx.ModelProto | bytes | Path, threads: int = 0, optimize: bool = True,
                  weights: onnx.ModelProto | None = None):
     """A CPU session. ``optimize=False``: no graph fusions, so a tensor's values do not depend on
     which other tensors are fetched (fetching one blocks the fusions that would consume it).
@@ -105,7 +106,7 @@ def make_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: boo
     if threads:
         options.intra_op_num_threads = threads
     try:
-        data = model if isinstance(model, bytes) else serialize(model)
+        data = str(model) if isinstance(model, Path) else model if isinstance(model, bytes) else serialize(model)
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         session.onnxquant_weights = values  # the mapped buffers must outlive the session
         return session
