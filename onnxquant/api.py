@@ -48,6 +48,7 @@ from onnxquant.model_io import (
     tensor_array,
 )
 from onnxquant.npu_planner import select_every_op
+from onnxquant.ops import WEIGHTED_OPS
 from onnxquant.ops.rules import RULES, Kind
 from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.int4_matmul import eligible as int4_eligible
@@ -693,8 +694,7 @@ def diagnose(result: QuantizeResult, data: Any, max_samples: int | None = None,
     if result.reference is None:
         raise UsageError("diagnose needs the result of quantize(..., diagnostics=True)")
     reference, quantized = result.reference, result.model
-    weighted = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-    tensors = [*dequantized_names(quantized), *(n.output[0] for n in reference.graph.node if n.op_type in weighted)]
+    tensors = [*dequantized_names(quantized), *(n.output[0] for n in reference.graph.node if n.op_type in WEIGHTED_OPS)]
     produced = {o for n in reference.graph.node for o in n.output} | {i.name for i in reference.graph.input}
     tensors = [t for t in dict.fromkeys(tensors) if t in produced]
     return tensor_errors(reference, quantized, tensors, _open(reference, data, result.recipe), max_samples, progress)

@@ -17,6 +17,7 @@ import onnx
 from onnx import external_data_helper, numpy_helper
 
 from onnxquant.errors import ModelError
+from onnxquant.ops import WEIGHTED_OPS
 
 PROTOBUF_LIMIT = 2**31 - 1
 _FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
@@ -187,7 +188,6 @@ def external_initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: tensor_array(t) for t in model.graph.initializer if is_lazy(t)}
 
 
-_WEIGHTED = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,)}
 
 
 def check_contents(model: onnx.ModelProto, what: str = "model") -> None:
@@ -204,7 +204,8 @@ def check_contents(model: onnx.ModelProto, what: str = "model") -> None:
             seen.add(node.name)
         tensors = {t.name: t for t in graph.initializer}
         for node in graph.node:
-            for slot in _WEIGHTED.get(node.op_type, ()):
+            slots = ((1,) if node.op_type == "MatMul" else (1, 2)) if node.op_type in WEIGHTED_OPS else ()
+            for slot in slots:
                 tensor = tensors.get(node.input[slot]) if len(node.input) > slot else None
                 if tensor is None or tensor.data_type not in _FLOATS:
                     continue

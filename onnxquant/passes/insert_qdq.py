@@ -12,6 +12,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxquant.model_io import iter_graphs, tensor_array
+from onnxquant.ops import WEIGHTED_OPS
 from onnxquant.planner import QuantPlan
 from onnxquant.qparams import QParams, quantize
 
@@ -138,7 +139,6 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
     return out
 
 
-_WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 _PASS_THROUGH_ACTIVATIONS = {"Relu", "Clip"}
 
 
@@ -159,7 +159,7 @@ def _runtime_would_quantize(graph: onnx.GraphProto, sel) -> set[str]:
     quantized_outputs = set(sel.activations)
     guarded = set()
     for node in graph.node:
-        if node.name in sel.quantized or node.op_type not in _WEIGHTED or len(node.input) < 2:
+        if node.name in sel.quantized or node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
             continue
         if node.input[1] not in inits or not node.output:
             continue

@@ -14,9 +14,9 @@ import onnx
 
 from onnxquant.calibration.observers import StatsTable
 from onnxquant.model_io import tensor_array
+from onnxquant.ops import WEIGHTED_OPS
 
 BINS = 48
-_WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 _RANGES = {onnx.TensorProto.INT8: (-128, 127), onnx.TensorProto.UINT8: (0, 255),
            onnx.TensorProto.INT16: (-32768, 32767), onnx.TensorProto.UINT16: (0, 65535)}
 
@@ -66,7 +66,7 @@ def weight_histograms(quantized: onnx.ModelProto, reduce_range: bool = True, bin
     producer = {o: n for n in graph.node for o in n.output}
     out, seen = [], set()
     for layer in graph.node:
-        for name in layer.input[1:2] if layer.op_type in _WEIGHTED else ():
+        for name in layer.input[1:2] if layer.op_type in WEIGHTED_OPS else ():
             node = producer.get(name)
             if node is None or node.op_type != "DequantizeLinear" or node.input[0] not in tensors:
                 continue
