@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from onnxquant.calibration.collector import memory_budget, session_threads
 from onnxquant.errors import BudgetExceededError, ExecutionProviderError, UsageError
 from onnxquant.ort_format import ORT_LEVELS
 from onnxquant.providers import PROVIDERS
-from onnxquant.recipe import Recipe, read_toml, recipe_from_dict
+from onnxquant.recipe import Recipe, build_section, read_toml, recipe_from_dict
 from onnxquant.units import parse_size
 from onnxquant.validate import Budget, ProgressCallback, ValidationReport
 
@@ -105,15 +105,7 @@ _JOB_SECTIONS = {"validate": ValidateSettings, "package": PackageSettings}
 def _section(cls: type, values: Any, name: str) -> Any:
     if not isinstance(values, dict):
         raise UsageError(f"job: [{name}] must be a table")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UsageError(f"job [{name}]: unknown key(s) {unknown}; known: {sorted(known)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise UsageError(f"job [{name}]: {exc}") from exc
+    return build_section(cls, values, f"job [{name}]")
 
 
 def job_from_dict(data: dict[str, Any], base_dir: Path, text: str | None = None,

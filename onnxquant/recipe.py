@@ -286,19 +286,25 @@ _SECTIONS = {
 
 
 def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    return build_section(cls, values, f"recipe [{section}]")
+
+
+def build_section(cls: type, values: dict[str, Any], label: str) -> Any:
+    """The settings dataclass ``cls`` from one TOML table; unknown keys and bad values are a
+    UsageError that starts with ``label`` (``recipe [calibration]``, ``job [validate]``)."""
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise UsageError(f"recipe [{section}]: unknown key(s) {unknown}; known: {sorted(known)}")
+        raise UsageError(f"{label}: unknown key(s) {unknown}; known: {sorted(known)}")
     converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     if cls is ImagePreprocess:
         for key in ("layout", "channel_order"):
             if key in converted and converted[key] not in {"layout": ("NCHW", "NHWC"), "channel_order": ("RGB", "BGR")}[key]:
-                raise UsageError(f"recipe [preprocess]: bad {key} {converted[key]!r}")
+                raise UsageError(f"{label}: bad {key} {converted[key]!r}")
     try:
         return cls(**converted)
     except TypeError as exc:
-        raise UsageError(f"recipe [{section}]: {exc}") from exc
+        raise UsageError(f"{label}: {exc}") from exc
 
 
 def recipe_for_target(target: str) -> Recipe:
