@@ -6,9 +6,10 @@ file renamed into place) and deterministic, and uses external data above protobu
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def check_external_data_paths(model: onnx.ModelProto, base_dir: Path) -> None:
     for tensor in iter_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        info = {entry.key: entry.value for entry in tensor.external_data}
+        info = _external_info(tensor)
         location = info.get("location", "")
         if not location or os.path.isabs(location) or Path(location).drive:
             raise ModelError(f"external data of {tensor.name!r} has an unsafe location {location!r}")
@@ -130,14 +131,13 @@ SOURCE_KEY = "onnxquant.source"
 # Smaller external tensors, and every non-float one (shape constants, which onnxruntime must
 # read while it infers shapes), are read into the model as usual.
 LAZY_MIN_BYTES = 4096
-_LAZY_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
 
 
 def _anchor_external(model: onnx.ModelProto, path: Path) -> None:
     for tensor in iter_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        info = {entry.key: entry.value for entry in tensor.external_data}
+        info = _external_info(tensor)
         source = (path.parent / info["location"]).resolve()
         try:
             offset, length = int(info.get("offset", 0)), info.get("length")
@@ -148,7 +148,7 @@ def _anchor_external(model: onnx.ModelProto, path: Path) -> None:
         if length is not None and int(length) < expected or offset + expected > size:
             raise ModelError(f"{path}: external data of {tensor.name!r} is shorter than its shape says "
                              "(truncated data file?)")
-        if tensor.data_type in _LAZY_TYPES and expected >= LAZY_MIN_BYTES:
+        if tensor.data_type in _FLOATS and expected >= LAZY_MIN_BYTES:
             tensor.external_data.add(key=SOURCE_KEY, value=str(source))
             continue
         with open(source, "rb") as handle:
@@ -177,7 +177,7 @@ def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
     is never changed), not read into memory."""
     if not is_lazy(tensor):
         return numpy_helper.to_array(tensor)
-    info = {entry.key: entry.value for entry in tensor.external_data}
+    info = _external_info(tensor)
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
     return np.memmap(info[SOURCE_KEY], dtype=dtype, mode="c", offset=int(info.get("offset", 0)),
                      shape=tuple(tensor.dims))
@@ -232,28 +232,40 @@ def serialize(model: onnx.ModelProto) -> bytes:
     """Deterministic bytes of a model under the protobuf limit. Weights left on disk keep their
     original relative location (the private source path is left out)."""
     lazy = [t for t in iter_tensors(model) if is_lazy(t)]
-    if not lazy:
+    public = [[(k, v) for k, v in _external_info(t).items() if k != SOURCE_KEY] for t in lazy]
+    with _entries_replaced(lazy, public):
         return model.SerializeToString(deterministic=True)
-    saved = [[(e.key, e.value) for e in t.external_data] for t in lazy]
-    for tensor, entries in zip(lazy, saved):
-        del tensor.external_data[:]
-        for key, value in entries:
-            if key != SOURCE_KEY:
-                tensor.external_data.add(key=key, value=value)
+
+
+def _external_info(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {entry.key: entry.value for entry in tensor.external_data}
+
+
+def _set_entries(tensor: onnx.TensorProto, entries: Sequence[tuple[str, str]]) -> None:
+    del tensor.external_data[:]
+    for key, value in entries:
+        tensor.external_data.add(key=key, value=value)
+
+
+@contextlib.contextmanager
+def _entries_replaced(tensors: Sequence[onnx.TensorProto], entries: Sequence[Sequence[tuple[str, str]]]) -> Iterator[None]:
+    """Give each of ``tensors`` these external-data entries for the duration; its own come back
+    after (the model is ours to borrow, not to change)."""
+    saved = [list(_external_info(t).items()) for t in tensors]
     try:
-        return model.SerializeToString(deterministic=True)
+        for tensor, own in zip(tensors, entries):
+            _set_entries(tensor, own)
+        yield
     finally:
-        for tensor, entries in zip(lazy, saved):
-            del tensor.external_data[:]
-            for key, value in entries:
-                tensor.external_data.add(key=key, value=value)
+        for tensor, own in zip(tensors, saved):
+            _set_entries(tensor, own)
 
 
 def lazy_folder(model: onnx.ModelProto) -> str | None:
     """The folder the relative locations of weights left on disk are resolved from."""
     for tensor in iter_tensors(model):
         if is_lazy(tensor):
-            info = {entry.key: entry.value for entry in tensor.external_data}
+            info = _external_info(tensor)
             source, location = Path(info[SOURCE_KEY]), Path(info["location"])
             return str(source.parents[len(location.parts) - 1])
     return None
@@ -281,19 +293,17 @@ def serialize_extended(
         del graph.output[counts[2]:]
 
 
-def _write_with_lazy(model: onnx.ModelProto, path: Path) -> Path | None:
+def _write_with_lazy(model: onnx.ModelProto, path: Path) -> None:
     """Write a model holding weights left on disk: they are copied in chunks into
-    ``<name>.data`` beside ``path`` (relative locations), the rest is serialized. The model is
-    restored afterwards. Returns the data file, or None when no weight was on disk."""
+    ``<name>.data`` beside ``path`` (relative locations), the rest is serialized. The model
+    keeps its own entries."""
     lazy = [t for t in iter_tensors(model) if is_lazy(t)]
-    if not lazy:
-        return None
     data_path = path.parent / (path.name + ".data")
-    saved = [[(e.key, e.value) for e in t.external_data] for t in lazy]
+    written = []
     offset = 0
     with open(data_path, "wb") as out:
         for tensor in lazy:
-            info = {entry.key: entry.value for entry in tensor.external_data}
+            info = _external_info(tensor)
             length = _byte_size(tensor)
             pad = (-offset) % 64  # aligned, so a reader can map each weight
             out.write(b"\0" * pad)
@@ -307,20 +317,12 @@ def _write_with_lazy(model: onnx.ModelProto, path: Path) -> Path | None:
                         raise ModelError(f"external data of {tensor.name!r} ended early")
                     out.write(chunk)
                     left -= len(chunk)
-            del tensor.external_data[:]
-            for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(length))):
-                tensor.external_data.add(key=key, value=value)
+            written.append([("location", data_path.name), ("offset", str(offset)), ("length", str(length))])
             offset += length
-    try:
+    with _entries_replaced(lazy, written):
         if model.ByteSize() >= PROTOBUF_LIMIT:
             raise ModelError("the model's in-memory part is over 2 GB even with its original weights on disk")
         path.write_bytes(serialize(model))
-    finally:
-        for tensor, entries in zip(lazy, saved):
-            del tensor.external_data[:]
-            for key, value in entries:
-                tensor.external_data.add(key=key, value=value)
-    return data_path
 
 
 def _write_external(model: onnx.ModelProto, path: Path) -> None:
