@@ -6,6 +6,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
+def _model(graph: onnx.GraphProto, opset: int = 17) -> onnx.ModelProto:
+    """A test model around ``graph``, with the IR version onnxruntime accepts for ``opset``."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="onnxquant-tests")
+    model.ir_version = 8 if opset >= 13 else 7
+    return model
+
+
 def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)
 
@@ -46,8 +53,7 @@ def tiny_cnn(opset: int = 17, batch: int | str = "N", seed: int = 0, constant_we
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 4])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="onnxquant-tests")
-    model.ir_version = 8 if opset >= 13 else 7
+    model = _model(graph, opset)
     if constant_weights:
         model = weights_as_constants(model)
     onnx.checker.check_model(model)
@@ -85,9 +91,7 @@ def tiny_mlp(seed: int = 0, hidden: int = 16) -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 4])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxquant-tests")
-    model.ir_version = 8
-    return model
+    return _model(graph)
 
 
 def tiny_if_model() -> onnx.ModelProto:
@@ -115,9 +119,7 @@ def tiny_if_model() -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
         [w, wb],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxquant-tests")
-    model.ir_version = 8
-    return model
+    return _model(graph)
 
 
 def image_samples(count: int, seed: int = 0, batch: int = 1, size: int = 16) -> list[dict[str, np.ndarray]]:
@@ -169,8 +171,7 @@ def tiny_attention(seq: int | str = "S", seed: int = 0) -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, seq, d])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxquant-tests")
-    model.ir_version = 8
+    model = _model(graph)
     onnx.checker.check_model(model)
     return model
 
@@ -226,7 +227,6 @@ def tiny_mbconv(seed: int = 0, dead: tuple[int, ...] = (), batch: int | str = "N
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 5])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxquant-tests")
-    model.ir_version = 8
+    model = _model(graph)
     onnx.checker.check_model(model)
     return model
