@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from onnxquant import __version__
-from onnxquant.calibration.collector import memory_budget, session_threads
+from onnxquant.calibration.collector import MAX_THREADS, memory_budget, session_threads
 from onnxquant.calibration.observers import METHODS
 from onnxquant.errors import BudgetExceededError, ExecutionProviderError, OnnxQuantError
 from onnxquant.providers import PROVIDERS
@@ -27,16 +27,41 @@ from onnxquant.recipe import (
 from onnxquant.units import parse_size
 
 
+# Parameters that name files a command reads, and files it writes (``_refuse_aliasing``).
+_MODEL_INPUTS = ("model", "original", "compressed")
+_DATA_INPUTS = ("calib_data", "holdout", "data", "recipe_path", "validation_path", "load_stats", "job")
+_MODEL_OUTPUTS = ("output",)
+_FILE_OUTPUTS = ("save_stats",)
+
+
+def _refuse_aliasing(params: dict[str, Any]) -> None:
+    """Every command: no output may be one of its input files, checked before any work."""
+    from onnxquant.outputs import data_files, model_files, model_outputs, refuse_aliasing
+
+    inputs = [f for key in _MODEL_INPUTS if params.get(key) is not None for f in model_files(params[key])]
+    inputs += [f for key in _DATA_INPUTS if params.get(key) is not None for f in data_files(params[key])]
+    outputs = [f for key in _MODEL_OUTPUTS if params.get(key) is not None for f in model_outputs(params[key])]
+    outputs += [params[key] for key in _FILE_OUTPUTS if params.get(key) is not None]
+    if outputs:
+        refuse_aliasing(inputs, outputs)
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped: a path holding a newline cannot forge a second line."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 class _Command(click.Command):
     """Typed library errors become one line and their exit code; tracebacks only with --debug."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
+            _refuse_aliasing(ctx.params)
             return super().invoke(ctx)
         except OnnxQuantError as exc:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("error: interrupted; nothing was written", err=True)
@@ -50,8 +75,8 @@ class _Command(click.Command):
             if ctx.params.get("debug"):
                 raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            click.echo(f"error: internal error ({type(exc).__name__}: {first}); --debug shows the traceback; "
-                       "please report it", err=True)
+            click.echo(f"error: internal error ({type(exc).__name__}: {one_line(first)}); --debug shows the "
+                       "traceback; please report it", err=True)
             ctx.exit(1)
 
 
@@ -158,7 +183,20 @@ def _summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@click.group()
+class _Group(click.Group):
+    """Bad options and arguments are one ``error:`` line with exit 2, like every other error."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except click.ClickException as exc:
+            click.echo(f"error: {one_line(exc.format_message())}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group)
 @click.version_option(__version__, prog_name="onnxquant")
 def main() -> None:
     """Post-training int8 quantization for ONNX models."""
@@ -258,8 +296,10 @@ def _recovery_overrides(options: dict[str, Any]) -> dict[str, Any]:
 
 def _preprocess_overrides(image: dict[str, Any]) -> dict[str, Any]:
     size = _parse_floats(image.get("image_size"), "--image-size")
-    return {
-        "size": tuple(int(v) for v in size) if size else None,
+    if size is not None and len(size) == 1:
+        size = size * 2  # a square crop
+    return {  # whole numbers become ints; anything else is refused where the settings are built
+        "size": tuple(int(v) if v.is_integer() else v for v in size) if size else None,
         "mean": _parse_floats(image.get("image_mean"), "--image-mean"),
         "std": _parse_floats(image.get("image_std"), "--image-std"),
         "layout": image.get("image_layout"), "resize": image.get("image_resize"),
@@ -299,7 +339,7 @@ def _preprocess_overrides(image: dict[str, Any]) -> dict[str, Any]:
               help="What --max-drop measures: 1 - mean cosine of each output, or 1 - top-1 agreement of (batch, classes) scores.")
 @_prune_options("prune-")
 @click.option("--no-simplify", is_flag=True, default=False, help="Skip graph simplification before quantizing.")
-@click.option("--threads", type=click.IntRange(min=0), help="onnxruntime threads while calibrating (default: its own "
+@click.option("--threads", type=click.IntRange(0, MAX_THREADS), help="onnxruntime threads while calibrating (default: its own "
               "choice); the output is the same for any count.")
 @click.option("--max-memory", help="Bound the activations calibration holds per run (e.g. 512M, 2G): tensors are "
               "observed in groups, one pass each; the output is the same.")
@@ -553,7 +593,7 @@ def _validation_summary(report: dict[str, Any]) -> str:
 @click.option("--require-on-ep", is_flag=True, help="Budget: no node but the input/output Q/DQ may fall back to the CPU.")
 @click.option("--max-samples", type=int, help="Use at most this many samples.")
 @click.option("--latency-runs", type=int, default=10, show_default=True, help="Timed runs per model and provider, at least.")
-@click.option("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's choice).")
+@click.option("--threads", type=click.IntRange(0, MAX_THREADS), help="onnxruntime intra-op threads (default: onnxruntime's choice).")
 @_image_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no report (the exit code tells).")

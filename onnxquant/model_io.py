@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from onnx import external_data_helper, numpy_helper
 
 from onnxquant.errors import ModelError
 from onnxquant.ops import WEIGHTED_OPS
+from onnxquant.outputs import all_or_nothing, scratch, temp_dir, temp_file, write_errors
 
 PROTOBUF_LIMIT = 2**31 - 1
 _FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
@@ -220,7 +221,7 @@ def check_model(model: onnx.ModelProto, what: str = "model") -> None:
         if model.ByteSize() < PROTOBUF_LIMIT:
             onnx.checker.check_model(model)
         else:
-            with tempfile.TemporaryDirectory() as tmp:
+            with scratch() as tmp:
                 tmp_path = Path(tmp) / "model.onnx"
                 _write_external(model, tmp_path)
                 onnx.checker.check_model(str(tmp_path))
@@ -342,32 +343,33 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, data: bytes | No
     ``data``, when given, is the model's serialization already made by the caller. Models over
     2 GB are written with their weights in ``<name>.data`` beside the model. ``check`` is called
     with the written temporary file (its data file beside it) before anything is put in place;
-    if it raises, nothing is.
+    if it raises, nothing is (and no folder made for it stays).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxquant-", dir=path.parent))
-    try:
-        tmp_path = tmp_dir / path.name
-        if has_lazy(model):
-            _write_with_lazy(model, tmp_path)
-        elif data is not None:
-            tmp_path.write_bytes(data)
-        elif model.ByteSize() < PROTOBUF_LIMIT:
-            tmp_path.write_bytes(serialize(model))
-        else:
-            _write_external(model, tmp_path)
-        del data
-        if check is not None:
-            check(tmp_path)
-        external = tmp_dir / (path.name + ".data")
-        if external.exists():
-            os.replace(external, path.parent / external.name)
-        os.replace(tmp_path, path)
-    finally:
-        for leftover in tmp_dir.iterdir():
-            leftover.unlink()
-        tmp_dir.rmdir()
+    with all_or_nothing() as made, write_errors(path):
+        made.parents(path)
+        tmp_dir = temp_dir(path.parent)
+        try:
+            tmp_path = tmp_dir / path.name
+            if has_lazy(model):
+                _write_with_lazy(model, tmp_path)
+            elif data is not None:
+                tmp_path.write_bytes(data)
+            elif model.ByteSize() < PROTOBUF_LIMIT:
+                tmp_path.write_bytes(serialize(model))
+            else:
+                _write_external(model, tmp_path)
+            del data
+            if check is not None:
+                check(tmp_path)
+            external = tmp_dir / (path.name + ".data")
+            if external.exists():
+                os.replace(external, path.parent / external.name)
+                made.file(path.parent / external.name)
+            os.replace(tmp_path, path)
+            made.file(path)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     return path
 
 
@@ -386,14 +388,16 @@ def model_size(model: onnx.ModelProto) -> int:
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file renamed into place: never a partial file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with all_or_nothing() as made, write_errors(path):
+        made.parents(path)
+        fd, tmp = temp_file(path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        made.file(path)
     return path

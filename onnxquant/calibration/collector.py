@@ -45,6 +45,8 @@ def augmented_bytes(model: onnx.ModelProto, names: list[str]) -> bytes:
 
 
 # onnxruntime intra-op threads for every CPU session a library call opens (0: its default).
+# More than this is a typo, not a machine: onnxruntime would fail to start the pool.
+MAX_THREADS = 1024
 _THREADS: contextvars.ContextVar[int] = contextvars.ContextVar("onnxquant_threads", default=0)
 
 
@@ -54,8 +56,8 @@ def session_threads(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
-    if threads < 0:
-        raise ValueError("threads must be at least 0")
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS:
+        raise UsageError(f"threads must be a whole number in 0..{MAX_THREADS}, got {threads!r}")
     token = _THREADS.set(threads)
     try:
         yield
@@ -72,6 +74,8 @@ def memory_budget(max_bytes: int | None) -> Iterator[None]:
     """Calibrate inside with at most ``max_bytes`` of fetched activations per run: tensors are
     observed in groups, one pass over the data per group. Statistics (and so outputs) are the
     same as in one pass."""
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
+        raise UsageError(f"max_memory must be a positive number of bytes, got {max_bytes!r}")
     token = _MAX_MEMORY.set(max_bytes)
     try:
         yield

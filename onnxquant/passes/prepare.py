@@ -7,7 +7,6 @@ into Conv and BatchNorm into Conv, with standard ops only, so the result stays p
 """
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import onnx
 from onnx import version_converter
 
 from onnxquant.errors import ModelError
+from onnxquant.outputs import scratch
 from onnxquant.model_io import PROTOBUF_LIMIT, has_lazy, iter_graphs, serialize
 from onnxquant.passes.fold_affine import fold_affine_into_conv
 from onnxquant.passes.fold_constants import fold_constant_nodes
@@ -91,7 +91,7 @@ def _used_domains(model: onnx.ModelProto) -> set[str]:
 def _simplify(model: onnx.ModelProto, report: PrepareReport) -> onnx.ModelProto:
     """Run onnxruntime's BASIC (standard-op only) graph optimizer offline (models under 2 GB)."""
     import onnxruntime as ort
-    with tempfile.TemporaryDirectory(prefix="onnxquant-") as tmp:
+    with scratch() as tmp:
         out = Path(tmp) / "simplified.onnx"
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
