@@ -1,0 +1,123 @@
+"""How each quantize stage grows with graph size: 1k, 10k and 50k-node chains, timed per stage.
+
+The graph is a chain of small blocks that exercise the graph passes: Conv, a constant
+per-channel Mul after it (affine folding), Relu, and every fourth block a residual Add. Each
+stage is timed on its own and the growth per doubling of the node count is printed:
+2.0 is linear, 4.0 quadratic. A pass whose growth is well above 2 has a scan per node.
+
+``python -m benchmarks.graph_scaling [--sizes 1000 10000 50000] [--stages ...]``
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+CHANNELS = 4
+
+
+def chain(nodes: int, seed: int = 0) -> onnx.ModelProto:
+    """A model of about ``nodes`` nodes: blocks of Conv, Mul (folded into the Conv), Relu, Add."""
+    rng = np.random.default_rng(seed)
+    graph_nodes, inits = [], []
+    x = "x"
+    block = 0
+    while len(graph_nodes) < nodes:
+        w = numpy_helper.from_array(rng.normal(0, 0.5, (CHANNELS, CHANNELS, 1, 1)).astype(np.float32), f"w{block}")
+        b = numpy_helper.from_array(rng.normal(0, 0.1, CHANNELS).astype(np.float32), f"b{block}")
+        s = numpy_helper.from_array(rng.uniform(0.5, 1.5, (1, CHANNELS, 1, 1)).astype(np.float32), f"s{block}")
+        inits += [w, b, s]
+        graph_nodes += [
+            helper.make_node("Conv", [x, w.name, b.name], [f"c{block}"], name=f"conv{block}"),
+            helper.make_node("Mul", [f"c{block}", s.name], [f"m{block}"], name=f"mul{block}"),
+            helper.make_node("Relu", [f"m{block}"], [f"r{block}"], name=f"relu{block}"),
+        ]
+        out = f"r{block}"
+        if block % 4 == 3:
+            graph_nodes.append(helper.make_node("Add", [out, x], [f"a{block}"], name=f"add{block}"))
+            out = f"a{block}"
+        x = out
+        block += 1
+    graph = helper.make_graph(graph_nodes, "chain",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, 4, 4])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, CHANNELS, 4, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def samples(count: int = 2) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(1)
+    return [{"x": rng.normal(0, 1, (1, CHANNELS, 4, 4)).astype(np.float32)} for _ in range(count)]
+
+
+def stages(nodes: int) -> dict[str, float]:
+    """Seconds of each stage on a ``nodes``-node chain (the same calls ``quantize`` makes)."""
+    from onnxquant.calibration.collector import collect
+    from onnxquant.passes.insert_qdq import insert_qdq
+    from onnxquant.passes.prepare import default_opset, prepare_model
+    from onnxquant.planner import finalize, node_names, select
+    from onnxquant.recipe import Recipe
+    from onnxquant.recovery.pipeline import after_plan
+
+    recipe = Recipe().with_overrides(recovery={"bias_correction": False})
+    model = chain(nodes)
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, call: Callable[[], object]) -> object:
+        started = time.perf_counter()
+        result = call()
+        seconds[name] = time.perf_counter() - started
+        return result
+
+    # Simplification is onnxruntime's own optimizer: timed apart from our passes.
+    prepared, _ = timed("prepare (our passes)", lambda: prepare_model(model, simplify=False))
+    from onnxquant.passes.fold_affine import fold_affine_into_conv
+
+    timed("fold affine", lambda: fold_affine_into_conv(prepared))
+    timed("name nodes", lambda: node_names(prepared))
+    sel = timed("select", lambda: select(prepared, recipe, per_channel_ok=True))
+    table = timed("calibrate", lambda: collect(prepared, sel.observed, samples(), False, None))
+    plan = timed("plan", lambda: finalize(prepared, sel, table, recipe))
+    timed("recover", lambda: after_plan(prepared, plan, recipe, None, "no data"))
+    timed("insert Q/DQ", lambda: insert_qdq(prepared, plan, default_opset(prepared), inplace=True))
+    timed("quantize() end to end", lambda: _whole(model))
+    return seconds
+
+
+def _whole(model: onnx.ModelProto) -> None:
+    """``quantize`` as the command runs it (simplify, bias correction, self-check, atomic save)."""
+    import tempfile
+    from pathlib import Path
+
+    from onnxquant.api import quantize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        quantize(model, samples(), output=Path(tmp) / "q.onnx")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
+    args = parser.parse_args()
+    results = {n: stages(n) for n in args.sizes}
+    names = list(results[args.sizes[0]])
+    header = f"{'stage':22s}" + "".join(f"{n:>10d} n" for n in args.sizes) + "   growth per doubling"
+    print(header)
+    for name in names:
+        times = [results[n][name] for n in args.sizes]
+        growth = []
+        for (n1, t1), (n2, t2) in zip(zip(args.sizes, times), zip(args.sizes[1:], times[1:])):
+            growth.append((max(t2, 1e-6) / max(t1, 1e-6)) ** (1 / math.log2(n2 / n1)))
+        print(f"{name:22s}" + "".join(f"{t:10.3f} s" for t in times) + "   "
+              + ", ".join(f"{g:.2f}" for g in growth))
+    print("(2.00 per doubling is linear, 4.00 quadratic)")
+
+
+if __name__ == "__main__":
+    main()
