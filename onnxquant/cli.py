@@ -69,6 +69,12 @@ class _Command(click.Command):
         except MemoryError:
             click.echo("error: out of memory", err=True)
             ctx.exit(1)
+        except OSError as exc:  # the system refused a file (full disk, size limit, permissions): exit 2
+            if ctx.params.get("debug"):
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {one_line(where + (exc.strerror or str(exc)))}; nothing was written", err=True)
+            ctx.exit(2)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as exc:  # a bug of ours: still one line, and the way to see more
