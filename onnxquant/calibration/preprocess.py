@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -61,7 +62,10 @@ class ImagePreprocess:
             raise CalibrationDataError("image size unknown: set the preprocessing size (e.g. --image-size 224)")
         height, width = self.size
         try:
-            with Image.open(path) as img:
+            with warnings.catch_warnings():  # PIL's bomb warning would reach stderr: it is an error here
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img_file = Image.open(path)
+            with img_file as img:
                 if img.size[0] * img.size[1] > MAX_PIXELS or min(img.size) < 1:
                     raise CalibrationDataError(f"{path}: the image claims {img.size[0]}x{img.size[1]} pixels; "
                                                f"at most {MAX_PIXELS // 2**20} megapixels are decoded")
@@ -73,7 +77,8 @@ class ImagePreprocess:
                 left, top = (new[0] - width) // 2, (new[1] - height) // 2
                 img = img.crop((left, top, left + width, top + height))
                 pixels = np.asarray(img, dtype=np.float32)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as exc:
             raise CalibrationDataError(f"{path}: not a readable image ({exc})") from exc
         if self.channel_order == "BGR":
             pixels = pixels[..., ::-1]
