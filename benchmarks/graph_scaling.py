@@ -16,44 +16,11 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
-CHANNELS = 4
-
-
-def chain(nodes: int, seed: int = 0) -> onnx.ModelProto:
-    """A model of about ``nodes`` nodes: blocks of Conv, Mul (folded into the Conv), Relu, Add."""
-    rng = np.random.default_rng(seed)
-    graph_nodes, inits = [], []
-    x = "x"
-    block = 0
-    while len(graph_nodes) < nodes:
-        w = numpy_helper.from_array(rng.normal(0, 0.5, (CHANNELS, CHANNELS, 1, 1)).astype(np.float32), f"w{block}")
-        b = numpy_helper.from_array(rng.normal(0, 0.1, CHANNELS).astype(np.float32), f"b{block}")
-        s = numpy_helper.from_array(rng.uniform(0.5, 1.5, (1, CHANNELS, 1, 1)).astype(np.float32), f"s{block}")
-        inits += [w, b, s]
-        graph_nodes += [
-            helper.make_node("Conv", [x, w.name, b.name], [f"c{block}"], name=f"conv{block}"),
-            helper.make_node("Mul", [f"c{block}", s.name], [f"m{block}"], name=f"mul{block}"),
-            helper.make_node("Relu", [f"m{block}"], [f"r{block}"], name=f"relu{block}"),
-        ]
-        out = f"r{block}"
-        if block % 4 == 3:
-            graph_nodes.append(helper.make_node("Add", [out, x], [f"a{block}"], name=f"add{block}"))
-            out = f"a{block}"
-        x = out
-        block += 1
-    graph = helper.make_graph(graph_nodes, "chain",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, 4, 4])],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, CHANNELS, 4, 4])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
+from models.tiny import conv_chain, conv_chain_samples
 
 def samples(count: int = 2) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(1)
-    return [{"x": rng.normal(0, 1, (1, CHANNELS, 4, 4)).astype(np.float32)} for _ in range(count)]
+    return conv_chain_samples(count)
 
 
 def stages(nodes: int) -> dict[str, float]:
@@ -66,7 +33,7 @@ def stages(nodes: int) -> dict[str, float]:
     from onnxquant.recovery.pipeline import after_plan
 
     recipe = Recipe().with_overrides(recovery={"bias_correction": False})
-    model = chain(nodes)
+    model = conv_chain(nodes)
     seconds: dict[str, float] = {}
 
     def timed(name: str, call: Callable[[], object]) -> object:

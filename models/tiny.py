@@ -282,3 +282,37 @@ def tiny_detector(seed: int = 0, size: int = 96, classes: int = 8) -> onnx.Model
     model = _model(graph)
     onnx.checker.check_model(model)
     return model
+
+
+CHAIN_CHANNELS = 4
+
+
+def conv_chain(nodes: int, seed: int = 0) -> onnx.ModelProto:
+    """A long chain of about ``nodes`` nodes, for scaling checks: blocks of Conv, a constant
+    per-channel Mul (folded into the Conv), Relu, and every fourth block a residual Add."""
+    rng = np.random.default_rng(seed)
+    graph_nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    x, block, c = "x", 0, CHAIN_CHANNELS
+    while len(graph_nodes) < nodes:
+        inits += [_init(f"w{block}", rng.normal(0, 0.5, (c, c, 1, 1))), _init(f"b{block}", rng.normal(0, 0.1, c)),
+                  _init(f"s{block}", rng.uniform(0.5, 1.5, (1, c, 1, 1)))]
+        graph_nodes += [
+            helper.make_node("Conv", [x, f"w{block}", f"b{block}"], [f"c{block}"], name=f"conv{block}"),
+            helper.make_node("Mul", [f"c{block}", f"s{block}"], [f"m{block}"], name=f"mul{block}"),
+            helper.make_node("Relu", [f"m{block}"], [f"r{block}"], name=f"relu{block}"),
+        ]
+        out = f"r{block}"
+        if block % 4 == 3:
+            graph_nodes.append(helper.make_node("Add", [out, x], [f"a{block}"], name=f"add{block}"))
+            out = f"a{block}"
+        x, block = out, block + 1
+    graph = helper.make_graph(graph_nodes, "conv_chain",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 4, 4])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, c, 4, 4])], inits)
+    return _model(graph)
+
+
+def conv_chain_samples(count: int = 2, seed: int = 1) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(0, 1, (1, CHAIN_CHANNELS, 4, 4)).astype(np.float32)} for _ in range(count)]
