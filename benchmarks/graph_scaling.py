@@ -19,11 +19,12 @@ import onnx
 
 from models.tiny import conv_chain, conv_chain_samples
 
+
 def samples(count: int = 2) -> list[dict[str, np.ndarray]]:
     return conv_chain_samples(count)
 
 
-def stages(nodes: int) -> dict[str, float]:
+def stages(nodes: int, whole: bool) -> dict[str, float]:
     """Seconds of each stage on a ``nodes``-node chain (the same calls ``quantize`` makes)."""
     from onnxquant.calibration.collector import collect
     from onnxquant.passes.insert_qdq import insert_qdq
@@ -32,7 +33,7 @@ def stages(nodes: int) -> dict[str, float]:
     from onnxquant.recipe import Recipe
     from onnxquant.recovery.pipeline import after_plan
 
-    recipe = Recipe().with_overrides(recovery={"bias_correction": False})
+    recipe = Recipe()
     model = conv_chain(nodes)
     seconds: dict[str, float] = {}
 
@@ -51,10 +52,22 @@ def stages(nodes: int) -> dict[str, float]:
     sel = timed("select", lambda: select(prepared, recipe, per_channel_ok=True))
     table = timed("calibrate", lambda: collect(prepared, sel.observed, samples(), False, None))
     plan = timed("plan", lambda: finalize(prepared, sel, table, recipe))
-    timed("recover", lambda: after_plan(prepared, plan, recipe, None, "no data"))
+    timed("bias correction", lambda: after_plan(prepared, plan, recipe, samples, ""))
     timed("insert Q/DQ", lambda: insert_qdq(prepared, plan, default_opset(prepared), inplace=True))
-    timed("quantize() end to end", lambda: _whole(model))
+    timed("onnxruntime load (theirs)", lambda: _ort_load(model))
+    if whole:
+        timed("quantize() end to end", lambda: _whole(model))
     return seconds
+
+
+def _ort_load(model: onnx.ModelProto) -> None:
+    """onnxruntime's own session creation of the float model, without graph optimizations: a
+    cost every run pays (calibration, probes, self-check) and that we do not control."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def _whole(model: onnx.ModelProto) -> None:
@@ -71,17 +84,21 @@ def _whole(model: onnx.ModelProto) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
+    parser.add_argument("--whole-up-to", type=int, default=10000,
+                        help="time quantize() end to end only up to this many nodes (onnxruntime's own "
+                             "session creation grows faster than linearly and dominates beyond)")
     args = parser.parse_args()
-    results = {n: stages(n) for n in args.sizes}
+    results = {n: stages(n, n <= args.whole_up_to) for n in args.sizes}
     names = list(results[args.sizes[0]])
-    header = f"{'stage':22s}" + "".join(f"{n:>10d} n" for n in args.sizes) + "   growth per doubling"
+    header = f"{'stage':26s}" + "".join(f"{n:>10d} n" for n in args.sizes) + "   growth per doubling"
     print(header)
     for name in names:
-        times = [results[n][name] for n in args.sizes]
+        sizes = [n for n in args.sizes if name in results[n]]
+        times = [results[n][name] for n in sizes]
         growth = []
-        for (n1, t1), (n2, t2) in zip(zip(args.sizes, times), zip(args.sizes[1:], times[1:])):
+        for (n1, t1), (n2, t2) in zip(zip(sizes, times), zip(sizes[1:], times[1:])):
             growth.append((max(t2, 1e-6) / max(t1, 1e-6)) ** (1 / math.log2(n2 / n1)))
-        print(f"{name:22s}" + "".join(f"{t:10.3f} s" for t in times) + "   "
+        print(f"{name:26s}" + "".join(f"{t:10.3f} s" for t in times) + " " * 12 * (len(args.sizes) - len(times)) + "   "
               + ", ".join(f"{g:.2f}" for g in growth))
     print("(2.00 per doubling is linear, 4.00 quadratic)")
 
