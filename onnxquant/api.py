@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,14 +121,13 @@ class QuantizeResult:
         }
 
 
-def _paths(*items: Any) -> list[Path]:
-    """The files a command reads from: models with their external data, sample folders' files."""
-    found: list[Path] = []
+def _paths(*items: Any) -> Iterator[Path]:
+    """The files a command reads from: models with their external data, sample folders' files
+    (a generator: expanded only when an output could be one of them)."""
     for item in items:
         if isinstance(item, (str, os.PathLike)):
             path = Path(item)
-            found.extend(model_files(path) if path.suffix.lower() == ".onnx" or path.is_file() else data_files(path))
-    return found
+            yield from (model_files(path) if path.suffix.lower() == ".onnx" or path.is_file() else data_files(path))
 
 
 def _refuse_aliasing(model: Any, data: Any, holdout: Any, stats: Any, output: Any, save_stats_to: Any) -> None:

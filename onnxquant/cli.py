@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sys
 from collections.abc import Iterator
@@ -38,8 +39,9 @@ def _refuse_aliasing(params: dict[str, Any]) -> None:
     """Every command: no output may be one of its input files, checked before any work."""
     from onnxquant.outputs import data_files, model_files, model_outputs, refuse_aliasing
 
-    inputs = [f for key in _MODEL_INPUTS if params.get(key) is not None for f in model_files(params[key])]
-    inputs += [f for key in _DATA_INPUTS if params.get(key) is not None for f in data_files(params[key])]
+    inputs = itertools.chain(
+        (f for key in _MODEL_INPUTS if params.get(key) is not None for f in model_files(params[key])),
+        (f for key in _DATA_INPUTS if params.get(key) is not None for f in data_files(params[key])))
     outputs = [f for key in _MODEL_OUTPUTS if params.get(key) is not None for f in model_outputs(params[key])]
     outputs += [params[key] for key in _FILE_OUTPUTS if params.get(key) is not None]
     if outputs:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -205,8 +205,14 @@ def compress(job: CompressJob, progress: StepProgress | None = None) -> Compress
     """Run ``job`` end to end; the bundle is written only when every budget holds."""
     from onnxquant.outputs import all_or_nothing, data_files, model_files, refuse_aliasing
 
-    refuse_aliasing([job.source, *model_files(job.model), *data_files(job.calib_data),
-                     *(data_files(job.holdout) if job.holdout else [])], [job.output, job.html])
+    def inputs() -> Iterator[Path | None]:
+        yield job.source
+        yield from model_files(job.model)
+        yield from data_files(job.calib_data)
+        if job.holdout:
+            yield from data_files(job.holdout)
+
+    refuse_aliasing(inputs(), [job.output, job.html])
     with session_threads(job.threads), memory_budget(job.max_memory), all_or_nothing():
         return _compress(job, progress)
 

@@ -85,7 +85,13 @@ def refuse_aliasing(inputs: Iterable[PathLike | None], outputs: Iterable[PathLik
     """Refuse (exit 2) an output that is one of the inputs, or two outputs that are one file.
 
     Give expanded lists (``model_files``, ``data_files``, ``model_outputs``); ``None`` is skipped.
+    ``inputs`` may be a generator: it is only expanded when some output already exists (an
+    output that does not exist yet cannot be an input file), so reading a large model's
+    metadata twice is spared in the usual case.
     """
+    outputs = [Path(o) for o in outputs if o is not None]
+    if not any(os.path.lexists(o) for o in outputs):
+        inputs = ()
     seen: dict[tuple, Path] = {}
     for item in inputs:
         if item is None:

@@ -77,7 +77,7 @@ def package(
     """
     source = Path(compressed)
     output = Path(output)
-    refuse_aliasing(model_files(source), [output])
+    refuse_aliasing((f for path in (source,) for f in model_files(path)), [output])  # lazy: see refuse_aliasing
     model = load_model(source)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in iter_tensors(onnx.load_model(str(source), load_external_data=False))):
         raise ModelError(f"{source}: models with external data cannot be packaged yet (keep them under 2 GB)")
