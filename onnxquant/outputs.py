@@ -5,11 +5,13 @@ statistics, validation report) and its outputs (model and ``OUT.data``, statisti
 copy). ``refuse_aliasing`` compares them once, before anything is written: by resolved path
 (symlinks, ``..``) and by device and inode (hard links). ``AllOrNothing`` creates the folders an
 output needs and takes back every file and folder it made if the command fails after all.
-Temporaries are named ``.onnxquant-tmp-<pid>-...``; ``clean_stale`` removes those of dead runs.
+Temporaries are named ``.onnxquant-tmp-<pid namespace>-<pid>-...``; ``clean_stale`` removes
+those of dead runs.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import re
 import shutil
@@ -20,7 +22,19 @@ from pathlib import Path
 from onnxquant.errors import UsageError
 
 TMP_PREFIX = ".onnxquant-tmp-"
-_STALE = re.compile(re.escape(TMP_PREFIX) + r"(\d+)-")
+
+
+def _pid_namespace() -> str:
+    """Which process-id space our pids belong to (a container has its own): a temporary is only
+    judged stale by a run that sees the same pids."""
+    try:
+        return re.sub(r"\D", "", os.readlink("/proc/self/ns/pid")) or "0"
+    except OSError:
+        return "0"
+
+
+_NAMESPACE = _pid_namespace()
+_STALE = re.compile(re.escape(TMP_PREFIX) + re.escape(_NAMESPACE) + r"-(\d+)-")
 # A calibration folder is read flat; a folder with more files than this is not listed file by file.
 _MAX_LISTED = 100_000
 
@@ -142,12 +156,16 @@ def clean_stale(folder: Path) -> None:
 def temp_dir(folder: Path) -> Path:
     """A private temporary folder in ``folder`` (same file system: a rename puts things in place)."""
     clean_stale(folder)
-    return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=folder))
+    return Path(tempfile.mkdtemp(prefix=_prefix(), dir=folder))
 
 
 def temp_file(folder: Path) -> tuple[int, str]:
     clean_stale(folder)
-    return tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=".tmp", dir=folder)
+    return tempfile.mkstemp(prefix=_prefix(), suffix=".tmp", dir=folder)
+
+
+def _prefix() -> str:
+    return f"{TMP_PREFIX}{_NAMESPACE}-{os.getpid()}-"
 
 
 class AllOrNothing:
@@ -199,24 +217,25 @@ class AllOrNothing:
         self.folders.clear()
 
 
-_current: list[AllOrNothing] = []
+_CURRENT: contextvars.ContextVar[AllOrNothing | None] = contextvars.ContextVar("onnxquant_outputs", default=None)
 
 
 @contextlib.contextmanager
 def all_or_nothing() -> Iterator[AllOrNothing]:
     """The command's tracker (the outermost one when nested); undone on any exception."""
-    if _current:
-        yield _current[-1]
+    outer = _CURRENT.get()
+    if outer is not None:
+        yield outer
         return
     tracker = AllOrNothing()
-    _current.append(tracker)
+    token = _CURRENT.set(tracker)
     try:
         yield tracker
     except BaseException:
         tracker.undo()
         raise
     finally:
-        _current.pop()
+        _CURRENT.reset(token)
 
 
 @contextlib.contextmanager

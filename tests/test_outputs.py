@@ -25,7 +25,7 @@ from onnx import external_data_helper
 
 from models.tiny import image_samples, tiny_cnn, tiny_mlp
 from onnxquant.cli import main
-from onnxquant.outputs import TMP_PREFIX, all_or_nothing, clean_stale
+from onnxquant.outputs import _NAMESPACE, TMP_PREFIX, all_or_nothing, clean_stale
 from tests.conftest import write_npz
 
 
@@ -238,10 +238,10 @@ def test_stale_temporaries_of_killed_runs_are_cleaned(tmp_path: Path):
     is gone), and leaves a live run's alone."""
     work = _work(tmp_path / "w")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = work / f"{TMP_PREFIX}{int(dead.stdout)}-abc"
+    stale = work / f"{TMP_PREFIX}{_NAMESPACE}-{int(dead.stdout)}-abc"
     stale.mkdir()
     (stale / "q.onnx").write_bytes(b"half")
-    live = work / f"{TMP_PREFIX}{os.getpid()}-xyz"
+    live = work / f"{TMP_PREFIX}{_NAMESPACE}-{os.getpid()}-xyz"
     live.mkdir()
     result = CliRunner().invoke(main, ["quantize", str(work / "plain.onnx"), "-o", str(work / "q.onnx"),
                                        "--calib-data", str(work / "calib"), "-q"])
