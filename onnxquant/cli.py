@@ -486,7 +486,7 @@ def _sensitivity_table(report: dict[str, Any]) -> str:
 
 @main.command(cls=_Command)
 @_diagnostic_options
-@click.option("--top", type=int, help="Show only the N most damaging layers.")
+@click.option("--top", type=click.IntRange(min=1), help="Show only the N most damaging layers.")
 @click.option("--drop-by", type=click.Choice(["cosine", "top1"]), default="cosine", show_default=True,
               help="Damage as 1 - mean cosine of each output, or 1 - top-1 agreement of (batch, classes) scores.")
 @_image_options
@@ -519,7 +519,7 @@ def _layer_error_table(report: dict[str, Any]) -> str:
 
 @main.command("layer-errors", cls=_Command)
 @_diagnostic_options
-@click.option("--top", type=int, help="Show only the N worst tensors.")
+@click.option("--top", type=click.IntRange(min=1), help="Show only the N worst tensors.")
 @_recovery_options
 @_image_options
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")

@@ -25,6 +25,7 @@ from onnxquant.outputs import all_or_nothing, model_files, refuse_aliasing, scra
 from onnxquant.ort_format import ORT_LEVELS, convert_to_ort, required_operators
 from onnxquant.report.build import build_report, tool_versions
 from onnxquant.report.html import render_html
+from onnxquant.settings import parse_limited
 
 MANIFEST_FORMAT = "onnxquant-bundle/1"
 RECIPE_KEY = "onnxquant.recipe"
@@ -116,9 +117,10 @@ def _recipe_of(model: onnx.ModelProto) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        recipe = parse_limited(text, json.loads, "the model's recipe")
+    except (ValueError, UsageError):  # JSONDecodeError is a ValueError; too deep is a UsageError
         return None
+    return recipe if isinstance(recipe, dict) else None
 
 
 def _check_ort_loads(path: Path) -> None:

@@ -20,19 +20,26 @@ from onnxquant.errors import UsageError
 MAX_DEPTH = 32
 
 
-def _name(hint: Any) -> str:
+_NOUNS = {bool: ("true or false", "true/false values"), int: ("a whole number", "whole numbers"),
+          float: ("a finite number", "finite numbers"), str: ("a string", "strings"), type(None): ("unset", "unset")}
+
+
+def _name(hint: Any, plural: bool = False) -> str:
+    """What ``hint`` takes, in words: "a list of strings", "a whole number or unset"."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_name(a) for a in typing.get_args(hint))
+        return " or ".join(_name(a, plural) for a in typing.get_args(hint))
     if origin is tuple:
         args = typing.get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_name(args[0])}s"
-        return f"a list of {len(args)} {' '.join(sorted({_name(a) for a in args}))}s"
+            return f"a list of {_name(args[0], True)}"
+        return f"a list of {len(args)} {_name(args[0], True)}"
     if origin is typing.Literal:
         return " or ".join(repr(a) for a in typing.get_args(hint))
-    return {bool: "true/false", int: "whole number", float: "number", str: "string",
-            type(None): "unset"}.get(hint, getattr(hint, "__name__", str(hint)))
+    noun = _NOUNS.get(hint)
+    if noun is None:
+        return getattr(hint, "__name__", str(hint))
+    return noun[1] if plural else noun[0]
 
 
 def check_value(value: Any, hint: Any) -> Any:
