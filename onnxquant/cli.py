@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,18 +55,44 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a CI timeout): unwound like Ctrl-C, so nothing is left behind."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While a command runs, SIGTERM raises instead of killing the process at once (the
+    previous handler comes back after; only the main thread can set one)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class _Command(click.Command):
     """Typed library errors become one line and their exit code; tracebacks only with --debug."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             _refuse_aliasing(ctx.params)
-            return super().invoke(ctx)
+            with _sigterm_unwinds():
+                return super().invoke(ctx)
         except OnnxQuantError as exc:
             if ctx.params.get("debug"):
                 raise
             click.echo(f"error: {one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
+        except _Terminated:
+            click.echo("error: terminated; nothing was written", err=True)
+            ctx.exit(143)
         except KeyboardInterrupt:
             click.echo("error: interrupted; nothing was written", err=True)
             ctx.exit(130)
