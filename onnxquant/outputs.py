@@ -125,6 +125,8 @@ def refuse_aliasing(inputs: Iterable[PathLike | None], outputs: Iterable[PathLik
             written[key] = out
         if out.is_dir() and out.suffix.lower() in (".onnx", ".npz", ".html", ".json", ".zip"):
             raise UsageError(f"{out}: is a folder, not a file")
+        if out.exists() and not (out.is_file() or out.is_dir()):  # a device, a pipe, a socket
+            raise UsageError(f"{out}: is not a regular file; an output is written beside it and renamed over it")
 
 
 def _pid_alive(pid: int) -> bool:

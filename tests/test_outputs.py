@@ -257,3 +257,15 @@ def test_a_newline_in_a_path_cannot_forge_a_second_line(tmp_path: Path):
     assert result.exit_code == 3, result.output
     lines = result.output.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "\\n" in lines[0], result.output
+
+
+def test_an_output_that_is_a_device_or_a_pipe_is_refused(tmp_path: Path):
+    """Renaming a file over /dev/null (as root) would replace the device: refused up front."""
+    work = _work(tmp_path / "w")
+    os.mkfifo(work / "pipe.onnx")
+    (work / "sub" / "null.onnx").symlink_to("/dev/null")
+    for out in (work / "pipe.onnx", work / "sub" / "null.onnx", Path("/dev/null")):
+        result = CliRunner().invoke(main, ["quantize", str(work / "plain.onnx"), "-o", str(out),
+                                           "--calib-data", str(work / "calib")])
+        assert result.exit_code == 2 and "not a regular file" in result.output, result.output
+    assert Path("/dev/null").is_char_device()
