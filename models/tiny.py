@@ -230,3 +230,89 @@ def tiny_mbconv(seed: int = 0, dead: tuple[int, ...] = (), batch: int | str = "N
     model = _model(graph)
     onnx.checker.check_model(model)
     return model
+
+
+def tiny_detector(seed: int = 0, size: int = 96, classes: int = 8) -> onnx.ModelProto:
+    """A YOLO-style detector: a Conv/SiLU backbone with a residual, two heads at strides 8 and 16,
+    their predictions flattened and concatenated, boxes (sigmoid times anchor scales) and class
+    scores (sigmoid) split off and joined again, transposed to (batch, boxes, 4 + classes).
+
+    Big enough that onnxruntime's kernels split work across threads (the ``--threads`` test)."""
+    rng = np.random.default_rng(seed)
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+
+    def conv(x: str, cin: int, cout: int, k: int, stride: int, name: str, act: bool = True) -> str:
+        inits.append(_init(f"{name}_w", rng.normal(0, 1, (cout, cin, k, k)) * np.sqrt(2 / (cin * k * k))))
+        inits.append(_init(f"{name}_b", rng.normal(0, 0.1, cout)))
+        nodes.append(helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [name], name=name,
+                                      pads=[k // 2] * 4, strides=[stride, stride]))
+        if not act:
+            return name
+        nodes.append(helper.make_node("Sigmoid", [name], [f"{name}_sig"], name=f"{name}_sig"))
+        nodes.append(helper.make_node("Mul", [name, f"{name}_sig"], [f"{name}_silu"], name=f"{name}_silu"))
+        return f"{name}_silu"
+
+    x = conv(conv("images", 3, 16, 3, 2, "stem"), 16, 32, 3, 2, "b1")
+    nodes.append(helper.make_node("Add", [x, conv(x, 32, 32, 3, 1, "b2")], ["res"], name="res"))
+    p3 = conv("res", 32, 48, 3, 2, "b3")
+    p4 = conv(p3, 48, 64, 3, 2, "b4")
+    flat = []
+    for level, (feature, channels, stride) in enumerate([(p3, 48, 8), (p4, 64, 16)]):
+        head = conv(feature, channels, 4 + classes, 1, 1, f"head{level}", act=False)
+        inits.append(numpy_helper.from_array(np.array([1, 4 + classes, (size // stride) ** 2], np.int64), f"shape{level}"))
+        nodes.append(helper.make_node("Reshape", [head, f"shape{level}"], [f"flat{level}"], name=f"flat{level}"))
+        flat.append(f"flat{level}")
+    inits.append(numpy_helper.from_array(np.array([4, classes], np.int64), "split"))
+    inits.append(_init("anchor_scale", rng.uniform(1, 90, (1, 4, 1))))
+    nodes += [
+        helper.make_node("Concat", flat, ["cat"], name="cat", axis=2),
+        helper.make_node("Split", ["cat", "split"], ["box_raw", "cls_raw"], name="split", axis=1),
+        helper.make_node("Sigmoid", ["box_raw"], ["box_sig"], name="box_sig"),
+        helper.make_node("Mul", ["box_sig", "anchor_scale"], ["boxes"], name="boxes"),
+        helper.make_node("Sigmoid", ["cls_raw"], ["scores"], name="scores"),
+        helper.make_node("Concat", ["boxes", "scores"], ["pred"], name="pred", axis=1),
+        helper.make_node("Transpose", ["pred"], ["output"], name="transpose", perm=[0, 2, 1]),
+    ]
+    boxes = sum((size // s) ** 2 for s in (8, 16))
+    graph = helper.make_graph(nodes, "tiny_detector",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, boxes, 4 + classes])],
+                              inits)
+    model = _model(graph)
+    onnx.checker.check_model(model)
+    return model
+
+
+CHAIN_CHANNELS = 4
+
+
+def conv_chain(nodes: int, seed: int = 0) -> onnx.ModelProto:
+    """A long chain of about ``nodes`` nodes, for scaling checks: blocks of Conv, a constant
+    per-channel Mul (folded into the Conv), Relu, and every fourth block a residual Add."""
+    rng = np.random.default_rng(seed)
+    graph_nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    x, block, c = "x", 0, CHAIN_CHANNELS
+    while len(graph_nodes) < nodes:
+        inits += [_init(f"w{block}", rng.normal(0, 0.5, (c, c, 1, 1))), _init(f"b{block}", rng.normal(0, 0.1, c)),
+                  _init(f"s{block}", rng.uniform(0.5, 1.5, (1, c, 1, 1)))]
+        graph_nodes += [
+            helper.make_node("Conv", [x, f"w{block}", f"b{block}"], [f"c{block}"], name=f"conv{block}"),
+            helper.make_node("Mul", [f"c{block}", f"s{block}"], [f"m{block}"], name=f"mul{block}"),
+            helper.make_node("Relu", [f"m{block}"], [f"r{block}"], name=f"relu{block}"),
+        ]
+        out = f"r{block}"
+        if block % 4 == 3:
+            graph_nodes.append(helper.make_node("Add", [out, x], [f"a{block}"], name=f"add{block}"))
+            out = f"a{block}"
+        x, block = out, block + 1
+    graph = helper.make_graph(graph_nodes, "conv_chain",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 4, 4])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, c, 4, 4])], inits)
+    return _model(graph)
+
+
+def conv_chain_samples(count: int = 2, seed: int = 1) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(0, 1, (1, CHAIN_CHANNELS, 4, 4)).astype(np.float32)} for _ in range(count)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from onnxquant.model_io import (
     tensor_array,
 )
 from onnxquant.npu_planner import select_every_op
+from onnxquant.outputs import all_or_nothing, data_files, model_files, model_outputs, refuse_aliasing
 from onnxquant.ops import WEIGHTED_OPS
 from onnxquant.ops.rules import RULES, Kind
 from onnxquant.passes.insert_qdq import insert_qdq
@@ -118,6 +119,21 @@ class QuantizeResult:
             **({"mixed_precision": self.mixed_precision} if self.mixed_precision is not None else {}),
             **({"pruning": self.pruning.to_dict()} if self.pruning is not None else {}),
         }
+
+
+def _paths(*items: Any) -> Iterator[Path]:
+    """The files a command reads from: models with their external data, sample folders' files
+    (a generator: expanded only when an output could be one of them)."""
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            path = Path(item)
+            yield from (model_files(path) if path.suffix.lower() == ".onnx" or path.is_file() else data_files(path))
+
+
+def _refuse_aliasing(model: Any, data: Any, holdout: Any, stats: Any, output: Any, save_stats_to: Any) -> None:
+    """Before any work: no output may be an input file (or another output)."""
+    outputs = [*(model_outputs(output) if output is not None else []), save_stats_to]
+    refuse_aliasing(_paths(model, data, holdout, stats), outputs)
 
 
 def _as_model(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, Path | None]:
@@ -353,8 +369,18 @@ def quantize(
 
     ``diagnostics``: also keep histograms and the prepared float model in the result, for reports.
     """
+    with all_or_nothing():
+        return _quantize(model, data, recipe, output, stats, save_stats_to, progress, holdout, max_drop, metric,
+                         agreement, diagnostics)
+
+
+def _quantize(model: onnx.ModelProto | str | os.PathLike, data: Any, recipe: Recipe | None,
+              output: str | os.PathLike | None, stats: StatsTable | str | os.PathLike | None,
+              save_stats_to: str | os.PathLike | None, progress: ProgressCallback | None, holdout: Any,
+              max_drop: float | None, metric: Metric | None, agreement: str, diagnostics: bool) -> QuantizeResult:
     started = time.perf_counter()
     recipe = recipe or Recipe()
+    _refuse_aliasing(model, data, holdout, stats if not isinstance(stats, StatsTable) else None, output, save_stats_to)
     prepared, prep, sel, size_before = _prepare_and_select(model, recipe, data, saved_stats=stats is not None,
                                                            holdout=holdout, metric=metric, agreement=agreement)
     t_cal = time.perf_counter()
@@ -377,8 +403,6 @@ def quantize(
         want_hist = needs_histogram(recipe.calibration.method) or save_stats_to is not None or diagnostics
         table = collect(prepared, sel.observed, source, want_hist, recipe.calibration.max_samples, progress, _length(source))
         first = _first_sample(source, prepared) if not hasattr(data, "get_next") else None
-        if save_stats_to is not None:
-            save_stats(table, save_stats_to)
     calibration_seconds = time.perf_counter() - t_cal
 
     # Tensors that turned out not to be float32 (unknown before running) narrow the selection.
@@ -406,6 +430,8 @@ def quantize(
     _stamp(quantized, recipe)
     notes = [*prep.notes, *build_notes]
     saved = _check_and_save(quantized, output, first, notes)
+    if save_stats_to is not None and stats is None:  # last: a failure before leaves no statistics file
+        save_stats(table, save_stats_to)
 
     # Shape arithmetic (int64 Concat, Gather of shapes...) is not float compute: not reported.
     floats = [FloatNode(n, op, r) for n, (op, r) in sel.float_nodes.items()
@@ -487,8 +513,16 @@ def prune(
     ``data`` is needed for Wanda scores and for ``max_drop`` (held-out samples default to it).
     ``progress``: called with (layers refit, layers) while the pruned layers are refit.
     """
+    with all_or_nothing():
+        return _prune(model, data, recipe, output, holdout, metric, agreement, progress)
+
+
+def _prune(model: onnx.ModelProto | str | os.PathLike, data: Any, recipe: Recipe | None,
+           output: str | os.PathLike | None, holdout: Any, metric: Metric | None, agreement: str,
+           progress: ProgressCallback | None) -> PruneResult:
     started = time.perf_counter()
     recipe = recipe or Recipe()
+    _refuse_aliasing(model, data, holdout, None, output, None)
     if not recipe.prune.enabled:
         raise UsageError("nothing to prune: give a sparsity, a threshold, a pattern (2:4) or a channel fraction")
     original_bytes = Path(model).read_bytes() if not isinstance(model, onnx.ModelProto) else None
@@ -589,8 +623,8 @@ def _mixed_precision(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTabl
                      progress: ProgressCallback | None, int4: list[str], agreement: str) -> MixedPrecisionResult:
     """int8 with the fewest float layers that meets ``max_drop``; then, given ``int4``
     candidates, as many of the least sensitive as the budget allows get 4-bit weights."""
-    if max_drop < 0:
-        raise UsageError(f"max_drop must be at least 0, got {max_drop}")
+    if not 0 <= max_drop < float("inf"):  # also nan
+        raise UsageError(f"max_drop must be a finite number at least 0, got {max_drop}")
     held = _holdout_for(prepared, data, holdout, recipe, agreement)
     full_model, _, _ = _build(prepared, recipe, table, not_float, data, inplace=False)
     full = (full_model, measure(full_model, held, metric))

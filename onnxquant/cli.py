@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,7 @@ from typing import Any
 import click
 
 from onnxquant import __version__
-from onnxquant.calibration.collector import memory_budget, session_threads
+from onnxquant.calibration.collector import MAX_THREADS, memory_budget, session_threads
 from onnxquant.calibration.observers import METHODS
 from onnxquant.errors import BudgetExceededError, ExecutionProviderError, OnnxQuantError
 from onnxquant.providers import PROVIDERS
@@ -27,31 +30,89 @@ from onnxquant.recipe import (
 from onnxquant.units import parse_size
 
 
+# Parameters that name files a command reads, and files it writes (``_refuse_aliasing``).
+_MODEL_INPUTS = ("model", "original", "compressed")
+_DATA_INPUTS = ("calib_data", "holdout", "data", "recipe_path", "validation_path", "load_stats", "job")
+_MODEL_OUTPUTS = ("output",)
+_FILE_OUTPUTS = ("save_stats",)
+
+
+def _refuse_aliasing(params: dict[str, Any]) -> None:
+    """Every command: no output may be one of its input files, checked before any work."""
+    from onnxquant.outputs import data_files, model_files, model_outputs, refuse_aliasing
+
+    inputs = itertools.chain(
+        (f for key in _MODEL_INPUTS if params.get(key) is not None for f in model_files(params[key])),
+        (f for key in _DATA_INPUTS if params.get(key) is not None for f in data_files(params[key])))
+    outputs = [f for key in _MODEL_OUTPUTS if params.get(key) is not None for f in model_outputs(params[key])]
+    outputs += [params[key] for key in _FILE_OUTPUTS if params.get(key) is not None]
+    if outputs:
+        refuse_aliasing(inputs, outputs)
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped: a path holding a newline cannot forge a second line."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a CI timeout): unwound like Ctrl-C, so nothing is left behind."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While a command runs, SIGTERM raises instead of killing the process at once (the
+    previous handler comes back after; only the main thread can set one)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class _Command(click.Command):
     """Typed library errors become one line and their exit code; tracebacks only with --debug."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            _refuse_aliasing(ctx.params)
+            with _sigterm_unwinds():
+                return super().invoke(ctx)
         except OnnxQuantError as exc:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
+        except _Terminated:
+            click.echo("error: terminated; nothing was written", err=True)
+            ctx.exit(143)
         except KeyboardInterrupt:
             click.echo("error: interrupted; nothing was written", err=True)
             ctx.exit(130)
         except MemoryError:
             click.echo("error: out of memory", err=True)
             ctx.exit(1)
+        except OSError as exc:  # the system refused a file (full disk, size limit, permissions): exit 2
+            if ctx.params.get("debug"):
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {one_line(where + (exc.strerror or str(exc)))}; nothing was written", err=True)
+            ctx.exit(2)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as exc:  # a bug of ours: still one line, and the way to see more
             if ctx.params.get("debug"):
                 raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            click.echo(f"error: internal error ({type(exc).__name__}: {first}); --debug shows the traceback; "
-                       "please report it", err=True)
+            click.echo(f"error: internal error ({type(exc).__name__}: {one_line(first)}); --debug shows the "
+                       "traceback; please report it", err=True)
             ctx.exit(1)
 
 
@@ -158,7 +219,20 @@ def _summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@click.group()
+class _Group(click.Group):
+    """Bad options and arguments are one ``error:`` line with exit 2, like every other error."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except click.ClickException as exc:
+            click.echo(f"error: {one_line(exc.format_message())}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group)
 @click.version_option(__version__, prog_name="onnxquant")
 def main() -> None:
     """Post-training int8 quantization for ONNX models."""
@@ -258,8 +332,10 @@ def _recovery_overrides(options: dict[str, Any]) -> dict[str, Any]:
 
 def _preprocess_overrides(image: dict[str, Any]) -> dict[str, Any]:
     size = _parse_floats(image.get("image_size"), "--image-size")
-    return {
-        "size": tuple(int(v) for v in size) if size else None,
+    if size is not None and len(size) == 1:
+        size = size * 2  # a square crop
+    return {  # whole numbers become ints; anything else is refused where the settings are built
+        "size": tuple(int(v) if v.is_integer() else v for v in size) if size else None,
         "mean": _parse_floats(image.get("image_mean"), "--image-mean"),
         "std": _parse_floats(image.get("image_std"), "--image-std"),
         "layout": image.get("image_layout"), "resize": image.get("image_resize"),
@@ -299,7 +375,7 @@ def _preprocess_overrides(image: dict[str, Any]) -> dict[str, Any]:
               help="What --max-drop measures: 1 - mean cosine of each output, or 1 - top-1 agreement of (batch, classes) scores.")
 @_prune_options("prune-")
 @click.option("--no-simplify", is_flag=True, default=False, help="Skip graph simplification before quantizing.")
-@click.option("--threads", type=click.IntRange(min=0), help="onnxruntime threads while calibrating (default: its own "
+@click.option("--threads", type=click.IntRange(0, MAX_THREADS), help="onnxruntime threads while calibrating (default: its own "
               "choice); the output is the same for any count.")
 @click.option("--max-memory", help="Bound the activations calibration holds per run (e.g. 512M, 2G): tensors are "
               "observed in groups, one pass each; the output is the same.")
@@ -438,7 +514,7 @@ def _sensitivity_table(report: dict[str, Any]) -> str:
 
 @main.command(cls=_Command)
 @_diagnostic_options
-@click.option("--top", type=int, help="Show only the N most damaging layers.")
+@click.option("--top", type=click.IntRange(min=1), help="Show only the N most damaging layers.")
 @click.option("--drop-by", type=click.Choice(["cosine", "top1"]), default="cosine", show_default=True,
               help="Damage as 1 - mean cosine of each output, or 1 - top-1 agreement of (batch, classes) scores.")
 @_image_options
@@ -471,7 +547,7 @@ def _layer_error_table(report: dict[str, Any]) -> str:
 
 @main.command("layer-errors", cls=_Command)
 @_diagnostic_options
-@click.option("--top", type=int, help="Show only the N worst tensors.")
+@click.option("--top", type=click.IntRange(min=1), help="Show only the N worst tensors.")
 @_recovery_options
 @_image_options
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
@@ -553,7 +629,7 @@ def _validation_summary(report: dict[str, Any]) -> str:
 @click.option("--require-on-ep", is_flag=True, help="Budget: no node but the input/output Q/DQ may fall back to the CPU.")
 @click.option("--max-samples", type=int, help="Use at most this many samples.")
 @click.option("--latency-runs", type=int, default=10, show_default=True, help="Timed runs per model and provider, at least.")
-@click.option("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's choice).")
+@click.option("--threads", type=click.IntRange(0, MAX_THREADS), help="onnxruntime intra-op threads (default: onnxruntime's choice).")
 @_image_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no report (the exit code tells).")

@@ -22,6 +22,7 @@ from onnxquant.cli import (
 from onnxquant.errors import BudgetExceededError, OnnxQuantError, UsageError
 from onnxquant.ort_format import ORT_LEVELS
 from onnxquant.recipe import TARGETS
+from onnxquant.settings import parse_limited
 
 
 def _inspection_text(info: dict[str, Any], layers: bool) -> str:
@@ -67,13 +68,19 @@ def inspect(model: Path, layers: bool, as_json: bool, debug: bool) -> None:
 
 def _read_validation(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_limited(path.read_text(encoding="utf-8"), json.loads, str(path))
     except FileNotFoundError as exc:
         raise UsageError(f"{path}: no such validation report") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except IsADirectoryError as exc:
+        raise UsageError(f"{path}: is a folder, not a validation report") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise UsageError(f"{path}: not a JSON validation report (write one with `onnxquant validate --json`)") from exc
     if not isinstance(data, dict) or not {"providers", "passed", "budget", "size", "samples"} <= set(data):
         raise UsageError(f"{path}: not an `onnxquant validate --json` report")
+    types = {"passed": bool, "providers": list, "budget": dict, "size": dict, "samples": int}
+    wrong = [key for key, kind in types.items() if not isinstance(data[key], kind) or data[key] is True and kind is int]
+    if wrong or not all(isinstance(p, dict) and isinstance(p.get("ep"), str) for p in data["providers"]):
+        raise UsageError(f"{path}: not an `onnxquant validate --json` report (wrong types: {wrong or ['providers']})")
     return data
 
 
@@ -119,8 +126,15 @@ def package(compressed: Path, output: Path, validation_path: Path | None, recipe
             recipe_text = recipe_path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"{recipe_path}: cannot read the recipe ({exc})") from exc
-    result = run_package(compressed, output, validation=validation, recipe_text=recipe_text,
-                         ort_level=ort_optimization, arm=not any_platform, type_reduction=type_reduction)
+    try:
+        result = run_package(compressed, output, validation=validation, recipe_text=recipe_text,
+                             ort_level=ort_optimization, arm=not any_platform, type_reduction=type_reduction)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        if validation is None:
+            raise
+        # The report is built from the user's file: a field missing or of the wrong type inside it.
+        raise UsageError(f"{validation_path}: an incomplete `onnxquant validate --json` report "
+                         f"({type(exc).__name__}: {exc})") from exc
     _emit(result.to_dict(), as_json, quiet, _bundle_text)
 
 

@@ -20,15 +20,15 @@ The job file is a recipe (see ``onnxquant.recipe``) with the job's own keys adde
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from onnxquant.calibration.collector import memory_budget, session_threads
+from onnxquant.calibration.collector import MAX_THREADS, memory_budget, session_threads
 from onnxquant.errors import BudgetExceededError, ExecutionProviderError, UsageError
+from onnxquant.outputs import scratch
 from onnxquant.ort_format import ORT_LEVELS
 from onnxquant.providers import PROVIDERS
 from onnxquant.recipe import Recipe, build_section, read_toml, recipe_from_dict
@@ -96,6 +96,14 @@ class CompressJob:
     text: str | None = None  # the job file as written, kept in the bundle
     threads: int | None = None  # onnxruntime threads while calibrating (outputs do not depend on it)
     max_memory: int | None = None  # bytes of activations calibration may hold per run
+    source: Path | None = None  # the job file itself (an input no output may overwrite)
+
+    @property
+    def html(self) -> Path | None:
+        """The HTML report written beside a .zip bundle."""
+        if self.package.html_beside and self.output.suffix.lower() == ".zip":
+            return self.output.with_name(self.output.stem + ".report.html")
+        return None
 
 
 _JOB_KEYS = ("model", "calib_data", "holdout", "output", "max_drop", "drop_by", "layer_errors", "threads", "max_memory")
@@ -125,8 +133,9 @@ def job_from_dict(data: dict[str, Any], base_dir: Path, text: str | None = None,
 
     recipe = recipe_from_dict({k: v for k, v in data.items() if k not in _JOB_KEYS and k not in _JOB_SECTIONS}, target)
     max_drop = data.get("max_drop")
-    if max_drop is not None and (not isinstance(max_drop, (int, float)) or max_drop < 0):
-        raise UsageError("job: max_drop must be a number at least 0")
+    if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, (int, float))
+                                 or not 0 <= max_drop < float("inf")):
+        raise UsageError("job: max_drop must be a finite number at least 0")
     drop_by = data.get("drop_by", "cosine")
     if drop_by not in ("cosine", "top1"):
         raise UsageError("job: drop_by must be \"cosine\" or \"top1\"")
@@ -134,10 +143,13 @@ def job_from_dict(data: dict[str, Any], base_dir: Path, text: str | None = None,
     if not isinstance(layer_errors, bool):
         raise UsageError("job: layer_errors must be true or false")
     threads = data.get("threads")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
-        raise UsageError("job: threads must be a whole number at least 0")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                or not 0 <= threads <= MAX_THREADS):
+        raise UsageError(f"job: threads must be a whole number in 0..{MAX_THREADS}")
     max_memory = data.get("max_memory")
     if max_memory is not None:
+        if isinstance(max_memory, bool) or not isinstance(max_memory, (str, int)):
+            raise UsageError("job: max_memory must be a size like \"512M\" or a number of bytes")
         try:
             max_memory = parse_size(max_memory)
         except ValueError as exc:
@@ -153,7 +165,7 @@ def job_from_dict(data: dict[str, Any], base_dir: Path, text: str | None = None,
 def load_job(path: str | os.PathLike, target: str | None = None) -> CompressJob:
     path = Path(path)
     text, data = read_toml(path, "job")
-    return job_from_dict(data, path.parent, text, target)
+    return replace(job_from_dict(data, path.parent, text, target), source=path)
 
 
 @dataclass
@@ -191,7 +203,17 @@ class _Steps:
 
 def compress(job: CompressJob, progress: StepProgress | None = None) -> CompressResult:
     """Run ``job`` end to end; the bundle is written only when every budget holds."""
-    with session_threads(job.threads), memory_budget(job.max_memory):
+    from onnxquant.outputs import all_or_nothing, data_files, model_files, refuse_aliasing
+
+    def inputs() -> Iterator[Path | None]:
+        yield job.source
+        yield from model_files(job.model)
+        yield from data_files(job.calib_data)
+        if job.holdout:
+            yield from data_files(job.holdout)
+
+    refuse_aliasing(inputs(), [job.output, job.html])
+    with session_threads(job.threads), memory_budget(job.max_memory), all_or_nothing():
         return _compress(job, progress)
 
 
@@ -205,7 +227,7 @@ def _compress(job: CompressJob, progress: StepProgress | None) -> CompressResult
 
     steps = _Steps(progress)
     holdout = job.holdout or job.calib_data
-    with tempfile.TemporaryDirectory(prefix="onnxquant-compress-") as tmp:
+    with scratch() as tmp:
         compressed = Path(tmp) / f"{job.model.stem}.int8.onnx"
         update = steps.begin("quantize", "pruning and calibrating" if job.recipe.prune.enabled else "calibrating")
         result = quantize(job.model, job.calib_data, job.recipe, compressed, progress=update, holdout=job.holdout,
@@ -231,9 +253,8 @@ def _compress(job: CompressJob, progress: StepProgress | None) -> CompressResult
         bundle = package(compressed, job.output, report=report, recipe_text=job.text,
                          ort_level=job.package.ort_optimization, arm=job.package.arm,
                          type_reduction=job.package.type_reduction)
-        html = None
-        if job.package.html_beside and job.output.suffix.lower() == ".zip":
-            html = job.output.with_name(job.output.stem + ".report.html")
+        html = job.html
+        if html is not None:  # a failure here takes the bundle back too (one all-or-nothing)
             write_atomic(html, render_html(report).encode("utf-8"))
         steps.end()
     return CompressResult(output=job.output, report=report, files=bundle.files, html=html, seconds=steps.seconds)

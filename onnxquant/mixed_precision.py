@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from onnxquant.agreement import OutputAgreement
-from onnxquant.calibration.collector import make_session
+from onnxquant.calibration.collector import in_order, make_session, sample_workers
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.errors import BudgetExceededError, CalibrationDataError, UsageError
 from onnxquant.model_io import serialize
@@ -42,15 +42,17 @@ class Holdout:
                      max_samples: int | None = None, agreement: str = "cosine") -> Holdout:
         if agreement not in AGREEMENTS:
             raise UsageError(f"agreement {agreement!r} unknown; choose from {', '.join(AGREEMENTS)}")
-        session = make_session(serialize(model), weights=model)
+        session = make_session(serialize(model), threads=1, weights=model)  # bits independent of --threads
         specs = input_specs(model)
-        feeds, refs = [], []
-        for index, raw in enumerate(samples):
-            if max_samples is not None and index >= max_samples:
-                break
+
+        def run(index: int, raw: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
             feed = check_feed(raw, specs, index)
+            return feed, session.run(None, feed)
+
+        feeds, refs = [], []
+        for feed, ref in in_order(run, samples, max_samples, sample_workers()):
             feeds.append(feed)
-            refs.append(session.run(None, feed))
+            refs.append(ref)
         if not feeds:
             raise CalibrationDataError("no held-out samples were read")
         return cls(feeds, refs, [o.name for o in session.get_outputs()], agreement)
@@ -81,9 +83,9 @@ def measure(quantized: onnx.ModelProto | bytes, holdout: Holdout, metric: Metric
     agreement for ``(batch, classes)`` outputs instead (a (batch, dims) embedding looks the
     same, so it is the caller's call). With ``metric``: the user's score, fp32 minus quantized.
     """
-    session = make_session(quantized if isinstance(quantized, bytes) else serialize(quantized),
+    session = make_session(quantized if isinstance(quantized, bytes) else serialize(quantized), threads=1,
                            weights=None if isinstance(quantized, bytes) else quantized)
-    outputs = [session.run(None, feed) for feed in holdout.feeds]
+    outputs = list(in_order(lambda _, feed: session.run(None, feed), holdout.feeds, None, sample_workers()))
     if metric is not None:
         base, got = float(metric(holdout.references)), float(metric(outputs))
         return Measurement(base - got, {"metric_fp32": base, "metric": got})

@@ -7,9 +7,11 @@ file renamed into place) and deterministic, and uses external data above protobu
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-import tempfile
+import shutil
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from onnx import external_data_helper, numpy_helper
 
 from onnxquant.errors import ModelError
 from onnxquant.ops import WEIGHTED_OPS
+from onnxquant.outputs import all_or_nothing, scratch, temp_dir, temp_file, write_errors
 
 PROTOBUF_LIMIT = 2**31 - 1
 _FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
@@ -71,17 +74,66 @@ def _check_strings(message: Any) -> None:
                 _check_strings(item)
 
 
+@dataclass(frozen=True)
+class ExternalEntry:
+    """A tensor's external-data metadata, checked: where its bytes are, and how many."""
+
+    location: str
+    offset: int
+    length: int | None  # as written in the file; None when left out
+    size: int  # bytes the tensor's type and shape need
+
+
+def _whole(text: str, key: str, name: str) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        raise ModelError(f"external data of {name!r} has a bad {key} {text[:40]!r} (must be a whole number >= 0)")
+    return int(text)
+
+
+def external_entry(tensor: onnx.TensorProto) -> ExternalEntry:
+    """The one reader of external-data metadata: every malformed entry (negative or non-numeric
+    offset or length, an empty, absolute or NUL-holding location, a shape whose size overflows)
+    is a ModelError (exit 3)."""
+    info = _external_info(tensor)
+    name = tensor.name
+    location = info.get("location", "")
+    if not location or "\0" in location or os.path.isabs(location) or Path(location).drive:
+        raise ModelError(f"external data of {name!r} has an unsafe location {location[:80]!r}")
+    offset = _whole(info.get("offset", "0"), "offset", name)
+    length = _whole(info["length"], "length", name) if "length" in info else None
+    return ExternalEntry(location, offset, length, tensor_bytes(tensor))
+
+
+def tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of a tensor's values by its type and shape; a negative dim, an unknown type or a size
+    past what a file can hold is a ModelError."""
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"tensor {tensor.name!r} has an unknown data type {tensor.data_type}") from exc
+    if dtype == object:
+        raise ModelError(f"tensor {tensor.name!r}: string tensors cannot be stored as external data")
+    if any(d < 0 for d in tensor.dims):
+        raise ModelError(f"tensor {tensor.name!r} has a negative dim {list(tensor.dims)}")
+    count = math.prod(tensor.dims)
+    size = count * dtype.itemsize
+    if size >= 2**62:
+        raise ModelError(f"tensor {tensor.name!r} has shape {list(tensor.dims)}: more bytes than any file holds")
+    return size
+
+
 def check_external_data_paths(model: onnx.ModelProto, base_dir: Path) -> None:
     """Refuse external data locations that leave the model's folder (``..``, absolute, symlinks)."""
     root = base_dir.resolve()
     for tensor in iter_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        info = _external_info(tensor)
-        location = info.get("location", "")
-        if not location or os.path.isabs(location) or Path(location).drive:
-            raise ModelError(f"external data of {tensor.name!r} has an unsafe location {location!r}")
-        target = (root / location).resolve()
+        entry = external_entry(tensor)
+        location = entry.location
+        try:
+            target = (root / location).resolve()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"external data of {tensor.name!r} has an unsafe location {location[:80]!r}") from exc
         if root != target and root not in target.parents:
             raise ModelError(
                 f"external data of {tensor.name!r} points outside the model's folder: {location!r}"
@@ -137,30 +189,28 @@ def _anchor_external(model: onnx.ModelProto, path: Path) -> None:
     for tensor in iter_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        info = _external_info(tensor)
-        source = (path.parent / info["location"]).resolve()
+        entry = external_entry(tensor)
+        source = (path.parent / entry.location).resolve()
         try:
-            offset, length = int(info.get("offset", 0)), info.get("length")
             size = source.stat().st_size
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             raise ModelError(f"{path}: cannot read external data of {tensor.name!r} ({_first_line(exc)})") from exc
-        expected = _byte_size(tensor)
-        if length is not None and int(length) < expected or offset + expected > size:
+        expected = entry.size
+        if entry.length is not None and entry.length < expected or entry.offset + expected > size:
             raise ModelError(f"{path}: external data of {tensor.name!r} is shorter than its shape says "
                              "(truncated data file?)")
         if tensor.data_type in _FLOATS and expected >= LAZY_MIN_BYTES:
             tensor.external_data.add(key=SOURCE_KEY, value=str(source))
             continue
         with open(source, "rb") as handle:
-            handle.seek(offset)
+            handle.seek(entry.offset)
             tensor.raw_data = handle.read(expected)
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
 
 
 def _byte_size(tensor: onnx.TensorProto) -> int:
-    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize if tensor.dims else itemsize
+    return tensor_bytes(tensor)
 
 
 def is_lazy(tensor: onnx.TensorProto) -> bool:
@@ -179,7 +229,7 @@ def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
         return numpy_helper.to_array(tensor)
     info = _external_info(tensor)
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
-    return np.memmap(info[SOURCE_KEY], dtype=dtype, mode="c", offset=int(info.get("offset", 0)),
+    return np.memmap(info[SOURCE_KEY], dtype=dtype, mode="c", offset=external_entry(tensor).offset,
                      shape=tuple(tensor.dims))
 
 
@@ -220,7 +270,7 @@ def check_model(model: onnx.ModelProto, what: str = "model") -> None:
         if model.ByteSize() < PROTOBUF_LIMIT:
             onnx.checker.check_model(model)
         else:
-            with tempfile.TemporaryDirectory() as tmp:
+            with scratch() as tmp:
                 tmp_path = Path(tmp) / "model.onnx"
                 _write_external(model, tmp_path)
                 onnx.checker.check_model(str(tmp_path))
@@ -309,7 +359,7 @@ def _write_with_lazy(model: onnx.ModelProto, path: Path) -> None:
             out.write(b"\0" * pad)
             offset += pad
             with open(info[SOURCE_KEY], "rb") as src:
-                src.seek(int(info.get("offset", 0)))
+                src.seek(external_entry(tensor).offset)
                 left = length
                 while left:
                     chunk = src.read(min(left, 1 << 24))
@@ -342,32 +392,33 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, data: bytes | No
     ``data``, when given, is the model's serialization already made by the caller. Models over
     2 GB are written with their weights in ``<name>.data`` beside the model. ``check`` is called
     with the written temporary file (its data file beside it) before anything is put in place;
-    if it raises, nothing is.
+    if it raises, nothing is (and no folder made for it stays).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxquant-", dir=path.parent))
-    try:
-        tmp_path = tmp_dir / path.name
-        if has_lazy(model):
-            _write_with_lazy(model, tmp_path)
-        elif data is not None:
-            tmp_path.write_bytes(data)
-        elif model.ByteSize() < PROTOBUF_LIMIT:
-            tmp_path.write_bytes(serialize(model))
-        else:
-            _write_external(model, tmp_path)
-        del data
-        if check is not None:
-            check(tmp_path)
-        external = tmp_dir / (path.name + ".data")
-        if external.exists():
-            os.replace(external, path.parent / external.name)
-        os.replace(tmp_path, path)
-    finally:
-        for leftover in tmp_dir.iterdir():
-            leftover.unlink()
-        tmp_dir.rmdir()
+    with all_or_nothing() as made, write_errors(path):
+        made.parents(path)
+        tmp_dir = temp_dir(path.parent)
+        try:
+            tmp_path = tmp_dir / path.name
+            if has_lazy(model):
+                _write_with_lazy(model, tmp_path)
+            elif data is not None:
+                tmp_path.write_bytes(data)
+            elif model.ByteSize() < PROTOBUF_LIMIT:
+                tmp_path.write_bytes(serialize(model))
+            else:
+                _write_external(model, tmp_path)
+            del data
+            if check is not None:
+                check(tmp_path)
+            external = tmp_dir / (path.name + ".data")
+            if external.exists():
+                os.replace(external, path.parent / external.name)
+                made.file(path.parent / external.name)
+            os.replace(tmp_path, path)
+            made.file(path)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     return path
 
 
@@ -386,14 +437,16 @@ def model_size(model: onnx.ModelProto) -> int:
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file renamed into place: never a partial file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with all_or_nothing() as made, write_errors(path):
+        made.parents(path)
+        fd, tmp = temp_file(path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        made.file(path)
     return path

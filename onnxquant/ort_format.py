@@ -8,10 +8,10 @@ table and the root in sorted order over the model bytes, which onnxruntime wrote
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 
 from onnxquant.errors import ModelError
+from onnxquant.outputs import scratch
 
 ORT_LEVELS = ("all", "extended", "basic")
 
@@ -42,7 +42,7 @@ def convert_to_ort(model_path: Path, level: str = "all", arm: bool = True) -> by
 
     if level not in ORT_LEVELS:
         raise ValueError(f"ORT optimization level {level!r} unknown; choose from {', '.join(ORT_LEVELS)}")
-    with tempfile.TemporaryDirectory(prefix="onnxquant-ort-") as tmp:
+    with scratch() as tmp:
         target = Path(tmp) / "model.ort"
         try:
             ort.InferenceSession(str(model_path), _session_options(level, target, arm),
@@ -144,7 +144,7 @@ def required_operators(ort_path: Path, name: str, type_reduction: bool = False) 
     level = logger.level
     logger.setLevel(logging.WARNING)  # it logs every config it writes at INFO
     try:
-        with tempfile.TemporaryDirectory(prefix="onnxquant-ops-") as tmp:
+        with scratch() as tmp:
             config = Path(tmp) / "required_operators.config"
             create_config_from_models([ort_path], config, type_reduction)
             lines = config.read_text(encoding="utf-8").splitlines()

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,11 @@ import onnx
 from onnxquant.errors import ModelError, UsageError
 from onnxquant.inspect_model import inspect_model
 from onnxquant.model_io import iter_tensors, load_model, write_atomic
+from onnxquant.outputs import all_or_nothing, model_files, refuse_aliasing, scratch, temp_dir, write_errors
 from onnxquant.ort_format import ORT_LEVELS, convert_to_ort, required_operators
 from onnxquant.report.build import build_report, tool_versions
 from onnxquant.report.html import render_html
+from onnxquant.settings import parse_limited
 
 MANIFEST_FORMAT = "onnxquant-bundle/1"
 RECIPE_KEY = "onnxquant.recipe"
@@ -77,13 +78,12 @@ def package(
     """
     source = Path(compressed)
     output = Path(output)
+    refuse_aliasing((f for path in (source,) for f in model_files(path)), [output])  # lazy: see refuse_aliasing
     model = load_model(source)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in iter_tensors(onnx.load_model(str(source), load_external_data=False))):
         raise ModelError(f"{source}: models with external data cannot be packaged yet (keep them under 2 GB)")
     if output.exists() and output.is_dir() and any(output.iterdir()):
         raise UsageError(f"{output}: the folder exists and is not empty; choose a new bundle path")
-    if output.resolve() == source.resolve():
-        raise UsageError("the bundle would overwrite the model")
     recipe = _recipe_of(model)
     level = ort_level or default_ort_level(recipe)
     if level not in ORT_LEVELS:
@@ -92,7 +92,7 @@ def package(
     files: dict[str, bytes] = {"model.onnx": source.read_bytes()}
     ort_bytes = convert_to_ort(source, level, arm)
     files["model.ort"] = ort_bytes
-    with tempfile.TemporaryDirectory(prefix="onnxquant-bundle-") as tmp:
+    with scratch() as tmp:
         ort_path = Path(tmp) / "model.ort"
         ort_path.write_bytes(ort_bytes)
         _check_ort_loads(ort_path)
@@ -117,9 +117,10 @@ def _recipe_of(model: onnx.ModelProto) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        recipe = parse_limited(text, json.loads, "the model's recipe")
+    except (ValueError, UsageError):  # JSONDecodeError is a ValueError; too deep is a UsageError
         return None
+    return recipe if isinstance(recipe, dict) else None
 
 
 def _check_ort_loads(path: Path) -> None:
@@ -153,7 +154,6 @@ def _manifest(files: dict[str, bytes], model: onnx.ModelProto, level: str, arm: 
 
 def _write_bundle(files: dict[str, bytes], output: Path) -> None:
     """Write the zip or folder next to its final place, then move it there in one step."""
-    output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix.lower() == ".zip":
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w") as bundle:
@@ -164,14 +164,17 @@ def _write_bundle(files: dict[str, bytes], output: Path) -> None:
                 bundle.writestr(entry, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
         write_atomic(output, buffer.getvalue())
         return
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        tmp_dir.chmod(0o755)  # mkdtemp's 0700 would make the bundle private to its maker
-        for name, data in sorted(files.items()):
-            (tmp_dir / name).write_bytes(data)
-        if output.exists():
-            output.rmdir()  # checked empty above
-        os.replace(tmp_dir, output)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+    with all_or_nothing() as made, write_errors(output):
+        made.parents(output)
+        tmp_dir = temp_dir(output.parent)
+        try:
+            tmp_dir.chmod(0o755)  # mkdtemp's 0700 would make the bundle private to its maker
+            for name, data in sorted(files.items()):
+                (tmp_dir / name).write_bytes(data)
+            if output.exists():
+                output.rmdir()  # checked empty above
+            os.replace(tmp_dir, output)
+        except BaseException:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
+        made.file(output)

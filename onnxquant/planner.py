@@ -363,11 +363,17 @@ def _bias_params(bias: np.ndarray, x: QParams, w: QParams) -> tuple[QParams, QPa
     return w_new, QParams(scale, np.zeros(bias.shape, np.int32), "int32", 0)
 
 
-def refresh_bias_params(model: onnx.ModelProto, plan: QuantPlan, node: str, bias: str) -> None:
-    """Recompute one bias's int32 params after a recovery pass changed its float values."""
+def refresh_bias_params(model: onnx.ModelProto, plan: QuantPlan, node: str, bias: str, *, x: str | None = None,
+                        value: np.ndarray | None = None) -> None:
+    """Recompute one bias's int32 params after a recovery pass changed its float values.
+
+    ``x`` (the node's input) and ``value`` (the new bias), when the caller has them, spare two
+    scans of the graph (a pass over every bias stays linear)."""
     weight = plan.selection.biases[(node, bias)]
-    x = next(n.input[0] for n in model.graph.node if n.name == node)
-    value = next(tensor_array(i) for i in model.graph.initializer if i.name == bias)
+    if x is None:
+        x = next(n.input[0] for n in model.graph.node if n.name == node)
+    if value is None:
+        value = next(tensor_array(i) for i in model.graph.initializer if i.name == bias)
     params = _bias_params(value.astype(np.float64), plan.activations[x], plan.weights[(node, weight)])
     if params is not None:
         plan.weights[(node, weight)], plan.weights[(node, bias)] = params

@@ -15,6 +15,7 @@ from typing import Any
 from onnxquant.calibration.observers import METHODS
 from onnxquant.calibration.preprocess import ImagePreprocess
 from onnxquant.errors import UsageError
+from onnxquant.settings import check_fields, parse_limited
 
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8")
@@ -205,7 +206,8 @@ EVERY_OP_TARGETS = frozenset({"qnn"})
 def _check_shapes(shapes: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     checked = {}
     for name, dims in shapes.items():
-        if not isinstance(dims, (list, tuple)) or not all(isinstance(d, int) and d > 0 for d in dims):
+        if (not isinstance(dims, (list, tuple)) or not dims
+                or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < 2**31 for d in dims)):
             raise UsageError(f"input shape of {name!r} must be a list of positive integers, got {dims!r}")
         checked[str(name)] = tuple(int(d) for d in dims)
     return checked
@@ -296,14 +298,14 @@ def build_section(cls: type, values: dict[str, Any], label: str) -> Any:
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise UsageError(f"{label}: unknown key(s) {unknown}; known: {sorted(known)}")
-    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    if cls is ImagePreprocess:
-        for key in ("layout", "channel_order"):
-            if key in converted and converted[key] not in {"layout": ("NCHW", "NHWC"), "channel_order": ("RGB", "BGR")}[key]:
-                raise UsageError(f"{label}: bad {key} {converted[key]!r}")
+    converted = check_fields(cls, values, label)
     try:
         return cls(**converted)
     except TypeError as exc:
+        raise UsageError(f"{label}: {exc}") from exc
+    except UsageError as exc:
+        if str(exc).startswith(label):
+            raise
         raise UsageError(f"{label}: {exc}") from exc
 
 
@@ -348,13 +350,15 @@ def read_toml(path: Path, what: str) -> tuple[str, dict[str, Any]]:
     """The text of the TOML file at ``path`` and its data; a missing or broken file is a UsageError."""
     try:
         text = path.read_text(encoding="utf-8")
-        return text, tomllib.loads(text)
+        return text, parse_limited(text, tomllib.loads, str(path))
     except FileNotFoundError as exc:
         raise UsageError(f"{path}: {what} file not found") from exc
     except IsADirectoryError as exc:
         raise UsageError(f"{path}: is a folder, not a {what} file") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not valid TOML ({exc})") from exc
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the {what} file ({exc.strerror or exc})") from exc
 
 
 def load_recipe(path: str | os.PathLike, target: str | None = None) -> Recipe:

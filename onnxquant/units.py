@@ -15,6 +15,9 @@ def parse_size(text: str | int) -> int:
             value = float(raw[: len(raw) - len(unit)])
         except ValueError:
             raise ValueError(f"{text!r} is not a size like 512M or 2G") from None
-    if not value > 0:
-        raise ValueError(f"{text!r}: a size must be positive")
-    return int(value * _UNITS[unit])
+    if not 0 < value < float(1 << 62) / _UNITS[unit]:  # also refuses nan and inf
+        raise ValueError(f"{text!r}: a size must be a positive finite number of bytes")
+    size = int(value * _UNITS[unit])
+    if size < 1:
+        raise ValueError(f"{text!r}: a size must be at least one byte")
+    return size

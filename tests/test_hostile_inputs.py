@@ -162,3 +162,63 @@ def test_constant_and_extreme_inputs_still_quantize(tmp_path: Path):
         quantized = onnx.load(str(tmp_path / f"out-{label}" / "q.onnx"))
         scales = [numpy_helper.to_array(t) for t in quantized.graph.initializer if t.name.endswith("_scale")]
         assert scales and all(np.all(np.isfinite(s)) and np.all(s > 0) for s in scales)  # never a zero scale
+
+
+def _int_model(dtype: int) -> bytes:
+    """One integer input (token ids) gathered from a float table, then a MatMul."""
+    rng = np.random.default_rng(0)
+    table = numpy_helper.from_array(rng.normal(0, 1, (50, 8)).astype(np.float32), "table")
+    w = numpy_helper.from_array(rng.normal(0, 1, (8, 4)).astype(np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Gather", ["table", "ids"], ["e"], name="gather"),
+         onnx.helper.make_node("MatMul", ["e", "w"], ["y"], name="mm")],
+        "ids", [onnx.helper.make_tensor_value_info("ids", dtype, [1, 6])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 6, 4])], [table, w])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(axis=st.integers(0, 3), first=st.booleans())
+def test_samples_with_no_values_are_refused(tmp_path_factory, axis: int, first: bool):
+    """A zero-size sample (a zero batch, or any zero dim) would give a range, and a scale, made
+    up from no data."""
+    folder = tmp_path_factory.mktemp("empty-batch")
+    model = folder / "m.onnx"
+    model.write_bytes(tiny_cnn(batch="N").SerializeToString())
+    shape = [1, 3, 16, 16]
+    shape[axis] = 0
+    empty, full = {"x": np.zeros(shape, np.float32)}, {"x": np.ones((1, 3, 16, 16), np.float32)}
+    calib = write_npz(folder / "calib", [empty, full] if first else [full, empty])
+    result, files = _quantize(model, calib, folder / "out")
+    assert result.exit_code == 4 and "no values" in result.output, result.output
+    _assert_clean(result, files)
+
+
+@SETTINGS
+@given(value=st.one_of(st.integers(2**31, 2**63 - 1), st.integers(-(2**63), -(2**31) - 1)))
+def test_int64_values_an_int32_input_cannot_hold_are_refused(tmp_path_factory, value: int):
+    folder = tmp_path_factory.mktemp("int64")
+    model = folder / "m.onnx"
+    model.write_bytes(_int_model(onnx.TensorProto.INT32))
+    ids = np.array([[1, 2, 3, 4, 5, value]], np.int64)
+    result, files = _quantize(model, write_npz(folder / "calib", [{"ids": ids}]), folder / "out")
+    assert result.exit_code == 4 and "wrap" in result.output, result.output
+    _assert_clean(result, files)
+
+
+def test_float64_overflow_is_one_line_and_no_numpy_warning(tmp_path: Path):
+    """float64 samples past float32's range: refused on one line, no RuntimeWarning on stderr."""
+    import subprocess
+    import sys
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(MODEL)
+    calib = write_npz(tmp_path / "calib", [{"x": np.full((1, 3, 16, 16), 1e300, np.float64)}])
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "onnxquant", "quantize", str(model), "-o", str(tmp_path / "q.onnx"),
+                           "--calib-data", str(calib)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.startswith("error:") and done.stderr.count("\n") == 1, done.stderr
+    assert "Warning" not in done.stderr and not (tmp_path / "q.onnx").exists()

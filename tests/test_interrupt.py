@@ -51,3 +51,17 @@ def test_ctrl_c_leaves_nothing(cnn_path: Path, npz_dir: Path, tmp_path: Path, wh
     assert result.stderr.strip() == "error: interrupted; nothing was written"
     assert marker.read_text() == ("s02.npz" if where == "calibration" else "q.onnx")  # where Ctrl-C came
     assert list(out_dir.iterdir()) == []
+
+
+def test_sigterm_leaves_nothing(cnn_path: Path, npz_dir: Path, tmp_path: Path):
+    """``kill`` (SIGTERM) mid-calibration unwinds like Ctrl-C: exit 143, no output, no temporary."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    marker = tmp_path / "interrupted-at"
+    script = SCRIPT.replace("signal.SIGINT", "signal.SIGTERM")
+    result = subprocess.run([sys.executable, "-c", script, "calibration", str(marker), "quantize", str(cnn_path),
+                             "-o", str(out_dir / "q.onnx"), "--calib-data", str(npz_dir)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert result.stderr.strip() == "error: terminated; nothing was written"
+    assert list(out_dir.iterdir()) == []

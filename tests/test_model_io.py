@@ -4,10 +4,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from onnx import external_data_helper, numpy_helper
 
 from models.tiny import tiny_cnn, tiny_mlp
 from onnxquant.api import quantize
+from onnxquant.cli import main
 from onnxquant.errors import ModelError
 from onnxquant.model_io import is_lazy, load_model, save_model, tensor_array
 from onnxquant.recipe import Recipe
@@ -190,3 +194,50 @@ def test_weights_on_disk_in_the_output_are_checked_beside_it(tmp_path: Path, mlp
     result = quantize(_mlp_with_external(source), mlp_data, recipe, output=tmp_path / "out" / "q.onnx")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["q.onnx", "q.onnx.data"]
     assert result.size_after == sum(p.stat().st_size for p in (tmp_path / "out").iterdir())
+
+
+# Malformed external-data metadata: every field the loader reads, with values a hostile or broken
+# exporter could write. Each is refused by the one metadata reader (exit 3), never a crash.
+_BAD_ENTRIES = st.one_of(
+    st.tuples(st.just("offset"), st.sampled_from(["-1", "-4096", "abc", "1e3", "0x10", "", " 1", "99999999999999999999"])),
+    st.tuples(st.just("length"), st.sampled_from(["-1", "ten", "1.5", "", "１２"])),
+    st.tuples(st.just("location"), st.sampled_from(["w\0.bin", "", "/etc/passwd", "../w.bin", "w.bin\0../../x"])),
+    st.tuples(st.sampled_from(["offset", "length"]), st.text(max_size=12)),
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(change=_BAD_ENTRIES)
+def test_malformed_external_metadata_is_a_model_error(tmp_path_factory, change: tuple[str, str]):
+    folder = tmp_path_factory.mktemp("meta")
+    path = _mlp_with_external(folder)
+    model = onnx.load_model(str(path), load_external_data=False)
+    key, value = change
+    tensor = model.graph.initializer[0]
+    entries = {e.key: e.value for e in tensor.external_data}
+    entries[key] = value
+    del tensor.external_data[:]
+    for k, v in entries.items():
+        tensor.external_data.add(key=k, value=v)
+    path.write_bytes(model.SerializeToString())
+    try:
+        load_model(path)
+    except ModelError as exc:
+        assert "\n" not in str(exc)
+    else:  # only a value that happens to be valid may load ("0" offset, a long enough length)
+        assert key != "location" and value.strip().isdigit(), change
+
+
+@pytest.mark.parametrize("dims", [[-1, 4], [2**40, 2**40], [2**31, 2**31, 2**31, 2**31]])
+def test_external_tensor_with_impossible_shape_is_a_model_error(tmp_path: Path, dims: list[int]):
+    path = _mlp_with_external(tmp_path)
+    model = onnx.load_model(str(path), load_external_data=False)
+    tensor = model.graph.initializer[0]
+    del tensor.dims[:]
+    tensor.dims.extend(dims)
+    path.write_bytes(model.SerializeToString())
+    result = CliRunner().invoke(main, ["quantize", str(path), "-o", str(tmp_path / "out" / "q.onnx"),
+                                       "--calib-data", str(tmp_path)])
+    assert result.exit_code == 3, result.output
+    assert result.output.startswith("error:") and result.output.count("\n") == 1, result.output
+    assert not (tmp_path / "out").exists()

@@ -6,10 +6,14 @@ sample's activations plus constant-size statistics.
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import contextvars
 import hashlib
+import os
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +48,11 @@ def augmented_bytes(model: onnx.ModelProto, names: list[str]) -> bytes:
     return serialize_extended(model, outputs=[n for n in names if n not in existing])
 
 
+T = TypeVar("T")
+
 # onnxruntime intra-op threads for every CPU session a library call opens (0: its default).
+# More than this is a typo, not a machine: onnxruntime would fail to start the pool.
+MAX_THREADS = 1024
 _THREADS: contextvars.ContextVar[int] = contextvars.ContextVar("onnxquant_threads", default=0)
 
 
@@ -54,8 +62,8 @@ def session_threads(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
-    if threads < 0:
-        raise ValueError("threads must be at least 0")
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS:
+        raise UsageError(f"threads must be a whole number in 0..{MAX_THREADS}, got {threads!r}")
     token = _THREADS.set(threads)
     try:
         yield
@@ -72,11 +80,70 @@ def memory_budget(max_bytes: int | None) -> Iterator[None]:
     """Calibrate inside with at most ``max_bytes`` of fetched activations per run: tensors are
     observed in groups, one pass over the data per group. Statistics (and so outputs) are the
     same as in one pass."""
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
+        raise UsageError(f"max_memory must be a positive number of bytes, got {max_bytes!r}")
     token = _MAX_MEMORY.set(max_bytes)
     try:
         yield
     finally:
         _MAX_MEMORY.reset(token)
+
+
+# Samples a calibration or probe pass runs at once when --threads is not given.
+DEFAULT_WORKERS = 4
+
+
+def sample_workers() -> int:
+    """How many samples a pass runs at once: ``--threads``, else the CPUs this process may use
+    (at most ``DEFAULT_WORKERS``); one under a memory budget (each sample in flight holds its
+    activations)."""
+    if _MAX_MEMORY.get() is not None:
+        return 1
+    threads = _THREADS.get()
+    if threads:
+        return threads
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(DEFAULT_WORKERS, cpus))
+
+
+def in_order(run: Callable[[int, dict[str, np.ndarray]], T], samples: Iterable[dict[str, np.ndarray]],
+             max_samples: int | None = None, workers: int = 1) -> Iterator[T]:
+    """``run(index, sample)`` for each sample, results in sample order; ``workers`` samples run
+    at once. Each run uses sessions with one intra-op thread, so a value never depends on the
+    thread count: parallelism is across samples, never inside one (``--threads`` changes the
+    speed, not the bits). An error surfaces at the sample it belongs to, as in one thread."""
+    source = iter(samples)
+    pending: collections.deque[concurrent.futures.Future] = collections.deque()
+    pool = concurrent.futures.ThreadPoolExecutor(workers) if workers > 1 else None
+    index = 0
+    try:
+        while max_samples is None or index < max_samples:
+            try:
+                raw = next(source)
+            except StopIteration:
+                break
+            except Exception as exc:  # a bad file: reported after the samples before it
+                failed: concurrent.futures.Future = concurrent.futures.Future()
+                failed.set_exception(exc)
+                pending.append(failed)
+                break
+            if pool is None:
+                yield run(index, raw)
+            else:
+                pending.append(pool.submit(run, index, raw))
+                if len(pending) >= workers:
+                    yield pending.popleft().result()
+            index += 1
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 def make_session(model: onnx.ModelProto | bytes | Path, threads: int = 0, optimize: bool = True,
@@ -208,22 +275,26 @@ def _offset(progress: ProgressCallback | None, number: int, passes: int) -> Prog
 
 def _observe(model: onnx.ModelProto, names: list[str], samples: Iterable[dict[str, np.ndarray]], table: StatsTable,
              histograms: bool, max_samples: int | None, progress: ProgressCallback | None, total: int | None) -> int:
-    """One pass over ``samples`` folding ``names`` into ``table``; returns the samples read."""
-    session = make_session(augmented_bytes(model, names), optimize=False, weights=model)
+    """One pass over ``samples`` folding ``names`` into ``table``; returns the samples read.
+
+    Samples run in parallel (``in_order``) on one-thread sessions; statistics are folded in
+    sample order, so the table is the same for any thread count."""
+    session = make_session(augmented_bytes(model, names), threads=1, optimize=False, weights=model)
     fetch = [o.name for o in session.get_outputs()]
     wanted = set(names)
     specs = input_specs(model)
-    count = 0
-    for index, raw in enumerate(samples):
-        if max_samples is not None and index >= max_samples:
-            break
+
+    def run(index: int, raw: dict[str, np.ndarray]) -> tuple[int, list[Any]]:
         feed = check_feed(raw, specs, index)
         try:
-            outputs = session.run(fetch, feed)
+            return index, session.run(fetch, feed)
         except Exception as exc:
             raise CalibrationDataError(
                 f"calibration sample {index}: onnxruntime failed: {str(exc).strip().splitlines()[0]}"
             ) from exc
+
+    count = 0
+    for index, outputs in in_order(run, samples, max_samples, sample_workers()):
         for name, value in zip(fetch, outputs):
             if name not in wanted or not isinstance(value, np.ndarray) or value.dtype != np.float32:
                 continue

@@ -45,9 +45,12 @@ def check_feed(feed: dict[str, np.ndarray], specs: list[InputSpec], index: int) 
         value = np.asarray(feed[spec.name])
         if value.dtype == object:
             raise CalibrationDataError(f"{where}: input {spec.name!r} is not a numeric array")
+        if value.size == 0:
+            raise CalibrationDataError(f"{where}: input {spec.name!r} has shape {value.shape}: no values "
+                                       "(a range from no data would be made up)")
         if value.dtype != spec.dtype:
             if np.can_cast(value.dtype, spec.dtype, "same_kind") and value.dtype.kind == spec.dtype.kind:
-                value = value.astype(spec.dtype)
+                value = _narrowed(value, spec.dtype, f"{where}: input {spec.name!r}")
             else:
                 raise CalibrationDataError(
                     f"{where}: input {spec.name!r} has dtype {value.dtype}, the model expects {spec.dtype}"
@@ -65,6 +68,25 @@ def check_feed(feed: dict[str, np.ndarray], specs: list[InputSpec], index: int) 
             raise CalibrationDataError(f"{where}: input {spec.name!r} contains NaN or Inf")
         checked[spec.name] = value
     return checked
+
+
+def _narrowed(value: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
+    """``value`` cast to the model's narrower type of the same kind, refusing values the type
+    cannot hold (int64 past int32 would wrap; float64 past float32 would become Inf)."""
+    if value.dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if value.min() < info.min or value.max() > info.max:
+            raise CalibrationDataError(f"{where} has values outside {dtype} ({value.min()}..{value.max()}); "
+                                       "they would wrap around")
+    elif value.dtype.kind == "f":
+        with np.errstate(all="ignore"):
+            finite = np.isfinite(value)
+            if not finite.all():
+                raise CalibrationDataError(f"{where} contains NaN or Inf")
+            if np.abs(value).max() > np.finfo(dtype).max:
+                raise CalibrationDataError(f"{where} has values too large for {dtype}")
+    with np.errstate(all="ignore"):
+        return value.astype(dtype)
 
 
 def _fmt(shape: tuple) -> str:

@@ -1,6 +1,7 @@
 """Save and load calibration statistics (``.npz``, no pickles) to re-quantize without inference."""
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 from onnxquant.calibration.histogram import StreamingHistogram
 from onnxquant.calibration.observers import StatsTable, TensorStats
 from onnxquant.errors import CalibrationDataError
+from onnxquant.model_io import write_atomic
 
 FORMAT = "onnxquant-stats-1"
 
@@ -32,11 +34,9 @@ def save_stats(table: StatsTable, path: str | os.PathLike) -> Path:
         arrays["hist_origin"] = np.array([s.histogram.origin for s in stats], np.float64)
         arrays["hist_width"] = np.array([s.histogram.width for s in stats], np.float64)
         arrays["hist_counts"] = np.stack([s.histogram.counts for s in stats])
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        np.savez_compressed(handle, **arrays)
-    os.replace(tmp, path)
-    return path
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return write_atomic(path, buffer.getvalue())
 
 
 def load_stats(path: str | os.PathLike) -> StatsTable:

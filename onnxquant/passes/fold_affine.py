@@ -31,13 +31,21 @@ def _channel_vector(value: np.ndarray, channels: int, rank: int) -> np.ndarray |
 
 
 class _Index:
+    """Producers and readers of each tensor, as positions in the node list, kept up to date as
+    folds remove nodes: the pass visits each node a bounded number of times (linear)."""
+
     def __init__(self, graph: onnx.GraphProto) -> None:
+        self.nodes = list(graph.node)
         self.inits = {i.name: i for i in graph.initializer}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in graph.node:
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = {}
+        for k, node in enumerate(self.nodes):
+            for name in node.output:
+                self.producer[name] = k
             for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
+                self.consumers.setdefault(name, []).append(k)
         self.outputs = {o.name for o in graph.output}
+        self.removed: set[int] = set()
 
     def const(self, name: str) -> np.ndarray | None:
         init = self.inits.get(name)
@@ -45,9 +53,20 @@ class _Index:
             return None
         return tensor_array(init)
 
-    def only_consumer(self, tensor: str) -> onnx.NodeProto | None:
+    def only_consumer(self, tensor: str) -> int | None:
         readers = self.consumers.get(tensor, [])
         return readers[0] if len(readers) == 1 and tensor not in self.outputs else None
+
+    def remove(self, k: int) -> None:
+        node = self.nodes[k]
+        self.removed.add(k)
+        for name in node.input:
+            readers = self.consumers.get(name, [])
+            if k in readers:
+                readers.remove(k)
+        for name in node.output:
+            if self.producer.get(name) == k:
+                del self.producer[name]
 
 
 def _conv_params(node: onnx.NodeProto, idx: _Index) -> tuple[np.ndarray, np.ndarray] | None:
@@ -81,65 +100,76 @@ def _has_padding(conv: onnx.NodeProto) -> bool:
     return any(p != 0 for p in attrs.get("pads", []))
 
 
-def _fold_once(model: onnx.ModelProto) -> bool:
-    graph = model.graph
-    idx = _Index(graph)
-    for conv in graph.node:
-        params = _conv_params(conv, idx)
-        if params is None:
-            continue
-        w, b = params
-        group = attributes(conv).get("group", 1)
-        # After the conv.
-        nxt = idx.only_consumer(conv.output[0])
-        split = _split_const(nxt, idx) if nxt is not None else None
-        if split is not None:
-            vec = _channel_vector(split[1], w.shape[0], w.ndim)
-            if vec is not None and split[0] == conv.output[0]:
-                if nxt.op_type == "Mul":
-                    w = w * vec.reshape((-1,) + (1,) * (w.ndim - 1))
-                    b = b * vec
-                else:
-                    b = b + vec
-                _commit(graph, conv, w, b, idx, out=nxt.output[0], drop=nxt)
-                return True
-        # Before the conv.
-        src = conv.input[0]
-        prev = next((n for n in graph.node if src in n.output), None)
-        if prev is None or idx.only_consumer(src) is not conv:
-            continue
-        split = _split_const(prev, idx)
-        if split is None:
-            continue
-        in_channels = w.shape[1] * group
-        vec = _channel_vector(split[1], in_channels, w.ndim)
-        if vec is None:
-            continue
-        per_group = vec.reshape(group, w.shape[1])  # input channels seen by each group
-        out_per_group = w.shape[0] // group
-        if prev.op_type == "Mul":
-            scale = np.repeat(per_group, out_per_group, axis=0)  # (C_out, C_in/group)
-            w = w * scale.reshape(scale.shape + (1,) * (w.ndim - 2))
-        else:
-            if _has_padding(conv):
-                continue
-            shift = np.repeat(per_group, out_per_group, axis=0)
-            b = b + (w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2) * shift).sum(axis=1)
-        _commit(graph, conv, w, b, idx, new_input=split[0], drop=prev)
-        return True
-    return False
+def _fold_after(k: int, w: np.ndarray, b: np.ndarray, graph: onnx.GraphProto, idx: _Index) -> bool:
+    """``Conv(x) * c`` or ``Conv(x) + d`` folded into conv ``k``."""
+    conv = idx.nodes[k]
+    after = idx.only_consumer(conv.output[0])
+    if after is None:
+        return False
+    nxt = idx.nodes[after]
+    split = _split_const(nxt, idx)
+    if split is None or split[0] != conv.output[0]:
+        return False
+    vec = _channel_vector(split[1], w.shape[0], w.ndim)
+    if vec is None:
+        return False
+    if nxt.op_type == "Mul":
+        w = w * vec.reshape((-1,) + (1,) * (w.ndim - 1))
+        b = b * vec
+    else:
+        b = b + vec
+    old_out, new_out = conv.output[0], nxt.output[0]
+    idx.remove(after)
+    idx.consumers.pop(old_out, None)
+    idx.producer.pop(old_out, None)
+    _commit(graph, conv, w, b, idx, out=new_out)
+    idx.producer[new_out] = k
+    return True
+
+
+def _fold_before(k: int, w: np.ndarray, b: np.ndarray, graph: onnx.GraphProto, idx: _Index) -> bool:
+    """``Conv(x * c)`` (or, unpadded, ``Conv(x + d)``) folded into conv ``k``."""
+    conv = idx.nodes[k]
+    src = conv.input[0]
+    before = idx.producer.get(src)
+    if before is None or idx.only_consumer(src) != k:
+        return False
+    prev = idx.nodes[before]
+    split = _split_const(prev, idx)
+    if split is None:
+        return False
+    group = attributes(conv).get("group", 1)
+    in_channels = w.shape[1] * group
+    vec = _channel_vector(split[1], in_channels, w.ndim)
+    if vec is None:
+        return False
+    per_group = vec.reshape(group, w.shape[1])  # input channels seen by each group
+    out_per_group = w.shape[0] // group
+    if prev.op_type == "Mul":
+        scale = np.repeat(per_group, out_per_group, axis=0)  # (C_out, C_in/group)
+        w = w * scale.reshape(scale.shape + (1,) * (w.ndim - 2))
+    else:
+        if _has_padding(conv):
+            return False
+        shift = np.repeat(per_group, out_per_group, axis=0)
+        b = b + (w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2) * shift).sum(axis=1)
+    new_input = split[0]
+    idx.remove(before)
+    idx.consumers.pop(src, None)
+    idx.consumers.setdefault(new_input, []).append(k)
+    _commit(graph, conv, w, b, idx, new_input=new_input)
+    return True
 
 
 def _commit(graph: onnx.GraphProto, conv: onnx.NodeProto, w: np.ndarray, b: np.ndarray, idx: _Index,
-            out: str | None = None, new_input: str | None = None, drop: onnx.NodeProto | None = None) -> None:
+            out: str | None = None, new_input: str | None = None) -> None:
     w_name = f"{conv.input[1]}_folded"
     b_name = f"{conv.input[2] if len(conv.input) > 2 and conv.input[2] else conv.name + '_bias'}_folded"
     while w_name in idx.inits or b_name in idx.inits:
         w_name, b_name = w_name + "_", b_name + "_"
-    graph.initializer.extend([
-        numpy_helper.from_array(w.astype(np.float32), w_name),
-        numpy_helper.from_array(b.astype(np.float32), b_name),
-    ])
+    for array, name in ((w, w_name), (b, b_name)):
+        graph.initializer.append(numpy_helper.from_array(array.astype(np.float32), name))
+        idx.inits[name] = graph.initializer[-1]
     inputs = list(conv.input)
     inputs[1] = w_name
     if len(inputs) > 2:
@@ -152,8 +182,6 @@ def _commit(graph: onnx.GraphProto, conv: onnx.NodeProto, w: np.ndarray, b: np.n
     conv.input.extend(inputs)
     if out is not None:
         conv.output[0] = out
-    if drop is not None:
-        graph.node.remove(drop)
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
@@ -163,11 +191,21 @@ def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(kept)
 
 
-def fold_affine_into_conv(model: onnx.ModelProto, limit: int = 10000) -> int:
-    """Fold in place until nothing changes; returns the number of Mul/Add nodes removed."""
+def fold_affine_into_conv(model: onnx.ModelProto, limit: int | None = None) -> int:
+    """Fold in place, each Conv in graph order absorbing the Mul/Add chain around it; returns
+    the number of Mul/Add nodes removed (at most ``limit``). Linear in the number of nodes."""
+    graph = model.graph
+    idx = _Index(graph)
     folded = 0
-    while folded < limit and _fold_once(model):
-        folded += 1
+    for k, conv in enumerate(idx.nodes):
+        while (limit is None or folded < limit) and k not in idx.removed:
+            params = _conv_params(conv, idx)
+            if params is None or not (_fold_after(k, *params, graph, idx) or _fold_before(k, *params, graph, idx)):
+                break
+            folded += 1
     if folded:
-        _drop_unused_initializers(model.graph)
+        kept = [n for k, n in enumerate(idx.nodes) if k not in idx.removed]
+        del graph.node[:]
+        graph.node.extend(kept)
+        _drop_unused_initializers(graph)
     return folded

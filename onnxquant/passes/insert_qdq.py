@@ -7,6 +7,8 @@ do, and float readers keep the exact float tensor. Weights are stored quantized 
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -98,9 +100,10 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
 
     weight_dq: dict[tuple[str, str], str] = {}
     inits = {i.name: i for i in graph.initializer}
+    readers = Counter(tensor for _, tensor in plan.weights)  # a weight shared by nodes gets one copy each
     for (node_name, tensor), params in sorted(plan.weights.items()):
         value = tensor_array(inits[tensor])
-        base = f"{tensor}_{node_name}" if sum(1 for k in plan.weights if k[1] == tensor) > 1 else tensor
+        base = f"{tensor}_{node_name}" if readers[tensor] > 1 else tensor
         q_init = numpy_helper.from_array(quantize(value, params), names.fresh(f"{base}_quantized"))
         scale, zero = _params_initializers(names, base, params)
         new_inits += [q_init, scale, zero]

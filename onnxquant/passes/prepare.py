@@ -7,15 +7,17 @@ into Conv and BatchNorm into Conv, with standard ops only, so the result stays p
 """
 from __future__ import annotations
 
-import tempfile
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
-from onnx import version_converter
+from onnx import numpy_helper, version_converter
 
 from onnxquant.errors import ModelError
+from onnxquant.outputs import scratch
 from onnxquant.model_io import PROTOBUF_LIMIT, has_lazy, iter_graphs, serialize
 from onnxquant.passes.fold_affine import fold_affine_into_conv
 from onnxquant.passes.fold_constants import fold_constant_nodes
@@ -49,6 +51,9 @@ def _convert(model: onnx.ModelProto, target: int) -> onnx.ModelProto | str:
     """The model at opset ``target``, or the reason the version converter gave up."""
     try:
         upgraded = version_converter.convert_version(model, target)
+        # The converter keeps an old IR version; the new opset needs its own at least.
+        minimum = onnx.helper.find_min_ir_version_for(list(upgraded.opset_import), ignore_unknown=True)
+        upgraded.ir_version = max(upgraded.ir_version, minimum)
         onnx.checker.check_model(upgraded)
     except Exception as exc:
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -78,6 +83,47 @@ def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
     if len(inputs) != len(model.graph.input):
         del model.graph.input[:]
         model.graph.input.extend(inputs)
+    # Below IR 4 every initializer must also be an input: the model now says IR 4 at least.
+    model.ir_version = max(model.ir_version, 4)
+
+
+# A sparse initializer is made dense to be quantized; one that would be larger than this is refused.
+MAX_DENSE_BYTES = 4 * 2**30
+
+
+def densify_sparse_initializers(model: onnx.ModelProto) -> int:
+    """Sparse initializers (``prune --sparse-storage`` writes them) become ordinary dense ones:
+    every pass reads initializers. Returns how many; malformed ones are a ModelError."""
+    graph = model.graph
+    count = len(graph.sparse_initializer)
+    for sparse in graph.sparse_initializer:
+        name = sparse.values.name
+        dims = tuple(int(d) for d in sparse.dims)
+        try:
+            values = numpy_helper.to_array(sparse.values).reshape(-1)
+            indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+        except Exception as exc:
+            raise ModelError(f"sparse initializer {name!r} cannot be read ({str(exc).splitlines()[0] if str(exc) else exc})") from exc
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise ModelError(f"sparse initializer {name!r} has NaN or Inf")
+        total = math.prod(dims)
+        if any(d < 0 for d in dims) or total * values.itemsize > MAX_DENSE_BYTES:
+            raise ModelError(f"sparse initializer {name!r} has an impossible shape {list(dims)}")
+        if indices.ndim == 2 and indices.shape[1:] == (len(dims),) and len(dims) > 0:
+            if (indices < 0).any() or (indices >= np.asarray(dims)).any():
+                raise ModelError(f"sparse initializer {name!r} has indices outside its shape")
+            flat = np.ravel_multi_index(tuple(indices.T), dims) if len(indices) else indices.reshape(-1)
+        elif indices.ndim == 1:
+            flat = indices
+        else:
+            raise ModelError(f"sparse initializer {name!r} has indices of shape {list(indices.shape)}")
+        if flat.shape[0] != values.shape[0] or (flat.size and (flat.min() < 0 or flat.max() >= total)):
+            raise ModelError(f"sparse initializer {name!r} has indices that do not match its values or shape")
+        dense = np.zeros(total, dtype=values.dtype)
+        dense[flat] = values
+        graph.initializer.append(numpy_helper.from_array(dense.reshape(dims), name))
+    del graph.sparse_initializer[:]
+    return count
 
 
 def _used_domains(model: onnx.ModelProto) -> set[str]:
@@ -91,7 +137,7 @@ def _used_domains(model: onnx.ModelProto) -> set[str]:
 def _simplify(model: onnx.ModelProto, report: PrepareReport) -> onnx.ModelProto:
     """Run onnxruntime's BASIC (standard-op only) graph optimizer offline (models under 2 GB)."""
     import onnxruntime as ort
-    with tempfile.TemporaryDirectory(prefix="onnxquant-") as tmp:
+    with scratch() as tmp:
         out = Path(tmp) / "simplified.onnx"
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -168,6 +214,7 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
     else:
         work = onnx.ModelProto()
         work.CopyFrom(model)
+    densify_sparse_initializers(work)
     report.folded_constants = fold_constant_nodes(work)
     _drop_initializer_inputs(work)
     work = _upgrade_opset(work, report)

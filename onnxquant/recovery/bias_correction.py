@@ -113,8 +113,9 @@ def correct_biases(
         bias = tensor_array(inits[b]).astype(np.float64)
         if shift.shape != bias.shape or not np.all(np.isfinite(shift)):
             continue
-        inits[b].CopyFrom(numpy_helper.from_array((bias + shift).astype(np.float32), b))
+        corrected = (bias + shift).astype(np.float32)
+        inits[b].CopyFrom(numpy_helper.from_array(corrected, b))
         if b not in float_adds:
-            refresh_bias_params(model, plan, name, b)
+            refresh_bias_params(model, plan, name, b, x=by_name[name].input[0], value=corrected)
         changed += 1
     return changed

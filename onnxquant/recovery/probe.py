@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxquant.calibration.collector import make_session
+from onnxquant.calibration.collector import in_order, make_session, sample_workers
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.errors import CalibrationDataError
 from onnxquant.model_io import serialize_extended
@@ -73,15 +73,18 @@ def run_probe(
     samples: Iterable[dict[str, np.ndarray]],
     max_samples: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yield the probe's outputs for each sample (one sample's worth of memory at a time)."""
-    session = make_session(probe_bytes(model, probe), weights=model)
+    """Yield the probe's outputs for each sample, in sample order (a few samples' worth of
+    memory at a time). Samples run in parallel on one-thread sessions (``in_order``), so the
+    values, and every sum the caller makes of them, do not depend on the thread count."""
+    session = make_session(probe_bytes(model, probe), threads=1, optimize=False, weights=model)
     specs = input_specs(model)
-    for index, raw in enumerate(samples):
-        if max_samples is not None and index >= max_samples:
-            break
+
+    def run(index: int, raw: dict[str, np.ndarray]) -> list[np.ndarray]:
         feed = check_feed(raw, specs, index)
         try:
-            values = session.run(probe.outputs, feed)
+            return session.run(probe.outputs, feed)
         except Exception as exc:
             raise CalibrationDataError(f"sample {index}: onnxruntime failed: {str(exc).strip().splitlines()[0]}") from exc
+
+    for values in in_order(run, samples, max_samples, sample_workers()):
         yield dict(zip(probe.outputs, values))

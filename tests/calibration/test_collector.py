@@ -8,12 +8,13 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from models.tiny import image_samples, tiny_cnn
+from models.tiny import image_samples, tiny_cnn, tiny_detector
 from onnxquant.api import quantize
 from onnxquant.calibration.collector import (
     _groups,
     _sizes,
     collect,
+    in_order,
     memory_budget,
     session_threads,
 )
@@ -21,6 +22,7 @@ from onnxquant.calibration.sources import from_iterable, from_reader, open_sourc
 from onnxquant.cli import main
 from onnxquant.errors import UsageError
 from onnxquant.passes.prepare import prepare_model
+from tests.conftest import write_npz
 
 
 def _tensors(model: onnx.ModelProto) -> list[str]:
@@ -110,3 +112,54 @@ def test_cli_flags(cnn_path: Path, npz_dir: Path, tmp_path: Path):
 
 def test_folder_sources_are_rereadable(npz_dir: Path):
     assert open_source(npz_dir, ["x"]).rereadable
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("detector")
+    model = folder / "detector.onnx"
+    onnx.save(tiny_detector(), str(model))
+    rng = np.random.default_rng(0)
+    calib = write_npz(folder / "calib", [{"images": rng.uniform(-2, 2, (1, 3, 96, 96)).astype(np.float32)}
+                                         for _ in range(6)])
+    return model, calib
+
+
+def test_detector_output_does_not_depend_on_threads(detector: tuple[Path, Path], tmp_path: Path):
+    """A YOLO-style detector is big enough for onnxruntime to split a Conv across threads, which
+    changed the last bit of an activation's range (and so a scale and an int32 bias) between
+    --threads 1 and 2. Samples now run in parallel, each on one thread: the bits are the same."""
+    model, calib = detector
+    outputs = {}
+    for threads in ("1", "2", "3"):
+        out = tmp_path / f"t{threads}.onnx"
+        result = CliRunner().invoke(main, ["quantize", str(model), "-o", str(out), "--calib-data", str(calib),
+                                           "--threads", threads, "-q"])
+        assert result.exit_code == 0, result.output
+        outputs[threads] = out.read_bytes()
+    with memory_budget(2 * 2**20):
+        quantize(model, calib, output=tmp_path / "budget.onnx")
+    outputs["budget"] = (tmp_path / "budget.onnx").read_bytes()
+    assert len(set(outputs.values())) == 1, {k: len(v) for k, v in outputs.items()}
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_in_order_keeps_sample_order_and_the_first_error(workers: int):
+    def run(index: int, sample: dict) -> int:
+        if sample.get("bad"):
+            raise ValueError(f"sample {index}")
+        return index
+
+    assert list(in_order(run, [{}] * 7, None, workers)) == list(range(7))
+    assert list(in_order(run, [{}] * 7, 4, workers)) == list(range(4))
+
+    def source():
+        yield {}
+        yield {"bad": True}
+        raise OSError("unreadable third file")
+
+    seen = []
+    with pytest.raises(ValueError, match="sample 1"):  # the bad sample, not the file read after it
+        for value in in_order(run, source(), None, workers):
+            seen.append(value)
+    assert seen == [0]

@@ -87,3 +87,22 @@ def test_bad_feeds_get_one_line_errors(feed, message):
 def test_float64_is_cast_to_float32():
     out = check_feed({"x": np.zeros((2, 3, 4))}, SPEC, 0)
     assert out["x"].dtype == np.float32
+
+
+@pytest.mark.parametrize("size", [(20000, 20000), (12000, 10000), (9000, 8000)])
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path, size: tuple[int, int]):
+    """A small PNG that claims a huge image is refused from its header (no giant allocation)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    width, height = size
+    rows = zlib.compress(b"".join(b"\0" + b"\0" * width * 3 for _ in range(min(height, 4))))
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    (tmp_path / "bomb.png").write_bytes(png)
+    preprocess = ImagePreprocess(size=(16, 16))
+    with pytest.raises(CalibrationDataError, match="megapixels|decompression bomb"):
+        preprocess(tmp_path / "bomb.png")

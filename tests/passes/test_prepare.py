@@ -108,3 +108,77 @@ def test_many_hardswish_patterns_in_one_graph():
     assert fuse_hardswish(model, 13) == 12
     assert [n.op_type for n in model.graph.node].count("Neg") == 12 and len(model.graph.node) == 36
     np.testing.assert_allclose(run(model, feed)[0], want, rtol=1e-5, atol=1e-6)
+
+
+def _old_export() -> onnx.ModelProto:
+    """An opset 7 / IR 3 export: every initializer is also listed as a graph input."""
+    model = tiny_cnn(opset=7)
+    model.ir_version = 3
+    for init in model.graph.initializer:
+        model.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return model
+
+
+def test_ir3_exports_with_initializers_as_inputs_are_prepared():
+    model = _old_export()
+    prepared, report = prepare_model(model)
+    assert default_opset(prepared) >= 13 and prepared.ir_version >= 4
+    assert [i.name for i in prepared.graph.input] == ["x"]
+    np.testing.assert_allclose(run(prepared, FEED)[0], run(tiny_cnn(), FEED)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_ir3_export_quantizes_through_the_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxquant.cli import main
+    from tests.conftest import write_npz
+
+    onnx.save(_old_export(), str(tmp_path / "old.onnx"))
+    calib = write_npz(tmp_path / "calib", image_samples(3))
+    for command in (["quantize"], ["prune", "--sparsity", "0.3"]):
+        out = tmp_path / f"{command[0]}.onnx"
+        result = CliRunner().invoke(main, [command[0], str(tmp_path / "old.onnx"), "-o", str(out),
+                                           "--calib-data", str(calib), *command[1:]])
+        assert result.exit_code == 0, result.output
+        assert np.all(np.isfinite(run(out, FEED)[0]))
+
+
+def test_sparse_storage_output_can_be_quantized_and_pruned_again(tmp_path):
+    """onnxquant's own ``prune --sparse-storage`` output (sparse initializers) is a valid input."""
+    from click.testing import CliRunner
+
+    from models.tiny import tiny_mlp
+    from onnxquant.cli import main
+    from tests.conftest import write_npz
+
+    rng = np.random.default_rng(0)
+    calib = write_npz(tmp_path / "calib", [{"x": rng.normal(0, 1, (1, 4, 8)).astype(np.float32)} for _ in range(4)])
+    onnx.save(tiny_mlp(hidden=256), str(tmp_path / "m.onnx"))
+    sparse = tmp_path / "sparse.onnx"
+    result = CliRunner().invoke(main, ["prune", str(tmp_path / "m.onnx"), "-o", str(sparse), "--sparsity", "0.9",
+                                       "--sparse-storage", "--calib-data", str(calib)])
+    assert result.exit_code == 0, result.output
+    assert len(onnx.load(str(sparse)).graph.sparse_initializer) >= 1
+    feed = {"x": rng.normal(0, 1, (1, 4, 8)).astype(np.float32)}
+    for command in (["quantize"], ["prune", "--sparsity", "0.95"]):
+        out = tmp_path / f"again-{command[0]}.onnx"
+        result = CliRunner().invoke(main, [command[0], str(sparse), "-o", str(out), "--calib-data", str(calib),
+                                           *command[1:]])
+        assert result.exit_code == 0, (command, result.output)
+        assert np.all(np.isfinite(run(out, feed)[0]))
+
+
+def test_densified_sparse_initializers_equal_the_dense_ones():
+    from onnxquant.passes.prepare import densify_sparse_initializers
+
+    rng = np.random.default_rng(0)
+    dense = np.where(rng.random((6, 5)) < 0.7, 0, rng.normal(0, 1, (6, 5))).astype(np.float32)
+    flat = np.flatnonzero(dense)
+    for indices in (flat, np.stack(np.unravel_index(flat, dense.shape), axis=1)):
+        model = onnx.ModelProto()
+        model.graph.sparse_initializer.append(helper.make_sparse_tensor(
+            numpy_helper.from_array(dense.reshape(-1)[flat], "w"), numpy_helper.from_array(indices.astype(np.int64), "i"),
+            list(dense.shape)))
+        assert densify_sparse_initializers(model) == 1
+        np.testing.assert_array_equal(numpy_helper.to_array(model.graph.initializer[0]), dense)
+        assert model.graph.initializer[0].name == "w" and not model.graph.sparse_initializer

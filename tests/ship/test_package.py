@@ -8,6 +8,8 @@ from pathlib import Path
 import onnx
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from onnxquant.cli import main
 from onnxquant.errors import ModelError, UsageError
@@ -107,3 +109,59 @@ def test_input_model_is_not_modified(quantized_path: Path, tmp_path: Path):
     package(quantized_path, tmp_path / "b.zip")
     assert quantized_path.read_bytes() == before
     onnx.checker.check_model(str(quantized_path))
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory) -> tuple[Path, dict]:
+    """A quantized model and its real `validate --json` report."""
+    from models.tiny import image_samples, tiny_cnn
+    from onnxquant.api import quantize
+    from tests.conftest import write_npz
+
+    folder = tmp_path_factory.mktemp("validated")
+    onnx.save(tiny_cnn(), str(folder / "m.onnx"))
+    calib = write_npz(folder / "calib", image_samples(3))
+    quantize(folder / "m.onnx", calib, output=folder / "q.onnx")
+    result = _run("validate", folder / "m.onnx", folder / "q.onnx", "--data", calib, "--json", "--latency-runs", "1")
+    return folder / "q.onnx", json.loads(result.output)
+
+
+def _paths(data, prefix=()):
+    """Every key path in nested dicts and lists."""
+    yield prefix
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _paths(value, (*prefix, key))
+    elif isinstance(data, list):
+        for k, value in enumerate(data):
+            yield from _paths(value, (*prefix, k))
+
+_JUNK = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5),
+                  st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_tampered_validation_report_is_one_line(validated, tmp_path_factory, data):
+    """Any field of a real report replaced by a value of another type or deleted: the bundle is
+    made (a harmless change), refused as a failed validation (6), or refused as a bad file (2)."""
+    import copy
+
+    model, report = validated
+    report = copy.deepcopy(report)
+    paths = [p for p in _paths(report) if p]
+    path = data.draw(st.sampled_from(paths))
+    parent = report
+    for key in path[:-1]:
+        parent = parent[key]
+    if data.draw(st.booleans()) and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = data.draw(_JUNK)
+    folder = tmp_path_factory.mktemp("tampered")
+    (folder / "v.json").write_text(json.dumps(report))
+    result = _run("package", model, "-o", folder / "b.zip", "--validation", folder / "v.json")
+    assert result.exit_code in (0, 2, 6), (path, result.output)
+    if result.exit_code:
+        assert result.output.startswith("error:") and result.output.count("\n") == 1, result.output
+        assert not (folder / "b.zip").exists()
