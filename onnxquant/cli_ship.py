@@ -16,9 +16,9 @@ from onnxquant.cli import (
     _emit,
     _size,
     _step_progress,
-    _validation_summary,
     main,
 )
+from onnxquant.cli_validate import _validation_summary
 from onnxquant.errors import BudgetExceededError, OnnxQuantError, UsageError
 from onnxquant.ort_format import ORT_LEVELS
 from onnxquant.recipe import TARGETS
@@ -74,6 +74,11 @@ def _read_validation(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: not a JSON validation report (write one with `onnxquant validate --json`)") from exc
     if not isinstance(data, dict) or not {"providers", "passed", "budget", "size", "samples"} <= set(data):
         raise UsageError(f"{path}: not an `onnxquant validate --json` report")
+    samples = data["samples"]
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise UsageError(f"{path}: the validation compared {samples!r} samples; a verdict needs at least one")
+    if not isinstance(data["providers"], list) or not isinstance(data["budget"], dict):
+        raise UsageError(f"{path}: not an `onnxquant validate --json` report (providers must be a list)")
     return data
 
 

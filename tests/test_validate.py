@@ -73,7 +73,7 @@ def test_cli_exit_codes(cnn_path: Path, quantized_cnn: Path, npz_dir: Path):
     assert ok.exit_code == 0, ok.output
     assert "[cpu]" in ok.output and "PASS" in ok.output
     over = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--min-cosine", "0.99999999", "--latency-runs", "1")
-    assert over.exit_code == 6 and "FAIL cpu: output 'logits': cosine" in over.output
+    assert over.exit_code == 6 and "FAIL cpu: output 'logits' (classification): cosine" in over.output
     as_json = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--json", "--latency-runs", "1")
     assert json.loads(as_json.output)["passed"] is True
 

@@ -79,7 +79,12 @@ def test_stops_at_the_first_unavailable_provider(cnn_path: Path, npz_dir: Path, 
 
 @pytest.mark.parametrize("body, message", [
     ("[validate]\nproviders = []\n", "at least one"),
-    ("[validate]\nmin_top1 = 2\n", "between -1 and 1"),
+    ("[validate]\nmin_top1 = 2\n", "between 0 and 1"),
+    ("[validate]\nmin_cosine = nan\n", "finite"),
+    ("[validate]\nmin_sqnr_db = inf\n", "finite"),
+    ("[validate]\nmax_samples = 0\n", "at least 1"),
+    ("[validate]\noutput_kinds = { logits = \"colour\" }\n", "unknown"),
+    ("[validate]\nmetric = \"no_such_module_here:score\"\n", "cannot import"),
     ("[validate]\nbogus = 1\n", "unknown key"),
     ("[package]\nort_optimization = \"fast\"\n", "unknown"),
     ("[calibration]\nmethod = \"guess\"\n", "unknown"),
