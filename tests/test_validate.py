@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -13,7 +14,7 @@ from onnxquant.api import quantize
 from onnxquant.cli import main
 from onnxquant.errors import UsageError
 from onnxquant.recipe import recipe_for_target
-from onnxquant.validate import Budget, boundary_nodes, validate
+from onnxquant.validate import Budget, OutputSettings, boundary_nodes, validate
 
 
 @pytest.fixture
@@ -94,3 +95,69 @@ def test_data_that_does_not_fit_is_a_data_error(cnn_path: Path, quantized_cnn: P
     empty.mkdir()
     result = _run("validate", cnn_path, quantized_cnn, "--data", empty)
     assert result.exit_code == 4 and result.output.startswith("error:")
+
+
+def test_default_budgets_pass_a_good_model_and_fail_a_destroyed_one(cnn_path: Path, quantized_cnn: Path,
+                                                                     npz_dir: Path, tmp_path: Path):
+    good = validate(cnn_path, quantized_cnn, npz_dir, latency_runs=1)
+    logits = good.to_dict()["providers"][0]["agreement"]["logits"]
+    assert good.passed and logits["kind"] == "classification"
+    assert {c["budget"]: c["source"] for c in logits["checks"]} == {"min_top1": "default", "max_kl": "default"}
+    destroyed = tmp_path / "destroyed.onnx"
+    model = onnx.load(str(cnn_path))
+    for init in model.graph.initializer:  # classifier rows scrambled: a model another tool could have wrecked
+        if init.name in ("fc", "fcb"):
+            array = onnx.numpy_helper.to_array(init)
+            init.CopyFrom(onnx.numpy_helper.from_array(np.roll(array, 1, axis=0).copy(), init.name))
+    onnx.save(model, str(destroyed))
+    bad = validate(cnn_path, destroyed, npz_dir, latency_runs=1)
+    assert not bad.passed and any("top1" in f for f in bad.failures)
+    assert validate(cnn_path, destroyed, npz_dir, budget=Budget(defaults=False), latency_runs=1).passed  # report only
+
+
+def test_cli_refuses_a_verdict_on_nothing_and_nan_budgets(cnn_path: Path, quantized_cnn: Path, npz_dir: Path):
+    zero = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--max-samples", "0")
+    assert zero.exit_code == 2 and "at least 1" in zero.output and "PASS" not in zero.output
+    nan = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--min-cosine", "nan")
+    assert nan.exit_code == 2 and "finite" in nan.output
+    kind = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--output-kind", "logits=colour")
+    assert kind.exit_code == 2 and "unknown" in kind.output
+    missing = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--output-kind", "nope=labels")
+    assert missing.exit_code == 2 and "nope" in missing.output
+
+
+def test_a_given_budget_no_output_can_meet_is_a_failure(cnn_path: Path, quantized_cnn: Path, npz_dir: Path):
+    result = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--min-f1", "0.5", "--latency-runs", "1")
+    assert result.exit_code == 6 and "min-f1 compared nothing" in result.output
+
+
+def test_output_kind_override_changes_the_figures(cnn_path: Path, quantized_cnn: Path, npz_dir: Path):
+    report = validate(cnn_path, quantized_cnn, npz_dir, latency_runs=1,
+                      settings=OutputSettings(kinds={"logits": "embedding"}))
+    logits = report.to_dict()["providers"][0]["agreement"]["logits"]
+    assert logits["kind"] == "embedding" and logits["kind_source"] == "given" and "top1" not in logits
+    assert [c["budget"] for c in logits["checks"]] == ["min_cosine"]
+
+
+def test_user_metric_is_scored_per_sample_and_its_drop_budgeted(cnn_path: Path, quantized_cnn: Path, npz_dir: Path,
+                                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "my_metric.py").write_text(
+        "import numpy as np\n"
+        "def confidence(outputs):\n"
+        "    return float(np.max(outputs['logits']))\n"
+        "def broken(outputs, inputs):\n"
+        "    raise RuntimeError('boom')\n")
+    monkeypatch.chdir(tmp_path)
+    ok = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--metric", "my_metric:confidence",
+              "--max-metric-drop", "1000", "--latency-runs", "1", "--json")
+    assert ok.exit_code == 0, ok.output
+    metric = json.loads(ok.output)["providers"][0]["metric"]
+    assert metric["samples"] == 12 and metric["drop"] == pytest.approx(metric["fp32"] - metric["compressed"], abs=1e-5)
+    tight = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--metric", "my_metric:confidence",
+                 "--max-metric-drop", "-1000", "--latency-runs", "1")
+    assert tight.exit_code == 6 and "metric my_metric:confidence" in tight.output
+    broken = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--metric", "my_metric:broken",
+                  "--latency-runs", "1")
+    assert broken.exit_code == 6 and "boom" in broken.output
+    absent = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--metric", "my_metric:nothing")
+    assert absent.exit_code == 2 and "no function" in absent.output
