@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxquant.agreement import Budget, DetectionSettings, OutputAgreement, unmeasured_budgets
+from onnxquant.agreement import Budget, DetectionSettings, OutputAgreement, detection_pairs, unmeasured_budgets
 from onnxquant.agreement.budgets import check, describe
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.calibration.preprocess import ImagePreprocess
@@ -314,12 +314,14 @@ class _ProviderRun:
         if metric is not None:
             report.metric = MetricAgreement(*metric)
 
-    def _agreement(self, name: str) -> OutputAgreement:
-        if name not in self.report.outputs:
-            self.report.outputs[name] = OutputAgreement(name, self.settings.kinds.get(name),
-                                                        detection=self.settings.detection,
-                                                        ctc_blank=self.settings.ctc_blank)
-        return self.report.outputs[name]
+    def _start(self, names: list[str], reference: list[Any]) -> None:
+        """One agreement per output, boxes/scores pairs found from the first fp32 outputs."""
+        pairs = detection_pairs(dict(zip(names, reference)), self.settings.kinds)
+        boxes_of = {scores: boxes for boxes, scores in pairs.items()}
+        for name in names:
+            self.report.outputs[name] = OutputAgreement(
+                name, self.settings.kinds.get(name), detection=self.settings.detection,
+                ctc_blank=self.settings.ctc_blank, scores_in=pairs.get(name), boxes_of=boxes_of.get(name))
 
     def feed(self, index: int, sample: dict[str, np.ndarray], reference: list[Any], names: list[str],
              reference_score: float | None) -> None:
@@ -344,8 +346,12 @@ class _ProviderRun:
             self.report.failures.append(f"compressed model failed to run on sample {index}: {str(exc).splitlines()[0]}")
             self.broken = True
             return
-        for name, ref, out in zip(names, reference, got):
-            self._agreement(name).add(ref, out)
+        if not self.report.outputs:
+            self._start(names, reference)
+        by_name = {name: (ref, out) for name, ref, out in zip(names, reference, got)}
+        for name, (ref, out) in by_name.items():
+            agreement = self.report.outputs[name]
+            agreement.add(ref, out, by_name[agreement.scores_in] if agreement.scores_in else None)
         if self.report.metric is not None:
             self.report.metric.add(reference_score, dict(zip(names, got)), sample)
         self.report.samples += 1

@@ -11,6 +11,10 @@ apply. The rules, in order:
 - rank 2 (batch, n >= 2): rows of unit L2 norm, or a name that says embedding/feature/pool ->
   ``embedding``; otherwise -> ``classification`` (logits or probabilities)
 - anything else (dense maps, single values, hidden states) -> ``regression``
+
+Boxes/scores pairs (``boxes (batch, n, 4)`` next to ``scores (batch, n, classes)`` or
+``(batch, classes, n)`` with values in [0, 1]) are found across outputs by ``detection_pairs``:
+both become ``detection``, decoded together and reported under the boxes output.
 """
 from __future__ import annotations
 
@@ -80,3 +84,28 @@ def parse_kind_overrides(items: dict[str, str] | list[str] | tuple[str, ...] | N
             raise ValueError(f"output kind {kind!r} for {name!r} unknown; choose from {', '.join(KINDS)}")
         out[str(name)] = kind
     return out
+
+
+def detection_pairs(values: dict[str, Any], kinds: dict[str, str] | None = None) -> dict[str, str]:
+    """Boxes output name -> scores output name, for outputs that form a boxes/scores pair.
+
+    Boxes: float (batch, n, 4) with n >= 2. Scores: another float rank-3 output with the same
+    batch, n on axis 1 or 2, values in [0, 1]. An output the user gave another kind than
+    detection is left out.
+    """
+    kinds = kinds or {}
+    free = {k: v for k, v in values.items() if kinds.get(k, "detection") == "detection"
+            and isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.ndim == 3 and v.size}
+    pairs: dict[str, str] = {}
+    taken: set[str] = set()
+    for name, boxes in free.items():
+        if boxes.shape[-1] != 4 or boxes.shape[1] < 2:
+            continue
+        for other, scores in free.items():
+            if other == name or other in taken or other in pairs or scores.shape[0] != boxes.shape[0]:
+                continue
+            if boxes.shape[1] in scores.shape[1:] and scores.min() >= 0 and scores.max() <= 1:
+                pairs[name] = other
+                taken.add(other)
+                break
+    return pairs

@@ -12,7 +12,7 @@ import numpy as np
 
 from onnxquant.agreement.budgets import OUTPUT_BUDGETS, Budget, check
 from onnxquant.agreement.classification import ClassificationAgreement
-from onnxquant.agreement.detection import DetectionAgreement, DetectionSettings, decode_yolo
+from onnxquant.agreement.detection import DetectionAgreement, DetectionSettings, decode_pair, decode_yolo
 from onnxquant.agreement.kinds import detect_kind
 from onnxquant.agreement.labels import LabelAgreement
 from onnxquant.agreement.sequence import SequenceAgreement
@@ -36,8 +36,13 @@ class OutputAgreement:
     """Running agreement of one output; its kind is detected from the first fp32 value unless given."""
 
     def __init__(self, name: str, kind: str | None = None, *, detection: DetectionSettings | None = None,
-                 ctc_blank: int = 0) -> None:
+                 ctc_blank: int = 0, boxes_of: str | None = None, scores_in: str | None = None) -> None:
+        """``scores_in``: this output holds the boxes of a pair whose scores are that output;
+        ``boxes_of``: this output holds the scores of the pair whose boxes are that output."""
         self.name = name
+        self.scores_in, self.boxes_of = scores_in, boxes_of
+        if scores_in or boxes_of:
+            kind = kind or "detection"
         self.kind = kind
         self.kind_source = "given" if kind else "detected"
         self.detection_settings = detection or DetectionSettings()
@@ -60,12 +65,13 @@ class OutputAgreement:
         self.tensor = TensorAgreement(per_channel=self.kind in ("regression", "detection"))
         if self.kind == "classification":
             self.classes = ClassificationAgreement()
-        elif self.kind == "detection":
+        elif self.kind == "detection" and not self.boxes_of:  # a pair's scores are decoded with its boxes
             self.detections = DetectionAgreement(self.detection_settings)
         elif self.kind == "sequence":
             self.strings = SequenceAgreement(self.ctc_blank)
 
-    def add(self, reference: Any, compressed: Any) -> None:
+    def add(self, reference: Any, compressed: Any, scores: tuple[Any, Any] | None = None) -> None:
+        """One sample; ``scores``: the pair's (fp32, int8) scores when this output holds its boxes."""
         if self.tensor is None and self.labels is None:
             self._start(reference)
         self.samples += 1
@@ -85,6 +91,10 @@ class OutputAgreement:
         try:
             if self.classes is not None:
                 self.classes.add(reference, compressed)
+            elif self.detections is not None and self.scores_in:
+                if scores is not None and isinstance(scores[1], np.ndarray) and scores[1].shape == scores[0].shape:
+                    self.detections.add_images(decode_pair(reference, scores[0], self.detection_settings),
+                                               decode_pair(compressed, scores[1], self.detection_settings))
             elif self.detections is not None:
                 self.detections.add_images(decode_yolo(reference, self.detection_settings),
                                            decode_yolo(compressed, self.detection_settings))
@@ -141,6 +151,8 @@ class OutputAgreement:
         found = []
         for name, (limit, source) in budget.for_kind(self.kind or "").items():
             metric = OUTPUT_BUDGETS[name][0]
+            if self.boxes_of and source == "default":
+                continue  # a pair's scores are judged by the detections reported under its boxes
             if metric not in m and source == "given":
                 continue  # a given budget applies where its metric exists (see unmeasured_budgets)
             result = check(name, metric, m.get(metric), limit, source)
@@ -154,6 +166,10 @@ class OutputAgreement:
 
     def to_dict(self, budget: Budget | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "kind_source": self.kind_source, "samples": self.samples}
+        if self.scores_in:
+            out["scores_output"] = self.scores_in
+        if self.boxes_of:
+            out["decoded_with"] = self.boxes_of
         for key, value in self.metrics().items():
             out[key] = _finite(value) if isinstance(value, float) else value
         if self.mismatched:

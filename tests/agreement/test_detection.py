@@ -83,3 +83,22 @@ def test_no_fp32_detections_leaves_f1_unmeasured():
     empty = Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
     d.add_images([empty], [empty])
     assert d.metrics()["f1"] is None and d.metrics()["recall"] is None
+
+
+def test_boxes_and_scores_outputs_are_paired_and_decoded_together():
+    from onnxquant.agreement import detection_pairs
+
+    rng = np.random.default_rng(3)
+    xy = rng.random((1, 200, 2)) * 200
+    boxes = np.concatenate([xy, xy + 10 + rng.random((1, 200, 2)) * 30], axis=2).astype(np.float32)
+    scores = np.where(rng.random((1, 200, 2)) > 0.97, 0.9, 0.02).astype(np.float32)
+    assert detection_pairs({"boxes": boxes, "scores": scores, "other": np.ones((1, 3), np.float32)}) == {"boxes": "scores"}
+    assert detection_pairs({"boxes": boxes, "scores": scores}, {"scores": "regression"}) == {}
+    pair = OutputAgreement("boxes", scores_in="scores")
+    partner = OutputAgreement("scores", boxes_of="boxes")
+    collapsed = np.full_like(scores, 0.02)
+    pair.add(boxes, boxes, (scores, collapsed))
+    partner.add(scores, collapsed)
+    m = pair.metrics()
+    assert pair.kind == partner.kind == "detection" and m["detections_fp32"] > 0 and m["f1"] == 0.0
+    assert "f1" not in partner.metrics() and partner.to_dict()["decoded_with"] == "boxes"
