@@ -35,7 +35,7 @@ OUTPUT_BUDGETS: dict[str, tuple[str, str, float, float]] = {
 DEFAULTS: dict[str, dict[str, float]] = {
     "classification": {"min_top1": 0.6, "max_kl": 0.5},
     "embedding": {"min_cosine": 0.95},
-    "regression": {"min_sqnr_db": 10.0, "min_channel_cosine": 0.8},
+    "regression": {"min_sqnr_db": 8.0, "min_channel_cosine": 0.8},
     "detection": {"min_f1": 0.7},
     "sequence": {"min_string_agreement": 0.5, "max_cer": 0.05},
     "labels": {"min_label_agreement": 0.6},

@@ -8,8 +8,8 @@ apply. The rules, in order:
   over at least 3 symbols -> ``sequence`` (a CTC recogniser's per-step scores)
 - rank 3 shaped like a YOLO head (one axis of 5..1000 columns, the other at least 3 times longer
   and at least 100), with class-score columns in [0, 1] and non-negative box sizes -> ``detection``
-- rank 2 (batch, n >= 2): rows of unit L2 norm, or a name that says embedding/feature/pool ->
-  ``embedding``; otherwise -> ``classification`` (logits or probabilities)
+- rank 2 (batch, n >= 2): rows of probabilities -> ``classification``; rows of unit L2 norm, or
+  a name that says embedding/feature/pool -> ``embedding``; otherwise -> ``classification`` (logits)
 - anything else (dense maps, single values, hidden states) -> ``regression``
 
 Boxes/scores pairs (``boxes (batch, n, 4)`` next to ``scores (batch, n, classes)`` or
@@ -57,6 +57,8 @@ def detect_kind(name: str, value: Any) -> str:
         if _looks_like_yolo(value):
             return "detection"
     if value.ndim == 2 and value.shape[1] >= 2 and value.size:
+        if is_probability_rows(value):  # a confident softmax row also has an L2 norm near 1
+            return "classification"
         norms = np.linalg.norm(value.astype(np.float64), axis=1)
         if _EMBEDDING_NAME.search(name) or np.allclose(norms, 1.0, atol=1e-3):
             return "embedding"

@@ -153,6 +153,8 @@ class OutputAgreement:
             metric = OUTPUT_BUDGETS[name][0]
             if self.boxes_of and source == "default":
                 continue  # a pair's scores are judged by the detections reported under its boxes
+            if source == "default" and metric.startswith("channel_") and metric not in m:
+                continue  # no feature axis (a one-channel map): there is no channel to single out
             if metric not in m and source == "given":
                 continue  # a given budget applies where its metric exists (see unmeasured_budgets)
             result = check(name, metric, m.get(metric), limit, source)

@@ -106,3 +106,9 @@ def test_given_budgets_replace_defaults_and_no_defaults_means_only_given():
     assert Budget(min_top1=0.9).for_kind("classification")["min_top1"] == (0.9, "given")
     assert Budget(defaults=False).for_kind("classification") == {}
     assert set(Budget(min_cosine=0.5, defaults=False).for_kind("labels")) == {"min_cosine"}
+
+
+def test_confident_probabilities_are_classifier_scores_not_unit_embeddings():
+    probs = np.full((1, 214), 1e-6, np.float32)
+    probs[0, 7] = 1.0 - probs.sum() + 1e-6
+    assert abs(np.linalg.norm(probs) - 1.0) < 1e-3 and detect_kind("target_label", probs) == "classification"

@@ -28,6 +28,13 @@ def test_one_command_from_model_to_validated_bundle(cnn_path: Path, npz_dir: Pat
         assert bundle.read("recipe.toml").decode() == job.read_text()
     assert {"model.onnx", "model.ort", "required_operators.config", "report.html", "manifest.json"} <= names
     assert report["validation"]["passed"] and report["validation"]["budget"] == {"min_cosine": 0.9}
+    with zipfile.ZipFile(result.output) as bundle:
+        validated = json.loads(bundle.read("manifest.json"))["validated"]
+    logits = validated["outputs"]["cpu"]["logits"]
+    assert validated["samples"] == report["validation"]["samples"] > 0 and validated["default_budgets"] is True
+    assert logits["kind"] == "classification" and "top1" in logits
+    assert {(c["budget"], c["source"]) for c in logits["checks"]} == {
+        ("min_top1", "default"), ("max_kl", "default"), ("min_cosine", "given")}
     assert report["quantization"]["pruning"]["sparsity"] > 0.1
     assert report["layer_errors"] and report["activation_histograms"] and report["weight_histograms"]
     # every activation histogram's range is the one its QuantizeLinear uses, and it holds the data
