@@ -43,7 +43,10 @@ def feature_axis(shape: tuple[int, ...]) -> int | None:
     if len(shape) < 2:
         return None
     if len(shape) == 3:
-        axis = 1 if shape[1] <= shape[2] else 2
+        sizes = {a: shape[a] for a in (1, 2) if shape[a] > 1}
+        if not sizes:
+            return None
+        axis = min(sizes, key=lambda a: (sizes[a], a))
     else:
         axis = 1
     return axis if 1 < shape[axis] <= MAX_CHANNELS else None
