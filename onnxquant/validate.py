@@ -85,6 +85,12 @@ def load_metric(spec: str) -> tuple[str, SampleMetric]:
     return spec, fn
 
 
+def _metric_name(metric: str | SampleMetric) -> str:
+    if isinstance(metric, str):
+        return metric
+    return f"{getattr(metric, '__module__', '?')}:{getattr(metric, '__qualname__', type(metric).__name__)}"
+
+
 def _takes_inputs(fn: SampleMetric) -> bool:
     try:
         params = [p for p in inspect.signature(fn).parameters.values()
@@ -176,7 +182,7 @@ class OutputSettings:
     kinds: dict[str, str] = field(default_factory=dict)  # output name -> kind (else detected)
     detection: DetectionSettings = field(default_factory=DetectionSettings)
     ctc_blank: int = 0
-    metric: str | None = None  # "module:function"
+    metric: str | SampleMetric | None = None  # "module:function", or the function itself (Python)
 
     def __post_init__(self) -> None:
         if isinstance(self.ctc_blank, bool) or not isinstance(self.ctc_blank, int) or self.ctc_blank < 0:
@@ -189,7 +195,7 @@ class OutputSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kinds": dict(self.kinds), "detection": self.detection.to_dict(), "ctc_blank": self.ctc_blank,
-                "metric": self.metric}
+                "metric": _metric_name(self.metric) if self.metric is not None else None}
 
 
 @dataclass
@@ -398,7 +404,13 @@ def validate(
         raise UsageError("latency runs must be at least 1")
     if max_samples is not None and (isinstance(max_samples, bool) or max_samples < 1):
         raise UsageError(f"max samples must be at least 1, got {max_samples} (a verdict needs samples to compare)")
-    metric = load_metric(settings.metric) if settings.metric else None
+    metric = None
+    if isinstance(settings.metric, str):
+        metric = load_metric(settings.metric)
+    elif settings.metric is not None:
+        if not callable(settings.metric):
+            raise UsageError(f"metric must be MODULE:FUNCTION or a function, got {settings.metric!r}")
+        metric = (_metric_name(settings.metric), settings.metric)
     original_path, compressed_path = Path(original), Path(compressed)
     original_model = load_model(original_path)
     compressed_model = load_model(compressed_path)

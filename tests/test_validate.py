@@ -161,3 +161,13 @@ def test_user_metric_is_scored_per_sample_and_its_drop_budgeted(cnn_path: Path, 
     assert broken.exit_code == 6 and "boom" in broken.output
     absent = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--metric", "my_metric:nothing")
     assert absent.exit_code == 2 and "no function" in absent.output
+
+
+def test_a_python_metric_function_can_be_given_directly(cnn_path: Path, quantized_cnn: Path, npz_dir: Path):
+    def argmax_is_zero(outputs, inputs):
+        assert set(inputs) == {"x"} or inputs  # the sample's inputs come along
+        return float(np.argmax(outputs["logits"]) == 0)
+
+    report = validate(cnn_path, cnn_path, npz_dir, latency_runs=1, settings=OutputSettings(metric=argmax_is_zero))
+    metric = report.to_dict()["providers"][0]["metric"]
+    assert metric["drop"] == 0.0 and metric["checks"][0]["passed"] is True and "argmax_is_zero" in metric["name"]
