@@ -14,6 +14,7 @@ from onnxquant import __version__
 from onnxquant.calibration.collector import memory_budget, session_threads
 from onnxquant.calibration.observers import METHODS
 from onnxquant.errors import BudgetExceededError, ExecutionProviderError, OnnxQuantError
+from onnxquant.agreement import DROP_BY as AGREEMENTS
 from onnxquant.providers import PROVIDERS
 from onnxquant.recipe import (
     ACTIVATION_TYPES,
@@ -295,8 +296,9 @@ def _preprocess_overrides(image: dict[str, Any]) -> dict[str, Any]:
 @click.option("--max-drop", type=click.FloatRange(min=0), help="Mixed precision: keep the fewest most-sensitive layers float so the "
               "agreement drop on --holdout stays within this (e.g. 0.01).")
 @click.option("--holdout", type=click.Path(path_type=Path), help="Held-out samples for --max-drop (default: the calibration data).")
-@click.option("--drop-by", type=click.Choice(["cosine", "top1"]), default="cosine", show_default=True,
-              help="What --max-drop measures: 1 - mean cosine of each output, or 1 - top-1 agreement of (batch, classes) scores.")
+@click.option("--drop-by", type=click.Choice(AGREEMENTS), default="cosine", show_default=True,
+              help="What --max-drop measures: 1 - mean cosine of each output, 1 - top-1 agreement of classifier scores, "
+                   "or 1 - each output's own figure by its kind (detection F1, string agreement...).")
 @_prune_options("prune-")
 @click.option("--no-simplify", is_flag=True, default=False, help="Skip graph simplification before quantizing.")
 @click.option("--threads", type=click.IntRange(min=0), help="onnxruntime threads while calibrating (default: its own "
@@ -387,7 +389,7 @@ def _prune_summary(result: dict[str, Any]) -> str:
 @click.option("--channel-multiple", type=click.IntRange(min=1),
               help="Layers keep a multiple of this many channels (default 16, for onnxruntime's blocked kernels).")
 @click.option("--sparse-storage", is_flag=True, help="Store sparse float initializers as ONNX sparse tensors where smaller.")
-@click.option("--drop-by", type=click.Choice(["cosine", "top1"]), default="cosine", show_default=True,
+@click.option("--drop-by", type=click.Choice(AGREEMENTS), default="cosine", show_default=True,
               help="--max-drop measure: output cosine or top-1 agreement with fp32.")
 @click.option("--max-samples", type=int, help="Use at most this many samples of each set.")
 @_image_options
@@ -439,7 +441,7 @@ def _sensitivity_table(report: dict[str, Any]) -> str:
 @main.command(cls=_Command)
 @_diagnostic_options
 @click.option("--top", type=int, help="Show only the N most damaging layers.")
-@click.option("--drop-by", type=click.Choice(["cosine", "top1"]), default="cosine", show_default=True,
+@click.option("--drop-by", type=click.Choice(AGREEMENTS), default="cosine", show_default=True,
               help="Damage as 1 - mean cosine of each output, or 1 - top-1 agreement of (batch, classes) scores.")
 @_image_options
 @click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON.")

@@ -30,6 +30,7 @@ from typing import Any
 from onnxquant.agreement import Budget, DetectionSettings, parse_kind_overrides
 from onnxquant.calibration.collector import memory_budget, session_threads
 from onnxquant.errors import BudgetExceededError, ExecutionProviderError, UsageError
+from onnxquant.agreement import DROP_BY as AGREEMENTS
 from onnxquant.ort_format import ORT_LEVELS
 from onnxquant.providers import PROVIDERS
 from onnxquant.recipe import Recipe, build_section, read_toml, recipe_from_dict
@@ -175,8 +176,8 @@ def job_from_dict(data: dict[str, Any], base_dir: Path, text: str | None = None,
     if max_drop is not None and (not isinstance(max_drop, (int, float)) or max_drop < 0):
         raise UsageError("job: max_drop must be a number at least 0")
     drop_by = data.get("drop_by", "cosine")
-    if drop_by not in ("cosine", "top1"):
-        raise UsageError("job: drop_by must be \"cosine\" or \"top1\"")
+    if drop_by not in AGREEMENTS:
+        raise UsageError(f"job: drop_by must be one of {', '.join(AGREEMENTS)}")
     layer_errors = data.get("layer_errors", True)
     if not isinstance(layer_errors, bool):
         raise UsageError("job: layer_errors must be true or false")

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxquant.agreement import OutputAgreement
+from onnxquant.agreement import DROP_BY, OutputAgreement
 from onnxquant.calibration.collector import make_session
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.errors import BudgetExceededError, CalibrationDataError, UsageError
 from onnxquant.model_io import serialize
 
-AGREEMENTS = ("cosine", "top1")
+AGREEMENTS = DROP_BY
 
 # A user metric scores a model from its outputs on every held-out sample (higher is better);
 # the drop is the fp32 score minus the quantized score.

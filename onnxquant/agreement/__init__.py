@@ -7,7 +7,7 @@ the kind of an output, budgets holds the limits and their defaults, output ties 
 from onnxquant.agreement.budgets import DEFAULTS, Budget
 from onnxquant.agreement.detection import DetectionSettings
 from onnxquant.agreement.kinds import KINDS, detect_kind, detection_pairs, parse_kind_overrides
-from onnxquant.agreement.output import PRIMARY, OutputAgreement, unmeasured_budgets
+from onnxquant.agreement.output import DROP_BY, PRIMARY, OutputAgreement, unmeasured_budgets
 
-__all__ = ["DEFAULTS", "KINDS", "PRIMARY", "Budget", "DetectionSettings", "OutputAgreement", "detect_kind", "detection_pairs",
+__all__ = ["DEFAULTS", "DROP_BY", "KINDS", "PRIMARY", "Budget", "DetectionSettings", "OutputAgreement", "detect_kind", "detection_pairs",
            "parse_kind_overrides", "unmeasured_budgets"]

@@ -18,6 +18,10 @@ from onnxquant.agreement.labels import LabelAgreement
 from onnxquant.agreement.sequence import SequenceAgreement
 from onnxquant.agreement.tensor import TensorAgreement
 
+# What a search's "drop" is 1 minus: cosine of float outputs; top1 of classifier scores; kind:
+# each output's own figure (PRIMARY below).
+DROP_BY = ("cosine", "top1", "kind")
+
 # The one figure per kind that says "how much of the fp32 answer survived" (1 is all of it).
 PRIMARY = {"classification": "top1", "embedding": "cosine", "regression": "cosine", "detection": "f1",
            "sequence": "string_agreement", "labels": "label_agreement"}
