@@ -19,6 +19,13 @@ def is_map_rows(value: Any) -> bool:
         and all(isinstance(row, Mapping) for row in value)
 
 
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    except (TypeError, ValueError):
+        return a == b
+
+
 def _best_key(row: Mapping[Any, Any]) -> Any:
     """The key with the largest value (the first in key order on ties)."""
     return max(sorted(row, key=str), key=lambda k: row[k]) if row else None
@@ -39,6 +46,15 @@ class LabelAgreement:
     def add(self, reference: Any, compressed: Any) -> None:
         if is_map_rows(reference):
             self._add_maps(reference, compressed)
+            return
+        if isinstance(reference, (list, tuple)):  # a sequence of tensors: each item equal or not
+            others = compressed if isinstance(compressed, (list, tuple)) and len(compressed) == len(reference) else None
+            if others is None:
+                self.mismatched_shapes += 1
+                self.items += max(len(reference), 1)
+                return
+            self.items += len(reference)
+            self.equal += sum(int(_same(a, b)) for a, b in zip(reference, others))
             return
         r, c = np.asarray(reference), np.asarray(compressed)
         if r.shape != c.shape:

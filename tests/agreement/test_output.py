@@ -112,3 +112,9 @@ def test_confident_probabilities_are_classifier_scores_not_unit_embeddings():
     probs = np.full((1, 214), 1e-6, np.float32)
     probs[0, 7] = 1.0 - probs.sum() + 1e-6
     assert abs(np.linalg.norm(probs) - 1.0) < 1e-3 and detect_kind("target_label", probs) == "classification"
+
+
+def test_sequences_of_tensors_are_compared_item_by_item():
+    a = OutputAgreement("seq")
+    a.add([np.array([1.0, 2.0]), np.array([3.0])], [np.array([1.0, 2.0]), np.array([4.0])])
+    assert a.kind == "labels" and a.metrics()["label_agreement"] == 0.5
