@@ -1,7 +1,10 @@
 """Compressed against original, on each execution provider: agreement, placement, latency, size.
 
 The reference is always the original model on onnxruntime's CPU provider: that is the answer
-the user's float model gives today. On each requested provider both models are run: the
+the user's float model gives today. Each output is read by its kind (``onnxquant.agreement``):
+classifier scores by top-1 and KL, detections by F1 against fp32's, CTC sequences by their
+decoded strings, labels and maps by agreement; the kind's default budgets apply unless the
+user's replace them, and nothing compared (zero samples, a budget no output has) never passes. On each requested provider both models are run: the
 compressed one for agreement and placement, the original (where the provider takes it) for
 the latency ratio. Samples are streamed; memory does not grow with their number.
 """

@@ -171,3 +171,38 @@ def test_a_python_metric_function_can_be_given_directly(cnn_path: Path, quantize
     report = validate(cnn_path, cnn_path, npz_dir, latency_runs=1, settings=OutputSettings(metric=argmax_is_zero))
     metric = report.to_dict()["providers"][0]["metric"]
     assert metric["drop"] == 0.0 and metric["checks"][0]["passed"] is True and "argmax_is_zero" in metric["name"]
+
+
+def _boxes_and_scores_model(score_gain: float) -> onnx.ModelProto:
+    """boxes (1, 64, 4) from the input; scores (1, 64, 2) = sigmoid(gain * (x @ w))."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.array([[4.0, -4.0], [-4.0, 4.0], [0.0, 0.0], [0.0, 0.0]], np.float32) * score_gain
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "size"], ["boxes"]), helper.make_node("MatMul", ["x", "w"], ["logits"]),
+         helper.make_node("Sigmoid", ["logits"], ["scores"])],
+        "pair", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 4])],
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 64, 4]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 64, 2])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([100, 100, 100, 100], np.float32), "size")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_boxes_scores_pair_is_validated_as_detections(tmp_path: Path):
+    from tests.conftest import write_npz
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(6):
+        x = rng.random((1, 64, 4)).astype(np.float32)
+        x[..., 2:] = x[..., :2] + 0.05 + rng.random((1, 64, 2)).astype(np.float32) * 0.1  # x2 > x1, y2 > y1
+        samples.append({"x": x})
+    data = write_npz(tmp_path / "data", samples)
+    onnx.save(_boxes_and_scores_model(1.0), str(tmp_path / "a.onnx"))
+    onnx.save(_boxes_and_scores_model(0.0), str(tmp_path / "collapsed.onnx"))
+    same = validate(tmp_path / "a.onnx", tmp_path / "a.onnx", data, latency_runs=1).to_dict()
+    agreement = same["providers"][0]["agreement"]
+    assert agreement["boxes"]["kind"] == agreement["scores"]["kind"] == "detection"
+    assert agreement["boxes"]["scores_output"] == "scores" and agreement["boxes"]["f1"] == 1.0 and same["passed"]
+    broken = validate(tmp_path / "a.onnx", tmp_path / "collapsed.onnx", data, latency_runs=1)
+    assert not broken.passed and any("'boxes' (detection): f1 0" in f for f in broken.failures)
