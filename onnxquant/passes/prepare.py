@@ -17,6 +17,7 @@ from onnx import version_converter
 
 from onnxquant.errors import ModelError
 from onnxquant.model_io import PROTOBUF_LIMIT, has_lazy, iter_graphs, serialize
+from onnxquant.passes.canonicalize import canonicalize
 from onnxquant.passes.fold_affine import fold_affine_into_conv
 from onnxquant.passes.fold_constants import fold_constant_nodes
 from onnxquant.passes.fuse_gelu import MS_DOMAIN, fuse_gelu
@@ -186,4 +187,8 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
         if report.fused_gelu and default_opset(work) < 20 and not any(o.domain == MS_DOMAIN for o in work.opset_import):
             work.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     work = infer_shapes(work)
+    quirks = canonicalize(work)
+    report.notes.extend(quirks.notes())
+    if quirks.left_matmuls:
+        work = infer_shapes(work)  # the new Transpose outputs
     return work, report
