@@ -53,6 +53,7 @@ from onnxquant.model_io import (
 from onnxquant.npu_planner import select_every_op
 from onnxquant.ops import WEIGHTED_OPS
 from onnxquant.ops.rules import RULES, Kind
+from onnxquant.passes.float16 import store_float16
 from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.int4_matmul import eligible as int4_eligible
 from onnxquant.passes.int4_matmul import int4_sqnr_db, to_matmul_nbits
@@ -412,14 +413,14 @@ def quantize(
         replannable = prepared.ByteSize() < REPLAN_MAX_BYTES
         quantized, sel, build_notes = _build(prepared, recipe, table, not_float, data,
                                              inplace=not (diagnostics or replannable), int4=frozenset(int4))
-        fusion = _fusion(quantized, build_notes)
+        fusion = _fusion(quantized, sel, build_notes)
         if fusion is not None and fusion.float_islands and replannable:
             islands = fusion.float_islands
             quantized, sel, build_notes = _build(prepared, _excluding(recipe, islands), table, not_float, data,
                                                  inplace=not diagnostics, int4=frozenset(int4))
             build_notes.append(f"{len(islands)} layer(s) kept float: onnxruntime would not fuse them into "
                                "integer kernels (float islands, slower than fp32)")
-            fusion = _fusion(quantized, build_notes)
+            fusion = _fusion(quantized, sel, build_notes)
     else:
         mixed = _mixed_precision(prepared, recipe, table, not_float, data, holdout, max_drop, metric, progress, int4,
                                  agreement)
@@ -429,8 +430,12 @@ def quantize(
         quantized, build_notes = mixed.model, [kept]
         recipe = _excluding(recipe, [*mixed.float_layers, *mixed.int4_layers])  # int8 selection of this model
         sel = _select(prepared, recipe, not_float)
-        fusion = _fusion(quantized, build_notes)
+        fusion = _fusion(quantized, sel, build_notes)
     build_notes += int4_notes
+    if prep.float16_weights:
+        kept16 = store_float16(quantized, prep.float16_weights)
+        if kept16:
+            build_notes.append(f"{kept16} float weight(s) stored in fp16 as in the original")
     for name in islands:
         sel.float_nodes[name] = (sel.float_nodes[name][0], FLOAT_ISLAND)
     # Shape arithmetic (int64 Concat, Gather of shapes...) is not float compute: not reported.
@@ -491,13 +496,13 @@ def _check_not_already_quantized(prepared: onnx.ModelProto, sel: Selection, note
     notes.append(f"already quantized: {describe(done)}; the float remainder is quantized")
 
 
-def _fusion(quantized: onnx.ModelProto, notes: list[str]) -> FusionCheck | None:
+def _fusion(quantized: onnx.ModelProto, sel: Selection, notes: list[str]) -> FusionCheck | None:
     """onnxruntime's view of which quantized layers became integer kernels (None when it cannot tell)."""
     if quantized.ByteSize() >= PROTOBUF_LIMIT or has_lazy(quantized):
         notes.append("fusion self-check skipped: weights in external data or over 2 GB")
         return None
     try:
-        return check_fusion(quantized, serialize(quantized))
+        return check_fusion(quantized, serialize(quantized), only=set(sel.quantized))
     except Exception as exc:  # onnxruntime's own refusal; the self-check that follows reports it
         notes.append(f"fusion self-check skipped: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}")
         return None

@@ -17,7 +17,7 @@ FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProt
 # or with two or more dimensions longer than one (a matrix, however small).
 MIN_WEIGHT_VALUES = 1024
 # Ops that only carry quantized weights to their readers.
-_CARRIERS = {"QuantizeLinear", "DequantizeLinear", "Identity"}
+_CARRIERS = {"QuantizeLinear", "DequantizeLinear", "Identity", "Cast"}
 # The share of the weight bytes that may stay float before the summary warns.
 WARN_FLOAT_SHARE = 0.10
 
@@ -76,6 +76,8 @@ def float_weighted_nodes(model: onnx.ModelProto) -> list[FloatWeighted]:
     def walk(graph: onnx.GraphProto, visible: dict[str, onnx.TensorProto], nested: bool) -> None:
         scope = {**visible, **{i.name: i for i in graph.initializer}}
         for node in graph.node:
+            if node.op_type == "Cast" and node.input and node.input[0] in scope:
+                scope[node.output[0]] = scope[node.input[0]]  # a weight stored fp16, read as fp32
             if node.op_type not in _CARRIERS:
                 weights = [scope[name] for name in dict.fromkeys(node.input) if name in scope
                            and is_float_weight(scope[name])]

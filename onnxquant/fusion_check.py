@@ -70,12 +70,13 @@ def optimized_graph(model: onnx.ModelProto | bytes) -> onnx.ModelProto:
         return onnx.load_model(str(out), load_external_data=False)
 
 
-def check_fusion(model: onnx.ModelProto, payload: bytes | None = None) -> FusionCheck:
+def check_fusion(model: onnx.ModelProto, payload: bytes | None = None, only: set[str] | None = None) -> FusionCheck:
     """Which of ``model``'s quantized weighted layers onnxruntime fuses into integer kernels.
 
-    ``payload``: ``model`` already serialized (spares one serialization).
+    ``payload``: ``model`` already serialized (spares one serialization). ``only``: the layers
+    to count (those this run quantized; an input's own QDQ layers are not ours to re-plan).
     """
-    layers = quantized_weights(model)
+    layers = {w: n for w, n in quantized_weights(model).items() if only is None or n in only}
     if not layers:
         return FusionCheck(0, 0)
     optimized = optimized_graph(payload if payload is not None else model)

@@ -19,6 +19,7 @@ from onnxquant.errors import ModelError
 from onnxquant.model_io import PROTOBUF_LIMIT, has_lazy, iter_graphs, serialize
 from onnxquant.passes.canonicalize import canonicalize
 from onnxquant.passes.fold_affine import fold_affine_into_conv
+from onnxquant.passes.float16 import widen_float16
 from onnxquant.passes.fold_constants import fold_constant_nodes
 from onnxquant.passes.fuse_gelu import MS_DOMAIN, fuse_gelu
 from onnxquant.passes.fuse_hardswish import fuse_hardswish
@@ -32,6 +33,7 @@ class PrepareReport:
     folded_affines: int = 0
     fused_hardswish: int = 0
     fused_gelu: int = 0
+    float16_weights: set[str] = field(default_factory=set)  # initializers that were fp16 (an fp16 model)
     opset_from: int = 0
     opset_to: int = 0
     simplified: bool = False
@@ -171,6 +173,9 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
         work.CopyFrom(model)
     report.folded_constants = fold_constant_nodes(work)
     _drop_initializer_inputs(work)
+    report.float16_weights = widen_float16(work)
+    if report.float16_weights:
+        report.notes.append("fp16 model: quantized on an fp32 copy of its inside; fp16 inputs and outputs kept")
     work = _upgrade_opset(work, report)
     small = work.ByteSize() < PROTOBUF_LIMIT  # in-memory tools stop at protobuf's limit
     lazy = has_lazy(work)
