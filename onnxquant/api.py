@@ -26,7 +26,7 @@ from onnxquant.errors import (
     QuantizationError,
     UsageError,
 )
-from onnxquant.float_weights import WARN_FLOAT_SHARE, float_weighted_nodes, weight_bytes
+from onnxquant.float_weights import FLOAT_LAYERS_KEY, WARN_FLOAT_SHARE, float_weighted_nodes, weight_bytes
 from onnxquant.fusion_check import FusionCheck, check_fusion
 from onnxquant.layer_errors import TensorError, dequantized_names, tensor_errors
 from onnxquant.mixed_precision import (
@@ -374,7 +374,7 @@ def quantize(
     prepared, prep, sel, size_before = _prepare_and_select(model, recipe, data, saved_stats=stats is not None,
                                                            holdout=holdout, metric=metric, agreement=agreement)
     _check_not_already_quantized(prepared, sel, prep.notes)
-    total_weight_bytes = weight_bytes(prepared)  # before the rewrite replaces float weights
+    total_weight_bytes = weight_bytes(prepared, prep.float16_weights)  # before the rewrite replaces float weights
     t_cal = time.perf_counter()
     first = None
     if stats is not None:
@@ -482,7 +482,6 @@ def quantize(
 # costs a copy of it: above this size, islands are reported, not re-planned.
 REPLAN_MAX_BYTES = 512 * 2**20
 FLOAT_ISLAND = "onnxruntime would not fuse it (float island)"
-FLOAT_LAYERS_KEY = "onnxquant.float_layers"
 
 
 def _check_not_already_quantized(prepared: onnx.ModelProto, sel: Selection, notes: list[str]) -> None:

@@ -22,13 +22,17 @@ _CARRIERS = {"QuantizeLinear", "DequantizeLinear", "Identity", "Cast"}
 WARN_FLOAT_SHARE = 0.10
 
 
+# Model metadata: the float weighted layers and why they stayed float (JSON), for ``inspect``.
+FLOAT_LAYERS_KEY = "onnxquant.float_layers"
+
+
 @dataclass
 class FloatWeighted:
     node: str
     op_type: str
-    weight_bytes: int
+    weight_bytes: int  # of the weights it is the first reader of
     in_subgraph: bool
-
+    weights: tuple[onnx.TensorProto, ...] = ()  # every float weight it reads
 
 def tensor_bytes(tensor: onnx.TensorProto) -> int:
     count = int(np.prod(tensor.dims)) if tensor.dims else 1
@@ -43,9 +47,11 @@ def is_float_weight(tensor: onnx.TensorProto) -> bool:
     return count >= MIN_WEIGHT_VALUES or sum(1 for d in tensor.dims if d > 1) >= 2
 
 
-def weight_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of every initializer of the model, in every (sub)graph: the denominator of shares."""
-    return sum(tensor_bytes(t) for t in _initializers(model.graph))
+def weight_bytes(model: onnx.ModelProto, stored_half: set[str] = frozenset()) -> int:  # type: ignore[assignment]
+    """Bytes of every initializer of the model, in every (sub)graph: the denominator of shares.
+    ``stored_half``: float initializers the model file stores in fp16 (counted at 2 bytes a value)."""
+    return sum(tensor_bytes(t) // (2 if t.name in stored_half and t.data_type == onnx.TensorProto.FLOAT else 1)
+               for t in _initializers(model.graph))
 
 
 def _initializers(graph: onnx.GraphProto):
@@ -84,7 +90,8 @@ def float_weighted_nodes(model: onnx.ModelProto) -> list[FloatWeighted]:
                 fresh = [w for w in weights if id(w) not in counted]
                 if weights:
                     counted.update(id(w) for w in fresh)
-                    found.append(FloatWeighted(node.name, node.op_type, sum(tensor_bytes(w) for w in fresh), nested))
+                    found.append(FloatWeighted(node.name, node.op_type, sum(tensor_bytes(w) for w in fresh), nested,
+                                               tuple(weights)))
             for sub in _bodies(node):
                 walk(sub, scope, True)
 
