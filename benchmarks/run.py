@@ -30,10 +30,12 @@ from models.build import BUILDERS, build
 from onnxquant.fusion_check import check_fusion
 
 REPO = Path(__file__).resolve().parent.parent
-METRIC = {"efficientnet-lite0": metrics.classifier, "minilm": metrics.embedding, "ppocr-det": metrics.probability_map,
+METRIC = {"efficientnet-lite0": metrics.classifier, "efficientnet-lite0-fp16": metrics.classifier,
+          "minilm": metrics.embedding, "ppocr-det": metrics.probability_map,
           "sklearn-mlp": metrics.probabilities, "sklearn-mlp-partly-int8": metrics.probabilities,
           "ppocr-cls": metrics.probabilities, "ppocr-cls-fp16": metrics.probabilities, "magika": metrics.probabilities}
-HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "minilm": ("cosine", "cosine_min"),
+HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "efficientnet-lite0-fp16": ("top1_agreement", "kl"),
+            "minilm": ("cosine", "cosine_min"),
             "ppocr-det": ("mask_iou", "mean_abs_error"),
             **{name: ("top1_agreement", "kl") for name in
                ("sklearn-mlp", "sklearn-mlp-partly-int8", "ppocr-cls", "ppocr-cls-fp16", "magika")}}

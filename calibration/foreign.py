@@ -55,6 +55,21 @@ def ppocr_cls_samples(part: str, count: int = 64) -> list[dict[str, np.ndarray]]
     return samples
 
 
+def float16(samples: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The same samples, as an fp16 model takes them."""
+    return [{k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in s.items()} for s in samples]
+
+
+def ppocr_cls_fp16_samples(part: str) -> list[dict[str, np.ndarray]]:
+    return float16(ppocr_cls_samples(part))
+
+
+def efficientnet_lite0_fp16_samples(part: str) -> list[dict[str, np.ndarray]]:
+    from calibration.sets import efficientnet_samples
+
+    return float16(efficientnet_samples(part))
+
+
 def _byte_files() -> list[Path]:
     """Real files of many types: license texts, Python sources, shared libraries, images."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])

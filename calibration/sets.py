@@ -113,10 +113,11 @@ SETS = {
     "minilm": minilm_samples,
     "ppocr-det": ppocr_samples,
     # models from other frameworks (calibration/foreign.py); the partly-int8 and fp16 variants
-    # read the same data as their originals
+    # read the same data as their originals (the fp16 one in fp16)
     "sklearn-mlp": _foreign("sklearn_mlp_samples"),
     "sklearn-mlp-partly-int8": _foreign("sklearn_mlp_samples"),
     "ppocr-cls": _foreign("ppocr_cls_samples"),
-    "ppocr-cls-fp16": _foreign("ppocr_cls_samples"),
+    "ppocr-cls-fp16": _foreign("ppocr_cls_fp16_samples"),
     "magika": _foreign("magika_samples"),
+    "efficientnet-lite0-fp16": _foreign("efficientnet_lite0_fp16_samples"),
 }

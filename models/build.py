@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from models import efficientnet_lite0, magika_types, minilm, ppocr_cls, ppocr_det, sklearn_mlp
+from models import efficientnet_lite0, float16_variants, magika_types, minilm, ppocr_cls, ppocr_det, sklearn_mlp
 
 BUILDERS = {
     "efficientnet-lite0": (efficientnet_lite0.build, "efficientnet_lite0.onnx"),
@@ -15,7 +15,8 @@ BUILDERS = {
     "sklearn-mlp": (sklearn_mlp.build, "sklearn_mlp_digits.onnx"),
     "sklearn-mlp-partly-int8": (sklearn_mlp.build_partly_int8, "sklearn_mlp_digits.partly_int8.onnx"),
     "ppocr-cls": (ppocr_cls.build, "ppocr_mobile_v2_cls.onnx"),
-    "ppocr-cls-fp16": (ppocr_cls.build_fp16, "ppocr_mobile_v2_cls.fp16.onnx"),
+    "ppocr-cls-fp16": (float16_variants.ppocr_cls, "ppocr_mobile_v2_cls.fp16.onnx"),
+    "efficientnet-lite0-fp16": (float16_variants.efficientnet_lite0, "efficientnet_lite0.fp16.onnx"),
     "magika": (magika_types.build, "magika_standard_v3_3.onnx"),
 }
 
