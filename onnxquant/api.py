@@ -491,7 +491,7 @@ def _check_not_already_quantized(prepared: onnx.ModelProto, sel: Selection, note
         return
     if not any(RULES[op].kind == Kind.WEIGHTED for op in sel.quantized.values()):
         raise AlreadyQuantizedError(f"the model is already quantized ({describe(done)}) and has no float "
-                                    "weighted layer left to compress")
+                                    "weighted layer left that onnxquant can quantize")
     notes.append(f"already quantized: {describe(done)}; the float remainder is quantized")
 
 

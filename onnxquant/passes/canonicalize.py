@@ -10,7 +10,9 @@ rounding of one product) and leaves anything it does not recognise alone:
 - MatMul whose constant weight is the *left* operand, ``W @ X`` (TF/Keras, old PyTorch):
   computed as ``(X^T @ W^T)^T``, so the weight is on the right where the integer kernels want it.
 
-Weights behind Cast/Transpose/Reshape are folded by the constant folding of ``prepare``.
+- a weight behind Cast (fp16 storage), Transpose, Reshape or Identity of an initializer: stored
+  as the float32 initializer the layer reads (onnxruntime's simplifier does this too; this pass
+  covers ``--no-simplify`` and models with external data, which skip the simplifier).
 """
 from __future__ import annotations
 
@@ -28,12 +30,15 @@ FLOAT = onnx.TensorProto.FLOAT
 
 @dataclass
 class CanonicalizeReport:
+    folded_weights: int = 0  # Cast/Transpose/Reshape/Identity of an initializer, stored folded
     gemm_biases: int = 0  # (1, N) or scalar Gemm biases stored as (N,)
     gemm_scales: int = 0  # Gemm alpha/beta folded into the weight and bias
     left_matmuls: int = 0  # W @ X rewritten as (X^T @ W^T)^T
 
     def notes(self) -> list[str]:
         out = []
+        if self.folded_weights:
+            out.append(f"{self.folded_weights} weight(s) behind Cast/Transpose/Reshape stored as float32 initializers")
         if self.gemm_biases:
             out.append(f"{self.gemm_biases} Gemm bias(es) of shape (1, N) stored as (N,) for integer Gemm kernels")
         if self.gemm_scales:
@@ -157,10 +162,60 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
+_FOLDABLE = {"Cast", "Transpose", "Reshape", "Identity"}
+
+
+def _folded_value(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+    """The float32 value of a Cast/Transpose/Reshape/Identity of a float initializer, else None."""
+    if not node.input or node.input[0] not in inits or len(node.output) != 1:
+        return None
+    source = inits[node.input[0]]
+    if source.data_type not in (FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+        return None
+    value = tensor_array(source)
+    attrs = attributes(node)
+    if node.op_type == "Cast":
+        return value.astype(np.float32) if attrs.get("to") == FLOAT else None
+    if source.data_type != FLOAT:
+        return None
+    if node.op_type == "Identity":
+        return value
+    if node.op_type == "Transpose":
+        return np.ascontiguousarray(np.transpose(value, attrs.get("perm")))
+    if len(node.input) < 2 or node.input[1] not in inits or attrs.get("allowzero", 0):
+        return None
+    shape = [int(d) for d in tensor_array(inits[node.input[1]]).ravel()]
+    shape = [value.shape[k] if d == 0 and k < value.ndim else d for k, d in enumerate(shape)]
+    try:
+        return value.reshape(shape)
+    except ValueError:
+        return None
+
+
+def _fold_weight_producers(graph: onnx.GraphProto, report: CanonicalizeReport) -> None:
+    """Replace Cast/Transpose/Reshape/Identity of an initializer by the initializer it computes."""
+    outputs = {o.name for o in graph.output}
+    inits = {i.name: i for i in graph.initializer}
+    kept = []
+    for node in graph.node:
+        value = _folded_value(node, inits) if node.op_type in _FOLDABLE and node.domain in ("", "ai.onnx") else None
+        if value is None or node.output[0] in outputs:
+            kept.append(node)
+            continue
+        tensor = numpy_helper.from_array(value, node.output[0])
+        graph.initializer.append(tensor)
+        inits[tensor.name] = graph.initializer[-1]
+        report.folded_weights += 1
+    if report.folded_weights:
+        del graph.node[:]
+        graph.node.extend(kept)
+
+
 def canonicalize(model: onnx.ModelProto) -> CanonicalizeReport:
     """Rewrite ``model`` in place (its main graph; shapes must be inferred for the MatMul rewrite)."""
     report = CanonicalizeReport()
     graph = model.graph
+    _fold_weight_producers(graph, report)
     index = NodeIndex(graph)
     inits = _Initializers(graph, index)
     ranks = _ranks(model)
@@ -176,7 +231,7 @@ def canonicalize(model: onnx.ModelProto) -> CanonicalizeReport:
         nodes = [n for k, node in enumerate(index.nodes) for n in rewritten.get(k, [node])]
         del graph.node[:]
         graph.node.extend(nodes)
-    if report.gemm_scales or report.gemm_biases or report.left_matmuls:
+    if report.folded_weights or report.gemm_scales or report.gemm_biases or report.left_matmuls:
         used = {i for g in iter_graphs(graph) for n in g.node for i in n.input} | {o.name for o in graph.output}
         kept = [i for i in graph.initializer if i.name in used]
         if len(kept) != len(graph.initializer):

@@ -68,3 +68,30 @@ def test_left_weight_matmuls_are_quantized_and_fused():
     assert result.fusion.integer_layers == 2
     feed = {"x": rng.normal(0, 1, (2, 8, 6)).astype(np.float32)}
     assert _cosine(run(model, feed)[0], run(result.model, feed)[0]) > 0.99
+
+
+def test_weights_behind_cast_and_transpose_are_folded_without_the_simplifier():
+    """fp16 storage behind a Cast (Keras/TF converters) and a transposed weight (old PyTorch
+    exports): with ``--no-simplify`` nothing else folds them, and the layers would stay float."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from models.tiny import _init, _model
+    from onnxquant.recipe import Recipe
+
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (16, 32)).astype(np.float16), "w1_half"),
+             _init("w2_t", rng.normal(0, 0.3, (4, 32)))]
+    nodes = [helper.make_node("Cast", ["w1_half"], ["w1"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Transpose", ["w2_t"], ["w2"], name="transpose", perm=[1, 0]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2")]
+    graph = helper.make_graph(nodes, "stored", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    model = _model(graph)
+    work, report = _canonical(model)
+    assert report.folded_weights == 2 and not any(n.op_type in ("Cast", "Transpose") for n in work.graph.node)
+    for feed in feature_samples(2):
+        np.testing.assert_array_equal(run(work, feed)[0], run(model, feed)[0])
+    result = onnxquant.quantize(model, feature_samples(8), Recipe().with_overrides(simplify=False))
+    assert result.quantized_nodes.get("MatMul") == 2
