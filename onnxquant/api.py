@@ -408,12 +408,17 @@ def quantize(
                  f"{recipe.quantization.int4_min_sqnr_db} dB SQNR)")
     int4_notes = [kept_int8] if int4_rejected else []
     islands: list[str] = []
+    warnings_early: list[str] = []
     if max_drop is None:
         # prepared is ours; kept intact (one copy more) when a float island may need a second build
         replannable = prepared.ByteSize() < REPLAN_MAX_BYTES
         quantized, sel, build_notes = _build(prepared, recipe, table, not_float, data,
                                              inplace=not (diagnostics or replannable), int4=frozenset(int4))
-        fusion = _fusion(quantized, sel, build_notes)
+        fusion = _fusion(quantized, sel, build_notes) if recipe.target == "cpu" else None
+        if fusion is not None and fusion.float_islands and not replannable:
+            warnings_early.append(f"{len(fusion.float_islands)} quantized layer(s) run as float islands in "
+                                  "onnxruntime (dequantized weights on every call); not re-planned: the model "
+                                  f"is over {REPLAN_MAX_BYTES // 2**20} MB")
         if fusion is not None and fusion.float_islands and replannable:
             islands = fusion.float_islands
             quantized, sel, build_notes = _build(prepared, _excluding(recipe, islands), table, not_float, data,
@@ -430,7 +435,7 @@ def quantize(
         quantized, build_notes = mixed.model, [kept]
         recipe = _excluding(recipe, [*mixed.float_layers, *mixed.int4_layers])  # int8 selection of this model
         sel = _select(prepared, recipe, not_float)
-        fusion = _fusion(quantized, sel, build_notes)
+        fusion = _fusion(quantized, sel, build_notes) if recipe.target == "cpu" else None
     build_notes += int4_notes
     if prep.float16_weights:
         kept16 = store_float16(quantized, prep.float16_weights)
@@ -440,6 +445,7 @@ def quantize(
         sel.float_nodes[name] = (sel.float_nodes[name][0], FLOAT_ISLAND)
     # Shape arithmetic (int64 Concat, Gather of shapes...) is not float compute: not reported.
     floats, warnings = _float_report(quantized, sel, total_weight_bytes)
+    warnings = [*warnings_early, *warnings]
     _stamp(quantized, recipe)
     _stamp_float_layers(quantized, floats)
     notes = [*prep.notes, *build_notes]
