@@ -49,7 +49,7 @@ def test_sklearn_bias_shape_gives_integer_gemms():
     """skl2onnx's MatMul + Add((1, N)) becomes a Gemm with a (1, N) bias in onnxruntime's simplifier;
     with the bias as (N,), every layer runs as QGemm (before: float Gemms between DQ nodes)."""
     model = sklearn_style_mlp()
-    prepared, report = prepare_model(model)
+    _, report = prepare_model(model)
     assert any("(1, N)" in note for note in report.notes)
     samples = feature_samples(8)
     result = onnxquant.quantize(model, samples)
