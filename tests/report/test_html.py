@@ -25,3 +25,17 @@ def test_page_without_data_says_what_is_missing(quantized_path: Path):
     assert "not validated" in page and "needs calibration data" in page
     assert len(re.findall(r'<svg class="plot"', page)) == 1 + 4  # sparsity chart + one histogram per weight
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # no network resources
+
+
+def test_page_lists_float_layers_with_their_share_and_the_integer_kernels(tmp_path: Path):
+    import onnx
+
+    import onnxquant
+    from tests.test_float_weights import _einsum_model, _samples
+
+    out = tmp_path / "einsum.int8.onnx"
+    result = onnxquant.quantize(_einsum_model(), _samples(), output=out)
+    page = render_html(build_report(inspect_model(out), onnx.load(str(out)), out.name, quantization=result.to_dict()))
+    assert "share of the weight bytes" in page and "op type not quantized" in page
+    assert f"{result.float_nodes[-1].share:.1%}" in page and "warning:" in page
+    assert "1 of 1" in page  # the Gemm runs as an integer kernel
