@@ -194,6 +194,6 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
     work = infer_shapes(work)
     quirks = canonicalize(work)
     report.notes.extend(quirks.notes())
-    if quirks.left_matmuls:
+    if quirks.left_matmuls or quirks.gemm_transposes:
         work = infer_shapes(work)  # the new Transpose outputs
     return work, report
