@@ -18,8 +18,8 @@ from onnx import version_converter
 from onnxquant.errors import ModelError
 from onnxquant.model_io import PROTOBUF_LIMIT, has_lazy, iter_graphs, serialize
 from onnxquant.passes.canonicalize import canonicalize
-from onnxquant.passes.fold_affine import fold_affine_into_conv
 from onnxquant.passes.float16 import widen_float16
+from onnxquant.passes.fold_affine import fold_affine_into_conv
 from onnxquant.passes.fold_constants import fold_constant_nodes
 from onnxquant.passes.fuse_gelu import MS_DOMAIN, fuse_gelu
 from onnxquant.passes.fuse_hardswish import fuse_hardswish
