@@ -194,6 +194,8 @@ def _folded_value(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> n
     source = inits[node.input[0]]
     if source.data_type not in (FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
         return None
+    if source.data_location == onnx.TensorProto.EXTERNAL:
+        return None  # weights left on disk stay there (a folded copy would live in memory)
     value = tensor_array(source)
     attrs = attributes(node)
     if node.op_type == "Cast":
