@@ -49,11 +49,13 @@ from onnxquant.model_io import (
 )
 from onnxquant.npu_planner import select_every_op
 from onnxquant.ops import WEIGHTED_OPS
+from onnxquant.ops.recurrent import RECURRENT_OPS
 from onnxquant.ops.rules import RULES, Kind
 from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.int4_matmul import eligible as int4_eligible
 from onnxquant.passes.int4_matmul import int4_sqnr_db, to_matmul_nbits
 from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset, prepare_model
+from onnxquant.passes.weight_only import quantize_weights_only
 from onnxquant.planner import NOT_FLOAT, Selection, finalize, node_names, select
 from onnxquant.prune.pipeline import (
     PruneReport,
@@ -67,6 +69,7 @@ from onnxquant.prune.storage import compressed_size, store_sparse
 from onnxquant.recipe import Recipe
 from onnxquant.recovery.pipeline import Reopen, after_plan, before_calibration
 from onnxquant.shapes import fix_input_shapes, has_free_dims
+from onnxquant.weight_only_planner import select_weight_only, weight_only_notes
 
 RECIPE_KEY = "onnxquant.recipe"
 VERSION_KEY = "onnxquant.version"
@@ -295,8 +298,11 @@ def _unavailable(data: Any) -> str:
 def _select(prepared: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = None) -> Selection:
     per_channel_ok = default_opset(prepared) >= MIN_QDQ_OPSET
     if recipe.every_op:
-        return select_every_op(prepared, recipe, not_float, per_channel_ok)
-    return select(prepared, recipe, not_float=not_float, per_channel_ok=per_channel_ok)
+        sel = select_every_op(prepared, recipe, not_float, per_channel_ok)
+    else:
+        sel = select(prepared, recipe, not_float=not_float, per_channel_ok=per_channel_ok)
+    select_weight_only(prepared, recipe, sel, per_channel_ok)  # recurrent layers, If/Loop/Scan bodies
+    return sel
 
 
 def _fixed_shapes(model: onnx.ModelProto, recipe: Recipe, data: Any) -> dict[str, tuple[int, ...]]:
@@ -383,7 +389,6 @@ def quantize(
 
     # Tensors that turned out not to be float32 (unknown before running) narrow the selection.
     not_float = set(sel.observed) - set(table.tensors)
-    op_by_name = {n.name: n.op_type for n in prepared.graph.node}
     mixed = None
     int4, int4_rejected = _int4_candidates(prepared, recipe, not_float)
     kept_int8 = (f"int4 weights: {int4_rejected} MatMul weights kept int8 (int4 would keep them below "
@@ -418,16 +423,13 @@ def quantize(
         notes.append(f"{prep.fused_hardswish} hard-swish patterns fused")
     if prep.fused_gelu:
         notes.append(f"{prep.fused_gelu} GELU patterns fused into Gelu")
-    bodies = sum(1 for n in quantized.graph.node for a in n.attribute
-                 if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS))
-    if bodies:
-        notes.append(f"{bodies} subgraph attribute(s) (If/Loop/Scan bodies) left float")
+    notes.extend(weight_only_notes(sel))
     return QuantizeResult(
         model=quantized,
         output_path=saved.path,
         size_before=size_before,
         size_after=saved.size,
-        quantized_nodes=dict(Counter(op_by_name[n] for n in sel.quantized)),
+        quantized_nodes=dict(Counter(sel.quantized.values())),
         float_nodes=floats,
         samples=table.samples,
         seconds={"calibration": calibration_seconds, "total": time.perf_counter() - started},
@@ -547,6 +549,7 @@ def _build(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTable, not_flo
     notes = [*plan.notes, *(after_plan(work, plan, recipe, _reopener(work, data, recipe), _unavailable(data))
                             if recover else [])]
     quantized = insert_qdq(work, plan, default_opset(work), inplace=True)
+    quantize_weights_only(quantized, sel.weight_only, recipe.quantization.weight_type, default_opset(quantized))
     if int4:
         replaced = to_matmul_nbits(quantized, set(int4), recipe.quantization.int4_block_size)
         notes.append(f"int4 weights: {replaced} MatMul layers as MatMulNBits "
@@ -557,7 +560,7 @@ def _build(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTable, not_flo
 def _weighted_units(prepared: onnx.ModelProto, sel: Selection) -> list[tuple[str, str]]:
     """Quantized Conv/Gemm/MatMul-like nodes, in graph order: the units mixed precision moves."""
     return [(n.name, n.op_type) for n in prepared.graph.node
-            if n.name in sel.quantized and RULES[n.op_type].kind == Kind.WEIGHTED]
+            if n.name in sel.quantized and n.op_type in RULES and RULES[n.op_type].kind == Kind.WEIGHTED]
 
 
 def _rank(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTable, not_float: set[str], data: Any,
@@ -684,7 +687,7 @@ def sensitivity(
 
 # Float nodes worth telling the user about: compute-heavy ops that stayed float.
 _INTERESTING = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat", "GlobalAveragePool",
-                "AveragePool", "MaxPool", "Sigmoid", "LeakyRelu", "Resize", "Relu", "Clip"}
+                "AveragePool", "MaxPool", "Sigmoid", "LeakyRelu", "Resize", "Relu", "Clip", *RECURRENT_OPS}
 
 
 def diagnose(result: QuantizeResult, data: Any, max_samples: int | None = None,

@@ -23,6 +23,7 @@ from onnxquant.ops.rules import (
     is_depthwise,
     weight_axis,
 )
+from onnxquant.passes.weight_only import WeightOnly
 from onnxquant.qparams import QParams, asymmetric, per_channel_absmax, symmetric
 from onnxquant.recipe import NodeSelection, Recipe
 
@@ -46,6 +47,9 @@ class Selection:
     # tensor -> tensor whose params it takes (a Conv output feeding only a Relu takes the Relu's)
     range_from: dict[str, str] = field(default_factory=dict)
     boundary_outputs: set[str] = field(default_factory=set)  # graph outputs written by a DQ
+    # node (qualified name inside bodies) -> weights stored int8 in front of a float kernel
+    # (recurrent layers, layers inside If/Loop/Scan bodies); these nodes are also in ``quantized``
+    weight_only: dict[str, WeightOnly] = field(default_factory=dict)
 
     @property
     def observed(self) -> list[str]:

@@ -113,7 +113,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
     guarded = _runtime_would_quantize(graph, sel)
     body: list[onnx.NodeProto] = []
     for node in graph.node:
-        quantized = node.name in sel.quantized
+        quantized = node.name in sel.quantized and node.name not in sel.weight_only  # those compute in float
         for i, name in enumerate(node.input):
             if (node.name, name) in weight_dq:
                 node.input[i] = weight_dq[(node.name, name)]
