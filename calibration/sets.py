@@ -100,8 +100,22 @@ def ppocr_samples(part: str, count: int = 24, size: tuple[int, int] = (480, 640)
     return [{"x": _normalise(img, m.MEAN, m.STD)} for img in text_images(part, count, size)]
 
 
+def _ddddocr(part: str) -> list[dict[str, np.ndarray]]:
+    from calibration.text_lines import ddddocr_samples
+
+    return ddddocr_samples(part)
+
+
+def _silero(part: str) -> list[dict[str, np.ndarray]]:
+    from calibration.speech import silero_samples
+
+    return silero_samples(part)
+
+
 SETS = {
     "efficientnet-lite0": efficientnet_samples,
     "minilm": minilm_samples,
     "ppocr-det": ppocr_samples,
+    "ddddocr-rec": _ddddocr,
+    "silero-vad": _silero,
 }

@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from models import efficientnet_lite0, minilm, ppocr_det
+from models import ddddocr_rec, efficientnet_lite0, minilm, ppocr_det, silero_vad
 
 BUILDERS = {
     "efficientnet-lite0": (efficientnet_lite0.build, "efficientnet_lite0.onnx"),
     "minilm": (minilm.build, "all_minilm_l6_v2.onnx"),
     "ppocr-det": (ppocr_det.build, "ppocrv4_det.onnx"),
+    "ddddocr-rec": (ddddocr_rec.build, "ddddocr_common.onnx"),  # Conv + bidirectional LSTM
+    "silero-vad": (silero_vad.build, "silero_vad.onnx"),  # the whole network inside If branches
 }
 
 

@@ -549,7 +549,10 @@ def _build(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTable, not_flo
     notes = [*plan.notes, *(after_plan(work, plan, recipe, _reopener(work, data, recipe), _unavailable(data))
                             if recover else [])]
     quantized = insert_qdq(work, plan, default_opset(work), inplace=True)
-    quantize_weights_only(quantized, sel.weight_only, recipe.quantization.weight_type, default_opset(quantized))
+    # On the CPU, onnxruntime's DynamicQuantizeLSTM multiplies the int8 weights directly; the
+    # other targets get a DequantizeLinear in front of a standard LSTM.
+    quantize_weights_only(quantized, sel.weight_only, recipe.quantization.weight_type, default_opset(quantized),
+                          dynamic_lstm=recipe.target == "cpu", reduce_range=recipe.quantization.reduce_range)
     if int4:
         replaced = to_matmul_nbits(quantized, set(int4), recipe.quantization.int4_block_size)
         notes.append(f"int4 weights: {replaced} MatMul layers as MatMulNBits "
