@@ -14,6 +14,7 @@ import onnx
 from onnx import helper
 
 from onnxquant import __version__
+from onnxquant.body_planner import merge_into, plan_bodies, rewrite_bodies
 from onnxquant.calibration.collector import ProgressCallback, collect, make_session
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.calibration.observers import StatsTable, needs_histogram
@@ -103,6 +104,8 @@ class QuantizeResult:
     # histograms) and the float model they were taken on (prepared; same tensor names).
     stats: StatsTable | None = None
     reference: onnx.ModelProto | None = None
+    # layers with int8 weights but no QDQ integer kernel (recurrent, inside bodies) -> why
+    weight_only: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +117,7 @@ class QuantizeResult:
             "quantized_nodes": dict(sorted(self.quantized_nodes.items())),
             "quantized_node_count": sum(self.quantized_nodes.values()),
             "float_nodes": [vars(n) for n in self.float_nodes],
+            "weight_only": dict(self.weight_only),
             "calibration_samples": self.samples,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "notes": self.notes,
@@ -301,7 +305,8 @@ def _select(prepared: onnx.ModelProto, recipe: Recipe, not_float: set[str] | Non
         sel = select_every_op(prepared, recipe, not_float, per_channel_ok)
     else:
         sel = select(prepared, recipe, not_float=not_float, per_channel_ok=per_channel_ok)
-    select_weight_only(prepared, recipe, sel, per_channel_ok)  # recurrent layers, If/Loop/Scan bodies
+    merge_into(sel, plan_bodies(prepared, recipe, not_float, per_channel_ok))  # integer kernels in bodies
+    select_weight_only(prepared, recipe, sel, per_channel_ok)  # recurrent layers, the rest of the bodies
     return sel
 
 
@@ -440,6 +445,7 @@ def quantize(
         pruning=prep.pruning,
         stats=table if diagnostics else None,
         reference=prepared if diagnostics else None,
+        weight_only={name: w.reason for name, w in sel.weight_only.items()},
     )
 
 
@@ -549,6 +555,7 @@ def _build(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTable, not_flo
     notes = [*plan.notes, *(after_plan(work, plan, recipe, _reopener(work, data, recipe), _unavailable(data))
                             if recover else [])]
     quantized = insert_qdq(work, plan, default_opset(work), inplace=True)
+    rewrite_bodies(quantized, recipe, table, not_float, default_opset(work) >= MIN_QDQ_OPSET, default_opset(work))
     # On the CPU, onnxruntime's DynamicQuantizeLSTM multiplies the int8 weights directly; the
     # other targets get a DequantizeLinear in front of a standard LSTM.
     quantize_weights_only(quantized, sel.weight_only, recipe.quantization.weight_type, default_opset(quantized),

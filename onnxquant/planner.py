@@ -51,9 +51,12 @@ class Selection:
     # (recurrent layers, layers inside If/Loop/Scan bodies); these nodes are also in ``quantized``
     weight_only: dict[str, WeightOnly] = field(default_factory=dict)
 
+    # values inside If/Loop/Scan bodies that the bodies' own plans quantize (body_planner)
+    body_observed: list[str] = field(default_factory=list)
+
     @property
     def observed(self) -> list[str]:
-        return sorted(t for t in self.activations if t not in self.range_from)
+        return sorted({*(t for t in self.activations if t not in self.range_from), *self.body_observed})
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import onnx
 
+from onnxquant.body_planner import IN_BODY
 from onnxquant.ops import WEIGHTED_OPS
 from onnxquant.ops.recurrent import RECURRENT_OPS, RECURRENT_WEIGHT_INPUTS, WEIGHT_ONLY_REASON, is_recurrent
 from onnxquant.passes.scopes import ScopedNode, iter_scoped_nodes
@@ -18,8 +19,8 @@ from onnxquant.passes.weight_only import WeightOnly
 from onnxquant.planner import Selection, _selected_by_user
 from onnxquant.recipe import Recipe
 
-IN_BODY = "inside an If/Loop/Scan body"
-BODY_REASON = f"{IN_BODY}: int8 weights dequantized in front of a float kernel (activations inside bodies are not calibrated)"
+NO_BODY_PLAN = ("no integer kernels in this body (no weighted layer with float inputs, or values that calibration "
+                "never saw: an If branch no sample took)")
 
 
 def _visible_float_initializer(scoped: ScopedNode, name: str) -> bool:
@@ -47,7 +48,7 @@ def select_weight_only(model: onnx.ModelProto, recipe: Recipe, sel: Selection, p
         if not scoped.in_body and not is_recurrent(node):
             continue  # the main planner's
         inputs = _weight_inputs(node)
-        if not inputs:
+        if not inputs or scoped.qualified in sel.quantized:  # a body's own plan made it an integer kernel
             continue
         reason = "op type not in the recipe's op_types" if op_types is not None and node.op_type not in op_types else None
         named = onnx.helper.make_node(node.op_type, [], [], name=scoped.qualified)  # patterns match the qualified name
@@ -60,24 +61,26 @@ def select_weight_only(model: onnx.ModelProto, recipe: Recipe, sel: Selection, p
         if reason:
             sel.float_nodes[scoped.qualified] = (node.op_type, f"{IN_BODY}: {reason}" if scoped.in_body else reason)
             continue
-        sel.float_nodes.pop(scoped.qualified, None)
+        # Why no integer kernel: recurrent, or what the body's own planner said.
+        _, planner_reason = sel.float_nodes.pop(scoped.qualified, (None, f"{IN_BODY}: {NO_BODY_PLAN}"))
         sel.quantized[scoped.qualified] = node.op_type
-        why = BODY_REASON if scoped.in_body else WEIGHT_ONLY_REASON
+        why = WEIGHT_ONLY_REASON if is_recurrent(node) else f"{WEIGHT_ONLY_REASON}; {planner_reason}"
         sel.weight_only[scoped.qualified] = WeightOnly(inputs, per_channel, why)
 
 
 def weight_only_notes(sel: Selection) -> list[str]:
     """Summary lines: which layers have int8 weights but compute in float, and why."""
-    recurrent = [sel.quantized[n] for n, w in sel.weight_only.items() if w.reason != BODY_REASON]
-    body = [n for n, w in sel.weight_only.items() if w.reason == BODY_REASON]
-    body_float = [n for n, (_, reason) in sel.float_nodes.items() if reason.startswith(IN_BODY)]
+    recurrent = [sel.quantized[n] for n in sel.weight_only if sel.quantized[n] in RECURRENT_OPS]
+    body = [n for n in sel.weight_only if sel.quantized[n] not in RECURRENT_OPS]
+    body_float = [n for n, (op, reason) in sel.float_nodes.items()
+                  if reason.startswith(IN_BODY) and op in (*WEIGHTED_OPS, *RECURRENT_OPS)]
     notes = []
     if recurrent:
-        notes.append(f"recurrent layers: {len(recurrent)} ({', '.join(sorted(set(recurrent)))}) with int8 weights, "
-                     f"float compute ({WEIGHT_ONLY_REASON})")
+        notes.append(f"recurrent layers: {len(recurrent)} ({', '.join(sorted(set(recurrent)))}) with int8 weights "
+                     "(on the CPU, LSTM runs as DynamicQuantizeLSTM; otherwise a float kernel)")
     if body:
-        notes.append(f"If/Loop/Scan bodies: {len(body)} weighted layers with int8 weights, float compute "
-                     "(activations inside bodies are not calibrated)")
+        notes.append(f"If/Loop/Scan bodies: {len(body)} weighted layers with int8 weights and a float kernel "
+                     "(each one's reason is in weight_only)")
     if body_float:
         notes.append(f"If/Loop/Scan bodies: {len(body_float)} weighted layers left float (see the float list)")
     return notes

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxquant.calibration.expose import body_values, expose_body_values
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.calibration.histogram import StreamingHistogram
 from onnxquant.calibration.observers import StatsTable, TensorStats
@@ -40,8 +41,25 @@ def model_digest(model: onnx.ModelProto) -> str:
 
 def augmented_bytes(model: onnx.ModelProto, names: list[str]) -> bytes:
     """The model with ``names`` as extra outputs, serialized without copying the weights."""
+    return augmented(model, names)[0]
+
+
+def augmented(model: onnx.ModelProto, names: list[str]) -> tuple[bytes, dict[str, str]]:
+    """``augmented_bytes``, where ``names`` may also be values inside If/Loop/Scan bodies: those
+    are exposed through extra outputs (a copy of the model), returned as {output: value}."""
     existing = {o.name for o in model.graph.output}
-    return serialize_extended(model, outputs=[n for n in names if n not in existing])
+    inner = body_values(model)
+    in_body = [n for n in names if n in inner]
+    if in_body:
+        model, mapping = expose_body_values(model, in_body)
+        existing |= set(mapping)
+    else:
+        mapping = {}
+    graph = model.graph
+    known = {i.name for i in [*graph.input, *graph.initializer]} | {o for n in graph.node for o in n.output}
+    main = [n for n in names if n not in existing and n not in inner and n in known]
+    return serialize_extended(model, outputs=main), mapping
+
 
 
 # onnxruntime intra-op threads for every CPU session a library call opens (0: its default).
@@ -209,7 +227,8 @@ def _offset(progress: ProgressCallback | None, number: int, passes: int) -> Prog
 def _observe(model: onnx.ModelProto, names: list[str], samples: Iterable[dict[str, np.ndarray]], table: StatsTable,
              histograms: bool, max_samples: int | None, progress: ProgressCallback | None, total: int | None) -> int:
     """One pass over ``samples`` folding ``names`` into ``table``; returns the samples read."""
-    session = make_session(augmented_bytes(model, names), optimize=False, weights=model)
+    data, exposed = augmented(model, names)
+    session = make_session(data, optimize=False, weights=model)
     fetch = [o.name for o in session.get_outputs()]
     wanted = set(names)
     specs = input_specs(model)
@@ -225,8 +244,11 @@ def _observe(model: onnx.ModelProto, names: list[str], samples: Iterable[dict[st
                 f"calibration sample {index}: onnxruntime failed: {str(exc).strip().splitlines()[0]}"
             ) from exc
         for name, value in zip(fetch, outputs):
+            name = exposed.get(name, name)
             if name not in wanted or not isinstance(value, np.ndarray) or value.dtype != np.float32:
                 continue
+            if value.size == 0:
+                continue  # an If branch that did not run (see calibration.expose): nothing observed
             stats = table.tensors.get(name)
             if stats is None:
                 stats = table.tensors[name] = TensorStats(histogram=StreamingHistogram() if histograms else None)

@@ -14,8 +14,8 @@ RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
 # W and R; B (the biases) stays float: it is small and added in float anyway.
 RECURRENT_WEIGHT_INPUTS: tuple[int, ...] = (1, 2)
 
-# Why the compute of a recurrent layer is float even though its weights are int8.
-WEIGHT_ONLY_REASON = "int8 weights dequantized in front of a float kernel"
+# What a layer with stored-int8 weights but no QDQ integer kernel does.
+WEIGHT_ONLY_REASON = "int8 weights without a QDQ integer kernel"
 
 
 def is_recurrent(node: onnx.NodeProto) -> bool:

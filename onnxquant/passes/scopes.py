@@ -44,9 +44,8 @@ def iter_scoped_nodes(graph: onnx.GraphProto, path: str = "",
                     yield from iter_scoped_nodes(body, f"{qualified}/{attr.name}/{k}", scopes)
 
 
-def body_count(graph: onnx.GraphProto) -> int:
-    """How many graph attributes (bodies) the model holds, at any depth."""
-    return sum(1 for scoped in iter_scoped_nodes(graph) for a in scoped.node.attribute
-               if a.type == onnx.AttributeProto.GRAPH) + sum(
-        len(a.graphs) for scoped in iter_scoped_nodes(graph) for a in scoped.node.attribute
-        if a.type == onnx.AttributeProto.GRAPHS)
+def name_body_nodes(graph: onnx.GraphProto) -> None:
+    """Give unnamed nodes inside bodies the name their qualified name already uses."""
+    for scoped in iter_scoped_nodes(graph):
+        if scoped.in_body and not scoped.node.name:
+            scoped.node.name = scoped.qualified.rsplit("/", 1)[1]

@@ -215,7 +215,7 @@ def quantize_weights_only(model: onnx.ModelProto, targets: dict[str, WeightOnly]
             del graph.node[:]
             graph.node.extend(front[path] + rest)
         if path in store.replaced:
-            _drop_unread(graph, store.replaced[path])
+            drop_unread(graph, store.replaced[path])
     if result.dynamic_lstm and not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return result
@@ -266,7 +266,7 @@ def _graph_at(model: onnx.ModelProto, path: str) -> onnx.GraphProto:
     raise KeyError(path)
 
 
-def _drop_unread(graph: onnx.GraphProto, candidates: set[str]) -> None:
+def drop_unread(graph: onnx.GraphProto, candidates: set[str]) -> None:
     """Remove float initializers that no node of ``graph`` (or of its bodies) reads any more."""
     read = {o.name for o in graph.output}
     for sub in iter_graphs(graph):
