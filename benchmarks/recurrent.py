@@ -1,14 +1,15 @@
 """Recurrent and control-flow models against onnxruntime.quantization and NNCF: size, agreement
 with fp32, latency ratio on the CPU provider.
 
-``python -m benchmarks.recurrent [--work build/bench-recurrent] [--tools onnxquant,ort-dynamic,ort-static,nncf]``
+``python -m benchmarks.recurrent [--work build/bench-recurrent] [--models ...] [--tools ...]``
 (run under ``flock /tmp/onnxquant-bench.lock`` on a shared machine).
 
 - ddddocr-rec (Conv + bidirectional LSTM text recogniser): string agreement, the share of
   held-out text lines whose greedy CTC decode equals fp32's.
-- silero-vad (every layer inside If branches): speech decisions (probability > 0.5) that equal
+- silero-vad (every layer inside If branches) and silero-vad-16k (Convs in the main graph, LSTMs
+  inside If): speech decisions (probability > 0.5) that equal
   fp32's, per chunk, streaming held-out clips with each model carrying its own state, at 16 kHz
-  and at 8 kHz (the other branch); and the mean |probability difference|.
+  and at 8 kHz (the other branch; silero-vad only); and the mean |probability difference|.
 """
 from __future__ import annotations
 
@@ -42,10 +43,12 @@ def _load(folder: Path) -> list[dict[str, np.ndarray]]:
 
 
 def quantize_with(tool: str, model: Path, calib: Path, out: Path) -> None:
-    if tool == "onnxquant":
+    if tool.startswith("onnxquant"):
         import onnxquant
+        from onnxquant import Recipe
 
-        onnxquant.quantize(model, calib, output=out)
+        method = tool.partition("-")[2] or "minmax"  # onnxquant-percentile: another range estimator
+        onnxquant.quantize(model, calib, Recipe().with_overrides(calibration={"method": method}), output=out)
     elif tool == "ort-dynamic":
         from onnxruntime.quantization import quantize_dynamic
 
@@ -67,11 +70,12 @@ def ocr_agreement(ref: ort.InferenceSession, got: ort.InferenceSession, held: li
     return {"string_agreement": float(np.mean(same))}
 
 
-def vad_agreement(ref: ort.InferenceSession, got: ort.InferenceSession, clips: list[np.ndarray]) -> dict[str, float]:
+def vad_agreement(ref: ort.InferenceSession, got: ort.InferenceSession, clips: list[np.ndarray],
+                  rates: tuple[int, ...] = (16000, 8000)) -> dict[str, float]:
     from models.silero_vad import stream
 
     out = {}
-    for rate in (16000, 8000):
+    for rate in rates:
         decisions, diffs = [], []
         for audio in clips:
             audio = audio if rate == 16000 else audio[::2]
@@ -109,7 +113,8 @@ def bench(name: str, tools: list[str], work: Path) -> list[dict]:
         from models.silero_vad import feeds
 
         held_clips = clips("holdout", 8)
-        agree = lambda s: vad_agreement(ref, s, held_clips)  # noqa: E731
+        rates = (16000,) if name == "silero-vad-16k" else (16000, 8000)
+        agree = lambda s: vad_agreement(ref, s, held_clips, rates)  # noqa: E731
         timing = [{**f, "state": np.zeros((2, 1, 128), np.float32)} for f in list(feeds(held_clips[0]))[:100]]
     rows = []
     for tool in tools:
@@ -137,8 +142,8 @@ def bench(name: str, tools: list[str], work: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work", type=Path, default=Path("build/bench-recurrent"))
-    parser.add_argument("--models", default="ddddocr-rec,silero-vad")
-    parser.add_argument("--tools", default="onnxquant,ort-dynamic,ort-static,nncf")
+    parser.add_argument("--models", default="ddddocr-rec,silero-vad,silero-vad-16k")
+    parser.add_argument("--tools", default="onnxquant,onnxquant-percentile,ort-dynamic,ort-static,nncf")
     args = parser.parse_args()
     for name in args.models.split(","):
         for row in bench(name, args.tools.split(","), args.work):

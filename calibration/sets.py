@@ -106,10 +106,10 @@ def _ddddocr(part: str) -> list[dict[str, np.ndarray]]:
     return ddddocr_samples(part)
 
 
-def _silero(part: str) -> list[dict[str, np.ndarray]]:
+def _silero(part: str, rates: tuple[int, ...] = (16000, 8000)) -> list[dict[str, np.ndarray]]:
     from calibration.speech import silero_samples
 
-    return silero_samples(part)
+    return silero_samples(part, rates=rates)
 
 
 SETS = {
@@ -118,4 +118,5 @@ SETS = {
     "ppocr-det": ppocr_samples,
     "ddddocr-rec": _ddddocr,
     "silero-vad": _silero,
+    "silero-vad-16k": lambda part: _silero(part, rates=(16000,)),
 }

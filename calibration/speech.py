@@ -59,7 +59,7 @@ def clips(part: str, count: int) -> list[np.ndarray]:
     return out
 
 
-def silero_samples(part: str, count: int | None = None) -> list[dict[str, np.ndarray]]:
+def silero_samples(part: str, count: int | None = None, rates: tuple[int, ...] = (16000, 8000)) -> list[dict[str, np.ndarray]]:
     """Chunks of speech clips (a third at 8 kHz) with the recurrent state the fp32 model carries there."""
     import onnxruntime as ort
 
@@ -69,7 +69,7 @@ def silero_samples(part: str, count: int | None = None) -> list[dict[str, np.nda
     session = ort.InferenceSession(str(m.package_dir() / "data" / "silero_vad.onnx"), providers=["CPUExecutionProvider"])
     samples = []
     for i, audio in enumerate(clips(part, 8)):
-        rate = 8000 if i % 3 == 2 else 16000  # the model's other branch too
+        rate = 8000 if i % 3 == 2 and 8000 in rates else 16000  # the model's other branch too
         audio = audio[::2] if rate == 8000 else audio
         _, states = m.stream(session, audio, rate)
         for k, feed in enumerate(m.feeds(audio, rate)):

@@ -12,6 +12,7 @@ BUILDERS = {
     "ppocr-det": (ppocr_det.build, "ppocrv4_det.onnx"),
     "ddddocr-rec": (ddddocr_rec.build, "ddddocr_common.onnx"),  # Conv + bidirectional LSTM
     "silero-vad": (silero_vad.build, "silero_vad.onnx"),  # the whole network inside If branches
+    "silero-vad-16k": (silero_vad.build_16k_op15, "silero_vad_16k_op15.onnx"),  # Convs outside, LSTMs in If
 }
 
 

@@ -25,10 +25,15 @@ def package_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def build(out_path: Path) -> Path:
+def build(out_path: Path, name: str = "silero_vad.onnx") -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(package_dir() / "data" / "silero_vad.onnx", out_path)
+    shutil.copyfile(package_dir() / "data" / name, out_path)
     return out_path
+
+
+def build_16k_op15(out_path: Path) -> Path:
+    """The 16 kHz-only export (opset 15): the Convs in the main graph, each LSTM inside an If."""
+    return build(out_path, "silero_vad_16k_op15.onnx")
 
 
 def feeds(audio: np.ndarray, rate: int = 16000):
