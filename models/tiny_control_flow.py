@@ -109,3 +109,30 @@ def tiny_loop_matmul(seed: int = 0, steps: int = 3) -> onnx.ModelProto:
          onnx.numpy_helper.from_array(np.array(steps, np.int64), "trips")],
     )
     return _model(graph)
+
+
+def tiny_scan_matmul(seed: int = 0) -> onnx.ModelProto:
+    """A Scan over time steps: h = Relu(x_t @ W) + h, with the weight inside the body."""
+    rng = np.random.default_rng(seed)
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["x_t", "scan_w"], ["xw"], name="scan_matmul"),
+         helper.make_node("Relu", ["xw"], ["act"], name="scan_relu"),
+         helper.make_node("Add", ["act", "h_prev"], ["h_next"], name="scan_add"),
+         helper.make_node("Identity", ["h_next"], ["y_t"], name="scan_out")],
+        "scan_body",
+        [helper.make_tensor_value_info("h_prev", TensorProto.FLOAT, [1, 16]),
+         helper.make_tensor_value_info("x_t", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("h_next", TensorProto.FLOAT, [1, 16]),
+         helper.make_tensor_value_info("y_t", TensorProto.FLOAT, [1, 16])],
+        [_init("scan_w", rng.normal(0, 0.3, (16, 16)))],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Scan", ["h0", "x"], ["h", "ys"], name="scan", body=body, num_scan_inputs=1,
+                          scan_output_axes=[0])],
+        "tiny_scan",
+        [helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, 16]),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", 1, 16])],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 16]),
+         helper.make_tensor_value_info("ys", TensorProto.FLOAT, ["T", 1, 16])],
+    )
+    return _model(graph)

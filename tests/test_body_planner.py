@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 
 import onnxquant
-from models.tiny_control_flow import if_samples, tiny_if_network, tiny_loop_matmul
+from models.tiny_control_flow import if_samples, tiny_if_network, tiny_loop_matmul, tiny_scan_matmul
 from onnxquant.model_io import iter_graphs
 from tests.conftest import run
 
@@ -75,3 +75,16 @@ def test_loop_body_matmul_is_calibrated_over_iterations(tmp_path: Path):
     assert ops.count("MatMulIntegerToFloat") == 2 and "DequantizeLinear" not in ops  # fused, also in the body
     feed = {"x": np.random.default_rng(99).normal(size=(1, 16)).astype(np.float32)}
     assert _sqnr(run(model, feed)[0], run(result.model, feed)[0]) > 25
+
+
+def test_scan_body_matmul_is_calibrated_and_fused(tmp_path: Path):
+    model = tiny_scan_matmul()
+    rng = np.random.default_rng(3)
+    samples = [{"h0": np.zeros((1, 16), np.float32), "x": rng.normal(size=(6, 1, 16)).astype(np.float32)}
+               for _ in range(8)]
+    result = onnxquant.quantize(model, samples)
+    assert result.quantized_nodes.get("MatMul") == 1 and not result.weight_only
+    assert "QLinearMatMul" in _optimized_ops(result.model, tmp_path)  # with the Relu folded in
+    feed = {"h0": np.zeros((1, 16), np.float32), "x": rng.normal(size=(9, 1, 16)).astype(np.float32)}
+    for ref, got in zip(run(model, feed), run(result.model, feed)):
+        assert _sqnr(ref, got) > 25
