@@ -1,5 +1,9 @@
 """A scikit-learn MLPClassifier on scikit-learn's bundled handwritten digits, converted by skl2onnx.
 
+Two exports of the same classifier: plain scores (``build``), and skl2onnx's default with an
+int64 ``label`` output and a ZipMap ``probabilities`` output, a list of dicts in onnxruntime
+(``build_with_zipmap``).
+
 skl2onnx writes each layer as MatMul + Add of a (1, N) bias; onnxruntime's simplifier fuses that
 into a Gemm whose bias keeps the (1, N) shape, which its integer-Gemm fusion does not take. The
 training is deterministic (fixed seed, fixed split): the same weights on every build.
@@ -22,17 +26,21 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return (x / 16.0).astype(np.float32), y
 
 
-def build(out_path: Path) -> Path:
+def build(out_path: Path, zipmap: bool = False) -> Path:
     import onnx
     from skl2onnx import to_onnx
     from sklearn.neural_network import MLPClassifier
 
     x, y = digits()
     clf = MLPClassifier(hidden_layer_sizes=HIDDEN, max_iter=300, random_state=0).fit(x[:TRAIN_ROWS], y[:TRAIN_ROWS])
-    model = to_onnx(clf, x[:1], options={"zipmap": False}, target_opset={"": 17, "ai.onnx.ml": 3})
+    model = to_onnx(clf, x[:1], options={"zipmap": zipmap}, target_opset={"": 17, "ai.onnx.ml": 3})
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out_path))
     return out_path
+
+
+def build_with_zipmap(out_path: Path) -> Path:
+    return build(out_path, zipmap=True)
 
 
 def build_partly_int8(out_path: Path) -> Path:

@@ -29,12 +29,13 @@ def _agreement(report) -> dict:
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     pytest.importorskip("skl2onnx")
-    from models import sklearn_digits
+    from calibration.foreign import sklearn_mlp_samples
+    from models import sklearn_mlp
 
     root = tmp_path_factory.mktemp("digits")
-    model = sklearn_digits.build(root / "digits.onnx")
-    calib = write_npz(root / "calib", sklearn_digits.samples("calib"))
-    hold = write_npz(root / "hold", sklearn_digits.samples("holdout"))
+    model = sklearn_mlp.build_with_zipmap(root / "digits.onnx")
+    calib = write_npz(root / "calib", sklearn_mlp_samples("calib"))
+    hold = write_npz(root / "hold", sklearn_mlp_samples("holdout"))
     quantize(model, calib, output=root / "good.onnx")
     quantize(model, calib, ABSURD, output=root / "broken.onnx")
     return {"model": model, "hold": hold, "good": root / "good.onnx", "broken": root / "broken.onnx"}
@@ -116,12 +117,13 @@ def test_detector_with_collapsed_scores_fails_while_its_cosine_stays_high(detect
 @pytest.fixture(scope="module")
 def file_types(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     pytest.importorskip("magika")
-    from models import magika_model
+    from calibration.foreign import magika_samples
+    from models import magika_types
 
     root = tmp_path_factory.mktemp("magika")
-    model = magika_model.build(root / "magika.onnx")
-    calib = write_npz(root / "calib", magika_model.samples("calib", 64))
-    hold = write_npz(root / "hold", magika_model.samples("holdout", 64))
+    model = magika_types.build(root / "magika.onnx")
+    calib = write_npz(root / "calib", magika_samples("calib")[:64])
+    hold = write_npz(root / "hold", magika_samples("holdout")[:64])
     quantize(model, calib, output=root / "good.onnx")
     # Destroyed the same way on every CPU. (onnxruntime's quantize_static also wrecks this model
     # on CPUs without VNNI, top-1 0.25, but that depends on the CPU: see the README.)
