@@ -56,11 +56,13 @@ def test_every_float_weight_left_in_the_output_is_listed():
     that still reads a float weight is in the report."""
     samples = [{"x": np.random.default_rng(k).normal(0, 1, (1, 3, 8, 8)).astype(np.float32),
                 "flag": np.array(k % 2 == 0)} for k in range(4)]
+    left_somewhere = False
     for model, feeds in ((tiny_if_model(), samples), (_einsum_model(), _samples())):
         result = onnxquant.quantize(model, feeds)
         left = {w.node for w in float_weighted_nodes(result.model) if w.weight_bytes}
-        assert left, "these models keep a float weight"
+        left_somewhere |= bool(left)
         assert left <= {n.name for n in result.float_nodes if n.weight_bytes and n.reason}
+    assert left_somewhere, "the Einsum keeps a float weight: the check above compared something"
 
 
 def test_subgraph_weights_are_found():

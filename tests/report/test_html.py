@@ -70,13 +70,15 @@ def test_package_escapes_a_hostile_validation_file(quantized_path: Path, tmp_pat
     from onnxquant.cli import main
 
     report = tmp_path / "validation.json"
-    report.write_text(json.dumps(_hostile_validation(HOSTILE[0])))
+    hostile = _hostile_validation(HOSTILE[0])
+    hostile["providers"] = [p for p in hostile["providers"] if isinstance(p, dict)]  # a bare string is refused
+    report.write_text(json.dumps(hostile))
     result = CliRunner().invoke(main, ["package", str(quantized_path), "-o", str(tmp_path / "b.zip"),
                                        "--validation", str(report)])
     assert result.exit_code == 0, result.output
     page = zipfile.ZipFile(tmp_path / "b.zip").read("report.html").decode()
     assert "<script>alert" not in page and page.count("<script>") == 1
-    zero = dict(_hostile_validation("x"), samples=0)
+    zero = dict(hostile, samples=0)
     report.write_text(json.dumps(zero))
     refused = CliRunner().invoke(main, ["package", str(quantized_path), "-o", str(tmp_path / "c.zip"),
                                         "--validation", str(report)])
