@@ -10,7 +10,6 @@ from onnxquant.api import RECIPE_KEY
 from onnxquant.errors import CalibrationDataError, ModelError
 from onnxquant.recipe import (
     CalibrationSettings,
-    NodeSelection,
     QuantizationSettings,
     Recipe,
 )
