@@ -42,6 +42,7 @@ from onnxquant.mixed_precision import (
 )
 from onnxquant.model_io import (
     PROTOBUF_LIMIT,
+    check_contents,
     check_model,
     file_size,
     has_lazy,
@@ -162,6 +163,7 @@ def _refuse_aliasing(model: Any, data: Any, holdout: Any, stats: Any, output: An
 def _as_model(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, Path | None]:
     if isinstance(model, onnx.ModelProto):
         check_model(model)
+        check_contents(model)
         return model, None
     return load_model(model), Path(model)
 

@@ -240,12 +240,52 @@ def external_initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 
+# Packed 4-bit types: two values a byte in raw_data.
+_PACKED_4BIT = {t for t in (getattr(onnx.TensorProto, n, None) for n in ("INT4", "UINT4", "FLOAT4E2M1")) if t}
+# Typed fields that hold one value an element (complex types hold two: not checked here).
+_TYPED_FIELDS = {onnx.TensorProto.FLOAT: "float_data", onnx.TensorProto.DOUBLE: "double_data",
+                 onnx.TensorProto.INT64: "int64_data", onnx.TensorProto.UINT64: "uint64_data",
+                 onnx.TensorProto.INT32: "int32_data", onnx.TensorProto.STRING: "string_data"}
+
+
+def check_tensor_data(tensor: onnx.TensorProto, what: str = "model") -> None:
+    """A tensor held in the file must carry as many values as its dims say: the checker does not
+    look, and a corrupt dim or a cut raw_data would otherwise fail deep inside a pass."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return  # its length is checked against the data file (``check_external_data_paths``)
+    if any(d < 0 for d in tensor.dims):
+        raise ModelError(f"{what}: tensor {tensor.name!r} has a negative dim {list(tensor.dims)}")
+    count = math.prod(tensor.dims)
+    if tensor.raw_data:
+        if tensor.data_type in _PACKED_4BIT:
+            expected = (count + 1) // 2
+        elif tensor.data_type == onnx.TensorProto.STRING:
+            raise ModelError(f"{what}: string tensor {tensor.name!r} stored as raw bytes")
+        else:
+            expected = tensor_bytes(tensor)
+        if len(tensor.raw_data) != expected:
+            raise ModelError(f"{what}: tensor {tensor.name!r} of shape {list(tensor.dims)} holds "
+                             f"{len(tensor.raw_data)} bytes, not {expected} (a corrupt file?)")
+        return
+    field = _TYPED_FIELDS.get(tensor.data_type)
+    if field is not None and len(getattr(tensor, field)) != count:
+        raise ModelError(f"{what}: tensor {tensor.name!r} of shape {list(tensor.dims)} holds "
+                         f"{len(getattr(tensor, field))} values, not {count} (a corrupt file?)")
+
+
 def check_contents(model: onnx.ModelProto, what: str = "model") -> None:
     """What the checker lets through but onnxruntime or quantization cannot use.
 
-    Two nodes of one graph with the same name (onnxruntime refuses to load them), and NaN or
-    Inf in a Conv/Gemm/MatMul weight or bias (no scale can represent it).
+    Tensors whose data does not fill their dims, two nodes of one graph with the same name
+    (onnxruntime refuses to load them), and NaN or Inf in a Conv/Gemm/MatMul weight or bias (no
+    scale can represent it).
     """
+    for tensor in iter_tensors(model):
+        check_tensor_data(tensor, what)
+    for graph in iter_graphs(model.graph):
+        for sparse in graph.sparse_initializer:
+            check_tensor_data(sparse.values, what)
+            check_tensor_data(sparse.indices, what)
     for graph in iter_graphs(model.graph):
         seen: set[str] = set()
         for node in graph.node:

@@ -241,3 +241,32 @@ def test_external_tensor_with_impossible_shape_is_a_model_error(tmp_path: Path, 
     assert result.exit_code == 3, result.output
     assert result.output.startswith("error:") and result.output.count("\n") == 1, result.output
     assert not (tmp_path / "out").exists()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(index=st.integers(0, 10), dims=st.lists(st.integers(0, 40), min_size=1, max_size=4),
+       typed=st.booleans())
+def test_tensor_data_that_does_not_fill_its_dims_is_a_model_error(tmp_path: Path, index: int, dims: list[int],
+                                                                   typed: bool):
+    """A corrupt dim or cut data (a bit flip) is exit 3 at load, never a crash in a pass; so is a
+    ModelProto handed to the library."""
+    model = tiny_cnn()
+    tensor = model.graph.initializer[index % len(model.graph.initializer)]
+    values = numpy_helper.to_array(tensor)
+    if typed and tensor.data_type == onnx.TensorProto.FLOAT:
+        tensor.ClearField("raw_data")
+        tensor.float_data[:] = values.ravel().tolist()
+    if int(np.prod(dims)) == values.size:
+        dims = [*dims, 2] if values.size else [*dims, 1, 0]
+        if int(np.prod(dims)) == values.size:
+            return
+    tensor.ClearField("dims")
+    tensor.dims.extend(dims)
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelError):
+        load_model(path)
+    with pytest.raises(ModelError):
+        quantize(model, [{"x": np.zeros((1, 3, 16, 16), np.float32)}])
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code == 3 and result.output.count("\n") == 1
