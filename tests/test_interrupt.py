@@ -15,6 +15,8 @@ SCRIPT = textwrap.dedent('''
     from onnxquant.cli import main
 
     where, marker, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+    # A test run started in the background by a shell inherits SIGINT ignored: Ctrl-C as at a terminal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if where == "calibration":
         load, seen = sources._load_npz, []
 
