@@ -164,6 +164,15 @@ def in_order(run: Callable[[int, dict[str, np.ndarray]], T], samples: Iterable[d
             pool.shutdown(wait=True)
 
 
+def run_fetch(session: Any, names: list[str], feed: dict[str, np.ndarray]) -> list[Any]:
+    """The values of ``names`` for ``feed``. A graph input asked for as an output is taken from
+    the feed itself: some onnxruntime builds (the OpenVINO one, 1.24) return it as a view of the
+    feed's memory that does not keep the feed alive, so it changed under parallel samples."""
+    asked = [n for n in names if n not in feed]
+    got = dict(zip(asked, session.run(asked, feed))) if asked else {}
+    return [feed[n] if n in feed else got[n] for n in names]
+
+
 def make_session(model: onnx.ModelProto | bytes | Path, threads: int = 0, optimize: bool = True,
                  weights: onnx.ModelProto | None = None):
     """A CPU session. ``optimize=False``: no graph fusions, so a tensor's values do not depend on
@@ -306,7 +315,7 @@ def _observe(model: onnx.ModelProto, names: list[str], samples: Iterable[dict[st
     def run(index: int, raw: dict[str, np.ndarray]) -> tuple[int, list[Any]]:
         feed = check_feed(raw, specs, index)
         try:
-            return index, session.run(fetch, feed)
+            return index, run_fetch(session, fetch, feed)
         except Exception as exc:
             raise CalibrationDataError(
                 f"calibration sample {index}: onnxruntime failed: {str(exc).strip().splitlines()[0]}"

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxquant.calibration.collector import in_order, make_session, sample_workers
+from onnxquant.calibration.collector import in_order, make_session, run_fetch, sample_workers
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.errors import CalibrationDataError
 from onnxquant.model_io import serialize_extended
@@ -82,7 +82,7 @@ def run_probe(
     def run(index: int, raw: dict[str, np.ndarray]) -> list[np.ndarray]:
         feed = check_feed(raw, specs, index)
         try:
-            return session.run(probe.outputs, feed)
+            return run_fetch(session, probe.outputs, feed)
         except Exception as exc:
             raise CalibrationDataError(f"sample {index}: onnxruntime failed: {str(exc).strip().splitlines()[0]}") from exc
 

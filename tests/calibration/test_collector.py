@@ -163,3 +163,34 @@ def test_in_order_keeps_sample_order_and_the_first_error(workers: int):
         for value in in_order(run, source(), None, workers):
             seen.append(value)
     assert seen == [0]
+
+
+def test_graph_inputs_are_read_from_the_feed_not_fetched(monkeypatch):
+    """onnxruntime's OpenVINO build (1.24) returns a graph input fetched as an output as a view of
+    the feed's memory that does not keep the feed alive; under parallel samples the input's range
+    then came out different from run to run. Here a session hands back such an output and then
+    scribbles over it: the statistics must not see the scribble."""
+    import onnxquant.calibration.collector as collector
+    import onnxquant.recovery.probe as probe
+
+    model, samples = tiny_cnn(), image_samples(6)
+    expected = quantize(model, samples).model.SerializeToString()
+    made = collector.make_session
+
+    class Scribbling:
+        def __init__(self, session):
+            self.session, self.inputs = session, {i.name for i in session.get_inputs()}
+
+        def __getattr__(self, name):
+            return getattr(self.session, name)
+
+        def run(self, names, feed):
+            values = self.session.run(names, feed)
+            for name, value in zip(names or [], values):
+                if name in self.inputs:
+                    value[...] = 1e6  # the memory is reused once run returns
+            return values
+
+    monkeypatch.setattr(collector, "make_session", lambda *a, **k: Scribbling(made(*a, **k)))
+    monkeypatch.setattr(probe, "make_session", lambda *a, **k: Scribbling(made(*a, **k)))
+    assert quantize(model, samples).model.SerializeToString() == expected
