@@ -17,6 +17,7 @@ from onnxquant import __version__
 from onnxquant.calibration.collector import MAX_THREADS, memory_budget, session_threads
 from onnxquant.calibration.observers import METHODS
 from onnxquant.errors import BudgetExceededError, ExecutionProviderError, OnnxQuantError
+from onnxquant.agreement import DROP_BY as AGREEMENTS
 from onnxquant.providers import PROVIDERS
 from onnxquant.recipe import (
     ACTIVATION_TYPES,
@@ -371,8 +372,9 @@ def _preprocess_overrides(image: dict[str, Any]) -> dict[str, Any]:
 @click.option("--max-drop", type=click.FloatRange(min=0), help="Mixed precision: keep the fewest most-sensitive layers float so the "
               "agreement drop on --holdout stays within this (e.g. 0.01).")
 @click.option("--holdout", type=click.Path(path_type=Path), help="Held-out samples for --max-drop (default: the calibration data).")
-@click.option("--drop-by", type=click.Choice(["cosine", "top1"]), default="cosine", show_default=True,
-              help="What --max-drop measures: 1 - mean cosine of each output, or 1 - top-1 agreement of (batch, classes) scores.")
+@click.option("--drop-by", type=click.Choice(AGREEMENTS), default="cosine", show_default=True,
+              help="What --max-drop measures: 1 - mean cosine of each output, 1 - top-1 agreement of classifier scores, "
+                   "or 1 - each output's own figure by its kind (detection F1, string agreement...).")
 @_prune_options("prune-")
 @click.option("--no-simplify", is_flag=True, default=False, help="Skip graph simplification before quantizing.")
 @click.option("--threads", type=click.IntRange(0, MAX_THREADS), help="onnxruntime threads while calibrating (default: its own "
@@ -463,7 +465,7 @@ def _prune_summary(result: dict[str, Any]) -> str:
 @click.option("--channel-multiple", type=click.IntRange(min=1),
               help="Layers keep a multiple of this many channels (default 16, for onnxruntime's blocked kernels).")
 @click.option("--sparse-storage", is_flag=True, help="Store sparse float initializers as ONNX sparse tensors where smaller.")
-@click.option("--drop-by", type=click.Choice(["cosine", "top1"]), default="cosine", show_default=True,
+@click.option("--drop-by", type=click.Choice(AGREEMENTS), default="cosine", show_default=True,
               help="--max-drop measure: output cosine or top-1 agreement with fp32.")
 @click.option("--max-samples", type=int, help="Use at most this many samples of each set.")
 @_image_options
@@ -515,7 +517,7 @@ def _sensitivity_table(report: dict[str, Any]) -> str:
 @main.command(cls=_Command)
 @_diagnostic_options
 @click.option("--top", type=click.IntRange(min=1), help="Show only the N most damaging layers.")
-@click.option("--drop-by", type=click.Choice(["cosine", "top1"]), default="cosine", show_default=True,
+@click.option("--drop-by", type=click.Choice(AGREEMENTS), default="cosine", show_default=True,
               help="Damage as 1 - mean cosine of each output, or 1 - top-1 agreement of (batch, classes) scores.")
 @_image_options
 @click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON.")
@@ -569,98 +571,8 @@ def layer_errors(model: Path, calib_data: Path, holdout: Path | None, recipe_pat
     _emit({"model": str(model), "tensors": [e.to_dict() for e in errors][: top or None]}, as_json, quiet, _layer_error_table)
 
 
-def _validation_summary(report: dict[str, Any]) -> str:
-    size = report["size"]
-    lines = [
-        f"original:   {report['original']} ({_size(size['original'])})",
-        f"compressed: {report['compressed']} ({_size(size['compressed'])}, {size['ratio']:.2f}x the size)",
-        f"samples: {report['samples']}",
-    ]
-    for p in report["providers"]:
-        if not p["available"]:
-            lines.append(f"[{p['ep']}] unavailable: {p['reason']}")
-            continue
-        c, o = p["compressed"], p["original"]
-        if not c["loaded"]:
-            lines.append(f"[{p['ep']}] compressed model does not load: {c.get('error')}")
-            continue
-        place = c.get("placement") or {}
-        where = (f"{place.get('nodes_on_ep', 0)} nodes on the provider, {place.get('fallback_nodes', 0)} fell back"
-                 if p["ep"] != "cpu" else "on the CPU")
-        lat = c.get("latency_ms")
-        text = f"[{p['ep']}] {where}"
-        if lat:
-            text += f"; latency median {lat['median']:.2f} ms, p90 {lat['p90']:.2f} ms"
-        if p["latency_ratio"] is not None:
-            text += f" ({p['latency_ratio']:.2f}x the original's)"
-        elif not o["loaded"]:
-            text += "; the original does not run on this provider"
-        lines.append(text)
-        if p.get("fixed_shapes"):
-            lines.append(f"  input shapes fixed to {p['fixed_shapes']}")
-        if place.get("fallback_ops"):
-            lines.append(f"  fell back: {place['fallback_ops']}")
-        for name, a in p["agreement"].items():
-            if "exact_match" in a:
-                lines.append(f"  {name}: exact match {a['exact_match']:.4f}")
-                continue
-            parts = [f"top-1 {a['top1']:.4f}"] if "top1" in a else []
-            parts.append(f"cosine {a['cosine']:.4f} (min {a['cosine_min']:.4f})")
-            parts.append(f"SQNR {a['sqnr_db']} dB" if isinstance(a["sqnr_db"], str) else f"SQNR {a['sqnr_db']:.1f} dB")
-            parts.append(f"max abs error {a['max_abs_error']:.4g}" if not isinstance(a["max_abs_error"], str)
-                         else f"max abs error {a['max_abs_error']}")
-            lines.append(f"  {name}: " + ", ".join(parts))
-    for failure in report["failures"]:
-        lines.append(f"FAIL {failure}")
-    lines.append("PASS" if report["passed"] else "not passed")
-    return "\n".join(lines)
-
-
-@main.command(cls=_Command)
-@click.argument("original", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("compressed", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Folder of held-out .npz samples or images.")
-@click.option("--ep", "eps", multiple=True, type=click.Choice(PROVIDERS), help="Execution provider; repeatable (default cpu).")
-@click.option("--min-cosine", type=float, help="Budget: mean cosine similarity of every float output.")
-@click.option("--min-top1", type=float, help="Budget: top-1 agreement of (batch, classes) outputs.")
-@click.option("--min-sqnr", type=float, help="Budget: signal-to-quantization-noise ratio in dB.")
-@click.option("--max-abs-error", type=float, help="Budget: largest absolute difference of any output value.")
-@click.option("--max-latency-ratio", type=float, help="Budget: compressed / original median latency on each provider.")
-@click.option("--require-on-ep", is_flag=True, help="Budget: no node but the input/output Q/DQ may fall back to the CPU.")
-@click.option("--max-samples", type=int, help="Use at most this many samples.")
-@click.option("--latency-runs", type=int, default=10, show_default=True, help="Timed runs per model and provider, at least.")
-@click.option("--threads", type=click.IntRange(0, MAX_THREADS), help="onnxruntime intra-op threads (default: onnxruntime's choice).")
-@_image_options
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no report (the exit code tells).")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-def validate(original: Path, compressed: Path, data: Path, eps: tuple[str, ...], min_cosine: float | None,
-             min_top1: float | None, min_sqnr: float | None, max_abs_error: float | None,
-             max_latency_ratio: float | None, require_on_ep: bool, max_samples: int | None, latency_runs: int,
-             threads: int | None, as_json: bool, quiet: bool, debug: bool, **image: Any) -> None:
-    """Compare COMPRESSED with ORIGINAL on each execution provider.
-
-    Exit codes: 0 every budget holds; 6 a budget is exceeded; 7 a provider cannot be loaded.
-    """
-    from onnxquant.calibration.preprocess import ImagePreprocess
-    from onnxquant.validate import Budget
-    from onnxquant.validate import validate as run_validate
-
-    budget = Budget(min_cosine=min_cosine, min_top1=min_top1, min_sqnr_db=min_sqnr, max_abs_error=max_abs_error,
-                    max_latency_ratio=max_latency_ratio, require_on_ep=require_on_ep)
-    preprocess: ImagePreprocess = recipe_for_target("cpu").with_overrides(preprocess=_preprocess_overrides(image)).preprocess
-    with _progress(quiet or as_json, "validating") as update:
-        report = run_validate(original, compressed, data, eps or ("cpu",), budget, preprocess=preprocess,
-                              max_samples=max_samples, latency_runs=latency_runs, threads=threads, progress=update)
-    _emit(report.to_dict(), as_json, quiet, _validation_summary)
-    if report.unavailable:
-        raise ExecutionProviderError(f"execution provider(s) not available: {', '.join(report.unavailable)}")
-    if report.failures:
-        raise BudgetExceededError(f"{len(report.failures)} budget check(s) failed; first: {report.failures[0]}")
-
-
-# The shipping commands (inspect, package, compress) register themselves on `main`.
-from onnxquant import cli_ship  # noqa: F401
+# The validate command and the shipping commands (inspect, package, compress) register themselves on `main`.
+from onnxquant import cli_ship, cli_validate  # noqa: F401, E402
 
 if __name__ == "__main__":
     main()

@@ -16,9 +16,9 @@ from onnxquant.cli import (
     _emit,
     _size,
     _step_progress,
-    _validation_summary,
     main,
 )
+from onnxquant.cli_validate import _validation_summary
 from onnxquant.errors import BudgetExceededError, OnnxQuantError, UsageError
 from onnxquant.ort_format import ORT_LEVELS
 from onnxquant.recipe import TARGETS
@@ -81,6 +81,8 @@ def _read_validation(path: Path) -> dict[str, Any]:
     wrong = [key for key, kind in types.items() if not isinstance(data[key], kind) or data[key] is True and kind is int]
     if wrong or not all(isinstance(p, dict) and isinstance(p.get("ep"), str) for p in data["providers"]):
         raise UsageError(f"{path}: not an `onnxquant validate --json` report (wrong types: {wrong or ['providers']})")
+    if data["samples"] < 1:
+        raise UsageError(f"{path}: the validation compared {data['samples']!r} samples; a verdict needs at least one")
     return data
 
 

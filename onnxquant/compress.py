@@ -11,7 +11,7 @@ The job file is a recipe (see ``onnxquant.recipe``) with the job's own keys adde
     holdout = "holdout"         # default: calib_data
     output = "net-bundle.zip"   # .zip, or a folder
     max_drop = 0.01             # optional: mixed precision (see quantize)
-    [validate]
+    [validate]                  # budgets: each output kind's defaults, and these over them
     providers = ["cpu", "qnn"]
     min_top1 = 0.85
     [package]
@@ -22,10 +22,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from onnxquant.agreement import DROP_BY as AGREEMENTS
+from onnxquant.agreement import Budget, DetectionSettings, parse_kind_overrides
 from onnxquant.calibration.collector import MAX_THREADS, memory_budget, session_threads
 from onnxquant.errors import BudgetExceededError, ExecutionProviderError, UsageError
 from onnxquant.outputs import scratch
@@ -33,7 +35,11 @@ from onnxquant.ort_format import ORT_LEVELS
 from onnxquant.providers import PROVIDERS
 from onnxquant.recipe import Recipe, build_section, read_toml, recipe_from_dict
 from onnxquant.units import parse_size
-from onnxquant.validate import Budget, ProgressCallback, ValidationReport
+from onnxquant.validate import OutputSettings, ProgressCallback, ValidationReport, load_metric
+
+# Per-layer error (a diagnosis for the report, not the verdict) reads at most this many held-out
+# samples unless [validate] max_samples says otherwise; validation itself reads them all.
+LAYER_ERROR_SAMPLES = 64
 
 # Called at the start of each step with its description; returns the step's progress callback.
 StepProgress = Callable[[str], ProgressCallback | None]
@@ -41,15 +47,34 @@ StepProgress = Callable[[str], ProgressCallback | None]
 
 @dataclass(frozen=True)
 class ValidateSettings:
+    """The job's [validate] table: providers, budgets (as ``onnxquant validate``'s flags), output reading."""
+
     providers: tuple[str, ...] = ("cpu",)
-    min_cosine: float | None = None
     min_top1: float | None = None
+    min_top5: float | None = None
+    max_kl: float | None = None
+    min_cosine: float | None = None
     min_sqnr_db: float | None = None
     max_abs_error: float | None = None
+    min_channel_cosine: float | None = None
+    min_channel_sqnr_db: float | None = None
+    min_f1: float | None = None
+    min_recall: float | None = None
+    min_string_agreement: float | None = None
+    max_cer: float | None = None
+    min_label_agreement: float | None = None
+    max_metric_drop: float | None = None
     max_latency_ratio: float | None = None
     require_on_ep: bool = False
+    default_budgets: bool = True  # false: only the budgets written here are checked
+    output_kinds: dict[str, str] | None = None  # output name -> kind, as --output-kind
+    metric: str | None = None  # "module:function", as --metric
+    ctc_blank: int = 0
+    detection_score: float = 0.25
+    detection_nms_iou: float = 0.45
+    detection_objectness: bool | None = None
     latency_runs: int = 10
-    max_samples: int | None = 64
+    max_samples: int | None = None  # None: every held-out sample
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -58,14 +83,37 @@ class ValidateSettings:
         unknown = [p for p in self.providers if p not in PROVIDERS]
         if unknown:
             raise UsageError(f"job [validate]: unknown provider(s) {unknown}; choose from {', '.join(PROVIDERS)}")
-        if self.latency_runs < 1:
-            raise UsageError("job [validate]: latency_runs must be at least 1")
-        self.budget()  # range checks
+        if isinstance(self.latency_runs, bool) or not isinstance(self.latency_runs, int) or self.latency_runs < 1:
+            raise UsageError("job [validate]: latency_runs must be a whole number at least 1")
+        if self.max_samples is not None and (isinstance(self.max_samples, bool) or not isinstance(self.max_samples, int)
+                                             or self.max_samples < 1):
+            raise UsageError("job [validate]: max_samples must be a whole number at least 1 "
+                             "(a verdict needs samples to compare)")
+        if self.metric is not None and not isinstance(self.metric, str):
+            raise UsageError("job [validate]: metric must be \"module:function\"")
+        if self.detection_objectness is not None and not isinstance(self.detection_objectness, bool):
+            raise UsageError("job [validate]: detection_objectness must be true or false")
+        try:
+            self.budget()  # every budget value checked once, where budgets are built
+            self.output_settings()
+            if self.metric is not None:
+                load_metric(self.metric)  # a metric that cannot be imported fails before anything runs
+        except UsageError as exc:
+            raise UsageError(f"job [validate]: {exc}") from exc
 
     def budget(self) -> Budget:
-        return Budget(min_cosine=self.min_cosine, min_top1=self.min_top1, min_sqnr_db=self.min_sqnr_db,
-                      max_abs_error=self.max_abs_error, max_latency_ratio=self.max_latency_ratio,
-                      require_on_ep=self.require_on_ep)
+        names = [f.name for f in fields(Budget) if f.name not in ("defaults",)]
+        return Budget(**{name: getattr(self, name) for name in names}, defaults=self.default_budgets)
+
+    def output_settings(self) -> OutputSettings:
+        if self.output_kinds is not None and not isinstance(self.output_kinds, dict):
+            raise UsageError("output_kinds must be a table of output name = kind")
+        try:
+            kinds = parse_kind_overrides(self.output_kinds)
+        except ValueError as exc:
+            raise UsageError(f"output_kinds: {exc}") from exc
+        return OutputSettings(kinds=kinds, ctc_blank=self.ctc_blank, metric=self.metric, detection=DetectionSettings(
+            score_threshold=self.detection_score, nms_iou=self.detection_nms_iou, objectness=self.detection_objectness))
 
 
 @dataclass(frozen=True)
@@ -137,8 +185,8 @@ def job_from_dict(data: dict[str, Any], base_dir: Path, text: str | None = None,
                                  or not 0 <= max_drop < float("inf")):
         raise UsageError("job: max_drop must be a finite number at least 0")
     drop_by = data.get("drop_by", "cosine")
-    if drop_by not in ("cosine", "top1"):
-        raise UsageError("job: drop_by must be \"cosine\" or \"top1\"")
+    if drop_by not in AGREEMENTS:
+        raise UsageError(f"job: drop_by must be one of {', '.join(AGREEMENTS)}")
     layer_errors = data.get("layer_errors", True)
     if not isinstance(layer_errors, bool):
         raise UsageError("job: layer_errors must be true or false")
@@ -235,7 +283,7 @@ def _compress(job: CompressJob, progress: StepProgress | None) -> CompressResult
         errors = None
         if job.layer_errors:
             update = steps.begin("measure", "measuring per-layer error")
-            errors = [e.to_dict() for e in diagnose(result, holdout, job.validate.max_samples, update)]
+            errors = [e.to_dict() for e in diagnose(result, holdout, job.validate.max_samples or LAYER_ERROR_SAMPLES, update)]
         activations = activation_report(result.stats, result.model, result.reference)
         result.stats = result.reference = None  # free the float copy before validation sessions open
         validation = _validate_each(job, compressed, holdout, steps)
@@ -275,7 +323,7 @@ def _validate_each(job: CompressJob, compressed: Path, holdout: Path, steps: _St
         update = steps.begin("validate", f"validating on {ep}")
         report = validate(job.model, compressed, holdout, (ep,), budget, preprocess=job.recipe.preprocess,
                           max_samples=settings.max_samples, latency_runs=settings.latency_runs,
-                          threads=settings.threads, progress=update)
+                          threads=settings.threads, progress=update, settings=settings.output_settings())
         if merged is None:
             merged = report
         else:

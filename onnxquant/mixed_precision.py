@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxquant.agreement import OutputAgreement
+from onnxquant.agreement import DROP_BY, OutputAgreement
 from onnxquant.calibration.collector import in_order, make_session, sample_workers
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.errors import BudgetExceededError, CalibrationDataError, UsageError
 from onnxquant.model_io import serialize
 
-AGREEMENTS = ("cosine", "top1")
+AGREEMENTS = DROP_BY
 
 # A user metric scores a model from its outputs on every held-out sample (higher is better);
 # the drop is the fp32 score minus the quantized score.
@@ -67,21 +67,13 @@ class Measurement:
     sqnr_db: float = math.inf  # worst float output's SQNR
 
 
-def _agreement_score(agreement: OutputAgreement, by: str) -> float:
-    data = agreement.to_dict()
-    if by == "top1" and "top1" in data:
-        return float(data["top1"])
-    if "cosine" in data:
-        return float(data["cosine"]) if data["cosine"] is not None else 0.0
-    return float(data["exact_match"])
-
-
 def measure(quantized: onnx.ModelProto | bytes, holdout: Holdout, metric: Metric | None = None) -> Measurement:
     """Drop of ``quantized`` against fp32 on the held-out samples.
 
     Default: 1 minus the worst output's mean cosine. ``holdout.agreement == "top1"``: top-1
-    agreement for ``(batch, classes)`` outputs instead (a (batch, dims) embedding looks the
-    same, so it is the caller's call). With ``metric``: the user's score, fp32 minus quantized.
+    agreement for outputs that ``onnxquant.agreement`` reads as classifier scores (others keep
+    their kind's figure). Outputs that are not float tensors (labels, maps) count by their
+    agreement rate. With ``metric``: the user's score, fp32 minus quantized.
     """
     session = make_session(quantized if isinstance(quantized, bytes) else serialize(quantized), threads=1,
                            weights=None if isinstance(quantized, bytes) else quantized)
@@ -95,10 +87,10 @@ def measure(quantized: onnx.ModelProto | bytes, holdout: Holdout, metric: Metric
         agreement = OutputAgreement(name)
         for ref, out in zip(holdout.references, outputs):
             agreement.add(ref[k], out[k])
-        scores[name] = _agreement_score(agreement, agreement_by)
-        if agreement.is_float and agreement.cosines:
-            cosines.append(float(np.mean(agreement.cosines)))
-            sqnrs.append(agreement.sqnr_db)
+        scores[name] = agreement.score(agreement_by)
+        if agreement.tensor is not None and agreement.tensor.cosines:
+            cosines.append(float(np.mean(agreement.tensor.cosines)))
+            sqnrs.append(agreement.tensor.sqnr_db)
     return Measurement(1.0 - min(scores.values()), scores, 1.0 - min(cosines), min(sqnrs, default=math.inf))
 
 

@@ -146,9 +146,19 @@ def _manifest(files: dict[str, bytes], model: onnx.ModelProto, level: str, arm: 
                   "ir_version": model.ir_version},
         "ort_format": {"file": "model.ort", "optimization_level": level, "platform": "arm" if arm else "any",
                        "type_reduction": type_reduction, "reduced_build_config": "required_operators.config"},
-        "validated": None if not validation else {
-            "passed": validation["passed"], "providers": [p["ep"] for p in validation["providers"]],
-            "budget": validation["budget"], "samples": validation["samples"]},
+        "validated": None if not validation else _validation_summary(validation),
+    }
+
+
+def _validation_summary(validation: dict[str, Any]) -> dict[str, Any]:
+    """The verdict and, per provider and output, the kind, the figures and the budget checks."""
+    providers = [p for p in validation.get("providers", []) if isinstance(p, dict)]
+    return {
+        "passed": validation.get("passed"), "samples": validation.get("samples"),
+        "budget": validation.get("budget"), "default_budgets": validation.get("default_budgets", True),
+        "providers": [p.get("ep") for p in providers],
+        "outputs": {str(p.get("ep")): p.get("agreement") for p in providers if p.get("available", True)},
+        "failures": validation.get("failures", []),
     }
 
 

@@ -1,14 +1,22 @@
 """Compressed against original, on each execution provider: agreement, placement, latency, size.
 
 The reference is always the original model on onnxruntime's CPU provider: that is the answer
-the user's float model gives today. On each requested provider both models are run: the
+the user's float model gives today. Each output is read by its kind (``onnxquant.agreement``):
+classifier scores by top-1 and KL, detections by F1 against fp32's, CTC sequences by their
+decoded strings, labels and maps by agreement; the kind's default budgets apply unless the
+user's replace them, and nothing compared (zero samples, a budget no output has) never passes. On each requested provider both models are run: the
 compressed one for agreement and placement, the original (where the provider takes it) for
 the latency ratio. Samples are streamed; memory does not grow with their number.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
+import math
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +26,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxquant.agreement import OutputAgreement
+from onnxquant.agreement import Budget, DetectionSettings, OutputAgreement, detection_pairs, unmeasured_budgets
+from onnxquant.agreement.budgets import check, describe
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.calibration.preprocess import ImagePreprocess
 from onnxquant.calibration.sources import open_for_model
@@ -45,26 +54,102 @@ from onnxquant.shapes import fix_input_shapes, has_free_dims
 ProgressCallback = Callable[[int, int | None], None]
 
 
-@dataclass(frozen=True)
-class Budget:
-    """Limits the compressed model must meet on every provider; None means no limit."""
+# A user's metric scores one sample's outputs (name -> value), optionally with its inputs;
+# higher is better. Its mean over the samples is compared between fp32 and the compressed model.
+SampleMetric = Callable[..., float]
 
-    min_cosine: float | None = None  # mean cosine similarity per float output
-    min_top1: float | None = None  # top-1 agreement, for (batch, classes) outputs
-    min_sqnr_db: float | None = None
-    max_abs_error: float | None = None
-    max_latency_ratio: float | None = None  # compressed / original median latency, same provider
-    require_on_ep: bool = False  # every node but the input/output boundary runs on the provider
 
-    def __post_init__(self) -> None:
-        for name in ("min_cosine", "min_top1"):
-            value = getattr(self, name)
-            if value is not None and not -1.0 <= value <= 1.0:
-                raise UsageError(f"{name.replace('_', '-')} must be between -1 and 1, got {value}")
-        for name in ("max_abs_error", "max_latency_ratio"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise UsageError(f"{name.replace('_', '-')} must be positive, got {value}")
+def load_metric(spec: str) -> tuple[str, SampleMetric]:
+    """``module:function`` (module importable, or a .py file path) -> the function; UsageError otherwise."""
+    module_name, sep, function = spec.rpartition(":")
+    if not sep or not module_name or not function:
+        raise UsageError(f"metric {spec!r} is not MODULE:FUNCTION")
+    try:
+        if module_name.endswith(".py"):
+            loader_spec = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
+            if loader_spec is None or loader_spec.loader is None:
+                raise ImportError(f"cannot load {module_name}")
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            added = os.getcwd() not in sys.path
+            if added:
+                sys.path.insert(0, os.getcwd())  # a metric module beside the user, as `python -m` would find it
+            try:
+                module = importlib.import_module(module_name)
+            finally:
+                if added:
+                    sys.path.remove(os.getcwd())
+    except Exception as exc:  # the user's module: any error in it is theirs to see, in one line
+        raise UsageError(f"metric {spec!r}: cannot import {module_name}: {exc}") from exc
+    fn = getattr(module, function, None)
+    if not callable(fn):
+        raise UsageError(f"metric {spec!r}: {module_name} has no function {function!r}")
+    return spec, fn
+
+
+def _metric_name(metric: str | SampleMetric) -> str:
+    if isinstance(metric, str):
+        return metric
+    return f"{getattr(metric, '__module__', '?')}:{getattr(metric, '__qualname__', type(metric).__name__)}"
+
+
+def _takes_inputs(fn: SampleMetric) -> bool:
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+@dataclass
+class MetricAgreement:
+    """A user's per-sample score on fp32 and on the compressed outputs: means and their drop."""
+
+    name: str
+    fn: SampleMetric
+    samples: int = 0
+    fp32_sum: float = 0.0
+    compressed_sum: float = 0.0
+    error: str | None = None
+
+    def score(self, outputs: dict[str, Any], inputs: dict[str, np.ndarray]) -> float | None:
+        try:
+            value = self.fn(outputs, inputs) if _takes_inputs(self.fn) else self.fn(outputs)
+            value = float(value)
+        except Exception as exc:  # the user's code failing is reported, not a crash of ours
+            self.error = self.error or f"metric {self.name} failed: {type(exc).__name__}: {exc}"
+            return None
+        if not math.isfinite(value):
+            self.error = self.error or f"metric {self.name} returned {value}"
+            return None
+        return value
+
+    def add(self, reference: float | None, compressed: dict[str, Any], inputs: dict[str, np.ndarray]) -> None:
+        got = self.score(compressed, inputs)
+        if reference is None or got is None:
+            return
+        self.samples += 1
+        self.fp32_sum += reference
+        self.compressed_sum += got
+
+    def to_dict(self, budget: Budget) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "samples": self.samples}
+        drop = None
+        if self.samples:
+            fp32, comp = self.fp32_sum / self.samples, self.compressed_sum / self.samples
+            drop = fp32 - comp
+            out.update({"fp32": round(fp32, 6), "compressed": round(comp, 6), "drop": round(drop, 6)})
+        if self.error:
+            out["error"] = self.error
+        limit = budget.metric_drop()
+        if limit is not None:
+            result = check("max_metric_drop", "drop", drop, limit[0], limit[1])
+            if result["passed"] is None:
+                result["passed"] = False  # a metric that scored nothing cannot pass
+            out["checks"] = [result]
+        return out
 
 
 @dataclass
@@ -93,6 +178,29 @@ class ModelRun:
         return statistics.median(self.latencies_ms) if self.latencies_ms else None
 
 
+@dataclass(frozen=True)
+class OutputSettings:
+    """How outputs are read: kinds the user fixed, detection thresholds, the CTC blank, a metric."""
+
+    kinds: dict[str, str] = field(default_factory=dict)  # output name -> kind (else detected)
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
+    ctc_blank: int = 0
+    metric: str | SampleMetric | None = None  # "module:function", or the function itself (Python)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ctc_blank, bool) or not isinstance(self.ctc_blank, int) or self.ctc_blank < 0:
+            raise UsageError(f"ctc blank must be a whole number at least 0, got {self.ctc_blank!r}")
+        d = self.detection
+        for name in ("score_threshold", "nms_iou", "match_iou"):
+            value = getattr(d, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise UsageError(f"detection {name.replace('_', ' ')} must be between 0 and 1, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kinds": dict(self.kinds), "detection": self.detection.to_dict(), "ctc_blank": self.ctc_blank,
+                "metric": _metric_name(self.metric) if self.metric is not None else None}
+
+
 @dataclass
 class ProviderReport:
     ep: str
@@ -102,7 +210,11 @@ class ProviderReport:
     original: ModelRun = field(default_factory=ModelRun)
     compressed: ModelRun = field(default_factory=ModelRun)
     outputs: dict[str, OutputAgreement] = field(default_factory=dict)
+    metric: MetricAgreement | None = None
+    samples: int = 0  # samples compared on this provider
     failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # default budgets that could not be measured
+    budget: Budget = field(default_factory=Budget)
 
     def latency_ratio(self) -> float | None:
         a, b = self.compressed.median_ms, self.original.median_ms
@@ -113,12 +225,15 @@ class ProviderReport:
             return {"ep": self.ep, "available": False, "reason": self.unavailable_reason}
         ratio = self.latency_ratio()
         out: dict[str, Any] = {
-            "ep": self.ep, "available": True,
+            "ep": self.ep, "available": True, "samples": self.samples,
             "original": self.original.to_dict(), "compressed": self.compressed.to_dict(),
-            "agreement": {name: a.to_dict() for name, a in self.outputs.items()},
+            "agreement": {name: a.to_dict(self.budget) for name, a in self.outputs.items()},
             "latency_ratio": round(ratio, 4) if ratio is not None else None,
             "failures": self.failures,
+            "notes": self.notes,
         }
+        if self.metric is not None:
+            out["metric"] = self.metric.to_dict(self.budget)
         if self.fixed_shapes:
             out["fixed_shapes"] = self.fixed_shapes
         return out
@@ -133,6 +248,7 @@ class ValidationReport:
     samples: int
     budget: Budget
     providers: list[ProviderReport]
+    settings: OutputSettings = field(default_factory=OutputSettings)
 
     @property
     def failures(self) -> list[str]:
@@ -144,7 +260,7 @@ class ValidationReport:
 
     @property
     def passed(self) -> bool:
-        return not self.failures and not self.unavailable
+        return not self.failures and not self.unavailable and self.samples > 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,7 +269,9 @@ class ValidationReport:
             "size": {"original": self.size_original, "compressed": self.size_compressed,
                      "ratio": round(self.size_compressed / max(self.size_original, 1), 4)},
             "samples": self.samples,
-            "budget": {k: v for k, v in vars(self.budget).items() if v not in (None, False)},
+            "budget": self.budget.given(),
+            "default_budgets": self.budget.defaults,
+            "settings": self.settings.to_dict(),
             "providers": [p.to_dict() for p in self.providers],
             "failures": self.failures,
             "unavailable": self.unavailable,
@@ -196,11 +314,26 @@ def _timed_run(session: Any, feed: dict[str, np.ndarray], times: list[float]) ->
 class _ProviderRun:
     """Both models' sessions on one provider, fed sample by sample."""
 
-    def __init__(self, report: ProviderReport, original: Any, compressed: Any, shapes: dict[str, tuple[int, ...]] | None):
+    def __init__(self, report: ProviderReport, original: Any, compressed: Any,
+                 shapes: dict[str, tuple[int, ...]] | None, settings: OutputSettings,
+                 metric: tuple[str, SampleMetric] | None):
         self.report, self.original, self.compressed, self.shapes = report, original, compressed, shapes
+        self.settings = settings
         self.broken = compressed is None
+        if metric is not None:
+            report.metric = MetricAgreement(*metric)
 
-    def feed(self, index: int, sample: dict[str, np.ndarray], reference: list[np.ndarray], names: list[str]) -> None:
+    def _start(self, names: list[str], reference: list[Any]) -> None:
+        """One agreement per output, boxes/scores pairs found from the first fp32 outputs."""
+        pairs = detection_pairs(dict(zip(names, reference)), self.settings.kinds)
+        boxes_of = {scores: boxes for boxes, scores in pairs.items()}
+        for name in names:
+            self.report.outputs[name] = OutputAgreement(
+                name, self.settings.kinds.get(name), detection=self.settings.detection,
+                ctc_blank=self.settings.ctc_blank, scores_in=pairs.get(name), boxes_of=boxes_of.get(name))
+
+    def feed(self, index: int, sample: dict[str, np.ndarray], reference: list[Any], names: list[str],
+             reference_score: float | None) -> None:
         if self.broken:
             return
         if self.shapes and any(tuple(sample[k].shape) != s for k, s in self.shapes.items()):
@@ -222,8 +355,15 @@ class _ProviderRun:
             self.report.failures.append(f"compressed model failed to run on sample {index}: {str(exc).splitlines()[0]}")
             self.broken = True
             return
-        for name, ref, out in zip(names, reference, got):
-            self.report.outputs.setdefault(name, OutputAgreement(name)).add(ref, out)
+        if not self.report.outputs:
+            self._start(names, reference)
+        by_name = {name: (ref, out) for name, ref, out in zip(names, reference, got)}
+        for name, (ref, out) in by_name.items():
+            agreement = self.report.outputs[name]
+            agreement.add(ref, out, by_name[agreement.scores_in] if agreement.scores_in else None)
+        if self.report.metric is not None:
+            self.report.metric.add(reference_score, dict(zip(names, got)), sample)
+        self.report.samples += 1
 
     def extra_latency(self, sample: dict[str, np.ndarray], runs: int) -> None:
         if self.broken:
@@ -247,13 +387,17 @@ def validate(
     latency_runs: int = 10,
     threads: int | None = None,
     progress: ProgressCallback | None = None,
+    settings: OutputSettings | None = None,
 ) -> ValidationReport:
-    """Run both models on ``providers`` over ``data`` and measure the compressed one.
+    """Run both models on ``providers`` over every sample of ``data`` (at most ``max_samples``)
+    and measure the compressed one against the original, output by output, by its kind.
 
     Providers that cannot be loaded are reported as unavailable (never replaced by the CPU).
-    Budget misses are listed in ``report.failures``; nothing is raised for them.
+    Budget misses are listed in ``report.failures``; nothing is raised for them. Without a
+    ``budget``, each output kind's default budgets apply (``Budget(defaults=False)``: none).
     """
     budget = budget or Budget()
+    settings = settings or OutputSettings()
     if not providers:
         raise UsageError("no execution provider given")
     unknown = [ep for ep in providers if ep not in PROVIDERS]
@@ -261,6 +405,15 @@ def validate(
         raise UsageError(f"unknown execution provider(s) {unknown}; choose from {', '.join(PROVIDERS)}")
     if latency_runs < 1:
         raise UsageError("latency runs must be at least 1")
+    if max_samples is not None and (isinstance(max_samples, bool) or max_samples < 1):
+        raise UsageError(f"max samples must be at least 1, got {max_samples} (a verdict needs samples to compare)")
+    metric = None
+    if isinstance(settings.metric, str):
+        metric = load_metric(settings.metric)
+    elif settings.metric is not None:
+        if not callable(settings.metric):
+            raise UsageError(f"metric must be MODULE:FUNCTION or a function, got {settings.metric!r}")
+        metric = (_metric_name(settings.metric), settings.metric)
     original_path, compressed_path = Path(original), Path(compressed)
     original_model = load_model(original_path)
     compressed_model = load_model(compressed_path)
@@ -271,6 +424,10 @@ def validate(
     out_names = [o.name for o in original_model.graph.output]
     if out_names != [o.name for o in compressed_model.graph.output]:
         raise ModelError("the models have different outputs; validation compares them by name")
+    unknown_outputs = sorted(set(settings.kinds) - set(out_names))
+    if unknown_outputs:
+        raise UsageError(f"output kind given for {unknown_outputs}, which the model does not have "
+                         f"(outputs: {', '.join(out_names)})")
 
     source = open_for_model(original_model, data, preprocess or ImagePreprocess())
     first = next(iter(source), None)
@@ -283,7 +440,7 @@ def validate(
     runs: list[_ProviderRun] = []
     reports: list[ProviderReport] = []
     for ep in dict.fromkeys(providers):
-        report = ProviderReport(ep)
+        report = ProviderReport(ep, budget=budget)
         reports.append(report)
         try:
             check_available(ep)
@@ -313,29 +470,33 @@ def validate(
             sessions.append(session)
         if sessions[1] is None:
             report.failures.append(f"the compressed model does not load ({report.compressed.error})")
-        runs.append(_ProviderRun(report, sessions[0], sessions[1], shapes))
+        runs.append(_ProviderRun(report, sessions[0], sessions[1], shapes, settings, metric))
 
     count = 0
     total = min(len(source), max_samples) if max_samples and _has_len(source) else (len(source) if _has_len(source) else None)
+    scorer = MetricAgreement(*metric) if metric is not None else None
     for index, sample in enumerate(source):
         if max_samples is not None and index >= max_samples:
             break
         sample = check_feed(sample, specs, index)
         expected = reference.run(None, sample)
+        reference_score = scorer.score(dict(zip(out_names, expected)), sample) if scorer is not None else None
         for run in runs:
-            run.feed(index, sample, expected, out_names)
+            run.feed(index, sample, expected, out_names, reference_score)
         count += 1
         if progress is not None:
             progress(count, total)
     for run in runs:
         run.extra_latency(first, latency_runs)
+        if scorer is not None and scorer.error and run.report.metric is not None:
+            run.report.metric.error = run.report.metric.error or f"on fp32: {scorer.error}"
         _check_budget(run.report, budget, boundary)
 
     return ValidationReport(
         original=str(original_path), compressed=str(compressed_path),
         size_original=file_size(original_path, original_model),
         size_compressed=file_size(compressed_path, compressed_model),
-        samples=count, budget=budget, providers=reports,
+        samples=count, budget=budget, providers=reports, settings=settings,
     )
 
 
@@ -348,23 +509,28 @@ def _has_len(source: Any) -> bool:
 
 
 def _check_budget(report: ProviderReport, budget: Budget, boundary: set[str]) -> None:
+    """Turn every check into a failure line or a note; nothing compared is never a pass."""
     if not report.compressed.loaded:
         return
+    if report.samples == 0:
+        if not report.failures:
+            report.failures.append("no sample was compared: a verdict needs at least one")
+        return
     for name, agreement in report.outputs.items():
-        if not agreement.is_float:
-            if agreement.exact < agreement.samples:
-                report.failures.append(f"output {name!r}: {agreement.samples - agreement.exact} sample(s) differ")
-            continue
-        stats = agreement.to_dict()
-        if budget.min_cosine is not None and stats["cosine"] < budget.min_cosine:
-            report.failures.append(f"output {name!r}: cosine {stats['cosine']:.4f} < {budget.min_cosine}")
-        if budget.min_top1 is not None and "top1" in stats and stats["top1"] < budget.min_top1:
-            report.failures.append(f"output {name!r}: top-1 agreement {stats['top1']:.4f} < {budget.min_top1}")
-        if budget.min_sqnr_db is not None and agreement.sqnr_db < budget.min_sqnr_db:
-            report.failures.append(f"output {name!r}: SQNR {agreement.sqnr_db:.2f} dB < {budget.min_sqnr_db} dB")
-        if budget.max_abs_error is not None and agreement.max_abs_error > budget.max_abs_error:
-            report.failures.append(
-                f"output {name!r}: max abs error {agreement.max_abs_error:.4g} > {budget.max_abs_error}")
+        for c in agreement.checks(budget):
+            if c["passed"] is False:
+                report.failures.append(f"output {name!r} ({agreement.kind}): {describe(c)}")
+            elif c["passed"] is None:
+                report.notes.append(f"output {name!r} ({agreement.kind}): default budget {c['budget']} not "
+                                    f"checked: {_unmeasured_reason(agreement, c['metric'])}")
+    report.failures.extend(unmeasured_budgets(list(report.outputs.values()), budget))
+    if report.metric is not None:
+        data = report.metric.to_dict(budget)
+        if report.metric.error:
+            report.failures.append(report.metric.error)
+        for c in data.get("checks", []):
+            if c["passed"] is False:
+                report.failures.append(f"metric {report.metric.name}: {describe(c)}")
     ratio = report.latency_ratio()
     if budget.max_latency_ratio is not None:
         if ratio is None:
@@ -376,3 +542,9 @@ def _check_budget(report: ProviderReport, budget: Budget, boundary: set[str]) ->
         if fallback:
             ops = report.compressed.placement["fallback_ops"]
             report.failures.append(f"{fallback} node(s) fell back to the CPU: {ops}")
+
+
+def _unmeasured_reason(agreement: OutputAgreement, metric: str) -> str:
+    if agreement.kind == "detection" and metric in ("f1", "recall"):
+        return "the original model made no detection on these samples (give samples with objects)"
+    return f"{metric} could not be measured on this output"

@@ -71,3 +71,17 @@ def test_cli_max_drop_reports_the_float_layers(cnn_path: Path, npz_dir: Path, tm
     bad = CliRunner().invoke(main, ["quantize", str(cnn_path), "-o", str(out), "--calib-data", str(npz_dir),
                                     "--max-drop", "-1"])
     assert bad.exit_code == 2
+
+
+def test_drop_by_kind_reads_each_output_by_its_own_figure():
+    import numpy as np
+
+    from onnxquant.agreement import OutputAgreement
+
+    logits = OutputAgreement("logits")
+    ref = np.array([[1.0, 2.0, 3.0]], np.float32)
+    logits.add(ref, ref * 0.9 + np.array([[0.0, 1.0, 0.0]], np.float32))  # argmax flips, cosine stays high
+    assert logits.score("cosine") > 0.97 and logits.score("top1") == 0.0 and logits.score("kind") == 0.0
+    labels = OutputAgreement("label")
+    labels.add(np.array([1, 2]), np.array([1, 3]))
+    assert labels.score("cosine") == labels.score("kind") == 0.5

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -13,7 +14,7 @@ from onnxquant.api import quantize
 from onnxquant.cli import main
 from onnxquant.errors import UsageError
 from onnxquant.recipe import recipe_for_target
-from onnxquant.validate import Budget, boundary_nodes, validate
+from onnxquant.validate import Budget, OutputSettings, boundary_nodes, validate
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_cli_exit_codes(cnn_path: Path, quantized_cnn: Path, npz_dir: Path):
     assert ok.exit_code == 0, ok.output
     assert "[cpu]" in ok.output and "PASS" in ok.output
     over = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--min-cosine", "0.99999999", "--latency-runs", "1")
-    assert over.exit_code == 6 and "FAIL cpu: output 'logits': cosine" in over.output
+    assert over.exit_code == 6 and "FAIL cpu: output 'logits' (classification): cosine" in over.output
     as_json = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--json", "--latency-runs", "1")
     assert json.loads(as_json.output)["passed"] is True
 
@@ -94,3 +95,114 @@ def test_data_that_does_not_fit_is_a_data_error(cnn_path: Path, quantized_cnn: P
     empty.mkdir()
     result = _run("validate", cnn_path, quantized_cnn, "--data", empty)
     assert result.exit_code == 4 and result.output.startswith("error:")
+
+
+def test_default_budgets_pass_a_good_model_and_fail_a_destroyed_one(cnn_path: Path, quantized_cnn: Path,
+                                                                     npz_dir: Path, tmp_path: Path):
+    good = validate(cnn_path, quantized_cnn, npz_dir, latency_runs=1)
+    logits = good.to_dict()["providers"][0]["agreement"]["logits"]
+    assert good.passed and logits["kind"] == "classification"
+    assert {c["budget"]: c["source"] for c in logits["checks"]} == {"min_top1": "default", "max_kl": "default"}
+    destroyed = tmp_path / "destroyed.onnx"
+    model = onnx.load(str(cnn_path))
+    for init in model.graph.initializer:  # classifier rows scrambled: a model another tool could have wrecked
+        if init.name in ("fc", "fcb"):
+            array = onnx.numpy_helper.to_array(init)
+            init.CopyFrom(onnx.numpy_helper.from_array(np.roll(array, 1, axis=0).copy(), init.name))
+    onnx.save(model, str(destroyed))
+    bad = validate(cnn_path, destroyed, npz_dir, latency_runs=1)
+    assert not bad.passed and any("top1" in f for f in bad.failures)
+    assert validate(cnn_path, destroyed, npz_dir, budget=Budget(defaults=False), latency_runs=1).passed  # report only
+
+
+def test_cli_refuses_a_verdict_on_nothing_and_nan_budgets(cnn_path: Path, quantized_cnn: Path, npz_dir: Path):
+    zero = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--max-samples", "0")
+    assert zero.exit_code == 2 and "at least 1" in zero.output and "PASS" not in zero.output
+    nan = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--min-cosine", "nan")
+    assert nan.exit_code == 2 and "finite" in nan.output
+    kind = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--output-kind", "logits=colour")
+    assert kind.exit_code == 2 and "unknown" in kind.output
+    missing = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--output-kind", "nope=labels")
+    assert missing.exit_code == 2 and "nope" in missing.output
+
+
+def test_a_given_budget_no_output_can_meet_is_a_failure(cnn_path: Path, quantized_cnn: Path, npz_dir: Path):
+    result = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--min-f1", "0.5", "--latency-runs", "1")
+    assert result.exit_code == 6 and "min-f1 compared nothing" in result.output
+
+
+def test_output_kind_override_changes_the_figures(cnn_path: Path, quantized_cnn: Path, npz_dir: Path):
+    report = validate(cnn_path, quantized_cnn, npz_dir, latency_runs=1,
+                      settings=OutputSettings(kinds={"logits": "embedding"}))
+    logits = report.to_dict()["providers"][0]["agreement"]["logits"]
+    assert logits["kind"] == "embedding" and logits["kind_source"] == "given" and "top1" not in logits
+    assert [c["budget"] for c in logits["checks"]] == ["min_cosine"]
+
+
+def test_user_metric_is_scored_per_sample_and_its_drop_budgeted(cnn_path: Path, quantized_cnn: Path, npz_dir: Path,
+                                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "my_metric.py").write_text(
+        "import numpy as np\n"
+        "def confidence(outputs):\n"
+        "    return float(np.max(outputs['logits']))\n"
+        "def broken(outputs, inputs):\n"
+        "    raise RuntimeError('boom')\n")
+    monkeypatch.chdir(tmp_path)
+    ok = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--metric", "my_metric:confidence",
+              "--max-metric-drop", "1000", "--latency-runs", "1", "--json")
+    assert ok.exit_code == 0, ok.output
+    metric = json.loads(ok.output)["providers"][0]["metric"]
+    assert metric["samples"] == 12 and metric["drop"] == pytest.approx(metric["fp32"] - metric["compressed"], abs=1e-5)
+    tight = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--metric", "my_metric:confidence",
+                 "--max-metric-drop", "-1000", "--latency-runs", "1")
+    assert tight.exit_code == 6 and "metric my_metric:confidence" in tight.output
+    broken = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--metric", "my_metric:broken",
+                  "--latency-runs", "1")
+    assert broken.exit_code == 6 and "boom" in broken.output
+    absent = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--metric", "my_metric:nothing")
+    assert absent.exit_code == 2 and "no function" in absent.output
+
+
+def test_a_python_metric_function_can_be_given_directly(cnn_path: Path, quantized_cnn: Path, npz_dir: Path):
+    def argmax_is_zero(outputs, inputs):
+        assert set(inputs) == {"x"} or inputs  # the sample's inputs come along
+        return float(np.argmax(outputs["logits"]) == 0)
+
+    report = validate(cnn_path, cnn_path, npz_dir, latency_runs=1, settings=OutputSettings(metric=argmax_is_zero))
+    metric = report.to_dict()["providers"][0]["metric"]
+    assert metric["drop"] == 0.0 and metric["checks"][0]["passed"] is True and "argmax_is_zero" in metric["name"]
+
+
+def _boxes_and_scores_model(score_gain: float) -> onnx.ModelProto:
+    """boxes (1, 64, 4) from the input; scores (1, 64, 2) = sigmoid(gain * (x @ w))."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.array([[4.0, -4.0], [-4.0, 4.0], [0.0, 0.0], [0.0, 0.0]], np.float32) * score_gain
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "size"], ["boxes"]), helper.make_node("MatMul", ["x", "w"], ["logits"]),
+         helper.make_node("Sigmoid", ["logits"], ["scores"])],
+        "pair", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 4])],
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 64, 4]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 64, 2])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([100, 100, 100, 100], np.float32), "size")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_boxes_scores_pair_is_validated_as_detections(tmp_path: Path):
+    from tests.conftest import write_npz
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(6):
+        x = rng.random((1, 64, 4)).astype(np.float32)
+        x[..., 2:] = x[..., :2] + 0.05 + rng.random((1, 64, 2)).astype(np.float32) * 0.1  # x2 > x1, y2 > y1
+        samples.append({"x": x})
+    data = write_npz(tmp_path / "data", samples)
+    onnx.save(_boxes_and_scores_model(1.0), str(tmp_path / "a.onnx"))
+    onnx.save(_boxes_and_scores_model(0.0), str(tmp_path / "collapsed.onnx"))
+    same = validate(tmp_path / "a.onnx", tmp_path / "a.onnx", data, latency_runs=1).to_dict()
+    agreement = same["providers"][0]["agreement"]
+    assert agreement["boxes"]["kind"] == agreement["scores"]["kind"] == "detection"
+    assert agreement["boxes"]["scores_output"] == "scores" and agreement["boxes"]["f1"] == 1.0 and same["passed"]
+    broken = validate(tmp_path / "a.onnx", tmp_path / "collapsed.onnx", data, latency_runs=1)
+    assert not broken.passed and any("'boxes' (detection): f1 0" in f for f in broken.failures)

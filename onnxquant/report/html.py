@@ -10,6 +10,7 @@ import json
 from html import escape
 from typing import Any
 
+from onnxquant.agreement.text import checks_text, figures_text
 from onnxquant.report import svg
 
 MB = 1e6
@@ -28,29 +29,52 @@ var b=s.getBBox();if(b.width>0&&b.height>0)n++;});document.body.setAttribute('da
 """
 
 
+def _e(value: Any) -> str:
+    """Every value that reaches the page goes through here (or _cell): text, never markup.
+
+    A report may come from a file the user gives (``package --validation``), so any field can
+    hold any string."""
+    return escape(str(value), quote=True)
+
+
+def _d(value: Any) -> dict[str, Any]:
+    """A JSON object, or an empty one when a hand-written report holds something else there."""
+    return value if isinstance(value, dict) else {}
+
+
+def _l(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"<td>{_e(value)}</td>"
     if isinstance(value, float):
         return f'<td class="n">{value:.4g}</td>'
     if isinstance(value, int):
         return f'<td class="n">{value:,}</td>'
-    return f"<td>{escape(str(value))}</td>"
+    return f"<td>{_e(value)}</td>"
 
 
-def _mb(n: int | None) -> float | None:
-    return round(n / MB, 2) if n is not None else None
-
+def _mb(n: Any) -> float | None:
+    number = _number(n)
+    return round(number / MB, 2) if number is not None else None
 
 def _verdict(report: dict[str, Any]) -> str:
-    validation = report.get("validation")
+    validation = _d(report.get("validation"))
     if not validation:
         return '<span class="verdict none">not validated</span>'
-    if validation["passed"]:
+    if validation.get("passed") is True:
         return '<span class="verdict pass">PASS: every budget holds</span>'
     return '<span class="verdict fail">FAIL</span>'
 
@@ -69,22 +93,24 @@ def _summary(report: dict[str, Any]) -> str:
 
 def _providers(validation: dict[str, Any]) -> str:
     groups, rows = [], []
-    for p in validation["providers"]:
-        if not p["available"]:
-            rows.append([p["ep"], "unavailable", p.get("reason", ""), "", "", ""])
+    for p in map(_d, _l(validation.get("providers"))):
+        ep = str(p.get("ep", ""))
+        if not p.get("available"):
+            rows.append([ep, "unavailable", p.get("reason", ""), "", "", ""])
             continue
-        o, c = p["original"], p["compressed"]
-        om = o.get("latency_ms", {}).get("median") if o.get("loaded") else None
-        cm = c.get("latency_ms", {}).get("median") if c.get("loaded") else None
-        groups.append((p["ep"], [("original", om), ("compressed", cm)]))
-        place = c.get("placement") or {}
+        o, c = _d(p.get("original")), _d(p.get("compressed"))
+        om = _number(_d(o.get("latency_ms")).get("median")) if o.get("loaded") else None
+        cm = _number(_d(c.get("latency_ms")).get("median")) if c.get("loaded") else None
+        groups.append((ep, [("original", om), ("compressed", cm)]))
+        place = _d(c.get("placement"))
         where = (f"{place.get('nodes_on_ep', 0)} on EP, {place.get('fallback_nodes', 0)} fell back"
-                 if p["ep"] != "cpu" else "CPU")
-        ratio = p.get("latency_ratio")
-        rows.append([p["ep"], "ran" if c.get("loaded") else f"did not load: {c.get('error', '')}", where,
+                 if ep != "cpu" else "CPU")
+        ratio = _number(p.get("latency_ratio"))
+        rows.append([ep, "ran" if c.get("loaded") else f"did not load: {c.get('error', '')}", where,
                      om if om is not None else "", cm if cm is not None else "", ratio if ratio is not None else ""])
-    size = validation["size"]
-    charts = svg.grouped_bars([("file size", [("original", _mb(size["original"])), ("compressed", _mb(size["compressed"]))])],
+    size = _d(validation.get("size"))
+    charts = svg.grouped_bars([("file size", [("original", _mb(size.get("original"))),
+                                              ("compressed", _mb(size.get("compressed")))])],
                               "MB", "Size before and after", width=260)
     if groups:
         charts += svg.grouped_bars(groups, "median ms per sample", "Latency before and after, per execution provider",
@@ -94,17 +120,27 @@ def _providers(validation: dict[str, Any]) -> str:
 
 
 def _agreement(validation: dict[str, Any]) -> str:
+    """Per provider and output: its kind, its figures, and each budget applied (default or given)."""
     rows = []
-    for p in validation["providers"]:
-        for name, a in (p.get("agreement") or {}).items():
-            if "exact_match" in a:
-                rows.append([p["ep"], name, "", "", "", "", f"exact match {a['exact_match']:.4f}"])
-                continue
-            rows.append([p["ep"], name, a.get("top1", ""), a["cosine"], a["cosine_min"], a["sqnr_db"], a["max_abs_error"]])
-    budget = ", ".join(f"{k} {v}" for k, v in validation["budget"].items()) or "none set"
-    failures = "".join(f"<li>{escape(f)}</li>" for f in validation["failures"])
-    text = _table(["provider", "output", "top-1", "cosine", "cosine min", "SQNR dB", "max abs error"], rows)
-    text += f'<p class="muted">{validation["samples"]} held-out samples; budget: {escape(budget)}</p>'
+    for p in map(_d, _l(validation.get("providers"))):
+        for name, a in _d(p.get("agreement")).items():
+            a = _d(a)
+            rows.append([p.get("ep", ""), name, a.get("kind", ""), figures_text(a),
+                         "; ".join(checks_text(a.get("checks"))) or "none"])
+        metric = _d(p.get("metric"))
+        if metric:
+            figures = ", ".join(f"{k} {metric[k]}" for k in ("fp32", "compressed", "drop") if k in metric)
+            rows.append([p.get("ep", ""), f"metric {metric.get('name', '')}", "your metric", figures or "not measured",
+                         "; ".join(checks_text(metric.get("checks"))) or "none"])
+    given = ", ".join(f"{k} {v}" for k, v in _d(validation.get("budget")).items())
+    defaults = validation.get("default_budgets", True)
+    budget = ("defaults per output kind" if defaults else "no defaults") + (f"; given: {given}" if given else "")
+    text = _table(["provider", "output", "kind", "agreement with the original", "budgets"], rows)
+    text += f'<p class="muted">{_e(validation.get("samples", "?"))} held-out samples; budgets: {_e(budget)}</p>'
+    notes = [n for p in map(_d, _l(validation.get("providers"))) for n in _l(p.get("notes"))]
+    if notes:
+        text += "<p><b>Not checked</b></p><ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>"
+    failures = "".join(f"<li>{_e(f)}</li>" for f in _l(validation.get("failures")))
     if failures:
         text += f"<p><b>Failed budget checks</b></p><ul>{failures}</ul>"
     return text
@@ -147,7 +183,7 @@ def _float_nodes(quantization: dict[str, Any] | None) -> str:
     if not quantization:
         return ""
     rows = [[n["name"], n["op_type"], n["reason"]] for n in quantization.get("float_nodes", [])]
-    notes = "".join(f"<li>{escape(n)}</li>" for n in quantization.get("notes", []))
+    notes = "".join(f"<li>{_e(n)}</li>" for n in quantization.get("notes", []))
     text = _table(["node", "op", "why it stayed float"], rows) if rows else "<p>Every supported node is quantized.</p>"
     return text + (f"<ul>{notes}</ul>" if notes else "")
 
@@ -155,13 +191,13 @@ def _float_nodes(quantization: dict[str, Any] | None) -> str:
 def render_html(report: dict[str, Any]) -> str:
     """The page for ``report`` (as written to report.json)."""
     name = report["compressed"]["path"] or "model"
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>onnxquant report: {escape(name)}</title>",
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>onnxquant report: {_e(name)}</title>",
              f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>",
-             f"<h1>{escape(name)}</h1>",
-             (f'<p>{_verdict(report)} <span class="muted">onnxquant {escape(report["tool"]["onnxquant"])}, '
-              f'onnxruntime {escape(report["tool"]["onnxruntime"])}</span></p>'),
+             f"<h1>{_e(name)}</h1>",
+             (f'<p>{_verdict(report)} <span class="muted">onnxquant {_e(report["tool"]["onnxquant"])}, '
+              f'onnxruntime {_e(report["tool"]["onnxruntime"])}</span></p>'),
              "<h2>Summary</h2>", _summary(report)]
-    validation = report.get("validation")
+    validation = _d(report.get("validation"))
     if validation:
         parts += ["<h2>Size and latency, per execution provider</h2>", _providers(validation),
                   "<h2>Agreement with the original</h2>", _agreement(validation)]
@@ -172,6 +208,6 @@ def render_html(report: dict[str, Any]) -> str:
     quantization = report.get("quantization")
     if quantization:
         parts += ["<h2>Left in float, and notes</h2>", _float_nodes(quantization),
-                  "<h2>Recipe</h2>", f"<pre>{escape(json.dumps(quantization.get('recipe', {}), indent=2, sort_keys=True))}</pre>"]
+                  "<h2>Recipe</h2>", f"<pre>{_e(json.dumps(quantization.get('recipe', {}), indent=2, sort_keys=True))}</pre>"]
     parts.append("</body></html>\n")
     return "".join(parts)

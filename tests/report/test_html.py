@@ -25,3 +25,59 @@ def test_page_without_data_says_what_is_missing(quantized_path: Path):
     assert "not validated" in page and "needs calibration data" in page
     assert len(re.findall(r'<svg class="plot"', page)) == 1 + 4  # sparsity chart + one histogram per weight
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # no network resources
+
+
+HOSTILE = ['</script><script>alert(1)</script>', '<img src=x onerror=alert(2)>', '"><svg onload=alert(3)>', "'quoted'"]
+
+
+def _hostile_validation(text: str) -> dict:
+    """A validation report as a hand-written JSON file can hold it: the text in every field."""
+    check = {"budget": text, "metric": text, "value": text, "limit": text, "source": text, "passed": text}
+    output = {"kind": text, "kind_source": text, "samples": text, "cosine": text, "top1": text, "checks": [check, text],
+              "notes": [text], "per_key": {text: {text: text}}}
+    provider = {"ep": text, "available": True, "samples": text, "reason": text, "latency_ratio": text,
+                "original": {"loaded": True, "latency_ms": {"median": text}, "error": text},
+                "compressed": {"loaded": False, "error": text, "placement": {"nodes_on_ep": text}},
+                "agreement": {text: output, "x": text}, "metric": {"name": text, "fp32": text, "checks": [check]},
+                "failures": [text], "notes": [text]}
+    return {"original": text, "compressed": text, "size": {"original": text, "compressed": text, "ratio": text},
+            "samples": 3, "budget": {text: text}, "default_budgets": text, "settings": {text: text},
+            "providers": [provider, {"ep": text, "available": False, "reason": text}, text],
+            "failures": [text], "unavailable": [text], "passed": True}
+
+
+def test_every_field_of_a_validation_json_is_escaped(quantized_path: Path):
+    import onnx
+
+    model = onnx.load(str(quantized_path))
+    for text in HOSTILE:
+        page = render_html(build_report(inspect_model(quantized_path), model, "cnn.int8.onnx",
+                                        validation=_hostile_validation(text)))
+        assert text not in page
+        assert "<script>alert" not in page and "<img" not in page and "<svg onload" not in page
+        assert page.count("<script>") == 1  # only the page's own plot counter
+        from html import escape
+
+        assert escape(text, quote=True) in page
+
+
+def test_package_escapes_a_hostile_validation_file(quantized_path: Path, tmp_path: Path):
+    import json
+    import zipfile
+
+    from click.testing import CliRunner
+
+    from onnxquant.cli import main
+
+    report = tmp_path / "validation.json"
+    report.write_text(json.dumps(_hostile_validation(HOSTILE[0])))
+    result = CliRunner().invoke(main, ["package", str(quantized_path), "-o", str(tmp_path / "b.zip"),
+                                       "--validation", str(report)])
+    assert result.exit_code == 0, result.output
+    page = zipfile.ZipFile(tmp_path / "b.zip").read("report.html").decode()
+    assert "<script>alert" not in page and page.count("<script>") == 1
+    zero = dict(_hostile_validation("x"), samples=0)
+    report.write_text(json.dumps(zero))
+    refused = CliRunner().invoke(main, ["package", str(quantized_path), "-o", str(tmp_path / "c.zip"),
+                                        "--validation", str(report)])
+    assert refused.exit_code == 2 and "at least one" in refused.output and not (tmp_path / "c.zip").exists()

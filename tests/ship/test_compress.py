@@ -28,6 +28,13 @@ def test_one_command_from_model_to_validated_bundle(cnn_path: Path, npz_dir: Pat
         assert bundle.read("recipe.toml").decode() == job.read_text()
     assert {"model.onnx", "model.ort", "required_operators.config", "report.html", "manifest.json"} <= names
     assert report["validation"]["passed"] and report["validation"]["budget"] == {"min_cosine": 0.9}
+    with zipfile.ZipFile(result.output) as bundle:
+        validated = json.loads(bundle.read("manifest.json"))["validated"]
+    logits = validated["outputs"]["cpu"]["logits"]
+    assert validated["samples"] == report["validation"]["samples"] > 0 and validated["default_budgets"] is True
+    assert logits["kind"] == "classification" and "top1" in logits
+    assert {(c["budget"], c["source"]) for c in logits["checks"]} == {
+        ("min_top1", "default"), ("max_kl", "default"), ("min_cosine", "given")}
     assert report["quantization"]["pruning"]["sparsity"] > 0.1
     assert report["layer_errors"] and report["activation_histograms"] and report["weight_histograms"]
     # every activation histogram's range is the one its QuantizeLinear uses, and it holds the data
@@ -79,7 +86,12 @@ def test_stops_at_the_first_unavailable_provider(cnn_path: Path, npz_dir: Path, 
 
 @pytest.mark.parametrize("body, message", [
     ("[validate]\nproviders = []\n", "at least one"),
-    ("[validate]\nmin_top1 = 2\n", "between -1 and 1"),
+    ("[validate]\nmin_top1 = 2\n", "between 0 and 1"),
+    ("[validate]\nmin_cosine = nan\n", "finite"),
+    ("[validate]\nmin_sqnr_db = inf\n", "finite"),
+    ("[validate]\nmax_samples = 0\n", "at least 1"),
+    ("[validate]\noutput_kinds = { logits = \"colour\" }\n", "unknown"),
+    ("[validate]\nmetric = \"no_such_module_here:score\"\n", "cannot import"),
     ("[validate]\nbogus = 1\n", "unknown key"),
     ("[package]\nort_optimization = \"fast\"\n", "unknown"),
     ("[calibration]\nmethod = \"guess\"\n", "unknown"),

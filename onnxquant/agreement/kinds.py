@@ -1,0 +1,113 @@
+"""What an output is, from its type, shape and first fp32 values (and overridable by the user).
+
+The kind decides which agreement figures mean something for it and which default budgets
+apply. The rules, in order:
+
+- not a float tensor (integers, strings, a list of maps) -> ``labels``
+- rank 3 whose rows along the last axis are probability (or log-probability) distributions
+  over at least 3 symbols -> ``sequence`` (a CTC recogniser's per-step scores)
+- rank 3 shaped like a YOLO head (one axis of 5..1000 columns, the other at least 3 times longer
+  and at least 100), with class-score columns in [0, 1] and non-negative box sizes -> ``detection``
+- rank 2 (batch, n >= 2): rows of probabilities -> ``classification``; rows of unit L2 norm, or
+  a name that says embedding/feature/pool -> ``embedding``; otherwise -> ``classification`` (logits)
+- anything else (dense maps, single values, hidden states) -> ``regression``
+
+Boxes/scores pairs (``boxes (batch, n, 4)`` next to ``scores (batch, n, classes)`` or
+``(batch, classes, n)`` with values in [0, 1]) are found across outputs by ``detection_pairs``:
+both become ``detection``, decoded together and reported under the boxes output.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from onnxquant.agreement.classification import is_probability_rows
+from onnxquant.agreement.labels import is_map_rows
+
+KINDS = ("classification", "embedding", "detection", "sequence", "regression", "labels")
+_EMBEDDING_NAME = re.compile(r"embed|feature|pool|sentence|hidden|vector|encod", re.IGNORECASE)
+
+
+def _is_log_probability_rows(x: np.ndarray) -> bool:
+    if x.size == 0 or x.max() > 1e-4:
+        return False
+    return bool(np.allclose(np.exp(x.astype(np.float64)).sum(axis=-1), 1.0, atol=1e-3))
+
+
+def _looks_like_yolo(x: np.ndarray) -> bool:
+    short, long = sorted(x.shape[1:])
+    if not (5 <= short <= 1000 and long >= 100 and long >= 3 * short):
+        return False
+    rows = np.swapaxes(x, 1, 2) if x.shape[1] < x.shape[2] else x
+    scores, sizes = rows[..., 4:], rows[..., 2:4]
+    return bool(scores.min() >= 0 and scores.max() <= 1 and sizes.min() >= 0 and rows[..., :4].max() > 1)
+
+
+def detect_kind(name: str, value: Any) -> str:
+    """The kind of output ``name`` judged from one fp32 value of it (see the module docstring)."""
+    if is_map_rows(value) or not isinstance(value, np.ndarray):
+        return "labels"
+    if value.dtype.kind != "f":
+        return "labels"
+    if value.ndim == 3 and value.shape[-1] >= 3 and value.size:
+        if is_probability_rows(value) or _is_log_probability_rows(value):
+            return "sequence"
+        if _looks_like_yolo(value):
+            return "detection"
+    if value.ndim == 2 and value.shape[1] >= 2 and value.size:
+        if is_probability_rows(value):  # a confident softmax row also has an L2 norm near 1
+            return "classification"
+        norms = np.linalg.norm(value.astype(np.float64), axis=1)
+        if _EMBEDDING_NAME.search(name) or np.allclose(norms, 1.0, atol=1e-3):
+            return "embedding"
+        return "classification"
+    return "regression"
+
+
+def parse_kind_overrides(items: dict[str, str] | list[str] | tuple[str, ...] | None) -> dict[str, str]:
+    """``NAME=KIND`` strings (or a name -> kind table) as a checked dict; ValueError names the problem."""
+    if not items:
+        return {}
+    pairs: list[tuple[str, Any]]
+    if isinstance(items, dict):
+        pairs = list(items.items())
+    else:
+        pairs = []
+        for item in items:
+            name, sep, kind = str(item).rpartition("=")
+            if not sep or not name:
+                raise ValueError(f"output kind {item!r} is not NAME=KIND")
+            pairs.append((name, kind))
+    out = {}
+    for name, kind in pairs:
+        if kind not in KINDS:
+            raise ValueError(f"output kind {kind!r} for {name!r} unknown; choose from {', '.join(KINDS)}")
+        out[str(name)] = kind
+    return out
+
+
+def detection_pairs(values: dict[str, Any], kinds: dict[str, str] | None = None) -> dict[str, str]:
+    """Boxes output name -> scores output name, for outputs that form a boxes/scores pair.
+
+    Boxes: float (batch, n, 4) with n >= 2. Scores: another float rank-3 output with the same
+    batch, n on axis 1 or 2, values in [0, 1]. An output the user gave another kind than
+    detection is left out.
+    """
+    kinds = kinds or {}
+    free = {k: v for k, v in values.items() if kinds.get(k, "detection") == "detection"
+            and isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.ndim == 3 and v.size}
+    pairs: dict[str, str] = {}
+    taken: set[str] = set()
+    for name, boxes in free.items():
+        if boxes.shape[-1] != 4 or boxes.shape[1] < 2:
+            continue
+        for other, scores in free.items():
+            if other == name or other in taken or other in pairs or scores.shape[0] != boxes.shape[0]:
+                continue
+            if boxes.shape[1] in scores.shape[1:] and scores.min() >= 0 and scores.max() <= 1:
+                pairs[name] = other
+                taken.add(other)
+                break
+    return pairs

@@ -1,0 +1,202 @@
+"""One output's agreement with fp32, by its kind, sample by sample; and its budget checks.
+
+This is what "agrees with fp32" means everywhere: ``validate``, ``quantize --max-drop``,
+sensitivity and pruning's search all read these figures.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from onnxquant.agreement.budgets import OUTPUT_BUDGETS, Budget, check
+from onnxquant.agreement.classification import ClassificationAgreement
+from onnxquant.agreement.detection import DetectionAgreement, DetectionSettings, decode_pair, decode_yolo
+from onnxquant.agreement.kinds import detect_kind
+from onnxquant.agreement.labels import LabelAgreement
+from onnxquant.agreement.sequence import SequenceAgreement
+from onnxquant.agreement.tensor import TensorAgreement
+
+# What a search's "drop" is 1 minus: cosine of float outputs; top1 of classifier scores; kind:
+# each output's own figure (PRIMARY below).
+DROP_BY = ("cosine", "top1", "kind")
+
+# The one figure per kind that says "how much of the fp32 answer survived" (1 is all of it).
+PRIMARY = {"classification": "top1", "embedding": "cosine", "regression": "cosine", "detection": "f1",
+           "sequence": "string_agreement", "labels": "label_agreement"}
+
+
+def _finite(value: float) -> float | str:
+    """JSON has no infinity or NaN: say it in words."""
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return round(value, 6)
+
+
+class OutputAgreement:
+    """Running agreement of one output; its kind is detected from the first fp32 value unless given."""
+
+    def __init__(self, name: str, kind: str | None = None, *, detection: DetectionSettings | None = None,
+                 ctc_blank: int = 0, boxes_of: str | None = None, scores_in: str | None = None) -> None:
+        """``scores_in``: this output holds the boxes of a pair whose scores are that output;
+        ``boxes_of``: this output holds the scores of the pair whose boxes are that output."""
+        self.name = name
+        self.scores_in, self.boxes_of = scores_in, boxes_of
+        if scores_in or boxes_of:
+            kind = kind or "detection"
+        self.kind = kind
+        self.kind_source = "given" if kind else "detected"
+        self.detection_settings = detection or DetectionSettings()
+        self.ctc_blank = ctc_blank
+        self.samples = 0
+        self.mismatched = 0  # samples whose int8 output has another shape or type than fp32's
+        self.notes: list[str] = []
+        self.tensor: TensorAgreement | None = None
+        self.classes: ClassificationAgreement | None = None
+        self.detections: DetectionAgreement | None = None
+        self.strings: SequenceAgreement | None = None
+        self.labels: LabelAgreement | None = None
+
+    def _start(self, reference: Any) -> None:
+        if self.kind is None:
+            self.kind = detect_kind(self.name, reference)
+        if self.kind == "labels":
+            self.labels = LabelAgreement()
+            return
+        self.tensor = TensorAgreement(per_channel=self.kind in ("regression", "detection"))
+        if self.kind == "classification":
+            self.classes = ClassificationAgreement()
+        elif self.kind == "detection" and not self.boxes_of:  # a pair's scores are decoded with its boxes
+            self.detections = DetectionAgreement(self.detection_settings)
+        elif self.kind == "sequence":
+            self.strings = SequenceAgreement(self.ctc_blank)
+
+    def add(self, reference: Any, compressed: Any, scores: tuple[Any, Any] | None = None) -> None:
+        """One sample; ``scores``: the pair's (fp32, int8) scores when this output holds its boxes."""
+        if self.tensor is None and self.labels is None:
+            self._start(reference)
+        self.samples += 1
+        if self.labels is not None:
+            self.labels.add(reference, compressed)
+            return
+        if not isinstance(reference, np.ndarray) or reference.dtype.kind not in "fiu":
+            self.notes.append(f"sample {self.samples - 1}: not a numeric tensor; kind {self.kind} cannot measure it")
+            self.mismatched += 1
+            return
+        if not isinstance(compressed, np.ndarray) or compressed.shape != reference.shape:
+            self.mismatched += 1
+            self.tensor.cosines.append(0.0)
+            self.tensor.max_abs_error = math.inf
+            return
+        self.tensor.add(reference, compressed)
+        try:
+            if self.classes is not None:
+                self.classes.add(reference, compressed)
+            elif self.detections is not None and self.scores_in:
+                if scores is not None and isinstance(scores[1], np.ndarray) and scores[1].shape == scores[0].shape:
+                    self.detections.add_images(decode_pair(reference, scores[0], self.detection_settings),
+                                               decode_pair(compressed, scores[1], self.detection_settings))
+            elif self.detections is not None:
+                self.detections.add_images(decode_yolo(reference, self.detection_settings),
+                                           decode_yolo(compressed, self.detection_settings))
+            elif self.strings is not None:
+                self.strings.add(reference, compressed)
+        except (ValueError, IndexError) as exc:  # a kind the user forced on an output that does not fit it
+            note = f"cannot measure as {self.kind} an output of shape {list(reference.shape)}: {exc}"
+            if note not in self.notes:
+                self.notes.append(note)
+
+    # figures ------------------------------------------------------------------------------
+    def metrics(self) -> dict[str, Any]:
+        """Every figure measured for this output (numbers; None where nothing could be compared)."""
+        out: dict[str, Any] = {}
+        if self.labels is not None:
+            out.update(self.labels.metrics())
+        if self.tensor is not None and self.tensor.cosines:
+            t = self.tensor
+            out.update({"cosine": float(np.mean(t.cosines)), "cosine_min": float(np.min(t.cosines)),
+                        "sqnr_db": t.sqnr_db, "max_abs_error": t.max_abs_error})
+            if t.nonfinite:
+                out["nonfinite_samples"] = t.nonfinite
+            channels = t.channels()
+            if channels:
+                out.update(channels)
+        for part in (self.classes, self.strings):
+            if part is not None:
+                out.update(part.metrics())
+        if self.detections is not None and self.detections.images:
+            out.update(self.detections.metrics())
+            out["detection_settings"] = self.detection_settings.to_dict()
+        return out
+
+    def score(self, by: str = "kind") -> float:
+        """One agreement figure in [.., 1] for searches: ``top1`` where the output is a classifier,
+        ``cosine`` of float outputs, else the kind's primary figure (unmeasured counts as 0)."""
+        m = self.metrics()
+        if self.mismatched:
+            return 0.0
+        if by == "cosine" and "cosine" in m:
+            name = "cosine"
+        elif by == "top1" and "top1" in m:
+            name = "top1"
+        else:
+            name = PRIMARY.get(self.kind or "", "cosine")
+            if name not in m or m[name] is None:
+                name = "cosine" if "cosine" in m else "label_agreement"
+        value = m.get(name)
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
+
+    def checks(self, budget: Budget) -> list[dict[str, Any]]:
+        """This output's budget checks; passed None: a default budget it could not be measured against."""
+        m = self.metrics()
+        found = []
+        for name, (limit, source) in budget.for_kind(self.kind or "").items():
+            metric = OUTPUT_BUDGETS[name][0]
+            if self.boxes_of and source == "default":
+                continue  # a pair's scores are judged by the detections reported under its boxes
+            if source == "default" and metric.startswith("channel_") and metric not in m:
+                continue  # no feature axis (a one-channel map): there is no channel to single out
+            if metric not in m and source == "given":
+                continue  # a given budget applies where its metric exists (see unmeasured_budgets)
+            result = check(name, metric, m.get(metric), limit, source)
+            if result["passed"] is None and source == "given":
+                result["passed"] = False  # the user asked for it: not measurable is not a pass
+            found.append(result)
+        if self.mismatched:
+            found.append({"budget": "same_shape", "metric": "mismatched_samples", "value": self.mismatched,
+                          "limit": 0, "source": "always", "passed": False})
+        return found
+
+    def to_dict(self, budget: Budget | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "kind_source": self.kind_source, "samples": self.samples}
+        if self.scores_in:
+            out["scores_output"] = self.scores_in
+        if self.boxes_of:
+            out["decoded_with"] = self.boxes_of
+        for key, value in self.metrics().items():
+            out[key] = _finite(value) if isinstance(value, float) else value
+        if self.mismatched:
+            out["mismatched_samples"] = self.mismatched
+        if self.notes:
+            out["notes"] = self.notes[:5]
+        if budget is not None:
+            out["checks"] = [{**c, "value": _finite(c["value"]) if isinstance(c["value"], float) else c["value"]}
+                             for c in self.checks(budget)]
+        return out
+
+
+def unmeasured_budgets(outputs: list[OutputAgreement], budget: Budget) -> list[str]:
+    """Given budgets that no output has the metric for (a top-1 budget on a model without a classifier)."""
+    missing = []
+    for name in OUTPUT_BUDGETS:
+        if getattr(budget, name) is None:
+            continue
+        metric = OUTPUT_BUDGETS[name][0]
+        if not any(o.metrics().get(metric) is not None for o in outputs):
+            kinds = ", ".join(f"{o.name}={o.kind}" for o in outputs) or "none"
+            missing.append(f"budget {name.replace('_', '-')} compared nothing: no output has {metric} "
+                           f"(outputs: {kinds})")
+    return missing

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxquant.agreement import OutputAgreement
+from onnxquant.agreement.detection import (
+    DetectionAgreement,
+    DetectionSettings,
+    Detections,
+    box_iou,
+    decode_pair,
+    decode_yolo,
+    match,
+    nms,
+)
+
+
+def _yolo(rows: list[list[float]], candidates_last: bool) -> np.ndarray:
+    x = np.asarray(rows, np.float32)[None]  # (1, candidates, columns)
+    return np.swapaxes(x, 1, 2).copy() if candidates_last else x
+
+
+def test_iou_of_hand_made_boxes():
+    a = np.array([[0, 0, 10, 10]], float)
+    b = np.array([[5, 0, 15, 10], [20, 20, 30, 30]], float)
+    assert box_iou(a, b) == pytest.approx(np.array([[50 / 150, 0.0]]))
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes_per_class():
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 10]], float)
+    keep = nms(boxes, np.array([0.9, 0.8, 0.7]), np.array([0, 0, 1]), iou=0.45, limit=10)
+    assert keep.tolist() == [0, 2]  # box 1 overlaps box 0 of its class; box 2 is another class
+
+
+def test_yolov8_layout_without_objectness_decodes_boxes_and_classes():
+    # cx, cy, w, h, score class 0, score class 1; candidates on the last axis
+    out = _yolo([[50, 50, 20, 20, 0.9, 0.1], [52, 50, 20, 20, 0.8, 0.1], [200, 200, 40, 40, 0.05, 0.7],
+                 [300, 300, 10, 10, 0.1, 0.1]] + [[0, 0, 1, 1, 0, 0]] * 100, candidates_last=True)
+    (found,) = decode_yolo(out, DetectionSettings())
+    assert found.classes.tolist() == [0, 1] and found.boxes[0].tolist() == [40, 40, 60, 60]
+
+
+def test_yolov5_layout_multiplies_class_scores_by_objectness():
+    out = _yolo([[50, 50, 20, 20, 0.2, 0.9], [200, 200, 20, 20, 0.9, 0.9]] + [[0, 0, 1, 1, 0, 0]] * 100,
+                candidates_last=False)
+    (found,) = decode_yolo(out, DetectionSettings())
+    assert len(found) == 1 and found.boxes[0].tolist() == [190, 190, 210, 210]
+    (without,) = decode_yolo(out, DetectionSettings(objectness=False))  # column 4 read as a class
+    assert len(without) == 2
+
+
+def test_boxes_and_scores_pair():
+    boxes = np.array([[[0, 0, 10, 10], [50, 50, 60, 60]]], np.float32)
+    scores = np.array([[[0.9, 0.0], [0.1, 0.2]]], np.float32)
+    (found,) = decode_pair(boxes, scores, DetectionSettings())
+    assert len(found) == 1 and found.classes.tolist() == [0]
+
+
+def test_matching_is_one_to_one_and_class_aware():
+    ref = Detections(np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float), np.array([0.9, 0.8]), np.array([0, 1]))
+    comp = Detections(np.array([[1, 0, 11, 10], [0, 0, 10, 10], [20, 20, 30, 30]], float),
+                      np.array([0.9, 0.8, 0.7]), np.array([0, 0, 0]))
+    assert match(ref, comp, 0.5) == 1  # two int8 boxes on one fp32 box count once; the third has the wrong class
+
+
+def test_collapsed_scores_give_zero_recall_while_cosine_stays_high():
+    rng = np.random.default_rng(0)
+    boxes = rng.random((1, 4, 2000)) * 320
+    scores = np.where(rng.random((1, 3, 2000)) > 0.995, 0.9, 0.01)
+    ref = np.concatenate([boxes, scores], axis=1).astype(np.float32)
+    broken = ref.copy()
+    broken[:, 4:] = 0.01
+    a = OutputAgreement("output0")
+    a.add(ref, broken)
+    m = a.metrics()
+    assert a.kind == "detection" and m["cosine"] > 0.99
+    assert m["detections_fp32"] > 0 and m["detections"] == 0 and m["recall"] == 0.0 and m["f1"] == 0.0
+
+
+def test_no_fp32_detections_leaves_f1_unmeasured():
+    d = DetectionAgreement(DetectionSettings())
+    empty = Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
+    d.add_images([empty], [empty])
+    assert d.metrics()["f1"] is None and d.metrics()["recall"] is None
+
+
+def test_boxes_and_scores_outputs_are_paired_and_decoded_together():
+    from onnxquant.agreement import detection_pairs
+
+    rng = np.random.default_rng(3)
+    xy = rng.random((1, 200, 2)) * 200
+    boxes = np.concatenate([xy, xy + 10 + rng.random((1, 200, 2)) * 30], axis=2).astype(np.float32)
+    scores = np.where(rng.random((1, 200, 2)) > 0.97, 0.9, 0.02).astype(np.float32)
+    assert detection_pairs({"boxes": boxes, "scores": scores, "other": np.ones((1, 3), np.float32)}) == {"boxes": "scores"}
+    assert detection_pairs({"boxes": boxes, "scores": scores}, {"scores": "regression"}) == {}
+    pair = OutputAgreement("boxes", scores_in="scores")
+    partner = OutputAgreement("scores", boxes_of="boxes")
+    collapsed = np.full_like(scores, 0.02)
+    pair.add(boxes, boxes, (scores, collapsed))
+    partner.add(scores, collapsed)
+    m = pair.metrics()
+    assert pair.kind == partner.kind == "detection" and m["detections_fp32"] > 0 and m["f1"] == 0.0
+    assert "f1" not in partner.metrics() and partner.to_dict()["decoded_with"] == "boxes"
