@@ -18,6 +18,15 @@ def classifier(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]
     return {"top1_agreement": float(top1), "kl": float(kl)}
 
 
+def probabilities(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
+    """For models whose output already is a probability vector (a Softmax inside the graph):
+    top-1 agreement and mean KL(fp32 || int8) of the probabilities themselves."""
+    top1 = np.mean([np.mean(r.argmax(-1) == g.argmax(-1)) for r, g in zip(ref, got)])
+    kl = np.mean([np.sum(r * (np.log(np.clip(r, 1e-12, None)) - np.log(np.clip(g, 1e-12, None))), -1).mean()
+                  for r, g in ((r.astype(np.float64), g.astype(np.float64)) for r, g in zip(ref, got))])
+    return {"top1_agreement": float(top1), "kl": float(kl)}
+
+
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))

@@ -1,11 +1,13 @@
 """Side-by-side benchmark: onnxquant vs onnxruntime.quantization on real pretrained models.
 
-``python -m benchmarks.run [--models efficientnet-lite0 minilm ppocr-det] [--out build/bench]``
+``python -m benchmarks.run [--models efficientnet-lite0 minilm ppocr-det sklearn-mlp ...] [--out build/bench]``
 
 For each model: build it from packaged weights (models/), write its calibration and held-out
 samples (calibration/), quantize with each tool in its own subprocess (time, peak memory), then
 in this one process measure agreement with fp32 on the held-out samples and int8/fp32 latency,
-interleaving the models so machine noise hits them alike.
+interleaving the models so machine noise hits them alike. For each output, onnxruntime's own
+optimized graph says how many quantized layers run as integer kernels (the rest are float
+islands that dequantize their weights on every call).
 """
 from __future__ import annotations
 
@@ -19,16 +21,26 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from benchmarks import metrics
 from calibration.build import write_samples
 from models.build import BUILDERS, build
+from onnxquant.fusion_check import check_fusion
 
 REPO = Path(__file__).resolve().parent.parent
-METRIC = {"efficientnet-lite0": metrics.classifier, "minilm": metrics.embedding, "ppocr-det": metrics.probability_map}
-HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "minilm": ("cosine", "cosine_min"),
-            "ppocr-det": ("mask_iou", "mean_abs_error")}
+METRIC = {"efficientnet-lite0": metrics.classifier, "efficientnet-lite0-fp16": metrics.classifier,
+          "minilm": metrics.embedding, "ppocr-det": metrics.probability_map,
+          "sklearn-mlp": metrics.probabilities, "sklearn-mlp-partly-int8": metrics.probabilities,
+          "ppocr-cls": metrics.probabilities, "ppocr-cls-fp16": metrics.probabilities, "magika": metrics.probabilities}
+HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "efficientnet-lite0-fp16": ("top1_agreement", "kl"),
+            "minilm": ("cosine", "cosine_min"),
+            "ppocr-det": ("mask_iou", "mean_abs_error"),
+            **{name: ("top1_agreement", "kl") for name in
+               ("sklearn-mlp", "sklearn-mlp-partly-int8", "ppocr-cls", "ppocr-cls-fp16", "magika")}}
+# The output compared with fp32 (default: the first); skl2onnx's first output is the int64 label.
+OUTPUT = {"sklearn-mlp": "probabilities", "sklearn-mlp-partly-int8": "probabilities"}
 TOOLS = ("onnxquant", "ort", "ort+pre", "nncf")
 
 
@@ -94,15 +106,17 @@ def bench_model(name: str, work: Path, threads: int, rounds: int) -> dict:
                 _session(out, threads)
                 outputs[tool] = out
                 info["size"] = out.stat().st_size
+                info["fusion"] = check_fusion(onnx.load(str(out))).to_dict()
             except Exception as exc:
                 info["ok"] = False
                 info["error"] = f"output does not load in onnxruntime: {str(exc).splitlines()[0][:200]}"
         row["tools"][tool] = info
     data = _load(held)
     sessions = {"fp32": _session(fp32, threads), **{t: _session(p, threads) for t, p in outputs.items()}}
-    ref = [sessions["fp32"].run(None, x)[0] for x in data]
+    wanted = [OUTPUT[name]] if name in OUTPUT else None
+    ref = [sessions["fp32"].run(wanted, x)[0].astype(np.float32) for x in data]
     for tool in outputs:
-        got = [sessions[tool].run(None, x)[0] for x in data]
+        got = [sessions[tool].run(wanted, x)[0].astype(np.float32) for x in data]
         row["tools"][tool]["agreement"] = METRIC[name](ref, got)
     lat = _latency(sessions, data[0], rounds, 5)
     row["fp32_latency_ms"] = lat["fp32"]
@@ -114,19 +128,23 @@ def bench_model(name: str, work: Path, threads: int, rounds: int) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | tool | agreement with fp32 (held-out) | size MB (fp32 → int8) | quantize s | peak MB | latency int8/fp32 |",
-        "|---|---|---|---|---|---|---|",
+        "| model | tool | agreement with fp32 (held-out) | size MB (fp32 → int8) | size ratio | quantize s | peak MB "
+        "| latency int8/fp32 | integer kernels |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         keys = HEADLINE[row["model"]]
         for tool, info in row["tools"].items():
             if not info.get("ok") or "agreement" not in info:
-                lines.append(f"| {row['model']} | {tool} | failed: {info.get('error', '?')} | | | | |")
+                lines.append(f"| {row['model']} | {tool} | failed: {info.get('error', '?')} | | | | | | |")
                 continue
             agree = ", ".join(f"{k} {info['agreement'][k]:.4f}" for k in keys)
+            fusion = info.get("fusion") or {}
+            kernels = f"{fusion['integer_layers']} of {fusion['quantized_layers']}" if fusion else ""
             lines.append(
-                f"| {row['model']} | {tool} | {agree} | {row['fp32_size'] / 1e6:.1f} → {info['size'] / 1e6:.1f} "
-                f"| {info['seconds']:.1f} | {info['peak_rss_mb']:.0f} | {info['latency_ratio']:.2f} |"
+                f"| {row['model']} | {tool} | {agree} | {row['fp32_size'] / 1e6:.2f} → {info['size'] / 1e6:.2f} "
+                f"| {info['size'] / row['fp32_size']:.3f} | {info['seconds']:.1f} | {info['peak_rss_mb']:.0f} "
+                f"| {info['latency_ratio']:.2f} | {kernels} |"
             )
     return "\n".join(lines)
 
@@ -142,6 +160,11 @@ def main() -> None:
     for name in args.models:
         rows.append(bench_model(name, args.out, args.threads, args.rounds))
         print(f"done {name}", file=sys.stderr)
+        for tool, info in rows[-1]["tools"].items():
+            if info.get("fusion"):
+                fusion = info["fusion"]
+                print(f"{name} {tool}: {fusion['integer_layers']} of {fusion['quantized_layers']} quantized layers "
+                      "run as integer kernels", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
     table = markdown(rows)

@@ -100,8 +100,24 @@ def ppocr_samples(part: str, count: int = 24, size: tuple[int, int] = (480, 640)
     return [{"x": _normalise(img, m.MEAN, m.STD)} for img in text_images(part, count, size)]
 
 
+def _foreign(name: str):
+    def samples(part: str) -> list[dict[str, np.ndarray]]:
+        from calibration import foreign
+
+        return getattr(foreign, name)(part)
+    return samples
+
+
 SETS = {
     "efficientnet-lite0": efficientnet_samples,
     "minilm": minilm_samples,
     "ppocr-det": ppocr_samples,
+    # models from other frameworks (calibration/foreign.py); the partly-int8 and fp16 variants
+    # read the same data as their originals (the fp16 one in fp16)
+    "sklearn-mlp": _foreign("sklearn_mlp_samples"),
+    "sklearn-mlp-partly-int8": _foreign("sklearn_mlp_samples"),
+    "ppocr-cls": _foreign("ppocr_cls_samples"),
+    "ppocr-cls-fp16": _foreign("ppocr_cls_fp16_samples"),
+    "magika": _foreign("magika_samples"),
+    "efficientnet-lite0-fp16": _foreign("efficientnet_lite0_fp16_samples"),
 }

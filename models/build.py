@@ -4,12 +4,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from models import efficientnet_lite0, minilm, ppocr_det
+from models import efficientnet_lite0, float16_variants, magika_types, minilm, ppocr_cls, ppocr_det, sklearn_mlp
 
 BUILDERS = {
     "efficientnet-lite0": (efficientnet_lite0.build, "efficientnet_lite0.onnx"),
     "minilm": (minilm.build, "all_minilm_l6_v2.onnx"),
     "ppocr-det": (ppocr_det.build, "ppocrv4_det.onnx"),
+    # from other frameworks and converters: scikit-learn/skl2onnx, Paddle, JAX/tf2onnx; an fp16
+    # model and an already partly quantized one
+    "sklearn-mlp": (sklearn_mlp.build, "sklearn_mlp_digits.onnx"),
+    "sklearn-mlp-partly-int8": (sklearn_mlp.build_partly_int8, "sklearn_mlp_digits.partly_int8.onnx"),
+    "ppocr-cls": (ppocr_cls.build, "ppocr_mobile_v2_cls.onnx"),
+    "ppocr-cls-fp16": (float16_variants.ppocr_cls, "ppocr_mobile_v2_cls.fp16.onnx"),
+    "efficientnet-lite0-fp16": (float16_variants.efficientnet_lite0, "efficientnet_lite0.fp16.onnx"),
+    "magika": (magika_types.build, "magika_standard_v3_3.onnx"),
 }
 
 

@@ -20,11 +20,14 @@ from onnxquant.calibration.observers import StatsTable, needs_histogram
 from onnxquant.calibration.sources import open_for_model
 from onnxquant.calibration.stats_io import load_stats, save_stats
 from onnxquant.errors import (
+    AlreadyQuantizedError,
     CalibrationDataError,
     ModelError,
     QuantizationError,
     UsageError,
 )
+from onnxquant.float_weights import FLOAT_LAYERS_KEY, WARN_FLOAT_SHARE, float_weighted_nodes, weight_bytes
+from onnxquant.fusion_check import FusionCheck, check_fusion
 from onnxquant.layer_errors import TensorError, dequantized_names, tensor_errors
 from onnxquant.mixed_precision import (
     Holdout,
@@ -51,11 +54,13 @@ from onnxquant.npu_planner import select_every_op
 from onnxquant.outputs import all_or_nothing, data_files, model_files, model_outputs, refuse_aliasing
 from onnxquant.ops import WEIGHTED_OPS
 from onnxquant.ops.rules import RULES, Kind
+from onnxquant.passes.float16 import store_float16
 from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.int4_matmul import eligible as int4_eligible
 from onnxquant.passes.int4_matmul import int4_sqnr_db, to_matmul_nbits
 from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset, prepare_model
-from onnxquant.planner import NOT_FLOAT, Selection, finalize, node_names, select
+from onnxquant.planner import ALREADY_QUANTIZED, NOT_FLOAT, Selection, finalize, node_names, select
+from onnxquant.prequantized import compressed_layers, describe
 from onnxquant.prune.pipeline import (
     PruneReport,
     prune_model,
@@ -78,6 +83,8 @@ class FloatNode:
     name: str
     op_type: str
     reason: str
+    weight_bytes: int = 0  # float weight bytes it reads (0: no weight of its own)
+    share: float = 0.0  # of the model's weight bytes
 
 
 @dataclass
@@ -101,6 +108,12 @@ class QuantizeResult:
     # histograms) and the float model they were taken on (prepared; same tensor names).
     stats: StatsTable | None = None
     reference: onnx.ModelProto | None = None
+    fusion: FusionCheck | None = None  # which quantized layers onnxruntime runs as integer kernels
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def float_weight_share(self) -> float:
+        return sum(n.share for n in self.float_nodes)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,7 +124,10 @@ class QuantizeResult:
             "compression": round(self.size_before / max(self.size_after, 1), 3),
             "quantized_nodes": dict(sorted(self.quantized_nodes.items())),
             "quantized_node_count": sum(self.quantized_nodes.values()),
-            "float_nodes": [vars(n) for n in self.float_nodes],
+            "float_nodes": [{**vars(n), "share": round(n.share, 4)} for n in self.float_nodes],
+            "float_weight_share": round(self.float_weight_share, 4),
+            "fusion": self.fusion.to_dict() if self.fusion is not None else None,
+            "warnings": self.warnings,
             "calibration_samples": self.samples,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "notes": self.notes,
@@ -383,6 +399,8 @@ def _quantize(model: onnx.ModelProto | str | os.PathLike, data: Any, recipe: Rec
     _refuse_aliasing(model, data, holdout, stats if not isinstance(stats, StatsTable) else None, output, save_stats_to)
     prepared, prep, sel, size_before = _prepare_and_select(model, recipe, data, saved_stats=stats is not None,
                                                            holdout=holdout, metric=metric, agreement=agreement)
+    _check_not_already_quantized(prepared, sel, prep.notes)
+    total_weight_bytes = weight_bytes(prepared, prep.float16_weights)  # before the rewrite replaces float weights
     t_cal = time.perf_counter()
     first = None
     if stats is not None:
@@ -413,10 +431,25 @@ def _quantize(model: onnx.ModelProto | str | os.PathLike, data: Any, recipe: Rec
     kept_int8 = (f"int4 weights: {int4_rejected} MatMul weights kept int8 (int4 would keep them below "
                  f"{recipe.quantization.int4_min_sqnr_db} dB SQNR)")
     int4_notes = [kept_int8] if int4_rejected else []
+    islands: list[str] = []
+    warnings_early: list[str] = []
     if max_drop is None:
+        # prepared is ours; kept intact (one copy more) when a float island may need a second build
+        replannable = prepared.ByteSize() < REPLAN_MAX_BYTES
         quantized, sel, build_notes = _build(prepared, recipe, table, not_float, data,
-                                             inplace=not diagnostics,  # prepared is ours
-                                             int4=frozenset(int4))
+                                             inplace=not (diagnostics or replannable), int4=frozenset(int4))
+        fusion = _fusion(quantized, sel, build_notes) if recipe.target == "cpu" else None
+        if fusion is not None and fusion.float_islands and not replannable:
+            warnings_early.append(f"{len(fusion.float_islands)} quantized layer(s) run as float islands in "
+                                  "onnxruntime (dequantized weights on every call); not re-planned: the model "
+                                  f"is over {REPLAN_MAX_BYTES // 2**20} MB")
+        if fusion is not None and fusion.float_islands and replannable:
+            islands = fusion.float_islands
+            quantized, sel, build_notes = _build(prepared, _excluding(recipe, islands), table, not_float, data,
+                                                 inplace=not diagnostics, int4=frozenset(int4))
+            build_notes.append(f"{len(islands)} layer(s) kept float: onnxruntime would not fuse them into "
+                               "integer kernels (float islands, slower than fp32)")
+            fusion = _fusion(quantized, sel, build_notes)
     else:
         mixed = _mixed_precision(prepared, recipe, table, not_float, data, holdout, max_drop, metric, progress, int4,
                                  agreement)
@@ -426,16 +459,24 @@ def _quantize(model: onnx.ModelProto | str | os.PathLike, data: Any, recipe: Rec
         quantized, build_notes = mixed.model, [kept]
         recipe = _excluding(recipe, [*mixed.float_layers, *mixed.int4_layers])  # int8 selection of this model
         sel = _select(prepared, recipe, not_float)
+        fusion = _fusion(quantized, sel, build_notes) if recipe.target == "cpu" else None
     build_notes += int4_notes
+    if prep.float16_weights:
+        kept16 = store_float16(quantized, prep.float16_weights)
+        if kept16:
+            build_notes.append(f"{kept16} float weight(s) stored in fp16 as in the original")
+    for name in islands:
+        sel.float_nodes[name] = (sel.float_nodes[name][0], FLOAT_ISLAND)
+    # Shape arithmetic (int64 Concat, Gather of shapes...) is not float compute: not reported.
+    floats, warnings = _float_report(quantized, sel, total_weight_bytes)
+    warnings = [*warnings_early, *warnings]
     _stamp(quantized, recipe)
+    _stamp_float_layers(quantized, floats)
     notes = [*prep.notes, *build_notes]
     saved = _check_and_save(quantized, output, first, notes)
     if save_stats_to is not None and stats is None:  # last: a failure before leaves no statistics file
         save_stats(table, save_stats_to)
 
-    # Shape arithmetic (int64 Concat, Gather of shapes...) is not float compute: not reported.
-    floats = [FloatNode(n, op, r) for n, (op, r) in sel.float_nodes.items()
-              if (op in _INTERESTING and r != NOT_FLOAT) or "excluded" in r or "include" in r]
     if prep.folded_constants:
         notes.append(f"{prep.folded_constants} Constant nodes folded into initializers")
     if prep.folded_affines:
@@ -464,7 +505,76 @@ def _quantize(model: onnx.ModelProto | str | os.PathLike, data: Any, recipe: Rec
         pruning=prep.pruning,
         stats=table if diagnostics else None,
         reference=prepared if diagnostics else None,
+        fusion=fusion,
+        warnings=warnings,
     )
+
+
+# A float island is re-planned as float; a second build needs the prepared model intact, which
+# costs a copy of it: above this size, islands are reported, not re-planned.
+REPLAN_MAX_BYTES = 512 * 2**20
+FLOAT_ISLAND = "onnxruntime would not fuse it (float island)"
+
+
+def _check_not_already_quantized(prepared: onnx.ModelProto, sel: Selection, notes: list[str]) -> None:
+    """Stop with one line when an already-quantized model has nothing float left to compress."""
+    done = compressed_layers(prepared)
+    if not done:
+        return
+    if not any(RULES[op].kind == Kind.WEIGHTED for op in sel.quantized.values()):
+        raise AlreadyQuantizedError(f"the model is already quantized ({describe(done)}) and has no float "
+                                    "weighted layer left that onnxquant can quantize")
+    notes.append(f"already quantized: {describe(done)}; the float remainder is quantized")
+
+
+def _fusion(quantized: onnx.ModelProto, sel: Selection, notes: list[str]) -> FusionCheck | None:
+    """onnxruntime's view of which quantized layers became integer kernels (None when it cannot tell)."""
+    if quantized.ByteSize() >= PROTOBUF_LIMIT or has_lazy(quantized):
+        notes.append("fusion self-check skipped: weights in external data or over 2 GB")
+        return None
+    try:
+        return check_fusion(quantized, serialize(quantized), only=set(sel.quantized))
+    except Exception as exc:  # onnxruntime's own refusal; the self-check that follows reports it
+        notes.append(f"fusion self-check skipped: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}")
+        return None
+
+
+def _float_report(quantized: onnx.ModelProto, sel: Selection, total_bytes: int) -> tuple[list[FloatNode], list[str]]:
+    """Every node left float that is worth telling (compute ops with a reason, and every node of any
+    op type, subgraphs included, that reads a float weight), with its share of the weight bytes;
+    a warning when more than WARN_FLOAT_SHARE of the weight bytes stays float."""
+    weighted = {w.node: w for w in float_weighted_nodes(quantized)}
+    floats: list[FloatNode] = []
+    for name, (op, reason) in sel.float_nodes.items():
+        if reason == ALREADY_QUANTIZED:
+            continue
+        w = weighted.pop(name, None)
+        if w is not None or (op in _INTERESTING and reason != NOT_FLOAT) or "excluded" in reason or "include" in reason:
+            size = w.weight_bytes if w is not None else 0
+            floats.append(FloatNode(name, op, reason, size, size / total_bytes if total_bytes else 0.0))
+    for w in weighted.values():  # not planned at all: inside If/Loop/Scan bodies, or a quantized node's extra input
+        if w.node in sel.quantized or not w.weight_bytes:
+            continue
+        reason = "inside an If/Loop/Scan body (subgraphs are not quantized)" if w.in_subgraph else "op type not quantized"
+        floats.append(FloatNode(w.node, w.op_type, reason, w.weight_bytes, w.weight_bytes / total_bytes if total_bytes else 0.0))
+    share = sum(n.share for n in floats)
+    warnings = []
+    if share > WARN_FLOAT_SHARE:
+        top = sorted({n.op_type for n in floats if n.share}, key=lambda op: -sum(n.share for n in floats if n.op_type == op))
+        warnings.append(f"{share:.0%} of the weight bytes stay float ({', '.join(top[:4])}): see 'left float'")
+    return floats, warnings
+
+
+def _stamp_float_layers(model: onnx.ModelProto, floats: list[FloatNode]) -> None:
+    """The float weighted layers and why, in the model's metadata, for ``inspect``."""
+    import json
+
+    entries = [{"node": n.name, "op_type": n.op_type, "reason": n.reason} for n in floats if n.weight_bytes]
+    props = {p.key: p.value for p in model.metadata_props if p.key != FLOAT_LAYERS_KEY}
+    if entries:
+        props[FLOAT_LAYERS_KEY] = json.dumps(entries, sort_keys=True)
+    del model.metadata_props[:]
+    helper.set_model_props(model, props)
 
 
 @dataclass

@@ -202,15 +202,21 @@ def _summary(result: dict[str, Any]) -> str:
         f"quantized: {result['quantized_node_count']} nodes ("
         + ", ".join(f"{op} {n}" for op, n in result["quantized_nodes"].items()) + ")",
     ]
+    fusion = result.get("fusion")
+    if fusion:
+        lines.append(f"integer kernels: {fusion['integer_layers']} of {fusion['quantized_layers']} quantized layers "
+                     "run as integer kernels in onnxruntime")
     floats = result["float_nodes"]
     if floats:
-        by_reason: dict[tuple[str, str], int] = {}
+        by_reason: dict[tuple[str, str], list[float]] = {}
         for node in floats:
-            key = (node["op_type"], node["reason"])
-            by_reason[key] = by_reason.get(key, 0) + 1
-        lines.append(f"left float: {len(floats)} nodes")
-        for (op, reason), n in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
-            lines.append(f"  {n:4d} {op}: {reason}")
+            by_reason.setdefault((node["op_type"], node["reason"]), []).append(node.get("share", 0.0))
+        lines.append(f"left float: {len(floats)} nodes, {result.get('float_weight_share', 0.0):.1%} of the weight bytes")
+        for (op, reason), shares in sorted(by_reason.items(), key=lambda kv: (-sum(kv[1]), -len(kv[1]), kv[0])):
+            weights = f" ({sum(shares):.1%} of the weight bytes)" if sum(shares) else ""
+            lines.append(f"  {len(shares):4d} {op}: {reason}{weights}")
+    for warning in result.get("warnings", []):
+        lines.append(f"warning: {warning}")
     for note in result["notes"]:
         lines.append(f"note: {note}")
     secs = result["seconds"]

@@ -43,13 +43,17 @@ def _inspection_text(info: dict[str, Any], layers: bool) -> str:
     if precision:
         lines.append("weighted layers: " + ", ".join(
             f"{p['layers']} {name} ({p['parameters']:,} weights)" for name, p in precision.items()))
+    floats = [layer for layer in info["layers"] if layer["precision"] == "float"]
+    if floats:
+        lines.append(f"float weighted layers: {len(floats)}, {info['float_weight_share']:.1%} of the weight bytes")
     lines.append(f"sparsity: {info['sparsity']:.1%} of layer weights are zero")
     lines.append("ops: " + ", ".join(f"{op} {n}" for op, n in info["op_counts"].items()))
     if layers:
         lines.append(f"{'precision':9s} {'weights':>10s} {'zero':>6s}  layer")
         for layer in info["layers"]:
             lines.append(f"{layer['precision']:9s} {layer['parameters']:10,d} {layer['sparsity']:6.1%}  "
-                         f"{layer['op_type']} {layer['node'] or layer['weight']}")
+                         f"{layer['op_type']} {layer['node'] or layer['weight']}"
+                         + (f"  ({layer['reason']})" if layer.get("reason") else ""))
     return "\n".join(lines)
 
 
@@ -144,7 +148,13 @@ def _compress_text(result: dict[str, Any]) -> str:
     report = result["report"]
     quantization = report["quantization"]
     lines = [(f"quantized: {quantization['quantized_node_count']} nodes; "
-              f"{len(quantization['float_nodes'])} compute nodes left float")]
+              f"{len(quantization['float_nodes'])} compute nodes left float"
+              + (f" ({quantization['float_weight_share']:.1%} of the weight bytes)"
+                 if quantization.get("float_weight_share") else ""))]
+    fusion = quantization.get("fusion")
+    if fusion:
+        lines.append(f"integer kernels: {fusion['integer_layers']} of {fusion['quantized_layers']} quantized layers")
+    lines += [f"warning: {w}" for w in quantization.get("warnings", [])]
     if quantization.get("pruning"):
         lines.append(f"pruned: {quantization['pruning']['sparsity']:.1%} of prunable weights are zero")
     lines.append(_validation_summary(report["validation"]))

@@ -46,3 +46,9 @@ class ExecutionProviderError(OnnxQuantError):
     """An execution provider was asked for and cannot be loaded here (never silently replaced)."""
 
     exit_code = 7
+
+
+class AlreadyQuantizedError(OnnxQuantError):
+    """The model is already quantized and has no float layer left to compress."""
+
+    exit_code = 8

@@ -7,6 +7,7 @@ DequantizeLinear of an 8-bit tensor or it is an integer kernel (QLinearConv, Mat
 """
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxquant.float_weights import FLOAT_LAYERS_KEY, float_weighted_nodes, tensor_bytes, weight_bytes
 from onnxquant.model_io import (
     file_size,
     has_lazy,
@@ -46,6 +48,8 @@ class LayerInfo:
     precision: str  # "float", "int8", "int4"
     parameters: int
     zeros: int
+    float_bytes: int = 0  # bytes of the float weights it reads (0 for quantized layers)
+    reason: str | None = None  # why a float layer stayed float, when the model says (onnxquant writes it)
 
     @property
     def sparsity(self) -> float:
@@ -53,7 +57,8 @@ class LayerInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {"node": self.node, "op_type": self.op_type, "weight": self.weight, "precision": self.precision,
-                "parameters": self.parameters, "sparsity": round(self.sparsity, 4)}
+                "parameters": self.parameters, "sparsity": round(self.sparsity, 4),
+                **({"reason": self.reason} if self.reason is not None else {})}
 
 
 @dataclass
@@ -70,6 +75,7 @@ class ModelInspection:
     parameters: dict[str, int]  # element count by stored data type
     layers: list[LayerInfo] = field(default_factory=list)
     made_by: str | None = None  # the onnxquant version stamped in metadata, if any
+    weight_bytes: int = 0  # every initializer, every (sub)graph
 
     @property
     def total_parameters(self) -> int:
@@ -84,6 +90,11 @@ class ModelInspection:
             entry["parameters"] += layer.parameters
         return dict(sorted(out.items()))
 
+    def float_weight_share(self) -> float:
+        """The share of all initializer bytes that float layers read."""
+        total = self.weight_bytes
+        return sum(layer.float_bytes for layer in self.layers) / total if total else 0.0
+
     def sparsity(self) -> float:
         total = sum(layer.parameters for layer in self.layers)
         return sum(layer.zeros for layer in self.layers) / total if total else 0.0
@@ -95,6 +106,7 @@ class ModelInspection:
             "inputs": self.inputs, "outputs": self.outputs, "op_counts": self.op_counts,
             "parameters": self.parameters, "total_parameters": self.total_parameters,
             "precision": self.precision_counts(), "sparsity": round(self.sparsity(), 4),
+            "float_weight_share": round(self.float_weight_share(), 4),
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
@@ -165,7 +177,38 @@ def _layers(graph: onnx.GraphProto) -> list[LayerInfo]:
         zeros = 0
         if values is not None and node.op_type != "MatMulNBits":
             zeros = _zeros(values, zero_point, node, source)
-        layers.append(LayerInfo(node.name, node.op_type, name, precision, count, zeros))
+        float_bytes = tensor_bytes(tensor) if precision == "float" else 0
+        layers.append(LayerInfo(node.name, node.op_type, name, precision, count, zeros, float_bytes))
+    return layers
+
+
+def _all_layers(proto: onnx.ModelProto) -> list[LayerInfo]:
+    """The weighted layers of known op types, then any other node (subgraphs included) that reads a
+    float weight; with the reasons onnxquant stamped for the float ones."""
+    layers = _layers(proto.graph)
+    known = {layer.node for layer in layers}
+    for found in float_weighted_nodes(proto):
+        if found.node in known or not found.weights:
+            continue
+        first = found.weights[0]
+        values = None
+        try:
+            values = tensor_array(first)
+        except (ValueError, TypeError, OSError):
+            pass
+        count = sum(int(np.prod(w.dims)) if w.dims else 1 for w in found.weights)
+        zeros = int(np.count_nonzero(values == 0)) if values is not None and len(found.weights) == 1 else 0
+        layers.append(LayerInfo(found.node, found.op_type, first.name, "float", count, zeros, found.weight_bytes))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    reasons = {}
+    if FLOAT_LAYERS_KEY in meta:
+        try:
+            reasons = {e["node"]: e["reason"] for e in json.loads(meta[FLOAT_LAYERS_KEY])}
+        except (ValueError, KeyError, TypeError):
+            reasons = {}
+    for layer in layers:
+        if layer.precision == "float" and layer.node in reasons:
+            layer.reason = reasons[layer.node]
     return layers
 
 
@@ -211,5 +254,6 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto) -> ModelInspection
         inputs=[_value_info(v) for v in proto.graph.input if v.name not in {t.name for t in proto.graph.initializer}],
         outputs=[_value_info(v) for v in proto.graph.output],
         op_counts=dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
-        parameters=dict(sorted(params.items())), layers=_layers(proto.graph), made_by=meta.get("onnxquant.version"),
+        parameters=dict(sorted(params.items())), layers=_all_layers(proto), made_by=meta.get("onnxquant.version"),
+        weight_bytes=weight_bytes(proto),
     )

@@ -28,6 +28,7 @@ from onnxquant.recipe import NodeSelection, Recipe
 
 FLOAT = onnx.TensorProto.FLOAT
 NOT_FLOAT = "input is not a float32 activation"
+ALREADY_QUANTIZED = "already quantized (its weight comes through a DequantizeLinear)"
 
 
 @dataclass
@@ -123,6 +124,12 @@ class _Graph:
         init = self.initializers.get(name)
         return init is not None and init.data_type == FLOAT
 
+    def is_dequantized(self, name: str) -> bool:
+        """A weight stored quantized: the output of a DequantizeLinear of an initializer."""
+        producer = self.producer.get(name)
+        return (producer is not None and producer.op_type == "DequantizeLinear"
+                and bool(producer.input) and producer.input[0] in self.initializers)
+
     def constant_value(self, name: str) -> np.ndarray | None:
         init = self.initializers.get(name)
         return None if init is None else tensor_array(init)
@@ -196,6 +203,9 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
                 continue
             w = node.input[rule.weight_input] if len(node.input) > rule.weight_input else ""
             if node.op_type == "MatMul" and not g.is_float_initializer(w):
+                if g.is_dequantized(w):
+                    stay_float(node, ALREADY_QUANTIZED)
+                    continue
                 if g.is_float_activation(w):
                     rule = RULES["MatMul"]  # activation x activation: both sides are activations
                     act = [node.input[0], w]
@@ -204,7 +214,7 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
                     stay_float(node, "MatMul weight is not float32")
                     continue
             elif not g.is_float_initializer(w):
-                stay_float(node, "weight is not a float32 initializer")
+                stay_float(node, ALREADY_QUANTIZED if g.is_dequantized(w) else "weight is not a float32 initializer")
                 continue
         elif rule.kind == Kind.FUSED_ACTIVATION:
             if node.op_type == "Clip" and not _clip_is_constant(node, g):

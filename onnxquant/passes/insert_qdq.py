@@ -106,9 +106,12 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
         base = f"{tensor}_{node_name}" if readers[tensor] > 1 else tensor
         q_init = numpy_helper.from_array(quantize(value, params), names.fresh(f"{base}_quantized"))
         scale, zero = _params_initializers(names, base, params)
-        new_inits += [q_init, scale, zero]
+        # An int32 bias's zero point is always 0, which is DequantizeLinear's default: not stored
+        # (per-channel, it would take as many bytes as the bias itself).
+        dq_inputs = [q_init.name, scale.name] if params.dtype == "int32" else [q_init.name, scale.name, zero.name]
+        new_inits += [q_init, scale] if params.dtype == "int32" else [q_init, scale, zero]
         dq_out = names.fresh(f"{base}_dequantized")
-        head.append(helper.make_node("DequantizeLinear", [q_init.name, scale.name, zero.name], [dq_out],
+        head.append(helper.make_node("DequantizeLinear", dq_inputs, [dq_out],
                                      name=names.fresh(f"{base}_DequantizeLinear"),
                                      domain=qdq_domain(params, opset), **_axis_attr(params)))
         weight_dq[(node_name, tensor)] = dq_out

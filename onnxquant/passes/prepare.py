@@ -19,7 +19,9 @@ from onnx import numpy_helper, version_converter
 from onnxquant.errors import ModelError
 from onnxquant.outputs import scratch
 from onnxquant.model_io import PROTOBUF_LIMIT, has_lazy, iter_graphs, serialize
+from onnxquant.passes.canonicalize import canonicalize
 from onnxquant.passes.fold_affine import fold_affine_into_conv
+from onnxquant.passes.float16 import widen_float16
 from onnxquant.passes.fold_constants import fold_constant_nodes
 from onnxquant.passes.fuse_gelu import MS_DOMAIN, fuse_gelu
 from onnxquant.passes.fuse_hardswish import fuse_hardswish
@@ -33,6 +35,7 @@ class PrepareReport:
     folded_affines: int = 0
     fused_hardswish: int = 0
     fused_gelu: int = 0
+    float16_weights: set[str] = field(default_factory=set)  # initializers that were fp16 (an fp16 model)
     opset_from: int = 0
     opset_to: int = 0
     simplified: bool = False
@@ -217,6 +220,9 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
     densify_sparse_initializers(work)
     report.folded_constants = fold_constant_nodes(work)
     _drop_initializer_inputs(work)
+    report.float16_weights = widen_float16(work)
+    if report.float16_weights:
+        report.notes.append("fp16 model: quantized on an fp32 copy of its inside; fp16 inputs and outputs kept")
     work = _upgrade_opset(work, report)
     small = work.ByteSize() < PROTOBUF_LIMIT  # in-memory tools stop at protobuf's limit
     lazy = has_lazy(work)
@@ -233,4 +239,8 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
         if report.fused_gelu and default_opset(work) < 20 and not any(o.domain == MS_DOMAIN for o in work.opset_import):
             work.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     work = infer_shapes(work)
+    quirks = canonicalize(work)
+    report.notes.extend(quirks.notes())
+    if quirks.left_matmuls:
+        work = infer_shapes(work)  # the new Transpose outputs
     return work, report

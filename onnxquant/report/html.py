@@ -88,6 +88,13 @@ def _summary(report: dict[str, Any]) -> str:
     for precision in sorted({*comp["precision"], *(orig["precision"] if orig else {})}):
         rows.append([f"{precision} layers", (orig["precision"].get(precision, {}).get("layers", 0) if orig else ""),
                      comp["precision"].get(precision, {}).get("layers", 0)])
+    if "float_weight_share" in comp:
+        rows.append(["weight bytes in float layers", f"{orig['float_weight_share']:.1%}" if orig and "float_weight_share" in orig
+                     else "", f"{comp['float_weight_share']:.1%}"])
+    fusion = (report.get("quantization") or {}).get("fusion")
+    if fusion:
+        rows.append(["quantized layers onnxruntime runs as integer kernels", "",
+                     f"{fusion['integer_layers']} of {fusion['quantized_layers']}"])
     return _table(["", "original", "compressed"], rows)
 
 
@@ -182,10 +189,13 @@ def _histograms(items: list[dict[str, Any]], what: str) -> str:
 def _float_nodes(quantization: dict[str, Any] | None) -> str:
     if not quantization:
         return ""
-    rows = [[n["name"], n["op_type"], n["reason"]] for n in quantization.get("float_nodes", [])]
+    nodes = sorted(quantization.get("float_nodes", []), key=lambda n: -n.get("share", 0.0))
+    rows = [[n["name"], n["op_type"], n["reason"], f"{n['share']:.1%}" if n.get("share") else ""] for n in nodes]
     notes = "".join(f"<li>{_e(n)}</li>" for n in quantization.get("notes", []))
-    text = _table(["node", "op", "why it stayed float"], rows) if rows else "<p>Every supported node is quantized.</p>"
-    return text + (f"<ul>{notes}</ul>" if notes else "")
+    warnings = "".join(f"<li><strong>warning:</strong> {_e(w)}</li>" for w in quantization.get("warnings", []))
+    text = (_table(["node", "op", "why it stayed float", "share of the weight bytes"], rows) if rows
+            else "<p>Every supported node is quantized.</p>")
+    return text + (f"<ul>{warnings}{notes}</ul>" if notes or warnings else "")
 
 
 def render_html(report: dict[str, Any]) -> str:

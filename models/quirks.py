@@ -1,0 +1,87 @@
+"""Tiny models written the way non-PyTorch converters write them (seeded weights, built in code).
+
+Each reproduces one quirk seen in real exports: scikit-learn's MatMul + Add with a (1, N) bias,
+Paddle's Gemm with alpha/beta, TF/Keras's weight on the left of a MatMul, fp16 models.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from models.tiny import _init, _model
+
+
+def sklearn_style_mlp(seed: int = 0, features: int = 16, hidden: int = 32, classes: int = 8) -> onnx.ModelProto:
+    """skl2onnx's MLPClassifier layout: MatMul, then Add of a (1, N) bias, Relu, Softmax."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("coefficient", rng.normal(0, 0.4, (features, hidden))),
+             _init("intercepts", rng.normal(0, 0.1, (1, hidden))),
+             _init("coefficient1", rng.normal(0, 0.3, (hidden, classes))),
+             _init("intercepts1", rng.normal(0, 0.1, (1, classes)))]
+    nodes = [
+        helper.make_node("MatMul", ["x", "coefficient"], ["mul_result"], name="MatMul"),
+        helper.make_node("Add", ["mul_result", "intercepts"], ["add_result"], name="Add"),
+        helper.make_node("Relu", ["add_result"], ["next_activations"], name="Relu"),
+        helper.make_node("MatMul", ["next_activations", "coefficient1"], ["mul_result1"], name="MatMul1"),
+        helper.make_node("Add", ["mul_result1", "intercepts1"], ["add_result1"], name="Add1"),
+        helper.make_node("Softmax", ["add_result1"], ["probabilities"], name="Softmax", axis=1),
+    ]
+    graph = helper.make_graph(nodes, "sklearn_style_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features])],
+                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])], inits)
+    return _model(graph)
+
+
+def scaled_gemm_mlp(seed: int = 0, features: int = 16, hidden: int = 32) -> onnx.ModelProto:
+    """Gemm layers with alpha/beta != 1 and a scalar bias, as Paddle and old TF converters write."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("w1", rng.normal(0, 0.4, (hidden, features))), _init("b1", rng.normal(0, 0.1, (hidden,))),
+             _init("w2", rng.normal(0, 0.3, (hidden, 4))), _init("b2", np.array(0.25))]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="gemm1", alpha=0.5, beta=2.0, transB=1),
+        helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="gemm2", alpha=1.5),
+    ]
+    graph = helper.make_graph(nodes, "scaled_gemm_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    return _model(graph)
+
+
+def left_weight_matmul(seed: int = 0, channels: int = 8, out_channels: int = 24, steps: int = 6) -> onnx.ModelProto:
+    """``W @ x`` with the weight on the left (x: batch, channels, steps), then Relu, a 1x1 Conv written by TF."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("w", rng.normal(0, 0.4, (out_channels, channels))), _init("w2", rng.normal(0, 0.3, (4, out_channels)))]
+    nodes = [
+        helper.make_node("MatMul", ["w", "x"], ["h"], name="left_matmul"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["w2", "r"], ["y"], name="left_matmul2"),
+    ]
+    graph = helper.make_graph(nodes, "left_weight_matmul",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, steps])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, steps])], inits)
+    return _model(graph)
+
+
+def float16_mlp(seed: int = 0, features: int = 16, hidden: int = 64) -> onnx.ModelProto:
+    """An fp16 model: fp16 input, weights, activations and output (Gemm, Relu, Gemm)."""
+    rng = np.random.default_rng(seed)
+
+    def half(name: str, value: np.ndarray) -> onnx.TensorProto:
+        return numpy_helper.from_array(value.astype(np.float16), name)
+
+    inits = [half("w1", rng.normal(0, 0.4, (features, hidden))), half("b1", rng.normal(0, 0.1, (hidden,))),
+             half("w2", rng.normal(0, 0.3, (hidden, 4))), half("b2", rng.normal(0, 0.1, (4,)))]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="gemm1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="gemm2"),
+    ]
+    graph = helper.make_graph(nodes, "float16_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", features])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 4])], inits)
+    return _model(graph)
+
+
+def feature_samples(count: int, features: int = 16, seed: int = 1, batch: int = 4,
+                    dtype: type = np.float32) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(0, 1, (batch, features)).astype(dtype)} for _ in range(count)]

@@ -1,0 +1,240 @@
+"""Rewrite converter quirks into the forms onnxruntime fuses into integer kernels (exactly).
+
+Exporters other than PyTorch's write weighted layers in shapes onnxruntime's QDQ fusions do
+not accept, and a layer left in such a shape runs as float between DequantizeLinear nodes
+(slower than the fp32 model). Each rewrite here keeps the model's arithmetic (up to float32
+rounding of one product) and leaves anything it does not recognise alone:
+
+- Gemm bias ``C`` of shape (1, N) or a scalar (scikit-learn, Keras): stored as (N,);
+- Gemm ``alpha``/``beta`` != 1 (Paddle, old TF converters): folded into ``B`` and ``C``;
+- MatMul whose constant weight is the *left* operand, ``W @ X`` (TF/Keras, old PyTorch):
+  computed as ``(X^T @ W^T)^T``, so the weight is on the right where the integer kernels want it.
+
+- a weight behind Cast (fp16 storage), Transpose, Reshape or Identity of an initializer: stored
+  as the float32 initializer the layer reads (onnxruntime's simplifier does this too; this pass
+  covers ``--no-simplify`` and models with external data, which skip the simplifier).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxquant.model_io import iter_graphs, tensor_array
+from onnxquant.passes.node_index import NodeIndex, attributes
+
+FLOAT = onnx.TensorProto.FLOAT
+
+
+@dataclass
+class CanonicalizeReport:
+    folded_weights: int = 0  # Cast/Transpose/Reshape/Identity of an initializer, stored folded
+    gemm_biases: int = 0  # (1, N) or scalar Gemm biases stored as (N,)
+    gemm_scales: int = 0  # Gemm alpha/beta folded into the weight and bias
+    left_matmuls: int = 0  # W @ X rewritten as (X^T @ W^T)^T
+
+    def notes(self) -> list[str]:
+        out = []
+        if self.folded_weights:
+            out.append(f"{self.folded_weights} weight(s) behind Cast/Transpose/Reshape stored as float32 initializers")
+        if self.gemm_biases:
+            out.append(f"{self.gemm_biases} Gemm bias(es) of shape (1, N) stored as (N,) for integer Gemm kernels")
+        if self.gemm_scales:
+            out.append(f"{self.gemm_scales} Gemm alpha/beta folded into weights and biases")
+        if self.left_matmuls:
+            out.append(f"{self.left_matmuls} MatMul(s) with the weight on the left turned to put the weight on the right")
+        return out
+
+
+class _Initializers:
+    """The graph's initializers by name; a tensor read by several nodes is copied before it is changed."""
+
+    def __init__(self, graph: onnx.GraphProto, index: NodeIndex) -> None:
+        self.graph = graph
+        self.index = index
+        self.by_name = {i.name: i for i in graph.initializer}
+        self.taken = set(self.by_name) | {o for n in graph.node for o in [*n.input, *n.output]}
+
+    def is_float(self, name: str) -> bool:
+        init = self.by_name.get(name)
+        return init is not None and init.data_type == FLOAT
+
+    def value(self, name: str) -> np.ndarray:
+        return tensor_array(self.by_name[name])
+
+    def put(self, name: str, value: np.ndarray, shared: bool) -> str:
+        """Store ``value`` under ``name``, or under a fresh name when others read ``name``."""
+        if shared:
+            base, k = f"{name}_canonical", 1
+            name = base
+            while name in self.taken:
+                k += 1
+                name = f"{base}_{k}"
+            self.taken.add(name)
+            self.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
+            self.by_name[name] = self.graph.initializer[-1]
+            return name
+        self.by_name[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+        return name
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name
+
+
+def _set_attr(node: onnx.NodeProto, name: str, value: float) -> None:
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    if value != 1.0:
+        node.attribute.append(helper.make_attribute(name, value))
+
+
+def _gemm(node: onnx.NodeProto, inits: _Initializers, report: CanonicalizeReport) -> None:
+    attrs = attributes(node)
+    alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+    b = node.input[1] if len(node.input) > 1 else ""
+    c = node.input[2] if len(node.input) > 2 else ""
+    has_c = bool(c)
+    if (alpha != 1.0 or beta != 1.0) and inits.is_float(b) and (not has_c or inits.is_float(c)):
+        if alpha != 1.0:
+            node.input[1] = inits.put(b, inits.value(b) * np.float32(alpha), inits.index.uses(b) > 1)
+        if has_c and beta != 1.0:
+            node.input[2] = inits.put(c, inits.value(c) * np.float32(beta), inits.index.uses(c) > 1)
+        _set_attr(node, "alpha", 1.0)
+        _set_attr(node, "beta", 1.0)
+        report.gemm_scales += 1
+    if not has_c or not inits.is_float(node.input[2]) or not inits.is_float(node.input[1]):
+        return
+    c = node.input[2]
+    bias = inits.value(c)
+    weight_shape = tuple(inits.by_name[node.input[1]].dims)
+    if len(weight_shape) != 2:
+        return
+    n = weight_shape[0] if attrs.get("transB", 0) else weight_shape[1]
+    if bias.ndim == 1 and bias.shape[0] == n:
+        return  # already what the integer kernels take
+    if bias.size == 1:
+        flat = np.full(n, bias.reshape(()), dtype=np.float32)
+    elif bias.ndim == 2 and bias.shape == (1, n):
+        flat = bias.reshape(n)
+    else:
+        return  # a per-row bias (M, N) is not a channel bias
+    node.input[2] = inits.put(c, flat, inits.index.uses(c) > 1)
+    report.gemm_biases += 1
+
+
+def _left_matmul(position: int, inits: _Initializers, ranks: dict[str, int],
+                 rewritten: dict[int, list[onnx.NodeProto]], report: CanonicalizeReport) -> None:
+    node = inits.index.nodes[position]
+    w, x = node.input[0], node.input[1]
+    if not inits.is_float(w) or w == x or x in inits.by_name or len(inits.by_name[w].dims) != 2:
+        return
+    rank = ranks.get(x)
+    if rank is None or rank < 2:
+        return
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    weight_t = inits.put(w, np.ascontiguousarray(inits.value(w).T), shared=True)
+    x_t = inits.fresh(f"{x}_transposed")
+    y_t = inits.fresh(f"{node.output[0]}_transposed")
+    name = node.name or f"MatMul_{position}"
+    rewritten[position] = [
+        helper.make_node("Transpose", [x], [x_t], name=inits.fresh(f"{name}_transpose_input"), perm=perm),
+        helper.make_node("MatMul", [x_t, weight_t], [y_t], name=name),
+        helper.make_node("Transpose", [y_t], [node.output[0]], name=inits.fresh(f"{name}_transpose_output"), perm=perm),
+    ]
+    report.left_matmuls += 1
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    graph = model.graph
+    out = {}
+    for v in [*graph.input, *graph.value_info, *graph.output]:
+        t = v.type.tensor_type
+        if t.HasField("shape"):
+            out[v.name] = len(t.shape.dim)
+    return out
+
+
+_FOLDABLE = {"Cast", "Transpose", "Reshape", "Identity"}
+
+
+def _folded_value(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+    """The float32 value of a Cast/Transpose/Reshape/Identity of a float initializer, else None."""
+    if not node.input or node.input[0] not in inits or len(node.output) != 1:
+        return None
+    source = inits[node.input[0]]
+    if source.data_type not in (FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
+        return None
+    value = tensor_array(source)
+    attrs = attributes(node)
+    if node.op_type == "Cast":
+        return value.astype(np.float32) if attrs.get("to") == FLOAT else None
+    if source.data_type != FLOAT:
+        return None
+    if node.op_type == "Identity":
+        return value
+    if node.op_type == "Transpose":
+        return np.ascontiguousarray(np.transpose(value, attrs.get("perm")))
+    if len(node.input) < 2 or node.input[1] not in inits or attrs.get("allowzero", 0):
+        return None
+    shape = [int(d) for d in tensor_array(inits[node.input[1]]).ravel()]
+    shape = [value.shape[k] if d == 0 and k < value.ndim else d for k, d in enumerate(shape)]
+    try:
+        return value.reshape(shape)
+    except ValueError:
+        return None
+
+
+def _fold_weight_producers(graph: onnx.GraphProto, report: CanonicalizeReport) -> None:
+    """Replace Cast/Transpose/Reshape/Identity of an initializer by the initializer it computes."""
+    outputs = {o.name for o in graph.output}
+    inits = {i.name: i for i in graph.initializer}
+    kept = []
+    for node in graph.node:
+        value = _folded_value(node, inits) if node.op_type in _FOLDABLE and node.domain in ("", "ai.onnx") else None
+        if value is None or node.output[0] in outputs:
+            kept.append(node)
+            continue
+        tensor = numpy_helper.from_array(value, node.output[0])
+        graph.initializer.append(tensor)
+        inits[tensor.name] = graph.initializer[-1]
+        report.folded_weights += 1
+    if report.folded_weights:
+        del graph.node[:]
+        graph.node.extend(kept)
+
+
+def canonicalize(model: onnx.ModelProto) -> CanonicalizeReport:
+    """Rewrite ``model`` in place (its main graph; shapes must be inferred for the MatMul rewrite)."""
+    report = CanonicalizeReport()
+    graph = model.graph
+    _fold_weight_producers(graph, report)
+    index = NodeIndex(graph)
+    inits = _Initializers(graph, index)
+    ranks = _ranks(model)
+    rewritten: dict[int, list[onnx.NodeProto]] = {}
+    for position, node in enumerate(index.nodes):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Gemm":
+            _gemm(node, inits, report)
+        elif node.op_type == "MatMul" and len(node.input) == 2:
+            _left_matmul(position, inits, ranks, rewritten, report)
+    if rewritten:
+        nodes = [n for k, node in enumerate(index.nodes) for n in rewritten.get(k, [node])]
+        del graph.node[:]
+        graph.node.extend(nodes)
+    if report.folded_weights or report.gemm_scales or report.gemm_biases or report.left_matmuls:
+        used = {i for g in iter_graphs(graph) for n in g.node for i in n.input} | {o.name for o in graph.output}
+        kept = [i for i in graph.initializer if i.name in used]
+        if len(kept) != len(graph.initializer):
+            del graph.initializer[:]
+            graph.initializer.extend(kept)
+    return report

@@ -1,0 +1,97 @@
+"""Converter quirks are rewritten exactly into the forms onnxruntime fuses into integer kernels."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+import onnxquant
+from models.quirks import feature_samples, left_weight_matmul, scaled_gemm_mlp, sklearn_style_mlp
+from onnxquant.passes.canonicalize import canonicalize
+from onnxquant.passes.prepare import infer_shapes, prepare_model
+from tests.conftest import run
+
+
+def _canonical(model: onnx.ModelProto) -> tuple[onnx.ModelProto, object]:
+    work = infer_shapes(onnx.ModelProto.FromString(model.SerializeToString()))
+    return work, canonicalize(work)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_gemm_alpha_beta_and_scalar_bias_are_folded_exactly():
+    model = scaled_gemm_mlp()
+    work, report = _canonical(model)
+    assert report.gemm_scales == 2 and report.gemm_biases == 1
+    for node in work.graph.node:
+        if node.op_type == "Gemm":
+            assert not any(a.name in ("alpha", "beta") for a in node.attribute)
+            bias = next(i for i in work.graph.initializer if i.name == node.input[2])
+            assert len(bias.dims) == 1
+    for feed in feature_samples(3):
+        np.testing.assert_allclose(run(work, feed)[0], run(model, feed)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_left_operand_weight_moves_to_the_right_exactly():
+    model = left_weight_matmul()
+    work, report = _canonical(model)
+    assert report.left_matmuls == 2
+    inits = {i.name for i in work.graph.initializer}
+    assert all(n.input[1] in inits for n in work.graph.node if n.op_type == "MatMul")
+    rng = np.random.default_rng(3)
+    feed = {"x": rng.normal(0, 1, (2, 8, 6)).astype(np.float32)}
+    np.testing.assert_allclose(run(work, feed)[0], run(model, feed)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_sklearn_bias_shape_gives_integer_gemms():
+    """skl2onnx's MatMul + Add((1, N)) becomes a Gemm with a (1, N) bias in onnxruntime's simplifier;
+    with the bias as (N,), every layer runs as QGemm (before: float Gemms between DQ nodes)."""
+    model = sklearn_style_mlp()
+    prepared, report = prepare_model(model)
+    assert any("(1, N)" in note for note in report.notes)
+    samples = feature_samples(8)
+    result = onnxquant.quantize(model, samples)
+    assert result.quantized_nodes.get("Gemm") == 2
+    assert result.fusion is not None and result.fusion.integer_layers == result.fusion.quantized_layers == 2
+    for feed in feature_samples(4, seed=9):
+        assert _cosine(run(model, feed)[0], run(result.model, feed)[0]) > 0.99
+
+
+def test_left_weight_matmuls_are_quantized_and_fused():
+    model = left_weight_matmul()
+    rng = np.random.default_rng(4)
+    samples = [{"x": rng.normal(0, 1, (2, 8, 6)).astype(np.float32)} for _ in range(8)]
+    result = onnxquant.quantize(model, samples)
+    assert result.quantized_nodes.get("MatMul") == 2
+    assert result.fusion.integer_layers == 2
+    feed = {"x": rng.normal(0, 1, (2, 8, 6)).astype(np.float32)}
+    assert _cosine(run(model, feed)[0], run(result.model, feed)[0]) > 0.99
+
+
+def test_weights_behind_cast_and_transpose_are_folded_without_the_simplifier():
+    """fp16 storage behind a Cast (Keras/TF converters) and a transposed weight (old PyTorch
+    exports): with ``--no-simplify`` nothing else folds them, and the layers would stay float."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from models.tiny import _init, _model
+    from onnxquant.recipe import Recipe
+
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (16, 32)).astype(np.float16), "w1_half"),
+             _init("w2_t", rng.normal(0, 0.3, (4, 32)))]
+    nodes = [helper.make_node("Cast", ["w1_half"], ["w1"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Transpose", ["w2_t"], ["w2"], name="transpose", perm=[1, 0]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2")]
+    graph = helper.make_graph(nodes, "stored", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    model = _model(graph)
+    work, report = _canonical(model)
+    assert report.folded_weights == 2 and not any(n.op_type in ("Cast", "Transpose") for n in work.graph.node)
+    for feed in feature_samples(2):
+        np.testing.assert_array_equal(run(work, feed)[0], run(model, feed)[0])
+    result = onnxquant.quantize(model, feature_samples(8), Recipe().with_overrides(simplify=False))
+    assert result.quantized_nodes.get("MatMul") == 2

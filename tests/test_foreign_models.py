@@ -1,0 +1,117 @@
+"""Real models from other frameworks and converters, built from packaged weights (the models extra):
+scikit-learn via skl2onnx, Paddle's PP-OCR direction classifier and its fp16 conversion, Magika
+(JAX via tf2onnx), and an MLP already partly quantized by onnxruntime.
+
+Each must come out a quarter to a third of its size with every quantized layer an integer kernel
+in onnxruntime, nothing float unreported, and agree with fp32 at least as well as
+``quantize_static``. Timing is left to benchmarks/.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("skl2onnx")
+pytest.importorskip("onnxconverter_common")
+pytest.importorskip("rapidocr_onnxruntime")
+
+import onnxquant  # noqa: E402
+from benchmarks import metrics  # noqa: E402
+from benchmarks.quantize_one import NpzReader  # noqa: E402
+from calibration.build import write_samples  # noqa: E402
+from models.build import build  # noqa: E402
+from onnxquant.float_weights import float_weighted_nodes  # noqa: E402
+from tests.conftest import run  # noqa: E402
+
+pytestmark = pytest.mark.realmodel
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("foreign")
+
+
+def _prepare(name: str, work: Path) -> tuple[Path, Path, Path]:
+    model = build(name, work / "models")
+    calib = write_samples(name, "calib", work / "calib" / name)
+    held = write_samples(name, "holdout", work / "held" / name)
+    return model, calib, held
+
+
+def _outputs(model, held: Path, output: int = 0) -> list[np.ndarray]:
+    return [run(model, dict(np.load(f)))[output].astype(np.float32) for f in sorted(held.glob("*.npz"))]
+
+
+def _ort_static(model: Path, calib: Path, out: Path) -> Path:
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(out.parent)
+        quantize_static(str(model.resolve()), str(out.resolve()), NpzReader(str(calib.resolve())),
+                        quant_format=QuantFormat.QDQ, per_channel=True)
+    return out
+
+
+def _check(result, out: Path, fp32: Path, max_size: float) -> None:
+    assert result.fusion is not None and result.fusion.quantized_layers > 0
+    assert result.fusion.integer_layers == result.fusion.quantized_layers, result.fusion.float_islands
+    assert out.stat().st_size <= max_size * fp32.stat().st_size
+    reported = {n.name for n in result.float_nodes if n.weight_bytes}
+    assert {w.node for w in float_weighted_nodes(onnx.load(str(out))) if w.weight_bytes} <= reported
+
+
+def test_sklearn_mlp_runs_as_integer_gemms(work: Path):
+    """skl2onnx's (1, N) biases: before, every Gemm ran float between DequantizeLinear nodes."""
+    model, calib, held = _prepare("sklearn-mlp", work)
+    out = work / "mlp.int8.onnx"
+    result = onnxquant.quantize(model, calib, output=out)
+    assert result.quantized_nodes.get("Gemm") == 3
+    _check(result, out, model, 0.3)
+    ref = _outputs(model, held, 1)  # output 1: probabilities
+    mine = metrics.probabilities(ref, _outputs(out, held, 1))
+    theirs = metrics.probabilities(ref, _outputs(_ort_static(model, calib, work / "mlp.ort.onnx"), held, 1))
+    assert mine["top1_agreement"] >= theirs["top1_agreement"] and mine["kl"] <= theirs["kl"]
+
+
+def test_magika(work: Path):
+    pytest.importorskip("magika")
+    model, calib, held = _prepare("magika", work)
+    out = work / "magika.int8.onnx"
+    result = onnxquant.quantize(model, calib, output=out)
+    _check(result, out, model, 0.3)
+    ref = _outputs(model, held)
+    mine = metrics.probabilities(ref, _outputs(out, held))
+    theirs = metrics.probabilities(ref, _outputs(_ort_static(model, calib, work / "magika.ort.onnx"), held))
+    assert mine["top1_agreement"] >= theirs["top1_agreement"]
+
+
+@pytest.mark.parametrize("name", ["ppocr-cls", "ppocr-cls-fp16"])
+def test_ppocr_direction_classifier(work: Path, name: str):
+    """A Paddle export (opset 11, Constant-node weights), and its fp16 conversion, whose fp16
+    inputs and outputs must stay fp16. Small mobile convolutions carry a scale and a bias per
+    channel: the file shrinks to about half, not a quarter (see the README)."""
+    model, calib, held = _prepare(name, work)
+    out = work / f"{name}.int8.onnx"
+    result = onnxquant.quantize(model, calib, output=out)
+    _check(result, out, model, 0.5 if name == "ppocr-cls" else 0.7)
+    source, written = onnx.load(str(model)), onnx.load(str(out))
+    assert ([i.type.tensor_type.elem_type for i in written.graph.input]
+            == [i.type.tensor_type.elem_type for i in source.graph.input])
+    ref = _outputs(model, held)
+    mine = metrics.probabilities(ref, _outputs(out, held))
+    assert mine["top1_agreement"] >= 0.95
+
+
+def test_partly_quantized_mlp(work: Path):
+    model, calib, held = _prepare("sklearn-mlp-partly-int8", work)
+    out = work / "partly.int8.onnx"
+    result = onnxquant.quantize(model, calib, output=out)
+    assert any(note.startswith("already quantized: MatMulInteger 1") for note in result.notes)
+    assert result.quantized_nodes.get("Gemm") == 2
+    _check(result, out, model, 0.45)
+    ref = _outputs(model, held, 1)
+    assert metrics.probabilities(ref, _outputs(out, held, 1))["top1_agreement"] >= 0.97

@@ -1,0 +1,42 @@
+"""The fusion self-check reads onnxruntime's optimized graph: which quantized layers are integer kernels."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+import onnxquant
+from models.quirks import feature_samples, sklearn_style_mlp
+from onnxquant.fusion_check import check_fusion, quantized_weights
+
+
+def test_integer_kernels_are_counted():
+    result = onnxquant.quantize(sklearn_style_mlp(), feature_samples(8))
+    check = check_fusion(result.model)
+    assert (check.quantized_layers, check.integer_layers, check.float_islands) == (2, 2, [])
+    assert check.summary() == "2 of 2 quantized layers run as integer kernels"
+
+
+def test_a_layer_onnxruntime_cannot_fuse_is_named():
+    """A Gemm whose bias is float and (1, N) (what skl2onnx writes) stays a float Gemm between
+    DequantizeLinear nodes: the check names it."""
+    model = onnxquant.quantize(sklearn_style_mlp(), feature_samples(8)).model
+    layers = quantized_weights(model)
+    first = next(n for n in model.graph.node if n.op_type == "Gemm")
+    assert first.name in layers.values()
+    hidden = next(i for i in model.graph.initializer if i.name == next(w for w, n in layers.items() if n == first.name))
+    width = hidden.dims[1] if len(hidden.dims) == 2 else hidden.dims[0]
+    bias = numpy_helper.from_array(np.zeros((1, 32), np.float32), "float_bias_1xN")
+    assert width in (16, 32)
+    model.graph.initializer.append(bias)
+    first.input[2] = "float_bias_1xN"
+    check = check_fusion(model)
+    assert check.float_islands == [first.name]
+    assert (check.quantized_layers, check.integer_layers) == (2, 1)
+
+
+def test_only_the_layers_asked_about_are_counted():
+    model = onnxquant.quantize(sklearn_style_mlp(), feature_samples(8)).model
+    names = sorted(set(quantized_weights(model).values()))
+    check = check_fusion(model, only={names[0]})
+    assert check.quantized_layers == 1
