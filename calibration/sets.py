@@ -108,6 +108,18 @@ def _foreign(name: str):
     return samples
 
 
+def _ddddocr(part: str) -> list[dict[str, np.ndarray]]:
+    from calibration.text_lines import ddddocr_samples
+
+    return ddddocr_samples(part)
+
+
+def _silero(part: str, rates: tuple[int, ...] = (16000, 8000)) -> list[dict[str, np.ndarray]]:
+    from calibration.speech import silero_samples
+
+    return silero_samples(part, rates=rates)
+
+
 SETS = {
     "efficientnet-lite0": efficientnet_samples,
     "minilm": minilm_samples,
@@ -120,4 +132,8 @@ SETS = {
     "ppocr-cls-fp16": _foreign("ppocr_cls_fp16_samples"),
     "magika": _foreign("magika_samples"),
     "efficientnet-lite0-fp16": _foreign("efficientnet_lite0_fp16_samples"),
+    # recurrent and control flow (calibration/text_lines.py, calibration/speech.py)
+    "ddddocr-rec": _ddddocr,
+    "silero-vad": _silero,
+    "silero-vad-16k": lambda part: _silero(part, rates=(16000,)),
 }

@@ -4,7 +4,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from models import efficientnet_lite0, float16_variants, magika_types, minilm, ppocr_cls, ppocr_det, sklearn_mlp
+from models import (
+    ddddocr_rec,
+    efficientnet_lite0,
+    float16_variants,
+    magika_types,
+    minilm,
+    ppocr_cls,
+    ppocr_det,
+    silero_vad,
+    sklearn_mlp,
+)
 
 BUILDERS = {
     "efficientnet-lite0": (efficientnet_lite0.build, "efficientnet_lite0.onnx"),
@@ -18,6 +28,10 @@ BUILDERS = {
     "ppocr-cls-fp16": (float16_variants.ppocr_cls, "ppocr_mobile_v2_cls.fp16.onnx"),
     "efficientnet-lite0-fp16": (float16_variants.efficientnet_lite0, "efficientnet_lite0.fp16.onnx"),
     "magika": (magika_types.build, "magika_standard_v3_3.onnx"),
+    # recurrent and control flow
+    "ddddocr-rec": (ddddocr_rec.build, "ddddocr_common.onnx"),  # Conv + bidirectional LSTM
+    "silero-vad": (silero_vad.build, "silero_vad.onnx"),  # the whole network inside If branches
+    "silero-vad-16k": (silero_vad.build_16k_op15, "silero_vad_16k_op15.onnx"),  # Convs outside, LSTMs in If
 }
 
 

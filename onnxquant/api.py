@@ -14,6 +14,7 @@ import onnx
 from onnx import helper
 
 from onnxquant import __version__
+from onnxquant.body_planner import merge_into, plan_bodies, rewrite_bodies
 from onnxquant.calibration.collector import ProgressCallback, collect, make_session
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.calibration.observers import StatsTable, needs_histogram
@@ -53,12 +54,14 @@ from onnxquant.model_io import (
 from onnxquant.npu_planner import select_every_op
 from onnxquant.outputs import all_or_nothing, data_files, model_files, model_outputs, refuse_aliasing
 from onnxquant.ops import WEIGHTED_OPS
+from onnxquant.ops.recurrent import RECURRENT_OPS
 from onnxquant.ops.rules import RULES, Kind
 from onnxquant.passes.float16 import store_float16
 from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.int4_matmul import eligible as int4_eligible
 from onnxquant.passes.int4_matmul import int4_sqnr_db, to_matmul_nbits
 from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset, prepare_model
+from onnxquant.passes.weight_only import quantize_weights_only
 from onnxquant.planner import ALREADY_QUANTIZED, NOT_FLOAT, Selection, finalize, node_names, select
 from onnxquant.prequantized import compressed_layers, describe
 from onnxquant.prune.pipeline import (
@@ -73,6 +76,7 @@ from onnxquant.prune.storage import compressed_size, store_sparse
 from onnxquant.recipe import Recipe
 from onnxquant.recovery.pipeline import Reopen, after_plan, before_calibration
 from onnxquant.shapes import fix_input_shapes, has_free_dims
+from onnxquant.weight_only_planner import select_weight_only, weight_only_notes
 
 RECIPE_KEY = "onnxquant.recipe"
 VERSION_KEY = "onnxquant.version"
@@ -110,6 +114,8 @@ class QuantizeResult:
     reference: onnx.ModelProto | None = None
     fusion: FusionCheck | None = None  # which quantized layers onnxruntime runs as integer kernels
     warnings: list[str] = field(default_factory=list)
+    # layers with int8 weights but no QDQ integer kernel (recurrent, inside bodies) -> why
+    weight_only: dict[str, str] = field(default_factory=dict)
 
     @property
     def float_weight_share(self) -> float:
@@ -128,6 +134,7 @@ class QuantizeResult:
             "float_weight_share": round(self.float_weight_share, 4),
             "fusion": self.fusion.to_dict() if self.fusion is not None else None,
             "warnings": self.warnings,
+            "weight_only": dict(self.weight_only),
             "calibration_samples": self.samples,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "notes": self.notes,
@@ -327,8 +334,12 @@ def _unavailable(data: Any) -> str:
 def _select(prepared: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = None) -> Selection:
     per_channel_ok = default_opset(prepared) >= MIN_QDQ_OPSET
     if recipe.every_op:
-        return select_every_op(prepared, recipe, not_float, per_channel_ok)
-    return select(prepared, recipe, not_float=not_float, per_channel_ok=per_channel_ok)
+        sel = select_every_op(prepared, recipe, not_float, per_channel_ok)
+    else:
+        sel = select(prepared, recipe, not_float=not_float, per_channel_ok=per_channel_ok)
+    merge_into(sel, plan_bodies(prepared, recipe, not_float, per_channel_ok))  # integer kernels in bodies
+    select_weight_only(prepared, recipe, sel, per_channel_ok)  # recurrent layers, the rest of the bodies
+    return sel
 
 
 def _fixed_shapes(model: onnx.ModelProto, recipe: Recipe, data: Any) -> dict[str, tuple[int, ...]]:
@@ -425,7 +436,6 @@ def _quantize(model: onnx.ModelProto | str | os.PathLike, data: Any, recipe: Rec
 
     # Tensors that turned out not to be float32 (unknown before running) narrow the selection.
     not_float = set(sel.observed) - set(table.tensors)
-    op_by_name = {n.name: n.op_type for n in prepared.graph.node}
     mixed = None
     int4, int4_rejected = _int4_candidates(prepared, recipe, not_float)
     kept_int8 = (f"int4 weights: {int4_rejected} MatMul weights kept int8 (int4 would keep them below "
@@ -485,16 +495,13 @@ def _quantize(model: onnx.ModelProto | str | os.PathLike, data: Any, recipe: Rec
         notes.append(f"{prep.fused_hardswish} hard-swish patterns fused")
     if prep.fused_gelu:
         notes.append(f"{prep.fused_gelu} GELU patterns fused into Gelu")
-    bodies = sum(1 for n in quantized.graph.node for a in n.attribute
-                 if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS))
-    if bodies:
-        notes.append(f"{bodies} subgraph attribute(s) (If/Loop/Scan bodies) left float")
+    notes.extend(weight_only_notes(sel))
     return QuantizeResult(
         model=quantized,
         output_path=saved.path,
         size_before=size_before,
         size_after=saved.size,
-        quantized_nodes=dict(Counter(op_by_name[n] for n in sel.quantized)),
+        quantized_nodes=dict(Counter(sel.quantized.values())),
         float_nodes=floats,
         samples=table.samples,
         seconds={"calibration": calibration_seconds, "total": time.perf_counter() - started},
@@ -507,6 +514,7 @@ def _quantize(model: onnx.ModelProto | str | os.PathLike, data: Any, recipe: Rec
         reference=prepared if diagnostics else None,
         fusion=fusion,
         warnings=warnings,
+        weight_only={name: w.reason for name, w in sel.weight_only.items()},
     )
 
 
@@ -691,6 +699,11 @@ def _build(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTable, not_flo
     notes = [*plan.notes, *(after_plan(work, plan, recipe, _reopener(work, data, recipe), _unavailable(data))
                             if recover else [])]
     quantized = insert_qdq(work, plan, default_opset(work), inplace=True)
+    rewrite_bodies(quantized, recipe, table, not_float, default_opset(work) >= MIN_QDQ_OPSET, default_opset(work))
+    # On the CPU, onnxruntime's DynamicQuantizeLSTM multiplies the int8 weights directly; the
+    # other targets get a DequantizeLinear in front of a standard LSTM.
+    quantize_weights_only(quantized, sel.weight_only, recipe.quantization.weight_type, default_opset(quantized),
+                          dynamic_lstm=recipe.target == "cpu", reduce_range=recipe.quantization.reduce_range)
     if int4:
         replaced = to_matmul_nbits(quantized, set(int4), recipe.quantization.int4_block_size)
         notes.append(f"int4 weights: {replaced} MatMul layers as MatMulNBits "
@@ -701,7 +714,7 @@ def _build(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTable, not_flo
 def _weighted_units(prepared: onnx.ModelProto, sel: Selection) -> list[tuple[str, str]]:
     """Quantized Conv/Gemm/MatMul-like nodes, in graph order: the units mixed precision moves."""
     return [(n.name, n.op_type) for n in prepared.graph.node
-            if n.name in sel.quantized and RULES[n.op_type].kind == Kind.WEIGHTED]
+            if n.name in sel.quantized and n.op_type in RULES and RULES[n.op_type].kind == Kind.WEIGHTED]
 
 
 def _rank(prepared: onnx.ModelProto, recipe: Recipe, table: StatsTable, not_float: set[str], data: Any,
@@ -828,7 +841,7 @@ def sensitivity(
 
 # Float nodes worth telling the user about: compute-heavy ops that stayed float.
 _INTERESTING = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat", "GlobalAveragePool",
-                "AveragePool", "MaxPool", "Sigmoid", "LeakyRelu", "Resize", "Relu", "Clip"}
+                "AveragePool", "MaxPool", "Sigmoid", "LeakyRelu", "Resize", "Relu", "Clip", *RECURRENT_OPS}
 
 
 def diagnose(result: QuantizeResult, data: Any, max_samples: int | None = None,

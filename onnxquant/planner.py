@@ -23,6 +23,7 @@ from onnxquant.ops.rules import (
     is_depthwise,
     weight_axis,
 )
+from onnxquant.passes.weight_only import WeightOnly
 from onnxquant.qparams import QParams, asymmetric, per_channel_absmax, symmetric
 from onnxquant.recipe import NodeSelection, Recipe
 
@@ -47,10 +48,16 @@ class Selection:
     # tensor -> tensor whose params it takes (a Conv output feeding only a Relu takes the Relu's)
     range_from: dict[str, str] = field(default_factory=dict)
     boundary_outputs: set[str] = field(default_factory=set)  # graph outputs written by a DQ
+    # node (qualified name inside bodies) -> weights stored int8 in front of a float kernel
+    # (recurrent layers, layers inside If/Loop/Scan bodies); these nodes are also in ``quantized``
+    weight_only: dict[str, WeightOnly] = field(default_factory=dict)
+
+    # values inside If/Loop/Scan bodies that the bodies' own plans quantize (body_planner)
+    body_observed: list[str] = field(default_factory=list)
 
     @property
     def observed(self) -> list[str]:
-        return sorted(t for t in self.activations if t not in self.range_from)
+        return sorted({*(t for t in self.activations if t not in self.range_from), *self.body_observed})
 
 
 @dataclass

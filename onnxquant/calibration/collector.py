@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxquant.calibration.expose import body_values, expose_body_values
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.calibration.histogram import StreamingHistogram
 from onnxquant.calibration.observers import StatsTable, TensorStats
@@ -44,8 +45,25 @@ def model_digest(model: onnx.ModelProto) -> str:
 
 def augmented_bytes(model: onnx.ModelProto, names: list[str]) -> bytes:
     """The model with ``names`` as extra outputs, serialized without copying the weights."""
+    return augmented(model, names)[0]
+
+
+def augmented(model: onnx.ModelProto, names: list[str]) -> tuple[bytes, dict[str, str]]:
+    """``augmented_bytes``, where ``names`` may also be values inside If/Loop/Scan bodies: those
+    are exposed through extra outputs (a copy of the model), returned as {output: value}."""
     existing = {o.name for o in model.graph.output}
-    return serialize_extended(model, outputs=[n for n in names if n not in existing])
+    inner = body_values(model)
+    in_body = [n for n in names if n in inner]
+    if in_body:
+        model, mapping = expose_body_values(model, in_body)
+        existing |= set(mapping)
+    else:
+        mapping = {}
+    graph = model.graph
+    known = {i.name for i in [*graph.input, *graph.initializer]} | {o for n in graph.node for o in n.output}
+    main = [n for n in names if n not in existing and n not in inner and n in known]
+    return serialize_extended(model, outputs=main), mapping
+
 
 
 T = TypeVar("T")
@@ -279,7 +297,8 @@ def _observe(model: onnx.ModelProto, names: list[str], samples: Iterable[dict[st
 
     Samples run in parallel (``in_order``) on one-thread sessions; statistics are folded in
     sample order, so the table is the same for any thread count."""
-    session = make_session(augmented_bytes(model, names), threads=1, optimize=False, weights=model)
+    data, exposed = augmented(model, names)
+    session = make_session(data, threads=1, optimize=False, weights=model)
     fetch = [o.name for o in session.get_outputs()]
     wanted = set(names)
     specs = input_specs(model)
@@ -296,8 +315,11 @@ def _observe(model: onnx.ModelProto, names: list[str], samples: Iterable[dict[st
     count = 0
     for index, outputs in in_order(run, samples, max_samples, sample_workers()):
         for name, value in zip(fetch, outputs):
+            name = exposed.get(name, name)
             if name not in wanted or not isinstance(value, np.ndarray) or value.dtype != np.float32:
                 continue
+            if value.size == 0:
+                continue  # an If branch that did not run (see calibration.expose): nothing observed
             stats = table.tensors.get(name)
             if stats is None:
                 stats = table.tensors[name] = TensorStats(histogram=StreamingHistogram() if histograms else None)

@@ -119,7 +119,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
     guarded = _runtime_would_quantize(graph, sel)
     body: list[onnx.NodeProto] = []
     for node in graph.node:
-        quantized = node.name in sel.quantized
+        quantized = node.name in sel.quantized and node.name not in sel.weight_only  # those compute in float
         for i, name in enumerate(node.input):
             if (node.name, name) in weight_dq:
                 node.input[i] = weight_dq[(node.name, name)]
@@ -130,6 +130,10 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
             if output in renamed:
                 node.output[k] = renamed[output]
             body.extend(after.get(output, []))
+
+    # Bodies read outer values too: an owned tensor must have the Q as its only float reader, or
+    # onnxruntime cannot fuse its producer into an integer kernel.
+    _rewire_body_reads(body, {t: dq_of[t] for t in sel.owned if t in dq_of})
 
     # Initializers now read only through their quantized copy are dropped.
     still_read = {i for n in [*head, *body] for i in n.input}
@@ -177,6 +181,20 @@ def _runtime_would_quantize(graph: onnx.GraphProto, sel) -> set[str]:
         if out in quantized_outputs:
             guarded.add(node.name)
     return guarded
+
+
+def _rewire_body_reads(nodes: list[onnx.NodeProto], renamed: dict[str, str]) -> None:
+    """Inside If/Loop/Scan bodies, read ``renamed`` outer values under their new names."""
+    if not renamed:
+        return
+    for node in nodes:
+        for attr in node.attribute:
+            for body in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                for graph in iter_graphs(body):
+                    for inner in graph.node:
+                        for i, name in enumerate(inner.input):
+                            if name in renamed:
+                                inner.input[i] = renamed[name]
 
 
 def _subgraph_reads(nodes: list[onnx.NodeProto]) -> set[str]:

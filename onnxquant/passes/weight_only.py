@@ -1,0 +1,278 @@
+"""Store weights int8 with a DequantizeLinear in front of their (float) layer, in any graph.
+
+For layers onnxruntime has no QDQ fusion for (LSTM/GRU/RNN) and for layers inside If/Loop/Scan
+bodies, whose activations are not calibrated: the file shrinks 4x and the layer computes in
+float on the exact dequantized weights (the DQ runs once per inference, so its cost is one pass
+over the weight bytes). An initializer captured from an outer graph is quantized once, where
+it lives; each body that reads it gets its own DequantizeLinear. Identical weights in several
+bodies (onnxruntime's constant folding copies a captured weight into each body that reshapes
+it) are stored once, in the innermost graph all their readers see.
+
+Recurrent weights (num_directions, rows, K) get one scale per row of each direction: with one
+direction the DQ's axis is 1; with two, the int8 tensor is stored (2 * rows, K) with a scale per
+row on axis 0 and a Reshape restores the layout (DequantizeLinear takes a single axis).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxquant.model_io import iter_graphs, tensor_array
+from onnxquant.ops.recurrent import is_recurrent
+from onnxquant.ops.rules import weight_axis
+from onnxquant.passes.node_index import attributes
+from onnxquant.passes.scopes import ScopedNode, iter_scoped_nodes
+from onnxquant.qparams import QParams, QuantDType, per_channel_absmax, quantize, symmetric
+
+MS_DOMAIN = "com.microsoft"
+
+PER_CHANNEL_OPSET = 13  # DequantizeLinear's axis attribute
+
+
+@dataclass(frozen=True)
+class WeightOnly:
+    """Weight inputs of one node to store int8; ``per_channel`` false: one scale per tensor."""
+
+    inputs: tuple[int, ...]
+    per_channel: bool = True
+    reason: str = ""  # why the layer's compute stays float
+
+
+@dataclass
+class WeightOnlyResult:
+    nodes: int = 0  # nodes whose weights were replaced
+    tensors: int = 0  # float initializers stored int8
+    float_bytes: int = 0  # bytes of the float weights replaced
+    dynamic_lstm: int = 0  # LSTMs turned into DynamicQuantizeLSTM
+
+
+class _Names:
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.used: set[str] = set()
+        for graph in iter_graphs(model.graph):
+            self.used.update(i.name for i in graph.initializer)
+            self.used.update(v.name for v in [*graph.input, *graph.output])
+            for node in graph.node:
+                self.used.update([*node.input, *node.output, node.name])
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.used:
+            k += 1
+            name = f"{base}_{k}"
+        self.used.add(name)
+        return name
+
+
+def _layout(node: onnx.NodeProto, index: int, shape: tuple[int, ...], per_channel: bool,
+            opset: int) -> tuple[tuple[int, ...], int | None]:
+    """(shape the int8 tensor is stored in, its scale axis) for input ``index`` of ``node``."""
+    if not per_channel or opset < PER_CHANNEL_OPSET:
+        return shape, None
+    if is_recurrent(node) and len(shape) == 3:
+        return ((shape[0] * shape[1], shape[2]), 0) if shape[0] > 1 else (shape, 1)
+    return shape, weight_axis(node, len(shape))
+
+
+def _owner(scopes: list[tuple[str, onnx.GraphProto]], name: str) -> tuple[str, onnx.GraphProto] | None:
+    """The innermost visible graph that holds ``name`` as an initializer."""
+    for path, graph in reversed(scopes):
+        if any(i.name == name for i in graph.initializer):
+            return path, graph
+    return None
+
+
+class _Store:
+    """Int8 copies of float initializers, each content stored once, in a graph all readers see."""
+
+    def __init__(self, model: onnx.ModelProto, weight_type: QuantDType, result: WeightOnlyResult) -> None:
+        self.names = _Names(model)
+        self.weight_type = weight_type
+        self.result = result
+        self.stored: dict[tuple, list[str]] = {}  # (owner path, name, layout) -> tensor names
+        self.by_content: dict[bytes, tuple] = {}  # identical weights (bodies often carry copies)
+        self.home: dict[tuple, list[str]] = {}  # first key of a content -> scope paths down to its graph
+        self.pending: dict[tuple, list[onnx.TensorProto]] = {}
+        self.replaced: dict[str, set[str]] = {}  # graph path -> float initializers now stored int8
+
+    def find(self, scoped: ScopedNode, name: str) -> tuple[str, onnx.TensorProto] | None:
+        """(owner graph path, initializer) of a float32 weight ``scoped`` reads, else None."""
+        found = _owner(scoped.scopes, name) if name else None
+        if found is None:
+            return None
+        init = next(i for i in found[1].initializer if i.name == name)
+        return (found[0], init) if init.data_type == onnx.TensorProto.FLOAT else None
+
+    def int8(self, scoped: ScopedNode, owner_path: str, init: onnx.TensorProto, layout: tuple,
+             make: Callable[[np.ndarray, Callable[[str], str]], list[onnx.TensorProto]]) -> list[str]:
+        """Names of the int8 tensors of ``init`` in ``layout``; ``make`` builds them from the float value."""
+        key = (owner_path, init.name, layout)
+        if key in self.stored:
+            return self.stored[key]
+        value = tensor_array(init)
+        chain = [path for path, _ in scoped.scopes]
+        chain = chain[:chain.index(owner_path) + 1]
+        digest = hashlib.sha256(repr((value.shape, layout)).encode() + value.tobytes()).digest()
+        first = self.by_content.get(digest)
+        if first is not None:
+            self.home[first] = [a for a, b in zip(self.home[first], chain) if a == b]  # seen by both readers
+            self.stored[key] = self.stored[first]
+        else:
+            tensors = make(value, lambda suffix: self.names.fresh(f"{init.name}_{suffix}"))
+            self.by_content[digest], self.home[key], self.pending[key] = key, chain, tensors
+            self.stored[key] = [t.name for t in tensors]
+            self.result.tensors += 1
+        self.replaced.setdefault(owner_path, set()).add(init.name)
+        self.result.float_bytes += value.size * 4
+        return self.stored[key]
+
+    def written(self) -> dict[str, list[onnx.TensorProto]]:
+        out: dict[str, list[onnx.TensorProto]] = {}
+        for key, tensors in self.pending.items():
+            out.setdefault(self.home[key][-1], []).extend(tensors)
+        return out
+
+
+def _row_quantized(value: np.ndarray, stored_shape: tuple[int, ...], axis: int | None, weight_type: QuantDType,
+                   reduce_range: bool = False) -> tuple[np.ndarray, QParams]:
+    value = value.reshape(stored_shape)
+    absmax = per_channel_absmax(value, axis) if axis is not None else np.abs(value).max(initial=0.0)
+    params = symmetric(absmax, weight_type, axis, reduce_range)
+    return quantize(value, params), params
+
+
+def quantize_weights_only(model: onnx.ModelProto, targets: dict[str, WeightOnly], weight_type: QuantDType,
+                          opset: int, dynamic_lstm: bool = False, reduce_range: bool = True) -> WeightOnlyResult:
+    """Rewrite ``model`` in place: the named nodes (qualified names, see ``scopes``) read int8 weights.
+
+    ``dynamic_lstm``: LSTMs become onnxruntime's ``DynamicQuantizeLSTM`` (com.microsoft, CPU),
+    which multiplies int8 weights directly (``reduce_range``: 7-bit weights, which the u8s8
+    kernels of CPUs without VNNI need to not saturate); other layers get a DequantizeLinear.
+    """
+    result = WeightOnlyResult()
+    if not targets:
+        return result
+    store = _Store(model, weight_type, result)
+    dq_of: dict[tuple, str] = {}
+    front: dict[str, list[onnx.NodeProto]] = {}  # graph path -> DQ nodes to put first
+    for scoped in list(iter_scoped_nodes(model.graph)):
+        target = targets.get(scoped.qualified)
+        if target is None:
+            continue
+        node = scoped.node
+        if dynamic_lstm and _to_dynamic_lstm(scoped, store, target, reduce_range):
+            result.nodes += 1
+            result.dynamic_lstm += 1
+            continue
+        changed = False
+        for index in target.inputs:
+            found = store.find(scoped, node.input[index] if len(node.input) > index else "")
+            if found is None:
+                continue
+            owner_path, init = found
+            shape = tuple(init.dims)
+            stored_shape, axis = _layout(node, index, shape, target.per_channel, opset)
+
+            def make(value: np.ndarray, fresh: Callable[[str], str]) -> list[onnx.TensorProto]:
+                q, params = _row_quantized(value, stored_shape, axis, weight_type)
+                tensors = [numpy_helper.from_array(q, fresh("quantized")),
+                           numpy_helper.from_array(np.asarray(params.scale, np.float32), fresh("scale")),
+                           numpy_helper.from_array(np.asarray(params.zero_point), fresh("zero_point"))]
+                if stored_shape != shape:
+                    tensors.append(numpy_helper.from_array(np.asarray(shape, np.int64), fresh("shape")))
+                return tensors
+
+            tensor_names = store.int8(scoped, owner_path, init, ("dq", stored_shape, axis), make)
+            dq_key = (scoped.graph_path, tuple(tensor_names))
+            if dq_key not in dq_of:
+                name = init.name
+                out = store.names.fresh(f"{name}_dequantized")
+                dq_out = store.names.fresh(f"{name}_dequantized_rows") if len(tensor_names) == 4 else out
+                nodes = [helper.make_node("DequantizeLinear", tensor_names[:3], [dq_out],
+                                          name=store.names.fresh(f"{name}_DequantizeLinear"),
+                                          **({"axis": axis} if axis is not None else {}))]
+                if len(tensor_names) == 4:
+                    nodes.append(helper.make_node("Reshape", [dq_out, tensor_names[3]], [out],
+                                                  name=store.names.fresh(f"{name}_Reshape")))
+                front.setdefault(scoped.graph_path, []).extend(nodes)
+                dq_of[dq_key] = out
+            node.input[index] = dq_of[dq_key]
+            changed = True
+        result.nodes += changed
+    written = store.written()
+    # Deepest graphs first, each looked up afresh: rewriting a graph's node list copies the
+    # bodies it holds, so a graph fetched before its parent was rewritten would be stale.
+    for path in sorted({*front, *store.replaced, *written}, key=lambda p: (-p.count("/"), p)):
+        graph = _graph_at(model, path)
+        graph.initializer.extend(written.get(path, []))
+        if path in front:
+            rest = list(graph.node)
+            del graph.node[:]
+            graph.node.extend(front[path] + rest)
+        if path in store.replaced:
+            drop_unread(graph, store.replaced[path])
+    if result.dynamic_lstm and not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return result
+
+
+def _to_dynamic_lstm(scoped: ScopedNode, store: _Store, target: WeightOnly, reduce_range: bool) -> bool:
+    """Turn an LSTM into DynamicQuantizeLSTM in place: W and R int8 (num_directions, K, 4 * hidden),
+    transposed, with a scale per gate row of each direction. False where it does not apply."""
+    node = scoped.node
+    if not (is_recurrent(node) and node.op_type == "LSTM") or not target.per_channel or store.weight_type != "int8":
+        return False
+    if attributes(node).get("layout", 0) != 0:
+        return False
+    found = [store.find(scoped, node.input[i]) for i in (1, 2)]
+    if any(f is None or len(f[1].dims) != 3 for f in found):
+        return False
+
+    def make(value: np.ndarray, fresh: Callable[[str], str]) -> list[onnx.TensorProto]:
+        directions, rows, k = value.shape
+        q, params = _row_quantized(value, (directions * rows, k), 0, "int8", reduce_range)
+        q = np.ascontiguousarray(q.reshape(directions, rows, k).transpose(0, 2, 1))
+        return [numpy_helper.from_array(q, fresh("quantized_transposed")),
+                numpy_helper.from_array(params.scale.astype(np.float32).reshape(directions, rows), fresh("scale")),
+                numpy_helper.from_array(params.zero_point.reshape(directions, rows), fresh("zero_point"))]
+
+    w, r = (store.int8(scoped, owner, init, ("dynamic_lstm", reduce_range), make) for owner, init in found)
+    inputs = [*node.input[:8], *[""] * (8 - len(node.input))]
+    inputs[1], inputs[2] = w[0], r[0]
+    kept = [a for a in node.attribute if a.name != "layout"]
+    del node.input[:]
+    node.input.extend([*inputs, w[1], w[2], r[1], r[2]])
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    node.op_type, node.domain = "DynamicQuantizeLSTM", MS_DOMAIN
+    return True
+
+
+def _graph_at(model: onnx.ModelProto, path: str) -> onnx.GraphProto:
+    if not path:
+        return model.graph
+    for scoped in iter_scoped_nodes(model.graph):
+        for attr in scoped.node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH and f"{scoped.qualified}/{attr.name}" == path:
+                return attr.g
+            for k, body in enumerate(attr.graphs):
+                if f"{scoped.qualified}/{attr.name}/{k}" == path:
+                    return body
+    raise KeyError(path)
+
+
+def drop_unread(graph: onnx.GraphProto, candidates: set[str]) -> None:
+    """Remove float initializers that no node of ``graph`` (or of its bodies) reads any more."""
+    read = {o.name for o in graph.output}
+    for sub in iter_graphs(graph):
+        for node in sub.node:
+            read.update(node.input)
+    kept = [i for i in graph.initializer if i.name not in candidates or i.name in read]
+    if len(kept) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(kept)

@@ -1,0 +1,86 @@
+"""Decide which layers get int8 weights without integer compute: recurrent layers and every
+weighted layer inside If/Loop/Scan bodies.
+
+Runs after the main planner (CPU or NPU) and moves those layers from its float list to its
+quantized list, with ``Selection.weight_only`` saying which weights and why the compute stays
+float. Layers that stay entirely float keep (or get) a reason in ``Selection.float_nodes``.
+Body layers are named by their qualified name (``If_0/then_branch/Conv_3``, see
+``passes.scopes``).
+"""
+from __future__ import annotations
+
+import onnx
+
+from onnxquant.body_planner import IN_BODY
+from onnxquant.ops import WEIGHTED_OPS
+from onnxquant.ops.recurrent import RECURRENT_OPS, RECURRENT_WEIGHT_INPUTS, WEIGHT_ONLY_REASON, is_recurrent
+from onnxquant.passes.scopes import ScopedNode, iter_scoped_nodes
+from onnxquant.passes.weight_only import WeightOnly
+from onnxquant.planner import Selection, _selected_by_user
+from onnxquant.recipe import Recipe
+
+NO_BODY_PLAN = ("no integer kernels in this body (no weighted layer with float inputs, or values that calibration "
+                "never saw: an If branch no sample took)")
+
+
+def _visible_float_initializer(scoped: ScopedNode, name: str) -> bool:
+    for _, graph in reversed(scoped.scopes):
+        for init in graph.initializer:
+            if init.name == name:
+                return init.data_type == onnx.TensorProto.FLOAT
+    return False
+
+
+def _weight_inputs(node: onnx.NodeProto) -> tuple[int, ...]:
+    if is_recurrent(node):
+        return RECURRENT_WEIGHT_INPUTS
+    if node.op_type in WEIGHTED_OPS and node.domain in ("", "ai.onnx"):
+        return (1,)
+    return ()
+
+
+def select_weight_only(model: onnx.ModelProto, recipe: Recipe, sel: Selection, per_channel_ok: bool) -> None:
+    """Add recurrent layers and body layers to ``sel`` (in place)."""
+    op_types = set(recipe.quantization.op_types) if recipe.quantization.op_types else None
+    per_channel = per_channel_ok and recipe.quantization.per_channel
+    for scoped in iter_scoped_nodes(model.graph):
+        node = scoped.node
+        if not scoped.in_body and not is_recurrent(node):
+            continue  # the main planner's
+        inputs = _weight_inputs(node)
+        if not inputs or scoped.qualified in sel.quantized:  # a body's own plan made it an integer kernel
+            continue
+        reason = "op type not in the recipe's op_types" if op_types is not None and node.op_type not in op_types else None
+        named = onnx.helper.make_node(node.op_type, [], [], name=scoped.qualified)  # patterns match the qualified name
+        reason = reason or _selected_by_user(named, recipe.nodes)
+        if reason is None:
+            missing = [i for i in inputs if len(node.input) <= i or not _visible_float_initializer(scoped, node.input[i])]
+            if missing:
+                reason = ("weight is not a float32 initializer" if not is_recurrent(node) else
+                          f"{node.op_type} {'W' if missing[0] == 1 else 'R'} is not a float32 initializer")
+        if reason:
+            sel.float_nodes[scoped.qualified] = (node.op_type, f"{IN_BODY}: {reason}" if scoped.in_body else reason)
+            continue
+        # Why no integer kernel: recurrent, or what the body's own planner said.
+        _, planner_reason = sel.float_nodes.pop(scoped.qualified, (None, f"{IN_BODY}: {NO_BODY_PLAN}"))
+        sel.quantized[scoped.qualified] = node.op_type
+        why = WEIGHT_ONLY_REASON if is_recurrent(node) else f"{WEIGHT_ONLY_REASON}; {planner_reason}"
+        sel.weight_only[scoped.qualified] = WeightOnly(inputs, per_channel, why)
+
+
+def weight_only_notes(sel: Selection) -> list[str]:
+    """Summary lines: which layers have int8 weights but compute in float, and why."""
+    recurrent = [sel.quantized[n] for n in sel.weight_only if sel.quantized[n] in RECURRENT_OPS]
+    body = [n for n in sel.weight_only if sel.quantized[n] not in RECURRENT_OPS]
+    body_float = [n for n, (op, reason) in sel.float_nodes.items()
+                  if reason.startswith(IN_BODY) and op in (*WEIGHTED_OPS, *RECURRENT_OPS)]
+    notes = []
+    if recurrent:
+        notes.append(f"recurrent layers: {len(recurrent)} ({', '.join(sorted(set(recurrent)))}) with int8 weights "
+                     "(on the CPU, LSTM runs as DynamicQuantizeLSTM; otherwise a float kernel)")
+    if body:
+        notes.append(f"If/Loop/Scan bodies: {len(body)} weighted layers with int8 weights and a float kernel "
+                     "(each one's reason is in weight_only)")
+    if body_float:
+        notes.append(f"If/Loop/Scan bodies: {len(body_float)} weighted layers left float (see the float list)")
+    return notes

@@ -1,0 +1,90 @@
+"""Weights and activations inside If/Loop bodies: integer kernels where calibrated, int8 weights
+elsewhere, each weight stored once, and the same answers as the float model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+import onnxquant
+from models.tiny_control_flow import if_samples, tiny_if_network, tiny_loop_matmul, tiny_scan_matmul
+from onnxquant.model_io import iter_graphs
+from tests.conftest import run
+
+
+def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(ref**2) / max(np.sum((ref - got) ** 2), 1e-20)))
+
+
+def _optimized_ops(model: onnx.ModelProto, tmp_path: Path) -> list[str]:
+    """Op types onnxruntime runs after its fusions, in every graph (bodies too)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for g in iter_graphs(onnx.load(str(tmp_path / "optimized.onnx")).graph) for n in g.node]
+
+
+def _float_weight_bytes(model: onnx.ModelProto) -> int:
+    return sum(t.ByteSize() for g in iter_graphs(model.graph) for t in g.initializer if t.data_type == onnx.TensorProto.FLOAT)
+
+
+def test_network_inside_if_branches_is_compressed_and_fused(tmp_path: Path):
+    model = tiny_if_network()
+    result = onnxquant.quantize(model, if_samples(8))
+    assert result.size_after < 0.3 * result.size_before
+    assert _float_weight_bytes(result.model) < 0.1 * _float_weight_bytes(model)
+    # Both branches' Convs are integer kernels (onnxruntime fuses QDQ inside bodies), the LSTMs
+    # multiply int8 weights; the captured outer Conv weight no longer exists in float.
+    ops = _optimized_ops(result.model, tmp_path)
+    assert ops.count("QLinearConv") == 4 and ops.count("DynamicQuantizeLSTM") == 2
+    assert "shared_conv_w" not in {t.name for g in iter_graphs(result.model.graph) for t in g.initializer}
+    assert result.quantized_nodes == {"Conv": 4, "Relu": 4, "Transpose": 2, "LSTM": 2}
+    for flag in (True, False):
+        feed = {**if_samples(1, seed=5)[0], "flag": np.array(flag)}
+        assert _sqnr(run(model, feed)[0], run(result.model, feed)[0]) > 25
+
+
+def test_identical_branch_weights_are_stored_once():
+    result = onnxquant.quantize(tiny_if_network(), if_samples(8))
+    int8 = [t for g in iter_graphs(result.model.graph) for t in g.initializer if t.data_type == onnx.TensorProto.INT8
+            and len(t.dims) == 3 and t.dims[0] == 1]  # the LSTMs' (1, K, 4 * hidden) weights
+    assert len(int8) == 2  # W and R once, in the main graph both branches see
+    assert {t.name for t in int8} <= {t.name for t in result.model.graph.initializer}
+
+
+def test_branch_no_sample_took_keeps_int8_weights_with_reason():
+    model = tiny_if_network()
+    result = onnxquant.quantize(model, if_samples(8, flags=(True,)))
+    reasons = result.weight_only
+    assert "calibration never saw" in reasons["by_rate/else_branch/else_conv2"]
+    assert "by_rate/then_branch/then_conv2" not in reasons  # calibrated: an integer kernel
+    assert _float_weight_bytes(result.model) < 0.1 * _float_weight_bytes(model)
+    feed = {**if_samples(1, seed=5)[0], "flag": np.array(False)}
+    assert _sqnr(run(model, feed)[0], run(result.model, feed)[0]) > 30
+
+
+def test_loop_body_matmul_is_calibrated_over_iterations(tmp_path: Path):
+    model = tiny_loop_matmul()
+    samples = [{"x": np.random.default_rng(i).normal(size=(1, 16)).astype(np.float32)} for i in range(8)]
+    result = onnxquant.quantize(model, samples)
+    assert result.quantized_nodes.get("MatMul") == 2 and not result.weight_only
+    ops = _optimized_ops(result.model, tmp_path)
+    assert ops.count("MatMulIntegerToFloat") == 2 and "DequantizeLinear" not in ops  # fused, also in the body
+    feed = {"x": np.random.default_rng(99).normal(size=(1, 16)).astype(np.float32)}
+    assert _sqnr(run(model, feed)[0], run(result.model, feed)[0]) > 25
+
+
+def test_scan_body_matmul_is_calibrated_and_fused(tmp_path: Path):
+    model = tiny_scan_matmul()
+    rng = np.random.default_rng(3)
+    samples = [{"h0": np.zeros((1, 16), np.float32), "x": rng.normal(size=(6, 1, 16)).astype(np.float32)}
+               for _ in range(8)]
+    result = onnxquant.quantize(model, samples)
+    assert result.quantized_nodes.get("MatMul") == 1 and not result.weight_only
+    assert "QLinearMatMul" in _optimized_ops(result.model, tmp_path)  # with the Relu folded in
+    feed = {"h0": np.zeros((1, 16), np.float32), "x": rng.normal(size=(9, 1, 16)).astype(np.float32)}
+    for ref, got in zip(run(model, feed), run(result.model, feed)):
+        assert _sqnr(ref, got) > 25
