@@ -16,9 +16,8 @@ import click
 from onnxquant import __version__
 from onnxquant.calibration.collector import MAX_THREADS, memory_budget, session_threads
 from onnxquant.calibration.observers import METHODS
-from onnxquant.errors import BudgetExceededError, ExecutionProviderError, OnnxQuantError
+from onnxquant.errors import OnnxQuantError
 from onnxquant.agreement import DROP_BY as AGREEMENTS
-from onnxquant.providers import PROVIDERS
 from onnxquant.recipe import (
     ACTIVATION_TYPES,
     PRUNE_METHODS,

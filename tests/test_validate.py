@@ -206,3 +206,13 @@ def test_a_boxes_scores_pair_is_validated_as_detections(tmp_path: Path):
     assert agreement["boxes"]["scores_output"] == "scores" and agreement["boxes"]["f1"] == 1.0 and same["passed"]
     broken = validate(tmp_path / "a.onnx", tmp_path / "collapsed.onnx", data, latency_runs=1)
     assert not broken.passed and any("'boxes' (detection): f1 0" in f for f in broken.failures)
+
+
+def test_no_budgets_reports_only_and_says_so(cnn_path: Path, quantized_cnn: Path, npz_dir: Path):
+    result = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--no-budgets", "--latency-runs", "1", "--json")
+    data = json.loads(result.output)
+    logits = data["providers"][0]["agreement"]["logits"]
+    assert result.exit_code == 0 and data["default_budgets"] is False and logits["checks"] == []
+    assert data["settings"]["detection"]["score_threshold"] == 0.25 and data["providers"][0]["samples"] == 12
+    text = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--no-budgets", "--latency-runs", "1")
+    assert "budgets: none (--no-budgets): report only" in text.output and "logits (classification): top-1" in text.output

@@ -116,34 +116,23 @@ def test_detector_with_collapsed_scores_fails_while_its_cosine_stays_high(detect
 @pytest.fixture(scope="module")
 def file_types(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     pytest.importorskip("magika")
-    import numpy as np
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-
     from models import magika_model
 
     root = tmp_path_factory.mktemp("magika")
     model = magika_model.build(root / "magika.onnx")
-    calib_samples = magika_model.samples("calib", 64)
-    calib = write_npz(root / "calib", calib_samples)
+    calib = write_npz(root / "calib", magika_model.samples("calib", 64))
     hold = write_npz(root / "hold", magika_model.samples("holdout", 64))
     quantize(model, calib, output=root / "good.onnx")
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.samples = iter(calib_samples)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.samples, None)
-
-    # Another tool's int8 (onnxruntime's quantize_static, its defaults): it wrecks this model.
-    quantize_static(str(model), str(root / "other_tool.onnx"), Reader(), quant_format=QuantFormat.QDQ)
-    return {"model": model, "hold": hold, "good": root / "good.onnx", "other": root / "other_tool.onnx"}
+    # Destroyed the same way on every CPU. (onnxruntime's quantize_static also wrecks this model
+    # on CPUs without VNNI, top-1 0.25, but that depends on the CPU: see the README.)
+    quantize(model, calib, ABSURD, output=root / "broken.onnx")
+    return {"model": model, "hold": hold, "good": root / "good.onnx", "broken": root / "broken.onnx"}
 
 
 def test_file_type_classifier_int8_passes_and_a_destroyed_one_fails(file_types: dict[str, Path]):
     good = validate(file_types["model"], file_types["good"], file_types["hold"], latency_runs=1)
     out = _agreement(good)["target_label"]
     assert out["kind"] == "classification" and good.passed, good.failures
-    other = validate(file_types["model"], file_types["other"], file_types["hold"], latency_runs=1)
-    out = _agreement(other)["target_label"]
-    assert out["top1"] < 0.5 and not other.passed and any("top1" in f for f in other.failures)
+    broken = validate(file_types["model"], file_types["broken"], file_types["hold"], latency_runs=1)
+    out = _agreement(broken)["target_label"]
+    assert out["top1"] < 0.5 and not broken.passed and any("top1" in f for f in broken.failures)
