@@ -128,8 +128,8 @@ def bench_model(name: str, work: Path, threads: int, rounds: int) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | tool | agreement with fp32 (held-out) | size MB (fp32 → int8) | size ratio | quantize s | peak MB "
-        "| latency int8/fp32 | integer kernels |",
+        ("| model | tool | agreement with fp32 (held-out) | size MB (fp32 → int8) | size ratio | quantize s | peak MB "
+         "| latency int8/fp32 | integer kernels |"),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:

@@ -67,3 +67,21 @@ def test_subgraph_weights_are_found():
     found = {w.node: w for w in float_weighted_nodes(tiny_if_model())}
     assert found["conv"].in_subgraph is False
     assert found["then_conv"].in_subgraph is True  # reads the outer graph's wb
+
+
+def test_the_cli_summary_says_what_stays_float_and_warns(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxquant.cli import main
+    from tests.conftest import write_npz
+
+    source = tmp_path / "einsum.onnx"
+    onnx.save(_einsum_model(), str(source))
+    calib = write_npz(tmp_path / "calib", _samples())
+    result = CliRunner().invoke(main, ["quantize", str(source), "-o", str(tmp_path / "q.onnx"), "--calib-data", str(calib)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "integer kernels: 1 of 1 quantized layers run as integer kernels in onnxruntime" in lines
+    assert any(line.startswith("left float:") and "of the weight bytes" in line for line in lines)
+    assert any("Einsum: op type not quantized (" in line for line in lines)
+    assert any(line.startswith("warning: ") and "stay float (Einsum)" in line for line in lines)

@@ -19,13 +19,13 @@ pytest.importorskip("skl2onnx")
 pytest.importorskip("onnxconverter_common")
 pytest.importorskip("rapidocr_onnxruntime")
 
-import onnxquant  # noqa: E402
-from benchmarks import metrics  # noqa: E402
-from benchmarks.quantize_one import NpzReader  # noqa: E402
-from calibration.build import write_samples  # noqa: E402
-from models.build import build  # noqa: E402
-from onnxquant.float_weights import float_weighted_nodes  # noqa: E402
-from tests.conftest import run  # noqa: E402
+import onnxquant
+from benchmarks import metrics
+from benchmarks.quantize_one import NpzReader
+from calibration.build import write_samples
+from models.build import build
+from onnxquant.float_weights import float_weighted_nodes
+from tests.conftest import run
 
 pytestmark = pytest.mark.realmodel
 

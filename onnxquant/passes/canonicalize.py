@@ -7,6 +7,7 @@ rounding of one product) and leaves anything it does not recognise alone:
 
 - Gemm bias ``C`` of shape (1, N) or a scalar (scikit-learn, Keras): stored as (N,);
 - Gemm ``alpha``/``beta`` != 1 (Paddle, old TF converters): folded into ``B`` and ``C``;
+- Gemm ``transA=1``: a Transpose of the activation before it;
 - MatMul whose constant weight is the *left* operand, ``W @ X`` (TF/Keras, old PyTorch):
   computed as ``(X^T @ W^T)^T``, so the weight is on the right where the integer kernels want it.
 
@@ -33,6 +34,7 @@ class CanonicalizeReport:
     folded_weights: int = 0  # Cast/Transpose/Reshape/Identity of an initializer, stored folded
     gemm_biases: int = 0  # (1, N) or scalar Gemm biases stored as (N,)
     gemm_scales: int = 0  # Gemm alpha/beta folded into the weight and bias
+    gemm_transposes: int = 0  # Gemm transA=1: the activation transposed by a Transpose before it
     left_matmuls: int = 0  # W @ X rewritten as (X^T @ W^T)^T
 
     def notes(self) -> list[str]:
@@ -43,6 +45,8 @@ class CanonicalizeReport:
             out.append(f"{self.gemm_biases} Gemm bias(es) of shape (1, N) stored as (N,) for integer Gemm kernels")
         if self.gemm_scales:
             out.append(f"{self.gemm_scales} Gemm alpha/beta folded into weights and biases")
+        if self.gemm_transposes:
+            out.append(f"{self.gemm_transposes} Gemm transA written as a Transpose of the input")
         if self.left_matmuls:
             out.append(f"{self.left_matmuls} MatMul(s) with the weight on the left turned to put the weight on the right")
         return out
@@ -152,6 +156,24 @@ def _left_matmul(position: int, inits: _Initializers, ranks: dict[str, int],
     report.left_matmuls += 1
 
 
+def _untranspose_input(position: int, inits: _Initializers, rewritten: dict[int, list[onnx.NodeProto]],
+                       report: CanonicalizeReport) -> None:
+    """Gemm(transA=1): the activation transposed by a Transpose before it (integer Gemm kernels take
+    no transA)."""
+    node = inits.index.nodes[position]
+    if not attributes(node).get("transA", 0) or node.input[0] in inits.by_name:
+        return
+    moved = inits.fresh(f"{node.input[0]}_transposed")
+    transpose = helper.make_node("Transpose", [node.input[0]], [moved], perm=[1, 0],
+                                 name=inits.fresh(f"{node.name or 'Gemm'}_transpose_input"))
+    node.input[0] = moved
+    kept = [a for a in node.attribute if a.name != "transA"]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    rewritten[position] = [transpose, node]
+    report.gemm_transposes += 1
+
+
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     graph = model.graph
     out = {}
@@ -172,6 +194,8 @@ def _folded_value(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> n
     source = inits[node.input[0]]
     if source.data_type not in (FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
         return None
+    if source.data_location == onnx.TensorProto.EXTERNAL:
+        return None  # weights left on disk stay there (a folded copy would live in memory)
     value = tensor_array(source)
     attrs = attributes(node)
     if node.op_type == "Cast":
@@ -224,6 +248,7 @@ def canonicalize(model: onnx.ModelProto) -> CanonicalizeReport:
         if node.domain not in ("", "ai.onnx"):
             continue
         if node.op_type == "Gemm":
+            _untranspose_input(position, inits, rewritten, report)
             _gemm(node, inits, report)
         elif node.op_type == "MatMul" and len(node.input) == 2:
             _left_matmul(position, inits, ranks, rewritten, report)
@@ -231,7 +256,7 @@ def canonicalize(model: onnx.ModelProto) -> CanonicalizeReport:
         nodes = [n for k, node in enumerate(index.nodes) for n in rewritten.get(k, [node])]
         del graph.node[:]
         graph.node.extend(nodes)
-    if report.folded_weights or report.gemm_scales or report.gemm_biases or report.left_matmuls:
+    if report.folded_weights or report.gemm_scales or report.gemm_biases or report.left_matmuls or report.gemm_transposes:
         used = {i for g in iter_graphs(graph) for n in g.node for i in n.input} | {o.name for o in graph.output}
         kept = [i for i in graph.initializer if i.name in used]
         if len(kept) != len(graph.initializer):

@@ -20,8 +20,8 @@ from onnxquant.errors import ModelError
 from onnxquant.outputs import scratch
 from onnxquant.model_io import PROTOBUF_LIMIT, has_lazy, iter_graphs, serialize
 from onnxquant.passes.canonicalize import canonicalize
-from onnxquant.passes.fold_affine import fold_affine_into_conv
 from onnxquant.passes.float16 import widen_float16
+from onnxquant.passes.fold_affine import fold_affine_into_conv
 from onnxquant.passes.fold_constants import fold_constant_nodes
 from onnxquant.passes.fuse_gelu import MS_DOMAIN, fuse_gelu
 from onnxquant.passes.fuse_hardswish import fuse_hardswish
@@ -241,6 +241,6 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
     work = infer_shapes(work)
     quirks = canonicalize(work)
     report.notes.extend(quirks.notes())
-    if quirks.left_matmuls:
+    if quirks.left_matmuls or quirks.gemm_transposes:
         work = infer_shapes(work)  # the new Transpose outputs
     return work, report

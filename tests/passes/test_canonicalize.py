@@ -49,7 +49,7 @@ def test_sklearn_bias_shape_gives_integer_gemms():
     """skl2onnx's MatMul + Add((1, N)) becomes a Gemm with a (1, N) bias in onnxruntime's simplifier;
     with the bias as (N,), every layer runs as QGemm (before: float Gemms between DQ nodes)."""
     model = sklearn_style_mlp()
-    prepared, report = prepare_model(model)
+    _, report = prepare_model(model)
     assert any("(1, N)" in note for note in report.notes)
     samples = feature_samples(8)
     result = onnxquant.quantize(model, samples)
@@ -95,3 +95,24 @@ def test_weights_behind_cast_and_transpose_are_folded_without_the_simplifier():
         np.testing.assert_array_equal(run(work, feed)[0], run(model, feed)[0])
     result = onnxquant.quantize(model, feature_samples(8), Recipe().with_overrides(simplify=False))
     assert result.quantized_nodes.get("MatMul") == 2
+
+
+def test_gemm_trans_a_becomes_a_transpose_and_the_gemm_fuses():
+    from onnx import TensorProto, helper
+
+    from models.tiny import _init, _model
+
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="gemm", transA=1),
+             helper.make_node("Relu", ["h"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "trans_a", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, "N"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+                              [_init("w", rng.normal(0, 0.3, (16, 8))), _init("b", rng.normal(0, 0.1, 8))])
+    model = _model(graph)
+    work, report = _canonical(model)
+    assert report.gemm_transposes == 1
+    feed = {"x": rng.normal(0, 1, (16, 4)).astype(np.float32)}
+    np.testing.assert_allclose(run(work, feed)[0], run(model, feed)[0], rtol=1e-6, atol=1e-6)
+    samples = [{"x": rng.normal(0, 1, (16, 4)).astype(np.float32)} for _ in range(6)]
+    result = onnxquant.quantize(model, samples)
+    assert result.quantized_nodes.get("Gemm") == 1 and result.fusion.integer_layers == 1

@@ -81,3 +81,17 @@ def test_package_escapes_a_hostile_validation_file(quantized_path: Path, tmp_pat
     refused = CliRunner().invoke(main, ["package", str(quantized_path), "-o", str(tmp_path / "c.zip"),
                                         "--validation", str(report)])
     assert refused.exit_code == 2 and "at least one" in refused.output and not (tmp_path / "c.zip").exists()
+
+
+def test_page_lists_float_layers_with_their_share_and_the_integer_kernels(tmp_path: Path):
+    import onnx
+
+    import onnxquant
+    from tests.test_float_weights import _einsum_model, _samples
+
+    out = tmp_path / "einsum.int8.onnx"
+    result = onnxquant.quantize(_einsum_model(), _samples(), output=out)
+    page = render_html(build_report(inspect_model(out), onnx.load(str(out)), out.name, quantization=result.to_dict()))
+    assert "share of the weight bytes" in page and "op type not quantized" in page
+    assert f"{result.float_nodes[-1].share:.1%}" in page and "warning:" in page
+    assert "1 of 1" in page  # the Gemm runs as an integer kernel
