@@ -55,7 +55,7 @@ from onnxquant.npu_planner import select_every_op
 from onnxquant.outputs import all_or_nothing, data_files, model_files, model_outputs, refuse_aliasing
 from onnxquant.ops import WEIGHTED_OPS
 from onnxquant.ops.recurrent import RECURRENT_OPS
-from onnxquant.ops.rules import RULES, Kind
+from onnxquant.ops.rules import DEFAULT_OP_TYPES, RULES, Kind
 from onnxquant.passes.float16 import store_float16
 from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.int4_matmul import eligible as int4_eligible
@@ -279,7 +279,7 @@ def _load_prepared(model: onnx.ModelProto | str | os.PathLike, recipe: Recipe, d
         loaded = fix_input_shapes(loaded, shapes)
     # A model loaded here from a file is ours to rewrite; a caller's ModelProto is copied.
     prepared, prep = prepare_model(loaded, simplify=recipe.simplify, owned=source_path is not None or bool(shapes),
-                                   gelu=recipe.every_op)
+                                   gelu=recipe.every_op, integer_gates=_integer_gates(recipe))
     del loaded
     if shapes:
         prep.notes.append("input shapes fixed to " + ", ".join(f"{k} {list(v)}" for k, v in sorted(shapes.items())))
@@ -495,6 +495,9 @@ def _quantize(model: onnx.ModelProto | str | os.PathLike, data: Any, recipe: Rec
         notes.append(f"{prep.fused_hardswish} hard-swish patterns fused")
     if prep.fused_gelu:
         notes.append(f"{prep.fused_gelu} GELU patterns fused into Gelu")
+    if prep.gates.total:
+        notes.append(f"{prep.gates.total} HardSigmoid gates written as Conv + Clip for integer kernels "
+                     f"({prep.gates.folded} folded into their Conv, {prep.gates.depthwise} depthwise 1x1)")
     notes.extend(weight_only_notes(sel))
     return QuantizeResult(
         model=quantized,
@@ -516,6 +519,12 @@ def _quantize(model: onnx.ModelProto | str | os.PathLike, data: Any, recipe: Rec
         warnings=warnings,
         weight_only={name: w.reason for name, w in sel.weight_only.items()},
     )
+
+
+def _integer_gates(recipe: Recipe) -> bool:
+    """HardSigmoid becomes Conv + Clip only where that makes integer kernels: the CPU target,
+    with Conv and Mul quantized (onnxruntime has no integer HardSigmoid)."""
+    return recipe.target == "cpu" and {"Conv", "Mul"} <= set(recipe.quantization.op_types or DEFAULT_OP_TYPES)
 
 
 # A float island is re-planned as float; a second build needs the prepared model intact, which
