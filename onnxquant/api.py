@@ -480,6 +480,10 @@ def _quantize(model: onnx.ModelProto | str | os.PathLike, data: Any, recipe: Rec
     # Shape arithmetic (int64 Concat, Gather of shapes...) is not float compute: not reported.
     floats, warnings = _float_report(quantized, sel, total_weight_bytes)
     warnings = [*warnings_early, *warnings]
+    if fusion is not None and fusion.round_trips:
+        warnings.append(f"{len(fusion.round_trips)} float op(s) run between integer kernels in onnxruntime "
+                        f"({fusion.round_trip_summary()}): each pays a dequantize/quantize round trip, so these "
+                        "parts may run slower than in fp32")
     _stamp(quantized, recipe)
     _stamp_float_layers(quantized, floats)
     notes = [*prep.notes, *build_notes]

@@ -16,6 +16,8 @@ import onnxquant
 from onnxquant.fusion_check import optimized_graph
 from onnxquant.passes.hardsigmoid_as_conv import rewrite_hardsigmoid
 from onnxquant.passes.prepare import infer_shapes
+from onnxquant.ops.rules import DEFAULT_OP_TYPES
+from onnxquant.recipe import QuantizationSettings
 
 C, H, W = 8, 6, 10
 
@@ -127,3 +129,20 @@ def test_quantized_mobile_block_has_no_float_islands(hardswish_op):
 def test_other_targets_keep_hardsigmoid():
     result = onnxquant.quantize(_mobile_block(), _samples(), recipe=onnxquant.Recipe(target="qnn"))
     assert any(n.op_type == "HardSigmoid" for n in result.model.graph.node)
+
+
+def test_a_float_op_between_integer_kernels_is_reported():
+    """Without Mul in the recipe's op types the gates are not rewritten: the hard-swish and SE
+    blocks stay float between integer kernels, the fusion self-check names each float op as a
+    round trip, and quantize warns that these parts may run slower than fp32."""
+    ops = tuple(t for t in DEFAULT_OP_TYPES if t != "Mul")
+    recipe = onnxquant.Recipe(quantization=QuantizationSettings(op_types=ops))
+    result = onnxquant.quantize(_mobile_block(), _samples(), recipe=recipe)
+    assert result.fusion is not None
+    assert result.fusion.round_trips == [("HardSigmoid", "hsig0"), ("Mul", "hs_mul"), ("GlobalAveragePool", "se_pool"),
+                                         ("HardSigmoid", "se_gate"), ("Mul", "se_mul")]
+    assert result.fusion.round_trip_summary() == "HardSigmoid 2, Mul 2, GlobalAveragePool 1"
+    assert any("5 float op(s) run between integer kernels" in w for w in result.warnings)
+    clean = onnxquant.quantize(_mobile_block(), _samples())
+    assert clean.fusion is not None and clean.fusion.round_trips == []
+    assert not any("between integer kernels" in w for w in clean.warnings)
