@@ -502,6 +502,9 @@ def _quantize(model: onnx.ModelProto | str | os.PathLike, data: Any, recipe: Rec
     if prep.gates.total:
         notes.append(f"{prep.gates.total} HardSigmoid gates written as Conv + Clip for integer kernels "
                      f"({prep.gates.folded} folded into their Conv, {prep.gates.depthwise} depthwise 1x1)")
+    if prep.affines_as_depthwise:
+        notes.append(f"{prep.affines_as_depthwise} constant per-channel Mul/Add written as depthwise 1x1 Conv "
+                     "for integer kernels")
     notes.extend(weight_only_notes(sel))
     return QuantizeResult(
         model=quantized,

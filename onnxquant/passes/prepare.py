@@ -25,6 +25,7 @@ from onnxquant.passes.fold_affine import fold_affine_into_conv
 from onnxquant.passes.fold_constants import fold_constant_nodes
 from onnxquant.passes.fuse_gelu import MS_DOMAIN, fuse_gelu
 from onnxquant.passes.fuse_hardswish import fuse_hardswish
+from onnxquant.passes.affine_as_depthwise import rewrite_affines
 from onnxquant.passes.hardsigmoid_as_conv import GateRewrite, rewrite_hardsigmoid
 
 MIN_QDQ_OPSET = 13
@@ -37,6 +38,7 @@ class PrepareReport:
     fused_hardswish: int = 0
     fused_gelu: int = 0
     gates: GateRewrite = field(default_factory=GateRewrite)  # HardSigmoid written as Conv + Clip
+    affines_as_depthwise: int = 0  # constant x * c + d between activations written as a depthwise Conv
     float16_weights: set[str] = field(default_factory=set)  # initializers that were fp16 (an fp16 model)
     opset_from: int = 0
     opset_to: int = 0
@@ -212,7 +214,8 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
     ``model`` is copied first unless ``owned`` says the caller hands it over (it was just
     loaded from a file): a large model then exists once, not twice. ``gelu`` fuses exact-GELU
     patterns into one op (for NPU targets, which lack a quantized Erf). ``integer_gates`` writes
-    HardSigmoid/HardSwish as Conv + Clip (onnxruntime's CPU provider has no integer HardSigmoid).
+    HardSigmoid/HardSwish as Conv + Clip (onnxruntime's CPU provider has no integer HardSigmoid)
+    and constant per-channel affines between activations as depthwise Convs.
     """
     report = PrepareReport()
     if owned:
@@ -244,7 +247,8 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
     work = infer_shapes(work)
     if integer_gates:
         report.gates = rewrite_hardsigmoid(work, default_opset(work))
-        if report.gates.total or report.gates.hardswish_split:
+        report.affines_as_depthwise = rewrite_affines(work)
+        if report.gates.total or report.gates.hardswish_split or report.affines_as_depthwise:
             work = infer_shapes(work)
     quirks = canonicalize(work)
     report.notes.extend(quirks.notes())
