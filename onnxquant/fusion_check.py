@@ -80,14 +80,14 @@ def optimized_graph(model: onnx.ModelProto | bytes) -> onnx.ModelProto:
         return onnx.load_model(str(out), load_external_data=False)
 
 
-# Ops that move or reshape data, or compute shapes: cheap, not float compute worth a round trip.
-_DATA_MOVEMENT = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Shape", "Size", "Identity",
-                  "Gather", "Slice", "Concat", "Split", "Expand", "Tile", "Cast"}
+# Ops whose outputs are shapes, not data: a path through them is shape arithmetic, no round trip.
+_SHAPE_OPS = {"Shape", "Size"}
 
 
 def round_trips(optimized: onnx.ModelProto) -> list[tuple[str, str]]:
-    """Float compute nodes of an optimized graph that lie on a path DequantizeLinear -> float ops
-    -> QuantizeLinear: work done in float between integer kernels (a float island of activations).
+    """Float nodes of an optimized graph on a path DequantizeLinear -> float ops -> QuantizeLinear:
+    work done in float between integer kernels (a float island of activations). Data movement
+    counts too: onnxruntime drops Q/DQ around it when it can, so one left there is a round trip.
     Deterministic; graph order."""
     nodes = list(optimized.graph.node)
     producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
@@ -99,7 +99,8 @@ def round_trips(optimized: onnx.ModelProto) -> list[tuple[str, str]]:
 
     def is_float_op(k: int) -> bool:
         n = nodes[k]
-        return n.op_type not in qdq and not n.op_type.startswith("QLinear") and n.op_type not in ("QGemm", "DynamicQuantizeLinear")
+        return (n.op_type not in qdq and n.op_type not in _SHAPE_OPS and not n.op_type.startswith("QLinear")
+                and n.op_type not in ("QGemm", "DynamicQuantizeLinear"))
 
     after_dq: set[int] = set()  # float ops reachable from a DequantizeLinear through float ops
     stack = [r for k, n in enumerate(nodes) if n.op_type == "DequantizeLinear" for r in readers.get(n.output[0], [])]
@@ -117,8 +118,7 @@ def round_trips(optimized: onnx.ModelProto) -> list[tuple[str, str]]:
             continue
         before_q.add(k)
         stack.extend(producer[i] for i in nodes[k].input if i in producer)
-    return [(nodes[k].op_type, nodes[k].name) for k in sorted(after_dq & before_q)
-            if nodes[k].op_type not in _DATA_MOVEMENT]
+    return [(nodes[k].op_type, nodes[k].name) for k in sorted(after_dq & before_q)]
 
 
 def check_fusion(model: onnx.ModelProto, payload: bytes | None = None, only: set[str] | None = None) -> FusionCheck:

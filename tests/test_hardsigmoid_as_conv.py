@@ -146,3 +146,40 @@ def test_a_float_op_between_integer_kernels_is_reported():
     clean = onnxquant.quantize(_mobile_block(), _samples())
     assert clean.fusion is not None and clean.fusion.round_trips == []
     assert not any("between integer kernels" in w for w in clean.warnings)
+
+
+def _silu_resize_concat_block() -> onnx.ModelProto:
+    """stem Conv -> SiLU (x * Sigmoid(x)) -> Resize x2 -> Concat with a second branch -> Conv."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array((rng.standard_normal((C, 3, 3, 3)) * 0.3).astype(np.float32), "w0"),
+             numpy_helper.from_array((rng.standard_normal((C, 3, 1, 1)) * 0.3).astype(np.float32), "wb"),
+             numpy_helper.from_array((rng.standard_normal((4, 2 * C, 1, 1)) * 0.3).astype(np.float32), "wh"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    nodes = [
+        helper.make_node("Conv", ["input", "w0"], ["x"], name="stem", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Sigmoid", ["x"], ["sx"], name="sigmoid"),
+        helper.make_node("Mul", ["x", "sx"], ["silu"], name="silu"),
+        helper.make_node("Resize", ["silu", "", "scales"], ["up"], name="up", mode="nearest"),
+        helper.make_node("Conv", ["input", "wb"], ["branch"], name="branch"),
+        helper.make_node("Concat", ["up", "branch"], ["cat"], name="concat", axis=1),
+        helper.make_node("Conv", ["cat", "wh"], ["h"], name="head"),
+        helper.make_node("GlobalAveragePool", ["h"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["out"], name="flatten"),
+    ]
+    graph = helper.make_graph(nodes, "silu_block",
+                              [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3, H, W])],
+                              [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_silu_resize_and_concat_run_as_integer_kernels():
+    """SiLU needs no rewrite (QLinearSigmoid, QLinearMul); Resize and Concat (one shared scale)
+    run on the 8-bit tensors, their Q/DQ dropped."""
+    result = onnxquant.quantize(_silu_resize_concat_block(), _samples())
+    assert result.fusion is not None and result.fusion.round_trips == []
+    optimized = optimized_graph(result.model).graph
+    ops = {n.op_type for n in optimized.node}
+    assert {"QLinearSigmoid", "QLinearMul"} <= ops and not ops & {"Sigmoid", "Mul"}
+    dequantized = {n.output[0] for n in optimized.node if n.op_type == "DequantizeLinear"}
+    moved = [n for n in optimized.node if n.op_type in ("Resize", "Concat", "QLinearConcat")]
+    assert len(moved) == 2 and not any(set(n.input) & dequantized for n in moved)
