@@ -76,6 +76,37 @@ def _latency(sessions: dict[str, ort.InferenceSession], feed: dict, rounds: int,
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
+def _batched(feed: dict[str, np.ndarray], batch: int, session: ort.InferenceSession) -> dict[str, np.ndarray] | None:
+    """``batch`` copies of one sample stacked on axis 0 (held-out samples may differ in length),
+    or None when an input's batch dim is fixed."""
+    if batch == 1:
+        return feed
+    for inp in session.get_inputs():
+        if inp.shape and isinstance(inp.shape[0], int) and inp.shape[0] != batch:
+            return None
+    return {k: np.concatenate([v] * batch, axis=0) for k, v in feed.items()}
+
+
+# (threads, batch): one thread and every core, batch 1 and batch 8, on the CPU provider.
+SETTINGS = ((1, 1), (1, 8), (0, 1), (0, 8))
+
+
+def _setting_key(threads: int, batch: int) -> str:
+    return f"t{threads or 'all'}_b{batch}"
+
+
+def _latencies(paths: dict[str, Path], data: list[dict[str, np.ndarray]], rounds: int) -> dict[str, dict[str, float]]:
+    """Median ms per tool for each (threads, batch) setting; 0 threads means every core."""
+    out: dict[str, dict[str, float]] = {}
+    for threads, batch in SETTINGS:
+        sessions = {k: _session(p, threads or (os.cpu_count() or 1)) for k, p in paths.items()}
+        feed = _batched(data[0], batch, sessions["fp32"])
+        if feed is None:
+            continue
+        out[_setting_key(threads, batch)] = _latency(sessions, feed, rounds, 5 if batch == 1 else 2)
+    return out
+
+
 def bench_model(name: str, work: Path, threads: int, rounds: int) -> dict:
     fp32 = build(name, work / "models")
     calib, held = work / "calib" / name, work / "holdout" / name
@@ -123,28 +154,36 @@ def bench_model(name: str, work: Path, threads: int, rounds: int) -> dict:
     for tool in outputs:
         row["tools"][tool]["latency_ms"] = lat[tool]
         row["tools"][tool]["latency_ratio"] = lat[tool] / lat["fp32"]
+    del sessions
+    settings = _latencies({"fp32": fp32, **outputs}, data, rounds)
+    row["fp32_latency_ms_by_setting"] = {k: v["fp32"] for k, v in settings.items()}
+    for tool in outputs:
+        row["tools"][tool]["latency_ratio_by_setting"] = {k: v[tool] / v["fp32"] for k, v in settings.items()}
     return row
 
 
 def markdown(rows: list[dict]) -> str:
     lines = [
         ("| model | tool | agreement with fp32 (held-out) | size MB (fp32 → int8) | size ratio | quantize s | peak MB "
-         "| latency int8/fp32 | integer kernels |"),
-        "|---|---|---|---|---|---|---|---|---|",
+         "| latency int8/fp32 | int8/fp32 t1 b1, t1 b8, tall b1, tall b8 | integer kernels |"),
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         keys = HEADLINE[row["model"]]
         for tool, info in row["tools"].items():
             if not info.get("ok") or "agreement" not in info:
-                lines.append(f"| {row['model']} | {tool} | failed: {info.get('error', '?')} | | | | | | |")
+                lines.append(f"| {row['model']} | {tool} | failed: {info.get('error', '?')} | | | | | | | |")
                 continue
             agree = ", ".join(f"{k} {info['agreement'][k]:.4f}" for k in keys)
             fusion = info.get("fusion") or {}
             kernels = f"{fusion['integer_layers']} of {fusion['quantized_layers']}" if fusion else ""
+            by_setting = info.get("latency_ratio_by_setting", {})
+            grid = ", ".join(f"{by_setting[_setting_key(t, b)]:.2f}" if _setting_key(t, b) in by_setting else "n/a"
+                             for t, b in SETTINGS)
             lines.append(
                 f"| {row['model']} | {tool} | {agree} | {row['fp32_size'] / 1e6:.2f} → {info['size'] / 1e6:.2f} "
                 f"| {info['size'] / row['fp32_size']:.3f} | {info['seconds']:.1f} | {info['peak_rss_mb']:.0f} "
-                f"| {info['latency_ratio']:.2f} | {kernels} |"
+                f"| {info['latency_ratio']:.2f} | {grid} | {kernels} |"
             )
     return "\n".join(lines)
 

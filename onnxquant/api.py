@@ -56,7 +56,7 @@ from onnxquant.npu_planner import select_every_op
 from onnxquant.outputs import all_or_nothing, data_files, model_files, model_outputs, refuse_aliasing
 from onnxquant.ops import WEIGHTED_OPS
 from onnxquant.ops.recurrent import RECURRENT_OPS
-from onnxquant.ops.rules import RULES, Kind
+from onnxquant.ops.rules import DEFAULT_OP_TYPES, RULES, Kind
 from onnxquant.passes.float16 import store_float16
 from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.int4_matmul import eligible as int4_eligible
@@ -281,7 +281,7 @@ def _load_prepared(model: onnx.ModelProto | str | os.PathLike, recipe: Recipe, d
         loaded = fix_input_shapes(loaded, shapes)
     # A model loaded here from a file is ours to rewrite; a caller's ModelProto is copied.
     prepared, prep = prepare_model(loaded, simplify=recipe.simplify, owned=source_path is not None or bool(shapes),
-                                   gelu=recipe.every_op)
+                                   gelu=recipe.every_op, integer_gates=_integer_gates(recipe))
     del loaded
     if shapes:
         prep.notes.append("input shapes fixed to " + ", ".join(f"{k} {list(v)}" for k, v in sorted(shapes.items())))
@@ -482,6 +482,10 @@ def _quantize(model: onnx.ModelProto | str | os.PathLike, data: Any, recipe: Rec
     # Shape arithmetic (int64 Concat, Gather of shapes...) is not float compute: not reported.
     floats, warnings = _float_report(quantized, sel, total_weight_bytes)
     warnings = [*warnings_early, *warnings]
+    if fusion is not None and fusion.round_trips:
+        warnings.append(f"{len(fusion.round_trips)} float op(s) run between integer kernels in onnxruntime "
+                        f"({fusion.round_trip_summary()}): each pays a dequantize/quantize round trip, so these "
+                        "parts may run slower than in fp32")
     _stamp(quantized, recipe)
     _stamp_float_layers(quantized, floats)
     notes = [*prep.notes, *build_notes]
@@ -497,6 +501,12 @@ def _quantize(model: onnx.ModelProto | str | os.PathLike, data: Any, recipe: Rec
         notes.append(f"{prep.fused_hardswish} hard-swish patterns fused")
     if prep.fused_gelu:
         notes.append(f"{prep.fused_gelu} GELU patterns fused into Gelu")
+    if prep.gates.total:
+        notes.append(f"{prep.gates.total} HardSigmoid gates written as Conv + Clip for integer kernels "
+                     f"({prep.gates.folded} folded into their Conv, {prep.gates.depthwise} depthwise 1x1)")
+    if prep.affines_as_depthwise:
+        notes.append(f"{prep.affines_as_depthwise} constant per-channel Mul/Add written as depthwise 1x1 Conv "
+                     "for integer kernels")
     notes.extend(weight_only_notes(sel))
     return QuantizeResult(
         model=quantized,
@@ -518,6 +528,12 @@ def _quantize(model: onnx.ModelProto | str | os.PathLike, data: Any, recipe: Rec
         warnings=warnings,
         weight_only={name: w.reason for name, w in sel.weight_only.items()},
     )
+
+
+def _integer_gates(recipe: Recipe) -> bool:
+    """HardSigmoid becomes Conv + Clip only where that makes integer kernels: the CPU target,
+    with Conv and Mul quantized (onnxruntime has no integer HardSigmoid)."""
+    return recipe.target == "cpu" and {"Conv", "Mul"} <= set(recipe.quantization.op_types or DEFAULT_OP_TYPES)
 
 
 # A float island is re-planned as float; a second build needs the prepared model intact, which

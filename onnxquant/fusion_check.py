@@ -29,13 +29,23 @@ class FusionCheck:
     quantized_layers: int
     integer_layers: int
     float_islands: list[str] = field(default_factory=list)  # layer (node) names, graph order
+    # Float ops of onnxruntime's graph between a DequantizeLinear and a QuantizeLinear: each
+    # pays a dequantize/quantize round trip (op type, node name), graph order.
+    round_trips: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
         return f"{self.integer_layers} of {self.quantized_layers} quantized layers run as integer kernels"
 
+    def round_trip_summary(self) -> str:
+        """``"HardSigmoid 27, Mul 27"``: the float ops between integer kernels, by type."""
+        counts: dict[str, int] = {}
+        for op, _ in self.round_trips:
+            counts[op] = counts.get(op, 0) + 1
+        return ", ".join(f"{op} {n}" for op, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
     def to_dict(self) -> dict[str, Any]:
         return {"quantized_layers": self.quantized_layers, "integer_layers": self.integer_layers,
-                "float_islands": list(self.float_islands)}
+                "float_islands": list(self.float_islands), "round_trips": [list(r) for r in self.round_trips]}
 
 
 def quantized_weights(model: onnx.ModelProto) -> dict[str, str]:
@@ -70,6 +80,47 @@ def optimized_graph(model: onnx.ModelProto | bytes) -> onnx.ModelProto:
         return onnx.load_model(str(out), load_external_data=False)
 
 
+# Ops whose outputs are shapes, not data: a path through them is shape arithmetic, no round trip.
+_SHAPE_OPS = {"Shape", "Size"}
+
+
+def round_trips(optimized: onnx.ModelProto) -> list[tuple[str, str]]:
+    """Float nodes of an optimized graph on a path DequantizeLinear -> float ops -> QuantizeLinear:
+    work done in float between integer kernels (a float island of activations). Data movement
+    counts too: onnxruntime drops Q/DQ around it when it can, so one left there is a round trip.
+    Deterministic; graph order."""
+    nodes = list(optimized.graph.node)
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    readers: dict[str, list[int]] = {}
+    for k, n in enumerate(nodes):
+        for i in n.input:
+            readers.setdefault(i, []).append(k)
+    qdq = {"DequantizeLinear", "QuantizeLinear"}
+
+    def is_float_op(k: int) -> bool:
+        n = nodes[k]
+        return (n.op_type not in qdq and n.op_type not in _SHAPE_OPS and not n.op_type.startswith("QLinear")
+                and n.op_type not in ("QGemm", "DynamicQuantizeLinear"))
+
+    after_dq: set[int] = set()  # float ops reachable from a DequantizeLinear through float ops
+    stack = [r for k, n in enumerate(nodes) if n.op_type == "DequantizeLinear" for r in readers.get(n.output[0], [])]
+    while stack:
+        k = stack.pop()
+        if k in after_dq or not is_float_op(k):
+            continue
+        after_dq.add(k)
+        stack.extend(r for o in nodes[k].output for r in readers.get(o, []))
+    before_q: set[int] = set()  # float ops that reach a QuantizeLinear through float ops
+    stack = [producer[n.input[0]] for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] in producer]
+    while stack:
+        k = stack.pop()
+        if k in before_q or not is_float_op(k):
+            continue
+        before_q.add(k)
+        stack.extend(producer[i] for i in nodes[k].input if i in producer)
+    return [(nodes[k].op_type, nodes[k].name) for k in sorted(after_dq & before_q)]
+
+
 def check_fusion(model: onnx.ModelProto, payload: bytes | None = None, only: set[str] | None = None) -> FusionCheck:
     """Which of ``model``'s quantized weighted layers onnxruntime fuses into integer kernels.
 
@@ -84,4 +135,4 @@ def check_fusion(model: onnx.ModelProto, payload: bytes | None = None, only: set
     order = {n.name: k for k, n in enumerate(model.graph.node)}
     islands = sorted({layer for weight, layer in layers.items() if weight in still_dequantized}, key=order.get)
     total = len(set(layers.values()))
-    return FusionCheck(total, total - len(islands), islands)
+    return FusionCheck(total, total - len(islands), islands, round_trips(optimized))

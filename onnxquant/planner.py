@@ -142,6 +142,14 @@ class _Graph:
         return None if init is None else tensor_array(init)
 
 
+def _uniform(init: onnx.TensorProto) -> bool:
+    """Every element of a weight is the same value."""
+    if init.data_location == onnx.TensorProto.EXTERNAL or len(init.dims) == 0:
+        return False
+    value = tensor_array(init)
+    return bool(value.size > 0 and np.all(value == value.flat[0]))
+
+
 def _clip_is_constant(node: onnx.NodeProto, g: _Graph) -> bool:
     return all(not name or name in g.initializers for name in node.input[1:])
 
@@ -257,6 +265,9 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
             w = node.input[rule.weight_input]
             shape = tuple(g.initializers[w].dims)
             axis = weight_axis(node, len(shape)) if per_channel_ok and recipe.quantization.per_channel else None
+            if axis is not None and is_depthwise(node, shape) and int(np.prod(shape[1:])) == 1 \
+                    and _uniform(g.initializers[w]):
+                axis = None  # one value everywhere (a HardSigmoid written as a Conv): one scale is exact, and smaller
             reduce = recipe.quantization.reduce_range and not is_depthwise(node, shape)
             sel.weights[(node.name, w)] = (rule.weight_input, axis, reduce)
             b = node.input[rule.bias_input] if rule.bias_input is not None and len(node.input) > rule.bias_input else ""

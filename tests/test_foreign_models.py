@@ -93,11 +93,12 @@ def test_magika(work: Path):
 def test_ppocr_direction_classifier(work: Path, name: str):
     """A Paddle export (opset 11, Constant-node weights), and its fp16 conversion, whose fp16
     inputs and outputs must stay fp16. Small mobile convolutions carry a scale and a bias per
-    channel: the file shrinks to about half, not a quarter (see the README)."""
+    channel, and each hard-swish gate becomes a depthwise 1x1 Conv (an integer kernel, not a float
+    island): the file shrinks to about half, not a quarter (see the README)."""
     model, calib, held = _prepare(name, work)
     out = work / f"{name}.int8.onnx"
     result = onnxquant.quantize(model, calib, output=out)
-    _check(result, out, model, 0.5 if name == "ppocr-cls" else 0.7)
+    _check(result, out, model, 0.56 if name == "ppocr-cls" else 0.8)
     source, written = onnx.load(str(model)), onnx.load(str(out))
     assert ([i.type.tensor_type.elem_type for i in written.graph.input]
             == [i.type.tensor_type.elem_type for i in source.graph.input])

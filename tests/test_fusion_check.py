@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnx.parser
 from onnx import numpy_helper
 
 import onnxquant
 from models.quirks import feature_samples, sklearn_style_mlp
-from onnxquant.fusion_check import check_fusion, quantized_weights
+from onnxquant.fusion_check import check_fusion, quantized_weights, round_trips
 
 
 def test_integer_kernels_are_counted():
@@ -36,3 +38,23 @@ def test_only_the_layers_asked_about_are_counted():
     names = sorted(set(quantized_weights(model).values()))
     check = check_fusion(model, only={names[0]})
     assert check.quantized_layers == 1
+
+
+def test_float_ops_between_quantize_and_dequantize_are_round_trips():
+    """DQ -> Reshape -> Sigmoid -> Mul -> Q: each float op (data movement too: onnxruntime would
+    have dropped its Q/DQ if it could) is a round trip; shape arithmetic and a float tail that
+    reaches no QuantizeLinear are not."""
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["": 13]>
+        g (uint8[1, 4] q) => (float[1, 4] tail, uint8[1, 4] out)
+        <float s = {0.1}, uint8 z = {0}> {
+            x = DequantizeLinear(q, s, z)
+            shape = Shape(x)
+            r = Reshape(x, shape)
+            g = Sigmoid(r)
+            m = Mul(r, g)
+            out = QuantizeLinear(m, s, z)
+            tail = Softmax(x)
+        }
+        """)
+    assert round_trips(model) == [("Reshape", ""), ("Sigmoid", ""), ("Mul", "")]

@@ -25,6 +25,8 @@ from onnxquant.passes.fold_affine import fold_affine_into_conv
 from onnxquant.passes.fold_constants import fold_constant_nodes
 from onnxquant.passes.fuse_gelu import MS_DOMAIN, fuse_gelu
 from onnxquant.passes.fuse_hardswish import fuse_hardswish
+from onnxquant.passes.affine_as_depthwise import rewrite_affines
+from onnxquant.passes.hardsigmoid_as_conv import GateRewrite, rewrite_hardsigmoid
 
 MIN_QDQ_OPSET = 13
 
@@ -35,6 +37,8 @@ class PrepareReport:
     folded_affines: int = 0
     fused_hardswish: int = 0
     fused_gelu: int = 0
+    gates: GateRewrite = field(default_factory=GateRewrite)  # HardSigmoid written as Conv + Clip
+    affines_as_depthwise: int = 0  # constant x * c + d between activations written as a depthwise Conv
     float16_weights: set[str] = field(default_factory=set)  # initializers that were fp16 (an fp16 model)
     opset_from: int = 0
     opset_to: int = 0
@@ -204,12 +208,14 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = False,
-                  gelu: bool = False) -> tuple[onnx.ModelProto, PrepareReport]:
+                  gelu: bool = False, integer_gates: bool = False) -> tuple[onnx.ModelProto, PrepareReport]:
     """Return a prepared model and what was done.
 
     ``model`` is copied first unless ``owned`` says the caller hands it over (it was just
     loaded from a file): a large model then exists once, not twice. ``gelu`` fuses exact-GELU
-    patterns into one op (for NPU targets, which lack a quantized Erf).
+    patterns into one op (for NPU targets, which lack a quantized Erf). ``integer_gates`` writes
+    HardSigmoid/HardSwish as Conv + Clip (onnxruntime's CPU provider has no integer HardSigmoid)
+    and constant per-channel affines between activations as depthwise Convs.
     """
     report = PrepareReport()
     if owned:
@@ -239,6 +245,11 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
         if report.fused_gelu and default_opset(work) < 20 and not any(o.domain == MS_DOMAIN for o in work.opset_import):
             work.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     work = infer_shapes(work)
+    if integer_gates:
+        report.gates = rewrite_hardsigmoid(work, default_opset(work))
+        report.affines_as_depthwise = rewrite_affines(work)
+        if report.gates.total or report.gates.hardswish_split or report.affines_as_depthwise:
+            work = infer_shapes(work)
     quirks = canonicalize(work)
     report.notes.extend(quirks.notes())
     if quirks.left_matmuls or quirks.gemm_transposes:

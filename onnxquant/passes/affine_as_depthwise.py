@@ -1,0 +1,90 @@
+"""Rewrite a constant per-channel affine (``x * c + d``) between activations into a depthwise 1x1 Conv.
+
+fold_affine.py folds such affines into a neighbouring Conv when that is exact. Where it is not
+(PP-LCNetV3's "learnable affine blocks" sit after a hard-swish and before a padded depthwise
+Conv), the Mul and Add by constants stay float in a quantized model: onnxruntime would run
+DequantizeLinear -> Mul -> Add -> QuantizeLinear, two float passes and a round trip at full
+activation resolution. A depthwise 1x1 Conv (weight c, bias d, one group per channel) computes
+the same exactly, and onnxruntime runs it as one QLinearConv. Only 4-D activations whose channel
+count is known, and only where a reader is a convolution or a pool (a CNN feature map, not
+attention scores), are rewritten.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxquant.model_io import tensor_array
+from onnxquant.passes.fold_affine import _channel_vector
+from onnxquant.passes.hardsigmoid_as_conv import _channels, _detached, _unique
+from onnxquant.passes.node_index import NodeIndex
+
+_FEATURE_MAP_READERS = {"Conv", "ConvTranspose", "GlobalAveragePool", "AveragePool", "MaxPool"}
+
+
+def _constant_operand(node: onnx.NodeProto, index: NodeIndex) -> tuple[str, np.ndarray] | None:
+    """(activation input, constant value) of a two-input Mul/Add with one float constant side."""
+    if node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+        return None
+    a, b = node.input
+    for act, const in ((a, b), (b, a)):
+        init = index.inits.get(const)
+        if init is not None and act not in index.inits and init.data_type == onnx.TensorProto.FLOAT:
+            return act, tensor_array(init)
+    return None
+
+
+def rewrite_affines(model: onnx.ModelProto) -> int:
+    """Rewrite in place; returns how many affines became depthwise Convs. Shape inference must
+    have run (the channel count comes from recorded shapes)."""
+    graph = model.graph
+    index = NodeIndex(graph)
+    taken = {n.name for n in graph.node} | {o for n in graph.node for o in n.output} \
+        | set(index.inits) | {i.name for i in graph.input}
+    replace: dict[int, onnx.NodeProto] = {}
+    drop: set[int] = set()
+    new_inits: list[onnx.TensorProto] = []
+    for k, node in enumerate(index.nodes):
+        if node.op_type not in ("Mul", "Add") or k in drop or k in replace:
+            continue
+        operand = _constant_operand(node, index)
+        if operand is None:
+            continue
+        x, value = operand
+        producer = index.producer.get(x)
+        if producer is not None and index.nodes[producer].op_type in ("Conv", "ConvTranspose"):
+            continue  # fold_affine's job (or not exact there); not ours to duplicate
+        shape = _channels(model, x)
+        if shape is None or shape[1] != 4:
+            continue
+        channels = shape[0]
+        vector = _channel_vector(value, channels, 4)
+        if vector is None:
+            continue
+        scale, shift = (vector, np.zeros(channels)) if node.op_type == "Mul" else (np.ones(channels), vector)
+        last, out = k, node.output[0]
+        if node.op_type == "Mul":
+            nxt = index.only_reader(out, "Add")
+            follow = _constant_operand(index.nodes[nxt], index) if nxt is not None else None
+            shift_vector = _channel_vector(follow[1], channels, 4) if follow is not None and follow[0] == out else None
+            if shift_vector is not None:
+                shift, last, out = shift_vector, nxt, index.nodes[nxt].output[0]
+        readers = {index.nodes[r].op_type for r in index.readers.get(out, [])}
+        if not readers & _FEATURE_MAP_READERS:
+            continue
+        base = node.name or f"affine_{k}"
+        w_name, b_name = _unique(taken, f"{base}_dw_weight"), _unique(taken, f"{base}_dw_bias")
+        new_inits += [numpy_helper.from_array(scale.astype(np.float32).reshape(channels, 1, 1, 1), w_name),
+                      numpy_helper.from_array(shift.astype(np.float32), b_name)]
+        replace[k] = helper.make_node("Conv", [x, w_name, b_name], [out], name=_unique(taken, f"{base}_dw"),
+                                      group=channels, kernel_shape=[1, 1])
+        if last != k:
+            drop.add(last)
+    if not replace:
+        return 0
+    nodes = [_detached(replace.get(k, n)) for k, n in enumerate(index.nodes) if k not in drop]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(new_inits)
+    return len(replace)

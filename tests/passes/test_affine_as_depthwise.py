@@ -1,0 +1,72 @@
+"""A constant affine between activations (PP-LCNetV3's learnable affine block) becomes a depthwise Conv."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+import onnxquant
+from onnxquant.passes.affine_as_depthwise import rewrite_affines
+from onnxquant.passes.prepare import infer_shapes
+
+C = 6
+
+
+def _lab_model(reader: str = "Conv", scale_shape: tuple[int, ...] = (1,)) -> onnx.ModelProto:
+    """Conv -> Relu -> (x * a + b) -> padded depthwise Conv (fold_affine cannot take the Add:
+    the padded border would see b) -> GlobalAveragePool -> Flatten."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((C, 3, 3, 3)) * 0.3).astype(np.float32), "w0"),
+             numpy_helper.from_array((rng.standard_normal((C, 1, 3, 3)) * 0.3).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.uniform(0.5, 1.5, scale_shape)).astype(np.float32), "a"),
+             numpy_helper.from_array(np.array([0.25], np.float32), "b")]
+    tail = ([helper.make_node("Conv", ["y", "w1"], ["z"], name="dw", group=C, pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["z"], ["p"], name="pool")] if reader == "Conv"
+            else [helper.make_node("Softmax", ["y"], ["z"], name="softmax", axis=-1),
+                  helper.make_node("ReduceMean", ["z"], ["p"], name="pool", axes=[2, 3])])
+    nodes = [helper.make_node("Conv", ["input", "w0"], ["x0"], name="stem", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["x0"], ["x"], name="relu"),
+             helper.make_node("Mul", ["x", "a"], ["xa"], name="lab_mul"),
+             helper.make_node("Add", ["xa", "b"], ["y"], name="lab_add"),
+             *tail,
+             helper.make_node("Flatten", ["p"], ["out"], name="flatten")]
+    graph = helper.make_graph(nodes, "lab", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, C])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _feeds(n: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(1)
+    return [{"input": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(n)]
+
+
+def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def test_scalar_and_per_channel_affines_become_one_exact_depthwise_conv():
+    for scale_shape in ((1,), (1, C, 1, 1)):
+        model = _lab_model(scale_shape=scale_shape)
+        rewritten = infer_shapes(onnx.ModelProto.FromString(model.SerializeToString()))
+        assert rewrite_affines(rewritten) == 1
+        onnx.checker.check_model(rewritten, full_check=True)
+        ops = [n.op_type for n in rewritten.graph.node]
+        assert "Mul" not in ops and "Add" not in ops and ops.count("Conv") == 3
+        for feed in _feeds(3):
+            np.testing.assert_allclose(_run(rewritten, feed), _run(model, feed), rtol=1e-5, atol=1e-6)
+
+
+def test_an_affine_not_read_by_a_convolution_or_pool_is_left_alone():
+    """Attention scores (4-D, read by Softmax) are no feature map: not rewritten."""
+    model = infer_shapes(_lab_model(reader="Softmax"))
+    assert rewrite_affines(model) == 0
+    assert [n.op_type for n in model.graph.node].count("Mul") == 1
+
+
+def test_quantized_affine_runs_as_an_integer_kernel():
+    result = onnxquant.quantize(_lab_model(), _feeds(8))
+    assert result.fusion is not None and result.fusion.round_trips == []
+    assert any("written as depthwise 1x1 Conv" in note for note in result.notes)
