@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxquant.passes.names import fresh_name
 from onnxquant.passes.scopes import iter_scoped_nodes
 
 FLOAT = onnx.TensorProto.FLOAT
@@ -57,12 +58,7 @@ def expose_body_values(model: onnx.ModelProto, names: list[str]) -> tuple[onnx.M
                 owners[f"{scoped.qualified}/{attr.name}/{k}"] = (scoped.node, attr.name, k, scoped.graph_path)
 
     def fresh(base: str) -> str:
-        name, k = base, 1
-        while name in used:
-            k += 1
-            name = f"{base}_{k}"
-        used.add(name)
-        return name
+        return fresh_name(used, base)
 
     mapping: dict[str, str] = {}
     for name in wanted:

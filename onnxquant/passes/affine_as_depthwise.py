@@ -17,7 +17,8 @@ from onnx import helper, numpy_helper
 
 from onnxquant.model_io import tensor_array
 from onnxquant.passes.fold_affine import _channel_vector
-from onnxquant.passes.hardsigmoid_as_conv import _channels, _detached, _unique
+from onnxquant.passes.hardsigmoid_as_conv import _channels, _detached
+from onnxquant.passes.names import fresh_name
 from onnxquant.passes.node_index import NodeIndex
 
 _FEATURE_MAP_READERS = {"Conv", "ConvTranspose", "GlobalAveragePool", "AveragePool", "MaxPool"}
@@ -74,10 +75,10 @@ def rewrite_affines(model: onnx.ModelProto) -> int:
         if not readers & _FEATURE_MAP_READERS:
             continue
         base = node.name or f"affine_{k}"
-        w_name, b_name = _unique(taken, f"{base}_dw_weight"), _unique(taken, f"{base}_dw_bias")
+        w_name, b_name = fresh_name(taken, f"{base}_dw_weight"), fresh_name(taken, f"{base}_dw_bias")
         new_inits += [numpy_helper.from_array(scale.astype(np.float32).reshape(channels, 1, 1, 1), w_name),
                       numpy_helper.from_array(shift.astype(np.float32), b_name)]
-        replace[k] = helper.make_node("Conv", [x, w_name, b_name], [out], name=_unique(taken, f"{base}_dw"),
+        replace[k] = helper.make_node("Conv", [x, w_name, b_name], [out], name=fresh_name(taken, f"{base}_dw"),
                                       group=channels, kernel_shape=[1, 1])
         if last != k:
             drop.add(last)

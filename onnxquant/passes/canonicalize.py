@@ -24,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxquant.model_io import iter_graphs, tensor_array
+from onnxquant.passes.names import fresh_name
 from onnxquant.passes.node_index import NodeIndex, attributes
 
 FLOAT = onnx.TensorProto.FLOAT
@@ -71,12 +72,7 @@ class _Initializers:
     def put(self, name: str, value: np.ndarray, shared: bool) -> str:
         """Store ``value`` under ``name``, or under a fresh name when others read ``name``."""
         if shared:
-            base, k = f"{name}_canonical", 1
-            name = base
-            while name in self.taken:
-                k += 1
-                name = f"{base}_{k}"
-            self.taken.add(name)
+            name = self.fresh(f"{name}_canonical")
             self.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
             self.by_name[name] = self.graph.initializer[-1]
             return name
@@ -84,12 +80,7 @@ class _Initializers:
         return name
 
     def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        return name
+        return fresh_name(self.taken, base)
 
 
 def _set_attr(node: onnx.NodeProto, name: str, value: float) -> None:

@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper
 
 from onnxquant.float_weights import is_float_weight
 from onnxquant.model_io import iter_graphs, tensor_array
+from onnxquant.passes.names import fresh_name
 
 F16 = onnx.TensorProto.FLOAT16
 F32 = onnx.TensorProto.FLOAT
@@ -35,15 +36,6 @@ def is_float16_model(model: onnx.ModelProto) -> bool:
     graph = model.graph
     return (any(v.type.tensor_type.elem_type == F16 for v in [*graph.input, *graph.output])
             or any(i.data_type == F16 for g in iter_graphs(graph) for i in g.initializer))
-
-
-def _fresh(used: set[str], base: str) -> str:
-    name, k = base, 1
-    while name in used:
-        k += 1
-        name = f"{base}_{k}"
-    used.add(name)
-    return name
 
 
 def widen_float16(model: onnx.ModelProto) -> set[str]:
@@ -75,8 +67,8 @@ def widen_float16(model: onnx.ModelProto) -> set[str]:
     head, tail = [], []
     for value in graph.input:
         if value.type.tensor_type.elem_type == F16:
-            inside = renames[value.name] = _fresh(used, f"{value.name}_float32")
-            head.append(helper.make_node("Cast", [value.name], [inside], name=_fresh(used, f"{value.name}_to_float32"),
+            inside = renames[value.name] = fresh_name(used, f"{value.name}_float32")
+            head.append(helper.make_node("Cast", [value.name], [inside], name=fresh_name(used, f"{value.name}_to_float32"),
                                          to=F32))
     for g in iter_graphs(graph):
         for node in g.node:
@@ -91,7 +83,7 @@ def widen_float16(model: onnx.ModelProto) -> set[str]:
         if source in renames:  # an fp16 input passed straight through: read the fp32 copy
             source = renames[source]
         elif source in producers:
-            inside = _fresh(used, f"{value.name}_float32")
+            inside = fresh_name(used, f"{value.name}_float32")
             node = producers[source]
             node.output[list(node.output).index(source)] = inside
             for g in iter_graphs(graph):
@@ -102,7 +94,7 @@ def widen_float16(model: onnx.ModelProto) -> set[str]:
             source = inside
         else:
             continue  # an initializer or an input written straight out: left as it is
-        tail.append(helper.make_node("Cast", [source], [value.name], name=_fresh(used, f"{value.name}_to_float16"), to=F16))
+        tail.append(helper.make_node("Cast", [source], [value.name], name=fresh_name(used, f"{value.name}_to_float16"), to=F16))
     nodes = [*head, *graph.node, *tail]
     del graph.node[:]
     graph.node.extend(nodes)
@@ -120,8 +112,8 @@ def store_float16(model: onnx.ModelProto, names: set[str]) -> int:
     for init in graph.initializer:
         if init.name not in names or init.data_type != F32 or init.name not in readers or not is_float_weight(init):
             continue
-        half = _fresh(used, f"{init.name}_float16")
-        casts.append(helper.make_node("Cast", [half], [init.name], name=_fresh(used, f"{init.name}_to_float32"), to=F32))
+        half = fresh_name(used, f"{init.name}_float16")
+        casts.append(helper.make_node("Cast", [half], [init.name], name=fresh_name(used, f"{init.name}_to_float32"), to=F32))
         renamed[init.name] = half
         init.CopyFrom(numpy_helper.from_array(tensor_array(init).astype(np.float16), half))
     if casts:

@@ -20,6 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxquant.model_io import tensor_array
+from onnxquant.passes.names import fresh_name
 from onnxquant.passes.node_index import NodeIndex, attributes
 
 
@@ -51,15 +52,6 @@ def _channels(model: onnx.ModelProto, tensor: str) -> tuple[int, int] | None:
     return None
 
 
-def _unique(taken: set[str], base: str) -> str:
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name
-
-
 def _split_hardswish(graph: onnx.GraphProto, taken: set[str]) -> int:
     """``HardSwish(x)`` -> ``Mul(x, HardSigmoid(x))`` in place (same function, by definition)."""
     nodes, count = [], 0
@@ -68,10 +60,10 @@ def _split_hardswish(graph: onnx.GraphProto, taken: set[str]) -> int:
             nodes.append(node)
             continue
         base = node.name or "hardswish"
-        gate = _unique(taken, f"{base}_gate")
-        nodes.append(helper.make_node("HardSigmoid", [node.input[0]], [gate], name=_unique(taken, f"{base}_HardSigmoid"),
+        gate = fresh_name(taken, f"{base}_gate")
+        nodes.append(helper.make_node("HardSigmoid", [node.input[0]], [gate], name=fresh_name(taken, f"{base}_HardSigmoid"),
                                       alpha=1.0 / 6.0, beta=0.5))
-        nodes.append(helper.make_node("Mul", [node.input[0], gate], [node.output[0]], name=_unique(taken, f"{base}_Mul")))
+        nodes.append(helper.make_node("Mul", [node.input[0], gate], [node.output[0]], name=fresh_name(taken, f"{base}_Mul")))
         count += 1
     if count:
         kept = [_detached(n) for n in nodes]
@@ -120,7 +112,7 @@ def rewrite_hardsigmoid(model: onnx.ModelProto, opset: int) -> GateRewrite:
         alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
         x, base = node.input[0], node.name or f"hardsigmoid_{k}"
         if clip_bounds is None:
-            clip_bounds = (_unique(taken, "hardsigmoid_clip_min"), _unique(taken, "hardsigmoid_clip_max"))
+            clip_bounds = (fresh_name(taken, "hardsigmoid_clip_min"), fresh_name(taken, "hardsigmoid_clip_max"))
             new_inits += [numpy_helper.from_array(np.array(0.0, np.float32), clip_bounds[0]),
                           numpy_helper.from_array(np.array(1.0, np.float32), clip_bounds[1])]
         p = _foldable_conv(index, x)
@@ -129,7 +121,7 @@ def rewrite_hardsigmoid(model: onnx.ModelProto, opset: int) -> GateRewrite:
             w = tensor_array(index.inits[conv.input[1]]).astype(np.float64)
             bias = (tensor_array(index.inits[conv.input[2]]).astype(np.float64)
                     if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0]))
-            w_name, b_name = _unique(taken, f"{conv.input[1]}_gate"), _unique(taken, f"{base}_gate_bias")
+            w_name, b_name = fresh_name(taken, f"{conv.input[1]}_gate"), fresh_name(taken, f"{base}_gate_bias")
             new_inits += [numpy_helper.from_array((w * alpha).astype(np.float32), w_name),
                           numpy_helper.from_array((bias * alpha + beta).astype(np.float32), b_name)]
             folded = _detached(conv)
@@ -143,15 +135,15 @@ def rewrite_hardsigmoid(model: onnx.ModelProto, opset: int) -> GateRewrite:
             if shape is None:
                 continue
             channels, rank = shape
-            w_name, b_name = _unique(taken, f"{base}_dw_weight"), _unique(taken, f"{base}_dw_bias")
+            w_name, b_name = fresh_name(taken, f"{base}_dw_weight"), fresh_name(taken, f"{base}_dw_bias")
             new_inits += [numpy_helper.from_array(np.full((channels, 1) + (1,) * (rank - 2), alpha, np.float32), w_name),
                           numpy_helper.from_array(np.full(channels, beta, np.float32), b_name)]
-            conv_out = _unique(taken, f"{base}_affine")
-            replace[k] = [helper.make_node("Conv", [x, w_name, b_name], [conv_out], name=_unique(taken, f"{base}_dw"),
+            conv_out = fresh_name(taken, f"{base}_affine")
+            replace[k] = [helper.make_node("Conv", [x, w_name, b_name], [conv_out], name=fresh_name(taken, f"{base}_dw"),
                                            group=channels, kernel_shape=[1] * (rank - 2))]
             x = conv_out
             report.depthwise += 1
-        clip = helper.make_node("Clip", [x, *clip_bounds], [node.output[0]], name=_unique(taken, f"{base}_clip"))
+        clip = helper.make_node("Clip", [x, *clip_bounds], [node.output[0]], name=fresh_name(taken, f"{base}_clip"))
         replace.setdefault(k, []).append(clip)
     if not replace:
         return report

@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper
 
 from onnxquant.model_io import iter_graphs, tensor_array
 from onnxquant.ops import WEIGHTED_OPS
+from onnxquant.passes.names import fresh_name
 from onnxquant.planner import QuantPlan
 from onnxquant.qparams import QParams, quantize
 
@@ -33,12 +34,7 @@ class _Names:
         self.used.update(v.name for v in model.graph.input)
 
     def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
-        return name
+        return fresh_name(self.used, base)
 
 
 def qdq_domain(params: QParams, opset: int) -> str:

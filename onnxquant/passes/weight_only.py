@@ -25,9 +25,16 @@ from onnx import helper, numpy_helper
 from onnxquant.model_io import iter_graphs, tensor_array
 from onnxquant.ops.recurrent import is_recurrent
 from onnxquant.ops.rules import weight_axis
+from onnxquant.passes.names import fresh_name
 from onnxquant.passes.node_index import attributes
 from onnxquant.passes.scopes import ScopedNode, iter_scoped_nodes
-from onnxquant.qparams import QParams, QuantDType, per_channel_absmax, quantize, symmetric
+from onnxquant.qparams import (
+    QParams,
+    QuantDType,
+    per_channel_absmax,
+    quantize,
+    symmetric,
+)
 
 MS_DOMAIN = "com.microsoft"
 
@@ -61,12 +68,7 @@ class _Names:
                 self.used.update([*node.input, *node.output, node.name])
 
     def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
-        return name
+        return fresh_name(self.used, base)
 
 
 def _layout(node: onnx.NodeProto, index: int, shape: tuple[int, ...], per_channel: bool,
