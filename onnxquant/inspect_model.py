@@ -32,8 +32,24 @@ from onnxquant.prune.storage import compressed_size
 # Ops whose second input (B for MatMulNBits: the first packed input) is a learned weight.
 WEIGHTED_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "Gather": 0,
                 "QLinearConv": 3, "QLinearMatMul": 3, "ConvInteger": 1, "MatMulInteger": 1,
-                "MatMulNBits": 1, "QGemm": 3, "DynamicQuantizeMatMul": 1}
-INTEGER_KERNELS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeMatMul"}
+                "MatMulNBits": 1, "QGemm": 3, "DynamicQuantizeMatMul": 1,
+                "LSTM": 1, "GRU": 1, "RNN": 1, "DynamicQuantizeLSTM": 1}
+INTEGER_KERNELS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeMatMul",
+                   "DynamicQuantizeLSTM"}
+# Recurrent ops carry a second weight, the recurrence R (input 2), stored like W; their bias does
+# not decide their precision.
+RECURRENT_OPS = {"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"}
+# Ops between a DequantizeLinear and the layer that leave the values as they are (a recurrent
+# weight is stored flat per direction and reshaped back after it is dequantized).
+_LAYOUT_OPS = {"Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze"}
+
+
+def _source(name: str, producer: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
+    """The node that makes ``name``, looking through layout-only ops."""
+    node = producer.get(name)
+    while node is not None and node.op_type in _LAYOUT_OPS and node.input:
+        node = producer.get(node.input[0])
+    return node
 _INT4 = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
 _INT8 = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16}
 
@@ -150,7 +166,7 @@ def _layers(graph: onnx.GraphProto) -> list[LayerInfo]:
         if slot is None or len(node.input) <= slot:
             continue
         name = node.input[slot]
-        source = producer.get(name)
+        source = _source(name, producer)
         zero_point = None
         if source is not None and source.op_type == "DequantizeLinear" and source.input[0] in weights.tensors:
             tensor = weights.tensors[source.input[0]]
@@ -172,6 +188,12 @@ def _layers(graph: onnx.GraphProto) -> list[LayerInfo]:
             continue  # Gather of an int64 index table is not an embedding
         values = weights.array(name)
         count = int(np.prod(tensor.dims)) if tensor.dims else 1
+        if node.op_type in RECURRENT_OPS and len(node.input) > 2:
+            recurrence = _source(node.input[2], producer)
+            r_name = recurrence.input[0] if recurrence is not None and recurrence.op_type == "DequantizeLinear" \
+                else node.input[2]
+            if r_name in weights.tensors:
+                count += int(np.prod(weights.tensors[r_name].dims))
         if node.op_type == "MatMulNBits":
             count = _nbits_parameters(node)
         zeros = 0

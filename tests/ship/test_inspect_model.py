@@ -73,3 +73,20 @@ def test_weights_in_external_data_are_read_from_disk(tmp_path: Path):
     assert info.size == path.stat().st_size + (tmp_path / "w.bin").stat().st_size
     assert info.size_deflated is None  # the file alone would say nothing of the weights
     assert [layer.parameters for layer in info.layers] == [8 * 512, 512 * 4]
+
+
+def test_recurrent_layers_count_w_and_r_and_their_precision(tmp_path: Path):
+    """An LSTM is a weighted layer (W and R); as onnxruntime's DynamicQuantizeLSTM or behind a
+    DequantizeLinear it is int8, whatever its float bias."""
+    import onnxquant
+    from models.tiny_control_flow import recurrent_samples, tiny_recurrent
+    from onnxquant.recipe import recipe_for_target
+
+    model = tiny_recurrent("LSTM", hidden=32)
+    w, r = (numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == n)) for n in ("W", "R"))
+    float_layer = next(x for x in inspect_model(model).layers if x.op_type == "LSTM")
+    assert float_layer.precision == "float" and float_layer.parameters == w.size + r.size
+    for target, kernel in (("cpu", "DynamicQuantizeLSTM"), ("openvino", "LSTM")):
+        quantized = onnxquant.quantize(model, recurrent_samples(8), recipe_for_target(target)).model
+        layer = next(x for x in inspect_model(quantized).layers if x.node == "rnn")
+        assert layer.op_type == kernel and layer.precision == "int8" and layer.parameters == w.size + r.size
