@@ -84,6 +84,11 @@ def optimized_graph(model: onnx.ModelProto | bytes) -> onnx.ModelProto:
 _SHAPE_OPS = {"Shape", "Size"}
 
 
+# Integer kernels that take float inputs and quantize them themselves: not float work.
+_INTEGER_FROM_FLOAT = {"QGemm", "DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul",
+                       "MatMulIntegerToFloat"}
+
+
 def round_trips(optimized: onnx.ModelProto) -> list[tuple[str, str]]:
     """Float nodes of an optimized graph on a path DequantizeLinear -> float ops -> QuantizeLinear:
     work done in float between integer kernels (a float island of activations). Data movement
@@ -100,7 +105,7 @@ def round_trips(optimized: onnx.ModelProto) -> list[tuple[str, str]]:
     def is_float_op(k: int) -> bool:
         n = nodes[k]
         return (n.op_type not in qdq and n.op_type not in _SHAPE_OPS and not n.op_type.startswith("QLinear")
-                and n.op_type not in ("QGemm", "DynamicQuantizeLinear"))
+                and n.op_type not in _INTEGER_FROM_FLOAT)
 
     after_dq: set[int] = set()  # float ops reachable from a DequantizeLinear through float ops
     stack = [r for k, n in enumerate(nodes) if n.op_type == "DequantizeLinear" for r in readers.get(n.output[0], [])]

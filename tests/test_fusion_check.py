@@ -58,3 +58,20 @@ def test_float_ops_between_quantize_and_dequantize_are_round_trips():
         }
         """)
     assert round_trips(model) == [("Reshape", ""), ("Sigmoid", ""), ("Mul", "")]
+
+
+def test_kernels_that_quantize_their_own_input_are_not_round_trips():
+    """DQ -> Transpose -> DynamicQuantizeLSTM -> Q: the LSTM takes float and quantizes it itself
+    (an integer kernel, not float work between integer kernels), and the Transpose feeds it, not
+    a QuantizeLinear: nothing to warn about."""
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["": 13, "com.microsoft": 1]>
+        g (uint8[2, 1, 4] q) => (uint8[2, 1, 1, 4] out)
+        <float s = {0.1}, uint8 z = {0}, int8[1, 4, 16] w = {0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0}> {
+            x = DequantizeLinear(q, s, z)
+            t = Transpose <perm = [0, 1, 2]> (x)
+            y = com.microsoft.DynamicQuantizeLSTM <hidden_size = 4> (t, w, w)
+            out = QuantizeLinear(y, s, z)
+        }
+        """)
+    assert round_trips(model) == []
