@@ -23,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks.quantize_one import NpzReader, run_nncf
+from benchmarks.run import _load
 from calibration.build import write_samples
 from models.build import build
 
@@ -32,14 +33,6 @@ def _session(path: Path) -> ort.InferenceSession:
     options.log_severity_level = 3
     options.intra_op_num_threads = 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _load(folder: Path) -> list[dict[str, np.ndarray]]:
-    out = []
-    for f in sorted(folder.glob("*.npz")):
-        with np.load(f) as data:
-            out.append({k: data[k] for k in data.files})
-    return out
 
 
 def quantize_with(tool: str, model: Path, calib: Path, out: Path) -> None:
