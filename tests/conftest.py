@@ -57,3 +57,14 @@ def quantized_path(cnn_path: Path, npz_dir: Path, tmp_path: Path) -> Path:
     out = tmp_path / "cnn.int8.onnx"
     quantize(cnn_path, npz_dir, output=out)
     return out
+
+
+def zoo_model(name: str, work: Path) -> tuple[Path, Path, Path]:
+    """A model of the zoo (``models.build``) with its calibration and held-out sample folders."""
+    from calibration.build import write_samples
+    from models.build import build
+
+    model = build(name, work / "models")
+    calib = write_samples(name, "calib", work / "calib" / name)
+    held = write_samples(name, "holdout", work / "held" / name)
+    return model, calib, held

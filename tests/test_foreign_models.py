@@ -22,10 +22,8 @@ pytest.importorskip("rapidocr_onnxruntime")
 import onnxquant
 from benchmarks import metrics
 from benchmarks.quantize_one import NpzReader
-from calibration.build import write_samples
-from models.build import build
 from onnxquant.float_weights import float_weighted_nodes
-from tests.conftest import run
+from tests.conftest import run, zoo_model
 
 pytestmark = pytest.mark.realmodel
 
@@ -33,13 +31,6 @@ pytestmark = pytest.mark.realmodel
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("foreign")
-
-
-def _prepare(name: str, work: Path) -> tuple[Path, Path, Path]:
-    model = build(name, work / "models")
-    calib = write_samples(name, "calib", work / "calib" / name)
-    held = write_samples(name, "holdout", work / "held" / name)
-    return model, calib, held
 
 
 def _outputs(model, held: Path, output: int = 0) -> list[np.ndarray]:
@@ -66,7 +57,7 @@ def _check(result, out: Path, fp32: Path, max_size: float) -> None:
 
 def test_sklearn_mlp_runs_as_integer_gemms(work: Path):
     """skl2onnx's (1, N) biases: before, every Gemm ran float between DequantizeLinear nodes."""
-    model, calib, held = _prepare("sklearn-mlp", work)
+    model, calib, held = zoo_model("sklearn-mlp", work)
     out = work / "mlp.int8.onnx"
     result = onnxquant.quantize(model, calib, output=out)
     assert result.quantized_nodes.get("Gemm") == 3
@@ -79,7 +70,7 @@ def test_sklearn_mlp_runs_as_integer_gemms(work: Path):
 
 def test_magika(work: Path):
     pytest.importorskip("magika")
-    model, calib, held = _prepare("magika", work)
+    model, calib, held = zoo_model("magika", work)
     out = work / "magika.int8.onnx"
     result = onnxquant.quantize(model, calib, output=out)
     _check(result, out, model, 0.3)
@@ -95,7 +86,7 @@ def test_ppocr_direction_classifier(work: Path, name: str):
     inputs and outputs must stay fp16. Small mobile convolutions carry a scale and a bias per
     channel, and each hard-swish gate becomes a depthwise 1x1 Conv (an integer kernel, not a float
     island): the file shrinks to about half, not a quarter (see the README)."""
-    model, calib, held = _prepare(name, work)
+    model, calib, held = zoo_model(name, work)
     out = work / f"{name}.int8.onnx"
     result = onnxquant.quantize(model, calib, output=out)
     _check(result, out, model, 0.56 if name == "ppocr-cls" else 0.8)
@@ -108,7 +99,7 @@ def test_ppocr_direction_classifier(work: Path, name: str):
 
 
 def test_partly_quantized_mlp(work: Path):
-    model, calib, held = _prepare("sklearn-mlp-partly-int8", work)
+    model, calib, held = zoo_model("sklearn-mlp-partly-int8", work)
     out = work / "partly.int8.onnx"
     result = onnxquant.quantize(model, calib, output=out)
     assert any(note.startswith("already quantized: MatMulInteger 1") for note in result.notes)

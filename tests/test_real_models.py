@@ -18,9 +18,7 @@ pytest.importorskip("skimage")
 import onnxquant
 from benchmarks import metrics
 from benchmarks.quantize_one import NpzReader
-from calibration.build import write_samples
-from models.build import build
-from tests.conftest import optimized_op_types, run
+from tests.conftest import optimized_op_types, run, zoo_model
 
 pytestmark = pytest.mark.realmodel
 
@@ -28,12 +26,6 @@ pytestmark = pytest.mark.realmodel
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("real")
-
-
-def _prepare(name: str, work: Path) -> tuple[Path, Path, Path]:
-    model = build(name, work / "models")
-    calib, held = write_samples(name, "calib", work / "calib" / name), write_samples(name, "holdout", work / "held" / name)
-    return model, calib, held
 
 
 def _ort_static(model: Path, calib: Path, out: Path) -> Path:
@@ -52,7 +44,7 @@ def _outputs(model, held: Path) -> list[np.ndarray]:
 
 
 def test_efficientnet_lite0(work: Path, tmp_path: Path):
-    model, calib, held = _prepare("efficientnet-lite0", work)
+    model, calib, held = zoo_model("efficientnet-lite0", work)
     ours = onnxquant.quantize(model, calib, output=work / "eff.int8.onnx")
     ref = _outputs(model, held)
     mine = metrics.classifier(ref, _outputs(work / "eff.int8.onnx", held))
@@ -65,7 +57,7 @@ def test_efficientnet_lite0(work: Path, tmp_path: Path):
 
 def test_efficientnet_lite0_mixed_precision_meets_its_budget(work: Path):
     """Search on the calibration set, check on held-out photos: the budget must generalise."""
-    model, calib, held = _prepare("efficientnet-lite0", work)
+    model, calib, held = zoo_model("efficientnet-lite0", work)
     result = onnxquant.quantize(model, calib, max_drop=0.03, agreement="top1")
     mp = result.mixed_precision
     assert mp["drop"] <= 0.03 and 0 < len(mp["float_layers"]) < 49 / 4
@@ -79,7 +71,7 @@ def test_efficientnet_lite0_mixed_precision_meets_its_budget(work: Path):
 
 
 def test_minilm(work: Path):
-    model, calib, held = _prepare("minilm", work)
+    model, calib, held = zoo_model("minilm", work)
     ours = onnxquant.quantize(model, calib, output=work / "minilm.int8.onnx")
     ref = _outputs(model, held)
     mine = metrics.embedding(ref, _outputs(work / "minilm.int8.onnx", held))
@@ -89,7 +81,7 @@ def test_minilm(work: Path):
 
 
 def test_ppocr_detector_with_constant_node_weights(work: Path):
-    model, calib, held = _prepare("ppocr-det", work)
+    model, calib, held = zoo_model("ppocr-det", work)
     assert not onnx.load(str(model)).graph.initializer  # weights live in Constant nodes
     ours = onnxquant.quantize(model, calib, output=work / "det.int8.onnx")
     # 62 Convs of the model, 24 depthwise Convs for its hard-swish gates, 14 for its learnable
@@ -107,7 +99,7 @@ def test_efficientnet_lite0_for_qnn_runs_on_the_htp_simulator(work: Path):
     from onnxquant.recipe import recipe_for_target
     from onnxquant.validate import Budget, validate
 
-    model, calib, held = _prepare("efficientnet-lite0", work)
+    model, calib, held = zoo_model("efficientnet-lite0", work)
     out = work / "eff.qnn.onnx"
     onnxquant.quantize(model, calib, recipe_for_target("qnn"), out)
     report = validate(model, out, held, ("qnn",), Budget(min_cosine=0.95, require_on_ep=True),
@@ -120,7 +112,7 @@ def test_efficientnet_lite0_for_qnn_runs_on_the_htp_simulator(work: Path):
 def test_efficientnet_lite0_pruned_int8_is_smaller_within_its_budget(work: Path):
     """Issue 4's bar: pruning plus int8 is measurably smaller than int8 alone (deflated, as
     shipped), within a stated agreement budget; channel pruning takes channels out of the graph."""
-    model, calib, held = _prepare("efficientnet-lite0", work)
+    model, calib, held = zoo_model("efficientnet-lite0", work)
     alone = onnxquant.quantize(model, calib)
     recipe = onnxquant.Recipe().with_overrides(prune={"sparsity": 0.1})
     pruned = onnxquant.quantize(model, calib, recipe)
@@ -147,7 +139,7 @@ def test_efficientnet_lite0_one_command_to_a_validated_bundle(work: Path, tmp_pa
 
     from onnxquant.cli import main
 
-    model, calib, held = _prepare("efficientnet-lite0", work)
+    model, calib, held = zoo_model("efficientnet-lite0", work)
     job = tmp_path / "job.toml"
     job.write_text(f'model = "{model}"\ncalib_data = "{calib}"\nholdout = "{held}"\noutput = "bundle.zip"\n'
                    "[validate]\nmin_top1 = 0.8\nmin_cosine = 0.97\nmax_samples = 32\nlatency_runs = 3\n")
