@@ -187,9 +187,12 @@ def cpu_mismatch(recipe: dict[str, Any] | None, host: HostCpu) -> str | None:
     here = CPU_KINDS[host.kind]
     made_for = f" (quantized for {intended.label})" if intended is not None else ""
     if full and here.reduce_range:
-        unknown = "cannot tell whether its" if host.kind == "unknown" else "has no VNNI:"
-        return (f"the model has full 8-bit weights{made_for}; this host {unknown} onnxruntime's u8s8 kernels "
-                "may saturate here, so its figures on this CPU can be worse than on its own")
+        if host.kind == "unknown":
+            return (f"the model has full 8-bit weights{made_for}, and onnxquant cannot read this host's CPU "
+                    "features: on x86-64 without VNNI, onnxruntime's u8s8 kernels saturate, so its figures here "
+                    "can be worse than on its own CPU")
+        return (f"the model has full 8-bit weights{made_for}, and this host has no VNNI: onnxruntime's u8s8 "
+                "kernels may saturate here, so its figures on this CPU can be worse than on its own")
     if not full and intended is not None and intended.reduce_range and not here.reduce_range:
         return (f"the model has 7-bit weights{made_for}; on this host ({here.label}) 8-bit weights would not "
                 f"saturate: --target {here.target} would keep more accuracy here")
