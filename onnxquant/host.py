@@ -183,7 +183,8 @@ def cpu_mismatch(recipe: dict[str, Any] | None, host: HostCpu) -> str | None:
     quantization = recipe.get("quantization")
     full = isinstance(quantization, dict) and quantization.get("reduce_range") is False
     stated = recipe.get("cpu")
-    intended = CPU_KINDS.get(stated.get("kind")) if isinstance(stated, dict) else None
+    kind = stated.get("kind") if isinstance(stated, dict) else None
+    intended = CPU_KINDS.get(kind) if isinstance(kind, str) else None  # metadata is input: any JSON
     here = CPU_KINDS[host.kind]
     made_for = f" (quantized for {intended.label})" if intended is not None else ""
     if full and here.reduce_range:

@@ -233,6 +233,7 @@ def test_cli_flag_wins_over_the_named_kind(cnn_path: Path, npz_dir: Path, tmp_pa
     ({"target": "cpu", "quantization": {"reduce_range": True}}, VNNI_HOST, None),  # Recipe(): no kind stated
     ({"target": "qnn", "quantization": {"reduce_range": False}}, AVX2_HOST, None),
     (None, AVX2_HOST, None),
+    ({"target": "cpu", "quantization": [], "cpu": {"kind": ["vnni"]}}, AVX2_HOST, None),  # odd metadata: no note
 ])
 def test_cpu_mismatch(recipe: dict | None, host: HostCpu, expected: str | None):
     assert cpu_mismatch(recipe, host) == expected
