@@ -249,3 +249,15 @@ def test_validate_notes_a_vnni_model_measured_without_vnni(cnn_path: Path, npz_d
     (cpu,) = report.providers
     assert any("this host has no VNNI" in n for n in cpu.notes) is noted
     assert report.to_dict()["providers"][0]["notes"] == cpu.notes
+
+
+def test_validate_command_prints_the_note(cnn_path: Path, npz_dir: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch):
+    out = tmp_path / "vnni.onnx"
+    quantize(cnn_path, npz_dir, recipe_for_target("cpu-vnni"), out)
+    monkeypatch.setattr(validate_module, "host_cpu", lambda: AVX2_HOST)
+    result = CliRunner().invoke(main, ["validate", str(cnn_path), str(out), "--data", str(npz_dir),
+                                       "--max-samples", "2", "--latency-runs", "1"])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if "full 8-bit weights" in line]
+    assert notes == ["  note: " + cpu_mismatch(recipe_of(onnx.load(str(out))), AVX2_HOST)]
