@@ -84,7 +84,7 @@ def package(
         raise ModelError(f"{source}: models with external data cannot be packaged yet (keep them under 2 GB)")
     if output.exists() and output.is_dir() and any(output.iterdir()):
         raise UsageError(f"{output}: the folder exists and is not empty; choose a new bundle path")
-    recipe = _recipe_of(model)
+    recipe = recipe_of(model)
     level = ort_level or default_ort_level(recipe)
     if level not in ORT_LEVELS:
         raise UsageError(f"ORT optimization level {level!r} unknown; choose from {', '.join(ORT_LEVELS)}")
@@ -112,7 +112,8 @@ def package(
     return PackageResult(output=output, files=listing, manifest=manifest, report=report)
 
 
-def _recipe_of(model: onnx.ModelProto) -> dict[str, Any] | None:
+def recipe_of(model: onnx.ModelProto) -> dict[str, Any] | None:
+    """The recipe onnxquant stamped into ``model`` (``onnxquant.recipe``), or None."""
     text = next((p.value for p in model.metadata_props if p.key == RECIPE_KEY), None)
     if text is None:
         return None

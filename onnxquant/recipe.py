@@ -15,6 +15,7 @@ from typing import Any
 from onnxquant.calibration.observers import METHODS
 from onnxquant.calibration.preprocess import ImagePreprocess
 from onnxquant.errors import UsageError
+from onnxquant.host import CPU_KINDS, CPU_TARGETS, CpuChoice, HostCpu, cpu_choice, target_note
 from onnxquant.settings import check_fields, parse_limited
 
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
@@ -186,11 +187,15 @@ class PruneSettings:
                 or self.max_drop is not None)
 
 
-TARGETS = ("cpu", "qnn", "openvino")
+# The runtimes a recipe's ``target`` names. onnxruntime's CPU provider is one runtime for every CPU
+# kind: ``cpu`` quantizes for this host, ``cpu-avx2``/``cpu-vnni``/``cpu-arm64`` for a named CPU kind
+# (see README, "CPU kinds"); each gives ``target == "cpu"`` and records the kind in ``Recipe.cpu``.
+RUNTIMES = ("cpu", "qnn", "openvino")
+TARGETS = ("cpu", *CPU_TARGETS, "qnn", "openvino")
 
 # What each runtime wants, applied under the user's own settings (see README, "Targets").
 TARGET_PRESETS: dict[str, dict[str, Any]] = {
-    # onnxruntime CPU: the defaults above (7-bit weights against u8s8 saturation without VNNI).
+    # onnxruntime CPU: the defaults above; weight bits then follow the CPU kind (host.CPU_KINDS).
     "cpu": {},
     # QNN HTP: uint8 activations, symmetric 8-bit weights with full range (the NPU multiplies in
     # 32 bits, no saturation), every op quantized, fixed input shapes.
@@ -201,6 +206,11 @@ TARGET_PRESETS: dict[str, dict[str, Any]] = {
 }
 # Targets whose compiler wants Q/DQ around every op and graphs with fixed input shapes.
 EVERY_OP_TARGETS = frozenset({"qnn"})
+
+
+def is_cpu_target(target: str) -> bool:
+    """A target name (flag, job or recipe key) that runs on onnxruntime's CPU provider."""
+    return target == "cpu" or target in CPU_TARGETS
 
 
 def _check_shapes(shapes: dict[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -225,10 +235,18 @@ class Recipe:
     target: str = "cpu"
     # Fixed sizes for inputs with free dims, e.g. {"input_ids": (1, 128)}; sorted for stable output.
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # The CPU kind the weights were chosen for (target cpu, from recipe_for_target); None: not chosen
+    # (Recipe() itself: the 7-bit weights that no CPU saturates).
+    cpu: CpuChoice | None = None
 
     def __post_init__(self) -> None:
-        if self.target not in TARGETS:
+        if is_cpu_target(self.target) and self.target != "cpu":
+            raise UsageError(f"target {self.target!r} names a CPU kind: build the recipe with "
+                             f"recipe_for_target({self.target!r}), which sets its weights")
+        if self.target not in RUNTIMES:
             raise UsageError(f"target {self.target!r} unknown; choose from {', '.join(TARGETS)}")
+        if self.cpu is not None and self.target != "cpu":
+            raise UsageError(f"a CPU kind is for target cpu, not {self.target!r}")
         if self.quantization.weight_bits == 4 and self.target != "cpu":
             raise UsageError("4-bit weights are written as onnxruntime's CPU MatMulNBits: use them with target cpu")
 
@@ -239,6 +257,10 @@ class Recipe:
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return dict(self.input_shapes)
+
+    def cpu_note(self, host: HostCpu | None = None) -> str | None:
+        """The summary's line on the CPU kind the weights were chosen for, and why (None: no kind)."""
+        return target_note(self.target, self.cpu, self.quantization.reduce_range, host)
 
     def to_dict(self) -> dict[str, Any]:
         return _clean(asdict(self))
@@ -309,17 +331,25 @@ def build_section(cls: type, values: dict[str, Any], label: str) -> Any:
         raise UsageError(f"{label}: {exc}") from exc
 
 
-def recipe_for_target(target: str) -> Recipe:
-    """The default recipe with ``target``'s preset applied."""
+def recipe_for_target(target: str, host: HostCpu | None = None) -> Recipe:
+    """The default recipe with ``target``'s preset applied.
+
+    CPU targets choose the weights for a CPU kind: ``cpu`` for this machine (or ``host``, for a
+    caller that read another), ``cpu-avx2``/``cpu-vnni``/``cpu-arm64`` for the kind they name.
+    """
     if target not in TARGETS:
         raise UsageError(f"target {target!r} unknown; choose from {', '.join(TARGETS)}")
+    if is_cpu_target(target):
+        choice = cpu_choice(target, host)
+        preset = {**TARGET_PRESETS["cpu"], "reduce_range": CPU_KINDS[choice.kind].reduce_range}
+        return Recipe(target="cpu", cpu=choice, quantization=QuantizationSettings(**preset))
     return Recipe(target=target, quantization=QuantizationSettings(**TARGET_PRESETS[target]))
 
 
 _TOP_LEVEL = ("simplify", "target", "input_shapes")
 
 
-def recipe_from_dict(data: dict[str, Any], target: str | None = None) -> Recipe:
+def recipe_from_dict(data: dict[str, Any], target: str | None = None, host: HostCpu | None = None) -> Recipe:
     """A recipe from TOML data: the target's preset first, then the file's settings over it.
 
     ``target`` (from a command-line flag) wins over the file's own ``target`` key.
@@ -330,7 +360,7 @@ def recipe_from_dict(data: dict[str, Any], target: str | None = None) -> Recipe:
     chosen = target or data.get("target", "cpu")
     if not isinstance(chosen, str):
         raise UsageError("recipe: target must be a string")
-    base = recipe_for_target(chosen)
+    base = recipe_for_target(chosen, host)
     parts: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         section = data.get(name, {})
@@ -343,7 +373,8 @@ def recipe_from_dict(data: dict[str, Any], target: str | None = None) -> Recipe:
     shapes = data.get("input_shapes", {})
     if not isinstance(shapes, dict):
         raise UsageError("recipe: [input_shapes] must be a table of name = [dims]")
-    return Recipe(simplify=simplify, target=chosen, input_shapes=tuple(sorted(_check_shapes(shapes).items())), **parts)
+    return Recipe(simplify=simplify, target=base.target, cpu=base.cpu,
+                  input_shapes=tuple(sorted(_check_shapes(shapes).items())), **parts)
 
 
 def read_toml(path: Path, what: str) -> tuple[str, dict[str, Any]]:
@@ -361,5 +392,5 @@ def read_toml(path: Path, what: str) -> tuple[str, dict[str, Any]]:
         raise UsageError(f"{path}: cannot read the {what} file ({exc.strerror or exc})") from exc
 
 
-def load_recipe(path: str | os.PathLike, target: str | None = None) -> Recipe:
-    return recipe_from_dict(read_toml(Path(path), "recipe")[1], target)
+def load_recipe(path: str | os.PathLike, target: str | None = None, host: HostCpu | None = None) -> Recipe:
+    return recipe_from_dict(read_toml(Path(path), "recipe")[1], target, host)

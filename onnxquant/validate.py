@@ -37,12 +37,14 @@ from onnxquant.errors import (
     ModelError,
     UsageError,
 )
+from onnxquant.host import cpu_mismatch, host_cpu
 from onnxquant.model_io import (
     PROTOBUF_LIMIT,
     file_size,
     load_model,
     serialize,
 )
+from onnxquant.package import recipe_of
 from onnxquant.providers import (
     NEEDS_STATIC_SHAPES,
     PROVIDERS,
@@ -437,11 +439,16 @@ def validate(
 
     reference, _ = open_session(str(original_path), "cpu", threads)
     boundary = boundary_nodes(compressed_model)
+    # Full 8-bit weights measured on a CPU whose u8s8 kernels saturate (or the reverse) say little
+    # about the CPU the model was made for: the CPU provider's report says so.
+    cpu_note = cpu_mismatch(recipe_of(compressed_model), host_cpu())
     runs: list[_ProviderRun] = []
     reports: list[ProviderReport] = []
     for ep in dict.fromkeys(providers):
         report = ProviderReport(ep, budget=budget)
         reports.append(report)
+        if ep == "cpu" and cpu_note:
+            report.notes.append(cpu_note)
         try:
             check_available(ep)
         except ExecutionProviderError as exc:

@@ -22,6 +22,7 @@ from onnxquant.calibration.sources import from_iterable, from_reader, open_sourc
 from onnxquant.cli import main
 from onnxquant.errors import UsageError
 from onnxquant.passes.prepare import prepare_model
+from onnxquant.recipe import recipe_for_target
 from tests.conftest import write_npz
 
 
@@ -137,8 +138,8 @@ def test_detector_output_does_not_depend_on_threads(detector: tuple[Path, Path],
                                            "--threads", threads, "-q"])
         assert result.exit_code == 0, result.output
         outputs[threads] = out.read_bytes()
-    with memory_budget(2 * 2**20):
-        quantize(model, calib, output=tmp_path / "budget.onnx")
+    with memory_budget(2 * 2**20):  # the CLI's default recipe: target cpu, for this host's CPU kind
+        quantize(model, calib, recipe_for_target("cpu"), output=tmp_path / "budget.onnx")
     outputs["budget"] = (tmp_path / "budget.onnx").read_bytes()
     assert len(set(outputs.values())) == 1, {k: len(v) for k, v in outputs.items()}
 
