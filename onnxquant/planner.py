@@ -18,6 +18,7 @@ from onnxquant.ops.rules import (
     ACTIVATION_FUSERS,
     DEFAULT_OP_TYPES,
     RULES,
+    OpRule,
     Kind,
     gemm_is_plain,
     is_depthwise,
@@ -277,16 +278,16 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
             for t in data:
                 if t in g.initializers:
                     sel.constants[(node.name, t)] = list(node.input).index(t)
-        out = node.output[0]
-        if out not in g.outputs:
-            int8_outputs.add(out)
-            sel.owned.add(out)
-        if rule.kind in (Kind.SHARED, Kind.CONCAT):
-            for t in act:
-                union(t, out)
-            for t in data:
-                if t in g.initializers:
+        for out in _planned_outputs(node, rule):
+            if out not in g.outputs:
+                int8_outputs.add(out)
+                sel.owned.add(out)
+            if rule.kind in (Kind.SHARED, Kind.CONCAT):
+                for t in act:
                     union(t, out)
+                for t in data:
+                    if t in g.initializers:
+                        union(t, out)
 
     _decide_outputs(model, sel, g, fused_inputs)
     seen: set[str] = set()
@@ -302,16 +303,21 @@ def _decide_outputs(model: onnx.ModelProto, sel: Selection, g: _Graph, fused: se
     for node in model.graph.node:
         if node.name not in sel.quantized:
             continue
-        out = node.output[0]
-        if out in fused or out in g.outputs:
-            continue
         rule = RULES[node.op_type]
-        readers = g.consumers.get(out, [])
-        int8_reader = any(r.name in sel.quantized for r in readers)
-        if not rule.float_output_ok or int8_reader:
-            sel.activations.append(out)
-        else:
-            sel.owned.discard(out)
+        for out in _planned_outputs(node, rule):
+            if out in fused or out in g.outputs:
+                continue
+            readers = g.consumers.get(out, [])
+            int8_reader = any(r.name in sel.quantized for r in readers)
+            if not rule.float_output_ok or int8_reader:
+                sel.activations.append(out)
+            else:
+                sel.owned.discard(out)
+
+
+def _planned_outputs(node: onnx.NodeProto, rule: OpRule) -> list[str]:
+    """The outputs a quantized node gives int8: every output of a Split, else the first."""
+    return [o for o in node.output if o] if rule.every_output else [node.output[0]]
 
 
 def _activation_params(lo: float, hi: float, recipe: Recipe) -> QParams:

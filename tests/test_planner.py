@@ -70,3 +70,42 @@ def test_concat_shares_one_scale_across_inputs():
     _, sel = _select(model)
     assert "cat" in sel.quantized
     assert sel.groups["a"] == sel.groups["b"] == sel.groups["c"]
+
+
+def _c2f_block() -> onnx.ModelProto:
+    """YOLOv8's C2f: a Conv's output split in two, one half through a residual Conv, all concatenated."""
+    rng = np.random.default_rng(0)
+    w = lambda name, o, i: numpy_helper.from_array(rng.normal(0, 0.3, (o, i, 1, 1)).astype(np.float32), name)
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], name="c0"),
+        helper.make_node("Split", ["c0", "halves"], ["a", "b"], name="split", axis=1),
+        helper.make_node("Conv", ["b", "w1"], ["c1"], name="c1"),
+        helper.make_node("Add", ["b", "c1"], ["res"], name="residual"),
+        helper.make_node("Concat", ["a", "b", "res"], ["cat"], name="cat", axis=1),
+        helper.make_node("Conv", ["cat", "w2"], ["c2"], name="c2"),
+        helper.make_node("Sigmoid", ["c2"], ["y"], name="head"),
+    ]
+    inits = [w("w0", 4, 3), w("w1", 2, 2), w("w2", 5, 6), numpy_helper.from_array(np.array([2, 2], np.int64), "halves")]
+    graph = helper.make_graph(nodes, "c2f", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 8, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_split_outputs_share_the_input_scale():
+    _, sel = _select(_c2f_block())
+    assert {"split", "residual", "cat"} <= set(sel.quantized)
+    assert {"a", "b"} <= set(sel.activations)
+    assert sel.groups["a"] == sel.groups["b"] == sel.groups["c0"]
+
+
+def test_split_runs_as_int8_data_movement_in_onnxruntime():
+    """onnxruntime turns DQ -> Split -> Q (one scale on every output) into a Split of int8 data,
+    so the residual Add and the Concat after it become integer kernels: no float round trip."""
+    import onnxquant
+
+    rng = np.random.default_rng(1)
+    samples = [{"x": rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
+    result = onnxquant.quantize(_c2f_block(), samples)
+    assert result.fusion is not None and result.fusion.round_trips == []
+    assert result.warnings == []
+    assert result.quantized_nodes == {"Conv": 3, "Split": 1, "Add": 1, "Concat": 1}

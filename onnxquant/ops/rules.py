@@ -32,6 +32,7 @@ class OpRule:
     weight_input: int | None = None
     bias_input: int | None = None
     float_output_ok: bool = False  # the fused kernel may keep a float output (MatMul, Gemm)
+    every_output: bool = False  # all outputs share the input's scale (Split), not only the first
 
 
 RULES: dict[str, OpRule] = {
@@ -51,6 +52,9 @@ RULES: dict[str, OpRule] = {
     "Unsqueeze": OpRule(Kind.SHARED),
     "Flatten": OpRule(Kind.SHARED),
     "Resize": OpRule(Kind.SHARED),
+    # onnxruntime's SplitReplaceWithQuant: DQ -> Split -> Q on every output, all with one scale,
+    # becomes a Split of the int8 data (YOLOv8's C2f blocks split every Conv output).
+    "Split": OpRule(Kind.SHARED, every_output=True),
     "Gather": OpRule(Kind.GATHER),
     "GlobalAveragePool": OpRule(Kind.UNARY),
     "AveragePool": OpRule(Kind.UNARY),
