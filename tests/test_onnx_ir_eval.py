@@ -84,3 +84,9 @@ def test_safety_table(tmp_path: Path):
     for case in ("location ../", "absolute location", "symlink out of the folder", "NUL in location"):
         assert table[case]["onnx_ir"].startswith("refused"), (case, table[case])
     assert table["empty file"]["onnx_ir"] == "loaded (empty graph)"
+
+
+def test_a_pass_through_onnx_ir_would_lose_weights_left_on_disk(tmp_path: Path):
+    """Why model_io keeps its own lazy weights: converting a loaded ModelProto to onnx-ir and back
+    drops the folder they live in (README, "onnx-ir"). Re-evaluate if this starts passing through."""
+    assert not ev.lazy_weights_survive_conversion(ev.safety_cases(tmp_path)["valid"])
