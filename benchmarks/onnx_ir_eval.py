@@ -14,7 +14,9 @@ Four measurements, each side by side in one run (this machine is shared and nois
 (d) external-data safety and malformed files: what each loader does with a hostile location, a
     symlink, a truncated data file, bad offsets, garbage bytes.
 
-``flock /tmp/onnxquant-bench.lock python -m benchmarks.onnx_ir_eval --out build/bench [--layers 4]``
+Models and samples: ``python -m models.build NAME --out build/models`` and
+``python -m calibration.build NAME --out build/calib/NAME`` for efficientnet-lite0, minilm, ppocr-det.
+``flock /tmp/onnxquant-bench.lock python -m benchmarks.onnx_ir_eval --out build/bench [--layers 4] [--repeats 5]``
 """
 from __future__ import annotations
 
@@ -128,27 +130,33 @@ def same_outputs(a: Path | bytes, b: Path | bytes, feed: dict[str, np.ndarray]) 
 
 
 def measure_round_trip(folder: Path, layers: int, width: int, repeats: int) -> dict:
+    """Each kind in its own process, interleaved (a noisy neighbour hits every kind), the order
+    turned round each repeat, and the page cache's dirty pages written back before each run: a
+    save otherwise pays for the previous run's writes."""
     model = build_large(folder / "large", layers, width)
     result: dict = {"weights_mb": round((model.parent / "large.onnx.data").stat().st_size / 2**20)}
     runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in ROUND_TRIPS}
+    digests: dict[str, list[dict[str, str]]] = {kind: [] for kind in ROUND_TRIPS}
     for k in range(repeats):
-        for kind in ROUND_TRIPS:  # interleaved, so a noisy neighbour hits both
+        for kind in (list(ROUND_TRIPS) if k % 2 == 0 else list(ROUND_TRIPS)[::-1]):
             out = folder / f"{kind}{k}" / "out.onnx"
             shutil.rmtree(out.parent, ignore_errors=True)
+            os.sync()
             runs[kind].append(_sampled_child(kind, model, out))
+            digests[kind].append(files_of(out))
+            if k:  # the first repeat's outputs are run below; the rest only hashed
+                shutil.rmtree(out.parent)
     for kind, rows in runs.items():
         result[kind] = {key: round(min(r[key] for r in rows), 3) for key in rows[0]}
-    ir_files = [files_of(folder / f"onnx_ir{k}" / "out.onnx") for k in range(repeats)]
-    ours_files = [files_of(folder / f"ours{k}" / "out.onnx") for k in range(repeats)]
+    ir_files, ours_files = digests["onnx_ir"], digests["ours"]
     result["onnx_ir_deterministic"] = all(f == ir_files[0] for f in ir_files)
     result["ours_deterministic"] = all(f == ours_files[0] for f in ours_files)
     result["onnx_ir_bytes_equal_ours"] = ir_files[0] == ours_files[0]
     result["onnx_ir_data_file_equal_ours"] = (ir_files[0]["out.onnx.data"] == ours_files[0]["out.onnx.data"])
     feed = {"x": np.random.default_rng(1).standard_normal((1, width), dtype=np.float32)}
     result["same_outputs"] = same_outputs(folder / "ours0" / "out.onnx", folder / "onnx_ir0" / "out.onnx", feed)
-    for k in range(repeats):
-        for kind in ROUND_TRIPS:
-            shutil.rmtree(folder / f"{kind}{k}", ignore_errors=True)
+    for kind in ROUND_TRIPS:
+        shutil.rmtree(folder / f"{kind}0", ignore_errors=True)
     for kind in ("load_s", "save_s", "peak_rss_over_imports_mb"):
         for ours in ("ours", "ours_unchecked"):
             result[f"ratio_{kind}_onnx_ir_over_{ours}"] = round(result["onnx_ir"][kind] / max(result[ours][kind], 1e-9), 2)
