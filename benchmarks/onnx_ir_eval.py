@@ -37,7 +37,7 @@ import onnx
 import onnx_ir as ir
 from onnx_ir import serde
 
-from benchmarks.large_model import _peak, build as build_large
+from benchmarks.large_model import _peak, build as build_large, sample_peaks
 from onnxquant import model_io
 from onnxquant.errors import ModelError
 from onnxquant.ops import WEIGHTED_OPS
@@ -91,15 +91,7 @@ def _sampled_child(kind: str, model: Path, out: Path) -> dict[str, float]:
     """Run one round trip in a fresh process, sampling its peak memory every 20 ms."""
     cmd = [sys.executable, "-m", "benchmarks.onnx_ir_eval", "--child", kind, str(model), str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    status = Path(f"/proc/{proc.pid}/status")
-    peaks = {"VmHWM": 0.0, "RssAnon": 0.0, "RssFile": 0.0}
-    while proc.poll() is None:
-        try:
-            for key, value in _peak(status.read_text()).items():
-                peaks[key] = max(peaks[key], value)
-        except OSError:
-            pass
-        time.sleep(0.02)
+    peaks = sample_peaks(proc, every=0.02)
     stdout, stderr = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} round trip failed: {stderr.strip()[-400:]}")
