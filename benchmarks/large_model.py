@@ -65,21 +65,27 @@ def _peak(pid_status: str) -> dict[str, float]:
     return fields
 
 
-def run(model: Path, out: Path) -> dict:
-    """Quantize in a child, sampling its anonymous and file-backed memory every 50 ms."""
-    cmd = [sys.executable, "-m", "onnxquant", "quantize", str(model), "-o", str(out),
-           "--calib-data", str(model.parent / "calib"), "--json"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def sample_peaks(proc: subprocess.Popen, every: float = 0.05) -> dict[str, float]:
+    """Peak total (VmHWM), anonymous and file-backed memory of a child, in MB, until it exits."""
     status = Path(f"/proc/{proc.pid}/status")
     peaks = {"VmHWM": 0.0, "RssAnon": 0.0, "RssFile": 0.0}
-    started = time.perf_counter()
     while proc.poll() is None:
         try:
             for key, value in _peak(status.read_text()).items():
                 peaks[key] = max(peaks[key], value)
         except OSError:
             pass
-        time.sleep(0.05)
+        time.sleep(every)
+    return peaks
+
+
+def run(model: Path, out: Path) -> dict:
+    """Quantize in a child, sampling its anonymous and file-backed memory every 50 ms."""
+    cmd = [sys.executable, "-m", "onnxquant", "quantize", str(model), "-o", str(out),
+           "--calib-data", str(model.parent / "calib"), "--json"]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peaks = sample_peaks(proc)
     stdout, stderr = proc.communicate()
     info = {"seconds": round(time.perf_counter() - started, 1), "exit": proc.returncode,
             "peak_rss_mb": round(peaks["VmHWM"]), "peak_anonymous_mb": round(peaks["RssAnon"]),
