@@ -13,7 +13,6 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxquant import __version__
 from onnxquant.body_planner import merge_into, plan_bodies, rewrite_bodies
 from onnxquant.calibration.collector import ProgressCallback, collect, make_session
 from onnxquant.calibration.feeds import check_feed, input_specs
@@ -76,6 +75,7 @@ from onnxquant.prune.search import search_amount, upper_amount
 from onnxquant.prune.storage import compressed_size, store_sparse
 from onnxquant.recipe import Recipe
 from onnxquant.recovery.pipeline import Reopen, after_plan, before_calibration
+from onnxquant.version import __version__
 from onnxquant.shapes import fix_input_shapes, has_free_dims
 from onnxquant.weight_only_planner import select_weight_only, weight_only_notes
 
