@@ -3,6 +3,8 @@ integer kernels (float islands: dequantized weights on every call, slower than f
 as float from the calibrated state."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from onnxquant.pipeline.build import build
 from onnxquant.pipeline.kernels import check_kernels
 from onnxquant.pipeline.run_data import RunData
@@ -34,6 +36,7 @@ def without_islands(calibrated: State, run: RunData, keep_calibrated: bool = Fal
         state = build(calibrated, run, excluded=islands, int4=int4, inplace=not keep_calibrated)
         state = check_kernels(state.noted(f"{len(islands)} layer(s) kept float: onnxruntime would not fuse them "
                                           "into integer kernels (float islands, slower than fp32)"))
-        for name in islands:
-            state.selection.float_nodes[name] = (state.selection.float_nodes[name][0], FLOAT_ISLAND)
+        sel = state.selection
+        why = {**sel.float_nodes, **{name: (sel.float_nodes[name][0], FLOAT_ISLAND) for name in islands}}
+        state = replace(state, selection=replace(sel, float_nodes=why))
     return int4_note(state, rejected)

@@ -3,7 +3,8 @@
 A stage never reassigns a field; it returns a new state. The model inside is a protobuf: a stage
 that rewrites it in place (prepare, prune, smooth, and a rewrite told ``inplace``) consumes the
 state it was given. Stages after calibration work on a copy by default, so a calibrated state
-can be re-entered at ``plan`` as often as a search needs.
+can be re-entered at ``plan`` as often as a search needs. The statistics table is a cache the
+states share: ``plan`` adds tensors a narrower selection needs, and never changes one it has.
 """
 from __future__ import annotations
 
