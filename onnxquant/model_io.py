@@ -20,6 +20,8 @@ import onnx
 from onnx import external_data_helper, numpy_helper
 
 from onnxquant.errors import ModelError
+from onnxquant.graphs import iter_graphs as iter_graphs
+from onnxquant.graphs import iter_tensors as iter_tensors
 from onnxquant.ops import WEIGHTED_OPS
 from onnxquant.outputs import all_or_nothing, scratch, temp_dir, temp_file, write_errors
 
@@ -30,30 +32,6 @@ _FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DO
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def iter_graphs(graph: onnx.GraphProto):
-    """``graph`` and every graph nested in it (If/Loop/Scan bodies), depth first."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from iter_graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from iter_graphs(sub)
-
-
-def iter_tensors(model: onnx.ModelProto):
-    """Every TensorProto that can hold weights: initializers and Constant/attribute tensors."""
-    for graph in iter_graphs(model.graph):
-        yield from graph.initializer
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    yield attr.t
-                elif attr.type == onnx.AttributeProto.TENSORS:
-                    yield from attr.tensors
 
 
 def _check_strings(message: Any) -> None:

@@ -60,7 +60,7 @@ def model_files(path: PathLike) -> list[Path]:
     try:
         import onnx
 
-        from onnxquant.model_io import iter_tensors
+        from onnxquant.graphs import iter_tensors
 
         if not path.is_file():
             return files

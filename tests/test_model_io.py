@@ -166,8 +166,8 @@ def test_initializer_values_survive(tmp_path: Path):
 
 def test_a_result_that_fails_its_check_is_never_put_in_place(tmp_path: Path, npz_dir: Path, monkeypatch):
     """The self-check loads the written temporary file; when it fails, no file is left."""
-    from onnxquant import api
     from onnxquant.errors import QuantizationError
+    from onnxquant.pipeline import save
 
     checked: list[Path] = []
 
@@ -176,7 +176,7 @@ def test_a_result_that_fails_its_check_is_never_put_in_place(tmp_path: Path, npz
         assert isinstance(written, Path) and written.exists()  # the check reads the file itself
         raise QuantizationError("result rejected (test)")
 
-    monkeypatch.setattr(api, "_self_check", failing)
+    monkeypatch.setattr(save, "_self_check", failing)
     model = tmp_path / "m.onnx"
     model.write_bytes(tiny_cnn().SerializeToString())
     out = tmp_path / "out"

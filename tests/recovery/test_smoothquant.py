@@ -4,7 +4,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxquant
-from onnxquant.api import _select
+from onnxquant.pipeline.selection import select_nodes as _select
 from onnxquant.errors import UsageError
 from onnxquant.planner import node_names
 from onnxquant.recipe import Recipe

@@ -1,0 +1,62 @@
+"""Stage ``check``: what the quantized model is, told before it is saved: fp16 weights stored
+back as the input had them, which nodes stay float and why (with their share of the weight
+bytes), and warnings for what will run slowly."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import onnx
+
+from onnxquant.float_weights import WARN_FLOAT_SHARE, float_weighted_nodes
+from onnxquant.ops.recurrent import RECURRENT_OPS
+from onnxquant.passes.float16 import store_float16
+from onnxquant.pipeline.state import State
+from onnxquant.planner import ALREADY_QUANTIZED, NOT_FLOAT, Selection
+from onnxquant.results import FloatNode
+
+# Float nodes worth telling the user about: compute-heavy ops that stayed float.
+_INTERESTING = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat", "GlobalAveragePool",
+                "AveragePool", "MaxPool", "Sigmoid", "LeakyRelu", "Resize", "Relu", "Clip", *RECURRENT_OPS}
+
+
+def check(state: State) -> State:
+    """The state with its float report and warnings (the model's fp16 weights restored in place)."""
+    fp16 = state.preparation.float16_weights
+    if fp16:
+        kept16 = store_float16(state.model, fp16)
+        if kept16:
+            state = state.noted(f"{kept16} float weight(s) stored in fp16 as in the original")
+    # Shape arithmetic (int64 Concat, Gather of shapes...) is not float compute: not reported.
+    floats, warnings = _float_report(state.model, state.selection, state.weight_bytes)
+    fusion = state.fusion
+    if fusion is not None and fusion.round_trips:
+        warnings.append(f"{len(fusion.round_trips)} float op(s) run between integer kernels in onnxruntime "
+                        f"({fusion.round_trip_summary()}): each pays a dequantize/quantize round trip, so these "
+                        "parts may run slower than in fp32")
+    return replace(state, float_nodes=tuple(floats)).warned(*warnings)
+
+
+def _float_report(quantized: onnx.ModelProto, sel: Selection, total_bytes: int) -> tuple[list[FloatNode], list[str]]:
+    """Every node left float that is worth telling (compute ops with a reason, and every node of any
+    op type, subgraphs included, that reads a float weight), with its share of the weight bytes;
+    a warning when more than WARN_FLOAT_SHARE of the weight bytes stays float."""
+    weighted = {w.node: w for w in float_weighted_nodes(quantized)}
+    floats: list[FloatNode] = []
+    for name, (op, reason) in sel.float_nodes.items():
+        if reason == ALREADY_QUANTIZED:
+            continue
+        w = weighted.pop(name, None)
+        if w is not None or (op in _INTERESTING and reason != NOT_FLOAT) or "excluded" in reason or "include" in reason:
+            size = w.weight_bytes if w is not None else 0
+            floats.append(FloatNode(name, op, reason, size, size / total_bytes if total_bytes else 0.0))
+    for w in weighted.values():  # not planned at all: inside If/Loop/Scan bodies, or a quantized node's extra input
+        if w.node in sel.quantized or not w.weight_bytes:
+            continue
+        reason = "inside an If/Loop/Scan body (subgraphs are not quantized)" if w.in_subgraph else "op type not quantized"
+        floats.append(FloatNode(w.node, w.op_type, reason, w.weight_bytes, w.weight_bytes / total_bytes if total_bytes else 0.0))
+    share = sum(n.share for n in floats)
+    warnings = []
+    if share > WARN_FLOAT_SHARE:
+        top = sorted({n.op_type for n in floats if n.share}, key=lambda op: -sum(n.share for n in floats if n.op_type == op))
+        warnings.append(f"{share:.0%} of the weight bytes stay float ({', '.join(top[:4])}): see 'left float'")
+    return floats, warnings

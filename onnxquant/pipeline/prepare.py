@@ -1,0 +1,32 @@
+"""Stage ``prepare``: fix input shapes, fold, fuse, upgrade the opset, simplify; name every node."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from onnxquant.ops.rules import DEFAULT_OP_TYPES
+from onnxquant.passes.prepare import prepare_model
+from onnxquant.pipeline.state import State
+from onnxquant.planner import node_names
+from onnxquant.recipe import Recipe
+from onnxquant.shapes import fix_input_shapes
+
+
+def prepare(state: State) -> State:
+    """The model ready to plan. A model loaded from a file (or reshaped here) is rewritten in place."""
+    loaded, shapes = state.model, state.shapes
+    if shapes:
+        loaded = fix_input_shapes(loaded, shapes)
+    prepared, report = prepare_model(loaded, simplify=state.recipe.simplify, owned=state.owned or bool(shapes),
+                                     gelu=state.recipe.every_op, integer_gates=_integer_gates(state.recipe))
+    del loaded
+    notes = list(report.notes)
+    if shapes:
+        notes.append("input shapes fixed to " + ", ".join(f"{k} {list(v)}" for k, v in sorted(shapes.items())))
+    node_names(prepared)
+    return replace(state, model=prepared, owned=True, preparation=report, notes=(*state.notes, *notes))
+
+
+def _integer_gates(recipe: Recipe) -> bool:
+    """HardSigmoid becomes Conv + Clip only where that makes integer kernels: the CPU target,
+    with Conv and Mul quantized (onnxruntime has no integer HardSigmoid)."""
+    return recipe.target == "cpu" and {"Conv", "Mul"} <= set(recipe.quantization.op_types or DEFAULT_OP_TYPES)

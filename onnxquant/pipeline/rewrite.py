@@ -1,0 +1,31 @@
+"""Stage ``rewrite``: the plan carried out on the graph: Q/DQ pairs, the bodies of If/Loop/Scan,
+int8 weights in front of float kernels (recurrent layers), 4-bit MatMul weights."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from onnxquant.body_planner import rewrite_bodies
+from onnxquant.passes.insert_qdq import insert_qdq
+from onnxquant.passes.int4_matmul import to_matmul_nbits
+from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset
+from onnxquant.passes.weight_only import quantize_weights_only
+from onnxquant.pipeline.state import State
+
+
+def rewrite(state: State) -> State:
+    """The quantized model (the planned model is rewritten in place)."""
+    recipe, work, sel = state.planning_recipe, state.model, state.selection
+    q = recipe.quantization
+    quantized = insert_qdq(work, state.plan, default_opset(work), inplace=True)
+    opset = default_opset(work)  # (after insert_qdq, as the bodies' rewrite sees it)
+    rewrite_bodies(quantized, recipe, state.stats, set(state.not_float), opset >= MIN_QDQ_OPSET, opset)
+    # On the CPU, onnxruntime's DynamicQuantizeLSTM multiplies the int8 weights directly; the
+    # other targets get a DequantizeLinear in front of a standard LSTM.
+    quantize_weights_only(quantized, sel.weight_only, q.weight_type, default_opset(quantized),
+                          dynamic_lstm=recipe.target == "cpu", reduce_range=q.reduce_range)
+    notes = []
+    if state.int4:
+        replaced = to_matmul_nbits(quantized, set(state.int4), q.int4_block_size)
+        notes.append(f"int4 weights: {replaced} MatMul layers as MatMulNBits "
+                     f"(block {q.int4_block_size}, float activations)")
+    return replace(state, model=quantized, notes=(*state.notes, *notes))

@@ -1,0 +1,56 @@
+"""A finished state told as the public result types (``onnxquant.results``)."""
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from onnxquant.passes.prepare import PrepareReport
+from onnxquant.pipeline.state import State
+from onnxquant.results import QuantizeResult
+from onnxquant.weight_only_planner import weight_only_notes
+
+
+def quantize_result(state: State, started: float, diagnostics: State | None = None) -> QuantizeResult:
+    """``state`` saved; ``diagnostics``: the calibrated state whose statistics and float model
+    the result keeps for reports."""
+    sel, saved = state.selection, state.saved
+    return QuantizeResult(
+        model=state.model,
+        output_path=saved.path,
+        size_before=state.size_before,
+        size_after=saved.size,
+        quantized_nodes=dict(Counter(sel.quantized.values())),
+        float_nodes=list(state.float_nodes or ()),
+        samples=state.stats.samples,
+        seconds={"calibration": state.seconds["calibration"], "total": time.perf_counter() - started},
+        recipe=state.recipe,
+        notes=[*state.notes, *_preparation_notes(state.preparation), *weight_only_notes(sel)],
+        mixed_precision=state.mixed.to_dict() if state.mixed is not None else None,
+        size_compressed=saved.deflated,
+        pruning=state.pruning,
+        stats=diagnostics.stats if diagnostics is not None else None,
+        reference=diagnostics.model if diagnostics is not None else None,
+        fusion=state.fusion,
+        warnings=list(state.warnings),
+        weight_only={name: w.reason for name, w in sel.weight_only.items()},
+    )
+
+
+def _preparation_notes(prep: PrepareReport) -> list[str]:
+    """What preparing rewrote, counted."""
+    notes = []
+    if prep.folded_constants:
+        notes.append(f"{prep.folded_constants} Constant nodes folded into initializers")
+    if prep.folded_affines:
+        notes.append(f"{prep.folded_affines} constant Mul/Add folded into Conv weights")
+    if prep.fused_hardswish:
+        notes.append(f"{prep.fused_hardswish} hard-swish patterns fused")
+    if prep.fused_gelu:
+        notes.append(f"{prep.fused_gelu} GELU patterns fused into Gelu")
+    if prep.gates.total:
+        notes.append(f"{prep.gates.total} HardSigmoid gates written as Conv + Clip for integer kernels "
+                     f"({prep.gates.folded} folded into their Conv, {prep.gates.depthwise} depthwise 1x1)")
+    if prep.affines_as_depthwise:
+        notes.append(f"{prep.affines_as_depthwise} constant per-channel Mul/Add written as depthwise 1x1 Conv "
+                     "for integer kernels")
+    return notes

@@ -1,0 +1,104 @@
+"""What ``quantize`` and ``prune`` return: for people (``summary``) and scripts (``to_dict``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnxquant.calibration.observers import StatsTable
+from onnxquant.fusion_check import FusionCheck
+from onnxquant.prune.pipeline import PruneReport
+from onnxquant.recipe import Recipe
+
+
+@dataclass
+class FloatNode:
+    name: str
+    op_type: str
+    reason: str
+    weight_bytes: int = 0  # float weight bytes it reads (0: no weight of its own)
+    share: float = 0.0  # of the model's weight bytes
+
+
+@dataclass
+class QuantizeResult:
+    """What ``quantize`` did, for people (``summary``) and scripts (``to_dict``)."""
+
+    model: onnx.ModelProto
+    output_path: Path | None
+    size_before: int
+    size_after: int
+    quantized_nodes: dict[str, int]  # op type -> count
+    float_nodes: list[FloatNode]
+    samples: int
+    seconds: dict[str, float]
+    recipe: Recipe
+    notes: list[str] = field(default_factory=list)
+    mixed_precision: dict[str, Any] | None = None
+    size_compressed: int | None = None  # deflated, as in a zip bundle (None over 2 GB)
+    pruning: PruneReport | None = None
+    # With quantize(diagnostics=True), for reports: the calibration statistics (with
+    # histograms) and the float model they were taken on (prepared; same tensor names).
+    stats: StatsTable | None = None
+    reference: onnx.ModelProto | None = None
+    fusion: FusionCheck | None = None  # which quantized layers onnxruntime runs as integer kernels
+    warnings: list[str] = field(default_factory=list)
+    # layers with int8 weights but no QDQ integer kernel (recurrent, inside bodies) -> why
+    weight_only: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def float_weight_share(self) -> float:
+        return sum(n.share for n in self.float_nodes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output_path) if self.output_path else None,
+            "size_before": self.size_before,
+            "size_after": self.size_after,
+            "size_compressed": self.size_compressed,
+            "compression": round(self.size_before / max(self.size_after, 1), 3),
+            "quantized_nodes": dict(sorted(self.quantized_nodes.items())),
+            "quantized_node_count": sum(self.quantized_nodes.values()),
+            "float_nodes": [{**vars(n), "share": round(n.share, 4)} for n in self.float_nodes],
+            "float_weight_share": round(self.float_weight_share, 4),
+            "fusion": self.fusion.to_dict() if self.fusion is not None else None,
+            "warnings": self.warnings,
+            "weight_only": dict(self.weight_only),
+            "calibration_samples": self.samples,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "notes": self.notes,
+            "recipe": self.recipe.to_dict(),
+            **({"mixed_precision": self.mixed_precision} if self.mixed_precision is not None else {}),
+            **({"pruning": self.pruning.to_dict()} if self.pruning is not None else {}),
+        }
+
+
+@dataclass
+class PruneResult:
+    """What ``prune`` did: per-layer sparsity, removed channels, sizes plain and compressed."""
+
+    model: onnx.ModelProto
+    output_path: Path | None
+    report: PruneReport
+    size_before: int
+    size_after: int
+    compressed_before: int
+    compressed_after: int
+    sparse_initializers: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output_path) if self.output_path else None,
+            "size_before": self.size_before,
+            "size_after": self.size_after,
+            "size_compressed_before": self.compressed_before,
+            "size_compressed_after": self.compressed_after,
+            "sparse_initializers": self.sparse_initializers,
+            "seconds": round(self.seconds, 3),
+            "notes": self.notes,
+            **self.report.to_dict(),
+        }
