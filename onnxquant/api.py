@@ -98,6 +98,9 @@ def quantize(
         state = save(check(state), output)
         if save_stats_to is not None and stats is None:  # last: a failure before leaves no statistics file
             save_stats(state.stats, save_stats_to)
+        cpu_note = recipe.cpu_note()  # which CPU kind the weights were chosen for, and why
+        if cpu_note is not None:
+            state = replace(state, notes=(cpu_note, *state.notes))
         return quantize_result(state, started, calibrated if diagnostics else None)
 
 

@@ -21,14 +21,20 @@ import onnx
 from onnxquant.errors import ModelError, UsageError
 from onnxquant.inspect_model import inspect_model
 from onnxquant.model_io import iter_tensors, load_model, write_atomic
-from onnxquant.outputs import all_or_nothing, model_files, refuse_aliasing, scratch, temp_dir, write_errors
 from onnxquant.ort_format import ORT_LEVELS, convert_to_ort, required_operators
+from onnxquant.outputs import (
+    all_or_nothing,
+    model_files,
+    refuse_aliasing,
+    scratch,
+    temp_dir,
+    write_errors,
+)
+from onnxquant.recipe import recipe_of
 from onnxquant.report.build import build_report, tool_versions
 from onnxquant.report.html import render_html
-from onnxquant.settings import parse_limited
 
 MANIFEST_FORMAT = "onnxquant-bundle/1"
-RECIPE_KEY = "onnxquant.recipe"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
@@ -110,18 +116,6 @@ def package(
     _write_bundle(files, output)
     listing = [{"name": name, "bytes": len(data), "sha256": _sha256(data)} for name, data in sorted(files.items())]
     return PackageResult(output=output, files=listing, manifest=manifest, report=report)
-
-
-def recipe_of(model: onnx.ModelProto) -> dict[str, Any] | None:
-    """The recipe onnxquant stamped into ``model`` (``onnxquant.recipe``), or None."""
-    text = next((p.value for p in model.metadata_props if p.key == RECIPE_KEY), None)
-    if text is None:
-        return None
-    try:
-        recipe = parse_limited(text, json.loads, "the model's recipe")
-    except (ValueError, UsageError):  # JSONDecodeError is a ValueError; too deep is a UsageError
-        return None
-    return recipe if isinstance(recipe, dict) else None
 
 
 def _check_ort_loads(path: Path) -> None:

@@ -15,8 +15,18 @@ from typing import Any
 from onnxquant.calibration.observers import METHODS
 from onnxquant.calibration.preprocess import ImagePreprocess
 from onnxquant.errors import UsageError
-from onnxquant.host import CPU_KINDS, CPU_TARGETS, CpuChoice, HostCpu, cpu_choice, target_note
+from onnxquant.host import (
+    CPU_KINDS,
+    CPU_TARGETS,
+    CpuChoice,
+    HostCpu,
+    cpu_choice,
+    target_note,
+)
 from onnxquant.settings import check_fields, parse_limited
+
+# Where a quantized model keeps the recipe it was made with (metadata_props), as JSON.
+RECIPE_KEY = "onnxquant.recipe"
 
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8")
@@ -394,3 +404,15 @@ def read_toml(path: Path, what: str) -> tuple[str, dict[str, Any]]:
 
 def load_recipe(path: str | os.PathLike, target: str | None = None, host: HostCpu | None = None) -> Recipe:
     return recipe_from_dict(read_toml(Path(path), "recipe")[1], target, host)
+
+
+def recipe_of(model: Any) -> dict[str, Any] | None:
+    """The recipe onnxquant stamped into ``model`` (an onnx.ModelProto), or None."""
+    text = next((p.value for p in model.metadata_props if p.key == RECIPE_KEY), None)
+    if text is None:
+        return None
+    try:
+        recipe = parse_limited(text, json.loads, "the model's recipe")
+    except (ValueError, UsageError):  # JSONDecodeError is a ValueError; too deep is a UsageError
+        return None
+    return recipe if isinstance(recipe, dict) else None

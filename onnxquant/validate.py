@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxquant.agreement import Budget, DetectionSettings, OutputAgreement, detection_pairs, unmeasured_budgets
+from onnxquant.agreement import (
+    Budget,
+    DetectionSettings,
+    OutputAgreement,
+    detection_pairs,
+    unmeasured_budgets,
+)
 from onnxquant.agreement.budgets import check, describe
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.calibration.preprocess import ImagePreprocess
@@ -44,13 +50,13 @@ from onnxquant.model_io import (
     load_model,
     serialize,
 )
-from onnxquant.package import recipe_of
 from onnxquant.providers import (
     NEEDS_STATIC_SHAPES,
     PROVIDERS,
     check_available,
     open_session,
 )
+from onnxquant.recipe import recipe_of
 from onnxquant.shapes import fix_input_shapes, has_free_dims
 
 ProgressCallback = Callable[[int, int | None], None]

@@ -16,9 +16,23 @@ from onnxquant.api import quantize
 from onnxquant.cli import main
 from onnxquant.compress import job_from_dict
 from onnxquant.errors import UsageError
-from onnxquant.host import CPU_KINDS, CpuChoice, HostCpu, cpu_mismatch, detect, host_cpu, target_note
-from onnxquant.package import recipe_of
-from onnxquant.recipe import TARGETS, Recipe, is_cpu_target, recipe_for_target, recipe_from_dict
+from onnxquant.host import (
+    CPU_KINDS,
+    CpuChoice,
+    HostCpu,
+    cpu_mismatch,
+    detect,
+    host_cpu,
+    target_note,
+)
+from onnxquant.recipe import (
+    TARGETS,
+    Recipe,
+    is_cpu_target,
+    recipe_for_target,
+    recipe_from_dict,
+    recipe_of,
+)
 from onnxquant.validate import validate
 
 # /proc/cpuinfo as these CPUs print it (first processor, trimmed to the lines that matter).
@@ -206,6 +220,8 @@ def test_cli_target_cpu_records_this_host(cnn_path: Path, npz_dir: Path, tmp_pat
     assert recipe["cpu"] == {"kind": host_cpu().kind, "detected": True, "reason": CPU_KINDS[host_cpu().kind].reason}
     assert recipe["quantization"]["reduce_range"] is CPU_KINDS[host_cpu().kind].reduce_range
     assert recipe_of(onnx.load(str(tmp_path / "q.onnx")))["cpu"] == recipe["cpu"]
+    note = json.loads(result.output)["notes"][0]  # the summary says which kind, and why
+    assert note == recipe_for_target("cpu").cpu_note() and note.startswith("target cpu: this host ")
 
 
 def test_cli_flag_wins_over_the_named_kind(cnn_path: Path, npz_dir: Path, tmp_path: Path):

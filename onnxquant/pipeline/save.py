@@ -14,13 +14,19 @@ from onnx import helper
 from onnxquant.calibration.collector import make_session
 from onnxquant.errors import ModelError, QuantizationError
 from onnxquant.float_weights import FLOAT_LAYERS_KEY
-from onnxquant.model_io import PROTOBUF_LIMIT, has_lazy, model_size, save_model, serialize
+from onnxquant.model_io import (
+    PROTOBUF_LIMIT,
+    has_lazy,
+    model_size,
+    save_model,
+    serialize,
+)
 from onnxquant.pipeline.state import Saved, State
 from onnxquant.prune.storage import compressed_size
+from onnxquant.recipe import RECIPE_KEY
 from onnxquant.results import FloatNode
 from onnxquant.version import __version__
 
-RECIPE_KEY = "onnxquant.recipe"
 VERSION_KEY = "onnxquant.version"
 CHECKER_MAX_BYTES = 256 * 2**20
 

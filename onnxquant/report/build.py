@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxquant import __version__
+from onnxquant.version import __version__
 from onnxquant.inspect_model import ModelInspection
 from onnxquant.report.histograms import activation_histograms, weight_histograms
 
