@@ -166,6 +166,8 @@ def test_quantized_encoder_runs_qattention_and_agrees(bert, tmp_path: Path):
     result = onnxquant.quantize(fused, calib, output=tmp_path / "bert.int8.onnx")
     ops = _ops(result.model)
     assert ops["QAttention"] == LAYERS and ops["Attention"] == 0
+    # The fusion self-check counts them as integer kernels beside the output and FFN MatMuls.
+    assert (result.fusion.quantized_layers, result.fusion.integer_layers) == (4 * LAYERS, 4 * LAYERS)
     # The QAttention reads the int8 weight directly: no DequantizeLinear is left in front of it.
     inits = {i.name: i for i in result.model.graph.initializer}
     for node in result.model.graph.node:
