@@ -94,8 +94,8 @@ def encoder_shape(model: onnx.ModelProto) -> tuple[int, int] | None:
     exporters write heads as a number or as -1, and batch and sequence as runtime values.
     """
     index = NodeIndex(model.graph)
-    if not any(n.op_type == "Softmax" for n in index.nodes) or not any(
-            n.op_type == "LayerNormalization" for n in index.nodes):
+    ops = {n.op_type for n in index.nodes}
+    if "Softmax" not in ops or not ops & {"LayerNormalization", "ReduceMean"}:  # ReduceMean: LayerNorm before opset 17
         return None
     votes: Counter[tuple[int, int]] = Counter()
     for node in index.nodes:

@@ -24,7 +24,7 @@ from tests.conftest import run, write_npz
 LAYERS, HEADS, HIDDEN, VOCAB = 2, 4, 32, 100
 
 
-def _export_tiny_bert(path: Path) -> Path:
+def _export_tiny_bert(path: Path, opset: int = 17) -> Path:
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -48,7 +48,7 @@ def _export_tiny_bert(path: Path) -> Path:
     with torch.no_grad():
         torch.onnx.export(Hidden(encoder), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(path),
                           input_names=names, output_names=["hidden"],
-                          dynamic_axes={**{n: dyn for n in names}, "hidden": dyn}, opset_version=17, dynamo=False)
+                          dynamic_axes={**{n: dyn for n in names}, "hidden": dyn}, opset_version=opset, dynamo=False)
     return path
 
 
@@ -97,6 +97,15 @@ def test_attention_blocks_fuse_and_outputs_stay_equal(bert):
     onnx.checker.check_model(fused)
     for sample in _samples(6):
         np.testing.assert_allclose(run(fused, sample)[0], run(bert, sample)[0], rtol=1e-4, atol=2e-5)
+
+
+def test_an_opset_14_export_with_layernorm_spelled_out_fuses_too(tmp_path: Path):
+    old = onnx.load(str(_export_tiny_bert(tmp_path / "bert14.onnx", opset=14)))
+    assert "LayerNormalization" not in _ops(old)  # ReduceMean, Sub, Pow, Sqrt, Div...
+    fused, report = prepare_model(old, transformer=True)
+    assert report.transformer.attention == LAYERS and _ops(fused)["LayerNormalization"] == 2 * LAYERS + 1
+    for sample in _samples(3):
+        np.testing.assert_allclose(run(fused, sample)[0], run(old, sample)[0], rtol=1e-4, atol=2e-5)
 
 
 def test_onnxruntime_keeps_add_and_layernorm_apart(bert, tmp_path: Path):
