@@ -18,7 +18,8 @@ from models.tiny import tiny_attention, tiny_mbconv
 from onnxquant.passes.prepare import prepare_model
 from onnxquant.passes.transformer_fusion import encoder_shape, fuse_transformer, residual_adds_as_sum
 from onnxquant.planner import select
-from onnxquant.recipe import Recipe, recipe_for_target
+from onnxquant.errors import UsageError
+from onnxquant.recipe import Recipe, recipe_for_target, recipe_from_dict
 from tests.conftest import run, write_npz
 
 LAYERS, HEADS, HIDDEN, VOCAB = 2, 4, 32, 100
@@ -165,6 +166,9 @@ def test_recipe_switch():
     assert not Recipe().with_overrides(quantization={"fuse_transformer": False}).transformer_fusion
     assert not recipe_for_target("qnn").transformer_fusion
     assert "fuse_transformer" not in Recipe().to_json()  # unset: the stamped recipe is unchanged
+    assert not recipe_from_dict({"quantization": {"fuse_transformer": False}}).transformer_fusion
+    with pytest.raises(UsageError, match="fuse_transformer"):
+        recipe_from_dict({"quantization": {"fuse_transformer": "yes"}})
 
 
 def test_quantized_encoder_runs_qattention_and_agrees(bert, tmp_path: Path):
