@@ -61,6 +61,8 @@ def quantized_weights(model: onnx.ModelProto) -> dict[str, str]:
             source = dq_source.get(node.input[1])
             if source is not None:
                 layers.setdefault(source, node.name)
+        elif node.op_type == "QAttention" and len(node.input) > 1 and node.input[1] in inits:
+            layers.setdefault(node.input[1], node.name)  # an integer kernel as written (passes/qattention.py)
     return layers
 
 

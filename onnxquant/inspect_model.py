@@ -33,9 +33,9 @@ from onnxquant.prune.storage import compressed_size
 WEIGHTED_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "Gather": 0,
                 "QLinearConv": 3, "QLinearMatMul": 3, "ConvInteger": 1, "MatMulInteger": 1,
                 "MatMulNBits": 1, "QGemm": 3, "DynamicQuantizeMatMul": 1,
-                "LSTM": 1, "GRU": 1, "RNN": 1, "DynamicQuantizeLSTM": 1}
+                "LSTM": 1, "GRU": 1, "RNN": 1, "DynamicQuantizeLSTM": 1, "Attention": 1, "QAttention": 1}
 INTEGER_KERNELS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeMatMul",
-                   "DynamicQuantizeLSTM"}
+                   "DynamicQuantizeLSTM", "QAttention"}
 # Recurrent ops carry a second weight, the recurrence R (input 2), stored like W; their bias does
 # not decide their precision.
 RECURRENT_OPS = {"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"}

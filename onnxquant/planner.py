@@ -22,6 +22,7 @@ from onnxquant.ops.rules import (
     Kind,
     gemm_is_plain,
     is_depthwise,
+    rule_for,
     weight_axis,
 )
 from onnxquant.passes.weight_only import WeightOnly
@@ -183,11 +184,15 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
         sel.float_nodes[node.name] = (node.op_type, reason)
 
     for node in model.graph.node:
-        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        rule = rule_for(node)
         if rule is None or node.op_type not in op_types:
             stay_float(node, "op type not quantized" if rule is None else "op type not in the recipe's op_types")
             continue
         reason = _selected_by_user(node, recipe.nodes)
+        if reason:
+            stay_float(node, reason)
+            continue
+        reason = _attention_unsupported(node, g, recipe) if node.op_type == "Attention" else None
         if reason:
             stay_float(node, reason)
             continue
@@ -296,6 +301,20 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
     for t in [*sel.activations, *(k[1] for k in sel.constants)]:
         sel.groups[t] = find(t)
     return sel
+
+
+def _attention_unsupported(node: onnx.NodeProto, g: _Graph, recipe: Recipe) -> str | None:
+    """Why a fused Attention cannot become onnxruntime's QAttention, or None when it can."""
+    q = recipe.quantization
+    if recipe.target != "cpu":
+        return "Attention is quantized as QAttention, for the CPU target only"
+    if q.activation_type != "uint8" or q.weight_type != "int8":
+        return "QAttention takes uint8 activations and int8 weights"
+    if any(a.name == "qkv_hidden_sizes" for a in node.attribute) or any(node.input[4:]):
+        return "QAttention has no qkv_hidden_sizes, past state or attention bias"
+    if len(node.input) < 3 or not g.is_float_initializer(node.input[2]) or not g.is_float_initializer(node.input[1]):
+        return "Attention weight or bias is not a float32 initializer"
+    return None
 
 
 def _decide_outputs(model: onnx.ModelProto, sel: Selection, g: _Graph, fused: set[str]) -> None:

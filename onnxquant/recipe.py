@@ -64,6 +64,9 @@ class QuantizationSettings:
     weight_bits: int = 8
     int4_block_size: int = 32
     int4_min_sqnr_db: float = 18.0  # a weight int4 keeps worse than this stays int8
+    # Fuse a BERT-like encoder's attention blocks into Attention, quantized as QAttention
+    # (README, "Transformer fusion"). None: on for the cpu target, off for the others.
+    fuse_transformer: bool | None = None
 
     def __post_init__(self) -> None:
         if self.weight_bits not in (4, 8):
@@ -263,6 +266,11 @@ class Recipe:
     @property
     def every_op(self) -> bool:
         return self.target in EVERY_OP_TARGETS
+
+    @property
+    def transformer_fusion(self) -> bool:
+        """Whether preparation fuses transformer attention blocks (QAttention is a CPU kernel)."""
+        return self.target == "cpu" and self.quantization.fuse_transformer is not False
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:

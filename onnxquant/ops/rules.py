@@ -60,7 +60,22 @@ RULES: dict[str, OpRule] = {
     "AveragePool": OpRule(Kind.UNARY),
     "Sigmoid": OpRule(Kind.UNARY),
     "LeakyRelu": OpRule(Kind.UNARY),
+    # onnxruntime's fused self-attention (passes/transformer_fusion.py). It has no QDQ fusion:
+    # the rewrite writes it as QAttention (passes/qattention.py), CPU target only, int8 weights
+    # per column of the packed (hidden, 3 * hidden) Q/K/V weight, the bias float.
+    "Attention": OpRule(Kind.WEIGHTED, (0,), weight_input=1, float_output_ok=True),
 }
+
+MS_DOMAIN = "com.microsoft"
+# Entries of RULES that name com.microsoft ops; every other entry is a standard ONNX op.
+MS_DOMAIN_OPS = frozenset({"Attention"})
+
+
+def rule_for(node: onnx.NodeProto) -> OpRule | None:
+    """The node's rule, when its op type and domain match one (ONNX has its own Attention)."""
+    wanted = MS_DOMAIN if node.op_type in MS_DOMAIN_OPS else ""
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    return RULES.get(node.op_type) if domain == wanted else None
 
 # Producers whose int8 kernel can absorb a following Relu/Clip into its output quantization.
 ACTIVATION_FUSERS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"}
@@ -78,7 +93,7 @@ def weight_axis(node: onnx.NodeProto, weight_rank: int) -> int | None:
         return 1 if attrs.get("group", 1) == 1 else None
     if node.op_type == "Gemm":
         return 0 if attrs.get("transB", 0) else 1
-    if node.op_type == "MatMul":
+    if node.op_type in ("MatMul", "Attention"):
         return weight_rank - 1 if weight_rank == 2 else None
     return None
 

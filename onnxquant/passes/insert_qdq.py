@@ -16,6 +16,7 @@ from onnx import helper, numpy_helper
 from onnxquant.model_io import iter_graphs, tensor_array
 from onnxquant.ops import WEIGHTED_OPS
 from onnxquant.passes.names import fresh_name
+from onnxquant.passes.qattention import write_qattention
 from onnxquant.planner import QuantPlan
 from onnxquant.qparams import QParams, quantize
 
@@ -140,6 +141,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
     graph.initializer.extend(kept + new_inits)
     del graph.node[:]
     graph.node.extend(head + body)
+    write_qattention(graph)  # onnxruntime has no QDQ fusion for Attention
     if any(n.domain == MS_DOMAIN for n in head + body) and not any(o.domain == MS_DOMAIN for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return out

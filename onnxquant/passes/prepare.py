@@ -27,6 +27,7 @@ from onnxquant.passes.fuse_gelu import MS_DOMAIN, fuse_gelu
 from onnxquant.passes.fuse_hardswish import fuse_hardswish
 from onnxquant.passes.affine_as_depthwise import rewrite_affines
 from onnxquant.passes.hardsigmoid_as_conv import GateRewrite, rewrite_hardsigmoid
+from onnxquant.passes.transformer_fusion import TransformerFusion, fuse_transformer
 
 MIN_QDQ_OPSET = 13
 
@@ -39,6 +40,7 @@ class PrepareReport:
     fused_gelu: int = 0
     gates: GateRewrite = field(default_factory=GateRewrite)  # HardSigmoid written as Conv + Clip
     affines_as_depthwise: int = 0  # constant x * c + d between activations written as a depthwise Conv
+    transformer: TransformerFusion = field(default_factory=TransformerFusion)  # attention blocks fused
     float16_weights: set[str] = field(default_factory=set)  # initializers that were fp16 (an fp16 model)
     opset_from: int = 0
     opset_to: int = 0
@@ -208,14 +210,17 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = False,
-                  gelu: bool = False, integer_gates: bool = False) -> tuple[onnx.ModelProto, PrepareReport]:
+                  gelu: bool = False, integer_gates: bool = False,
+                  transformer: bool = False) -> tuple[onnx.ModelProto, PrepareReport]:
     """Return a prepared model and what was done.
 
     ``model`` is copied first unless ``owned`` says the caller hands it over (it was just
     loaded from a file): a large model then exists once, not twice. ``gelu`` fuses exact-GELU
     patterns into one op (for NPU targets, which lack a quantized Erf). ``integer_gates`` writes
     HardSigmoid/HardSwish as Conv + Clip (onnxruntime's CPU provider has no integer HardSigmoid)
-    and constant per-channel affines between activations as depthwise Convs.
+    and constant per-channel affines between activations as depthwise Convs. ``transformer``
+    fuses a BERT-like encoder's attention blocks into onnxruntime's Attention (for the CPU
+    target, which runs it as QAttention); other models are left as they are.
     """
     report = PrepareReport()
     if owned:
@@ -240,6 +245,10 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
     if simplify:
         report.folded_affines = fold_affine_into_conv(work)
         report.fused_hardswish = fuse_hardswish(work, default_opset(work))
+    if transformer and small and not lazy:
+        work, report.transformer = fuse_transformer(work)
+        if report.transformer.note():
+            report.notes.append(report.transformer.note())
     if gelu:
         report.fused_gelu = fuse_gelu(work.graph, default_opset(work))
         if report.fused_gelu and default_opset(work) < 20 and not any(o.domain == MS_DOMAIN for o in work.opset_import):

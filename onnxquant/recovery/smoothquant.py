@@ -62,7 +62,7 @@ def _groups(model: onnx.ModelProto, sel: Selection) -> dict[str, list[_Member]]:
     groups: dict[str, list[_Member]] = {}
     for (name, w), _ in sorted(sel.weights.items()):
         node = by_name[name]
-        if node.op_type not in ("MatMul", "Gemm") or len(inits[w].dims) != 2 or ranks.get(node.input[0], 3) < 3:
+        if node.op_type not in ("MatMul", "Gemm", "Attention") or len(inits[w].dims) != 2 or ranks.get(node.input[0], 3) < 3:
             continue
         if node.op_type == "Gemm":
             if not gemm_is_plain(node):
@@ -70,7 +70,7 @@ def _groups(model: onnx.ModelProto, sel: Selection) -> dict[str, list[_Member]]:
             trans_b = attributes(node).get("transB", 0)
             groups.setdefault(node.input[0], []).append(_Member(node, w, 1 if trans_b else 0))
         else:
-            groups.setdefault(node.input[0], []).append(_Member(node, w, 0))
+            groups.setdefault(node.input[0], []).append(_Member(node, w, 0))  # (in, out); Attention: Q|K|V packed
     return groups
 
 
