@@ -17,7 +17,8 @@ def prepare(state: State) -> State:
     if shapes:
         loaded = fix_input_shapes(loaded, shapes)
     prepared, report = prepare_model(loaded, simplify=state.recipe.simplify, owned=state.owned or bool(shapes),
-                                     gelu=state.recipe.every_op, integer_gates=_integer_gates(state.recipe))
+                                     gelu=state.recipe.every_op, integer_gates=_integer_gates(state.recipe),
+                                     transformer=_transformer_fusion(state.recipe))
     del loaded
     notes = list(report.notes)
     if shapes:
@@ -30,3 +31,9 @@ def _integer_gates(recipe: Recipe) -> bool:
     """HardSigmoid becomes Conv + Clip only where that makes integer kernels: the CPU target,
     with Conv and Mul quantized (onnxruntime has no integer HardSigmoid)."""
     return recipe.target == "cpu" and {"Conv", "Mul"} <= set(recipe.quantization.op_types or DEFAULT_OP_TYPES)
+
+
+def _transformer_fusion(recipe: Recipe) -> bool:
+    """Attention blocks fused for QAttention (the CPU target), but not before pruning: pruning
+    reads Conv/Gemm/MatMul weights, and a fused Attention's Q/K/V weights would escape it."""
+    return recipe.transformer_fusion and not recipe.prune.enabled
