@@ -32,9 +32,11 @@ from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.calibration.preprocess import ImagePreprocess
 from onnxquant.calibration.sources import open_for_model
 from onnxquant.errors import (
+    BudgetExceededError,
     CalibrationDataError,
     ExecutionProviderError,
     ModelError,
+    OnnxQuantError,
     UsageError,
 )
 from onnxquant.model_io import (
@@ -261,6 +263,15 @@ class ValidationReport:
     @property
     def passed(self) -> bool:
         return not self.failures and not self.unavailable and self.samples > 0
+
+    def verdict_error(self) -> OnnxQuantError | None:
+        """The error a failed verdict exits with: a provider that is not available (exit 7) before
+        a budget that failed (exit 6); None when every budget holds."""
+        if self.unavailable:
+            return ExecutionProviderError(f"execution provider(s) not available: {', '.join(self.unavailable)}")
+        if self.failures:
+            return BudgetExceededError(f"{len(self.failures)} budget check(s) failed; first: {self.failures[0]}")
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -8,10 +8,14 @@ import click
 
 from onnxquant.agreement.text import checks_text, figures_text
 from onnxquant.calibration.collector import MAX_THREADS
-from onnxquant.cli import _Command, _emit, _image_options, _preprocess_overrides, _progress, _size, main
-from onnxquant.errors import BudgetExceededError, ExecutionProviderError, UsageError
+from onnxquant.cli.command import Command
+from onnxquant.cli.options import image_options, output_options, preprocess_overrides
+from onnxquant.cli.output import emit, size_text
+from onnxquant.cli.progress import progress
+from onnxquant.errors import UsageError
 from onnxquant.providers import PROVIDERS
 from onnxquant.recipe import recipe_for_target
+
 
 def _output_lines(name: str, a: dict[str, Any]) -> list[str]:
     lines = [f"  {name} ({a.get('kind')}): {figures_text(a)}"]
@@ -28,11 +32,11 @@ def _budget_line(report: dict[str, Any]) -> str:
     return "budgets: " + (f"given only: {given}" if given else "none (--no-budgets): report only")
 
 
-def _validation_summary(report: dict[str, Any]) -> str:
+def validation_summary(report: dict[str, Any]) -> str:
     size = report["size"]
     lines = [
-        f"original:   {report['original']} ({_size(size['original'])})",
-        f"compressed: {report['compressed']} ({_size(size['compressed'])}, {size['ratio']:.2f}x the size)",
+        f"original:   {report['original']} ({size_text(size['original'])})",
+        f"compressed: {report['compressed']} ({size_text(size['compressed'])}, {size['ratio']:.2f}x the size)",
         f"samples: {report['samples']}",
         _budget_line(report),
     ]
@@ -75,7 +79,7 @@ def _validation_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _budget_options(command: Any) -> Any:
+def budget_options(command: Any) -> Any:
     """Budget flags: each overrides the default of that name for every output that has the metric."""
     options = [
         ("--min-top1", "min_top1", "classifier outputs: top-1 agreement with fp32"),
@@ -103,12 +107,12 @@ def _detection_objectness(value: str) -> bool | None:
     return {"auto": None, "yes": True, "no": False}[value]
 
 
-@main.command(cls=_Command)
+@click.command(cls=Command)
 @click.argument("original", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("compressed", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Folder of held-out .npz samples or images.")
 @click.option("--ep", "eps", multiple=True, type=click.Choice(PROVIDERS), help="Execution provider; repeatable (default cpu).")
-@_budget_options
+@budget_options
 @click.option("--require-on-ep", is_flag=True, help="Budget: no node but the input/output Q/DQ may fall back to the CPU.")
 @click.option("--no-budgets", is_flag=True, help="No default budgets: report only (budgets you give still apply).")
 @click.option("--output-kind", "output_kinds", multiple=True, metavar="NAME=KIND",
@@ -126,10 +130,8 @@ def _detection_objectness(value: str) -> bool | None:
 @click.option("--max-samples", type=int, help="Use at most this many samples (default: all).")
 @click.option("--latency-runs", type=int, default=10, show_default=True, help="Timed runs per model and provider, at least.")
 @click.option("--threads", type=click.IntRange(0, MAX_THREADS), help="onnxruntime intra-op threads (default: onnxruntime's choice).")
-@_image_options
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no report (the exit code tells).")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@image_options
+@output_options("Print the report as JSON.", "No progress bar and no report (the exit code tells).")
 def validate(original: Path, compressed: Path, data: Path, eps: tuple[str, ...], require_on_ep: bool,
              no_budgets: bool, output_kinds: tuple[str, ...], metric: str | None, ctc_blank: int,
              detection_score: float, detection_nms_iou: float, detection_objectness: str,
@@ -158,13 +160,12 @@ def validate(original: Path, compressed: Path, data: Path, eps: tuple[str, ...],
     settings = OutputSettings(kinds=kinds, ctc_blank=ctc_blank, metric=metric, detection=DetectionSettings(
         score_threshold=detection_score, nms_iou=detection_nms_iou,
         objectness=_detection_objectness(detection_objectness)))
-    preprocess: ImagePreprocess = recipe_for_target("cpu").with_overrides(preprocess=_preprocess_overrides(options)).preprocess
-    with _progress(quiet or as_json, "validating") as update:
+    preprocess: ImagePreprocess = recipe_for_target("cpu").with_overrides(preprocess=preprocess_overrides(options)).preprocess
+    with progress(quiet or as_json, "validating") as update:
         report = run_validate(original, compressed, data, eps or ("cpu",), budget, preprocess=preprocess,
                               max_samples=max_samples, latency_runs=latency_runs, threads=threads, progress=update,
                               settings=settings)
-    _emit(report.to_dict(), as_json, quiet, _validation_summary)
-    if report.unavailable:
-        raise ExecutionProviderError(f"execution provider(s) not available: {', '.join(report.unavailable)}")
-    if report.failures:
-        raise BudgetExceededError(f"{len(report.failures)} budget check(s) failed; first: {report.failures[0]}")
+    emit(report.to_dict(), as_json, quiet, validation_summary)
+    error = report.verdict_error()
+    if error is not None:
+        raise error
