@@ -66,7 +66,7 @@ def package(
     report: dict[str, Any] | None = None,
     validation: dict[str, Any] | None = None,
     recipe_text: str | None = None,
-    ort_level: str | None = None,
+    ort_optimization: str | None = None,
     arm: bool = True,
     type_reduction: bool = False,
 ) -> PackageResult:
@@ -81,11 +81,11 @@ def package(
     refuse_aliasing((f for path in (source,) for f in model_files(path)), [output])  # lazy: see refuse_aliasing
     model = load_model(source)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in iter_tensors(onnx.load_model(str(source), load_external_data=False))):
-        raise ModelError(f"{source}: models with external data cannot be packaged yet (keep them under 2 GB)")
+        raise ModelError(f"{source}: models with external data cannot be packaged yet (keep them under 2 GiB)")
     if output.exists() and output.is_dir() and any(output.iterdir()):
         raise UsageError(f"{output}: the folder exists and is not empty; choose a new bundle path")
     recipe = _recipe_of(model)
-    level = ort_level or default_ort_level(recipe)
+    level = ort_optimization or default_ort_level(recipe)
     if level not in ORT_LEVELS:
         raise UsageError(f"ORT optimization level {level!r} unknown; choose from {', '.join(ORT_LEVELS)}")
 
@@ -139,7 +139,7 @@ def package_files(
     *,
     validation_path: Path | None = None,
     recipe_path: Path | None = None,
-    ort_level: str | None = None,
+    ort_optimization: str | None = None,
     arm: bool = True,
     type_reduction: bool = False,
 ) -> PackageResult:
@@ -156,7 +156,7 @@ def package_files(
             raise UsageError(f"{recipe_path}: cannot read the recipe ({exc})") from exc
     try:
         return package(compressed, output, validation=validation, recipe_text=recipe_text,
-                       ort_level=ort_level, arm=arm, type_reduction=type_reduction)
+                       ort_optimization=ort_optimization, arm=arm, type_reduction=type_reduction)
     except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
         if validation is None:
             raise

@@ -311,7 +311,7 @@ def _session_source(model: onnx.ModelProto, path: Path, fixed: dict[str, tuple[i
     if not fixed:
         return str(path)
     if model.ByteSize() >= PROTOBUF_LIMIT:
-        raise ModelError(f"{path}: fixing input shapes of a model over 2 GB is not supported")
+        raise ModelError(f"{path}: fixing input shapes of a model over 2 GiB is not supported")
     return serialize(fix_input_shapes(model, fixed))
 
 
@@ -389,7 +389,7 @@ class _ProviderRun:
 def validate(
     original: str | os.PathLike,
     compressed: str | os.PathLike,
-    data: Any,
+    holdout: Any,
     providers: tuple[str, ...] = ("cpu",),
     budget: Budget | None = None,
     *,
@@ -400,7 +400,7 @@ def validate(
     progress: ProgressCallback | None = None,
     settings: OutputSettings | None = None,
 ) -> ValidationReport:
-    """Run both models on ``providers`` over every sample of ``data`` (at most ``max_samples``)
+    """Run both models on ``providers`` over every sample of ``holdout`` (at most ``max_samples``)
     and measure the compressed one against the original, output by output, by its kind.
 
     Providers that cannot be loaded are reported as unavailable (never replaced by the CPU).
@@ -440,7 +440,7 @@ def validate(
         raise UsageError(f"output kind given for {unknown_outputs}, which the model does not have "
                          f"(outputs: {', '.join(out_names)})")
 
-    source = open_for_model(original_model, data, preprocess or ImagePreprocess())
+    source = open_for_model(original_model, holdout, preprocess or ImagePreprocess())
     first = next(iter(source), None)
     if first is None:
         raise CalibrationDataError("no validation samples")

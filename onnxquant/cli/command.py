@@ -19,7 +19,7 @@ from onnxquant.errors import OnnxQuantError
 
 # Parameters that name files a command reads, and files it writes (``_refuse_aliasing``).
 _MODEL_INPUTS = ("model", "original", "compressed")
-_DATA_INPUTS = ("calib_data", "holdout", "data", "recipe_path", "validation_path", "load_stats", "job")
+_DATA_INPUTS = ("calib_data", "holdout", "recipe_path", "validation_path", "load_stats", "job")
 _MODEL_OUTPUTS = ("output",)
 _FILE_OUTPUTS = ("save_stats",)
 
@@ -59,10 +59,47 @@ def _sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def renamed_args(args: list[str], renamed: dict[str, str]) -> tuple[list[str], list[str]]:
+    """``args`` with each old option spelling replaced by its new one (``--old`` and ``--old=V``;
+    nothing after ``--``), and one note per old spelling used."""
+    out: list[str] = []
+    notes: list[str] = []
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--":
+            out += [arg, *rest]
+            break
+        old, eq, value = arg.partition("=")
+        new = renamed.get(old)
+        if new is None:
+            out.append(arg)
+            continue
+        out.append(new + eq + value)
+        note = f"{old} is now {new}; the old spelling works until the next release"
+        if note not in notes:
+            notes.append(note)
+    return out, notes
+
+
 class Command(click.Command):
-    """Typed library errors become one line and their exit code; tracebacks only with --debug."""
+    """Typed library errors become one line and their exit code; tracebacks only with --debug.
+
+    ``renamed``: old option spellings and their new ones; the old still work, with a ``note:``
+    on stderr (not with -q; never on stdout, so --json stays one JSON document).
+    """
+
+    def __init__(self, *args: Any, renamed: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.renamed = dict(renamed or {})
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        args, ctx.meta["onnxquant.renamed"] = renamed_args(args, self.renamed)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
+        if not ctx.params.get("quiet"):
+            for note in ctx.meta.get("onnxquant.renamed", []):
+                click.echo(f"note: {note}", err=True)
         try:
             _refuse_aliasing(ctx.params)
             with _sigterm_unwinds():

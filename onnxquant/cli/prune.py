@@ -47,7 +47,8 @@ def prune_summary(result: dict[str, Any]) -> str:
 @click.option("--holdout", type=click.Path(path_type=Path), help="Held-out samples for --max-drop (default: --calib-data).")
 @click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False, path_type=Path), help="TOML recipe ([prune]); flags override it.")
 @prune_options("")
-@click.option("--keep-dead-channels", is_flag=True, help="Leave all-zero channels in the graph (default: remove them).")
+@click.option("--remove-dead/--keep-dead-channels", default=None,
+              help="Take all-zero channels out of the graph (default), or leave them in.")
 @click.option("--depthwise", is_flag=True, help="Prune depthwise Conv filters too.")
 @click.option("--channel-multiple", type=click.IntRange(min=1),
               help="Layers keep a multiple of this many channels (default 16, for onnxruntime's blocked kernels).")
@@ -58,14 +59,14 @@ def prune_summary(result: dict[str, Any]) -> str:
 @image_options
 @output_options("Print the report as JSON.", "No report (errors still print).")
 def prune(model: Path, output: Path, calib_data: Path | None, holdout: Path | None, recipe_path: Path | None,
-          keep_dead_channels: bool, depthwise: bool, channel_multiple: int | None, sparse_storage: bool, drop_by: str, max_samples: int | None,
+          remove_dead: bool | None, depthwise: bool, channel_multiple: int | None, sparse_storage: bool, drop_by: str, max_samples: int | None,
           as_json: bool, quiet: bool, debug: bool, **options: Any) -> None:
     """Prune MODEL's weights (and dead channels) to a smaller float model."""
     from onnxquant.api import prune as run_prune
 
     recipe = load_recipe(recipe_path) if recipe_path else recipe_for_target("cpu")
     settings = prune_overrides(options)
-    settings.update({"remove_dead": False if keep_dead_channels else None, "depthwise": depthwise or None,
+    settings.update({"remove_dead": remove_dead, "depthwise": depthwise or None,
                      "channel_multiple": channel_multiple,
                      "sparse_storage": sparse_storage or None})
     recipe = recipe.with_overrides(prune=settings, calibration={"max_samples": max_samples},

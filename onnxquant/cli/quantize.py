@@ -59,7 +59,12 @@ def quantize_summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@click.command(cls=Command)
+# Old spellings, accepted with a note until the next release.
+RENAMED = {"--int4-min-sqnr": "--int4-min-sqnr-db", "--symmetric-activations": "--activation-symmetric",
+           "--asymmetric-activations": "--activation-asymmetric"}
+
+
+@click.command(cls=Command, renamed=RENAMED)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Quantized model to write.")
 @click.option("--calib-data", type=click.Path(path_type=Path), help="Folder of .npz samples (one dict of named inputs each) or images.")
@@ -70,12 +75,12 @@ def quantize_summary(result: dict[str, Any]) -> str:
 @click.option("--percentile", type=float, help="Percentile for --calibration percentile (default 99.999).")
 @click.option("--max-samples", type=int, help="Use at most this many calibration samples.")
 @click.option("--activation-type", type=click.Choice(ACTIVATION_TYPES), help="Activation type (default uint8).")
-@click.option("--symmetric-activations/--asymmetric-activations", default=None, help="Symmetric activations (signed types only).")
+@click.option("--activation-symmetric/--activation-asymmetric", default=None, help="Symmetric activations (signed types only).")
 @click.option("--weight-type", type=click.Choice(WEIGHT_TYPES), help="Weight type (default int8).")
 @click.option("--weight-bits", type=click.Choice(["4", "8"]), help="4: block-wise int4 MatMul weights where their "
               "distribution allows (with --max-drop: least sensitive layers first, within budget). Target cpu.")
 @click.option("--int4-block-size", type=int, help="Weights per int4 scale along K (power of two, default 32).")
-@click.option("--int4-min-sqnr", type=float, help="A weight int4 keeps below this SQNR in dB stays int8 (default 18).")
+@click.option("--int4-min-sqnr-db", type=float, help="A weight int4 keeps below this SQNR in dB stays int8 (default 18).")
 @click.option("--per-channel/--per-tensor", default=None, help="Per-channel weight scales (default per-channel).")
 @click.option("--reduce-range/--no-reduce-range", default=None, help="7-bit weights in GEMM kernels (default on; see README).")
 @click.option("--quantize-bias/--float-bias", default=None, help="int32 biases for Conv/Gemm (default on).")
@@ -102,11 +107,11 @@ def quantize_summary(result: dict[str, Any]) -> str:
 def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Path | None, target: str | None,
              input_shape: tuple[str, ...], calibration: str | None,
              percentile: float | None, max_samples: int | None, activation_type: str | None,
-             symmetric_activations: bool | None, weight_type: str | None, per_channel: bool | None,
+             activation_symmetric: bool | None, weight_type: str | None, per_channel: bool | None,
              reduce_range: bool | None, quantize_bias: bool | None, op_types: str | None, include: tuple[str, ...],
              exclude: tuple[str, ...], no_simplify: bool, save_stats: Path | None, load_stats: Path | None, as_json: bool, quiet: bool,
              debug: bool, max_drop: float | None, holdout: Path | None, drop_by: str, weight_bits: str | None,
-             int4_block_size: int | None, int4_min_sqnr: float | None, threads: int | None, max_memory: str | None,
+             int4_block_size: int | None, int4_min_sqnr_db: float | None, threads: int | None, max_memory: str | None,
              **image: Any) -> None:
     """Quantize MODEL to an int8 QDQ model using calibration data."""
     from onnxquant.api import quantize as run_quantize
@@ -115,10 +120,10 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
     recipe = recipe.with_overrides(
         calibration={"method": calibration, "percentile": percentile, "max_samples": max_samples},
         quantization={
-            "activation_type": activation_type, "activation_symmetric": symmetric_activations,
+            "activation_type": activation_type, "activation_symmetric": activation_symmetric,
             "weight_type": weight_type, "per_channel": per_channel, "reduce_range": reduce_range,
             "quantize_bias": quantize_bias, "weight_bits": int(weight_bits) if weight_bits else None,
-            "int4_block_size": int4_block_size, "int4_min_sqnr_db": int4_min_sqnr,
+            "int4_block_size": int4_block_size, "int4_min_sqnr_db": int4_min_sqnr_db,
             "op_types": tuple(t.strip() for t in op_types.split(",") if t.strip()) if op_types else None,
         },
         nodes={"include": include or None, "exclude": exclude or None},

@@ -83,11 +83,12 @@ def _bundle_text(result: dict[str, Any]) -> str:
               help="Recipe file to keep in the bundle as written (the model carries the resolved one).")
 @click.option("--ort-optimization", type=click.Choice(ORT_LEVELS),
               help="Graph optimizations baked into model.ort (default: all for target cpu, basic for NPU targets).")
-@click.option("--any-platform", is_flag=True, help="No ARM-only int8 fusions in model.ort.")
+@click.option("--arm/--any-platform", default=True,
+              help="model.ort may hold ARM-only int8 fusions (default), or none, for any platform.")
 @click.option("--type-reduction", is_flag=True, help="Operator config with type reduction (smaller reduced builds).")
 @output_options("Print the file list as JSON.", "Print nothing (the exit code tells).")
 def package(compressed: Path, output: Path, validation_path: Path | None, recipe_path: Path | None,
-            ort_optimization: str | None, any_platform: bool, type_reduction: bool, as_json: bool, quiet: bool,
+            ort_optimization: str | None, arm: bool, type_reduction: bool, as_json: bool, quiet: bool,
             debug: bool) -> None:
     """Bundle COMPRESSED for edge deployment: the model, its ORT-format conversion, the operator
     config for a reduced onnxruntime build, report (JSON and HTML), recipe, and a manifest with
@@ -96,7 +97,7 @@ def package(compressed: Path, output: Path, validation_path: Path | None, recipe
     from onnxquant.package import package_files
 
     result = package_files(compressed, output, validation_path=validation_path, recipe_path=recipe_path,
-                           ort_level=ort_optimization, arm=not any_platform, type_reduction=type_reduction)
+                           ort_optimization=ort_optimization, arm=arm, type_reduction=type_reduction)
     emit(result.to_dict(), as_json, quiet, _bundle_text)
 
 

@@ -29,7 +29,7 @@ def _budget_line(report: dict[str, Any]) -> str:
     given = ", ".join(f"{k} {v}" for k, v in report.get("budget", {}).items())
     if report.get("default_budgets", True):
         return "budgets: defaults per output kind" + (f"; given: {given}" if given else "")
-    return "budgets: " + (f"given only: {given}" if given else "none (--no-budgets): report only")
+    return "budgets: " + (f"given only: {given}" if given else "none (--no-default-budgets): report only")
 
 
 def validation_summary(report: dict[str, Any]) -> str:
@@ -80,41 +80,50 @@ def validation_summary(report: dict[str, Any]) -> str:
 
 
 def budget_options(command: Any) -> Any:
-    """Budget flags: each overrides the default of that name for every output that has the metric."""
+    """Budget flags: each overrides the default of that name for every output that has the metric.
+
+    Each flag is its budget's name (the job's [validate] key, the report's budget key) with dashes.
+    """
     options = [
-        ("--min-top1", "min_top1", "classifier outputs: top-1 agreement with fp32"),
-        ("--min-top5", "min_top5", "classifier outputs: fp32's top-1 class among int8's top 5"),
-        ("--max-kl", "max_kl", "classifier outputs: mean KL(fp32 || int8) of the class distributions"),
-        ("--min-cosine", "min_cosine", "mean cosine similarity of every float output"),
-        ("--min-sqnr", "min_sqnr_db", "signal-to-quantization-noise ratio in dB"),
-        ("--max-abs-error", "max_abs_error", "largest absolute difference of any output value"),
-        ("--min-channel-cosine", "min_channel_cosine", "worst channel's cosine along the feature axis"),
-        ("--min-channel-sqnr", "min_channel_sqnr_db", "worst channel's SQNR in dB along the feature axis"),
-        ("--min-f1", "min_f1", "detection outputs: F1 of int8 detections against fp32's"),
-        ("--min-recall", "min_recall", "detection outputs: share of fp32 detections int8 finds"),
-        ("--min-string-agreement", "min_string_agreement", "sequence outputs: decoded strings equal to fp32's"),
-        ("--max-cer", "max_cer", "sequence outputs: character error rate against fp32's strings"),
-        ("--min-label-agreement", "min_label_agreement", "label and map outputs: agreement rate"),
-        ("--max-metric-drop", "max_metric_drop", "--metric: fp32 mean score minus int8 mean score"),
-        ("--max-latency-ratio", "max_latency_ratio", "compressed / original median latency on each provider"),
+        ("min_top1", "classifier outputs: top-1 agreement with fp32"),
+        ("min_top5", "classifier outputs: fp32's top-1 class among int8's top 5"),
+        ("max_kl", "classifier outputs: mean KL(fp32 || int8) of the class distributions"),
+        ("min_cosine", "mean cosine similarity of every float output"),
+        ("min_sqnr_db", "signal-to-quantization-noise ratio in dB"),
+        ("max_abs_error", "largest absolute difference of any output value"),
+        ("min_channel_cosine", "worst channel's cosine along the feature axis"),
+        ("min_channel_sqnr_db", "worst channel's SQNR in dB along the feature axis"),
+        ("min_f1", "detection outputs: F1 of int8 detections against fp32's"),
+        ("min_recall", "detection outputs: share of fp32 detections int8 finds"),
+        ("min_string_agreement", "sequence outputs: decoded strings equal to fp32's"),
+        ("max_cer", "sequence outputs: character error rate against fp32's strings"),
+        ("min_label_agreement", "label and map outputs: agreement rate"),
+        ("max_metric_drop", "--metric: fp32 mean score minus int8 mean score"),
+        ("max_latency_ratio", "compressed / original median latency on each provider"),
     ]
-    for flag, dest, text in reversed(options):
-        command = click.option(flag, dest, type=float, help=f"Budget: {text}.")(command)
+    for dest, text in reversed(options):
+        command = click.option("--" + dest.replace("_", "-"), dest, type=float, help=f"Budget: {text}.")(command)
     return command
+
+
+# Old spellings, accepted with a note until the next release.
+RENAMED = {"--data": "--holdout", "--min-sqnr": "--min-sqnr-db", "--min-channel-sqnr": "--min-channel-sqnr-db",
+           "--no-budgets": "--no-default-budgets"}
 
 
 def _detection_objectness(value: str) -> bool | None:
     return {"auto": None, "yes": True, "no": False}[value]
 
 
-@click.command(cls=Command)
+@click.command(cls=Command, renamed=RENAMED)
 @click.argument("original", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("compressed", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Folder of held-out .npz samples or images.")
+@click.option("--holdout", type=click.Path(path_type=Path), required=True, help="Folder of held-out .npz samples or images.")
 @click.option("--ep", "eps", multiple=True, type=click.Choice(PROVIDERS), help="Execution provider; repeatable (default cpu).")
 @budget_options
 @click.option("--require-on-ep", is_flag=True, help="Budget: no node but the input/output Q/DQ may fall back to the CPU.")
-@click.option("--no-budgets", is_flag=True, help="No default budgets: report only (budgets you give still apply).")
+@click.option("--default-budgets/--no-default-budgets", default=True,
+              help="Each output kind's default budgets (default on); off: only the budgets you give (none: report only).")
 @click.option("--output-kind", "output_kinds", multiple=True, metavar="NAME=KIND",
               help="Read output NAME as classification|embedding|detection|sequence|regression|labels "
                    "(default: detected from its type and shape); repeatable.")
@@ -132,8 +141,8 @@ def _detection_objectness(value: str) -> bool | None:
 @click.option("--threads", type=click.IntRange(0, MAX_THREADS), help="onnxruntime intra-op threads (default: onnxruntime's choice).")
 @image_options
 @output_options("Print the report as JSON.", "No progress bar and no report (the exit code tells).")
-def validate(original: Path, compressed: Path, data: Path, eps: tuple[str, ...], require_on_ep: bool,
-             no_budgets: bool, output_kinds: tuple[str, ...], metric: str | None, ctc_blank: int,
+def validate(original: Path, compressed: Path, holdout: Path, eps: tuple[str, ...], require_on_ep: bool,
+             default_budgets: bool, output_kinds: tuple[str, ...], metric: str | None, ctc_blank: int,
              detection_score: float, detection_nms_iou: float, detection_objectness: str,
              max_samples: int | None, latency_runs: int, threads: int | None, as_json: bool, quiet: bool,
              debug: bool, **options: Any) -> None:
@@ -152,7 +161,7 @@ def validate(original: Path, compressed: Path, data: Path, eps: tuple[str, ...],
 
     budget_names = (*OUTPUT_BUDGETS, "max_metric_drop", "max_latency_ratio")
     budgets = {name: options.pop(name) for name in budget_names if name in options}
-    budget = Budget(**budgets, require_on_ep=require_on_ep, defaults=not no_budgets)
+    budget = Budget(**budgets, require_on_ep=require_on_ep, defaults=default_budgets)
     try:
         kinds = parse_kind_overrides(output_kinds)
     except ValueError as exc:
@@ -162,7 +171,7 @@ def validate(original: Path, compressed: Path, data: Path, eps: tuple[str, ...],
         objectness=_detection_objectness(detection_objectness)))
     preprocess: ImagePreprocess = recipe_for_target("cpu").with_overrides(preprocess=preprocess_overrides(options)).preprocess
     with progress(quiet or as_json, "validating") as update:
-        report = run_validate(original, compressed, data, eps or ("cpu",), budget, preprocess=preprocess,
+        report = run_validate(original, compressed, holdout, eps or ("cpu",), budget, preprocess=preprocess,
                               max_samples=max_samples, latency_runs=latency_runs, threads=threads, progress=update,
                               settings=settings)
     emit(report.to_dict(), as_json, quiet, validation_summary)
