@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from onnxquant.cli.output import one_line
-from onnxquant.errors import OnnxQuantError
+from onnxquant.errors import EXIT_CODES, INTERRUPTED, TERMINATED, OnnxQuantError
 
 # Parameters that name files a command reads, and files it writes (``_refuse_aliasing``).
 _MODEL_INPUTS = ("model", "original", "compressed")
@@ -35,6 +35,11 @@ def _refuse_aliasing(params: dict[str, Any]) -> None:
     outputs += [params[key] for key in _FILE_OUTPUTS if params.get(key) is not None]
     if outputs:
         refuse_aliasing(inputs, outputs)
+
+
+def exit_codes_epilog() -> str:
+    """The exit-code table every command's --help ends with (``\b``: click keeps the lines as they are)."""
+    return "\b\nExit codes:\n" + "\n".join(f"  {code:<4d} {meaning}" for code, meaning in EXIT_CODES.items())
 
 
 class _Terminated(KeyboardInterrupt):
@@ -89,6 +94,7 @@ class Command(click.Command):
     """
 
     def __init__(self, *args: Any, renamed: dict[str, str] | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("epilog", exit_codes_epilog())
         super().__init__(*args, **kwargs)
         self.renamed = dict(renamed or {})
 
@@ -111,10 +117,10 @@ class Command(click.Command):
             ctx.exit(exc.exit_code)
         except _Terminated:
             click.echo("error: terminated; nothing was written", err=True)
-            ctx.exit(143)
+            ctx.exit(TERMINATED)
         except KeyboardInterrupt:
             click.echo("error: interrupted; nothing was written", err=True)
-            ctx.exit(130)
+            ctx.exit(INTERRUPTED)
         except MemoryError:
             click.echo("error: out of memory", err=True)
             ctx.exit(1)
@@ -137,6 +143,10 @@ class Command(click.Command):
 
 class Group(click.Group):
     """Bad options and arguments are one ``error:`` line with exit 2, like every other error."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("epilog", exit_codes_epilog())
+        super().__init__(*args, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -130,8 +130,7 @@ def compress(job: Path, target: str | None, as_json: bool, quiet: bool, debug: b
     """Run the whole pipeline from the job file JOB: load, prune, calibrate, quantize, validate on
     every listed execution provider, package.
 
-    Stops at the first budget that fails, writing nothing. Exit codes: 0 bundle written; 2 bad
-    job file; 3 bad model; 4 bad data; 6 a budget failed; 7 a provider is not available.
+    Stops at the first budget that fails (exit 6), writing nothing.
     """
     from onnxquant.compress import compress as run_compress
     from onnxquant.compress import load_job

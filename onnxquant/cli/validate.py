@@ -150,8 +150,6 @@ def validate(original: Path, compressed: Path, holdout: Path, eps: tuple[str, ..
 
     Each output's kind (classification, embedding, detection, sequence, regression, labels)
     decides its figures and its default budgets (see the README); flags override them.
-
-    Exit codes: 0 every budget holds; 6 a budget is exceeded; 7 a provider cannot be loaded.
     """
     from onnxquant.agreement import Budget, DetectionSettings, parse_kind_overrides
     from onnxquant.agreement.budgets import OUTPUT_BUDGETS
