@@ -299,7 +299,7 @@ def _compress(job: CompressJob, progress: StepProgress | None) -> CompressResult
             raise _failed(BudgetExceededError(f"budget failed: {failures[0]}; nothing was written"), report)
         steps.begin("package", "packaging")
         bundle = package(compressed, job.output, report=report, recipe_text=job.text,
-                         ort_level=job.package.ort_optimization, arm=job.package.arm,
+                         ort_optimization=job.package.ort_optimization, arm=job.package.arm,
                          type_reduction=job.package.type_reduction)
         html = job.html
         if html is not None:  # a failure here takes the bundle back too (one all-or-nothing)

@@ -52,3 +52,23 @@ class AlreadyQuantizedError(OnnxQuantError):
     """The model is already quantized and has no float layer left to compress."""
 
     exit_code = 8
+
+
+INTERRUPTED = 130  # Ctrl-C
+TERMINATED = 143  # SIGTERM
+
+# Every exit code of every command, in one place: each command's --help and the README's table
+# (tests/test_errors.py checks both) are made from it.
+EXIT_CODES: dict[int, str] = {
+    0: "success (validate: every budget holds; compress: bundle written)",
+    OnnxQuantError.exit_code: 'other error; "internal error" is a bug of ours (--debug shows it)',
+    UsageError.exit_code: "bad flags, recipe or job file; or an output that cannot be written",
+    ModelError.exit_code: "unreadable, invalid or unsafe model",
+    CalibrationDataError.exit_code: "bad calibration or held-out data",
+    QuantizationError.exit_code: "the result failed its self-check",
+    BudgetExceededError.exit_code: "a budget failed (validate, --max-drop, a failed validation to package)",
+    ExecutionProviderError.exit_code: "an execution provider asked for is not available here",
+    AlreadyQuantizedError.exit_code: "the model is already quantized: no float layer is left to quantize",
+    INTERRUPTED: "interrupted (Ctrl-C); nothing was written",
+    TERMINATED: "terminated (SIGTERM); nothing was written",
+}

@@ -389,7 +389,7 @@ def _write_with_lazy(model: onnx.ModelProto, path: Path) -> None:
             offset += length
     with _entries_replaced(lazy, written):
         if model.ByteSize() >= PROTOBUF_LIMIT:
-            raise ModelError("the model's in-memory part is over 2 GB even with its original weights on disk")
+            raise ModelError("the model's in-memory part is over 2 GiB even with its original weights on disk")
         path.write_bytes(serialize(model))
 
 

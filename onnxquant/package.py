@@ -18,7 +18,7 @@ from typing import Any
 
 import onnx
 
-from onnxquant.errors import ModelError, UsageError
+from onnxquant.errors import BudgetExceededError, ModelError, UsageError
 from onnxquant.inspect_model import inspect_model
 from onnxquant.model_io import iter_tensors, load_model, write_atomic
 from onnxquant.ort_format import ORT_LEVELS, convert_to_ort, required_operators
@@ -33,6 +33,7 @@ from onnxquant.outputs import (
 from onnxquant.recipe import recipe_of
 from onnxquant.report.build import build_report, tool_versions
 from onnxquant.report.html import render_html
+from onnxquant.settings import parse_limited
 
 MANIFEST_FORMAT = "onnxquant-bundle/1"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -72,7 +73,7 @@ def package(
     report: dict[str, Any] | None = None,
     validation: dict[str, Any] | None = None,
     recipe_text: str | None = None,
-    ort_level: str | None = None,
+    ort_optimization: str | None = None,
     arm: bool = True,
     type_reduction: bool = False,
 ) -> PackageResult:
@@ -87,11 +88,11 @@ def package(
     refuse_aliasing((f for path in (source,) for f in model_files(path)), [output])  # lazy: see refuse_aliasing
     model = load_model(source)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in iter_tensors(onnx.load_model(str(source), load_external_data=False))):
-        raise ModelError(f"{source}: models with external data cannot be packaged yet (keep them under 2 GB)")
+        raise ModelError(f"{source}: models with external data cannot be packaged yet (keep them under 2 GiB)")
     if output.exists() and output.is_dir() and any(output.iterdir()):
         raise UsageError(f"{output}: the folder exists and is not empty; choose a new bundle path")
     recipe = recipe_of(model)
-    level = ort_level or default_ort_level(recipe)
+    level = ort_optimization or default_ort_level(recipe)
     if level not in ORT_LEVELS:
         raise UsageError(f"ORT optimization level {level!r} unknown; choose from {', '.join(ORT_LEVELS)}")
 
@@ -116,6 +117,59 @@ def package(
     _write_bundle(files, output)
     listing = [{"name": name, "bytes": len(data), "sha256": _sha256(data)} for name, data in sorted(files.items())]
     return PackageResult(output=output, files=listing, manifest=manifest, report=report)
+
+
+def read_validation(path: Path) -> dict[str, Any]:
+    """The report of ``onnxquant validate --json`` at ``path``, checked enough to build a manifest from."""
+    try:
+        data = parse_limited(path.read_text(encoding="utf-8"), json.loads, str(path))
+    except FileNotFoundError as exc:
+        raise UsageError(f"{path}: no such validation report") from exc
+    except IsADirectoryError as exc:
+        raise UsageError(f"{path}: is a folder, not a validation report") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{path}: not a JSON validation report (write one with `onnxquant validate --json`)") from exc
+    if not isinstance(data, dict) or not {"providers", "passed", "budget", "size", "samples"} <= set(data):
+        raise UsageError(f"{path}: not an `onnxquant validate --json` report")
+    types = {"passed": bool, "providers": list, "budget": dict, "size": dict, "samples": int}
+    wrong = [key for key, kind in types.items() if not isinstance(data[key], kind) or data[key] is True and kind is int]
+    if wrong or not all(isinstance(p, dict) and isinstance(p.get("ep"), str) for p in data["providers"]):
+        raise UsageError(f"{path}: not an `onnxquant validate --json` report (wrong types: {wrong or ['providers']})")
+    if data["samples"] < 1:
+        raise UsageError(f"{path}: the validation compared {data['samples']!r} samples; a verdict needs at least one")
+    return data
+
+
+def package_files(
+    compressed: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    validation_path: Path | None = None,
+    recipe_path: Path | None = None,
+    ort_optimization: str | None = None,
+    arm: bool = True,
+    type_reduction: bool = False,
+) -> PackageResult:
+    """``package`` from the files a user names (``onnxquant package``): a validation report that
+    did not pass is refused (exit 6), and so is one whose fields are missing or of the wrong type."""
+    validation = read_validation(validation_path) if validation_path else None
+    if validation is not None and not validation["passed"]:
+        raise BudgetExceededError(f"{validation_path}: the validation did not pass; a failed model is not packaged")
+    recipe_text = None
+    if recipe_path is not None:
+        try:
+            recipe_text = recipe_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{recipe_path}: cannot read the recipe ({exc})") from exc
+    try:
+        return package(compressed, output, validation=validation, recipe_text=recipe_text,
+                       ort_optimization=ort_optimization, arm=arm, type_reduction=type_reduction)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        if validation is None:
+            raise
+        # The report is built from the user's file: a field missing or of the wrong type inside it.
+        raise UsageError(f"{validation_path}: an incomplete `onnxquant validate --json` report "
+                         f"({type(exc).__name__}: {exc})") from exc
 
 
 def _check_ort_loads(path: Path) -> None:

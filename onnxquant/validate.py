@@ -38,9 +38,11 @@ from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.calibration.preprocess import ImagePreprocess
 from onnxquant.calibration.sources import open_for_model
 from onnxquant.errors import (
+    BudgetExceededError,
     CalibrationDataError,
     ExecutionProviderError,
     ModelError,
+    OnnxQuantError,
     UsageError,
 )
 from onnxquant.host import cpu_mismatch, host_cpu
@@ -270,6 +272,15 @@ class ValidationReport:
     def passed(self) -> bool:
         return not self.failures and not self.unavailable and self.samples > 0
 
+    def verdict_error(self) -> OnnxQuantError | None:
+        """The error a failed verdict exits with: a provider that is not available (exit 7) before
+        a budget that failed (exit 6); None when every budget holds."""
+        if self.unavailable:
+            return ExecutionProviderError(f"execution provider(s) not available: {', '.join(self.unavailable)}")
+        if self.failures:
+            return BudgetExceededError(f"{len(self.failures)} budget check(s) failed; first: {self.failures[0]}")
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "original": self.original,
@@ -308,7 +319,7 @@ def _session_source(model: onnx.ModelProto, path: Path, fixed: dict[str, tuple[i
     if not fixed:
         return str(path)
     if model.ByteSize() >= PROTOBUF_LIMIT:
-        raise ModelError(f"{path}: fixing input shapes of a model over 2 GB is not supported")
+        raise ModelError(f"{path}: fixing input shapes of a model over 2 GiB is not supported")
     return serialize(fix_input_shapes(model, fixed))
 
 
@@ -386,7 +397,7 @@ class _ProviderRun:
 def validate(
     original: str | os.PathLike,
     compressed: str | os.PathLike,
-    data: Any,
+    holdout: Any,
     providers: tuple[str, ...] = ("cpu",),
     budget: Budget | None = None,
     *,
@@ -397,7 +408,7 @@ def validate(
     progress: ProgressCallback | None = None,
     settings: OutputSettings | None = None,
 ) -> ValidationReport:
-    """Run both models on ``providers`` over every sample of ``data`` (at most ``max_samples``)
+    """Run both models on ``providers`` over every sample of ``holdout`` (at most ``max_samples``)
     and measure the compressed one against the original, output by output, by its kind.
 
     Providers that cannot be loaded are reported as unavailable (never replaced by the CPU).
@@ -437,7 +448,7 @@ def validate(
         raise UsageError(f"output kind given for {unknown_outputs}, which the model does not have "
                          f"(outputs: {', '.join(out_names)})")
 
-    source = open_for_model(original_model, data, preprocess or ImagePreprocess())
+    source = open_for_model(original_model, holdout, preprocess or ImagePreprocess())
     first = next(iter(source), None)
     if first is None:
         raise CalibrationDataError("no validation samples")

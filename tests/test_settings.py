@@ -137,7 +137,7 @@ def cnn(tmp_path_factory) -> tuple[Path, Path]:
     ["--image-resize", "0"],
     ["--threads", "1000000000"], ["--threads", "-1"],
     ["--percentile", "nan"], ["--smoothquant-alpha", "inf"], ["--max-samples", "0"], ["--adaround-seconds", "nan"],
-    ["--prune-max-drop", "nan"], ["--input-shape", "x=0,3"], ["--int4-min-sqnr", "nan"],
+    ["--prune-max-drop", "nan"], ["--input-shape", "x=0,3"], ["--int4-min-sqnr-db", "nan"],
 ])
 def test_bad_flags_are_one_line_with_exit_2(cnn: tuple[Path, Path], tmp_path: Path, flags: list[str]):
     model, calib = cnn

@@ -70,18 +70,18 @@ def test_boundary_nodes_are_the_input_q_and_output_dq(tmp_path: Path, cnn_path: 
 
 
 def test_cli_exit_codes(cnn_path: Path, quantized_cnn: Path, npz_dir: Path):
-    ok = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--min-cosine", "0.9", "--latency-runs", "1")
+    ok = _run("validate", cnn_path, quantized_cnn, "--holdout", npz_dir, "--min-cosine", "0.9", "--latency-runs", "1")
     assert ok.exit_code == 0, ok.output
     assert "[cpu]" in ok.output and "PASS" in ok.output
-    over = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--min-cosine", "0.99999999", "--latency-runs", "1")
+    over = _run("validate", cnn_path, quantized_cnn, "--holdout", npz_dir, "--min-cosine", "0.99999999", "--latency-runs", "1")
     assert over.exit_code == 6 and "FAIL cpu: output 'logits' (classification): cosine" in over.output
-    as_json = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--json", "--latency-runs", "1")
+    as_json = _run("validate", cnn_path, quantized_cnn, "--holdout", npz_dir, "--json", "--latency-runs", "1")
     assert json.loads(as_json.output)["passed"] is True
 
 
 @pytest.mark.skipif("OpenVINOExecutionProvider" in ort.get_available_providers(), reason="OpenVINO is installed here")
 def test_missing_provider_is_reported_never_replaced(cnn_path: Path, quantized_cnn: Path, npz_dir: Path):
-    result = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--ep", "cpu", "--ep", "openvino",
+    result = _run("validate", cnn_path, quantized_cnn, "--holdout", npz_dir, "--ep", "cpu", "--ep", "openvino",
                   "--json", "--latency-runs", "1")
     assert result.exit_code == 7
     data = json.loads(result.output.split("\nerror:")[0]) if "\nerror:" in result.output else json.loads(result.output)
@@ -93,7 +93,7 @@ def test_missing_provider_is_reported_never_replaced(cnn_path: Path, quantized_c
 def test_data_that_does_not_fit_is_a_data_error(cnn_path: Path, quantized_cnn: Path, tmp_path: Path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = _run("validate", cnn_path, quantized_cnn, "--data", empty)
+    result = _run("validate", cnn_path, quantized_cnn, "--holdout", empty)
     assert result.exit_code == 4 and result.output.startswith("error:")
 
 
@@ -116,18 +116,18 @@ def test_default_budgets_pass_a_good_model_and_fail_a_destroyed_one(cnn_path: Pa
 
 
 def test_cli_refuses_a_verdict_on_nothing_and_nan_budgets(cnn_path: Path, quantized_cnn: Path, npz_dir: Path):
-    zero = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--max-samples", "0")
+    zero = _run("validate", cnn_path, quantized_cnn, "--holdout", npz_dir, "--max-samples", "0")
     assert zero.exit_code == 2 and "at least 1" in zero.output and "PASS" not in zero.output
-    nan = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--min-cosine", "nan")
+    nan = _run("validate", cnn_path, quantized_cnn, "--holdout", npz_dir, "--min-cosine", "nan")
     assert nan.exit_code == 2 and "finite" in nan.output
-    kind = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--output-kind", "logits=colour")
+    kind = _run("validate", cnn_path, quantized_cnn, "--holdout", npz_dir, "--output-kind", "logits=colour")
     assert kind.exit_code == 2 and "unknown" in kind.output
-    missing = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--output-kind", "nope=labels")
+    missing = _run("validate", cnn_path, quantized_cnn, "--holdout", npz_dir, "--output-kind", "nope=labels")
     assert missing.exit_code == 2 and "nope" in missing.output
 
 
 def test_a_given_budget_no_output_can_meet_is_a_failure(cnn_path: Path, quantized_cnn: Path, npz_dir: Path):
-    result = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--min-f1", "0.5", "--latency-runs", "1")
+    result = _run("validate", cnn_path, quantized_cnn, "--holdout", npz_dir, "--min-f1", "0.5", "--latency-runs", "1")
     assert result.exit_code == 6 and "min-f1 compared nothing" in result.output
 
 
@@ -148,18 +148,18 @@ def test_user_metric_is_scored_per_sample_and_its_drop_budgeted(cnn_path: Path, 
         "def broken(outputs, inputs):\n"
         "    raise RuntimeError('boom')\n")
     monkeypatch.chdir(tmp_path)
-    ok = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--metric", "my_metric:confidence",
+    ok = _run("validate", cnn_path, quantized_cnn, "--holdout", npz_dir, "--metric", "my_metric:confidence",
               "--max-metric-drop", "1000", "--latency-runs", "1", "--json")
     assert ok.exit_code == 0, ok.output
     metric = json.loads(ok.output)["providers"][0]["metric"]
     assert metric["samples"] == 12 and metric["drop"] == pytest.approx(metric["fp32"] - metric["compressed"], abs=1e-5)
-    tight = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--metric", "my_metric:confidence",
+    tight = _run("validate", cnn_path, quantized_cnn, "--holdout", npz_dir, "--metric", "my_metric:confidence",
                  "--max-metric-drop", "-1000", "--latency-runs", "1")
     assert tight.exit_code == 6 and "metric my_metric:confidence" in tight.output
-    broken = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--metric", "my_metric:broken",
+    broken = _run("validate", cnn_path, quantized_cnn, "--holdout", npz_dir, "--metric", "my_metric:broken",
                   "--latency-runs", "1")
     assert broken.exit_code == 6 and "boom" in broken.output
-    absent = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--metric", "my_metric:nothing")
+    absent = _run("validate", cnn_path, quantized_cnn, "--holdout", npz_dir, "--metric", "my_metric:nothing")
     assert absent.exit_code == 2 and "no function" in absent.output
 
 
@@ -211,10 +211,10 @@ def test_a_boxes_scores_pair_is_validated_as_detections(tmp_path: Path):
 
 
 def test_no_budgets_reports_only_and_says_so(cnn_path: Path, quantized_cnn: Path, npz_dir: Path):
-    result = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--no-budgets", "--latency-runs", "1", "--json")
+    result = _run("validate", cnn_path, quantized_cnn, "--holdout", npz_dir, "--no-default-budgets", "--latency-runs", "1", "--json")
     data = json.loads(result.output)
     logits = data["providers"][0]["agreement"]["logits"]
     assert result.exit_code == 0 and data["default_budgets"] is False and logits["checks"] == []
     assert data["settings"]["detection"]["score_threshold"] == 0.25 and data["providers"][0]["samples"] == 12
-    text = _run("validate", cnn_path, quantized_cnn, "--data", npz_dir, "--no-budgets", "--latency-runs", "1")
-    assert "budgets: none (--no-budgets): report only" in text.output and "logits (classification): top-1" in text.output
+    text = _run("validate", cnn_path, quantized_cnn, "--holdout", npz_dir, "--no-default-budgets", "--latency-runs", "1")
+    assert "budgets: none (--no-default-budgets): report only" in text.output and "logits (classification): top-1" in text.output

@@ -13,7 +13,7 @@ from typing import Any
 from onnxquant.agreement.text import checks_text, figures_text
 from onnxquant.report import svg
 
-MB = 1e6
+MIB = 1 << 20  # sizes in binary units, as the command line prints them
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
@@ -66,9 +66,9 @@ def _cell(value: Any) -> str:
     return f"<td>{_e(value)}</td>"
 
 
-def _mb(n: Any) -> float | None:
+def _mib(n: Any) -> float | None:
     number = _number(n)
-    return round(number / MB, 2) if number is not None else None
+    return round(number / MIB, 2) if number is not None else None
 
 def _verdict(report: dict[str, Any]) -> str:
     validation = _d(report.get("validation"))
@@ -81,8 +81,8 @@ def _verdict(report: dict[str, Any]) -> str:
 
 def _summary(report: dict[str, Any]) -> str:
     comp, orig = report["compressed"], report.get("original")
-    rows = [["file size (MB)", _mb(orig["size"]) if orig else "", _mb(comp["size"])],
-            ["deflated, as zipped (MB)", _mb(orig["size_deflated"]) if orig else "", _mb(comp["size_deflated"])],
+    rows = [["file size (MiB)", _mib(orig["size"]) if orig else "", _mib(comp["size"])],
+            ["deflated, as zipped (MiB)", _mib(orig["size_deflated"]) if orig else "", _mib(comp["size_deflated"])],
             ["parameters", orig["total_parameters"] if orig else "", comp["total_parameters"]],
             ["weight sparsity", f"{orig['sparsity']:.1%}" if orig else "", f"{comp['sparsity']:.1%}"]]
     for precision in sorted({*comp["precision"], *(orig["precision"] if orig else {})}):
@@ -116,9 +116,9 @@ def _providers(validation: dict[str, Any]) -> str:
         rows.append([ep, "ran" if c.get("loaded") else f"did not load: {c.get('error', '')}", where,
                      om if om is not None else "", cm if cm is not None else "", ratio if ratio is not None else ""])
     size = _d(validation.get("size"))
-    charts = svg.grouped_bars([("file size", [("original", _mb(size.get("original"))),
-                                              ("compressed", _mb(size.get("compressed")))])],
-                              "MB", "Size before and after", width=260)
+    charts = svg.grouped_bars([("file size", [("original", _mib(size.get("original"))),
+                                              ("compressed", _mib(size.get("compressed")))])],
+                              "MiB", "Size before and after", width=260)
     if groups:
         charts += svg.grouped_bars(groups, "median ms per sample", "Latency before and after, per execution provider",
                                    width=max(400, 170 * len(groups)))

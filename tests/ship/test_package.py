@@ -122,7 +122,7 @@ def validated(tmp_path_factory) -> tuple[Path, dict]:
     onnx.save(tiny_cnn(), str(folder / "m.onnx"))
     calib = write_npz(folder / "calib", image_samples(3))
     quantize(folder / "m.onnx", calib, output=folder / "q.onnx")
-    result = _run("validate", folder / "m.onnx", folder / "q.onnx", "--data", calib, "--json", "--latency-runs", "1")
+    result = _run("validate", folder / "m.onnx", folder / "q.onnx", "--holdout", calib, "--json", "--latency-runs", "1")
     return folder / "q.onnx", json.loads(result.output)
 
 

@@ -43,7 +43,7 @@ def test_errors_are_one_line_with_exit_codes(cnn_path: Path, npz_dir: Path, tmp_
         (("quantize", bad_model, "-o", tmp_path / "o.onnx", "--calib-data", npz_dir), 3),
         (("quantize", cnn_path, "-o", tmp_path / "o.onnx", "--calib-data", tmp_path / "missing"), 4),
         (("quantize", cnn_path, "-o", tmp_path / "o.onnx", "--calib-data", npz_dir, "--activation-type", "uint8",
-          "--symmetric-activations"), 2),
+          "--activation-symmetric"), 2),
     ]
     bad_recipe = tmp_path / "r.toml"
     bad_recipe.write_text("[calibration]\nmethdo = 'mse'\n")
@@ -59,8 +59,8 @@ def test_errors_are_one_line_with_exit_codes(cnn_path: Path, npz_dir: Path, tmp_
 def test_every_quantization_setting_has_a_flag(cnn_path: Path, npz_dir: Path, tmp_path: Path):
     result = _run("quantize", cnn_path, "-o", tmp_path / "q.onnx", "--calib-data", npz_dir, "--json",
                   "--float-bias", "--no-reduce-range", "--per-tensor", "--weight-type", "uint8",
-                  "--activation-type", "int8", "--symmetric-activations", "--max-samples", "5", "--op-types", "Conv,Relu",
-                  "--weight-bits", "8", "--int4-block-size", "64", "--int4-min-sqnr", "15")
+                  "--activation-type", "int8", "--activation-symmetric", "--max-samples", "5", "--op-types", "Conv,Relu",
+                  "--weight-bits", "8", "--int4-block-size", "64", "--int4-min-sqnr-db", "15")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["recipe"]["quantization"] == {

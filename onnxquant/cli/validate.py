@@ -8,10 +8,14 @@ import click
 
 from onnxquant.agreement.text import checks_text, figures_text
 from onnxquant.calibration.collector import MAX_THREADS
-from onnxquant.cli import _Command, _emit, _image_options, _preprocess_overrides, _progress, _size, main
-from onnxquant.errors import BudgetExceededError, ExecutionProviderError, UsageError
+from onnxquant.cli.command import Command
+from onnxquant.cli.options import image_options, output_options, preprocess_overrides
+from onnxquant.cli.output import emit, size_text
+from onnxquant.cli.progress import progress
+from onnxquant.errors import UsageError
 from onnxquant.providers import PROVIDERS
 from onnxquant.recipe import recipe_for_target
+
 
 def _output_lines(name: str, a: dict[str, Any]) -> list[str]:
     lines = [f"  {name} ({a.get('kind')}): {figures_text(a)}"]
@@ -25,14 +29,14 @@ def _budget_line(report: dict[str, Any]) -> str:
     given = ", ".join(f"{k} {v}" for k, v in report.get("budget", {}).items())
     if report.get("default_budgets", True):
         return "budgets: defaults per output kind" + (f"; given: {given}" if given else "")
-    return "budgets: " + (f"given only: {given}" if given else "none (--no-budgets): report only")
+    return "budgets: " + (f"given only: {given}" if given else "none (--no-default-budgets): report only")
 
 
-def _validation_summary(report: dict[str, Any]) -> str:
+def validation_summary(report: dict[str, Any]) -> str:
     size = report["size"]
     lines = [
-        f"original:   {report['original']} ({_size(size['original'])})",
-        f"compressed: {report['compressed']} ({_size(size['compressed'])}, {size['ratio']:.2f}x the size)",
+        f"original:   {report['original']} ({size_text(size['original'])})",
+        f"compressed: {report['compressed']} ({size_text(size['compressed'])}, {size['ratio']:.2f}x the size)",
         f"samples: {report['samples']}",
         _budget_line(report),
     ]
@@ -75,42 +79,51 @@ def _validation_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _budget_options(command: Any) -> Any:
-    """Budget flags: each overrides the default of that name for every output that has the metric."""
+def budget_options(command: Any) -> Any:
+    """Budget flags: each overrides the default of that name for every output that has the metric.
+
+    Each flag is its budget's name (the job's [validate] key, the report's budget key) with dashes.
+    """
     options = [
-        ("--min-top1", "min_top1", "classifier outputs: top-1 agreement with fp32"),
-        ("--min-top5", "min_top5", "classifier outputs: fp32's top-1 class among int8's top 5"),
-        ("--max-kl", "max_kl", "classifier outputs: mean KL(fp32 || int8) of the class distributions"),
-        ("--min-cosine", "min_cosine", "mean cosine similarity of every float output"),
-        ("--min-sqnr", "min_sqnr_db", "signal-to-quantization-noise ratio in dB"),
-        ("--max-abs-error", "max_abs_error", "largest absolute difference of any output value"),
-        ("--min-channel-cosine", "min_channel_cosine", "worst channel's cosine along the feature axis"),
-        ("--min-channel-sqnr", "min_channel_sqnr_db", "worst channel's SQNR in dB along the feature axis"),
-        ("--min-f1", "min_f1", "detection outputs: F1 of int8 detections against fp32's"),
-        ("--min-recall", "min_recall", "detection outputs: share of fp32 detections int8 finds"),
-        ("--min-string-agreement", "min_string_agreement", "sequence outputs: decoded strings equal to fp32's"),
-        ("--max-cer", "max_cer", "sequence outputs: character error rate against fp32's strings"),
-        ("--min-label-agreement", "min_label_agreement", "label and map outputs: agreement rate"),
-        ("--max-metric-drop", "max_metric_drop", "--metric: fp32 mean score minus int8 mean score"),
-        ("--max-latency-ratio", "max_latency_ratio", "compressed / original median latency on each provider"),
+        ("min_top1", "classifier outputs: top-1 agreement with fp32"),
+        ("min_top5", "classifier outputs: fp32's top-1 class among int8's top 5"),
+        ("max_kl", "classifier outputs: mean KL(fp32 || int8) of the class distributions"),
+        ("min_cosine", "mean cosine similarity of every float output"),
+        ("min_sqnr_db", "signal-to-quantization-noise ratio in dB"),
+        ("max_abs_error", "largest absolute difference of any output value"),
+        ("min_channel_cosine", "worst channel's cosine along the feature axis"),
+        ("min_channel_sqnr_db", "worst channel's SQNR in dB along the feature axis"),
+        ("min_f1", "detection outputs: F1 of int8 detections against fp32's"),
+        ("min_recall", "detection outputs: share of fp32 detections int8 finds"),
+        ("min_string_agreement", "sequence outputs: decoded strings equal to fp32's"),
+        ("max_cer", "sequence outputs: character error rate against fp32's strings"),
+        ("min_label_agreement", "label and map outputs: agreement rate"),
+        ("max_metric_drop", "--metric: fp32 mean score minus int8 mean score"),
+        ("max_latency_ratio", "compressed / original median latency on each provider"),
     ]
-    for flag, dest, text in reversed(options):
-        command = click.option(flag, dest, type=float, help=f"Budget: {text}.")(command)
+    for dest, text in reversed(options):
+        command = click.option("--" + dest.replace("_", "-"), dest, type=float, help=f"Budget: {text}.")(command)
     return command
+
+
+# Old spellings, accepted with a note until the next release.
+RENAMED = {"--data": "--holdout", "--min-sqnr": "--min-sqnr-db", "--min-channel-sqnr": "--min-channel-sqnr-db",
+           "--no-budgets": "--no-default-budgets"}
 
 
 def _detection_objectness(value: str) -> bool | None:
     return {"auto": None, "yes": True, "no": False}[value]
 
 
-@main.command(cls=_Command)
+@click.command(cls=Command, renamed=RENAMED)
 @click.argument("original", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("compressed", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Folder of held-out .npz samples or images.")
+@click.option("--holdout", type=click.Path(path_type=Path), required=True, help="Folder of held-out .npz samples or images.")
 @click.option("--ep", "eps", multiple=True, type=click.Choice(PROVIDERS), help="Execution provider; repeatable (default cpu).")
-@_budget_options
+@budget_options
 @click.option("--require-on-ep", is_flag=True, help="Budget: no node but the input/output Q/DQ may fall back to the CPU.")
-@click.option("--no-budgets", is_flag=True, help="No default budgets: report only (budgets you give still apply).")
+@click.option("--default-budgets/--no-default-budgets", default=True,
+              help="Each output kind's default budgets (default on); off: only the budgets you give (none: report only).")
 @click.option("--output-kind", "output_kinds", multiple=True, metavar="NAME=KIND",
               help="Read output NAME as classification|embedding|detection|sequence|regression|labels "
                    "(default: detected from its type and shape); repeatable.")
@@ -126,12 +139,10 @@ def _detection_objectness(value: str) -> bool | None:
 @click.option("--max-samples", type=int, help="Use at most this many samples (default: all).")
 @click.option("--latency-runs", type=int, default=10, show_default=True, help="Timed runs per model and provider, at least.")
 @click.option("--threads", type=click.IntRange(0, MAX_THREADS), help="onnxruntime intra-op threads (default: onnxruntime's choice).")
-@_image_options
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no report (the exit code tells).")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-def validate(original: Path, compressed: Path, data: Path, eps: tuple[str, ...], require_on_ep: bool,
-             no_budgets: bool, output_kinds: tuple[str, ...], metric: str | None, ctc_blank: int,
+@image_options
+@output_options("Print the report as JSON.", "No progress bar and no report (the exit code tells).")
+def validate(original: Path, compressed: Path, holdout: Path, eps: tuple[str, ...], require_on_ep: bool,
+             default_budgets: bool, output_kinds: tuple[str, ...], metric: str | None, ctc_blank: int,
              detection_score: float, detection_nms_iou: float, detection_objectness: str,
              max_samples: int | None, latency_runs: int, threads: int | None, as_json: bool, quiet: bool,
              debug: bool, **options: Any) -> None:
@@ -139,8 +150,6 @@ def validate(original: Path, compressed: Path, data: Path, eps: tuple[str, ...],
 
     Each output's kind (classification, embedding, detection, sequence, regression, labels)
     decides its figures and its default budgets (see the README); flags override them.
-
-    Exit codes: 0 every budget holds; 6 a budget is exceeded; 7 a provider cannot be loaded.
     """
     from onnxquant.agreement import Budget, DetectionSettings, parse_kind_overrides
     from onnxquant.agreement.budgets import OUTPUT_BUDGETS
@@ -150,7 +159,7 @@ def validate(original: Path, compressed: Path, data: Path, eps: tuple[str, ...],
 
     budget_names = (*OUTPUT_BUDGETS, "max_metric_drop", "max_latency_ratio")
     budgets = {name: options.pop(name) for name in budget_names if name in options}
-    budget = Budget(**budgets, require_on_ep=require_on_ep, defaults=not no_budgets)
+    budget = Budget(**budgets, require_on_ep=require_on_ep, defaults=default_budgets)
     try:
         kinds = parse_kind_overrides(output_kinds)
     except ValueError as exc:
@@ -158,13 +167,12 @@ def validate(original: Path, compressed: Path, data: Path, eps: tuple[str, ...],
     settings = OutputSettings(kinds=kinds, ctc_blank=ctc_blank, metric=metric, detection=DetectionSettings(
         score_threshold=detection_score, nms_iou=detection_nms_iou,
         objectness=_detection_objectness(detection_objectness)))
-    preprocess: ImagePreprocess = recipe_for_target("cpu").with_overrides(preprocess=_preprocess_overrides(options)).preprocess
-    with _progress(quiet or as_json, "validating") as update:
-        report = run_validate(original, compressed, data, eps or ("cpu",), budget, preprocess=preprocess,
+    preprocess: ImagePreprocess = recipe_for_target("cpu").with_overrides(preprocess=preprocess_overrides(options)).preprocess
+    with progress(quiet or as_json, "validating") as update:
+        report = run_validate(original, compressed, holdout, eps or ("cpu",), budget, preprocess=preprocess,
                               max_samples=max_samples, latency_runs=latency_runs, threads=threads, progress=update,
                               settings=settings)
-    _emit(report.to_dict(), as_json, quiet, _validation_summary)
-    if report.unavailable:
-        raise ExecutionProviderError(f"execution provider(s) not available: {', '.join(report.unavailable)}")
-    if report.failures:
-        raise BudgetExceededError(f"{len(report.failures)} budget check(s) failed; first: {report.failures[0]}")
+    emit(report.to_dict(), as_json, quiet, validation_summary)
+    error = report.verdict_error()
+    if error is not None:
+        raise error

@@ -1,7 +1,6 @@
 """The shipping commands: ``inspect``, ``package`` and the one-step ``compress``.
 
-Registered on the ``onnxquant`` group by ``onnxquant.cli``; each one parses options, calls the
-library, and prints (or, with --json, emits) what it returned.
+Each one parses options, calls the library once, and prints (or, with --json, emits) what it returned.
 """
 from __future__ import annotations
 
@@ -11,27 +10,23 @@ from typing import Any
 
 import click
 
-from onnxquant.cli import (
-    _Command,
-    _emit,
-    _size,
-    _step_progress,
-    main,
-)
-from onnxquant.cli_validate import _validation_summary
-from onnxquant.errors import BudgetExceededError, OnnxQuantError, UsageError
+from onnxquant.cli.command import Command
+from onnxquant.cli.options import output_options
+from onnxquant.cli.output import emit, size_text
+from onnxquant.cli.progress import step_progress
+from onnxquant.cli.validate import validation_summary
+from onnxquant.errors import OnnxQuantError
 from onnxquant.ort_format import ORT_LEVELS
 from onnxquant.recipe import TARGETS
-from onnxquant.settings import parse_limited
 
 
 def _inspection_text(info: dict[str, Any], layers: bool) -> str:
     def shape(v: dict[str, Any]) -> str:
         return f"{v['name']} {v['dtype']} [{', '.join(str(d) for d in v['shape'])}]"
 
-    deflated = f", {_size(info['size_deflated'])} deflated" if info["size_deflated"] is not None else ""
+    deflated = f", {size_text(info['size_deflated'])} deflated" if info["size_deflated"] is not None else ""
     opsets = ", ".join(f"{d} {v}" for d, v in sorted(info["opsets"].items()))
-    lines = [f"model: {info['path']} ({_size(info['size'])}{deflated})",
+    lines = [f"model: {info['path']} ({size_text(info['size'])}{deflated})",
              f"format: IR {info['ir_version']}, opsets {opsets}"
              + (f", producer {info['producer']}" if info["producer"] else "")
              + (f", made by onnxquant {info['made_by']}" if info["made_by"] else ""),
@@ -57,49 +52,28 @@ def _inspection_text(info: dict[str, Any], layers: bool) -> str:
     return "\n".join(lines)
 
 
-@main.command(cls=_Command)
+@click.command(cls=Command)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--layers", is_flag=True, help="List every weighted layer: precision, weights, sparsity.")
-@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (layers included).")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@output_options("Print everything as JSON (layers included).", None)
 def inspect(model: Path, layers: bool, as_json: bool, debug: bool) -> None:
     """Show what MODEL is made of: ops, parameters, quantized/float layers, sparsity, size."""
     from onnxquant.inspect_model import inspect_model
 
     info = inspect_model(model).to_dict()
-    _emit(info, as_json, False, lambda d: _inspection_text(d, layers))
-
-
-def _read_validation(path: Path) -> dict[str, Any]:
-    try:
-        data = parse_limited(path.read_text(encoding="utf-8"), json.loads, str(path))
-    except FileNotFoundError as exc:
-        raise UsageError(f"{path}: no such validation report") from exc
-    except IsADirectoryError as exc:
-        raise UsageError(f"{path}: is a folder, not a validation report") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise UsageError(f"{path}: not a JSON validation report (write one with `onnxquant validate --json`)") from exc
-    if not isinstance(data, dict) or not {"providers", "passed", "budget", "size", "samples"} <= set(data):
-        raise UsageError(f"{path}: not an `onnxquant validate --json` report")
-    types = {"passed": bool, "providers": list, "budget": dict, "size": dict, "samples": int}
-    wrong = [key for key, kind in types.items() if not isinstance(data[key], kind) or data[key] is True and kind is int]
-    if wrong or not all(isinstance(p, dict) and isinstance(p.get("ep"), str) for p in data["providers"]):
-        raise UsageError(f"{path}: not an `onnxquant validate --json` report (wrong types: {wrong or ['providers']})")
-    if data["samples"] < 1:
-        raise UsageError(f"{path}: the validation compared {data['samples']!r} samples; a verdict needs at least one")
-    return data
+    emit(info, as_json, False, lambda d: _inspection_text(d, layers))
 
 
 def _bundle_text(result: dict[str, Any]) -> str:
     total = sum(f["bytes"] for f in result["files"])
-    lines = [f"wrote {result['output']} ({len(result['files'])} files, {_size(total)})"]
-    lines += [f"  {f['name']:28s} {_size(f['bytes']):>10s}  sha256 {f['sha256'][:16]}" for f in result["files"]]
+    lines = [f"wrote {result['output']} ({len(result['files'])} files, {size_text(total)})"]
+    lines += [f"  {f['name']:28s} {size_text(f['bytes']):>10s}  sha256 {f['sha256'][:16]}" for f in result["files"]]
     if result.get("html"):
         lines.append(f"report: {result['html']}")
     return "\n".join(lines)
 
 
-@main.command(cls=_Command)
+@click.command(cls=Command)
 @click.argument("compressed", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Bundle to write: NAME.zip, or a new folder.")
@@ -109,39 +83,22 @@ def _bundle_text(result: dict[str, Any]) -> str:
               help="Recipe file to keep in the bundle as written (the model carries the resolved one).")
 @click.option("--ort-optimization", type=click.Choice(ORT_LEVELS),
               help="Graph optimizations baked into model.ort (default: all for target cpu, basic for NPU targets).")
-@click.option("--any-platform", is_flag=True, help="No ARM-only int8 fusions in model.ort.")
+@click.option("--arm/--any-platform", default=True,
+              help="model.ort may hold ARM-only int8 fusions (default), or none, for any platform.")
 @click.option("--type-reduction", is_flag=True, help="Operator config with type reduction (smaller reduced builds).")
-@click.option("--json", "as_json", is_flag=True, help="Print the file list as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing (the exit code tells).")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@output_options("Print the file list as JSON.", "Print nothing (the exit code tells).")
 def package(compressed: Path, output: Path, validation_path: Path | None, recipe_path: Path | None,
-            ort_optimization: str | None, any_platform: bool, type_reduction: bool, as_json: bool, quiet: bool,
+            ort_optimization: str | None, arm: bool, type_reduction: bool, as_json: bool, quiet: bool,
             debug: bool) -> None:
     """Bundle COMPRESSED for edge deployment: the model, its ORT-format conversion, the operator
     config for a reduced onnxruntime build, report (JSON and HTML), recipe, and a manifest with
     the sha256 of every file. The same inputs give a byte-identical bundle.
     """
-    from onnxquant.package import package as run_package
+    from onnxquant.package import package_files
 
-    validation = _read_validation(validation_path) if validation_path else None
-    if validation is not None and not validation["passed"]:
-        raise BudgetExceededError(f"{validation_path}: the validation did not pass; a failed model is not packaged")
-    recipe_text = None
-    if recipe_path is not None:
-        try:
-            recipe_text = recipe_path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"{recipe_path}: cannot read the recipe ({exc})") from exc
-    try:
-        result = run_package(compressed, output, validation=validation, recipe_text=recipe_text,
-                             ort_level=ort_optimization, arm=not any_platform, type_reduction=type_reduction)
-    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
-        if validation is None:
-            raise
-        # The report is built from the user's file: a field missing or of the wrong type inside it.
-        raise UsageError(f"{validation_path}: an incomplete `onnxquant validate --json` report "
-                         f"({type(exc).__name__}: {exc})") from exc
-    _emit(result.to_dict(), as_json, quiet, _bundle_text)
+    result = package_files(compressed, output, validation_path=validation_path, recipe_path=recipe_path,
+                           ort_optimization=ort_optimization, arm=arm, type_reduction=type_reduction)
+    emit(result.to_dict(), as_json, quiet, _bundle_text)
 
 
 def _compress_text(result: dict[str, Any]) -> str:
@@ -157,38 +114,36 @@ def _compress_text(result: dict[str, Any]) -> str:
     lines += [f"warning: {w}" for w in quantization.get("warnings", [])]
     if quantization.get("pruning"):
         lines.append(f"pruned: {quantization['pruning']['sparsity']:.1%} of prunable weights are zero")
-    lines.append(_validation_summary(report["validation"]))
+    lines.append(validation_summary(report["validation"]))
     lines.append(_bundle_text(result))
     secs = result["seconds"]
     lines.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in secs.items()))
     return "\n".join(lines)
 
 
-@main.command(cls=_Command)
+@click.command(cls=Command)
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--target", type=click.Choice(TARGETS), help="Override the job's target.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result and full report as JSON (also on a failed budget).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summary (errors still print).")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@output_options("Print the result and full report as JSON (also on a failed budget).",
+                "No progress bars and no summary (errors still print).")
 def compress(job: Path, target: str | None, as_json: bool, quiet: bool, debug: bool) -> None:
     """Run the whole pipeline from the job file JOB: load, prune, calibrate, quantize, validate on
     every listed execution provider, package.
 
-    Stops at the first budget that fails, writing nothing. Exit codes: 0 bundle written; 2 bad
-    job file; 3 bad model; 4 bad data; 6 a budget failed; 7 a provider is not available.
+    Stops at the first budget that fails (exit 6), writing nothing.
     """
     from onnxquant.compress import compress as run_compress
     from onnxquant.compress import load_job
 
     spec = load_job(job, target)
     try:
-        with _step_progress(quiet or as_json) as progress:
+        with step_progress(quiet or as_json) as progress:
             result = run_compress(spec, progress)
     except OnnxQuantError as exc:
         report = getattr(exc, "report", None)
         if as_json and report is not None:
             click.echo(json.dumps({"passed": False, "error": str(exc), "report": report}, indent=2, sort_keys=True))
         elif report is not None and not quiet:
-            click.echo(_validation_summary(report["validation"]))
+            click.echo(validation_summary(report["validation"]))
         raise
-    _emit(result.to_dict(), as_json, quiet, _compress_text)
+    emit(result.to_dict(), as_json, quiet, _compress_text)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import onnx
 
-from tests.test_cli import _run
+from tests.cli.test_quantize import _run
 
 
 def test_prune_command_reports_each_layer_and_writes_the_model(mbconv_path: Path, mbconv_data: Path, tmp_path: Path):
