@@ -30,10 +30,13 @@ from onnxquant.search.candidates import FLOAT_LAYERS_MIN_GAIN, Candidate, Rounds
 from onnxquant.search.report import SearchReport, Trial, TrialResult
 
 GIVEN = Candidate("as given")
-# A layer-precision candidate keeps at most this many layers float, and at most this share of
-# the weighted layers (keeping more is a different, mostly float model).
+# A layer-precision candidate keeps at most this many layers float, at most this share of the
+# weighted layers, and at most this share of the weight bytes: keeping more is a different,
+# mostly float model, or one that is no longer small (EfficientNet-Lite0's classifier is a
+# quarter of its weights).
 MAX_FLOAT_LAYERS = 8
 MAX_FLOAT_SHARE = 0.1
+MAX_FLOAT_BYTES_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,11 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
             best, best_recipe = result, results[candidate.name][1]
     int8_best = best
     allowed = min(MAX_FLOAT_LAYERS, int(MAX_FLOAT_SHARE * len(_weighted(calibrated))))
+    sizes = _weight_bytes(calibrated)
+    total = sum(sizes.values())
     for candidate in rounds.float_layers():
-        if len(candidate.keep_float) > allowed:
+        kept_bytes = sum(sizes.get(name, 0) for name in candidate.keep_float)
+        if len(candidate.keep_float) > allowed or kept_bytes > MAX_FLOAT_BYTES_SHARE * total:
             continue
         result = attempt(candidate, best_recipe)
         if (result is not None and result.error is None and int8_best is not None and _better(result, best)
@@ -149,6 +155,17 @@ def _better(a: TrialResult, b: TrialResult | None) -> bool:
 def _weighted(state: State) -> set[str]:
     sel = state.selection
     return {name for name, op in sel.quantized.items() if op in RULES and RULES[op].kind == Kind.WEIGHTED}
+
+
+def _weight_bytes(state: State) -> dict[str, int]:
+    """The float weight bytes of each quantized weighted layer."""
+    inits = {i.name: i for i in state.model.graph.initializer}
+    sizes = {}
+    for (node, weight), _ in state.selection.weights.items():
+        init = inits.get(weight)
+        if init is not None:
+            sizes[node] = sizes.get(node, 0) + 4 * int(np.prod(init.dims, dtype=np.int64))
+    return sizes
 
 
 def _edge_layers(state: State) -> tuple[tuple[str, ...], tuple[str, ...]]:

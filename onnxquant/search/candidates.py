@@ -76,13 +76,16 @@ class Rounds:
         return [change("bias correction " + ("off" if on else "on"), "recovery", bias_correction=not on)]
 
     def float_layers(self) -> list[Candidate]:
-        """Not for NPU targets, which compile only integer node units (a float layer falls back)."""
+        """The layers nearest the outputs, the inputs, and both, kept float. Not for NPU targets,
+        which compile only integer node units (a float layer falls back)."""
         out: list[Candidate] = []
         if self.base.every_op or self.base.nodes.include:
             return out
         if self.heads:
             out.append(Candidate(f"last {len(self.heads)} layer(s) float", keep_float=self.heads))
-        if self.first and set(self.first) - set(self.heads):
+        if self.first and set(self.first) != set(self.heads):
+            out.append(Candidate(f"first {len(self.first)} layer(s) float", keep_float=self.first))
+        if self.first and self.heads and set(self.first) - set(self.heads):
             both = tuple(dict.fromkeys((*self.first, *self.heads)))
             out.append(Candidate(f"first and last {len(both)} layer(s) float", keep_float=both))
         return out
