@@ -43,12 +43,24 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_onnxquant(model: str, calib: str, out: str, method: str = "minmax") -> dict:
+def run_onnxquant(model: str, calib: str, out: str, method: str = "minmax", search: bool = True) -> dict:
     import onnxquant
 
-    recipe = onnxquant.Recipe().with_overrides(calibration={"method": method})
+    recipe = onnxquant.Recipe().with_overrides(calibration={"method": method}, search={"enabled": search})
     result = onnxquant.quantize(model, calib, recipe, output=out)
-    return {"calibration_seconds": result.seconds["calibration"], "samples": result.samples}
+    info = {"calibration_seconds": result.seconds["calibration"], "samples": result.samples}
+    if result.search is not None and result.search.get("skipped") is None:
+        info["search"] = {"chosen": result.search["chosen"], "trials": len(result.search["trials"])}
+    return info
+
+
+def run_ort_dynamic(model: str, calib: str, out: str) -> dict:
+    """onnxruntime's dynamic quantization (int8 weights, activations quantized per call): no
+    calibration data; it wins on several models."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(model, out, weight_type=QuantType.QInt8, per_channel=True)
+    return {}
 
 
 def run_ort(model: str, calib: str, out: str, preprocess: bool, method: str = "MinMax") -> dict:
@@ -87,6 +99,8 @@ def run_nncf(model: str, calib: str, out: str) -> dict:
 
 TOOLS = {
     "onnxquant": run_onnxquant,
+    "onnxquant-as-given": lambda m, c, o: run_onnxquant(m, c, o, search=False),  # the recipe search off
+    "ort-dynamic": run_ort_dynamic,
     "nncf": run_nncf,
     "ort": lambda m, c, o: run_ort(m, c, o, preprocess=False),
     "ort+pre": lambda m, c, o: run_ort(m, c, o, preprocess=True),

@@ -41,7 +41,7 @@ HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "efficientnet-lite0-
                ("sklearn-mlp", "sklearn-mlp-partly-int8", "ppocr-cls", "ppocr-cls-fp16", "magika")}}
 # The output compared with fp32 (default: the first); skl2onnx's first output is the int64 label.
 OUTPUT = {"sklearn-mlp": "probabilities", "sklearn-mlp-partly-int8": "probabilities"}
-TOOLS = ("onnxquant", "ort", "ort+pre", "nncf")
+TOOLS = ("onnxquant", "onnxquant-as-given", "ort", "ort+pre", "ort-dynamic", "nncf")
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:

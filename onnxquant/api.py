@@ -39,6 +39,7 @@ from onnxquant.pipeline.prune import prune as prune_stage
 from onnxquant.pipeline.ranking import rank
 from onnxquant.pipeline.run_data import RunData, run_data
 from onnxquant.pipeline.save import RECIPE_KEY, VERSION_KEY, save
+from onnxquant.pipeline.search import search, split_for_search
 from onnxquant.pipeline.selection import refuse_already_quantized
 from onnxquant.pipeline.smooth import smooth
 from onnxquant.pipeline.state import State
@@ -46,6 +47,7 @@ from onnxquant.pipeline.summary import quantize_result
 from onnxquant.prune.storage import compressed_size, store_sparse
 from onnxquant.recipe import Recipe
 from onnxquant.results import FloatNode, PruneResult, QuantizeResult
+from onnxquant.search.report import SearchReport
 from onnxquant.validate import validate
 
 __all__ = ["FLOAT_LAYERS_KEY", "RECIPE_KEY", "VERSION_KEY", "FloatNode", "PruneResult", "QuantizeResult", "RunData",
@@ -88,13 +90,21 @@ def quantize(
         started = time.perf_counter()
         recipe = recipe or Recipe()
         _refuse_aliasing(model, run, stats if not isinstance(stats, StatsTable) else None, output, save_stats_to)
-        state = refuse_already_quantized(_smoothed(model, recipe, run, saved_stats=stats is not None))
-        wanted = True if save_stats_to is not None or diagnostics else None  # (None: as the method needs)
-        calibrated = calibrate_stage(state, run, stats, histograms=wanted)
-        if max_drop is None:
+        pruned = _pruned(model, recipe, run)
+        split = split_for_search(pruned, run, saved_stats=stats is not None, max_drop=max_drop)
+        searching = split is not None and split.skipped is None
+        calibrating = split.run if searching else run  # the search holds part of the data out
+        state = refuse_already_quantized(smooth(pruned, calibrating, saved_stats=stats is not None))
+        wanted = True if save_stats_to is not None or diagnostics or searching else None  # (None: as the method needs)
+        calibrated = calibrate_stage(state, calibrating, stats, histograms=wanted)
+        if searching:
+            state = search(calibrated, split, run, keep_calibrated=diagnostics)
+        elif max_drop is None:
             state = without_islands(calibrated, run, keep_calibrated=diagnostics)
         else:
             state = mixed_precision(calibrated, run, max_drop)
+        if split is not None and split.skipped is not None:
+            state = replace(state, search=SearchReport(skipped=split.skipped)).noted(f"recipe search skipped: {split.skipped}")
         state = save(check(state), output)
         if save_stats_to is not None and stats is None:  # last: a failure before leaves no statistics file
             save_stats(state.stats, save_stats_to)
@@ -213,10 +223,14 @@ def diagnose(result: QuantizeResult, data: Any, max_samples: int | None = None,
     return tensor_errors(reference, quantized, tensors, source, max_samples, progress)
 
 
+def _pruned(model: Model, recipe: Recipe, run: RunData) -> State:
+    """load -> prepare -> prune. (Progress is the calibration's: pruning here reports none.)"""
+    return prune_stage(prepare(load(model, recipe, run)), replace(run, progress=None))
+
+
 def _smoothed(model: Model, recipe: Recipe, run: RunData, saved_stats: bool = False) -> State:
-    """load -> prepare -> prune -> smooth: the float model calibration observes, and its selection.
-    (Progress is the calibration's: pruning here reports none.)"""
-    return smooth(prune_stage(prepare(load(model, recipe, run)), replace(run, progress=None)), run, saved_stats)
+    """load -> prepare -> prune -> smooth: the float model calibration observes, and its selection."""
+    return smooth(_pruned(model, recipe, run), run, saved_stats)
 
 
 def _calibrated(model: Model, recipe: Recipe, run: RunData, what: str) -> State:

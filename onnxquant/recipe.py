@@ -127,6 +127,37 @@ class RecoverySettings:
             raise UsageError(f"adaround_seconds must be positive, got {self.adaround_seconds}")
 
 
+@dataclass(frozen=True)
+class SearchSettings:
+    """The automatic recipe search (README, "Recipe search"): trials re-plan the calibrated model
+    with other range estimators, bias correction on or off, and the dominant layers kept float,
+    each scored against fp32 on calibration samples held out from calibration.
+
+    ``trials``: at most this many (the recipe as given is the first); the result depends only on
+    the inputs and this count. ``seconds``: an optional wall-clock cap on top; a search it cuts
+    says so, since a faster machine would have tried more. ``min_samples``: with fewer
+    calibration samples there is too little to hold out, and the recipe is used as given.
+    ``score_every``: every this-many-th calibration sample is held out for scoring.
+    """
+
+    enabled: bool = True
+    trials: int = 8
+    seconds: float | None = None
+    min_samples: int = 16  # 4 held out at the default score_every
+    score_every: int = 4
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise UsageError(f"search trials must be at least 1, got {self.trials}")
+        if self.seconds is not None and not 0 < self.seconds < float("inf"):
+            raise UsageError(f"search seconds must be a positive number, got {self.seconds}")
+        if self.score_every < 2:
+            raise UsageError(f"search score_every must be at least 2, got {self.score_every}")
+        if self.min_samples < self.score_every:
+            raise UsageError(f"search min_samples must be at least score_every ({self.score_every}), "
+                             f"got {self.min_samples}")
+
+
 PRUNE_METHODS = ("magnitude", "wanda")
 PRUNE_SCOPES = ("layer", "global")
 
@@ -244,6 +275,7 @@ class Recipe:
     preprocess: ImagePreprocess = field(default_factory=ImagePreprocess)
     recovery: RecoverySettings = field(default_factory=RecoverySettings)
     prune: PruneSettings = field(default_factory=PruneSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
     simplify: bool = True
     target: str = "cpu"
     # Fixed sizes for inputs with free dims, e.g. {"input_ids": (1, 128)}; sorted for stable output.
@@ -324,6 +356,7 @@ _SECTIONS = {
     "preprocess": ImagePreprocess,
     "recovery": RecoverySettings,
     "prune": PruneSettings,
+    "search": SearchSettings,
 }
 
 

@@ -37,6 +37,7 @@ class QuantizeResult:
     recipe: Recipe
     notes: list[str] = field(default_factory=list)
     mixed_precision: dict[str, Any] | None = None
+    search: dict[str, Any] | None = None  # the recipe search: trials, scores, the choice (or why skipped)
     size_compressed: int | None = None  # deflated, as in a zip bundle (None over 2 GB)
     pruning: PruneReport | None = None
     # With quantize(diagnostics=True), for reports: the calibration statistics (with
@@ -71,6 +72,7 @@ class QuantizeResult:
             "notes": self.notes,
             "recipe": self.recipe.to_dict(),
             **({"mixed_precision": self.mixed_precision} if self.mixed_precision is not None else {}),
+            **({"search": self.search} if self.search is not None else {}),
             **({"pruning": self.pruning.to_dict()} if self.pruning is not None else {}),
         }
 

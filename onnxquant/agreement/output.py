@@ -20,11 +20,15 @@ from onnxquant.agreement.tensor import TensorAgreement
 
 # What a search's "drop" is 1 minus: cosine of float outputs; top1 of classifier scores; kind:
 # each output's own figure (PRIMARY below).
-DROP_BY = ("cosine", "top1", "kind")
+DROP_BY = ("cosine", "top1", "kind", "fine")
 
 # The one figure per kind that says "how much of the fp32 answer survived" (1 is all of it).
 PRIMARY = {"classification": "top1", "embedding": "cosine", "regression": "cosine", "detection": "f1",
            "sequence": "string_agreement", "labels": "label_agreement"}
+# The finest figure per kind, for choices made on a few dozen samples, where a top-1 or an exact
+# string match moves in steps of one sample: KL for classifiers (scored as exp(-KL)), CER for
+# sequences (as 1 - CER); the other kinds' primary figures are fine already.
+FINE = {**PRIMARY, "classification": "kl", "sequence": "cer"}
 
 
 def _finite(value: float) -> float | str:
@@ -134,7 +138,8 @@ class OutputAgreement:
 
     def score(self, by: str = "kind") -> float:
         """One agreement figure in [.., 1] for searches: ``top1`` where the output is a classifier,
-        ``cosine`` of float outputs, else the kind's primary figure (unmeasured counts as 0)."""
+        ``cosine`` of float outputs, ``fine``: the kind's finest figure (exp(-KL) of a classifier,
+        1 - CER of a sequence), else the kind's primary figure (unmeasured counts as 0)."""
         m = self.metrics()
         if self.mismatched:
             return 0.0
@@ -142,6 +147,11 @@ class OutputAgreement:
             name = "cosine"
         elif by == "top1" and "top1" in m:
             name = "top1"
+        elif by == "fine" and FINE.get(self.kind or "") in ("kl", "cer") and m.get(FINE[self.kind]) is not None:
+            value = float(m[FINE[self.kind]])
+            if not math.isfinite(value):
+                return 0.0
+            return math.exp(-value) if FINE[self.kind] == "kl" else max(0.0, 1.0 - value)
         else:
             name = PRIMARY.get(self.kind or "", "cosine")
             if name not in m or m[name] is None:

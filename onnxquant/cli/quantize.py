@@ -97,6 +97,15 @@ RENAMED = {"--int4-min-sqnr": "--int4-min-sqnr-db", "--symmetric-activations": "
 @click.option("--drop-by", type=click.Choice(AGREEMENTS), default="cosine", show_default=True,
               help="What --max-drop measures: 1 - mean cosine of each output, 1 - top-1 agreement of classifier scores, "
                    "or 1 - each output's own figure by its kind (detection F1, string agreement...).")
+@click.option("--search/--no-search", "search_enabled", default=None, help="Try other range estimators, bias "
+              "correction and float edge layers on held-out calibration samples and keep the best (default on; README: "
+              "Recipe search).")
+@click.option("--search-trials", type=click.IntRange(min=1), help="At most this many recipe-search trials (default 8).")
+@click.option("--search-seconds", type=click.FloatRange(min=0, min_open=True), help="A wall-clock cap on the recipe "
+              "search; a search it cuts says so (its choice can then depend on machine speed).")
+@click.option("--search-min-samples", type=click.IntRange(min=2), help="Fewer calibration samples: no search (default 16).")
+@click.option("--search-score-every", type=click.IntRange(min=2), help="Hold out every Nth calibration sample to score "
+              "the trials (default 4).")
 @prune_options("prune-")
 @click.option("--no-simplify", is_flag=True, default=False, help="Skip graph simplification before quantizing.")
 @click.option("--threads", type=click.IntRange(0, MAX_THREADS), help="onnxruntime threads while calibrating (default: its own "
@@ -115,7 +124,8 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
              exclude: tuple[str, ...], no_simplify: bool, save_stats: Path | None, load_stats: Path | None, as_json: bool, quiet: bool,
              debug: bool, max_drop: float | None, holdout: Path | None, drop_by: str, weight_bits: str | None,
              int4_block_size: int | None, int4_min_sqnr_db: float | None, threads: int | None, max_memory: str | None,
-             **image: Any) -> None:
+             search_enabled: bool | None, search_trials: int | None, search_seconds: float | None,
+             search_min_samples: int | None, search_score_every: int | None, **image: Any) -> None:
     """Quantize MODEL to an int8 QDQ model using calibration data."""
     from onnxquant.api import quantize as run_quantize
 
@@ -134,6 +144,8 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
         input_shapes=parse_shapes(input_shape),
         recovery=recovery_overrides(image),
         prune=prune_overrides(image),
+        search={"enabled": search_enabled, "trials": search_trials, "seconds": search_seconds,
+                "min_samples": search_min_samples, "score_every": search_score_every},
     )
     if no_simplify:
         recipe = recipe.with_overrides(simplify=False)

@@ -25,6 +25,7 @@ from onnxquant.pipeline.state import Saved, State
 from onnxquant.prune.storage import compressed_size
 from onnxquant.recipe import RECIPE_KEY
 from onnxquant.results import FloatNode
+from onnxquant.search.report import SEARCH_KEY
 from onnxquant.version import __version__
 
 VERSION_KEY = "onnxquant.version"
@@ -69,6 +70,10 @@ def _stamp(model: onnx.ModelProto, state: State) -> None:
                                    VERSION_KEY: __version__})
     if state.float_nodes is not None:
         _stamp_float_layers(model, state.float_nodes)
+    if state.search is not None and state.search.skipped is None:
+        props = {p.key: p.value for p in model.metadata_props}
+        del model.metadata_props[:]
+        helper.set_model_props(model, {**props, SEARCH_KEY: state.search.metadata()})
 
 
 def _stamp_float_layers(model: onnx.ModelProto, floats: tuple[FloatNode, ...]) -> None:

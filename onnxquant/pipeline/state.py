@@ -23,6 +23,7 @@ from onnxquant.planner import QuantPlan, Selection
 from onnxquant.prune.pipeline import PruneReport
 from onnxquant.recipe import Recipe
 from onnxquant.results import FloatNode
+from onnxquant.search.report import SearchReport
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class State:
     fusion: FusionCheck | None = None  # which quantized layers onnxruntime runs as integer kernels
     float_nodes: tuple[FloatNode, ...] | None = None  # the float report (None: not reported, as in prune)
     mixed: MixedPrecisionResult | None = None
+    search: SearchReport | None = None  # the recipe search: trials, scores, the choice
     saved: Saved | None = None
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()

@@ -26,6 +26,7 @@ def quantize_result(state: State, started: float, diagnostics: State | None = No
         recipe=state.recipe,
         notes=[*state.notes, *_preparation_notes(state.preparation), *weight_only_notes(sel)],
         mixed_precision=state.mixed.to_dict() if state.mixed is not None else None,
+        search=state.search.to_dict() if state.search is not None else None,
         size_compressed=saved.deflated,
         pruning=state.pruning,
         stats=diagnostics.stats if diagnostics is not None else None,

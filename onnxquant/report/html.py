@@ -198,6 +198,27 @@ def _float_nodes(quantization: dict[str, Any] | None) -> str:
     return text + (f"<ul>{warnings}{notes}</ul>" if notes or warnings else "")
 
 
+def _search(quantization: dict[str, Any]) -> str:
+    """What the recipe search tried, each trial's drop on the held-out calibration samples, and the choice."""
+    search = quantization.get("search")
+    if not search:
+        return ""
+    if search.get("skipped"):
+        return f"<h2>Recipe search</h2><p>Skipped: {_e(search['skipped'])}</p>"
+    rows = [["chosen" if t["name"] == search["chosen"] else "", t["name"],
+             json.dumps(t["changes"], sort_keys=True) if t["changes"] else "",
+             f"{t['drop']:.4f}" if t.get("error") is None else t["error"],
+             f"{t['cosine_drop']:.5f}" if t.get("error") is None else "", f"{t['seconds']:.1f}"]
+            for t in search["trials"]]
+    intro = (f"<p>{len(search['trials'])} trial(s) re-planned from one calibration on "
+             f"{search['calibration_samples']} samples, scored on {search['scored_samples']} calibration samples "
+             f"held out from it (drop by {_e(search['drop_by'])}).")
+    if search.get("cut_by_time"):
+        intro += " Its time cap cut it: a faster machine may choose differently."
+    return ("<h2>Recipe search</h2>" + intro + "</p>"
+            + _table(["", "trial", "recipe change", "drop", "cosine drop", "seconds"], rows))
+
+
 def render_html(report: dict[str, Any]) -> str:
     """The page for ``report`` (as written to report.json)."""
     name = report["compressed"]["path"] or "model"
@@ -217,7 +238,7 @@ def render_html(report: dict[str, Any]) -> str:
               "<h2>Activation histograms</h2>", _histograms(report.get("activation_histograms", []), "activation")]
     quantization = report.get("quantization")
     if quantization:
-        parts += ["<h2>Left in float, and notes</h2>", _float_nodes(quantization),
+        parts += [_search(quantization), "<h2>Left in float, and notes</h2>", _float_nodes(quantization),
                   "<h2>Recipe</h2>", f"<pre>{_e(json.dumps(quantization.get('recipe', {}), indent=2, sort_keys=True))}</pre>"]
     parts.append("</body></html>\n")
     return "".join(parts)

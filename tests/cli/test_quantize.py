@@ -90,3 +90,23 @@ def test_image_folder_flags(cnn_path: Path, tmp_path: Path):
     data = json.loads(result.output)
     assert data["calibration_samples"] == 3
     assert data["recipe"]["preprocess"]["resize"] == 20 and data["recipe"]["preprocess"]["channel_order"] == "BGR"
+
+
+def test_search_flags_reach_the_recipe_and_the_summary_says_what_was_chosen(cnn_path: Path, tmp_path: Path):
+    from models.tiny import image_samples
+    from tests.conftest import write_npz
+
+    calib = write_npz(tmp_path / "calib32", image_samples(32))
+    searched = CliRunner().invoke(main, ["quantize", str(cnn_path), "-o", str(tmp_path / "s.onnx"), "--calib-data",
+                                         str(calib), "--search-trials", "3"])
+    assert searched.exit_code == 0, searched.output
+    assert "note: recipe search: 3 trial(s) scored on 8 held-out calibration sample(s)" in searched.output
+    as_json = CliRunner().invoke(main, ["quantize", str(cnn_path), "-o", str(tmp_path / "j.onnx"), "--calib-data",
+                                        str(calib), "--search-trials", "3", "--json"])
+    report = json.loads(as_json.output)["search"]
+    assert [t["name"] for t in report["trials"]] == ["as given", "percentile", "entropy"]
+    assert (tmp_path / "s.onnx").read_bytes() == (tmp_path / "j.onnx").read_bytes()
+    off = CliRunner().invoke(main, ["quantize", str(cnn_path), "-o", str(tmp_path / "n.onnx"), "--calib-data",
+                                    str(calib), "--no-search", "--json"])
+    assert off.exit_code == 0 and "search" not in json.loads(off.output)
+    assert json.loads(off.output)["calibration_samples"] == 32

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from onnxquant.cli import main
 from onnxquant.cli.command import renamed_args
 from onnxquant.compress import PackageSettings, ValidateSettings
-from onnxquant.recipe import PruneSettings, QuantizationSettings
+from onnxquant.recipe import PruneSettings, QuantizationSettings, SearchSettings
 
 
 def _flags(command: str) -> set[str]:
@@ -29,6 +29,11 @@ def _key_flags(settings: type) -> set[str]:
 ])
 def test_every_settings_key_has_its_flag_spelled_alike(command: str, settings: type, without_flag: set[str]):
     assert _key_flags(settings) - without_flag <= _flags(command)
+
+
+def test_search_keys_are_quantize_flags_under_search():
+    keys = {"--search-" + f.name.replace("_", "-") for f in dataclasses.fields(SearchSettings)} - {"--search-enabled"}
+    assert keys | {"--search", "--no-search"} <= _flags("quantize")
 
 
 def test_job_keys_are_quantize_flags():

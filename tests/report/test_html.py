@@ -97,3 +97,19 @@ def test_page_lists_float_layers_with_their_share_and_the_integer_kernels(tmp_pa
     assert "share of the weight bytes" in page and "op type not quantized" in page
     assert f"{result.float_nodes[-1].share:.1%}" in page and "warning:" in page
     assert "1 of 1" in page  # the Gemm runs as an integer kernel
+
+
+def test_page_shows_the_recipe_search_trials_and_the_choice(tmp_path: Path):
+    import onnx
+
+    import onnxquant
+    from models.tiny import image_samples, tiny_cnn
+
+    out = tmp_path / "cnn.int8.onnx"
+    result = onnxquant.quantize(tiny_cnn(), image_samples(32), output=out)
+    page = render_html(build_report(inspect_model(out), onnx.load(str(out)), out.name, quantization=result.to_dict()))
+    assert "<h2>Recipe search</h2>" in page
+    for trial in result.search["trials"]:
+        assert f"<td>{trial['name']}</td>" in page
+    chosen = page.split("<td>chosen</td>", 1)[1].split("</tr>", 1)[0]
+    assert f"<td>{result.search['chosen']}</td>" in chosen

@@ -1,0 +1,1 @@
+"""The automatic recipe search: candidates, trials as serializable units, and their report."""

@@ -1,0 +1,90 @@
+"""A search's trials as serializable units, and what was tried, scored and chosen."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from onnxquant.search.candidates import Candidate
+
+SEARCH_KEY = "onnxquant.search"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One unit of the search: a recipe change, applied to ``base`` (a recipe as ``to_dict``), built
+    from the calibrated model and statistics named by their digests. Nothing else goes into its
+    result, so trials could run elsewhere, in any order, and give what they give in series."""
+
+    candidate: Candidate
+    base: dict[str, Any]
+    statistics: str  # sha256 of the statistics the trial plans from
+    state: str  # sha256 of the calibrated model the trial re-enters at ``plan``
+
+    def to_json(self) -> str:
+        data = {"candidate": self.candidate.to_dict(), "base": self.base, "statistics": self.statistics,
+                "state": self.state}
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Trial:
+        data = json.loads(text)
+        return cls(Candidate.from_dict(data["candidate"]), data["base"], data["statistics"], data["state"])
+
+
+@dataclass
+class TrialResult:
+    name: str
+    changes: dict[str, Any]  # the candidate's recipe changes and layers kept float
+    drop: float  # 1 - agreement with fp32 on the held-out calibration samples (lower is better)
+    cosine_drop: float  # 1 - worst output's mean cosine: the tie-break
+    seconds: float
+    error: str | None = None  # the trial could not be built
+
+    def key(self) -> tuple[float, float]:
+        return (self.drop, self.cosine_drop)
+
+
+@dataclass
+class SearchReport:
+    """What ``--json``, the summary, the HTML report and the model's metadata say of the search."""
+
+    trials: list[TrialResult] = field(default_factory=list)
+    chosen: str = "as given"
+    scored_samples: int = 0
+    calibration_samples: int = 0
+    drop_by: str = "kind"
+    planned_trials: int = 0  # trials the budget allowed
+    cut_by_time: bool = False  # the wall-clock cap stopped it: a faster machine may choose differently
+    skipped: str | None = None  # why no search ran
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for trial in data["trials"]:
+            trial["drop"] = round(trial["drop"], 6)
+            trial["cosine_drop"] = round(trial["cosine_drop"], 6)
+            trial["seconds"] = round(trial["seconds"], 3)
+        return data
+
+    def metadata(self) -> str:
+        """For the model's metadata: the same without timings, so the bytes stay reproducible."""
+        data = self.to_dict()
+        for trial in data["trials"]:
+            del trial["seconds"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    def summary(self) -> str:
+        if self.skipped:
+            return f"recipe search skipped: {self.skipped}"
+        done = [t for t in self.trials if t.error is None]
+        given = next((t for t in done if t.name == "as given"), None)
+        chosen = next((t for t in done if t.name == self.chosen), None)
+        line = (f"recipe search: {len(self.trials)} trial(s) scored on {self.scored_samples} held-out calibration "
+                f"sample(s) (drop by {self.drop_by}); chose {self.chosen}")
+        if chosen is not None and given is not None and chosen is not given:
+            line += f" (drop {chosen.drop:.4f} against {given.drop:.4f} as given)"
+        elif chosen is not None:
+            line += f" (drop {chosen.drop:.4f})"
+        if self.cut_by_time:
+            line += f"; cut by its time cap after {len(self.trials)} of {self.planned_trials}: a faster machine may choose differently"
+        return line

@@ -1,0 +1,130 @@
+"""The recipe search: trials on held-out calibration samples, the choice, its report and its bytes."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxquant
+from models.tiny import image_samples, tiny_cnn
+from onnxquant.calibration.sources import from_iterable, every_kth
+from onnxquant.errors import UsageError
+from onnxquant.pipeline.search import GIVEN, _run_trial
+from onnxquant.recipe import Recipe, SearchSettings
+from onnxquant.search.candidates import Candidate, change
+from onnxquant.search.report import SEARCH_KEY, Trial
+
+
+def test_every_kth_splits_by_position_and_knows_both_lengths():
+    source = from_iterable([{"x": np.array([i])} for i in range(10)])
+    held = every_kth(source, 4, held_out=True)
+    kept = every_kth(source, 4, held_out=False)
+    assert [int(s["x"][0]) for s in held] == [3, 7]
+    assert [int(s["x"][0]) for s in kept] == [0, 1, 2, 4, 5, 6, 8, 9]
+    assert (len(held), len(kept)) == (2, 8)
+    assert [int(s["x"][0]) for s in held] == [3, 7]  # re-iterable
+
+
+def _props(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+@pytest.fixture(scope="module")
+def searched():
+    return onnxquant.quantize(tiny_cnn(), image_samples(32))
+
+
+def test_the_search_tries_the_recipe_as_given_first_and_keeps_the_best(searched):
+    report = searched.search
+    assert report["skipped"] is None
+    assert (report["scored_samples"], report["calibration_samples"]) == (8, 24)
+    names = [t["name"] for t in report["trials"]]
+    assert names[0] == "as given"
+    assert {"percentile", "entropy", "mse"} <= set(names)
+    assert any(n.startswith("bias correction") for n in names)
+    int8 = [t for t in report["trials"] if "keep_float" not in t["changes"] and t["error"] is None]
+    best = min(int8, key=lambda t: (t["drop"], t["cosine_drop"]))
+    chosen = next(t for t in report["trials"] if t["name"] == report["chosen"])
+    assert (chosen["drop"], chosen["cosine_drop"]) <= (best["drop"], best["cosine_drop"])
+    assert any(n.startswith("recipe search: ") and report["chosen"] in n for n in searched.notes)
+
+
+def test_the_model_says_what_was_tried_and_its_recipe_is_the_chosen_one(searched):
+    props = _props(searched.model)
+    told = json.loads(props[SEARCH_KEY])
+    assert told["chosen"] == searched.search["chosen"]
+    assert [t["name"] for t in told["trials"]] == [t["name"] for t in searched.search["trials"]]
+    assert all("seconds" not in t for t in told["trials"])  # no timings: reproducible bytes
+    chosen = next(t for t in searched.search["trials"] if t["name"] == searched.search["chosen"])
+    stamped = json.loads(props[onnxquant.api.RECIPE_KEY])
+    for section, values in chosen["changes"].items():
+        if section != "keep_float":
+            assert {k: stamped[section][k] for k in values} == values
+
+
+def test_same_inputs_same_bytes_with_the_search(tmp_path):
+    a = onnxquant.quantize(tiny_cnn(), image_samples(32), output=tmp_path / "a.onnx")
+    b = onnxquant.quantize(tiny_cnn(), image_samples(32), output=tmp_path / "b.onnx")
+    assert a.search["chosen"] == b.search["chosen"]
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_too_few_samples_skip_the_search_and_say_why():
+    result = onnxquant.quantize(tiny_cnn(), image_samples(8))
+    assert result.search["skipped"].startswith("8 calibration sample(s)")
+    assert any(n.startswith("recipe search skipped: 8 calibration sample(s)") for n in result.notes)
+    assert SEARCH_KEY not in _props(result.model)
+
+
+def test_no_search_calibrates_on_every_sample():
+    recipe = Recipe().with_overrides(search={"enabled": False})
+    result = onnxquant.quantize(tiny_cnn(), image_samples(32), recipe)
+    assert result.search is None and result.samples == 32
+
+
+def test_a_trial_budget_of_one_is_the_recipe_as_given():
+    recipe = Recipe().with_overrides(search={"trials": 1})
+    result = onnxquant.quantize(tiny_cnn(), image_samples(32), recipe)
+    assert [t["name"] for t in result.search["trials"]] == ["as given"]
+    assert result.search["chosen"] == "as given" and not result.search["cut_by_time"]
+
+
+def test_a_time_cap_that_cuts_the_search_says_so():
+    recipe = Recipe().with_overrides(search={"seconds": 1e-9})
+    result = onnxquant.quantize(tiny_cnn(), image_samples(32), recipe)
+    assert result.search["cut_by_time"] and len(result.search["trials"]) == 1
+    assert any("a faster machine may choose differently" in n for n in result.notes)
+
+
+def test_trials_are_serializable_units_that_score_the_same_alone():
+    """A trial rebuilt from its JSON, run alone and in another order, scores what it scored in series."""
+    from onnxquant.api import _pruned
+    from onnxquant.mixed_precision import Holdout
+    from onnxquant.pipeline.calibrate import calibrate
+    from onnxquant.pipeline.run_data import RunData
+    from onnxquant.pipeline.search import _digests, split_for_search
+    from onnxquant.pipeline.smooth import smooth
+
+    run = RunData(calib_data=image_samples(32))
+    pruned = _pruned(tiny_cnn(), Recipe(), run)
+    split = split_for_search(pruned, run, saved_stats=False, max_drop=None)
+    calibrated = calibrate(smooth(pruned, split.run), split.run, histograms=True)
+    held = Holdout.from_samples(calibrated.model, split.scored, None, "kind")
+    trials = [Trial(c, calibrated.recipe.to_dict(), *_digests(calibrated))
+              for c in (GIVEN, change("mse", "calibration", method="mse"), Candidate("bias correction off",
+                                                                                    (("recovery", (("bias_correction", False),)),)))]
+    series = [_run_trial(t, calibrated, calibrated.recipe, split.run, held, run) for t in trials]
+    alone = [_run_trial(Trial.from_json(t.to_json()), calibrated, calibrated.recipe, split.run, held, run)
+             for t in reversed(trials)][::-1]
+    assert [r.key() for r in series] == [r.key() for r in alone]
+    assert Trial.from_json(trials[1].to_json()) == trials[1]
+
+
+@pytest.mark.parametrize("values", [{"trials": 0}, {"seconds": 0}, {"seconds": float("nan")}, {"score_every": 1},
+                                    {"min_samples": 2, "score_every": 4}])
+def test_bad_search_settings_are_refused(values):
+    with pytest.raises(UsageError):
+        SearchSettings(**values)
