@@ -96,7 +96,8 @@ RENAMED = {"--int4-min-sqnr": "--int4-min-sqnr-db", "--symmetric-activations": "
 @click.option("--holdout", type=click.Path(path_type=Path), help="Held-out samples for --max-drop (default: the calibration data).")
 @click.option("--drop-by", type=click.Choice(AGREEMENTS), default="cosine", show_default=True,
               help="What --max-drop measures: 1 - mean cosine of each output, 1 - top-1 agreement of classifier scores, "
-                   "or 1 - each output's own figure by its kind (detection F1, string agreement...).")
+                   "1 - each output's own figure by its kind (detection F1, string agreement...), or fine: the kind's "
+                   "finest figure (exp(-KL) of classifiers, 1 - CER of sequences; what the recipe search uses).")
 @click.option("--search/--no-search", "search_enabled", default=None, help="Try other range estimators, bias "
               "correction and float edge layers on held-out calibration samples and keep the best (default on; README: "
               "Recipe search).")
