@@ -54,6 +54,9 @@ def test_efficientnet_lite0(work: Path, tmp_path: Path):
     ops = optimized_op_types(ours.model, tmp_path)
     kept = _kept_float(ours.search)  # the recipe search may keep the stem or the head float (measured: the stem)
     assert len(kept) <= 2
+    from onnxquant.pipeline.search import KEPT_FLOAT
+
+    assert {n.name for n in ours.float_nodes if n.reason == KEPT_FLOAT} == set(kept)  # not "excluded by --exclude"
     # every other conv runs as an integer kernel
     assert ops.count("QLinearConv") == 49 - len(kept) and ops.count("Conv") == len(kept)
 

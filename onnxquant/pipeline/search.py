@@ -30,6 +30,7 @@ from onnxquant.search.candidates import FLOAT_LAYERS_MIN_GAIN, Candidate, Rounds
 from onnxquant.search.report import SearchReport, Trial, TrialResult
 
 GIVEN = Candidate("as given")
+KEPT_FLOAT = "kept float by the recipe search (it cut the drop on held-out calibration samples)"
 # A layer-precision candidate keeps at most this many layers float, at most this share of the
 # weighted layers, and at most this share of the weight bytes: keeping more is a different,
 # mostly float model, or one that is no longer small (EfficientNet-Lite0's classifier is a
@@ -127,6 +128,12 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
     report.chosen = best.name
     chosen = replace(calibrated, recipe=best_recipe)
     state = without_islands(chosen, crun, keep_calibrated=keep_calibrated)
+    kept = results[best.name][0].changes.get("keep_float", []) if best.name in results else []
+    if kept:  # say why they are float: not the user's --exclude
+        sel = state.selection
+        why = {**sel.float_nodes, **{name: (sel.float_nodes[name][0], KEPT_FLOAT) for name in kept
+                                     if name in sel.float_nodes}}
+        state = replace(state, selection=replace(sel, float_nodes=why))
     return replace(state, search=report).noted(report.summary())
 
 
