@@ -47,7 +47,6 @@ from onnxquant.pipeline.summary import quantize_result
 from onnxquant.prune.storage import compressed_size, store_sparse
 from onnxquant.recipe import Recipe
 from onnxquant.results import FloatNode, PruneResult, QuantizeResult
-from onnxquant.search.report import SearchReport
 from onnxquant.validate import validate
 
 __all__ = ["FLOAT_LAYERS_KEY", "RECIPE_KEY", "VERSION_KEY", "FloatNode", "PruneResult", "QuantizeResult", "RunData",
@@ -92,25 +91,19 @@ def quantize(
         _refuse_aliasing(model, run, stats if not isinstance(stats, StatsTable) else None, output, save_stats_to)
         pruned = _pruned(model, recipe, run)
         split = split_for_search(pruned, run, saved_stats=stats is not None, max_drop=max_drop)
-        searching = split is not None and split.skipped is None
-        calibrating = split.run if searching else run  # the search holds part of the data out
+        calibrating = split.run if split.searching else run  # the search holds part of the data out
         state = refuse_already_quantized(smooth(pruned, calibrating, saved_stats=stats is not None))
-        wanted = True if save_stats_to is not None or diagnostics or searching else None  # (None: as the method needs)
+        wanted = True if save_stats_to is not None or diagnostics or split.searching else None  # None: as the method needs
         calibrated = calibrate_stage(state, calibrating, stats, histograms=wanted)
-        if searching:
+        if split.searching:
             state = search(calibrated, split, run, keep_calibrated=diagnostics)
         elif max_drop is None:
             state = without_islands(calibrated, run, keep_calibrated=diagnostics)
         else:
             state = mixed_precision(calibrated, run, max_drop)
-        if split is not None and split.skipped is not None:
-            state = replace(state, search=SearchReport(skipped=split.skipped)).noted(f"recipe search skipped: {split.skipped}")
-        state = save(check(state), output)
+        state = save(check(split.told(state)), output)
         if save_stats_to is not None and stats is None:  # last: a failure before leaves no statistics file
             save_stats(state.stats, save_stats_to)
-        cpu_note = recipe.cpu_note()  # which CPU kind the weights were chosen for, and why
-        if cpu_note is not None:
-            state = replace(state, notes=(cpu_note, *state.notes))
         return quantize_result(state, started, calibrated if diagnostics else None)
 
 

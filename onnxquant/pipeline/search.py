@@ -43,18 +43,29 @@ MAX_FLOAT_BYTES_SHARE = 0.1
 @dataclass(frozen=True)
 class SearchSplit:
     """The run that calibrates on the kept samples, and the held-out samples trials are scored on;
-    or, with ``skipped``, why the recipe is used as given."""
+    or, with ``skipped``, why the recipe is used as given (``off``: the recipe turns the search off)."""
 
     run: RunData
     scored: SampleSource | None = None
     skipped: str | None = None
+    off: bool = False
+
+    @property
+    def searching(self) -> bool:
+        return not self.off and self.skipped is None
+
+    def told(self, state: State) -> State:
+        """``state`` with a skipped search said: a note, and the report's reason."""
+        if self.off or self.skipped is None:
+            return state
+        return replace(state, search=SearchReport(skipped=self.skipped)).noted(f"recipe search skipped: {self.skipped}")
 
 
-def split_for_search(state: State, run: RunData, *, saved_stats: bool, max_drop: float | None) -> SearchSplit | None:
-    """How the calibration data divides for the search; None when the recipe turns it off."""
+def split_for_search(state: State, run: RunData, *, saved_stats: bool, max_drop: float | None) -> SearchSplit:
+    """How the calibration data divides for the search (``off`` when the recipe turns it off)."""
     settings = state.recipe.search
     if not settings.enabled:
-        return None
+        return SearchSplit(run, off=True)
     if max_drop is not None:
         return SearchSplit(run, skipped="mixed precision (max_drop) chooses the float layers instead")
     if saved_stats:

@@ -24,7 +24,7 @@ def quantize_result(state: State, started: float, diagnostics: State | None = No
         samples=state.stats.samples,
         seconds={"calibration": state.seconds["calibration"], "total": time.perf_counter() - started},
         recipe=state.recipe,
-        notes=[*state.notes, *_preparation_notes(state.preparation), *weight_only_notes(sel)],
+        notes=[*_cpu_note(state), *state.notes, *_preparation_notes(state.preparation), *weight_only_notes(sel)],
         mixed_precision=state.mixed.to_dict() if state.mixed is not None else None,
         search=state.search.to_dict() if state.search is not None else None,
         size_compressed=saved.deflated,
@@ -35,6 +35,12 @@ def quantize_result(state: State, started: float, diagnostics: State | None = No
         warnings=list(state.warnings),
         weight_only={name: w.reason for name, w in sel.weight_only.items()},
     )
+
+
+def _cpu_note(state: State) -> list[str]:
+    """Which CPU kind the weights were chosen for, and why (the summary's first line)."""
+    note = state.recipe.cpu_note()
+    return [note] if note is not None else []
 
 
 def _preparation_notes(prep: PrepareReport) -> list[str]:
