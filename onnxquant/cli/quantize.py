@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from onnxquant.agreement import DROP_BY as AGREEMENTS
-from onnxquant.calibration.collector import MAX_THREADS, memory_budget, session_threads
+from onnxquant.calibration.collector import MAX_THREADS
 from onnxquant.calibration.observers import METHODS
 from onnxquant.cli.command import Command
 from onnxquant.cli.options import (
@@ -23,7 +23,14 @@ from onnxquant.cli.options import (
 )
 from onnxquant.cli.output import emit, size_text
 from onnxquant.cli.progress import progress
-from onnxquant.recipe import ACTIVATION_TYPES, TARGETS, WEIGHT_TYPES, load_recipe, recipe_for_target
+from onnxquant.pipeline.run_data import RunData
+from onnxquant.recipe import (
+    ACTIVATION_TYPES,
+    TARGETS,
+    WEIGHT_TYPES,
+    load_recipe,
+    recipe_for_target,
+)
 
 
 def quantize_summary(result: dict[str, Any]) -> str:
@@ -155,7 +162,9 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
     if max_drop is not None and calib_data is None:
         raise click.UsageError("--max-drop needs --calib-data")
     budget = parse_bytes(max_memory) if max_memory else None
-    with progress(quiet or as_json, "calibrating") as update, session_threads(threads), memory_budget(budget):
-        result = run_quantize(model, calib_data, recipe, output, stats=load_stats, save_stats_to=save_stats,
-                              progress=update, holdout=holdout, max_drop=max_drop, agreement=drop_by)
+    with progress(quiet or as_json, "calibrating") as update:
+        run = RunData(calib_data=calib_data, holdout=holdout, drop_by=drop_by, progress=update, threads=threads,
+                      max_memory=budget)  # the library applies threads and the memory budget
+        result = run_quantize(model, recipe=recipe, output=output, stats=load_stats, save_stats_to=save_stats,
+                              max_drop=max_drop, run=run)
     emit(result.to_dict(), as_json, quiet, quantize_summary)
