@@ -21,6 +21,7 @@ from onnxquant.errors import CalibrationDataError, QuantizationError
 from onnxquant.mixed_precision import Holdout, measure
 from onnxquant.model_io import PROTOBUF_LIMIT, serialize
 from onnxquant.ops.rules import RULES, Kind
+from onnxquant.passes.node_index import NodeIndex
 from onnxquant.pipeline.build import build
 from onnxquant.pipeline.islands import without_islands
 from onnxquant.pipeline.run_data import RunData
@@ -191,35 +192,26 @@ def _edge_layers(state: State) -> tuple[tuple[str, ...], tuple[str, ...]]:
     without passing another weighted layer (first layers; heads), in graph order."""
     graph = state.model.graph
     weighted = _weighted(state)
-    producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    order = {n.name: k for k, n in enumerate(graph.node)}
+    index = NodeIndex(graph)
 
-    def walk(starts: list[str], step) -> tuple[str, ...]:
+    def walk(starts: list[str], forward: bool) -> tuple[str, ...]:
         found, seen, stack = set(), set(), list(starts)
         while stack:
-            for node in step(stack.pop()):
-                if node.name in seen:
+            name = stack.pop()
+            steps = index.readers.get(name, []) if forward else [index.producer[name]] if name in index.producer else []
+            for k in steps:
+                if k in seen:
                     continue
-                seen.add(node.name)
+                seen.add(k)
+                node = index.nodes[k]
                 if node.name in weighted:
-                    found.add(node.name)
+                    found.add(k)
                 else:
-                    stack.extend(node.output if step is forward else [i for i in node.input if i])
-        return tuple(sorted(found, key=order.__getitem__))
+                    stack.extend(node.output if forward else [i for i in node.input if i])
+        return tuple(index.nodes[k].name for k in sorted(found))
 
-    def forward(name: str) -> list[Any]:
-        return readers.get(name, [])
-
-    def backward(name: str) -> list[Any]:
-        return [producer[name]] if name in producer else []
-
-    inits = {i.name for i in graph.initializer}
-    first = walk([i.name for i in graph.input if i.name not in inits], forward)
-    heads = walk([o.name for o in graph.output], backward)
+    first = walk([i.name for i in graph.input if i.name not in index.inits], forward=True)
+    heads = walk([o.name for o in graph.output], forward=False)
     return first, heads
 
 
