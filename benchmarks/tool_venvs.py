@@ -39,7 +39,8 @@ class VenvTool:
 
 VENV_TOOLS: dict[str, VenvTool] = {
     # aimet-onnx needs torch (and torchvision through onnx2torch); unpinned, pip picks torch 2.14
-    # with the CUDA libraries. torchvision 0.28 is the release built against torch 2.13.
+    # with the CUDA libraries. torchvision 0.28 is the release that accepts torch 2.13; its C ops do
+    # not load against the CPU wheel (`import torchvision` fails), but AIMET's PTQ never imports it.
     "aimet": VenvTool("aimet", (("torch==2.13.0", "torchvision==0.28.0"), ("aimet-onnx==2.42.0",)),
                       "quantize_aimet.py", "aimet_onnx"),
     # amd-quark's ONNX quantizer imports torch (its custom-op loader) and onnxruntime, yet declares
