@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -110,12 +111,15 @@ TOOLS = {
 }
 
 
-def main() -> None:
-    tool, model, calib, out = sys.argv[1:5]
+def report(tool: str, quantize: Callable[[], dict]) -> None:
+    """Run one quantization and print the protocol's one JSON line: ok, seconds, peak_rss_mb,
+    the tool's own extra fields, or the failure's first line as ``error``. The per-tool scripts
+    that run in their own virtual environments (benchmarks/quantize_aimet.py, ...) print theirs
+    through this too."""
     started = time.perf_counter()
     info: dict = {"tool": tool}
     try:
-        info.update(TOOLS[tool](model, calib, out))
+        info.update(quantize())
         info["ok"] = True
     except Exception as exc:  # an anchor that fails is reported, not fatal
         info["ok"] = False
@@ -123,6 +127,11 @@ def main() -> None:
     info["seconds"] = time.perf_counter() - started
     info["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(info))
+
+
+def main() -> None:
+    tool, model, calib, out = sys.argv[1:5]
+    report(tool, lambda: TOOLS[tool](model, calib, out))
 
 
 if __name__ == "__main__":

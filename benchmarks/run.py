@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from benchmarks import metrics
+from benchmarks import metrics, tool_venvs
 from calibration.build import write_samples
 from models.build import BUILDERS, build
 from onnxquant.fusion_check import check_fusion
@@ -41,7 +41,8 @@ HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "efficientnet-lite0-
                ("sklearn-mlp", "sklearn-mlp-partly-int8", "ppocr-cls", "ppocr-cls-fp16", "magika")}}
 # The output compared with fp32 (default: the first); skl2onnx's first output is the int64 label.
 OUTPUT = {"sklearn-mlp": "probabilities", "sklearn-mlp-partly-int8": "probabilities"}
-TOOLS = ("onnxquant", "onnxquant-as-given", "ort", "ort+pre", "ort-dynamic", "nncf")
+# aimet and quark run from their own virtual environments (benchmarks/tool_venvs.py).
+TOOLS = ("onnxquant", "onnxquant-as-given", "ort", "ort+pre", "ort-dynamic", "nncf", *tool_venvs.VENV_TOOLS)
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
@@ -107,7 +108,8 @@ def _latencies(paths: dict[str, Path], data: list[dict[str, np.ndarray]], rounds
     return out
 
 
-def bench_model(name: str, work: Path, threads: int, rounds: int) -> dict:
+def bench_model(name: str, work: Path, threads: int, rounds: int, tools: tuple[str, ...] = TOOLS,
+                venvs: Path = tool_venvs.DEFAULT_ROOT) -> dict:
     fp32 = build(name, work / "models")
     calib, held = work / "calib" / name, work / "holdout" / name
     if not calib.exists():
@@ -117,21 +119,21 @@ def bench_model(name: str, work: Path, threads: int, rounds: int) -> dict:
     row: dict = {"model": name, "fp32_size": fp32.stat().st_size, "calib_samples": len(list(calib.glob("*.npz"))),
                  "holdout_samples": len(list(held.glob("*.npz"))), "tools": {}}
     outputs: dict[str, Path] = {}
-    for tool in TOOLS:
+    for tool in tools:
         out = work / "quantized" / f"{name}.{tool}.onnx"
         out.parent.mkdir(parents=True, exist_ok=True)
         # onnxruntime.quantization leaves temporary files in the working directory: give each
         # tool a scratch one, with the repository on the import path.
         scratch = work / "scratch" / tool
         scratch.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.quantize_one", tool, str(fp32.resolve()),
-                               str(calib.resolve()), str(out.resolve())],
-                              capture_output=True, text=True, cwd=scratch, env=env)
-        try:
-            info = json.loads(proc.stdout.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            info = {"ok": False, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "crashed"}
+        if tool in tool_venvs.VENV_TOOLS:
+            info = tool_venvs.run_tool(tool, fp32.resolve(), calib.resolve(), out.resolve(), scratch, venvs)
+        else:
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.quantize_one", tool, str(fp32.resolve()),
+                                   str(calib.resolve()), str(out.resolve())],
+                                  capture_output=True, text=True, cwd=scratch, env=env)
+            info = tool_venvs.parse_output(proc.returncode, proc.stdout, proc.stderr)
         if info.get("ok"):
             try:
                 _session(out, threads)
@@ -194,10 +196,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("build/bench"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--tools", nargs="*", default=list(TOOLS), choices=list(TOOLS))
+    parser.add_argument("--no-tool-venvs", action="store_true",
+                        help="skip the tools that need their own virtual environment (aimet, quark)")
+    parser.add_argument("--venvs", type=Path, default=tool_venvs.DEFAULT_ROOT,
+                        help="where the tool venvs are made and reused")
     args = parser.parse_args()
+    tools = tuple(t for t in args.tools if not (args.no_tool_venvs and t in tool_venvs.VENV_TOOLS))
     rows = []
     for name in args.models:
-        rows.append(bench_model(name, args.out, args.threads, args.rounds))
+        rows.append(bench_model(name, args.out, args.threads, args.rounds, tools, args.venvs))
         print(f"done {name}", file=sys.stderr)
         for tool, info in rows[-1]["tools"].items():
             if info.get("fusion"):
@@ -206,7 +214,7 @@ def main() -> None:
                       "run as integer kernels", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
-    table = markdown(rows)
+    table = "\n".join([markdown(rows), "", *tool_venvs.configs(rows)])
     (args.out / "results.md").write_text(table + "\n")
     print(table)
 
