@@ -10,10 +10,12 @@ from onnxquant.calibration.collector import collect
 from onnxquant.calibration.observers import StatsTable, needs_histogram
 from onnxquant.calibration.stats_io import load_stats
 from onnxquant.errors import CalibrationDataError
+from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.run_data import RunData
 from onnxquant.pipeline.state import State
 
 
+@timed("calibrate")
 def calibrate(state: State, run: RunData, stats: StatsTable | str | os.PathLike | None = None,
               histograms: bool | None = None) -> State:
     """The state with its statistics, the tensors found not to be float32, and a first sample for

@@ -21,6 +21,7 @@ from onnxquant.model_io import (
     save_model,
     serialize,
 )
+from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.state import Saved, State
 from onnxquant.prune.storage import compressed_size
 from onnxquant.recipe import RECIPE_KEY
@@ -32,6 +33,7 @@ VERSION_KEY = "onnxquant.version"
 CHECKER_MAX_BYTES = 256 * 2**20
 
 
+@timed("save")
 def save(state: State, output: str | os.PathLike | None) -> State:
     """The state with what was saved (no file without ``output``; the check runs all the same).
 

@@ -76,7 +76,8 @@ def run_probe(
     """Yield the probe's outputs for each sample, in sample order (a few samples' worth of
     memory at a time). Samples run in parallel on one-thread sessions (``in_order``), so the
     values, and every sum the caller makes of them, do not depend on the thread count."""
-    session = make_session(probe_bytes(model, probe), threads=1, optimize=False, weights=model)
+    session = make_session(probe_bytes(model, probe), threads=1, optimize=False, weights=model,
+                           concurrent_runs=True)
     specs = input_specs(model)
 
     def run(index: int, raw: dict[str, np.ndarray]) -> list[np.ndarray]:
