@@ -13,6 +13,7 @@ from onnxquant.errors import CalibrationDataError
 from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.run_data import RunData
 from onnxquant.pipeline.state import State
+from onnxquant.recovery.bias_correction import MeasuredShifts
 
 
 @timed("calibrate")
@@ -44,7 +45,8 @@ def calibrate(state: State, run: RunData, stats: StatsTable | str | os.PathLike 
         first = run.first_sample(prepared, recipe) if run.rereadable else None
     # Tensors that turned out not to be float32 (unknown before running) narrow the selection.
     return replace(state, stats=table, not_float=frozenset(sel.observed) - set(table.tensors), first_sample=first,
-                   seconds={**state.seconds, "calibration": time.perf_counter() - started})
+                   seconds={**state.seconds, "calibration": time.perf_counter() - started},
+                   measured_shifts=MeasuredShifts())
 
 
 def _length(source: object) -> int | None:
