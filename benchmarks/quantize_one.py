@@ -49,7 +49,8 @@ def run_onnxquant(model: str, calib: str, out: str, method: str = "minmax", sear
 
     recipe = onnxquant.Recipe().with_overrides(calibration={"method": method}, search={"enabled": search})
     result = onnxquant.quantize(model, calib, recipe, output=out)
-    info = {"calibration_seconds": result.seconds["calibration"], "samples": result.samples}
+    info = {"calibration_seconds": result.seconds["calibration"], "samples": result.samples,
+            "library_seconds": result.seconds["total"], "stages": result.stages}
     if result.search is not None and result.search.get("skipped") is None:
         info["search"] = {"chosen": result.search["chosen"], "trials": len(result.search["trials"])}
     return info
@@ -125,6 +126,8 @@ def report(tool: str, quantize: Callable[[], dict]) -> None:
         info["ok"] = False
         info["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
     info["seconds"] = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    info["cpu_seconds"] = usage.ru_utime + usage.ru_stime  # all threads, imports included: steadier than wall on a busy machine
     info["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(info))
 

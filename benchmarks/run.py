@@ -190,6 +190,19 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def stages_markdown(rows: list[dict]) -> str:
+    """onnxquant's own time per pipeline stage (wall s / CPU s, peak MB when it ended), for each
+    onnxquant tool that ran: where its quantize time goes (``QuantizeResult.stages``)."""
+    lines = ["| model | tool | quantize s (library) | stages: wall s / CPU s / peak MB |", "|---|---|---|---|"]
+    for row in rows:
+        for tool, info in row["tools"].items():
+            if info.get("stages"):
+                told = ", ".join(f"{name} {v['seconds']:.1f}/{v['cpu_seconds']:.1f}/{v.get('peak_mb', 0):.0f}"
+                                 for name, v in info["stages"].items() if v["seconds"] >= 0.05)
+                lines.append(f"| {row['model']} | {tool} | {info['seconds']:.1f} ({info['library_seconds']:.1f}) | {told} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="*", default=list(BUILDERS), choices=list(BUILDERS))
@@ -214,7 +227,8 @@ def main() -> None:
                       "run as integer kernels", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
-    table = "\n".join([markdown(rows), "", *tool_venvs.configs(rows)])
+    stages = stages_markdown(rows)
+    table = "\n".join([markdown(rows), "", *tool_venvs.configs(rows)]) + (f"\n\n{stages}" if stages else "")
     (args.out / "results.md").write_text(table + "\n")
     print(table)
 

@@ -31,6 +31,7 @@ from onnxquant.outputs import all_or_nothing, data_files, model_files, model_out
 from onnxquant.pipeline.build import build
 from onnxquant.pipeline.calibrate import calibrate as calibrate_stage
 from onnxquant.pipeline.check import check
+from onnxquant.pipeline.clock import stage_clock
 from onnxquant.pipeline.islands import without_islands
 from onnxquant.pipeline.load import load
 from onnxquant.pipeline.mixed import mixed_precision
@@ -85,8 +86,7 @@ def quantize(
     ``diagnostics``: also keep histograms and the prepared float model in the result, for reports.
     """
     run = run_data(run, calib_data=data, holdout=holdout, metric=metric, drop_by=agreement, progress=progress)
-    with run.applied(), all_or_nothing():
-        started = time.perf_counter()
+    with run.applied(), all_or_nothing(), stage_clock() as clock:
         recipe = recipe or Recipe()
         _refuse_aliasing(model, run, stats if not isinstance(stats, StatsTable) else None, output, save_stats_to)
         pruned = _pruned(model, recipe, run)
@@ -104,7 +104,7 @@ def quantize(
         state = save(check(split.told(state)), output)
         if save_stats_to is not None and stats is None:  # last: a failure before leaves no statistics file
             save_stats(state.stats, save_stats_to)
-        return quantize_result(state, started, calibrated if diagnostics else None)
+        return quantize_result(state, clock, calibrated if diagnostics else None)
 
 
 def prune(

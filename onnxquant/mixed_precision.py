@@ -42,7 +42,8 @@ class Holdout:
                      max_samples: int | None = None, agreement: str = "cosine") -> Holdout:
         if agreement not in AGREEMENTS:
             raise UsageError(f"agreement {agreement!r} unknown; choose from {', '.join(AGREEMENTS)}")
-        session = make_session(serialize(model), threads=1, weights=model)  # bits independent of --threads
+        session = make_session(serialize(model), threads=1, weights=model,  # bits independent of --threads
+                               concurrent_runs=True)
         specs = input_specs(model)
 
         def run(index: int, raw: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
@@ -76,7 +77,7 @@ def measure(quantized: onnx.ModelProto | bytes, holdout: Holdout, metric: Metric
     agreement rate. With ``metric``: the user's score, fp32 minus quantized.
     """
     session = make_session(quantized if isinstance(quantized, bytes) else serialize(quantized), threads=1,
-                           weights=None if isinstance(quantized, bytes) else quantized)
+                           weights=None if isinstance(quantized, bytes) else quantized, concurrent_runs=True)
     outputs = list(in_order(lambda _, feed: session.run(None, feed), holdout.feeds, None, sample_workers()))
     if metric is not None:
         base, got = float(metric(holdout.references)), float(metric(outputs))

@@ -48,6 +48,9 @@ class QuantizeResult:
     warnings: list[str] = field(default_factory=list)
     # layers with int8 weights but no QDQ integer kernel (recurrent, inside bodies) -> why
     weight_only: dict[str, str] = field(default_factory=dict)
+    # stage -> {"seconds": its own wall time, "cpu_seconds", "calls", "peak_mb": the process's peak RSS
+    # when it last ended}, in pipeline order (onnxquant.pipeline.clock); the stages' seconds sum to at most the total
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def float_weight_share(self) -> float:
@@ -69,6 +72,7 @@ class QuantizeResult:
             "weight_only": dict(self.weight_only),
             "calibration_samples": self.samples,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "stages": {stage: {k: round(v, 3) for k, v in info.items()} for stage, info in self.stages.items()},
             "notes": self.notes,
             "recipe": self.recipe.to_dict(),
             **({"mixed_precision": self.mixed_precision} if self.mixed_precision is not None else {}),

@@ -174,12 +174,17 @@ def run_fetch(session: Any, names: list[str], feed: dict[str, np.ndarray]) -> li
 
 
 def make_session(model: onnx.ModelProto | bytes | Path, threads: int = 0, optimize: bool = True,
-                 weights: onnx.ModelProto | None = None):
+                 weights: onnx.ModelProto | None = None, concurrent_runs: bool = False):
     """A CPU session. ``optimize=False``: no graph fusions, so a tensor's values do not depend on
     which other tensors are fetched (fetching one blocks the fusions that would consume it).
 
     ``weights`` (default: ``model`` itself): the model whose weights left on disk the session
     reads from their memory mapping, without a copy.
+
+    ``concurrent_runs``: the session runs several samples at once (``in_order``). Its memory
+    pattern is then off: with it, each run's activations take one more block besides the chunks
+    the first run left in the arena (EfficientNet-Lite0's bias-correction probe: 337 MB peak
+    with it, 242 MB without, two samples at once). Values do not depend on where they are stored.
     """
     import onnxruntime as ort
 
@@ -194,6 +199,8 @@ def make_session(model: onnx.ModelProto | bytes | Path, threads: int = 0, optimi
         for name, value in values.items():
             options.add_initializer(name, value)
     options.log_severity_level = 3
+    if concurrent_runs:
+        options.enable_mem_pattern = False
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     threads = threads or _THREADS.get()
@@ -307,7 +314,7 @@ def _observe(model: onnx.ModelProto, names: list[str], samples: Iterable[dict[st
     Samples run in parallel (``in_order``) on one-thread sessions; statistics are folded in
     sample order, so the table is the same for any thread count."""
     data, exposed = augmented(model, names)
-    session = make_session(data, threads=1, optimize=False, weights=model)
+    session = make_session(data, threads=1, optimize=False, weights=model, concurrent_runs=True)
     fetch = [o.name for o in session.get_outputs()]
     wanted = set(names)
     specs = input_specs(model)

@@ -10,10 +10,13 @@ from onnxquant.calibration.collector import collect
 from onnxquant.calibration.observers import StatsTable, needs_histogram
 from onnxquant.calibration.stats_io import load_stats
 from onnxquant.errors import CalibrationDataError
+from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.run_data import RunData
 from onnxquant.pipeline.state import State
+from onnxquant.recovery.bias_correction import MeasuredShifts
 
 
+@timed("calibrate")
 def calibrate(state: State, run: RunData, stats: StatsTable | str | os.PathLike | None = None,
               histograms: bool | None = None) -> State:
     """The state with its statistics, the tensors found not to be float32, and a first sample for
@@ -42,7 +45,8 @@ def calibrate(state: State, run: RunData, stats: StatsTable | str | os.PathLike 
         first = run.first_sample(prepared, recipe) if run.rereadable else None
     # Tensors that turned out not to be float32 (unknown before running) narrow the selection.
     return replace(state, stats=table, not_float=frozenset(sel.observed) - set(table.tensors), first_sample=first,
-                   seconds={**state.seconds, "calibration": time.perf_counter() - started})
+                   seconds={**state.seconds, "calibration": time.perf_counter() - started},
+                   measured_shifts=MeasuredShifts())
 
 
 def _length(source: object) -> int | None:

@@ -10,6 +10,7 @@ import onnx
 from onnxquant.float_weights import WARN_FLOAT_SHARE, float_weighted_nodes
 from onnxquant.ops.recurrent import RECURRENT_OPS
 from onnxquant.passes.float16 import store_float16
+from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.state import State
 from onnxquant.planner import ALREADY_QUANTIZED, NOT_FLOAT, Selection
 from onnxquant.results import FloatNode
@@ -19,6 +20,7 @@ _INTERESTING = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat
                 "AveragePool", "MaxPool", "Sigmoid", "LeakyRelu", "Resize", "Relu", "Clip", *RECURRENT_OPS}
 
 
+@timed("check")
 def check(state: State) -> State:
     """The state with its float report and warnings (the model's fp16 weights restored in place)."""
     fp16 = state.preparation.float16_weights

@@ -5,9 +5,11 @@ from dataclasses import replace
 
 from onnxquant.fusion_check import check_fusion
 from onnxquant.model_io import PROTOBUF_LIMIT, has_lazy, serialize
+from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.state import State
 
 
+@timed("fusion_check")
 def check_kernels(state: State) -> State:
     """The state with its fusion check, or with a note saying why onnxruntime could not tell."""
     quantized = state.model

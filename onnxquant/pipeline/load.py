@@ -10,12 +10,14 @@ import onnx
 from onnxquant.calibration.feeds import input_specs
 from onnxquant.errors import UsageError
 from onnxquant.model_io import check_contents, check_model, file_size, load_model, model_size
+from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.run_data import RunData
 from onnxquant.pipeline.state import State
 from onnxquant.recipe import Recipe
 from onnxquant.shapes import has_free_dims
 
 
+@timed("load")
 def load(model: onnx.ModelProto | str | os.PathLike, recipe: Recipe, run: RunData) -> State:
     """A caller's ModelProto is checked and left as it is (prepare copies it); a file is loaded."""
     if isinstance(model, onnx.ModelProto):

@@ -10,6 +10,7 @@ import onnx
 from onnxquant.errors import UsageError
 from onnxquant.mixed_precision import LayerSensitivity, measure, search, widen_int4
 from onnxquant.pipeline.build import build
+from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.kernels import check_kernels
 from onnxquant.pipeline.ranking import rank
 from onnxquant.pipeline.run_data import RunData
@@ -17,6 +18,7 @@ from onnxquant.pipeline.selection import int4_candidates, int4_note, select_node
 from onnxquant.pipeline.state import State, excluding
 
 
+@timed("mixed_precision")
 def mixed_precision(calibrated: State, run: RunData, max_drop: float) -> State:
     """The chosen model; the state's recipe excludes its float and int4 layers (the int8
     selection of this model), as the output's stamp says."""

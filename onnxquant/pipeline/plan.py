@@ -9,12 +9,14 @@ import onnx
 from onnxquant.calibration.collector import collect
 from onnxquant.calibration.observers import needs_histogram
 from onnxquant.errors import CalibrationDataError
+from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.run_data import RunData
 from onnxquant.pipeline.selection import select_nodes
 from onnxquant.pipeline.state import State
 from onnxquant.planner import Selection, finalize
 
 
+@timed("plan")
 def plan(state: State, run: RunData, inplace: bool = False) -> State:
     """The plan for ``state.planning_recipe``, on a copy of the calibrated model (the calibrated
     state stays re-enterable) or, with ``inplace``, on the model itself (one copy fewer)."""

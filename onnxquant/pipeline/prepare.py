@@ -5,12 +5,14 @@ from dataclasses import replace
 
 from onnxquant.ops.rules import DEFAULT_OP_TYPES
 from onnxquant.passes.prepare import prepare_model
+from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.state import State
 from onnxquant.planner import node_names
 from onnxquant.recipe import Recipe
 from onnxquant.shapes import fix_input_shapes
 
 
+@timed("prepare")
 def prepare(state: State) -> State:
     """The model ready to plan. A model loaded from a file (or reshaped here) is rewritten in place."""
     loaded, shapes = state.model, state.shapes

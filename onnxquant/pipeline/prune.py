@@ -6,12 +6,14 @@ from dataclasses import replace
 
 import onnx
 
+from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.run_data import RunData
 from onnxquant.pipeline.state import State
 from onnxquant.prune.pipeline import PruneReport, prune_model, pruning_grams, wanda_norms, with_amount
 from onnxquant.prune.search import search_amount, upper_amount
 
 
+@timed("prune")
 def prune(state: State, run: RunData) -> State:
     """The prepared model pruned in place (nothing to do when the recipe does not prune)."""
     recipe, prepared = state.recipe, state.model

@@ -9,9 +9,11 @@ from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.int4_matmul import to_matmul_nbits
 from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset
 from onnxquant.passes.weight_only import quantize_weights_only
+from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.state import State
 
 
+@timed("rewrite")
 def rewrite(state: State) -> State:
     """The quantized model (the planned model is rewritten in place)."""
     recipe, work, sel = state.planning_recipe, state.model, state.selection

@@ -2,6 +2,7 @@
 then put in place atomically."""
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 from dataclasses import replace
@@ -21,6 +22,7 @@ from onnxquant.model_io import (
     save_model,
     serialize,
 )
+from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.state import Saved, State
 from onnxquant.prune.storage import compressed_size
 from onnxquant.recipe import RECIPE_KEY
@@ -30,8 +32,11 @@ from onnxquant.version import __version__
 
 VERSION_KEY = "onnxquant.version"
 CHECKER_MAX_BYTES = 256 * 2**20
+# Up to this size, the result's serialization stays alive while the self-check runs (to be deflated meanwhile).
+DEFLATE_ALONGSIDE_MAX_BYTES = 64 * 2**20
 
 
+@timed("save")
 def save(state: State, output: str | os.PathLike | None) -> State:
     """The state with what was saved (no file without ``output``; the check runs all the same).
 
@@ -44,19 +49,25 @@ def save(state: State, output: str | os.PathLike | None) -> State:
     lazy = has_lazy(model)
     payload = serialize(model) if model.ByteSize() < PROTOBUF_LIMIT else None
     size = len(payload) if payload is not None and not lazy else model_size(model)
-    deflated = compressed_size(payload) if payload is not None and not lazy else None
     if payload is None:
         state = state.noted("model over 2 GB: the onnxruntime self-check was skipped")
-        return replace(state, saved=Saved(save_model(model, output) if output is not None else None, size, deflated))
-    if output is None:
-        _self_check(payload, first, model)
-        return replace(state, saved=Saved(None, size, deflated))
-    data = None if lazy else payload
-    del payload
-    path = save_model(model, output, data, check=lambda written: _self_check(written, first))
-    if lazy:  # what was written, data file included
-        beside = path.with_name(path.name + ".data")
-        size = path.stat().st_size + (beside.stat().st_size if beside.exists() else 0)
+        return replace(state, saved=Saved(save_model(model, output) if output is not None else None, size, None))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # zlib lets go of the GIL: the deflated size is measured while onnxruntime checks the result
+        deflating = None if lazy else pool.submit(compressed_size, payload)
+        if deflating is not None and len(payload) > DEFLATE_ALONGSIDE_MAX_BYTES:
+            deflating.result()  # a large serialization is still dropped before onnxruntime makes its own copy
+        if output is None:
+            _self_check(payload, first, model)
+            path = None
+        else:
+            data = None if lazy else payload
+            del payload
+            path = save_model(model, output, data, check=lambda written: _self_check(written, first))
+            if lazy:  # what was written, data file included
+                beside = path.with_name(path.name + ".data")
+                size = path.stat().st_size + (beside.stat().st_size if beside.exists() else 0)
+        deflated = deflating.result() if deflating is not None else None
     return replace(state, saved=Saved(path, size, deflated))
 
 

@@ -23,6 +23,7 @@ from onnxquant.model_io import PROTOBUF_LIMIT, serialize
 from onnxquant.ops.rules import RULES, Kind
 from onnxquant.passes.node_index import NodeIndex
 from onnxquant.pipeline.build import build
+from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.islands import without_islands
 from onnxquant.pipeline.run_data import RunData
 from onnxquant.pipeline.state import State
@@ -87,6 +88,7 @@ def split_for_search(state: State, run: RunData, *, saved_stats: bool, max_drop:
     return SearchSplit(replace(run, calib_data=kept), every_kth(counted, settings.score_every, held_out=True))
 
 
+@timed("search")
 def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated: bool = False) -> State:
     """The model for the best recipe found, with the search's report in the state."""
     started = time.perf_counter()

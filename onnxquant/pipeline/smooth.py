@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from onnxquant.float_weights import weight_bytes
+from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.run_data import RunData
 from onnxquant.pipeline.selection import select_nodes
 from onnxquant.pipeline.state import State
@@ -12,6 +13,7 @@ from onnxquant.planner import node_names
 from onnxquant.recovery.pipeline import before_calibration
 
 
+@timed("smooth")
 def smooth(state: State, run: RunData, saved_stats: bool = False) -> State:
     """The model with its activation ranges final, and what the recipe quantizes in it.
 

@@ -22,6 +22,7 @@ from onnxquant.passes.prepare import PrepareReport
 from onnxquant.planner import QuantPlan, Selection
 from onnxquant.prune.pipeline import PruneReport
 from onnxquant.recipe import Recipe
+from onnxquant.recovery.bias_correction import MeasuredShifts
 from onnxquant.results import FloatNode
 from onnxquant.search.report import SearchReport
 
@@ -59,6 +60,9 @@ class State:
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     seconds: Mapping[str, float] = field(default_factory=dict)
+    # Bias correction's measurements over the calibration samples, shared like ``stats`` by the
+    # states re-entered at ``plan`` (a search's trials): a layer probed once is not probed again.
+    measured_shifts: MeasuredShifts | None = None
 
     @property
     def planning_recipe(self) -> Recipe:

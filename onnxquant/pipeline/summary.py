@@ -1,18 +1,18 @@
 """A finished state told as the public result types (``onnxquant.results``)."""
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 from onnxquant.passes.prepare import PrepareReport
+from onnxquant.pipeline.clock import StageClock
 from onnxquant.pipeline.state import State
 from onnxquant.results import QuantizeResult
 from onnxquant.weight_only_planner import weight_only_notes
 
 
-def quantize_result(state: State, started: float, diagnostics: State | None = None) -> QuantizeResult:
-    """``state`` saved; ``diagnostics``: the calibrated state whose statistics and float model
-    the result keeps for reports."""
+def quantize_result(state: State, clock: StageClock, diagnostics: State | None = None) -> QuantizeResult:
+    """``state`` saved; ``clock``: the run's stage timings; ``diagnostics``: the calibrated state
+    whose statistics and float model the result keeps for reports."""
     sel, saved = state.selection, state.saved
     return QuantizeResult(
         model=state.model,
@@ -22,7 +22,8 @@ def quantize_result(state: State, started: float, diagnostics: State | None = No
         quantized_nodes=dict(Counter(sel.quantized.values())),
         float_nodes=list(state.float_nodes or ()),
         samples=state.stats.samples,
-        seconds={"calibration": state.seconds["calibration"], "total": time.perf_counter() - started},
+        seconds={"calibration": state.seconds["calibration"], "total": clock.total()},
+        stages=clock.breakdown(),
         recipe=state.recipe,
         notes=[*_cpu_note(state), *state.notes, *_preparation_notes(state.preparation), *weight_only_notes(sel)],
         mixed_precision=state.mixed.to_dict() if state.mixed is not None else None,

@@ -9,17 +9,20 @@ correction its own, so corrections do not compound along the network (NNCF's "fa
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxquant.model_io import tensor_array
+from onnxquant.model_io import serialize, tensor_array
 from onnxquant.passes.node_index import NodeIndex
 from onnxquant.passes.prepare import default_opset
 from onnxquant.planner import QuantPlan, refresh_bias_params
-from onnxquant.qparams import fake_quantize
+from onnxquant.qparams import QParams, fake_quantize
 from onnxquant.recovery.probe import Probe, run_probe
 
 CORRECTABLE = {"Conv", "ConvTranspose", "Gemm"}
@@ -65,51 +68,88 @@ def _layer_probe(probe: Probe, node: onnx.NodeProto, plan: QuantPlan, weight: np
     return out
 
 
+@dataclass
+class MeasuredShifts:
+    """Per-layer sums of the float-minus-fake-quantized output difference already measured, by
+    everything they depend on: the model's bytes (float graph, weights, biases), the layer, the
+    quantization params of its input and weight, and the samples. A recipe search re-plans one
+    calibrated model many times; a layer whose params a trial leaves as they were is not probed
+    again (every probe output is computed on its own, so the sums are the same bits)."""
+
+    source: Any = None  # the calibration data the sums were taken over (compared by identity)
+    context: str = ""  # and what else fits the samples to the model (preprocessing, sample cap)
+    sums: dict[tuple, tuple[np.ndarray, int]] = field(default_factory=dict)  # key -> (sum, samples)
+
+    def over(self, source: Any, context: str) -> MeasuredShifts:
+        """This cache, emptied first when the samples are not those its sums were taken over."""
+        if source is not self.source or context != self.context:
+            self.source, self.context = source, context
+            self.sums.clear()
+        return self
+
+
+def _params_key(params: QParams) -> tuple:
+    return (params.dtype, params.axis, np.asarray(params.scale).tobytes(), np.asarray(params.zero_point).tobytes(),
+            np.asarray(params.zero_point).dtype.str)
+
+
 def correct_biases(
     model: onnx.ModelProto,
     plan: QuantPlan,
     samples: Iterable[dict[str, np.ndarray]],
     max_samples: int | None = None,
+    measured: MeasuredShifts | None = None,
 ) -> int:
     """Shift the biases of ``model`` (in place) and refresh their int32 params in ``plan``.
 
-    Returns how many biases changed.
+    ``measured``: sums measured before for this model and these samples, used where they fit
+    (and the new ones added). Returns how many biases changed.
     """
     index = NodeIndex(model.graph)
     inits = index.inits
     by_name = {n.name: n for n in index.nodes}
     opset = default_opset(model)
+    model_key = hashlib.sha256(serialize(model)).hexdigest() if measured is not None else ""
     probe = Probe(prefix="_oq_bc")
-    targets: dict[str, tuple[str, str]] = {}  # probe output -> (node, bias)
-    for (name, b), w in sorted(plan.selection.biases.items()):
-        node = by_name[name]
-        if (node.op_type not in CORRECTABLE or node.input[0] not in plan.activations
-                or (name, b) not in plan.weights or w not in inits):
-            continue
-        weight = tensor_array(inits[w])
-        targets[_layer_probe(probe, node, plan, weight, w, opset)] = (name, b)
+    targets: list[tuple[tuple, str, str]] = []  # (measurement key, node, bias), in correction order
+    probed: dict[str, tuple] = {}  # probe output -> measurement key
     float_adds = set()
     weight_of = {name: w for (name, w) in plan.selection.weights}
-    for name, b in sorted(_matmul_biases(index, plan, by_name).items()):
+    layers = [(name, b, w, False) for (name, b), w in sorted(plan.selection.biases.items())]
+    layers += [(name, b, weight_of[name], True) for name, b in sorted(_matmul_biases(index, plan, by_name).items())]
+    for name, b, w, float_add in layers:
         node = by_name[name]
-        if node.input[0] not in plan.activations or (name, weight_of[name]) not in plan.weights:
+        if float_add:
+            if node.input[0] not in plan.activations or (name, w) not in plan.weights:
+                continue
+            float_adds.add(b)
+        elif (node.op_type not in CORRECTABLE or node.input[0] not in plan.activations
+                or (name, b) not in plan.weights or w not in inits):
             continue
-        weight = tensor_array(inits[weight_of[name]])
-        targets[_layer_probe(probe, node, plan, weight, weight_of[name], opset)] = (name, b)
-        float_adds.add(b)
+        key = (model_key, name, w, _params_key(plan.activations[node.input[0]]), _params_key(plan.weights[(name, w)]),
+               max_samples)
+        targets.append((key, name, b))
+        if measured is None or key not in measured.sums:
+            probed[_layer_probe(probe, node, plan, tensor_array(inits[w]), w, opset)] = key
     if not targets:
         return 0
-    sums: dict[str, np.ndarray] = {}
-    count = 0
-    for values in run_probe(model, probe, samples, max_samples):
-        for key, value in values.items():
-            sums[key] = sums.get(key, 0.0) + value.astype(np.float64)
-        count += 1
+    found = dict(measured.sums) if measured is not None else {}
+    if probed:
+        sums: dict[str, np.ndarray] = {}
+        count = 0
+        for values in run_probe(model, probe, samples, max_samples):
+            for out, value in values.items():
+                sums[out] = sums.get(out, 0.0) + value.astype(np.float64)
+            count += 1
+        found.update({probed[out]: (total, count) for out, total in sums.items()})
+        if measured is not None:
+            measured.sums.update({probed[out]: (total, count) for out, total in sums.items()})
     changed = 0
-    for key, (name, b) in targets.items():
-        if key not in sums:
+    for key, name, b in targets:
+        if key not in found:
             continue
-        shift = sums[key] / max(count, 1)
+        total, count = found[key]
+        shift = total / max(count, 1)
         bias = tensor_array(inits[b]).astype(np.float64)
         if shift.shape != bias.shape or not np.all(np.isfinite(shift)):
             continue

@@ -14,7 +14,7 @@ from onnxquant.errors import UsageError
 from onnxquant.planner import QuantPlan, Selection
 from onnxquant.recipe import Recipe
 from onnxquant.recovery.adaround import adaround
-from onnxquant.recovery.bias_correction import correct_biases
+from onnxquant.recovery.bias_correction import MeasuredShifts, correct_biases
 from onnxquant.recovery.equalize import equalize
 from onnxquant.recovery.smoothquant import applies, smooth
 
@@ -59,9 +59,10 @@ def before_calibration(prepared: onnx.ModelProto, sel: Selection, recipe: Recipe
 
 
 def after_plan(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, reopen: Reopen | None,
-               unavailable: str) -> list[str]:
+               unavailable: str, measured: MeasuredShifts | None = None) -> list[str]:
     """Passes that need the final scales: learned rounding, then bias correction (which then
-    also cancels the mean shift that the learned rounding leaves)."""
+    also cancels the mean shift that the learned rounding leaves). ``measured``: bias
+    corrections' measurements already taken over the same samples, to reuse where they fit."""
     settings = recipe.recovery
     wanted = [name for name, on in (("learned rounding", settings.adaround), ("bias correction", settings.bias_correction))
               if on]
@@ -80,7 +81,7 @@ def after_plan(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, reope
             notes.append(f"learned rounding: time budget reached, {len(rounded.skipped)} layers kept nearest rounding "
                          "(output depends on machine speed)")
     if settings.bias_correction:
-        changed = correct_biases(prepared, plan, reopen(), recipe.calibration.max_samples)
+        changed = correct_biases(prepared, plan, reopen(), recipe.calibration.max_samples, measured)
         if changed:
             notes.append(f"bias correction: {changed} biases shifted")
     return notes

@@ -75,8 +75,13 @@ def run_probe(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield the probe's outputs for each sample, in sample order (a few samples' worth of
     memory at a time). Samples run in parallel on one-thread sessions (``in_order``), so the
-    values, and every sum the caller makes of them, do not depend on the thread count."""
-    session = make_session(probe_bytes(model, probe), threads=1, optimize=False, weights=model)
+    values, and every sum the caller makes of them, do not depend on the thread count.
+    The probe's initializers are released once serialized (the probe is spent), before
+    onnxruntime makes its own copy of them."""
+    data = probe_bytes(model, probe)
+    probe.initializers.clear()  # (bias correction's fake-quantized weights: a model's worth of bytes)
+    session = make_session(data, threads=1, optimize=False, weights=model, concurrent_runs=True)
+    del data
     specs = input_specs(model)
 
     def run(index: int, raw: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -94,3 +94,45 @@ def test_bias_correction_for_matmul_followed_by_a_bias_add():
     assert shift(plain.model) > 0.005
     assert shift(corrected.model) < shift(plain.model) / 4
     assert any("bias correction: 1 biases" in n for n in corrected.notes)
+
+
+def test_re_plans_of_one_calibrated_model_reuse_bias_measurements_with_the_same_bytes(monkeypatch):
+    """A search re-plans the calibrated model per trial: layers whose params a trial keeps are
+    not probed again, and the corrected model is byte for byte the one measured afresh."""
+    from dataclasses import replace
+
+    from models.tiny import tiny_cnn
+    import onnxquant.recovery.bias_correction as bias_correction
+    from onnxquant.pipeline.build import build
+    from onnxquant.pipeline.calibrate import calibrate
+    from onnxquant.pipeline.load import load
+    from onnxquant.pipeline.prepare import prepare
+    from onnxquant.pipeline.run_data import RunData
+    from onnxquant.pipeline.smooth import smooth
+
+    run_data = RunData(calib_data=_cnn_samples())
+    calibrated = calibrate(smooth(prepare(load(tiny_cnn(), Recipe(), run_data)), run_data), run_data, histograms=True)
+    probed: list[int] = []
+    real_probe = bias_correction.run_probe
+
+    def counting(model, probe, samples, max_samples=None):
+        probed.append(len(probe.outputs))
+        yield from real_probe(model, probe, samples, max_samples)
+
+    monkeypatch.setattr(bias_correction, "run_probe", counting)
+    fresh = replace(calibrated, measured_shifts=None)
+    first = build(calibrated, run_data).model.SerializeToString(deterministic=True)
+    assert len(probed) == 1 and probed[0] > 1
+    again = build(calibrated, run_data).model.SerializeToString(deterministic=True)
+    assert len(probed) == 1  # every layer measured already
+    assert again == first == build(fresh, run_data).model.SerializeToString(deterministic=True)
+    assert len(probed) == 2  # (without the cache: probed again)
+
+    conv = next(n.name for n in calibrated.model.graph.node if n.op_type == "Conv")
+    narrower = build(calibrated, run_data, excluded=[conv]).model.SerializeToString(deterministic=True)
+    assert narrower == build(fresh, run_data, excluded=[conv]).model.SerializeToString(deterministic=True)
+    entropy = replace(calibrated, recipe=calibrated.recipe.with_overrides(calibration={"method": "entropy"}))
+    before = len(probed)
+    other = build(entropy, run_data).model.SerializeToString(deterministic=True)
+    assert other == build(replace(entropy, measured_shifts=None), run_data).model.SerializeToString(deterministic=True)
+    assert len(probed) > before  # new activation params: measured, not taken from the cache
