@@ -46,7 +46,7 @@ from onnxquant.pipeline.smooth import smooth
 from onnxquant.pipeline.state import State
 from onnxquant.pipeline.summary import quantize_result
 from onnxquant.prune.storage import compressed_size, store_sparse
-from onnxquant.recipe import Recipe
+from onnxquant.recipe import Recipe, recipe_for_target
 from onnxquant.results import FloatNode, PruneResult, QuantizeResult
 from onnxquant.validate import validate
 
@@ -74,9 +74,9 @@ def quantize(
 ) -> QuantizeResult:
     """Quantize ``model`` to int8 QDQ from calibration ``data`` (or saved ``stats``).
 
-    ``data``: a folder of .npz files or images, an iterable of ``{input: array}`` dicts, or an
-    onnxruntime ``CalibrationDataReader``. The input model is never modified; ``output`` is
-    written atomically, and only after the result passes its self-check.
+    ``data``: a folder of .npz files or images, an iterable of ``{input: array}`` dicts, or an onnxruntime
+    ``CalibrationDataReader``. ``recipe`` defaults to ``recipe_for_target("cpu")``: weights for this host's CPU
+    kind, as the CLI. The input model is never modified; ``output`` is written atomically, after its self-check.
 
     ``max_drop``: automatic mixed precision. The fewest most-sensitive layers stay float so
     that the drop on ``holdout`` (default: the calibration data) is at most ``max_drop``: 1
@@ -87,7 +87,7 @@ def quantize(
     """
     run = run_data(run, calib_data=data, holdout=holdout, metric=metric, drop_by=agreement, progress=progress)
     with run.applied(), all_or_nothing(), stage_clock() as clock:
-        recipe = recipe or Recipe()
+        recipe = recipe or recipe_for_target("cpu")
         _refuse_aliasing(model, run, stats if not isinstance(stats, StatsTable) else None, output, save_stats_to)
         pruned = _pruned(model, recipe, run)
         split = split_for_search(pruned, run, saved_stats=stats is not None, max_drop=max_drop)
@@ -128,7 +128,7 @@ def prune(
     run = run_data(run, calib_data=data, holdout=holdout, metric=metric, drop_by=agreement, progress=progress)
     with run.applied(), all_or_nothing():
         started = time.perf_counter()
-        recipe = recipe or Recipe()
+        recipe = recipe or recipe_for_target("cpu")
         _refuse_aliasing(model, run, None, output, None)
         if not recipe.prune.enabled:
             raise UsageError("nothing to prune: give a sparsity, a threshold, a pattern (2:4) or a channel fraction")
@@ -159,7 +159,7 @@ def calibrate(
     """Collect activation statistics only (to save them, or to quantize several ways later)."""
     run = run_data(run, calib_data=data, progress=progress)
     with run.applied():
-        return calibrate_stage(_smoothed(model, recipe or Recipe(), run), run, histograms=histograms).stats
+        return calibrate_stage(_smoothed(model, recipe or recipe_for_target("cpu"), run), run, histograms=histograms).stats
 
 
 def layer_errors(
@@ -174,7 +174,7 @@ def layer_errors(
     on ``holdout`` (default: the calibration data); the tensors that add most error first."""
     run = run_data(run, calib_data=data, holdout=holdout)
     with run.applied():
-        calibrated = _calibrated(model, recipe or Recipe(), run, "layer errors")
+        calibrated = _calibrated(model, recipe or recipe_for_target("cpu"), run, "layer errors")
         quantized = build(calibrated, run)
         prepared, recipe, sel = calibrated.model, calibrated.recipe, quantized.selection
         by_name = {n.name: n for n in prepared.graph.node}
@@ -198,7 +198,7 @@ def sensitivity(
     calibration data); most damaging first."""
     run = run_data(run, calib_data=data, holdout=holdout, metric=metric, drop_by=agreement, progress=progress)
     with run.applied():
-        calibrated = _calibrated(model, recipe or Recipe(), run, "sensitivity")
+        calibrated = _calibrated(model, recipe or recipe_for_target("cpu"), run, "sensitivity")
         return rank(calibrated, run, run.held_out(calibrated.model, calibrated.recipe))
 
 

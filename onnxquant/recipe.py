@@ -281,7 +281,8 @@ class Recipe:
     # Fixed sizes for inputs with free dims, e.g. {"input_ids": (1, 128)}; sorted for stable output.
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     # The CPU kind the weights were chosen for (target cpu, from recipe_for_target); None: not chosen
-    # (Recipe() itself: the 7-bit weights that no CPU saturates).
+    # (Recipe() itself: the 7-bit weights that no CPU saturates; the library and the CLI default to
+    # recipe_for_target("cpu"), this host's kind).
     cpu: CpuChoice | None = None
 
     def __post_init__(self) -> None:

@@ -224,6 +224,14 @@ def test_cli_target_cpu_records_this_host(cnn_path: Path, npz_dir: Path, tmp_pat
     assert note == recipe_for_target("cpu").cpu_note() and note.startswith("target cpu: this host ")
 
 
+def test_the_library_default_is_this_host_as_in_the_cli(cnn_path: Path, npz_dir: Path, tmp_path: Path):
+    result = quantize(cnn_path, npz_dir, output=tmp_path / "q.onnx")  # no recipe: as `--target cpu`
+    stamped = recipe_of(onnx.load(str(tmp_path / "q.onnx")))
+    assert stamped["cpu"] == {"kind": host_cpu().kind, "detected": True, "reason": CPU_KINDS[host_cpu().kind].reason}
+    assert stamped["quantization"]["reduce_range"] is CPU_KINDS[host_cpu().kind].reduce_range
+    assert result.notes[0] == recipe_for_target("cpu").cpu_note()
+
+
 def test_cli_flag_wins_over_the_named_kind(cnn_path: Path, npz_dir: Path, tmp_path: Path):
     result = CliRunner().invoke(main, ["quantize", str(cnn_path), "-o", str(tmp_path / "q.onnx"), "--calib-data",
                                        str(npz_dir), "--target", "cpu-vnni", "--reduce-range", "--json"])

@@ -18,7 +18,7 @@ from onnxquant.pipeline.prune import prune
 from onnxquant.pipeline.run_data import RunData
 from onnxquant.pipeline.save import save
 from onnxquant.pipeline.smooth import smooth
-from onnxquant.recipe import Recipe
+from onnxquant.recipe import recipe_for_target
 
 STAGES = ["load", "prepare", "prune", "smooth", "calibrate", "plan", "recover", "rewrite", "check", "save"]
 PIPELINE = Path(onnxquant.__file__).parent / "pipeline"
@@ -32,7 +32,7 @@ def test_each_stage_module_has_one_public_entry_point_named_after_it(stage: str)
 
 
 def _calibrated(model: Path, run: RunData):
-    state = smooth(prune(prepare(load(model, Recipe(), run)), run), run)
+    state = smooth(prune(prepare(load(model, recipe_for_target("cpu"), run)), run), run)  # quantize's default
     return calibrate(state, run)
 
 
