@@ -82,3 +82,25 @@ def test_uint8_weights_keep_their_zero_point():
     recipe = onnxquant.Recipe().with_overrides(search={"enabled": False}, quantization={"weight_type": "uint8"})
     model = onnxquant.quantize(_conv_gemm_matmul(), _samples(), recipe).model
     assert all(len(dq.input) == 3 for dq in _weight_dequantizers(model).values())
+
+
+def test_per_tensor_weights_get_one_bias_scale():
+    """A per-tensor weight's bias scale (input scale x weight scale) is one number: stored once, not
+    repeated per channel, and the layers still fuse with the same outputs."""
+    recipe = onnxquant.Recipe().with_overrides(search={"enabled": False}, quantization={"per_channel": False})
+    model = onnxquant.quantize(_conv_gemm_matmul(), _samples(), recipe).model
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name: i for i in model.graph.initializer}
+    conv = next(n for n in model.graph.node if n.name == "conv")
+    bias_dq = producer[conv.input[2]]
+    assert list(inits[bias_dq.input[1]].dims) == [] and not any(a.name == "axis" for a in bias_dq.attribute)
+    check = check_fusion(model)
+    assert check.float_islands == [] and check.integer_layers == 3
+    repeated = onnx.ModelProto()
+    repeated.CopyFrom(model)
+    scale = next(i for i in repeated.graph.initializer if i.name == bias_dq.input[1])
+    value = numpy_helper.to_array(scale)
+    scale.CopyFrom(numpy_helper.from_array(np.full(8, value, np.float32), scale.name))  # 8: the Conv's channels
+    next(n for n in repeated.graph.node if n.name == bias_dq.name).attribute.append(helper.make_attribute("axis", 0))
+    feed = _samples(1)[0]
+    np.testing.assert_array_equal(_run(model, feed), _run(repeated, feed))
