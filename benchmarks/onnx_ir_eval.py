@@ -269,7 +269,7 @@ def insert_qdq_ir(model: ir.Model, plan: QuantPlan, opset: int) -> None:
         scale = _ir_initializer(graph, names.fresh(f"{base}_scale"), np.asarray(params.scale, np.float32))
         zero_name = names.fresh(f"{base}_zero_point")
         inputs = [q_init, scale]
-        if params.dtype != "int32":
+        if params.dtype != "int32" and not ours_qdq._zero_point_implied(params, sel.quantized.get(node_name, "")):
             inputs.append(_ir_initializer(graph, zero_name, np.asarray(params.zero_point)))
         dq_name = names.fresh(f"{base}_dequantized")
         dq = ir.node("DequantizeLinear", inputs, ours_qdq._axis_attr(params), name=names.fresh(f"{base}_DequantizeLinear"),

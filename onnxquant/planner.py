@@ -412,7 +412,8 @@ def _bias_params(bias: np.ndarray, x: QParams, w: QParams) -> tuple[QParams, QPa
     new_w_scale = np.maximum(w_scale, needed).astype(np.float32)
     w_new = QParams(new_w_scale, w.zero_point, w.dtype, w.axis)
     scale = (x_scale * new_w_scale.astype(np.float64)).astype(np.float32)
-    scale = np.broadcast_to(scale, bias.shape).copy()
+    if scale.ndim == 0:  # per-tensor weight: one bias scale too (a vector would repeat it per channel)
+        return w_new, QParams(scale, np.zeros((), np.int32), "int32", None)
     return w_new, QParams(scale, np.zeros(bias.shape, np.int32), "int32", 0)
 
 

@@ -53,6 +53,19 @@ def _axis_attr(params: QParams) -> dict[str, int]:
     return {"axis": params.axis} if params.axis is not None and np.ndim(params.scale) == 1 else {}
 
 
+# Layers whose onnxruntime QDQ fusion (QLinearConv, QLinearMatMul/MatMulIntegerToFloat) takes a
+# weight DequantizeLinear without a zero point (tested). Its Gemm fusion does not; QAttention is
+# built from the DequantizeLinear's inputs (passes/qattention.py); ConvTranspose is not fused on
+# x86: these keep their zero point.
+_IMPLIED_ZERO_POINT_OPS = {"Conv", "MatMul"}
+
+
+def _zero_point_implied(params: QParams, op_type: str) -> bool:
+    """A signed weight whose zero points are all 0 (symmetric int8) needs no zero-point input."""
+    return (op_type in _IMPLIED_ZERO_POINT_OPS and params.dtype == "int8"
+            and not np.any(np.asarray(params.zero_point)))
+
+
 def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: bool = False) -> onnx.ModelProto:
     """Return the model with the plan applied.
 
@@ -103,10 +116,13 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
         base = f"{tensor}_{node_name}" if readers[tensor] > 1 else tensor
         q_init = numpy_helper.from_array(quantize(value, params), names.fresh(f"{base}_quantized"))
         scale, zero = _params_initializers(names, base, params)
-        # An int32 bias's zero point is always 0, which is DequantizeLinear's default: not stored
-        # (per-channel, it would take as many bytes as the bias itself).
-        dq_inputs = [q_init.name, scale.name] if params.dtype == "int32" else [q_init.name, scale.name, zero.name]
-        new_inits += [q_init, scale] if params.dtype == "int32" else [q_init, scale, zero]
+        # A zero point of 0 is DequantizeLinear's default: an int32 bias's (per-channel, it would
+        # take as many bytes as the bias itself) and a symmetric int8 weight's are not stored.
+        if params.dtype == "int32" or _zero_point_implied(params, sel.quantized.get(node_name, "")):
+            dq_inputs, stored = [q_init.name, scale.name], [q_init, scale]
+        else:
+            dq_inputs, stored = [q_init.name, scale.name, zero.name], [q_init, scale, zero]
+        new_inits += stored
         dq_out = names.fresh(f"{base}_dequantized")
         head.append(helper.make_node("DequantizeLinear", dq_inputs, [dq_out],
                                      name=names.fresh(f"{base}_DequantizeLinear"),
