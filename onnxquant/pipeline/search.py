@@ -47,6 +47,8 @@ KEPT_FLOAT = "kept float by the recipe search (it cut the drop on held-out calib
 MAX_FLOAT_LAYERS = 8
 MAX_FLOAT_SHARE = 0.1
 MAX_FLOAT_BYTES_SHARE = 0.1
+# Learned rounding is tried only when a --search-seconds budget leaves at least this much.
+MIN_ADAROUND_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -162,26 +164,34 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
             continue
         take(candidate, best_recipe, FLOAT_LAYERS_MIN_GAIN)
     if best is not None and best.error is None and len(report.trials) < settings.trials:
-        for candidate in _sensitive_candidates(rounds, base, built.get(best.name), best_recipe, held, allowed,
-                                               sizes, MAX_FLOAT_BYTES_SHARE * total):
-            take(candidate, best_recipe, FLOAT_LAYERS_MIN_GAIN)
+        before = best_recipe  # the counts are alternatives (nested), not steps: each applies to the same recipe
+        floated = [name for name in before.nodes.exclude if name not in calibrated.recipe.nodes.exclude]
+        left = MAX_FLOAT_BYTES_SHARE * total - sum(sizes.get(name, 0) for name in floated)
+        for candidate in _sensitive_candidates(rounds, base, built.get(best.name), before, held, allowed,
+                                               len(floated), sizes, left):
+            take(candidate, before, FLOAT_LAYERS_MIN_GAIN)
     # last: a trial that smooths and calibrates again costs two to three plain trials
     if float_model is not None and _smooths(calibrated) and calibrated.recipe.prune.max_drop is None:
         for candidate in rounds.smoothquant_alphas(best_recipe):
+            take(candidate, best_recipe)
+    # learned rounding costs minutes: only within a wall-clock budget, with half of what is left
+    left = None if settings.seconds is None else settings.seconds - (time.perf_counter() - started)
+    if left is not None and left >= MIN_ADAROUND_SECONDS and best is not None and best.error is None:
+        for candidate in rounds.learned_rounding(best_recipe, left / 2):
             take(candidate, best_recipe)
     if best is None or best.error is not None:
         raise QuantizationError(f"the recipe as given could not be built: {best.error if best else 'no trial ran'}")
     report.chosen = best.name
     chosen = replace(base, recipe=best_recipe)
     state = without_islands(chosen, crun, keep_calibrated=keep_calibrated)
-    changes = results[best.name][0].changes if best.name in results else {}
-    kept = changes.get("keep_float", [])
+    given = calibrated.recipe.nodes
+    kept = [name for name in best_recipe.nodes.exclude if name not in given.exclude]
     if kept:  # say why they are float: not the user's --exclude
         sel = state.selection
         why = {**sel.float_nodes, **{name: (sel.float_nodes[name][0], KEPT_FLOAT) for name in kept
                                      if name in sel.float_nodes}}
         state = replace(state, selection=replace(sel, float_nodes=why))
-    wide = changes.get("uint8_weights", [])
+    wide = [name for name in best_recipe.nodes.uint8_weights if name not in given.uint8_weights]
     if wide:
         state = state.noted(f"{len(wide)} layer(s) given full 8-bit uint8 weights by the recipe search (u8u8 "
                             f"kernels, which do not saturate on AVX2; slower than u8s8): {', '.join(wide)}")
@@ -189,9 +199,10 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
 
 
 def _sensitive_candidates(rounds: Rounds, base: State, quantized: State | None, recipe: Recipe, held: Holdout,
-                          allowed: int, sizes: dict[str, int], max_bytes: float) -> list[Candidate]:
+                          allowed: int, floated: int, sizes: dict[str, int], max_bytes: float) -> list[Candidate]:
     """The layers of the best model so far that add the most noise, at higher precision: 8-bit
-    uint8 weights for those with 7-bit ones (the AVX2 recipe), else float."""
+    uint8 weights for those with 7-bit ones (the AVX2 recipe; at most ``allowed``), else float
+    (within what the ``floated`` layers already kept float leave of ``allowed`` and ``max_bytes``)."""
     if quantized is None or quantized.selection is None:
         return []
     sel = quantized.selection
@@ -202,7 +213,8 @@ def _sensitive_candidates(rounds: Rounds, base: State, quantized: State | None, 
         sizes = {}  # uint8 weights are no larger: only the count is capped
     else:
         layers = [node for node in _weighted(quantized) if node in sizes]
-    if not layers:
+        allowed -= floated
+    if not layers or allowed < 1:
         return []
     ranked = rank_by_added_noise(base.model, quantized.model, layers, held.feeds)
     return rounds.sensitive_layers(within_caps(ranked, sizes, allowed, max_bytes), uint8, allowed)

@@ -47,10 +47,11 @@ class Candidate:
         sections = {section: dict(values) for section, values in self.changes}
         changed = recipe.with_overrides(**sections) if sections else recipe
         if self.keep_float:
-            changed = changed.with_overrides(nodes={"exclude": (*changed.nodes.exclude, *self.keep_float)})
+            exclude = tuple(dict.fromkeys((*changed.nodes.exclude, *self.keep_float)))
+            changed = changed.with_overrides(nodes={"exclude": exclude})
         if self.uint8_weights:
-            changed = changed.with_overrides(nodes={"uint8_weights": (*changed.nodes.uint8_weights,
-                                                                       *self.uint8_weights)})
+            wide = tuple(dict.fromkeys((*changed.nodes.uint8_weights, *self.uint8_weights)))
+            changed = changed.with_overrides(nodes={"uint8_weights": wide})
         return changed
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,6 +100,13 @@ class Rounds:
         if not own.smoothquant or own.smoothquant_alpha != self.defaults.recovery.smoothquant_alpha:
             return []  # off, or the user's alpha
         return [change(f"SmoothQuant alpha {a}", "recovery", smoothquant_alpha=a) for a in SMOOTHQUANT_ALPHAS]
+
+    def learned_rounding(self, best: Recipe, seconds: float) -> list[Candidate]:
+        """Learned rounding of the weights, capped at ``seconds`` (layers past it keep nearest
+        rounding); not when the recipe has it on already."""
+        if best.recovery.adaround:
+            return []
+        return [change("learned rounding", "recovery", adaround=True, adaround_seconds=round(seconds, 1))]
 
     def sensitive_layers(self, ranked: list[str], uint8: bool, allowed: int) -> list[Candidate]:
         """The ``k`` layers that add the most error (``ranked``, worst first) at higher precision:
