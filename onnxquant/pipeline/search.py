@@ -144,6 +144,8 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
         if (result is None or result.error is not None or not _better(result, best)
                 or (gain and result.drop > int8_best.drop * (1 - gain))):
             built.pop(candidate.name, None)
+            if candidate.name in results:  # a SmoothQuant trial's own calibrated model: not needed
+                results[candidate.name] = (*results[candidate.name][:2], base)
             return
         best, best_recipe, base = result, results[candidate.name][1], results[candidate.name][2]
         for name in [n for n in built if n != candidate.name]:
@@ -174,6 +176,7 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
     if float_model is not None and _smooths(calibrated) and calibrated.recipe.prune.max_drop is None:
         for candidate in rounds.smoothquant_alphas(best_recipe):
             take(candidate, best_recipe)
+        unsmoothed.state = None  # memory
     # learned rounding costs minutes: only within a wall-clock budget, with half of what is left
     left = None if settings.seconds is None else settings.seconds - (time.perf_counter() - started)
     if left is not None and left >= MIN_ADAROUND_SECONDS and best is not None and best.error is None:
