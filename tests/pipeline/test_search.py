@@ -185,6 +185,11 @@ def test_a_smoothquant_alpha_trial_calibrates_again_and_runs_alone_from_json():
     alphas = [t for t in result.search["trials"] if "smoothquant_alpha" in t["changes"].get("recovery", {})]
     assert [t["changes"]["recovery"]["smoothquant_alpha"] for t in alphas] == [0.5, 0.9]
     assert result.search["trials"][-2:] == alphas  # last: they cost a calibration each
+    chosen = next(t for t in result.search["trials"] if t["name"] == result.search["chosen"])
+    alpha = chosen["changes"].get("recovery", {}).get("smoothquant_alpha", 0.75)
+    assert json.loads(_props(result.model)["onnxquant.recipe"])["recovery"]["smoothquant_alpha"] == alpha
+    assert [n for n in result.notes if n.startswith("SmoothQuant")] == [
+        f"SmoothQuant (alpha {alpha}): 1 LayerNorm outputs folded, 0 Mul nodes inserted"]  # the model smoothed so
 
     run = RunData(calib_data=samples)
     split = split_for_search(_pruned(model, Recipe(), run), run, saved_stats=False, max_drop=None)
