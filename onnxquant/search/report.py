@@ -18,8 +18,12 @@ class Trial:
 
     candidate: Candidate
     base: dict[str, Any]
-    statistics: str  # sha256 of the statistics the trial plans from
-    state: str  # sha256 of the calibrated model the trial re-enters at ``plan``
+    # sha256 of the statistics the trial plans from ("" for a SmoothQuant-alpha trial, which
+    # smooths and calibrates again: ``Candidate.recalibrates``)
+    statistics: str
+    # sha256 of the calibrated model the trial re-enters at ``plan`` (or of the float model before
+    # smoothing, which a SmoothQuant-alpha trial re-enters at ``smooth``)
+    state: str
 
     def to_json(self) -> str:
         data = {"candidate": self.candidate.to_dict(), "base": self.base, "statistics": self.statistics,
