@@ -112,7 +112,6 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
     rounds = Rounds(calibrated.recipe, first, heads)
     report = SearchReport(scored_samples=len(held.feeds), calibration_samples=calibrated.stats.samples,
                           drop_by="metric" if run.metric is not None else drop_by, planned_trials=settings.trials)
-    unsmoothed = _Once(float_model)
     base = calibrated  # the calibrated state later trials plan from (a SmoothQuant trial may replace it)
     results: dict[str, tuple[TrialResult, Recipe, State]] = {}
     built: dict[str, State] = {}  # the best trial's quantized model, for the sensitivity ranking
@@ -123,7 +122,8 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
         if report.trials and settings.seconds is not None and time.perf_counter() - started > settings.seconds:
             report.cut_by_time = True
             return None
-        entry = unsmoothed.get() if candidate.recalibrates else base
+        # a SmoothQuant trial smooths a float model made for it (smoothing rewrites it in place)
+        entry = float_model() if candidate.recalibrates and float_model is not None else base
         # a SmoothQuant trial enters before calibration: no statistics, the float model's digest
         trial = Trial(candidate, recipe.to_dict(), *(("", _model_digest(entry.model)) if candidate.recalibrates
                                                      else _digests(base)))
@@ -172,11 +172,11 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
         for candidate in _sensitive_candidates(rounds, base, built.get(best.name), before, held, allowed,
                                                len(floated), sizes, left):
             take(candidate, before, FLOAT_LAYERS_MIN_GAIN)
+    built.clear()  # memory: the ranking is done
     # last: a trial that smooths and calibrates again costs two to three plain trials
     if float_model is not None and _smooths(calibrated) and calibrated.recipe.prune.max_drop is None:
         for candidate in rounds.smoothquant_alphas(best_recipe):
             take(candidate, best_recipe)
-        unsmoothed.state = None  # memory
     # learned rounding costs minutes: only within a wall-clock budget, with half of what is left
     left = None if settings.seconds is None else settings.seconds - (time.perf_counter() - started)
     if left is not None and left >= MIN_ADAROUND_SECONDS and best is not None and best.error is None:
@@ -236,25 +236,12 @@ def _smooths(state: State) -> bool:
     return state.recipe.recovery.smoothquant and any(n.startswith("SmoothQuant (alpha") for n in state.notes)
 
 
-class _Once:
-    """The float model before smoothing, made on first use and kept (trials smooth copies)."""
-
-    def __init__(self, make: Callable[[], State] | None) -> None:
-        self.make, self.state = make, None
-
-    def get(self) -> State:
-        if self.state is None:
-            assert self.make is not None
-            self.state = self.make()
-        return self.state
-
-
 def _trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: Holdout, run: RunData,
            unsmoothed: State | None = None) -> tuple[TrialResult, State, State | None]:
     """Build and score one trial: its result, the calibrated state it planned from, its model.
 
-    A trial that changes SmoothQuant's alpha smooths a copy of ``unsmoothed`` and calibrates it
-    (on the same kept samples); every other trial plans from ``calibrated``."""
+    A trial that changes SmoothQuant's alpha smooths ``unsmoothed`` (in place: it is spent) and
+    calibrates it on the same kept samples; every other trial plans from ``calibrated``."""
     started = time.perf_counter()
     recipe = trial.candidate.apply(base)
     changes: dict[str, Any] = {s: dict(v) for s, v in trial.candidate.changes}
@@ -265,10 +252,7 @@ def _trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: H
     try:
         if trial.candidate.recalibrates:
             assert unsmoothed is not None
-            copied = onnx.ModelProto()
-            copied.CopyFrom(unsmoothed.model)  # smoothing rewrites its model in place
-            fresh = replace(unsmoothed, model=copied, recipe=recipe)
-            calibrated = calibrate_stage(smooth(fresh, crun), crun, histograms=True)
+            calibrated = calibrate_stage(smooth(replace(unsmoothed, recipe=recipe), crun), crun, histograms=True)
         built = build(replace(calibrated, recipe=recipe), crun)
     except CalibrationDataError as exc:
         return (TrialResult(trial.candidate.name, changes, 1.0, 1.0, time.perf_counter() - started, str(exc)),

@@ -199,12 +199,11 @@ def test_a_smoothquant_alpha_trial_calibrates_again_and_runs_alone_from_json():
     candidate = change("SmoothQuant alpha 0.5", "recovery", smoothquant_alpha=0.5)
     assert candidate.recalibrates and not GIVEN.recalibrates
     trial = Trial(candidate, calibrated.recipe.to_dict(), "", _model_digest(unsmoothed.model))
-    before = _model_digest(unsmoothed.model)
     first = _run_trial(trial, calibrated, calibrated.recipe, split.run, held, run, unsmoothed)
-    again = _run_trial(Trial.from_json(trial.to_json()), calibrated, calibrated.recipe, split.run, held, run,
-                       unsmoothed)
+    fresh = _pruned(model, Recipe(), run)  # the trial smoothed (spent) its float model: make it again
+    assert _model_digest(fresh.model) == Trial.from_json(trial.to_json()).state  # the one the trial names
+    again = _run_trial(Trial.from_json(trial.to_json()), calibrated, calibrated.recipe, split.run, held, run, fresh)
     assert first.error is None and first.key() == again.key()
-    assert _model_digest(unsmoothed.model) == before  # each trial smooths a copy
     as_given = _run_trial(Trial(GIVEN, calibrated.recipe.to_dict(), "", ""), calibrated, calibrated.recipe,
                           split.run, held, run)
     assert first.key() != as_given.key()  # it did smooth with another strength
