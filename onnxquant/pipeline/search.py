@@ -47,6 +47,9 @@ KEPT_FLOAT = "kept float by the recipe search (it cut the drop on held-out calib
 MAX_FLOAT_LAYERS = 8
 MAX_FLOAT_SHARE = 0.1
 MAX_FLOAT_BYTES_SHARE = 0.1
+# A trial that smooths and calibrates again (SmoothQuant's alpha) counts as this many trials of
+# the budget: on MiniLM it took 8-9 s and a re-made float model, a plain trial 3-5 s.
+RECALIBRATING_TRIAL_COST = 3
 # Learned rounding is tried only when a --search-seconds budget leaves at least this much.
 MIN_ADAROUND_SECONDS = 20.0
 
@@ -174,9 +177,15 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
             take(candidate, before, FLOAT_LAYERS_MIN_GAIN)
     built.clear()  # memory: the ranking is done
     # last: a trial that smooths and calibrates again costs two to three plain trials
-    if float_model is not None and _smooths(calibrated) and calibrated.recipe.prune.max_drop is None:
-        for candidate in rounds.smoothquant_alphas(best_recipe):
-            take(candidate, best_recipe)
+    alphas = rounds.smoothquant_alphas(best_recipe) if float_model is not None and _smooths(calibrated) \
+        and calibrated.recipe.prune.max_drop is None else []
+    needed = len(report.trials) + RECALIBRATING_TRIAL_COST * len(alphas)
+    if alphas and needed > settings.trials:
+        report.not_tried.append(f"{', '.join(c.name for c in alphas)} (each calibrates again, about "
+                                f"{RECALIBRATING_TRIAL_COST} trials' time: --search-trials {needed} tries them)")
+        alphas = []
+    for candidate in alphas:
+        take(candidate, best_recipe)
     # learned rounding costs minutes: only within a wall-clock budget, with half of what is left
     left = None if settings.seconds is None else settings.seconds - (time.perf_counter() - started)
     if left is not None and left >= MIN_ADAROUND_SECONDS and best is not None and best.error is None:

@@ -61,6 +61,7 @@ class SearchReport:
     planned_trials: int = 0  # trials the budget allowed
     cut_by_time: bool = False  # the wall-clock cap stopped it: a faster machine may choose differently
     skipped: str | None = None  # why no search ran
+    not_tried: list[str] = field(default_factory=list)  # candidates the trial budget left out, and why
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -89,6 +90,8 @@ class SearchReport:
             line += f" (drop {chosen.drop:.4f} against {given.drop:.4f} as given)"
         elif chosen is not None:
             line += f" (drop {chosen.drop:.4f})"
+        if self.not_tried:
+            line += f"; not tried: {'; '.join(self.not_tried)}"
         if self.cut_by_time:
             line += f"; cut by its time cap after {len(self.trials)} of {self.planned_trials}: a faster machine may choose differently"
         return line
