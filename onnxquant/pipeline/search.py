@@ -194,16 +194,17 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
     if best is None or best.error is not None:
         raise QuantizationError(f"the recipe as given could not be built: {best.error if best else 'no trial ran'}")
     report.chosen = best.name
+    given = calibrated.recipe.nodes
+    report.kept_float = [name for name in best_recipe.nodes.exclude if name not in given.exclude]
+    report.uint8_weights = [name for name in best_recipe.nodes.uint8_weights if name not in given.uint8_weights]
     chosen = replace(base, recipe=best_recipe)
     state = without_islands(chosen, crun, keep_calibrated=keep_calibrated)
-    given = calibrated.recipe.nodes
-    kept = [name for name in best_recipe.nodes.exclude if name not in given.exclude]
+    kept, wide = report.kept_float, report.uint8_weights
     if kept:  # say why they are float: not the user's --exclude
         sel = state.selection
         why = {**sel.float_nodes, **{name: (sel.float_nodes[name][0], KEPT_FLOAT) for name in kept
                                      if name in sel.float_nodes}}
         state = replace(state, selection=replace(sel, float_nodes=why))
-    wide = [name for name in best_recipe.nodes.uint8_weights if name not in given.uint8_weights]
     if wide:
         state = state.noted(f"{len(wide)} layer(s) given full 8-bit uint8 weights by the recipe search (u8u8 "
                             f"kernels, which do not saturate on AVX2; slower than u8s8): {', '.join(wide)}")

@@ -62,6 +62,9 @@ class SearchReport:
     cut_by_time: bool = False  # the wall-clock cap stopped it: a faster machine may choose differently
     skipped: str | None = None  # why no search ran
     not_tried: list[str] = field(default_factory=list)  # candidates the trial budget left out, and why
+    # the layers the chosen recipe keeps float / gives uint8 weights, over every round (not only its last change)
+    kept_float: list[str] = field(default_factory=list)
+    uint8_weights: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
