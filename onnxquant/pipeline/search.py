@@ -47,6 +47,9 @@ KEPT_FLOAT = "kept float by the recipe search (it cut the drop on held-out calib
 MAX_FLOAT_LAYERS = 8
 MAX_FLOAT_SHARE = 0.1
 MAX_FLOAT_BYTES_SHARE = 0.1
+# The sensitivity ranking runs both models with every layer's output fetched on at most this many
+# held-out samples (on all 16, it took as long as 3 trials on MiniLM): the order needs few.
+RANKING_SAMPLES = 8
 # A trial that smooths and calibrates again (SmoothQuant's alpha) counts as this many trials of
 # the budget: on MiniLM it took 8-9 s and a re-made float model, a plain trial 3-5 s.
 RECALIBRATING_TRIAL_COST = 3
@@ -229,7 +232,7 @@ def _sensitive_candidates(rounds: Rounds, base: State, quantized: State | None, 
         allowed -= floated
     if not layers or allowed < 1:
         return []
-    ranked = rank_by_added_noise(base.model, quantized.model, layers, held.feeds)
+    ranked = rank_by_added_noise(base.model, quantized.model, layers, held.feeds[:RANKING_SAMPLES])
     return rounds.sensitive_layers(within_caps(ranked, sizes, allowed, max_bytes), uint8, allowed)
 
 
