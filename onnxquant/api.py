@@ -96,7 +96,7 @@ def quantize(
         wanted = True if save_stats_to is not None or diagnostics or split.searching else None  # None: as the method needs
         calibrated = calibrate_stage(state, calibrating, stats, histograms=wanted)
         if split.searching:
-            state = search(calibrated, split, run, keep_calibrated=diagnostics)
+            state = search(calibrated, split, run, diagnostics, lambda: _pruned(model, recipe, run))
         elif max_drop is None:
             state = without_islands(calibrated, run, keep_calibrated=diagnostics)
         else:

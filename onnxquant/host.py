@@ -156,7 +156,13 @@ def cpu_choice(target: str, host: HostCpu | None = None) -> CpuChoice:
     return CpuChoice(CPU_TARGETS[target], detected=False)
 
 
-def target_note(target: str, choice: CpuChoice | None, reduce_range: bool, host: HostCpu | None = None) -> str | None:
+# u8u8 kernels (uint8 weights) widen both sides to 16 bits before multiplying: no saturation on any kind
+UINT8_WEIGHTS = ("full 8-bit uint8 weights as set: onnxruntime's u8u8 kernels widen to 16 bits before "
+                 "multiplying and do not saturate there, but they are slower than its u8s8 ones")
+
+
+def target_note(target: str, choice: CpuChoice | None, reduce_range: bool, host: HostCpu | None = None,
+                weight_type: str = "int8") -> str | None:
     """The summary's line on the CPU kind a model was quantized for and why its weights are what
     they are (None for a recipe without a CPU kind: a non-CPU target, or ``Recipe()`` itself)."""
     if target != "cpu" or choice is None:
@@ -168,6 +174,8 @@ def target_note(target: str, choice: CpuChoice | None, reduce_range: bool, host:
         head = f"target cpu: this host is {kind.label}" + (f" ({seen.describe()})" if seen else "")
     else:
         head = f"target {kind.target}: {kind.label} ({kind.covers})"
+    if weight_type == "uint8" and not reduce_range:
+        return f"{head}: {UINT8_WEIGHTS}"
     if reduce_range == kind.reduce_range:
         return f"{head}: {kind.reason}"
     if reduce_range:
@@ -182,6 +190,8 @@ def cpu_mismatch(recipe: dict[str, Any] | None, host: HostCpu) -> str | None:
         return None
     quantization = recipe.get("quantization")
     full = isinstance(quantization, dict) and quantization.get("reduce_range") is False
+    if full and quantization.get("weight_type") == "uint8":
+        return None  # u8u8 kernels do not saturate on any CPU kind
     stated = recipe.get("cpu")
     kind = stated.get("kind") if isinstance(stated, dict) else None
     intended = CPU_KINDS.get(kind) if isinstance(kind, str) else None  # metadata is input: any JSON

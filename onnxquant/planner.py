@@ -30,6 +30,8 @@ from onnxquant.qparams import QParams, asymmetric, per_channel_absmax, symmetric
 from onnxquant.recipe import NodeSelection, Recipe
 
 FLOAT = onnx.TensorProto.FLOAT
+# onnxruntime has u8u8 kernels for these (QLinearConv, QGemm, MatMulInteger(ToFloat), QLinearMatMul)
+UINT8_WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 NOT_FLOAT = "input is not a float32 activation"
 ALREADY_QUANTIZED = "already quantized (its weight comes through a DequantizeLinear)"
 
@@ -50,6 +52,7 @@ class Selection:
     # tensor -> tensor whose params it takes (a Conv output feeding only a Relu takes the Relu's)
     range_from: dict[str, str] = field(default_factory=dict)
     boundary_outputs: set[str] = field(default_factory=set)  # graph outputs written by a DQ
+    uint8_weights: set[str] = field(default_factory=set)  # nodes whose weights are full 8-bit uint8
     # node (qualified name inside bodies) -> weights stored int8 in front of a float kernel
     # (recurrent layers, layers inside If/Loop/Scan bodies); these nodes are also in ``quantized``
     weight_only: dict[str, WeightOnly] = field(default_factory=dict)
@@ -275,6 +278,9 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
                     and _uniform(g.initializers[w]):
                 axis = None  # one value everywhere (a HardSigmoid written as a Conv): one scale is exact, and smaller
             reduce = recipe.quantization.reduce_range and not is_depthwise(node, shape)
+            if node.op_type in UINT8_WEIGHT_OPS and any(_matches(node, p) for p in recipe.nodes.uint8_weights):
+                sel.uint8_weights.add(node.name)
+                reduce = False
             sel.weights[(node.name, w)] = (rule.weight_input, axis, reduce)
             b = node.input[rule.bias_input] if rule.bias_input is not None and len(node.input) > rule.bias_input else ""
             if b and recipe.quantization.quantize_bias and g.is_float_initializer(b) and len(g.initializers[b].dims) == 1:
@@ -373,7 +379,8 @@ def finalize(model: onnx.ModelProto, sel: Selection, stats: StatsTable, recipe: 
     for (node, w), (_, axis, reduce) in sel.weights.items():
         value = g.constant_value(w)
         absmax = per_channel_absmax(value, axis) if axis is not None else np.abs(value).max(initial=0.0)
-        weights[(node, w)] = symmetric(absmax, q.weight_type, axis, reduce)  # type: ignore[arg-type]
+        dtype = "uint8" if node in sel.uint8_weights else q.weight_type
+        weights[(node, w)] = symmetric(absmax, dtype, axis, reduce)  # type: ignore[arg-type]
     for (node, t), _ in sel.constants.items():
         weights[(node, t)] = activations[t] if t in activations else _activation_params(*group_range[sel.groups.get(t, t)], recipe)
     by_node = {n.name: n for n in model.graph.node}

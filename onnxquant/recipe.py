@@ -87,11 +87,15 @@ class NodeSelection:
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    # Conv/Gemm/MatMul layers whose weights are full 8-bit uint8 (u8u8 kernels: they widen to 16
+    # bits before multiplying, so they do not saturate where u8s8 does; slower). The recipe search
+    # gives them to the layers that dominate the error on AVX2 hosts.
+    uint8_weights: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         import re
 
-        for pattern in (*self.include, *self.exclude):
+        for pattern in (*self.include, *self.exclude, *self.uint8_weights):
             if pattern.startswith("re:"):
                 try:
                     re.compile(pattern[3:])
@@ -141,7 +145,7 @@ class SearchSettings:
     """
 
     enabled: bool = True
-    trials: int = 8
+    trials: int = 10
     seconds: float | None = None
     min_samples: int = 16  # 4 held out at the default score_every
     score_every: int = 4
@@ -311,7 +315,7 @@ class Recipe:
 
     def cpu_note(self, host: HostCpu | None = None) -> str | None:
         """The summary's line on the CPU kind the weights were chosen for, and why (None: no kind)."""
-        return target_note(self.target, self.cpu, self.quantization.reduce_range, host)
+        return target_note(self.target, self.cpu, self.quantization.reduce_range, host, self.quantization.weight_type)
 
     def to_dict(self) -> dict[str, Any]:
         return _clean(asdict(self))

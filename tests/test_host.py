@@ -179,6 +179,12 @@ def test_the_note_says_which_kind_and_why():
     assert recipe_for_target("qnn").cpu_note() is None and Recipe().cpu_note() is None
     assert target_note("cpu", CpuChoice("vnni", detected=False), True).endswith(
         "7-bit weights in GEMM kernels as set, though 8-bit ones would not saturate there")
+    # full 8-bit int8 weights on AVX2 may saturate (u8s8); uint8 ones do not (u8u8 widens first)
+    assert "u8s8 kernels may saturate" in target_note("cpu", CpuChoice("avx2", detected=False), False)
+    uint8 = recipe_for_target("cpu", AVX2_HOST).with_overrides(
+        quantization={"weight_type": "uint8", "reduce_range": False}).cpu_note(AVX2_HOST)
+    assert uint8.endswith("full 8-bit uint8 weights as set: onnxruntime's u8u8 kernels widen to 16 bits before "
+                          "multiplying and do not saturate there, but they are slower than its u8s8 ones")
 
 
 def _gemm_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -253,6 +259,8 @@ def test_cli_flag_wins_over_the_named_kind(cnn_path: Path, npz_dir: Path, tmp_pa
      "the model has 7-bit weights (quantized for x86-64 without VNNI); on this host (x86-64 with VNNI) 8-bit weights "
      "would not saturate: --target cpu-vnni would keep more accuracy here"),
     ({"target": "cpu", "quantization": {"reduce_range": False}, "cpu": {"kind": "vnni"}}, VNNI_HOST, None),
+    ({"target": "cpu", "quantization": {"reduce_range": False, "weight_type": "uint8"}, "cpu": {"kind": "avx2"}},
+     AVX2_HOST, None),  # u8u8 kernels do not saturate
     ({"target": "cpu", "quantization": {"reduce_range": True}, "cpu": {"kind": "avx2"}}, AVX2_HOST, None),
     ({"target": "cpu", "quantization": {"reduce_range": True}}, VNNI_HOST, None),  # Recipe(): no kind stated
     ({"target": "qnn", "quantization": {"reduce_range": False}}, AVX2_HOST, None),

@@ -108,7 +108,7 @@ RENAMED = {"--int4-min-sqnr": "--int4-min-sqnr-db", "--symmetric-activations": "
 @click.option("--search/--no-search", "search_enabled", default=None, help="Try other range estimators, bias "
               "correction and float edge layers on held-out calibration samples and keep the best (default on; README: "
               "Recipe search).")
-@click.option("--search-trials", type=click.IntRange(min=1), help="At most this many recipe-search trials (default 8).")
+@click.option("--search-trials", type=click.IntRange(min=1), help="At most this many recipe-search trials (default 10).")
 @click.option("--search-seconds", type=click.FloatRange(min=0, min_open=True), help="A wall-clock cap on the recipe "
               "search; a search it cuts says so (its choice can then depend on machine speed).")
 @click.option("--search-min-samples", type=click.IntRange(min=2), help="Fewer calibration samples: no search (default 16).")

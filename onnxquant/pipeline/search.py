@@ -3,18 +3,22 @@ calibrated model (statistics collected once, with histograms, on the calibration
 out), each scored on the held-out part of the calibration data, never on the user's validation set.
 
 Trials follow ``onnxquant.search.candidates``: the recipe as given, the other range estimators,
-bias correction flipped, then the layers nearest the inputs and outputs kept float (chosen only
-when that removes a fifth of the drop). The same inputs and trial count give the same choice.
+bias correction flipped, the layers nearest the inputs and outputs kept float, the layers that add
+the most noise at higher precision (8-bit uint8 weights on AVX2, else float; these four chosen only
+when they remove a fifth of the drop), and last SmoothQuant's other strengths (each smooths and
+calibrates again). The same inputs and trial count give the same choice.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import onnx
 
 from onnxquant.calibration.sources import SampleSource, every_kth
 from onnxquant.errors import CalibrationDataError, QuantizationError
@@ -23,13 +27,17 @@ from onnxquant.model_io import PROTOBUF_LIMIT, serialize
 from onnxquant.ops.rules import RULES, Kind
 from onnxquant.passes.node_index import NodeIndex
 from onnxquant.pipeline.build import build
+from onnxquant.pipeline.calibrate import calibrate as calibrate_stage
 from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.islands import without_islands
 from onnxquant.pipeline.run_data import RunData
+from onnxquant.pipeline.smooth import smooth
 from onnxquant.pipeline.state import State
+from onnxquant.planner import UINT8_WEIGHT_OPS
 from onnxquant.recipe import Recipe
 from onnxquant.search.candidates import FLOAT_LAYERS_MIN_GAIN, Candidate, Rounds
 from onnxquant.search.report import SearchReport, Trial, TrialResult
+from onnxquant.search.sensitive import rank_by_added_noise, within_caps
 
 GIVEN = Candidate("as given")
 KEPT_FLOAT = "kept float by the recipe search (it cut the drop on held-out calibration samples)"
@@ -40,6 +48,14 @@ KEPT_FLOAT = "kept float by the recipe search (it cut the drop on held-out calib
 MAX_FLOAT_LAYERS = 8
 MAX_FLOAT_SHARE = 0.1
 MAX_FLOAT_BYTES_SHARE = 0.1
+# The sensitivity ranking runs both models with every layer's output fetched on at most this many
+# held-out samples (on all 16, it took as long as 3 trials on MiniLM): the order needs few.
+RANKING_SAMPLES = 8
+# A trial that smooths and calibrates again (SmoothQuant's alpha) counts as this many trials of
+# the budget: on MiniLM it took 8-9 s and a re-made float model, a plain trial 3-5 s.
+RECALIBRATING_TRIAL_COST = 3
+# Learned rounding is tried only when a --search-seconds budget leaves at least this much.
+MIN_ADAROUND_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -89,8 +105,12 @@ def split_for_search(state: State, run: RunData, *, saved_stats: bool, max_drop:
 
 
 @timed("search")
-def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated: bool = False) -> State:
-    """The model for the best recipe found, with the search's report in the state."""
+def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated: bool = False,
+           float_model: Callable[[], State] | None = None) -> State:
+    """The model for the best recipe found, with the search's report in the state.
+
+    ``float_model``: the float model before smoothing, made again (smoothing rewrites the model in
+    place); without it, no trial changes SmoothQuant's alpha."""
     started = time.perf_counter()
     settings = calibrated.recipe.search
     crun = split.run
@@ -98,74 +118,170 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
     held = Holdout.from_samples(calibrated.model, split.scored, None, drop_by)
     first, heads = _edge_layers(calibrated)
     rounds = Rounds(calibrated.recipe, first, heads)
-    digests = _digests(calibrated)
     report = SearchReport(scored_samples=len(held.feeds), calibration_samples=calibrated.stats.samples,
                           drop_by="metric" if run.metric is not None else drop_by, planned_trials=settings.trials)
-    results: dict[str, tuple[TrialResult, Recipe]] = {}
+    base = calibrated  # the calibrated state later trials plan from (a SmoothQuant trial may replace it)
+    results: dict[str, tuple[TrialResult, Recipe, State]] = {}
+    built: dict[str, State] = {}  # the best trial's quantized model, for the sensitivity ranking
 
-    def attempt(candidate: Candidate, base: Recipe) -> TrialResult | None:
+    def attempt(candidate: Candidate, recipe: Recipe) -> TrialResult | None:
         if len(report.trials) >= settings.trials:
             return None
         if report.trials and settings.seconds is not None and time.perf_counter() - started > settings.seconds:
             report.cut_by_time = True
             return None
-        trial = Trial(candidate, base.to_dict(), *digests)
-        result = _run_trial(trial, calibrated, base, crun, held, run)
+        # a SmoothQuant trial smooths a float model made for it (smoothing rewrites it in place)
+        entry = float_model() if candidate.recalibrates and float_model is not None else base
+        # a SmoothQuant trial enters before calibration: no statistics, the float model's digest
+        trial = Trial(candidate, recipe.to_dict(), *(("", _model_digest(entry.model)) if candidate.recalibrates
+                                                     else _digests(base)))
+        result, state, model = _trial(trial, base, recipe, crun, held, run, entry)
         report.trials.append(result)
-        results[candidate.name] = (result, candidate.apply(base))
+        results[candidate.name] = (result, candidate.apply(recipe), state)
+        if model is not None:
+            built[candidate.name] = model
         return result
 
     best = attempt(GIVEN, calibrated.recipe)
     best_recipe = calibrated.recipe
+
+    def take(candidate: Candidate, recipe: Recipe, gain: float = 0.0) -> None:
+        """Try ``candidate`` on ``recipe``; keep it if it beats the best (by ``gain`` of the int8 drop)."""
+        nonlocal best, best_recipe, base
+        result = attempt(candidate, recipe)
+        if (result is None or result.error is not None or not _better(result, best)
+                or (gain and result.drop > int8_best.drop * (1 - gain))):
+            built.pop(candidate.name, None)
+            if candidate.name in results:  # a SmoothQuant trial's own calibrated model: not needed
+                results[candidate.name] = (*results[candidate.name][:2], base)
+            return
+        best, best_recipe, base = result, results[candidate.name][1], results[candidate.name][2]
+        for name in [n for n in built if n != candidate.name]:
+            del built[name]  # only the best model is ranked
+
     for candidate in rounds.estimators():
-        result = attempt(candidate, calibrated.recipe)
-        if result is not None and result.error is None and _better(result, best):
-            best, best_recipe = result, results[candidate.name][1]
+        take(candidate, calibrated.recipe)
     for candidate in rounds.bias_correction(best_recipe):
-        result = attempt(candidate, best_recipe)
-        if result is not None and result.error is None and _better(result, best):
-            best, best_recipe = result, results[candidate.name][1]
+        take(candidate, best_recipe)
     int8_best = best
-    allowed = min(MAX_FLOAT_LAYERS, int(MAX_FLOAT_SHARE * len(_weighted(calibrated))))
-    sizes = _weight_bytes(calibrated)
+    weighted = _weighted(base)
+    allowed = min(MAX_FLOAT_LAYERS, int(MAX_FLOAT_SHARE * len(weighted)))
+    sizes = _weight_bytes(base)
     total = sum(sizes.values())
     for candidate in rounds.float_layers():
         kept_bytes = sum(sizes.get(name, 0) for name in candidate.keep_float)
         if len(candidate.keep_float) > allowed or kept_bytes > MAX_FLOAT_BYTES_SHARE * total:
             continue
-        result = attempt(candidate, best_recipe)
-        if (result is not None and result.error is None and int8_best is not None and _better(result, best)
-                and result.drop <= int8_best.drop * (1 - FLOAT_LAYERS_MIN_GAIN)):
-            best, best_recipe = result, results[candidate.name][1]
+        take(candidate, best_recipe, FLOAT_LAYERS_MIN_GAIN)
+    if best is not None and best.error is None and len(report.trials) < settings.trials:
+        before = best_recipe  # the counts are alternatives (nested), not steps: each applies to the same recipe
+        floated = [name for name in before.nodes.exclude if name not in calibrated.recipe.nodes.exclude]
+        left = MAX_FLOAT_BYTES_SHARE * total - sum(sizes.get(name, 0) for name in floated)
+        for candidate in _sensitive_candidates(rounds, base, built.get(best.name), before, held, allowed,
+                                               len(floated), sizes, left):
+            take(candidate, before, FLOAT_LAYERS_MIN_GAIN)
+    built.clear()  # memory: the ranking is done
+    # last: a trial that smooths and calibrates again costs two to three plain trials
+    alphas = rounds.smoothquant_alphas(best_recipe) if float_model is not None and _smooths(calibrated) \
+        and calibrated.recipe.prune.max_drop is None else []
+    needed = len(report.trials) + RECALIBRATING_TRIAL_COST * len(alphas)
+    if alphas and needed > settings.trials:
+        report.not_tried.append(f"{', '.join(c.name for c in alphas)} (each calibrates again, about "
+                                f"{RECALIBRATING_TRIAL_COST} trials' time: --search-trials {needed} tries them)")
+        alphas = []
+    for candidate in alphas:
+        take(candidate, best_recipe)
+    # learned rounding costs minutes: only within a wall-clock budget, with half of what is left
+    left = None if settings.seconds is None else settings.seconds - (time.perf_counter() - started)
+    if left is not None and left >= MIN_ADAROUND_SECONDS and best is not None and best.error is None:
+        for candidate in rounds.learned_rounding(best_recipe, left / 2):
+            take(candidate, best_recipe)
     if best is None or best.error is not None:
         raise QuantizationError(f"the recipe as given could not be built: {best.error if best else 'no trial ran'}")
     report.chosen = best.name
-    chosen = replace(calibrated, recipe=best_recipe)
+    given = calibrated.recipe.nodes
+    report.kept_float = [name for name in best_recipe.nodes.exclude if name not in given.exclude]
+    report.uint8_weights = [name for name in best_recipe.nodes.uint8_weights if name not in given.uint8_weights]
+    chosen = replace(base, recipe=best_recipe)
     state = without_islands(chosen, crun, keep_calibrated=keep_calibrated)
-    kept = results[best.name][0].changes.get("keep_float", []) if best.name in results else []
+    kept, wide = report.kept_float, report.uint8_weights
     if kept:  # say why they are float: not the user's --exclude
         sel = state.selection
         why = {**sel.float_nodes, **{name: (sel.float_nodes[name][0], KEPT_FLOAT) for name in kept
                                      if name in sel.float_nodes}}
         state = replace(state, selection=replace(sel, float_nodes=why))
+    if wide:
+        state = state.noted(f"{len(wide)} layer(s) given full 8-bit uint8 weights by the recipe search (u8u8 "
+                            f"kernels, which do not saturate on AVX2; slower than u8s8): {', '.join(wide)}")
     return replace(state, search=report).noted(report.summary())
 
 
-def _run_trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: Holdout,
-               run: RunData) -> TrialResult:
-    """Build and score one trial; only the trial and the calibrated state go into its result."""
+def _sensitive_candidates(rounds: Rounds, base: State, quantized: State | None, recipe: Recipe, held: Holdout,
+                          allowed: int, floated: int, sizes: dict[str, int], max_bytes: float) -> list[Candidate]:
+    """The layers of the best model so far that add the most noise, at higher precision: 8-bit
+    uint8 weights for those with 7-bit ones (the AVX2 recipe; at most ``allowed``), else float
+    (within what the ``floated`` layers already kept float leave of ``allowed`` and ``max_bytes``)."""
+    if quantized is None or quantized.selection is None:
+        return []
+    sel = quantized.selection
+    uint8 = _uint8_applies(recipe)
+    if uint8:
+        layers = [node for (node, _), (_, _, reduce) in sel.weights.items()
+                  if reduce and sel.quantized.get(node) in UINT8_WEIGHT_OPS and node not in sel.uint8_weights]
+        sizes = {}  # uint8 weights are no larger: only the count is capped
+    else:
+        layers = [node for node in _weighted(quantized) if node in sizes]
+        allowed -= floated
+    if not layers or allowed < 1:
+        return []
+    ranked = rank_by_added_noise(base.model, quantized.model, layers, held.feeds[:RANKING_SAMPLES])
+    return rounds.sensitive_layers(within_caps(ranked, sizes, allowed, max_bytes), uint8, allowed)
+
+
+def _uint8_applies(recipe: Recipe) -> bool:
+    """Whether the recipe's weights are 7-bit int8 for onnxruntime's CPU u8s8 kernels, so that
+    8-bit uint8 weights (u8u8 kernels) are the higher precision that does not saturate."""
+    q = recipe.quantization
+    return (recipe.target == "cpu" and q.reduce_range and q.weight_type == "int8" and q.activation_type == "uint8"
+            and q.weight_bits == 8)
+
+
+def _smooths(state: State) -> bool:
+    """Whether SmoothQuant changed this calibrated model (so its alpha matters)."""
+    return state.recipe.recovery.smoothquant and any(n.startswith("SmoothQuant (alpha") for n in state.notes)
+
+
+def _trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: Holdout, run: RunData,
+           unsmoothed: State | None = None) -> tuple[TrialResult, State, State | None]:
+    """Build and score one trial: its result, the calibrated state it planned from, its model.
+
+    A trial that changes SmoothQuant's alpha smooths ``unsmoothed`` (in place: it is spent) and
+    calibrates it on the same kept samples; every other trial plans from ``calibrated``."""
     started = time.perf_counter()
     recipe = trial.candidate.apply(base)
     changes: dict[str, Any] = {s: dict(v) for s, v in trial.candidate.changes}
     if trial.candidate.keep_float:
         changes["keep_float"] = list(trial.candidate.keep_float)
+    if trial.candidate.uint8_weights:
+        changes["uint8_weights"] = list(trial.candidate.uint8_weights)
     try:
+        if trial.candidate.recalibrates:
+            assert unsmoothed is not None
+            calibrated = calibrate_stage(smooth(replace(unsmoothed, recipe=recipe), crun), crun, histograms=True)
         built = build(replace(calibrated, recipe=recipe), crun)
     except CalibrationDataError as exc:
-        return TrialResult(trial.candidate.name, changes, 1.0, 1.0, time.perf_counter() - started, str(exc))
+        return (TrialResult(trial.candidate.name, changes, 1.0, 1.0, time.perf_counter() - started, str(exc)),
+                calibrated, None)
     m = measure(built.model, held, run.metric)
-    return TrialResult(trial.candidate.name, changes, float(m.drop), float(m.cosine_drop),
-                       time.perf_counter() - started)
+    result = TrialResult(trial.candidate.name, changes, float(m.drop), float(m.cosine_drop),
+                         time.perf_counter() - started)
+    return result, calibrated, built
+
+
+def _run_trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: Holdout,
+               run: RunData, unsmoothed: State | None = None) -> TrialResult:
+    """Build and score one trial; only the trial and the state it enters go into its result."""
+    return _trial(trial, calibrated, base, crun, held, run, unsmoothed)[0]
 
 
 def _better(a: TrialResult, b: TrialResult | None) -> bool:
@@ -226,6 +342,8 @@ def _digests(state: State) -> tuple[str, str]:
         if s.histogram is not None:
             stats.update(np.float64([s.histogram.origin, s.histogram.width]).tobytes())
             stats.update(s.histogram.counts.tobytes())
-    model = state.model
-    digest = hashlib.sha256(serialize(model)).hexdigest() if model.ByteSize() < PROTOBUF_LIMIT else ""
-    return stats.hexdigest(), digest
+    return stats.hexdigest(), _model_digest(state.model)
+
+
+def _model_digest(model: onnx.ModelProto) -> str:
+    return hashlib.sha256(serialize(model)).hexdigest() if model.ByteSize() < PROTOBUF_LIMIT else ""

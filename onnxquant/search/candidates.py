@@ -18,31 +18,50 @@ ESTIMATORS = tuple(m for m in ("minmax", "percentile", "entropy", "mse") if m in
 # A candidate that keeps layers float (slower, larger) must remove at least this share of the
 # best int8 recipe's drop to be chosen.
 FLOAT_LAYERS_MIN_GAIN = 0.2
+# SmoothQuant migration strengths tried beside the default (0.75): less and more of the
+# activations' outliers moved into the weights.
+SMOOTHQUANT_ALPHAS = (0.5, 0.9)
+SMOOTHING_KEYS = ("smoothquant_alpha",)
+# How many of the most sensitive layers a candidate gives higher precision (within the caps).
+SENSITIVE_COUNTS = (1, 3)
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One recipe change: section -> {key: value} overrides, and layers kept float."""
+    """One recipe change: section -> {key: value} overrides, layers kept float, and layers given
+    full 8-bit uint8 weights."""
 
     name: str
     changes: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     keep_float: tuple[str, ...] = ()
+    uint8_weights: tuple[str, ...] = ()
+
+    @property
+    def recalibrates(self) -> bool:
+        """Whether the trial must smooth and calibrate again: SmoothQuant's alpha changes the
+        weights and the activation ranges the statistics describe."""
+        return any(section == "recovery" and key in SMOOTHING_KEYS for section, values in self.changes
+                   for key, _ in values)
 
     def apply(self, recipe: Recipe) -> Recipe:
         sections = {section: dict(values) for section, values in self.changes}
         changed = recipe.with_overrides(**sections) if sections else recipe
         if self.keep_float:
-            changed = changed.with_overrides(nodes={"exclude": (*changed.nodes.exclude, *self.keep_float)})
+            exclude = tuple(dict.fromkeys((*changed.nodes.exclude, *self.keep_float)))
+            changed = changed.with_overrides(nodes={"exclude": exclude})
+        if self.uint8_weights:
+            wide = tuple(dict.fromkeys((*changed.nodes.uint8_weights, *self.uint8_weights)))
+            changed = changed.with_overrides(nodes={"uint8_weights": wide})
         return changed
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "changes": {s: dict(v) for s, v in self.changes},
-                "keep_float": list(self.keep_float)}
+                "keep_float": list(self.keep_float), "uint8_weights": list(self.uint8_weights)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Candidate:
         changes = tuple((s, tuple(sorted(v.items()))) for s, v in sorted(data.get("changes", {}).items()))
-        return cls(data["name"], changes, tuple(data.get("keep_float", ())))
+        return cls(data["name"], changes, tuple(data.get("keep_float", ())), tuple(data.get("uint8_weights", ())))
 
 
 def change(name: str, section: str, **values: Any) -> Candidate:
@@ -74,6 +93,38 @@ class Rounds:
         if on != self.defaults.recovery.bias_correction:
             return []  # the user's choice
         return [change("bias correction " + ("off" if on else "on"), "recovery", bias_correction=not on)]
+
+    def smoothquant_alphas(self, best: Recipe) -> list[Candidate]:
+        """Other SmoothQuant strengths, for a recipe that smooths with the default one."""
+        own = best.recovery
+        if not own.smoothquant or own.smoothquant_alpha != self.defaults.recovery.smoothquant_alpha:
+            return []  # off, or the user's alpha
+        return [change(f"SmoothQuant alpha {a}", "recovery", smoothquant_alpha=a) for a in SMOOTHQUANT_ALPHAS]
+
+    def learned_rounding(self, best: Recipe, seconds: float) -> list[Candidate]:
+        """Learned rounding of the weights, capped at ``seconds`` (layers past it keep nearest
+        rounding); not when the recipe has it on already."""
+        if best.recovery.adaround:
+            return []
+        return [change("learned rounding", "recovery", adaround=True, adaround_seconds=round(seconds, 1))]
+
+    def sensitive_layers(self, ranked: list[str], uint8: bool, allowed: int) -> list[Candidate]:
+        """The ``k`` layers that add the most error (``ranked``, worst first) at higher precision:
+        full 8-bit uint8 weights where the recipe's are 7-bit for an AVX2 host (``uint8``), else
+        float (not for NPU targets, as ``float_layers``). At most ``allowed`` layers."""
+        if not uint8 and (self.base.every_op or self.base.nodes.include):
+            return []
+        out, seen = [], set()
+        for k in SENSITIVE_COUNTS:
+            chosen = tuple(ranked[:min(k, allowed)])
+            if not chosen or chosen in seen:
+                continue
+            seen.add(chosen)
+            if uint8:
+                out.append(Candidate(f"{len(chosen)} most sensitive layer(s) 8-bit uint8", uint8_weights=chosen))
+            else:
+                out.append(Candidate(f"{len(chosen)} most sensitive layer(s) float", keep_float=chosen))
+        return out
 
     def float_layers(self) -> list[Candidate]:
         """The layers nearest the outputs, the inputs, and both, kept float. Not for NPU targets,

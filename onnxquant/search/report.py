@@ -18,8 +18,12 @@ class Trial:
 
     candidate: Candidate
     base: dict[str, Any]
-    statistics: str  # sha256 of the statistics the trial plans from
-    state: str  # sha256 of the calibrated model the trial re-enters at ``plan``
+    # sha256 of the statistics the trial plans from ("" for a SmoothQuant-alpha trial, which
+    # smooths and calibrates again: ``Candidate.recalibrates``)
+    statistics: str
+    # sha256 of the calibrated model the trial re-enters at ``plan`` (or of the float model before
+    # smoothing, which a SmoothQuant-alpha trial re-enters at ``smooth``)
+    state: str
 
     def to_json(self) -> str:
         data = {"candidate": self.candidate.to_dict(), "base": self.base, "statistics": self.statistics,
@@ -57,6 +61,10 @@ class SearchReport:
     planned_trials: int = 0  # trials the budget allowed
     cut_by_time: bool = False  # the wall-clock cap stopped it: a faster machine may choose differently
     skipped: str | None = None  # why no search ran
+    not_tried: list[str] = field(default_factory=list)  # candidates the trial budget left out, and why
+    # the layers the chosen recipe keeps float / gives uint8 weights, over every round (not only its last change)
+    kept_float: list[str] = field(default_factory=list)
+    uint8_weights: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -85,6 +93,8 @@ class SearchReport:
             line += f" (drop {chosen.drop:.4f} against {given.drop:.4f} as given)"
         elif chosen is not None:
             line += f" (drop {chosen.drop:.4f})"
+        if self.not_tried:
+            line += f"; not tried: {'; '.join(self.not_tried)}"
         if self.cut_by_time:
             line += f"; cut by its time cap after {len(self.trials)} of {self.planned_trials}: a faster machine may choose differently"
         return line

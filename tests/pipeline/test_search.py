@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import pytest
 
 import onnxquant
@@ -127,3 +128,99 @@ def test_trials_are_serializable_units_that_score_the_same_alone():
 def test_bad_search_settings_are_refused(values):
     with pytest.raises(UsageError):
         SearchSettings(**values)
+
+
+@pytest.fixture(scope="module")
+def chain_searches():
+    """A 24-Conv chain (the caps allow two layers) searched with 7-bit and with 8-bit int8 weights."""
+    from models.tiny import conv_chain, conv_chain_samples
+    from onnxquant.recipe import recipe_for_target
+
+    model, samples = conv_chain(80), conv_chain_samples(32)
+    return (onnxquant.quantize(model, samples, Recipe()),  # 7-bit: uint8 weights are the higher precision
+            onnxquant.quantize(model, samples, recipe_for_target("cpu-vnni")))  # 8-bit already: float
+
+
+def test_the_layers_that_add_the_most_noise_get_higher_precision(chain_searches):
+    seven_bit, eight_bit = chain_searches
+    wide = [t for t in seven_bit.search["trials"] if t["changes"].get("uint8_weights")]
+    assert [t["name"] for t in wide] == ["1 most sensitive layer(s) 8-bit uint8", "2 most sensitive layer(s) 8-bit uint8"]
+    assert wide[0]["changes"]["uint8_weights"] == wide[1]["changes"]["uint8_weights"][:1]  # the worst one first
+    floated = [t for t in eight_bit.search["trials"] if t["name"].endswith("most sensitive layer(s) float")]
+    assert [len(t["changes"]["keep_float"]) for t in floated] == [1, 2]
+    assert not any(t["changes"].get("uint8_weights") for t in eight_bit.search["trials"])
+    for result in chain_searches:  # the report says the chosen recipe's layer precision over all rounds
+        stamp = json.loads(_props(result.model)["onnxquant.recipe"])["nodes"]
+        assert result.search["kept_float"] == stamp["exclude"]
+        assert result.search["uint8_weights"] == stamp["uint8_weights"]
+
+
+def test_a_uint8_trial_writes_uint8_weights_for_its_layers_only_and_they_fuse():
+    """Per-layer weight type: the chosen layers u8u8 (zero point 128, full 8 bits), the others 7-bit int8."""
+    from models.tiny import conv_chain, conv_chain_samples
+
+    model = conv_chain(20)
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    recipe = Recipe().with_overrides(nodes={"uint8_weights": (convs[2],)}, search={"enabled": False})
+    result = onnxquant.quantize(model, conv_chain_samples(8), recipe)
+    inits = {i.name: numpy_helper.to_array(i) for i in result.model.graph.initializer}
+    dq = {n.output[0]: n for n in result.model.graph.node if n.op_type == "DequantizeLinear"}
+    for node in (n for n in result.model.graph.node if n.op_type == "Conv"):
+        weight, zero = inits[dq[node.input[1]].input[0]], inits[dq[node.input[1]].input[2]]
+        if node.name == convs[2]:
+            assert weight.dtype == np.uint8 and (zero == 128).all() and np.abs(weight.astype(int) - 128).max() > 64
+        else:
+            assert weight.dtype == np.int8 and np.abs(weight.astype(int)).max() <= 63
+    assert result.fusion.float_islands == [] and result.fusion.integer_layers == len(convs)
+    assert json.loads(_props(result.model)["onnxquant.recipe"])["nodes"]["uint8_weights"] == [convs[2]]
+
+
+def test_a_smoothquant_alpha_trial_calibrates_again_and_runs_alone_from_json():
+    from onnxquant.api import _pruned
+    from onnxquant.mixed_precision import Holdout
+    from onnxquant.pipeline.calibrate import calibrate
+    from onnxquant.pipeline.run_data import RunData
+    from onnxquant.pipeline.search import _model_digest, split_for_search
+    from onnxquant.pipeline.smooth import smooth
+    from tests.recovery.test_smoothquant import _outlier_matmul, _samples
+
+    model, samples = _outlier_matmul(layer_norm=True), _samples(32, 1, outlier=True)
+    default = onnxquant.quantize(model, samples)  # 5 trials, then 2 x 3 do not fit in 10: said, not tried
+    assert default.search["not_tried"] == ["SmoothQuant alpha 0.5, SmoothQuant alpha 0.9 (each calibrates again, "
+                                           "about 3 trials' time: --search-trials 11 tries them)"]
+    assert any("not tried: SmoothQuant alpha 0.5" in n for n in default.notes)
+    result = onnxquant.quantize(model, samples, Recipe().with_overrides(search={"trials": 11}))
+    alphas = [t for t in result.search["trials"] if "smoothquant_alpha" in t["changes"].get("recovery", {})]
+    assert [t["changes"]["recovery"]["smoothquant_alpha"] for t in alphas] == [0.5, 0.9]
+    assert result.search["trials"][-2:] == alphas  # last: they cost a calibration each
+    chosen = next(t for t in result.search["trials"] if t["name"] == result.search["chosen"])
+    alpha = chosen["changes"].get("recovery", {}).get("smoothquant_alpha", 0.75)
+    assert json.loads(_props(result.model)["onnxquant.recipe"])["recovery"]["smoothquant_alpha"] == alpha
+    assert [n for n in result.notes if n.startswith("SmoothQuant")] == [
+        f"SmoothQuant (alpha {alpha}): 1 LayerNorm outputs folded, 0 Mul nodes inserted"]  # the model smoothed so
+
+    run = RunData(calib_data=samples)
+    split = split_for_search(_pruned(model, Recipe(), run), run, saved_stats=False, max_drop=None)
+    unsmoothed = _pruned(model, Recipe(), run)
+    calibrated = calibrate(smooth(_pruned(model, Recipe(), run), split.run), split.run, histograms=True)
+    held = Holdout.from_samples(calibrated.model, split.scored, None, "fine")
+    candidate = change("SmoothQuant alpha 0.5", "recovery", smoothquant_alpha=0.5)
+    assert candidate.recalibrates and not GIVEN.recalibrates
+    trial = Trial(candidate, calibrated.recipe.to_dict(), "", _model_digest(unsmoothed.model))
+    first = _run_trial(trial, calibrated, calibrated.recipe, split.run, held, run, unsmoothed)
+    fresh = _pruned(model, Recipe(), run)  # the trial smoothed (spent) its float model: make it again
+    assert _model_digest(fresh.model) == Trial.from_json(trial.to_json()).state  # the one the trial names
+    again = _run_trial(Trial.from_json(trial.to_json()), calibrated, calibrated.recipe, split.run, held, run, fresh)
+    assert first.error is None and first.key() == again.key()
+    as_given = _run_trial(Trial(GIVEN, calibrated.recipe.to_dict(), "", ""), calibrated, calibrated.recipe,
+                          split.run, held, run)
+    assert first.key() != as_given.key()  # it did smooth with another strength
+
+
+def test_learned_rounding_is_tried_last_only_within_a_time_budget():
+    timed = onnxquant.quantize(tiny_cnn(), image_samples(32), Recipe().with_overrides(search={"seconds": 3600}))
+    last = timed.search["trials"][-1]
+    assert last["name"] == "learned rounding" and last["changes"]["recovery"]["adaround"] is True
+    assert 0 < last["changes"]["recovery"]["adaround_seconds"] <= 1800
+    untimed = onnxquant.quantize(tiny_cnn(), image_samples(32))
+    assert not any(t["name"] == "learned rounding" for t in untimed.search["trials"])
