@@ -321,7 +321,9 @@ class Recipe:
         return _clean(asdict(self))
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """The stamp a model carries: ``to_dict`` without empty lists (no layer excluded, ...), which
+        read back as their defaults; on a small model every byte of metadata is size."""
+        return json.dumps(_without_empty_lists(self.to_dict()), sort_keys=True, separators=(",", ":"))
 
     def with_overrides(self, **sections: Any) -> Recipe:
         """A copy with some fields replaced; ``None`` values keep the current setting.
@@ -344,6 +346,12 @@ class Recipe:
             current = getattr(self, name)
             changes[name] = _build(type(current), {**asdict(current), **values}, name)
         return replace(self, **changes)
+
+
+def _without_empty_lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_empty_lists(v) for k, v in value.items() if not (isinstance(v, list) and not v)}
+    return value
 
 
 def _clean(value: Any) -> Any:

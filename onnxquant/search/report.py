@@ -75,10 +75,12 @@ class SearchReport:
         return data
 
     def metadata(self) -> str:
-        """For the model's metadata: the same without timings, so the bytes stay reproducible."""
-        data = self.to_dict()
-        for trial in data["trials"]:
-            del trial["seconds"]
+        """For the model's metadata: the same without timings, so the bytes stay reproducible, and
+        without empty fields (no error, nothing kept float...): on a small model they cost size."""
+        data = _without_empty(self.to_dict())
+        trials = [_without_empty({k: v for k, v in t.items() if k != "seconds"}) for t in data.pop("trials", [])]
+        if trials:
+            data["trials"] = trials
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def summary(self) -> str:
@@ -98,3 +100,8 @@ class SearchReport:
         if self.cut_by_time:
             line += f"; cut by its time cap after {len(self.trials)} of {self.planned_trials}: a faster machine may choose differently"
         return line
+
+
+def _without_empty(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without the keys whose value says nothing: None, False, an empty list or dict."""
+    return {k: v for k, v in data.items() if not (v is None or v is False or (isinstance(v, (list, dict)) and not v))}
