@@ -390,7 +390,8 @@ class _ProviderRun:
             got = _timed_run(self.compressed, sample, self.report.compressed.latencies_ms)
             if self.original is not None:
                 original = _timed_run(self.original, sample, self.report.original.latencies_ms)
-                self.report.original.cpu_cosines.append(_flat_cosine(reference, original))
+                if self.report.ep != "cpu":
+                    self.report.original.cpu_cosines.append(_flat_cosine(reference, original))
         except Exception as exc:  # a provider failing at run time is a finding, not a crash
             self.report.failures.append(f"compressed model failed to run on sample {index}: {str(exc).splitlines()[0]}")
             self.broken = True
