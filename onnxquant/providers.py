@@ -25,6 +25,12 @@ _EP_NAMES = {"cpu": "CPUExecutionProvider", "qnn": "QNNExecutionProvider", "open
 # Providers that compile a graph for fixed input shapes: symbolic dims must be fixed first
 # (QNN HTP takes no node at all of a graph with a dynamic batch).
 NEEDS_STATIC_SHAPES = {"qnn"}
+# Float ops that QNN's HTP backend takes (LSTM: onnxruntime's QNN EP has no int8 LSTM) compile
+# only in fp16 precision; without it, graph finalisation fails. Devices enable fp16 by default;
+# the x86 simulator needs it asked for, with a SoC model (60: the one onnxruntime's own QNN
+# examples use).
+QNN_FINALIZE_FAILED = "Failed to finalize QNN graph"
+QNN_FP16_OPTIONS = {"enable_htp_fp16_precision": "1", "soc_model": "60"}
 
 
 @dataclass
@@ -33,6 +39,7 @@ class Placement:
 
     ep_name: str
     by_provider: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # ep -> [(node, op)]
+    htp_fp16: bool = False  # QNN compiled the graph only with fp16 precision for its float ops
 
     def on_ep(self) -> list[tuple[str, str]]:
         return self.by_provider.get(self.ep_name, [])
@@ -51,10 +58,11 @@ class Placement:
             "fallback_ops": dict(sorted(Counter(op for _, op in fallback).items())),
             "fallback_names": [name for name, _ in fallback[:50]],
             "ops_on_ep": dict(sorted(Counter(op for _, op in self.on_ep()).items())),
+            **({"htp_fp16": True} if self.htp_fp16 else {}),
         }
 
 
-def _qnn_options(options: ort.SessionOptions) -> None:
+def _qnn_options(options: ort.SessionOptions, fp16: bool = False) -> None:
     try:
         import onnxruntime_qnn
     except ImportError as exc:
@@ -69,7 +77,7 @@ def _qnn_options(options: ort.SessionOptions) -> None:
     devices = [d for d in ort.get_ep_devices() if d.ep_name == _EP_NAMES["qnn"]]
     if not devices:
         raise ExecutionProviderError("execution provider 'qnn' registered but offers no device")
-    options.add_provider_for_devices(devices, {"backend_type": "htp"})
+    options.add_provider_for_devices(devices, {"backend_type": "htp", **(QNN_FP16_OPTIONS if fp16 else {})})
 
 
 def _providers(ep: str) -> tuple[list[str], list[dict[str, str]]] | None:
@@ -94,9 +102,34 @@ def check_available(ep: str) -> None:
         _providers(ep)
 
 
-def open_session(model: bytes | str, ep: str, threads: int | None = None) -> tuple[ort.InferenceSession, Placement]:
-    """A session on ``ep`` with its node placement. A model the provider rejects is a ModelError."""
+def open_session(model: bytes | str, ep: str, threads: int | None = None,
+                 qnn_fp16: bool = False) -> tuple[ort.InferenceSession, Placement]:
+    """A session on ``ep`` with its node placement. A model the provider rejects is a ModelError.
+
+    On QNN, a graph whose float ops fail to compile for the HTP is compiled again with fp16
+    precision for them (a device's default); the placement says so (``htp_fp16``). ``qnn_fp16``
+    asks for it from the start (to compare a second model under the same settings: once one
+    session compiled in fp16, the QNN backend may compile the next without asking)."""
     check_available(ep)
+    placement = Placement(_EP_NAMES[ep], htp_fp16=ep == "qnn" and qnn_fp16)
+    try:
+        session = _session(model, ep, threads, qnn_fp16=placement.htp_fp16)
+    except Exception as exc:  # onnxruntime's errors share no useful base class
+        if ep != "qnn" or placement.htp_fp16 or QNN_FINALIZE_FAILED not in str(exc):
+            raise ModelError(f"{ep}: the model does not load: {_first_line(exc)}") from exc
+        try:
+            session = _session(model, ep, threads, qnn_fp16=True)
+        except Exception as again:
+            raise ModelError(f"{ep}: the model does not load, with fp16 precision for its float ops or without: "
+                             f"{_first_line(again)}") from again
+        placement.htp_fp16 = True
+    for subgraph in session.get_provider_graph_assignment_info():
+        placement.by_provider.setdefault(subgraph.ep_name, []).extend(
+            (n.name, n.op_type) for n in subgraph.get_nodes())
+    return session, placement
+
+
+def _session(model: bytes | str, ep: str, threads: int | None, qnn_fp16: bool = False) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
@@ -104,21 +137,10 @@ def open_session(model: bytes | str, ep: str, threads: int | None = None) -> tup
         options.intra_op_num_threads = threads
     providers = _providers(ep)
     if providers is None:
-        _qnn_options(options)
-    quiet = _native_stdout_to_stderr() if ep == "qnn" else contextlib.nullcontext()
-    try:
-        if providers is None:
-            with quiet:
-                session = ort.InferenceSession(model, options)
-        else:
-            session = ort.InferenceSession(model, options, providers=providers[0], provider_options=providers[1])
-    except Exception as exc:  # onnxruntime's errors share no useful base class
-        raise ModelError(f"{ep}: the model does not load: {_first_line(exc)}") from exc
-    placement = Placement(_EP_NAMES[ep])
-    for subgraph in session.get_provider_graph_assignment_info():
-        placement.by_provider.setdefault(subgraph.ep_name, []).extend(
-            (n.name, n.op_type) for n in subgraph.get_nodes())
-    return session, placement
+        _qnn_options(options, qnn_fp16)
+        with _native_stdout_to_stderr():
+            return ort.InferenceSession(model, options)
+    return ort.InferenceSession(model, options, providers=providers[0], provider_options=providers[1])
 
 
 @contextlib.contextmanager

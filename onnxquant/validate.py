@@ -62,6 +62,9 @@ from onnxquant.recipe import recipe_of
 from onnxquant.shapes import fix_input_shapes, has_free_dims
 
 ProgressCallback = Callable[[int, int | None], None]
+# Below this cosine to the CPU's fp32 outputs on any sample, the original itself runs differently
+# on the provider (fp16 arithmetic stays far above it), and the report says so.
+ORIGINAL_DISAGREES_BELOW = 0.99
 
 
 # A user's metric scores one sample's outputs (name -> value), optionally with its inputs;
@@ -170,6 +173,9 @@ class ModelRun:
     error: str | None = None
     placement: dict[str, Any] | None = None
     latencies_ms: list[float] = field(default_factory=list)
+    # the original's outputs here against the fp32 reference on the CPU, per sample (providers
+    # other than the CPU): a provider that already changes fp32's results is not the compression
+    cpu_cosines: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"loaded": self.loaded}
@@ -177,6 +183,9 @@ class ModelRun:
             out["error"] = self.error
         if self.placement is not None:
             out["placement"] = self.placement
+        if self.cpu_cosines:
+            out["cosine_to_cpu"] = {"mean": round(float(np.mean(self.cpu_cosines)), 6),
+                                    "min": round(min(self.cpu_cosines), 6)}
         if self.latencies_ms:
             out["latency_ms"] = {"median": round(statistics.median(self.latencies_ms), 3),
                                  "p90": round(_percentile(self.latencies_ms, 90), 3),
@@ -323,6 +332,17 @@ def _session_source(model: onnx.ModelProto, path: Path, fixed: dict[str, tuple[i
     return serialize(fix_input_shapes(model, fixed))
 
 
+def _flat_cosine(reference: list[Any], outputs: list[Any]) -> float:
+    """Cosine of all float outputs laid end to end (1.0 when both are all zeros)."""
+    pairs = [(np.asarray(r, np.float64).ravel(), np.asarray(o, np.float64).ravel()) for r, o in zip(reference, outputs)
+             if isinstance(r, np.ndarray) and np.issubdtype(r.dtype, np.floating)]
+    if not pairs:
+        return 1.0
+    a, b = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b / norms) if norms > 0 else float(np.array_equal(a, b))
+
+
 def _timed_run(session: Any, feed: dict[str, np.ndarray], times: list[float]) -> list[np.ndarray]:
     start = time.perf_counter()
     result = session.run(None, feed)
@@ -369,7 +389,9 @@ class _ProviderRun:
                     self.original.run(None, sample)
             got = _timed_run(self.compressed, sample, self.report.compressed.latencies_ms)
             if self.original is not None:
-                _timed_run(self.original, sample, self.report.original.latencies_ms)
+                original = _timed_run(self.original, sample, self.report.original.latencies_ms)
+                if self.report.ep != "cpu":
+                    self.report.original.cpu_cosines.append(_flat_cosine(reference, original))
         except Exception as exc:  # a provider failing at run time is a finding, not a crash
             self.report.failures.append(f"compressed model failed to run on sample {index}: {str(exc).splitlines()[0]}")
             self.broken = True
@@ -482,8 +504,9 @@ def validate(
             if ep == "cpu" and which == "original":
                 session, placement = reference, None
             else:
+                fp16 = bool(sessions) and bool(report.original.placement and report.original.placement.get("htp_fp16"))
                 try:
-                    session, placement = open_session(_session_source(model, path, shapes), ep, threads)
+                    session, placement = open_session(_session_source(model, path, shapes), ep, threads, fp16)
                 except ModelError as exc:
                     run.error = str(exc)
                     sessions.append(None)
@@ -561,6 +584,15 @@ def _check_budget(report: ProviderReport, budget: Budget, boundary: set[str]) ->
             report.failures.append("latency ratio unknown (the original does not run on this provider)")
         elif ratio > budget.max_latency_ratio:
             report.failures.append(f"latency ratio {ratio:.3f} > {budget.max_latency_ratio}")
+    original = report.original.cpu_cosines
+    if original and min(original) < ORIGINAL_DISAGREES_BELOW:
+        report.notes.append(f"the original fp32 model already disagrees with itself on the CPU here (cosine "
+                            f"{np.mean(original):.4f} on average, {min(original):.4f} at worst, over {len(original)} "
+                            f"samples): {report.ep}'s own results differ, not only the compression's")
+    if (report.compressed.placement or {}).get("htp_fp16"):
+        report.notes.append("QNN's HTP compiled this graph's float ops (such as LSTM, which onnxruntime's QNN EP does "
+                            "not run in int8) only in fp16 precision: enable_htp_fp16_precision=1 in the QNN provider "
+                            "options (devices default to it; this run also set soc_model=60)")
     if budget.require_on_ep and report.ep != "cpu" and report.compressed.placement is not None:
         fallback = report.compressed.placement["fallback_nodes"]
         if fallback:

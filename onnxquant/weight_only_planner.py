@@ -68,7 +68,16 @@ def select_weight_only(model: onnx.ModelProto, recipe: Recipe, sel: Selection, p
         sel.weight_only[scoped.qualified] = WeightOnly(inputs, per_channel, why)
 
 
-def weight_only_notes(sel: Selection) -> list[str]:
+# Where a recurrent layer with int8 weights computes, per target.
+RECURRENT_COMPUTE = {
+    "cpu": "on the CPU, LSTM runs as DynamicQuantizeLSTM; GRU and RNN as float kernels",
+    "qnn": "onnxruntime's QNN EP has no int8 LSTM/GRU: the HTP runs them in fp16 (enable_htp_fp16_precision), "
+           "otherwise the CPU in float",
+    "openvino": "OpenVINO computes them in float from the int8 weights",
+}
+
+
+def weight_only_notes(sel: Selection, target: str = "cpu") -> list[str]:
     """Summary lines: which layers have int8 weights but compute in float, and why."""
     recurrent = [sel.quantized[n] for n in sel.weight_only if sel.quantized[n] in RECURRENT_OPS]
     body = [n for n in sel.weight_only if sel.quantized[n] not in RECURRENT_OPS]
@@ -76,8 +85,9 @@ def weight_only_notes(sel: Selection) -> list[str]:
                   if reason.startswith(IN_BODY) and op in (*WEIGHTED_OPS, *RECURRENT_OPS)]
     notes = []
     if recurrent:
+        where = RECURRENT_COMPUTE.get(target, "a float kernel")
         notes.append(f"recurrent layers: {len(recurrent)} ({', '.join(sorted(set(recurrent)))}) with int8 weights "
-                     "(on the CPU, LSTM runs as DynamicQuantizeLSTM; otherwise a float kernel)")
+                     f"({where})")
     if body:
         notes.append(f"If/Loop/Scan bodies: {len(body)} weighted layers with int8 weights and a float kernel "
                      "(each one's reason is in weight_only)")

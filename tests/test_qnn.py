@@ -75,3 +75,23 @@ def test_fixed_shape_target_without_data_needs_shapes(tmp_path: Path, npz_dir: P
         quantize(cnn_path, None, recipe_for_target("qnn"), stats=stats)
     recipe = recipe_for_target("qnn").with_overrides(input_shapes={"x": [1, 3, 16, 16]})
     assert quantize(cnn_path, None, recipe, stats=stats).quantized_nodes["Conv"] == 3
+
+
+def test_recurrent_model_for_qnn_loads_and_runs_its_lstm_on_the_htp(tmp_path: Path):
+    """onnxruntime's QNN EP takes a float LSTM, which the HTP compiles only in fp16: validate
+    retries with fp16 precision (a device's default) instead of calling the model unloadable."""
+    from models.tiny_control_flow import recurrent_samples, tiny_recurrent
+
+    src = tmp_path / "lstm.onnx"
+    onnx.save(tiny_recurrent("LSTM"), src)
+    samples = _samples_dir(tmp_path, recurrent_samples(16))
+    out = tmp_path / "lstm.qnn.onnx"
+    result = quantize(src, samples, recipe_for_target("qnn"), out)
+    assert any("recurrent layers: 1 (LSTM)" in n and "QNN EP has no int8 LSTM" in n for n in result.notes)
+    report = validate(src, out, samples, ("qnn",), Budget(min_cosine=0.98), latency_runs=1)
+    assert report.passed, report.failures
+    qnn = report.to_dict()["providers"][0]
+    assert qnn["compressed"]["loaded"] and qnn["compressed"]["placement"]["ops_on_ep"].get("LSTM") == 1
+    assert qnn["original"]["cosine_to_cpu"]["min"] > 0.99  # the fp32 original on the HTP, in fp16, against the CPU
+    if qnn["compressed"]["placement"].get("htp_fp16"):
+        assert any("only in fp16 precision" in n for n in qnn["notes"])

@@ -182,7 +182,7 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
             take(candidate, before, FLOAT_LAYERS_MIN_GAIN)
     built.clear()  # memory: the ranking is done
     # last: a trial that smooths and calibrates again costs two to three plain trials
-    alphas = rounds.smoothquant_alphas(best_recipe) if float_model is not None and _smooths(calibrated) \
+    alphas = rounds.smoothquant_alphas(best_recipe) if float_model is not None and calibrated.smoothed \
         and calibrated.recipe.prune.max_drop is None else []
     needed = len(report.trials) + RECALIBRATING_TRIAL_COST * len(alphas)
     if alphas and needed > settings.trials:
@@ -244,11 +244,6 @@ def _uint8_applies(recipe: Recipe) -> bool:
     q = recipe.quantization
     return (recipe.target == "cpu" and q.reduce_range and q.weight_type == "int8" and q.activation_type == "uint8"
             and q.weight_bits == 8)
-
-
-def _smooths(state: State) -> bool:
-    """Whether SmoothQuant changed this calibrated model (so its alpha matters)."""
-    return state.recipe.recovery.smoothquant and any(n.startswith("SmoothQuant (alpha") for n in state.notes)
 
 
 def _trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: Holdout, run: RunData,

@@ -23,9 +23,11 @@ def smooth(state: State, run: RunData, saved_stats: bool = False) -> State:
     prepared, recipe = state.model, state.recipe
     sel = select_nodes(prepared, recipe)
     notes: list[str] = []
-    if before_calibration(prepared, sel, recipe, run.reopener(prepared, recipe), run.unavailable, notes, saved_stats):
+    changes = before_calibration(prepared, sel, recipe, run.reopener(prepared, recipe), run.unavailable, notes,
+                                 saved_stats)
+    if changes.nodes_added:
         node_names(prepared)
         sel = select_nodes(prepared, recipe)
     # (the float weights' bytes: the rewrite replaces them)
-    return replace(state, selection=sel, notes=(*state.notes, *notes),
+    return replace(state, selection=sel, notes=(*state.notes, *notes), smoothed=changes.smoothed,
                    weight_bytes=weight_bytes(prepared, state.preparation.float16_weights))

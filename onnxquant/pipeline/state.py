@@ -57,6 +57,7 @@ class State:
     mixed: MixedPrecisionResult | None = None
     search: SearchReport | None = None  # the recipe search: trials, scores, the choice
     saved: Saved | None = None
+    smoothed: bool = False  # SmoothQuant changed the model before calibration (its alpha matters)
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     seconds: Mapping[str, float] = field(default_factory=dict)

@@ -215,8 +215,14 @@ def _search(quantization: dict[str, Any]) -> str:
              f"held out from it (drop by {_e(search['drop_by'])}).")
     if search.get("cut_by_time"):
         intro += " Its time cap cut it: a faster machine may choose differently."
+    chosen = [f"<li>kept float: {_e(', '.join(search['kept_float']))}</li>" if search.get("kept_float") else "",
+              f"<li>full 8-bit uint8 weights: {_e(', '.join(search['uint8_weights']))}</li>"
+              if search.get("uint8_weights") else "",
+              *(f"<li>not tried: {_e(why)}</li>" for why in search.get("not_tried", []))]
+    listed = "".join(chosen)
     return ("<h2>Recipe search</h2>" + intro + "</p>"
-            + _table(["", "trial", "recipe change", "drop", "cosine drop", "seconds"], rows))
+            + _table(["", "trial", "recipe change", "drop", "cosine drop", "seconds"], rows)
+            + (f"<ul>{listed}</ul>" if listed else ""))
 
 
 def render_html(report: dict[str, Any]) -> str:

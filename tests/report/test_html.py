@@ -113,3 +113,21 @@ def test_page_shows_the_recipe_search_trials_and_the_choice(tmp_path: Path):
         assert f"<td>{trial['name']}</td>" in page
     chosen = page.split("<td>chosen</td>", 1)[1].split("</tr>", 1)[0]
     assert f"<td>{result.search['chosen']}</td>" in chosen
+
+
+def test_page_lists_what_the_search_chose_beyond_its_trials_and_what_it_left_untried(tmp_path: Path):
+    import onnx
+
+    import onnxquant
+    from models.tiny import image_samples, tiny_cnn
+
+    out = tmp_path / "cnn.int8.onnx"
+    result = onnxquant.quantize(tiny_cnn(), image_samples(32), output=out).to_dict()
+    search = result["search"]
+    # what a bigger model's search reports (MiniLM: the alpha trials do not fit the default budget)
+    search.update(kept_float=["conv<1>"], uint8_weights=["conv2"],
+                  not_tried=["SmoothQuant alpha 0.5 (each calibrates again: --search-trials 16 tries them)"])
+    page = render_html(build_report(inspect_model(out), onnx.load(str(out)), out.name, quantization=result))
+    assert "<li>kept float: conv&lt;1&gt;</li>" in page
+    assert "<li>full 8-bit uint8 weights: conv2</li>" in page
+    assert "<li>not tried: SmoothQuant alpha 0.5 (each calibrates again: --search-trials 16 tries them)</li>" in page
