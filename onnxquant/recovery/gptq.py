@@ -114,7 +114,7 @@ def _grams(model: onnx.ModelProto, inputs: list[str], samples: Iterable[dict[str
     """Each input's mean Gram matrix ``X X^T / rows``; inputs that are not token activations are left out.
 
     Token rows are gathered into chunks of ``_CHUNK`` and multiplied in float32, one large
-    product per chunk (a sentence is a few dozen tokens: per-sample products were 20x slower);
+    product per chunk (a sentence is a few dozen tokens: per-sample products were several times slower);
     the chunks' products are summed in float64."""
     probe = Probe(prefix="_oq_gptq")
     probe.outputs.extend(sorted(set(inputs)))
