@@ -25,6 +25,7 @@ from onnxquant.ops.rules import (
     rule_for,
     weight_axis,
 )
+from onnxquant.passes.gather_rows import row_quantizable
 from onnxquant.passes.weight_only import WeightOnly
 from onnxquant.qparams import QParams, asymmetric, per_channel_absmax, symmetric
 from onnxquant.recipe import NodeSelection, Recipe
@@ -53,6 +54,8 @@ class Selection:
     range_from: dict[str, str] = field(default_factory=dict)
     boundary_outputs: set[str] = field(default_factory=set)  # graph outputs written by a DQ
     uint8_weights: set[str] = field(default_factory=set)  # nodes whose weights are full 8-bit uint8
+    # Gather node -> its table, stored 8-bit with a scale per row (CPU: GatherBlockQuantized, float output)
+    row_tables: dict[str, str] = field(default_factory=dict)
     # node (qualified name inside bodies) -> weights stored int8 in front of a float kernel
     # (recurrent layers, layers inside If/Loop/Scan bodies); these nodes are also in ``quantized``
     weight_only: dict[str, WeightOnly] = field(default_factory=dict)
@@ -208,6 +211,9 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
                            else "produces a graph output (kept float for accuracy)")
                 continue
             sel.quantized[node.name] = node.op_type
+            if recipe.target == "cpu" and row_quantizable(node, g.initializers[node.input[0]]):
+                sel.row_tables[node.name] = node.input[0]  # one scale per row; its output is float
+                continue
             sel.constants[(node.name, node.input[0])] = 0
             union(node.input[0], node.output[0])
             int8_outputs.add(node.output[0])

@@ -118,6 +118,9 @@ class RecoverySettings:
     # True: only where the division folds into a LayerNormalization; False: also insert a Mul.
     smoothquant_fold_only: bool = False
     bias_correction: bool = True  # cancel each layer's mean output shift, per channel
+    # Error-compensating rounding (GPTQ) of MatMul/Gemm/Attention weights on token activations.
+    # None: on (left out of the stamped recipe, which then says what it said before).
+    gptq: bool | None = None
     adaround: bool = False  # learned rounding of weights (slower; numpy only)
     adaround_iterations: int = 300
     adaround_seconds: float | None = None  # time cap; layers past it keep nearest rounding

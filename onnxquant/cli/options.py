@@ -87,6 +87,8 @@ def recovery_options(command: Any) -> Any:
         click.option("--smoothquant/--no-smoothquant", "rc_smoothquant", default=None,
                      help="Move token-activation outliers into MatMul weights (default on)."),
         click.option("--smoothquant-alpha", "rc_smoothquant_alpha", type=float, help="SmoothQuant migration strength (default 0.75)."),
+        click.option("--gptq/--no-gptq", "rc_gptq", default=None,
+                     help="GPTQ rounding of MatMul/Attention weights on token activations (default on)."),
         click.option("--adaround/--no-adaround", "rc_adaround", default=None,
                      help="Learned rounding of weights, layer by layer (default off: slower)."),
         click.option("--adaround-seconds", "rc_adaround_seconds", type=float,

@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper
 
 from onnxquant.model_io import iter_graphs, tensor_array
 from onnxquant.ops import WEIGHTED_OPS
+from onnxquant.passes.gather_rows import gather_row_quantized
 from onnxquant.passes.names import fresh_name
 from onnxquant.passes.qattention import write_qattention
 from onnxquant.planner import QuantPlan
@@ -132,6 +133,11 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
     guarded = _runtime_would_quantize(graph, sel)
     body: list[onnx.NodeProto] = []
     for node in graph.node:
+        if node.name in sel.row_tables:
+            table = node.input[0]
+            node, stored = gather_row_quantized(node, tensor_array(inits[table]), names.fresh(f"{table}_quantized"),
+                                                names.fresh(f"{table}_scale"))
+            new_inits += stored
         quantized = node.name in sel.quantized and node.name not in sel.weight_only  # those compute in float
         for i, name in enumerate(node.input):
             if (node.name, name) in weight_dq:

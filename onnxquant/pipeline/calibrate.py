@@ -14,6 +14,7 @@ from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.run_data import RunData
 from onnxquant.pipeline.state import State
 from onnxquant.recovery.bias_correction import MeasuredShifts
+from onnxquant.recovery.gptq import GptqFactors
 
 
 @timed("calibrate")
@@ -46,7 +47,7 @@ def calibrate(state: State, run: RunData, stats: StatsTable | str | os.PathLike 
     # Tensors that turned out not to be float32 (unknown before running) narrow the selection.
     return replace(state, stats=table, not_float=frozenset(sel.observed) - set(table.tensors), first_sample=first,
                    seconds={**state.seconds, "calibration": time.perf_counter() - started},
-                   measured_shifts=MeasuredShifts())
+                   measured_shifts=MeasuredShifts(), gptq_factors=GptqFactors())
 
 
 def _length(source: object) -> int | None:

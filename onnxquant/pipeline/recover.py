@@ -15,5 +15,8 @@ def recover(state: State, run: RunData) -> State:
     measured = state.measured_shifts
     if measured is not None:  # (its sums hold only over the same samples, fitted to the model the same way)
         measured = measured.over(run.calib_data, repr((state.recipe.preprocess, recipe.calibration.max_samples)))
+    factors = state.gptq_factors
+    if factors is not None:
+        factors = factors.over(run.calib_data, repr((state.recipe.preprocess, recipe.calibration.max_samples)))
     return state.noted(*after_plan(state.model, state.plan, recipe, run.reopener(state.model, state.recipe),
-                                   run.unavailable, measured))
+                                   run.unavailable, measured, factors))

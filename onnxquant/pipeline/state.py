@@ -23,6 +23,7 @@ from onnxquant.planner import QuantPlan, Selection
 from onnxquant.prune.pipeline import PruneReport
 from onnxquant.recipe import Recipe
 from onnxquant.recovery.bias_correction import MeasuredShifts
+from onnxquant.recovery.gptq import GptqFactors
 from onnxquant.results import FloatNode
 from onnxquant.search.report import SearchReport
 
@@ -64,6 +65,7 @@ class State:
     # Bias correction's measurements over the calibration samples, shared like ``stats`` by the
     # states re-entered at ``plan`` (a search's trials): a layer probed once is not probed again.
     measured_shifts: MeasuredShifts | None = None
+    gptq_factors: GptqFactors | None = None  # GPTQ's Gram matrices and factors, shared the same way
 
     @property
     def planning_recipe(self) -> Recipe:

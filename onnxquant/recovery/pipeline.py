@@ -17,6 +17,7 @@ from onnxquant.recipe import Recipe
 from onnxquant.recovery.adaround import adaround
 from onnxquant.recovery.bias_correction import MeasuredShifts, correct_biases
 from onnxquant.recovery.equalize import equalize
+from onnxquant.recovery.gptq import GptqFactors, gptq
 from onnxquant.recovery.smoothquant import applies, smooth
 
 Reopen = Callable[[], Iterable[dict[str, np.ndarray]]]
@@ -68,18 +69,28 @@ def before_calibration(prepared: onnx.ModelProto, sel: Selection, recipe: Recipe
 
 
 def after_plan(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, reopen: Reopen | None,
-               unavailable: str, measured: MeasuredShifts | None = None) -> list[str]:
-    """Passes that need the final scales: learned rounding, then bias correction (which then
-    also cancels the mean shift that the learned rounding leaves). ``measured``: bias
-    corrections' measurements already taken over the same samples, to reuse where they fit."""
+               unavailable: str, measured: MeasuredShifts | None = None,
+               factors: GptqFactors | None = None) -> list[str]:
+    """Passes that need the final scales: GPTQ rounding of token-activation layers, learned
+    rounding, then bias correction (which then also cancels the mean shift that the rounding
+    leaves). ``measured``: bias corrections' measurements already taken over the same samples,
+    to reuse where they fit; ``factors`` likewise for GPTQ."""
     settings = recipe.recovery
-    wanted = [name for name, on in (("learned rounding", settings.adaround), ("bias correction", settings.bias_correction))
-              if on]
-    if not wanted:
+    wanted = [name for name, on in (("GPTQ rounding", settings.gptq), ("learned rounding", settings.adaround),
+                                    ("bias correction", settings.bias_correction)) if on]
+    default_gptq = settings.gptq is None and reopen is not None
+    if not wanted and not default_gptq:
         return []
     if reopen is None:
         return [f"{' and '.join(wanted)} skipped: {unavailable}"]
     notes = []
+    if settings.gptq is not False:
+        rounded = gptq(prepared, plan, reopen(), recipe.calibration.max_samples, factors)
+        gains = sorted(rounded.gain_db.values())
+        if rounded.improved:
+            notes.append(f"GPTQ rounding: {len(rounded.improved)} token-activation layers improved (median "
+                         f"reconstruction gain {gains[len(gains) // 2]:.1f} dB), {len(rounded.unchanged)} kept "
+                         "nearest rounding")
     if settings.adaround:
         rounded = adaround(prepared, plan, reopen(), settings.adaround_iterations, settings.adaround_seconds,
                            recipe.calibration.max_samples)
