@@ -39,6 +39,7 @@ from onnxquant.pipeline.prepare import prepare
 from onnxquant.pipeline.prune import prune as prune_stage
 from onnxquant.pipeline.ranking import rank
 from onnxquant.pipeline.run_data import RunData, run_data
+from onnxquant.pipeline.float_compute import float_compute
 from onnxquant.pipeline.save import RECIPE_KEY, VERSION_KEY, save
 from onnxquant.pipeline.search import search, split_for_search
 from onnxquant.pipeline.selection import refuse_already_quantized
@@ -101,7 +102,8 @@ def quantize(
             state = without_islands(calibrated, run, keep_calibrated=diagnostics)
         else:
             state = mixed_precision(calibrated, run, max_drop)
-        state = save(check(split.told(state)), output)
+        state = float_compute(split.told(state), lambda: _pruned(model, recipe, run, integer_kernels=False))
+        state = save(check(state), output)
         if save_stats_to is not None and stats is None:  # last: a failure before leaves no statistics file
             save_stats(state.stats, save_stats_to)
         return quantize_result(state, clock, calibrated if diagnostics else None)
@@ -216,9 +218,9 @@ def diagnose(result: QuantizeResult, data: Any, max_samples: int | None = None,
     return tensor_errors(reference, quantized, tensors, source, max_samples, progress)
 
 
-def _pruned(model: Model, recipe: Recipe, run: RunData) -> State:
+def _pruned(model: Model, recipe: Recipe, run: RunData, integer_kernels: bool = True) -> State:
     """load -> prepare -> prune. (Progress is the calibration's: pruning here reports none.)"""
-    return prune_stage(prepare(load(model, recipe, run)), replace(run, progress=None))
+    return prune_stage(prepare(load(model, recipe, run), integer_kernels), replace(run, progress=None))
 
 
 def _smoothed(model: Model, recipe: Recipe, run: RunData, saved_stats: bool = False) -> State:

@@ -63,6 +63,10 @@ class ConvEstimate:
     fp32_us: float
     int8_us: float
     slower: tuple[str, ...]  # layers estimated slower as int8, graph order
+    cpu_kind: str = "avx2"
+    # the estimated Convs' share of the model's 8-bit (or 4-bit) weight elements: the estimate
+    # speaks for the whole model only where the Convs hold most of what runs as integer kernels
+    weight_share: float = 1.0
 
     @property
     def ratio(self) -> float:
@@ -141,4 +145,20 @@ def estimate(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], cpu_kin
     fp32, int8 = costs
     times = [(layer.name, fp32.nanoseconds(layer), int8.nanoseconds(layer)) for layer in layers]
     return ConvEstimate(len(layers), sum(t[1] for t in times) / 1e3, sum(t[2] for t in times) / 1e3,
-                        tuple(name for name, f, i in times if i > f))
+                        tuple(name for name, f, i in times if i > f), cpu_kind,
+                        _conv_weight_share(model, {layer.name for layer in layers}))
+
+
+_LOW_BIT = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+
+
+def _conv_weight_share(model: onnx.ModelProto, convs: set[str]) -> float:
+    """Elements of the ``convs``' weights over those of every low-bit initializer (zero points included)."""
+    sizes = {i.name: int(np.prod(i.dims, dtype=np.int64)) for i in model.graph.initializer if i.data_type in _LOW_BIT}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    conv_weights = set()
+    for node in model.graph.node:
+        if node.name in convs and len(node.input) > 1 and node.input[1] in producer:
+            conv_weights.add(producer[node.input[1]].input[0])
+    total = sum(sizes.values())
+    return sum(sizes.get(name, 0) for name in conv_weights) / total if total else 1.0
