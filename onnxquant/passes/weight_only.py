@@ -92,14 +92,6 @@ def _layout(node: onnx.NodeProto, index: int, shape: tuple[int, ...], per_channe
     return shape, weight_axis(node, len(shape))
 
 
-def _owner(scopes: list[tuple[str, onnx.GraphProto]], name: str) -> tuple[str, onnx.GraphProto] | None:
-    """The innermost visible graph that holds ``name`` as an initializer."""
-    for path, graph in reversed(scopes):
-        if any(i.name == name for i in graph.initializer):
-            return path, graph
-    return None
-
-
 class _Store:
     """Int8 copies of float initializers, each content stored once, in a graph all readers see."""
 
@@ -112,14 +104,20 @@ class _Store:
         self.home: dict[tuple, list[str]] = {}  # first key of a content -> scope paths down to its graph
         self.pending: dict[tuple, list[onnx.TensorProto]] = {}
         self.replaced: dict[str, set[str]] = {}  # graph path -> float initializers now stored int8
+        self.initializers: dict[str, dict[str, onnx.TensorProto]] = {}  # graph path -> its initializers by name
 
     def find(self, scoped: ScopedNode, name: str) -> tuple[str, onnx.TensorProto] | None:
-        """(owner graph path, initializer) of a float32 weight ``scoped`` reads, else None."""
-        found = _owner(scoped.scopes, name) if name else None
-        if found is None:
+        """(owner graph path, initializer) of a float32 weight ``scoped`` reads, else None (the
+        innermost visible graph that holds ``name``; each graph indexed once: linear in the graph)."""
+        if not name:
             return None
-        init = next(i for i in found[1].initializer if i.name == name)
-        return (found[0], init) if init.data_type == onnx.TensorProto.FLOAT else None
+        for path, graph in reversed(scoped.scopes):
+            if path not in self.initializers:
+                self.initializers[path] = {i.name: i for i in graph.initializer}
+            init = self.initializers[path].get(name)
+            if init is not None:
+                return (path, init) if init.data_type == onnx.TensorProto.FLOAT else None
+        return None
 
     def int8(self, scoped: ScopedNode, owner_path: str, init: onnx.TensorProto, layout: tuple,
              make: Callable[[np.ndarray, Callable[[str], str]], list[onnx.TensorProto]]) -> list[str]:
