@@ -96,14 +96,18 @@ def quantize(
         state = refuse_already_quantized(smooth(pruned, calibrating, saved_stats=stats is not None))
         wanted = True if save_stats_to is not None or diagnostics or split.searching else None  # None: as the method needs
         calibrated = calibrate_stage(state, calibrating, stats, histograms=wanted)
-        if split.searching:
+        # Where integer kernels would be slower than fp32, float compute on int8 weights, decided
+        # before any search: the float-compute model is built from the input again.
+        decided = float_compute(calibrated, lambda: _pruned(model, recipe, run, integer_kernels=False))
+        if decided.float_compute is not None:
+            state = decided
+        elif split.searching:
             state = search(calibrated, split, run, diagnostics, lambda: _pruned(model, recipe, run))
         elif max_drop is None:
             state = without_islands(calibrated, run, keep_calibrated=diagnostics)
         else:
             state = mixed_precision(calibrated, run, max_drop)
-        state = float_compute(split.told(state), lambda: _pruned(model, recipe, run, integer_kernels=False))
-        state = save(check(state), output)
+        state = save(check(split.told(replace(state, conv_estimate=decided.conv_estimate))), output)
         if save_stats_to is not None and stats is None:  # last: a failure before leaves no statistics file
             save_stats(state.stats, save_stats_to)
         return quantize_result(state, clock, calibrated if diagnostics else None)

@@ -46,10 +46,10 @@ WHY = "int8 weights, float compute (int8 kernels would be slower here)"
 
 @timed("float_compute")
 def float_compute(state: State, float_model: Callable[[], State]) -> State:
-    """``state`` (the integer model) with its convolutions' estimate, or, where integer kernels
-    would be slower (or the recipe asks), the float-compute model built on ``float_model()``: the
-    same input loaded, prepared for float kernels and pruned as ``state``'s was. The integer
-    state's statistics, timings and warnings are kept."""
+    """``state`` (calibrated, its selection planned) with its convolutions' estimate, or, where
+    integer kernels would be slower (or the recipe asks), the float-compute model built on
+    ``float_model()``: the same input loaded, prepared for float kernels and pruned as
+    ``state``'s was. The calibrated state's statistics, timings and warnings are kept."""
     found = _conv_estimate(state)
     setting = state.recipe.quantization.integer_compute
     slower = (found is not None and found.int8_us - found.fp32_us >= MIN_EXTRA_US
@@ -71,15 +71,15 @@ def float_compute(state: State, float_model: Callable[[], State]) -> State:
 
 
 def _conv_estimate(state: State) -> ConvEstimate | None:
-    """The quantized Convs' estimated time in fp32 and int8 on the target CPU kind, from their
+    """The planned Convs' estimated time in fp32 and int8 on the target CPU kind, from their
     shapes for the first sample (conv_cost.py); None off the CPU target or where nothing is known."""
     recipe = state.recipe
-    if recipe.target != "cpu" or state.first_sample is None:
+    if recipe.target != "cpu" or state.first_sample is None or state.selection is None:
         return None
     kind = recipe.cpu.kind if recipe.cpu is not None else host_cpu().kind
     shapes = {name: tuple(value.shape) for name, value in state.first_sample.items()}
     try:
-        return estimate(state.model, shapes, kind)
+        return estimate(state.model, shapes, kind, set(state.selection.quantized))
     except onnx.shape_inference.InferenceError:  # shape inference refused the graph: no estimate
         return None
 
