@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxquant
 from onnxquant.cli import main
 from onnxquant.errors import UsageError
+from onnxquant.inspect_model import inspect_model
 from onnxquant.recipe import recipe_for_target
 from onnxquant.results import FLOAT_COMPUTE_KEY
 from tests.test_conv_cost import _cnn, _samples
@@ -71,6 +72,7 @@ def test_a_depthwise_cnn_gets_float_compute_on_x86_without_vnni(tmp_path: Path):
     saved = onnx.load(str(tmp_path / "q.onnx"))
     stamp = json.loads({p.key: p.value for p in saved.metadata_props}[FLOAT_COMPUTE_KEY])
     assert stamp["layers"] == 7 and stamp["cpu_kind"] == "avx2"
+    assert inspect_model(tmp_path / "q.onnx").to_dict()["float_compute"] == stamp  # inspect tells it too
 
     # onnxruntime folds each Cast * scale into a float initializer: the graph it runs is fp32's
     ran = _optimized(saved, tmp_path / "opt.onnx")
