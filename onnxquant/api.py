@@ -39,6 +39,7 @@ from onnxquant.pipeline.prepare import prepare
 from onnxquant.pipeline.prune import prune as prune_stage
 from onnxquant.pipeline.ranking import rank
 from onnxquant.pipeline.run_data import RunData, run_data
+from onnxquant.pipeline.float_compute import float_compute
 from onnxquant.pipeline.save import RECIPE_KEY, VERSION_KEY, save
 from onnxquant.pipeline.search import search, split_for_search
 from onnxquant.pipeline.selection import refuse_already_quantized
@@ -95,13 +96,18 @@ def quantize(
         state = refuse_already_quantized(smooth(pruned, calibrating, saved_stats=stats is not None))
         wanted = True if save_stats_to is not None or diagnostics or split.searching else None  # None: as the method needs
         calibrated = calibrate_stage(state, calibrating, stats, histograms=wanted)
-        if split.searching:
+        # Where integer kernels would be slower than fp32, float compute on int8 weights, decided
+        # before any search: the float-compute model is built from the input again.
+        decided = float_compute(calibrated, lambda: _pruned(model, recipe, run, integer_kernels=False))
+        if decided.float_compute is not None:
+            state = decided
+        elif split.searching:
             state = search(calibrated, split, run, diagnostics, lambda: _pruned(model, recipe, run))
         elif max_drop is None:
             state = without_islands(calibrated, run, keep_calibrated=diagnostics)
         else:
             state = mixed_precision(calibrated, run, max_drop)
-        state = save(check(split.told(state)), output)
+        state = save(check(split.told(replace(state, conv_estimate=decided.conv_estimate))), output)
         if save_stats_to is not None and stats is None:  # last: a failure before leaves no statistics file
             save_stats(state.stats, save_stats_to)
         return quantize_result(state, clock, calibrated if diagnostics else None)
@@ -216,9 +222,9 @@ def diagnose(result: QuantizeResult, data: Any, max_samples: int | None = None,
     return tensor_errors(reference, quantized, tensors, source, max_samples, progress)
 
 
-def _pruned(model: Model, recipe: Recipe, run: RunData) -> State:
+def _pruned(model: Model, recipe: Recipe, run: RunData, integer_kernels: bool = True) -> State:
     """load -> prepare -> prune. (Progress is the calibration's: pruning here reports none.)"""
-    return prune_stage(prepare(load(model, recipe, run)), replace(run, progress=None))
+    return prune_stage(prepare(load(model, recipe, run), integer_kernels), replace(run, progress=None))
 
 
 def _smoothed(model: Model, recipe: Recipe, run: RunData, saved_stats: bool = False) -> State:

@@ -63,6 +63,10 @@ class ConvEstimate:
     fp32_us: float
     int8_us: float
     slower: tuple[str, ...]  # layers estimated slower as int8, graph order
+    cpu_kind: str = "avx2"
+    # the estimated Convs' share of the model's 8-bit (or 4-bit) weight elements: the estimate
+    # speaks for the whole model only where the Convs hold most of what runs as integer kernels
+    weight_share: float = 1.0
 
     @property
     def ratio(self) -> float:
@@ -98,14 +102,22 @@ def _fixed_shape_copy(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
     return out
 
 
-def quantized_conv_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[ConvShape]:
-    """Every Conv whose weight comes through a DequantizeLinear, with its work for inputs of ``shapes``
+def quantized_conv_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
+                          planned: set[str] | None = None) -> list[ConvShape]:
+    """Every Conv whose weight comes through a DequantizeLinear (or, in a float model, every Conv
+    named in ``planned`` with a weight initializer), with its work for inputs of ``shapes``
     (layers whose output shape inference cannot tell are left out)."""
     producer = {o: n for n in model.graph.node for o in n.output}
     inits = {i.name: i for i in model.graph.initializer}
     convs = []
     for node in model.graph.node:
-        dq = producer.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        if node.op_type != "Conv" or len(node.input) < 2:
+            continue
+        if planned is not None:
+            if node.name in planned and node.input[1] in inits:
+                convs.append((node, list(inits[node.input[1]].dims)))
+            continue
+        dq = producer.get(node.input[1])
         if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
             convs.append((node, list(inits[dq.input[0]].dims)))
     if not convs:
@@ -129,16 +141,41 @@ def quantized_conv_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, .
     return out
 
 
-def estimate(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], cpu_kind: str) -> ConvEstimate | None:
+def estimate(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], cpu_kind: str,
+             planned: set[str] | None = None) -> ConvEstimate | None:
     """The quantized Convs' estimated time in fp32 and int8 on ``cpu_kind``; None where this
-    kind has no figures or the model has no quantized Conv of known shape."""
+    kind has no figures or the model has no quantized Conv of known shape. ``planned``: the
+    float model's layers planned for quantization (the model has no DequantizeLinear yet)."""
     costs = COSTS.get(cpu_kind)
     if costs is None:
         return None
-    layers = quantized_conv_shapes(model, shapes)
+    layers = quantized_conv_shapes(model, shapes, planned)
     if not layers:
         return None
     fp32, int8 = costs
     times = [(layer.name, fp32.nanoseconds(layer), int8.nanoseconds(layer)) for layer in layers]
     return ConvEstimate(len(layers), sum(t[1] for t in times) / 1e3, sum(t[2] for t in times) / 1e3,
-                        tuple(name for name, f, i in times if i > f))
+                        tuple(name for name, f, i in times if i > f), cpu_kind,
+                        _conv_weight_share(model, {layer.name for layer in layers}, planned))
+
+
+_LOW_BIT = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+
+
+def _conv_weight_share(model: onnx.ModelProto, convs: set[str], planned: set[str] | None) -> float:
+    """Elements of the ``convs``' weights over those of every low-bit initializer (zero points
+    included), or, in a float model, over those of every ``planned`` layer's weight (input 1)."""
+    if planned is not None:
+        sizes = {i.name: int(np.prod(i.dims, dtype=np.int64)) for i in model.graph.initializer}
+        weights = {n.input[1]: n.name for n in model.graph.node if n.name in planned and len(n.input) > 1}
+        total = sum(sizes.get(w, 0) for w in weights)
+        ours = sum(sizes.get(w, 0) for w, node in weights.items() if node in convs)
+        return ours / total if total else 1.0
+    sizes = {i.name: int(np.prod(i.dims, dtype=np.int64)) for i in model.graph.initializer if i.data_type in _LOW_BIT}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    conv_weights = set()
+    for node in model.graph.node:
+        if node.name in convs and len(node.input) > 1 and node.input[1] in producer:
+            conv_weights.add(producer[node.input[1]].input[0])
+    total = sum(sizes.values())
+    return sum(sizes.get(name, 0) for name in conv_weights) / total if total else 1.0

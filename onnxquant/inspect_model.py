@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxquant.results import FLOAT_COMPUTE_KEY
 from onnxquant.float_weights import FLOAT_LAYERS_KEY, float_weighted_nodes, tensor_bytes, weight_bytes
 from onnxquant.model_io import (
     file_size,
@@ -92,6 +93,8 @@ class ModelInspection:
     layers: list[LayerInfo] = field(default_factory=list)
     made_by: str | None = None  # the onnxquant version stamped in metadata, if any
     weight_bytes: int = 0  # every initializer, every (sub)graph
+    # int8-stored weights computed in float, and why (the quantize stamp; None: not such a model)
+    float_compute: dict[str, Any] | None = None
 
     @property
     def total_parameters(self) -> int:
@@ -124,6 +127,7 @@ class ModelInspection:
             "precision": self.precision_counts(), "sparsity": round(self.sparsity(), 4),
             "float_weight_share": round(self.float_weight_share(), 4),
             "layers": [layer.to_dict() for layer in self.layers],
+            **({"float_compute": self.float_compute} if self.float_compute is not None else {}),
         }
 
 
@@ -278,4 +282,5 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto) -> ModelInspection
         op_counts=dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
         parameters=dict(sorted(params.items())), layers=_all_layers(proto), made_by=meta.get("onnxquant.version"),
         weight_bytes=weight_bytes(proto),
+        float_compute=json.loads(meta[FLOAT_COMPUTE_KEY]) if FLOAT_COMPUTE_KEY in meta else None,
     )

@@ -67,6 +67,11 @@ class QuantizationSettings:
     # Fuse a BERT-like encoder's attention blocks into Attention, quantized as QAttention
     # (README, "Transformer fusion"). None: on for the cpu target, off for the others.
     fuse_transformer: bool | None = None
+    # Integer kernels or float compute on int8-stored weights (README, "Slower than fp32 by
+    # construction"). None: integer kernels, unless the CPU target's convolutions are estimated
+    # to run slower as int8 than fp32 on its CPU kind; True: integer kernels always; False: float
+    # compute always (CPU target).
+    integer_compute: bool | None = None
 
     def __post_init__(self) -> None:
         if self.weight_bits not in (4, 8):
@@ -300,6 +305,8 @@ class Recipe:
             raise UsageError(f"target {self.target!r} unknown; choose from {', '.join(TARGETS)}")
         if self.cpu is not None and self.target != "cpu":
             raise UsageError(f"a CPU kind is for target cpu, not {self.target!r}")
+        if self.quantization.integer_compute is False and self.target != "cpu":
+            raise UsageError("float compute on int8-stored weights (integer_compute = false) is for target cpu")
         if self.quantization.weight_bits == 4 and self.target != "cpu":
             raise UsageError("4-bit weights are written as onnxruntime's CPU MatMulNBits: use them with target cpu")
 

@@ -1,6 +1,7 @@
 """What ``quantize`` and ``prune`` return: for people (``summary``) and scripts (``to_dict``)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -8,7 +9,9 @@ from typing import Any
 import onnx
 
 from onnxquant.calibration.observers import StatsTable
+from onnxquant.conv_cost import ConvEstimate
 from onnxquant.fusion_check import FusionCheck
+from onnxquant.host import CPU_KINDS
 from onnxquant.prune.pipeline import PruneReport
 from onnxquant.recipe import Recipe
 
@@ -20,6 +23,39 @@ class FloatNode:
     reason: str
     weight_bytes: int = 0  # float weight bytes it reads (0: no weight of its own)
     share: float = 0.0  # of the model's weight bytes
+
+
+FLOAT_COMPUTE_KEY = "onnxquant.float_compute"  # model metadata: why the weights are int8 and the compute float
+
+
+@dataclass(frozen=True)
+class FloatCompute:
+    """Why a model's int8 weights are computed in float, for the summary, ``--json`` and the metadata."""
+
+    layers: int  # weighted layers whose weights are stored int8 and folded to float
+    estimate: ConvEstimate | None  # the integer model's convolutions (None: the recipe asked, not estimated)
+
+    @property
+    def reason(self) -> str:
+        if self.estimate is None:
+            return "the recipe asks for float compute (integer_compute = false)"
+        return (f"int8 kernels estimated at {self.estimate.ratio:.2f}x fp32's convolution time on "
+                f"{CPU_KINDS[self.estimate.cpu_kind].label}")
+
+    def note(self) -> str:
+        return (f"float compute: {self.layers} layers keep int8 weights but compute in float (onnxruntime folds "
+                f"them back to float when it loads the model), as {self.reason}; --integer-compute keeps "
+                "integer kernels")
+
+    def to_dict(self) -> dict[str, Any]:
+        found = self.estimate
+        return {"layers": self.layers, "reason": self.reason,
+                "cpu_kind": found.cpu_kind if found is not None else None,
+                "estimated_int8_over_fp32": round(found.ratio, 3) if found is not None else None}
+
+    def metadata(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
 
 
 @dataclass
@@ -51,6 +87,8 @@ class QuantizeResult:
     # stage -> {"seconds": its own wall time, "cpu_seconds", "calls", "peak_mb": the process's peak RSS
     # when it last ended}, in pipeline order (onnxquant.pipeline.clock); the stages' seconds sum to at most the total
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    # int8-stored weights computed in float, and why (pipeline/float_compute.py); None: integer kernels
+    float_compute: dict[str, Any] | None = None
 
     @property
     def float_weight_share(self) -> float:
@@ -75,6 +113,7 @@ class QuantizeResult:
             "stages": {stage: {k: round(v, 3) for k, v in info.items()} for stage, info in self.stages.items()},
             "notes": self.notes,
             "recipe": self.recipe.to_dict(),
+            **({"float_compute": self.float_compute} if self.float_compute is not None else {}),
             **({"mixed_precision": self.mixed_precision} if self.mixed_precision is not None else {}),
             **({"search": self.search} if self.search is not None else {}),
             **({"pruning": self.pruning.to_dict()} if self.pruning is not None else {}),

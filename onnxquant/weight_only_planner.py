@@ -80,7 +80,7 @@ RECURRENT_COMPUTE = {
 def weight_only_notes(sel: Selection, target: str = "cpu") -> list[str]:
     """Summary lines: which layers have int8 weights but compute in float, and why."""
     recurrent = [sel.quantized[n] for n in sel.weight_only if sel.quantized[n] in RECURRENT_OPS]
-    body = [n for n in sel.weight_only if sel.quantized[n] not in RECURRENT_OPS]
+    body = [n for n, w in sel.weight_only.items() if sel.quantized[n] not in RECURRENT_OPS and not w.fold]
     body_float = [n for n, (op, reason) in sel.float_nodes.items()
                   if reason.startswith(IN_BODY) and op in (*WEIGHTED_OPS, *RECURRENT_OPS)]
     notes = []

@@ -43,7 +43,8 @@ def _samples(height: int, width: int, count: int = 4) -> list[dict[str, np.ndarr
 
 
 def _quantize(model: onnx.ModelProto, height: int, width: int, target: str) -> onnxquant.QuantizeResult:
-    recipe = recipe_for_target(target).with_overrides(search={"enabled": False})
+    """The integer model, kept although slower (``integer_compute``; see test_float_compute.py)."""
+    recipe = recipe_for_target(target).with_overrides(search={"enabled": False}, quantization={"integer_compute": True})
     return onnxquant.quantize(model, _samples(height, width), recipe)
 
 

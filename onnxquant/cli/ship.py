@@ -41,6 +41,10 @@ def _inspection_text(info: dict[str, Any], layers: bool) -> str:
     floats = [layer for layer in info["layers"] if layer["precision"] == "float"]
     if floats:
         lines.append(f"float weighted layers: {len(floats)}, {info['float_weight_share']:.1%} of the weight bytes")
+    if info.get("float_compute"):
+        fc = info["float_compute"]
+        lines.append(f"float compute: {fc['layers']} layers store int8 weights that onnxruntime folds to float "
+                     f"at load, as {fc['reason']}")
     lines.append(f"sparsity: {info['sparsity']:.1%} of layer weights are zero")
     lines.append("ops: " + ", ".join(f"{op} {n}" for op, n in info["op_counts"].items()))
     if layers:

@@ -8,6 +8,14 @@ it lives; each body that reads it gets its own DequantizeLinear. Identical weigh
 bodies (onnxruntime's constant folding copies a captured weight into each body that reshapes
 it) are stored once, in the innermost graph all their readers see.
 
+A layer whose float compute must stay as fast as fp32's (the CPU fallback when int8 kernels are
+estimated slower, ``pipeline/float_compute.py``) gets its weight as ``Cast(int8) * scale``
+instead (``WeightOnly.fold``): onnxruntime's constant folding leaves DequantizeLinear alone
+while its QDQ optimisations are on (``skip_dequantize_linear`` in
+``onnxruntime/core/optimizer/constant_folding.cc``), so a DQ'd weight is no initializer to the
+Conv and its prepacked fp32 kernels; a Cast and a Mul of initializers are folded into one float
+initializer when the session loads, and the runtime graph is fp32's.
+
 Recurrent weights (num_directions, rows, K) get one scale per row of each direction: with one
 direction the DQ's axis is 1; with two, the int8 tensor is stored (2 * rows, K) with a scale per
 row on axis 0 and a Reshape restores the layout (DequantizeLinear takes a single axis).
@@ -48,6 +56,9 @@ class WeightOnly:
     inputs: tuple[int, ...]
     per_channel: bool = True
     reason: str = ""  # why the layer's compute stays float
+    # Cast(int8) * scale, which onnxruntime folds into a float initializer at load (full 8 bits,
+    # symmetric int8 whatever the recipe's weight type: no integer kernel reads it)
+    fold: bool = False
 
 
 @dataclass
@@ -81,14 +92,6 @@ def _layout(node: onnx.NodeProto, index: int, shape: tuple[int, ...], per_channe
     return shape, weight_axis(node, len(shape))
 
 
-def _owner(scopes: list[tuple[str, onnx.GraphProto]], name: str) -> tuple[str, onnx.GraphProto] | None:
-    """The innermost visible graph that holds ``name`` as an initializer."""
-    for path, graph in reversed(scopes):
-        if any(i.name == name for i in graph.initializer):
-            return path, graph
-    return None
-
-
 class _Store:
     """Int8 copies of float initializers, each content stored once, in a graph all readers see."""
 
@@ -101,14 +104,20 @@ class _Store:
         self.home: dict[tuple, list[str]] = {}  # first key of a content -> scope paths down to its graph
         self.pending: dict[tuple, list[onnx.TensorProto]] = {}
         self.replaced: dict[str, set[str]] = {}  # graph path -> float initializers now stored int8
+        self.initializers: dict[str, dict[str, onnx.TensorProto]] = {}  # graph path -> its initializers by name
 
     def find(self, scoped: ScopedNode, name: str) -> tuple[str, onnx.TensorProto] | None:
-        """(owner graph path, initializer) of a float32 weight ``scoped`` reads, else None."""
-        found = _owner(scoped.scopes, name) if name else None
-        if found is None:
+        """(owner graph path, initializer) of a float32 weight ``scoped`` reads, else None (the
+        innermost visible graph that holds ``name``; each graph indexed once: linear in the graph)."""
+        if not name:
             return None
-        init = next(i for i in found[1].initializer if i.name == name)
-        return (found[0], init) if init.data_type == onnx.TensorProto.FLOAT else None
+        for path, graph in reversed(scoped.scopes):
+            if path not in self.initializers:
+                self.initializers[path] = {i.name: i for i in graph.initializer}
+            init = self.initializers[path].get(name)
+            if init is not None:
+                return (path, init) if init.data_type == onnx.TensorProto.FLOAT else None
+        return None
 
     def int8(self, scoped: ScopedNode, owner_path: str, init: onnx.TensorProto, layout: tuple,
              make: Callable[[np.ndarray, Callable[[str], str]], list[onnx.TensorProto]]) -> list[str]:
@@ -179,6 +188,10 @@ def quantize_weights_only(model: onnx.ModelProto, targets: dict[str, WeightOnly]
             owner_path, init = found
             shape = tuple(init.dims)
             stored_shape, axis = _layout(node, index, shape, target.per_channel, opset)
+            if target.fold and stored_shape == shape:
+                node.input[index] = _folded_weight(scoped, store, owner_path, init, axis, dq_of, front)
+                changed = True
+                continue
 
             def make(value: np.ndarray, fresh: Callable[[str], str]) -> list[onnx.TensorProto]:
                 q, params = _row_quantized(value, stored_shape, axis, weight_type)
@@ -221,6 +234,32 @@ def quantize_weights_only(model: onnx.ModelProto, targets: dict[str, WeightOnly]
     if result.dynamic_lstm and not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return result
+
+
+def _folded_weight(scoped: ScopedNode, store: _Store, owner_path: str, init: onnx.TensorProto, axis: int | None,
+                   made: dict[tuple, str], front: dict[str, list[onnx.NodeProto]]) -> str:
+    """The name of ``Cast(int8 weight) * scale`` for ``init`` in the reader's graph (built once per graph)."""
+    shape = tuple(init.dims)
+
+    def make(value: np.ndarray, fresh: Callable[[str], str]) -> list[onnx.TensorProto]:
+        q, params = _row_quantized(value, shape, axis, "int8")
+        broadcast = [1] * len(shape)
+        if axis is not None:
+            broadcast[axis] = shape[axis]
+        return [numpy_helper.from_array(q, fresh("int8")),
+                numpy_helper.from_array(np.asarray(params.scale, np.float32).reshape(broadcast), fresh("scale"))]
+
+    tensor_names = store.int8(scoped, owner_path, init, ("fold", shape, axis), make)
+    key = (scoped.graph_path, tuple(tensor_names))
+    if key not in made:
+        name = init.name
+        cast, out = store.names.fresh(f"{name}_int8_as_float"), store.names.fresh(f"{name}_folded")
+        front.setdefault(scoped.graph_path, []).extend([
+            helper.make_node("Cast", [tensor_names[0]], [cast], name=store.names.fresh(f"{name}_Cast"),
+                             to=onnx.TensorProto.FLOAT),
+            helper.make_node("Mul", [cast, tensor_names[1]], [out], name=store.names.fresh(f"{name}_Mul"))])
+        made[key] = out
+    return made[key]
 
 
 def _to_dynamic_lstm(scoped: ScopedNode, store: _Store, target: WeightOnly, reduce_range: bool) -> bool:

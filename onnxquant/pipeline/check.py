@@ -7,9 +7,8 @@ from dataclasses import replace
 
 import onnx
 
-from onnxquant.conv_cost import estimate
 from onnxquant.float_weights import WARN_FLOAT_SHARE, float_weighted_nodes
-from onnxquant.host import CPU_KINDS, host_cpu
+from onnxquant.host import CPU_KINDS
 from onnxquant.ops.recurrent import RECURRENT_OPS
 from onnxquant.passes.float16 import store_float16
 from onnxquant.pipeline.clock import timed
@@ -45,22 +44,16 @@ def check(state: State) -> State:
 
 def _slower_by_construction(state: State) -> str | None:
     """One line when the quantized Convs are estimated, from their shapes, to run slower as int8
-    than in fp32 on the target CPU kind (conv_cost.py), even with every layer fused."""
-    recipe = state.recipe
-    if recipe.target != "cpu" or state.first_sample is None:
-        return None
-    kind = recipe.cpu.kind if recipe.cpu is not None else host_cpu().kind
-    shapes = {name: tuple(value.shape) for name, value in state.first_sample.items()}
-    try:
-        found = estimate(state.model, shapes, kind)
-    except onnx.shape_inference.InferenceError:  # shape inference refused the graph: no estimate
-        return None
+    than in fp32 on the target CPU kind (conv_cost.py, estimated by float_compute), even with every
+    layer fused, and the model keeps its integer kernels all the same."""
+    found = state.conv_estimate
     if found is None or found.ratio <= 1.0:
         return None
+    forced = " (integer kernels forced: integer_compute = true)" if state.recipe.quantization.integer_compute else ""
     return (f"int8 runs slower than fp32 here by construction: its convolutions are estimated at {found.ratio:.2f}x "
-            f"fp32's time on {CPU_KINDS[kind].label} ({len(found.slower)} of {found.layers} are depthwise or "
-            "have few channels, where onnxruntime's int8 kernels cost more than fp32's); measure with "
-            "onnxquant validate")
+            f"fp32's time on {CPU_KINDS[found.cpu_kind].label} ({len(found.slower)} of {found.layers} are "
+            "depthwise or have few channels, where onnxruntime's int8 kernels cost more than fp32's)"
+            f"{forced}; measure with onnxquant validate")
 
 
 def _float_report(quantized: onnx.ModelProto, sel: Selection, total_bytes: int) -> tuple[list[FloatNode], list[str]]:

@@ -13,13 +13,15 @@ from onnxquant.shapes import fix_input_shapes
 
 
 @timed("prepare")
-def prepare(state: State) -> State:
-    """The model ready to plan. A model loaded from a file (or reshaped here) is rewritten in place."""
+def prepare(state: State, integer_kernels: bool = True) -> State:
+    """The model ready to plan. A model loaded from a file (or reshaped here) is rewritten in place.
+    ``integer_kernels`` false: prepared for float compute (float_compute.py), no rewrite made for
+    integer kernels only."""
     loaded, shapes = state.model, state.shapes
     if shapes:
         loaded = fix_input_shapes(loaded, shapes)
     prepared, report = prepare_model(loaded, simplify=state.recipe.simplify, owned=state.owned or bool(shapes),
-                                     gelu=state.recipe.every_op, integer_gates=_integer_gates(state.recipe),
+                                     gelu=state.recipe.every_op, integer_gates=integer_kernels and _integer_gates(state.recipe),
                                      transformer=_transformer_fusion(state.recipe))
     del loaded
     notes = list(report.notes)

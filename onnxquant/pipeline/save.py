@@ -26,7 +26,7 @@ from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.state import Saved, State
 from onnxquant.prune.storage import compressed_size
 from onnxquant.recipe import RECIPE_KEY
-from onnxquant.results import FloatNode
+from onnxquant.results import FLOAT_COMPUTE_KEY, FloatNode
 from onnxquant.search.report import SEARCH_KEY
 from onnxquant.version import __version__
 
@@ -81,6 +81,10 @@ def _stamp(model: onnx.ModelProto, state: State) -> None:
                                    VERSION_KEY: __version__})
     if state.float_nodes is not None:
         _stamp_float_layers(model, state.float_nodes)
+    if state.float_compute is not None:
+        props = {p.key: p.value for p in model.metadata_props}
+        del model.metadata_props[:]
+        helper.set_model_props(model, {**props, FLOAT_COMPUTE_KEY: state.float_compute.metadata()})
     if state.search is not None and state.search.skipped is None:
         props = {p.key: p.value for p in model.metadata_props}
         del model.metadata_props[:]

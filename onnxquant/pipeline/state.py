@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from onnxquant.calibration.observers import StatsTable
+from onnxquant.conv_cost import ConvEstimate
 from onnxquant.fusion_check import FusionCheck
 from onnxquant.mixed_precision import MixedPrecisionResult
 from onnxquant.passes.prepare import PrepareReport
@@ -24,7 +25,7 @@ from onnxquant.prune.pipeline import PruneReport
 from onnxquant.recipe import Recipe
 from onnxquant.recovery.bias_correction import MeasuredShifts
 from onnxquant.recovery.gptq import GptqFactors
-from onnxquant.results import FloatNode
+from onnxquant.results import FloatCompute, FloatNode
 from onnxquant.search.report import SearchReport
 
 
@@ -66,6 +67,10 @@ class State:
     # states re-entered at ``plan`` (a search's trials): a layer probed once is not probed again.
     measured_shifts: MeasuredShifts | None = None
     gptq_factors: GptqFactors | None = None  # GPTQ's Gram matrices and factors, shared the same way
+    # the integer model's convolutions, estimated time in fp32 and int8 (float_compute.py, conv_cost.py)
+    conv_estimate: ConvEstimate | None = None
+    # int8-stored weights computed in float instead of integer kernels, and why (float_compute.py)
+    float_compute: FloatCompute | None = None
 
     @property
     def planning_recipe(self) -> Recipe:

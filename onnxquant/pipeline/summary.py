@@ -36,6 +36,7 @@ def quantize_result(state: State, clock: StageClock, diagnostics: State | None =
         fusion=state.fusion,
         warnings=list(state.warnings),
         weight_only={name: w.reason for name, w in sel.weight_only.items()},
+        float_compute=state.float_compute.to_dict() if state.float_compute is not None else None,
     )
 
 

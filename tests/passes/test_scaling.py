@@ -22,7 +22,7 @@ from onnxquant.passes.fold_affine import fold_affine_into_conv
 from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.prepare import prepare_model
 from onnxquant.planner import finalize, node_names, select
-from onnxquant.recipe import Recipe
+from onnxquant.recipe import Recipe, recipe_for_target
 
 SIZES = (800, 1600)
 MAX_RATIO = 2.3  # linear measures 1.96-2.0; the quadratic passes this replaced measured 2.5-4
@@ -81,12 +81,17 @@ def test_selection_planning_and_qdq_insertion_are_linear():
     assert _ratio(work) < MAX_RATIO
 
 
-def test_a_whole_quantize_run_is_linear():
-    """Load, simplify, fold, calibrate, bias-correct, plan, insert, self-check, save."""
+@pytest.mark.parametrize("integer_compute", [True, False])
+def test_a_whole_quantize_run_is_linear(integer_compute: bool):
+    """Load, simplify, fold, calibrate, bias-correct, plan, insert, self-check, save; with
+    integer kernels, or float compute on int8 weights (pinned: the chain's estimated int8 cost
+    decides otherwise by its length on x86 without VNNI)."""
+    recipe = recipe_for_target("cpu").with_overrides(quantization={"integer_compute": integer_compute})
+
     def work(nodes: int) -> int:
         model = conv_chain(nodes)
         with tempfile.TemporaryDirectory() as tmp:
-            return _calls(lambda: quantize(model, conv_chain_samples(), output=Path(tmp) / "q.onnx"))
+            return _calls(lambda: quantize(model, conv_chain_samples(), recipe, output=Path(tmp) / "q.onnx"))
 
     assert _ratio(work) < MAX_RATIO
 

@@ -20,7 +20,7 @@ from onnxquant.pipeline.save import save
 from onnxquant.pipeline.smooth import smooth
 from onnxquant.recipe import recipe_for_target
 
-STAGES = ["load", "prepare", "prune", "smooth", "calibrate", "plan", "recover", "rewrite", "check", "save"]
+STAGES = ["load", "prepare", "prune", "smooth", "calibrate", "plan", "recover", "rewrite", "float_compute", "check", "save"]
 PIPELINE = Path(onnxquant.__file__).parent / "pipeline"
 
 
