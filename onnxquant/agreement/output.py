@@ -15,7 +15,6 @@ from onnxquant.agreement.classification import ClassificationAgreement
 from onnxquant.agreement.detection import DetectionAgreement, DetectionSettings, decode_pair, decode_yolo
 from onnxquant.agreement.kinds import detect_kind
 from onnxquant.agreement.labels import LabelAgreement
-from onnxquant.agreement.probability_map import MapAgreement, is_probability_map
 from onnxquant.agreement.sequence import SequenceAgreement
 from onnxquant.agreement.tensor import TensorAgreement
 
@@ -28,9 +27,7 @@ PRIMARY = {"classification": "top1", "embedding": "cosine", "regression": "cosin
            "sequence": "string_agreement", "labels": "label_agreement"}
 # The finest figure per kind, for choices made on a few dozen samples, where a top-1 or an exact
 # string match moves in steps of one sample: KL for classifiers (scored as exp(-KL)), CER for
-# sequences (as 1 - CER), the F2 score of fp32's thresholded region for a regression output that
-# is a probability map (onnxquant.agreement.probability_map: its cosine misleads); the other
-# kinds' primary figures are fine already.
+# sequences (as 1 - CER); the other kinds' primary figures are fine already.
 FINE = {**PRIMARY, "classification": "kl", "sequence": "cer"}
 
 
@@ -66,7 +63,6 @@ class OutputAgreement:
         self.detections: DetectionAgreement | None = None
         self.strings: SequenceAgreement | None = None
         self.labels: LabelAgreement | None = None
-        self.maps: MapAgreement | None = None
 
     def _start(self, reference: Any) -> None:
         if self.kind is None:
@@ -81,8 +77,6 @@ class OutputAgreement:
             self.detections = DetectionAgreement(self.detection_settings)
         elif self.kind == "sequence":
             self.strings = SequenceAgreement(self.ctc_blank)
-        elif self.kind == "regression" and is_probability_map(reference):
-            self.maps = MapAgreement()
 
     def add(self, reference: Any, compressed: Any, scores: tuple[Any, Any] | None = None) -> None:
         """One sample; ``scores``: the pair's (fp32, int8) scores when this output holds its boxes."""
@@ -114,8 +108,6 @@ class OutputAgreement:
                                            decode_yolo(compressed, self.detection_settings))
             elif self.strings is not None:
                 self.strings.add(reference, compressed)
-            elif self.maps is not None:
-                self.maps.add(reference, compressed)
         except (ValueError, IndexError) as exc:  # a kind the user forced on an output that does not fit it
             note = f"cannot measure as {self.kind} an output of shape {list(reference.shape)}: {exc}"
             if note not in self.notes:
@@ -136,7 +128,7 @@ class OutputAgreement:
             channels = t.channels()
             if channels:
                 out.update(channels)
-        for part in (self.classes, self.strings, self.maps):
+        for part in (self.classes, self.strings):
             if part is not None:
                 out.update(part.metrics())
         if self.detections is not None and self.detections.images:
@@ -147,8 +139,7 @@ class OutputAgreement:
     def score(self, by: str = "kind") -> float:
         """One agreement figure in [.., 1] for searches: ``top1`` where the output is a classifier,
         ``cosine`` of float outputs, ``fine``: the kind's finest figure (exp(-KL) of a classifier,
-        1 - CER of a sequence, the thresholded region's F2 score of a probability map), else the
-        kind's primary figure (unmeasured counts as 0)."""
+        1 - CER of a sequence), else the kind's primary figure (unmeasured counts as 0)."""
         m = self.metrics()
         if self.mismatched:
             return 0.0
@@ -156,8 +147,6 @@ class OutputAgreement:
             name = "cosine"
         elif by == "top1" and "top1" in m:
             name = "top1"
-        elif by == "fine" and m.get("map_f2") is not None:
-            return float(m["map_f2"])
         elif by == "fine" and FINE.get(self.kind or "") in ("kl", "cer") and m.get(FINE[self.kind]) is not None:
             value = float(m[FINE[self.kind]])
             if not math.isfinite(value):
