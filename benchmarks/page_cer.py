@@ -19,19 +19,7 @@ import numpy as np
 
 from benchmarks.ocr_pages import Page, held_out_pages
 from benchmarks.ocr_pipeline import Detector, ReadLine, Recogniser, read_page
-
-
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (insertions, deletions, substitutions each cost 1)."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
+from onnxquant.agreement.sequence import edit_distance  # Levenshtein on any two sequences, strings too
 
 
 def _normalise(text: str) -> str:
