@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from benchmarks import metrics, tool_venvs
+from benchmarks import metrics, page_cer, tool_venvs
 from calibration.build import write_samples
 from models.build import BUILDERS, build
 from onnxquant.fusion_check import check_fusion
@@ -41,6 +41,8 @@ HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "efficientnet-lite0-
                ("sklearn-mlp", "sklearn-mlp-partly-int8", "ppocr-cls", "ppocr-cls-fp16", "magika")}}
 # The output compared with fp32 (default: the first); skl2onnx's first output is the int64 label.
 OUTPUT = {"sklearn-mlp": "probabilities", "sklearn-mlp-partly-int8": "probabilities"}
+# Models measured in a full OCR pipeline too (benchmarks/page_cer.py): page CER with a real recogniser.
+PAGE_CER = {"ppocr-det"}
 # aimet and quark run from their own virtual environments (benchmarks/tool_venvs.py).
 TOOLS = ("onnxquant", "onnxquant-as-given", "ort", "ort+pre", "ort-dynamic", "nncf", *tool_venvs.VENV_TOOLS)
 
@@ -151,6 +153,8 @@ def bench_model(name: str, work: Path, threads: int, rounds: int, tools: tuple[s
     for tool in outputs:
         got = [sessions[tool].run(wanted, x)[0].astype(np.float32) for x in data]
         row["tools"][tool]["agreement"] = METRIC[name](ref, got)
+    if name in PAGE_CER:
+        row["page_cer"] = page_cer.bench(fp32, outputs, work, threads)
     lat = _latency(sessions, data[0], rounds, 5)
     row["fp32_latency_ms"] = lat["fp32"]
     for tool in outputs:
@@ -188,6 +192,10 @@ def markdown(rows: list[dict]) -> str:
                 f"| {info['latency_ratio']:.2f} | {grid} | {kernels} |"
             )
     return "\n".join(lines)
+
+
+def _failed(row: dict) -> dict[str, str]:
+    return {tool: info.get("error", "?") for tool, info in row["tools"].items() if tool not in row.get("page_cer", {})}
 
 
 def stages_markdown(rows: list[dict]) -> str:
@@ -229,6 +237,7 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
     stages = stages_markdown(rows)
     table = "\n".join([markdown(rows), "", *tool_venvs.configs(rows)]) + (f"\n\n{stages}" if stages else "")
+    table += "".join(f"\n\n{page_cer.markdown(row['model'], row['page_cer'], _failed(row))}" for row in rows if "page_cer" in row)
     (args.out / "results.md").write_text(table + "\n")
     print(table)
 
