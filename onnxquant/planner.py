@@ -26,7 +26,7 @@ from onnxquant.ops.rules import (
     weight_axis,
 )
 from onnxquant.passes.weight_only import WeightOnly
-from onnxquant.qparams import QParams, asymmetric, per_channel_absmax, symmetric
+from onnxquant.qparams import QParams, asymmetric, per_channel_absmax, quantize, symmetric
 from onnxquant.recipe import NodeSelection, Recipe
 
 FLOAT = onnx.TensorProto.FLOAT
@@ -73,6 +73,13 @@ class QuantPlan:
     weights: dict[tuple[str, str], QParams]  # (node, initializer) -> params
     selection: Selection
     notes: list[str] = field(default_factory=list)
+    # (node, initializer) -> the integer weights a pass chose (pair-limited rounding), where they
+    # are not the nearest rounding of the float weight; the float weight stays the reference
+    integers: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+
+    def quantized_weight(self, key: tuple[str, str], value: np.ndarray) -> np.ndarray:
+        """The integers the rewrite stores for weight ``key`` whose float value is ``value``."""
+        return self.integers[key] if key in self.integers else quantize(value, self.weights[key])
 
 
 def node_names(model: onnx.ModelProto) -> list[str]:

@@ -57,6 +57,11 @@ class QuantizationSettings:
     # kernels on x86 CPUs without VNNI saturate 16-bit intermediate sums with full 8-bit
     # weights (see README, "Why 7-bit weights").
     reduce_range: bool = True
+    # With reduce_range on the CPU target: 8-bit weights whose same-sign neighbour pairs are
+    # limited so that the u8s8 kernels cannot saturate (recovery/pair_limited.py), where the
+    # layer's reduction order is known. None (the default, not stamped): off; the recipe search
+    # tries it.
+    pair_limited_weights: bool | None = None
     quantize_bias: bool = True
     op_types: tuple[str, ...] | None = None  # None: every op type the target fuses
     # 4: MatMul weights whose distribution int4 keeps well become block-wise int4 (MatMulNBits,

@@ -16,6 +16,7 @@ from onnxquant.recipe import Recipe
 from onnxquant.recovery.adaround import adaround
 from onnxquant.recovery.bias_correction import MeasuredShifts, correct_biases
 from onnxquant.recovery.equalize import equalize
+from onnxquant.recovery.pair_limited import limit_pairs
 from onnxquant.recovery.smoothquant import applies, smooth
 
 Reopen = Callable[[], Iterable[dict[str, np.ndarray]]]
@@ -64,13 +65,13 @@ def after_plan(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, reope
     also cancels the mean shift that the learned rounding leaves). ``measured``: bias
     corrections' measurements already taken over the same samples, to reuse where they fit."""
     settings = recipe.recovery
+    notes = _pair_limits(prepared, plan, recipe)
     wanted = [name for name, on in (("learned rounding", settings.adaround), ("bias correction", settings.bias_correction))
               if on]
     if not wanted:
-        return []
+        return notes
     if reopen is None:
-        return [f"{' and '.join(wanted)} skipped: {unavailable}"]
-    notes = []
+        return [*notes, f"{' and '.join(wanted)} skipped: {unavailable}"]
     if settings.adaround:
         rounded = adaround(prepared, plan, reopen(), settings.adaround_iterations, settings.adaround_seconds,
                            recipe.calibration.max_samples)
@@ -85,3 +86,15 @@ def after_plan(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, reope
         if changed:
             notes.append(f"bias correction: {changed} biases shifted")
     return notes
+
+
+def _pair_limits(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -> list[str]:
+    """Pair-limited 8-bit weights in place of 7-bit ones, where the recipe asks for them. Learned
+    rounding works on the 7-bit grid, so with it on they are not made (and a note says so)."""
+    q = recipe.quantization
+    if not q.pair_limited_weights or not q.reduce_range:
+        return []
+    if recipe.recovery.adaround:
+        return ["pair-limited 8-bit weights not made: learned rounding rounds on the 7-bit grid"]
+    changed = limit_pairs(prepared, plan)
+    return [f"pair-limited 8-bit weights (u8s8 kernels cannot saturate): {len(changed)} layers"] if changed else []
