@@ -89,12 +89,17 @@ def after_plan(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, reope
 
 
 def _pair_limits(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe) -> list[str]:
-    """Pair-limited 8-bit weights in place of 7-bit ones, where the recipe asks for them. Learned
-    rounding works on the 7-bit grid, so with it on they are not made (and a note says so)."""
+    """Pair-limited 8-bit weights in place of 7-bit ones: asked for, or by default for the CPU
+    target. Learned rounding works on the 7-bit grid, so with it on they are not made (a note
+    says so when they were asked for)."""
     q = recipe.quantization
-    if not q.pair_limited_weights or not q.reduce_range:
+    wanted = q.pair_limited_weights
+    if wanted is None:
+        wanted = recipe.target == "cpu"
+    if not wanted or not q.reduce_range or q.weight_type != "int8":
         return []
     if recipe.recovery.adaround:
-        return ["pair-limited 8-bit weights not made: learned rounding rounds on the 7-bit grid"]
+        return ["pair-limited 8-bit weights not made: learned rounding rounds on the 7-bit grid"] \
+            if q.pair_limited_weights else []
     changed = limit_pairs(prepared, plan)
     return [f"pair-limited 8-bit weights (u8s8 kernels cannot saturate): {len(changed)} layers"] if changed else []

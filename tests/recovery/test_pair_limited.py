@@ -49,10 +49,10 @@ def test_pair_limited_weights_reconstruct_better_than_7_bit():
 def _pointwise_model(cin: int, cout: int, seed: int, head: bool = True) -> onnx.ModelProto:
     """ReLU6 activations (uint8 up to 255 once quantized) into a 1x1 Conv and a Gemm whose
     weights have many large same-sign neighbours: full 8-bit weights would overflow the u8s8
-    kernels' 16-bit pair sums on x86 without VNNI. A 3x3 Conv beside them has no known pairing."""
+    kernels' 16-bit pair sums on x86 without VNNI; and a 3x3 Conv between them."""
     rng = np.random.default_rng(seed)
     w1 = (np.abs(rng.normal(0, 0.3, (cout, cin, 1, 1))) * rng.choice([-1, 1], (cout, 1, 1, 1))).astype(np.float32)
-    w3 = rng.normal(0, 0.1, (cout, cout, 3, 3)).astype(np.float32)
+    w3 = (np.abs(rng.normal(0, 0.1, (cout, cout, 3, 3))) * rng.choice([-1, 1], (cout, 1, 1, 1))).astype(np.float32)
     wg = (np.abs(rng.normal(0, 0.05, (10, cout))) * rng.choice([-1, 1], (10, 1))).astype(np.float32)
     nodes = [
         helper.make_node("Clip", ["x", "lo", "hi"], ["a"], name="relu6"),
@@ -101,17 +101,19 @@ def test_pair_limited_weights_run_exactly_in_onnxruntime_and_beat_7_bit():
     cin = 64
     model = _pointwise_model(cin, 32, seed=2)
     calib, held = _samples(cin, 16, seed=3), _samples(cin, 6, seed=4)
-    seven_bit = Recipe().with_overrides(search={"enabled": False}, quantization={"reduce_range": True})
+    seven_bit = Recipe().with_overrides(search={"enabled": False},
+                                        quantization={"reduce_range": True, "pair_limited_weights": False})
     limited = onnxquant.quantize(model, calib, seven_bit.with_overrides(quantization={"pair_limited_weights": True}))
     plain = onnxquant.quantize(model, calib, seven_bit)
-    assert any("pair-limited 8-bit weights" in n and "2 layers" in n for n in limited.notes)
+    assert any("pair-limited 8-bit weights" in n and "3 layers" in n for n in limited.notes)
 
     weights = _weights(limited.model)
-    for name in ("pointwise", "fc"):
+    for name in ("pointwise", "spatial", "fc"):
         assert _same_sign_pair_sums(weights[name]).max() <= PAIR_LIMIT
         assert np.abs(weights[name]).max() > 64  # more than 7 bits
-        # without the limit the nearest 8-bit rounding would have pairs over it
-    assert np.abs(weights["spatial"]).max() <= 64  # a 3x3 Conv keeps the recipe's 7-bit weights
+    # a 3x3 Conv's K may run channels innermost or outermost: the limit holds in both orders
+    spatial = next(numpy_helper.to_array(i) for i in limited.model.graph.initializer if i.name.startswith("w3"))
+    assert _same_sign_pair_sums(spatial.transpose(0, 2, 3, 1).reshape(32, -1)).max() <= PAIR_LIMIT
 
     for sample in held:  # the fused integer kernels compute what the QDQ graph says: no saturation
         fused, reference = run(limited.model, sample)[0], run(limited.model, sample, optimize=False)[0]
@@ -124,7 +126,8 @@ def test_pair_limited_weights_are_closer_to_fp32_than_7_bit():
     model = _pointwise_model(cin, 32, seed=5, head=False)
     calib, held = _samples(cin, 16, seed=6), _samples(cin, 6, seed=7)
     # bias correction off: it would cancel most of the weights' rounding error on this one layer
-    seven_bit = Recipe().with_overrides(search={"enabled": False}, quantization={"reduce_range": True},
+    seven_bit = Recipe().with_overrides(search={"enabled": False},
+                                        quantization={"reduce_range": True, "pair_limited_weights": False},
                                         recovery={"bias_correction": False})
     limited = onnxquant.quantize(model, calib, seven_bit.with_overrides(quantization={"pair_limited_weights": True}))
     plain = onnxquant.quantize(model, calib, seven_bit)
@@ -137,9 +140,23 @@ def test_pair_limited_weights_are_closer_to_fp32_than_7_bit():
     assert sqnr(limited.model) > sqnr(plain.model) + 1.5  # dB (2.7 measured)
 
 
-def test_pair_limited_weights_are_off_by_default_and_not_stamped():
-    recipe = Recipe()
-    assert recipe.quantization.pair_limited_weights is None
-    assert "pair_limited_weights" not in recipe.to_json()
-    on = recipe.with_overrides(quantization={"pair_limited_weights": True})
-    assert '"pair_limited_weights":true' in on.to_json()
+def test_pair_limited_weights_are_the_cpu_default_for_7_bit_recipes_only():
+    cin = 64
+    model = _pointwise_model(cin, 32, seed=2)
+    calib = _samples(cin, 16, seed=3)
+    as_given = Recipe().with_overrides(search={"enabled": False})
+    assert as_given.quantization.pair_limited_weights is None
+    assert "pair_limited_weights" not in as_given.to_json()  # the default is not stamped
+
+    def weights_over_64(recipe: Recipe) -> int:
+        q = _weights(onnxquant.quantize(model, calib, recipe).model)["pointwise"]
+        return int((np.abs(q) > 64).sum())
+
+    assert weights_over_64(as_given.with_overrides(quantization={"reduce_range": True})) > 0
+    assert weights_over_64(as_given.with_overrides(quantization={"reduce_range": True, "pair_limited_weights": False})) == 0
+    # full 8-bit weights (VNNI, ARM64): nothing to limit, the recipe's own weights
+    full = as_given.with_overrides(quantization={"reduce_range": False})
+    q = _weights(onnxquant.quantize(model, calib, full).model)["pointwise"]
+    assert _same_sign_pair_sums(q).max() > PAIR_LIMIT
+    assert '"pair_limited_weights":false' in as_given.with_overrides(
+        quantization={"pair_limited_weights": False}).to_json()
