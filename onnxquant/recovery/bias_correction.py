@@ -128,7 +128,7 @@ def correct_biases(
             continue
         chosen = plan.integers.get((name, w))  # integers a pass chose instead of nearest rounding
         key = (model_key, name, w, _params_key(plan.activations[node.input[0]]), _params_key(plan.weights[(name, w)]),
-               max_samples, None if chosen is None else hashlib.sha256(chosen.tobytes()).hexdigest())
+               max_samples, None if chosen is None else hashlib.sha256(chosen[0].tobytes()).hexdigest())
         targets.append((key, name, b))
         if measured is None or key not in measured.sums:
             probed[_layer_probe(probe, node, plan, tensor_array(inits[w]), w, opset)] = key

@@ -130,8 +130,8 @@ def limit_pairs(model: onnx.ModelProto, plan: QuantPlan) -> list[str]:
         bias = bias_of.get((name, weight))
         if bias is not None:  # (may raise the scale of a near-zero channel so that its bias fits int32)
             refresh_bias_params(model, plan, name, bias, x=node.input[0])
-        final = plan.weights[(name, weight)].scale.astype(np.float64).reshape(-1, *([1] * (value.ndim - 1)))
-        q = limited_weight(channels_first / final, orders).astype(np.int8)
-        plan.integers[(name, weight)] = np.ascontiguousarray(np.moveaxis(q, 0, axis))
+        final = plan.weights[(name, weight)].scale
+        q = limited_weight(channels_first / final.astype(np.float64).reshape(-1, *([1] * (value.ndim - 1))), orders)
+        plan.integers[(name, weight)] = (np.ascontiguousarray(np.moveaxis(q.astype(np.int8), 0, axis)), final.copy())
         changed.append(name)
     return changed

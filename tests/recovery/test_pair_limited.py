@@ -160,3 +160,23 @@ def test_pair_limited_weights_are_the_cpu_default_for_7_bit_recipes_only():
     assert _same_sign_pair_sums(q).max() > PAIR_LIMIT
     assert '"pair_limited_weights":false' in as_given.with_overrides(
         quantization={"pair_limited_weights": False}).to_json()
+
+
+def test_chosen_integers_follow_a_scale_raised_later():
+    """Bias correction may raise a channel's weight scale so its corrected bias fits int32: the
+    chosen integers of that channel then move to the coarser grid (only shrinking)."""
+    from onnxquant.planner import QuantPlan, Selection
+    from onnxquant.qparams import QParams
+
+    ints = np.array([[100, 28, -5], [90, -90, 127]], np.int8)
+    made_for = np.array([0.01, 0.02], np.float32)
+    raised = np.array([0.01, 0.08], np.float32)
+    key = ("layer", "w")
+    plan = QuantPlan({}, {key: QParams(made_for, np.zeros(2, np.int8), "int8", 0)}, Selection(),
+                     integers={key: (ints, made_for)})
+    value = np.zeros((2, 3), np.float32)  # not read: the chosen integers are
+    assert np.array_equal(plan.quantized_weight(key, value), ints)
+    plan.weights[key] = QParams(raised, np.zeros(2, np.int8), "int8", 0)
+    moved = plan.quantized_weight(key, value)
+    assert np.array_equal(moved[0], ints[0])  # the channel whose scale stayed
+    assert np.array_equal(moved[1], np.rint(ints[1].astype(float) / 4).astype(np.int8))
