@@ -265,7 +265,7 @@ def insert_qdq_ir(model: ir.Model, plan: QuantPlan, opset: int) -> None:
         weight = graph.initializers[tensor]
         base = f"{tensor}_{node_name}" if readers[tensor] > 1 else tensor
         q_init = _ir_initializer(graph, names.fresh(f"{base}_quantized"),
-                                 ours_qdq.quantize(weight.const_value.numpy(), params))
+                                 plan.quantized_weight((node_name, tensor), weight.const_value.numpy()))
         scale = _ir_initializer(graph, names.fresh(f"{base}_scale"), np.asarray(params.scale, np.float32))
         zero_name = names.fresh(f"{base}_zero_point")
         inputs = [q_init, scale]

@@ -27,7 +27,7 @@ from onnxquant.ops.rules import (
 )
 from onnxquant.passes.gather_rows import row_quantizable
 from onnxquant.passes.weight_only import WeightOnly
-from onnxquant.qparams import QParams, asymmetric, per_channel_absmax, symmetric
+from onnxquant.qparams import QParams, asymmetric, per_channel_absmax, quantize, symmetric
 from onnxquant.recipe import NodeSelection, Recipe
 
 FLOAT = onnx.TensorProto.FLOAT
@@ -76,6 +76,25 @@ class QuantPlan:
     weights: dict[tuple[str, str], QParams]  # (node, initializer) -> params
     selection: Selection
     notes: list[str] = field(default_factory=list)
+    # (node, initializer) -> the integer weights a pass chose (pair-limited rounding), where they
+    # are not the nearest rounding of the float weight, and the scales they were chosen for; the
+    # float weight stays the reference
+    integers: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def quantized_weight(self, key: tuple[str, str], value: np.ndarray) -> np.ndarray:
+        """The integers the rewrite stores for weight ``key`` whose float value is ``value``."""
+        if key not in self.integers:
+            return quantize(value, self.weights[key])
+        ints, made_for = self.integers[key]
+        params = self.weights[key]
+        if np.array_equal(params.scale, made_for):
+            return ints
+        # a channel's scale raised later (so that its corrected bias fits int32): the same values
+        # on its coarser grid; magnitudes only shrink, so the pass's limits still hold
+        ratio = made_for.astype(np.float64) / params.scale.astype(np.float64)
+        shape = [1] * ints.ndim
+        shape[params.axis if params.axis is not None else 0] = -1
+        return np.rint(ints * ratio.reshape(shape)).astype(ints.dtype)
 
 
 def node_names(model: onnx.ModelProto) -> list[str]:

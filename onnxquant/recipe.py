@@ -57,6 +57,11 @@ class QuantizationSettings:
     # kernels on x86 CPUs without VNNI saturate 16-bit intermediate sums with full 8-bit
     # weights (see README, "Why 7-bit weights").
     reduce_range: bool = True
+    # Where reduce_range would give 7-bit weights: full 8-bit int8 weights whose same-sign
+    # neighbour pairs are limited so that the u8s8 kernels cannot saturate, for layers whose
+    # reduction order is known (Conv with one group, Gemm, 2-D MatMul; recovery/pair_limited.py). None (the
+    # default, not stamped): on for the CPU target; False: 7-bit weights as before.
+    pair_limited_weights: bool | None = None
     quantize_bias: bool = True
     op_types: tuple[str, ...] | None = None  # None: every op type the target fuses
     # 4: MatMul weights whose distribution int4 keeps well become block-wise int4 (MatMulNBits,

@@ -90,6 +90,9 @@ RENAMED = {"--int4-min-sqnr": "--int4-min-sqnr-db", "--symmetric-activations": "
 @click.option("--int4-min-sqnr-db", type=float, help="A weight int4 keeps below this SQNR in dB stays int8 (default 18).")
 @click.option("--per-channel/--per-tensor", default=None, help="Per-channel weight scales (default per-channel).")
 @click.option("--reduce-range/--no-reduce-range", default=None, help="7-bit weights in GEMM kernels (default on; see README).")
+@click.option("--pair-limited-weights/--no-pair-limited-weights", default=None, help="With --reduce-range: full 8-bit "
+              "weights whose neighbour pairs cannot saturate the u8s8 kernels, for 1x1/kxk Conv, Gemm and MatMul "
+              "(default on for --target cpu; see README).")
 @click.option("--quantize-bias/--float-bias", default=None, help="int32 biases for Conv/Gemm (default on).")
 @click.option("--op-types", help="Comma-separated op types to quantize (default: all supported).")
 @click.option("--fuse-transformer/--no-fuse-transformer", default=None, help="Fuse BERT-like attention blocks into "
@@ -130,8 +133,8 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
              input_shape: tuple[str, ...], calibration: str | None,
              percentile: float | None, max_samples: int | None, activation_type: str | None,
              activation_symmetric: bool | None, weight_type: str | None, per_channel: bool | None,
-             reduce_range: bool | None, quantize_bias: bool | None, op_types: str | None, fuse_transformer: bool | None,
-             integer_compute: bool | None, include: tuple[str, ...],
+             reduce_range: bool | None, pair_limited_weights: bool | None, quantize_bias: bool | None,
+             op_types: str | None, fuse_transformer: bool | None, integer_compute: bool | None, include: tuple[str, ...],
              exclude: tuple[str, ...], no_simplify: bool, save_stats: Path | None, load_stats: Path | None, as_json: bool, quiet: bool,
              debug: bool, max_drop: float | None, holdout: Path | None, drop_by: str, weight_bits: str | None,
              int4_block_size: int | None, int4_min_sqnr_db: float | None, threads: int | None, max_memory: str | None,
@@ -146,6 +149,7 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
         quantization={
             "activation_type": activation_type, "activation_symmetric": activation_symmetric,
             "weight_type": weight_type, "per_channel": per_channel, "reduce_range": reduce_range,
+            "pair_limited_weights": pair_limited_weights,
             "quantize_bias": quantize_bias, "weight_bits": int(weight_bits) if weight_bits else None,
             "int4_block_size": int4_block_size, "int4_min_sqnr_db": int4_min_sqnr_db, "fuse_transformer": fuse_transformer,
             "integer_compute": integer_compute,

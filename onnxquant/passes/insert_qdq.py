@@ -19,7 +19,7 @@ from onnxquant.passes.gather_rows import gather_row_quantized
 from onnxquant.passes.names import fresh_name
 from onnxquant.passes.qattention import write_qattention
 from onnxquant.planner import QuantPlan
-from onnxquant.qparams import QParams, quantize
+from onnxquant.qparams import QParams
 
 MS_DOMAIN = "com.microsoft"
 
@@ -115,7 +115,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
     for (node_name, tensor), params in sorted(plan.weights.items()):
         value = tensor_array(inits[tensor])
         base = f"{tensor}_{node_name}" if readers[tensor] > 1 else tensor
-        q_init = numpy_helper.from_array(quantize(value, params), names.fresh(f"{base}_quantized"))
+        q_init = numpy_helper.from_array(plan.quantized_weight((node_name, tensor), value), names.fresh(f"{base}_quantized"))
         scale, zero = _params_initializers(names, base, params)
         # A zero point of 0 is DequantizeLinear's default: an int32 bias's (per-channel, it would
         # take as many bytes as the bias itself) and a symmetric int8 weight's are not stored.

@@ -116,8 +116,8 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
     crun = split.run
     drop_by = "fine"  # top-1 on a few dozen samples moves in steps of one sample
     held = Holdout.from_samples(calibrated.model, split.scored, None, drop_by)
-    first, heads = _edge_layers(calibrated)
-    rounds = Rounds(calibrated.recipe, first, heads)
+    first, heads, following = _edge_layers(calibrated)
+    rounds = Rounds(calibrated.recipe, first, heads, following)
     report = SearchReport(scored_samples=len(held.feeds), calibration_samples=calibrated.stats.samples,
                           drop_by="metric" if run.metric is not None else drop_by, planned_trials=settings.trials)
     base = calibrated  # the calibrated state later trials plan from (a SmoothQuant trial may replace it)
@@ -312,9 +312,10 @@ def _weight_bytes(state: State) -> dict[str, int]:
     return sizes
 
 
-def _edge_layers(state: State) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _edge_layers(state: State) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """The weighted layers reached from the graph inputs, and those reaching the graph outputs,
-    without passing another weighted layer (first layers; heads), in graph order."""
+    without passing another weighted layer (first layers; heads), in graph order; and the
+    weighted layers reached in the same way from the first layers' outputs (the next ones)."""
     graph = state.model.graph
     weighted = _weighted(state)
     index = NodeIndex(graph)
@@ -337,7 +338,9 @@ def _edge_layers(state: State) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
     first = walk([i.name for i in graph.input if i.name not in index.inits], forward=True)
     heads = walk([o.name for o in graph.output], forward=False)
-    return first, heads
+    by_name = {node.name: node for node in graph.node}
+    following = walk([o for name in first for o in by_name[name].output], forward=True)
+    return first, heads, tuple(name for name in following if name not in first)
 
 
 def _digests(state: State) -> tuple[str, str]:

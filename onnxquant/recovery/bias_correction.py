@@ -22,7 +22,7 @@ from onnxquant.model_io import serialize, tensor_array
 from onnxquant.passes.node_index import NodeIndex
 from onnxquant.passes.prepare import default_opset
 from onnxquant.planner import QuantPlan, refresh_bias_params
-from onnxquant.qparams import QParams, fake_quantize
+from onnxquant.qparams import QParams, dequantize
 from onnxquant.recovery.probe import Probe, run_probe
 
 CORRECTABLE = {"Conv", "ConvTranspose", "Gemm"}
@@ -49,7 +49,7 @@ def _matmul_biases(index: NodeIndex, plan: QuantPlan, by_name: dict[str, onnx.No
 def _layer_probe(probe: Probe, node: onnx.NodeProto, plan: QuantPlan, weight: np.ndarray, w: str, opset: int) -> str:
     x = node.input[0]
     x_dq = probe.fake_quant(x, plan.activations[x], opset)
-    w_fq = probe.constant(fake_quantize(weight, plan.weights[(node.name, w)]), "wfq")
+    w_fq = probe.constant(dequantize(plan.quantized_weight((node.name, w), weight), plan.weights[(node.name, w)]), "wfq")
     shadow = onnx.NodeProto()
     shadow.CopyFrom(node)
     del shadow.input[:2]
@@ -126,8 +126,9 @@ def correct_biases(
         elif (node.op_type not in CORRECTABLE or node.input[0] not in plan.activations
                 or (name, b) not in plan.weights or w not in inits):
             continue
+        chosen = plan.integers.get((name, w))  # integers a pass chose instead of nearest rounding
         key = (model_key, name, w, _params_key(plan.activations[node.input[0]]), _params_key(plan.weights[(name, w)]),
-               max_samples)
+               max_samples, None if chosen is None else hashlib.sha256(chosen[0].tobytes()).hexdigest())
         targets.append((key, name, b))
         if measured is None or key not in measured.sums:
             probed[_layer_probe(probe, node, plan, tensor_array(inits[w]), w, opset)] = key

@@ -18,6 +18,7 @@ from onnxquant.recovery.adaround import adaround
 from onnxquant.recovery.bias_correction import MeasuredShifts, correct_biases
 from onnxquant.recovery.equalize import equalize
 from onnxquant.recovery.gptq import GptqFactors, gptq
+from onnxquant.recovery.pair_limited import limit_pairs
 from onnxquant.recovery.smoothquant import applies, smooth
 
 Reopen = Callable[[], Iterable[dict[str, np.ndarray]]]
@@ -78,19 +79,20 @@ def after_plan(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, reope
     settings = recipe.recovery
     wanted = [name for name, on in (("GPTQ rounding", settings.gptq), ("learned rounding", settings.adaround),
                                     ("bias correction", settings.bias_correction)) if on]
-    default_gptq = settings.gptq is None and reopen is not None
-    if not wanted and not default_gptq:
-        return []
-    if reopen is None:
-        return [f"{' and '.join(wanted)} skipped: {unavailable}"]
-    notes = []
-    if settings.gptq is not False:
+    notes: list[str] = []
+    by_gptq: list[str] = []
+    if reopen is not None and settings.gptq is not False:
         rounded = gptq(prepared, plan, reopen(), recipe.calibration.max_samples, factors)
         gains = sorted(rounded.gain_db.values())
         if rounded.improved:
             notes.append(f"GPTQ rounding: {len(rounded.improved)} token-activation layers improved (median "
                          f"reconstruction gain {gains[len(gains) // 2]:.1f} dB), {len(rounded.unchanged)} kept "
                          "nearest rounding")
+        by_gptq = rounded.improved
+    # the layers GPTQ rounded keep its integers (on the 7-bit grid): pair limits would round them again
+    notes = [*_pair_limits(prepared, plan, recipe, skip=set(by_gptq)), *notes]
+    if reopen is None:
+        return [*notes, f"{' and '.join(wanted)} skipped: {unavailable}"] if wanted else notes
     if settings.adaround:
         rounded = adaround(prepared, plan, reopen(), settings.adaround_iterations, settings.adaround_seconds,
                            recipe.calibration.max_samples)
@@ -105,3 +107,20 @@ def after_plan(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, reope
         if changed:
             notes.append(f"bias correction: {changed} biases shifted")
     return notes
+
+
+def _pair_limits(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, skip: set[str]) -> list[str]:
+    """Pair-limited 8-bit weights in place of 7-bit ones: asked for, or by default for the CPU
+    target. Learned rounding works on the 7-bit grid, so with it on they are not made (a note
+    says so when they were asked for)."""
+    q = recipe.quantization
+    wanted = q.pair_limited_weights
+    if wanted is None:
+        wanted = recipe.target == "cpu"
+    if not wanted or not q.reduce_range or q.weight_type != "int8":
+        return []
+    if recipe.recovery.adaround:
+        return ["pair-limited 8-bit weights not made: learned rounding rounds on the 7-bit grid"] \
+            if q.pair_limited_weights else []
+    changed = limit_pairs(prepared, plan, skip)
+    return [f"pair-limited 8-bit weights (u8s8 kernels cannot saturate): {len(changed)} layers"] if changed else []

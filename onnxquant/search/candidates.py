@@ -71,11 +71,13 @@ def change(name: str, section: str, **values: Any) -> Candidate:
 @dataclass
 class Rounds:
     """The rounds of the coordinate search over ``base``; ``first``/``heads``: the weighted layers
-    nearest the inputs and the outputs (kept float together in the last round)."""
+    nearest the inputs and the outputs (kept float together in the last round); ``following``:
+    the weighted layers right after the first ones."""
 
     base: Recipe
     first: tuple[str, ...] = ()
     heads: tuple[str, ...] = ()
+    following: tuple[str, ...] = ()
     names: list[str] = field(default_factory=list)
 
     @property
@@ -139,4 +141,9 @@ class Rounds:
         if self.first and self.heads and set(self.first) - set(self.heads):
             both = tuple(dict.fromkeys((*self.first, *self.heads)))
             out.append(Candidate(f"first and last {len(both)} layer(s) float", keep_float=both))
+        if self.first and self.following:
+            # the first layer's output stays float too (EfficientNet-Lite0's stem and first
+            # depthwise Conv: held-out KL 0.0074 -> 0.0041 here)
+            deeper = tuple(dict.fromkeys((*self.first, *self.following)))
+            out.append(Candidate(f"first {len(deeper)} layer(s) float (two deep)", keep_float=deeper))
         return out

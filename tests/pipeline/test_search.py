@@ -137,8 +137,9 @@ def chain_searches():
     from onnxquant.recipe import recipe_for_target
 
     model, samples = conv_chain(80), conv_chain_samples(32)
-    return (onnxquant.quantize(model, samples, Recipe()),  # 7-bit: uint8 weights are the higher precision
-            onnxquant.quantize(model, samples, recipe_for_target("cpu-vnni")))  # 8-bit already: float
+    trials = {"search": {"trials": 12}}  # every round's candidates, the sensitive layers' last
+    return (onnxquant.quantize(model, samples, Recipe().with_overrides(**trials)),  # 7-bit: uint8 is the higher precision
+            onnxquant.quantize(model, samples, recipe_for_target("cpu-vnni").with_overrides(**trials)))  # 8-bit: float
 
 
 def test_the_layers_that_add_the_most_noise_get_higher_precision(chain_searches):
@@ -161,7 +162,8 @@ def test_a_uint8_trial_writes_uint8_weights_for_its_layers_only_and_they_fuse():
 
     model = conv_chain(20)
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
-    recipe = Recipe().with_overrides(nodes={"uint8_weights": (convs[2],)}, search={"enabled": False})
+    recipe = Recipe().with_overrides(nodes={"uint8_weights": (convs[2],)}, search={"enabled": False},
+                                     quantization={"pair_limited_weights": False})
     result = onnxquant.quantize(model, conv_chain_samples(8), recipe)
     inits = {i.name: numpy_helper.to_array(i) for i in result.model.graph.initializer}
     dq = {n.output[0]: n for n in result.model.graph.node if n.op_type == "DequantizeLinear"}
