@@ -31,7 +31,7 @@ from onnxquant.passes.node_index import NodeIndex, attributes
 from onnxquant.passes.prepare import default_opset
 from onnxquant.planner import QuantPlan, refresh_bias_params
 from onnxquant.qparams import QParams, fake_quantize
-from onnxquant.recovery.patch_means import ConvGeometry, conv_mean_output, patch_means
+from onnxquant.recovery.patch_means import ConvGeometry, conv_mean_output, patch_means, tap_selection
 from onnxquant.recovery.probe import Probe, run_probe
 
 CORRECTABLE = {"Conv", "ConvTranspose", "Gemm"}
@@ -111,7 +111,8 @@ class _InputMeans:
     """One input to measure: P(x) and P(x - Q(x)), summed over the samples so far."""
 
     geometry: ConvGeometry | None  # None: reduced in the graph, to channel means
-    outputs: tuple[str, str]  # probe outputs: (x, rounding error), or their channel means
+    outputs: tuple[str, str]  # probe outputs: (x, rounding error), their tap sums, or their channel means
+    positions: int = 0  # output positions the graph's tap sums are over (0: reduced here, in numpy)
     sums: list[np.ndarray | None] = field(default_factory=lambda: [None, None])
     count: int = 0
 
@@ -119,6 +120,8 @@ class _InputMeans:
         x, err = (values[o] for o in self.outputs)
         if self.geometry is None:
             return x.astype(np.float64), err.astype(np.float64)
+        if self.positions:
+            return x.astype(np.float64) / self.positions, err.astype(np.float64) / self.positions
         return patch_means(x, self.geometry), patch_means(err, self.geometry)
 
     def add(self, means: tuple[np.ndarray, np.ndarray]) -> None:
@@ -133,7 +136,7 @@ def _channel_axes(node: onnx.NodeProto, weight: np.ndarray) -> list[int]:
 
 
 def _measure_input(probe: Probe, node: onnx.NodeProto, plan: QuantPlan, weight: np.ndarray, opset: int,
-                   known: dict[tuple, _InputMeans]) -> _InputMeans:
+                   known: dict[tuple, _InputMeans], model_shapes: dict[str, onnx.ValueInfoProto]) -> _InputMeans:
     """The probe nodes measuring ``node``'s input (shared by layers reading it alike)."""
     x = node.input[0]
     geometry = ConvGeometry.of(node, weight.shape) if node.op_type == "Conv" else None
@@ -144,7 +147,22 @@ def _measure_input(probe: Probe, node: onnx.NodeProto, plan: QuantPlan, weight: 
     if key in known:
         return known[key]
     err = probe.node("Sub", [x, probe.fake_quant(x, plan.activations[x], opset)], "err")
-    if geometry is not None:
+    spatial = _static_spatial(model_shapes, x) if geometry is not None else None
+    positions = 0
+    if geometry is not None and spatial is not None and len(spatial) in (1, 2):
+        # Per-tap sums in the graph, one matrix product per spatial axis: only [C, *kernel] is fetched.
+        positions = int(np.prod([geometry.axis(i, n)[0] for i, n in enumerate(spatial)]))
+        last = probe.constant(tap_selection(geometry, len(spatial) - 1, spatial[-1]).T, "taps")
+        first = probe.constant(tap_selection(geometry, 0, spatial[0]), "taps") if len(spatial) == 2 else None
+
+        def tap_sums(t: str) -> str:
+            t = probe.node("MatMul", [t, last])
+            if first is not None:
+                t = probe.node("MatMul", [first, t])
+            return probe.reduce("ReduceMean", t, [0], opset)
+
+        outputs = (tap_sums(x), tap_sums(err))
+    elif geometry is not None:
         outputs = (x, err)
     elif node.op_type == "MatMul":  # channels last, any rank: flatten the rest away
         shape = probe.constant(np.array([-1, weight.shape[0]], np.int64), "shape")
@@ -153,8 +171,18 @@ def _measure_input(probe: Probe, node: onnx.NodeProto, plan: QuantPlan, weight: 
         axes = _channel_axes(node, weight)
         outputs = tuple(probe.reduce("ReduceMean", t, axes, opset) for t in (x, err))
     probe.outputs.extend(o for o in outputs if o not in probe.outputs)
-    known[key] = _InputMeans(geometry, outputs)
+    known[key] = _InputMeans(geometry, outputs, positions)
     return known[key]
+
+
+def _static_spatial(shapes: dict[str, onnx.ValueInfoProto], name: str) -> tuple[int, ...] | None:
+    """The spatial sizes of a Conv input (N, C, *spatial) when shape inference fixed them all."""
+    value = shapes.get(name)
+    if value is None or not value.type.tensor_type.HasField("shape"):
+        return None
+    dims = value.type.tensor_type.shape.dim[2:]
+    sizes = tuple(d.dim_value if d.HasField("dim_value") else 0 for d in dims)
+    return sizes if sizes and all(n > 0 for n in sizes) else None
 
 
 def _mean_shift(node: onnx.NodeProto, weight: np.ndarray, rounded: np.ndarray, means: _InputMeans) -> np.ndarray:
@@ -194,6 +222,8 @@ def correct_biases(
     probed: dict[str, tuple] = {}  # shadow probe output -> measurement key
     by_means: list[tuple[tuple, onnx.NodeProto, np.ndarray, np.ndarray, _InputMeans]] = []
     inputs: dict[tuple, _InputMeans] = {}
+    graph = model.graph
+    shapes = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
     float_adds = set()
     weight_of = {name: w for (name, w) in plan.selection.weights}
     layers = [(name, b, w, False) for (name, b), w in sorted(plan.selection.biases.items())]
@@ -215,7 +245,7 @@ def correct_biases(
         weight = tensor_array(inits[w])
         if node.op_type in MEASURED_BY_MEANS and weight.ndim >= 2:
             rounded = fake_quantize(weight, plan.weights[(name, w)]).astype(np.float64)
-            by_means.append((key, node, weight, rounded, _measure_input(probe, node, plan, weight, opset, inputs)))
+            by_means.append((key, node, weight, rounded, _measure_input(probe, node, plan, weight, opset, inputs, shapes)))
         else:
             probed[_layer_probe(probe, node, plan, weight, w, opset)] = key
     if not targets:

@@ -59,6 +59,19 @@ class ConvGeometry:
         return (length + begin + end - span) // s + 1, begin
 
 
+def tap_selection(geometry: ConvGeometry, i: int, length: int) -> np.ndarray:
+    """0/1 matrix (taps x input length) along spatial axis ``i``: which input indices each
+    kernel tap reads over the output positions (each at most once). Multiplying the input by
+    it along that axis gives the per-tap sums ``patch_means`` takes, as one matrix product."""
+    out, begin = geometry.axis(i, length)
+    k, s, d = geometry.kernel[i], geometry.strides[i], geometry.dilations[i]
+    select = np.zeros((k, length), np.float32)
+    reads = np.arange(k)[:, None] * d - begin + np.arange(max(out, 0))[None, :] * s
+    for tap, row in enumerate(reads):
+        select[tap, row[(row >= 0) & (row < length)]] = 1.0
+    return select
+
+
 def _tap_sums(a: np.ndarray, axis: int, out: int, kernel: int, stride: int, dilation: int,
               begin: int) -> np.ndarray:
     """``a`` with ``axis`` replaced by one entry per kernel tap: the sum, over output positions,

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxquant
@@ -138,7 +139,7 @@ def test_re_plans_of_one_calibrated_model_reuse_bias_measurements_with_the_same_
     assert len(probed) > before  # new activation params: measured, not taken from the cache
 
 
-def _mixed_layers() -> onnx.ModelProto:
+def _mixed_layers(shape: list) -> onnx.ModelProto:
     """A dense strided padded Conv, an asymmetrically padded 5x5 depthwise one, a ConvTranspose,
     a pointwise Conv, a Gemm (transposed weight, alpha) and a MatMul with a bias Add."""
     rng = np.random.default_rng(3)
@@ -162,14 +163,16 @@ def _mixed_layers() -> onnx.ModelProto:
     inits = [init("w1", 8, 3, 3, 3), init("b1", 8), init("w2", 8, 1, 5, 5), init("b2", 8), init("w3", 8, 4, 2, 2),
              init("b3", 4), init("w4", 6, 4, 1, 1), init("b4", 6), init("w5", 5, 6), init("b5", 5), init("w6", 5, 3),
              init("b6", 3)]
-    graph = helper.make_graph(nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 11, 12])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
+    graph = helper.make_graph(nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [shape[0], 3])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_corrections_from_input_means_equal_those_of_fake_quantized_layer_copies(monkeypatch):
+@pytest.mark.parametrize("shape", [[1, 3, 11, 12], ["n", 3, "h", "w"]])
+def test_corrections_from_input_means_equal_those_of_fake_quantized_layer_copies(monkeypatch, shape):
     """The mean-patch measurement is the shadow-copy one rearranged (the mean output is linear
-    in the input): the same shifts up to float rounding, for every kind of layer it measures."""
+    in the input): the same shifts up to float rounding, for every kind of layer it measures,
+    with the tap sums taken in the graph (fixed input size) or in numpy (free size)."""
     import onnxquant.recovery.bias_correction as bias_correction
     from onnxquant.pipeline.calibrate import calibrate
     from onnxquant.pipeline.load import load
@@ -182,7 +185,7 @@ def test_corrections_from_input_means_equal_those_of_fake_quantized_layer_copies
     samples = [{"x": rng.uniform(-1, 2, (1, 3, 11, 12)).astype(np.float32)} for _ in range(5)]
     run_data = RunData(calib_data=samples)
     recipe = Recipe().with_overrides(recovery={"smoothquant": False})
-    calibrated = calibrate(smooth(prepare(load(_mixed_layers(), recipe, run_data)), run_data), run_data)
+    calibrated = calibrate(smooth(prepare(load(_mixed_layers(shape), recipe, run_data)), run_data), run_data)
 
     def shifts() -> dict[str, np.ndarray]:
         planned = plan(calibrated, run_data)

@@ -3,7 +3,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxquant.recovery.patch_means import ConvGeometry, conv_mean_output, patch_means
+from onnxquant.recovery.patch_means import ConvGeometry, conv_mean_output, patch_means, tap_selection
 from tests.conftest import run
 
 
@@ -59,3 +59,13 @@ def test_conv_mean_output_is_the_mean_of_a_grouped_conv():
     (y,) = run(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), {"x": x})
     got = conv_mean_output(w, patch_means(x, ConvGeometry.of(node, w.shape)), group=2)
     np.testing.assert_allclose(got, y.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel,attrs,shape", [c for c in CASES if len(c[0]) == 2])
+def test_tap_selection_matrices_give_the_patch_sums(kernel, attrs, shape):
+    x = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    geometry = ConvGeometry.of(helper.make_node("Conv", ["x", "w"], ["y"], **attrs), (1, shape[1], *kernel))
+    rows, cols = tap_selection(geometry, 0, shape[2]), tap_selection(geometry, 1, shape[3])
+    positions = geometry.axis(0, shape[2])[0] * geometry.axis(1, shape[3])[0]
+    sums = np.einsum("kh,nchw,lw->ckl", rows.astype(np.float64), x, cols.astype(np.float64))
+    np.testing.assert_allclose(sums / (shape[0] * positions), patch_means(x, geometry), rtol=1e-6, atol=1e-9)
