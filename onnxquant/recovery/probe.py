@@ -63,9 +63,33 @@ class Probe:
         return self.node("DequantizeLinear", [q, s, z], "dq", domain=domain, **attrs)
 
 
+def _slots(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> list[int]:
+    """For each probe node, the index of the last graph node it reads from (-1: none)."""
+    position = {out: i for i, node in enumerate(graph.node) for out in node.output}
+    slots = []
+    for node in nodes:
+        slot = max((position.get(name, -1) for name in node.input if name), default=-1)
+        slots.append(slot)
+        position.update({out: slot for out in node.output})
+    return slots
+
+
 def probe_bytes(model: onnx.ModelProto, probe: Probe) -> bytes:
-    """``model`` with the probe's nodes and outputs, serialized; ``model`` is left as it was."""
-    return serialize_extended(model, probe.nodes, probe.initializers, probe.outputs)
+    """``model`` with the probe's nodes and outputs, serialized; ``model`` is left as it was.
+
+    Each probe node is placed right after the graph node it reads: with onnxruntime's
+    priority-based order (``make_session(concurrent_runs=True)``) it then runs as soon as its
+    input exists, and the tensor it measures is freed then, not kept until the end of the
+    graph (EfficientNet-Lite0's bias correction: 325 -> 298 MB peak)."""
+    graph = model.graph
+    placed = sorted(zip(_slots(graph, probe.nodes), range(len(probe.nodes))))
+    for slot, k in reversed(placed):
+        graph.node.insert(slot + 1, probe.nodes[k])
+    try:
+        return serialize_extended(model, (), probe.initializers, probe.outputs)
+    finally:
+        for done, (slot, _) in reversed(list(enumerate(placed))):
+            del graph.node[slot + 1 + done]
 
 
 def run_probe(
