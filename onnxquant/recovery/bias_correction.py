@@ -196,8 +196,14 @@ def _mean_shift(node: onnx.NodeProto, weight: np.ndarray, rounded: np.ndarray, m
         attrs = attributes(node)
         if attrs.get("transB", 0):
             delta, rounded = delta.T, rounded.T
-        return float(attrs.get("alpha", 1.0)) * (px @ delta + perr @ rounded)
-    return px @ delta + perr @ rounded
+        return float(attrs.get("alpha", 1.0)) * _rows_times(px, perr, delta, rounded)
+    return _rows_times(px, perr, delta, rounded)
+
+
+def _rows_times(px: np.ndarray, perr: np.ndarray, delta: np.ndarray, rounded: np.ndarray) -> np.ndarray:
+    """px . delta + perr . rounded, summed in a fixed order (einsum, not BLAS, whose threads
+    could change the last bits and so the output with the thread count)."""
+    return np.einsum("k,kn->n", px, delta) + np.einsum("k,kn->n", perr, rounded)
 
 
 def correct_biases(

@@ -120,7 +120,8 @@ def patch_means(x: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
 
 
 def conv_mean_output(weight: np.ndarray, means: np.ndarray, group: int) -> np.ndarray:
-    """Per output channel, ``sum over c, k of weight[o, c, k] * means[c, k]`` within each group
+    """Per output channel, ``sum over c, k of weight[o, c, k] * means[c, k]`` within each group, summed
+    in a fixed order (einsum, not BLAS, whose thread count could change the last bits)
     (``weight`` is O, C/group, *kernel; ``means`` is C, *kernel)."""
     out = weight.shape[0]
     w = weight.reshape(group, out // group, -1).astype(np.float64)
