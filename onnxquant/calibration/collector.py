@@ -201,6 +201,10 @@ def make_session(model: onnx.ModelProto | bytes | Path, threads: int = 0, optimi
     options.log_severity_level = 3
     if concurrent_runs:
         options.enable_mem_pattern = False
+        # Nodes in the order the graph lists them where it can: a probe's extra nodes, placed
+        # after what they read (recovery.probe), then free what they measure early. Each kernel
+        # computes the same values in any order.
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     threads = threads or _THREADS.get()

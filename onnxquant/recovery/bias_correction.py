@@ -1,11 +1,19 @@
 """Empirical bias correction: cancel the mean shift int8 adds to each layer's output channels.
 
-Per quantized Conv/Gemm with a bias (or MatMul followed by a float Add of a constant bias), the probe runs a fake-quantized copy of the layer next to
-the float one, both fed the float input, and averages their difference per output channel over
-the calibration samples. That mean is the layer's own systematic error (rounding of weights
-and input); adding it to the bias removes it. Depthwise convolutions, whose few weights per
-channel round badly, gain the most. Feeding both copies the float input keeps each layer's
-correction its own, so corrections do not compound along the network (NNCF's "fast" variant).
+Per quantized Conv/Gemm with a bias (or MatMul followed by a float Add of a constant bias), the
+correction is the layer's mean output over the calibration samples, float minus fake-quantized
+(input and weight rounded as the rewrite rounds them, both fed the float input), per output
+channel. That mean is the layer's own systematic error (rounding of weights and input); adding it
+to the bias removes it. Depthwise convolutions, whose few weights per channel round badly, gain
+the most. Feeding both the float input keeps each layer's correction its own, so corrections do
+not compound along the network (NNCF's "fast" variant).
+
+The mean output is linear in the input's mean patch (``patch_means``): for input x, its rounding
+error r = x - Q(x) and weights W, Wq, the shift is (W - Wq) . P(x) + Wq . P(r). So the pass over
+the samples only measures P(x) and P(r) of each corrected layer's input (a QuantizeLinear/
+DequantizeLinear, a Sub and a ReduceMean, or, under a spatial kernel, per-tap sums in numpy), not
+a fake-quantized copy of each layer: the float model's cost plus little, where the copies cost
+about as much again. ConvTranspose is still measured with such a copy (a "shadow" layer).
 """
 from __future__ import annotations
 
@@ -19,10 +27,11 @@ import onnx
 from onnx import numpy_helper
 
 from onnxquant.model_io import serialize, tensor_array
-from onnxquant.passes.node_index import NodeIndex
+from onnxquant.passes.node_index import NodeIndex, attributes
 from onnxquant.passes.prepare import default_opset
 from onnxquant.planner import QuantPlan, refresh_bias_params
 from onnxquant.qparams import QParams, dequantize
+from onnxquant.recovery.patch_means import ConvGeometry, conv_mean_output, patch_means, tap_selection
 from onnxquant.recovery.probe import Probe, run_probe
 
 CORRECTABLE = {"Conv", "ConvTranspose", "Gemm"}
@@ -93,6 +102,110 @@ def _params_key(params: QParams) -> tuple:
             np.asarray(params.zero_point).dtype.str)
 
 
+# Layers measured through their input's mean patch; any other correctable layer runs a shadow copy.
+MEASURED_BY_MEANS = {"Conv", "Gemm", "MatMul"}
+
+
+@dataclass
+class _InputMeans:
+    """One input to measure: P(x) and P(x - Q(x)), summed over the samples so far."""
+
+    geometry: ConvGeometry | None  # None: reduced in the graph, to channel means
+    outputs: tuple[str, str]  # probe outputs: (x, rounding error), their tap sums, or their channel means
+    positions: int = 0  # output positions the graph's tap sums are over (0: reduced here, in numpy)
+    sums: list[np.ndarray | None] = field(default_factory=lambda: [None, None])
+    count: int = 0
+
+    def reduce(self, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        x, err = (values[o] for o in self.outputs)
+        if self.geometry is None:
+            return x.astype(np.float64), err.astype(np.float64)
+        if self.positions:
+            return x.astype(np.float64) / self.positions, err.astype(np.float64) / self.positions
+        return patch_means(x, self.geometry), patch_means(err, self.geometry)
+
+    def add(self, means: tuple[np.ndarray, np.ndarray]) -> None:
+        self.sums = [m if s is None else s + m for s, m in zip(self.sums, means)]
+
+
+def _channel_axes(node: onnx.NodeProto, weight: np.ndarray) -> list[int]:
+    """The axes a Gemm's or a pointwise Conv's input is averaged over to get its channel means."""
+    if node.op_type == "Gemm":
+        return [1] if attributes(node).get("transA", 0) else [0]
+    return [0, *range(2, weight.ndim)]
+
+
+def _measure_input(probe: Probe, node: onnx.NodeProto, plan: QuantPlan, weight: np.ndarray, opset: int,
+                   known: dict[tuple, _InputMeans], model_shapes: dict[str, onnx.ValueInfoProto]) -> _InputMeans:
+    """The probe nodes measuring ``node``'s input (shared by layers reading it alike)."""
+    x = node.input[0]
+    geometry = ConvGeometry.of(node, weight.shape) if node.op_type == "Conv" else None
+    if geometry is not None and geometry.pointwise:
+        geometry = None
+    reduced = "rows" if node.op_type == "MatMul" else geometry or tuple(_channel_axes(node, weight))
+    key = (x, _params_key(plan.activations[x]), reduced)
+    if key in known:
+        return known[key]
+    err = probe.node("Sub", [x, probe.fake_quant(x, plan.activations[x], opset)], "err")
+    spatial = _static_spatial(model_shapes, x) if geometry is not None else None
+    positions = 0
+    if geometry is not None and spatial is not None and len(spatial) in (1, 2):
+        # Per-tap sums in the graph, one matrix product per spatial axis: only [C, *kernel] is fetched.
+        positions = int(np.prod([geometry.axis(i, n)[0] for i, n in enumerate(spatial)]))
+        last = probe.constant(tap_selection(geometry, len(spatial) - 1, spatial[-1]).T, "taps")
+        first = probe.constant(tap_selection(geometry, 0, spatial[0]), "taps") if len(spatial) == 2 else None
+
+        def tap_sums(t: str) -> str:
+            t = probe.node("MatMul", [t, last])
+            if first is not None:
+                t = probe.node("MatMul", [first, t])
+            return probe.reduce("ReduceMean", t, [0], opset)
+
+        outputs = (tap_sums(x), tap_sums(err))
+    elif geometry is not None:
+        outputs = (x, err)
+    elif node.op_type == "MatMul":  # channels last, any rank: flatten the rest away
+        shape = probe.constant(np.array([-1, weight.shape[0]], np.int64), "shape")
+        outputs = tuple(probe.reduce("ReduceMean", probe.node("Reshape", [t, shape]), [0], opset) for t in (x, err))
+    else:
+        axes = _channel_axes(node, weight)
+        outputs = tuple(probe.reduce("ReduceMean", t, axes, opset) for t in (x, err))
+    probe.outputs.extend(o for o in outputs if o not in probe.outputs)
+    known[key] = _InputMeans(geometry, outputs, positions)
+    return known[key]
+
+
+def _static_spatial(shapes: dict[str, onnx.ValueInfoProto], name: str) -> tuple[int, ...] | None:
+    """The spatial sizes of a Conv input (N, C, *spatial) when shape inference fixed them all."""
+    value = shapes.get(name)
+    if value is None or not value.type.tensor_type.HasField("shape"):
+        return None
+    dims = value.type.tensor_type.shape.dim[2:]
+    sizes = tuple(d.dim_value if d.HasField("dim_value") else 0 for d in dims)
+    return sizes if sizes and all(n > 0 for n in sizes) else None
+
+
+def _mean_shift(node: onnx.NodeProto, weight: np.ndarray, rounded: np.ndarray, means: _InputMeans) -> np.ndarray:
+    """The summed float-minus-fake-quantized output shift: (W - Wq) . P(x) + Wq . P(r)."""
+    px, perr = means.sums
+    delta = weight.astype(np.float64) - rounded
+    if node.op_type == "Conv":
+        group = int(attributes(node).get("group", 1))
+        return conv_mean_output(delta, px, group) + conv_mean_output(rounded, perr, group)
+    if node.op_type == "Gemm":
+        attrs = attributes(node)
+        if attrs.get("transB", 0):
+            delta, rounded = delta.T, rounded.T
+        return float(attrs.get("alpha", 1.0)) * _rows_times(px, perr, delta, rounded)
+    return _rows_times(px, perr, delta, rounded)
+
+
+def _rows_times(px: np.ndarray, perr: np.ndarray, delta: np.ndarray, rounded: np.ndarray) -> np.ndarray:
+    """px . delta + perr . rounded, summed in a fixed order (einsum, not BLAS, whose threads
+    could change the last bits and so the output with the thread count)."""
+    return np.einsum("k,kn->n", px, delta) + np.einsum("k,kn->n", perr, rounded)
+
+
 def correct_biases(
     model: onnx.ModelProto,
     plan: QuantPlan,
@@ -112,7 +225,11 @@ def correct_biases(
     model_key = hashlib.sha256(serialize(model)).hexdigest() if measured is not None else ""
     probe = Probe(prefix="_oq_bc")
     targets: list[tuple[tuple, str, str]] = []  # (measurement key, node, bias), in correction order
-    probed: dict[str, tuple] = {}  # probe output -> measurement key
+    probed: dict[str, tuple] = {}  # shadow probe output -> measurement key
+    by_means: list[tuple[tuple, onnx.NodeProto, np.ndarray, np.ndarray, _InputMeans]] = []
+    inputs: dict[tuple, _InputMeans] = {}
+    graph = model.graph
+    shapes = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
     float_adds = set()
     weight_of = {name: w for (name, w) in plan.selection.weights}
     layers = [(name, b, w, False) for (name, b), w in sorted(plan.selection.biases.items())]
@@ -130,21 +247,25 @@ def correct_biases(
         key = (model_key, name, w, _params_key(plan.activations[node.input[0]]), _params_key(plan.weights[(name, w)]),
                max_samples, None if chosen is None else hashlib.sha256(chosen[0].tobytes()).hexdigest())
         targets.append((key, name, b))
-        if measured is None or key not in measured.sums:
-            probed[_layer_probe(probe, node, plan, tensor_array(inits[w]), w, opset)] = key
+        if measured is not None and key in measured.sums:
+            continue
+        weight = tensor_array(inits[w])
+        if node.op_type in MEASURED_BY_MEANS and weight.ndim >= 2:
+            # the integers the rewrite will store (a pass may have chosen them instead of nearest rounding)
+            rounded = dequantize(plan.quantized_weight((name, w), weight), plan.weights[(name, w)]).astype(np.float64)
+            by_means.append((key, node, weight, rounded, _measure_input(probe, node, plan, weight, opset, inputs, shapes)))
+        else:
+            probed[_layer_probe(probe, node, plan, weight, w, opset)] = key
     if not targets:
         return 0
     found = dict(measured.sums) if measured is not None else {}
-    if probed:
-        sums: dict[str, np.ndarray] = {}
-        count = 0
-        for values in run_probe(model, probe, samples, max_samples):
-            for out, value in values.items():
-                sums[out] = sums.get(out, 0.0) + value.astype(np.float64)
-            count += 1
-        found.update({probed[out]: (total, count) for out, total in sums.items()})
+    if probe.outputs:
+        new = _run_measurements(model, probe, samples, max_samples, probed, list(inputs.values()))
+        new.update({key: (_mean_shift(node, weight, rounded, means), means.count)
+                    for key, node, weight, rounded, means in by_means})
+        found.update(new)
         if measured is not None:
-            measured.sums.update({probed[out]: (total, count) for out, total in sums.items()})
+            measured.sums.update(new)
     changed = 0
     for key, name, b in targets:
         if key not in found:
@@ -160,3 +281,24 @@ def correct_biases(
             refresh_bias_params(model, plan, name, b, x=by_name[name].input[0], value=corrected)
         changed += 1
     return changed
+
+
+def _run_measurements(model: onnx.ModelProto, probe: Probe, samples: Iterable[dict[str, np.ndarray]],
+                      max_samples: int | None, probed: dict[str, tuple],
+                      inputs: list[_InputMeans]) -> dict[tuple, tuple[np.ndarray, int]]:
+    """One pass over the samples: the shadow layers' summed shifts (by measurement key), and
+    each measured input's summed means (into ``inputs``, with its sample count)."""
+    def reduce(values: dict[str, np.ndarray]) -> dict:
+        return {"shadow": {out: values[out] for out in probed}, "means": [m.reduce(values) for m in inputs]}
+
+    sums: dict[str, np.ndarray] = {}
+    count = 0
+    for reduced in run_probe(model, probe, samples, max_samples, reduce=reduce):
+        for out, value in reduced["shadow"].items():
+            sums[out] = sums.get(out, 0.0) + value.astype(np.float64)
+        for means, value in zip(inputs, reduced["means"]):
+            means.add(value)
+        count += 1
+    for means in inputs:
+        means.count = count
+    return {probed[out]: (total, count) for out, total in sums.items()}

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxquant
@@ -115,9 +116,9 @@ def test_re_plans_of_one_calibrated_model_reuse_bias_measurements_with_the_same_
     probed: list[int] = []
     real_probe = bias_correction.run_probe
 
-    def counting(model, probe, samples, max_samples=None):
+    def counting(model, probe, samples, max_samples=None, **options):
         probed.append(len(probe.outputs))
-        yield from real_probe(model, probe, samples, max_samples)
+        yield from real_probe(model, probe, samples, max_samples, **options)
 
     monkeypatch.setattr(bias_correction, "run_probe", counting)
     fresh = replace(calibrated, measured_shifts=None)
@@ -136,3 +137,66 @@ def test_re_plans_of_one_calibrated_model_reuse_bias_measurements_with_the_same_
     other = build(entropy, run_data).model.SerializeToString(deterministic=True)
     assert other == build(replace(entropy, measured_shifts=None), run_data).model.SerializeToString(deterministic=True)
     assert len(probed) > before  # new activation params: measured, not taken from the cache
+
+
+def _mixed_layers(shape: list) -> onnx.ModelProto:
+    """A dense strided padded Conv, an asymmetrically padded 5x5 depthwise one, a ConvTranspose,
+    a pointwise Conv, a Gemm (transposed weight, alpha) and a MatMul with a bias Add."""
+    rng = np.random.default_rng(3)
+
+    def init(name, *shape):
+        return numpy_helper.from_array((rng.normal(size=shape) * 0.3).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="dense", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="depthwise", group=8, pads=[2, 1, 2, 3]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("ConvTranspose", ["r2", "w3", "b3"], ["c3"], name="up", strides=[2, 2]),
+        helper.make_node("Conv", ["c3", "w4", "b4"], ["c4"], name="pointwise"),
+        helper.make_node("GlobalAveragePool", ["c4"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "w5", "b5"], ["m"], name="gemm", transB=1, alpha=0.5),
+        helper.make_node("MatMul", ["m", "w6"], ["mm"], name="matmul"),
+        helper.make_node("Add", ["mm", "b6"], ["y"], name="bias"),
+    ]
+    inits = [init("w1", 8, 3, 3, 3), init("b1", 8), init("w2", 8, 1, 5, 5), init("b2", 8), init("w3", 8, 4, 2, 2),
+             init("b3", 4), init("w4", 6, 4, 1, 1), init("b4", 6), init("w5", 5, 6), init("b5", 5), init("w6", 5, 3),
+             init("b6", 3)]
+    graph = helper.make_graph(nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [shape[0], 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("shape", [[1, 3, 11, 12], ["n", 3, "h", "w"]])
+def test_corrections_from_input_means_equal_those_of_fake_quantized_layer_copies(monkeypatch, shape):
+    """The mean-patch measurement is the shadow-copy one rearranged (the mean output is linear
+    in the input): the same shifts up to float rounding, for every kind of layer it measures,
+    with the tap sums taken in the graph (fixed input size) or in numpy (free size)."""
+    import onnxquant.recovery.bias_correction as bias_correction
+    from onnxquant.pipeline.calibrate import calibrate
+    from onnxquant.pipeline.load import load
+    from onnxquant.pipeline.plan import plan
+    from onnxquant.pipeline.prepare import prepare
+    from onnxquant.pipeline.run_data import RunData
+    from onnxquant.pipeline.smooth import smooth
+
+    rng = np.random.default_rng(4)
+    samples = [{"x": rng.uniform(-1, 2, (1, 3, 11, 12)).astype(np.float32)} for _ in range(5)]
+    run_data = RunData(calib_data=samples)
+    recipe = Recipe().with_overrides(recovery={"smoothquant": False})
+    calibrated = calibrate(smooth(prepare(load(_mixed_layers(shape), recipe, run_data)), run_data), run_data)
+
+    def shifts() -> dict[str, np.ndarray]:
+        planned = plan(calibrated, run_data)
+        biases = {t.name: numpy_helper.to_array(t).copy() for t in planned.model.graph.initializer}
+        assert bias_correction.correct_biases(planned.model, planned.plan, samples) == 6
+        after = {t.name: numpy_helper.to_array(t) for t in planned.model.graph.initializer}
+        return {name: after[name].astype(np.float64) - biases[name] for name in ("b1", "b2", "b3", "b4", "b5", "b6")}
+
+    by_means = shifts()
+    monkeypatch.setattr(bias_correction, "MEASURED_BY_MEANS", set())
+    by_copies = shifts()
+    for name, shift in by_copies.items():
+        assert np.abs(shift).max() > 1e-5, name  # something to correct
+        np.testing.assert_allclose(by_means[name], shift, rtol=1e-3, atol=1e-6, err_msg=name)
