@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import onnx
 import pytest
 
@@ -71,8 +72,9 @@ def test_efficientnet_lite0_mixed_precision_meets_its_budget(work: Path):
     model, calib, held = zoo_model("efficientnet-lite0", work)
     result = onnxquant.quantize(model, calib, max_drop=0.03, agreement="top1")
     mp = result.mixed_precision
-    # (with pair-limited 8-bit weights the bisection keeps 13 of 49 layers float here, 0.0147 drop)
-    assert mp["drop"] <= 0.03 and 0 < len(mp["float_layers"]) < 49 / 3
+    # (with pair-limited 8-bit weights the bisection kept 13 of 49 layers float here, 0.0147 drop; with
+    # bias correction by input means, 18 at 0.0294: the drop is counted in whole photos, 1/34 each)
+    assert mp["drop"] <= 0.03 and 0 < len(mp["float_layers"]) < 49 / 2
     ref = _outputs(model, held)
     mixed = metrics.classifier(ref, _outputs(result.model, held))
     as_given = onnxquant.Recipe().with_overrides(search={"enabled": False})  # int8 everywhere, no recipe search
@@ -166,12 +168,17 @@ def test_efficientnet_lite0_one_command_to_a_validated_bundle(work: Path, tmp_pa
     report = json.loads(files["report.json"])
     assert report["validation"]["passed"]
     kept = _kept_float(report["quantization"]["search"])  # layers the recipe search kept float have no int8 weights
-    assert len(report["weight_histograms"]) == 50 - len(kept) and len(report["activation_histograms"]) >= 60
+    # (a first layer kept float reads its input unquantized: one activation fewer each)
+    assert len(report["weight_histograms"]) == 50 - len(kept) and len(report["activation_histograms"]) >= 61 - len(kept)
     assert len(report["layer_errors"]) >= 90
     (tmp_path / "x").mkdir()
     for name in ("model.onnx", "model.ort"):
         (tmp_path / "x" / name).write_bytes(files[name])
     sample = dict(np.load(sorted(held.glob("*.npz"))[0]))
-    np.testing.assert_allclose(run(tmp_path / "x" / "model.ort", sample)[0], run(tmp_path / "x" / "model.onnx", sample)[0],
-                               rtol=1e-4, atol=1e-4)
+    # model.ort is optimized without the x86-only NCHWc layout (it must run on ARM too): the same
+    # graph as model.onnx run without it, bit for bit. (With NCHWc, the float first layers the
+    # search may keep sum in another order, and a few int8 roundings downstream flip.)
+    plain = ort.InferenceSession(str(tmp_path / "x" / "model.onnx"), providers=["CPUExecutionProvider"],
+                                 disabled_optimizers=["NchwcTransformer"]).run(None, sample)[0]
+    np.testing.assert_allclose(run(tmp_path / "x" / "model.ort", sample)[0], plain, rtol=1e-6, atol=1e-6)
     assert "QLinearConv" in files["required_operators.config"].decode()

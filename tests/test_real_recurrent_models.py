@@ -56,7 +56,8 @@ def test_ddddocr_recogniser_lstm_is_compressed(work: Path, tmp_path: Path):
     ours = onnxquant.quantize(model, calib, output=work / "ocr.int8.onnx")
     # The LSTM (a third of the weights) is int8 too: the whole file is a quarter of fp32.
     assert ours.size_after <= 0.3 * model.stat().st_size
-    assert ours.quantized_nodes.get("LSTM") == 1 and ours.quantized_nodes.get("Conv") == 21
+    kept = ours.search["kept_float"] if ours.search else []  # first Convs the recipe search may keep float
+    assert ours.quantized_nodes.get("LSTM") == 1 and ours.quantized_nodes.get("Conv") + len(kept) == 21 and len(kept) <= 2
     ops = _optimized_ops(work / "ocr.int8.onnx", tmp_path)
     assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops and ops.count("QLinearConv") >= 20
     theirs = ocr_agreement(ref, _session(_ort_dynamic(model, work / "ocr.ort.onnx")), held)["string_agreement"]

@@ -31,6 +31,7 @@ from onnxquant.pipeline.calibrate import calibrate as calibrate_stage
 from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.islands import without_islands
 from onnxquant.pipeline.run_data import RunData
+from onnxquant.pipeline.selection import refuse_already_quantized
 from onnxquant.pipeline.smooth import smooth
 from onnxquant.pipeline.state import State
 from onnxquant.planner import UINT8_WEIGHT_OPS
@@ -225,7 +226,7 @@ def _refit(recipe: Recipe, run: RunData, float_model: Callable[[], State] | None
     (benchmarks/page_cer.py). None without a way to make the float model again."""
     if float_model is None:
         return None
-    return calibrate_stage(smooth(replace(float_model(), recipe=recipe), run), run)
+    return calibrate_stage(refuse_already_quantized(smooth(replace(float_model(), recipe=recipe), run)), run)
 
 
 def _sensitive_candidates(rounds: Rounds, base: State, quantized: State | None, recipe: Recipe, held: Holdout,
