@@ -123,4 +123,5 @@ def _pair_limits(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, ski
         return ["pair-limited 8-bit weights not made: learned rounding rounds on the 7-bit grid"] \
             if q.pair_limited_weights else []
     changed = limit_pairs(prepared, plan, skip)
-    return [f"pair-limited 8-bit weights (u8s8 kernels cannot saturate): {len(changed)} layers"] if changed else []
+    return [f"pair-limited 8-bit weights instead of 7-bit: {len(changed)} layers (no two neighbouring weights sum "
+            "past 128, so the u8s8 kernels cannot saturate)"] if changed else []
