@@ -34,6 +34,7 @@ from onnxquant.agreement import (
     unmeasured_budgets,
 )
 from onnxquant.agreement.budgets import check, describe
+from onnxquant.agreement.tensor import cosine
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.calibration.preprocess import ImagePreprocess
 from onnxquant.calibration.sources import open_for_model
@@ -338,9 +339,7 @@ def _flat_cosine(reference: list[Any], outputs: list[Any]) -> float:
              if isinstance(r, np.ndarray) and np.issubdtype(r.dtype, np.floating)]
     if not pairs:
         return 1.0
-    a, b = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
-    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return float(a @ b / norms) if norms > 0 else float(np.array_equal(a, b))
+    return cosine(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]))
 
 
 def _timed_run(session: Any, feed: dict[str, np.ndarray], times: list[float]) -> list[np.ndarray]:
