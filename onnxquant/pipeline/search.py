@@ -124,6 +124,12 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
     base = calibrated  # the calibrated state later trials plan from (a SmoothQuant trial may replace it)
     results: dict[str, tuple[TrialResult, Recipe, State]] = {}
     built: dict[str, State] = {}  # the best trial's quantized model, for the sensitivity ranking
+    digested: list[tuple[State, tuple[str, str]]] = []  # base's digests, made again only when base changes
+
+    def base_digests() -> tuple[str, str]:
+        if not digested or digested[0][0] is not base:  # (hashing serializes the whole model)
+            digested[:] = [(base, _digests(base))]
+        return digested[0][1]
 
     def attempt(candidate: Candidate, recipe: Recipe) -> TrialResult | None:
         if len(report.trials) >= settings.trials:
@@ -135,7 +141,7 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
         entry = float_model() if candidate.recalibrates and float_model is not None else base
         # a SmoothQuant trial enters before calibration: no statistics, the float model's digest
         trial = Trial(candidate, recipe.to_dict(), *(("", _model_digest(entry.model)) if candidate.recalibrates
-                                                     else _digests(base)))
+                                                     else base_digests()))
         result, state, model = _trial(trial, base, recipe, crun, held, run, entry)
         report.trials.append(result)
         results[candidate.name] = (result, candidate.apply(recipe), state)
