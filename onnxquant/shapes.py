@@ -65,3 +65,10 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]])
                 dim.Clear()
                 dim.dim_value = size
     return fixed
+
+
+def known_ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """The rank of every main-graph tensor whose shape the model records (inputs, outputs, value_info)."""
+    graph = model.graph
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.input, *graph.value_info, *graph.output]
+            if v.type.tensor_type.HasField("shape")}

@@ -26,6 +26,7 @@ from onnx import helper, numpy_helper
 from onnxquant.model_io import iter_graphs, tensor_array
 from onnxquant.passes.names import fresh_name
 from onnxquant.passes.node_index import NodeIndex, attributes
+from onnxquant.shapes import known_ranks
 
 FLOAT = onnx.TensorProto.FLOAT
 
@@ -165,16 +166,6 @@ def _untranspose_input(position: int, inits: _Initializers, rewritten: dict[int,
     report.gemm_transposes += 1
 
 
-def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    graph = model.graph
-    out = {}
-    for v in [*graph.input, *graph.value_info, *graph.output]:
-        t = v.type.tensor_type
-        if t.HasField("shape"):
-            out[v.name] = len(t.shape.dim)
-    return out
-
-
 _FOLDABLE = {"Cast", "Transpose", "Reshape", "Identity"}
 
 
@@ -233,7 +224,7 @@ def canonicalize(model: onnx.ModelProto) -> CanonicalizeReport:
     _fold_weight_producers(graph, report)
     index = NodeIndex(graph)
     inits = _Initializers(graph, index)
-    ranks = _ranks(model)
+    ranks = known_ranks(model)
     rewritten: dict[int, list[onnx.NodeProto]] = {}
     for position, node in enumerate(index.nodes):
         if node.domain not in ("", "ai.onnx"):

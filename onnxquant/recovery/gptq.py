@@ -28,6 +28,7 @@ from onnxquant.passes.node_index import NodeIndex, attributes
 from onnxquant.planner import QuantPlan
 from onnxquant.qparams import qrange
 from onnxquant.recovery.probe import Probe, run_probe
+from onnxquant.shapes import known_ranks
 
 GPTQ_OPS = ("MatMul", "Gemm", "Attention")
 _DAMP = 0.01  # added to H's diagonal, as a share of its mean (the paper's value)
@@ -74,17 +75,11 @@ class GptqReport:
     gain_db: dict[str, float] = field(default_factory=dict)  # reconstruction gain per improved layer
 
 
-def _known_ranks(model: onnx.ModelProto) -> dict[str, int]:
-    graph = model.graph
-    return {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.input, *graph.value_info, *graph.output]
-            if v.type.tensor_type.HasField("shape")}
-
-
 def _layers(model: onnx.ModelProto, plan: QuantPlan) -> list[_Layer]:
     """Eligible layers; those whose input shape inference knows to be rank 2 are left out here,
     the others are checked on the samples (``_accumulate``)."""
     index = NodeIndex(model.graph)
-    ranks = _known_ranks(model)
+    ranks = known_ranks(model)
     by_name = {n.name: n for n in index.nodes}
     layers = []
     for (name, w), (_, axis, reduce) in sorted(plan.selection.weights.items()):

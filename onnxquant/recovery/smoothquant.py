@@ -23,6 +23,7 @@ from onnxquant.passes.node_index import NodeIndex, attributes
 from onnxquant.passes.prepare import default_opset
 from onnxquant.planner import Selection
 from onnxquant.recovery.probe import Probe, run_probe
+from onnxquant.shapes import known_ranks
 
 # Factors outside this range come from dead channels or empty statistics: left at 1.
 _S_MIN, _S_MAX = 1e-3, 1e3
@@ -41,12 +42,6 @@ class SmoothReport:
     inserted: int = 0  # activations smoothed with an inserted Mul
 
 
-def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    graph = model.graph
-    return {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.input, *graph.value_info, *graph.output]
-            if v.type.tensor_type.HasField("shape")}
-
-
 def _groups(model: onnx.ModelProto, sel: Selection) -> dict[str, list[_Member]]:
     """Weighted MatMul/Gemm nodes by their activation input, for token activations only.
 
@@ -56,7 +51,7 @@ def _groups(model: onnx.ModelProto, sel: Selection) -> dict[str, list[_Member]]:
     could not tell (downstream of a contrib op such as com.microsoft Gelu) are kept here and
     checked on the first sample (``_channel_maxima``).
     """
-    ranks = _ranks(model)
+    ranks = known_ranks(model)
     by_name = {n.name: n for n in model.graph.node}
     inits = {i.name: i for i in model.graph.initializer}
     groups: dict[str, list[_Member]] = {}
