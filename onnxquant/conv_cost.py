@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
+from onnxquant.ops.rules import is_depthwise
+
 
 @dataclass(frozen=True)
 class ConvCost:
@@ -133,11 +135,10 @@ def quantized_conv_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, .
         shape = known.get(node.output[0])
         if shape is None or len(shape) < 3 or len(weight) < 3:
             continue
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
         pixels = int(np.prod(shape[2:])) * shape[0]
         outputs = pixels * shape[1]
         out.append(ConvShape(node.name, pixels, outputs, outputs * int(np.prod(weight[1:])),
-                             depthwise=group > 1 and weight[1] == 1))
+                             depthwise=is_depthwise(node, tuple(weight))))
     return out
 
 
