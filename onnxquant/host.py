@@ -186,12 +186,22 @@ def target_note(target: str, choice: CpuChoice | None, reduce_range: bool, host:
 def cpu_mismatch(recipe: dict[str, Any] | None, host: HostCpu) -> str | None:
     """One line when a model's weights do not suit the CPU it is being measured on (None when they
     do, or when the model does not say). ``recipe``: the one the model carries (``onnxquant.recipe``)."""
-    if not recipe or recipe.get("target") != "cpu":
+    if not recipe:
         return None
     quantization = recipe.get("quantization")
     full = isinstance(quantization, dict) and quantization.get("reduce_range") is False
     if full and quantization.get("weight_type") == "uint8":
         return None  # u8u8 kernels do not saturate on any CPU kind
+    target = recipe.get("target")
+    if target != "cpu":
+        if not isinstance(target, str) or not full or not CPU_KINDS[host.kind].reduce_range:
+            return None
+        # an NPU model (QNN: 8-bit weights) checked on the CPU provider of a host without VNNI
+        host_says = ("onnxquant cannot read this host's CPU features" if host.kind == "unknown"
+                     else "this host has no VNNI")
+        return (f"the model was quantized for --target {target} with full 8-bit weights, and {host_says}: "
+                "onnxruntime's u8s8 CPU kernels may saturate here, so its CPU figures can be worse than on the "
+                f"{target} device")
     stated = recipe.get("cpu")
     kind = stated.get("kind") if isinstance(stated, dict) else None
     intended = CPU_KINDS.get(kind) if isinstance(kind, str) else None  # metadata is input: any JSON

@@ -5,7 +5,10 @@ apply. The rules, in order:
 
 - not a float tensor (integers, strings, a list of maps) -> ``labels``
 - rank 3 whose rows along the last axis are probability (or log-probability) distributions
-  over at least 3 symbols -> ``sequence`` (a CTC recogniser's per-step scores)
+  over at least 3 symbols -> ``sequence`` (a CTC recogniser's per-step scores); raw logits too
+  when at least 8 steps are read and the first or last symbol (a CTC blank) is the best one at
+  30% of them or more (hidden states have no such symbol); ``(time, 1, symbols)`` is read
+  time-major
 - rank 3 shaped like a YOLO head (one axis of 5..1000 columns, the other at least 3 times longer
   and at least 100), with class-score columns in [0, 1] and non-negative box sizes -> ``detection``
 - rank 2 (batch, n >= 2): rows of probabilities -> ``classification``; rows of unit L2 norm, or
@@ -45,6 +48,17 @@ def _looks_like_yolo(x: np.ndarray) -> bool:
     return bool(scores.min() >= 0 and scores.max() <= 1 and sizes.min() >= 0 and rows[..., :4].max() > 1)
 
 
+def _looks_like_ctc_logits(x: np.ndarray) -> bool:
+    """Per-step scores where one edge symbol wins often: the blank of a CTC recogniser."""
+    from onnxquant.agreement.sequence import batch_major
+
+    best = batch_major(x).reshape(-1, x.shape[-1]).argmax(axis=-1)
+    if best.size < 8:
+        return False
+    share = max(np.mean(best == 0), np.mean(best == x.shape[-1] - 1))
+    return bool(share >= 0.3)
+
+
 def detect_kind(name: str, value: Any) -> str:
     """The kind of output ``name`` judged from one fp32 value of it (see the module docstring)."""
     if is_map_rows(value) or not isinstance(value, np.ndarray):
@@ -56,6 +70,8 @@ def detect_kind(name: str, value: Any) -> str:
             return "sequence"
         if _looks_like_yolo(value):
             return "detection"
+        if _looks_like_ctc_logits(value):
+            return "sequence"
     if value.ndim == 2 and value.shape[1] >= 2 and value.size:
         if is_probability_rows(value):  # a confident softmax row also has an L2 norm near 1
             return "classification"

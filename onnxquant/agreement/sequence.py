@@ -1,8 +1,10 @@
 """Sequences: greedy CTC decoding, exact-string agreement and character error rate.
 
 A CTC recogniser (PP-OCR rec, speech models) outputs per time step a distribution over an
-alphabet with one blank symbol: (batch, time, symbols). Greedy decoding takes the best symbol
-per step, merges repeats and drops blanks. The fp32 model's strings are the truth.
+alphabet with one blank symbol: (batch, time, symbols), or time-major (time, batch, symbols) as
+PyTorch's CTC layout and ddddocr write it; one batch-1 line (time, 1, symbols) is read
+time-major. Greedy decoding takes the best symbol per step, merges repeats and drops blanks.
+The fp32 model's strings are the truth.
 """
 from __future__ import annotations
 
@@ -11,8 +13,17 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def batch_major(scores: np.ndarray) -> np.ndarray:
+    """(batch, time, symbols) scores; a (time, 1, symbols) tensor (one line, time-major) is
+    transposed, since a batch of one-step lines is not what a recogniser outputs."""
+    if scores.ndim == 3 and scores.shape[1] == 1 and scores.shape[0] > 1:
+        return np.swapaxes(scores, 0, 1)
+    return scores
+
+
 def ctc_greedy(scores: np.ndarray, blank: int = 0) -> list[tuple[int, ...]]:
     """Decoded symbol sequences of (batch, time, symbols) scores (probabilities, logits or log-probabilities)."""
+    scores = batch_major(scores)
     best = scores.reshape(-1, *scores.shape[-2:]).argmax(axis=-1)
     decoded = []
     for row in best:

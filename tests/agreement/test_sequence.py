@@ -30,3 +30,36 @@ def test_sequence_agreement_reports_strings_and_cer():
     a.add(_one_hot([1, 0, 2, 0, 3, 3]), _one_hot([1, 0, 4, 0, 3, 3]))  # one symbol substituted
     m = a.metrics()
     assert a.kind == "sequence" and m["string_agreement"] == 0.5 and m["cer"] == pytest.approx(1 / 6)
+
+
+def _time_major_logits(steps: list[int], symbols: int = 40, seed: int = 0) -> np.ndarray:
+    """Raw logits (time, 1, symbols), as ddddocr's recogniser writes them."""
+    x = np.random.default_rng(seed).normal(0, 1, (len(steps), 1, symbols)).astype(np.float32)
+    x[np.arange(len(steps)), 0, steps] += 12.0
+    return x
+
+
+def test_time_major_lines_decode_as_one_string():
+    steps = [0, 0, 5, 5, 0, 7, 0, 0, 9, 0]
+    assert ctc_greedy(_time_major_logits(steps)) == [(5, 7, 9)]
+
+
+def test_raw_ctc_logits_are_read_as_sequences_and_a_lost_symbol_costs_cer():
+    steps = [0, 0, 5, 5, 0, 7, 0, 0, 9, 0, 0, 0]
+    ref = _time_major_logits(steps)
+    lost = ref.copy()
+    lost[5, 0, 7] -= 20.0  # the 7 is no longer read
+    a = OutputAgreement("387")
+    a.add(ref, lost)
+    m = a.metrics()
+    assert a.kind == "sequence" and m["strings"] == 1
+    assert m["string_agreement"] == 0.0 and m["cer"] == pytest.approx(1 / 3)
+
+
+def test_hidden_states_with_an_outlier_dimension_are_not_sequences():
+    rng = np.random.default_rng(2)
+    hidden = rng.normal(size=(1, 64, 96)).astype(np.float32)
+    hidden[..., 17] += 30.0  # a "massive activation" dimension wins every token, but it is no edge symbol
+    a = OutputAgreement("last_hidden_state")
+    a.add(hidden, hidden)
+    assert a.kind == "regression"
