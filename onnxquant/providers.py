@@ -33,6 +33,14 @@ QNN_FINALIZE_FAILED = "Failed to finalize QNN graph"
 QNN_FP16_OPTIONS = {"enable_htp_fp16_precision": "1", "soc_model": "60"}
 
 
+def simulated(ep: str) -> bool:
+    """Whether ``ep`` runs on a simulator here: QNN's HTP backend on an x86-64 host is Qualcomm's
+    x86 simulator (Hexagon NPUs sit in ARM64 SoCs), so its timing says nothing of a device's."""
+    import platform
+
+    return ep == "qnn" and platform.machine().lower() in ("x86_64", "amd64")
+
+
 @dataclass
 class Placement:
     """Which nodes of the optimized graph each provider runs."""

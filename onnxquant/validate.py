@@ -58,6 +58,7 @@ from onnxquant.providers import (
     PROVIDERS,
     check_available,
     open_session,
+    simulated,
 )
 from onnxquant.recipe import recipe_of
 from onnxquant.shapes import fix_input_shapes, has_free_dims
@@ -578,8 +579,14 @@ def _check_budget(report: ProviderReport, budget: Budget, boundary: set[str]) ->
             if c["passed"] is False:
                 report.failures.append(f"metric {report.metric.name}: {describe(c)}")
     ratio = report.latency_ratio()
+    if simulated(report.ep):
+        report.notes.append(f"{report.ep} ran on the HTP simulator of this x86-64 host: its latency is the "
+                            "simulator's, not a device's")
     if budget.max_latency_ratio is not None:
-        if ratio is None:
+        if simulated(report.ep):
+            report.failures.append(f"latency budget not checked: {report.ep} ran on the HTP simulator here, "
+                                   "whose timing says nothing of a device's (measure latency on the device)")
+        elif ratio is None:
             report.failures.append("latency ratio unknown (the original does not run on this provider)")
         elif ratio > budget.max_latency_ratio:
             report.failures.append(f"latency ratio {ratio:.3f} > {budget.max_latency_ratio}")

@@ -38,6 +38,18 @@ def test_cnn_for_qnn_runs_every_node_on_the_npu(cnn_path: Path, npz_dir: Path, t
     assert qnn["fixed_shapes"] == {"x": [1, 3, 16, 16]}
 
 
+def test_a_latency_budget_on_the_htp_simulator_is_not_a_pass(cnn_path: Path, npz_dir: Path, tmp_path: Path):
+    """On x86-64, QNN's HTP is a simulator: its timing is no device's, so a latency budget is not checked."""
+    out = tmp_path / "cnn.qnn.onnx"
+    quantize(cnn_path, npz_dir, recipe_for_target("qnn"), out)
+    report = validate(cnn_path, out, npz_dir, ("qnn",), Budget(max_latency_ratio=1000.0), max_samples=2,
+                      latency_runs=1)
+    assert not report.passed
+    (qnn,) = report.providers
+    assert any("latency budget not checked" in f for f in qnn.failures)
+    assert any("HTP simulator" in n for n in qnn.notes)
+
+
 def test_cpu_placement_leaves_float_ops_that_qnn_sends_back(cnn_path: Path, npz_dir: Path, tmp_path: Path):
     """The CPU target keeps the final Gemm's output float: QNN cannot take that node."""
     out = tmp_path / "cnn.cpu.onnx"

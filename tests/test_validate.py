@@ -218,3 +218,15 @@ def test_no_budgets_reports_only_and_says_so(cnn_path: Path, quantized_cnn: Path
     assert data["settings"]["detection"]["score_threshold"] == 0.25 and data["providers"][0]["samples"] == 12
     text = _run("validate", cnn_path, quantized_cnn, "--holdout", npz_dir, "--no-default-budgets", "--latency-runs", "1")
     assert "budgets: none (--no-default-budgets): report only" in text.output and "logits (classification): top-1" in text.output
+
+
+@pytest.mark.parametrize("machine, ep, expected", [("x86_64", "qnn", True), ("AMD64", "qnn", True),
+                                                   ("aarch64", "qnn", False), ("x86_64", "cpu", False),
+                                                   ("x86_64", "openvino", False)])
+def test_qnn_on_an_x86_host_is_the_simulator(monkeypatch: pytest.MonkeyPatch, machine: str, ep: str, expected: bool):
+    import platform
+
+    from onnxquant.providers import simulated
+
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    assert simulated(ep) is expected
