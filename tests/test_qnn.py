@@ -80,6 +80,19 @@ def test_samples_of_another_shape_fail_validation_clearly(tmp_path: Path):
     assert any("sample 2 has input shapes" in f and "fixed shapes" in f for f in report.failures), report.failures
 
 
+def test_samples_of_several_shapes_for_a_fixed_shape_target_say_where_the_shape_came_from(tmp_path: Path):
+    """The model has a free sequence dim; QNN fixes it from the first sample: the error says so,
+    not just "the model expects" a shape the model does not have."""
+    from onnxquant.errors import CalibrationDataError
+
+    model_path = tmp_path / "attention.onnx"
+    onnx.save(tiny_attention(), str(model_path))
+    mixed = _samples_dir(tmp_path, attention_samples(2, seq=6) + attention_samples(1, seq=5))
+    with pytest.raises(CalibrationDataError, match="taken from the first sample"):
+        quantize(model_path, mixed, recipe_for_target("qnn"), tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def test_fixed_shape_target_without_data_needs_shapes(tmp_path: Path, npz_dir: Path, cnn_path: Path):
     stats = tmp_path / "stats.npz"
     quantize(cnn_path, npz_dir, recipe_for_target("qnn"), save_stats_to=stats)

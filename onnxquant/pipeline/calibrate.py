@@ -41,13 +41,28 @@ def calibrate(state: State, run: RunData, stats: StatsTable | str | os.PathLike 
         if run.calib_data is None:
             raise CalibrationDataError("no calibration data given")
         source = run.samples(prepared, recipe)
-        table = collect(prepared, sel.observed, source, needs_histogram(method) if histograms is None else histograms,
-                        recipe.calibration.max_samples, run.progress, _length(source))
+        try:
+            table = collect(prepared, sel.observed, source,
+                            needs_histogram(method) if histograms is None else histograms,
+                            recipe.calibration.max_samples, run.progress, _length(source))
+        except CalibrationDataError as exc:
+            raise _with_fixed_shapes_hint(exc, state) from exc
         first = run.first_sample(prepared, recipe) if run.rereadable else None
     # Tensors that turned out not to be float32 (unknown before running) narrow the selection.
     return replace(state, stats=table, not_float=frozenset(sel.observed) - set(table.tensors), first_sample=first,
                    seconds={**state.seconds, "calibration": time.perf_counter() - started},
                    measured_shifts=MeasuredShifts(), gptq_factors=GptqFactors())
+
+
+def _with_fixed_shapes_hint(exc: CalibrationDataError, state: State) -> CalibrationDataError:
+    """A shape error against dims a fixed-shape target (QNN) took from the first sample says so:
+    the model itself has free dims there, and "the model expects" alone would mislead."""
+    from_sample = {k: v for k, v in state.shapes.items() if k not in state.recipe.shapes}
+    if not from_sample or "has shape" not in str(exc):
+        return exc
+    fixed = ", ".join(f"{k} {list(v)}" for k, v in sorted(from_sample.items()))
+    return CalibrationDataError(f"{exc}; target {state.recipe.target!r} compiles fixed input shapes, taken from the "
+                                f"first sample ({fixed}): give samples of one shape")
 
 
 def _length(source: object) -> int | None:
