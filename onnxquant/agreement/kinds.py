@@ -6,9 +6,9 @@ apply. The rules, in order:
 - not a float tensor (integers, strings, a list of maps) -> ``labels``
 - rank 3 whose rows along the last axis are probability (or log-probability) distributions
   over at least 3 symbols -> ``sequence`` (a CTC recogniser's per-step scores); raw logits too
-  when at least 8 steps are read and the first or last symbol (a CTC blank) is the best one at
-  30% of them or more (hidden states have no such symbol); ``(time, 1, symbols)`` is read
-  time-major
+  when they are not all in [0, 1] (a detector's sigmoid class scores are), at least 8 steps
+  are read and the first or last symbol (a CTC blank) is the best one at 30% of them or more
+  (hidden states have no such symbol); ``(time, 1, symbols)`` is read time-major
 - rank 3 shaped like a YOLO head (one axis of 5..1000 columns, the other at least 3 times longer
   and at least 100), with class-score columns in [0, 1] and non-negative box sizes -> ``detection``
 - rank 2 (batch, n >= 2): rows of probabilities -> ``classification``; rows of unit L2 norm, or
@@ -52,6 +52,8 @@ def _looks_like_ctc_logits(x: np.ndarray) -> bool:
     """Per-step scores where one edge symbol wins often: the blank of a CTC recogniser."""
     from onnxquant.agreement.sequence import batch_major
 
+    if x.min() >= 0 and x.max() <= 1:
+        return False  # sigmoid scores (a detector's per-anchor classes), not logits
     best = batch_major(x).reshape(-1, x.shape[-1]).argmax(axis=-1)
     if best.size < 8:
         return False

@@ -63,3 +63,13 @@ def test_hidden_states_with_an_outlier_dimension_are_not_sequences():
     a = OutputAgreement("last_hidden_state")
     a.add(hidden, hidden)
     assert a.kind == "regression"
+
+
+def test_a_detectors_sigmoid_class_scores_are_not_sequences():
+    """PicoDet-style per-anchor class scores in [0, 1], where class 0 wins 36% of anchors."""
+    rng = np.random.default_rng(3)
+    scores = rng.random((1, 1900, 10)).astype(np.float32) * 0.05
+    scores[0, :700, 0] += 0.8
+    a = OutputAgreement("transpose_2.tmp_0")
+    a.add(scores, scores)
+    assert a.kind == "regression"
