@@ -58,17 +58,18 @@ class ConvCost:
         return (self.pointwise if layer.kernel_area == 1 else self.dense).nanoseconds(layer)
 
 
-# Fitted (non-negative least squares, each layer weighted by 1/sqrt(its time)) to 536 Convs timed
+# Fitted (non-negative least squares, each layer weighted by 1/sqrt(its time); int8's per-call
+# cost held at fp32's, as layers of one pixel measured alike in both) to 536 Convs timed
 # by onnxruntime's profiler inside the PP-OCR v2 classifier (batch 1 and 8), the PP-OCRv5
 # text-line classifier (batch 1 and 8), MTCNN's O-Net, EfficientNet-Lite0 and the PP-OCRv5
 # detector, at one thread. Per model, the Convs' int8/fp32 time estimated against measured:
-# PP-OCR classifier 1.46 / 2.04 (batch 8: 1.28 / 1.85), PP-OCRv5 classifier 1.46 / 1.88,
-# O-Net 1.01 / 1.23, EfficientNet-Lite0 0.79 / 0.70, PP-OCRv5 det 0.90 / 1.00.
+# the two classifiers 1.42 / 1.88-2.04 (batch 8: 1.49 / 1.85), O-Net 1.01 / 1.23,
+# EfficientNet-Lite0 0.79 / 0.70, the PP-OCRv4 and v5 detectors 0.97 / 0.52-1.00 (noisy).
 COSTS: dict[str, tuple[ConvCost, ConvCost]] = {  # CPU kind -> (fp32, int8)
     "avx2": (
         ConvCost(depthwise=KindCost(3538.0, 0.0, 0.392, 0.0192), pointwise=KindCost(5479.0, 0.114, 0.2125, 0.0220),
                  dense=KindCost(0.0, 5.564, 0.0, 0.0291), folded_scale_per_output=0.12),
-        ConvCost(depthwise=KindCost(6035.0, 9.574, 0.2015, 0.0573), pointwise=KindCost(7714.0, 5.344, 0.1621, 0.0108),
+        ConvCost(depthwise=KindCost(3538.0, 9.439, 0.2135, 0.0577), pointwise=KindCost(5479.0, 5.677, 0.1626, 0.0109),
                  dense=KindCost(0.0, 23.40, 0.5865, 0.0211)),
     ),
 }
