@@ -59,7 +59,7 @@ class ConvCost:
 
 
 # Fitted (non-negative least squares, each layer weighted by 1/sqrt(its time); int8's per-call
-# cost held at fp32's, as layers of one pixel measured alike in both) to 536 Convs timed
+# cost held at fp32's, as layers of one pixel measured alike in both) to 437 Convs timed
 # by onnxruntime's profiler inside the PP-OCR v2 classifier (batch 1 and 8), the PP-OCRv5
 # text-line classifier (batch 1 and 8), MTCNN's O-Net, EfficientNet-Lite0 and the PP-OCRv5
 # detector, at one thread. Per model, the Convs' int8/fp32 time estimated against measured:
