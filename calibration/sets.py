@@ -130,6 +130,8 @@ SETS = {
     "sklearn-mlp-partly-int8": _foreign("sklearn_mlp_samples"),
     "ppocr-cls": _foreign("ppocr_cls_samples"),
     "ppocr-cls-fp16": _foreign("ppocr_cls_fp16_samples"),
+    "ppocrv5-cls": _foreign("ppocrv5_cls_samples"),
+    "mtcnn-onet": _foreign("mtcnn_onet_samples"),
     "magika": _foreign("magika_samples"),
     "efficientnet-lite0-fp16": _foreign("efficientnet_lite0_fp16_samples"),
     # recurrent and control flow (calibration/text_lines.py, calibration/speech.py)

@@ -10,8 +10,10 @@ from models import (
     float16_variants,
     magika_types,
     minilm,
+    mtcnn_onet,
     ppocr_cls,
     ppocr_det,
+    ppocrv5_cls,
     silero_vad,
     sklearn_mlp,
 )
@@ -28,6 +30,10 @@ BUILDERS = {
     "ppocr-cls-fp16": (float16_variants.ppocr_cls, "ppocr_mobile_v2_cls.fp16.onnx"),
     "efficientnet-lite0-fp16": (float16_variants.efficientnet_lite0, "efficientnet_lite0.fp16.onnx"),
     "magika": (magika_types.build, "magika_standard_v3_3.onnx"),
+    # small mobile CNNs from other packages (int8 kernels vs fp32 on x86 without VNNI): a PP-LCNet
+    # text-line orientation classifier, and MTCNN's face/no-face network (keras2onnx, NHWC, PRelu)
+    "ppocrv5-cls": (ppocrv5_cls.build, "ppocrv5_textline_cls.onnx"),
+    "mtcnn-onet": (mtcnn_onet.build, "mtcnn_onet.onnx"),
     # recurrent and control flow
     "ddddocr-rec": (ddddocr_rec.build, "ddddocr_common.onnx"),  # Conv + bidirectional LSTM
     "silero-vad": (silero_vad.build, "silero_vad.onnx"),  # the whole network inside If branches

@@ -1,16 +1,19 @@
 """Estimate from layer shapes whether a quantized CNN's convolutions run slower than fp32.
 
-On x86 CPUs without VNNI, onnxruntime's int8 convolution kernels are faster than fp32 for dense
-layers with many channels, but slower for depthwise layers and for layers with few channels:
-their cost is dominated by per-pixel work (NHWC indirection, requantizing each output), not by
-multiply-adds. A mobile network made of such layers (the PP-OCR text-direction classifier:
-8-200 channels on 2-24 rows) is slower as int8 by construction, with every layer fused. This
-module says so before anything is measured: each quantized Conv's time is estimated as
-``a * pixels + b * outputs + c * multiply-adds`` with separate ``c`` for depthwise and dense
-layers, fp32 and int8, fitted (least squares, relative error) to one-thread timings of chains
-of eight layers on an AMD EPYC (AVX2, no VNNI) with onnxruntime 1.32. Only that CPU kind has
-figures; elsewhere nothing is estimated. Elementwise ops (QLinearAdd/Mul, pooling) are not
-counted. Deterministic: no timing.
+On x86 CPUs without VNNI, onnxruntime's int8 convolution kernels are faster than fp32 for
+pointwise layers with many channels, but slower for depthwise layers with few channels, for a
+stem on 3 input channels, and for the hard-swish gates (a depthwise 1x1 Conv each in the integer
+graph, a fused activation in fp32): their cost is dominated by per-call and per-pixel work (NHWC
+indirection, requantizing each output), not by multiply-adds. A mobile network made of such
+layers (the PP-OCR text-direction classifier: 8-200 channels on 2-24 rows) is slower as int8 by
+construction, with every layer fused. This module says so before anything is measured: each
+quantized Conv's time is estimated as ``const + a * pixels + b * outputs + c * multiply-adds``
+with coefficients per kind (depthwise, pointwise, dense k x k), fp32 and int8, fitted to the
+per-Conv kernel times onnxruntime's profiler gave inside five real models (one thread, batch 1
+and 8; ``benchmarks/conv_profile.py``) on an AMD EPYC (AVX2, no VNNI) with onnxruntime 1.32.
+A depthwise 1x1 Conv costs fp32 only its per-output work (a per-channel scale, fused into the
+Conv before it). Only that CPU kind has figures; elsewhere nothing is estimated. Elementwise ops
+(QLinearAdd/Mul, pooling) are not counted. Deterministic: no timing.
 """
 from __future__ import annotations
 
@@ -24,25 +27,51 @@ from onnxquant.ops.rules import is_depthwise
 
 
 @dataclass(frozen=True)
-class ConvCost:
-    """Nanoseconds per output pixel, per output value and per multiply-add (depthwise, dense)."""
+class KindCost:
+    """Nanoseconds per call, per output pixel, per output value and per multiply-add."""
 
+    per_call: float
     per_pixel: float
     per_output: float
-    per_depthwise_mac: float
-    per_dense_mac: float
+    per_mac: float
 
     def nanoseconds(self, layer: ConvShape) -> float:
-        mac = self.per_depthwise_mac if layer.depthwise else self.per_dense_mac
-        return self.per_pixel * layer.pixels + self.per_output * layer.outputs + mac * layer.macs
+        return self.per_call + self.per_pixel * layer.pixels + self.per_output * layer.outputs + self.per_mac * layer.macs
 
 
-# Fitted to 20 layer shapes (3-1152 channels, 1x1/3x3/5x5, 2x96 to 56x56 pixels), see the docstring.
-# Per shape the fit is within about 40%; on whole models it ranks them right (int8/fp32 estimated,
-# measured at one thread, batch 1): PP-OCR classifier 1.37 / 1.22-1.34, EfficientNet-Lite0
-# 0.80 / 0.66, PP-OCRv4 det 0.79 / 0.68.
+@dataclass(frozen=True)
+class ConvCost:
+    """One precision's costs on one CPU kind, per kind of Conv."""
+
+    depthwise: KindCost
+    pointwise: KindCost
+    dense: KindCost  # k x k with k > 1, groups of more than one channel
+    # a depthwise 1x1 Conv (a per-channel scale: the integer graph's hard-swish gates) costs only
+    # this much per output value, where the kernel folds it (fp32: an activation fused into the Conv)
+    folded_scale_per_output: float | None = None
+
+    def nanoseconds(self, layer: ConvShape) -> float:
+        if layer.depthwise and layer.kernel_area == 1 and self.folded_scale_per_output is not None:
+            return self.folded_scale_per_output * layer.outputs
+        if layer.depthwise:
+            return self.depthwise.nanoseconds(layer)
+        return (self.pointwise if layer.kernel_area == 1 else self.dense).nanoseconds(layer)
+
+
+# Fitted (non-negative least squares, each layer weighted by 1/sqrt(its time); int8's per-call
+# cost held at fp32's, as layers of one pixel measured alike in both) to 437 Convs timed
+# by onnxruntime's profiler inside the PP-OCR v2 classifier (batch 1 and 8), the PP-OCRv5
+# text-line classifier (batch 1 and 8), MTCNN's O-Net, EfficientNet-Lite0 and the PP-OCRv5
+# detector, at one thread. Per model, the Convs' int8/fp32 time estimated against measured:
+# the two classifiers 1.42 / 1.88-2.04 (batch 8: 1.49 / 1.85), O-Net 1.01 / 1.23,
+# EfficientNet-Lite0 0.79 / 0.70, the PP-OCRv4 and v5 detectors 0.97 / 0.52-1.00 (noisy).
 COSTS: dict[str, tuple[ConvCost, ConvCost]] = {  # CPU kind -> (fp32, int8)
-    "avx2": (ConvCost(0.277, 0.254, 0.0187, 0.0201), ConvCost(4.60, 0.304, 0.0539, 0.00935)),
+    "avx2": (
+        ConvCost(depthwise=KindCost(3538.0, 0.0, 0.392, 0.0192), pointwise=KindCost(5479.0, 0.114, 0.2125, 0.0220),
+                 dense=KindCost(0.0, 5.564, 0.0, 0.0291), folded_scale_per_output=0.12),
+        ConvCost(depthwise=KindCost(3538.0, 9.439, 0.2135, 0.0577), pointwise=KindCost(5479.0, 5.677, 0.1626, 0.0109),
+                 dense=KindCost(0.0, 23.40, 0.5865, 0.0211)),
+    ),
 }
 
 
@@ -55,6 +84,7 @@ class ConvShape:
     outputs: int  # output values (pixels x channels)
     macs: int
     depthwise: bool
+    kernel_area: int = 1  # kernel height x width
 
 
 @dataclass(frozen=True)
@@ -138,7 +168,7 @@ def quantized_conv_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, .
         pixels = int(np.prod(shape[2:])) * shape[0]
         outputs = pixels * shape[1]
         out.append(ConvShape(node.name, pixels, outputs, outputs * int(np.prod(weight[1:])),
-                             depthwise=is_depthwise(node, tuple(weight))))
+                             depthwise=is_depthwise(node, tuple(weight)), kernel_area=int(np.prod(weight[2:]))))
     return out
 
 

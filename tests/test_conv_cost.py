@@ -7,7 +7,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxquant
-from onnxquant.conv_cost import estimate, quantized_conv_shapes
+from onnxquant.conv_cost import COSTS, ConvShape, estimate, quantized_conv_shapes
 from onnxquant.recipe import recipe_for_target
 
 
@@ -54,7 +54,8 @@ def test_shapes_of_the_quantized_convs_for_the_sample_shape():
     assert sorted(layers) == ["dw0", "dw1", "pw0", "pw1", "stem"]
     assert (layers["dw0"].pixels, layers["dw0"].outputs, layers["dw0"].macs, layers["dw0"].depthwise) == \
         (24 * 96, 8 * 24 * 96, 8 * 24 * 96 * 9, True)
-    assert (layers["pw1"].macs, layers["pw1"].depthwise) == (8 * 24 * 96 * 8, False)
+    assert (layers["pw1"].macs, layers["pw1"].depthwise, layers["pw1"].kernel_area) == (8 * 24 * 96 * 8, False, 1)
+    assert layers["stem"].kernel_area == 9
 
 
 def test_a_depthwise_few_channel_cnn_is_called_slower_than_fp32_on_x86_without_vnni():
@@ -69,11 +70,32 @@ def test_a_depthwise_few_channel_cnn_is_called_slower_than_fp32_on_x86_without_v
     assert len(slower) == 1 and f"{found.ratio:.2f}x" in slower[0]
 
 
-def test_a_dense_wide_cnn_is_not_called_slower():
-    result = _quantize(_cnn(128, 0, 28, 28), 28, 28, "cpu-avx2")
+def test_a_wide_cnn_is_not_called_slower():
+    """96 channels on 28 x 28 (EfficientNet-like): the pointwise layers win more than the stem
+    and the depthwise layers lose."""
+    result = _quantize(_cnn(96, 3, 28, 28), 28, 28, "cpu-avx2")
     found = estimate(result.model, {"x": (1, 3, 28, 28)}, "avx2")
     assert found is not None and found.ratio < 1.0
     assert not any("by construction" in w for w in result.warnings)
+
+
+def test_kinds_of_conv_cost_what_the_profiled_models_showed():
+    """Per layer, from the fitted figures (benchmarks/conv_profile.py measured them inside real
+    models): a stem on 3 input channels and a depthwise layer with few channels cost more as
+    int8, a wide pointwise layer less; a depthwise 1x1 Conv (a hard-swish gate in the integer
+    graph) costs fp32 only a per-channel scale, so it always counts against int8."""
+    fp32, int8 = COSTS["avx2"]
+    stem = ConvShape("stem", 2304, 2304 * 8, 2304 * 8 * 27, depthwise=False, kernel_area=9)
+    thin_depthwise = ConvShape("dw", 2304, 2304 * 16, 2304 * 16 * 9, depthwise=True, kernel_area=9)
+    wide_pointwise = ConvShape("pw", 784, 784 * 240, 784 * 240 * 40, depthwise=False, kernel_area=1)
+    gate = ConvShape("gate", 288, 288 * 200, 288 * 200, depthwise=True, kernel_area=1)
+    assert int8.nanoseconds(stem) > fp32.nanoseconds(stem)
+    assert int8.nanoseconds(thin_depthwise) > fp32.nanoseconds(thin_depthwise)
+    assert int8.nanoseconds(wide_pointwise) < 0.8 * fp32.nanoseconds(wide_pointwise)
+    assert fp32.nanoseconds(gate) < 0.5 * int8.nanoseconds(gate)
+    # time grows with the batch (pixels), except the per-call part
+    batch8 = ConvShape("dw8", 8 * 2304, 8 * 2304 * 16, 8 * 2304 * 16 * 9, depthwise=True, kernel_area=9)
+    assert int8.nanoseconds(thin_depthwise) < int8.nanoseconds(batch8) < 8 * int8.nanoseconds(thin_depthwise)
 
 
 def test_no_estimate_without_figures_for_the_cpu_kind():
