@@ -202,25 +202,26 @@ def test_corrections_from_input_means_equal_those_of_fake_quantized_layer_copies
         np.testing.assert_allclose(by_means[name], shift, rtol=1e-3, atol=1e-6, err_msg=name)
 
 
-def _calibration_shift(model: onnx.ModelProto, quantized: onnx.ModelProto, samples: list[dict[str, np.ndarray]],
-                       channel_axis: int) -> float:
-    """Largest per-channel mean of float minus int8 output over ``samples``."""
-    diffs = np.stack([run(model, s)[0] - run(quantized, s)[0] for s in samples])
-    axes = tuple(a for a in range(diffs.ndim) if a != channel_axis + 1)
-    return float(np.abs(diffs.mean(axis=axes)).max())
+def _shifts_without_and_with_correction(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]], recipe: Recipe,
+                                        note: str, channel_axis: int) -> tuple[float, float]:
+    """The largest per-channel mean of float minus int8 output over the calibration samples, with
+    bias correction off and on (``recipe`` otherwise; its rounding pass must say ``note``)."""
+    def shift(quantized: onnx.ModelProto) -> float:
+        diffs = np.stack([run(model, s)[0] - run(quantized, s)[0] for s in calib])
+        return float(np.abs(diffs.mean(axis=tuple(a for a in range(diffs.ndim) if a != channel_axis + 1))).max())
+
+    rounded = onnxquant.quantize(model, calib, recipe.with_overrides(recovery={"bias_correction": False}))
+    corrected = onnxquant.quantize(model, calib, recipe)
+    assert any(n.startswith(note) for n in corrected.notes)
+    return shift(rounded.model), shift(corrected.model)
 
 
 def test_bias_correction_cancels_the_mean_weight_error_learned_rounding_leaves():
     """Learned rounding writes its integers over the float weights; bias correction must still
     measure the weight error against the float weights it replaced (it measured none before)."""
-    model = _depthwise_with_biased_rounding()
-    calib = _samples(16, seed=1)
     recipe = Recipe().with_overrides(search={"enabled": False}, recovery={"adaround": True})
-    rounded = onnxquant.quantize(model, calib, recipe.with_overrides(recovery={"bias_correction": False}))
-    corrected = onnxquant.quantize(model, calib, recipe)
-    assert any(n.startswith("learned rounding: 1 layers improved") for n in corrected.notes)
-    before = _calibration_shift(model, rounded.model, calib, channel_axis=1)
-    after = _calibration_shift(model, corrected.model, calib, channel_axis=1)
+    before, after = _shifts_without_and_with_correction(_depthwise_with_biased_rounding(), _samples(16, seed=1), recipe,
+                                                        "learned rounding: 1 layers improved", channel_axis=1)
     assert before > 0.002  # what learned rounding leaves (measured 0.0043)
     assert after < before / 10  # (measured 0.00013; 0.0043 when only the input's rounding was corrected)
 
@@ -240,9 +241,6 @@ def test_bias_correction_cancels_the_mean_weight_error_gptq_leaves():
     # correlated channels (GPTQ's case) with a mean away from zero, so a weight error shifts the output mean
     calib = [{"x": (rng.normal(size=(1, 10, k)) @ mix + 2.0).astype(np.float32)} for _ in range(24)]
     recipe = Recipe().with_overrides(search={"enabled": False}, recovery={"smoothquant": False})
-    rounded = onnxquant.quantize(model, calib, recipe.with_overrides(recovery={"bias_correction": False}))
-    corrected = onnxquant.quantize(model, calib, recipe)
-    assert any(n.startswith("GPTQ rounding: 1 token-activation layers improved") for n in corrected.notes)
-    before = _calibration_shift(model, rounded.model, calib, channel_axis=2)
-    after = _calibration_shift(model, corrected.model, calib, channel_axis=2)
-    assert after < before / 10
+    before, after = _shifts_without_and_with_correction(model, calib, recipe,
+                                                        "GPTQ rounding: 1 token-activation layers improved", channel_axis=2)
+    assert after < before / 10  # (measured 0.0325 against 0.0332 when only the input's rounding was corrected)
