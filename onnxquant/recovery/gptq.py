@@ -211,7 +211,7 @@ def gptq(model: onnx.ModelProto, plan: QuantPlan, samples: Iterable[dict[str, np
             continue
         value = q.astype(np.float64) * layer.scale
         value = (value.T if layer.transposed else value).astype(np.float32)
-        report.originals[layer.weight] = np.array(stored, copy=True)
+        report.originals[layer.weight] = stored  # (its own array, or a copy-on-write map of the file)
         inits[layer.weight].CopyFrom(numpy_helper.from_array(value, layer.weight))
         report.improved.append(layer.node)
         report.gain_db[layer.node] = gain
