@@ -73,7 +73,10 @@ def test_efficientnet_lite0_mixed_precision_meets_its_budget(work: Path):
     result = onnxquant.quantize(model, calib, max_drop=0.03, agreement="top1")
     mp = result.mixed_precision
     # (with pair-limited 8-bit weights the bisection kept 13 of 49 layers float here, 0.0147 drop; with
-    # bias correction by input means, 18 at 0.0294: the drop is counted in whole photos, 1/34 each)
+    # bias correction by input means, 18 at 0.0294. Not a bias-correction error: the two models differ
+    # in 4 of 50 int32 biases by 1, float sums landing on the other side of a .5 tie, which moves
+    # logits by up to 0.3 and flips 1-3 of the 68 calibration views, several of whose fp32 top-2 margins are
+    # below 0.1; the bisection's count follows those flips. Hence the loose bound.)
     assert mp["drop"] <= 0.03 and 0 < len(mp["float_layers"]) < 49 / 2
     ref = _outputs(model, held)
     mixed = metrics.classifier(ref, _outputs(result.model, held))

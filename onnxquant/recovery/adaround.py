@@ -53,6 +53,8 @@ class AdaRoundReport:
     unchanged: list[str] = field(default_factory=list)  # nearest rounding was as good
     skipped: list[str] = field(default_factory=list)  # the time budget ran out first
     gain_db: dict[str, float] = field(default_factory=dict)  # reconstruction gain per layer
+    # weight name -> its float value before this pass overwrote it (bias correction's reference)
+    originals: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _layers(model: onnx.ModelProto, plan: QuantPlan) -> list[_Layer]:
@@ -158,6 +160,7 @@ def adaround(model: onnx.ModelProto, plan: QuantPlan, samples: Iterable[dict[str
             report.unchanged.append(name)
             continue
         value = from_rows(q * scale, layer, w.shape).astype(np.float32)
+        report.originals[layer.weight] = w.astype(np.float32)
         inits[layer.weight].CopyFrom(numpy_helper.from_array(value, layer.weight))
         report.optimized.append(name)
         report.gain_db[name] = 10 * np.log10(before / after) if after > 0 else float("inf")

@@ -55,18 +55,28 @@ def _matmul_biases(index: NodeIndex, plan: QuantPlan, by_name: dict[str, onnx.No
     return found
 
 
-def _layer_probe(probe: Probe, node: onnx.NodeProto, plan: QuantPlan, weight: np.ndarray, w: str, opset: int) -> str:
+def _layer_copy(probe: Probe, node: onnx.NodeProto, x: str, weight: str, hint: str) -> str:
+    """A copy of ``node`` reading ``x`` and ``weight`` instead of its own input and weight."""
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    del copy.input[:2]
+    copy.input[0:0] = [x, weight]
+    copy.output[:] = [probe.name(hint)]
+    copy.name = copy.output[0]
+    probe.nodes.append(copy)
+    return copy.output[0]
+
+
+def _layer_probe(probe: Probe, node: onnx.NodeProto, plan: QuantPlan, weight: np.ndarray, w: str, opset: int,
+                 reference: np.ndarray | None = None) -> str:
+    """``reference``: the float weight before a rounding pass overwrote ``weight`` with its integers
+    (the float side of the difference then runs a copy with it)."""
     x = node.input[0]
     x_dq = probe.fake_quant(x, plan.activations[x], opset)
     w_fq = probe.constant(dequantize(plan.quantized_weight((node.name, w), weight), plan.weights[(node.name, w)]), "wfq")
-    shadow = onnx.NodeProto()
-    shadow.CopyFrom(node)
-    del shadow.input[:2]
-    shadow.input[0:0] = [x_dq, w_fq]
-    shadow.output[:] = [probe.name("shadow")]
-    shadow.name = shadow.output[0]
-    probe.nodes.append(shadow)
-    diff = probe.node("Sub", [node.output[0], shadow.output[0]], "diff")
+    shadow = _layer_copy(probe, node, x_dq, w_fq, "shadow")
+    exact = node.output[0] if reference is None else _layer_copy(probe, node, x, probe.constant(reference, "wref"), "ref")
+    diff = probe.node("Sub", [exact, shadow], "diff")
     if node.op_type == "MatMul":  # channels last, any rank: flatten the rest away
         flat = probe.node("Reshape", [diff, probe.constant(np.array([-1, weight.shape[1]], np.int64), "shape")])
         out = probe.reduce("ReduceMean", flat, [0], opset)
@@ -212,12 +222,16 @@ def correct_biases(
     samples: Iterable[dict[str, np.ndarray]],
     max_samples: int | None = None,
     measured: MeasuredShifts | None = None,
+    originals: dict[str, np.ndarray] | None = None,
 ) -> int:
     """Shift the biases of ``model`` (in place) and refresh their int32 params in ``plan``.
 
     ``measured``: sums measured before for this model and these samples, used where they fit
-    (and the new ones added). Returns how many biases changed.
+    (and the new ones added). ``originals``: weight name -> its float value before a rounding
+    pass (GPTQ, learned rounding) overwrote it with its integers; the weight error is measured
+    against it, else that pass's mean shift would go uncorrected. Returns how many biases changed.
     """
+    originals = originals or {}
     index = NodeIndex(model.graph)
     inits = index.inits
     by_name = {n.name: n for n in index.nodes}
@@ -244,8 +258,10 @@ def correct_biases(
                 or (name, b) not in plan.weights or w not in inits):
             continue
         chosen = plan.integers.get((name, w))  # integers a pass chose instead of nearest rounding
+        reference = originals.get(w)
         key = (model_key, name, w, _params_key(plan.activations[node.input[0]]), _params_key(plan.weights[(name, w)]),
-               max_samples, None if chosen is None else hashlib.sha256(chosen[0].tobytes()).hexdigest())
+               max_samples, None if chosen is None else hashlib.sha256(chosen[0].tobytes()).hexdigest(),
+               None if reference is None else hashlib.sha256(np.ascontiguousarray(reference).tobytes()).hexdigest())
         targets.append((key, name, b))
         if measured is not None and key in measured.sums:
             continue
@@ -253,9 +269,10 @@ def correct_biases(
         if node.op_type in MEASURED_BY_MEANS and weight.ndim >= 2:
             # the integers the rewrite will store (a pass may have chosen them instead of nearest rounding)
             rounded = dequantize(plan.quantized_weight((name, w), weight), plan.weights[(name, w)]).astype(np.float64)
-            by_means.append((key, node, weight, rounded, _measure_input(probe, node, plan, weight, opset, inputs, shapes)))
+            exact = weight if reference is None else reference
+            by_means.append((key, node, exact, rounded, _measure_input(probe, node, plan, weight, opset, inputs, shapes)))
         else:
-            probed[_layer_probe(probe, node, plan, weight, w, opset)] = key
+            probed[_layer_probe(probe, node, plan, weight, w, opset, reference)] = key
     if not targets:
         return 0
     found = dict(measured.sums) if measured is not None else {}

@@ -73,6 +73,8 @@ class GptqReport:
     improved: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)  # nearest rounding was as good
     gain_db: dict[str, float] = field(default_factory=dict)  # reconstruction gain per improved layer
+    # weight name -> its float value before this pass overwrote it (bias correction's reference)
+    originals: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _layers(model: onnx.ModelProto, plan: QuantPlan) -> list[_Layer]:
@@ -209,6 +211,7 @@ def gptq(model: onnx.ModelProto, plan: QuantPlan, samples: Iterable[dict[str, np
             continue
         value = q.astype(np.float64) * layer.scale
         value = (value.T if layer.transposed else value).astype(np.float32)
+        report.originals[layer.weight] = stored  # (its own array, or a copy-on-write map of the file)
         inits[layer.weight].CopyFrom(numpy_helper.from_array(value, layer.weight))
         report.improved.append(layer.node)
         report.gain_db[layer.node] = gain

@@ -81,6 +81,9 @@ def after_plan(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, reope
                                     ("bias correction", settings.bias_correction)) if on]
     notes: list[str] = []
     by_gptq: list[str] = []
+    # the float weights the rounding passes overwrote with their integers: bias correction cancels
+    # the mean shift of the weight error against these, not against the rounded values
+    originals: dict[str, np.ndarray] = {}
     if reopen is not None and settings.gptq is not False:
         rounded = gptq(prepared, plan, reopen(), recipe.calibration.max_samples, factors)
         gains = sorted(rounded.gain_db.values())
@@ -89,6 +92,7 @@ def after_plan(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, reope
                          f"reconstruction gain {gains[len(gains) // 2]:.1f} dB), {len(rounded.unchanged)} kept "
                          "nearest rounding")
         by_gptq = rounded.improved
+        originals.update(rounded.originals)
     # the layers GPTQ rounded keep its integers (on the 7-bit grid): pair limits would round them again
     notes = [*_pair_limits(prepared, plan, recipe, skip=set(by_gptq)), *notes]
     if reopen is None:
@@ -96,6 +100,7 @@ def after_plan(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, reope
     if settings.adaround:
         rounded = adaround(prepared, plan, reopen(), settings.adaround_iterations, settings.adaround_seconds,
                            recipe.calibration.max_samples)
+        originals.update({w: v for w, v in rounded.originals.items() if w not in originals})
         gains = sorted(rounded.gain_db.values())
         notes.append(f"learned rounding: {len(rounded.optimized)} layers improved (median reconstruction gain "
                      f"{gains[len(gains) // 2] if gains else 0:.1f} dB), {len(rounded.unchanged)} kept nearest rounding")
@@ -103,7 +108,7 @@ def after_plan(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, reope
             notes.append(f"learned rounding: time budget reached, {len(rounded.skipped)} layers kept nearest rounding "
                          "(output depends on machine speed)")
     if settings.bias_correction:
-        changed = correct_biases(prepared, plan, reopen(), recipe.calibration.max_samples, measured)
+        changed = correct_biases(prepared, plan, reopen(), recipe.calibration.max_samples, measured, originals)
         if changed:
             notes.append(f"bias correction: {changed} biases shifted")
     return notes

@@ -200,3 +200,47 @@ def test_corrections_from_input_means_equal_those_of_fake_quantized_layer_copies
     for name, shift in by_copies.items():
         assert np.abs(shift).max() > 1e-5, name  # something to correct
         np.testing.assert_allclose(by_means[name], shift, rtol=1e-3, atol=1e-6, err_msg=name)
+
+
+def _shifts_without_and_with_correction(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]], recipe: Recipe,
+                                        note: str, channel_axis: int) -> tuple[float, float]:
+    """The largest per-channel mean of float minus int8 output over the calibration samples, with
+    bias correction off and on (``recipe`` otherwise; its rounding pass must say ``note``)."""
+    def shift(quantized: onnx.ModelProto) -> float:
+        diffs = np.stack([run(model, s)[0] - run(quantized, s)[0] for s in calib])
+        return float(np.abs(diffs.mean(axis=tuple(a for a in range(diffs.ndim) if a != channel_axis + 1))).max())
+
+    rounded = onnxquant.quantize(model, calib, recipe.with_overrides(recovery={"bias_correction": False}))
+    corrected = onnxquant.quantize(model, calib, recipe)
+    assert any(n.startswith(note) for n in corrected.notes)
+    return shift(rounded.model), shift(corrected.model)
+
+
+def test_bias_correction_cancels_the_mean_weight_error_learned_rounding_leaves():
+    """Learned rounding writes its integers over the float weights; bias correction must still
+    measure the weight error against the float weights it replaced (it measured none before)."""
+    recipe = Recipe().with_overrides(search={"enabled": False}, recovery={"adaround": True})
+    before, after = _shifts_without_and_with_correction(_depthwise_with_biased_rounding(), _samples(16, seed=1), recipe,
+                                                        "learned rounding: 1 layers improved", channel_axis=1)
+    assert before > 0.002  # what learned rounding leaves (measured 0.0043)
+    assert after < before / 10  # (measured 0.00013; 0.0043 when only the input's rounding was corrected)
+
+
+def test_bias_correction_cancels_the_mean_weight_error_gptq_leaves():
+    """The same for GPTQ's integers (token-activation MatMul + bias Add, the token count free)."""
+    rng = np.random.default_rng(0)
+    k, n = 32, 12
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"), helper.make_node("Add", ["m", "b"], ["y"], name="bias")],
+        "tokens", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "tokens", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "tokens", n])],
+        [numpy_helper.from_array(rng.normal(0, 0.2, (k, n)).astype(np.float32), "w"),
+         numpy_helper.from_array(np.zeros(n, np.float32), "b")])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    mix = np.random.default_rng(99).normal(size=(k, k))
+    # correlated channels (GPTQ's case) with a mean away from zero, so a weight error shifts the output mean
+    calib = [{"x": (rng.normal(size=(1, 10, k)) @ mix + 2.0).astype(np.float32)} for _ in range(24)]
+    recipe = Recipe().with_overrides(search={"enabled": False}, recovery={"smoothquant": False})
+    before, after = _shifts_without_and_with_correction(model, calib, recipe,
+                                                        "GPTQ rounding: 1 token-activation layers improved", channel_axis=2)
+    assert after < before / 10  # (measured 0.0325 against 0.0332 when only the input's rounding was corrected)
