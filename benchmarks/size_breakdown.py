@@ -1,6 +1,6 @@
 """Where the bytes of a quantized model go, as shares of its fp32 model's file.
 
-``python -m benchmarks.size_breakdown [--models ppocr-cls magika ...] [--out build/size] [--search]``
+``python -m benchmarks.size_breakdown [--models ppocr-cls magika ...] [--out build/size] [--search] [--integer-compute]``
 
 For each model of the zoo (models/build.py): build it and its calibration samples, quantize it
 with the default recipe (``--no-search`` unless ``--search``), and split the output's serialized
@@ -27,6 +27,10 @@ BAR, RECURRENT_BAR = 0.30, 0.35
 RECURRENT = {"ddddocr-rec", "ppocr-rec", "silero-vad", "silero-vad-16k"}
 # Real models not in models/build.py's list: name -> file name
 EXTRA = {"ppocr-rec": "ppocr_rec.onnx"}
+# Variants whose fp32 model is another of the zoo (fp16 conversions; a partly quantized MLP):
+# their size is told against that fp32 model too
+FP32_OF = {"ppocr-cls-fp16": "ppocr-cls", "efficientnet-lite0-fp16": "efficientnet-lite0",
+           "sklearn-mlp-partly-int8": "sklearn-mlp"}
 _INTEGER = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4,
             onnx.TensorProto.INT16, onnx.TensorProto.UINT16, onnx.TensorProto.INT32}
 
@@ -95,8 +99,8 @@ def breakdown(model: onnx.ModelProto) -> dict[str, int]:
     return dict(parts)
 
 
-def quantize(name: str, out: Path, search: bool) -> tuple[Path, Path]:
-    """(fp32 model, default int8 output) of zoo model ``name``."""
+def quantize_input(name: str, out: Path) -> Path:
+    """Zoo model ``name``, built into ``out/models`` (with its calibration samples)."""
     calib = out / "calib" / name
     if name in EXTRA:
         import numpy as np
@@ -114,13 +118,24 @@ def quantize(name: str, out: Path, search: bool) -> tuple[Path, Path]:
         model = build(name, out / "models")
         if not calib.exists():
             write_samples(name, "calib", calib)
+    return model
+
+
+def quantize(name: str, out: Path, search: bool, *extra: str) -> tuple[Path, Path]:
+    """(input model, default int8 output) of zoo model ``name``."""
+    model, calib = quantize_input(name, out), out / "calib" / name
     result = out / "quantized" / f"{name}.onnx"
     result.parent.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "onnxquant", "quantize", str(model), "-o", str(result), "--calib-data", str(calib), "-q"]
+    args = [sys.executable, "-m", "onnxquant", "quantize", str(model), "-o", str(result), "--calib-data", str(calib), "-q",
+            *extra]
     if not search:
         args.append("--no-search")
     subprocess.run(args, check=True, cwd=REPO)
     return model, result
+
+
+def _file_size(path: Path) -> int:
+    return path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(path.name + ".data"))
 
 
 def main() -> None:
@@ -128,20 +143,21 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=[*BUILDERS, *EXTRA], metavar="NAME")
     parser.add_argument("--out", type=Path, default=Path("build/size"))
     parser.add_argument("--search", action="store_true", help="with the recipe search (off: --no-search)")
+    parser.add_argument("--integer-compute", action="store_true",
+                        help="integer kernels everywhere (the QDQ form a VNNI or ARM host gets by default)")
     args = parser.parse_args()
     order = ["integer weights", "scales", "zero points", "float initializers", "nodes", "node and tensor names",
              "value_info", "metadata", "rest"]
-    print("| model | fp32 bytes | int8 bytes | ratio | " + " | ".join(order) + " |")
-    print("|---" * (4 + len(order)) + "|")
+    print("| model | input bytes | int8 bytes | of input | of fp32 | " + " | ".join(order) + " |")
+    print("|---" * (5 + len(order)) + "|")
     for name in args.models:
-        fp32, int8 = quantize(name, args.out, args.search)
-        size = fp32.stat().st_size + sum(p.stat().st_size for p in fp32.parent.glob(fp32.name + ".data"))
+        given, int8 = quantize(name, args.out, args.search, *(["--integer-compute"] if args.integer_compute else []))
+        fp32 = _file_size(quantize_input(FP32_OF[name], args.out)) if name in FP32_OF else _file_size(given)
         parts = breakdown(onnx.load(str(int8)))
-        ratio = int8.stat().st_size / size
-        bar = RECURRENT_BAR if name in RECURRENT else BAR
-        flag = " (over)" if ratio > bar else ""
-        print(f"| {name} | {size:,} | {int8.stat().st_size:,} | {ratio:.3f}{flag} | "
-              + " | ".join(f"{parts.get(k, 0) / size:.3f}" for k in order) + " |", flush=True)
+        ratio = _file_size(int8) / fp32
+        flag = " (over)" if ratio > (RECURRENT_BAR if name in RECURRENT else BAR) else ""
+        print(f"| {name} | {_file_size(given):,} | {_file_size(int8):,} | {_file_size(int8) / _file_size(given):.3f} | "
+              f"{ratio:.3f}{flag} | " + " | ".join(f"{parts.get(k, 0) / fp32:.3f}" for k in order) + " |", flush=True)
 
 
 if __name__ == "__main__":

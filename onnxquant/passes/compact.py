@@ -7,7 +7,9 @@ shapes 0.014, next to int8 weights of 0.216. Three things go:
 
 - ``value_info``: shapes onnxruntime infers again when it loads the model. Kept where a node of
   a domain onnxruntime may have no schema for writes the value.
-- identical initializers onnxquant wrote (zero points, scales, shapes), stored once per graph.
+- identical scales and zero points onnxquant wrote (read by QuantizeLinear/DequantizeLinear
+  only), stored once per graph. Integer weights are not shared even where equal (the gate
+  Convs' one-value weights): the fusion check counts layers by their weight tensor.
 - the long names onnxquant gave what it inserted (Q/DQ, Cast, Mul, scales, zero points, int8
   weights) become short ones (``t1a``, ``n2f``). The input model's own names, the graph's
   inputs and outputs, and every name a report mentions (``keep``) are left as they are.
@@ -26,8 +28,9 @@ from onnxquant.graphs import iter_graphs
 
 # Domains whose ops onnxruntime infers the shapes of (value_info of their outputs is not needed).
 KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
-# Initializers up to this size are compared for sharing (onnxquant writes no larger duplicates).
+# Scales and zero points up to this size are compared for sharing.
 SHARE_MAX_BYTES = 4096
+_QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
 @dataclass
@@ -69,15 +72,27 @@ def _readers(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
         yield from sub.node
 
 
+def _qparams_only(graph: onnx.GraphProto) -> set[str]:
+    """Names that every reader (in ``graph`` and its bodies) reads as a Q/DQ scale or zero point."""
+    qparams: set[str] = set()
+    other: set[str] = set()
+    for node in _readers(graph):
+        for i, name in enumerate(node.input):
+            is_qparam = node.op_type in _QDQ and node.domain in KNOWN_DOMAINS and i in (1, 2)
+            (qparams if is_qparam else other).add(name)
+    return qparams - other
+
+
 def _share_initializers(graph: onnx.GraphProto, fixed: set[str]) -> int:
-    """Initializers onnxquant wrote that equal an earlier one of the same graph are dropped, their
-    readers reading the earlier one."""
+    """Scales and zero points onnxquant wrote that equal an earlier one of the same graph are
+    dropped, their readers reading the earlier one."""
     inputs = {v.name for v in graph.input}
+    candidates = _qparams_only(graph)
     first: dict[bytes, str] = {}
     alias: dict[str, str] = {}
     for tensor in graph.initializer:
-        if tensor.name in fixed or tensor.name in inputs or tensor.data_location == onnx.TensorProto.EXTERNAL \
-                or tensor.ByteSize() > SHARE_MAX_BYTES:
+        if tensor.name in fixed or tensor.name in inputs or tensor.name not in candidates \
+                or tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.ByteSize() > SHARE_MAX_BYTES:
             continue
         content = onnx.TensorProto()
         content.CopyFrom(tensor)

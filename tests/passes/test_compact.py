@@ -78,7 +78,7 @@ def test_qdq_model_shrinks_and_runs_the_same(uncompacted, tmp_path: Path):
     assert made and all(len(name) <= 4 for name in made)
 
 
-def test_identical_generated_initializers_are_stored_once(uncompacted, tmp_path: Path):
+def test_identical_scales_and_zero_points_are_stored_once(uncompacted, tmp_path: Path):
     model = tiny_cnn()
     samples = image_samples(4)
     quantized = uncompacted(model, samples)
@@ -86,9 +86,43 @@ def test_identical_generated_initializers_are_stored_once(uncompacted, tmp_path:
     result = compact(after, model_names(model))
     assert result.shared > 0
     assert len(after.graph.initializer) == len(quantized.graph.initializer) - result.shared
-    contents = Counter(_content(t) for t in after.graph.initializer)
+    qparams = {name for n in after.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for name in n.input[1:]}
+    contents = Counter(_content(t) for t in after.graph.initializer if t.name in qparams)
     assert max(contents.values()) == 1
     _same_run(quantized, after, samples, tmp_path)
+
+
+def test_equal_integer_weights_of_two_layers_stay_two(tmp_path: Path):
+    """Two Convs with the same int8 weight values (as the hard-swish gate Convs have): the fusion
+    check counts each layer by its weight tensor, so the int8 weights are not shared (their
+    equal scales and zero points are)."""
+    weight = np.random.default_rng(0).integers(-127, 128, (3, 3, 1, 1)).astype(np.int8)
+
+    def qdq(x: str, out: str) -> list[onnx.NodeProto]:
+        return [helper.make_node("QuantizeLinear", [x, f"{out}_s", f"{out}_z"], [f"{out}_q"], name=f"{out}_Q"),
+                helper.make_node("DequantizeLinear", [f"{out}_q", f"{out}_s", f"{out}_z"], [out], name=f"{out}_DQ")]
+
+    nodes = [*qdq("x", "xd"),
+             helper.make_node("DequantizeLinear", ["wa_q", "wa_s"], ["wa"], name="wa_DQ", axis=0),
+             helper.make_node("Conv", ["xd", "wa"], ["a"], name="conv_a"), *qdq("a", "ad"),
+             helper.make_node("DequantizeLinear", ["wb_q", "wb_s"], ["wb"], name="wb_DQ", axis=0),
+             helper.make_node("Conv", ["ad", "wb"], ["b"], name="conv_b"), *qdq("b", "y")]
+    inits = [numpy_helper.from_array(weight, "wa_q"), numpy_helper.from_array(weight.copy(), "wb_q"),
+             *[numpy_helper.from_array(np.full(3, 0.01, np.float32), f"{w}_s") for w in ("wa", "wb")]]
+    for out in ("xd", "ad", "y"):
+        inits += [numpy_helper.from_array(np.array(0.05, np.float32), f"{out}_s"),
+                  numpy_helper.from_array(np.array(128, np.uint8), f"{out}_z")]
+    graph = helper.make_graph(nodes, "twins", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    after = _copy(model)
+    result = compact(after, {"x", "y", "conv_a", "conv_b"})
+    assert result.shared == 5  # wb's scales; ad's and y's scale and zero point equal xd's
+    fused = [check_fusion(m) for m in (model, after)]
+    assert fused[0].quantized_layers == fused[1].quantized_layers == fused[1].integer_layers == 2
+    samples = [{"x": np.random.default_rng(i).normal(0, 1, (1, 3, 8, 8)).astype(np.float32)} for i in range(3)]
+    _same_run(model, after, samples, tmp_path)
 
 
 def _content(tensor: onnx.TensorProto) -> bytes:
