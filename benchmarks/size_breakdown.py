@@ -20,6 +20,7 @@ import onnx
 
 from calibration.build import write_samples
 from models.build import BUILDERS, build
+from onnxquant.graphs import iter_graphs
 
 REPO = Path(__file__).resolve().parent.parent
 # Above these bars a model misses issue 18's size target (recurrent models: 0.35).
@@ -33,16 +34,6 @@ FP32_OF = {"ppocr-cls-fp16": "ppocr-cls", "efficientnet-lite0-fp16": "efficientn
            "sklearn-mlp-partly-int8": "sklearn-mlp"}
 _INTEGER = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4,
             onnx.TensorProto.INT16, onnx.TensorProto.UINT16, onnx.TensorProto.INT32}
-
-
-def _graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            for body in attr.graphs:
-                yield from _graphs(body)
 
 
 def _role(name: str, readers: dict[str, list[tuple[str, int]]], tensor: onnx.TensorProto) -> str:
@@ -73,9 +64,9 @@ def _elements(tensor: onnx.TensorProto) -> int:
 def breakdown(model: onnx.ModelProto) -> dict[str, int]:
     """Bytes of each part of ``model``'s serialization (subgraphs included); ``total`` is the file."""
     parts: Counter[str] = Counter()
-    for graph in _graphs(model.graph):
+    for graph in iter_graphs(model.graph):
         readers: dict[str, list[tuple[str, int]]] = {}
-        for sub in _graphs(graph):
+        for sub in iter_graphs(graph):
             for node in sub.node:
                 for i, name in enumerate(node.input):
                     readers.setdefault(name, []).append((node.op_type, i))
