@@ -33,4 +33,6 @@ def _reported_names(state: State) -> frozenset[str]:
         names.update(name for _, name in state.fusion.round_trips)
     if state.int4:
         names.update(state.int4)
+    # a layer inside a body is named by its path (``If_0/then_branch/conv``): keep each step
+    names.update(step for name in list(names) if "/" in name for step in name.split("/"))
     return frozenset(names)

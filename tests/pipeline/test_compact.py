@@ -42,3 +42,18 @@ def test_quantize_writes_the_compacted_model(tmp_path: Path, monkeypatch: pytest
     runs = [ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]) for f in ("a.onnx", "long.onnx")]
     for sample in image_samples(3, seed=5):
         assert np.array_equal(runs[0].run(None, sample)[0], runs[1].run(None, sample)[0])
+
+
+def test_qualified_names_of_body_layers_still_lead_to_them(tmp_path: Path):
+    """An unnamed If gets a name when prepared; the report names the layers of its branches by
+    that name (``If_0/then_branch/...``), so the written model keeps it."""
+    from models.tiny_control_flow import if_samples, tiny_if_network
+
+    model = tiny_if_network()
+    model.graph.node[0].name = ""
+    recipe = recipe_for_target("cpu-vnni").with_overrides(search={"enabled": False})
+    result = onnxquant.quantize(model, if_samples(4), recipe, output=tmp_path / "q.onnx")
+    saved = onnx.load(str(tmp_path / "q.onnx"))
+    assert result.weight_only  # the branches' layers, by qualified name
+    if_name = saved.graph.node[-1].name if saved.graph.node[-1].op_type == "If" else None
+    assert if_name and {key.split("/")[0] for key in result.weight_only} == {if_name}
