@@ -32,6 +32,7 @@ from onnxquant.pipeline.build import build
 from onnxquant.pipeline.calibrate import calibrate as calibrate_stage
 from onnxquant.pipeline.check import check
 from onnxquant.pipeline.clock import stage_clock
+from onnxquant.pipeline.compact import compact
 from onnxquant.pipeline.islands import without_islands
 from onnxquant.pipeline.load import load
 from onnxquant.pipeline.mixed import mixed_precision
@@ -107,7 +108,7 @@ def quantize(
             state = without_islands(calibrated, run, keep_calibrated=diagnostics)
         else:
             state = mixed_precision(calibrated, run, max_drop)
-        state = save(check(split.told(replace(state, conv_estimate=decided.conv_estimate))), output)
+        state = save(compact(check(split.told(replace(state, conv_estimate=decided.conv_estimate)))), output)
         if save_stats_to is not None and stats is None:  # last: a failure before leaves no statistics file
             save_stats(state.stats, save_stats_to)
         return quantize_result(state, clock, calibrated if diagnostics else None)

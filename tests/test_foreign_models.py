@@ -87,19 +87,19 @@ def test_ppocr_direction_classifier(work: Path, name: str, integer_compute: bool
     """A Paddle export (opset 11, Constant-node weights), and its fp16 conversion, whose fp16
     inputs and outputs must stay fp16. Small mobile convolutions carry a scale and a bias per
     channel, and each hard-swish gate becomes a depthwise 1x1 Conv (an integer kernel, not a float
-    island): the file shrinks to about half, not a quarter (see the README). On x86 without VNNI
+    island): as QDQ the file shrinks to 0.37, not a quarter (see the README). On x86 without VNNI
     (pinned) those integer kernels are slower than fp32, so by default it gets float compute on
-    int8-stored weights: no Q/DQ, a third of the size."""
+    int8-stored weights: no Q/DQ, at most 0.3 of fp32 (issue 18; the fp16 file is half of fp32)."""
     model, calib, held = zoo_model(name, work)
     out = work / f"{name}.{integer_compute}.onnx"
     recipe = recipe_for_target("cpu-avx2").with_overrides(quantization={"integer_compute": integer_compute})
     result = onnxquant.quantize(model, calib, recipe, output=out)
     if integer_compute:
-        _check(result, out, model, 0.56 if name == "ppocr-cls" else 0.8)
+        _check(result, out, model, 0.37 if name == "ppocr-cls" else 0.53)
     else:
         assert result.float_compute is not None and result.float_compute["cpu_kind"] == "avx2"
         assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in result.model.graph.node)
-        assert out.stat().st_size <= (0.36 if name == "ppocr-cls" else 0.51) * model.stat().st_size
+        assert out.stat().st_size <= (0.30 if name == "ppocr-cls" else 0.43) * model.stat().st_size
     source, written = onnx.load(str(model)), onnx.load(str(out))
     assert ([i.type.tensor_type.elem_type for i in written.graph.input]
             == [i.type.tensor_type.elem_type for i in source.graph.input])
@@ -114,6 +114,6 @@ def test_partly_quantized_mlp(work: Path):
     result = onnxquant.quantize(model, calib, output=out)
     assert any(note.startswith("already quantized: MatMulInteger 1") for note in result.notes)
     assert result.quantized_nodes.get("Gemm") == 2
-    _check(result, out, model, 0.45)
+    _check(result, out, model, 0.37)  # its MatMulInteger layer was int8 already
     ref = _outputs(model, held, 1)
     assert metrics.probabilities(ref, _outputs(out, held, 1))["top1_agreement"] >= 0.97

@@ -22,7 +22,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Every name ``timed`` is given, in pipeline order (the order reports list them in).
 STAGES = ("load", "prepare", "prune", "smooth", "calibrate", "plan", "recover", "rewrite", "fusion_check",
-          "mixed_precision", "search", "check", "float_compute", "save")
+          "mixed_precision", "search", "check", "float_compute", "compact", "save")
 
 
 def peak_rss_mb() -> float | None:

@@ -10,6 +10,7 @@ import onnx
 from onnxquant.calibration.feeds import input_specs
 from onnxquant.errors import UsageError
 from onnxquant.model_io import check_contents, check_model, file_size, load_model, model_size
+from onnxquant.passes.compact import model_names
 from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.run_data import RunData
 from onnxquant.pipeline.state import State
@@ -28,7 +29,7 @@ def load(model: onnx.ModelProto | str | os.PathLike, recipe: Recipe, run: RunDat
         loaded, source = load_model(model), Path(model)
     size_before = file_size(source, loaded) if source else model_size(loaded)
     return State(model=loaded, recipe=recipe, source=source, size_before=size_before, owned=source is not None,
-                 shapes=_fixed_shapes(loaded, recipe, run))
+                 shapes=_fixed_shapes(loaded, recipe, run), input_names=frozenset(model_names(loaded)))
 
 
 def _fixed_shapes(model: onnx.ModelProto, recipe: Recipe, run: RunData) -> dict[str, tuple[int, ...]]:

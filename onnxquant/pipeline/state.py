@@ -43,6 +43,8 @@ class State:
     source: Path | None = None  # the file the model came from
     size_before: int = 0  # the input's bytes, external data included
     owned: bool = False  # the model is this run's own: stages may rewrite it in place
+    # every node and tensor name the input model had: the written model keeps them (stage compact)
+    input_names: frozenset[str] | None = None
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # input shapes fixed on loading
     preparation: PrepareReport | None = None
     pruning: PruneReport | None = None

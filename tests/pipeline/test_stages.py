@@ -11,6 +11,7 @@ import onnxquant
 from onnxquant.pipeline.build import build
 from onnxquant.pipeline.calibrate import calibrate
 from onnxquant.pipeline.check import check
+from onnxquant.pipeline.compact import compact
 from onnxquant.pipeline.islands import without_islands
 from onnxquant.pipeline.load import load
 from onnxquant.pipeline.prepare import prepare
@@ -20,7 +21,7 @@ from onnxquant.pipeline.save import save
 from onnxquant.pipeline.smooth import smooth
 from onnxquant.recipe import recipe_for_target
 
-STAGES = ["load", "prepare", "prune", "smooth", "calibrate", "plan", "recover", "rewrite", "float_compute", "check", "save"]
+STAGES = ["load", "prepare", "prune", "smooth", "calibrate", "plan", "recover", "rewrite", "float_compute", "check", "compact", "save"]
 PIPELINE = Path(onnxquant.__file__).parent / "pipeline"
 
 
@@ -39,7 +40,7 @@ def _calibrated(model: Path, run: RunData):
 def test_the_stages_in_a_row_write_what_quantize_writes(cnn_path: Path, npz_dir: Path, tmp_path: Path):
     onnxquant.quantize(cnn_path, npz_dir, output=tmp_path / "a.onnx")
     run = RunData(calib_data=npz_dir)
-    saved = save(check(without_islands(_calibrated(cnn_path, run), run)), tmp_path / "b.onnx")
+    saved = save(compact(check(without_islands(_calibrated(cnn_path, run), run))), tmp_path / "b.onnx")
     assert saved.saved.path == tmp_path / "b.onnx"
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
 

@@ -112,7 +112,9 @@ def test_pair_limited_weights_run_exactly_in_onnxruntime_and_beat_7_bit():
         assert _same_sign_pair_sums(weights[name]).max() <= PAIR_LIMIT
         assert np.abs(weights[name]).max() > 64  # more than 7 bits
     # a 3x3 Conv's K may run channels innermost or outermost: the limit holds in both orders
-    spatial = next(numpy_helper.to_array(i) for i in limited.model.graph.initializer if i.name.startswith("w3"))
+    conv = next(n for n in limited.model.graph.node if n.name == "spatial")
+    dq = next(n for n in limited.model.graph.node if conv.input[1] in n.output)
+    spatial = next(numpy_helper.to_array(i) for i in limited.model.graph.initializer if i.name == dq.input[0])
     assert _same_sign_pair_sums(spatial.transpose(0, 2, 3, 1).reshape(32, -1)).max() <= PAIR_LIMIT
 
     for sample in held:  # the fused integer kernels compute what the QDQ graph says: no saturation
