@@ -324,8 +324,8 @@ def _verdict(result: TrialResult, best: TrialResult | None, at_most: float | Non
         return f"removes less than {FLOAT_LAYERS_MIN_GAIN:.0%} of the int8 drop"
     gain = compare(result.drop, result.pseudo, best.drop, best.pseudo)
     if not gain.clear:
-        return f"gain over {best.name} within noise ({gain.gain:.3g}, needs > {gain.margin:.3g})"
-    return f"{CHOSEN} over {best.name}: gain {gain.gain:.3g} above noise ({gain.margin:.3g})"
+        return f"gain over {best.name} within noise ({gain})"
+    return f"{CHOSEN} over {best.name}: {gain}"
 
 
 def _weighted(state: State) -> set[str]:
