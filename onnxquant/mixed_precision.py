@@ -76,17 +76,32 @@ def measure(quantized: onnx.ModelProto | bytes, holdout: Holdout, metric: Metric
     their kind's figure). Outputs that are not float tensors (labels, maps) count by their
     agreement rate. With ``metric``: the user's score, fp32 minus quantized.
     """
+    return score_outputs(run_holdout(quantized, holdout), holdout, metric)
+
+
+def run_holdout(quantized: onnx.ModelProto | bytes, holdout: Holdout) -> list[list[np.ndarray]]:
+    """The outputs of ``quantized`` on every held-out feed, in order."""
     session = make_session(quantized if isinstance(quantized, bytes) else serialize(quantized), threads=1,
                            weights=None if isinstance(quantized, bytes) else quantized, concurrent_runs=True)
-    outputs = list(in_order(lambda _, feed: session.run(None, feed), holdout.feeds, None, sample_workers()))
+    return list(in_order(lambda _, feed: session.run(None, feed), holdout.feeds, None, sample_workers()))
+
+
+def score_outputs(outputs: list[list[np.ndarray]], holdout: Holdout, metric: Metric | None = None,
+                  samples: Sequence[int] | None = None) -> Measurement:
+    """The drop (as ``measure``) of ``outputs`` against the references, on the held-out samples
+    at ``samples`` (all by default): a subset scores the same way, for leave-one-out estimates
+    of its noise."""
+    picked = range(len(outputs)) if samples is None else samples
+    references = [holdout.references[i] for i in picked]
+    outputs = [outputs[i] for i in picked]
     if metric is not None:
-        base, got = float(metric(holdout.references)), float(metric(outputs))
+        base, got = float(metric(references)), float(metric(outputs))
         return Measurement(base - got, {"metric_fp32": base, "metric": got})
     agreement_by = holdout.agreement
     scores, cosines, sqnrs = {}, [1.0], []
     for k, name in enumerate(holdout.output_names):
         agreement = OutputAgreement(name)
-        for ref, out in zip(holdout.references, outputs):
+        for ref, out in zip(references, outputs):
             agreement.add(ref[k], out[k])
         scores[name] = agreement.score(agreement_by)
         if agreement.tensor is not None and agreement.tensor.cosines:

@@ -6,7 +6,9 @@ Trials follow ``onnxquant.search.candidates``: the recipe as given, the other ra
 bias correction flipped, the layers nearest the inputs and outputs kept float, the layers that add
 the most noise at higher precision (8-bit uint8 weights on AVX2, else float; these four chosen only
 when they remove a fifth of the drop), and last SmoothQuant's other strengths (each smooths and
-calibrates again). The same inputs and trial count give the same choice.
+calibrates again). A trial replaces the best so far only when the held-out samples agree it is
+better (``onnxquant.search.noise``: a lower drop alone may be luck). The same inputs and trial
+count give the same choice.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import onnx
 
 from onnxquant.calibration.sources import SampleSource, every_kth
 from onnxquant.errors import CalibrationDataError, QuantizationError
-from onnxquant.mixed_precision import Holdout, measure
+from onnxquant.mixed_precision import Holdout, run_holdout, score_outputs
 from onnxquant.model_io import PROTOBUF_LIMIT, serialize
 from onnxquant.ops.rules import RULES, Kind
 from onnxquant.passes.node_index import NodeIndex
@@ -37,10 +39,12 @@ from onnxquant.pipeline.state import State
 from onnxquant.planner import UINT8_WEIGHT_OPS
 from onnxquant.recipe import Recipe
 from onnxquant.search.candidates import FLOAT_LAYERS_MIN_GAIN, Candidate, Rounds
+from onnxquant.search.noise import compare, pseudo_values
 from onnxquant.search.report import SearchReport, Trial, TrialResult
 from onnxquant.search.sensitive import rank_by_added_noise, within_caps
 
 GIVEN = Candidate("as given")
+CHOSEN = "taken"  # how a trial's ``why`` starts when the search moved to it
 KEPT_FLOAT = "kept float by the recipe search (it cut the drop on held-out calibration samples)"
 # A layer-precision candidate keeps at most this many layers float, at most this share of the
 # weighted layers, and at most this share of the weight bytes: keeping more is a different,
@@ -151,13 +155,17 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
 
     best = attempt(GIVEN, calibrated.recipe)
     best_recipe = calibrated.recipe
+    if best is not None:
+        best.why = "the recipe as given" if best.error is None else "could not be built"
 
     def take(candidate: Candidate, recipe: Recipe, gain: float = 0.0) -> None:
-        """Try ``candidate`` on ``recipe``; keep it if it beats the best (by ``gain`` of the int8 drop)."""
+        """Try ``candidate`` on ``recipe``; keep it if it beats the best clearly above the noise of
+        the held-out samples (and by ``gain`` of the int8 drop)."""
         nonlocal best, best_recipe, base
         result = attempt(candidate, recipe)
-        if (result is None or result.error is not None or not _better(result, best)
-                or (gain and result.drop > int8_best.drop * (1 - gain))):
+        if result is not None:
+            result.why = _verdict(result, best, int8_best.drop * (1 - gain) if gain else None)
+        if result is None or not result.why.startswith(CHOSEN):
             built.pop(candidate.name, None)
             if candidate.name in results:  # a SmoothQuant trial's own calibrated model: not needed
                 results[candidate.name] = (*results[candidate.name][:2], base)
@@ -286,9 +294,10 @@ def _trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: H
     except CalibrationDataError as exc:
         return (TrialResult(trial.candidate.name, changes, 1.0, 1.0, time.perf_counter() - started, str(exc)),
                 calibrated, None)
-    m = measure(built.model, held, run.metric)
+    outputs = run_holdout(built.model, held)
+    m = score_outputs(outputs, held, run.metric)
     result = TrialResult(trial.candidate.name, changes, float(m.drop), float(m.cosine_drop),
-                         time.perf_counter() - started)
+                         time.perf_counter() - started, pseudo=pseudo_values(outputs, held, float(m.drop), run.metric))
     return result, calibrated, built
 
 
@@ -301,6 +310,24 @@ def _run_trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, hel
 def _better(a: TrialResult, b: TrialResult | None) -> bool:
     """Lower drop first, then lower cosine drop; an equal trial never replaces an earlier one."""
     return b is None or b.error is not None or a.key() < b.key()
+
+
+def _verdict(result: TrialResult, best: TrialResult | None, at_most: float | None) -> str:
+    """Why the search moves to ``result`` (the text starts with ``CHOSEN``) or not: it failed, it
+    is no better than ``best``, its drop is above ``at_most`` (a layer-precision trial must remove
+    a fifth of the int8 drop), or its gain is within the noise of the held-out samples."""
+    if result.error is not None:
+        return "could not be built"
+    if best is None or best.error is not None:
+        return f"{CHOSEN}: the first trial that could be built"
+    if not _better(result, best):
+        return f"no better than {best.name}"
+    if at_most is not None and result.drop > at_most:
+        return f"removes less than {FLOAT_LAYERS_MIN_GAIN:.0%} of the int8 drop"
+    gain = compare(result.drop, result.pseudo, best.drop, best.pseudo)
+    if not gain.clear:
+        return f"gain over {best.name} within noise ({gain})"
+    return f"{CHOSEN} over {best.name}: {gain}"
 
 
 def _weighted(state: State) -> set[str]:

@@ -208,7 +208,7 @@ def _search(quantization: dict[str, Any]) -> str:
     rows = [["chosen" if t["name"] == search["chosen"] else "", t["name"],
              json.dumps(t["changes"], sort_keys=True) if t["changes"] else "",
              f"{t['drop']:.4f}" if t.get("error") is None else t["error"],
-             f"{t['cosine_drop']:.5f}" if t.get("error") is None else "", f"{t['seconds']:.1f}"]
+             f"{t['cosine_drop']:.5f}" if t.get("error") is None else "", t.get("why", ""), f"{t['seconds']:.1f}"]
             for t in search["trials"]]
     intro = (f"<p>{len(search['trials'])} trial(s) re-planned from one calibration on "
              f"{search['calibration_samples']} samples, scored on {search['scored_samples']} calibration samples "
@@ -221,7 +221,7 @@ def _search(quantization: dict[str, Any]) -> str:
               *(f"<li>not tried: {_e(why)}</li>" for why in search.get("not_tried", []))]
     listed = "".join(chosen)
     return ("<h2>Recipe search</h2>" + intro + "</p>"
-            + _table(["", "trial", "recipe change", "drop", "cosine drop", "seconds"], rows)
+            + _table(["", "trial", "recipe change", "drop", "cosine drop", "why (not) chosen", "seconds"], rows)
             + (f"<ul>{listed}</ul>" if listed else ""))
 
 

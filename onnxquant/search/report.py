@@ -44,6 +44,9 @@ class TrialResult:
     cosine_drop: float  # 1 - worst output's mean cosine: the tie-break
     seconds: float
     error: str | None = None  # the trial could not be built
+    # the drop's jackknife pseudo-values, one per held-out sample (``search.noise``): not reported
+    pseudo: tuple[float, ...] = ()
+    why: str = ""  # why the search did (not) move to this trial: "gain within noise", ...
 
     def key(self) -> tuple[float, float]:
         return (self.drop, self.cosine_drop)
@@ -69,6 +72,7 @@ class SearchReport:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for trial in data["trials"]:
+            del trial["pseudo"]
             trial["drop"] = round(trial["drop"], 6)
             trial["cosine_drop"] = round(trial["cosine_drop"], 6)
             trial["seconds"] = round(trial["seconds"], 3)
@@ -78,7 +82,9 @@ class SearchReport:
         """For the model's metadata: the same without timings, so the bytes stay reproducible, and
         without empty fields (no error, nothing kept float...): on a small model they cost size."""
         data = _without_empty(self.to_dict())
-        trials = [_without_empty({k: v for k, v in t.items() if k != "seconds"}) for t in data.pop("trials", [])]
+        # no timings, and no reasons (the summary and --json say them; on a small model they cost size)
+        trials = [_without_empty({k: v for k, v in t.items() if k not in ("seconds", "why")})
+                  for t in data.pop("trials", [])]
         if trials:
             data["trials"] = trials
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
@@ -95,6 +101,9 @@ class SearchReport:
             line += f" (drop {chosen.drop:.4f} against {given.drop:.4f} as given)"
         elif chosen is not None:
             line += f" (drop {chosen.drop:.4f})"
+        lowest = min(done, key=TrialResult.key, default=None)
+        if lowest is not None and chosen is not None and lowest.key() < chosen.key():
+            line += f"; {lowest.name} scored lower ({lowest.drop:.3g}) but was not chosen: {lowest.why}"
         if self.not_tried:
             line += f"; not tried: {'; '.join(self.not_tried)}"
         if self.cut_by_time:

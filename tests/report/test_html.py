@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -109,8 +110,10 @@ def test_page_shows_the_recipe_search_trials_and_the_choice(tmp_path: Path):
     result = onnxquant.quantize(tiny_cnn(), image_samples(32), output=out)
     page = render_html(build_report(inspect_model(out), onnx.load(str(out)), out.name, quantization=result.to_dict()))
     assert "<h2>Recipe search</h2>" in page
+    assert "<th>why (not) chosen</th>" in page
     for trial in result.search["trials"]:
         assert f"<td>{trial['name']}</td>" in page
+        assert trial["why"] and f"<td>{html.escape(trial['why'])}</td>" in page  # why it was (not) taken
     chosen = page.split("<td>chosen</td>", 1)[1].split("</tr>", 1)[0]
     assert f"<td>{result.search['chosen']}</td>" in chosen
 
