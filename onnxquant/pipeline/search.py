@@ -164,7 +164,8 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
         nonlocal best, best_recipe, base
         result = attempt(candidate, recipe)
         if result is not None:
-            result.why = _verdict(result, best, int8_best.drop * (1 - gain) if gain else None)
+            result.why = _verdict(result, best, int8_best.drop * (1 - gain) if gain else None,
+                                  own_metric=run.metric is not None)
         if result is None or not result.why.startswith(CHOSEN):
             built.pop(candidate.name, None)
             if candidate.name in results:  # a SmoothQuant trial's own calibrated model: not needed
@@ -312,7 +313,8 @@ def _better(a: TrialResult, b: TrialResult | None) -> bool:
     return b is None or b.error is not None or a.key() < b.key()
 
 
-def _verdict(result: TrialResult, best: TrialResult | None, at_most: float | None) -> str:
+def _verdict(result: TrialResult, best: TrialResult | None, at_most: float | None,
+             own_metric: bool = False) -> str:
     """Why the search moves to ``result`` (the text starts with ``CHOSEN``) or not: it failed, it
     is no better than ``best``, its drop is above ``at_most`` (a layer-precision trial must remove
     a fifth of the int8 drop), or its gain is within the noise of the held-out samples."""
@@ -325,9 +327,11 @@ def _verdict(result: TrialResult, best: TrialResult | None, at_most: float | Non
     if at_most is not None and result.drop > at_most:
         return f"removes less than {FLOAT_LAYERS_MIN_GAIN:.0%} of the int8 drop"
     gain = compare(result.drop, result.pseudo, best.drop, best.pseudo)
-    if not gain.clear:
-        return f"gain over {best.name} within noise ({gain})"
-    return f"{CHOSEN} over {best.name}: {gain}"
+    if gain.clear:
+        return f"{CHOSEN} over {best.name}: {gain}"
+    if not own_metric and gain.removes_most_of_a_large(best.drop):
+        return f"{CHOSEN} over {best.name}: removes {gain.gain / best.drop:.0%} of a drop of {best.drop:.3g} ({gain})"
+    return f"gain over {best.name} within noise ({gain})"
 
 
 def _weighted(state: State) -> set[str]:
