@@ -30,6 +30,10 @@ class CalibrationDataError(OnnxQuantError):
     exit_code = 4
 
 
+class InputShapeError(CalibrationDataError):
+    """A sample's input has another shape than the model (or its fixed-shape target) takes."""
+
+
 class QuantizationError(OnnxQuantError):
     """The rewrite produced a model that fails its own self-check."""
 

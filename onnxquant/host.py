@@ -192,9 +192,9 @@ def cpu_mismatch(recipe: dict[str, Any] | None, host: HostCpu) -> str | None:
     full = isinstance(quantization, dict) and quantization.get("reduce_range") is False
     if full and quantization.get("weight_type") == "uint8":
         return None  # u8u8 kernels do not saturate on any CPU kind
-    target = recipe.get("target")
+    target, here = recipe.get("target"), CPU_KINDS[host.kind]
     if target != "cpu":
-        if not isinstance(target, str) or not full or not CPU_KINDS[host.kind].reduce_range:
+        if not isinstance(target, str) or not full or not here.reduce_range:
             return None
         # an NPU model (QNN: 8-bit weights) checked on the CPU provider of a host without VNNI
         host_says = ("onnxquant cannot read this host's CPU features" if host.kind == "unknown"
@@ -205,7 +205,6 @@ def cpu_mismatch(recipe: dict[str, Any] | None, host: HostCpu) -> str | None:
     stated = recipe.get("cpu")
     kind = stated.get("kind") if isinstance(stated, dict) else None
     intended = CPU_KINDS.get(kind) if isinstance(kind, str) else None  # metadata is input: any JSON
-    here = CPU_KINDS[host.kind]
     made_for = f" (quantized for {intended.label})" if intended is not None else ""
     if full and here.reduce_range:
         if host.kind == "unknown":

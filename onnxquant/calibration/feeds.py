@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxquant.errors import CalibrationDataError
+from onnxquant.errors import CalibrationDataError, InputShapeError
 
 
 @dataclass(frozen=True)
@@ -56,12 +56,12 @@ def check_feed(feed: dict[str, np.ndarray], specs: list[InputSpec], index: int) 
                     f"{where}: input {spec.name!r} has dtype {value.dtype}, the model expects {spec.dtype}"
                 )
         if spec.shape and len(spec.shape) != value.ndim:
-            raise CalibrationDataError(
+            raise InputShapeError(
                 f"{where}: input {spec.name!r} has shape {value.shape}, the model expects rank {len(spec.shape)} {_fmt(spec.shape)}"
             )
         for axis, (want, got) in enumerate(zip(spec.shape, value.shape)):
             if isinstance(want, int) and want > 0 and want != got:
-                raise CalibrationDataError(
+                raise InputShapeError(
                     f"{where}: input {spec.name!r} has shape {value.shape}, the model expects {_fmt(spec.shape)} (axis {axis})"
                 )
         if value.dtype.kind == "f" and not np.all(np.isfinite(value)):

@@ -9,7 +9,7 @@ from dataclasses import replace
 from onnxquant.calibration.collector import collect
 from onnxquant.calibration.observers import StatsTable, needs_histogram
 from onnxquant.calibration.stats_io import load_stats
-from onnxquant.errors import CalibrationDataError
+from onnxquant.errors import CalibrationDataError, InputShapeError
 from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.run_data import RunData
 from onnxquant.pipeline.state import State
@@ -45,7 +45,7 @@ def calibrate(state: State, run: RunData, stats: StatsTable | str | os.PathLike 
             table = collect(prepared, sel.observed, source,
                             needs_histogram(method) if histograms is None else histograms,
                             recipe.calibration.max_samples, run.progress, _length(source))
-        except CalibrationDataError as exc:
+        except InputShapeError as exc:
             raise _with_fixed_shapes_hint(exc, state) from exc
         first = run.first_sample(prepared, recipe) if run.rereadable else None
     # Tensors that turned out not to be float32 (unknown before running) narrow the selection.
@@ -54,11 +54,11 @@ def calibrate(state: State, run: RunData, stats: StatsTable | str | os.PathLike 
                    measured_shifts=MeasuredShifts(), gptq_factors=GptqFactors())
 
 
-def _with_fixed_shapes_hint(exc: CalibrationDataError, state: State) -> CalibrationDataError:
+def _with_fixed_shapes_hint(exc: InputShapeError, state: State) -> CalibrationDataError:
     """A shape error against dims a fixed-shape target (QNN) took from the first sample says so:
     the model itself has free dims there, and "the model expects" alone would mislead."""
     from_sample = {k: v for k, v in state.shapes.items() if k not in state.recipe.shapes}
-    if not from_sample or "has shape" not in str(exc):
+    if not from_sample:
         return exc
     fixed = ", ".join(f"{k} {list(v)}" for k, v in sorted(from_sample.items()))
     return CalibrationDataError(f"{exc}; target {state.recipe.target!r} compiles fixed input shapes, taken from the "
