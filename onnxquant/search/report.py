@@ -103,7 +103,9 @@ class SearchReport:
             line += f" (drop {chosen.drop:.4f})"
         lowest = min(done, key=TrialResult.key, default=None)
         if lowest is not None and chosen is not None and lowest.key() < chosen.key():
-            line += f"; {lowest.name} scored lower ({lowest.drop:.3g}) but was not chosen: {lowest.why}"
+            # equal drops: the key's tie-break ranked it first, and "lower" would read false
+            scored = "scored lower" if lowest.drop < chosen.drop else "tied on the drop"
+            line += f"; {lowest.name} {scored} ({lowest.drop:.3g}) but was not chosen: {lowest.why}"
         if self.not_tried:
             line += f"; not tried: {'; '.join(self.not_tried)}"
         if self.cut_by_time:
