@@ -27,7 +27,7 @@ from onnxquant.ops.rules import (
 )
 from onnxquant.passes.gather_rows import row_quantizable
 from onnxquant.passes.weight_only import WeightOnly
-from onnxquant.qparams import QParams, asymmetric, per_channel_absmax, quantize, symmetric
+from onnxquant.qparams import MIN_SCALE, QParams, asymmetric, per_channel_absmax, quantize, symmetric
 from onnxquant.recipe import NodeSelection, Recipe
 
 FLOAT = onnx.TensorProto.FLOAT
@@ -430,15 +430,18 @@ def _bias_params(bias: np.ndarray, x: QParams, w: QParams) -> tuple[QParams, QPa
     """int32 bias params (scale = input scale x weight scale), raising weight scales if needed.
 
     A channel whose weights are all near zero (common after batch-norm folding) gets a tiny
-    weight scale, and its bias would overflow int32 at ``x_scale * w_scale``. Such channels get
-    the smallest weight scale that makes the bias fit, which costs nothing: their weights are
-    near zero anyway.
+    weight scale, and its bias would overflow int32 at ``x_scale * w_scale`` (or that product
+    would underflow float32). Such channels get the smallest weight scale that makes the bias
+    fit, which costs nothing: their weights are near zero anyway.
     """
     x_scale = float(x.scale)
     w_scale = w.scale.astype(np.float64)
     if w_scale.ndim == 1 and w_scale.shape[0] != bias.shape[0]:
         return None
     needed = np.abs(bias) / (x_scale * _BIAS_LIMIT)
+    # nor may the bias scale underflow: a dead channel's weight scale (MIN_SCALE) times a small
+    # input scale is a float32 subnormal or zero, and a bias over a zero scale is -inf or NaN
+    needed = np.maximum(needed, MIN_SCALE / x_scale)
     if w_scale.ndim == 0:
         needed = np.max(needed, initial=0.0)
     new_w_scale = np.maximum(w_scale, needed).astype(np.float32)

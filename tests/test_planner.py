@@ -109,3 +109,26 @@ def test_split_runs_as_int8_data_movement_in_onnxruntime():
     assert result.fusion is not None and result.fusion.round_trips == []
     assert [w for w in result.warnings if "by construction" not in w] == []  # this toy CNN is slower as int8 on x86 without VNNI
     assert result.quantized_nodes == {"Conv": 3, "Split": 1, "Add": 1, "Concat": 1}
+
+
+def test_dead_channel_bias_scale_never_underflows():
+    """A channel whose folded weights are subnormal (about 1e-40) gets the smallest weight scale;
+    times a small input scale, the int32 bias scale used to be 0 in float32, and its bias was
+    quantized as -inf. The weight scale is raised instead, and every bias stays representable."""
+    import warnings
+
+    from onnxquant.planner import _bias_params
+    from onnxquant.qparams import MIN_SCALE, asymmetric, dequantize, quantize, symmetric
+
+    weight = np.array([[0.5, -0.25], [1e-40, -2e-40]], np.float32)
+    bias = np.array([0.1, -2e-41], np.float32)
+    x = asymmetric(0.0, 2e-5)  # a small input range: scale about 8e-8
+    w = symmetric(np.abs(weight).max(axis=1), axis=0)
+    assert float(w.scale[1]) * float(x.scale) < MIN_SCALE  # the product would underflow
+    w_new, b = _bias_params(bias.astype(np.float64), x, w)
+    assert np.all(b.scale >= np.float32(MIN_SCALE) * np.float32(0.999))
+    assert w_new.scale[0] == w.scale[0]  # a live channel keeps its scale
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = quantize(bias, b)
+    assert q[1] == 0 and abs(float(dequantize(q, b)[0]) - 0.1) < 1e-6
