@@ -7,9 +7,11 @@ file renamed into place) and deterministic, and uses external data above protobu
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,6 +305,19 @@ def serialize(model: onnx.ModelProto) -> bytes:
     public = [[(k, v) for k, v in _external_info(t).items() if k != SOURCE_KEY] for t in lazy]
     with _entries_replaced(lazy, public):
         return model.SerializeToString(deterministic=True)
+
+
+def model_digest(model: onnx.ModelProto) -> str | None:
+    """sha256 of ``serialize(model)``: the key under which a pass caches what it measured on this
+    model. ``None`` over the protobuf limit (it cannot be serialized): nothing is cached then."""
+    if model.ByteSize() >= PROTOBUF_LIMIT:
+        return None
+    return hashlib.sha256(serialize(model)).hexdigest()
+
+
+def uncached_key() -> str:
+    """A cache key no other model shares: for a model ``model_digest`` cannot hash."""
+    return f"unhashed:{uuid.uuid4().hex}"
 
 
 def _external_info(tensor: onnx.TensorProto) -> dict[str, str]:

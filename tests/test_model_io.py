@@ -270,3 +270,15 @@ def test_tensor_data_that_does_not_fill_its_dims_is_a_model_error(tmp_path: Path
         quantize(model, [{"x": np.zeros((1, 3, 16, 16), np.float32)}])
     result = CliRunner().invoke(main, ["inspect", str(path)])
     assert result.exit_code == 3 and result.output.count("\n") == 1
+
+
+def test_model_digest_keys_the_model_and_refuses_what_cannot_be_serialized(monkeypatch):
+    from onnxquant import model_io
+
+    a, b = tiny_cnn(), tiny_cnn()
+    assert model_io.model_digest(a) == model_io.model_digest(b)
+    b.graph.node[0].name = b.graph.node[0].name + "_other"
+    assert model_io.model_digest(a) != model_io.model_digest(b)
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 16)  # as if the model were over 2 GB
+    assert model_io.model_digest(a) is None
+    assert model_io.uncached_key() != model_io.uncached_key()

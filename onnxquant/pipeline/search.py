@@ -20,12 +20,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-import onnx
 
 from onnxquant.calibration.sources import SampleSource, every_kth
 from onnxquant.errors import CalibrationDataError, QuantizationError
 from onnxquant.mixed_precision import Holdout, run_holdout, score_outputs
-from onnxquant.model_io import PROTOBUF_LIMIT, serialize
+from onnxquant.model_io import model_digest
 from onnxquant.ops.rules import RULES, Kind
 from onnxquant.passes.node_index import NodeIndex
 from onnxquant.pipeline.build import build
@@ -144,7 +143,7 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
         # a SmoothQuant trial smooths a float model made for it (smoothing rewrites it in place)
         entry = float_model() if candidate.recalibrates and float_model is not None else base
         # a SmoothQuant trial enters before calibration: no statistics, the float model's digest
-        trial = Trial(candidate, recipe.to_dict(), *(("", _model_digest(entry.model)) if candidate.recalibrates
+        trial = Trial(candidate, recipe.to_dict(), *(("", model_digest(entry.model) or "") if candidate.recalibrates
                                                      else base_digests()))
         result, state, model = _trial(trial, base, recipe, crun, held, run, entry)
         report.trials.append(result)
@@ -390,8 +389,4 @@ def _digests(state: State) -> tuple[str, str]:
         if s.histogram is not None:
             stats.update(np.float64([s.histogram.origin, s.histogram.width]).tobytes())
             stats.update(s.histogram.counts.tobytes())
-    return stats.hexdigest(), _model_digest(state.model)
-
-
-def _model_digest(model: onnx.ModelProto) -> str:
-    return hashlib.sha256(serialize(model)).hexdigest() if model.ByteSize() < PROTOBUF_LIMIT else ""
+    return stats.hexdigest(), model_digest(state.model) or ""

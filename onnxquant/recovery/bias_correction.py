@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxquant.model_io import serialize, tensor_array
+from onnxquant.model_io import model_digest, tensor_array, uncached_key
 from onnxquant.passes.node_index import NodeIndex, attributes
 from onnxquant.passes.prepare import default_opset
 from onnxquant.planner import QuantPlan, refresh_bias_params
@@ -236,7 +236,7 @@ def correct_biases(
     inits = index.inits
     by_name = {n.name: n for n in index.nodes}
     opset = default_opset(model)
-    model_key = hashlib.sha256(serialize(model)).hexdigest() if measured is not None else ""
+    model_key = (model_digest(model) or uncached_key()) if measured is not None else ""
     probe = Probe(prefix="_oq_bc")
     targets: list[tuple[tuple, str, str]] = []  # (measurement key, node, bias), in correction order
     probed: dict[str, tuple] = {}  # shadow probe output -> measurement key

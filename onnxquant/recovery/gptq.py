@@ -14,7 +14,6 @@ rounding. Cost: one pass over the calibration samples and one Cholesky per layer
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxquant.model_io import serialize, tensor_array
+from onnxquant.model_io import model_digest, tensor_array, uncached_key
 from onnxquant.passes.node_index import NodeIndex, attributes
 from onnxquant.planner import QuantPlan
 from onnxquant.qparams import qrange
@@ -189,7 +188,7 @@ def gptq(model: onnx.ModelProto, plan: QuantPlan, samples: Iterable[dict[str, np
     if not layers:
         return report
     factors = factors if factors is not None else GptqFactors()
-    model_key = hashlib.sha256(serialize(model)).hexdigest()
+    model_key = model_digest(model) or uncached_key()
     key = {layer.x: (model_key, layer.x, max_samples) for layer in layers}
     missing = sorted({layer.x for layer in layers if key[layer.x] not in factors.by_key})
     if missing:

@@ -233,7 +233,8 @@ def test_a_smoothquant_alpha_trial_calibrates_again_and_runs_alone_from_json():
     from onnxquant.mixed_precision import Holdout
     from onnxquant.pipeline.calibrate import calibrate
     from onnxquant.pipeline.run_data import RunData
-    from onnxquant.pipeline.search import _model_digest, split_for_search
+    from onnxquant.model_io import model_digest
+    from onnxquant.pipeline.search import split_for_search
     from onnxquant.pipeline.smooth import smooth
     from tests.recovery.test_smoothquant import _outlier_matmul, _samples
 
@@ -259,10 +260,10 @@ def test_a_smoothquant_alpha_trial_calibrates_again_and_runs_alone_from_json():
     held = Holdout.from_samples(calibrated.model, split.scored, None, "fine")
     candidate = change("SmoothQuant alpha 0.5", "recovery", smoothquant_alpha=0.5)
     assert candidate.recalibrates and not GIVEN.recalibrates
-    trial = Trial(candidate, calibrated.recipe.to_dict(), "", _model_digest(unsmoothed.model))
+    trial = Trial(candidate, calibrated.recipe.to_dict(), "", model_digest(unsmoothed.model))
     first = _run_trial(trial, calibrated, calibrated.recipe, split.run, held, run, unsmoothed)
     fresh = _pruned(model, Recipe(), run)  # the trial smoothed (spent) its float model: make it again
-    assert _model_digest(fresh.model) == Trial.from_json(trial.to_json()).state  # the one the trial names
+    assert model_digest(fresh.model) == Trial.from_json(trial.to_json()).state  # the one the trial names
     again = _run_trial(Trial.from_json(trial.to_json()), calibrated, calibrated.recipe, split.run, held, run, fresh)
     assert first.error is None and first.key() == again.key()
     as_given = _run_trial(Trial(GIVEN, calibrated.recipe.to_dict(), "", ""), calibrated, calibrated.recipe,
