@@ -87,7 +87,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, 
     return np.asarray(keep, dtype=np.int64)
 
 
-def _select(boxes: np.ndarray, class_scores: np.ndarray, settings: DetectionSettings) -> Detections:
+def select_detections(boxes: np.ndarray, class_scores: np.ndarray, settings: DetectionSettings) -> Detections:
     classes = class_scores.argmax(axis=1) if class_scores.shape[1] else np.zeros(len(boxes), np.int64)
     scores = class_scores[np.arange(len(boxes)), classes] if class_scores.shape[1] else np.zeros(len(boxes))
     mask = scores >= settings.score_threshold
@@ -110,7 +110,7 @@ def decode_yolo(output: np.ndarray, settings: DetectionSettings) -> list[Detecti
             class_scores = image[:, 5:] * image[:, 4:5]
         else:
             class_scores = image[:, 4:]
-        found.append(_select(boxes, class_scores, settings))
+        found.append(select_detections(boxes, class_scores, settings))
     return found
 
 
@@ -120,7 +120,7 @@ def decode_pair(boxes: np.ndarray, scores: np.ndarray, settings: DetectionSettin
     scores = scores.astype(np.float64).reshape(boxes.shape[0], *scores.shape[-2:])
     if scores.shape[1] != boxes.shape[1]:
         scores = np.swapaxes(scores, 1, 2)
-    return [_select(b, s, settings) for b, s in zip(boxes, scores)]
+    return [select_detections(b, s, settings) for b, s in zip(boxes, scores)]
 
 
 def match(reference: Detections, compressed: Detections, iou: float) -> int:
