@@ -163,24 +163,26 @@ def _level_axis(x: np.ndarray, size: tuple[int, int]) -> tuple[Level, int] | Non
 
 
 def _find_gfl(maps: dict[str, np.ndarray], size: tuple[int, int]) -> RawHeads | None:
-    scores: dict[int, list[str]] = {}
-    boxes: dict[int, list[str]] = {}
-    levels: dict[int, Level] = {}
+    """Levels of two maps each: the scores (all in [0, 1]) and the distributions (logits, four
+    sides of at least two bins); at least two levels, every distribution with as many bins."""
+    by_cells: dict[int, list[tuple[str, Level, int]]] = {}
     for name, x in maps.items():
         found = _level_axis(x, size)
-        if found is None:
+        if found is not None:
+            by_cells.setdefault(found[0].cells, []).append((name, *found))
+    levels = []
+    for cells in sorted(by_cells, reverse=True):
+        if len(by_cells[cells]) != 2:
             continue
-        level, columns = found
-        levels[level.cells] = level
-        if _in_unit(x):
-            scores.setdefault(level.cells, []).append(name)
-        elif columns % 4 == 0 and columns >= 8:  # four sides of at least two bins each, logits
-            boxes.setdefault(level.cells, []).append(name)
-    cells = sorted((c for c in scores if len(scores[c]) == 1 and len(boxes.get(c, [])) == 1), reverse=True)
-    if len(cells) < 2 or len({_level_axis(maps[boxes[c][0]], size)[1] for c in cells}) > 1:  # type: ignore[index]
+        (a, level, a_cols), (b, _, b_cols) = by_cells[cells]
+        if _in_unit(maps[b]) and not _in_unit(maps[a]):
+            a, b, a_cols, b_cols = b, a, b_cols, a_cols
+        if _in_unit(maps[a]) and not _in_unit(maps[b]) and b_cols % 4 == 0 and b_cols >= 8:
+            levels.append((a, b, level, b_cols))
+    if len(levels) < 2 or len({cols for *_, cols in levels}) > 1:
         return None
-    return RawHeads("gfl", tuple(scores[c][0] for c in cells), tuple(boxes[c][0] for c in cells),
-                    tuple(levels[c] for c in cells), size)
+    return RawHeads("gfl", tuple(a for a, *_ in levels), tuple(b for _, b, *_ in levels),
+                    tuple(lv for _, _, lv, _ in levels), size)
 
 
 def _find_yolox(maps: dict[str, np.ndarray], size: tuple[int, int]) -> RawHeads | None:

@@ -39,6 +39,22 @@ def figures_text(agreement: Any) -> str:
     return ", ".join(f"{label} {figure(agreement[key], fmt)}" for key, label, fmt in FIGURES if key in agreement)
 
 
+def kind_text(agreement: Any) -> str:
+    """'detection', or what the detections were decoded from: 'detection, raw gfl heads, strides
+    8/16/32/64', 'detection, decoded with out0'."""
+    if not isinstance(agreement, dict):
+        return "?"
+    kind = str(agreement.get("kind"))
+    heads = agreement.get("raw_heads")
+    if isinstance(heads, dict):
+        strides = heads.get("strides")
+        shown = "/".join(str(s) for s in strides) if isinstance(strides, list) else str(strides)
+        return f"{kind}, raw {heads.get('style')} heads, strides {shown}"
+    if agreement.get("decoded_with") is not None:
+        return f"{kind}, decoded with {agreement.get('decoded_with')}"
+    return kind
+
+
 def checks_text(checks: Any) -> list[str]:
     """Each check as 'top1 0.875 >= 0.6 (default) ok'."""
     if not isinstance(checks, list):
