@@ -14,6 +14,7 @@ FIGURES = (
     ("top1", "top-1", "{:.4f}"), ("top5", "top-5", "{:.4f}"), ("kl", "KL", "{:.4f}"),
     ("f1", "F1", "{:.4f}"), ("recall", "recall", "{:.4f}"), ("precision", "precision", "{:.4f}"),
     ("detections_fp32", "fp32 detections", "{}"), ("detections", "detections", "{}"),
+    ("matched_iou", "matched IoU", "{:.3f}"), ("lost_score_median", "lost boxes' median fp32 score", "{:.3f}"),
     ("string_agreement", "strings equal", "{:.4f}"), ("cer", "CER", "{:.4f}"),
     ("label_agreement", "agreement", "{:.4f}"),
     ("cosine", "cosine", "{:.4f}"), ("cosine_min", "min", "{:.4f}"), ("sqnr_db", "SQNR", "{:.1f} dB"),
