@@ -102,8 +102,8 @@ def score_outputs(outputs: list[list[np.ndarray]], holdout: Holdout, metric: Met
     names = holdout.output_names
     # boxes/scores pairs and raw detection heads are decoded together and scored by their detections
     agreements = output_agreements(names, references[0], holdout.feeds[picked[0]]) if references else {}
-    for ref, out in zip(references, outputs):
-        add_outputs(agreements, names, ref, out)
+    for i, ref, out in zip(picked, references, outputs):
+        add_outputs(agreements, names, ref, out, holdout.feeds[i])
     for name, agreement in agreements.items():
         if not agreement.decoded_elsewhere or agreement_by == "cosine":
             scores[name] = agreement.score(agreement_by)

@@ -397,7 +397,7 @@ class _ProviderRun:
             return
         if not self.report.outputs:
             self._start(names, reference, sample)
-        add_outputs(self.report.outputs, names, reference, got)
+        add_outputs(self.report.outputs, names, reference, got, sample)
         if self.report.metric is not None:
             self.report.metric.add(reference_score, dict(zip(names, got)), sample)
         self.report.samples += 1

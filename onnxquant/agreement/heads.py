@@ -71,6 +71,18 @@ class RawHeads:
         return {"style": self.style, "outputs": list(self.outputs), "strides": [lv.stride for lv in self.levels],
                 "image_size": list(self.image_size)}
 
+    def fits(self, values: dict[str, np.ndarray]) -> bool:
+        """Whether ``values`` have this layout's cell counts (an image of another size does not)."""
+        if self.style == "yolox":
+            x = values.get(self.scores[0])
+            return isinstance(x, np.ndarray) and x.ndim == 3 and sum(lv.cells for lv in self.levels) in x.shape[1:]
+        for names in (self.scores, self.boxes):
+            for name, level in zip(names, self.levels):
+                x = values.get(name)
+                if not isinstance(x, np.ndarray) or x.ndim != 3 or level.cells not in x.shape[1:]:
+                    return False
+        return True
+
     def decode(self, values: dict[str, np.ndarray], settings: DetectionSettings) -> list[Detections]:
         """Detections of every image in the batch, from this detector's outputs by name."""
         if self.style == "yolox":
@@ -203,13 +215,16 @@ def _find_yolox(maps: dict[str, np.ndarray], size: tuple[int, int]) -> RawHeads 
 
 
 def find_raw_heads(values: dict[str, np.ndarray], feed: dict[str, np.ndarray] | None,
-                   kinds: dict[str, str] | None = None) -> RawHeads | None:
+                   kinds: dict[str, str] | None = None, like: RawHeads | None = None) -> RawHeads | None:
     """The raw detection heads among a model's fp32 output ``values`` (by name) for the sample
-    ``feed``; None when none are found. Outputs the user gave a kind other than detection are left out."""
+    ``feed``; None when none are found. Outputs the user gave a kind other than detection are left
+    out; ``like``: only the same outputs in the same style (the heads of an earlier sample, laid on
+    this sample's image size)."""
     kinds = kinds or {}
-    maps = {k: v for k, v in _maps(values).items() if kinds.get(k, "detection") == "detection"}
+    maps = {k: v for k, v in _maps(values).items() if kinds.get(k, "detection") == "detection"
+            and (like is None or k in like.outputs)}
     for size in image_sizes(feed):
         heads = _find_gfl(maps, size) or _find_yolox(maps, size)
-        if heads is not None:
+        if heads is not None and (like is None or (heads.style, heads.outputs) == (like.style, like.outputs)):
             return heads
     return None

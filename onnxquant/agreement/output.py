@@ -84,9 +84,11 @@ class OutputAgreement:
             self.strings = SequenceAgreement(self.ctc_blank)
 
     def add(self, reference: Any, compressed: Any, scores: tuple[Any, Any] | None = None,
-            outputs: tuple[dict[str, Any], dict[str, Any]] | None = None) -> None:
+            outputs: tuple[dict[str, Any], dict[str, Any]] | None = None,
+            feed: dict[str, np.ndarray] | None = None) -> None:
         """One sample; ``scores``: the pair's (fp32, int8) scores when this output holds its boxes;
-        ``outputs``: every output by name (fp32, int8) when this output carries raw heads."""
+        ``outputs``: every output by name (fp32, int8) when this output carries raw heads, and
+        ``feed`` the sample's inputs (an image of another size lays the heads' grids anew)."""
         if self.tensor is None and self.labels is None:
             self._start(reference)
         self.samples += 1
@@ -107,10 +109,17 @@ class OutputAgreement:
             if self.classes is not None:
                 self.classes.add(reference, compressed)
             elif self.detections is not None and self.heads is not None:
-                if outputs is not None and all(_same_shape(outputs[0].get(n), outputs[1].get(n))
-                                               for n in self.heads.outputs):
-                    self.detections.add_images(self.heads.decode(outputs[0], self.detection_settings),
-                                               self.heads.decode(outputs[1], self.detection_settings))
+                heads = self.heads
+                if outputs is not None and not heads.fits(outputs[0]):
+                    heads = find_raw_heads(outputs[0], feed, like=self.heads) or heads
+                if outputs is not None and heads.fits(outputs[0]) and all(
+                        _same_shape(outputs[0].get(n), outputs[1].get(n)) for n in heads.outputs):
+                    self.detections.add_images(heads.decode(outputs[0], self.detection_settings),
+                                               heads.decode(outputs[1], self.detection_settings))
+                elif outputs is not None:
+                    note = "raw heads whose grids do not fit this sample's image size: not decoded"
+                    if note not in self.notes:
+                        self.notes.append(note)
             elif self.detections is not None and self.scores_in:
                 if scores is not None and isinstance(scores[1], np.ndarray) and scores[1].shape == scores[0].shape:
                     self.detections.add_images(decode_pair(reference, scores[0], self.detection_settings),
@@ -245,14 +254,14 @@ def output_agreements(names: list[str], reference: list[Any], feed: dict[str, np
 
 
 def add_outputs(agreements: dict[str, OutputAgreement], names: list[str], reference: list[Any],
-                compressed: list[Any]) -> None:
-    """One sample of every output into ``agreements`` (from ``output_agreements``)."""
+                compressed: list[Any], feed: dict[str, np.ndarray] | None = None) -> None:
+    """One sample of every output into ``agreements`` (from ``output_agreements``); ``feed``: its inputs."""
     by_name = {name: (ref, out) for name, ref, out in zip(names, reference, compressed)}
     group = (dict(zip(names, reference)), dict(zip(names, compressed)))
     for name, (ref, out) in by_name.items():
         agreement = agreements[name]
         agreement.add(ref, out, by_name[agreement.scores_in] if agreement.scores_in else None,
-                      group if agreement.heads is not None else None)
+                      group if agreement.heads is not None else None, feed)
 
 
 def unmeasured_budgets(outputs: list[OutputAgreement], budget: Budget) -> list[str]:

@@ -79,3 +79,20 @@ def test_heads_are_judged_together_under_the_first_score_map():
     carrier, others = agreements["s8"], [agreements[n] for n in ("s16", "d8", "d16")]
     assert carrier.heads is not None and carrier.kind == "detection" and not carrier.decoded_elsewhere
     assert all(a.head_of == "s8" and a.decoded_elsewhere for a in others)
+
+
+def test_a_sample_of_another_image_size_lays_the_grids_anew():
+    from onnxquant.agreement import add_outputs
+
+    small = _gfl_maps()
+    names = list(small)
+    agreements = output_agreements(names, [small[n] for n in names], IMAGE)
+    add_outputs(agreements, names, [small[n] for n in names], [small[n] for n in names], IMAGE)
+    big = {"s8": np.full((1, 144, 2), 0.01, np.float32), "s16": np.full((1, 36, 2), 0.01, np.float32),
+           "d8": np.zeros((1, 144, 32), np.float32) - 1.0, "d16": np.zeros((1, 36, 32), np.float32) - 1.0}
+    big["s8"][0, 5, 0] = 0.8
+    add_outputs(agreements, names, [big[n] for n in names], [big[n] for n in names],
+                {"image": np.zeros((1, 3, 96, 96), np.float32)})
+    m = agreements["s8"].metrics()
+    assert agreements["s8"].detections.images == 2 and m["detections_fp32"] == 2 and m["f1"] == 1.0
+    assert not agreements["s8"].notes
