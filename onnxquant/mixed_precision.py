@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxquant.agreement import DROP_BY, add_outputs, output_agreements
+from onnxquant.agreement import DROP_BY, OutputAgreement, add_outputs, output_agreements
 from onnxquant.calibration.collector import in_order, make_session, sample_workers
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.errors import BudgetExceededError, CalibrationDataError, UsageError
@@ -101,7 +101,8 @@ def score_outputs(outputs: list[list[np.ndarray]], holdout: Holdout, metric: Met
     scores, cosines, sqnrs = {}, [1.0], []
     names = holdout.output_names
     # boxes/scores pairs and raw detection heads are decoded together and scored by their detections
-    agreements = output_agreements(names, references[0], holdout.feeds[picked[0]]) if references else {}
+    agreements = (output_agreements(names, references[0], holdout.feeds[picked[0]]) if references
+                  else {name: OutputAgreement(name) for name in names})
     for i, ref, out in zip(picked, references, outputs):
         add_outputs(agreements, names, ref, out, holdout.feeds[i])
     for name, agreement in agreements.items():
