@@ -220,7 +220,6 @@ class OutputAgreement:
                              for c in self.checks(budget)]
         return out
 
-
     @property
     def decoded_elsewhere(self) -> bool:
         """Judged by the detections of another output (a pair's scores, a raw head's other maps)."""
