@@ -217,14 +217,13 @@ def _find_yolox(maps: dict[str, np.ndarray], size: tuple[int, int]) -> RawHeads 
 def find_raw_heads(values: dict[str, np.ndarray], feed: dict[str, np.ndarray] | None,
                    kinds: dict[str, str] | None = None, like: RawHeads | None = None) -> RawHeads | None:
     """The raw detection heads among a model's fp32 output ``values`` (by name) for the sample
-    ``feed``; None when none are found. Outputs the user gave a kind other than detection are left
-    out; ``like``: only the same outputs in the same style (the heads of an earlier sample, laid on
-    this sample's image size)."""
+    ``feed``; None when none are found, or when the user gave one of them another kind than
+    detection (then every map is read by its own kind); ``like``: only the same outputs in the same
+    style (the heads of an earlier sample, laid on this sample's image size)."""
     kinds = kinds or {}
-    maps = {k: v for k, v in _maps(values).items() if kinds.get(k, "detection") == "detection"
-            and (like is None or k in like.outputs)}
+    maps = {k: v for k, v in _maps(values).items() if like is None or k in like.outputs}
     for size in image_sizes(feed):
         heads = _find_gfl(maps, size) or _find_yolox(maps, size)
         if heads is not None and (like is None or (heads.style, heads.outputs) == (like.style, like.outputs)):
-            return heads
+            return None if any(kinds.get(n, "detection") != "detection" for n in heads.outputs) else heads
     return None

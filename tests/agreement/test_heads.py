@@ -64,7 +64,8 @@ def test_what_is_not_a_raw_head():
     decoded = _yolox_output()
     decoded[..., 2:4] = 30.0  # pixel sizes: a decoded YOLO output, read by the YOLO decoder instead
     assert find_raw_heads({"output": decoded}, IMAGE) is None
-    assert find_raw_heads(maps, IMAGE, kinds={"s8": "regression", "s16": "regression"}) is None
+    assert find_raw_heads(maps, IMAGE, kinds={"d16": "regression"}) is None  # the user reads the maps one by one
+    assert find_raw_heads(maps, IMAGE, kinds={"s8": "detection"}) is not None
 
 
 def test_level_grids_round_up_or_down():
