@@ -208,8 +208,8 @@ def _find_yolox(maps: dict[str, np.ndarray], size: tuple[int, int]) -> RawHeads 
                 rows = _cells_first(x, cells)
                 if rows.shape[2] < 6 or rows.shape[2] >= cells:
                     continue
-                # scores after sigmoids; log sizes (some negative) rather than decoded pixel sizes
-                if _in_unit(rows[..., 4:]) and rows[..., 2:4].min() < 0 and rows[..., 2:4].max() < 12:
+                # scores after sigmoids; offsets in cells and log sizes, not decoded pixel positions and sizes
+                if _in_unit(rows[..., 4:]) and np.abs(rows[..., :4]).max() < 12:
                     return RawHeads("yolox", (name,), (), levels, size)
     return None
 
