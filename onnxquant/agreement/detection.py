@@ -178,7 +178,11 @@ class DetectionAgreement:
         else:
             p = precision or 0.0
             f1 = 2 * p * recall / (p + recall) if p + recall > 0 else 0.0
-        return {"recall": recall, "precision": precision, "f1": f1,
-                "detections_fp32": self.reference_count, "detections": self.compressed_count,
-                "matched_iou": self.iou_sum / self.matched if self.matched else None,
-                "lost_score_median": float(np.median(self.lost_scores)) if self.lost_scores else None}
+        out: dict[str, float | int | None] = {"recall": recall, "precision": precision, "f1": f1,
+                                              "detections_fp32": self.reference_count,
+                                              "detections": self.compressed_count}
+        if self.matched:
+            out["matched_iou"] = self.iou_sum / self.matched
+        if self.lost_scores:
+            out["lost_score_median"] = float(np.median(self.lost_scores))
+        return out
