@@ -45,3 +45,23 @@ def probability_map(ref: list[np.ndarray], got: list[np.ndarray], threshold: flo
                    for r, g in zip(ref, got)])
     mae = np.mean([np.abs(r - g).mean() for r, g in zip(ref, got)])
     return {"mask_iou": float(iou), "pixel_agreement": float(agree), "mean_abs_error": float(mae)}
+
+
+def character_boxes(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
+    """ddddocr's detector: its own post-processing on both outputs, then F1 of the int8 boxes
+    against fp32's at IoU 0.5 and the matched boxes' mean IoU."""
+    from models.ddddocr_det import decode
+    from onnxquant.agreement.detection import Detections, matched_pairs
+
+    matched = reference = found = 0
+    iou = 0.0
+    for r, g in zip(ref, got):
+        (rb, rs), (gb, gs) = decode(r[0]), decode(g[0])
+        pairs = matched_pairs(Detections(rb, rs, np.zeros(len(rs), np.int64)),
+                              Detections(gb, gs, np.zeros(len(gs), np.int64)), 0.5)
+        matched, reference, found = matched + len(pairs), reference + len(rs), found + len(gs)
+        iou += sum(p[2] for p in pairs)
+    recall, precision = matched / max(reference, 1), matched / max(found, 1)
+    f1 = 2 * recall * precision / (recall + precision) if recall + precision else 0.0
+    return {"f1": f1, "recall": recall, "precision": precision, "matched_iou": iou / max(matched, 1),
+            "detections_fp32": float(reference)}

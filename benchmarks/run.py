@@ -34,10 +34,11 @@ METRIC = {"efficientnet-lite0": metrics.classifier, "efficientnet-lite0-fp16": m
           "minilm": metrics.embedding, "ppocr-det": metrics.probability_map,
           "sklearn-mlp": metrics.probabilities, "sklearn-mlp-partly-int8": metrics.probabilities,
           "ppocr-cls": metrics.probabilities, "ppocr-cls-fp16": metrics.probabilities, "magika": metrics.probabilities,
-          "ppocrv5-cls": metrics.probabilities, "mtcnn-onet": metrics.probabilities}
+          "ppocrv5-cls": metrics.probabilities, "mtcnn-onet": metrics.probabilities,
+          "ddddocr-det": metrics.character_boxes}
 HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "efficientnet-lite0-fp16": ("top1_agreement", "kl"),
             "minilm": ("cosine", "cosine_min"),
-            "ppocr-det": ("mask_iou", "mean_abs_error"),
+            "ppocr-det": ("mask_iou", "mean_abs_error"), "ddddocr-det": ("f1", "matched_iou"),
             **{name: ("top1_agreement", "kl") for name in
                ("sklearn-mlp", "sklearn-mlp-partly-int8", "ppocr-cls", "ppocr-cls-fp16", "magika", "ppocrv5-cls",
                 "mtcnn-onet")}}

@@ -114,6 +114,12 @@ def _ddddocr(part: str) -> list[dict[str, np.ndarray]]:
     return ddddocr_samples(part)
 
 
+def _ddddocr_det(part: str) -> list[dict[str, np.ndarray]]:
+    from calibration.detection import ddddocr_det_samples
+
+    return ddddocr_det_samples(part)
+
+
 def _silero(part: str, rates: tuple[int, ...] = (16000, 8000)) -> list[dict[str, np.ndarray]]:
     from calibration.speech import silero_samples
 
@@ -136,6 +142,7 @@ SETS = {
     "efficientnet-lite0-fp16": _foreign("efficientnet_lite0_fp16_samples"),
     # recurrent and control flow (calibration/text_lines.py, calibration/speech.py)
     "ddddocr-rec": _ddddocr,
+    "ddddocr-det": _ddddocr_det,  # raw YOLOX heads (calibration/detection.py)
     "silero-vad": _silero,
     "silero-vad-16k": lambda part: _silero(part, rates=(16000,)),
 }

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from models import (
+    ddddocr_det,
     ddddocr_rec,
     efficientnet_lite0,
     float16_variants,
@@ -36,6 +37,8 @@ BUILDERS = {
     "mtcnn-onet": (mtcnn_onet.build, "mtcnn_onet.onnx"),
     # recurrent and control flow
     "ddddocr-rec": (ddddocr_rec.build, "ddddocr_common.onnx"),  # Conv + bidirectional LSTM
+    # a detector whose ONNX ends at raw YOLOX heads (grid offsets, log sizes, sigmoid scores)
+    "ddddocr-det": (ddddocr_det.build, "ddddocr_det.onnx"),
     "silero-vad": (silero_vad.build, "silero_vad.onnx"),  # the whole network inside If branches
     "silero-vad-16k": (silero_vad.build_16k_op15, "silero_vad_16k_op15.onnx"),  # Convs outside, LSTMs in If
 }

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxquant.agreement import DROP_BY, OutputAgreement
+from onnxquant.agreement import DROP_BY, OutputAgreement, add_outputs, output_agreements
 from onnxquant.calibration.collector import in_order, make_session, sample_workers
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.errors import BudgetExceededError, CalibrationDataError, UsageError
@@ -99,11 +99,15 @@ def score_outputs(outputs: list[list[np.ndarray]], holdout: Holdout, metric: Met
         return Measurement(base - got, {"metric_fp32": base, "metric": got})
     agreement_by = holdout.agreement
     scores, cosines, sqnrs = {}, [1.0], []
-    for k, name in enumerate(holdout.output_names):
-        agreement = OutputAgreement(name)
-        for ref, out in zip(references, outputs):
-            agreement.add(ref[k], out[k])
-        scores[name] = agreement.score(agreement_by)
+    names = holdout.output_names
+    # boxes/scores pairs and raw detection heads are decoded together and scored by their detections
+    agreements = (output_agreements(names, references[0], holdout.feeds[picked[0]]) if references
+                  else {name: OutputAgreement(name) for name in names})
+    for i, ref, out in zip(picked, references, outputs):
+        add_outputs(agreements, names, ref, out, holdout.feeds[i])
+    for name, agreement in agreements.items():
+        if not agreement.decoded_elsewhere or agreement_by == "cosine":
+            scores[name] = agreement.score(agreement_by)
         if agreement.tensor is not None and agreement.tensor.cosines:
             cosines.append(float(np.mean(agreement.tensor.cosines)))
             sqnrs.append(agreement.tensor.sqnr_db)

@@ -30,7 +30,8 @@ from onnxquant.agreement import (
     Budget,
     DetectionSettings,
     OutputAgreement,
-    detection_pairs,
+    add_outputs,
+    output_agreements,
     unmeasured_budgets,
 )
 from onnxquant.agreement.budgets import check, describe
@@ -362,14 +363,12 @@ class _ProviderRun:
         if metric is not None:
             report.metric = MetricAgreement(*metric)
 
-    def _start(self, names: list[str], reference: list[Any]) -> None:
-        """One agreement per output, boxes/scores pairs found from the first fp32 outputs."""
-        pairs = detection_pairs(dict(zip(names, reference)), self.settings.kinds)
-        boxes_of = {scores: boxes for boxes, scores in pairs.items()}
-        for name in names:
-            self.report.outputs[name] = OutputAgreement(
-                name, self.settings.kinds.get(name), detection=self.settings.detection,
-                ctc_blank=self.settings.ctc_blank, scores_in=pairs.get(name), boxes_of=boxes_of.get(name))
+    def _start(self, names: list[str], reference: list[Any], sample: dict[str, np.ndarray]) -> None:
+        """One agreement per output; boxes/scores pairs and raw detection heads found from the
+        first fp32 outputs (and the sample's image size)."""
+        self.report.outputs.update(output_agreements(
+            names, reference, sample, kinds=self.settings.kinds, detection=self.settings.detection,
+            ctc_blank=self.settings.ctc_blank))
 
     def feed(self, index: int, sample: dict[str, np.ndarray], reference: list[Any], names: list[str],
              reference_score: float | None) -> None:
@@ -397,11 +396,8 @@ class _ProviderRun:
             self.broken = True
             return
         if not self.report.outputs:
-            self._start(names, reference)
-        by_name = {name: (ref, out) for name, ref, out in zip(names, reference, got)}
-        for name, (ref, out) in by_name.items():
-            agreement = self.report.outputs[name]
-            agreement.add(ref, out, by_name[agreement.scores_in] if agreement.scores_in else None)
+            self._start(names, reference, sample)
+        add_outputs(self.report.outputs, names, reference, got, sample)
         if self.report.metric is not None:
             self.report.metric.add(reference_score, dict(zip(names, got)), sample)
         self.report.samples += 1

@@ -230,3 +230,45 @@ def test_qnn_on_an_x86_host_is_the_simulator(monkeypatch: pytest.MonkeyPatch, ma
 
     monkeypatch.setattr(platform, "machine", lambda: machine)
     assert simulated(ep) is expected
+
+
+@pytest.fixture(scope="module")
+def raw_heads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A PicoDet-style detector (eight raw head outputs), its held-out images, and two variants."""
+    from models import tiny_picodet
+    from tests.conftest import write_npz
+
+    root = tmp_path_factory.mktemp("picodet")
+    return {"model": tiny_picodet.build(root / "picodet.onnx"), "hold": write_npz(root / "hold", tiny_picodet.samples("holdout")),
+            "calib": write_npz(root / "calib", tiny_picodet.samples("calib")),
+            "lifted": tiny_picodet.lift_background(root / "lifted.onnx"), "dropped": tiny_picodet.drop_scores(root / "dropped.onnx")}
+
+
+def test_raw_heads_whose_score_maps_lost_their_sqnr_but_no_box_pass(raw_heads: dict[str, Path]):
+    report = validate(raw_heads["model"], raw_heads["lifted"], raw_heads["hold"], latency_runs=1)
+    agreement = report.to_dict()["providers"][0]["agreement"]
+    carrier = agreement["out0"]
+    assert carrier["kind"] == "detection" and carrier["raw_heads"]["strides"] == [8, 16, 32, 64]
+    assert carrier["detections_fp32"] > 0 and carrier["f1"] == 1.0
+    # the score maps as tensors: far below the regression default (8 dB) that judged them before
+    assert carrier["sqnr_db"] < 8 and agreement["out1"]["sqnr_db"] < 8
+    assert all(agreement[f"out{k}"]["decoded_with"] == "out0" and agreement[f"out{k}"]["checks"] == []
+               for k in range(1, 8))
+    assert report.passed, report.failures
+
+
+def test_raw_heads_that_lost_their_detections_fail(raw_heads: dict[str, Path]):
+    report = validate(raw_heads["model"], raw_heads["dropped"], raw_heads["hold"], latency_runs=1)
+    assert not report.passed and report.failures == ["cpu: output 'out0' (detection): f1 0 < 0.7 (default)"]
+    result = _run("validate", raw_heads["model"], raw_heads["dropped"], "--holdout", raw_heads["hold"], "--latency-runs", "1")
+    assert result.exit_code == 6 and "out0 (detection, raw gfl heads, strides 8/16/32/64): F1 0.0000" in result.output
+    assert "out5 (detection, decoded with out0)" in result.output
+
+
+def test_raw_heads_int8_passes_and_a_given_tensor_budget_still_applies(raw_heads: dict[str, Path], tmp_path: Path):
+    quantize(raw_heads["model"], raw_heads["calib"], output=tmp_path / "int8.onnx")
+    report = validate(raw_heads["model"], tmp_path / "int8.onnx", raw_heads["hold"], latency_runs=1)
+    assert report.passed, report.failures
+    strict = validate(raw_heads["model"], raw_heads["lifted"], raw_heads["hold"], budget=Budget(min_sqnr_db=8.0),
+                      latency_runs=1)
+    assert not strict.passed and any("'out1' (detection): sqnr db" in f for f in strict.failures)

@@ -138,3 +138,43 @@ def test_file_type_classifier_int8_passes_and_a_destroyed_one_fails(file_types: 
     broken = validate(file_types["model"], file_types["broken"], file_types["hold"], latency_runs=1)
     out = _agreement(broken)["target_label"]
     assert out["top1"] < 0.5 and not broken.passed and any("top1" in f for f in broken.failures)
+
+
+@pytest.fixture(scope="module")
+def character_detector(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """ddddocr's YOLOX-style detector (raw heads), int8 from 8 calibration images (no search: time)."""
+    pytest.importorskip("ddddocr")
+    from calibration.detection import ddddocr_det_samples
+    from models import ddddocr_det
+
+    root = tmp_path_factory.mktemp("ddddocr_det")
+    model = ddddocr_det.build(root / "det.onnx")
+    calib = write_npz(root / "calib", ddddocr_det_samples("calib", 8))
+    hold = write_npz(root / "hold", ddddocr_det_samples("holdout", 6))
+    quantize(model, calib, Recipe().with_overrides(search={"enabled": False}), output=root / "int8.onnx")
+    return {"model": model, "hold": hold, "int8": root / "int8.onnx"}
+
+
+def test_raw_yolox_heads_decode_as_the_package_does_and_int8_keeps_its_detections(character_detector: dict[str, Path]):
+    import numpy as np
+    import onnxruntime as ort
+
+    from models import ddddocr_det
+    from onnxquant.agreement import DetectionSettings, find_raw_heads
+
+    session = ort.InferenceSession(str(character_detector["model"]))
+    with np.load(sorted(character_detector["hold"].glob("*.npz"))[0]) as data:
+        feed = {k: data[k] for k in data.files}
+    (output,) = session.run(None, feed)
+    heads = find_raw_heads({"output": output}, feed)
+    assert heads is not None and heads.style == "yolox" and [lv.stride for lv in heads.levels] == [8, 16, 32]
+    (ours,) = heads.decode({"output": output}, DetectionSettings(score_threshold=ddddocr_det.SCORE_THRESHOLD,
+                                                                nms_iou=ddddocr_det.NMS_IOU))
+    boxes, scores = ddddocr_det.decode(output[0])  # the package's post-processing
+    assert len(boxes) > 3 and np.allclose(np.sort(ours.scores)[::-1], scores)
+    assert np.allclose(ours.boxes[np.argsort(-ours.scores, kind="stable")], boxes, atol=1e-6)
+
+    report = validate(character_detector["model"], character_detector["int8"], character_detector["hold"], latency_runs=1)
+    out = _agreement(report)["output"]
+    assert out["kind"] == "detection" and out["raw_heads"]["style"] == "yolox" and out["detections_fp32"] > 20
+    assert report.passed, report.failures

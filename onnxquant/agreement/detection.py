@@ -9,7 +9,7 @@ precision and F1 at IoU >= ``match_iou`` with the same class.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -87,7 +87,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, 
     return np.asarray(keep, dtype=np.int64)
 
 
-def _select(boxes: np.ndarray, class_scores: np.ndarray, settings: DetectionSettings) -> Detections:
+def select_detections(boxes: np.ndarray, class_scores: np.ndarray, settings: DetectionSettings) -> Detections:
     classes = class_scores.argmax(axis=1) if class_scores.shape[1] else np.zeros(len(boxes), np.int64)
     scores = class_scores[np.arange(len(boxes)), classes] if class_scores.shape[1] else np.zeros(len(boxes))
     mask = scores >= settings.score_threshold
@@ -110,7 +110,7 @@ def decode_yolo(output: np.ndarray, settings: DetectionSettings) -> list[Detecti
             class_scores = image[:, 5:] * image[:, 4:5]
         else:
             class_scores = image[:, 4:]
-        found.append(_select(boxes, class_scores, settings))
+        found.append(select_detections(boxes, class_scores, settings))
     return found
 
 
@@ -120,25 +120,30 @@ def decode_pair(boxes: np.ndarray, scores: np.ndarray, settings: DetectionSettin
     scores = scores.astype(np.float64).reshape(boxes.shape[0], *scores.shape[-2:])
     if scores.shape[1] != boxes.shape[1]:
         scores = np.swapaxes(scores, 1, 2)
-    return [_select(b, s, settings) for b, s in zip(boxes, scores)]
+    return [select_detections(b, s, settings) for b, s in zip(boxes, scores)]
 
 
-def match(reference: Detections, compressed: Detections, iou: float) -> int:
-    """True positives: compressed detections matched one-to-one to reference ones of the same
-    class at IoU >= ``iou``, greedily in the compressed detections' score order."""
+def matched_pairs(reference: Detections, compressed: Detections, iou: float) -> list[tuple[int, int, float]]:
+    """(reference index, compressed index, IoU) of compressed detections matched one-to-one to
+    reference ones of the same class at IoU >= ``iou``, greedily in the compressed detections' score order."""
     if not len(reference) or not len(compressed):
-        return 0
+        return []
     overlaps = box_iou(compressed.boxes, reference.boxes)
     overlaps[compressed.classes[:, None] != reference.classes[None, :]] = 0.0
     taken = np.zeros(len(reference), dtype=bool)
-    hits = 0
+    pairs = []
     for i in np.argsort(-compressed.scores, kind="stable"):
         row = np.where(taken, 0.0, overlaps[i])
         j = int(row.argmax())
         if row[j] >= iou:
             taken[j] = True
-            hits += 1
-    return hits
+            pairs.append((j, int(i), float(row[j])))
+    return pairs
+
+
+def match(reference: Detections, compressed: Detections, iou: float) -> int:
+    """True positives: compressed detections matched one-to-one to reference ones (``matched_pairs``)."""
+    return len(matched_pairs(reference, compressed, iou))
 
 
 @dataclass
@@ -150,13 +155,20 @@ class DetectionAgreement:
     compressed_count: int = 0
     matched: int = 0
     images: int = 0
+    iou_sum: float = 0.0  # of the matched pairs
+    # fp32 scores of the detections int8 lost: near the threshold, a lost box is one that sat on it
+    lost_scores: list[float] = field(default_factory=list)
 
     def add_images(self, reference: list[Detections], compressed: list[Detections]) -> None:
         for ref, comp in zip(reference, compressed):
             self.images += 1
             self.reference_count += len(ref)
             self.compressed_count += len(comp)
-            self.matched += match(ref, comp, self.settings.match_iou)
+            pairs = matched_pairs(ref, comp, self.settings.match_iou)
+            self.matched += len(pairs)
+            self.iou_sum += sum(p[2] for p in pairs)
+            kept = {p[0] for p in pairs}
+            self.lost_scores.extend(float(ref.scores[j]) for j in range(len(ref)) if j not in kept)
 
     def metrics(self) -> dict[str, float | int | None]:
         recall = self.matched / self.reference_count if self.reference_count else None
@@ -166,5 +178,11 @@ class DetectionAgreement:
         else:
             p = precision or 0.0
             f1 = 2 * p * recall / (p + recall) if p + recall > 0 else 0.0
-        return {"recall": recall, "precision": precision, "f1": f1,
-                "detections_fp32": self.reference_count, "detections": self.compressed_count}
+        out: dict[str, float | int | None] = {"recall": recall, "precision": precision, "f1": f1,
+                                              "detections_fp32": self.reference_count,
+                                              "detections": self.compressed_count}
+        if self.matched:
+            out["matched_iou"] = self.iou_sum / self.matched
+        if self.lost_scores:
+            out["lost_score_median"] = float(np.median(self.lost_scores))
+        return out

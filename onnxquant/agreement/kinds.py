@@ -17,7 +17,9 @@ apply. The rules, in order:
 
 Boxes/scores pairs (``boxes (batch, n, 4)`` next to ``scores (batch, n, classes)`` or
 ``(batch, classes, n)`` with values in [0, 1]) are found across outputs by ``detection_pairs``:
-both become ``detection``, decoded together and reported under the boxes output.
+both become ``detection``, decoded together and reported under the boxes output. Raw detection
+heads (PicoDet/GFL per-level maps, YOLOX grids) are found the same way, with the image input's
+size, by ``onnxquant.agreement.heads.find_raw_heads``.
 """
 from __future__ import annotations
 

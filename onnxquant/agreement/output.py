@@ -13,7 +13,8 @@ import numpy as np
 from onnxquant.agreement.budgets import OUTPUT_BUDGETS, Budget, check
 from onnxquant.agreement.classification import ClassificationAgreement
 from onnxquant.agreement.detection import DetectionAgreement, DetectionSettings, decode_pair, decode_yolo
-from onnxquant.agreement.kinds import detect_kind
+from onnxquant.agreement.heads import RawHeads, find_raw_heads
+from onnxquant.agreement.kinds import detect_kind, detection_pairs
 from onnxquant.agreement.labels import LabelAgreement
 from onnxquant.agreement.sequence import SequenceAgreement
 from onnxquant.agreement.tensor import TensorAgreement
@@ -44,12 +45,16 @@ class OutputAgreement:
     """Running agreement of one output; its kind is detected from the first fp32 value unless given."""
 
     def __init__(self, name: str, kind: str | None = None, *, detection: DetectionSettings | None = None,
-                 ctc_blank: int = 0, boxes_of: str | None = None, scores_in: str | None = None) -> None:
+                 ctc_blank: int = 0, boxes_of: str | None = None, scores_in: str | None = None,
+                 heads: RawHeads | None = None, head_of: str | None = None) -> None:
         """``scores_in``: this output holds the boxes of a pair whose scores are that output;
-        ``boxes_of``: this output holds the scores of the pair whose boxes are that output."""
+        ``boxes_of``: this output holds the scores of the pair whose boxes are that output;
+        ``heads``: this output carries the detections decoded from those raw heads (it is one of
+        them); ``head_of``: this output is a raw head decoded with the others under that output."""
         self.name = name
         self.scores_in, self.boxes_of = scores_in, boxes_of
-        if scores_in or boxes_of:
+        self.heads, self.head_of = heads, head_of
+        if scores_in or boxes_of or heads or head_of:
             kind = kind or "detection"
         self.kind = kind
         self.kind_source = "given" if kind else "detected"
@@ -73,13 +78,17 @@ class OutputAgreement:
         self.tensor = TensorAgreement(per_channel=self.kind in ("regression", "detection"))
         if self.kind == "classification":
             self.classes = ClassificationAgreement()
-        elif self.kind == "detection" and not self.boxes_of:  # a pair's scores are decoded with its boxes
+        elif self.kind == "detection" and not self.boxes_of and not self.head_of:  # decoded with another output
             self.detections = DetectionAgreement(self.detection_settings)
         elif self.kind == "sequence":
             self.strings = SequenceAgreement(self.ctc_blank)
 
-    def add(self, reference: Any, compressed: Any, scores: tuple[Any, Any] | None = None) -> None:
-        """One sample; ``scores``: the pair's (fp32, int8) scores when this output holds its boxes."""
+    def add(self, reference: Any, compressed: Any, scores: tuple[Any, Any] | None = None,
+            outputs: tuple[dict[str, Any], dict[str, Any]] | None = None,
+            feed: dict[str, np.ndarray] | None = None) -> None:
+        """One sample; ``scores``: the pair's (fp32, int8) scores when this output holds its boxes;
+        ``outputs``: every output by name (fp32, int8) when this output carries raw heads, and
+        ``feed`` the sample's inputs (an image of another size lays the heads' grids anew)."""
         if self.tensor is None and self.labels is None:
             self._start(reference)
         self.samples += 1
@@ -99,6 +108,18 @@ class OutputAgreement:
         try:
             if self.classes is not None:
                 self.classes.add(reference, compressed)
+            elif self.detections is not None and self.heads is not None:
+                heads = self.heads
+                if outputs is not None and not heads.fits(outputs[0]):
+                    heads = find_raw_heads(outputs[0], feed, like=self.heads) or heads
+                if outputs is not None and heads.fits(outputs[0]) and all(
+                        _same_shape(outputs[0].get(n), outputs[1].get(n)) for n in heads.outputs):
+                    self.detections.add_images(heads.decode(outputs[0], self.detection_settings),
+                                               heads.decode(outputs[1], self.detection_settings))
+                elif outputs is not None:
+                    note = "raw heads whose grids do not fit this sample's image size: not decoded"
+                    if note not in self.notes:
+                        self.notes.append(note)
             elif self.detections is not None and self.scores_in:
                 if scores is not None and isinstance(scores[1], np.ndarray) and scores[1].shape == scores[0].shape:
                     self.detections.add_images(decode_pair(reference, scores[0], self.detection_settings),
@@ -165,8 +186,8 @@ class OutputAgreement:
         found = []
         for name, (limit, source) in budget.for_kind(self.kind or "").items():
             metric = OUTPUT_BUDGETS[name][0]
-            if self.boxes_of and source == "default":
-                continue  # a pair's scores are judged by the detections reported under its boxes
+            if (self.boxes_of or self.head_of) and source == "default":
+                continue  # judged by the detections reported under the output they are decoded with
             if source == "default" and metric.startswith("channel_") and metric not in m:
                 continue  # no feature axis (a one-channel map): there is no channel to single out
             if metric not in m and source == "given":
@@ -184,8 +205,10 @@ class OutputAgreement:
         out: dict[str, Any] = {"kind": self.kind, "kind_source": self.kind_source, "samples": self.samples}
         if self.scores_in:
             out["scores_output"] = self.scores_in
-        if self.boxes_of:
-            out["decoded_with"] = self.boxes_of
+        if self.boxes_of or self.head_of:
+            out["decoded_with"] = self.boxes_of or self.head_of
+        if self.heads is not None:
+            out["raw_heads"] = self.heads.to_dict()
         for key, value in self.metrics().items():
             out[key] = _finite(value) if isinstance(value, float) else value
         if self.mismatched:
@@ -196,6 +219,48 @@ class OutputAgreement:
             out["checks"] = [{**c, "value": _finite(c["value"]) if isinstance(c["value"], float) else c["value"]}
                              for c in self.checks(budget)]
         return out
+
+    @property
+    def decoded_elsewhere(self) -> bool:
+        """Judged by the detections of another output (a pair's scores, a raw head's other maps)."""
+        return bool(self.boxes_of or self.head_of)
+
+
+def _same_shape(a: Any, b: Any) -> bool:
+    return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
+
+
+def output_agreements(names: list[str], reference: list[Any], feed: dict[str, np.ndarray] | None = None, *,
+                      kinds: dict[str, str] | None = None, detection: DetectionSettings | None = None,
+                      ctc_blank: int = 0) -> dict[str, OutputAgreement]:
+    """One agreement per output of a model, from its first fp32 outputs (and the sample ``feed``
+    that made them, which gives raw detection heads their image size): boxes/scores pairs and raw
+    heads are found here and decoded together."""
+    kinds = kinds or {}
+    values = dict(zip(names, reference))
+    pairs = detection_pairs(values, kinds)
+    boxes_of = {scores: boxes for boxes, scores in pairs.items()}
+    heads = None if pairs else find_raw_heads(values, feed, kinds)
+    out = {}
+    for name in names:
+        carrier = heads is not None and name == heads.carrier
+        member = heads is not None and name in heads.outputs and not carrier
+        out[name] = OutputAgreement(name, kinds.get(name), detection=detection, ctc_blank=ctc_blank,
+                                    scores_in=pairs.get(name), boxes_of=boxes_of.get(name),
+                                    heads=heads if carrier else None,
+                                    head_of=heads.carrier if member and heads is not None else None)
+    return out
+
+
+def add_outputs(agreements: dict[str, OutputAgreement], names: list[str], reference: list[Any],
+                compressed: list[Any], feed: dict[str, np.ndarray] | None = None) -> None:
+    """One sample of every output into ``agreements`` (from ``output_agreements``); ``feed``: its inputs."""
+    by_name = {name: (ref, out) for name, ref, out in zip(names, reference, compressed)}
+    group = (dict(zip(names, reference)), dict(zip(names, compressed)))
+    for name, (ref, out) in by_name.items():
+        agreement = agreements[name]
+        agreement.add(ref, out, by_name[agreement.scores_in] if agreement.scores_in else None,
+                      group if agreement.heads is not None else None, feed)
 
 
 def unmeasured_budgets(outputs: list[OutputAgreement], budget: Budget) -> list[str]:

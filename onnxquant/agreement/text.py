@@ -14,6 +14,7 @@ FIGURES = (
     ("top1", "top-1", "{:.4f}"), ("top5", "top-5", "{:.4f}"), ("kl", "KL", "{:.4f}"),
     ("f1", "F1", "{:.4f}"), ("recall", "recall", "{:.4f}"), ("precision", "precision", "{:.4f}"),
     ("detections_fp32", "fp32 detections", "{}"), ("detections", "detections", "{}"),
+    ("matched_iou", "matched IoU", "{:.3f}"), ("lost_score_median", "lost boxes' median fp32 score", "{:.3f}"),
     ("string_agreement", "strings equal", "{:.4f}"), ("cer", "CER", "{:.4f}"),
     ("label_agreement", "agreement", "{:.4f}"),
     ("cosine", "cosine", "{:.4f}"), ("cosine_min", "min", "{:.4f}"), ("sqnr_db", "SQNR", "{:.1f} dB"),
@@ -37,6 +38,22 @@ def figures_text(agreement: Any) -> str:
     if not isinstance(agreement, dict):
         return str(agreement)
     return ", ".join(f"{label} {figure(agreement[key], fmt)}" for key, label, fmt in FIGURES if key in agreement)
+
+
+def kind_text(agreement: Any) -> str:
+    """'detection', or what the detections were decoded from: 'detection, raw gfl heads, strides
+    8/16/32/64', 'detection, decoded with out0'."""
+    if not isinstance(agreement, dict):
+        return "?"
+    kind = str(agreement.get("kind"))
+    heads = agreement.get("raw_heads")
+    if isinstance(heads, dict):
+        strides = heads.get("strides")
+        shown = "/".join(str(s) for s in strides) if isinstance(strides, list) else str(strides)
+        return f"{kind}, raw {heads.get('style')} heads, strides {shown}"
+    if agreement.get("decoded_with") is not None:
+        return f"{kind}, decoded with {agreement.get('decoded_with')}"
+    return kind
 
 
 def checks_text(checks: Any) -> list[str]:

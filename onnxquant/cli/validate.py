@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from onnxquant.agreement.text import checks_text, figures_text
+from onnxquant.agreement.text import checks_text, figures_text, kind_text
 from onnxquant.calibration.collector import MAX_THREADS
 from onnxquant.cli.command import Command
 from onnxquant.cli.options import image_options, output_options, preprocess_overrides
@@ -18,7 +18,7 @@ from onnxquant.recipe import recipe_for_target
 
 
 def _output_lines(name: str, a: dict[str, Any]) -> list[str]:
-    lines = [f"  {name} ({a.get('kind')}): {figures_text(a)}"]
+    lines = [f"  {name} ({kind_text(a)}): {figures_text(a)}"]
     checks = checks_text(a.get("checks"))
     if checks:
         lines.append("    budgets: " + "; ".join(checks))

@@ -10,7 +10,7 @@ import json
 from html import escape
 from typing import Any
 
-from onnxquant.agreement.text import checks_text, figures_text
+from onnxquant.agreement.text import checks_text, figures_text, kind_text
 from onnxquant.report import svg
 
 MIB = 1 << 20  # sizes in binary units, as the command line prints them
@@ -132,7 +132,7 @@ def _agreement(validation: dict[str, Any]) -> str:
     for p in map(_d, _l(validation.get("providers"))):
         for name, a in _d(p.get("agreement")).items():
             a = _d(a)
-            rows.append([p.get("ep", ""), name, a.get("kind", ""), figures_text(a),
+            rows.append([p.get("ep", ""), name, kind_text(a), figures_text(a),
                          "; ".join(checks_text(a.get("checks"))) or "none"])
         metric = _d(p.get("metric"))
         if metric:

@@ -102,3 +102,14 @@ def test_boxes_and_scores_outputs_are_paired_and_decoded_together():
     m = pair.metrics()
     assert pair.kind == partner.kind == "detection" and m["detections_fp32"] > 0 and m["f1"] == 0.0
     assert "f1" not in partner.metrics() and partner.to_dict()["decoded_with"] == "boxes"
+
+
+def test_lost_boxes_and_matched_overlap_are_reported():
+    settings = DetectionSettings()
+    ref = Detections(np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], float),
+                     np.array([0.9, 0.3, 0.8]), np.array([0, 0, 0]))
+    comp = Detections(np.array([[0, 0, 10, 11], [40, 40, 50, 50]], float), np.array([0.9, 0.8]), np.array([0, 0]))
+    agreement = DetectionAgreement(settings)
+    agreement.add_images([ref], [comp])
+    m = agreement.metrics()
+    assert m["matched_iou"] == pytest.approx((100 / 110 + 1.0) / 2) and m["lost_score_median"] == pytest.approx(0.3)

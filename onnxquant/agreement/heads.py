@@ -1,0 +1,229 @@
+"""Raw detection heads: the tensors a detector's ONNX ends with when its decoding runs outside.
+
+Many exported detectors stop before their post-processing, which the application runs in numpy:
+
+- **GFL/PicoDet** (PaddleDetection's PicoDet, NanoDet-Plus, GFL): per feature level, a class-score
+  map ``(batch, cells, classes)`` after the sigmoid, and a box-distribution map ``(batch, cells,
+  4 * bins)`` of logits; each side's distance is the softmax-weighted mean bin times the stride.
+- **YOLOX** (and ddddocr's detector): one ``(batch, cells, 5 + classes)`` tensor, the levels laid
+  end to end, rows ``x, y`` offsets in cells, ``log w, log h`` in strides, objectness and class
+  scores after their sigmoids.
+
+Such outputs are mostly near-zero score maps and logits: their cosine or SQNR says little of the
+boxes a user gets (an int8 model can lose a third of the SQNR and keep every box, or the reverse).
+Found here from the output shapes and the image input's size (each level's cell count must be the
+grid of a stride 4..128 on that image), they are decoded as their packages do and judged as
+detections (``onnxquant.agreement.detection``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxquant.agreement.detection import DetectionSettings, Detections, select_detections
+
+STRIDES = (4, 8, 16, 32, 64, 128)
+YOLOX_STRIDES = ((8, 16, 32), (8, 16, 32, 64))
+
+
+@dataclass(frozen=True)
+class Level:
+    stride: int
+    rows: int  # cells along the image height
+    cols: int
+
+    @property
+    def cells(self) -> int:
+        return self.rows * self.cols
+
+    def centres(self, offset: float) -> np.ndarray:
+        """(cells, 2) x, y of each cell in row-major order, ``offset`` cells in, in input pixels / stride."""
+        ys, xs = np.meshgrid(np.arange(self.rows), np.arange(self.cols), indexing="ij")
+        return np.stack([xs.ravel() + offset, ys.ravel() + offset], axis=1).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class RawHeads:
+    """One detector's raw head outputs and how to decode them.
+
+    ``style`` "gfl": ``scores[i]`` and ``boxes[i]`` are level ``levels[i]``'s class-score and
+    box-distribution maps. "yolox": ``scores[0]`` is the one output holding every level.
+    """
+
+    style: str
+    scores: tuple[str, ...]
+    boxes: tuple[str, ...]
+    levels: tuple[Level, ...]
+    image_size: tuple[int, int]
+
+    @property
+    def carrier(self) -> str:
+        """The output under which the decoded detections are reported."""
+        return self.scores[0]
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self.scores + self.boxes
+
+    def to_dict(self) -> dict[str, object]:
+        return {"style": self.style, "outputs": list(self.outputs), "strides": [lv.stride for lv in self.levels],
+                "image_size": list(self.image_size)}
+
+    def fits(self, values: dict[str, np.ndarray]) -> bool:
+        """Whether ``values`` have this layout's cell counts (an image of another size does not)."""
+        if self.style == "yolox":
+            x = values.get(self.scores[0])
+            return isinstance(x, np.ndarray) and x.ndim == 3 and sum(lv.cells for lv in self.levels) in x.shape[1:]
+        for names in (self.scores, self.boxes):
+            for name, level in zip(names, self.levels):
+                x = values.get(name)
+                if not isinstance(x, np.ndarray) or x.ndim != 3 or level.cells not in x.shape[1:]:
+                    return False
+        return True
+
+    def decode(self, values: dict[str, np.ndarray], settings: DetectionSettings) -> list[Detections]:
+        """Detections of every image in the batch, from this detector's outputs by name."""
+        if self.style == "yolox":
+            return _decode_yolox(values[self.scores[0]], self.levels, settings)
+        return _decode_gfl([values[n] for n in self.scores], [values[n] for n in self.boxes], self.levels, settings)
+
+
+def _cells_first(x: np.ndarray, cells: int) -> np.ndarray:
+    """(batch, cells, columns) whichever of axes 1 and 2 holds the cells (axis 1 when both do)."""
+    return x if x.shape[1] == cells else np.swapaxes(x, 1, 2)
+
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _decode_gfl(scores: list[np.ndarray], boxes: list[np.ndarray], levels: tuple[Level, ...],
+                settings: DetectionSettings) -> list[Detections]:
+    per_level = []
+    for score, dist, level in zip(scores, boxes, levels):
+        s = _cells_first(score.astype(np.float64), level.cells)
+        d = _cells_first(dist.astype(np.float64), level.cells)
+        bins = d.shape[2] // 4
+        d = _softmax(d.reshape(d.shape[0], level.cells, 4, bins), axis=3) @ np.arange(bins, dtype=np.float64)
+        centre = np.tile(level.centres(0.5), 2) * level.stride  # x, y, x, y
+        per_level.append((s, centre[None] + np.array([-1.0, -1.0, 1.0, 1.0]) * d * level.stride))
+    found = []
+    for image in range(per_level[0][0].shape[0]):
+        class_scores = np.concatenate([s[image] for s, _ in per_level])
+        xyxy = np.concatenate([b[image] for _, b in per_level])
+        found.append(select_detections(xyxy, class_scores, settings))
+    return found
+
+
+def _decode_yolox(output: np.ndarray, levels: tuple[Level, ...], settings: DetectionSettings) -> list[Detections]:
+    cells = sum(lv.cells for lv in levels)
+    rows = _cells_first(output.astype(np.float64), cells)
+    grid = np.concatenate([lv.centres(0.0) for lv in levels])
+    stride = np.concatenate([np.full((lv.cells, 1), float(lv.stride)) for lv in levels])
+    found = []
+    for image in rows:
+        xy = (image[:, :2] + grid) * stride
+        wh = np.exp(np.minimum(image[:, 2:4], 30.0)) * stride
+        class_scores = image[:, 5:] * image[:, 4:5]
+        found.append(select_detections(np.concatenate([xy - wh / 2, xy + wh / 2], axis=1), class_scores, settings))
+    return found
+
+
+def image_sizes(feed: dict[str, np.ndarray] | None) -> list[tuple[int, int]]:
+    """(height, width) the model's image input may have: its one rank-4 float input read as NCHW,
+    then as NHWC. Empty when there is no such input."""
+    if not feed:
+        return []
+    images = [v for v in feed.values() if isinstance(v, np.ndarray) and v.ndim == 4 and v.dtype.kind == "f"]
+    if len(images) != 1:
+        return []
+    shape = images[0].shape
+    return list(dict.fromkeys([(shape[2], shape[3]), (shape[1], shape[2])]))
+
+
+def level_of(cells: int, size: tuple[int, int]) -> Level | None:
+    """The level whose grid on an image of ``size`` has ``cells`` cells (rounding up, as padded
+    convolutions do, or down)."""
+    for stride in STRIDES:
+        for rounding in (math.ceil, math.floor):
+            rows, cols = int(rounding(size[0] / stride)), int(rounding(size[1] / stride))
+            if rows * cols == cells and rows > 0 and cols > 0:
+                return Level(stride, rows, cols)
+    return None
+
+
+def _maps(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v for k, v in values.items()
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.ndim == 3 and v.size and np.isfinite(v).all()}
+
+
+def _in_unit(x: np.ndarray) -> bool:
+    return bool(x.min() >= 0.0 and x.max() <= 1.0)
+
+
+def _level_axis(x: np.ndarray, size: tuple[int, int]) -> tuple[Level, int] | None:
+    """(level, columns) of a (batch, cells, columns) map on ``size`` (PicoDet's layout, after its
+    Transposes), else of a (batch, columns, cells) one."""
+    for axis in (1, 2):
+        level = level_of(x.shape[axis], size)
+        if level is not None:
+            return level, x.shape[3 - axis]
+    return None
+
+
+def _find_gfl(maps: dict[str, np.ndarray], size: tuple[int, int]) -> RawHeads | None:
+    """Levels of two maps each: the scores (all in [0, 1]) and the distributions (logits, four
+    sides of at least two bins); at least two levels, every distribution with as many bins."""
+    by_cells: dict[int, list[tuple[str, Level, int]]] = {}
+    for name, x in maps.items():
+        found = _level_axis(x, size)
+        if found is not None:
+            by_cells.setdefault(found[0].cells, []).append((name, *found))
+    levels = []
+    for cells in sorted(by_cells, reverse=True):
+        if len(by_cells[cells]) != 2:
+            continue
+        (a, level, a_cols), (b, _, b_cols) = by_cells[cells]
+        if _in_unit(maps[b]) and not _in_unit(maps[a]):
+            a, b, a_cols, b_cols = b, a, b_cols, a_cols
+        if _in_unit(maps[a]) and not _in_unit(maps[b]) and b_cols % 4 == 0 and b_cols >= 8:
+            levels.append((a, b, level, b_cols))
+    if len(levels) < 2 or len({cols for *_, cols in levels}) > 1:
+        return None
+    return RawHeads("gfl", tuple(a for a, *_ in levels), tuple(b for _, b, *_ in levels),
+                    tuple(lv for _, _, lv, _ in levels), size)
+
+
+def _find_yolox(maps: dict[str, np.ndarray], size: tuple[int, int]) -> RawHeads | None:
+    for name, x in maps.items():
+        for strides in YOLOX_STRIDES:
+            for rounding in (math.floor, math.ceil):
+                levels = tuple(Level(s, int(rounding(size[0] / s)), int(rounding(size[1] / s))) for s in strides)
+                cells = sum(lv.cells for lv in levels)
+                if cells not in x.shape[1:]:
+                    continue
+                rows = _cells_first(x, cells)
+                if rows.shape[2] < 6 or rows.shape[2] >= cells:
+                    continue
+                # scores after sigmoids; offsets in cells and log sizes, not decoded pixel positions and sizes
+                if _in_unit(rows[..., 4:]) and np.abs(rows[..., :4]).max() < 12:
+                    return RawHeads("yolox", (name,), (), levels, size)
+    return None
+
+
+def find_raw_heads(values: dict[str, np.ndarray], feed: dict[str, np.ndarray] | None,
+                   kinds: dict[str, str] | None = None, like: RawHeads | None = None) -> RawHeads | None:
+    """The raw detection heads among a model's fp32 output ``values`` (by name) for the sample
+    ``feed``; None when none are found, or when the user gave one of them another kind than
+    detection (then every map is read by its own kind); ``like``: only the same outputs in the same
+    style (the heads of an earlier sample, laid on this sample's image size)."""
+    kinds = kinds or {}
+    maps = {k: v for k, v in _maps(values).items() if like is None or k in like.outputs}
+    for size in image_sizes(feed):
+        heads = _find_gfl(maps, size) or _find_yolox(maps, size)
+        if heads is not None and (like is None or (heads.style, heads.outputs) == (like.style, like.outputs)):
+            return None if any(kinds.get(n, "detection") != "detection" for n in heads.outputs) else heads
+    return None

@@ -1,0 +1,99 @@
+"""Raw detection heads: found from shapes and the image size, decoded as their packages do."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxquant.agreement import DetectionSettings, find_raw_heads, output_agreements
+from onnxquant.agreement.heads import level_of
+
+IMAGE = {"image": np.zeros((1, 3, 64, 64), np.float32)}
+
+
+def _gfl_maps() -> dict[str, np.ndarray]:
+    """Two levels (strides 8, 16) of a 64 x 64 image, 2 classes, 8 bins; one object at level 8's
+    cell (row 2, col 3), class 1, distances left 2, top 1, right 3, bottom 2 bins."""
+    scores8, scores16 = np.full((1, 64, 2), 0.01, np.float32), np.full((1, 16, 2), 0.01, np.float32)
+    scores8[0, 2 * 8 + 3, 1] = 0.9
+    rng = np.random.default_rng(0)
+    dist8, dist16 = (rng.normal(0, 1, (1, cells, 32)).astype(np.float32) for cells in (64, 16))
+    for side, bin_ in enumerate((2, 1, 3, 2)):
+        dist8[0, 2 * 8 + 3, side * 8 + bin_] = 40.0  # softmax all but one-hot
+    # outputs in PicoDet's order: the score maps of every level, then the distributions
+    return {"s8": scores8, "s16": scores16, "d8": dist8, "d16": dist16}
+
+
+def test_gfl_maps_are_found_and_decoded_to_the_box_they_hold():
+    heads = find_raw_heads(_gfl_maps(), IMAGE)
+    assert heads is not None and heads.style == "gfl"
+    assert heads.scores == ("s8", "s16") and heads.boxes == ("d8", "d16")
+    assert [lv.stride for lv in heads.levels] == [8, 16] and heads.carrier == "s8"
+    (found,) = heads.decode(_gfl_maps(), DetectionSettings())
+    # centre (3.5, 2.5) cells x 8 = (28, 20); sides 16, 8, 24, 16 pixels
+    assert found.classes.tolist() == [1] and found.boxes[0] == pytest.approx([12, 12, 52, 36], abs=1e-6)
+
+
+def test_gfl_maps_laid_out_classes_first_are_found_too():
+    maps = {k: np.swapaxes(v, 1, 2).copy() for k, v in _gfl_maps().items()}
+    heads = find_raw_heads(maps, IMAGE)
+    assert heads is not None
+    (found,) = heads.decode(maps, DetectionSettings())
+    assert found.boxes[0] == pytest.approx([12, 12, 52, 36], abs=1e-6)
+
+
+def _yolox_output() -> np.ndarray:
+    """Strides 8, 16, 32 on 64 x 64 (64 + 16 + 4 rows); one object at level 16's cell (row 1, col 2)."""
+    rows = np.tile(np.array([0.5, 0.5, -1.0, -1.0, 0.01, 0.01], np.float32), (84, 1))
+    rows[64 + 1 * 4 + 2] = [0.5, 0.25, np.log(2.0), 0.0, 0.9, 0.8]
+    return rows[None]
+
+
+def test_yolox_rows_are_found_and_decoded_with_grid_offsets_and_log_sizes():
+    heads = find_raw_heads({"output": _yolox_output()}, IMAGE)
+    assert heads is not None and heads.style == "yolox" and [lv.stride for lv in heads.levels] == [8, 16, 32]
+    (found,) = heads.decode({"output": _yolox_output()}, DetectionSettings())
+    # centre ((2 + 0.5) x 16, (1 + 0.25) x 16) = (40, 20); size 2 x 16 by 1 x 16; score 0.9 x 0.8
+    assert found.boxes[0] == pytest.approx([24, 12, 56, 28]) and found.scores[0] == pytest.approx(0.72)
+
+
+def test_what_is_not_a_raw_head():
+    maps = _gfl_maps()
+    assert find_raw_heads(maps, None) is None  # no image size to lay the grids on
+    assert find_raw_heads(maps, {"image": np.zeros((1, 3, 50, 50), np.float32)}) is None  # no grid fits
+    assert find_raw_heads({"s8": maps["s8"], "d8": maps["d8"]}, IMAGE) is None  # one level is no pyramid
+    decoded = _yolox_output()
+    decoded[..., 2:4] = 30.0  # pixel sizes: a decoded YOLO output, read by the YOLO decoder instead
+    assert find_raw_heads({"output": decoded}, IMAGE) is None
+    assert find_raw_heads(maps, IMAGE, kinds={"d16": "regression"}) is None  # the user reads the maps one by one
+    assert find_raw_heads(maps, IMAGE, kinds={"s8": "detection"}) is not None
+
+
+def test_level_grids_round_up_or_down():
+    assert (level_of(130, (100, 80)).rows, level_of(130, (100, 80)).cols) == (13, 10)  # stride 8, rounded up
+    assert level_of(12 * 10, (100, 80)).stride == 8  # rounded down
+
+
+def test_heads_are_judged_together_under_the_first_score_map():
+    maps = _gfl_maps()
+    names = list(maps)
+    agreements = output_agreements(names, [maps[n] for n in names], IMAGE)
+    carrier, others = agreements["s8"], [agreements[n] for n in ("s16", "d8", "d16")]
+    assert carrier.heads is not None and carrier.kind == "detection" and not carrier.decoded_elsewhere
+    assert all(a.head_of == "s8" and a.decoded_elsewhere for a in others)
+
+
+def test_a_sample_of_another_image_size_lays_the_grids_anew():
+    from onnxquant.agreement import add_outputs
+
+    small = _gfl_maps()
+    names = list(small)
+    agreements = output_agreements(names, [small[n] for n in names], IMAGE)
+    add_outputs(agreements, names, [small[n] for n in names], [small[n] for n in names], IMAGE)
+    big = {"s8": np.full((1, 144, 2), 0.01, np.float32), "s16": np.full((1, 36, 2), 0.01, np.float32),
+           "d8": np.zeros((1, 144, 32), np.float32) - 1.0, "d16": np.zeros((1, 36, 32), np.float32) - 1.0}
+    big["s8"][0, 5, 0] = 0.8
+    add_outputs(agreements, names, [big[n] for n in names], [big[n] for n in names],
+                {"image": np.zeros((1, 3, 96, 96), np.float32)})
+    m = agreements["s8"].metrics()
+    assert agreements["s8"].detections.images == 2 and m["detections_fp32"] == 2 and m["f1"] == 1.0
+    assert not agreements["s8"].notes
