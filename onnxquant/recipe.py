@@ -154,13 +154,14 @@ class SearchSettings:
     the inputs and this count. ``seconds``: an optional wall-clock cap on top; a search it cuts
     says so, since a faster machine would have tried more. ``min_samples``: with fewer
     calibration samples there is too little to hold out, and the recipe is used as given.
-    ``score_every``: every this-many-th calibration sample is held out for scoring.
+    ``score_every``: every this-many-th calibration sample is held out for scoring (more often
+    where that would hold out fewer than 6: the noise test cannot pass on fewer).
     """
 
     enabled: bool = True
     trials: int = 10
     seconds: float | None = None
-    min_samples: int = 16  # 4 held out at the default score_every
+    min_samples: int = 16  # 8 held out (every 2nd: 4 would be too few for the noise test)
     score_every: int = 4
 
     def __post_init__(self) -> None:

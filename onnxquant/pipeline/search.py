@@ -38,7 +38,7 @@ from onnxquant.pipeline.state import State
 from onnxquant.planner import UINT8_WEIGHT_OPS
 from onnxquant.recipe import Recipe
 from onnxquant.search.candidates import FLOAT_LAYERS_MIN_GAIN, Candidate, Rounds
-from onnxquant.search.noise import compare, pseudo_values
+from onnxquant.search.noise import FEWEST_TESTABLE, compare, pseudo_values
 from onnxquant.search.report import SearchReport, Trial, TrialResult
 from onnxquant.search.sensitive import rank_by_added_noise, within_caps
 
@@ -104,8 +104,16 @@ def split_for_search(state: State, run: RunData, *, saved_stats: bool, max_drop:
         return SearchSplit(run, skipped=f"{have} calibration sample(s); it holds every {settings.score_every}th out "
                                         f"for scoring and needs at least {settings.min_samples}")
     counted = replace(source, length=n)
-    kept = every_kth(counted, settings.score_every, held_out=False)
-    return SearchSplit(replace(run, calib_data=kept), every_kth(counted, settings.score_every, held_out=True))
+    every = held_out_every(n, settings.score_every)
+    kept = every_kth(counted, every, held_out=False)
+    return SearchSplit(replace(run, calib_data=kept), every_kth(counted, every, held_out=True))
+
+
+def held_out_every(samples: int, score_every: int) -> int:
+    """Every how-many-th sample the search holds out: ``score_every``, or more often where that
+    would hold out fewer than the noise test can ever pass on (16 samples: every 2nd, 8 held
+    out, not 4). Trials calibrate on the rest; the chosen recipe calibrates again on them all."""
+    return max(2, min(score_every, samples // FEWEST_TESTABLE))
 
 
 @timed("search")

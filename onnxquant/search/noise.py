@@ -35,6 +35,9 @@ SIGNIFICANCE = 0.025
 # ``--metric`` has units of its own, so this does not apply to it.
 LARGE_DROP = 0.1
 MOST_OF_THE_DROP = 0.75
+# The fewest paired samples on which the test can pass at all: every sample better gives p 2^-n
+# (6 samples: 1/64). On 4 or 5 it could refuse every trial, however clear.
+FEWEST_TESTABLE = next(n for n in range(1, 64) if 0.5**n < SIGNIFICANCE)
 
 
 def pseudo_values(outputs: list[list[np.ndarray]], holdout: Holdout, drop: float,

@@ -128,6 +128,21 @@ def test_too_few_samples_skip_the_search_and_say_why():
     assert SEARCH_KEY not in _props(result.model)
 
 
+def test_few_samples_hold_out_enough_for_the_noise_test_to_pass():
+    """Every 4th of 16 samples would be 4 held out: on 4 the signed-rank test cannot reach its
+    level even when every sample is better (p 1/16), so no trial could ever be taken."""
+    from onnxquant.pipeline.search import held_out_every
+    from onnxquant.search.noise import FEWEST_TESTABLE, SIGNIFICANCE, signed_rank_p
+
+    assert signed_rank_p([1.0] * (FEWEST_TESTABLE - 1)) >= SIGNIFICANCE > signed_rank_p([1.0] * FEWEST_TESTABLE)
+    assert [held_out_every(n, 4) for n in (16, 20, 23, 24, 32, 100)] == [2, 3, 3, 4, 4, 4]
+    assert all(n // held_out_every(n, 4) >= FEWEST_TESTABLE for n in range(16, 200))
+    assert held_out_every(100, 10) == 10  # a user's rarer hold-out stays where it leaves enough
+    result = onnxquant.quantize(tiny_cnn(), image_samples(16))
+    assert (result.search["scored_samples"], result.search["calibration_samples"]) == (8, 8)
+    assert result.samples == 16  # the chosen recipe calibrates again on every sample
+
+
 def test_no_search_calibrates_on_every_sample():
     recipe = Recipe().with_overrides(search={"enabled": False})
     result = onnxquant.quantize(tiny_cnn(), image_samples(32), recipe)
