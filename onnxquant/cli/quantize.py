@@ -33,14 +33,20 @@ from onnxquant.recipe import (
 )
 
 
+def _size_change(compression: float) -> str:
+    """``3.79x smaller``, or, for a model that grew, ``3.56x larger`` (never "0.28x smaller")."""
+    return f"{compression:.2f}x smaller" if compression >= 1 else f"{1 / compression:.2f}x larger"
+
+
 def quantize_summary(result: dict[str, Any]) -> str:
     lines = [
         f"wrote {result['output']}",
         f"size: {size_text(result['size_before'])} -> {size_text(result['size_after'])} "
-        f"({result['compression']:.2f}x smaller)"
+        f"({_size_change(result['compression'])})"
         + (f"; {size_text(result['size_compressed'])} compressed" if result.get("size_compressed") else ""),
-        f"quantized: {result['quantized_node_count']} nodes ("
-        + ", ".join(f"{op} {n}" for op, n in result["quantized_nodes"].items()) + ")",
+        f"quantized: {result['quantized_node_count']} nodes"
+        + (" (" + ", ".join(f"{op} {n}" for op, n in result["quantized_nodes"].items()) + ")"
+           if result["quantized_nodes"] else ""),
     ]
     fusion = result.get("fusion")
     if fusion:
