@@ -100,6 +100,13 @@ def test_lstm_float_compute_keeps_int8_weights_and_is_closer_to_fp32():
                                                                          search={"enabled": False}))
     ops = [n.op_type for n in floated.model.graph.node]
     assert "LSTM" in ops and "DynamicQuantizeLSTM" not in ops
+    # one direction: Cast(int8) * scale, which onnxruntime folds into prepacked float weights at
+    # load (a DequantizeLinear would run every call and leave the LSTM unpacked weights)
+    uni = onnxquant.quantize(tiny_recurrent("LSTM", direction="forward", hidden=32), samples,
+                             Recipe().with_overrides(quantization={"recurrent_integer": False}, search={"enabled": False}))
+    lstm = next(n for n in uni.model.graph.node if n.op_type == "LSTM")
+    producers = {o: n.op_type for n in uni.model.graph.node for o in n.output}
+    assert producers[lstm.input[1]] == "Mul" and producers[lstm.input[2]] == "Mul"
     assert any("dequantized in front of float LSTM" in n for n in floated.notes)
     float_bytes = sum(t.ByteSize() for g in iter_graphs(floated.model.graph) for t in g.initializer
                       if t.data_type == onnx.TensorProto.FLOAT)
