@@ -8,6 +8,7 @@ import pytest
 import onnxquant
 from models.tiny_control_flow import recurrent_samples, tiny_recurrent
 from onnxquant import Recipe
+from onnxquant.fusion_check import optimized_graph
 from onnxquant.recipe import recipe_for_target
 from onnxquant.model_io import iter_graphs, tensor_array
 from onnxquant.passes.scopes import iter_scoped_nodes
@@ -107,6 +108,10 @@ def test_lstm_float_compute_keeps_int8_weights_and_is_closer_to_fp32():
     lstm = next(n for n in uni.model.graph.node if n.op_type == "LSTM")
     producers = {o: n.op_type for n in uni.model.graph.node for o in n.output}
     assert producers[lstm.input[1]] == "Mul" and producers[lstm.input[2]] == "Mul"
+    runtime = optimized_graph(uni.model).graph  # what onnxruntime runs: W and R are float initializers there
+    folded = {i.name for i in runtime.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    (runtime_lstm,) = [n for n in runtime.node if n.op_type == "LSTM"]
+    assert runtime_lstm.input[1] in folded and runtime_lstm.input[2] in folded
     assert any("dequantized in front of float LSTM" in n for n in floated.notes)
     float_bytes = sum(t.ByteSize() for g in iter_graphs(floated.model.graph) for t in g.initializer
                       if t.data_type == onnx.TensorProto.FLOAT)
