@@ -35,16 +35,21 @@ METRIC = {"efficientnet-lite0": metrics.classifier, "efficientnet-lite0-fp16": m
           "sklearn-mlp": metrics.probabilities, "sklearn-mlp-partly-int8": metrics.probabilities,
           "ppocr-cls": metrics.probabilities, "ppocr-cls-fp16": metrics.probabilities, "magika": metrics.probabilities,
           "ppocrv5-cls": metrics.probabilities, "mtcnn-onet": metrics.probabilities,
-          "ddddocr-det": metrics.character_boxes}
+          "ddddocr-det": metrics.character_boxes,
+          # captcha CRNN: CTC logits per time step (top-1: every step's argmax equal, so the same text)
+          "captcha-crnn": metrics.classifier, "speaker-encoder": metrics.embedding,
+          "sklearn-ensemble": metrics.probabilities, "sklearn-forest": metrics.probabilities}
 HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "efficientnet-lite0-fp16": ("top1_agreement", "kl"),
-            "minilm": ("cosine", "cosine_min"),
+            "minilm": ("cosine", "cosine_min"), "speaker-encoder": ("cosine", "cosine_min"),
+            "captcha-crnn": ("top1_agreement", "kl"),
             "ppocr-det": ("mask_iou", "mean_abs_error"), "ddddocr-det": ("f1", "matched_iou"),
             **{name: ("top1_agreement", "kl") for name in
                ("sklearn-mlp", "sklearn-mlp-partly-int8", "ppocr-cls", "ppocr-cls-fp16", "magika", "ppocrv5-cls",
-                "mtcnn-onet")}}
+                "mtcnn-onet", "sklearn-ensemble", "sklearn-forest")}}
 # The output compared with fp32 (default: the first); skl2onnx's first output is the int64 label.
 # MTCNN's O-Net: the face/no-face softmax (its other outputs are box and landmark offsets).
-OUTPUT = {"sklearn-mlp": "probabilities", "sklearn-mlp-partly-int8": "probabilities", "mtcnn-onet": "softmax_2"}
+OUTPUT = {"sklearn-mlp": "probabilities", "sklearn-mlp-partly-int8": "probabilities", "mtcnn-onet": "softmax_2",
+          "sklearn-ensemble": "probabilities", "sklearn-forest": "probabilities"}
 # Models measured in a full OCR pipeline too (benchmarks/page_cer.py): page CER with a real recogniser.
 PAGE_CER = {"ppocr-det"}
 # aimet and quark run from their own virtual environments (benchmarks/tool_venvs.py).

@@ -126,6 +126,24 @@ def _silero(part: str, rates: tuple[int, ...] = (16000, 8000)) -> list[dict[str,
     return silero_samples(part, rates=rates)
 
 
+def _captchas(part: str) -> list[dict[str, np.ndarray]]:
+    from calibration.captchas import captcha_samples
+
+    return captcha_samples(part)
+
+
+def _speaker(part: str) -> list[dict[str, np.ndarray]]:
+    from calibration.speaker import speaker_samples
+
+    return speaker_samples(part)
+
+
+def _breast_cancer(part: str) -> list[dict[str, np.ndarray]]:
+    from calibration.tabular import breast_cancer_samples
+
+    return breast_cancer_samples(part)
+
+
 SETS = {
     "efficientnet-lite0": efficientnet_samples,
     "minilm": minilm_samples,
@@ -145,4 +163,9 @@ SETS = {
     "ddddocr-det": _ddddocr_det,  # raw YOLOX heads (calibration/detection.py)
     "silero-vad": _silero,
     "silero-vad-16k": lambda part: _silero(part, rates=(16000,)),
+    # captchas (captcha package), espeak-ng speech as mel frames, breast-cancer rows
+    "captcha-crnn": _captchas,
+    "speaker-encoder": _speaker,
+    "sklearn-ensemble": _breast_cancer,
+    "sklearn-forest": _breast_cancer,
 }

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from models import (
+    captcha_crnn,
     ddddocr_det,
     ddddocr_rec,
     efficientnet_lite0,
@@ -15,8 +16,10 @@ from models import (
     ppocr_cls,
     ppocr_det,
     ppocrv5_cls,
+    resemblyzer_encoder,
     silero_vad,
     sklearn_mlp,
+    sklearn_tabular,
 )
 
 BUILDERS = {
@@ -41,6 +44,12 @@ BUILDERS = {
     "ddddocr-det": (ddddocr_det.build, "ddddocr_det.onnx"),
     "silero-vad": (silero_vad.build, "silero_vad.onnx"),  # the whole network inside If branches
     "silero-vad-16k": (silero_vad.build_16k_op15, "silero_vad_16k_op15.onnx"),  # Convs outside, LSTMs in If
+    # more classes: a captcha CRNN whose LSTM is unrolled into Gemms sharing weights, a speaker
+    # encoder (LSTM, PyTorch export), and tabular models whose trees have no integer form
+    "captcha-crnn": (captcha_crnn.build, "captcha_crnn.onnx"),
+    "speaker-encoder": (resemblyzer_encoder.build, "resemblyzer_speaker_encoder.onnx"),
+    "sklearn-ensemble": (sklearn_tabular.build_ensemble, "sklearn_trees_mlp_breast_cancer.onnx"),
+    "sklearn-forest": (sklearn_tabular.build_forest, "sklearn_forest_breast_cancer.onnx"),
 }
 
 

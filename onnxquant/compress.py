@@ -69,7 +69,7 @@ class ValidateSettings:
     default_budgets: bool = True  # false: only the budgets written here are checked
     output_kinds: dict[str, str] | None = None  # output name -> kind, as --output-kind
     metric: str | None = None  # "module:function", as --metric
-    ctc_blank: int = 0
+    ctc_blank: int | None = None  # None: detected per output
     detection_score: float = 0.25
     detection_nms_iou: float = 0.45
     detection_objectness: bool | None = None

@@ -33,6 +33,7 @@ class FloatWeighted:
     weight_bytes: int  # of the weights it is the first reader of
     in_subgraph: bool
     weights: tuple[onnx.TensorProto, ...] = ()  # every float weight it reads
+    in_attributes: bool = False  # its parameters are attributes (ai.onnx.ml: tree ensembles, SVMs...)
 
 def tensor_bytes(tensor: onnx.TensorProto) -> int:
     count = int(np.prod(tensor.dims)) if tensor.dims else 1
@@ -47,11 +48,37 @@ def is_float_weight(tensor: onnx.TensorProto) -> bool:
     return count >= MIN_WEIGHT_VALUES or sum(1 for d in tensor.dims if d > 1) >= 2
 
 
+# Domain of the classic-ML ops (skl2onnx, onnxmltools) that hold their parameters as attributes.
+ML_DOMAIN = "ai.onnx.ml"
+
+
+def attribute_parameter_bytes(node: onnx.NodeProto) -> int:
+    """Bytes of the float parameters an ai.onnx.ml node holds as attributes (a tree ensemble's
+    thresholds and leaf values, an SVM's support vectors): weights that no initializer shows."""
+    if node.domain != ML_DOMAIN:
+        return 0
+    total = 0
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.FLOATS:
+            total += 4 * len(attr.floats)
+        elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in FLOAT_TYPES:
+            total += tensor_bytes(attr.t)
+    return total
+
+
 def weight_bytes(model: onnx.ModelProto, stored_half: set[str] = frozenset()) -> int:  # type: ignore[assignment]
-    """Bytes of every initializer of the model, in every (sub)graph: the denominator of shares.
+    """Bytes of every initializer of the model, in every (sub)graph, and of the ai.onnx.ml nodes'
+    attribute parameters: the denominator of shares.
     ``stored_half``: float initializers the model file stores in fp16 (counted at 2 bytes a value)."""
     return sum(tensor_bytes(t) // (2 if t.name in stored_half and t.data_type == onnx.TensorProto.FLOAT else 1)
-               for t in _initializers(model.graph))
+               for t in _initializers(model.graph)) + sum(attribute_parameter_bytes(n) for n in _nodes(model.graph))
+
+
+def _nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for sub in _bodies(node):
+            yield from _nodes(sub)
 
 
 def _initializers(graph: onnx.GraphProto):
@@ -72,7 +99,8 @@ def _bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
 
 
 def float_weighted_nodes(model: onnx.ModelProto) -> list[FloatWeighted]:
-    """Every node that reads a float weight (its own graph's or an enclosing graph's), in graph order.
+    """Every node that reads a float weight (its own graph's or an enclosing graph's), or holds float
+    parameters as ai.onnx.ml attributes, in graph order.
 
     A weight read by several nodes counts once, for the first of them.
     """
@@ -84,7 +112,10 @@ def float_weighted_nodes(model: onnx.ModelProto) -> list[FloatWeighted]:
         for node in graph.node:
             if node.op_type == "Cast" and node.input and node.input[0] in scope:
                 scope[node.output[0]] = scope[node.input[0]]  # a weight stored fp16, read as fp32
-            if node.op_type not in _CARRIERS:
+            in_attributes = attribute_parameter_bytes(node)
+            if in_attributes:
+                found.append(FloatWeighted(node.name, node.op_type, in_attributes, nested, (), True))
+            elif node.op_type not in _CARRIERS:
                 weights = [scope[name] for name in dict.fromkeys(node.input) if name in scope
                            and is_float_weight(scope[name])]
                 fresh = [w for w in weights if id(w) not in counted]

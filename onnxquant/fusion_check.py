@@ -48,21 +48,22 @@ class FusionCheck:
                 "float_islands": list(self.float_islands), "round_trips": [list(r) for r in self.round_trips]}
 
 
-def quantized_weights(model: onnx.ModelProto) -> dict[str, str]:
-    """Quantized weight initializer -> the weighted layer (node name) it feeds through a DequantizeLinear."""
+def quantized_weights(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Quantized weight initializer -> the weighted layers (node names, graph order) that read it
+    through a DequantizeLinear: several where one stored weight serves many nodes (an unrolled RNN)."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     dq_source = {n.output[0]: n.input[0] for n in graph.node
                  if n.op_type == "DequantizeLinear" and n.input and n.input[0] in inits
                  and inits[n.input[0]].data_type in _INTEGER_TYPES}
-    layers: dict[str, str] = {}
+    layers: dict[str, list[str]] = {}
     for node in graph.node:
         if node.op_type in WEIGHTED_OPS and node.domain in ("", "ai.onnx") and len(node.input) > 1:
             source = dq_source.get(node.input[1])
             if source is not None:
-                layers.setdefault(source, node.name)
+                layers.setdefault(source, []).append(node.name)
         elif node.op_type == "QAttention" and len(node.input) > 1 and node.input[1] in inits:
-            layers.setdefault(node.input[1], node.name)  # an integer kernel as written (passes/qattention.py)
+            layers.setdefault(node.input[1], []).append(node.name)  # an integer kernel as written (passes/qattention.py)
     return layers
 
 
@@ -134,12 +135,17 @@ def check_fusion(model: onnx.ModelProto, payload: bytes | None = None, only: set
     ``payload``: ``model`` already serialized (spares one serialization). ``only``: the layers
     to count (those this run quantized; an input's own QDQ layers are not ours to re-plan).
     """
-    layers = {w: n for w, n in quantized_weights(model).items() if only is None or n in only}
+    layers = {w: [n for n in names if only is None or n in only] for w, names in quantized_weights(model).items()}
+    layers = {w: names for w, names in layers.items() if names}
     if not layers:
         return FusionCheck(0, 0)
     optimized = optimized_graph(payload if payload is not None else model)
     still_dequantized = {n.input[0] for n in optimized.graph.node if n.op_type == "DequantizeLinear" and n.input}
+    # A shared weight may be fused for some readers and not others: a reader is a float island
+    # when onnxruntime's graph still has it, by name, as a float weighted op.
+    float_ops = {n.name for n in optimized.graph.node if n.op_type in WEIGHTED_OPS and n.domain in ("", "ai.onnx")}
     order = {n.name: k for k, n in enumerate(model.graph.node)}
-    islands = sorted({layer for weight, layer in layers.items() if weight in still_dequantized}, key=order.get)
-    total = len(set(layers.values()))
+    islands = sorted({layer for weight, names in layers.items() if weight in still_dequantized for layer in names
+                      if len(names) == 1 or layer in float_ops}, key=order.get)
+    total = len({n for names in layers.values() for n in names})
     return FusionCheck(total, total - len(islands), islands, round_trips(optimized))

@@ -77,6 +77,11 @@ class QuantizationSettings:
     # to run slower as int8 than fp32 on its CPU kind; True: integer kernels always; False: float
     # compute always (CPU target).
     integer_compute: bool | None = None
+    # LSTMs on the CPU target: None/True (not stamped) onnxruntime's DynamicQuantizeLSTM, which
+    # quantizes the input and hidden state to uint8 at every time step (fast; the error compounds
+    # over long sequences); False: the int8 weights dequantized in front of a float LSTM (fp32's
+    # speed, int8's size). The recipe search tries False on models with LSTMs.
+    recurrent_integer: bool | None = None
 
     def __post_init__(self) -> None:
         if self.weight_bits not in (4, 8):

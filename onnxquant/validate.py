@@ -206,11 +206,12 @@ class OutputSettings:
 
     kinds: dict[str, str] = field(default_factory=dict)  # output name -> kind (else detected)
     detection: DetectionSettings = field(default_factory=DetectionSettings)
-    ctc_blank: int = 0
+    ctc_blank: int | None = None  # None: detected per output (agreement/sequence.py, detect_blank)
     metric: str | SampleMetric | None = None  # "module:function", or the function itself (Python)
 
     def __post_init__(self) -> None:
-        if isinstance(self.ctc_blank, bool) or not isinstance(self.ctc_blank, int) or self.ctc_blank < 0:
+        if self.ctc_blank is not None and (isinstance(self.ctc_blank, bool) or not isinstance(self.ctc_blank, int)
+                                           or self.ctc_blank < 0):
             raise UsageError(f"ctc blank must be a whole number at least 0, got {self.ctc_blank!r}")
         d = self.detection
         for name in ("score_threshold", "nms_iou", "match_iou"):

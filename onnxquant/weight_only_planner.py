@@ -77,7 +77,11 @@ RECURRENT_COMPUTE = {
 }
 
 
-def weight_only_notes(sel: Selection, target: str = "cpu") -> list[str]:
+# On the CPU with quantization.recurrent_integer = false.
+RECURRENT_FLOAT_COMPUTE = "int8 weights dequantized in front of float LSTM, GRU and RNN kernels"
+
+
+def weight_only_notes(sel: Selection, target: str = "cpu", recurrent_integer: bool | None = None) -> list[str]:
     """Summary lines: which layers have int8 weights but compute in float, and why."""
     recurrent = [sel.quantized[n] for n in sel.weight_only if sel.quantized[n] in RECURRENT_OPS]
     body = [n for n, w in sel.weight_only.items() if sel.quantized[n] not in RECURRENT_OPS and not w.fold]
@@ -85,7 +89,8 @@ def weight_only_notes(sel: Selection, target: str = "cpu") -> list[str]:
                   if reason.startswith(IN_BODY) and op in (*WEIGHTED_OPS, *RECURRENT_OPS)]
     notes = []
     if recurrent:
-        where = RECURRENT_COMPUTE.get(target, "a float kernel")
+        where = RECURRENT_FLOAT_COMPUTE if target == "cpu" and recurrent_integer is False \
+            else RECURRENT_COMPUTE.get(target, "a float kernel")
         notes.append(f"recurrent layers: {len(recurrent)} ({', '.join(sorted(set(recurrent)))}) with int8 weights "
                      f"({where})")
     if body:

@@ -16,7 +16,7 @@ from onnxquant.agreement.detection import DetectionAgreement, DetectionSettings,
 from onnxquant.agreement.heads import RawHeads, find_raw_heads
 from onnxquant.agreement.kinds import detect_kind, detection_pairs
 from onnxquant.agreement.labels import LabelAgreement
-from onnxquant.agreement.sequence import SequenceAgreement
+from onnxquant.agreement.sequence import SequenceAgreement, detect_blank
 from onnxquant.agreement.tensor import TensorAgreement
 
 # What a search's "drop" is 1 minus: cosine of float outputs; top1 of classifier scores; kind:
@@ -45,7 +45,7 @@ class OutputAgreement:
     """Running agreement of one output; its kind is detected from the first fp32 value unless given."""
 
     def __init__(self, name: str, kind: str | None = None, *, detection: DetectionSettings | None = None,
-                 ctc_blank: int = 0, boxes_of: str | None = None, scores_in: str | None = None,
+                 ctc_blank: int | None = None, boxes_of: str | None = None, scores_in: str | None = None,
                  heads: RawHeads | None = None, head_of: str | None = None) -> None:
         """``scores_in``: this output holds the boxes of a pair whose scores are that output;
         ``boxes_of``: this output holds the scores of the pair whose boxes are that output;
@@ -81,7 +81,8 @@ class OutputAgreement:
         elif self.kind == "detection" and not self.boxes_of and not self.head_of:  # decoded with another output
             self.detections = DetectionAgreement(self.detection_settings)
         elif self.kind == "sequence":
-            self.strings = SequenceAgreement(self.ctc_blank)
+            blank = self.ctc_blank if self.ctc_blank is not None else detect_blank(reference)
+            self.strings = SequenceAgreement(blank)
 
     def add(self, reference: Any, compressed: Any, scores: tuple[Any, Any] | None = None,
             outputs: tuple[dict[str, Any], dict[str, Any]] | None = None,

@@ -46,6 +46,14 @@ def edit_distance(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     return previous[-1]
 
 
+def detect_blank(scores: np.ndarray) -> int:
+    """The CTC blank of per-step scores: the first or the last symbol, whichever is the best one at
+    more steps (PaddleOCR and ddddocr put it first, many PyTorch CRNNs last); the first on a tie."""
+    best = batch_major(scores).reshape(-1, scores.shape[-1]).argmax(axis=-1)
+    last = scores.shape[-1] - 1
+    return last if np.sum(best == last) > np.sum(best == 0) else 0
+
+
 @dataclass
 class SequenceAgreement:
     """Running exact-string agreement and character error rate of int8 strings against fp32."""

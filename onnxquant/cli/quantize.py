@@ -33,14 +33,20 @@ from onnxquant.recipe import (
 )
 
 
+def _size_change(compression: float) -> str:
+    """``3.79x smaller``, or, for a model that grew, ``3.56x larger`` (never "0.28x smaller")."""
+    return f"{compression:.2f}x smaller" if compression >= 1 else f"{1 / compression:.2f}x larger"
+
+
 def quantize_summary(result: dict[str, Any]) -> str:
     lines = [
         f"wrote {result['output']}",
         f"size: {size_text(result['size_before'])} -> {size_text(result['size_after'])} "
-        f"({result['compression']:.2f}x smaller)"
+        f"({_size_change(result['compression'])})"
         + (f"; {size_text(result['size_compressed'])} compressed" if result.get("size_compressed") else ""),
-        f"quantized: {result['quantized_node_count']} nodes ("
-        + ", ".join(f"{op} {n}" for op, n in result["quantized_nodes"].items()) + ")",
+        f"quantized: {result['quantized_node_count']} nodes"
+        + (" (" + ", ".join(f"{op} {n}" for op, n in result["quantized_nodes"].items()) + ")"
+           if result["quantized_nodes"] else ""),
     ]
     fusion = result.get("fusion")
     if fusion:
@@ -100,6 +106,9 @@ RENAMED = {"--int4-min-sqnr": "--int4-min-sqnr-db", "--symmetric-activations": "
 @click.option("--integer-compute/--float-compute", "integer_compute", default=None, help="Integer kernels even where "
               "they are estimated slower than fp32 on this CPU kind / int8 weights computed in float always "
               "(default: float compute only where integer is estimated slower; see README).")
+@click.option("--recurrent-integer/--recurrent-float", "recurrent_integer", default=None, help="LSTMs as onnxruntime's "
+              "DynamicQuantizeLSTM (int8 activations every time step) / int8 weights dequantized in front of a float "
+              "LSTM, fp32's speed and closer to it (default: integer, and the recipe search tries float).")
 @click.option("--include", multiple=True, help="Only quantize matching nodes: NAME, op:TYPE or re:REGEX. Repeatable.")
 @click.option("--exclude", multiple=True, help="Keep matching nodes float: NAME, op:TYPE or re:REGEX. Repeatable.")
 @image_options
@@ -134,7 +143,7 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
              percentile: float | None, max_samples: int | None, activation_type: str | None,
              activation_symmetric: bool | None, weight_type: str | None, per_channel: bool | None,
              reduce_range: bool | None, pair_limited_weights: bool | None, quantize_bias: bool | None,
-             op_types: str | None, fuse_transformer: bool | None, integer_compute: bool | None, include: tuple[str, ...],
+             op_types: str | None, fuse_transformer: bool | None, integer_compute: bool | None, recurrent_integer: bool | None, include: tuple[str, ...],
              exclude: tuple[str, ...], no_simplify: bool, save_stats: Path | None, load_stats: Path | None, as_json: bool, quiet: bool,
              debug: bool, max_drop: float | None, holdout: Path | None, drop_by: str, weight_bits: str | None,
              int4_block_size: int | None, int4_min_sqnr_db: float | None, threads: int | None, max_memory: str | None,
@@ -152,7 +161,7 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
             "pair_limited_weights": pair_limited_weights,
             "quantize_bias": quantize_bias, "weight_bits": int(weight_bits) if weight_bits else None,
             "int4_block_size": int4_block_size, "int4_min_sqnr_db": int4_min_sqnr_db, "fuse_transformer": fuse_transformer,
-            "integer_compute": integer_compute,
+            "integer_compute": integer_compute, "recurrent_integer": recurrent_integer,
             "op_types": tuple(t.strip() for t in op_types.split(",") if t.strip()) if op_types else None,
         },
         nodes={"include": include or None, "exclude": exclude or None},

@@ -129,7 +129,8 @@ def _detection_objectness(value: str) -> bool | None:
                    "(default: detected from its type and shape); repeatable.")
 @click.option("--metric", help="Your score of one sample's outputs, MODULE:FUNCTION (or FILE.py:FUNCTION); "
                                "its mean drop from fp32 is budgeted.")
-@click.option("--ctc-blank", type=int, default=0, show_default=True, help="Sequence outputs: index of the CTC blank.")
+@click.option("--ctc-blank", type=int, default=None,
+              help="Sequence outputs: index of the CTC blank (default: the first or last symbol, whichever is the best one at more steps of the fp32 output).")
 @click.option("--detection-score", type=float, default=0.25, show_default=True,
               help="Detection outputs: score a detection needs.")
 @click.option("--detection-nms-iou", type=float, default=0.45, show_default=True,
@@ -142,7 +143,7 @@ def _detection_objectness(value: str) -> bool | None:
 @image_options
 @output_options("Print the report as JSON.", "No progress bar and no report (the exit code tells).")
 def validate(original: Path, compressed: Path, holdout: Path, eps: tuple[str, ...], require_on_ep: bool,
-             default_budgets: bool, output_kinds: tuple[str, ...], metric: str | None, ctc_blank: int,
+             default_budgets: bool, output_kinds: tuple[str, ...], metric: str | None, ctc_blank: int | None,
              detection_score: float, detection_nms_iou: float, detection_objectness: str,
              max_samples: int | None, latency_runs: int, threads: int | None, as_json: bool, quiet: bool,
              debug: bool, **options: Any) -> None:

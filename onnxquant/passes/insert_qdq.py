@@ -61,6 +61,12 @@ def _axis_attr(params: QParams) -> dict[str, int]:
 _IMPLIED_ZERO_POINT_OPS = {"Conv", "MatMul"}
 
 
+def _stored_weight_key(tensor: str, integers: np.ndarray, params: QParams, implied_zero: bool) -> tuple:
+    """What a stored weight is: two readers of one weight with equal keys share its initializers."""
+    return (tensor, integers.dtype.str, integers.shape, integers.tobytes(), params.dtype, params.axis,
+            np.asarray(params.scale, np.float32).tobytes(), np.asarray(params.zero_point).tobytes(), implied_zero)
+
+
 def _zero_point_implied(params: QParams, op_type: str) -> bool:
     """A signed weight whose zero points are all 0 (symmetric int8) needs no zero-point input."""
     return (op_type in _IMPLIED_ZERO_POINT_OPS and params.dtype == "int8"
@@ -111,19 +117,29 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, opset: int, inplace: boo
 
     weight_dq: dict[tuple[str, str], str] = {}
     inits = {i.name: i for i in graph.initializer}
-    readers = Counter(tensor for _, tensor in plan.weights)  # a weight shared by nodes gets one copy each
+    readers = Counter(tensor for _, tensor in plan.weights)
+    # A weight several nodes read (an RNN unrolled over time steps: one matrix, 20 Gemms) is
+    # stored once when its integers and parameters come out the same for each reader; each
+    # reader keeps its own DequantizeLinear (its own node unit for onnxruntime's fusions).
+    stored_once: dict[tuple, list[str]] = {}
     for (node_name, tensor), params in sorted(plan.weights.items()):
         value = tensor_array(inits[tensor])
         base = f"{tensor}_{node_name}" if readers[tensor] > 1 else tensor
-        q_init = numpy_helper.from_array(plan.quantized_weight((node_name, tensor), value), names.fresh(f"{base}_quantized"))
-        scale, zero = _params_initializers(names, base, params)
+        integers = plan.quantized_weight((node_name, tensor), value)
         # A zero point of 0 is DequantizeLinear's default: an int32 bias's (per-channel, it would
         # take as many bytes as the bias itself) and a symmetric int8 weight's are not stored.
-        if params.dtype == "int32" or _zero_point_implied(params, sel.quantized.get(node_name, "")):
-            dq_inputs, stored = [q_init.name, scale.name], [q_init, scale]
+        implied_zero = params.dtype == "int32" or _zero_point_implied(params, sel.quantized.get(node_name, ""))
+        key = _stored_weight_key(tensor, integers, params, implied_zero) if readers[tensor] > 1 else None
+        if key is not None and key in stored_once:
+            dq_inputs = stored_once[key]
         else:
-            dq_inputs, stored = [q_init.name, scale.name, zero.name], [q_init, scale, zero]
-        new_inits += stored
+            q_init = numpy_helper.from_array(integers, names.fresh(f"{base}_quantized"))
+            scale, zero = _params_initializers(names, base, params)
+            stored = [q_init, scale] if implied_zero else [q_init, scale, zero]
+            dq_inputs = [t.name for t in stored]
+            new_inits += stored
+            if key is not None:
+                stored_once[key] = dq_inputs
         dq_out = names.fresh(f"{base}_dequantized")
         head.append(helper.make_node("DequantizeLinear", dq_inputs, [dq_out],
                                      name=names.fresh(f"{base}_DequantizeLinear"),

@@ -17,6 +17,9 @@ from onnxquant.planner import ALREADY_QUANTIZED, NOT_FLOAT, Selection
 from onnxquant.results import FloatNode
 
 # Float nodes worth telling the user about: compute-heavy ops that stayed float.
+# Why a classic-ML op (tree ensemble, SVM, linear model, scaler) stays float.
+_ATTRIBUTE_PARAMETERS = "ai.onnx.ml op: its parameters are float attributes, and ONNX has no integer form of it"
+
 _INTERESTING = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat", "GlobalAveragePool",
                 "AveragePool", "MaxPool", "Sigmoid", "LeakyRelu", "Resize", "Relu", "Clip", *RECURRENT_OPS}
 
@@ -68,14 +71,23 @@ def _float_report(quantized: onnx.ModelProto, sel: Selection, total_bytes: int) 
         w = weighted.pop(name, None)
         if w is not None or (op in _INTERESTING and reason != NOT_FLOAT) or "excluded" in reason or "include" in reason:
             size = w.weight_bytes if w is not None else 0
+            reason = _ATTRIBUTE_PARAMETERS if w is not None and w.in_attributes else reason
             floats.append(FloatNode(name, op, reason, size, size / total_bytes if total_bytes else 0.0))
     for w in weighted.values():  # not planned at all: inside If/Loop/Scan bodies, or a quantized node's extra input
         if w.node in sel.quantized or not w.weight_bytes:
             continue
-        reason = "inside an If/Loop/Scan body (subgraphs are not quantized)" if w.in_subgraph else "op type not quantized"
+        if w.in_attributes:
+            reason = _ATTRIBUTE_PARAMETERS
+        elif w.in_subgraph:
+            reason = "inside an If/Loop/Scan body (subgraphs are not quantized)"
+        else:
+            reason = "op type not quantized"
         floats.append(FloatNode(w.node, w.op_type, reason, w.weight_bytes, w.weight_bytes / total_bytes if total_bytes else 0.0))
     share = sum(n.share for n in floats)
     warnings = []
+    if not sel.quantized:
+        warnings.append("nothing was quantized: the written model computes as the input did, in float, and is "
+                        "no smaller (see 'left float' for why)")
     if share > WARN_FLOAT_SHARE:
         top = sorted({n.op_type for n in floats if n.share}, key=lambda op: -sum(n.share for n in floats if n.op_type == op))
         warnings.append(f"{share:.0%} of the weight bytes stay float ({', '.join(top[:4])}): see 'left float'")

@@ -62,7 +62,8 @@ def float_compute(state: State, float_model: Callable[[], State]) -> State:
     sel = _float_compute_selection(model, prepared, per_channel)
     select_weight_only(model, recipe, sel, per_channel)  # recurrent layers and If/Loop/Scan bodies, as ever
     q = recipe.quantization
-    quantize_weights_only(model, sel.weight_only, q.weight_type, default_opset(model), dynamic_lstm=True,
+    quantize_weights_only(model, sel.weight_only, q.weight_type, default_opset(model),
+                          dynamic_lstm=q.recurrent_integer is not False, fold_recurrent=q.recurrent_integer is False,
                           reduce_range=q.reduce_range)
     done = FloatCompute(sum(w.fold for w in sel.weight_only.values()), found if setting is None else None)
     return replace(state, model=model, selection=sel, preparation=prepared.preparation, pruning=prepared.pruning,

@@ -24,7 +24,9 @@ def rewrite(state: State) -> State:
     # On the CPU, onnxruntime's DynamicQuantizeLSTM multiplies the int8 weights directly; the
     # other targets get a DequantizeLinear in front of a standard LSTM.
     quantize_weights_only(quantized, sel.weight_only, q.weight_type, default_opset(quantized),
-                          dynamic_lstm=recipe.target == "cpu", reduce_range=q.reduce_range)
+                          dynamic_lstm=recipe.target == "cpu" and q.recurrent_integer is not False,
+                          reduce_range=q.reduce_range,
+                          fold_recurrent=recipe.target == "cpu" and q.recurrent_integer is False)
     notes = []
     if state.int4:
         replaced = to_matmul_nbits(quantized, set(state.int4), q.int4_block_size)

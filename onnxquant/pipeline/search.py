@@ -187,6 +187,9 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
     for candidate in rounds.bias_correction(best_recipe):
         take(candidate, best_recipe)
     int8_best = best
+    # slower than DynamicQuantizeLSTM: chosen only for a clear share of the drop, as float layers
+    for candidate in rounds.recurrent_float(best_recipe, _has_lstm(base)):
+        take(candidate, best_recipe, FLOAT_LAYERS_MIN_GAIN)
     weighted = _weighted(base)
     allowed = min(MAX_FLOAT_LAYERS, int(MAX_FLOAT_SHARE * len(weighted)))
     sizes = _weight_bytes(base)
@@ -339,6 +342,12 @@ def _verdict(result: TrialResult, best: TrialResult | None, at_most: float | Non
     if not own_metric and gain.removes_most_of_a_large(best.drop):
         return f"{CHOSEN} over {best.name}: removes {gain.gain / best.drop:.0%} of a drop of {best.drop:.3g} ({gain})"
     return f"gain over {best.name} within noise ({gain})"
+
+
+def _has_lstm(state: State) -> bool:
+    """Whether the plan gives int8 weights to an LSTM (DynamicQuantizeLSTM on the CPU target)."""
+    sel = state.selection
+    return any(sel.quantized.get(name) == "LSTM" for name in sel.weight_only)
 
 
 def _weighted(state: State) -> set[str]:

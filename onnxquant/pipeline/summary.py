@@ -26,7 +26,7 @@ def quantize_result(state: State, clock: StageClock, diagnostics: State | None =
         stages=clock.breakdown(),
         recipe=state.recipe,
         notes=[*_cpu_note(state), *state.notes, *_preparation_notes(state.preparation),
-               *weight_only_notes(sel, state.recipe.target)],
+               *weight_only_notes(sel, state.recipe.target, state.recipe.quantization.recurrent_integer)],
         mixed_precision=state.mixed.to_dict() if state.mixed is not None else None,
         search=state.search.to_dict() if state.search is not None else None,
         size_compressed=saved.deflated,

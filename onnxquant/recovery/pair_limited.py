@@ -115,6 +115,8 @@ def limit_pairs(model: onnx.ModelProto, plan: QuantPlan, skip: set[str] = frozen
     inits = {i.name: i for i in model.graph.initializer}
     bias_of = {(node, weight): bias for (node, bias), weight in sel.biases.items()}
     changed = []
+    # One weight read by many layers (an RNN unrolled over time steps) gets its integers once.
+    made: dict[tuple, np.ndarray] = {}
     for (name, weight), (_, axis, reduce) in sorted(sel.weights.items()):
         params = plan.weights.get((name, weight))
         node = nodes.get(name)
@@ -132,7 +134,10 @@ def limit_pairs(model: onnx.ModelProto, plan: QuantPlan, skip: set[str] = frozen
         if bias is not None:  # (may raise the scale of a near-zero channel so that its bias fits int32)
             refresh_bias_params(model, plan, name, bias, x=node.input[0])
         final = plan.weights[(name, weight)].scale
-        q = limited_weight(channels_first / final.astype(np.float64).reshape(-1, *([1] * (value.ndim - 1))), orders)
-        plan.integers[(name, weight)] = (np.ascontiguousarray(np.moveaxis(q.astype(np.int8), 0, axis)), final.copy())
+        key = (weight, axis, orders, np.asarray(final).tobytes())
+        if key not in made:
+            q = limited_weight(channels_first / final.astype(np.float64).reshape(-1, *([1] * (value.ndim - 1))), orders)
+            made[key] = np.ascontiguousarray(np.moveaxis(q.astype(np.int8), 0, axis))
+        plan.integers[(name, weight)] = (made[key], final.copy())
         changed.append(name)
     return changed

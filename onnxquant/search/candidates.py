@@ -96,6 +96,14 @@ class Rounds:
             return []  # the user's choice
         return [change("bias correction " + ("off" if on else "on"), "recovery", bias_correction=not on)]
 
+    def recurrent_float(self, best: Recipe, has_lstm: bool) -> list[Candidate]:
+        """LSTMs computed in float from their int8 weights, for a CPU recipe that left them to
+        DynamicQuantizeLSTM: its per-step uint8 activations compound over long sequences
+        (Resemblyzer's speaker encoder, 160 steps: embedding cosine 0.81 against 0.99)."""
+        if not has_lstm or best.target != "cpu" or best.quantization.recurrent_integer is not None:
+            return []  # no LSTM, another target, or the user's choice
+        return [change("LSTMs in float from int8 weights (fp32 speed)", "quantization", recurrent_integer=False)]
+
     def smoothquant_alphas(self, best: Recipe) -> list[Candidate]:
         """Other SmoothQuant strengths, for a recipe that smooths with the default one."""
         own = best.recovery

@@ -73,3 +73,22 @@ def test_a_detectors_sigmoid_class_scores_are_not_sequences():
     a = OutputAgreement("transpose_2.tmp_0")
     a.add(scores, scores)
     assert a.kind == "regression"
+
+
+def test_a_blank_at_the_last_index_is_detected_and_decoded_as_blank():
+    """A PyTorch CRNN with its blank last (captcha-whisperer: 37 symbols, blank 36): read with
+    blank 0, every blank step would be a symbol and the strings meaningless."""
+    blank = 36
+    steps = [blank, 3, 3, blank, blank, 12, blank, 20, 20, blank, blank, blank]
+    ref = _time_major_logits(steps, symbols=37)
+    lost = ref.copy()
+    lost[5, 0, 12] -= 20.0  # the 12 is no longer read
+    a = OutputAgreement("logits")
+    a.add(ref, lost)
+    m = a.metrics()
+    assert a.kind == "sequence" and m["blank"] == blank
+    assert ctc_greedy(ref, blank=m["blank"]) == [(3, 12, 20)]
+    assert m["cer"] == pytest.approx(1 / 3)
+    given = OutputAgreement("logits", ctc_blank=0)  # the user's --ctc-blank still wins
+    given.add(ref, lost)
+    assert given.metrics()["blank"] == 0

@@ -104,3 +104,45 @@ def test_per_tensor_weights_get_one_bias_scale():
     next(n for n in repeated.graph.node if n.name == bias_dq.name).attribute.append(helper.make_attribute("axis", 0))
     feed = _samples(1)[0]
     np.testing.assert_array_equal(_run(model, feed), _run(repeated, feed))
+
+
+def _unrolled_rnn(steps: int = 6, width: int = 32, hidden: int = 24) -> onnx.ModelProto:
+    """An RNN cell traced step by step (what a PyTorch export of a Python loop over an LSTMCell
+    writes): every step's two Gemms read the same two weight matrices."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (hidden, width)).astype(np.float32), "w_in"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (hidden, hidden)).astype(np.float32), "w_rec"),
+             numpy_helper.from_array(rng.normal(0, 0.1, hidden).astype(np.float32), "b_in"),
+             numpy_helper.from_array(np.zeros((1, hidden), np.float32), "h_start"),
+             numpy_helper.from_array(np.ones(1, np.int64), "one")]
+    nodes = [helper.make_node("Split", ["x"], [f"x{t}_" for t in range(steps)], axis=1, num_outputs=steps, name="split")]
+    h = "h_start"
+    for t in range(steps):
+        nodes += [
+            helper.make_node("Squeeze", [f"x{t}_", "one"], [f"x{t}"], name=f"squeeze{t}"),
+            helper.make_node("Gemm", [f"x{t}", "w_in", "b_in"], [f"a{t}"], transB=1, name=f"gemm_in{t}"),
+            helper.make_node("Gemm", [h, "w_rec"], [f"r{t}"], transB=1, name=f"gemm_rec{t}"),
+            helper.make_node("Add", [f"a{t}", f"r{t}"], [f"s{t}"], name=f"add{t}"),
+            helper.make_node("Relu", [f"s{t}"], [f"h{t}"], name=f"relu{t}"),
+        ]
+        h = f"h{t}"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, steps, width])],
+                              [helper.make_tensor_value_info(h, TensorProto.FLOAT, [1, hidden])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_a_weight_read_by_every_time_step_is_stored_once():
+    """An unrolled RNN's Gemms read 2 matrices: the int8 model stores 2 (not one copy per Gemm, which
+    made captcha-whisperer's CRNN 3.6x *larger* than fp32), and every Gemm still fuses."""
+    model = _unrolled_rnn()
+    rng = np.random.default_rng(4)
+    samples = [{"x": rng.normal(0, 1, (1, 6, 32)).astype(np.float32)} for _ in range(16)]
+    result = onnxquant.quantize(model, samples)
+    int8_matrices = sorted(tuple(i.dims) for i in result.model.graph.initializer
+                           if i.data_type in (TensorProto.INT8, TensorProto.UINT8) and len(i.dims) == 2)
+    assert int8_matrices == [(24, 24), (24, 32)]
+    check = check_fusion(result.model)
+    gemms = sum(n.op_type == "Gemm" for n in result.model.graph.node)  # the first step's h0 Gemm folds away
+    assert gemms >= 11 and (check.quantized_layers, check.integer_layers) == (gemms, gemms)
+    ref, got = _run(model, samples[0]), _run(result.model, samples[0])
+    assert np.dot(ref.ravel(), got.ravel()) / (np.linalg.norm(ref) * np.linalg.norm(got)) > 0.99

@@ -29,3 +29,15 @@ def test_edge_layers_walk_from_the_inputs_one_weighted_layer_further():
     # never past another weighted layer (pwconv comes after dwconv)
     assert following == ("dwconv", "fc")
     assert "pwconv" not in following
+
+
+def test_lstm_models_get_a_float_compute_candidate_on_the_cpu_only():
+    rounds = Rounds(Recipe())
+    (candidate,) = rounds.recurrent_float(Recipe(), has_lstm=True)
+    assert candidate.apply(Recipe()).quantization.recurrent_integer is False
+    assert rounds.recurrent_float(Recipe(), has_lstm=False) == []
+    # the user's own choice, and NPU targets (no DynamicQuantizeLSTM there), are left alone
+    chosen = Recipe().with_overrides(quantization={"recurrent_integer": True})
+    assert rounds.recurrent_float(chosen, has_lstm=True) == []
+    from onnxquant.recipe import recipe_for_target
+    assert Rounds(recipe_for_target("qnn")).recurrent_float(recipe_for_target("qnn"), has_lstm=True) == []
