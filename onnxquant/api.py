@@ -100,15 +100,21 @@ def quantize(
         # Where integer kernels would be slower than fp32, float compute on int8 weights, decided
         # before any search: the float-compute model is built from the input again.
         decided = float_compute(calibrated, lambda: _pruned(model, recipe, run, integer_kernels=False))
+        conv_estimate = decided.conv_estimate
         if decided.float_compute is not None:
             state = decided
         elif split.searching:
-            state = search(calibrated, split, run, diagnostics, lambda: _pruned(model, recipe, run))
+            # handed over: without diagnostics, the search holds the only reference to the calibrated model
+            handed = [calibrated]
+            kept = calibrated if diagnostics else None
+            del calibrated, pruned, decided, state
+            state = search(handed, split, run, diagnostics, lambda: _pruned(model, recipe, run))
+            calibrated = kept
         elif max_drop is None:
             state = without_islands(calibrated, run, keep_calibrated=diagnostics)
         else:
             state = mixed_precision(calibrated, run, max_drop)
-        state = save(compact(check(split.told(replace(state, conv_estimate=decided.conv_estimate)))), output)
+        state = save(compact(check(split.told(replace(state, conv_estimate=conv_estimate)))), output)
         if save_stats_to is not None and stats is None:  # last: a failure before leaves no statistics file
             save_stats(state.stats, save_stats_to)
         return quantize_result(state, clock, calibrated if diagnostics else None)

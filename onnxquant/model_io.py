@@ -320,6 +320,15 @@ def uncached_key() -> str:
     return f"unhashed:{uuid.uuid4().hex}"
 
 
+def repacked(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` holding only what it still holds. A protobuf keeps the memory of every
+    field removed from it until the whole message is dropped: a model rewritten in place (its
+    float weights replaced by int8 ones) still holds the float weights' bytes."""
+    fresh = onnx.ModelProto()
+    fresh.CopyFrom(model)
+    return fresh
+
+
 def _external_info(tensor: onnx.TensorProto) -> dict[str, str]:
     return {entry.key: entry.value for entry in tensor.external_data}
 

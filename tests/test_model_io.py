@@ -282,3 +282,22 @@ def test_model_digest_keys_the_model_and_refuses_what_cannot_be_serialized(monke
     monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 16)  # as if the model were over 2 GB
     assert model_io.model_digest(a) is None
     assert model_io.uncached_key() != model_io.uncached_key()
+
+
+def test_repacked_is_a_new_message_with_the_same_bytes():
+    """A model rewritten in place is repacked into a new message (the old one's removed fields
+    are let go with it); nothing it still holds is lost or reordered."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxquant.model_io import repacked, serialize
+
+    weight = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.graph.initializer.add().CopyFrom(numpy_helper.from_array(np.ones(5, np.float32), "dropped"))
+    del model.graph.initializer[1:]  # removed in place, as a rewrite removes the float weights
+    fresh = repacked(model)
+    assert fresh is not model and serialize(fresh) == serialize(model)
+    assert [i.name for i in fresh.graph.initializer] == ["w"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
+from onnxquant.model_io import repacked
 from onnxquant.pipeline.plan import plan
 from onnxquant.pipeline.recover import recover
 from onnxquant.pipeline.rewrite import rewrite
@@ -20,4 +21,8 @@ def build(calibrated: State, run: RunData, *, excluded: Iterable[str] = (), int4
     state = plan(replace(calibrated, excluded=tuple(excluded), int4=frozenset(int4)), run, inplace)
     if recovery:
         state = recover(state, run)
-    return rewrite(state)
+    built = rewrite(state)
+    del state
+    # the planned copy is this build's own: the float weights it dropped are given back (the
+    # calibrated model of an in-place build stays with whoever holds it)
+    return built if inplace else replace(built, model=repacked(built.model))

@@ -117,12 +117,16 @@ def held_out_every(samples: int, score_every: int) -> int:
 
 
 @timed("search")
-def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated: bool = False,
+def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrated: bool = False,
            float_model: Callable[[], State] | None = None) -> State:
     """The model for the best recipe found, with the search's report in the state.
 
+    ``handed``: the calibrated state, in a list the search empties, so that it alone holds the
+    calibrated model and lets it go before the refit builds the chosen recipe from a new one
+    (all-MiniLM-L6-v2: a float model's worth less at the run's peak).
     ``float_model``: the float model before smoothing, made again (smoothing rewrites the model in
     place); without it, no trial changes SmoothQuant's alpha."""
+    calibrated = handed.pop()
     started = time.perf_counter()
     settings = calibrated.recipe.search
     crun = split.run
@@ -228,6 +232,11 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
     given = calibrated.recipe.nodes
     report.kept_float = [name for name in best_recipe.nodes.exclude if name not in given.exclude]
     report.uint8_weights = [name for name in best_recipe.nodes.uint8_weights if name not in given.uint8_weights]
+    if float_model is not None:  # the refit starts from a new float model: the calibrated one is let go
+        del calibrated, held
+        base = None
+        results.clear()
+        digested.clear()
     refit = _refit(best_recipe, run, float_model)
     chosen = replace(refit if refit is not None else base, recipe=best_recipe)
     state = without_islands(chosen, run if refit is not None else crun, keep_calibrated=keep_calibrated)

@@ -21,6 +21,9 @@ as closely as with 7-bit weights, against 13x further apart with plain 8-bit one
 """
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
 import numpy as np
 import onnx
 
@@ -89,6 +92,29 @@ def pair_limited_scales(weight: np.ndarray, orders: tuple[tuple[int, ...], ...] 
     return best_scale
 
 
+# Scales chosen before, by the weight's bytes and the orders: the recipe search's trials plan
+# from one calibrated model, and its weights and their scales are the same in every trial that
+# changes only activation ranges (EfficientNet-Lite0: the choice took a fifth of each trial).
+_CHOSEN_SCALES: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_CHOSEN_SCALES_MAX = 4096  # entries, each one float per output channel
+
+
+def chosen_scales(weight: np.ndarray, orders: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    """``pair_limited_scales``, computed once for the same weight bytes and orders (a copy: the
+    caller may change it)."""
+    # (keyed by the values; computed on the array as given: its layout decides numpy's summation order)
+    key = (hashlib.sha256(np.ascontiguousarray(weight).tobytes()).hexdigest(), weight.dtype.str, weight.shape,
+           weight.strides, orders)
+    found = _CHOSEN_SCALES.get(key)
+    if found is None:
+        found = _CHOSEN_SCALES[key] = pair_limited_scales(weight, orders)
+        if len(_CHOSEN_SCALES) > _CHOSEN_SCALES_MAX:
+            _CHOSEN_SCALES.popitem(last=False)
+    else:
+        _CHOSEN_SCALES.move_to_end(key)
+    return found.copy()
+
+
 def _orders(node: onnx.NodeProto, shape: tuple[int, ...], axis: int | None) -> tuple[tuple[int, ...], ...]:
     """The orders of K (over the weight's axes after the output channel) the kernel may pair in;
     none when this layer is not limited."""
@@ -128,7 +154,7 @@ def limit_pairs(model: onnx.ModelProto, plan: QuantPlan, skip: set[str] = frozen
         if not orders:
             continue
         channels_first = np.moveaxis(value, axis, 0).astype(np.float64)
-        scale = pair_limited_scales(channels_first, orders)
+        scale = chosen_scales(channels_first, orders)
         plan.weights[(name, weight)] = QParams(scale, np.zeros(scale.shape, np.int8), "int8", axis)
         bias = bias_of.get((name, weight))
         if bias is not None:  # (may raise the scale of a near-zero channel so that its bias fits int32)

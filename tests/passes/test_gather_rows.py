@@ -76,3 +76,23 @@ def test_npu_targets_keep_one_scale_per_table():
     model, _ = _embedding()
     result = onnxquant.quantize(model, _ids(16, 1), recipe_for_target("qnn").with_overrides(search={"enabled": False}))
     assert "GatherBlockQuantized" not in [n.op_type for n in result.model.graph.node]
+
+
+def test_rows_quantized_a_block_at_a_time_are_the_whole_tables_rows(monkeypatch):
+    """Blocks of rows (memory) give the bytes of the whole table at once: each row is its own."""
+    import onnxquant.passes.gather_rows as gather_rows
+
+    rng = np.random.default_rng(1)
+    table = (rng.normal(size=(37, 9)) * np.logspace(-3, 1, 37)[:, None]).astype(np.float32)
+    table[5] = 0.0  # an all-zero row keeps scale 1
+    monkeypatch.setattr(gather_rows, "ROWS_AT_A_TIME", 4)  # 10 blocks, the last partial
+    q, scale = quantize_rows(table)
+    monkeypatch.setattr(gather_rows, "ROWS_AT_A_TIME", len(table))
+    q_whole, scale_whole = quantize_rows(table)
+    assert q.dtype == np.uint8 and scale.dtype == np.float32 and scale.shape == (37, 1)
+    assert q.tobytes() == q_whole.tobytes() and scale.tobytes() == scale_whole.tobytes()
+    wide = table.astype(np.float64)  # the definition, on the whole table at once
+    expected_scale = np.where(np.abs(wide).max(1, keepdims=True) > 0, np.abs(wide).max(1, keepdims=True) / 127.0,
+                              1.0).astype(np.float32)
+    expected = (np.clip(np.rint(wide / expected_scale.astype(np.float64)), -127, 127) + 128).astype(np.uint8)
+    assert scale.tobytes() == expected_scale.tobytes() and q.tobytes() == expected.tobytes()

@@ -182,3 +182,32 @@ def test_chosen_integers_follow_a_scale_raised_later():
     moved = plan.quantized_weight(key, value)
     assert np.array_equal(moved[0], ints[0])  # the channel whose scale stayed
     assert np.array_equal(moved[1], np.rint(ints[1].astype(float) / 4).astype(np.int8))
+
+
+def test_chosen_scales_are_computed_once_per_weight_and_handed_out_as_copies():
+    """The search's trials plan from one calibrated model: the same weight's scales are chosen
+    once; a caller changing its scales (a raised bias scale) does not change the remembered ones."""
+    from onnxquant.recovery import pair_limited
+
+    rng = np.random.default_rng(7)
+    stored = rng.normal(0, 0.5, (6, 8, 3, 3))
+    weight = np.moveaxis(stored, 1, 0)  # (laid out as limit_pairs gives it: not contiguous)
+    orders = ((1, 2, 0), (0, 1, 2))
+    calls = []
+    real = pair_limited.pair_limited_scales
+
+    def counted(*args):
+        calls.append(1)
+        return real(*args)
+
+    pair_limited.pair_limited_scales = counted
+    try:
+        first = pair_limited.chosen_scales(weight, orders)
+        first *= 2  # the caller's copy
+        second = pair_limited.chosen_scales(np.moveaxis(stored.copy(), 1, 0), orders)  # another trial's copy
+        other = pair_limited.chosen_scales(np.moveaxis(stored * 1.5, 1, 0), orders)
+    finally:
+        pair_limited.pair_limited_scales = real
+    assert len(calls) == 2  # the same bytes: chosen once; other bytes: chosen again
+    assert second.tobytes() == real(weight, orders).tobytes()
+    assert other.tobytes() == real(np.moveaxis(stored * 1.5, 1, 0), orders).tobytes()
