@@ -103,12 +103,14 @@ def quantize(
         if decided.float_compute is not None:
             state = decided
         elif split.searching:
-            state = search(calibrated, split, run, diagnostics, lambda: _pruned(model, recipe, run))
+            state = search(decided, split, run, diagnostics, lambda: _pruned(model, recipe, run),
+                           lambda: _pruned(model, recipe, run, integer_kernels=False))
         elif max_drop is None:
             state = without_islands(calibrated, run, keep_calibrated=diagnostics)
         else:
             state = mixed_precision(calibrated, run, max_drop)
-        state = save(compact(check(split.told(replace(state, conv_estimate=decided.conv_estimate)))), output)
+        estimate = None if state.float_compute is not None else decided.conv_estimate  # (the search's choice)
+        state = save(compact(check(split.told(replace(state, conv_estimate=estimate)))), output)
         if save_stats_to is not None and stats is None:  # last: a failure before leaves no statistics file
             save_stats(state.stats, save_stats_to)
         return quantize_result(state, clock, calibrated if diagnostics else None)

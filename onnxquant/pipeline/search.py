@@ -31,6 +31,7 @@ from onnxquant.passes.node_index import NodeIndex
 from onnxquant.pipeline.build import build
 from onnxquant.pipeline.calibrate import calibrate as calibrate_stage
 from onnxquant.pipeline.clock import timed
+from onnxquant.pipeline.float_compute import float_compute
 from onnxquant.pipeline.islands import without_islands
 from onnxquant.pipeline.run_data import RunData
 from onnxquant.pipeline.selection import refuse_already_quantized
@@ -38,7 +39,9 @@ from onnxquant.pipeline.smooth import smooth
 from onnxquant.pipeline.state import State
 from onnxquant.planner import UINT8_WEIGHT_OPS
 from onnxquant.recipe import Recipe
-from onnxquant.search.candidates import FLOAT_LAYERS_MIN_GAIN, Candidate, Rounds
+from onnxquant.results import FloatCompute
+from onnxquant.search.candidates import FLOAT_COMPUTE, FLOAT_LAYERS_MIN_GAIN, Candidate, Rounds
+from onnxquant.search.compute import conv_mac_share, float_compute_costs_no_speed
 from onnxquant.search.noise import compare, pseudo_values
 from onnxquant.search.report import SearchReport, Trial, TrialResult
 from onnxquant.search.sensitive import rank_by_added_noise, within_caps
@@ -111,11 +114,14 @@ def split_for_search(state: State, run: RunData, *, saved_stats: bool, max_drop:
 
 @timed("search")
 def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated: bool = False,
-           float_model: Callable[[], State] | None = None) -> State:
+           float_model: Callable[[], State] | None = None,
+           float_kernels: Callable[[], State] | None = None) -> State:
     """The model for the best recipe found, with the search's report in the state.
 
     ``float_model``: the float model before smoothing, made again (smoothing rewrites the model in
-    place); without it, no trial changes SmoothQuant's alpha."""
+    place); without it, no trial changes SmoothQuant's alpha. ``float_kernels``: the float model
+    prepared for float kernels (as the ``float_compute`` stage builds on); without it, or without
+    the Convs' estimate in ``calibrated``, no trial computes in float on int8 weights."""
     started = time.perf_counter()
     settings = calibrated.recipe.search
     crun = split.run
@@ -146,7 +152,7 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
         # a SmoothQuant trial enters before calibration: no statistics, the float model's digest
         trial = Trial(candidate, recipe.to_dict(), *(("", _model_digest(entry.model)) if candidate.recalibrates
                                                      else base_digests()))
-        result, state, model = _trial(trial, base, recipe, crun, held, run, entry)
+        result, state, model = _trial(trial, base, recipe, crun, held, run, entry, float_kernels)
         report.trials.append(result)
         results[candidate.name] = (result, candidate.apply(recipe), state)
         if model is not None:
@@ -197,8 +203,13 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
                                                len(floated), sizes, left):
             take(candidate, before, FLOAT_LAYERS_MIN_GAIN)
     built.clear()  # memory: the ranking is done
+    # float compute on int8 weights quantizes no activation: no later trial (ranges, rounding) applies to it
+    for candidate in rounds.float_compute(best is not None and best.error is None and float_kernels is not None
+                                          and _float_compute_costs_no_speed(calibrated)):
+        take(candidate, best_recipe, FLOAT_LAYERS_MIN_GAIN)
+    integer = best is not None and best.name != FLOAT_COMPUTE
     # last: a trial that smooths and calibrates again costs two to three plain trials
-    alphas = rounds.smoothquant_alphas(best_recipe) if float_model is not None and calibrated.smoothed \
+    alphas = rounds.smoothquant_alphas(best_recipe) if integer and float_model is not None and calibrated.smoothed \
         and calibrated.recipe.prune.max_drop is None else []
     needed = len(report.trials) + RECALIBRATING_TRIAL_COST * len(alphas)
     if alphas and needed > settings.trials:
@@ -209,12 +220,14 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
         take(candidate, best_recipe)
     # learned rounding costs minutes: only within a wall-clock budget, with half of what is left
     left = None if settings.seconds is None else settings.seconds - (time.perf_counter() - started)
-    if left is not None and left >= MIN_ADAROUND_SECONDS and best is not None and best.error is None:
+    if left is not None and left >= MIN_ADAROUND_SECONDS and integer and best.error is None:
         for candidate in rounds.learned_rounding(best_recipe, left / 2):
             take(candidate, best_recipe)
     if best is None or best.error is not None:
         raise QuantizationError(f"the recipe as given could not be built: {best.error if best else 'no trial ran'}")
     report.chosen = best.name
+    if best.name == FLOAT_COMPUTE:
+        return _float_compute_chosen(built[FLOAT_COMPUTE], calibrated, report)
     given = calibrated.recipe.nodes
     report.kept_float = [name for name in best_recipe.nodes.exclude if name not in given.exclude]
     report.uint8_weights = [name for name in best_recipe.nodes.uint8_weights if name not in given.uint8_weights]
@@ -231,6 +244,27 @@ def search(calibrated: State, split: SearchSplit, run: RunData, keep_calibrated:
         state = state.noted(f"{len(wide)} layer(s) given full 8-bit uint8 weights by the recipe search (u8u8 "
                             f"kernels, which do not saturate on AVX2; slower than u8s8): {', '.join(wide)}")
     return replace(state, search=report).noted(report.summary())
+
+
+def _float_compute_costs_no_speed(calibrated: State) -> bool:
+    """Whether float compute on int8 weights loses no speed here (``search.compute``)."""
+    found = calibrated.conv_estimate
+    if found is None or found.int8_us < found.fp32_us or calibrated.first_sample is None:
+        return False  # (the multiply-adds need shape inference: only where it can matter)
+    shapes = {name: tuple(value.shape) for name, value in calibrated.first_sample.items()}
+    try:
+        share = conv_mac_share(calibrated.model, shapes, set(calibrated.selection.quantized))
+    except onnx.shape_inference.InferenceError:
+        return False
+    return float_compute_costs_no_speed(found, share)
+
+
+def _float_compute_chosen(state: State, calibrated: State, report: SearchReport) -> State:
+    """The float-compute trial's model as the result: its note says the Convs' estimate (not "the
+    recipe asks") and the search's summary follows."""
+    done = FloatCompute(state.float_compute.layers, calibrated.conv_estimate)
+    notes = tuple(n for n in state.notes if n != state.float_compute.note())
+    return replace(state, float_compute=done, notes=notes, search=report).noted(done.note(), report.summary())
 
 
 def _refit(recipe: Recipe, run: RunData, float_model: Callable[[], State] | None) -> State | None:
@@ -275,11 +309,13 @@ def _uint8_applies(recipe: Recipe) -> bool:
 
 
 def _trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: Holdout, run: RunData,
-           unsmoothed: State | None = None) -> tuple[TrialResult, State, State | None]:
+           unsmoothed: State | None = None,
+           float_kernels: Callable[[], State] | None = None) -> tuple[TrialResult, State, State | None]:
     """Build and score one trial: its result, the calibrated state it planned from, its model.
 
     A trial that changes SmoothQuant's alpha smooths ``unsmoothed`` (in place: it is spent) and
-    calibrates it on the same kept samples; every other trial plans from ``calibrated``."""
+    calibrates it on the same kept samples; the float-compute trial is the ``float_compute``
+    stage's model on ``float_kernels()``; every other trial plans from ``calibrated``."""
     started = time.perf_counter()
     recipe = trial.candidate.apply(base)
     changes: dict[str, Any] = {s: dict(v) for s, v in trial.candidate.changes}
@@ -291,7 +327,10 @@ def _trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: H
         if trial.candidate.recalibrates:
             assert unsmoothed is not None
             calibrated = calibrate_stage(smooth(replace(unsmoothed, recipe=recipe), crun), crun, histograms=True)
-        built = build(replace(calibrated, recipe=recipe), crun)
+        if trial.candidate.name == FLOAT_COMPUTE and float_kernels is not None:
+            built = float_compute(replace(calibrated, recipe=recipe), float_kernels)
+        else:
+            built = build(replace(calibrated, recipe=recipe), crun)
     except CalibrationDataError as exc:
         return (TrialResult(trial.candidate.name, changes, 1.0, 1.0, time.perf_counter() - started, str(exc)),
                 calibrated, None)
@@ -303,9 +342,10 @@ def _trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: H
 
 
 def _run_trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: Holdout,
-               run: RunData, unsmoothed: State | None = None) -> TrialResult:
+               run: RunData, unsmoothed: State | None = None,
+               float_kernels: Callable[[], State] | None = None) -> TrialResult:
     """Build and score one trial; only the trial and the state it enters go into its result."""
-    return _trial(trial, calibrated, base, crun, held, run, unsmoothed)[0]
+    return _trial(trial, calibrated, base, crun, held, run, unsmoothed, float_kernels)[0]
 
 
 def _better(a: TrialResult, b: TrialResult | None) -> bool:

@@ -4,8 +4,8 @@ from models.tiny import tiny_cnn
 from onnxquant.pipeline.search import _edge_layers
 from onnxquant.pipeline.state import State
 from onnxquant.planner import select
-from onnxquant.recipe import Recipe
-from onnxquant.search.candidates import Rounds
+from onnxquant.recipe import Recipe, recipe_for_target
+from onnxquant.search.candidates import FLOAT_COMPUTE, Rounds
 
 
 def test_the_first_layers_are_also_kept_float_two_deep():
@@ -29,3 +29,13 @@ def test_edge_layers_walk_from_the_inputs_one_weighted_layer_further():
     # never past another weighted layer (pwconv comes after dwconv)
     assert following == ("dwconv", "fc")
     assert "pwconv" not in following
+
+
+def test_float_compute_is_tried_only_where_it_costs_no_speed_and_the_kernels_are_left_to_the_search():
+    assert [c.name for c in Rounds(Recipe()).float_compute(True)] == [FLOAT_COMPUTE]
+    changed = Rounds(Recipe()).float_compute(True)[0].apply(Recipe())
+    assert changed.quantization.integer_compute is False
+    assert Rounds(Recipe()).float_compute(False) == []
+    for chosen in (True, False):  # the user's choice of kernels is kept
+        assert Rounds(Recipe().with_overrides(quantization={"integer_compute": chosen})).float_compute(True) == []
+    assert Rounds(recipe_for_target("qnn")).float_compute(True) == []  # the CPU target only
