@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import shape_inference
 
-from onnxquant.conv_cost import ConvEstimate, _fixed_shape_copy, quantized_conv_shapes
+from onnxquant.conv_cost import ConvEstimate, known_shapes, quantized_conv_shapes
 
 # The Convs must do at least this share of the planned layers' multiply-adds for their estimate
 # to speak for the model's speed.
@@ -35,12 +34,7 @@ def conv_mac_share(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], p
                 and len(n.input) > 1 and n.input[1] in inits]
     others = 0
     if matrices:
-        inferred = shape_inference.infer_shapes(_fixed_shape_copy(model, shapes))
-        known = {}
-        for info in [*inferred.graph.value_info, *inferred.graph.output]:
-            dims = info.type.tensor_type.shape.dim
-            if dims and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
-                known[info.name] = [d.dim_value for d in dims]
+        known = known_shapes(model, shapes)
         for node in matrices:
             out = known.get(node.output[0])
             if out is None:
