@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxquant.calibration.sources import SampleSource, every_kth
+from onnxquant.calibration.sources import SampleSource
 from onnxquant.errors import CalibrationDataError, QuantizationError
 from onnxquant.mixed_precision import Holdout, run_holdout, score_outputs
 from onnxquant.model_io import PROTOBUF_LIMIT, serialize
@@ -45,6 +45,7 @@ from onnxquant.search.compute import conv_mac_share, float_compute_costs_no_spee
 from onnxquant.search.noise import compare, pseudo_values
 from onnxquant.search.report import SearchReport, Trial, TrialResult
 from onnxquant.search.sensitive import rank_by_added_noise, within_caps
+from onnxquant.search.split import one_per_block
 
 GIVEN = Candidate("as given")
 CHOSEN = "taken"  # how a trial's ``why`` starts when the search moved to it
@@ -105,11 +106,11 @@ def split_for_search(state: State, run: RunData, *, saved_stats: bool, max_drop:
     limit = state.recipe.calibration.max_samples
     if n < settings.min_samples or (limit is not None and limit < settings.min_samples):
         have = n if limit is None else min(n, limit)
-        return SearchSplit(run, skipped=f"{have} calibration sample(s); it holds every {settings.score_every}th out "
+        return SearchSplit(run, skipped=f"{have} calibration sample(s); it holds one of every {settings.score_every} out "
                                         f"for scoring and needs at least {settings.min_samples}")
     counted = replace(source, length=n)
-    kept = every_kth(counted, settings.score_every, held_out=False)
-    return SearchSplit(replace(run, calib_data=kept), every_kth(counted, settings.score_every, held_out=True))
+    kept = one_per_block(counted, settings.score_every, held_out=False)
+    return SearchSplit(replace(run, calib_data=kept), one_per_block(counted, settings.score_every, held_out=True))
 
 
 @timed("search")
