@@ -4,9 +4,10 @@ out), each scored on the held-out part of the calibration data, never on the use
 
 Trials follow ``onnxquant.search.candidates``: the recipe as given, the other range estimators,
 bias correction flipped, the layers nearest the inputs and outputs kept float, the layers that add
-the most noise at higher precision (8-bit uint8 weights on AVX2, else float; these four chosen only
-when they remove a fifth of the drop), and last SmoothQuant's other strengths (each smooths and
-calibrates again). A trial replaces the best so far only when the held-out samples agree it is
+the most noise at higher precision (8-bit uint8 weights on AVX2, else float), float compute on
+int8 weights where integer kernels are estimated no faster (``onnxquant.search.compute``; these
+five chosen only when they remove a fifth of the drop), and last SmoothQuant's other strengths
+(each smooths and calibrates again). A trial replaces the best so far only when the held-out samples agree it is
 better (``onnxquant.search.noise``: a lower drop alone may be luck). The same inputs and trial
 count give the same choice.
 """
