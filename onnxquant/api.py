@@ -105,16 +105,18 @@ def quantize(
             state = decided
         elif split.searching:
             # handed over: without diagnostics, the search holds the only reference to the calibrated model
-            handed = [calibrated]
+            handed = [decided]  # (the calibrated state, with the Convs' estimate for the float-compute trial)
             kept = calibrated if diagnostics else None
             del calibrated, pruned, decided, state
-            state = search(handed, split, run, diagnostics, lambda: _pruned(model, recipe, run))
+            state = search(handed, split, run, diagnostics, lambda: _pruned(model, recipe, run),
+                           lambda: _pruned(model, recipe, run, integer_kernels=False))
             calibrated = kept
         elif max_drop is None:
             state = without_islands(calibrated, run, keep_calibrated=diagnostics)
         else:
             state = mixed_precision(calibrated, run, max_drop)
-        state = save(compact(check(split.told(replace(state, conv_estimate=conv_estimate)))), output)
+        estimate = None if state.float_compute is not None else conv_estimate  # (the search's choice)
+        state = save(compact(check(split.told(replace(state, conv_estimate=estimate)))), output)
         if save_stats_to is not None and stats is None:  # last: a failure before leaves no statistics file
             save_stats(state.stats, save_stats_to)
         return quantize_result(state, clock, calibrated if diagnostics else None)

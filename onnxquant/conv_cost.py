@@ -134,6 +134,17 @@ def _fixed_shape_copy(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
     return out
 
 
+def known_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict[str, list[int]]:
+    """Every value's shape that shape inference fully knows for inputs of ``shapes``."""
+    inferred = shape_inference.infer_shapes(_fixed_shape_copy(model, shapes))
+    known = {}
+    for info in [*inferred.graph.value_info, *inferred.graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+            known[info.name] = [d.dim_value for d in dims]
+    return known
+
+
 def quantized_conv_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
                           planned: set[str] | None = None) -> list[ConvShape]:
     """Every Conv whose weight comes through a DequantizeLinear (or, in a float model, every Conv
@@ -154,12 +165,7 @@ def quantized_conv_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, .
             convs.append((node, list(inits[dq.input[0]].dims)))
     if not convs:
         return []
-    inferred = shape_inference.infer_shapes(_fixed_shape_copy(model, shapes))
-    known = {}
-    for info in [*inferred.graph.value_info, *inferred.graph.output]:
-        dims = info.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
-            known[info.name] = [d.dim_value for d in dims]
+    known = known_shapes(model, shapes)
     out = []
     for node, weight in convs:
         shape = known.get(node.output[0])

@@ -159,8 +159,9 @@ class SearchSettings:
     the inputs and this count. ``seconds``: an optional wall-clock cap on top; a search it cuts
     says so, since a faster machine would have tried more. ``min_samples``: with fewer
     calibration samples there is too little to hold out, and the recipe is used as given.
-    ``score_every``: every this-many-th calibration sample is held out for scoring (more often
-    where that would hold out fewer than 6: the noise test cannot pass on fewer).
+    ``score_every``: one of every this many calibration samples is held out for scoring
+    (``search.split``); more where that would hold out fewer than 6: the noise test cannot pass
+    on fewer.
     """
 
     enabled: bool = True

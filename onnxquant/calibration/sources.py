@@ -134,20 +134,3 @@ def open_for_model(model: Any, data: Any, preprocess: ImagePreprocess) -> Sample
         if all(isinstance(d, int) and d > 0 for d in hw):
             preprocess = preprocess.with_size(hw)  # type: ignore[arg-type]
     return open_source(data, [s.name for s in specs], preprocess)
-
-
-def every_kth(source: SampleSource, every: int, held_out: bool) -> SampleSource:
-    """Every ``every``-th sample of ``source`` (``held_out``), or all the others, in order.
-
-    The recipe search scores its trials on the held-out part and calibrates on the rest; the
-    split depends only on the samples' order, so the same data always splits the same way."""
-    keep = (lambda i: i % every == every - 1) if held_out else (lambda i: i % every != every - 1)
-
-    def generate() -> Iterator[Sample]:
-        return (sample for i, sample in enumerate(source) if keep(i))
-
-    length = None
-    if source.length is not None:
-        length = source.length // every if held_out else source.length - source.length // every
-    part = "held out" if held_out else "kept"
-    return SampleSource(generate, length, f"every {every}th sample {part} of {source.description}", source.rereadable)

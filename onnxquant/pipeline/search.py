@@ -4,9 +4,10 @@ out), each scored on the held-out part of the calibration data, never on the use
 
 Trials follow ``onnxquant.search.candidates``: the recipe as given, the other range estimators,
 bias correction flipped, the layers nearest the inputs and outputs kept float, the layers that add
-the most noise at higher precision (8-bit uint8 weights on AVX2, else float; these four chosen only
-when they remove a fifth of the drop), and last SmoothQuant's other strengths (each smooths and
-calibrates again). A trial replaces the best so far only when the held-out samples agree it is
+the most noise at higher precision (8-bit uint8 weights on AVX2, else float), float compute on
+int8 weights where integer kernels are estimated no faster (``onnxquant.search.compute``; these
+five chosen only when they remove a fifth of the drop), and last SmoothQuant's other strengths
+(each smooths and calibrates again). A trial replaces the best so far only when the held-out samples agree it is
 better (``onnxquant.search.noise``: a lower drop alone may be luck). The same inputs and trial
 count give the same choice.
 """
@@ -20,8 +21,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import onnx
 
-from onnxquant.calibration.sources import SampleSource, every_kth
+from onnxquant.calibration.sources import SampleSource
 from onnxquant.errors import CalibrationDataError, QuantizationError
 from onnxquant.mixed_precision import Holdout, run_holdout, score_outputs
 from onnxquant.model_io import model_digest
@@ -30,6 +32,7 @@ from onnxquant.passes.node_index import NodeIndex
 from onnxquant.pipeline.build import build
 from onnxquant.pipeline.calibrate import calibrate as calibrate_stage
 from onnxquant.pipeline.clock import timed
+from onnxquant.pipeline.float_compute import float_compute
 from onnxquant.pipeline.islands import without_islands
 from onnxquant.pipeline.run_data import RunData
 from onnxquant.pipeline.selection import refuse_already_quantized
@@ -37,10 +40,13 @@ from onnxquant.pipeline.smooth import smooth
 from onnxquant.pipeline.state import State
 from onnxquant.planner import UINT8_WEIGHT_OPS
 from onnxquant.recipe import Recipe
-from onnxquant.search.candidates import FLOAT_LAYERS_MIN_GAIN, Candidate, Rounds
+from onnxquant.results import FloatCompute
+from onnxquant.search.candidates import FLOAT_COMPUTE, FLOAT_LAYERS_MIN_GAIN, Candidate, Rounds
+from onnxquant.search.compute import conv_mac_share, float_compute_costs_no_speed
 from onnxquant.search.noise import FEWEST_TESTABLE, compare, pseudo_values
 from onnxquant.search.report import SearchReport, Trial, TrialResult
 from onnxquant.search.sensitive import rank_by_added_noise, within_caps
+from onnxquant.search.split import one_per_block
 
 GIVEN = Candidate("as given")
 CHOSEN = "taken"  # how a trial's ``why`` starts when the search moved to it
@@ -101,31 +107,34 @@ def split_for_search(state: State, run: RunData, *, saved_stats: bool, max_drop:
     limit = state.recipe.calibration.max_samples
     if n < settings.min_samples or (limit is not None and limit < settings.min_samples):
         have = n if limit is None else min(n, limit)
-        return SearchSplit(run, skipped=f"{have} calibration sample(s); it holds every {settings.score_every}th out "
+        return SearchSplit(run, skipped=f"{have} calibration sample(s); it holds one of every {settings.score_every} out "
                                         f"for scoring and needs at least {settings.min_samples}")
     counted = replace(source, length=n)
     every = held_out_every(n, settings.score_every)
-    kept = every_kth(counted, every, held_out=False)
-    return SearchSplit(replace(run, calib_data=kept), every_kth(counted, every, held_out=True))
+    kept = one_per_block(counted, every, held_out=False)
+    return SearchSplit(replace(run, calib_data=kept), one_per_block(counted, every, held_out=True))
 
 
 def held_out_every(samples: int, score_every: int) -> int:
-    """Every how-many-th sample the search holds out: ``score_every``, or more often where that
-    would hold out fewer than the noise test can ever pass on (16 samples: every 2nd, 8 held
+    """One of every how many samples the search holds out: ``score_every``, or more where that
+    would hold out fewer than the noise test can ever pass on (16 samples: one of every 2, 8 held
     out, not 4). Trials calibrate on the rest; the chosen recipe calibrates again on them all."""
     return max(2, min(score_every, samples // FEWEST_TESTABLE))
 
 
 @timed("search")
 def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrated: bool = False,
-           float_model: Callable[[], State] | None = None) -> State:
+           float_model: Callable[[], State] | None = None,
+           float_kernels: Callable[[], State] | None = None) -> State:
     """The model for the best recipe found, with the search's report in the state.
 
     ``handed``: the calibrated state, in a list the search empties, so that it alone holds the
     calibrated model and lets it go before the refit builds the chosen recipe from a new one
     (all-MiniLM-L6-v2: a float model's worth less at the run's peak).
     ``float_model``: the float model before smoothing, made again (smoothing rewrites the model in
-    place); without it, no trial changes SmoothQuant's alpha."""
+    place); without it, no trial changes SmoothQuant's alpha. ``float_kernels``: the float model
+    prepared for float kernels (as the ``float_compute`` stage builds on); without it, or without
+    the Convs' estimate in the calibrated state, no trial computes in float on int8 weights."""
     calibrated = handed.pop()
     started = time.perf_counter()
     settings = calibrated.recipe.search
@@ -157,7 +166,7 @@ def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrate
         # a SmoothQuant trial enters before calibration: no statistics, the float model's digest
         trial = Trial(candidate, recipe.to_dict(), *(("", model_digest(entry.model) or "") if candidate.recalibrates
                                                      else base_digests()))
-        result, state, model = _trial(trial, base, recipe, crun, held, run, entry)
+        result, state, model = _trial(trial, base, recipe, crun, held, run, entry, float_kernels)
         report.trials.append(result)
         results[candidate.name] = (result, candidate.apply(recipe), state)
         if model is not None:
@@ -211,8 +220,13 @@ def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrate
                                                len(floated), sizes, left):
             take(candidate, before, FLOAT_LAYERS_MIN_GAIN)
     built.clear()  # memory: the ranking is done
+    # float compute on int8 weights quantizes no activation: no later trial (ranges, rounding) applies to it
+    for candidate in rounds.float_compute(best is not None and best.error is None and float_kernels is not None
+                                          and _float_compute_costs_no_speed(calibrated)):
+        take(candidate, best_recipe, FLOAT_LAYERS_MIN_GAIN)
+    integer = best is not None and best.name != FLOAT_COMPUTE
     # last: a trial that smooths and calibrates again costs two to three plain trials
-    alphas = rounds.smoothquant_alphas(best_recipe) if float_model is not None and calibrated.smoothed \
+    alphas = rounds.smoothquant_alphas(best_recipe) if integer and float_model is not None and calibrated.smoothed \
         and calibrated.recipe.prune.max_drop is None else []
     needed = len(report.trials) + RECALIBRATING_TRIAL_COST * len(alphas)
     if alphas and needed > settings.trials:
@@ -223,12 +237,14 @@ def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrate
         take(candidate, best_recipe)
     # learned rounding costs minutes: only within a wall-clock budget, with half of what is left
     left = None if settings.seconds is None else settings.seconds - (time.perf_counter() - started)
-    if left is not None and left >= MIN_ADAROUND_SECONDS and best is not None and best.error is None:
+    if left is not None and left >= MIN_ADAROUND_SECONDS and integer and best.error is None:
         for candidate in rounds.learned_rounding(best_recipe, left / 2):
             take(candidate, best_recipe)
     if best is None or best.error is not None:
         raise QuantizationError(f"the recipe as given could not be built: {best.error if best else 'no trial ran'}")
     report.chosen = best.name
+    if best.name == FLOAT_COMPUTE:
+        return _float_compute_chosen(built[FLOAT_COMPUTE], calibrated, report)
     given = calibrated.recipe.nodes
     report.kept_float = [name for name in best_recipe.nodes.exclude if name not in given.exclude]
     report.uint8_weights = [name for name in best_recipe.nodes.uint8_weights if name not in given.uint8_weights]
@@ -250,6 +266,27 @@ def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrate
         state = state.noted(f"{len(wide)} layer(s) given full 8-bit uint8 weights by the recipe search (u8u8 "
                             f"kernels, which do not saturate on AVX2; slower than u8s8): {', '.join(wide)}")
     return replace(state, search=report).noted(report.summary())
+
+
+def _float_compute_costs_no_speed(calibrated: State) -> bool:
+    """Whether float compute on int8 weights loses no speed here (``search.compute``)."""
+    found = calibrated.conv_estimate
+    if found is None or found.int8_us < found.fp32_us or calibrated.first_sample is None:
+        return False  # (the multiply-adds need shape inference: only where it can matter)
+    shapes = {name: tuple(value.shape) for name, value in calibrated.first_sample.items()}
+    try:
+        share = conv_mac_share(calibrated.model, shapes, set(calibrated.selection.quantized))
+    except onnx.shape_inference.InferenceError:
+        return False
+    return float_compute_costs_no_speed(found, share)
+
+
+def _float_compute_chosen(state: State, calibrated: State, report: SearchReport) -> State:
+    """The float-compute trial's model as the result: its note says the Convs' estimate (not "the
+    recipe asks") and the search's summary follows."""
+    done = FloatCompute(state.float_compute.layers, calibrated.conv_estimate)
+    notes = tuple(n for n in state.notes if n != state.float_compute.note())
+    return replace(state, float_compute=done, notes=notes, search=report).noted(done.note(), report.summary())
 
 
 def _refit(recipe: Recipe, run: RunData, float_model: Callable[[], State] | None) -> State | None:
@@ -294,11 +331,13 @@ def _uint8_applies(recipe: Recipe) -> bool:
 
 
 def _trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: Holdout, run: RunData,
-           unsmoothed: State | None = None) -> tuple[TrialResult, State, State | None]:
+           unsmoothed: State | None = None,
+           float_kernels: Callable[[], State] | None = None) -> tuple[TrialResult, State, State | None]:
     """Build and score one trial: its result, the calibrated state it planned from, its model.
 
     A trial that changes SmoothQuant's alpha smooths ``unsmoothed`` (in place: it is spent) and
-    calibrates it on the same kept samples; every other trial plans from ``calibrated``."""
+    calibrates it on the same kept samples; the float-compute trial is the ``float_compute``
+    stage's model on ``float_kernels()``; every other trial plans from ``calibrated``."""
     started = time.perf_counter()
     recipe = trial.candidate.apply(base)
     changes: dict[str, Any] = {s: dict(v) for s, v in trial.candidate.changes}
@@ -310,7 +349,10 @@ def _trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: H
         if trial.candidate.recalibrates:
             assert unsmoothed is not None
             calibrated = calibrate_stage(smooth(replace(unsmoothed, recipe=recipe), crun), crun, histograms=True)
-        built = build(replace(calibrated, recipe=recipe), crun)
+        if trial.candidate.name == FLOAT_COMPUTE and float_kernels is not None:
+            built = float_compute(replace(calibrated, recipe=recipe), float_kernels)
+        else:
+            built = build(replace(calibrated, recipe=recipe), crun)
     except CalibrationDataError as exc:
         return (TrialResult(trial.candidate.name, changes, 1.0, 1.0, time.perf_counter() - started, str(exc)),
                 calibrated, None)
@@ -322,9 +364,10 @@ def _trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: H
 
 
 def _run_trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: Holdout,
-               run: RunData, unsmoothed: State | None = None) -> TrialResult:
+               run: RunData, unsmoothed: State | None = None,
+               float_kernels: Callable[[], State] | None = None) -> TrialResult:
     """Build and score one trial; only the trial and the state it enters go into its result."""
-    return _trial(trial, calibrated, base, crun, held, run, unsmoothed)[0]
+    return _trial(trial, calibrated, base, crun, held, run, unsmoothed, float_kernels)[0]
 
 
 def _better(a: TrialResult, b: TrialResult | None) -> bool:

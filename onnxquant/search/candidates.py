@@ -22,6 +22,8 @@ FLOAT_LAYERS_MIN_GAIN = 0.2
 # activations' outliers moved into the weights.
 SMOOTHQUANT_ALPHAS = (0.5, 0.9)
 SMOOTHING_KEYS = ("smoothquant_alpha",)
+# The trial that computes every layer in float on its int8 weights.
+FLOAT_COMPUTE = "float compute on int8 weights"
 # How many of the most sensitive layers a candidate gives higher precision (within the caps).
 SENSITIVE_COUNTS = (1, 3)
 
@@ -135,6 +137,14 @@ class Rounds:
             else:
                 out.append(Candidate(f"{len(chosen)} most sensitive layer(s) float", keep_float=chosen))
         return out
+
+    def float_compute(self, costs_no_speed: bool) -> list[Candidate]:
+        """Every layer's int8 weights computed in float (no activation quantized, the same size),
+        where that loses no speed (``search.compute``); not where the recipe chose the kernels,
+        and for the CPU target only."""
+        if not costs_no_speed or self.base.target != "cpu" or self.base.quantization.integer_compute is not None:
+            return []
+        return [change(FLOAT_COMPUTE, "quantization", integer_compute=False)]
 
     def float_layers(self) -> list[Candidate]:
         """The layers nearest the outputs, the inputs, and both, kept float. Not for NPU targets,

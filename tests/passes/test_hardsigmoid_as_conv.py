@@ -17,7 +17,7 @@ from onnxquant.fusion_check import optimized_graph
 from onnxquant.passes.hardsigmoid_as_conv import rewrite_hardsigmoid
 from onnxquant.passes.prepare import infer_shapes
 from onnxquant.ops.rules import DEFAULT_OP_TYPES
-from onnxquant.recipe import QuantizationSettings
+from onnxquant.recipe import QuantizationSettings, Recipe
 
 C, H, W = 8, 6, 10
 
@@ -112,7 +112,8 @@ def test_quantized_mobile_block_has_no_float_islands(hardswish_op):
     """Every hard-swish, SE gate, Mul and pool runs as an integer kernel: no DequantizeLinear in
     onnxruntime's optimized graph feeds a float op (the graph's final Flatten is data movement)."""
     model = _mobile_block(opset=14, hardswish_op=hardswish_op)
-    result = onnxquant.quantize(model, _samples())
+    # integer kernels asked for: on x86 without VNNI the search may take float compute on this block
+    result = onnxquant.quantize(model, _samples(), Recipe().with_overrides(quantization={"integer_compute": True}))
     optimized = optimized_graph(result.model).graph
     dequantized = {n.output[0] for n in optimized.node if n.op_type == "DequantizeLinear"}
     float_readers = sorted({n.op_type for n in optimized.node if set(n.input) & dequantized} - {"Flatten"})
@@ -136,14 +137,14 @@ def test_a_float_op_between_integer_kernels_is_reported():
     blocks stay float between integer kernels, the fusion self-check names each float op as a
     round trip, and quantize warns that these parts may run slower than fp32."""
     ops = tuple(t for t in DEFAULT_OP_TYPES if t != "Mul")
-    recipe = onnxquant.Recipe(quantization=QuantizationSettings(op_types=ops))
+    recipe = onnxquant.Recipe(quantization=QuantizationSettings(op_types=ops, integer_compute=True))
     result = onnxquant.quantize(_mobile_block(), _samples(), recipe=recipe)
     assert result.fusion is not None
     assert result.fusion.round_trips == [("HardSigmoid", "hsig0"), ("Mul", "hs_mul"), ("GlobalAveragePool", "se_pool"),
                                          ("HardSigmoid", "se_gate"), ("Mul", "se_mul")]
     assert result.fusion.round_trip_summary() == "HardSigmoid 2, Mul 2, GlobalAveragePool 1"
     assert any("5 float op(s) run between integer kernels" in w for w in result.warnings)
-    clean = onnxquant.quantize(_mobile_block(), _samples())
+    clean = onnxquant.quantize(_mobile_block(), _samples(), Recipe().with_overrides(quantization={"integer_compute": True}))
     assert clean.fusion is not None and clean.fusion.round_trips == []
     assert not any("between integer kernels" in w for w in clean.warnings)
 

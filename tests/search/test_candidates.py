@@ -4,8 +4,8 @@ from models.tiny import tiny_cnn
 from onnxquant.pipeline.search import _edge_layers
 from onnxquant.pipeline.state import State
 from onnxquant.planner import select
-from onnxquant.recipe import Recipe
-from onnxquant.search.candidates import Rounds
+from onnxquant.recipe import Recipe, recipe_for_target
+from onnxquant.search.candidates import FLOAT_COMPUTE, Rounds
 
 
 def test_the_first_layers_are_also_kept_float_two_deep():
@@ -41,3 +41,13 @@ def test_lstm_models_get_a_float_compute_candidate_on_the_cpu_only():
     assert rounds.recurrent_float(chosen, has_lstm=True) == []
     from onnxquant.recipe import recipe_for_target
     assert Rounds(recipe_for_target("qnn")).recurrent_float(recipe_for_target("qnn"), has_lstm=True) == []
+
+
+def test_float_compute_is_tried_only_where_it_costs_no_speed_and_the_kernels_are_left_to_the_search():
+    assert [c.name for c in Rounds(Recipe()).float_compute(True)] == [FLOAT_COMPUTE]
+    changed = Rounds(Recipe()).float_compute(True)[0].apply(Recipe())
+    assert changed.quantization.integer_compute is False
+    assert Rounds(Recipe()).float_compute(False) == []
+    for chosen in (True, False):  # the user's choice of kernels is kept
+        assert Rounds(Recipe().with_overrides(quantization={"integer_compute": chosen})).float_compute(True) == []
+    assert Rounds(recipe_for_target("qnn")).float_compute(True) == []  # the CPU target only
