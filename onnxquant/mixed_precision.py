@@ -100,9 +100,16 @@ def score_outputs(outputs: list[list[np.ndarray]], holdout: Holdout, metric: Met
     agreement_by = holdout.agreement
     scores, cosines, sqnrs = {}, [1.0], []
     names = holdout.output_names
-    # boxes/scores pairs and raw detection heads are decoded together and scored by their detections
-    agreements = (output_agreements(names, references[0], holdout.feeds[picked[0]]) if references
-                  else {name: OutputAgreement(name) for name in names})
+    # boxes/scores pairs and raw detection heads are decoded together and scored by their detections;
+    # how each output is read (its kind, pairs, heads, CTC blank) comes from the first held-out
+    # sample whatever the subset, so a leave-one-out subset is scored in the same units
+    if references:
+        first = holdout.references[0]
+        agreements = output_agreements(names, first, holdout.feeds[0])
+        for name, value in zip(names, first):
+            agreements[name].begin(value)
+    else:
+        agreements = {name: OutputAgreement(name) for name in names}
     for i, ref, out in zip(picked, references, outputs):
         add_outputs(agreements, names, ref, out, holdout.feeds[i])
     for name, agreement in agreements.items():

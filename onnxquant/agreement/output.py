@@ -69,6 +69,12 @@ class OutputAgreement:
         self.strings: SequenceAgreement | None = None
         self.labels: LabelAgreement | None = None
 
+    def begin(self, reference: Any) -> None:
+        """Decide how this output is read (its kind, and what that kind needs) from ``reference``,
+        an fp32 value of it, before any sample is added; the first sample added does otherwise."""
+        if self.tensor is None and self.labels is None:
+            self._start(reference)
+
     def _start(self, reference: Any) -> None:
         if self.kind is None:
             self.kind = detect_kind(self.name, reference)
@@ -233,7 +239,7 @@ def _same_shape(a: Any, b: Any) -> bool:
 
 def output_agreements(names: list[str], reference: list[Any], feed: dict[str, np.ndarray] | None = None, *,
                       kinds: dict[str, str] | None = None, detection: DetectionSettings | None = None,
-                      ctc_blank: int = 0) -> dict[str, OutputAgreement]:
+                      ctc_blank: int | None = None) -> dict[str, OutputAgreement]:
     """One agreement per output of a model, from its first fp32 outputs (and the sample ``feed``
     that made them, which gives raw detection heads their image size): boxes/scores pairs and raw
     heads are found here and decoded together."""

@@ -48,7 +48,11 @@ def edit_distance(a: tuple[int, ...], b: tuple[int, ...]) -> int:
 
 def detect_blank(scores: np.ndarray) -> int:
     """The CTC blank of per-step scores: the first or the last symbol, whichever is the best one at
-    more steps (PaddleOCR and ddddocr put it first, many PyTorch CRNNs last); the first on a tie."""
+    more steps (PaddleOCR and ddddocr put it first, many PyTorch CRNNs last); the first on a tie,
+    and for what has no steps of symbols (a scalar or a list forced to the kind: its samples are
+    then told apart as mismatched)."""
+    if not isinstance(scores, np.ndarray) or scores.ndim < 2 or scores.shape[-1] == 0 or scores.size == 0:
+        return 0
     best = batch_major(scores).reshape(-1, scores.shape[-1]).argmax(axis=-1)
     last = scores.shape[-1] - 1
     return last if np.sum(best == last) > np.sum(best == 0) else 0

@@ -59,7 +59,7 @@ def float_compute(state: State, float_model: Callable[[], State]) -> State:
     prepared = float_model()
     model, recipe = prepared.model, state.recipe
     per_channel = recipe.quantization.per_channel and default_opset(model) >= PER_CHANNEL_OPSET
-    sel = _float_compute_selection(model, prepared, per_channel)
+    sel = _float_compute_selection(model, replace(prepared, recipe=recipe), per_channel)  # (a search trial's recipe)
     select_weight_only(model, recipe, sel, per_channel)  # recurrent layers and If/Loop/Scan bodies, as ever
     q = recipe.quantization
     quantize_weights_only(model, sel.weight_only, q.weight_type, default_opset(model),

@@ -243,25 +243,22 @@ def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrate
     if best is None or best.error is not None:
         raise QuantizationError(f"the recipe as given could not be built: {best.error if best else 'no trial ran'}")
     report.chosen = best.name
-    if best.name == FLOAT_COMPUTE:
-        return _float_compute_chosen(built[FLOAT_COMPUTE], calibrated, report)
     given = calibrated.recipe.nodes
     report.kept_float = [name for name in best_recipe.nodes.exclude if name not in given.exclude]
     report.uint8_weights = [name for name in best_recipe.nodes.uint8_weights if name not in given.uint8_weights]
+    if best.name == FLOAT_COMPUTE:
+        return _float_compute_chosen(built[FLOAT_COMPUTE], calibrated, report)
     if float_model is not None:  # the refit starts from a new float model: the calibrated one is let go
         del calibrated, held
         base = None
         results.clear()
         digested.clear()
+        built.clear()  # (a SmoothQuant or learned-rounding trial's model, taken after the ranking)
     refit = _refit(best_recipe, run, float_model)
     chosen = replace(refit if refit is not None else base, recipe=best_recipe)
     state = without_islands(chosen, run if refit is not None else crun, keep_calibrated=keep_calibrated)
-    kept, wide = report.kept_float, report.uint8_weights
-    if kept:  # say why they are float: not the user's --exclude
-        sel = state.selection
-        why = {**sel.float_nodes, **{name: (sel.float_nodes[name][0], KEPT_FLOAT) for name in kept
-                                     if name in sel.float_nodes}}
-        state = replace(state, selection=replace(sel, float_nodes=why))
+    state = _kept_float_said(state, report.kept_float)
+    wide = report.uint8_weights
     if wide:
         state = state.noted(f"{len(wide)} layer(s) given full 8-bit uint8 weights by the recipe search (u8u8 "
                             f"kernels, which do not saturate on AVX2; slower than u8s8): {', '.join(wide)}")
@@ -281,9 +278,20 @@ def _float_compute_costs_no_speed(calibrated: State) -> bool:
     return float_compute_costs_no_speed(found, share)
 
 
+def _kept_float_said(state: State, kept: list[str]) -> State:
+    """The layers the search kept float say so, not that the user's --exclude did."""
+    if not kept:
+        return state
+    sel = state.selection
+    why = {**sel.float_nodes, **{name: (sel.float_nodes[name][0], KEPT_FLOAT) for name in kept
+                                 if name in sel.float_nodes}}
+    return replace(state, selection=replace(sel, float_nodes=why))
+
+
 def _float_compute_chosen(state: State, calibrated: State, report: SearchReport) -> State:
     """The float-compute trial's model as the result: its note says the Convs' estimate (not "the
     recipe asks") and the search's summary follows."""
+    state = _kept_float_said(state, report.kept_float)
     done = FloatCompute(state.float_compute.layers, calibrated.conv_estimate)
     notes = tuple(n for n in state.notes if n != state.float_compute.note())
     return replace(state, float_compute=done, notes=notes, search=report).noted(done.note(), report.summary())

@@ -236,7 +236,9 @@ def correct_biases(
     inits = index.inits
     by_name = {n.name: n for n in index.nodes}
     opset = default_opset(model)
-    model_key = (model_digest(model) or uncached_key()) if measured is not None else ""
+    model_key = model_digest(model) if measured is not None else ""
+    if model_key is None:  # unhashable: its sums are kept nowhere no later call could find them
+        measured, model_key = None, uncached_key()
     probe = Probe(prefix="_oq_bc")
     targets: list[tuple[tuple, str, str]] = []  # (measurement key, node, bias), in correction order
     probed: dict[str, tuple] = {}  # shadow probe output -> measurement key

@@ -187,8 +187,9 @@ def gptq(model: onnx.ModelProto, plan: QuantPlan, samples: Iterable[dict[str, np
     layers = _layers(model, plan)
     if not layers:
         return report
-    factors = factors if factors is not None else GptqFactors()
-    model_key = model_digest(model) or uncached_key()
+    model_key = model_digest(model)
+    if model_key is None or factors is None:  # unhashable: nothing kept that no later call could find
+        factors, model_key = GptqFactors(), model_key or uncached_key()
     key = {layer.x: (model_key, layer.x, max_samples) for layer in layers}
     missing = sorted({layer.x for layer in layers if key[layer.x] not in factors.by_key})
     if missing:

@@ -92,3 +92,29 @@ def test_a_blank_at_the_last_index_is_detected_and_decoded_as_blank():
     given = OutputAgreement("logits", ctc_blank=0)  # the user's --ctc-blank still wins
     given.add(ref, lost)
     assert given.metrics()["blank"] == 0
+
+
+def test_the_search_and_validate_read_the_same_blank():
+    """``output_agreements`` (what the recipe search scores with) detects the blank as
+    ``OutputAgreement`` does, and the search scores every leave-one-out subset with it."""
+    from onnxquant.agreement import output_agreements
+    from onnxquant.mixed_precision import Holdout, score_outputs
+
+    steps = [36, 3, 3, 36, 36, 12, 36, 20, 20, 36, 36, 36]
+    ref = _time_major_logits(steps, symbols=37)
+    agreements = output_agreements(["logits"], [ref])
+    agreements["logits"].add(ref, ref)
+    assert agreements["logits"].metrics()["blank"] == 36
+    lost = ref.copy()
+    lost[5, 0, 12] -= 20.0
+    holdout = Holdout([{"x": np.zeros(1, np.float32)}] * 2, [[ref], [ref]], ["logits"], "fine")
+    assert score_outputs([[lost], [ref]], holdout).drop == pytest.approx(1 / 6)  # CER 1/3 on one of two
+    assert score_outputs([[lost], [ref]], holdout, samples=[0]).drop == pytest.approx(1 / 3)
+    assert score_outputs([[ref], [lost]], holdout, samples=[1]).drop == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("value", [np.float32(1.0), np.zeros((2, 0), np.float32), np.zeros((0, 5), np.float32)])
+def test_a_value_without_steps_forced_to_sequence_is_noted_not_raised(value):
+    a = OutputAgreement("s", "sequence")
+    a.add(value, value)
+    assert a.samples == 1

@@ -141,3 +141,26 @@ def test_the_cli_flag_keeps_integer_kernels(tmp_path: Path):
     forced = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "i.onnx"), "--integer-compute"])
     assert forced.exit_code == 0, forced.output
     assert "float compute" not in forced.output and "by construction" in forced.output
+
+
+def test_the_stage_plans_with_the_states_recipe_not_the_float_models():
+    """The search's float-compute trial builds on a float model loaded with the user's recipe,
+    while the trial's recipe may keep layers float (an earlier trial taken): those layers are left
+    float, as the recipe stamped into the model says."""
+    from dataclasses import replace
+
+    from onnxquant.api import _pruned, _smoothed
+    from onnxquant.pipeline.calibrate import calibrate
+    from onnxquant.pipeline.float_compute import float_compute
+    from onnxquant.pipeline.run_data import RunData
+
+    model = _cnn(8, 3, *SHAPE)
+    given = recipe_for_target("cpu-avx2")
+    run = RunData(calib_data=_samples(*SHAPE))
+    calibrated = calibrate(_smoothed(model, given, run), run)
+    first = next(n.name for n in calibrated.model.graph.node if n.op_type == "Conv")
+    trial = given.with_overrides(quantization={"integer_compute": False}, nodes={"exclude": [first]})
+    built = float_compute(replace(calibrated, recipe=trial), lambda: _pruned(model, given, run, integer_kernels=False))
+    assert built.float_compute is not None
+    assert first in built.selection.float_nodes and first not in built.selection.quantized
+    assert len(built.selection.quantized) > 0
