@@ -99,6 +99,7 @@ def network(class_bias: float = -5.0, score_floor: float | None = None) -> onnx.
                               [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
                               scores + boxes, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # onnx's default (IR 14 with onnx 1.23) does not load in older onnxruntime builds (OpenVINO's)
     onnx.checker.check_model(model)
     return model
 
