@@ -146,10 +146,12 @@ def known_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> 
 
 
 def quantized_conv_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
-                          planned: set[str] | None = None) -> list[ConvShape]:
+                          planned: set[str] | None = None,
+                          known: dict[str, list[int]] | None = None) -> list[ConvShape]:
     """Every Conv whose weight comes through a DequantizeLinear (or, in a float model, every Conv
     named in ``planned`` with a weight initializer), with its work for inputs of ``shapes``
-    (layers whose output shape inference cannot tell are left out)."""
+    (layers whose output shape inference cannot tell are left out). ``known``: ``known_shapes``
+    of the same model and ``shapes``, where the caller has them."""
     producer = {o: n for n in model.graph.node for o in n.output}
     inits = {i.name: i for i in model.graph.initializer}
     convs = []
@@ -165,7 +167,7 @@ def quantized_conv_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, .
             convs.append((node, list(inits[dq.input[0]].dims)))
     if not convs:
         return []
-    known = known_shapes(model, shapes)
+    known = known if known is not None else known_shapes(model, shapes)
     out = []
     for node, weight in convs:
         shape = known.get(node.output[0])

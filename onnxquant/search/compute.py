@@ -28,13 +28,13 @@ MATRIX_OPS = ("MatMul", "Gemm")
 def conv_mac_share(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], planned: set[str]) -> float | None:
     """The planned Convs' multiply-adds over those of every planned Conv/MatMul/Gemm with a weight
     initializer, for inputs of ``shapes``, in the float model; None where shapes cannot tell."""
-    convs = sum(c.macs for c in quantized_conv_shapes(model, shapes, planned))
+    known = known_shapes(model, shapes)  # (one shape inference for the Convs and the matrices)
+    convs = sum(c.macs for c in quantized_conv_shapes(model, shapes, planned, known))
     inits = {i.name: i for i in model.graph.initializer}
     matrices = [n for n in model.graph.node if n.name in planned and n.op_type in MATRIX_OPS
                 and len(n.input) > 1 and n.input[1] in inits]
     others = 0
     if matrices:
-        known = known_shapes(model, shapes)
         for node in matrices:
             out = known.get(node.output[0])
             if out is None:
