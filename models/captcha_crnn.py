@@ -9,12 +9,13 @@ that the zoo's other recognisers (ONNX LSTM ops) do not cover. Only the package'
 """
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from models.packaged import package_dir
 
 WIDTH, HEIGHT = 160, 60
 INPUT_NAME = "image"
@@ -23,10 +24,7 @@ BLANK = 36
 
 
 def source_path() -> Path:
-    spec = importlib.util.find_spec("captcha_whisperer")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("captcha-whisperer is not installed (pip install -e '.[models]')")
-    return Path(spec.submodule_search_locations[0]) / "models" / "captcha_crnn.onnx"
+    return package_dir("captcha_whisperer", "captcha-whisperer") / "models" / "captcha_crnn.onnx"
 
 
 def build(out_path: Path) -> Path:

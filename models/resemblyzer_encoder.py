@@ -12,10 +12,11 @@ module is not imported, only its weights file is read.
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
+
+from models.packaged import package_dir
 
 RATE = 16000
 N_FFT, HOP, N_MELS = 400, 160, 40
@@ -25,10 +26,7 @@ TARGET_DBFS = -30.0
 
 
 def source_path() -> Path:
-    spec = importlib.util.find_spec("resemblyzer")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("Resemblyzer is not installed (pip install -e '.[models]')")
-    return Path(spec.submodule_search_locations[0]) / "pretrained.pt"
+    return package_dir("resemblyzer", "Resemblyzer") / "pretrained.pt"
 
 
 def build(out_path: Path) -> Path:

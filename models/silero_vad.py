@@ -8,21 +8,19 @@ the speech probability and the next state.
 """
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
 import numpy as np
+
+from models import packaged
 
 CHUNK = {16000: 512, 8000: 256}
 CONTEXT = {16000: 64, 8000: 32}
 
 
 def package_dir() -> Path:
-    spec = importlib.util.find_spec("silero_vad")  # located, not imported (its import pulls torch)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("silero-vad is not installed (pip install -e '.[models]')")
-    return Path(list(spec.submodule_search_locations)[0])
+    return packaged.package_dir("silero_vad", "silero-vad")  # located, not imported (its import pulls torch)
 
 
 def build(out_path: Path, name: str = "silero_vad.onnx") -> Path:
