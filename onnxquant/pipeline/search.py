@@ -353,11 +353,15 @@ def _trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: H
         changes["keep_float"] = list(trial.candidate.keep_float)
     if trial.candidate.uint8_weights:
         changes["uint8_weights"] = list(trial.candidate.uint8_weights)
+    if trial.candidate.name == FLOAT_COMPUTE and float_kernels is None:
+        # planned from the calibrated state it would come out integer, scored under the float name
+        return (TrialResult(trial.candidate.name, changes, 1.0, 1.0, time.perf_counter() - started,
+                            "needs the float model prepared for float kernels"), calibrated, None)
     try:
         if trial.candidate.recalibrates:
             assert unsmoothed is not None
             calibrated = calibrate_stage(smooth(replace(unsmoothed, recipe=recipe), crun), crun, histograms=True)
-        if trial.candidate.name == FLOAT_COMPUTE and float_kernels is not None:
+        if trial.candidate.name == FLOAT_COMPUTE:
             built = float_compute(replace(calibrated, recipe=recipe), float_kernels)
         else:
             built = build(replace(calibrated, recipe=recipe), crun)

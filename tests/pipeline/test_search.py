@@ -183,6 +183,27 @@ def test_trials_are_serializable_units_that_score_the_same_alone():
     assert Trial.from_json(trials[1].to_json()) == trials[1]
 
 
+def test_a_float_compute_trial_without_the_float_model_is_not_built_as_integer():
+    """Replayed from its JSON with no float model at hand, the float-compute trial says it cannot be
+    built: planned from the calibrated state it would be an integer model scored under its name."""
+    from onnxquant.api import _pruned
+    from onnxquant.mixed_precision import Holdout
+    from onnxquant.pipeline.calibrate import calibrate
+    from onnxquant.pipeline.run_data import RunData
+    from onnxquant.pipeline.search import _digests, split_for_search
+    from onnxquant.pipeline.smooth import smooth
+
+    run = RunData(calib_data=image_samples(16))
+    pruned = _pruned(tiny_cnn(), Recipe(), run)
+    split = split_for_search(pruned, run, saved_stats=False, max_drop=None)
+    calibrated = calibrate(smooth(pruned, split.run), split.run, histograms=True)
+    held = Holdout.from_samples(calibrated.model, split.scored, None, "kind")
+    trial = Trial(change(FLOAT_COMPUTE, "quantization", integer_compute=False), calibrated.recipe.to_dict(),
+                  *_digests(calibrated))
+    result = _run_trial(Trial.from_json(trial.to_json()), calibrated, calibrated.recipe, split.run, held, run)
+    assert result.error is not None and "float model" in result.error
+
+
 @pytest.mark.parametrize("values", [{"trials": 0}, {"seconds": 0}, {"seconds": float("nan")}, {"score_every": 1},
                                     {"min_samples": 2, "score_every": 4}])
 def test_bad_search_settings_are_refused(values):
