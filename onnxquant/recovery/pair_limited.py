@@ -22,6 +22,7 @@ as closely as with 7-bit weights, against 13x further apart with plain 8-bit one
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -97,6 +98,7 @@ def pair_limited_scales(weight: np.ndarray, orders: tuple[tuple[int, ...], ...] 
 # changes only activation ranges (EfficientNet-Lite0: the choice took a fifth of each trial).
 _CHOSEN_SCALES: OrderedDict[tuple, np.ndarray] = OrderedDict()
 _CHOSEN_SCALES_MAX = 4096  # entries, each one float per output channel
+_CHOSEN_SCALES_LOCK = threading.Lock()  # callers of the Python API may quantize in threads
 
 
 def chosen_scales(weight: np.ndarray, orders: tuple[tuple[int, ...], ...]) -> np.ndarray:
@@ -105,13 +107,16 @@ def chosen_scales(weight: np.ndarray, orders: tuple[tuple[int, ...], ...]) -> np
     # (keyed by the values; computed on the array as given: its layout decides numpy's summation order)
     key = (hashlib.sha256(np.ascontiguousarray(weight).tobytes()).hexdigest(), weight.dtype.str, weight.shape,
            weight.strides, orders)
-    found = _CHOSEN_SCALES.get(key)
-    if found is None:
-        found = _CHOSEN_SCALES[key] = pair_limited_scales(weight, orders)
-        if len(_CHOSEN_SCALES) > _CHOSEN_SCALES_MAX:
-            _CHOSEN_SCALES.popitem(last=False)
-    else:
-        _CHOSEN_SCALES.move_to_end(key)
+    with _CHOSEN_SCALES_LOCK:
+        found = _CHOSEN_SCALES.get(key)
+        if found is not None:
+            _CHOSEN_SCALES.move_to_end(key)
+    if found is None:  # (computed outside the lock: two threads may both compute it, to the same values)
+        found = pair_limited_scales(weight, orders)
+        with _CHOSEN_SCALES_LOCK:
+            _CHOSEN_SCALES[key] = found
+            if len(_CHOSEN_SCALES) > _CHOSEN_SCALES_MAX:
+                _CHOSEN_SCALES.popitem(last=False)
     return found.copy()
 
 
