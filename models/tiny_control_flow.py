@@ -41,29 +41,33 @@ def recurrent_samples(count: int, steps: int = 20, seed: int = 1) -> list[dict[s
     return [{"audio": rng.normal(0, 1, (1, 1, steps)).astype(np.float32)} for _ in range(count)]
 
 
-def tiny_if_network(seed: int = 0) -> onnx.ModelProto:
+def tiny_if_network(seed: int = 0, hidden: int = 32, lstm_bias: bool = False) -> onnx.ModelProto:
     """A streaming-style model whose whole network sits in the branches of an If on a flag:
     Conv -> Relu -> Conv -> LSTM in each branch. Both branches hold their own copy of the same
     LSTM weights (as constant folding leaves them); the first Conv's weight is captured from the
-    main graph; the rest are the branches' own initializers."""
+    main graph; the rest are the branches' own initializers. ``lstm_bias``: each LSTM also reads
+    a bias (1, 8 * hidden), which DynamicQuantizeLSTM keeps float (Silero VAD: hidden 128)."""
     rng = np.random.default_rng(seed)
     shared = _init("shared_conv_w", rng.normal(0, 0.3, (32, 1, 3)))
-    lstm_w = rng.normal(0, 0.1, (1, 128, 32))
-    lstm_r = rng.normal(0, 0.1, (1, 128, 32))
+    lstm_w = rng.normal(0, 0.1, (1, 4 * hidden, 32))
+    lstm_r = rng.normal(0, 0.1, (1, 4 * hidden, hidden))
+    lstm_b = rng.normal(0, 0.1, (1, 8 * hidden))
 
     def branch(name: str, gain: float) -> onnx.GraphProto:
         inits = [_init(f"{name}_conv2_w", rng.normal(0, 0.1, (32, 32, 3)) * gain),
-                 _init(f"{name}_lstm_w", lstm_w), _init(f"{name}_lstm_r", lstm_r)]
+                 _init(f"{name}_lstm_w", lstm_w), _init(f"{name}_lstm_r", lstm_r)] \
+            + ([_init(f"{name}_lstm_b", lstm_b)] if lstm_bias else [])
+        bias = [f"{name}_lstm_b"] if lstm_bias else []
         nodes = [
             helper.make_node("Conv", ["audio", "shared_conv_w"], [f"{name}_c1"], name=f"{name}_conv1", pads=[1, 1]),
             helper.make_node("Relu", [f"{name}_c1"], [f"{name}_r1"], name=f"{name}_relu1"),
             helper.make_node("Conv", [f"{name}_r1", f"{name}_conv2_w"], [f"{name}_c2"], name=f"{name}_conv2", pads=[1, 1]),
             helper.make_node("Relu", [f"{name}_c2"], [f"{name}_r2"], name=f"{name}_relu2"),
             helper.make_node("Transpose", [f"{name}_r2"], [f"{name}_seq"], name=f"{name}_to_time", perm=[2, 0, 1]),
-            helper.make_node("LSTM", [f"{name}_seq", f"{name}_lstm_w", f"{name}_lstm_r"], [f"{name}_y"],
-                             name=f"{name}_lstm", hidden_size=32),
+            helper.make_node("LSTM", [f"{name}_seq", f"{name}_lstm_w", f"{name}_lstm_r", *bias], [f"{name}_y"],
+                             name=f"{name}_lstm", hidden_size=hidden),
         ]
-        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, ["T", 1, 1, 32])],
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, ["T", 1, 1, hidden])],
                                  inits)
 
     graph = helper.make_graph(
@@ -72,7 +76,7 @@ def tiny_if_network(seed: int = 0) -> onnx.ModelProto:
         "tiny_if_network",
         [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, 1, "T"]),
          helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", 1, 1, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", 1, 1, hidden])],
         [shared],
     )
     return _model(graph)

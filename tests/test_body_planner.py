@@ -55,6 +55,15 @@ def test_identical_branch_weights_are_stored_once():
     assert {t.name for t in int8} <= {t.name for t in result.model.graph.initializer}
 
 
+def test_an_integer_lstm_inside_a_branch_is_not_reported_float_for_its_bias():
+    """DynamicQuantizeLSTM takes its bias in float: inside an If body that bias (1024 values,
+    as Silero VAD's) is no float layer, as it is none in the main graph."""
+    result = onnxquant.quantize(tiny_if_network(hidden=128, lstm_bias=True), if_samples(8),
+                                onnxquant.Recipe().with_overrides(search={"enabled": False}))
+    assert result.quantized_nodes["LSTM"] == 2
+    assert not [f for f in result.float_nodes if "LSTM" in f.op_type]
+
+
 def test_branch_no_sample_took_keeps_int8_weights_with_reason():
     model = tiny_if_network()
     result = onnxquant.quantize(model, if_samples(8, flags=(True,)))

@@ -14,6 +14,7 @@ from onnxquant.passes.float16 import store_float16
 from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.state import State
 from onnxquant.planner import ALREADY_QUANTIZED, NOT_FLOAT, Selection
+from onnxquant.prequantized import QOPERATOR_OPS
 from onnxquant.results import FloatNode
 
 # Float nodes worth telling the user about: compute-heavy ops that stayed float.
@@ -74,8 +75,8 @@ def _float_report(quantized: onnx.ModelProto, sel: Selection, total_bytes: int) 
             reason = _ATTRIBUTE_PARAMETERS if w is not None and w.in_attributes else reason
             floats.append(FloatNode(name, op, reason, size, size / total_bytes if total_bytes else 0.0))
     for w in weighted.values():  # not planned at all: inside If/Loop/Scan bodies, or a quantized node's extra input
-        if w.node in sel.quantized or not w.weight_bytes:
-            continue
+        if w.node in sel.quantized or not w.weight_bytes or w.op_type in QOPERATOR_OPS:
+            continue  # (an integer kernel's float inputs are its bias: DynamicQuantizeLSTM in an If body)
         if w.in_attributes:
             reason = _ATTRIBUTE_PARAMETERS
         elif w.in_subgraph:
