@@ -182,11 +182,7 @@ def _anchor_external(model: onnx.ModelProto, path: Path) -> None:
         if tensor.data_type in _FLOATS and expected >= LAZY_MIN_BYTES:
             tensor.external_data.add(key=SOURCE_KEY, value=str(source))
             continue
-        with open(source, "rb") as handle:
-            handle.seek(entry.offset)
-            tensor.raw_data = handle.read(expected)
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
+        _read_in(tensor, source, entry.offset, expected)
 
 
 def _byte_size(tensor: onnx.TensorProto) -> int:
@@ -211,6 +207,35 @@ def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
     return np.memmap(info[SOURCE_KEY], dtype=dtype, mode="c", offset=external_entry(tensor).offset,
                      shape=tuple(tensor.dims))
+
+
+# A model whose weights on disk and proto come to less than this is read into memory before its
+# graph is prepared, as a one-file model of that size is: onnxruntime's simplifier and the
+# transformer fusion work on a serialized model, and torch.onnx's exporter (dynamo, the default
+# since torch 2.9) writes external data for models of any size.
+IN_MEMORY_LIMIT = 1 << 30
+
+
+def read_in_if_small(model: onnx.ModelProto, limit: int | None = None) -> bool:
+    """Read the weights ``load_model`` left on disk into ``model`` when the whole model stays under
+    ``limit`` (default ``IN_MEMORY_LIMIT``); whether it did."""
+    lazy = [t for t in iter_tensors(model) if is_lazy(t)]
+    limit = IN_MEMORY_LIMIT if limit is None else limit
+    if not lazy or model.ByteSize() + sum(tensor_bytes(t) for t in lazy) >= limit:
+        return False
+    for tensor in lazy:
+        entry = external_entry(tensor)
+        _read_in(tensor, Path(_external_info(tensor)[SOURCE_KEY]), entry.offset, entry.size)
+    return True
+
+
+def _read_in(tensor: onnx.TensorProto, source: Path, offset: int, size: int) -> None:
+    """Make an external tensor an ordinary one, its bytes read from ``source``."""
+    with open(source, "rb") as handle:
+        handle.seek(offset)
+        tensor.raw_data = handle.read(size)
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.DEFAULT
 
 
 def external_initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:

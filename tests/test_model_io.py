@@ -13,6 +13,7 @@ from models.tiny import tiny_cnn, tiny_mlp
 from onnxquant.api import quantize
 from onnxquant.cli import main
 from onnxquant.errors import ModelError
+from onnxquant import model_io
 from onnxquant.model_io import is_lazy, load_model, save_model, tensor_array
 from onnxquant.recipe import Recipe
 from tests.conftest import write_npz
@@ -90,14 +91,15 @@ def test_quantizing_external_data_matches_the_inline_model(tmp_path: Path, mlp_d
     external = _mlp_with_external(tmp_path)
     inline = tmp_path / "inline.onnx"
     inline.write_bytes(tiny_mlp(hidden=512).SerializeToString())
-    recipe = Recipe(simplify=False)  # models with external data skip onnxruntime's simplifier
+    recipe = Recipe()  # a small model with external data is read in: simplified, fused as the inline one is
     a = quantize(external, mlp_data, recipe, output=tmp_path / "out" / "a.onnx")
     b = quantize(inline, mlp_data, recipe, output=tmp_path / "out" / "b.onnx")
     assert (tmp_path / "out" / "a.onnx").read_bytes() == (tmp_path / "out" / "b.onnx").read_bytes()
     assert a.size_after == b.size_after and not (tmp_path / "out" / "a.onnx.data").exists()
 
 
-def test_weights_left_on_disk_are_copied_beside_the_output(tmp_path: Path, mlp_data: Path):
+def test_weights_left_on_disk_are_copied_beside_the_output(tmp_path: Path, mlp_data: Path, monkeypatch):
+    monkeypatch.setattr(model_io, "IN_MEMORY_LIMIT", 0)  # as a model too large to read in
     source = tmp_path / "src"
     source.mkdir()
     external = _mlp_with_external(source)
@@ -186,8 +188,9 @@ def test_a_result_that_fails_its_check_is_never_put_in_place(tmp_path: Path, npz
     assert checked and list(out.iterdir()) == []
 
 
-def test_weights_on_disk_in_the_output_are_checked_beside_it(tmp_path: Path, mlp_data: Path):
+def test_weights_on_disk_in_the_output_are_checked_beside_it(tmp_path: Path, mlp_data: Path, monkeypatch):
     """A result that keeps weights on disk is checked from its written file and data file."""
+    monkeypatch.setattr(model_io, "IN_MEMORY_LIMIT", 0)  # as a model too large to read in
     source = tmp_path / "src"
     source.mkdir()
     recipe = Recipe(simplify=False).with_overrides(nodes={"exclude": ("op:MatMul",)})

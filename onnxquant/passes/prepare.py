@@ -18,7 +18,7 @@ from onnx import numpy_helper, version_converter
 
 from onnxquant.errors import ModelError
 from onnxquant.outputs import scratch
-from onnxquant.model_io import PROTOBUF_LIMIT, has_lazy, iter_graphs, serialize
+from onnxquant.model_io import PROTOBUF_LIMIT, has_lazy, iter_graphs, read_in_if_small, serialize
 from onnxquant.passes.canonicalize import canonicalize
 from onnxquant.passes.float16 import widen_float16
 from onnxquant.passes.fold_affine import fold_affine_into_conv
@@ -235,6 +235,7 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
     if report.float16_weights:
         report.notes.append("fp16 model: quantized on an fp32 copy of its inside; fp16 inputs and outputs kept")
     work = _upgrade_opset(work, report)
+    read_in_if_small(work)  # (a small model with external data is prepared as a one-file one is)
     small = work.ByteSize() < PROTOBUF_LIMIT  # in-memory tools stop at protobuf's limit
     lazy = has_lazy(work)
     if simplify and small and not lazy:
