@@ -85,3 +85,39 @@ def feature_samples(count: int, features: int = 16, seed: int = 1, batch: int = 
                     dtype: type = np.float32) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     return [{"x": rng.normal(0, 1, (batch, features)).astype(dtype)} for _ in range(count)]
+
+
+def mean_pooled_cnn(seed: int = 0, opset: int = 17, keepdims: bool = False, channels: int = 16,
+                    classes: int = 8) -> onnx.ModelProto:
+    """Conv-Relu-Conv-Relu, then the global mean as torch.onnx's dynamo exporter writes it
+    (ReduceMean over axes 2, 3; the axes an input from opset 18), then a Gemm classifier."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("w1", rng.normal(0, 0.3, (channels, 3, 3, 3))), _init("b1", rng.normal(0, 0.1, channels)),
+             _init("w2", rng.normal(0, 0.2, (channels, channels, 3, 3))), _init("b2", rng.normal(0, 0.1, channels)),
+             _init("fc", rng.normal(0, 0.3, (classes, channels))), _init("fc_b", rng.normal(0, 0.1, classes))]
+    axes: dict = {}
+    mean_inputs = ["r2"]
+    if opset >= 18:
+        inits.append(numpy_helper.from_array(np.array([-1, -2], np.int64), "mean_axes"))
+        mean_inputs.append("mean_axes")
+    else:
+        axes = {"axes": [2, 3]}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("ReduceMean", mean_inputs, ["pooled"], name="mean", keepdims=int(keepdims), **axes)]
+    if keepdims:
+        inits.append(numpy_helper.from_array(np.array([0, -1], np.int64), "flat_shape"))
+        nodes.append(helper.make_node("Reshape", ["pooled", "flat_shape"], ["features"], name="flatten"))
+    else:
+        nodes.append(helper.make_node("Identity", ["pooled"], ["features"], name="features"))
+    nodes.append(helper.make_node("Gemm", ["features", "fc", "fc_b"], ["logits"], name="fc", transB=1))
+    graph = helper.make_graph(nodes, "mean_pooled_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 12, 12])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+    return _model(graph, opset)
+
+
+def image_like_samples(count: int, seed: int = 1, batch: int = 2) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(0, 1, (batch, 3, 12, 12)).astype(np.float32)} for _ in range(count)]

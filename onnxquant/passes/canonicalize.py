@@ -11,6 +11,9 @@ rounding of one product) and leaves anything it does not recognise alone:
 - MatMul whose constant weight is the *left* operand, ``W @ X`` (TF/Keras, old PyTorch):
   computed as ``(X^T @ W^T)^T``, so the weight is on the right where the integer kernels want it.
 
+- ReduceMean over the two spatial axes of an NCHW tensor (torch.onnx's dynamo exporter, TF
+  converters): GlobalAveragePool (and a Reshape to (N, C) when it drops the axes), which
+  onnxruntime runs as QLinearGlobalAveragePool instead of float between integer kernels;
 - a weight behind Cast (fp16 storage), Transpose, Reshape or Identity of an initializer: stored
   as the float32 initializer the layer reads (onnxruntime's simplifier does this too; this pass
   covers ``--no-simplify`` and models with external data, which skip the simplifier).
@@ -38,6 +41,7 @@ class CanonicalizeReport:
     gemm_scales: int = 0  # Gemm alpha/beta folded into the weight and bias
     gemm_transposes: int = 0  # Gemm transA=1: the activation transposed by a Transpose before it
     left_matmuls: int = 0  # W @ X rewritten as (X^T @ W^T)^T
+    global_means: int = 0  # ReduceMean over H and W written as GlobalAveragePool
 
     def notes(self) -> list[str]:
         out = []
@@ -51,6 +55,9 @@ class CanonicalizeReport:
             out.append(f"{self.gemm_transposes} Gemm transA written as a Transpose of the input")
         if self.left_matmuls:
             out.append(f"{self.left_matmuls} MatMul(s) with the weight on the left turned to put the weight on the right")
+        if self.global_means:
+            out.append(f"{self.global_means} ReduceMean(s) over height and width written as GlobalAveragePool "
+                       "(an integer kernel)")
         return out
 
 
@@ -166,6 +173,37 @@ def _untranspose_input(position: int, inits: _Initializers, rewritten: dict[int,
     report.gemm_transposes += 1
 
 
+def _global_mean(position: int, inits: _Initializers, ranks: dict[str, int],
+                 rewritten: dict[int, list[onnx.NodeProto]], report: CanonicalizeReport) -> None:
+    """ReduceMean over axes (2, 3) of a 4-D tensor: GlobalAveragePool, the same mean, which
+    onnxruntime has an integer kernel for (it has none for ReduceMean)."""
+    node = inits.index.nodes[position]
+    attrs = attributes(node)
+    if ranks.get(node.input[0]) != 4 or len(node.output) != 1:
+        return
+    if len(node.input) > 1 and node.input[1]:  # opset 18: the axes are an input
+        if node.input[1] not in inits.by_name:
+            return
+        axes = [int(a) for a in tensor_array(inits.by_name[node.input[1]]).reshape(-1)]
+    else:
+        axes = list(attrs.get("axes", []))
+    if sorted(a % 4 for a in axes) != [2, 3]:
+        return
+    name = node.name or f"ReduceMean_{position}"
+    if attrs.get("keepdims", 1):
+        rewritten[position] = [helper.make_node("GlobalAveragePool", [node.input[0]], [node.output[0]], name=name)]
+    else:
+        pooled = inits.fresh(f"{node.output[0]}_pooled")
+        shape = inits.fresh(f"{name}_shape")
+        inits.graph.initializer.append(numpy_helper.from_array(np.array([0, -1], np.int64), shape))
+        inits.by_name[shape] = inits.graph.initializer[-1]
+        rewritten[position] = [
+            helper.make_node("GlobalAveragePool", [node.input[0]], [pooled], name=name),
+            helper.make_node("Reshape", [pooled, shape], [node.output[0]], name=inits.fresh(f"{name}_flatten")),
+        ]
+    report.global_means += 1
+
+
 _FOLDABLE = {"Cast", "Transpose", "Reshape", "Identity"}
 
 
@@ -234,11 +272,14 @@ def canonicalize(model: onnx.ModelProto) -> CanonicalizeReport:
             _gemm(node, inits, report)
         elif node.op_type == "MatMul" and len(node.input) == 2:
             _left_matmul(position, inits, ranks, rewritten, report)
+        elif node.op_type == "ReduceMean":
+            _global_mean(position, inits, ranks, rewritten, report)
     if rewritten:
         nodes = [n for k, node in enumerate(index.nodes) for n in rewritten.get(k, [node])]
         del graph.node[:]
         graph.node.extend(nodes)
-    if report.folded_weights or report.gemm_scales or report.gemm_biases or report.left_matmuls or report.gemm_transposes:
+    if (report.folded_weights or report.gemm_scales or report.gemm_biases or report.left_matmuls
+            or report.gemm_transposes or report.global_means):
         used = {i for g in iter_graphs(graph) for n in g.node for i in n.input} | {o.name for o in graph.output}
         kept = [i for i in graph.initializer if i.name in used]
         if len(kept) != len(graph.initializer):

@@ -262,6 +262,6 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
             work = infer_shapes(work)
     quirks = canonicalize(work)
     report.notes.extend(quirks.notes())
-    if quirks.left_matmuls or quirks.gemm_transposes:
-        work = infer_shapes(work)  # the new Transpose outputs
+    if quirks.left_matmuls or quirks.gemm_transposes or quirks.global_means:
+        work = infer_shapes(work)  # the new Transpose and pooled outputs
     return work, report

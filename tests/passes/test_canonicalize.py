@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 
 import onnxquant
-from models.quirks import feature_samples, left_weight_matmul, scaled_gemm_mlp, sklearn_style_mlp
+from models.quirks import (feature_samples, image_like_samples, left_weight_matmul, mean_pooled_cnn, scaled_gemm_mlp,
+                           sklearn_style_mlp)
 from onnxquant.passes.canonicalize import canonicalize
 from onnxquant.passes.prepare import infer_shapes, prepare_model
 from tests.conftest import run
@@ -116,3 +118,37 @@ def test_gemm_trans_a_becomes_a_transpose_and_the_gemm_fuses():
     samples = [{"x": rng.normal(0, 1, (16, 4)).astype(np.float32)} for _ in range(6)]
     result = onnxquant.quantize(model, samples)
     assert result.quantized_nodes.get("Gemm") == 1 and result.fusion.integer_layers == 1
+
+
+@pytest.mark.parametrize("opset,keepdims", [(13, False), (17, True), (18, False), (18, True)])
+def test_spatial_reduce_mean_becomes_an_exact_global_average_pool(opset: int, keepdims: bool):
+    model = mean_pooled_cnn(opset=opset, keepdims=keepdims)
+    work, report = _canonical(model)
+    assert report.global_means == 1
+    assert "ReduceMean" not in {n.op_type for n in work.graph.node}
+    onnx.checker.check_model(work, full_check=True)
+    for feed in image_like_samples(2):
+        np.testing.assert_allclose(run(work, feed)[0], run(model, feed)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_reduce_mean_over_channels_is_left_alone():
+    model = mean_pooled_cnn()
+    mean = next(n for n in model.graph.node if n.op_type == "ReduceMean")
+    next(a for a in mean.attribute if a.name == "axes").ints[:] = [1, 2]  # channels and height: no global pool
+    model.graph.node[-1].op_type = "Identity"  # (the Gemm no longer fits: keep the graph valid)
+    del model.graph.node[-1].input[1:]
+    del model.graph.node[-1].attribute[:]
+    model.graph.output[0].type.tensor_type.shape.Clear()
+    _, report = _canonical(model)
+    assert report.global_means == 0
+
+
+def test_mean_pooled_cnn_quantizes_with_no_float_pool_between_integer_kernels():
+    """Before: the ReduceMean stayed float between the Convs' and the Gemm's integer kernels."""
+    model = mean_pooled_cnn(opset=18)
+    result = onnxquant.quantize(model, image_like_samples(8), onnxquant.Recipe().with_overrides(search={"enabled": False}))
+    assert result.quantized_nodes.get("GlobalAveragePool") == 1
+    assert result.fusion is not None and result.fusion.integer_layers == result.fusion.quantized_layers == 3
+    assert not result.fusion.round_trips
+    for feed in image_like_samples(3, seed=7):
+        assert _cosine(run(model, feed)[0], run(result.model, feed)[0]) > 0.99
