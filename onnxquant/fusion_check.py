@@ -17,6 +17,7 @@ from typing import Any
 import onnx
 
 from onnxquant.ops import WEIGHTED_OPS
+from onnxquant.passes.scopes import iter_scoped_nodes
 
 _INTEGER_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
                   onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
@@ -50,20 +51,31 @@ class FusionCheck:
 
 def quantized_weights(model: onnx.ModelProto) -> dict[str, list[str]]:
     """Quantized weight initializer -> the weighted layers (node names, graph order) that read it
-    through a DequantizeLinear: several where one stored weight serves many nodes (an unrolled RNN)."""
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    dq_source = {n.output[0]: n.input[0] for n in graph.node
-                 if n.op_type == "DequantizeLinear" and n.input and n.input[0] in inits
-                 and inits[n.input[0]].data_type in _INTEGER_TYPES}
+    through a DequantizeLinear: several where one stored weight serves many nodes (an unrolled RNN).
+    Layers inside If/Loop/Scan bodies count under their qualified names (``passes/scopes.py``),
+    reading a weight of their own graph or of an enclosing one."""
+    integer: dict[int, set[str]] = {}  # id(graph) -> its integer initializers
+    dq_source: dict[int, dict[str, str]] = {}  # id(graph) -> DequantizeLinear output -> weight
+
+    def of(graph: onnx.GraphProto) -> tuple[set[str], dict[str, str]]:
+        if id(graph) not in integer:
+            integer[id(graph)] = {i.name for i in graph.initializer if i.data_type in _INTEGER_TYPES}
+            dq_source[id(graph)] = {}
+        return integer[id(graph)], dq_source[id(graph)]
+
     layers: dict[str, list[str]] = {}
-    for node in graph.node:
-        if node.op_type in WEIGHTED_OPS and node.domain in ("", "ai.onnx") and len(node.input) > 1:
-            source = dq_source.get(node.input[1])
+    for scoped in iter_scoped_nodes(model.graph):
+        node, graph = scoped.node, scoped.scopes[-1][1]
+        visible_integer = set().union(*(of(g)[0] for _, g in scoped.scopes))
+        if node.op_type == "DequantizeLinear" and node.input and node.input[0] in visible_integer:
+            of(graph)[1][node.output[0]] = node.input[0]
+        elif node.op_type in WEIGHTED_OPS and node.domain in ("", "ai.onnx") and len(node.input) > 1:
+            source = next((of(g)[1][node.input[1]] for _, g in reversed(scoped.scopes) if node.input[1] in of(g)[1]),
+                          None)
             if source is not None:
-                layers.setdefault(source, []).append(node.name)
-        elif node.op_type == "QAttention" and len(node.input) > 1 and node.input[1] in inits:
-            layers.setdefault(node.input[1], []).append(node.name)  # an integer kernel as written (passes/qattention.py)
+                layers.setdefault(source, []).append(scoped.qualified)
+        elif node.op_type == "QAttention" and len(node.input) > 1 and node.input[1] in visible_integer:
+            layers.setdefault(node.input[1], []).append(scoped.qualified)  # an integer kernel as written (passes/qattention.py)
     return layers
 
 
@@ -96,8 +108,19 @@ def round_trips(optimized: onnx.ModelProto) -> list[tuple[str, str]]:
     """Float nodes of an optimized graph on a path DequantizeLinear -> float ops -> QuantizeLinear:
     work done in float between integer kernels (a float island of activations). Data movement
     counts too: onnxruntime drops Q/DQ around it when it can, so one left there is a round trip.
-    Deterministic; graph order."""
-    nodes = list(optimized.graph.node)
+    Each If/Loop/Scan body is looked at on its own (its nodes by qualified name). Deterministic;
+    graph order, bodies after the main graph."""
+    found = _round_trips(list(optimized.graph.node), "")
+    for scoped in iter_scoped_nodes(optimized.graph):
+        for attr in scoped.node.attribute:
+            bodies = [(attr.name, attr.g)] if attr.type == onnx.AttributeProto.GRAPH else \
+                [(f"{attr.name}/{k}", g) for k, g in enumerate(attr.graphs)]
+            for name, body in bodies:
+                found.extend(_round_trips(list(body.node), f"{scoped.qualified}/{name}"))
+    return found
+
+
+def _round_trips(nodes: list[onnx.NodeProto], path: str) -> list[tuple[str, str]]:
     producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
     readers: dict[str, list[int]] = {}
     for k, n in enumerate(nodes):
@@ -126,7 +149,7 @@ def round_trips(optimized: onnx.ModelProto) -> list[tuple[str, str]]:
             continue
         before_q.add(k)
         stack.extend(producer[i] for i in nodes[k].input if i in producer)
-    return [(nodes[k].op_type, nodes[k].name) for k in sorted(after_dq & before_q)]
+    return [(nodes[k].op_type, f"{path}/{nodes[k].name}" if path else nodes[k].name) for k in sorted(after_dq & before_q)]
 
 
 def check_fusion(model: onnx.ModelProto, payload: bytes | None = None, only: set[str] | None = None) -> FusionCheck:
@@ -140,11 +163,12 @@ def check_fusion(model: onnx.ModelProto, payload: bytes | None = None, only: set
     if not layers:
         return FusionCheck(0, 0)
     optimized = optimized_graph(payload if payload is not None else model)
-    still_dequantized = {n.input[0] for n in optimized.graph.node if n.op_type == "DequantizeLinear" and n.input}
+    running = list(iter_scoped_nodes(optimized.graph))
+    still_dequantized = {s.node.input[0] for s in running if s.node.op_type == "DequantizeLinear" and s.node.input}
     # A shared weight may be fused for some readers and not others: a reader is a float island
     # when onnxruntime's graph still has it, by name, as a float weighted op.
-    float_ops = {n.name for n in optimized.graph.node if n.op_type in WEIGHTED_OPS and n.domain in ("", "ai.onnx")}
-    order = {n.name: k for k, n in enumerate(model.graph.node)}
+    float_ops = {s.qualified for s in running if s.node.op_type in WEIGHTED_OPS and s.node.domain in ("", "ai.onnx")}
+    order = {s.qualified: k for k, s in enumerate(iter_scoped_nodes(model.graph))}
     islands = sorted({layer for weight, names in layers.items() if weight in still_dequantized for layer in names
                       if len(names) == 1 or layer in float_ops}, key=order.get)
     total = len({n for names in layers.values() for n in names})

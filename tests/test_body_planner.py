@@ -42,6 +42,8 @@ def test_network_inside_if_branches_is_compressed_and_fused(tmp_path: Path):
     assert ops.count("QLinearConv") == 4 and ops.count("DynamicQuantizeLSTM") == 2
     assert "shared_conv_w" not in {t.name for g in iter_graphs(result.model.graph) for t in g.initializer}
     assert result.quantized_nodes == {"Conv": 4, "Relu": 4, "Transpose": 2, "LSTM": 2}
+    # the self-check looks inside the bodies too (it used to say "0 of 0")
+    assert (result.fusion.quantized_layers, result.fusion.integer_layers) == (4, 4)
     for flag in (True, False):
         feed = {**if_samples(1, seed=5)[0], "flag": np.array(flag)}
         assert _sqnr(run(model, feed)[0], run(result.model, feed)[0]) > 25
@@ -73,6 +75,16 @@ def test_branch_no_sample_took_keeps_int8_weights_with_reason():
     assert _float_weight_bytes(result.model) < 0.1 * _float_weight_bytes(model)
     feed = {**if_samples(1, seed=5)[0], "flag": np.array(False)}
     assert _sqnr(run(model, feed)[0], run(result.model, feed)[0]) > 30
+
+
+def test_a_branch_no_sample_took_keeps_its_int8_weights_through_the_self_check():
+    """Its layers are int8 weights before float kernels on purpose: the self-check neither counts
+    them as float islands nor re-plans them float (their weights would be fp32 again)."""
+    result = onnxquant.quantize(tiny_if_network(), if_samples(8, flags=(True,)),
+                                onnxquant.Recipe().with_overrides(search={"enabled": False}))
+    assert (result.fusion.quantized_layers, result.fusion.integer_layers) == (2, 2)
+    assert {"by_rate/else_branch/else_conv1", "by_rate/else_branch/else_conv2"} <= set(result.weight_only)
+    assert not [f for f in result.float_nodes if f.weight_bytes]
 
 
 def test_loop_body_matmul_is_calibrated_over_iterations(tmp_path: Path):

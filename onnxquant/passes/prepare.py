@@ -27,6 +27,7 @@ from onnxquant.passes.fuse_gelu import MS_DOMAIN, fuse_gelu
 from onnxquant.passes.fuse_hardswish import fuse_hardswish
 from onnxquant.passes.affine_as_depthwise import rewrite_affines
 from onnxquant.passes.hardsigmoid_as_conv import GateRewrite, rewrite_hardsigmoid
+from onnxquant.passes.node_annotations import drop_node_annotations
 from onnxquant.passes.transformer_fusion import TransformerFusion, fuse_transformer
 
 MIN_QDQ_OPSET = 13
@@ -45,8 +46,13 @@ class PrepareReport:
     opset_from: int = 0
     opset_to: int = 0
     simplified: bool = False
+    node_annotation_bytes: int = 0  # node metadata and doc strings dropped (passes/node_annotations.py)
     notes: list[str] = field(default_factory=list)
     pruning: Any = None  # the PruneReport, when the recipe prunes (set by the api after preparing)
+
+
+# Node annotations dropped are said in a note from this many bytes on.
+NOTED_ANNOTATION_BYTES = 16 * 1024
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -229,6 +235,10 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
         work = onnx.ModelProto()
         work.CopyFrom(model)
     densify_sparse_initializers(work)
+    report.node_annotation_bytes = drop_node_annotations(work)
+    if report.node_annotation_bytes >= NOTED_ANNOTATION_BYTES:
+        report.notes.append(f"{report.node_annotation_bytes / 1024:.0f} KiB of node metadata and doc strings dropped "
+                            "(the exporter's debugging annotations: stack traces, module names; not read at run time)")
     report.folded_constants = fold_constant_nodes(work)
     _drop_initializer_inputs(work)
     report.float16_weights = widen_float16(work)

@@ -16,7 +16,9 @@ def check_kernels(state: State) -> State:
     if quantized.ByteSize() >= PROTOBUF_LIMIT or has_lazy(quantized):
         return replace(state, fusion=None).noted("fusion self-check skipped: weights in external data or over 2 GB")
     try:
-        found = check_fusion(quantized, serialize(quantized), only=set(state.selection.quantized))
+        # (layers given int8 weights only are float kernels on purpose, each with its reason)
+        ours = set(state.selection.quantized) - set(state.selection.weight_only)
+        found = check_fusion(quantized, serialize(quantized), only=ours)
     except Exception as exc:  # onnxruntime's own refusal; the self-check that follows reports it
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         return replace(state, fusion=None).noted(f"fusion self-check skipped: {why}")
