@@ -17,11 +17,19 @@ from onnxquant.graphs import iter_graphs
 
 def drop_node_annotations(model: onnx.ModelProto) -> int:
     """Clear every node's ``metadata_props`` and ``doc_string`` (subgraphs included), in place;
-    the bytes they took."""
-    before = model.ByteSize()
+    about the bytes they took (their text and field tags: sizing the model would serialize it)."""
+    dropped = 0
     for graph in iter_graphs(model.graph):
         for node in graph.node:
             if node.doc_string or len(node.metadata_props):
+                dropped += _text_bytes(node.doc_string) + sum(_text_bytes(p.key) + _text_bytes(p.value) + 2
+                                                              for p in node.metadata_props)
                 node.doc_string = ""
                 del node.metadata_props[:]
-    return before - model.ByteSize()
+    return dropped
+
+
+def _text_bytes(text: str) -> int:
+    """A string field's bytes in the file: its UTF-8, a tag and a length."""
+    size = len(text.encode())
+    return size + 1 + max(1, (size.bit_length() + 6) // 7) if text else 0
