@@ -146,6 +146,7 @@ def _breast_cancer(part: str) -> list[dict[str, np.ndarray]]:
 
 SETS = {
     "efficientnet-lite0": efficientnet_samples,
+    "efficientnet-lite0-dynamo": efficientnet_samples,
     "minilm": minilm_samples,
     "ppocr-det": ppocr_samples,
     # models from other frameworks (calibration/foreign.py); the partly-int8 and fp16 variants

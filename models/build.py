@@ -24,6 +24,8 @@ from models import (
 
 BUILDERS = {
     "efficientnet-lite0": (efficientnet_lite0.build, "efficientnet_lite0.onnx"),
+    # torch.onnx's default (dynamo) export: weights in external data, ReduceMean pool, node annotations
+    "efficientnet-lite0-dynamo": (efficientnet_lite0.build_dynamo, "efficientnet_lite0.dynamo.onnx"),
     "minilm": (minilm.build, "all_minilm_l6_v2.onnx"),
     "ppocr-det": (ppocr_det.build, "ppocrv4_det.onnx"),
     # from other frameworks and converters: scikit-learn/skl2onnx, Paddle, JAX/tf2onnx; an fp16

@@ -117,3 +117,24 @@ def test_partly_quantized_mlp(work: Path):
     _check(result, out, model, 0.37)  # its MatMulInteger layer was int8 already
     ref = _outputs(model, held, 1)
     assert metrics.probabilities(ref, _outputs(out, held, 1))["top1_agreement"] >= 0.97
+
+
+def test_efficientnet_as_torch_exports_it_by_default(work: Path):
+    """torch.onnx's dynamo export (the default since torch 2.9): external data, ReduceMean pool,
+    stack traces on every node. It must come out as the classic export does: read in and simplified,
+    the pool an integer kernel, no annotations, a one-file model under a third of the size."""
+    pytest.importorskip("onnxscript")
+    model, calib, held = zoo_model("efficientnet-lite0-dynamo", work)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(str(model), load_external_data=False).graph.initializer)
+    out = work / "eff-dynamo.int8.onnx"
+    result = onnxquant.quantize(model, calib, onnxquant.Recipe().with_overrides(search={"enabled": False}), output=out)
+    assert not any("external data" in note for note in result.notes)
+    assert any("ReduceMean" in note for note in result.notes) and result.quantized_nodes.get("GlobalAveragePool") == 1
+    assert any("node metadata" in note for note in result.notes)
+    assert not result.fusion.round_trips and not (work / "eff-dynamo.int8.onnx.data").exists()
+    fp32_bytes = model.stat().st_size + (model.parent / "efficientnet_lite0.dynamo.weights").stat().st_size
+    _check(result, out, model, 0.3 * fp32_bytes / model.stat().st_size)  # (the model's bytes and its data file's)
+    ref = _outputs(model, held)
+    mine = metrics.probabilities(ref, _outputs(out, held))
+    theirs = metrics.probabilities(ref, _outputs(_ort_static(model, calib, work / "eff-dynamo.ort.onnx"), held))
+    assert mine["top1_agreement"] >= theirs["top1_agreement"] and mine["kl"] <= theirs["kl"]
