@@ -45,8 +45,13 @@ class TransformerFusion:
     residual_sums: int = 0  # residual Adds before a LayerNormalization written as Sum
     num_heads: int = 0
     hidden_size: int = 0
+    unmatched: bool = False  # an encoder's shape was read, yet onnxruntime's fusions matched no block
 
     def note(self) -> str | None:
+        if self.unmatched:
+            return (f"transformer fusion: the graph reads as an encoder ({self.num_heads} heads, hidden size "
+                    f"{self.hidden_size}), but onnxruntime's attention fusion matched none of its blocks (a mask "
+                    "or layout other than BERT's export writes): attention runs as separate quantized MatMuls")
         if not self.attention:
             return None
         return (f"transformer fusion: {self.attention} attention blocks fused into Attention "
@@ -180,10 +185,10 @@ def fuse_transformer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Transform
             bert.optimize(_fusion_options())
             bert.topological_sort()  # fused nodes are appended at the end of the node list
         except Exception:  # a pattern the fusions do not expect: quantize the graph as it is
-            return model, TransformerFusion()
+            return model, TransformerFusion(num_heads=num_heads, hidden_size=hidden_size, unmatched=True)
     ops = Counter(n.op_type for n in work.graph.node if n.domain == MS_DOMAIN)
     if not ops["Attention"]:
-        return model, TransformerFusion()
+        return model, TransformerFusion(num_heads=num_heads, hidden_size=hidden_size, unmatched=True)
     result = TransformerFusion(attention=ops["Attention"], gelu=ops["Gelu"] + ops["BiasGelu"] + ops["FastGelu"],
                                num_heads=num_heads, hidden_size=hidden_size)
     result.residual_sums = residual_adds_as_sum(work.graph)

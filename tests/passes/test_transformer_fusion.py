@@ -25,7 +25,7 @@ from tests.conftest import run, write_npz
 LAYERS, HEADS, HIDDEN, VOCAB = 2, 4, 32, 100
 
 
-def _export_tiny_bert(path: Path, opset: int = 17) -> Path:
+def _export_tiny_bert(path: Path, opset: int = 17, dynamo: bool = False) -> Path:
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -49,7 +49,7 @@ def _export_tiny_bert(path: Path, opset: int = 17) -> Path:
     with torch.no_grad():
         torch.onnx.export(Hidden(encoder), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(path),
                           input_names=names, output_names=["hidden"],
-                          dynamic_axes={**{n: dyn for n in names}, "hidden": dyn}, opset_version=opset, dynamo=False)
+                          dynamic_axes={**{n: dyn for n in names}, "hidden": dyn}, opset_version=opset, dynamo=dynamo)
     return path
 
 
@@ -98,6 +98,17 @@ def test_attention_blocks_fuse_and_outputs_stay_equal(bert):
     onnx.checker.check_model(fused)
     for sample in _samples(6):
         np.testing.assert_allclose(run(fused, sample)[0], run(bert, sample)[0], rtol=1e-4, atol=2e-5)
+
+
+def test_an_encoder_whose_attention_does_not_fuse_is_said(tmp_path: Path):
+    """torch.onnx's dynamo export writes the mask with And/Where: onnxruntime's fusion matches no
+    block. The graph is quantized as it is, and the summary says why attention is not one kernel."""
+    pytest.importorskip("onnxscript")
+    model = onnx.load(str(_export_tiny_bert(tmp_path / "bert-dynamo.onnx", opset=18, dynamo=True)))
+    prepared, report = prepare_model(model, transformer=True)
+    assert report.transformer.unmatched and report.transformer.attention == 0
+    assert any("matched none of its blocks" in note and f"{HEADS} heads" in note for note in report.notes)
+    assert "Attention" not in _ops(prepared)
 
 
 def test_an_opset_14_export_with_layernorm_spelled_out_fuses_too(tmp_path: Path):
