@@ -8,6 +8,12 @@ activation resolution. A depthwise 1x1 Conv (weight c, bias d, one group per cha
 the same exactly, and onnxruntime runs it as one QLinearConv. Only 4-D activations whose channel
 count is known, and only where a reader is a convolution or a pool (a CNN feature map, not
 attention scores), are rewritten.
+
+A BatchNormalization that onnxruntime's simplifier could not fold into a Conv (DenseNet's and
+Inception's pre-activation BN after a Concat, Caffe2-era exports) is the same affine,
+``x * gamma / sqrt(var + eps) + (beta - mean * gamma / sqrt(var + eps))`` on the channel axis of
+a 4-D tensor by definition: it becomes a depthwise 1x1 Conv whatever reads it (before: DQ -> BN
+-> Q around every one of them).
 """
 from __future__ import annotations
 
@@ -47,6 +53,11 @@ def rewrite_affines(model: onnx.ModelProto) -> int:
     drop: set[int] = set()
     new_inits: list[onnx.TensorProto] = []
     for k, node in enumerate(index.nodes):
+        if node.op_type == "BatchNormalization" and k not in replace:
+            affine = _batch_norm_affine(model, node, index)
+            if affine is not None:
+                replace[k] = _depthwise(node, node.input[0], node.output[0], *affine, taken, new_inits, f"bn_{k}")
+            continue
         if node.op_type not in ("Mul", "Add") or k in drop or k in replace:
             continue
         operand = _constant_operand(node, index)
@@ -74,12 +85,7 @@ def rewrite_affines(model: onnx.ModelProto) -> int:
         readers = {index.nodes[r].op_type for r in index.readers.get(out, [])}
         if not readers & _FEATURE_MAP_READERS:
             continue
-        base = node.name or f"affine_{k}"
-        w_name, b_name = fresh_name(taken, f"{base}_dw_weight"), fresh_name(taken, f"{base}_dw_bias")
-        new_inits += [numpy_helper.from_array(scale.astype(np.float32).reshape(channels, 1, 1, 1), w_name),
-                      numpy_helper.from_array(shift.astype(np.float32), b_name)]
-        replace[k] = helper.make_node("Conv", [x, w_name, b_name], [out], name=fresh_name(taken, f"{base}_dw"),
-                                      group=channels, kernel_shape=[1, 1])
+        replace[k] = _depthwise(node, x, out, scale, shift, taken, new_inits, f"affine_{k}")
         if last != k:
             drop.add(last)
     if not replace:
@@ -89,3 +95,35 @@ def rewrite_affines(model: onnx.ModelProto) -> int:
     graph.node.extend(nodes)
     graph.initializer.extend(new_inits)
     return len(replace)
+
+
+def _depthwise(node: onnx.NodeProto, x: str, out: str, scale: np.ndarray, shift: np.ndarray, taken: set[str],
+               new_inits: list[onnx.TensorProto], fallback: str) -> onnx.NodeProto:
+    """A depthwise 1x1 Conv computing ``x * scale + shift`` per channel (its weight and bias added
+    to ``new_inits``)."""
+    base = node.name or fallback
+    channels = len(scale)
+    w_name, b_name = fresh_name(taken, f"{base}_dw_weight"), fresh_name(taken, f"{base}_dw_bias")
+    new_inits += [numpy_helper.from_array(scale.astype(np.float32).reshape(channels, 1, 1, 1), w_name),
+                  numpy_helper.from_array(shift.astype(np.float32), b_name)]
+    return helper.make_node("Conv", [x, w_name, b_name], [out], name=fresh_name(taken, f"{base}_dw"),
+                            group=channels, kernel_shape=[1, 1])
+
+
+def _batch_norm_affine(model: onnx.ModelProto, node: onnx.NodeProto,
+                       index: NodeIndex) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, shift) of an inference BatchNormalization on a 4-D tensor with constant statistics."""
+    if node.domain not in ("", "ai.onnx") or len(node.input) != 5 or len(node.output) != 1:
+        return None
+    params = [index.inits.get(name) for name in node.input[1:]]
+    if any(p is None or p.data_type != onnx.TensorProto.FLOAT for p in params):
+        return None
+    shape = _channels(model, node.input[0])
+    gamma, beta, mean, var = (tensor_array(p).astype(np.float64).reshape(-1) for p in params)  # type: ignore[union-attr]
+    if shape is None or shape[1] != 4 or not all(len(v) == shape[0] for v in (gamma, beta, mean, var)):
+        return None
+    eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+    if any(a.name == "training_mode" and a.i for a in node.attribute):
+        return None
+    scale = gamma / np.sqrt(var + eps)
+    return scale, beta - mean * scale

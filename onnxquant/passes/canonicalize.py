@@ -14,6 +14,9 @@ rounding of one product) and leaves anything it does not recognise alone:
 - ReduceMean over the two spatial axes of an NCHW tensor (torch.onnx's dynamo exporter, TF
   converters): GlobalAveragePool (and a Reshape to (N, C) when it drops the axes), which
   onnxruntime runs as QLinearGlobalAveragePool instead of float between integer kernels;
+- Sum of two tensors (Caffe2-era residual connections): Add, which onnxruntime runs as
+  QLinearAdd; a Sum that feeds a LayerNormalization is left as it is (transformer_fusion.py
+  writes those on purpose);
 - a weight behind Cast (fp16 storage), Transpose, Reshape or Identity of an initializer: stored
   as the float32 initializer the layer reads (onnxruntime's simplifier does this too; this pass
   covers ``--no-simplify`` and models with external data, which skip the simplifier).
@@ -42,6 +45,7 @@ class CanonicalizeReport:
     gemm_transposes: int = 0  # Gemm transA=1: the activation transposed by a Transpose before it
     left_matmuls: int = 0  # W @ X rewritten as (X^T @ W^T)^T
     global_means: int = 0  # ReduceMean over H and W written as GlobalAveragePool
+    sums: int = 0  # two-input Sum written as Add
 
     def notes(self) -> list[str]:
         out = []
@@ -55,6 +59,8 @@ class CanonicalizeReport:
             out.append(f"{self.gemm_transposes} Gemm transA written as a Transpose of the input")
         if self.left_matmuls:
             out.append(f"{self.left_matmuls} MatMul(s) with the weight on the left turned to put the weight on the right")
+        if self.sums:
+            out.append(f"{self.sums} two-input Sum(s) written as Add (an integer kernel)")
         if self.global_means:
             out.append(f"{self.global_means} ReduceMean(s) over height and width written as GlobalAveragePool "
                        "(an integer kernel)")
@@ -274,6 +280,10 @@ def canonicalize(model: onnx.ModelProto) -> CanonicalizeReport:
             _left_matmul(position, inits, ranks, rewritten, report)
         elif node.op_type == "ReduceMean":
             _global_mean(position, inits, ranks, rewritten, report)
+        elif node.op_type == "Sum" and len(node.input) == 2 and len(node.output) == 1 \
+                and inits.index.only_reader(node.output[0], "LayerNormalization") is None:
+            node.op_type = "Add"  # (the same sum; onnxruntime has an integer kernel for Add only)
+            report.sums += 1
     if rewritten:
         nodes = [n for k, node in enumerate(index.nodes) for n in rewritten.get(k, [node])]
         del graph.node[:]

@@ -70,3 +70,48 @@ def test_quantized_affine_runs_as_an_integer_kernel():
     result = onnxquant.quantize(_lab_model(), _feeds(8))
     assert result.fusion is not None and result.fusion.round_trips == []
     assert any("written as depthwise 1x1 Conv" in note for note in result.notes)
+
+
+def _dense_block() -> onnx.ModelProto:
+    """DenseNet's pre-activation: Conv -> Concat(input, conv) -> BatchNormalization -> Relu -> Conv,
+    with a two-input Sum residual (Caffe2-era exports): the BN follows a Concat, so no Conv takes it."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array((rng.standard_normal((C, 3, 3, 3)) * 0.3).astype(np.float32), "w0"),
+             numpy_helper.from_array((rng.standard_normal((3, C + 3, 3, 3)) * 0.2).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, C + 3).astype(np.float32), "gamma"),
+             numpy_helper.from_array(rng.normal(0, 0.2, C + 3).astype(np.float32), "beta"),
+             numpy_helper.from_array(rng.normal(0, 0.3, C + 3).astype(np.float32), "mean"),
+             numpy_helper.from_array(rng.uniform(0.5, 2.0, C + 3).astype(np.float32), "var")]
+    nodes = [helper.make_node("Conv", ["input", "w0"], ["x0"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["input", "x0"], ["cat"], name="concat", axis=1),
+             helper.make_node("BatchNormalization", ["cat", "gamma", "beta", "mean", "var"], ["bn"], name="bn",
+                              epsilon=1e-3),
+             helper.make_node("Relu", ["bn"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w1"], ["x1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Sum", ["x1", "input"], ["res"], name="residual"),
+             helper.make_node("GlobalAveragePool", ["res"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["out"], name="flatten")]
+    graph = helper.make_graph(nodes, "dense", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_an_unfolded_batch_norm_becomes_an_exact_depthwise_conv():
+    model = _dense_block()
+    rewritten = infer_shapes(onnx.ModelProto.FromString(model.SerializeToString()))
+    assert rewrite_affines(rewritten) == 1
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert "BatchNormalization" not in [n.op_type for n in rewritten.graph.node]
+    for feed in _feeds(3):
+        np.testing.assert_allclose(_run(rewritten, feed), _run(model, feed), rtol=1e-5, atol=1e-5)
+
+
+def test_a_dense_block_with_a_sum_residual_keeps_no_bn_or_sum_round_trip():
+    """Before: DQ -> BatchNormalization -> Q and DQ -> Sum -> Q round trips between the kernels.
+    (The Concat stays one: onnxruntime's CPU provider has no QDQ Concat fusion.)"""
+    result = onnxquant.quantize(_dense_block(), _feeds(8), onnxquant.Recipe().with_overrides(search={"enabled": False}))
+    assert result.fusion is not None and [op for op, _ in result.fusion.round_trips] == ["Concat"]
+    assert any("Sum(s) written as Add" in note for note in result.notes)
+    assert {n.op_type for n in result.model.graph.node}.isdisjoint({"Sum", "BatchNormalization"})

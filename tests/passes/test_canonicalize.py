@@ -152,3 +152,23 @@ def test_mean_pooled_cnn_quantizes_with_no_float_pool_between_integer_kernels():
     assert not result.fusion.round_trips
     for feed in image_like_samples(3, seed=7):
         assert _cosine(run(model, feed)[0], run(result.model, feed)[0]) > 0.99
+
+
+def test_a_two_input_sum_becomes_add_except_before_a_layer_norm():
+    """A residual Sum is Add (an integer kernel); the Sum transformer_fusion writes before a
+    LayerNormalization (to keep onnxruntime's slow SkipLayerNormalization away) stays."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    scale = numpy_helper.from_array(np.ones(4, np.float32), "scale")
+    nodes = [helper.make_node("Sum", ["x", "y"], ["s"], name="residual"),
+             helper.make_node("Sum", ["s", "x"], ["t"], name="before_norm"),
+             helper.make_node("LayerNormalization", ["t", "scale"], ["out"], name="norm", axis=-1)]
+    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 4]) for n in ("x", "y")]
+    graph = helper.make_graph(nodes, "sums", value, [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 4])],
+                              [scale])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    work, report = _canonical(model)
+    assert report.sums == 1 and [n.op_type for n in work.graph.node] == ["Add", "Sum", "LayerNormalization"]
+    feed = {"x": np.arange(8, dtype=np.float32).reshape(2, 4), "y": np.ones((2, 4), np.float32)}
+    np.testing.assert_array_equal(run(work, feed)[0], run(model, feed)[0])
