@@ -6,8 +6,9 @@ Conv), the Mul and Add by constants stay float in a quantized model: onnxruntime
 DequantizeLinear -> Mul -> Add -> QuantizeLinear, two float passes and a round trip at full
 activation resolution. A depthwise 1x1 Conv (weight c, bias d, one group per channel) computes
 the same exactly, and onnxruntime runs it as one QLinearConv. Only 4-D activations whose channel
-count is known, and only where a reader is a convolution or a pool (a CNN feature map, not
-attention scores), are rewritten.
+count is known, and, for a scalar constant, only where a reader is a convolution or a pool (a CNN
+feature map, not attention scores), are rewritten; a constant shaped (1, C, 1, 1) is per channel
+whatever reads it (Caffe2's BN-then-scale blocks, before a Relu).
 
 A BatchNormalization that onnxruntime's simplifier could not fold into a Conv (DenseNet's and
 Inception's pre-activation BN after a Concat, Caffe2-era exports) is the same affine,
@@ -64,9 +65,9 @@ def rewrite_affines(model: onnx.ModelProto) -> int:
         if operand is None:
             continue
         x, value = operand
-        producer = index.producer.get(x)
-        if producer is not None and index.nodes[producer].op_type in ("Conv", "ConvTranspose"):
-            continue  # fold_affine's job (or not exact there); not ours to duplicate
+        producer = _affine_chain_head(x, index)
+        if producer is not None and (index.nodes[producer].op_type in ("Conv", "ConvTranspose") or producer in replace):
+            continue  # fold_affine's job (or not exact there); not ours to duplicate (a BN made a Conv here too)
         shape = _channels(model, x)
         if shape is None or shape[1] != 4:
             continue
@@ -83,8 +84,8 @@ def rewrite_affines(model: onnx.ModelProto) -> int:
             if shift_vector is not None:
                 shift, last, out = shift_vector, nxt, index.nodes[nxt].output[0]
         readers = {index.nodes[r].op_type for r in index.readers.get(out, [])}
-        if not readers & _FEATURE_MAP_READERS:
-            continue
+        if value.size == 1 and not readers & _FEATURE_MAP_READERS:
+            continue  # (a scalar could scale anything 4-D; a (1, C, 1, 1) vector is per channel by its shape)
         replace[k] = _depthwise(node, x, out, scale, shift, taken, new_inits, f"affine_{k}")
         if last != k:
             drop.add(last)
@@ -95,6 +96,17 @@ def rewrite_affines(model: onnx.ModelProto) -> int:
     graph.node.extend(nodes)
     graph.initializer.extend(new_inits)
     return len(replace)
+
+
+def _affine_chain_head(x: str, index: NodeIndex) -> int | None:
+    """The producer of ``x``, looking back through Mul/Add by constants (a chain fold_affine takes whole)."""
+    producer = index.producer.get(x)
+    while producer is not None and index.nodes[producer].op_type in ("Mul", "Add"):
+        operand = _constant_operand(index.nodes[producer], index)
+        if operand is None:
+            break
+        producer = index.producer.get(operand[0])
+    return producer
 
 
 def _depthwise(node: onnx.NodeProto, x: str, out: str, scale: np.ndarray, shift: np.ndarray, taken: set[str],

@@ -268,6 +268,8 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
     if integer_gates:
         report.gates = rewrite_hardsigmoid(work, default_opset(work))
         report.affines_as_depthwise = rewrite_affines(work)
+        if report.affines_as_depthwise:  # a constant Mul/Add right after a BN made a depthwise Conv folds into it
+            report.folded_affines += fold_affine_into_conv(work)
         if report.gates.total or report.gates.hardswish_split or report.affines_as_depthwise:
             work = infer_shapes(work)
     quirks = canonicalize(work)

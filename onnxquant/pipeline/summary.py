@@ -61,6 +61,6 @@ def _preparation_notes(prep: PrepareReport) -> list[str]:
         notes.append(f"{prep.gates.total} HardSigmoid gates written as Conv + Clip for integer kernels "
                      f"({prep.gates.folded} folded into their Conv, {prep.gates.depthwise} depthwise 1x1)")
     if prep.affines_as_depthwise:
-        notes.append(f"{prep.affines_as_depthwise} constant per-channel Mul/Add written as depthwise 1x1 Conv "
-                     "for integer kernels")
+        notes.append(f"{prep.affines_as_depthwise} constant per-channel affine(s) (Mul/Add, BatchNormalization) "
+                     "written as depthwise 1x1 Conv for integer kernels")
     return notes

@@ -115,3 +115,24 @@ def test_a_dense_block_with_a_sum_residual_keeps_no_bn_or_sum_round_trip():
     assert result.fusion is not None and [op for op, _ in result.fusion.round_trips] == ["Concat"]
     assert any("Sum(s) written as Add" in note for note in result.notes)
     assert {n.op_type for n in result.model.graph.node}.isdisjoint({"Sum", "BatchNormalization"})
+
+
+def test_caffe2_batch_norm_then_scale_before_a_relu_is_one_depthwise_conv():
+    """Caffe2's BN, then Mul and Add by (C, 1, 1) constants, then Relu: one depthwise Conv (the
+    scale folded into it), exact; before, the Mul and Add (read by a Relu) stayed float."""
+    from onnxquant.passes.prepare import prepare_model
+
+    model = _dense_block()
+    rng = np.random.default_rng(5)
+    model.graph.initializer.extend([numpy_helper.from_array(rng.uniform(0.5, 1.5, (C + 3, 1, 1)).astype(np.float32), "s"),
+                                    numpy_helper.from_array(rng.normal(0, 0.2, (C + 3, 1, 1)).astype(np.float32), "t")])
+    relu = next(k for k, n in enumerate(model.graph.node) if n.op_type == "Relu")
+    model.graph.node[relu].input[0] = "scaled"
+    model.graph.node.insert(relu, helper.make_node("Add", ["bn_s", "t"], ["scaled"], name="scale_add"))
+    model.graph.node.insert(relu, helper.make_node("Mul", ["bn", "s"], ["bn_s"], name="scale_mul"))
+    prepared, report = prepare_model(model, integer_gates=True)
+    ops = [n.op_type for n in prepared.graph.node]
+    assert "BatchNormalization" not in ops and "Mul" not in ops and "Add" not in ops[:ops.index("Relu")]
+    assert report.affines_as_depthwise == 1 and report.folded_affines >= 2
+    for feed in _feeds(3):
+        np.testing.assert_allclose(_run(prepared, feed), _run(model, feed), rtol=1e-5, atol=1e-5)
