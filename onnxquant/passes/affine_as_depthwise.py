@@ -55,8 +55,11 @@ def rewrite_affines(model: onnx.ModelProto) -> int:
     new_inits: list[onnx.TensorProto] = []
     for k, node in enumerate(index.nodes):
         if node.op_type == "BatchNormalization" and k not in replace:
+            head = _affine_chain_head(node.input[0], index)
             affine = _batch_norm_affine(model, node, index)
-            if affine is not None:
+            # (after a ConvTranspose, float on onnxruntime's CPU provider, a BN stays float: an int8
+            # depthwise Conv there would add a Q/DQ pair, not take one away; PP-OCRv4 det's head)
+            if affine is not None and (head is None or index.nodes[head].op_type != "ConvTranspose"):
                 replace[k] = _depthwise(node, node.input[0], node.output[0], *affine, taken, new_inits, f"bn_{k}")
             continue
         if node.op_type not in ("Mul", "Add") or k in drop or k in replace:

@@ -136,3 +136,26 @@ def test_caffe2_batch_norm_then_scale_before_a_relu_is_one_depthwise_conv():
     assert report.affines_as_depthwise == 1 and report.folded_affines >= 2
     for feed in _feeds(3):
         np.testing.assert_allclose(_run(prepared, feed), _run(model, feed), rtol=1e-5, atol=1e-5)
+
+
+def test_a_batch_norm_after_a_conv_transpose_stays_float():
+    """PP-OCRv4 det's head: ConvTranspose (float on the CPU provider) -> BN -> Relu -> ConvTranspose.
+    An int8 depthwise Conv there would add a Q/DQ pair between two float ops, not remove one."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array((rng.standard_normal((3, C, 2, 2)) * 0.3).astype(np.float32), "up_w"),
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, C).astype(np.float32), "gamma"),
+             numpy_helper.from_array(rng.normal(0, 0.2, C).astype(np.float32), "beta"),
+             numpy_helper.from_array(rng.normal(0, 0.3, C).astype(np.float32), "mean"),
+             numpy_helper.from_array(rng.uniform(0.5, 2.0, C).astype(np.float32), "var"),
+             numpy_helper.from_array((rng.standard_normal((C, 1, 2, 2)) * 0.3).astype(np.float32), "up2_w")]
+    nodes = [helper.make_node("ConvTranspose", ["input", "up_w"], ["up"], name="up", strides=[2, 2]),
+             helper.make_node("BatchNormalization", ["up", "gamma", "beta", "mean", "var"], ["bn"], name="bn"),
+             helper.make_node("Relu", ["bn"], ["r"], name="relu"),
+             helper.make_node("ConvTranspose", ["r", "up2_w"], ["out"], name="up2", strides=[2, 2])]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 1, 32, 32])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    rewritten = infer_shapes(model)
+    assert rewrite_affines(rewritten) == 0
+    assert "BatchNormalization" in [n.op_type for n in rewritten.graph.node]
