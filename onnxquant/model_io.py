@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from google.protobuf.message import EncodeError
 from onnx import external_data_helper, numpy_helper
 
 from onnxquant.errors import ModelError
@@ -307,12 +308,22 @@ def serialize(model: onnx.ModelProto) -> bytes:
         return model.SerializeToString(deterministic=True)
 
 
+def serialize_below_limit(model: onnx.ModelProto) -> bytes | None:
+    """``serialize(model)``, or None when it reaches the protobuf limit. Cheaper than asking
+    ``ByteSize()`` first: protobuf's upb backend computes a size by serializing the whole message
+    (all-MiniLM-L6-v2: as long as the serialization itself), so the check costs one serialization, not two."""
+    try:
+        data = serialize(model)
+    except (EncodeError, ValueError):  # (upb refuses to encode past its own limit)
+        return None
+    return data if len(data) < PROTOBUF_LIMIT else None
+
+
 def model_digest(model: onnx.ModelProto) -> str | None:
     """sha256 of ``serialize(model)``: the key under which a pass caches what it measured on this
     model. ``None`` over the protobuf limit (it cannot be serialized): nothing is cached then."""
-    if model.ByteSize() >= PROTOBUF_LIMIT:
-        return None
-    return hashlib.sha256(serialize(model)).hexdigest()
+    data = serialize_below_limit(model)
+    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 def uncached_key() -> str:
