@@ -320,10 +320,27 @@ def serialize_below_limit(model: onnx.ModelProto) -> bytes | None:
 
 
 def model_digest(model: onnx.ModelProto) -> str | None:
-    """sha256 of ``serialize(model)``: the key under which a pass caches what it measured on this
-    model. ``None`` over the protobuf limit (it cannot be serialized): nothing is cached then."""
-    data = serialize_below_limit(model)
-    return None if data is None else hashlib.sha256(data).hexdigest()
+    """sha256 of the model's serialization taken piece by piece (each field of the model and of
+    its graph, each node and tensor apart): the key under which a pass caches what it measured on
+    this model. Never the whole serialization at once: serializing holds two to three times the
+    model's size for a moment (all-MiniLM-L6-v2's bias correction: 170 MB at the run's peak),
+    one weight at a time costs a weight. Weights left on disk count by their public entries, as
+    ``serialize`` writes them. ``None`` over the protobuf limit: nothing is cached then."""
+    lazy = [t for t in iter_tensors(model) if is_lazy(t)]
+    public = [[(k, v) for k, v in _external_info(t).items() if k != SOURCE_KEY] for t in lazy]
+    digest, size = hashlib.sha256(), 0
+    with _entries_replaced(lazy, public):
+        for scope, message in (("model", model), ("graph", model.graph)):
+            for field, value in message.ListFields():
+                if scope == "model" and field.name == "graph":
+                    continue
+                for item in (value if field.is_repeated else [value]):
+                    piece = (item.SerializeToString(deterministic=True) if field.message_type is not None
+                             else repr(item).encode())
+                    size += len(piece)
+                    digest.update(f"{scope}.{field.number}:{len(piece)}:".encode())
+                    digest.update(piece)
+    return digest.hexdigest() if size < PROTOBUF_LIMIT else None
 
 
 def uncached_key() -> str:

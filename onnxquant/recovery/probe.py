@@ -169,10 +169,12 @@ def run_probe(
     large fetched tensors are summarised before the next samples run).
     The probe's initializers are released once serialized (the probe is spent), before
     onnxruntime makes its own copy of them."""
-    data = probe_bytes(model, probe)
-    probe.initializers.clear()  # (bias correction's fake-quantized weights: a model's worth of bytes)
-    session = make_session(data, threads=1, optimize=False, weights=model, concurrent_runs=True)
-    del data
+    def serialized() -> bytes:
+        data = probe_bytes(model, probe)
+        probe.initializers.clear()  # (bias correction's fake-quantized weights: a model's worth of bytes)
+        return data
+
+    session = make_session(serialized, threads=1, optimize=False, weights=model, concurrent_runs=True)
     specs = input_specs(model)
 
     def run(index: int, raw: dict[str, np.ndarray]) -> Any:
