@@ -28,6 +28,7 @@ from onnxquant.planner import QuantPlan
 from onnxquant.qparams import qrange
 from onnxquant.recovery.probe import Probe, run_probe
 from onnxquant.shapes import known_ranks
+from onnxquant.pipeline.clock import timed
 
 GPTQ_OPS = ("MatMul", "Gemm", "Attention")
 _DAMP = 0.01  # added to H's diagonal, as a share of its mean (the paper's value)
@@ -208,6 +209,7 @@ def _error(w: np.ndarray, q: np.ndarray, scale: np.ndarray, gram: np.ndarray) ->
     return float(np.sum((gram @ delta) * delta))
 
 
+@timed("gptq")
 def gptq(model: onnx.ModelProto, plan: QuantPlan, samples: Iterable[dict[str, np.ndarray]],
          max_samples: int | None = None, factors: GptqFactors | None = None,
          float_source: onnx.ModelProto | None = None) -> GptqReport:
