@@ -123,7 +123,7 @@ def _needed_only(model: onnx.ModelProto, probe: Probe) -> bytes | None:
             stack.extend(producer[name] for name in graph.node[k].input if name in producer)
     if len(needed) == len(graph.node):
         return None
-    read = {name for k in needed for name in graph.node[k].input}
+    read = {name for k in needed for name in graph.node[k].input} | set(probe.outputs)  # (an output may be a weight)
     sizes = {t.name: _elements(t) for t in graph.initializer}
     if sum(v for name, v in sizes.items() if name in read) > PRUNE_MAX_WEIGHT_SHARE * sum(sizes.values()):
         return None
@@ -132,6 +132,11 @@ def _needed_only(model: onnx.ModelProto, probe: Probe) -> bytes | None:
     _copy_fields(graph, shell.graph, skip={"node", "initializer", "output"})
     shell.graph.node.extend(graph.node[k] for k in sorted(needed))
     shell.graph.initializer.extend(t for t in graph.initializer if t.name in read)
+    dropped = set(sizes) - read  # (an older model may list its weights as graph inputs too)
+    if dropped and any(i.name in dropped for i in shell.graph.input):
+        inputs = [i for i in shell.graph.input if i.name not in dropped]
+        del shell.graph.input[:]
+        shell.graph.input.extend(inputs)
     return serialize_extended(shell, (), probe.initializers, probe.outputs)
 
 
