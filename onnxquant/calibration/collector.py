@@ -243,12 +243,18 @@ def _has_external(model: onnx.ModelProto) -> bool:
 
 
 def _session_from_file(serialized: Callable[[], bytes], options: Any) -> Any:
-    """A session loaded from a scratch file holding ``serialized()``, whose bytes are let go first."""
+    """A session loaded from a scratch file holding ``serialized()``, whose bytes are let go first
+    (from the bytes themselves where the temporary folder cannot take them: full, read-only)."""
     import onnxruntime as ort
 
-    with scratch() as tmp:
-        path = Path(tmp) / "model.onnx"
-        path.write_bytes(serialized())
+    data = serialized()
+    with contextlib.ExitStack() as stack:
+        try:
+            path = Path(stack.enter_context(scratch())) / "model.onnx"
+            path.write_bytes(data)
+        except OSError:
+            return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        del data
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
