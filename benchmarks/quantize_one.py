@@ -52,7 +52,8 @@ def run_onnxquant(model: str, calib: str, out: str, method: str = "minmax", sear
     info = {"calibration_seconds": result.seconds["calibration"], "samples": result.samples,
             "library_seconds": result.seconds["total"], "stages": result.stages}
     if result.search is not None and result.search.get("skipped") is None:
-        info["search"] = {"chosen": result.search["chosen"], "trials": len(result.search["trials"])}
+        info["search"] = {"chosen": result.search["chosen"], "trials": len(result.search["trials"]),
+                          "trial_seconds": [round(t["seconds"], 2) for t in result.search["trials"]]}
     return info
 
 

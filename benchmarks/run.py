@@ -216,6 +216,8 @@ def stages_markdown(rows: list[dict]) -> str:
             if info.get("stages"):
                 told = ", ".join(f"{name} {v['seconds']:.1f}/{v['cpu_seconds']:.1f}/{v.get('peak_mb', 0):.0f}"
                                  for name, v in info["stages"].items() if v["seconds"] >= 0.05)
+                trials = (info.get("search") or {}).get("trial_seconds")
+                told += f"; search trials (build and score, s): {', '.join(f'{t:.1f}' for t in trials)}" if trials else ""
                 lines.append(f"| {row['model']} | {tool} | {info['seconds']:.1f} ({info['library_seconds']:.1f}) | {told} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 

@@ -69,8 +69,8 @@ def tensor_errors(reference: onnx.ModelProto, quantized: onnx.ModelProto, tensor
     """
     names = sorted(set(tensors))
     dq = dequantized_names(quantized)
-    ref_session = make_session(augmented_bytes(reference, names), weights=reference)
-    q_session = make_session(augmented_bytes(quantized, [dq.get(n, n) for n in names]), weights=quantized)
+    ref_session = make_session(lambda: augmented_bytes(reference, names), weights=reference)
+    q_session = make_session(lambda: augmented_bytes(quantized, [dq.get(n, n) for n in names]), weights=quantized)
     available = {o.name for o in q_session.get_outputs()}
     names = [n for n in names if n in {o.name for o in ref_session.get_outputs()} and dq.get(n, n) in available]
     fetch = [dq.get(n, n) for n in names]

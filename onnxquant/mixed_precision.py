@@ -42,7 +42,7 @@ class Holdout:
                      max_samples: int | None = None, agreement: str = "cosine") -> Holdout:
         if agreement not in AGREEMENTS:
             raise UsageError(f"agreement {agreement!r} unknown; choose from {', '.join(AGREEMENTS)}")
-        session = make_session(serialize(model), threads=1, weights=model,  # bits independent of --threads
+        session = make_session(lambda: serialize(model), threads=1, weights=model,  # bits independent of --threads
                                concurrent_runs=True)
         specs = input_specs(model)
 
@@ -81,7 +81,7 @@ def measure(quantized: onnx.ModelProto | bytes, holdout: Holdout, metric: Metric
 
 def run_holdout(quantized: onnx.ModelProto | bytes, holdout: Holdout) -> list[list[np.ndarray]]:
     """The outputs of ``quantized`` on every held-out feed, in order."""
-    session = make_session(quantized if isinstance(quantized, bytes) else serialize(quantized), threads=1,
+    session = make_session(quantized if isinstance(quantized, bytes) else lambda: serialize(quantized), threads=1,
                            weights=None if isinstance(quantized, bytes) else quantized, concurrent_runs=True)
     return list(in_order(lambda _, feed: session.run(None, feed), holdout.feeds, None, sample_workers()))
 

@@ -282,6 +282,14 @@ def test_model_digest_keys_the_model_and_refuses_what_cannot_be_serialized(monke
     assert model_io.model_digest(a) == model_io.model_digest(b)
     b.graph.node[0].name = b.graph.node[0].name + "_other"
     assert model_io.model_digest(a) != model_io.model_digest(b)
+    c = tiny_cnn()  # a weight's values count, though the model is hashed piece by piece
+    weight = onnx.numpy_helper.to_array(c.graph.initializer[0]).copy()
+    weight.flat[0] += 1
+    c.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(weight, c.graph.initializer[0].name))
+    assert model_io.model_digest(c) != model_io.model_digest(a)
+    d = tiny_cnn()
+    d.graph.initializer[0].name, d.graph.initializer[1].name = d.graph.initializer[1].name, d.graph.initializer[0].name
+    assert model_io.model_digest(d) != model_io.model_digest(a)  # which weight has which name counts too
     monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 16)  # as if the model were over 2 GB
     assert model_io.model_digest(a) is None
     assert model_io.uncached_key() != model_io.uncached_key()

@@ -18,7 +18,7 @@ from onnx import numpy_helper, version_converter
 
 from onnxquant.errors import ModelError
 from onnxquant.outputs import scratch
-from onnxquant.model_io import PROTOBUF_LIMIT, has_lazy, iter_graphs, read_in_if_small, serialize
+from onnxquant.model_io import has_lazy, iter_graphs, read_in_if_small, serialize, serialize_below_limit
 from onnxquant.passes.canonicalize import canonicalize
 from onnxquant.passes.float16 import widen_float16
 from onnxquant.passes.fold_affine import fold_affine_into_conv
@@ -149,8 +149,9 @@ def _used_domains(model: onnx.ModelProto) -> set[str]:
     return domains
 
 
-def _simplify(model: onnx.ModelProto, report: PrepareReport) -> onnx.ModelProto:
-    """Run onnxruntime's BASIC (standard-op only) graph optimizer offline (models under 2 GB)."""
+def _simplify(model: onnx.ModelProto, report: PrepareReport, serialized: list[bytes] | None = None) -> onnx.ModelProto:
+    """Run onnxruntime's BASIC (standard-op only) graph optimizer offline (models under 2 GB).
+    ``serialized``: ``[serialize(model)]``, taken out of the list once written."""
     import onnxruntime as ort
     with scratch() as tmp:
         out = Path(tmp) / "simplified.onnx"
@@ -159,7 +160,7 @@ def _simplify(model: onnx.ModelProto, report: PrepareReport) -> onnx.ModelProto:
         options.optimized_model_filepath = str(out)
         options.log_severity_level = 3
         source = Path(tmp) / "source.onnx"
-        source.write_bytes(serialize(model))  # from a file, the bytes are not alive beside the session
+        source.write_bytes(serialized.pop() if serialized else serialize(model))  # from a file, the bytes are not alive beside the session
         try:
             ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
@@ -246,13 +247,17 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
         report.notes.append("fp16 model: quantized on an fp32 copy of its inside; fp16 inputs and outputs kept")
     work = _upgrade_opset(work, report)
     read_in_if_small(work)  # (a small model with external data is prepared as a one-file one is)
-    small = work.ByteSize() < PROTOBUF_LIMIT  # in-memory tools stop at protobuf's limit
     lazy = has_lazy(work)
+    # in-memory tools stop at protobuf's limit (one serialization says it, and the optimizer reads it)
+    payload = None if lazy else serialize_below_limit(work)
+    small = payload is not None
     if simplify and small and not lazy:
-        work = _simplify(work, report)
+        held, payload = [payload], None  # (the optimizer's input file alone holds it while its session runs)
+        work = _simplify(work, report, held)
     elif simplify:
         report.notes.append("weights in external data: onnxruntime graph simplification skipped" if lazy
                             else "model over 2 GB: onnxruntime graph simplification skipped")
+    payload = None
     if simplify:
         report.folded_affines = fold_affine_into_conv(work)
         report.fused_hardswish = fuse_hardswish(work, default_opset(work))

@@ -20,7 +20,7 @@ def build(calibrated: State, run: RunData, *, excluded: Iterable[str] = (), int4
     ``recovery``: run the recovery passes (off for quick per-layer trials)."""
     state = plan(replace(calibrated, excluded=tuple(excluded), int4=frozenset(int4)), run, inplace)
     if recovery:
-        state = recover(state, run)
+        state = recover(state, run, None if inplace else calibrated.model)
     built = rewrite(state)
     del state
     # the planned copy is this build's own: the float weights it dropped are given back (the

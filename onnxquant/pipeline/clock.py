@@ -21,8 +21,12 @@ from typing import Any, TypeVar
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Every name ``timed`` is given, in pipeline order (the order reports list them in).
-STAGES = ("load", "prepare", "prune", "smooth", "calibrate", "plan", "recover", "rewrite", "fusion_check",
-          "mixed_precision", "search", "check", "float_compute", "compact", "save")
+# ``gptq``, ``pair_limits`` and ``bias_correction`` run inside ``recover`` (which keeps the rest of
+# it); ``score`` (a search trial's model on the held-out samples) and ``rank`` (the sensitivity
+# ranking) inside ``search``.
+STAGES = ("load", "prepare", "prune", "smooth", "calibrate", "plan", "recover", "gptq", "pair_limits",
+          "bias_correction", "rewrite", "fusion_check", "mixed_precision", "search", "score", "rank", "check",
+          "float_compute", "compact", "save")
 
 
 def peak_rss_mb() -> float | None:

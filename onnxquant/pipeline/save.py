@@ -16,11 +16,10 @@ from onnxquant.calibration.collector import make_session
 from onnxquant.errors import ModelError, QuantizationError
 from onnxquant.float_weights import FLOAT_LAYERS_KEY
 from onnxquant.model_io import (
-    PROTOBUF_LIMIT,
     has_lazy,
     model_size,
     save_model,
-    serialize,
+    serialize_below_limit,
 )
 from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.state import Saved, State
@@ -47,7 +46,7 @@ def save(state: State, output: str | os.PathLike | None) -> State:
     model, first = state.model, state.first_sample
     _stamp(model, state)
     lazy = has_lazy(model)
-    payload = serialize(model) if model.ByteSize() < PROTOBUF_LIMIT else None
+    payload = serialize_below_limit(model)  # (None over 2 GB)
     size = len(payload) if payload is not None and not lazy else model_size(model)
     if payload is None:
         state = state.noted("model over 2 GB: the onnxruntime self-check was skipped")

@@ -326,7 +326,7 @@ def _sensitive_candidates(rounds: Rounds, base: State, quantized: State | None, 
         allowed -= floated
     if not layers or allowed < 1:
         return []
-    ranked = rank_by_added_noise(base.model, quantized.model, layers, held.feeds[:RANKING_SAMPLES])
+    ranked = timed("rank")(rank_by_added_noise)(base.model, quantized.model, layers, held.feeds[:RANKING_SAMPLES])
     return rounds.sensitive_layers(within_caps(ranked, sizes, allowed, max_bytes), uint8, allowed)
 
 
@@ -368,11 +368,17 @@ def _trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: H
     except CalibrationDataError as exc:
         return (TrialResult(trial.candidate.name, changes, 1.0, 1.0, time.perf_counter() - started, str(exc)),
                 calibrated, None)
-    outputs = run_holdout(built.model, held)
-    m = score_outputs(outputs, held, run.metric)
-    result = TrialResult(trial.candidate.name, changes, float(m.drop), float(m.cosine_drop),
-                         time.perf_counter() - started, pseudo=pseudo_values(outputs, held, float(m.drop), run.metric))
+    drop, cosine_drop, pseudo = _scored(built.model, held, run)
+    result = TrialResult(trial.candidate.name, changes, drop, cosine_drop, time.perf_counter() - started, pseudo=pseudo)
     return result, calibrated, built
+
+
+@timed("score")
+def _scored(model: onnx.ModelProto, held: Holdout, run: RunData) -> tuple[float, float, tuple[float, ...]]:
+    """A trial's model on the held-out samples: its drop, cosine drop and per-sample values."""
+    outputs = run_holdout(model, held)
+    m = score_outputs(outputs, held, run.metric)
+    return float(m.drop), float(m.cosine_drop), pseudo_values(outputs, held, float(m.drop), run.metric)
 
 
 def _run_trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: Holdout,

@@ -33,6 +33,7 @@ from onnxquant.planner import QuantPlan, refresh_bias_params
 from onnxquant.qparams import QParams, dequantize
 from onnxquant.recovery.patch_means import ConvGeometry, conv_mean_output, patch_means, tap_selection
 from onnxquant.recovery.probe import Probe, run_probe
+from onnxquant.pipeline.clock import timed
 
 CORRECTABLE = {"Conv", "ConvTranspose", "Gemm"}
 
@@ -216,6 +217,7 @@ def _rows_times(px: np.ndarray, perr: np.ndarray, delta: np.ndarray, rounded: np
     return np.einsum("k,kn->n", px, delta) + np.einsum("k,kn->n", perr, rounded)
 
 
+@timed("bias_correction")
 def correct_biases(
     model: onnx.ModelProto,
     plan: QuantPlan,

@@ -14,7 +14,7 @@ rounding. Cost: one pass over the calibration samples and one Cholesky per layer
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,12 +22,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxquant.model_io import model_digest, tensor_array, uncached_key
+from onnxquant.model_io import is_lazy, model_digest, tensor_array, uncached_key
 from onnxquant.passes.node_index import NodeIndex, attributes
 from onnxquant.planner import QuantPlan
 from onnxquant.qparams import qrange
 from onnxquant.recovery.probe import Probe, run_probe
 from onnxquant.shapes import known_ranks
+from onnxquant.pipeline.clock import timed
 
 GPTQ_OPS = ("MatMul", "Gemm", "Attention")
 _DAMP = 0.01  # added to H's diagonal, as a share of its mean (the paper's value)
@@ -67,13 +68,43 @@ class GptqFactors:
         return self
 
 
+class FloatWeights(Mapping[str, np.ndarray]):
+    """Weight name -> its float value before a pass overwrote it: a copy, or, where another model
+    still holds the very same tensor (the calibrated model a trial's plan copied), read from
+    there when asked. all-MiniLM-L6-v2: 85 MB of copies fewer while bias correction runs."""
+
+    def __init__(self) -> None:
+        self.copies: dict[str, np.ndarray] = {}
+        self.kept: dict[str, onnx.TensorProto] = {}
+
+    def keep(self, name: str, value: np.ndarray, tensor: onnx.TensorProto, source: dict[str, onnx.TensorProto]) -> None:
+        """``value`` (read from ``tensor``) as the original of ``name``: by reference where
+        ``source`` holds a tensor with the same bytes, else as a copy."""
+        held = source.get(name)
+        if held is not None and not is_lazy(tensor) and held.SerializeToString() == tensor.SerializeToString():
+            self.kept[name] = held
+        else:
+            self.copies[name] = value
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self.copies:
+            return self.copies[name]
+        return tensor_array(self.kept[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self.copies, *self.kept])
+
+    def __len__(self) -> int:
+        return len(self.copies) + len(self.kept)
+
+
 @dataclass
 class GptqReport:
     improved: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)  # nearest rounding was as good
     gain_db: dict[str, float] = field(default_factory=dict)  # reconstruction gain per improved layer
     # weight name -> its float value before this pass overwrote it (bias correction's reference)
-    originals: dict[str, np.ndarray] = field(default_factory=dict)
+    originals: FloatWeights = field(default_factory=FloatWeights)
 
 
 def _layers(model: onnx.ModelProto, plan: QuantPlan) -> list[_Layer]:
@@ -178,11 +209,15 @@ def _error(w: np.ndarray, q: np.ndarray, scale: np.ndarray, gram: np.ndarray) ->
     return float(np.sum((gram @ delta) * delta))
 
 
+@timed("gptq")
 def gptq(model: onnx.ModelProto, plan: QuantPlan, samples: Iterable[dict[str, np.ndarray]],
-         max_samples: int | None = None, factors: GptqFactors | None = None) -> GptqReport:
+         max_samples: int | None = None, factors: GptqFactors | None = None,
+         float_source: onnx.ModelProto | None = None) -> GptqReport:
     """Round every eligible weight of ``model`` (in place) to GPTQ's integers, written as exact
     multiples of their planned scales so the rewrite stores those integers. ``factors``: Gram
-    matrices and factors computed before for this float model and these samples."""
+    matrices and factors computed before for this float model and these samples. ``float_source``:
+    a model left as it is while the report is used (the calibrated model ``model`` is a copy of),
+    whose weights the report's originals refer to where they are the same."""
     report = GptqReport()
     layers = _layers(model, plan)
     if not layers:
@@ -197,6 +232,7 @@ def gptq(model: onnx.ModelProto, plan: QuantPlan, samples: Iterable[dict[str, np
             order, hinv = factor(gram)
             factors.by_key[key[x]] = (gram, order, hinv.astype(np.float32))
     inits = {i.name: i for i in model.graph.initializer}
+    source = {i.name: i for i in float_source.graph.initializer} if float_source is not None else {}
     for layer in layers:
         if key[layer.x] not in factors.by_key:
             continue  # not a token activation
@@ -211,7 +247,9 @@ def gptq(model: onnx.ModelProto, plan: QuantPlan, samples: Iterable[dict[str, np
             continue
         value = q.astype(np.float64) * layer.scale
         value = (value.T if layer.transposed else value).astype(np.float32)
-        report.originals[layer.weight] = stored  # (its own array, or a copy-on-write map of the file)
+        # (its own array, or a copy-on-write map of the file, or the same tensor in ``float_source``)
+        report.originals.keep(layer.weight, stored, inits[layer.weight], source)
+        del stored
         inits[layer.weight].CopyFrom(numpy_helper.from_array(value, layer.weight))
         report.improved.append(layer.node)
         report.gain_db[layer.node] = gain

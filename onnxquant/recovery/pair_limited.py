@@ -31,6 +31,7 @@ import onnx
 from onnxquant.model_io import tensor_array
 from onnxquant.planner import QuantPlan, refresh_bias_params
 from onnxquant.qparams import QParams
+from onnxquant.pipeline.clock import timed
 
 # |w_k| + |w_k+1| of same-sign neighbours: 255 * 128 = 32640 fits a signed 16-bit lane.
 PAIR_LIMIT = 128
@@ -136,6 +137,7 @@ def _orders(node: onnx.NodeProto, shape: tuple[int, ...], axis: int | None) -> t
     return ()
 
 
+@timed("pair_limits")
 def limit_pairs(model: onnx.ModelProto, plan: QuantPlan, skip: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
     """Give the plan's 7-bit int8 weights of eligible layers (not in ``skip``) pair-limited 8-bit
     integers: new per-channel scales in ``plan.weights``, the integers in ``plan.integers`` (the

@@ -5,7 +5,8 @@ again (saved statistics only, or a one-pass onnxruntime reader); ``unavailable``
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import collections
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,11 +72,12 @@ def before_calibration(prepared: onnx.ModelProto, sel: Selection, recipe: Recipe
 
 def after_plan(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, reopen: Reopen | None,
                unavailable: str, measured: MeasuredShifts | None = None,
-               factors: GptqFactors | None = None) -> list[str]:
+               factors: GptqFactors | None = None, float_source: onnx.ModelProto | None = None) -> list[str]:
     """Passes that need the final scales: GPTQ rounding of token-activation layers, learned
     rounding, then bias correction (which then also cancels the mean shift that the rounding
     leaves). ``measured``: bias corrections' measurements already taken over the same samples,
-    to reuse where they fit; ``factors`` likewise for GPTQ."""
+    to reuse where they fit; ``factors`` likewise for GPTQ. ``float_source``: the calibrated model
+    ``prepared`` was copied from, left as it is: the rounding passes' float originals refer to it."""
     settings = recipe.recovery
     wanted = [name for name, on in (("GPTQ rounding", settings.gptq), ("learned rounding", settings.adaround),
                                     ("bias correction", settings.bias_correction)) if on]
@@ -83,16 +85,16 @@ def after_plan(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, reope
     by_gptq: list[str] = []
     # the float weights the rounding passes overwrote with their integers: bias correction cancels
     # the mean shift of the weight error against these, not against the rounded values
-    originals: dict[str, np.ndarray] = {}
+    originals: Mapping[str, np.ndarray] = {}
     if reopen is not None and settings.gptq is not False:
-        rounded = gptq(prepared, plan, reopen(), recipe.calibration.max_samples, factors)
+        rounded = gptq(prepared, plan, reopen(), recipe.calibration.max_samples, factors, float_source)
         gains = sorted(rounded.gain_db.values())
         if rounded.improved:
             notes.append(f"GPTQ rounding: {len(rounded.improved)} token-activation layers improved (median "
                          f"reconstruction gain {gains[len(gains) // 2]:.1f} dB), {len(rounded.unchanged)} kept "
                          "nearest rounding")
         by_gptq = rounded.improved
-        originals.update(rounded.originals)
+        originals = rounded.originals  # (read where it is used: some refer to float_source)
     # the layers GPTQ rounded keep its integers (on the 7-bit grid): pair limits would round them again
     notes = [*_pair_limits(prepared, plan, recipe, skip=set(by_gptq)), *notes]
     if reopen is None:
@@ -100,7 +102,7 @@ def after_plan(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, reope
     if settings.adaround:
         rounded = adaround(prepared, plan, reopen(), settings.adaround_iterations, settings.adaround_seconds,
                            recipe.calibration.max_samples)
-        originals.update({w: v for w, v in rounded.originals.items() if w not in originals})
+        originals = collections.ChainMap(originals, {w: v for w, v in rounded.originals.items() if w not in originals})
         gains = sorted(rounded.gain_db.values())
         notes.append(f"learned rounding: {len(rounded.optimized)} layers improved (median reconstruction gain "
                      f"{gains[len(gains) // 2] if gains else 0:.1f} dB), {len(rounded.unchanged)} kept nearest rounding")

@@ -17,7 +17,7 @@ from onnx import helper, numpy_helper
 from onnxquant.calibration.collector import in_order, make_session, run_fetch, sample_workers
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.errors import CalibrationDataError
-from onnxquant.model_io import serialize_extended
+from onnxquant.model_io import has_lazy, serialize_extended
 from onnxquant.passes.insert_qdq import qdq_domain
 from onnxquant.qparams import QParams
 
@@ -86,10 +86,78 @@ def probe_bytes(model: onnx.ModelProto, probe: Probe) -> bytes:
     for slot, k in reversed(placed):
         graph.node.insert(slot + 1, probe.nodes[k])
     try:
+        pruned = _needed_only(model, probe)
+        if pruned is not None:
+            return pruned
         return serialize_extended(model, (), probe.initializers, probe.outputs)
     finally:
         for done, (slot, _) in reversed(list(enumerate(placed))):
             del graph.node[slot + 1 + done]
+
+
+# A probe is cut down to the nodes it depends on only where their weights are at most this share
+# of the model's: they are copied into the cut-down model (the whole model is serialized in place).
+PRUNE_MAX_WEIGHT_SHARE = 0.5
+
+
+def _needed_only(model: onnx.ModelProto, probe: Probe) -> bytes | None:
+    """The model (probe nodes in place) cut down to the nodes the probe's outputs depend on,
+    serialized; None where that would save little (most of the weights are needed), or where the
+    cut cannot be told safely (subgraphs may read any outer name; weights left on disk are mapped
+    by name). onnxruntime runs every node of a session whatever is fetched, so a probe of a few
+    early layers (a search trial that keeps EfficientNet-Lite0's first layers float re-measures
+    only those) would otherwise run the whole model on every sample. Each node kept computes the
+    same values (no fusions: ``optimize=False``), so what the probe measures does not change. The
+    model is left untouched: callers hold its nodes."""
+    graph = model.graph
+    if has_lazy(model) or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                              for n in graph.node for a in n.attribute):
+        return None
+    producer = {out: k for k, node in enumerate(graph.node) for out in node.output if out}
+    needed: set[int] = set()
+    stack = [producer[name] for name in probe.outputs if name in producer]
+    while stack:
+        k = stack.pop()
+        if k not in needed:
+            needed.add(k)
+            stack.extend(producer[name] for name in graph.node[k].input if name in producer)
+    if len(needed) == len(graph.node):
+        return None
+    read = {name for k in needed for name in graph.node[k].input} | set(probe.outputs)  # (an output may be a weight)
+    sizes = {t.name: _elements(t) for t in graph.initializer}
+    if sum(v for name, v in sizes.items() if name in read) > PRUNE_MAX_WEIGHT_SHARE * sum(sizes.values()):
+        return None
+    shell = onnx.ModelProto()
+    _copy_fields(model, shell, skip={"graph"})
+    _copy_fields(graph, shell.graph, skip={"node", "initializer", "output"})
+    shell.graph.node.extend(graph.node[k] for k in sorted(needed))
+    shell.graph.initializer.extend(t for t in graph.initializer if t.name in read)
+    dropped = set(sizes) - read  # (an older model may list its weights as graph inputs too)
+    if dropped and any(i.name in dropped for i in shell.graph.input):
+        inputs = [i for i in shell.graph.input if i.name not in dropped]
+        del shell.graph.input[:]
+        shell.graph.input.extend(inputs)
+    return serialize_extended(shell, (), probe.initializers, probe.outputs)
+
+
+def _elements(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    return count
+
+
+def _copy_fields(source: Any, target: Any, skip: set[str]) -> None:
+    """Every set field of ``source`` but ``skip`` into ``target`` (a message of the same type)."""
+    for fd, value in source.ListFields():
+        if fd.name in skip:
+            continue
+        if fd.is_repeated:
+            getattr(target, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(target, fd.name).CopyFrom(value)
+        else:
+            setattr(target, fd.name, value)
 
 
 def run_probe(
@@ -106,10 +174,12 @@ def run_probe(
     large fetched tensors are summarised before the next samples run).
     The probe's initializers are released once serialized (the probe is spent), before
     onnxruntime makes its own copy of them."""
-    data = probe_bytes(model, probe)
-    probe.initializers.clear()  # (bias correction's fake-quantized weights: a model's worth of bytes)
-    session = make_session(data, threads=1, optimize=False, weights=model, concurrent_runs=True)
-    del data
+    def serialized() -> bytes:
+        data = probe_bytes(model, probe)
+        probe.initializers.clear()  # (bias correction's fake-quantized weights: a model's worth of bytes)
+        return data
+
+    session = make_session(serialized, threads=1, optimize=False, weights=model, concurrent_runs=True)
     specs = input_specs(model)
 
     def run(index: int, raw: dict[str, np.ndarray]) -> Any:

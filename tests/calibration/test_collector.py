@@ -195,3 +195,38 @@ def test_graph_inputs_are_read_from_the_feed_not_fetched(monkeypatch):
     monkeypatch.setattr(collector, "make_session", lambda *a, **k: Scribbling(made(*a, **k)))
     monkeypatch.setattr(probe, "make_session", lambda *a, **k: Scribbling(made(*a, **k)))
     assert quantize(model, samples).model.SerializeToString() == expected
+
+
+def test_a_session_loads_from_a_scratch_file_or_from_the_bytes_where_the_temporary_folder_refuses(monkeypatch):
+    """A session is loaded from a file its serialization was written to (onnxruntime would copy
+    given bytes first), and from the bytes where the temporary folder cannot take them: the same
+    outputs either way, and no file left behind."""
+    import contextlib
+    import os
+    import tempfile
+
+    from onnxquant.calibration import collector
+
+    model = tiny_cnn()
+    feed = next(iter(image_samples(1)))
+    written: list[str] = []
+    made = collector.scratch
+
+    @contextlib.contextmanager
+    def watched():
+        with made() as tmp:
+            written.append(tmp)
+            yield tmp
+
+    monkeypatch.setattr(collector, "scratch", watched)
+    from_file = collector.make_session(model).run(None, feed)
+    assert written and not any(os.path.exists(path) for path in written)
+
+    @contextlib.contextmanager
+    def refused():
+        raise OSError(28, "No space left on device", tempfile.gettempdir())
+        yield ""
+
+    monkeypatch.setattr(collector, "scratch", refused)
+    from_bytes = collector.make_session(lambda: collector.serialize(model), weights=model).run(None, feed)
+    assert all(np.array_equal(a, b) for a, b in zip(from_file, from_bytes))

@@ -43,6 +43,10 @@ def test_with_the_search_its_trials_are_charged_to_the_stages_they_run():
     trials = len(result.search["trials"])
     assert "search" in result.stages
     assert result.stages["plan"]["calls"] >= trials  # each trial re-plans, and is not counted in "search" itself
+    # recover's passes and the trials' scoring are told apart from the stages around them
+    assert {"bias_correction", "score"} <= set(result.stages)
+    assert result.stages["score"]["calls"] == sum(1 for t in result.search["trials"] if not t.get("error"))
+    assert result.stages["bias_correction"]["calls"] <= result.stages["recover"]["calls"]
 
 
 def test_nested_stages_are_charged_their_own_time_only():
