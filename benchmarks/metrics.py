@@ -65,3 +65,35 @@ def character_boxes(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, f
     f1 = 2 * recall * precision / (recall + precision) if recall + precision else 0.0
     return {"f1": f1, "recall": recall, "precision": precision, "matched_iou": iou / max(matched, 1),
             "detections_fp32": float(reference)}
+
+
+def face_boxes(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> dict[str, float]:
+    """BlazeFace (outputs regressors, classificators): MediaPipe's decoding at its 0.5 score and
+    0.3 NMS overlap on both models, then F1 of the int8 faces against fp32's at IoU 0.5."""
+    from models.tflite_faces import decode
+    from onnxquant.agreement.detection import Detections, matched_pairs, nms
+
+    def faces(outputs: list[np.ndarray]) -> Detections:
+        boxes, scores = decode(*outputs)
+        classes = np.zeros(len(scores), np.int64)
+        keep = nms(boxes, scores, classes, 0.3, 100)
+        return Detections(boxes[keep], scores[keep], classes[keep])
+
+    matched = reference = found = 0
+    iou = 0.0
+    for r, g in zip(ref, got):
+        rd, gd = faces(r), faces(g)
+        pairs = matched_pairs(rd, gd, 0.5)
+        matched, reference, found = matched + len(pairs), reference + len(rd), found + len(gd)
+        iou += sum(p[2] for p in pairs)
+    recall, precision = matched / max(reference, 1), matched / max(found, 1)
+    f1 = 2 * recall * precision / (recall + precision) if recall + precision else 0.0
+    return {"f1": f1, "recall": recall, "precision": precision, "matched_iou": iou / max(matched, 1),
+            "detections_fp32": float(reference)}
+
+
+def landmarks(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
+    """Landmark coordinates in input pixels (MediaPipe's face mesh: 468 x, y, z): mean and worst
+    absolute error."""
+    err = [np.abs(r.astype(np.float64) - g.astype(np.float64)) for r, g in zip(ref, got)]
+    return {"mean_px_error": float(np.mean([e.mean() for e in err])), "max_px_error": float(max(e.max() for e in err))}

@@ -35,6 +35,7 @@ YOLOX_STRIDES = ((8, 16, 32), (8, 16, 32, 64))
 # of a stride (aspect ratio 1 and its interpolated scale), or one where the interpolation is off
 SSD_ANCHORS_PER_CELL = (1, 2, 4, 6, 8)
 SSD_MAX_LEVELS = 3
+SSD_FINEST_MAX = 16  # the finest level's stride is at most this
 # MediaPipe clips the classificator's logits to +-100 before the sigmoid (score_clipping_thresh)
 SSD_LOGIT_CLIP = 100.0
 
@@ -257,18 +258,22 @@ def _find_yolox(maps: dict[str, np.ndarray], size: tuple[int, int]) -> RawHeads 
 
 
 def ssd_anchor_levels(anchors: int, size: tuple[int, int]) -> tuple[tuple[Level, ...], tuple[int, ...]] | None:
-    """The levels (consecutive strides, grids rounded up as SAME padding does) and anchors per cell
-    whose anchors add up to ``anchors``, else None. Of several, the fewest levels, then the finest
-    first stride, then pairs of anchors before single ones and counts that grow with the stride
-    (MediaPipe stacks its coarser layers on one stride): BlazeFace's 896 on 128 x 128 are strides
-    8/16 with 2 and 6 anchors a cell, the pose detector's 2254 on 224 x 224 strides 8/16/32 with 2/2/6."""
+    """The levels (consecutive strides from 4, 8 or 16, grids rounded up as SAME padding does) and
+    anchors per cell whose anchors add up to ``anchors``, else None. MediaPipe's layouts: one
+    level may have one anchor a cell; several have pairs (one per layer of the stride), never
+    fewer on a coarser level. Of several, the fewest levels, the finest first stride, the fewest
+    anchors: BlazeFace's 896 on 128 x 128 are strides 8/16 with 2 and 6 anchors a cell, the pose
+    detector's 2254 on 224 x 224 strides 8/16/32 with 2/2/6."""
     for count in range(1, SSD_MAX_LEVELS + 1):
-        for first in range(len(STRIDES) - count + 1):
+        for first in range(STRIDES.index(SSD_FINEST_MAX) + 1):
             levels = tuple(Level(s, math.ceil(size[0] / s), math.ceil(size[1] / s)) for s in STRIDES[first:first + count])
+            if len(levels) < count:
+                continue
             fits = [c for c in itertools.product(SSD_ANCHORS_PER_CELL, repeat=count)
-                    if sum(lv.cells * n for lv, n in zip(levels, c)) == anchors]
+                    if (count == 1 or 1 not in c) and list(c) == sorted(c)
+                    and sum(lv.cells * n for lv, n in zip(levels, c)) == anchors]
             if fits:
-                return levels, min(fits, key=lambda c: (c.count(1), list(c) != sorted(c), c))
+                return levels, min(fits)
     return None
 
 
