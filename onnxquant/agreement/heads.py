@@ -74,7 +74,7 @@ class RawHeads:
     anchors_per_cell: tuple[int, ...] = ()
 
     @property
-    def anchors(self) -> int:
+    def anchor_rows(self) -> int:
         """Rows of an SSD head: every level's cells times its anchors per cell."""
         return sum(lv.cells * n for lv, n in zip(self.levels, self.anchors_per_cell))
 
@@ -101,7 +101,7 @@ class RawHeads:
             return isinstance(x, np.ndarray) and x.ndim == 3 and sum(lv.cells for lv in self.levels) in x.shape[1:]
         if self.style == "ssd":
             return all(isinstance(values.get(n), np.ndarray) and values[n].ndim == 3
-                       and values[n].shape[1] == self.anchors for n in self.outputs)
+                       and values[n].shape[1] == self.anchor_rows for n in self.outputs)
         for names in (self.scores, self.boxes):
             for name, level in zip(names, self.levels):
                 x = values.get(name)
