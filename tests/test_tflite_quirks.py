@@ -11,6 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxquant
 from models.tiny import _init, _model
 from onnxquant.float_weights import float_weighted_nodes
+from onnxquant.passes.prepare import prepare_model
+from onnxquant.planner import node_names, select
 from onnxquant.recipe import recipe_for_target
 from tests.conftest import run
 
@@ -64,9 +66,15 @@ def test_a_zero_channel_pad_joins_the_integer_graph_without_a_float_island():
 
 
 def test_a_pad_of_another_value_stays_float_with_its_reason():
+    prepared, _ = prepare_model(_channel_padding_block(pad_value=0.5), simplify=False)
+    node_names(prepared)
+    selection = select(prepared, INTEGER)
+    assert "not exact" in selection.float_nodes["channel_padding"][1] and "channel_padding" not in selection.quantized
     result = onnxquant.quantize(_channel_padding_block(pad_value=0.5), _images(16), INTEGER)
-    floats = {n.name: n.reason for n in result.float_nodes}
-    assert "not exact" in floats["channel_padding"] and "Pad" not in result.quantized_nodes
+    assert "Pad" not in result.quantized_nodes
+    sample = _images(1, seed=5)[0]
+    ref, got = run(_channel_padding_block(pad_value=0.5), sample)[0], run(result.model, sample)[0]
+    assert np.abs(ref - got).max() <= 0.05 * np.abs(ref).max()
 
 
 def _regression_head() -> onnx.ModelProto:

@@ -21,7 +21,7 @@ from onnxquant.results import FloatNode
 _ATTRIBUTE_PARAMETERS = "ai.onnx.ml op: its parameters are float attributes, and ONNX has no integer form of it"
 
 _INTERESTING = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat", "GlobalAveragePool",
-                "AveragePool", "MaxPool", "Sigmoid", "LeakyRelu", "Resize", "Relu", "Clip", "Pad", *RECURRENT_OPS}
+                "AveragePool", "MaxPool", "Sigmoid", "LeakyRelu", "Resize", "Relu", "Clip", *RECURRENT_OPS}
 
 
 @timed("check")
