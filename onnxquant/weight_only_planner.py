@@ -59,7 +59,7 @@ def _writes_graph_output(scoped: ScopedNode, sel: Selection) -> bool:
 
 
 def select_weight_only(model: onnx.ModelProto, recipe: Recipe, sel: Selection, per_channel_ok: bool) -> None:
-    """Add recurrent layers and body layers to ``sel`` (in place)."""
+    """Add recurrent layers, body layers and graph-output Convs to ``sel`` (in place)."""
     op_types = set(recipe.quantization.op_types) if recipe.quantization.op_types else None
     per_channel = per_channel_ok and recipe.quantization.per_channel
     for scoped in iter_scoped_nodes(model.graph):
