@@ -47,21 +47,53 @@ def probability_map(ref: list[np.ndarray], got: list[np.ndarray], threshold: flo
     return {"mask_iou": float(iou), "pixel_agreement": float(agree), "mean_abs_error": float(mae)}
 
 
-def character_boxes(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
-    """ddddocr's detector: its own post-processing on both outputs, then F1 of the int8 boxes
-    against fp32's at IoU 0.5 and the matched boxes' mean IoU."""
-    from models.ddddocr_det import decode
-    from onnxquant.agreement.detection import Detections, matched_pairs
+def _boxes_f1(pairs_of_images) -> dict[str, float]:
+    """F1 of int8 boxes against fp32's at IoU 0.5 (one class), and the matched boxes' mean IoU, over
+    (fp32, int8) ``Detections`` pairs, one per image."""
+    from onnxquant.agreement.detection import matched_pairs
 
     matched = reference = found = 0
     iou = 0.0
-    for r, g in zip(ref, got):
-        (rb, rs), (gb, gs) = decode(r[0]), decode(g[0])
-        pairs = matched_pairs(Detections(rb, rs, np.zeros(len(rs), np.int64)),
-                              Detections(gb, gs, np.zeros(len(gs), np.int64)), 0.5)
-        matched, reference, found = matched + len(pairs), reference + len(rs), found + len(gs)
+    for ref, got in pairs_of_images:
+        pairs = matched_pairs(ref, got, 0.5)
+        matched, reference, found = matched + len(pairs), reference + len(ref), found + len(got)
         iou += sum(p[2] for p in pairs)
     recall, precision = matched / max(reference, 1), matched / max(found, 1)
     f1 = 2 * recall * precision / (recall + precision) if recall + precision else 0.0
     return {"f1": f1, "recall": recall, "precision": precision, "matched_iou": iou / max(matched, 1),
             "detections_fp32": float(reference)}
+
+
+def character_boxes(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
+    """ddddocr's detector: its own post-processing on both outputs, then F1 of the int8 boxes
+    against fp32's at IoU 0.5 and the matched boxes' mean IoU."""
+    from models.ddddocr_det import decode
+    from onnxquant.agreement.detection import Detections
+
+    def boxes(output: np.ndarray) -> Detections:
+        found, scores = decode(output)
+        return Detections(found, scores, np.zeros(len(scores), np.int64))
+
+    return _boxes_f1((boxes(r[0]), boxes(g[0])) for r, g in zip(ref, got))
+
+
+def face_boxes(ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> dict[str, float]:
+    """BlazeFace (outputs regressors, classificators): MediaPipe's decoding at its 0.5 score and
+    0.3 NMS overlap on both models, then F1 of the int8 faces against fp32's at IoU 0.5."""
+    from models.tflite_faces import decode
+    from onnxquant.agreement.detection import Detections, nms
+
+    def faces(outputs: list[np.ndarray]) -> Detections:
+        boxes, scores = decode(*outputs)
+        classes = np.zeros(len(scores), np.int64)
+        keep = nms(boxes, scores, classes, 0.3, 100)
+        return Detections(boxes[keep], scores[keep], classes[keep])
+
+    return _boxes_f1((faces(r), faces(g)) for r, g in zip(ref, got))
+
+
+def landmarks(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
+    """Landmark coordinates in input pixels (MediaPipe's face mesh: 468 x, y, z): mean and worst
+    absolute error."""
+    err = [np.abs(r.astype(np.float64) - g.astype(np.float64)) for r, g in zip(ref, got)]
+    return {"mean_px_error": float(np.mean([e.mean() for e in err])), "max_px_error": float(max(e.max() for e in err))}

@@ -38,18 +38,22 @@ METRIC = {"efficientnet-lite0": metrics.classifier, "efficientnet-lite0-fp16": m
           "ddddocr-det": metrics.character_boxes,
           # captcha CRNN: CTC logits per time step (top-1: every step's argmax equal, so the same text)
           "captcha-crnn": metrics.classifier, "speaker-encoder": metrics.embedding,
-          "sklearn-ensemble": metrics.probabilities, "sklearn-forest": metrics.probabilities}
+          "sklearn-ensemble": metrics.probabilities, "sklearn-forest": metrics.probabilities,
+          "blazeface": metrics.face_boxes, "face-landmark": metrics.landmarks}
 HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "efficientnet-lite0-fp16": ("top1_agreement", "kl"),
             "minilm": ("cosine", "cosine_min"), "speaker-encoder": ("cosine", "cosine_min"),
             "captcha-crnn": ("top1_agreement", "kl"),
             "ppocr-det": ("mask_iou", "mean_abs_error"), "ddddocr-det": ("f1", "matched_iou"),
+            "blazeface": ("f1", "matched_iou"), "face-landmark": ("mean_px_error", "max_px_error"),
             **{name: ("top1_agreement", "kl") for name in
                ("sklearn-mlp", "sklearn-mlp-partly-int8", "ppocr-cls", "ppocr-cls-fp16", "magika", "ppocrv5-cls",
                 "mtcnn-onet", "sklearn-ensemble", "sklearn-forest")}}
 # The output compared with fp32 (default: the first); skl2onnx's first output is the int64 label.
 # MTCNN's O-Net: the face/no-face softmax (its other outputs are box and landmark offsets).
 OUTPUT = {"sklearn-mlp": "probabilities", "sklearn-mlp-partly-int8": "probabilities", "mtcnn-onet": "softmax_2",
-          "sklearn-ensemble": "probabilities", "sklearn-forest": "probabilities"}
+          "sklearn-ensemble": "probabilities", "sklearn-forest": "probabilities", "face-landmark": "conv2d_20"}
+# Metrics that read several outputs get each sample's list of them (BlazeFace: boxes and scores).
+OUTPUTS = {"blazeface": ["regressors", "classificators"]}
 # Models measured in a full OCR pipeline too (benchmarks/page_cer.py): page CER with a real recogniser.
 PAGE_CER = {"ppocr-det"}
 # aimet and quark run from their own virtual environments (benchmarks/tool_venvs.py).
@@ -157,10 +161,15 @@ def bench_model(name: str, work: Path, threads: int, rounds: int, tools: tuple[s
         row["tools"][tool] = info
     data = _load(held)
     sessions = {"fp32": _session(fp32, threads), **{t: _session(p, threads) for t, p in outputs.items()}}
-    wanted = [OUTPUT[name]] if name in OUTPUT else None
-    ref = [sessions["fp32"].run(wanted, x)[0].astype(np.float32) for x in data]
+    wanted = OUTPUTS.get(name) or ([OUTPUT[name]] if name in OUTPUT else None)
+
+    def outputs_of(session: ort.InferenceSession, x: dict[str, np.ndarray]):
+        values = [v.astype(np.float32) for v in session.run(wanted, x)]
+        return values if name in OUTPUTS else values[0]
+
+    ref = [outputs_of(sessions["fp32"], x) for x in data]
     for tool in outputs:
-        got = [sessions[tool].run(wanted, x)[0].astype(np.float32) for x in data]
+        got = [outputs_of(sessions[tool], x) for x in data]
         row["tools"][tool]["agreement"] = METRIC[name](ref, got)
     if name in PAGE_CER:
         row["page_cer"] = page_cer.bench(fp32, outputs, work, threads)

@@ -108,6 +108,14 @@ def _foreign(name: str):
     return samples
 
 
+def _faces(name: str):
+    def samples(part: str) -> list[dict[str, np.ndarray]]:
+        from calibration import faces
+
+        return getattr(faces, name)(part)
+    return samples
+
+
 def _ddddocr(part: str) -> list[dict[str, np.ndarray]]:
     from calibration.text_lines import ddddocr_samples
 
@@ -169,4 +177,7 @@ SETS = {
     "speaker-encoder": _speaker,
     "sklearn-ensemble": _breast_cancer,
     "sklearn-forest": _breast_cancer,
+    # MediaPipe's TF-Lite face models (calibration/faces.py)
+    "blazeface": _faces("blazeface_samples"),
+    "face-landmark": _faces("face_landmark_samples"),
 }

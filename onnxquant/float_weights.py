@@ -98,6 +98,13 @@ def _bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     return out
 
 
+def _dequantizes(node: onnx.NodeProto, scope: dict[str, onnx.TensorProto]) -> bool:
+    """A Mul of an integer weight (read through a Cast) by its scales: the dequantization that
+    weight-only layers are stored with (``passes/weight_only.py``, ``WeightOnly.fold``)."""
+    return node.op_type == "Mul" and any(name in scope and scope[name].data_type not in FLOAT_TYPES
+                                         for name in node.input)
+
+
 def float_weighted_nodes(model: onnx.ModelProto) -> list[FloatWeighted]:
     """Every node that reads a float weight (its own graph's or an enclosing graph's), or holds float
     parameters as ai.onnx.ml attributes, in graph order.
@@ -115,6 +122,8 @@ def float_weighted_nodes(model: onnx.ModelProto) -> list[FloatWeighted]:
             in_attributes = attribute_parameter_bytes(node)
             if in_attributes:
                 found.append(FloatWeighted(node.name, node.op_type, in_attributes, nested, (), True))
+            elif _dequantizes(node, scope):
+                continue  # Cast(int8) * scale: an int8 weight's scales (one per channel) are no float weight
             elif node.op_type not in _CARRIERS:
                 weights = [scope[name] for name in dict.fromkeys(node.input) if name in scope
                            and is_float_weight(scope[name])]

@@ -26,6 +26,7 @@ from onnxquant.ops.rules import (
     weight_axis,
 )
 from onnxquant.passes.gather_rows import row_quantizable
+from onnxquant.passes.node_index import attributes
 from onnxquant.passes.weight_only import WeightOnly
 from onnxquant.qparams import MIN_SCALE, QParams, asymmetric, per_channel_absmax, quantize, symmetric
 from onnxquant.recipe import NodeSelection, Recipe
@@ -35,6 +36,11 @@ FLOAT = onnx.TensorProto.FLOAT
 UINT8_WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 NOT_FLOAT = "input is not a float32 activation"
 ALREADY_QUANTIZED = "already quantized (its weight comes through a DequantizeLinear)"
+
+
+# Why a node whose output is a graph output gets no integer kernel: its output would be requantized.
+# A Conv among them still stores its weights int8 (weight_only_planner): float compute, float output.
+GRAPH_OUTPUT = "produces a graph output (kept float for accuracy)"
 
 
 @dataclass
@@ -227,7 +233,7 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
             # DQ/Q pair around Gather when both share one scale), dequantized after.
             if not g.is_float_initializer(node.input[0]) or node.output[0] in g.outputs:
                 stay_float(node, "Gather data is not a float32 table" if node.output[0] not in g.outputs
-                           else "produces a graph output (kept float for accuracy)")
+                           else GRAPH_OUTPUT)
                 continue
             sel.quantized[node.name] = node.op_type
             if recipe.target == "cpu" and row_quantizable(node, g.initializers[node.input[0]]):
@@ -243,7 +249,7 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
             stay_float(node, NOT_FLOAT)
             continue
         if any(o in g.outputs for o in node.output) and not rule.float_output_ok:
-            stay_float(node, "produces a graph output (kept float for accuracy)")
+            stay_float(node, GRAPH_OUTPUT)
             continue
         weight_ok = True
         if rule.kind == Kind.WEIGHTED:
@@ -290,6 +296,9 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
             if node.input[0] not in int8_outputs:
                 stay_float(node, "input is not int8")
                 continue
+            if node.op_type == "Pad" and not _pads_with_zero(node, g):
+                stay_float(node, "pads with a value other than 0 (not exact at the input's scale)")
+                continue
 
         sel.quantized[node.name] = node.op_type
         for t in act:
@@ -332,6 +341,16 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
     for t in [*sel.activations, *(k[1] for k in sel.constants)]:
         sel.groups[t] = find(t)
     return sel
+
+
+def _pads_with_zero(node: onnx.NodeProto, g: _Graph) -> bool:
+    """A Pad whose new values are copies of its input (edge, reflect) or a constant 0 (the default)."""
+    if attributes(node).get("mode", b"constant") not in (b"constant", "constant"):
+        return True
+    if len(node.input) < 3 or not node.input[2]:
+        return float(attributes(node).get("value", 0.0)) == 0.0  # opset < 11 keeps it as an attribute
+    value = g.initializers.get(node.input[2])
+    return value is not None and not tensor_array(value).any()
 
 
 def _attention_unsupported(node: onnx.NodeProto, g: _Graph, recipe: Recipe) -> str | None:

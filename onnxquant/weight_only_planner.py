@@ -1,5 +1,10 @@
-"""Decide which layers get int8 weights without integer compute: recurrent layers and every
-weighted layer inside If/Loop/Scan bodies.
+"""Decide which layers get int8 weights without integer compute: recurrent layers, every
+weighted layer inside If/Loop/Scan bodies, and Convs that write a graph output.
+
+A Conv that writes a graph output gets no integer kernel (QLinearConv would requantize the
+output); exported regressors and detectors often end in one that holds most of the weights
+(MediaPipe's face mesh: 67% of the bytes in its 1404-landmark Conv): its weights are stored int8 in
+front of a float Conv, so the file shrinks all the same.
 
 Runs after the main planner (CPU or NPU) and moves those layers from its float list to its
 quantized list, with ``Selection.weight_only`` saying which weights and why the compute stays
@@ -16,8 +21,13 @@ from onnxquant.ops import WEIGHTED_OPS
 from onnxquant.ops.recurrent import RECURRENT_OPS, RECURRENT_WEIGHT_INPUTS, WEIGHT_ONLY_REASON, is_recurrent
 from onnxquant.passes.scopes import ScopedNode, iter_scoped_nodes
 from onnxquant.passes.weight_only import WeightOnly
-from onnxquant.planner import Selection, _selected_by_user
+from onnxquant.planner import GRAPH_OUTPUT, Selection, _selected_by_user
 from onnxquant.recipe import Recipe
+
+# Graph-output layers whose weights are stored int8 for a float kernel (ConvTranspose: no per-channel
+# axis with groups; Gemm/MatMul keep float outputs from their own integer kernels)
+GRAPH_OUTPUT_WEIGHT_ONLY = {"Conv"}
+GRAPH_OUTPUT_REASON = "int8 weights, float compute: its output is a graph output, which an integer kernel would requantize"
 
 NO_BODY_PLAN = ("no integer kernels in this body (no weighted layer with float inputs, or values that calibration "
                 "never saw: an If branch no sample took)")
@@ -39,13 +49,26 @@ def _weight_inputs(node: onnx.NodeProto) -> tuple[int, ...]:
     return ()
 
 
+def _writes_graph_output(scoped: ScopedNode, sel: Selection) -> bool:
+    """A main-graph Conv the planner left float only because it writes a graph output, with a
+    float32 weight initializer."""
+    node = scoped.node
+    return (node.op_type in GRAPH_OUTPUT_WEIGHT_ONLY and node.domain in ("", "ai.onnx")
+            and sel.float_nodes.get(scoped.qualified) == (node.op_type, GRAPH_OUTPUT)
+            and len(node.input) > 1 and _visible_float_initializer(scoped, node.input[1]))
+
+
 def select_weight_only(model: onnx.ModelProto, recipe: Recipe, sel: Selection, per_channel_ok: bool) -> None:
-    """Add recurrent layers and body layers to ``sel`` (in place)."""
+    """Add recurrent layers, body layers and graph-output Convs to ``sel`` (in place)."""
     op_types = set(recipe.quantization.op_types) if recipe.quantization.op_types else None
     per_channel = per_channel_ok and recipe.quantization.per_channel
     for scoped in iter_scoped_nodes(model.graph):
         node = scoped.node
         if not scoped.in_body and not is_recurrent(node):
+            if _writes_graph_output(scoped, sel):
+                sel.float_nodes.pop(scoped.qualified)
+                sel.quantized[scoped.qualified] = node.op_type
+                sel.weight_only[scoped.qualified] = WeightOnly((1,), per_channel, GRAPH_OUTPUT_REASON, fold=True)
             continue  # the main planner's
         inputs = _weight_inputs(node)
         if not inputs or scoped.qualified in sel.quantized:  # a body's own plan made it an integer kernel

@@ -8,6 +8,10 @@ Many exported detectors stop before their post-processing, which the application
 - **YOLOX** (and ddddocr's detector): one ``(batch, cells, 5 + classes)`` tensor, the levels laid
   end to end, rows ``x, y`` offsets in cells, ``log w, log h`` in strides, objectness and class
   scores after their sigmoids.
+- **SSD anchors** (MediaPipe's BlazeFace, BlazePalm, pose detector; TF-Lite files): a regressor
+  ``(batch, anchors, 4 + 2 * keypoints)`` of box centre offsets and sizes in input pixels from
+  fixed-size anchors at the cell centres, and a classificator ``(batch, anchors, classes)`` of
+  logits; the anchors are the levels' cells laid end to end, each cell repeated once per anchor.
 
 Such outputs are mostly near-zero score maps and logits: their cosine or SQNR says little of the
 boxes a user gets (an int8 model can lose a third of the SQNR and keep every box, or the reverse).
@@ -17,6 +21,7 @@ detections (``onnxquant.agreement.detection``).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -26,6 +31,13 @@ from onnxquant.agreement.detection import DetectionSettings, Detections, select_
 
 STRIDES = (4, 8, 16, 32, 64, 128)
 YOLOX_STRIDES = ((8, 16, 32), (8, 16, 32, 64))
+# anchors per cell of an SSD level: MediaPipe's SsdAnchorsCalculator puts two on each cell per layer
+# of a stride (aspect ratio 1 and its interpolated scale), or one where the interpolation is off
+SSD_ANCHORS_PER_CELL = (1, 2, 4, 6, 8)
+SSD_MAX_LEVELS = 3
+SSD_FINEST_MAX = 16  # the finest level's stride is at most this
+# MediaPipe clips the classificator's logits to +-100 before the sigmoid (score_clipping_thresh)
+SSD_LOGIT_CLIP = 100.0
 
 
 @dataclass(frozen=True)
@@ -49,7 +61,9 @@ class RawHeads:
     """One detector's raw head outputs and how to decode them.
 
     ``style`` "gfl": ``scores[i]`` and ``boxes[i]`` are level ``levels[i]``'s class-score and
-    box-distribution maps. "yolox": ``scores[0]`` is the one output holding every level.
+    box-distribution maps. "yolox": ``scores[0]`` is the one output holding every level. "ssd":
+    ``scores[0]`` the classificator's logits, ``boxes[0]`` the regressor, ``anchors_per_cell[i]``
+    anchors on each cell of ``levels[i]``.
     """
 
     style: str
@@ -57,6 +71,12 @@ class RawHeads:
     boxes: tuple[str, ...]
     levels: tuple[Level, ...]
     image_size: tuple[int, int]
+    anchors_per_cell: tuple[int, ...] = ()
+
+    @property
+    def anchor_rows(self) -> int:
+        """Rows of an SSD head: every level's cells times its anchors per cell."""
+        return sum(lv.cells * n for lv, n in zip(self.levels, self.anchors_per_cell))
 
     @property
     def carrier(self) -> str:
@@ -68,14 +88,20 @@ class RawHeads:
         return self.scores + self.boxes
 
     def to_dict(self) -> dict[str, object]:
-        return {"style": self.style, "outputs": list(self.outputs), "strides": [lv.stride for lv in self.levels],
-                "image_size": list(self.image_size)}
+        out: dict[str, object] = {"style": self.style, "outputs": list(self.outputs),
+                                  "strides": [lv.stride for lv in self.levels], "image_size": list(self.image_size)}
+        if self.anchors_per_cell:
+            out["anchors_per_cell"] = list(self.anchors_per_cell)
+        return out
 
     def fits(self, values: dict[str, np.ndarray]) -> bool:
         """Whether ``values`` have this layout's cell counts (an image of another size does not)."""
         if self.style == "yolox":
             x = values.get(self.scores[0])
             return isinstance(x, np.ndarray) and x.ndim == 3 and sum(lv.cells for lv in self.levels) in x.shape[1:]
+        if self.style == "ssd":
+            return all(isinstance(values.get(n), np.ndarray) and values[n].ndim == 3
+                       and values[n].shape[1] == self.anchor_rows for n in self.outputs)
         for names in (self.scores, self.boxes):
             for name, level in zip(names, self.levels):
                 x = values.get(name)
@@ -87,6 +113,8 @@ class RawHeads:
         """Detections of every image in the batch, from this detector's outputs by name."""
         if self.style == "yolox":
             return _decode_yolox(values[self.scores[0]], self.levels, settings)
+        if self.style == "ssd":
+            return _decode_ssd(values[self.scores[0]], values[self.boxes[0]], self, settings)
         return _decode_gfl([values[n] for n in self.scores], [values[n] for n in self.boxes], self.levels, settings)
 
 
@@ -129,6 +157,21 @@ def _decode_yolox(output: np.ndarray, levels: tuple[Level, ...], settings: Detec
         wh = np.exp(np.minimum(image[:, 2:4], 30.0)) * stride
         class_scores = image[:, 5:] * image[:, 4:5]
         found.append(select_detections(np.concatenate([xy - wh / 2, xy + wh / 2], axis=1), class_scores, settings))
+    return found
+
+
+def _decode_ssd(logits: np.ndarray, regressor: np.ndarray, heads: RawHeads,
+                settings: DetectionSettings) -> list[Detections]:
+    """MediaPipe's TensorsToDetections with fixed-size anchors: centre = anchor + offset, size as
+    given (input pixels), score = sigmoid of the clipped logit."""
+    anchors = np.concatenate([np.repeat(lv.centres(0.5) * lv.stride, n, axis=0)
+                              for lv, n in zip(heads.levels, heads.anchors_per_cell)])
+    found = []
+    for raw, logit in zip(regressor.astype(np.float64), logits.astype(np.float64)):
+        centre = raw[:, :2] + anchors
+        half = raw[:, 2:4] / 2
+        scores = 1.0 / (1.0 + np.exp(-np.clip(logit, -SSD_LOGIT_CLIP, SSD_LOGIT_CLIP)))
+        found.append(select_detections(np.concatenate([centre - half, centre + half], axis=1), scores, settings))
     return found
 
 
@@ -214,6 +257,42 @@ def _find_yolox(maps: dict[str, np.ndarray], size: tuple[int, int]) -> RawHeads 
     return None
 
 
+def ssd_anchor_levels(anchors: int, size: tuple[int, int]) -> tuple[tuple[Level, ...], tuple[int, ...]] | None:
+    """The levels (consecutive strides from 4, 8 or 16, grids rounded up as SAME padding does) and
+    anchors per cell whose anchors add up to ``anchors``, else None. MediaPipe's layouts: one
+    level may have one anchor a cell; several have pairs (one per layer of the stride), never
+    fewer on a coarser level. Of several, the fewest levels, the finest first stride, the fewest
+    anchors: BlazeFace's 896 on 128 x 128 are strides 8/16 with 2 and 6 anchors a cell, the pose
+    detector's 2254 on 224 x 224 strides 8/16/32 with 2/2/6."""
+    for count in range(1, SSD_MAX_LEVELS + 1):
+        for first in range(STRIDES.index(SSD_FINEST_MAX) + 1):
+            levels = tuple(Level(s, math.ceil(size[0] / s), math.ceil(size[1] / s)) for s in STRIDES[first:first + count])
+            if len(levels) < count:
+                continue
+            fits = [c for c in itertools.product(SSD_ANCHORS_PER_CELL, repeat=count)
+                    if (count == 1 or 1 not in c) and list(c) == sorted(c)
+                    and sum(lv.cells * n for lv, n in zip(levels, c)) == anchors]
+            if fits:
+                return levels, min(fits)
+    return None
+
+
+def _find_ssd(maps: dict[str, np.ndarray], size: tuple[int, int]) -> RawHeads | None:
+    """A regressor (4 + 2 * keypoints columns, pixel offsets: not all in [0, 1], within a few image
+    sizes) and a classificator (fewer columns, logits: some negative) with as many anchor rows."""
+    for box_name, box in maps.items():
+        rows, columns = box.shape[1:]
+        if columns < 4 or columns % 2 or _in_unit(box) or np.abs(box).max() > 4 * max(size):
+            continue
+        for score_name, score in maps.items():
+            if score_name == box_name or score.shape[1] != rows or score.shape[2] >= columns or score.min() >= 0:
+                continue
+            layout = ssd_anchor_levels(rows, size)
+            if layout is not None:
+                return RawHeads("ssd", (score_name,), (box_name,), layout[0], size, layout[1])
+    return None
+
+
 def find_raw_heads(values: dict[str, np.ndarray], feed: dict[str, np.ndarray] | None,
                    kinds: dict[str, str] | None = None, like: RawHeads | None = None) -> RawHeads | None:
     """The raw detection heads among a model's fp32 output ``values`` (by name) for the sample
@@ -223,7 +302,7 @@ def find_raw_heads(values: dict[str, np.ndarray], feed: dict[str, np.ndarray] | 
     kinds = kinds or {}
     maps = {k: v for k, v in _maps(values).items() if like is None or k in like.outputs}
     for size in image_sizes(feed):
-        heads = _find_gfl(maps, size) or _find_yolox(maps, size)
+        heads = _find_gfl(maps, size) or _find_yolox(maps, size) or _find_ssd(maps, size)
         if heads is not None and (like is None or (heads.style, heads.outputs) == (like.style, like.outputs)):
             return None if any(kinds.get(n, "detection") != "detection" for n in heads.outputs) else heads
     return None

@@ -52,6 +52,9 @@ RULES: dict[str, OpRule] = {
     "Unsqueeze": OpRule(Kind.SHARED),
     "Flatten": OpRule(Kind.SHARED),
     "Resize": OpRule(Kind.SHARED),
+    # zero padding (TF-Lite's channel padding before a residual Add, a Pad split from its Conv):
+    # zeros are exact at any scale, so the output shares the input's (planner: constant 0 only)
+    "Pad": OpRule(Kind.SHARED),
     # onnxruntime's SplitReplaceWithQuant: DQ -> Split -> Q on every output, all with one scale,
     # becomes a Split of the int8 data (YOLOv8's C2f blocks split every Conv output).
     "Split": OpRule(Kind.SHARED, every_output=True),

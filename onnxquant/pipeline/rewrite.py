@@ -7,6 +7,7 @@ from dataclasses import replace
 from onnxquant.body_planner import rewrite_bodies
 from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.int4_matmul import to_matmul_nbits
+from onnxquant.passes.int8_pad import pad_integers
 from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset
 from onnxquant.passes.weight_only import quantize_weights_only
 from onnxquant.pipeline.clock import timed
@@ -19,6 +20,7 @@ def rewrite(state: State) -> State:
     recipe, work, sel = state.planning_recipe, state.model, state.selection
     q = recipe.quantization
     quantized = insert_qdq(work, state.plan, default_opset(work), inplace=True)
+    padded = pad_integers(quantized) if recipe.target == "cpu" else 0  # onnxruntime keeps DQ -> Pad -> Q float
     opset = default_opset(work)  # (after insert_qdq, as the bodies' rewrite sees it)
     rewrite_bodies(quantized, recipe, state.stats, set(state.not_float), opset >= MIN_QDQ_OPSET, opset)
     # On the CPU, onnxruntime's DynamicQuantizeLSTM multiplies the int8 weights directly; the
@@ -27,7 +29,7 @@ def rewrite(state: State) -> State:
                           dynamic_lstm=recipe.target == "cpu" and q.recurrent_integer is not False,
                           reduce_range=q.reduce_range,
                           fold_recurrent=recipe.target == "cpu" and q.recurrent_integer is False)
-    notes = []
+    notes = [f"{padded} zero Pad(s) pad the int8 tensor with its zero point (no float island)"] if padded else []
     if state.int4:
         replaced = to_matmul_nbits(quantized, set(state.int4), q.int4_block_size)
         notes.append(f"int4 weights: {replaced} MatMul layers as MatMulNBits "

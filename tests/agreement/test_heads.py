@@ -97,3 +97,48 @@ def test_a_sample_of_another_image_size_lays_the_grids_anew():
     m = agreements["s8"].metrics()
     assert agreements["s8"].detections.images == 2 and m["detections_fp32"] == 2 and m["f1"] == 1.0
     assert not agreements["s8"].notes
+
+
+def _ssd_outputs() -> dict[str, np.ndarray]:
+    """BlazeFace's layout on 128 x 128: 896 anchors (16 x 16 cells x 2, then 8 x 8 cells x 6), a
+    regressor of 16 columns (box, six key points) and one logit column; one face on the second
+    anchor of the stride-16 cell (row 2, col 5), offset (+4, -2) pixels, 40 x 30."""
+    regressors = np.zeros((1, 896, 16), np.float32)
+    logits = np.full((1, 896, 1), -6.0, np.float32)
+    row = 16 * 16 * 2 + (2 * 8 + 5) * 6 + 1
+    regressors[0, row, :4] = [4.0, -2.0, 40.0, 30.0]
+    regressors[0, :, 4:] = np.random.default_rng(0).normal(0, 8, (896, 12))
+    logits[0, row, 0] = 3.0
+    return {"regressors": regressors, "classificators": logits}
+
+
+def test_ssd_anchor_heads_are_found_and_decoded_as_mediapipe_does():
+    image = {"input": np.zeros((1, 3, 128, 128), np.float32)}
+    heads = find_raw_heads(_ssd_outputs(), image)
+    assert heads is not None and heads.style == "ssd" and heads.carrier == "classificators"
+    assert [lv.stride for lv in heads.levels] == [8, 16] and heads.anchors_per_cell == (2, 6)
+    (found,) = heads.decode(_ssd_outputs(), DetectionSettings())
+    # anchor centre (5.5, 2.5) x 16 = (88, 40), plus the offset: (92, 38); score sigmoid(3)
+    assert found.boxes.tolist() == [pytest.approx([72, 23, 112, 53])]
+    assert found.scores[0] == pytest.approx(1 / (1 + np.exp(-3.0)))
+    agreements = output_agreements(["regressors", "classificators"], list(_ssd_outputs().values()), image)
+    assert agreements["classificators"].kind == "detection"
+
+
+def test_ssd_anchor_layouts_of_mediapipe_detectors():
+    from onnxquant.agreement.heads import ssd_anchor_levels
+
+    def layout(anchors: int, side: int) -> tuple[list[int], tuple[int, ...]]:
+        levels, per_cell = ssd_anchor_levels(anchors, (side, side))
+        return [lv.stride for lv in levels], per_cell
+
+    assert layout(896, 128) == ([8, 16], (2, 6))  # BlazeFace short range
+    assert layout(2016, 192) == ([8, 16], (2, 6))  # BlazePalm
+    assert layout(2304, 192) == ([4], (1,))  # BlazeFace full range
+    assert layout(2254, 224) == ([8, 16, 32], (2, 2, 6))  # pose detector
+    assert ssd_anchor_levels(897, (128, 128)) is None
+
+
+def test_logits_beside_a_box_map_whose_rows_fit_no_anchors_are_no_ssd_head():
+    outputs = {"boxes": np.ones((1, 100, 4), np.float32) * 5, "logits": -np.ones((1, 100, 1), np.float32)}
+    assert find_raw_heads(outputs, {"input": np.zeros((1, 3, 128, 128), np.float32)}) is None
