@@ -28,8 +28,9 @@ PRIMARY = {"classification": "top1", "embedding": "cosine", "regression": "cosin
            "sequence": "string_agreement", "labels": "label_agreement"}
 # The finest figure per kind, for choices made on a few dozen samples, where a top-1 or an exact
 # string match moves in steps of one sample: KL for classifiers (scored as exp(-KL)), CER for
-# sequences (as 1 - CER); the other kinds' primary figures are fine already.
-FINE = {**PRIMARY, "classification": "kl", "sequence": "cer"}
+# sequences (as 1 - CER), for detections 1 - the mean score gap of the fp32 and int8 detections
+# (a lost or an extra box counts its whole score); the other kinds' primary figures are fine already.
+FINE = {**PRIMARY, "classification": "kl", "sequence": "cer", "detection": "score_agreement"}
 
 
 def _finite(value: float) -> float | str:
@@ -181,7 +182,9 @@ class OutputAgreement:
                 return 0.0
             return math.exp(-value) if FINE[self.kind] == "kl" else max(0.0, 1.0 - value)
         else:
-            name = PRIMARY.get(self.kind or "", "cosine")
+            name = (FINE if by == "fine" else PRIMARY).get(self.kind or "", "cosine")
+            if (name not in m or m[name] is None) and PRIMARY.get(self.kind or "") in m:
+                name = PRIMARY[self.kind or ""]
             if name not in m or m[name] is None:
                 name = "cosine" if "cosine" in m else "label_agreement"
         value = m.get(name)
