@@ -44,9 +44,10 @@ def is_dfl_projection(node: onnx.NodeProto, constants: dict[str, onnx.TensorProt
     """YOLOv8's DFL projection: a 1x1 Conv to one channel whose weights are 0, 1, ..., bins - 1."""
     if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in constants:
         return False
-    w = numpy_helper.to_array(constants[node.input[1]])
-    if w.ndim != 4 or w.shape[0] != 1 or w.shape[2:] != (1, 1) or w.shape[1] < 4:
+    dims = tuple(constants[node.input[1]].dims)  # the shape first: no weight is read but this one
+    if len(dims) != 4 or dims[0] != 1 or dims[2:] != (1, 1) or dims[1] < 4:
         return False
+    w = numpy_helper.to_array(constants[node.input[1]])
     if len(node.input) > 2 and node.input[2]:
         bias = constants.get(node.input[2])
         if bias is None or np.any(numpy_helper.to_array(bias) != 0):
