@@ -97,3 +97,19 @@ def landmarks(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
     absolute error."""
     err = [np.abs(r.astype(np.float64) - g.astype(np.float64)) for r, g in zip(ref, got)]
     return {"mean_px_error": float(np.mean([e.mean() for e in err])), "max_px_error": float(max(e.max() for e in err))}
+def slider_gap_boxes(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
+    """captcha-recognizer's YOLO11-seg ``output0``: decoded as the package does (score 0.25, NMS at
+    IoU 0.7) by onnxquant's decoded-YOLO reader, F1 of the int8 boxes against fp32's at IoU 0.5."""
+    from models import yolo_slider as m
+    from onnxquant.agreement.detection import DetectionAgreement, DetectionSettings
+    from onnxquant.agreement.heads import find_raw_heads
+
+    feed = {m.INPUT_NAME: np.zeros((1, 3, m.SIZE, m.SIZE), np.float32)}
+    heads = find_raw_heads({"output0": ref[0]}, feed)
+    if heads is None or heads.style != "decoded":
+        raise ValueError("output0 is not read as a decoded YOLO output")
+    agreement = DetectionAgreement(DetectionSettings(score_threshold=m.SCORE_THRESHOLD, nms_iou=m.NMS_IOU))
+    for r, g in zip(ref, got):
+        agreement.add_images(heads.decode({"output0": r}, agreement.settings), heads.decode({"output0": g}, agreement.settings))
+    out = agreement.metrics()
+    return {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}

@@ -35,7 +35,7 @@ METRIC = {"efficientnet-lite0": metrics.classifier, "efficientnet-lite0-fp16": m
           "sklearn-mlp": metrics.probabilities, "sklearn-mlp-partly-int8": metrics.probabilities,
           "ppocr-cls": metrics.probabilities, "ppocr-cls-fp16": metrics.probabilities, "magika": metrics.probabilities,
           "ppocrv5-cls": metrics.probabilities, "mtcnn-onet": metrics.probabilities,
-          "ddddocr-det": metrics.character_boxes,
+          "ddddocr-det": metrics.character_boxes, "yolo-slider": metrics.slider_gap_boxes,
           # captcha CRNN: CTC logits per time step (top-1: every step's argmax equal, so the same text)
           "captcha-crnn": metrics.classifier, "speaker-encoder": metrics.embedding,
           "sklearn-ensemble": metrics.probabilities, "sklearn-forest": metrics.probabilities,
@@ -45,6 +45,7 @@ HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "efficientnet-lite0-
             "captcha-crnn": ("top1_agreement", "kl"),
             "ppocr-det": ("mask_iou", "mean_abs_error"), "ddddocr-det": ("f1", "matched_iou"),
             "blazeface": ("f1", "matched_iou"), "face-landmark": ("mean_px_error", "max_px_error"),
+            "yolo-slider": ("f1", "matched_iou"),
             **{name: ("top1_agreement", "kl") for name in
                ("sklearn-mlp", "sklearn-mlp-partly-int8", "ppocr-cls", "ppocr-cls-fp16", "magika", "ppocrv5-cls",
                 "mtcnn-onet", "sklearn-ensemble", "sklearn-forest")}}

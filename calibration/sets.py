@@ -128,6 +128,12 @@ def _ddddocr_det(part: str) -> list[dict[str, np.ndarray]]:
     return ddddocr_det_samples(part)
 
 
+def _yolo_slider(part: str) -> list[dict[str, np.ndarray]]:
+    from models.yolo_slider import samples
+
+    return samples(part)
+
+
 def _silero(part: str, rates: tuple[int, ...] = (16000, 8000)) -> list[dict[str, np.ndarray]]:
     from calibration.speech import silero_samples
 
@@ -170,6 +176,7 @@ SETS = {
     # recurrent and control flow (calibration/text_lines.py, calibration/speech.py)
     "ddddocr-rec": _ddddocr,
     "ddddocr-det": _ddddocr_det,  # raw YOLOX heads (calibration/detection.py)
+    "yolo-slider": _yolo_slider,  # photos with a slider-captcha gap drawn in (models/yolo_slider.py)
     "silero-vad": _silero,
     "silero-vad-16k": lambda part: _silero(part, rates=(16000,)),
     # captchas (captcha package), espeak-ng speech as mel frames, breast-cancer rows

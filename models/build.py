@@ -21,6 +21,7 @@ from models import (
     sklearn_mlp,
     sklearn_tabular,
     tflite_faces,
+    yolo_slider,
 )
 
 BUILDERS = {
@@ -45,6 +46,9 @@ BUILDERS = {
     "ddddocr-rec": (ddddocr_rec.build, "ddddocr_common.onnx"),  # Conv + bidirectional LSTM
     # a detector whose ONNX ends at raw YOLOX heads (grid offsets, log sizes, sigmoid scores)
     "ddddocr-det": (ddddocr_det.build, "ddddocr_det.onnx"),
+    # a YOLO11-seg export whose decoded output0 joins boxes in pixels, a sigmoid score and mask
+    # coefficients in one Concat (captcha-recognizer's slider-gap detector)
+    "yolo-slider": (yolo_slider.build, "yolo11s_seg_slider.onnx"),
     "silero-vad": (silero_vad.build, "silero_vad.onnx"),  # the whole network inside If branches
     "silero-vad-16k": (silero_vad.build_16k_op15, "silero_vad_16k_op15.onnx"),  # Convs outside, LSTMs in If
     # more classes: a captcha CRNN whose LSTM is unrolled into Gemms sharing weights, a speaker

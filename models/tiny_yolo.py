@@ -1,7 +1,7 @@
-"""A small YOLO-style detector, trained here on rendered shapes (no package ships YOLO weights).
+"""A small YOLO-style detector, trained here on rendered shapes (fast, for tests).
 
-We looked for a PyPI package that ships a YOLO detector's weights and found none (the YOLO
-packages download them from a hub at run time), so this one is trained in about a minute, with
+Most YOLO packages download their weights from a hub at run time (a real one shipped in a wheel:
+``models/yolo_slider.py``, 40 MB at 640 x 640, too slow for most tests), so this one is trained in about a minute, with
 a fixed seed (250 Adam steps), on 96x96 images of filled rectangles in three colours (the classes) over noise.
 Its ONNX output is laid out like YOLOv8's: (batch, 4 + 3, 144) with box centre/size in pixels
 and sigmoid class scores, candidates on the last axis, no objectness column.

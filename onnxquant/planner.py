@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from onnxquant.calibration.observers import StatsTable, estimate_range
+from onnxquant.decode_tail import decode_tail_nodes
 from onnxquant.model_io import tensor_array
 from onnxquant.ops.rules import (
     ACTIVATION_FUSERS,
@@ -214,12 +215,14 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
     def stay_float(node: onnx.NodeProto, reason: str) -> None:
         sel.float_nodes[node.name] = (node.op_type, reason)
 
+    decode_tail = decode_tail_nodes(model)
+
     for node in model.graph.node:
         rule = rule_for(node)
         if rule is None or node.op_type not in op_types:
             stay_float(node, "op type not quantized" if rule is None else "op type not in the recipe's op_types")
             continue
-        reason = _selected_by_user(node, recipe.nodes)
+        reason = _selected_by_user(node, recipe.nodes) or decode_tail.get(node.name)
         if reason:
             stay_float(node, reason)
             continue

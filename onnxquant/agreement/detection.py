@@ -158,6 +158,10 @@ class DetectionAgreement:
     iou_sum: float = 0.0  # of the matched pairs
     # fp32 scores of the detections int8 lost: near the threshold, a lost box is one that sat on it
     lost_scores: list[float] = field(default_factory=list)
+    # |fp32 score - int8 score| of matched detections, the whole score of lost and extra ones:
+    # finer than F1 for a search on a few samples, where one box near the threshold is the whole F1
+    score_gap: float = 0.0
+    scored: int = 0
 
     def add_images(self, reference: list[Detections], compressed: list[Detections]) -> None:
         for ref, comp in zip(reference, compressed):
@@ -168,7 +172,12 @@ class DetectionAgreement:
             self.matched += len(pairs)
             self.iou_sum += sum(p[2] for p in pairs)
             kept = {p[0] for p in pairs}
-            self.lost_scores.extend(float(ref.scores[j]) for j in range(len(ref)) if j not in kept)
+            lost = [float(ref.scores[j]) for j in range(len(ref)) if j not in kept]
+            self.lost_scores.extend(lost)
+            found = {p[1] for p in pairs}
+            self.score_gap += sum(abs(float(ref.scores[j]) - float(comp.scores[i])) for j, i, _ in pairs) + sum(lost)
+            self.score_gap += sum(float(comp.scores[i]) for i in range(len(comp)) if i not in found)
+            self.scored += len(ref) + len(comp) - len(pairs)
 
     def metrics(self) -> dict[str, float | int | None]:
         recall = self.matched / self.reference_count if self.reference_count else None
@@ -183,6 +192,8 @@ class DetectionAgreement:
                                               "detections": self.compressed_count}
         if self.matched:
             out["matched_iou"] = self.iou_sum / self.matched
+        if self.scored:
+            out["score_agreement"] = 1.0 - self.score_gap / self.scored
         if self.lost_scores:
             out["lost_score_median"] = float(np.median(self.lost_scores))
         return out

@@ -13,6 +13,14 @@ Many exported detectors stop before their post-processing, which the application
   fixed-size anchors at the cell centres, and a classificator ``(batch, anchors, classes)`` of
   logits; the anchors are the levels' cells laid end to end, each cell repeated once per anchor.
 
+- **Decoded YOLO** (YOLOv5/v7 ``(batch, anchors x cells, 5 + classes)``, YOLOv8/YOLO11
+  ``(batch, 4 + classes, cells)``, a segmenter's with 32 mask coefficients after the scores): box
+  centre and size already in pixels or normalized to 0..1, so a YOLOX test on value ranges alone
+  would misread one in 0..1 as grid offsets. What tells them apart is the grid itself: a decoded
+  output's box centres follow each cell's position (correlation above ``GRID_CORRELATION``), raw
+  offsets do not. Its class scores are the columns in [0, 1] after the box (and objectness); a
+  segmenter's mask coefficients that follow are left out.
+
 Such outputs are mostly near-zero score maps and logits: their cosine or SQNR says little of the
 boxes a user gets (an int8 model can lose a third of the SQNR and keep every box, or the reverse).
 Found here from the output shapes and the image input's size (each level's cell count must be the
@@ -27,7 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxquant.agreement.detection import DetectionSettings, Detections, select_detections
+from onnxquant.agreement.detection import (DetectionSettings, Detections, candidates_layout, cxcywh_to_xyxy,
+                                          select_detections)
 
 STRIDES = (4, 8, 16, 32, 64, 128)
 YOLOX_STRIDES = ((8, 16, 32), (8, 16, 32, 64))
@@ -38,6 +47,8 @@ SSD_MAX_LEVELS = 3
 SSD_FINEST_MAX = 16  # the finest level's stride is at most this
 # MediaPipe clips the classificator's logits to +-100 before the sigmoid (score_clipping_thresh)
 SSD_LOGIT_CLIP = 100.0
+ANCHORS = (1, 3)  # candidates per cell: anchor-free (YOLOv8, YOLOX), anchor-based (YOLOv5/v7)
+GRID_CORRELATION = 0.8  # box centres this correlated with the cells' positions are decoded ones
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,9 @@ class RawHeads:
     ``style`` "gfl": ``scores[i]`` and ``boxes[i]`` are level ``levels[i]``'s class-score and
     box-distribution maps. "yolox": ``scores[0]`` is the one output holding every level. "ssd":
     ``scores[0]`` the classificator's logits, ``boxes[0]`` the regressor, ``anchors_per_cell[i]``
-    anchors on each cell of ``levels[i]``.
+    anchors on each cell of ``levels[i]``. "decoded": ``scores[0]`` holds decoded boxes
+    (``anchors`` candidates a cell), an objectness column or not, then ``classes`` class scores
+    (then, in a segmenter, mask coefficients).
     """
 
     style: str
@@ -72,6 +85,9 @@ class RawHeads:
     levels: tuple[Level, ...]
     image_size: tuple[int, int]
     anchors_per_cell: tuple[int, ...] = ()
+    anchors: int = 1
+    classes: int = 0
+    objectness: bool = False
 
     @property
     def anchor_rows(self) -> int:
@@ -92,13 +108,19 @@ class RawHeads:
                                   "strides": [lv.stride for lv in self.levels], "image_size": list(self.image_size)}
         if self.anchors_per_cell:
             out["anchors_per_cell"] = list(self.anchors_per_cell)
+        if self.style == "decoded":
+            out.update(anchors=self.anchors, classes=self.classes, objectness=self.objectness)
         return out
+
+    @property
+    def candidates(self) -> int:
+        return self.anchors * sum(lv.cells for lv in self.levels)
 
     def fits(self, values: dict[str, np.ndarray]) -> bool:
         """Whether ``values`` have this layout's cell counts (an image of another size does not)."""
-        if self.style == "yolox":
+        if self.style in ("yolox", "decoded"):
             x = values.get(self.scores[0])
-            return isinstance(x, np.ndarray) and x.ndim == 3 and sum(lv.cells for lv in self.levels) in x.shape[1:]
+            return isinstance(x, np.ndarray) and x.ndim == 3 and self.candidates in x.shape[1:]
         if self.style == "ssd":
             return all(isinstance(values.get(n), np.ndarray) and values[n].ndim == 3
                        and values[n].shape[1] == self.anchor_rows for n in self.outputs)
@@ -115,6 +137,8 @@ class RawHeads:
             return _decode_yolox(values[self.scores[0]], self.levels, settings)
         if self.style == "ssd":
             return _decode_ssd(values[self.scores[0]], values[self.boxes[0]], self, settings)
+        if self.style == "decoded":
+            return _decode_decoded(values[self.scores[0]], self, settings)
         return _decode_gfl([values[n] for n in self.scores], [values[n] for n in self.boxes], self.levels, settings)
 
 
@@ -173,6 +197,47 @@ def _decode_ssd(logits: np.ndarray, regressor: np.ndarray, heads: RawHeads,
         scores = 1.0 / (1.0 + np.exp(-np.clip(logit, -SSD_LOGIT_CLIP, SSD_LOGIT_CLIP)))
         found.append(select_detections(np.concatenate([centre - half, centre + half], axis=1), scores, settings))
     return found
+
+
+def _decode_decoded(output: np.ndarray, heads: RawHeads, settings: DetectionSettings) -> list[Detections]:
+    rows = _cells_first(output.astype(np.float64), heads.candidates)
+    objectness = heads.objectness if settings.objectness is None else settings.objectness
+    first = 5 if objectness else 4
+    found = []
+    for image in rows:
+        class_scores = image[:, first:first + heads.classes]
+        if objectness:
+            class_scores = class_scores * image[:, 4:5]
+        found.append(select_detections(cxcywh_to_xyxy(image[:, :4]), class_scores, settings))
+    return found
+
+
+def _grid_centres(levels: tuple[Level, ...], anchors: int) -> np.ndarray:
+    """(candidates, 2) x, y cell centres in pixels, in the exporters' order: level, anchor, row, column."""
+    return np.concatenate([np.tile(lv.centres(0.5) * lv.stride, (anchors, 1)) for lv in levels])
+
+
+def _follows_grid(rows: np.ndarray, centres: np.ndarray) -> bool:
+    """Whether columns 0 and 1 of (batch, candidates, columns) ``rows`` track the cells' x and y."""
+    for axis in (0, 1):
+        values = rows[..., axis].astype(np.float64)
+        if values.std(axis=1).min() == 0:
+            return False
+        for image in values:
+            if np.corrcoef(image, centres[:, axis])[0, 1] < GRID_CORRELATION:
+                return False
+    return True
+
+
+def _unit_run(rows: np.ndarray, first: int) -> int:
+    """How many columns from ``first`` on have every value in [0, 1] (class scores; a segmenter's
+    mask coefficients after them do not)."""
+    count = 0
+    for col in range(first, rows.shape[2]):
+        if not _in_unit(rows[..., col]):
+            break
+        count += 1
+    return count
 
 
 def image_sizes(feed: dict[str, np.ndarray] | None) -> list[tuple[int, int]]:
@@ -240,20 +305,43 @@ def _find_gfl(maps: dict[str, np.ndarray], size: tuple[int, int]) -> RawHeads | 
                     tuple(lv for _, _, lv, _ in levels), size)
 
 
-def _find_yolox(maps: dict[str, np.ndarray], size: tuple[int, int]) -> RawHeads | None:
-    for name, x in maps.items():
-        for strides in YOLOX_STRIDES:
-            for rounding in (math.floor, math.ceil):
-                levels = tuple(Level(s, int(rounding(size[0] / s)), int(rounding(size[1] / s))) for s in strides)
-                cells = sum(lv.cells for lv in levels)
+def _grid_layouts(x: np.ndarray, size: tuple[int, int], anchors: tuple[int, ...]):  # noqa: ANN202 - a generator
+    """(levels, anchors, rows (batch, candidates, columns)) for each grid layout whose candidate count
+    is one of ``x``'s axes, the other axis at least 6 columns and fewer than the candidates."""
+    for strides in YOLOX_STRIDES:
+        for rounding in (math.floor, math.ceil):
+            levels = tuple(Level(s, int(rounding(size[0] / s)), int(rounding(size[1] / s))) for s in strides)
+            for count in anchors:
+                cells = count * sum(lv.cells for lv in levels)
                 if cells not in x.shape[1:]:
                     continue
                 rows = _cells_first(x, cells)
-                if rows.shape[2] < 6 or rows.shape[2] >= cells:
-                    continue
-                # scores after sigmoids; offsets in cells and log sizes, not decoded pixel positions and sizes
-                if _in_unit(rows[..., 4:]) and np.abs(rows[..., :4]).max() < 12:
-                    return RawHeads("yolox", (name,), (), levels, size)
+                if 6 <= rows.shape[2] < cells:
+                    yield levels, count, rows
+
+
+def _find_decoded(maps: dict[str, np.ndarray], size: tuple[int, int]) -> RawHeads | None:
+    """A decoded YOLO output: box centres that follow the grid, non-negative sizes, class scores."""
+    for name, x in maps.items():
+        for levels, anchors, rows in _grid_layouts(x, size, ANCHORS):
+            if rows[..., 2:4].min() < 0 or not _follows_grid(rows, _grid_centres(levels, anchors)):
+                continue
+            objectness = candidates_layout(x.shape)[1] and _in_unit(rows[..., 4])
+            classes = _unit_run(rows, 5 if objectness else 4)
+            if classes:
+                return RawHeads("decoded", (name,), (), levels, size, anchors=anchors, classes=classes,
+                                objectness=objectness)
+    return None
+
+
+def _find_yolox(maps: dict[str, np.ndarray], size: tuple[int, int]) -> RawHeads | None:
+    for name, x in maps.items():
+        for levels, _, rows in _grid_layouts(x, size, (1,)):
+            # scores after sigmoids; offsets in cells and log sizes, not decoded pixel positions and
+            # sizes (nor decoded ones normalized to 0..1: those follow the grid)
+            if _in_unit(rows[..., 4:]) and np.abs(rows[..., :4]).max() < 12 \
+                    and not _follows_grid(rows, _grid_centres(levels, 1)):
+                return RawHeads("yolox", (name,), (), levels, size)
     return None
 
 
@@ -302,7 +390,7 @@ def find_raw_heads(values: dict[str, np.ndarray], feed: dict[str, np.ndarray] | 
     kinds = kinds or {}
     maps = {k: v for k, v in _maps(values).items() if like is None or k in like.outputs}
     for size in image_sizes(feed):
-        heads = _find_gfl(maps, size) or _find_yolox(maps, size) or _find_ssd(maps, size)
+        heads = _find_gfl(maps, size) or _find_decoded(maps, size) or _find_yolox(maps, size) or _find_ssd(maps, size)
         if heads is not None and (like is None or (heads.style, heads.outputs) == (like.style, like.outputs)):
             return None if any(kinds.get(n, "detection") != "detection" for n in heads.outputs) else heads
     return None

@@ -28,8 +28,10 @@ PRIMARY = {"classification": "top1", "embedding": "cosine", "regression": "cosin
            "sequence": "string_agreement", "labels": "label_agreement"}
 # The finest figure per kind, for choices made on a few dozen samples, where a top-1 or an exact
 # string match moves in steps of one sample: KL for classifiers (scored as exp(-KL)), CER for
-# sequences (as 1 - CER); the other kinds' primary figures are fine already.
-FINE = {**PRIMARY, "classification": "kl", "sequence": "cer"}
+# sequences (as 1 - CER), for detections F1 times the score agreement (1 - the mean score gap of
+# the fp32 and int8 detections, a lost or an extra box counting its whole score: F1 alone moves a
+# whole box at a time); the other kinds' primary figures are fine already.
+FINE = {**PRIMARY, "classification": "kl", "sequence": "cer", "detection": "score_agreement"}
 
 
 def _finite(value: float) -> float | str:
@@ -175,6 +177,9 @@ class OutputAgreement:
             name = "cosine"
         elif by == "top1" and "top1" in m:
             name = "top1"
+        elif by == "fine" and self.kind == "detection" and m.get("f1") is not None \
+                and m.get("score_agreement") is not None:
+            return float(m["f1"]) * float(m["score_agreement"])  # every box lost: 0, as by F1
         elif by == "fine" and FINE.get(self.kind or "") in ("kl", "cer") and m.get(FINE[self.kind]) is not None:
             value = float(m[FINE[self.kind]])
             if not math.isfinite(value):

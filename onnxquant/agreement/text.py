@@ -15,6 +15,7 @@ FIGURES = (
     ("f1", "F1", "{:.4f}"), ("recall", "recall", "{:.4f}"), ("precision", "precision", "{:.4f}"),
     ("detections_fp32", "fp32 detections", "{}"), ("detections", "detections", "{}"),
     ("matched_iou", "matched IoU", "{:.3f}"), ("lost_score_median", "lost boxes' median fp32 score", "{:.3f}"),
+    ("score_agreement", "score agreement", "{:.4f}"),
     ("string_agreement", "strings equal", "{:.4f}"), ("cer", "CER", "{:.4f}"),
     ("label_agreement", "agreement", "{:.4f}"),
     ("cosine", "cosine", "{:.4f}"), ("cosine_min", "min", "{:.4f}"), ("sqnr_db", "SQNR", "{:.1f} dB"),
@@ -50,6 +51,8 @@ def kind_text(agreement: Any) -> str:
     if isinstance(heads, dict):
         strides = heads.get("strides")
         shown = "/".join(str(s) for s in strides) if isinstance(strides, list) else str(strides)
+        if heads.get("style") == "decoded":
+            return f"{kind}, decoded YOLO output, {heads.get('classes')} class(es), strides {shown}"
         return f"{kind}, raw {heads.get('style')} heads, strides {shown}"
     if agreement.get("decoded_with") is not None:
         return f"{kind}, decoded with {agreement.get('decoded_with')}"

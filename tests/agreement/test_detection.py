@@ -113,3 +113,22 @@ def test_lost_boxes_and_matched_overlap_are_reported():
     agreement.add_images([ref], [comp])
     m = agreement.metrics()
     assert m["matched_iou"] == pytest.approx((100 / 110 + 1.0) / 2) and m["lost_score_median"] == pytest.approx(0.3)
+
+
+def test_score_agreement_tells_apart_recipes_of_equal_f1():
+    """Two int8 models that keep every box (F1 1): the one whose scores drift further from fp32's
+    scores lower on the fine figure the search ranks by (F1 times the score agreement); a lost box
+    costs its whole score."""
+    fp32 = [[50, 50, 20, 20, 0.9], [150, 50, 20, 20, 0.6], [250, 50, 20, 20, 0.01]] + [[0, 0, 1, 1, 0.0]] * 97
+    close = [r[:4] + [r[4] + (0.01 if r[4] > 0.5 else 0)] for r in fp32]
+    drifted = [r[:4] + [r[4] - (0.2 if r[4] > 0.5 else 0)] for r in fp32]
+    lost = [r[:4] + [0.1 if r[4] == 0.6 else r[4]] for r in fp32]
+    scores = {}
+    for name, rows in (("close", close), ("drifted", drifted), ("lost", lost)):
+        out = OutputAgreement("output0")
+        out.add(_yolo(fp32, True), _yolo(rows, True))
+        scores[name] = (out.metrics()["f1"], out.score("kind"), out.score("fine"))
+    assert scores["close"][:2] == scores["drifted"][:2] == (1.0, 1.0)
+    assert scores["close"][2] == pytest.approx(0.99) and scores["drifted"][2] == pytest.approx(0.8)
+    assert scores["lost"][1] == pytest.approx(2 / 3)
+    assert scores["lost"][2] == pytest.approx(2 / 3 * (1 - 0.6 / 2))  # F1 times the score agreement

@@ -142,3 +142,58 @@ def test_ssd_anchor_layouts_of_mediapipe_detectors():
 def test_logits_beside_a_box_map_whose_rows_fit_no_anchors_are_no_ssd_head():
     outputs = {"boxes": np.ones((1, 100, 4), np.float32) * 5, "logits": -np.ones((1, 100, 1), np.float32)}
     assert find_raw_heads(outputs, {"input": np.zeros((1, 3, 128, 128), np.float32)}) is None
+def _centres_64() -> np.ndarray:
+    """(84, 2) cell centres in pixels of strides 8, 16, 32 on 64 x 64, in the exporters' order."""
+    out = []
+    for stride in (8, 16, 32):
+        n = 64 // stride
+        ys, xs = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        out.append(np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1) * stride)
+    return np.concatenate(out)
+
+
+def _decoded_v8(scale: float = 1.0, masks: int = 0) -> np.ndarray:
+    """A decoded YOLOv8-style output (1, 4 + 2 classes + ``masks``, 84): every candidate's box
+    centred near its cell, 2 strides wide; one object, class 1, at level 16's cell (row 1, col 2)
+    with a box (30, 10)..(50, 30). Coordinates times ``scale`` (1/64: normalized to 0..1); a
+    segmenter's mask coefficients (not scores: beyond 0..1) after the classes."""
+    rng = np.random.default_rng(0)
+    centres = _centres_64() + rng.normal(0, 1.0, (84, 2))
+    sizes = np.repeat([[16.0]] * 64 + [[32.0]] * 16 + [[64.0]] * 4, 2, axis=1)
+    scores = np.full((84, 2), 0.01)
+    coefficients = rng.normal(0, 2.0, (84, masks))
+    rows = np.concatenate([centres * scale, sizes * scale, scores, coefficients], axis=1)
+    rows[64 + 1 * 4 + 2, :6] = [40 * scale, 20 * scale, 20 * scale, 20 * scale, 0.1, 0.9]
+    return rows.T[None].astype(np.float32)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1 / 64], ids=["pixels", "normalized"])
+def test_decoded_yolo_output_is_read_as_boxes_not_as_yolox_offsets(scale):
+    """Normalized to 0..1, a decoded output is in YOLOX's ranges (offsets under 12, scores in
+    [0, 1]); its box centres follow the grid, so it is decoded as boxes."""
+    output = _decoded_v8(scale)
+    heads = find_raw_heads({"output0": output}, IMAGE)
+    assert heads is not None and heads.style == "decoded" and heads.classes == 2 and not heads.objectness
+    (found,) = heads.decode({"output0": output}, DetectionSettings())
+    assert found.classes.tolist() == [1] and found.boxes[0] == pytest.approx(np.array([30, 10, 50, 30]) * scale)
+
+
+def test_decoded_segmenter_output_scores_stop_before_the_mask_coefficients():
+    output = _decoded_v8(masks=32)
+    heads = find_raw_heads({"output0": output, "output1": np.zeros((1, 32, 16, 16), np.float32)}, IMAGE)
+    assert heads is not None and heads.style == "decoded" and heads.classes == 2 and heads.outputs == ("output0",)
+    (found,) = heads.decode({"output0": output}, DetectionSettings())
+    assert found.boxes[0] == pytest.approx([30, 10, 50, 30])
+
+
+def test_decoded_yolov5_output_with_three_anchors_and_objectness():
+    v8 = _decoded_v8()[0].T  # (84, 6): cx, cy, w, h, class 0, class 1
+    levels = [v8[:64], v8[64:80], v8[80:]]
+    rows = np.concatenate([np.tile(lv, (3, 1)) for lv in levels])  # level, anchor, row, column
+    objectness = np.full((len(rows), 1), 0.02, np.float32)
+    objectness[3 * 64 + 6] = 0.95  # anchor 0 of the object's cell
+    output = np.concatenate([rows[:, :4], objectness, rows[:, 4:]], axis=1)[None]
+    heads = find_raw_heads({"output": output}, IMAGE)
+    assert heads is not None and heads.style == "decoded" and heads.anchors == 3 and heads.objectness
+    (found,) = heads.decode({"output": output}, DetectionSettings())
+    assert len(found) == 1 and found.scores[0] == pytest.approx(0.95 * 0.9, rel=1e-5)
