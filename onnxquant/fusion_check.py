@@ -63,10 +63,14 @@ def quantized_weights(model: onnx.ModelProto) -> dict[str, list[str]]:
             dq_source[id(graph)] = {}
         return integer[id(graph)], dq_source[id(graph)]
 
+    visible: dict[tuple[int, ...], set[str]] = {}  # the scope chain -> integer initializers it sees
     layers: dict[str, list[str]] = {}
     for scoped in iter_scoped_nodes(model.graph):
         node, graph = scoped.node, scoped.scopes[-1][1]
-        visible_integer = set().union(*(of(g)[0] for _, g in scoped.scopes))
+        chain = tuple(id(g) for _, g in scoped.scopes)
+        if chain not in visible:
+            visible[chain] = set().union(*(of(g)[0] for _, g in scoped.scopes))
+        visible_integer = visible[chain]
         if node.op_type == "DequantizeLinear" and node.input and node.input[0] in visible_integer:
             of(graph)[1][node.output[0]] = node.input[0]
         elif node.op_type in WEIGHTED_OPS and node.domain in ("", "ai.onnx") and len(node.input) > 1:

@@ -37,15 +37,21 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def is_repeated(field: Any) -> bool:
+    """Whether a protobuf field descriptor is a repeated field (``is_repeated`` exists from
+    protobuf 6.31 on; onnx 1.16-1.17 run on older ones, where only ``label`` says it)."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    return field.is_repeated if hasattr(field, "is_repeated") else field.label == FieldDescriptor.LABEL_REPEATED
+
+
 def _check_strings(message: Any) -> None:
     """Raise UnicodeDecodeError on a string field that is not UTF-8. Protobuf parses such a field
     as bytes, and it would otherwise fail deep in a pass that copies it."""
     from google.protobuf.descriptor import FieldDescriptor
 
     for descriptor, value in message.ListFields():
-        repeated = (descriptor.is_repeated if hasattr(descriptor, "is_repeated")
-                    else descriptor.label == FieldDescriptor.LABEL_REPEATED)
-        items = value if repeated else (value,)
+        items = value if is_repeated(descriptor) else (value,)
         if descriptor.type == FieldDescriptor.TYPE_STRING:
             for item in items:
                 if isinstance(item, bytes):
@@ -359,7 +365,7 @@ def model_digest(model: onnx.ModelProto) -> str | None:
             for field, value in message.ListFields():
                 if scope == "model" and field.name == "graph":
                     continue
-                for item in (value if field.is_repeated else [value]):
+                for item in (value if is_repeated(field) else [value]):
                     piece = (item.SerializeToString(deterministic=True) if field.message_type is not None
                              else repr(item).encode())
                     size += len(piece)

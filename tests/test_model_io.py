@@ -312,3 +312,22 @@ def test_repacked_is_a_new_message_with_the_same_bytes():
     fresh = repacked(model)
     assert fresh is not model and serialize(fresh) == serialize(model)
     assert [i.name for i in fresh.graph.initializer] == ["w"]
+
+
+def test_digest_and_probe_copies_work_without_is_repeated(monkeypatch):
+    """protobuf before 6.31 has no ``FieldDescriptor.is_repeated`` (onnx 1.16-1.17 allow it): the
+    digest and the probe's cut-down copy read the field's label there."""
+    from onnxquant import model_io as mio
+
+    real = mio.is_repeated
+    real_digest = mio.model_digest(tiny_mlp(hidden=32))
+
+    from google.protobuf.descriptor import FieldDescriptor
+
+    class Old:  # a descriptor as older protobuf gives it: label, no is_repeated
+        def __init__(self, fd):
+            self.label = FieldDescriptor.LABEL_REPEATED if fd.is_repeated else FieldDescriptor.LABEL_OPTIONAL
+
+    monkeypatch.setattr(mio, "is_repeated", lambda fd: real(Old(fd)))
+    model = tiny_mlp(hidden=32)
+    assert mio.model_digest(model) == real_digest

@@ -126,3 +126,32 @@ def test_copying_pads_are_exact_at_the_input_scale(mode: str):
     sample = _images(1, seed=5)[0]
     ref, got = run(model, sample)[0], run(result.model, sample)[0]
     assert np.abs(ref - got).max() <= 0.05 * np.abs(ref).max()
+
+
+def test_a_dequantize_an_if_body_still_reads_is_kept_by_the_int8_pad():
+    """The DQ before the Pad also feeds a branch (an outer-scope read): padding the integers must
+    keep it, or the model reads a value nothing produces."""
+
+    from onnxquant.passes.int8_pad import pad_integers
+
+    def body(name: str) -> onnx.GraphProto:
+        return helper.make_graph([helper.make_node("Relu", ["xf"], [f"{name}_o"], name=f"{name}_relu")], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_o", TensorProto.FLOAT, [1, 2, 2, 2])])
+
+    nodes = [helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xf"], name="dq"),
+             helper.make_node("Pad", ["xf", "pads"], ["p"], name="pad"),
+             helper.make_node("QuantizeLinear", ["p", "s", "z"], ["pq"], name="q"),
+             helper.make_node("DequantizeLinear", ["pq", "s", "z"], ["y"], name="dq2"),
+             helper.make_node("If", ["c"], ["o"], name="if", then_branch=body("then"), else_branch=body("else"))]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("xq", TensorProto.UINT8, [1, 2, 2, 2]),
+                     helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4]),
+         helper.make_tensor_value_info("o", TensorProto.FLOAT, [1, 2, 2, 2])],
+        [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.uint8(128), "z"),
+         numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    assert pad_integers(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    assert "xf" in {o for n in model.graph.node for o in n.output}

@@ -255,7 +255,10 @@ def _session_from_file(serialized: Callable[[], bytes], options: Any) -> Any:
         except OSError:
             return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         del data
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # (its message names the scratch file, gone when the user reads it)
+            raise RuntimeError(str(exc).replace(str(path), "the model")) from exc
 
 
 def _sizes(model: onnx.ModelProto, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, int]:

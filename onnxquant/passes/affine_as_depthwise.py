@@ -59,7 +59,8 @@ def rewrite_affines(model: onnx.ModelProto) -> int:
             affine = _batch_norm_affine(model, node, index)
             # (after a ConvTranspose, float on onnxruntime's CPU provider, a BN stays float: an int8
             # depthwise Conv there would add a Q/DQ pair, not take one away; PP-OCRv4 det's head)
-            if affine is not None and (head is None or index.nodes[head].op_type != "ConvTranspose"):
+            if affine is not None and (head is None or index.nodes[head].op_type != "ConvTranspose") \
+                    and node.output[0] not in index.outputs:  # (an output gains no integer kernel)
                 replace[k] = _depthwise(node, node.input[0], node.output[0], *affine, taken, new_inits, f"bn_{k}")
             continue
         if node.op_type not in ("Mul", "Add") or k in drop or k in replace:
@@ -86,6 +87,8 @@ def rewrite_affines(model: onnx.ModelProto) -> int:
             shift_vector = _channel_vector(follow[1], channels, 4) if follow is not None and follow[0] == out else None
             if shift_vector is not None:
                 shift, last, out = shift_vector, nxt, index.nodes[nxt].output[0]
+        if out in index.outputs:
+            continue  # an exact float affine writing an output (a de-normalisation) gains no integer kernel
         readers = {index.nodes[r].op_type for r in index.readers.get(out, [])}
         if value.size == 1 and not readers & _FEATURE_MAP_READERS:
             continue  # (a scalar could scale anything 4-D; a (1, C, 1, 1) vector is per channel by its shape)

@@ -35,6 +35,7 @@ from onnxquant.passes.node_index import NodeIndex, attributes
 from onnxquant.shapes import known_ranks
 
 FLOAT = onnx.TensorProto.FLOAT
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
 
 
 @dataclass
@@ -75,6 +76,9 @@ class _Initializers:
         self.index = index
         self.by_name = {i.name: i for i in graph.initializer}
         self.taken = set(self.by_name) | {o for n in graph.node for o in [*n.input, *n.output]}
+        # whether each recorded tensor is float16/32/64, by name (shape inference records the types)
+        self.float_typed = {v.name: v.type.tensor_type.elem_type in _FLOAT_TYPES
+                            for v in [*graph.input, *graph.value_info, *graph.output] if v.type.HasField("tensor_type")}
 
     def is_float(self, name: str) -> bool:
         init = self.by_name.get(name)
@@ -185,8 +189,8 @@ def _global_mean(position: int, inits: _Initializers, ranks: dict[str, int],
     onnxruntime has an integer kernel for (it has none for ReduceMean)."""
     node = inits.index.nodes[position]
     attrs = attributes(node)
-    if ranks.get(node.input[0]) != 4 or len(node.output) != 1:
-        return
+    if ranks.get(node.input[0]) != 4 or len(node.output) != 1 or inits.float_typed.get(node.input[0]) is not True:
+        return  # (GlobalAveragePool takes float tensors only; an integer mean stays a ReduceMean)
     if len(node.input) > 1 and node.input[1]:  # opset 18: the axes are an input
         if node.input[1] not in inits.by_name:
             return

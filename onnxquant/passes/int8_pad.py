@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxquant.graphs import iter_graphs
 from onnxquant.model_io import tensor_array
 from onnxquant.passes.names import fresh_name
 
@@ -41,7 +42,8 @@ def pad_integers(model: onnx.ModelProto) -> int:
     for n in graph.node:
         for i in n.input:
             readers.setdefault(i, []).append(n)
-    outputs = {o.name for o in graph.output}
+    # names If/Loop/Scan bodies read from this graph: such a value has readers the counts above miss
+    outputs = {o.name for o in graph.output} | _read_in_bodies(graph)
     used = {n.name for n in graph.node} | set(inits) | {v for n in graph.node for v in (*n.input, *n.output)}
     dropped: set[int] = set()
     new_inits = []
@@ -75,3 +77,9 @@ def pad_integers(model: onnx.ModelProto) -> int:
         graph.node.extend(kept)
         graph.initializer.extend(new_inits)
     return len(replacing)
+
+
+def _read_in_bodies(graph: onnx.GraphProto) -> set[str]:
+    """Every name a node inside any body nested in ``graph`` reads (outer-scope values among them)."""
+    bodies = [g for g in iter_graphs(graph) if g is not graph]
+    return {i for body in bodies for n in body.node for i in n.input}

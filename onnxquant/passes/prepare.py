@@ -249,8 +249,8 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
     read_in_if_small(work)  # (a small model with external data is prepared as a one-file one is)
     lazy = has_lazy(work)
     # in-memory tools stop at protobuf's limit (one serialization says it, and the optimizer reads it)
-    payload = None if lazy else serialize_below_limit(work)
-    small = payload is not None
+    payload = None if lazy or not (simplify or transformer) else serialize_below_limit(work)
+    small = payload is not None  # (not needed, and not known, when neither tool runs)
     if simplify and small and not lazy:
         held, payload = [payload], None  # (the optimizer's input file alone holds it while its session runs)
         work = _simplify(work, report, held)

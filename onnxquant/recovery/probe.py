@@ -17,7 +17,7 @@ from onnx import helper, numpy_helper
 from onnxquant.calibration.collector import in_order, make_session, run_fetch, sample_workers
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.errors import CalibrationDataError
-from onnxquant.model_io import has_lazy, serialize_extended
+from onnxquant.model_io import has_lazy, is_repeated, serialize_extended
 from onnxquant.passes.insert_qdq import qdq_domain
 from onnxquant.qparams import QParams
 
@@ -152,7 +152,7 @@ def _copy_fields(source: Any, target: Any, skip: set[str]) -> None:
     for fd, value in source.ListFields():
         if fd.name in skip:
             continue
-        if fd.is_repeated:
+        if is_repeated(fd):
             getattr(target, fd.name).extend(value)
         elif fd.message_type is not None:
             getattr(target, fd.name).CopyFrom(value)

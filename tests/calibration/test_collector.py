@@ -230,3 +230,23 @@ def test_a_session_loads_from_a_scratch_file_or_from_the_bytes_where_the_tempora
     monkeypatch.setattr(collector, "scratch", refused)
     from_bytes = collector.make_session(lambda: collector.serialize(model), weights=model).run(None, feed)
     assert all(np.array_equal(a, b) for a, b in zip(from_file, from_bytes))
+
+
+def test_a_session_that_fails_names_no_scratch_file():
+    """A model onnxruntime refuses, loaded from a scratch file: the error does not name that file."""
+    import re
+
+    import pytest
+    from onnx import TensorProto, helper
+
+    from onnxquant.calibration.collector import make_session
+    from onnxquant.errors import ModelError
+
+    node = helper.make_node("GlobalAveragePool", ["x"], ["y"], name="pool")  # int32: no kernel for it
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.INT32, [1, 2, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 2, 1, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    with pytest.raises(ModelError) as raised:
+        make_session(model, weights=model)
+    assert not re.search(r"onnxquant-tmp|/tmp/|model\\.onnx", str(raised.value))

@@ -159,3 +159,17 @@ def test_a_batch_norm_after_a_conv_transpose_stays_float():
     rewritten = infer_shapes(model)
     assert rewrite_affines(rewritten) == 0
     assert "BatchNormalization" in [n.op_type for n in rewritten.graph.node]
+
+
+def test_an_affine_writing_a_graph_output_stays_an_exact_float_affine():
+    """A de-normalisation ``y * std + mean`` (or a BN) at the end gains no integer kernel: rewritten,
+    it became a graph-output Conv that then took int8 weights."""
+    model = _lab_model(scale_shape=(1, C, 1, 1))
+    nodes = [n for n in model.graph.node if n.name in ("stem", "relu", "lab_mul", "lab_add")]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    del model.graph.output[:]
+    model.graph.output.extend([helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, C, 8, 8])])
+    rewritten = infer_shapes(model)
+    assert rewrite_affines(rewritten) == 0
+    assert [n.op_type for n in rewritten.graph.node][-2:] == ["Mul", "Add"]

@@ -172,3 +172,17 @@ def test_a_two_input_sum_becomes_add_except_before_a_layer_norm():
     assert report.sums == 1 and [n.op_type for n in work.graph.node] == ["Add", "Sum", "LayerNormalization"]
     feed = {"x": np.arange(8, dtype=np.float32).reshape(2, 4), "y": np.ones((2, 4), np.float32)}
     np.testing.assert_array_equal(run(work, feed)[0], run(model, feed)[0])
+
+
+def test_a_reduce_mean_of_integers_stays_a_reduce_mean():
+    """GlobalAveragePool takes float tensors only: a ReduceMean over H, W of an int32 tensor is left."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Cast", ["x"], ["xi"], name="to_int", to=TensorProto.INT32),
+             helper.make_node("ReduceMean", ["xi"], ["m"], name="mean", axes=[2, 3], keepdims=1)]
+    graph = helper.make_graph(nodes, "int_mean", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+                              [helper.make_tensor_value_info("m", TensorProto.INT32, [1, 2, 1, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    work, report = _canonical(model)
+    assert report.global_means == 0 and [n.op_type for n in work.graph.node] == ["Cast", "ReduceMean"]
