@@ -97,6 +97,8 @@ def landmarks(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
     absolute error."""
     err = [np.abs(r.astype(np.float64) - g.astype(np.float64)) for r, g in zip(ref, got)]
     return {"mean_px_error": float(np.mean([e.mean() for e in err])), "max_px_error": float(max(e.max() for e in err))}
+
+
 def slider_gap_boxes(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
     """captcha-recognizer's YOLO11-seg ``output0``: decoded as the package does (score 0.25, NMS at
     IoU 0.7) by onnxquant's decoded-YOLO reader, F1 of the int8 boxes against fp32's at IoU 0.5."""

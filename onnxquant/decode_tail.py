@@ -24,6 +24,10 @@ import onnx
 from onnx import numpy_helper
 
 LEARNED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+# A detector's output holds at least this many candidates (YOLO at 320 pixels: 2100), and its box
+# arithmetic reads a constant at least this large (the anchor grid, the per-candidate strides):
+# a scalar scale (an age regressor's x100) is no box decoding.
+MIN_CANDIDATES = 100
 BOX_ARITHMETIC = frozenset({"Add", "Sub", "Mul", "Div"})
 REASON = "detector decode tail: boxes in pixels joined with class scores (kept float for accuracy; cheap)"
 HEAD_REASON = ("detector head's last layer, read only by the decode tail: its class and box logits span "
@@ -80,6 +84,8 @@ def decode_tail_nodes(model: onnx.ModelProto) -> dict[str, str]:
             before_learned.add(node.name)
     found: set[str] = set()
     for output in model.graph.output:
+        if not _holds_candidates(output):
+            continue
         tail = _tail_of(output.name, nodes, producer, constants, before_learned)
         if _joins_boxes_and_scores(tail, constants):
             found.update(n.name for n in tail)
@@ -116,12 +122,29 @@ def _joins_boxes_and_scores(tail: list[onnx.NodeProto], constants: dict[str, onn
         own: set[str] = set().union(*inputs) if inputs else set()
         if node.op_type == "Sigmoid":
             own.add("score")
-        elif (node.op_type in BOX_ARITHMETIC and any(i in constants for i in node.input)) \
+        elif (node.op_type in BOX_ARITHMETIC and any(_grid_sized(constants.get(i)) for i in node.input)) \
                 or is_dfl_projection(node, constants):
             own.add("box")
+        elif node.op_type != "Concat" and own and any(i not in constants and not tags.get(i) for i in node.input if i):
+            own.add("other")  # (mixed with an untagged activation: SiLU's x * sigmoid(x) is no score)
         if node.op_type == "Concat":
             if any("box" in t for t in inputs) and any(t == {"score"} for t in inputs):
                 return True
         for out in node.output:
             tags[out] = frozenset(own)
     return False
+
+
+def _grid_sized(constant: onnx.TensorProto | None) -> bool:
+    """A constant with one value per candidate or more (by its shape; nothing is read)."""
+    return constant is not None and int(np.prod(constant.dims)) >= MIN_CANDIDATES
+
+
+def _holds_candidates(output: onnx.ValueInfoProto) -> bool:
+    """A rank-3 output whose candidate axis may be long: (batch, 4 + classes, N) or (batch, N, 5 + classes)."""
+    dims = output.type.tensor_type.shape.dim if output.type.tensor_type.HasField("shape") else None
+    if dims is None:
+        return True  # (shape unknown: the tail's own arithmetic decides)
+    if len(dims) != 3:
+        return False
+    return any(not d.HasField("dim_value") or d.dim_value >= MIN_CANDIDATES for d in dims[1:])

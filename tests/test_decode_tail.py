@@ -9,7 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxquant
 from onnxquant.decode_tail import HEAD_REASON, REASON, decode_tail_nodes, is_dfl_projection
 
-CELLS, BINS, CLASSES = 16, 16, 2  # a 32 x 32 image at stride 8
+SIDE = 96  # a 96 x 96 image at stride 8: 144 candidates, a detector's many (decode_tail.MIN_CANDIDATES)
+CELLS, BINS, CLASSES = (SIDE // 8) ** 2, 16, 2
 
 
 def _yolov8_head(raw: bool = False) -> onnx.ModelProto:
@@ -21,7 +22,7 @@ def _yolov8_head(raw: bool = False) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     init = lambda name, a: numpy_helper.from_array(np.asarray(a, np.float32), name)  # noqa: E731
     ints = lambda name, a: numpy_helper.from_array(np.asarray(a, np.int64), name)  # noqa: E731
-    anchors = np.tile((np.arange(CELLS) % 4 * 8 + 4.0), (4, 1))[None] * 8
+    anchors = np.tile((np.arange(CELLS) % (SIDE // 8) * 8 + 4.0), (4, 1))[None] * 3
     inits = [init("w_body", rng.normal(0, 0.3, (16, 3, 8, 8))), init("b_body", np.zeros(16)),
              init("w_box", rng.normal(0, 8.0, (4 * BINS, 16, 1, 1))), init("w_cls", rng.normal(0, 0.5, (CLASSES, 16, 1, 1))),
              init("b_cls", [-1.0, 0.5]), init("w_dfl", np.arange(BINS).reshape(1, BINS, 1, 1)),
@@ -49,7 +50,7 @@ def _yolov8_head(raw: bool = False) -> onnx.ModelProto:
                   helper.make_node("Add", ["dist_px", "anchors"], ["boxes"], name="plus_anchors")]
         columns = 4 + CLASSES
     nodes.append(helper.make_node("Concat", ["boxes", "scores"], ["output0"], name="join", axis=1))
-    graph = helper.make_graph(nodes, "yolo_head", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
+    graph = helper.make_graph(nodes, "yolo_head", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, SIDE, SIDE])],
                               [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, columns, CELLS])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 
@@ -75,14 +76,45 @@ def test_class_scores_survive_int8_next_to_pixel_boxes():
     unit or so; kept float from the head's last Convs on, the scores stay within 0.03 of fp32's."""
     model = _yolov8_head()
     rng = np.random.default_rng(1)
-    samples = [{"images": rng.uniform(0, 1, (1, 3, 32, 32)).astype(np.float32)} for _ in range(8)]
+    samples = [{"images": rng.uniform(0, 1, (1, 3, SIDE, SIDE)).astype(np.float32)} for _ in range(8)]
     result = onnxquant.quantize(model, samples)
     kept = {f.name for f in result.float_nodes}
     assert {"join", "level_join", "scores", "dfl_conv", "cls_head"} <= kept and "body" not in kept
     fp32 = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     int8 = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
-    held = [{"images": rng.uniform(0, 1, (1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+    held = [{"images": rng.uniform(0, 1, (1, 3, SIDE, SIDE)).astype(np.float32)} for _ in range(4)]
     for feed in held:
         ref, got = fp32.run(None, feed)[0], int8.run(None, feed)[0]
         assert np.abs(ref[:, 4:] - got[:, 4:]).max() < 0.03  # the scores (0.12 off with the logits' shared scale)
         assert np.abs(ref[:, :4] - got[:, :4]).max() < 16.0  # the boxes, within two strides
+
+
+def test_a_regressor_joined_with_a_sigmoid_is_no_detector():
+    """An age/gender model: a Gemm to a Sigmoid (gender) and a Gemm times 100 (age), joined by one
+    Concat into (4, 2). Not a detector: no candidate axis, no anchor grid; nothing is kept float."""
+    rng = np.random.default_rng(0)
+    f = lambda n, a: numpy_helper.from_array(np.asarray(a, np.float32), n)  # noqa: E731
+    inits = [f("wg", rng.normal(0, .1, (256, 1))), f("bg", [0.1]), f("wa", rng.normal(0, .1, (256, 1))),
+             f("ba", [0.3]), f("hundred", [100.0])]
+    nodes = [helper.make_node("Gemm", ["h", "wg", "bg"], ["g1"], name="gender_fc"),
+             helper.make_node("Sigmoid", ["g1"], ["gender"], name="gender_prob"),
+             helper.make_node("Gemm", ["h", "wa", "ba"], ["a0"], name="age_fc"),
+             helper.make_node("Mul", ["a0", "hundred"], ["age"], name="age_years"),
+             helper.make_node("Concat", ["age", "gender"], ["out"], name="join", axis=1)]
+    graph = helper.make_graph(nodes, "age_gender", [helper.make_tensor_value_info("h", TensorProto.FLOAT, [4, 256])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 2])], inits)
+    assert decode_tail_nodes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)) == {}
+
+
+def test_a_silu_is_no_score():
+    """SiLU, x * sigmoid(x), joined with anchor-grid arithmetic: no scores-only input, no tail."""
+    from onnxquant.decode_tail import _joins_boxes_and_scores
+
+    grid = numpy_helper.from_array(np.ones((1, 4, 200), np.float32), "grid")
+    nodes = [helper.make_node("Sigmoid", ["a"], ["s"], name="sig"),
+             helper.make_node("Mul", ["a", "s"], ["silu"], name="silu"),
+             helper.make_node("Add", ["b", "grid"], ["boxes"], name="plus_grid"),
+             helper.make_node("Concat", ["boxes", "silu"], ["out"], name="join", axis=1)]
+    assert not _joins_boxes_and_scores(nodes, {"grid": grid})
+    assert _joins_boxes_and_scores([nodes[0], *nodes[2:3], helper.make_node("Concat", ["boxes", "s"], ["out"], name="j")],
+                                   {"grid": grid})

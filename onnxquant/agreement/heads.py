@@ -223,8 +223,10 @@ def _follows_grid(rows: np.ndarray, centres: np.ndarray) -> bool:
         values = rows[..., axis].astype(np.float64)
         if values.std(axis=1).min() == 0:
             return False
+        if centres[:, axis].std() == 0:
+            return False  # (one cell along this axis: the grid says nothing, and corrcoef is NaN)
         for image in values:
-            if np.corrcoef(image, centres[:, axis])[0, 1] < GRID_CORRELATION:
+            if not np.corrcoef(image, centres[:, axis])[0, 1] >= GRID_CORRELATION:
                 return False
     return True
 

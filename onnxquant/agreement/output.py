@@ -177,6 +177,9 @@ class OutputAgreement:
             name = "cosine"
         elif by == "top1" and "top1" in m:
             name = "top1"
+        elif by == "fine" and self.kind == "detection" and m.get("detections_fp32") == 0:
+            # fp32 found no box: nothing to lose; boxes int8 invented cost their scores (none: 1)
+            return float(m["score_agreement"]) if m.get("score_agreement") is not None else 1.0
         elif by == "fine" and self.kind == "detection" and m.get("f1") is not None \
                 and m.get("score_agreement") is not None:
             return float(m["f1"]) * float(m["score_agreement"])  # every box lost: 0, as by F1

@@ -132,3 +132,23 @@ def test_score_agreement_tells_apart_recipes_of_equal_f1():
     assert scores["close"][2] == pytest.approx(0.99) and scores["drifted"][2] == pytest.approx(0.8)
     assert scores["lost"][1] == pytest.approx(2 / 3)
     assert scores["lost"][2] == pytest.approx(2 / 3 * (1 - 0.6 / 2))  # F1 times the score agreement
+
+
+def test_the_search_figure_when_fp32_finds_no_box():
+    """Nothing to lose: both empty scores 1 (not the output's cosine, which box pixels dominate);
+    one box int8 invents at 0.26 costs its score (0.74), not the whole figure (F1 0)."""
+    from onnxquant.agreement.heads import Level
+    from onnxquant.agreement.output import add_outputs, output_agreements
+
+    rng = np.random.default_rng(0)
+    centres = np.concatenate([Level(s, 640 // s, 640 // s).centres(0.5) * s for s in (8, 16, 32)])
+    boxes = np.concatenate([centres + rng.normal(0, 4, centres.shape), rng.uniform(5, 60, centres.shape)], 1)
+    ref = np.concatenate([boxes, np.full((len(centres), 3), 0.05)], 1).T[None].astype(np.float32)
+    feed = {"images": np.zeros((1, 3, 640, 640), np.float32)}
+    invented = ref.copy()
+    invented[0, 4, 5] = 0.26
+    for got, expected in ((ref * np.float32(1.001), 1.0), (invented, 0.74)):
+        agreements = output_agreements(["output0"], [ref], feed)
+        add_outputs(agreements, ["output0"], [ref], [got], feed)
+        assert agreements["output0"].kind == "detection"
+        assert agreements["output0"].score("fine") == pytest.approx(expected, abs=1e-6)

@@ -197,3 +197,16 @@ def test_decoded_yolov5_output_with_three_anchors_and_objectness():
     assert heads is not None and heads.style == "decoded" and heads.anchors == 3 and heads.objectness
     (found,) = heads.decode({"output": output}, DetectionSettings())
     assert len(found) == 1 and found.scores[0] == pytest.approx(0.95 * 0.9, rel=1e-5)
+
+
+def test_one_cell_across_is_no_grid_to_follow():
+    """An input 8 pixels wide leaves one cell across every level: the x centres are constant, their
+    correlation NaN, and such an output (a sequence model's rows) is not read as decoded boxes."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    out = np.concatenate([rng.uniform(0, 1, (80, 1)), np.arange(80)[:, None] * 8 + 4.0, rng.uniform(0, 1, (80, 4))],
+                         1)[None].astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert find_raw_heads({"out": out}, {"x": np.zeros((1, 3, 640, 8), np.float32)}) is None
