@@ -19,7 +19,7 @@ from onnxquant.calibration.observers import StatsTable
 from onnxquant.model_io import iter_graphs
 from onnxquant.ops.rules import RULES, Kind
 from onnxquant.passes.insert_qdq import insert_qdq
-from onnxquant.passes.scopes import iter_scoped_nodes, name_body_nodes
+from onnxquant.passes.scopes import iter_bodies, name_body_nodes
 from onnxquant.passes.weight_only import drop_unread
 from onnxquant.planner import NOT_FLOAT, Selection, finalize, select
 from onnxquant.recipe import Recipe
@@ -46,15 +46,7 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
 
 def _bodies(model: onnx.ModelProto) -> list[tuple[str, onnx.GraphProto, list[onnx.GraphProto]]]:
     """(path, body, enclosing graphs from the main graph down) for every body, outer first."""
-    out = []
-    for scoped in iter_scoped_nodes(model.graph):
-        enclosing = [g for _, g in scoped.scopes]
-        for attr in scoped.node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                out.append((f"{scoped.qualified}/{attr.name}", attr.g, enclosing))
-            for k, body in enumerate(attr.graphs):
-                out.append((f"{scoped.qualified}/{attr.name}/{k}", body, enclosing))
-    return out
+    return list(iter_bodies(model.graph))
 
 
 def _defined(graph: onnx.GraphProto) -> set[str]:

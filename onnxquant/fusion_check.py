@@ -17,7 +17,7 @@ from typing import Any
 import onnx
 
 from onnxquant.ops import WEIGHTED_OPS
-from onnxquant.passes.scopes import iter_scoped_nodes
+from onnxquant.passes.scopes import iter_bodies, iter_scoped_nodes
 
 _INTEGER_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
                   onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
@@ -115,12 +115,8 @@ def round_trips(optimized: onnx.ModelProto) -> list[tuple[str, str]]:
     Each If/Loop/Scan body is looked at on its own (its nodes by qualified name). Deterministic;
     graph order, bodies after the main graph."""
     found = _round_trips(list(optimized.graph.node), "")
-    for scoped in iter_scoped_nodes(optimized.graph):
-        for attr in scoped.node.attribute:
-            bodies = [(attr.name, attr.g)] if attr.type == onnx.AttributeProto.GRAPH else \
-                [(f"{attr.name}/{k}", g) for k, g in enumerate(attr.graphs)]
-            for name, body in bodies:
-                found.extend(_round_trips(list(body.node), f"{scoped.qualified}/{name}"))
+    for path, body, _ in iter_bodies(optimized.graph):
+        found.extend(_round_trips(list(body.node), path))
     return found
 
 

@@ -31,6 +31,7 @@ from onnxquant.passes.node_index import attributes
 from onnxquant.passes.weight_only import WeightOnly
 from onnxquant.qparams import MIN_SCALE, QParams, asymmetric, per_channel_absmax, quantize, symmetric
 from onnxquant.recipe import NodeSelection, Recipe
+from onnxquant.shapes import known_elem_types
 
 FLOAT = onnx.TensorProto.FLOAT
 # onnxruntime has u8u8 kernels for these (QLinearConv, QGemm, MatMulInteger(ToFloat), QLinearMatMul)
@@ -150,9 +151,8 @@ class _Graph:
             for name in node.input:
                 if name:
                     self.consumers.setdefault(name, []).append(node)
-        types = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.output, *graph.value_info]}
         self.not_float = not_float or set()
-        self.types = types
+        self.types = known_elem_types(model)
 
     def is_float_activation(self, name: str) -> bool:
         if not name or name in self.initializers:

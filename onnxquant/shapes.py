@@ -72,3 +72,10 @@ def known_ranks(model: onnx.ModelProto) -> dict[str, int]:
     graph = model.graph
     return {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.input, *graph.value_info, *graph.output]
             if v.type.tensor_type.HasField("shape")}
+
+
+def known_elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """The element type (a TensorProto data type; 0 where not a tensor or not recorded) of every
+    main-graph value the model records (inputs, outputs, value_info)."""
+    graph = model.graph
+    return {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.output, *graph.value_info]}

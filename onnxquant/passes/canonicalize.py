@@ -32,7 +32,7 @@ from onnx import helper, numpy_helper
 from onnxquant.model_io import iter_graphs, tensor_array
 from onnxquant.passes.names import fresh_name
 from onnxquant.passes.node_index import NodeIndex, attributes
-from onnxquant.shapes import known_ranks
+from onnxquant.shapes import known_elem_types, known_ranks
 
 FLOAT = onnx.TensorProto.FLOAT
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
@@ -76,9 +76,6 @@ class _Initializers:
         self.index = index
         self.by_name = {i.name: i for i in graph.initializer}
         self.taken = set(self.by_name) | {o for n in graph.node for o in [*n.input, *n.output]}
-        # whether each recorded tensor is float16/32/64, by name (shape inference records the types)
-        self.float_typed = {v.name: v.type.tensor_type.elem_type in _FLOAT_TYPES
-                            for v in [*graph.input, *graph.value_info, *graph.output] if v.type.HasField("tensor_type")}
 
     def is_float(self, name: str) -> bool:
         init = self.by_name.get(name)
@@ -183,13 +180,13 @@ def _untranspose_input(position: int, inits: _Initializers, rewritten: dict[int,
     report.gemm_transposes += 1
 
 
-def _global_mean(position: int, inits: _Initializers, ranks: dict[str, int],
+def _global_mean(position: int, inits: _Initializers, ranks: dict[str, int], types: dict[str, int],
                  rewritten: dict[int, list[onnx.NodeProto]], report: CanonicalizeReport) -> None:
     """ReduceMean over axes (2, 3) of a 4-D tensor: GlobalAveragePool, the same mean, which
     onnxruntime has an integer kernel for (it has none for ReduceMean)."""
     node = inits.index.nodes[position]
     attrs = attributes(node)
-    if ranks.get(node.input[0]) != 4 or len(node.output) != 1 or inits.float_typed.get(node.input[0]) is not True:
+    if ranks.get(node.input[0]) != 4 or len(node.output) != 1 or types.get(node.input[0]) not in _FLOAT_TYPES:
         return  # (GlobalAveragePool takes float tensors only; an integer mean stays a ReduceMean)
     if len(node.input) > 1 and node.input[1]:  # opset 18: the axes are an input
         if node.input[1] not in inits.by_name:
@@ -272,7 +269,7 @@ def canonicalize(model: onnx.ModelProto) -> CanonicalizeReport:
     _fold_weight_producers(graph, report)
     index = NodeIndex(graph)
     inits = _Initializers(graph, index)
-    ranks = known_ranks(model)
+    ranks, types = known_ranks(model), known_elem_types(model)
     rewritten: dict[int, list[onnx.NodeProto]] = {}
     for position, node in enumerate(index.nodes):
         if node.domain not in ("", "ai.onnx"):
@@ -283,7 +280,7 @@ def canonicalize(model: onnx.ModelProto) -> CanonicalizeReport:
         elif node.op_type == "MatMul" and len(node.input) == 2:
             _left_matmul(position, inits, ranks, rewritten, report)
         elif node.op_type == "ReduceMean":
-            _global_mean(position, inits, ranks, rewritten, report)
+            _global_mean(position, inits, ranks, types, rewritten, report)
         elif node.op_type == "Sum" and len(node.input) == 2 and len(node.output) == 1 \
                 and inits.index.only_reader(node.output[0], "LayerNormalization") is None:
             node.op_type = "Add"  # (the same sum; onnxruntime has an integer kernel for Add only)

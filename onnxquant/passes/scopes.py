@@ -44,6 +44,18 @@ def iter_scoped_nodes(graph: onnx.GraphProto, path: str = "",
                     yield from iter_scoped_nodes(body, f"{qualified}/{attr.name}/{k}", scopes)
 
 
+def iter_bodies(graph: onnx.GraphProto) -> Iterator[tuple[str, onnx.GraphProto, list[onnx.GraphProto]]]:
+    """(path, body, enclosing graphs from ``graph`` down) for every If/Loop/Scan body, outer first;
+    a body's path is its node's qualified name and the attribute (``/k`` for a list of graphs)."""
+    for scoped in iter_scoped_nodes(graph):
+        enclosing = [g for _, g in scoped.scopes]
+        for attr in scoped.node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield f"{scoped.qualified}/{attr.name}", attr.g, enclosing
+            for k, body in enumerate(attr.graphs):
+                yield f"{scoped.qualified}/{attr.name}/{k}", body, enclosing
+
+
 def name_body_nodes(graph: onnx.GraphProto) -> None:
     """Give unnamed nodes inside bodies the name their qualified name already uses."""
     for scoped in iter_scoped_nodes(graph):
