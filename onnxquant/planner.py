@@ -119,12 +119,33 @@ def node_names(model: onnx.ModelProto) -> list[str]:
     return names
 
 
+# onnxruntime names a node it fuses after the node it started from: ``<MatMul's name>/MatMulAddFusion``
+# (a Gemm written for a MatMul and its bias Add), so a user's original layer name still selects it.
+_FUSED_SUFFIX = re.compile(r"/[A-Za-z0-9]*Fusion(_token_\d+)?$")
+
+
 def _matches(node: onnx.NodeProto, pattern: str) -> bool:
     if pattern.startswith("op:"):
         return node.op_type == pattern[3:]
     if pattern.startswith("re:"):
         return re.search(pattern[3:], node.name) is not None
-    return node.name == pattern
+    return node.name == pattern or _FUSED_SUFFIX.sub("", node.name) == pattern
+
+
+def unmatched_patterns(model: onnx.ModelProto, nodes: NodeSelection) -> list[tuple[str, str]]:
+    """(key, pattern) of each include/exclude/uint8_weights pattern that selects no node of
+    ``model`` (If/Loop/Scan bodies by their qualified names): a mistyped or renamed layer name would
+    otherwise change nothing in silence."""
+    from onnxquant.passes.scopes import iter_scoped_nodes
+
+    named = []
+    for scoped in iter_scoped_nodes(model.graph):
+        named.append(scoped.node)
+        if scoped.in_body:
+            named.append(onnx.helper.make_node(scoped.node.op_type, [], [], name=scoped.qualified))
+    keyed = [("include", p) for p in nodes.include] + [("exclude", p) for p in nodes.exclude] + \
+        [("uint8_weights", p) for p in nodes.uint8_weights]
+    return [(key, pattern) for key, pattern in keyed if not any(_matches(node, pattern) for node in named)]
 
 
 def _selected_by_user(node: onnx.NodeProto, nodes: NodeSelection) -> str | None:

@@ -13,7 +13,7 @@ from onnxquant.ops.recurrent import RECURRENT_OPS
 from onnxquant.passes.float16 import store_float16
 from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.state import State
-from onnxquant.planner import ALREADY_QUANTIZED, NOT_FLOAT, Selection
+from onnxquant.planner import ALREADY_QUANTIZED, NOT_FLOAT, Selection, unmatched_patterns
 from onnxquant.prequantized import QOPERATOR_OPS
 from onnxquant.results import FloatNode
 
@@ -43,6 +43,9 @@ def check(state: State) -> State:
     slower = _slower_by_construction(state)
     if slower:
         warnings.append(slower)
+    warnings.extend(f"node pattern {pattern!r} ({key}) matched no node: it changed nothing (patterns are a node "
+                    "name, op:TYPE or re:REGEX; onnxquant inspect --layers lists the layer names)"
+                    for key, pattern in unmatched_patterns(state.model, state.recipe.nodes))
     return replace(state, float_nodes=tuple(floats)).warned(*warnings)
 
 

@@ -67,3 +67,36 @@ def test_a_model_with_nothing_to_quantize_says_so():
     assert any(w.startswith("nothing was quantized") for w in result.warnings)
     (trees,) = [f for f in result.float_nodes if f.name == "trees"]
     assert trees.share == 1.0
+
+
+def _mlp_with_bias() -> onnx.ModelProto:
+    """MatMul + bias Add, which onnxruntime's simplifier fuses into a Gemm named
+    ``mm/MatMulAddFusion``, then a second MatMul."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (16, 8)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.1, (8,)).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (8, 4)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm"),
+             helper.make_node("Add", ["h", "b1"], ["hb"], name="bias"),
+             helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="out")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def test_an_excluded_layer_name_still_selects_the_layer_onnxruntime_fused_it_into():
+    recipe = onnxquant.Recipe().with_overrides(search={"enabled": False}, nodes={"exclude": ("mm",)})
+    result = onnxquant.quantize(_mlp_with_bias(), _samples(16), recipe)
+    fused = [f for f in result.float_nodes if f.name.startswith("mm/")]
+    assert len(fused) == 1 and fused[0].reason == "excluded by --exclude"
+    assert result.quantized_nodes == {"MatMul": 1}  # (the Relu after the float Gemm is float too)
+    assert not any("matched no node" in w for w in result.warnings)
+
+
+def test_a_node_pattern_that_matches_nothing_is_a_warning():
+    recipe = onnxquant.Recipe().with_overrides(search={"enabled": False}, nodes={"exclude": ("*mm*", "op:Conv")})
+    result = onnxquant.quantize(_mlp_with_bias(), _samples(16), recipe)
+    assert result.quantized_nodes == {"Gemm": 1, "Relu": 1, "MatMul": 1}  # nothing excluded
+    unmatched = [w for w in result.warnings if "matched no node" in w]
+    assert len(unmatched) == 2 and "'*mm*'" in unmatched[0] and "'op:Conv'" in unmatched[1]
