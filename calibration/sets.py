@@ -162,6 +162,7 @@ SETS = {
     "efficientnet-lite0": efficientnet_samples,
     "efficientnet-lite0-dynamo": efficientnet_samples,
     "minilm": minilm_samples,
+    "minilm-dynamo": minilm_samples,
     "ppocr-det": ppocr_samples,
     # models from other frameworks (calibration/foreign.py); the partly-int8 and fp16 variants
     # read the same data as their originals (the fp16 one in fp16)

@@ -29,6 +29,8 @@ BUILDERS = {
     # torch.onnx's default (dynamo) export: weights in external data, ReduceMean pool, node annotations
     "efficientnet-lite0-dynamo": (efficientnet_lite0.build_dynamo, "efficientnet_lite0.dynamo.onnx"),
     "minilm": (minilm.build, "all_minilm_l6_v2.onnx"),
+    # the same encoder as torch.onnx exports it by default (dynamo): the attention mask as And/Where
+    "minilm-dynamo": (minilm.build_dynamo, "all_minilm_l6_v2.dynamo.onnx"),
     "ppocr-det": (ppocr_det.build, "ppocrv4_det.onnx"),
     # from other frameworks and converters: scikit-learn/skl2onnx, Paddle, JAX/tf2onnx; an fp16
     # model and an already partly quantized one
