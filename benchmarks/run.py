@@ -31,6 +31,7 @@ from onnxquant.fusion_check import check_fusion
 
 REPO = Path(__file__).resolve().parent.parent
 METRIC = {"efficientnet-lite0": metrics.classifier, "efficientnet-lite0-fp16": metrics.classifier,
+          "efficientnet-lite0-fp16-weights": metrics.classifier,
           "minilm": metrics.embedding, "minilm-dynamo": metrics.embedding, "ppocr-det": metrics.probability_map,
           "sklearn-mlp": metrics.probabilities, "sklearn-mlp-partly-int8": metrics.probabilities,
           "ppocr-cls": metrics.probabilities, "ppocr-cls-fp16": metrics.probabilities, "magika": metrics.probabilities,
@@ -41,6 +42,7 @@ METRIC = {"efficientnet-lite0": metrics.classifier, "efficientnet-lite0-fp16": m
           "sklearn-ensemble": metrics.probabilities, "sklearn-forest": metrics.probabilities,
           "blazeface": metrics.face_boxes, "face-landmark": metrics.landmarks}
 HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "efficientnet-lite0-fp16": ("top1_agreement", "kl"),
+            "efficientnet-lite0-fp16-weights": ("top1_agreement", "kl"),
             "minilm": ("cosine", "cosine_min"), "minilm-dynamo": ("cosine", "cosine_min"),
             "speaker-encoder": ("cosine", "cosine_min"),
             "captcha-crnn": ("top1_agreement", "kl"),

@@ -32,6 +32,12 @@ def _widen_type(value: onnx.ValueInfoProto) -> None:
         t.elem_type = F32
 
 
+def has_float16_interface(model: onnx.ModelProto) -> bool:
+    """Whether callers feed or read fp16: else only the weights are stored fp16 (behind Casts to
+    float32, as TF-Lite's fp16 quantization and mixed-precision exporters write them)."""
+    return any(v.type.tensor_type.elem_type == F16 for v in [*model.graph.input, *model.graph.output])
+
+
 def is_float16_model(model: onnx.ModelProto) -> bool:
     graph = model.graph
     return (any(v.type.tensor_type.elem_type == F16 for v in [*graph.input, *graph.output])

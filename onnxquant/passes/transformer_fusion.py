@@ -56,7 +56,7 @@ class TransformerFusion:
                     "or layout other than BERT's export writes): attention runs as separate quantized MatMuls")
         if not self.attention:
             return None
-        mask = (f", its And/Where padding mask (torch.onnx dynamo) rewritten for the fusion"
+        mask = (", its And/Where padding mask (torch.onnx dynamo) rewritten for the fusion"
                 if self.masks_rewritten else "")
         return (f"transformer fusion: {self.attention} attention blocks fused into Attention "
                 f"({self.num_heads} heads, hidden size {self.hidden_size}{mask}), {self.gelu} Gelu; "
