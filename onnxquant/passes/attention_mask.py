@@ -75,9 +75,10 @@ def _condition_model(model: onnx.ModelProto, index: NodeIndex, nodes: list[int],
 
 
 def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -> str | None:
-    """The graph input ``cond`` equals ``bool(mask)[:, None, None, :]`` of (broadcast to its
-    4-D shape), checked by running the condition's subgraph; None if it does not, or if it reads
-    any other input's values (inputs read only through Shape are fed zeros of the mask's shape)."""
+    """The (batch, sequence) graph input ``mask`` for which ``cond`` equals ``bool(mask)[:, None, None, :]``
+    broadcast to cond's 4-D shape, checked by running cond's subgraph; None if it does not, or if
+    it reads any other input's values (inputs it reads only through Shape are fed zeros of the
+    mask's shape)."""
     import onnxruntime as ort
 
     nodes = _ancestors(index, cond)
@@ -140,7 +141,7 @@ def rewrite_padding_masks(model: onnx.ModelProto) -> int:
         zero, fill = _constant(index, node.input[1]), _constant(index, node.input[2])
         if zero is None or fill is None or fill.size != 1 or zero.size != 1 or fill.dtype != zero.dtype:
             continue
-        if fill.dtype.kind != "f" or float(zero.reshape(())) != 0.0 or not float(fill.reshape(())) < 0.0:
+        if fill.dtype.kind != "f" or float(zero.reshape(())) != 0.0 or not -np.inf < float(fill.reshape(())) < 0.0:
             continue
         if not _feeds_scores(index, node.output[0]):
             continue
