@@ -28,6 +28,7 @@ from benchmarks import metrics, page_cer, tool_venvs
 from calibration.build import write_samples
 from models.build import BUILDERS, build
 from onnxquant.fusion_check import check_fusion
+from onnxquant.model_io import file_size
 
 REPO = Path(__file__).resolve().parent.parent
 METRIC = {"efficientnet-lite0": metrics.classifier, "efficientnet-lite0-fp16": metrics.classifier,
@@ -135,7 +136,9 @@ def bench_model(name: str, work: Path, threads: int, rounds: int, tools: tuple[s
         write_samples(name, "calib", calib)
     if not held.exists():
         write_samples(name, "holdout", held)
-    row: dict = {"model": name, "fp32_size": fp32.stat().st_size, "calib_samples": len(list(calib.glob("*.npz"))),
+    # (with its external data: torch.onnx's dynamo exports keep their weights beside the model)
+    fp32_size = file_size(fp32, onnx.load(str(fp32), load_external_data=False))
+    row: dict = {"model": name, "fp32_size": fp32_size, "calib_samples": len(list(calib.glob("*.npz"))),
                  "holdout_samples": len(list(held.glob("*.npz"))), "tools": {}}
     outputs: dict[str, Path] = {}
     for tool in tools:
