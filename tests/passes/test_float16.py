@@ -1,4 +1,5 @@
-"""fp16 models are quantized with their fp16 inputs and outputs kept."""
+"""fp16 models are quantized with their fp16 inputs and outputs kept; fp16 weights behind Casts in a
+float32 model, and float32 parameters whose values are fp16 values, are quantized and stored so too."""
 from __future__ import annotations
 
 import numpy as np
