@@ -28,10 +28,12 @@ from benchmarks import metrics, page_cer, tool_venvs
 from calibration.build import write_samples
 from models.build import BUILDERS, build
 from onnxquant.fusion_check import check_fusion
+from onnxquant.model_io import file_size
 
 REPO = Path(__file__).resolve().parent.parent
 METRIC = {"efficientnet-lite0": metrics.classifier, "efficientnet-lite0-fp16": metrics.classifier,
-          "minilm": metrics.embedding, "ppocr-det": metrics.probability_map,
+          "efficientnet-lite0-fp16-weights": metrics.classifier,
+          "minilm": metrics.embedding, "minilm-dynamo": metrics.embedding, "ppocr-det": metrics.probability_map,
           "sklearn-mlp": metrics.probabilities, "sklearn-mlp-partly-int8": metrics.probabilities,
           "ppocr-cls": metrics.probabilities, "ppocr-cls-fp16": metrics.probabilities, "magika": metrics.probabilities,
           "ppocrv5-cls": metrics.probabilities, "mtcnn-onet": metrics.probabilities,
@@ -41,7 +43,9 @@ METRIC = {"efficientnet-lite0": metrics.classifier, "efficientnet-lite0-fp16": m
           "sklearn-ensemble": metrics.probabilities, "sklearn-forest": metrics.probabilities,
           "blazeface": metrics.face_boxes, "face-landmark": metrics.landmarks}
 HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "efficientnet-lite0-fp16": ("top1_agreement", "kl"),
-            "minilm": ("cosine", "cosine_min"), "speaker-encoder": ("cosine", "cosine_min"),
+            "efficientnet-lite0-fp16-weights": ("top1_agreement", "kl"),
+            "minilm": ("cosine", "cosine_min"), "minilm-dynamo": ("cosine", "cosine_min"),
+            "speaker-encoder": ("cosine", "cosine_min"),
             "captcha-crnn": ("top1_agreement", "kl"),
             "ppocr-det": ("mask_iou", "mean_abs_error"), "ddddocr-det": ("f1", "matched_iou"),
             "blazeface": ("f1", "matched_iou"), "face-landmark": ("mean_px_error", "max_px_error"),
@@ -132,7 +136,9 @@ def bench_model(name: str, work: Path, threads: int, rounds: int, tools: tuple[s
         write_samples(name, "calib", calib)
     if not held.exists():
         write_samples(name, "holdout", held)
-    row: dict = {"model": name, "fp32_size": fp32.stat().st_size, "calib_samples": len(list(calib.glob("*.npz"))),
+    # (with its external data: torch.onnx's dynamo exports keep their weights beside the model)
+    fp32_size = file_size(fp32, onnx.load(str(fp32), load_external_data=False))
+    row: dict = {"model": name, "fp32_size": fp32_size, "calib_samples": len(list(calib.glob("*.npz"))),
                  "holdout_samples": len(list(held.glob("*.npz"))), "tools": {}}
     outputs: dict[str, Path] = {}
     for tool in tools:

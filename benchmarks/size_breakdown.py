@@ -31,6 +31,7 @@ EXTRA = {"ppocr-rec": "ppocr_rec.onnx"}
 # Variants whose fp32 model is another of the zoo (fp16 conversions; a partly quantized MLP):
 # their size is told against that fp32 model too
 FP32_OF = {"ppocr-cls-fp16": "ppocr-cls", "efficientnet-lite0-fp16": "efficientnet-lite0",
+           "efficientnet-lite0-fp16-weights": "efficientnet-lite0",
            "sklearn-mlp-partly-int8": "sklearn-mlp"}
 _INTEGER = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4,
             onnx.TensorProto.INT16, onnx.TensorProto.UINT16, onnx.TensorProto.INT32}

@@ -161,7 +161,9 @@ def _breast_cancer(part: str) -> list[dict[str, np.ndarray]]:
 SETS = {
     "efficientnet-lite0": efficientnet_samples,
     "efficientnet-lite0-dynamo": efficientnet_samples,
+    "efficientnet-lite0-fp16-weights": efficientnet_samples,  # float32 input: the fp32 model's samples
     "minilm": minilm_samples,
+    "minilm-dynamo": minilm_samples,
     "ppocr-det": ppocr_samples,
     # models from other frameworks (calibration/foreign.py); the partly-int8 and fp16 variants
     # read the same data as their originals (the fp16 one in fp16)

@@ -29,6 +29,8 @@ BUILDERS = {
     # torch.onnx's default (dynamo) export: weights in external data, ReduceMean pool, node annotations
     "efficientnet-lite0-dynamo": (efficientnet_lite0.build_dynamo, "efficientnet_lite0.dynamo.onnx"),
     "minilm": (minilm.build, "all_minilm_l6_v2.onnx"),
+    # the same encoder as torch.onnx exports it by default (dynamo): the attention mask as And/Where
+    "minilm-dynamo": (minilm.build_dynamo, "all_minilm_l6_v2.dynamo.onnx"),
     "ppocr-det": (ppocr_det.build, "ppocrv4_det.onnx"),
     # from other frameworks and converters: scikit-learn/skl2onnx, Paddle, JAX/tf2onnx; an fp16
     # model and an already partly quantized one
@@ -37,6 +39,9 @@ BUILDERS = {
     "ppocr-cls": (ppocr_cls.build, "ppocr_mobile_v2_cls.onnx"),
     "ppocr-cls-fp16": (float16_variants.ppocr_cls, "ppocr_mobile_v2_cls.fp16.onnx"),
     "efficientnet-lite0-fp16": (float16_variants.efficientnet_lite0, "efficientnet_lite0.fp16.onnx"),
+    # float32 inputs and outputs, weights stored fp16 behind Casts (TF-Lite fp16, mixed-precision exports)
+    "efficientnet-lite0-fp16-weights": (float16_variants.efficientnet_lite0_weights_fp16,
+                                        "efficientnet_lite0.fp16_weights.onnx"),
     "magika": (magika_types.build, "magika_standard_v3_3.onnx"),
     # small mobile CNNs from other packages (int8 kernels vs fp32 on x86 without VNNI): a PP-LCNet
     # text-line orientation classifier, and MTCNN's face/no-face network (keras2onnx, NHWC, PRelu)

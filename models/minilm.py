@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnx
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "embedding"
+DYNAMO_DATA = "all_minilm_l6_v2.dynamo.weights"  # the dynamo export's external data file
 
 
 def tokenizer_dir() -> Path:
@@ -27,7 +32,8 @@ def load_tokenizer():
     return AutoTokenizer.from_pretrained(str(tokenizer_dir()))
 
 
-def build(out_path: Path, opset: int = 17) -> Path:
+def _embedder():
+    """The encoder with mean pooling and L2 normalisation: its output is the sentence embedding."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoModel
@@ -48,7 +54,13 @@ def build(out_path: Path, opset: int = 17) -> Path:
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
 
-    model = SentenceEmbedder(encoder).eval()
+    return SentenceEmbedder(encoder).eval()
+
+
+def build(out_path: Path, opset: int = 17) -> Path:
+    import torch
+
+    model = _embedder()
     ids = torch.ones(1, 16, dtype=torch.int64)
     dyn = {0: "batch", 1: "sequence"}
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,3 +76,42 @@ def build(out_path: Path, opset: int = 17) -> Path:
             dynamo=False,
         )
     return out_path
+
+
+def build_dynamo(out_path: Path) -> Path:
+    """The same network as torch.onnx.export writes it by default since torch 2.9 (the dynamo
+    exporter): opset 18, weights in external data, the attention mask built with Range, GatherND,
+    And and Where (which onnxruntime's attention fusion does not match as it is), the scale as Mul."""
+    import tempfile
+
+    import onnx
+    import torch
+
+    dyn = {0: "batch", 1: "sequence"}
+    ids = torch.ones(1, 16, dtype=torch.int64)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        exported = Path(tmp) / "model.onnx"
+        # The exporter names values after torch ops, and its word embedding's value is "embedding":
+        # the graph output gets another name here and OUTPUT_NAME once that value is renamed.
+        torch.onnx.export(_embedder(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(exported),
+                          input_names=list(INPUT_NAMES), output_names=["sentence_embedding"],
+                          dynamic_axes={**{n: dyn for n in INPUT_NAMES}, "sentence_embedding": {0: "batch"}},
+                          opset_version=18, dynamo=True)
+        model = onnx.load(str(exported))
+        _rename_value(model.graph, OUTPUT_NAME, "word_embedding")
+        _rename_value(model.graph, "sentence_embedding", OUTPUT_NAME)
+        # saved again so that the data file's name does not depend on where it was first written
+        onnx.save_model(model, str(out_path), save_as_external_data=True, location=DYNAMO_DATA,
+                        size_threshold=1024)
+    return out_path
+
+
+def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename a value everywhere the graph names it (node inputs and outputs, outputs, value_info)."""
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+    for value in [*graph.output, *graph.value_info]:
+        if value.name == old:
+            value.name = new

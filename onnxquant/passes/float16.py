@@ -32,6 +32,12 @@ def _widen_type(value: onnx.ValueInfoProto) -> None:
         t.elem_type = F32
 
 
+def has_float16_interface(model: onnx.ModelProto) -> bool:
+    """Whether callers feed or read fp16: else only the weights are stored fp16 (behind Casts to
+    float32, as TF-Lite's fp16 quantization and mixed-precision exporters write them)."""
+    return any(v.type.tensor_type.elem_type == F16 for v in [*model.graph.input, *model.graph.output])
+
+
 def is_float16_model(model: onnx.ModelProto) -> bool:
     graph = model.graph
     return (any(v.type.tensor_type.elem_type == F16 for v in [*graph.input, *graph.output])
@@ -101,16 +107,48 @@ def widen_float16(model: onnx.ModelProto) -> set[str]:
     return was_f16
 
 
-def store_float16(model: onnx.ModelProto, names: set[str]) -> int:
+# Below this many values, a Cast node costs more bytes than fp16 storage saves.
+HALF_MIN_VALUES = 16
+# Layers whose float parameters (weight, bias) may be read through a Cast: onnxruntime folds it
+# at load time. (Not QuantizeLinear/DequantizeLinear: their fusions need initializer scales.)
+_CAST_READERS = {"Conv", "ConvTranspose", "Gemm"}
+
+
+def exact_float16_parameters(model: onnx.ModelProto) -> set[str]:
+    """float32 initializers of the main graph, of at least HALF_MIN_VALUES values, that only
+    Conv/ConvTranspose/Gemm read and whose every value is an fp16 value (a model converted from
+    fp16 storage: TF-Lite's fp16 quantization folded into float32 by the converter). Stored fp16,
+    they are the same numbers in half the bytes."""
+    graph = model.graph
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    out = set()
+    for init in graph.initializer:
+        if init.data_type != F32 or int(np.prod(init.dims)) < HALF_MIN_VALUES:
+            continue
+        if not readers.get(init.name) or not readers[init.name] <= _CAST_READERS:
+            continue
+        value = tensor_array(init)
+        if np.isfinite(value).all() and np.array_equal(value.astype(np.float16).astype(np.float32), value):
+            out.add(init.name)
+    return out
+
+
+def store_float16(model: onnx.ModelProto, names: set[str], weights_only: bool = True) -> int:
     """Store the float weights among ``names`` (fp16 in the original model) as fp16 again, each read
-    through a Cast to fp32. Returns how many were stored so."""
+    through a Cast to fp32 (``weights_only`` false: any float initializer among them, biases too).
+    Returns how many were stored so."""
     graph = model.graph
     readers = {name for node in graph.node for name in node.input}
     used = {n for node in graph.node for n in [*node.input, *node.output, node.name]} | {i.name for i in graph.initializer}
     casts = []
     renamed: dict[str, str] = {}
     for init in graph.initializer:
-        if init.name not in names or init.data_type != F32 or init.name not in readers or not is_float_weight(init):
+        if init.name not in names or init.data_type != F32 or init.name not in readers:
+            continue
+        if weights_only and not is_float_weight(init):
             continue
         half = fresh_name(used, f"{init.name}_float16")
         casts.append(helper.make_node("Cast", [half], [init.name], name=fresh_name(used, f"{init.name}_to_float32"), to=F32))

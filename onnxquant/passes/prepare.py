@@ -20,7 +20,7 @@ from onnxquant.errors import ModelError
 from onnxquant.outputs import scratch
 from onnxquant.model_io import has_lazy, iter_graphs, read_in_if_small, serialize, serialize_below_limit
 from onnxquant.passes.canonicalize import canonicalize
-from onnxquant.passes.float16 import widen_float16
+from onnxquant.passes.float16 import has_float16_interface, widen_float16
 from onnxquant.passes.fold_affine import fold_affine_into_conv
 from onnxquant.passes.fold_constants import fold_constant_nodes
 from onnxquant.passes.fuse_gelu import MS_DOMAIN, fuse_gelu
@@ -242,9 +242,14 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
                             "(the exporter's debugging annotations: stack traces, module names; not read at run time)")
     report.folded_constants = fold_constant_nodes(work)
     _drop_initializer_inputs(work)
+    float16_interface = has_float16_interface(work)
     report.float16_weights = widen_float16(work)
-    if report.float16_weights:
+    if report.float16_weights and float16_interface:
         report.notes.append("fp16 model: quantized on an fp32 copy of its inside; fp16 inputs and outputs kept")
+    elif report.float16_weights:
+        report.notes.append(f"{len(report.float16_weights)} fp16 initializers behind float32 inputs and outputs (Casts to "
+                            "float32 or an fp16 inside): quantized on an fp32 copy of the inside; weights left float "
+                            "are stored fp16 again")
     work = _upgrade_opset(work, report)
     read_in_if_small(work)  # (a small model with external data is prepared as a one-file one is)
     lazy = has_lazy(work)

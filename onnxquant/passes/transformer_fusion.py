@@ -31,6 +31,7 @@ from typing import Iterator
 import onnx
 
 from onnxquant.model_io import tensor_array
+from onnxquant.passes.attention_mask import rewrite_padding_masks
 from onnxquant.passes.node_index import NodeIndex
 
 MS_DOMAIN = "com.microsoft"
@@ -46,6 +47,7 @@ class TransformerFusion:
     num_heads: int = 0
     hidden_size: int = 0
     unmatched: bool = False  # an encoder's shape was read, yet onnxruntime's fusions matched no block
+    masks_rewritten: int = 0  # And/Where padding masks (torch.onnx dynamo) written in the form the fusion matches
 
     def note(self) -> str | None:
         if self.unmatched:
@@ -54,8 +56,10 @@ class TransformerFusion:
                     "or layout other than BERT's export writes): attention runs as separate quantized MatMuls")
         if not self.attention:
             return None
+        mask = (", its And/Where padding mask (torch.onnx dynamo) rewritten for the fusion"
+                if self.masks_rewritten else "")
         return (f"transformer fusion: {self.attention} attention blocks fused into Attention "
-                f"({self.num_heads} heads, hidden size {self.hidden_size}), {self.gelu} Gelu; "
+                f"({self.num_heads} heads, hidden size {self.hidden_size}{mask}), {self.gelu} Gelu; "
                 f"{self.residual_sums} residual Adds kept from SkipLayerNormalization")
 
 
@@ -179,6 +183,7 @@ def fuse_transformer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Transform
 
     work = onnx.ModelProto()
     work.CopyFrom(model)
+    masks = rewrite_padding_masks(work)
     with _quiet_logging():
         try:
             bert = BertOnnxModel(work, num_heads, hidden_size)
@@ -190,7 +195,7 @@ def fuse_transformer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Transform
     if not ops["Attention"]:
         return model, TransformerFusion(num_heads=num_heads, hidden_size=hidden_size, unmatched=True)
     result = TransformerFusion(attention=ops["Attention"], gelu=ops["Gelu"] + ops["BiasGelu"] + ops["FastGelu"],
-                               num_heads=num_heads, hidden_size=hidden_size)
+                               num_heads=num_heads, hidden_size=hidden_size, masks_rewritten=masks)
     result.residual_sums = residual_adds_as_sum(work.graph)
     if not any(o.domain == MS_DOMAIN for o in work.opset_import):
         work.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))

@@ -10,7 +10,7 @@ import onnx
 from onnxquant.float_weights import WARN_FLOAT_SHARE, float_weighted_nodes
 from onnxquant.host import CPU_KINDS
 from onnxquant.ops.recurrent import RECURRENT_OPS
-from onnxquant.passes.float16 import store_float16
+from onnxquant.passes.float16 import exact_float16_parameters, store_float16
 from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.state import State
 from onnxquant.planner import ALREADY_QUANTIZED, NOT_FLOAT, Selection, unmatched_patterns
@@ -33,6 +33,11 @@ def check(state: State) -> State:
         kept16 = store_float16(state.model, fp16)
         if kept16:
             state = state.noted(f"{kept16} float weight(s) stored in fp16 as in the original")
+    exact16 = exact_float16_parameters(state.model)
+    if exact16:
+        halved = store_float16(state.model, exact16, weights_only=False)
+        state = state.noted(f"{halved} float parameter(s) of Conv/Gemm layers stored fp16: every value is an fp16 "
+                            "value (a model converted from fp16 storage), so the numbers are the same")
     # Shape arithmetic (int64 Concat, Gather of shapes...) is not float compute: not reported.
     floats, warnings = _float_report(state.model, state.selection, state.weight_bytes)
     fusion = state.fusion

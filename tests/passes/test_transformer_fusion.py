@@ -100,11 +100,36 @@ def test_attention_blocks_fuse_and_outputs_stay_equal(bert):
         np.testing.assert_allclose(run(fused, sample)[0], run(bert, sample)[0], rtol=1e-4, atol=2e-5)
 
 
-def test_an_encoder_whose_attention_does_not_fuse_is_said(tmp_path: Path):
-    """torch.onnx's dynamo export writes the mask with And/Where: onnxruntime's fusion matches no
-    block. The graph is quantized as it is, and the summary says why attention is not one kernel."""
+@pytest.fixture(scope="module")
+def bert_dynamo(tmp_path_factory) -> onnx.ModelProto:
+    """The same encoder as torch.onnx's default (dynamo) exporter writes it: the padding mask as
+    Range/GatherND/And/Where, the attention scale as Mul."""
     pytest.importorskip("onnxscript")
-    model = onnx.load(str(_export_tiny_bert(tmp_path / "bert-dynamo.onnx", opset=18, dynamo=True)))
+    path = tmp_path_factory.mktemp("bert-dynamo") / "bert-dynamo.onnx"
+    return onnx.load(str(_export_tiny_bert(path, opset=18, dynamo=True)))
+
+
+def test_a_dynamo_export_fuses_and_keeps_its_outputs(bert_dynamo):
+    """Its And/Where mask is rewritten into a form onnxruntime's attention fusion matches."""
+    assert {"And", "Where", "GatherND"} <= set(_ops(bert_dynamo))
+    fused, report = prepare_model(bert_dynamo, transformer=True)
+    ops = _ops(fused)
+    assert report.transformer.attention == ops["Attention"] == LAYERS and report.transformer.masks_rewritten == 1
+    assert ops["Softmax"] == 0 and "And" not in ops and "GatherND" not in ops
+    assert any("padding mask (torch.onnx dynamo) rewritten" in note for note in report.notes)
+    for sample in _samples(6):
+        np.testing.assert_allclose(run(fused, sample)[0], run(bert_dynamo, sample)[0], rtol=1e-4, atol=2e-5)
+
+
+def test_an_encoder_whose_attention_does_not_fuse_is_said(bert_dynamo):
+    """A dynamo export whose mask is no padding mask (Where(cond, 0.5, min): not the idiom) is
+    not rewritten; onnxruntime's fusion matches no block. The graph is quantized as it is, and the
+    summary says why attention is not one kernel."""
+    model = onnx.ModelProto()
+    model.CopyFrom(bert_dynamo)
+    where = next(n for n in model.graph.node if n.op_type == "Where")
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(0.5, np.float32), "half"))
+    where.input[1] = "half"
     prepared, report = prepare_model(model, transformer=True)
     assert report.transformer.unmatched and report.transformer.attention == 0
     assert any("matched none of its blocks" in note and f"{HEADS} heads" in note for note in report.notes)
@@ -225,3 +250,20 @@ def test_minilm_fused_keeps_its_embeddings_and_quantizes(tmp_path_factory):
     assert _ops(result.model)["QAttention"] == 6
     agreement = metrics.embedding(ref, [run(result.model, x)[0] for x in samples])
     assert agreement["cosine"] > 0.993  # 0.9966 measured, unfused 0.9960
+
+
+@pytest.mark.realmodel
+def test_minilm_dynamo_export_fuses_as_the_classic_one(tmp_path_factory):
+    """all-MiniLM-L6-v2 as torch.onnx exports it by default: its six attention blocks fuse (its
+    And/Where mask rewritten) and the fused graph's embeddings are fp32's."""
+    pytest.importorskip("onnxscript")
+    from benchmarks import metrics
+    from tests.conftest import zoo_model
+
+    model, _, held = zoo_model("minilm-dynamo", tmp_path_factory.mktemp("minilm-dynamo"))
+    fused, report = prepare_model(onnx.load(str(model)), transformer=True)
+    assert (report.transformer.attention, report.transformer.masks_rewritten) == (6, 1)
+    assert (report.transformer.num_heads, report.transformer.hidden_size) == (12, 384)
+    samples = [dict(np.load(f)) for f in sorted(held.glob("*.npz"))][:16]
+    same = metrics.embedding([run(model, x)[0] for x in samples], [run(fused, x)[0] for x in samples])
+    assert same["cosine_min"] >= 0.99999

@@ -1,0 +1,187 @@
+"""Write a padding mask built with And/Where in the form onnxruntime's attention fusion matches.
+
+torch.onnx's dynamo exporter (the default since torch 2.9) writes a HF transformers encoder's
+padding mask as a boolean index computation: ``Range``, ``Unsqueeze``, ``GatherND`` of the mask
+cast to bool, ``And``-ed with always-true position checks, then ``Where(cond, 0, min)`` added to
+the attention scores. onnxruntime's attention fusion (``fusion_attention.py``) matches the masks
+older exports write, not this one, so such an encoder was quantized MatMul by MatMul. The mask is
+written as transformers' SDPA export writes it, one of the forms the fusion matches:
+``inverse = 1 - float(Expand(Unsqueeze(Unsqueeze(mask))))``, ``Where(bool(inverse), min, inverse)``
+(the classic ``(1 - mask) * min`` is ambiguous to the matcher next to a scale written as Mul).
+
+For a 0/1 mask the two are equal value for value. The condition's subgraph is checked equal to ``bool(mask[b, j])``
+broadcast over heads and query positions by running it, in onnxruntime, on masks of several batch sizes and lengths (all-zero and all-one rows among them), not read from its op types:
+exporters spell it in more ways than a pattern would cover. Anything else is left as it is.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxquant.model_io import tensor_array
+from onnxquant.passes.names import fresh_name
+from onnxquant.passes.node_index import NodeIndex
+
+# (batch, sequence) shapes the condition is checked on; sequence 1 and a batch of 3 catch index
+# arithmetic that only holds for square or single-batch inputs.
+CHECK_SHAPES = ((1, 1), (1, 7), (2, 5), (3, 9))
+INTEGER_TYPES = {TensorProto.INT64, TensorProto.INT32, TensorProto.BOOL}
+
+
+def _constant(index: NodeIndex, name: str) -> np.ndarray | None:
+    init = index.inits.get(name)
+    return None if init is None else tensor_array(init)
+
+
+def _feeds_scores(index: NodeIndex, name: str) -> bool:
+    """Every reader of ``name`` is an Add whose one reader is a Softmax (the attention scores)."""
+    readers = index.readers.get(name, [])
+    if not readers or name in index.outputs:
+        return False
+    for k in readers:
+        add = index.nodes[k]
+        if add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
+            return False
+        if index.only_reader(add.output[0], "Softmax") is None:
+            return False
+    return True
+
+
+def _ancestors(index: NodeIndex, name: str) -> list[int] | None:
+    """Positions (in graph order) of the nodes that compute ``name``; None if a subgraph-bearing
+    node is among them."""
+    seen: set[int] = set()
+    stack = [name]
+    while stack:
+        k = index.producer.get(stack.pop())
+        if k is None or k in seen:
+            continue
+        node = index.nodes[k]
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            return None
+        seen.add(k)
+        stack.extend(i for i in node.input if i)
+    return sorted(seen)
+
+
+def _condition_model(model: onnx.ModelProto, index: NodeIndex, nodes: list[int], cond: str,
+                     inputs: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [index.nodes[k] for k in nodes], "mask_condition", inputs,
+        [helper.make_tensor_value_info(cond, TensorProto.BOOL, None)],
+        initializer=[index.inits[i] for i in sorted({i for k in nodes for i in index.nodes[k].input}) if i in index.inits])
+    return helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+
+
+def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -> str | None:
+    """The (batch, sequence) graph input ``mask`` for which ``cond`` equals ``bool(mask)[:, None, None, :]``
+    broadcast to cond's 4-D shape, checked by running cond's subgraph; None if it does not, or if
+    it reads any other input's values (inputs it reads only through Shape are fed zeros of the
+    mask's shape)."""
+    import onnxruntime as ort
+
+    nodes = _ancestors(index, cond)
+    if not nodes:
+        return None
+    graph_inputs = {i.name: i for i in model.graph.input if i.name not in index.inits}
+    read = {i for k in nodes for i in index.nodes[k].input if i in graph_inputs}
+    valued = {i for k in nodes if index.nodes[k].op_type != "Shape" for i in index.nodes[k].input if i in read}
+    if len(valued) != 1:
+        return None
+    mask = next(iter(valued))
+    for name in read:
+        tensor_type = graph_inputs[name].type.tensor_type
+        if tensor_type.elem_type not in INTEGER_TYPES or len(tensor_type.shape.dim) != 2:
+            return None
+    inputs = [graph_inputs[name] for name in sorted(read)]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(_condition_model(model, index, nodes, cond, inputs).SerializeToString(),
+                                       options, providers=["CPUExecutionProvider"])
+    except Exception:  # a subgraph onnxruntime cannot run alone (e.g. a type it cannot infer): leave it
+        return None
+    rng = np.random.default_rng(0)
+    dtypes = {name: helper.tensor_dtype_to_np_dtype(graph_inputs[name].type.tensor_type.elem_type) for name in read}
+    for batch, length in CHECK_SHAPES:
+        bits = rng.integers(0, 2, (batch, length))
+        bits[0, :] = 1
+        if batch > 1:
+            bits[-1, :] = 0
+        feeds = {name: np.zeros((batch, length), dtypes[name]) for name in read}
+        feeds[mask] = bits.astype(dtypes[mask])
+        try:
+            (value,) = session.run(None, feeds)
+        except Exception:
+            return None
+        if value.ndim != 4 or value.shape[0] != batch or value.shape[-1] != length or value.shape[1] != 1:
+            return None
+        if not np.array_equal(value, np.broadcast_to(bits.astype(bool)[:, None, None, :], value.shape)):
+            return None
+    return mask
+
+
+def rewrite_padding_masks(model: onnx.ModelProto) -> int:
+    """Rewrite each ``Where(cond, 0, min)`` added to attention scores, whose ``cond`` is a 0/1 padding
+    mask input as bool, into ``Where(bool(1 - mask), min, 1 - mask)`` over (batch, 1, 1, sequence), in place.
+
+    Returns how many masks were rewritten (the Where and its condition are left for the fusion to
+    prune once nothing reads them).
+    """
+    graph = model.graph
+    index = NodeIndex(graph)
+    taken = {n for node in index.nodes for n in (*node.input, *node.output)} | set(index.inits)
+    taken |= {i.name for i in graph.input}
+    before: dict[int, list[onnx.NodeProto]] = {}  # new nodes, by the position of the Where they replace
+    for position, node in enumerate(index.nodes):
+        if node.op_type != "Where" or node.domain not in ("", "ai.onnx") or len(node.input) != 3:
+            continue
+        zero, fill = _constant(index, node.input[1]), _constant(index, node.input[2])
+        if zero is None or fill is None or fill.size != 1 or zero.size != 1 or fill.dtype != zero.dtype:
+            continue
+        if fill.dtype.kind != "f" or float(zero.reshape(())) != 0.0 or not -np.inf < float(fill.reshape(())) < 0.0:
+            continue
+        if not _feeds_scores(index, node.output[0]):
+            continue
+        mask = _is_padding_condition(model, index, node.input[0])
+        if mask is None:
+            continue
+        elem_type = helper.np_dtype_to_tensor_dtype(fill.dtype)
+
+        def name(base: str) -> str:
+            return fresh_name(taken, f"{mask}_{base}")
+
+        axis1, axis2, ones, one, filler = (name(b) for b in ("axis1", "axis2", "ones", "one", "filter_value"))
+        graph.initializer.extend([
+            onnx.numpy_helper.from_array(np.array([1], np.int64), axis1),
+            onnx.numpy_helper.from_array(np.array([2], np.int64), axis2),
+            onnx.numpy_helper.from_array(np.ones(4, np.int64), ones),
+            onnx.numpy_helper.from_array(np.array(1, fill.dtype), one),
+            onnx.numpy_helper.from_array(fill.reshape(()).copy(), filler),
+        ])
+        heads, rows, full, cast, inverse, flag, added = (
+            name(b) for b in ("heads", "rows", "expanded", "float", "inverse", "masked", "additive"))
+        before[position] = [
+            helper.make_node("Unsqueeze", [mask, axis1], [heads], name=name("unsqueeze_heads")),
+            helper.make_node("Unsqueeze", [heads, axis2], [rows], name=name("unsqueeze_rows")),
+            helper.make_node("Expand", [rows, ones], [full], name=name("expand")),
+            helper.make_node("Cast", [full], [cast], name=name("cast"), to=elem_type),
+            helper.make_node("Sub", [one, cast], [inverse], name=name("sub")),
+            helper.make_node("Cast", [inverse], [flag], name=name("cast_bool"), to=TensorProto.BOOL),
+            helper.make_node("Where", [flag, filler, inverse], [added], name=name("where")),
+        ]
+        for k in index.readers[node.output[0]]:
+            add = index.nodes[k]
+            add.input[:] = [added if i == node.output[0] else i for i in add.input]
+    if before:
+        ordered = []
+        for k, node in enumerate(index.nodes):
+            ordered.extend(before.get(k, ()))
+            kept = onnx.NodeProto()
+            kept.CopyFrom(node)  # (copied before the repeated field they live in is cleared)
+            ordered.append(kept)
+        del graph.node[:]
+        graph.node.extend(ordered)
+    return len(before)

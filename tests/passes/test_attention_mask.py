@@ -1,0 +1,121 @@
+"""The And/Where padding mask of torch.onnx's dynamo export, rewritten into the form onnxruntime's
+attention fusion matches: equal outputs, and only where the condition really is the padding mask.
+
+The masks are small graphs written here in the exporter's idiom (Range/Unsqueeze/GatherND/And);
+tests/passes/test_transformer_fusion.py runs a whole dynamo-exported encoder.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxquant.passes.attention_mask import rewrite_padding_masks
+from tests.conftest import run
+
+MIN = np.finfo(np.float32).min
+
+
+def _masked_scores(query_floor: int = 0, zero: float = 0.0, fill: float = float(MIN), readers: str = "Softmax",
+                   causal: bool = False) -> onnx.ModelProto:
+    """softmax(scores + Where(cond, zero, fill)) with cond = (q >= query_floor) & bool(mask[b, k]),
+    built as torch.onnx's dynamo exporter builds it (GatherND of the bool mask at (batch, key)
+    indices from Range); ``causal`` adds ``q >= k``."""
+    inits = [
+        numpy_helper.from_array(np.array(0, np.int64), "zero_i"),
+        numpy_helper.from_array(np.array(1, np.int64), "one_i"),
+        numpy_helper.from_array(np.array(query_floor, np.int64), "floor"),
+        numpy_helper.from_array(np.array(True), "true"),
+        numpy_helper.from_array(np.array([1, 2], np.int64), "ax12"),
+        numpy_helper.from_array(np.array([3], np.int64), "ax3"),
+        numpy_helper.from_array(np.array([0, 1], np.int64), "ax01"),
+        numpy_helper.from_array(np.array([2], np.int64), "ax2"),
+        numpy_helper.from_array(np.array([-1], np.int64), "axm1"),
+        numpy_helper.from_array(np.array(zero, np.float32), "zeros"),
+        numpy_helper.from_array(np.array(fill, np.float32), "fill"),
+    ]
+    nodes = [
+        helper.make_node("Shape", ["ids"], ["b1"], start=0, end=1),
+        helper.make_node("Squeeze", ["b1"], ["b"]),
+        helper.make_node("Shape", ["ids"], ["s1"], start=1, end=2),
+        helper.make_node("Squeeze", ["s1"], ["s"]),
+        helper.make_node("Cast", ["mask"], ["mask_bool"], to=TensorProto.BOOL),
+        helper.make_node("Range", ["zero_i", "b", "one_i"], ["batch_idx"]),
+        helper.make_node("Range", ["zero_i", "s", "one_i"], ["pos"]),
+        helper.make_node("Unsqueeze", ["batch_idx", "ax12"], ["bu"]),
+        helper.make_node("Unsqueeze", ["bu", "ax3"], ["b4"]),  # (B,1,1,1)
+        helper.make_node("Unsqueeze", ["pos", "ax01"], ["pu"]),
+        helper.make_node("Unsqueeze", ["pu", "ax3"], ["q4"]),  # (1,1,S,1)
+        helper.make_node("Unsqueeze", ["pu", "ax2"], ["k4"]),  # (1,1,1,S)
+        helper.make_node("GreaterOrEqual", ["q4", "floor"], ["ge"]),
+        helper.make_node("And", ["true", "ge"], ["valid_q"]),
+        helper.make_node("Max", ["b4", "k4"], ["bk"]),
+        helper.make_node("Shape", ["bk"], ["bk_shape"]),
+        helper.make_node("Expand", ["b4", "bk_shape"], ["b_full"]),
+        helper.make_node("Unsqueeze", ["b_full", "axm1"], ["b_idx"]),
+        helper.make_node("Expand", ["k4", "bk_shape"], ["k_full"]),
+        helper.make_node("Unsqueeze", ["k_full", "axm1"], ["k_idx"]),
+        helper.make_node("Concat", ["b_idx", "k_idx"], ["idx"], axis=-1),
+        helper.make_node("GatherND", ["mask_bool", "idx"], ["kept"]),
+        helper.make_node("And", ["valid_q", "kept"], ["cond0"]),
+    ]
+    if causal:
+        nodes += [helper.make_node("GreaterOrEqual", ["q4", "k4"], ["causal"]),
+                  helper.make_node("And", ["cond0", "causal"], ["cond"])]
+    else:
+        nodes += [helper.make_node("Identity", ["cond0"], ["cond"])]
+    nodes += [helper.make_node("Where", ["cond", "zeros", "fill"], ["bias"]),
+              helper.make_node("Add", ["scores", "bias"], ["masked"]),
+              helper.make_node(readers, ["masked"], ["probs"])]
+    graph = helper.make_graph(
+        nodes, "masked_scores",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "S"]),
+         helper.make_tensor_value_info("mask", TensorProto.INT64, ["B", "S"]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["B", 2, "S", "S"])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["B", 2, "S", "S"])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def _feeds(seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for batch, length in ((1, 4), (2, 6), (3, 3)):
+        mask = rng.integers(0, 2, (batch, length)).astype(np.int64)
+        mask[:, 0] = 1  # (a row with every key masked is softmax over equal minima: fine, but not the point)
+        out.append({"ids": np.zeros((batch, length), np.int64), "mask": mask,
+                    "scores": rng.normal(size=(batch, 2, length, length)).astype(np.float32)})
+    return out
+
+
+def test_the_padding_mask_is_rewritten_with_equal_outputs():
+    model = _masked_scores()
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    assert rewrite_padding_masks(rewritten) == 1
+    onnx.checker.check_model(rewritten)
+    add = next(n for n in rewritten.graph.node if n.op_type == "Add")
+    where = next(n for n in rewritten.graph.node if n.output[0] in add.input and n.op_type == "Where")
+    assert where.input[0] != "cond"  # the Add reads the new mask, Where(bool(1 - mask), min, 1 - mask)
+    ops = Counter(n.op_type for n in rewritten.graph.node)
+    assert ops["Where"] == 2 and ops["Sub"] == 1 and ops["Expand"] == 3
+    for feed in _feeds():
+        np.testing.assert_array_equal(run(rewritten, feed)[0], run(model, feed)[0])
+
+
+@pytest.mark.parametrize("change", [
+    {"query_floor": 1},  # the first query row masked too: not a padding mask
+    {"causal": True},  # a causal mask And-ed in
+    {"zero": 0.5},  # a kept position is shifted, not left as it is
+    {"fill": 1.0},  # "masked" positions raised
+    {"readers": "Relu"},  # not added to scores read by a Softmax
+])
+def test_anything_else_is_left_as_it_is(change):
+    model = _masked_scores(**change)
+    before = model.SerializeToString()
+    assert rewrite_padding_masks(model) == 0
+    assert model.SerializeToString() == before
