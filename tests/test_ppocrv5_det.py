@@ -45,7 +45,7 @@ def test_the_search_clips_the_detectors_rare_extreme_activations_tighter(tmp_pat
     # the estimators and the two tighter percentiles: the trials this test is about
     searched = onnxquant.quantize(path, calib, Recipe().with_overrides(search={"trials": 6}))
     chosen = next(t for t in searched.search["trials"] if t["name"] == searched.search["chosen"])
-    assert chosen["name"].startswith("percentile 99.9"), searched.search["trials"]
+    assert chosen["name"] in ("percentile 99.99", "percentile 99.9"), searched.search["trials"]
     default_percentile = onnxquant.quantize(path, calib, Recipe().with_overrides(
         calibration={"method": "percentile"}, search={"enabled": False}))
     tighter, plain = _cosines(path, searched.model, held), _cosines(path, default_percentile.model, held)
