@@ -27,6 +27,23 @@ def probabilities(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, flo
     return {"top1_agreement": float(top1), "kl": float(kl)}
 
 
+def label_sequences(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
+    """For recognisers whose output is already the decoded label per step (ddddocr's argmax):
+    the share of samples whose whole sequence is equal, and of equal steps."""
+    equal = [r.shape == g.shape and np.array_equal(r, g) for r, g in zip(ref, got)]
+    steps = [np.mean(r == g) if r.shape == g.shape else 0.0 for r, g in zip(ref, got)]
+    return {"sequence_agreement": float(np.mean(equal)), "step_agreement": float(np.mean(steps))}
+
+
+def speech_probability(ref: list[np.ndarray], got: list[np.ndarray], threshold: float = 0.5) -> dict[str, float]:
+    """Voice-activity probabilities: the share of chunks with the same speech decision at
+    ``threshold`` (Silero's default), and the mean absolute difference of the probabilities."""
+    r = np.concatenate([x.ravel() for x in ref]).astype(np.float64)
+    g = np.concatenate([x.ravel() for x in got]).astype(np.float64)
+    return {"decision_agreement": float(np.mean((r > threshold) == (g > threshold))),
+            "prob_mae": float(np.mean(np.abs(r - g)))}
+
+
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))

@@ -32,6 +32,8 @@ from onnxquant.model_io import file_size
 
 REPO = Path(__file__).resolve().parent.parent
 METRIC = {"efficientnet-lite0": metrics.classifier, "efficientnet-lite0-fp16": metrics.classifier,
+          "efficientnet-lite0-dynamo": metrics.classifier, "ddddocr-rec": metrics.label_sequences,
+          "silero-vad": metrics.speech_probability, "silero-vad-16k": metrics.speech_probability,
           "efficientnet-lite0-fp16-weights": metrics.classifier,
           "minilm": metrics.embedding, "minilm-dynamo": metrics.embedding, "ppocr-det": metrics.probability_map,
           "ppocrv5-det": metrics.probability_map,
@@ -44,6 +46,9 @@ METRIC = {"efficientnet-lite0": metrics.classifier, "efficientnet-lite0-fp16": m
           "sklearn-ensemble": metrics.probabilities, "sklearn-forest": metrics.probabilities,
           "blazeface": metrics.face_boxes, "face-landmark": metrics.landmarks}
 HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "efficientnet-lite0-fp16": ("top1_agreement", "kl"),
+            "efficientnet-lite0-dynamo": ("top1_agreement", "kl"),
+            "ddddocr-rec": ("sequence_agreement", "step_agreement"),
+            "silero-vad": ("decision_agreement", "prob_mae"), "silero-vad-16k": ("decision_agreement", "prob_mae"),
             "efficientnet-lite0-fp16-weights": ("top1_agreement", "kl"),
             "minilm": ("cosine", "cosine_min"), "minilm-dynamo": ("cosine", "cosine_min"),
             "speaker-encoder": ("cosine", "cosine_min"),
