@@ -270,8 +270,9 @@ def main() -> None:
                 fusion = info["fusion"]
                 print(f"{name} {tool}: {fusion['integer_layers']} of {fusion['quantized_layers']} quantized layers "
                       "run as integer kernels", file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=2))
+        args.out.mkdir(parents=True, exist_ok=True)
+        # after each model: a long run stopped part way keeps the models it finished
+        (args.out / "results.json").write_text(json.dumps(rows, indent=2))
     stages = stages_markdown(rows)
     table = "\n".join([markdown(rows), "", *tool_venvs.configs(rows)]) + (f"\n\n{stages}" if stages else "")
     table += "".join(f"\n\n{page_cer.markdown(row['model'], row['page_cer'], _failed(row))}" for row in rows if "page_cer" in row)
