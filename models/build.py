@@ -16,6 +16,7 @@ from models import (
     ppocr_cls,
     ppocr_det,
     ppocrv5_cls,
+    ppocrv5_rec,
     resemblyzer_encoder,
     silero_vad,
     sklearn_mlp,
@@ -42,6 +43,9 @@ BUILDERS = {
     # text-line orientation classifier, and MTCNN's face/no-face network (keras2onnx, NHWC, PRelu)
     "ppocrv5-cls": (ppocrv5_cls.build, "ppocrv5_textline_cls.onnx"),
     "mtcnn-onet": (mtcnn_onet.build, "mtcnn_onet.onnx"),
+    # PP-OCRv5's text recogniser: SVTR attention (LayerNorm, Softmax between activations) and a CTC
+    # head over 18,385 symbols
+    "ppocrv5-rec": (ppocrv5_rec.build, "ppocrv5_rec.onnx"),
     # recurrent and control flow
     "ddddocr-rec": (ddddocr_rec.build, "ddddocr_common.onnx"),  # Conv + bidirectional LSTM
     # a detector whose ONNX ends at raw YOLOX heads (grid offsets, log sizes, sigmoid scores)
