@@ -39,13 +39,15 @@ METRIC = {"efficientnet-lite0": metrics.classifier, "efficientnet-lite0-fp16": m
           # captcha CRNN: CTC logits per time step (top-1: every step's argmax equal, so the same text)
           "captcha-crnn": metrics.classifier, "speaker-encoder": metrics.embedding,
           "sklearn-ensemble": metrics.probabilities, "sklearn-forest": metrics.probabilities,
-          "blazeface": metrics.face_boxes, "face-landmark": metrics.landmarks}
+          "blazeface": metrics.face_boxes, "face-landmark": metrics.landmarks,
+          # PP-OCRv5's recogniser: CTC strings decoded greedily (blank 0) against fp32's
+          "ppocrv5-rec": metrics.ctc_strings}
 HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "efficientnet-lite0-fp16": ("top1_agreement", "kl"),
             "minilm": ("cosine", "cosine_min"), "speaker-encoder": ("cosine", "cosine_min"),
             "captcha-crnn": ("top1_agreement", "kl"),
             "ppocr-det": ("mask_iou", "mean_abs_error"), "ddddocr-det": ("f1", "matched_iou"),
             "blazeface": ("f1", "matched_iou"), "face-landmark": ("mean_px_error", "max_px_error"),
-            "yolo-slider": ("f1", "matched_iou"),
+            "yolo-slider": ("f1", "matched_iou"), "ppocrv5-rec": ("string_agreement", "cer"),
             **{name: ("top1_agreement", "kl") for name in
                ("sklearn-mlp", "sklearn-mlp-partly-int8", "ppocr-cls", "ppocr-cls-fp16", "magika", "ppocrv5-cls",
                 "mtcnn-onet", "sklearn-ensemble", "sklearn-forest")}}

@@ -16,6 +16,7 @@ import numpy as np
 from models.packaged import package_dir
 
 HEIGHT, MIN_WIDTH = 48, 320
+FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 
 
 def _package() -> Path:
@@ -66,7 +67,7 @@ def samples(part: str, count: int | None = None) -> list[dict[str, np.ndarray]]:
     characters long, so widths run from 320 to about 800 as the lines a detector crops do."""
     from calibration.text_lines import text_lines
 
-    count = count or (32 if part == "calib" else 48)
+    count = count or (64 if part == "calib" else 48)
     short = [preprocess(img) for img in text_lines(part, count // 2)]
     long = sentence_lines(part, count - len(short))
     mixed = [x for pair in zip(long, short) for x in pair] + long[len(short):]
@@ -84,7 +85,7 @@ def sentence_lines(part: str, count: int) -> list[np.ndarray]:
     files = license_files()
     lines = _sentences([f for i, f in enumerate(files) if (i % 3 != 2) == (part == "calib")])
     rng = np.random.default_rng(30 if part == "calib" else 31)
-    fonts = sorted(Path("/usr/share/fonts/truetype/dejavu").glob("DejaVuSans*.ttf"))
+    fonts = sorted(FONT_DIR.glob("DejaVuSans*.ttf"))
     out = []
     for _ in range(count):
         text = lines[int(rng.integers(len(lines)))][: int(rng.integers(8, 41))].strip() or "text"

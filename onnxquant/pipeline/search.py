@@ -2,7 +2,8 @@
 calibrated model (statistics collected once, with histograms, on the calibration samples not held
 out), each scored on the held-out part of the calibration data, never on the user's validation set.
 
-Trials follow ``onnxquant.search.candidates``: the recipe as given, the other range estimators,
+Trials follow ``onnxquant.search.candidates``: the recipe as given, the other range estimators
+(and the percentile one clipping tighter when it won),
 bias correction flipped, the layers nearest the inputs and outputs kept float, the layers that add
 the most noise at higher precision (8-bit uint8 weights on AVX2, else float), float compute on
 int8 weights where integer kernels are estimated no faster (``onnxquant.search.compute``; these
@@ -197,6 +198,8 @@ def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrate
 
     for candidate in rounds.estimators():
         take(candidate, calibrated.recipe)
+    for candidate in rounds.tighter_percentile(best_recipe):
+        take(candidate, best_recipe)
     for candidate in rounds.bias_correction(best_recipe):
         take(candidate, best_recipe)
     int8_best = best

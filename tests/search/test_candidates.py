@@ -51,3 +51,18 @@ def test_float_compute_is_tried_only_where_it_costs_no_speed_and_the_kernels_are
     for chosen in (True, False):  # the user's choice of kernels is kept
         assert Rounds(Recipe().with_overrides(quantization={"integer_compute": chosen})).float_compute(True) == []
     assert Rounds(recipe_for_target("qnn")).float_compute(True) == []  # the CPU target only
+
+
+def test_a_tighter_percentile_is_tried_only_after_the_search_chose_the_percentile_estimator():
+    from onnxquant.search.candidates import TIGHTER_PERCENTILE
+
+    percentile = Recipe().with_overrides(calibration={"method": "percentile"})
+    (candidate,) = Rounds(Recipe()).tighter_percentile(percentile)
+    tighter = candidate.apply(percentile).calibration
+    assert (tighter.method, tighter.percentile) == ("percentile", TIGHTER_PERCENTILE)
+    assert tighter.percentile < percentile.calibration.percentile
+    assert Rounds(Recipe()).tighter_percentile(Recipe()) == []  # minmax (or entropy, mse) won
+    # the user's own estimator or level is kept
+    assert Rounds(percentile).tighter_percentile(percentile) == []
+    own_level = Recipe().with_overrides(calibration={"method": "percentile", "percentile": 99.9})
+    assert Rounds(Recipe()).tighter_percentile(own_level) == []
