@@ -67,7 +67,7 @@ def samples(part: str, count: int | None = None) -> list[dict[str, np.ndarray]]:
     characters long, so widths run from 320 to about 800 as the lines a detector crops do."""
     from calibration.text_lines import text_lines
 
-    count = count or (64 if part == "calib" else 48)
+    count = count or (128 if part == "calib" else 48)
     short = [preprocess(img) for img in text_lines(part, count // 2)]
     long = sentence_lines(part, count - len(short))
     mixed = [x for pair in zip(long, short) for x in pair] + long[len(short):]
