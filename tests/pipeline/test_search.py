@@ -366,3 +366,21 @@ def test_the_float_compute_trial_is_not_made_where_int8_convs_are_faster():
     searched = onnxquant.quantize(model, samples, recipe_for_target("cpu-avx2"))
     assert searched.search["trials"] and searched.float_compute is None
     assert FLOAT_COMPUTE not in [t["name"] for t in searched.search["trials"]]
+
+
+def test_a_tighter_percentile_is_tried_on_the_percentile_the_search_took(monkeypatch):
+    """Once the percentile estimator is taken at its default level, the next trial clips one step
+    tighter, planned from that recipe. Which trial wins is fixed here (the real case is PP-OCRv5's
+    recogniser, tests/test_ppocrv5_rec.py): only the order is checked (the candidate's recipe:
+    tests/search/test_candidates.py)."""
+    import onnxquant.pipeline.search as stage
+    from onnxquant.search.candidates import TIGHTER_PERCENTILE
+
+    def percentile_wins(result, best, at_most, own_metric=False):
+        return f"{CHOSEN}: fixed" if result.name == "percentile" or best is None else "no better"
+
+    monkeypatch.setattr(stage, "_verdict", percentile_wins)
+    report = onnxquant.quantize(tiny_cnn(), image_samples(32)).search
+    names = [t["name"] for t in report["trials"]]
+    assert names[:5] == ["as given", "percentile", "entropy", "mse", f"percentile {TIGHTER_PERCENTILE}"]
+    assert report["chosen"] == "percentile"
