@@ -132,3 +132,16 @@ def slider_gap_boxes(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, 
         agreement.add_images(heads.decode({"output0": r}, agreement.settings), heads.decode({"output0": g}, agreement.settings))
     out = agreement.metrics()
     return {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
+
+
+def ctc_strings(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, float]:
+    """A CTC recogniser's (batch, time, symbols) scores: greedy-decoded strings equal to fp32's and
+    the character error rate against them (blank 0, as PaddleOCR's), onnxquant's own sequence
+    agreement."""
+    from onnxquant.agreement.sequence import SequenceAgreement
+
+    agreement = SequenceAgreement(blank=0)
+    for r, g in zip(ref, got):
+        agreement.add(r, g)
+    m = agreement.metrics()
+    return {"string_agreement": float(m["string_agreement"]), "cer": float(m["cer"])}

@@ -44,7 +44,9 @@ METRIC = {"efficientnet-lite0": metrics.classifier, "efficientnet-lite0-fp16": m
           # captcha CRNN: CTC logits per time step (top-1: every step's argmax equal, so the same text)
           "captcha-crnn": metrics.classifier, "speaker-encoder": metrics.embedding,
           "sklearn-ensemble": metrics.probabilities, "sklearn-forest": metrics.probabilities,
-          "blazeface": metrics.face_boxes, "face-landmark": metrics.landmarks}
+          "blazeface": metrics.face_boxes, "face-landmark": metrics.landmarks,
+          # PP-OCRv5's recogniser: CTC strings decoded greedily (blank 0) against fp32's
+          "ppocrv5-rec": metrics.ctc_strings}
 HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "efficientnet-lite0-fp16": ("top1_agreement", "kl"),
             "efficientnet-lite0-dynamo": ("top1_agreement", "kl"),
             "ddddocr-rec": ("sequence_agreement", "step_agreement"),
@@ -56,7 +58,7 @@ HEADLINE = {"efficientnet-lite0": ("top1_agreement", "kl"), "efficientnet-lite0-
             "ppocr-det": ("mask_iou", "mean_abs_error"), "ppocrv5-det": ("mask_iou", "mean_abs_error"),
             "ddddocr-det": ("f1", "matched_iou"),
             "blazeface": ("f1", "matched_iou"), "face-landmark": ("mean_px_error", "max_px_error"),
-            "yolo-slider": ("f1", "matched_iou"),
+            "yolo-slider": ("f1", "matched_iou"), "ppocrv5-rec": ("string_agreement", "cer"),
             **{name: ("top1_agreement", "kl") for name in
                ("sklearn-mlp", "sklearn-mlp-partly-int8", "ppocr-cls", "ppocr-cls-fp16", "magika", "ppocrv5-cls",
                 "mtcnn-onet", "sklearn-ensemble", "sklearn-forest")}}
@@ -69,7 +71,7 @@ OUTPUTS = {"blazeface": ["regressors", "classificators"]}
 # Models measured in a full OCR pipeline too (benchmarks/page_cer.py): page CER with a real recogniser.
 PAGE_CER = {"ppocr-det", "ppocrv5-det"}
 # Zoo models measured only when named (--models): the default set stays as long as it was.
-ON_REQUEST = {"ppocrv5-det"}
+ON_REQUEST = {"ppocrv5-det", "ppocrv5-rec"}
 # aimet and quark run from their own virtual environments (benchmarks/tool_venvs.py).
 TOOLS = ("onnxquant", "onnxquant-as-given", "ort", "ort+pre", "ort-dynamic", "nncf", *tool_venvs.VENV_TOOLS)
 

@@ -147,6 +147,12 @@ def _silero(part: str, rates: tuple[int, ...] = (16000, 8000)) -> list[dict[str,
     return silero_samples(part, rates=rates)
 
 
+def _ppocrv5_rec(part: str) -> list[dict[str, np.ndarray]]:
+    from models.ppocrv5_rec import samples
+
+    return samples(part)
+
+
 def _captchas(part: str) -> list[dict[str, np.ndarray]]:
     from calibration.captchas import captcha_samples
 
@@ -185,6 +191,7 @@ SETS = {
     "efficientnet-lite0-fp16": _foreign("efficientnet_lite0_fp16_samples"),
     # recurrent and control flow (calibration/text_lines.py, calibration/speech.py)
     "ddddocr-rec": _ddddocr,
+    "ppocrv5-rec": _ppocrv5_rec,  # text lines of several lengths (models/ppocrv5_rec.py)
     "ddddocr-det": _ddddocr_det,  # raw YOLOX heads (calibration/detection.py)
     "yolo-slider": _yolo_slider,  # photos with a slider-captcha gap drawn in (models/yolo_slider.py)
     "silero-vad": _silero,

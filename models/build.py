@@ -17,6 +17,7 @@ from models import (
     ppocr_det,
     ppocrv5_cls,
     ppocrv5_det,
+    ppocrv5_rec,
     resemblyzer_encoder,
     silero_vad,
     sklearn_mlp,
@@ -50,6 +51,9 @@ BUILDERS = {
     # PP-OCRv5's DB text detector: PP-LCNetV3 backbone (learnable-affine scalar Mul/Add, SE gates)
     "ppocrv5-det": (ppocrv5_det.build, "ppocrv5_det.onnx"),
     "mtcnn-onet": (mtcnn_onet.build, "mtcnn_onet.onnx"),
+    # PP-OCRv5's text recogniser: SVTR attention (LayerNorm, Softmax between activations) and a CTC
+    # head over 18,385 symbols
+    "ppocrv5-rec": (ppocrv5_rec.build, "ppocrv5_rec.onnx"),
     # recurrent and control flow
     "ddddocr-rec": (ddddocr_rec.build, "ddddocr_common.onnx"),  # Conv + bidirectional LSTM
     # a detector whose ONNX ends at raw YOLOX heads (grid offsets, log sizes, sigmoid scores)

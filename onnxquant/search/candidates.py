@@ -21,7 +21,9 @@ FLOAT_LAYERS_MIN_GAIN = 0.2
 # Tighter percentiles, each tried against the best so far, once percentile ranges at the default
 # (99.999) have beaten the recipe's own estimator: a detector whose activations have rare
 # extreme pixels (PP-OCRv5's DB detector: one channel reaches 800 where most stay under 10) loses
-# its small channels to ranges stretched to them. 99.5 already clipped too much there.
+# its small channels to ranges stretched to them. 99.5 already clipped too much there. Heavy-tailed
+# activations do the same (PP-OCRv5's recogniser: its backbone's output reaches 189 where 99.9% of
+# values stay under 57; held-out CER against fp32 0.017 at 99.999, 0.007 at 99.99).
 TIGHTER_PERCENTILES = (99.99, 99.9)
 # SmoothQuant migration strengths tried beside the default (0.75): less and more of the
 # activations' outliers moved into the weights.

@@ -384,3 +384,21 @@ def test_a_refinement_is_judged_against_the_recipe_it_refines_away_from():
     assert verdict.startswith(f"{CHOSEN} over percentile (against as given:"), verdict
     worse = TrialResult("percentile 99.9", {}, 0.080, 0.08, 1.0, pseudo=(0.07, 0.08, 0.08, 0.09, 0.07, 0.09))
     assert _verdict(worse, best, None, against=given) == "no better than percentile"
+
+
+def test_a_tighter_percentile_is_tried_on_the_percentile_the_search_took(monkeypatch):
+    """Once the percentile estimator is taken at its default level, the next trial clips one step
+    tighter, planned from that recipe. Which trial wins is fixed here (the real case is PP-OCRv5's
+    recogniser, tests/test_ppocrv5_rec.py): only the order is checked (the candidate's recipe:
+    tests/search/test_candidates.py)."""
+    import onnxquant.pipeline.search as stage
+    from onnxquant.search.candidates import TIGHTER_PERCENTILES
+
+    def percentile_wins(result, best, at_most, own_metric=False, against=None):
+        return f"{CHOSEN}: fixed" if result.name == "percentile" or best is None else "no better"
+
+    monkeypatch.setattr(stage, "_verdict", percentile_wins)
+    report = onnxquant.quantize(tiny_cnn(), image_samples(32)).search
+    names = [t["name"] for t in report["trials"]]
+    assert names[:5] == ["as given", "percentile", "entropy", "mse", f"percentile {TIGHTER_PERCENTILES[0]}"]
+    assert report["chosen"] == "percentile"
