@@ -9,9 +9,12 @@ written as transformers' SDPA export writes it, one of the forms the fusion matc
 ``inverse = 1 - float(Expand(Unsqueeze(Unsqueeze(mask))))``, ``Where(bool(inverse), min, inverse)``
 (the classic ``(1 - mask) * min`` is ambiguous to the matcher next to a scale written as Mul).
 
-For a 0/1 mask the two are equal value for value. The condition's subgraph is checked equal to ``bool(mask[b, j])``
-broadcast over heads and query positions by running it, in onnxruntime, on masks of several batch sizes and lengths (all-zero and all-one rows among them), not read from its op types:
-exporters spell it in more ways than a pattern would cover. Anything else is left as it is.
+For a 0/1 mask the two are equal value for value. The condition's subgraph is checked equal to
+``bool(mask[b, j])`` broadcast over heads and query positions by running it, in onnxruntime, on
+masks of several batch sizes and lengths (all-zero and all-one rows among them; and longer than
+any number the subgraph holds, so that a local-attention band or a position limit shows), not read
+from its op types: exporters spell it in more ways than a pattern would cover. Anything else is
+left as it is.
 """
 from __future__ import annotations
 
@@ -27,6 +30,13 @@ from onnxquant.passes.node_index import NodeIndex
 # arithmetic that only holds for square or single-batch inputs.
 CHECK_SHAPES = ((1, 1), (1, 7), (2, 5), (3, 9))
 INTEGER_TYPES = {TensorProto.INT64, TensorProto.INT32, TensorProto.BOOL}
+# A number in the condition's subgraph (a local-attention band |q - k| < 128, a position limit
+# k < 512, a constant table's size) can make it differ from the padding mask only on longer
+# inputs: it is also checked on a batch and a sequence longer than its largest number up to this;
+# a larger one cannot be checked so, and the mask is left as it is.
+MAX_CHECK_LENGTH = 1024
+# Numbers this large are "to the end" sentinels (Slice ends, INT32/INT64 max, float min), not lengths.
+SENTINEL = 2**31 - 1
 
 
 def _constant(index: NodeIndex, name: str) -> np.ndarray | None:
@@ -65,6 +75,44 @@ def _ancestors(index: NodeIndex, name: str) -> list[int] | None:
     return sorted(seen)
 
 
+def _magnitudes(value: np.ndarray) -> list[float]:
+    """A constant's dims and the largest magnitude of its finite numbers."""
+    out = [float(d) for d in value.shape]
+    if value.size and value.dtype.kind in "biuf":
+        finite = np.abs(value.astype(np.float64))
+        finite = finite[np.isfinite(finite)]
+        if finite.size:
+            out.append(float(finite.max()))
+    return out
+
+
+def _check_shapes(index: NodeIndex, nodes: list[int]) -> tuple[tuple[int, int], ...] | None:
+    """CHECK_SHAPES, and a batch and a sequence longer than every number the subgraph's constants and
+    attributes hold; None if one is beyond MAX_CHECK_LENGTH (not a sentinel)."""
+    numbers: list[float] = []
+    for k in nodes:
+        node = index.nodes[k]
+        for name in node.input:
+            if name in index.inits:
+                numbers.extend(_magnitudes(tensor_array(index.inits[name])))
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.INT:
+                numbers.append(abs(float(a.i)))
+            elif a.type == onnx.AttributeProto.INTS:
+                numbers.extend(abs(float(i)) for i in a.ints)
+            elif a.type == onnx.AttributeProto.FLOAT:
+                numbers.extend(_magnitudes(np.array(a.f)))
+            elif a.type == onnx.AttributeProto.TENSOR:
+                numbers.extend(_magnitudes(onnx.numpy_helper.to_array(a.t)))
+    reach = max((n for n in numbers if n < SENTINEL), default=0.0)
+    if reach > MAX_CHECK_LENGTH:
+        return None
+    longer = int(np.ceil(reach)) + 2  # (k <= reach is false first at k = reach + 1)
+    if longer <= max(length for _, length in CHECK_SHAPES):
+        return CHECK_SHAPES
+    return (*CHECK_SHAPES, (2, longer), (longer, 3))
+
+
 def _condition_model(model: onnx.ModelProto, index: NodeIndex, nodes: list[int], cond: str,
                      inputs: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
     graph = helper.make_graph(
@@ -83,6 +131,9 @@ def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -
 
     nodes = _ancestors(index, cond)
     if not nodes:
+        return None
+    shapes = _check_shapes(index, nodes)
+    if shapes is None:
         return None
     graph_inputs = {i.name: i for i in model.graph.input if i.name not in index.inits}
     read = {i for k in nodes for i in index.nodes[k].input if i in graph_inputs}
@@ -105,7 +156,7 @@ def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -
         return None
     rng = np.random.default_rng(0)
     dtypes = {name: helper.tensor_dtype_to_np_dtype(graph_inputs[name].type.tensor_type.elem_type) for name in read}
-    for batch, length in CHECK_SHAPES:
+    for batch, length in shapes:
         bits = rng.integers(0, 2, (batch, length))
         bits[0, :] = 1
         if batch > 1:

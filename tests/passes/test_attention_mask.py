@@ -20,10 +20,10 @@ MIN = np.finfo(np.float32).min
 
 
 def _masked_scores(query_floor: int = 0, zero: float = 0.0, fill: float = float(MIN), readers: str = "Softmax",
-                   causal: bool = False) -> onnx.ModelProto:
+                   causal: bool = False, window: int | None = None) -> onnx.ModelProto:
     """softmax(scores + Where(cond, zero, fill)) with cond = (q >= query_floor) & bool(mask[b, k]),
     built as torch.onnx's dynamo exporter builds it (GatherND of the bool mask at (batch, key)
-    indices from Range); ``causal`` adds ``q >= k``."""
+    indices from Range); ``causal`` adds ``q >= k``, ``window`` a local-attention band ``|q - k| < window``."""
     inits = [
         numpy_helper.from_array(np.array(0, np.int64), "zero_i"),
         numpy_helper.from_array(np.array(1, np.int64), "one_i"),
@@ -62,11 +62,20 @@ def _masked_scores(query_floor: int = 0, zero: float = 0.0, fill: float = float(
         helper.make_node("GatherND", ["mask_bool", "idx"], ["kept"]),
         helper.make_node("And", ["valid_q", "kept"], ["cond0"]),
     ]
+    if window is not None:
+        inits.append(numpy_helper.from_array(np.array(window, np.int64), "window"))
+        nodes += [helper.make_node("Sub", ["q4", "k4"], ["offset"]),
+                  helper.make_node("Abs", ["offset"], ["distance"]),
+                  helper.make_node("Less", ["distance", "window"], ["near"]),
+                  helper.make_node("And", ["cond0", "near"], ["cond0_windowed"])]
+        cond0 = "cond0_windowed"
+    else:
+        cond0 = "cond0"
     if causal:
         nodes += [helper.make_node("GreaterOrEqual", ["q4", "k4"], ["causal"]),
-                  helper.make_node("And", ["cond0", "causal"], ["cond"])]
+                  helper.make_node("And", [cond0, "causal"], ["cond"])]
     else:
-        nodes += [helper.make_node("Identity", ["cond0"], ["cond"])]
+        nodes += [helper.make_node("Identity", [cond0], ["cond"])]
     nodes += [helper.make_node("Where", ["cond", "zeros", "fill"], ["bias"]),
               helper.make_node("Add", ["scores", "bias"], ["masked"]),
               helper.make_node(readers, ["masked"], ["probs"])]
@@ -113,6 +122,8 @@ def test_the_padding_mask_is_rewritten_with_equal_outputs():
     {"zero": 0.5},  # a kept position is shifted, not left as it is
     {"fill": 1.0},  # "masked" positions raised
     {"readers": "Relu"},  # not added to scores read by a Softmax
+    {"window": 16},  # a local-attention band wider than short sequences: only long ones tell it apart
+    {"window": 5000},  # a band too wide to check by running it: left too
 ])
 def test_anything_else_is_left_as_it_is(change):
     model = _masked_scores(**change)
