@@ -30,6 +30,7 @@ from onnxquant.passes.node_index import NodeIndex
 # arithmetic that only holds for square or single-batch inputs.
 CHECK_SHAPES = ((1, 1), (1, 7), (2, 5), (3, 9))
 INTEGER_TYPES = {TensorProto.INT64, TensorProto.INT32, TensorProto.BOOL}
+KEPT_VALUES = (1, 2, -1)  # values of an integer mask at kept positions, as checked
 # A number in the condition's subgraph (a local-attention band |q - k| < 128, a position limit
 # k < 512, a constant table's size) can make it differ from the padding mask only on longer
 # inputs: it is also checked on a batch and a sequence longer than its largest number up to this;
@@ -162,7 +163,8 @@ def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -
         if batch > 1:
             bits[-1, :] = 0
         feeds = {name: np.zeros((batch, length), dtypes[name]) for name in read}
-        feeds[mask] = bits.astype(dtypes[mask])
+        # kept positions hold 1, 2 and -1: the condition must be bool(mask), not mask == 1
+        feeds[mask] = (bits * rng.choice(KEPT_VALUES, bits.shape)).astype(dtypes[mask])
         try:
             (value,) = session.run(None, feeds)
         except Exception:
@@ -175,8 +177,9 @@ def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -
 
 
 def rewrite_padding_masks(model: onnx.ModelProto) -> int:
-    """Rewrite each ``Where(cond, 0, min)`` added to attention scores, whose ``cond`` is a 0/1 padding
-    mask input as bool, into ``Where(bool(1 - mask), min, 1 - mask)`` over (batch, 1, 1, sequence), in place.
+    """Rewrite each ``Where(cond, 0, min)`` added to attention scores, whose ``cond`` is a padding mask
+    input as bool, into ``Where(bool(1 - m), min, 1 - m)`` with ``m = float(bool(mask))`` over
+    (batch, 1, 1, sequence), in place.
 
     Returns how many masks were rewritten (the Where and its condition are left for the fusion to
     prune once nothing reads them).
@@ -185,6 +188,7 @@ def rewrite_padding_masks(model: onnx.ModelProto) -> int:
     index = NodeIndex(graph)
     taken = {n for node in index.nodes for n in (*node.input, *node.output)} | set(index.inits)
     taken |= {i.name for i in graph.input}
+    input_types = {i.name: i.type.tensor_type.elem_type for i in graph.input}
     before: dict[int, list[onnx.NodeProto]] = {}  # new nodes, by the position of the Where they replace
     for position, node in enumerate(index.nodes):
         if node.op_type != "Where" or node.domain not in ("", "ai.onnx") or len(node.input) != 3:
@@ -214,8 +218,20 @@ def rewrite_padding_masks(model: onnx.ModelProto) -> int:
         ])
         heads, rows, full, cast, inverse, flag, added = (
             name(b) for b in ("heads", "rows", "expanded", "float", "inverse", "masked", "additive"))
+        # bool(mask) first: an integer mask attends wherever it is non-zero (2 and -1 too), as the
+        # condition does, and the fusion reads that 0/1 mask. (Written Not(mask == 0): the fusion
+        # casts its mask to int32 and would fold a Cast to bool into that, -1 then masking.)
+        to_bool: list[onnx.NodeProto] = []
+        source = mask
+        if input_types[mask] != TensorProto.BOOL:
+            zero_mask, padded, source = name("zero"), name("padded"), name("kept")
+            graph.initializer.append(onnx.numpy_helper.from_array(
+                np.array(0, helper.tensor_dtype_to_np_dtype(input_types[mask])), zero_mask))
+            to_bool = [helper.make_node("Equal", [mask, zero_mask], [padded], name=name("equal_zero")),
+                       helper.make_node("Not", [padded], [source], name=name("not"))]
         before[position] = [
-            helper.make_node("Unsqueeze", [mask, axis1], [heads], name=name("unsqueeze_heads")),
+            *to_bool,
+            helper.make_node("Unsqueeze", [source, axis1], [heads], name=name("unsqueeze_heads")),
             helper.make_node("Unsqueeze", [heads, axis2], [rows], name=name("unsqueeze_rows")),
             helper.make_node("Expand", [rows, ones], [full], name=name("expand")),
             helper.make_node("Cast", [full], [cast], name=name("cast"), to=elem_type),

@@ -130,3 +130,19 @@ def test_anything_else_is_left_as_it_is(change):
     before = model.SerializeToString()
     assert rewrite_padding_masks(model) == 0
     assert model.SerializeToString() == before
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.bool_])
+def test_a_mask_of_any_values_keeps_its_outputs(dtype):
+    """The dynamo mask attends where ``bool(mask)``: an integer mask holding 2 or -1 (not only 0/1),
+    and an int32 or bool mask input, give the same outputs rewritten."""
+    model = _masked_scores()
+    model.graph.input[1].type.tensor_type.elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    assert rewrite_padding_masks(rewritten) == 1
+    rng = np.random.default_rng(7)
+    for feed in _feeds(seed=3):
+        values = feed["mask"] * rng.choice((1, 2, -1, 5), feed["mask"].shape)
+        feed["mask"] = values.astype(dtype)
+        np.testing.assert_array_equal(run(rewritten, feed)[0], run(model, feed)[0])
