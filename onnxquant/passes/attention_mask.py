@@ -178,18 +178,18 @@ def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -
 
 def rewrite_padding_masks(model: onnx.ModelProto) -> int:
     """Rewrite each ``Where(cond, 0, min)`` added to attention scores, whose ``cond`` is a padding mask
-    input as bool, into ``Where(bool(1 - m), min, 1 - m)`` with ``m = float(bool(mask))`` over
-    (batch, 1, 1, sequence), in place.
+    input as bool, into ``Where(bool(1 - m), min, 1 - m)`` with ``m = float(bool(mask))`` expanded
+    to the old Where's shape, in place.
 
-    Returns how many masks were rewritten (the Where and its condition are left for the fusion to
-    prune once nothing reads them).
+    Returns how many masks were rewritten (the old Where and its condition are left, read by the
+    new mask's Shape only, for the fusion to prune with it).
     """
     graph = model.graph
     index = NodeIndex(graph)
     taken = {n for node in index.nodes for n in (*node.input, *node.output)} | set(index.inits)
     taken |= {i.name for i in graph.input}
     input_types = {i.name: i.type.tensor_type.elem_type for i in graph.input}
-    before: dict[int, list[onnx.NodeProto]] = {}  # new nodes, by the position of the Where they replace
+    after: dict[int, list[onnx.NodeProto]] = {}  # new nodes, by the position of the Where they replace
     for position, node in enumerate(index.nodes):
         if node.op_type != "Where" or node.domain not in ("", "ai.onnx") or len(node.input) != 3:
             continue
@@ -208,16 +208,15 @@ def rewrite_padding_masks(model: onnx.ModelProto) -> int:
         def name(base: str) -> str:
             return fresh_name(taken, f"{mask}_{base}")
 
-        axis1, axis2, ones, one, filler = (name(b) for b in ("axis1", "axis2", "ones", "one", "filter_value"))
+        axis1, axis2, one, filler = (name(b) for b in ("axis1", "axis2", "one", "filter_value"))
         graph.initializer.extend([
             onnx.numpy_helper.from_array(np.array([1], np.int64), axis1),
             onnx.numpy_helper.from_array(np.array([2], np.int64), axis2),
-            onnx.numpy_helper.from_array(np.ones(4, np.int64), ones),
             onnx.numpy_helper.from_array(np.array(1, fill.dtype), one),
             onnx.numpy_helper.from_array(fill.reshape(()).copy(), filler),
         ])
-        heads, rows, full, cast, inverse, flag, added = (
-            name(b) for b in ("heads", "rows", "expanded", "float", "inverse", "masked", "additive"))
+        heads, rows, shape, full, cast, inverse, flag, added = (
+            name(b) for b in ("heads", "rows", "shape", "expanded", "float", "inverse", "masked", "additive"))
         # bool(mask) first: an integer mask attends wherever it is non-zero (2 and -1 too), as the
         # condition does, and the fusion reads that 0/1 mask. (Written Not(mask == 0): the fusion
         # casts its mask to int32 and would fold a Cast to bool into that, -1 then masking.)
@@ -229,11 +228,14 @@ def rewrite_padding_masks(model: onnx.ModelProto) -> int:
                 np.array(0, helper.tensor_dtype_to_np_dtype(input_types[mask])), zero_mask))
             to_bool = [helper.make_node("Equal", [mask, zero_mask], [padded], name=name("equal_zero")),
                        helper.make_node("Not", [padded], [source], name=name("not"))]
-        before[position] = [
+        after[position] = [
             *to_bool,
             helper.make_node("Unsqueeze", [source, axis1], [heads], name=name("unsqueeze_heads")),
             helper.make_node("Unsqueeze", [heads, axis2], [rows], name=name("unsqueeze_rows")),
-            helper.make_node("Expand", [rows, ones], [full], name=name("expand")),
+            # to the old Where's shape (batch, 1, queries, sequence): scores of fewer query rows, or
+            # a zero of higher rank, broadcast as before (the fusion does not read it)
+            helper.make_node("Shape", [node.output[0]], [shape], name=name("shape")),
+            helper.make_node("Expand", [rows, shape], [full], name=name("expand")),
             helper.make_node("Cast", [full], [cast], name=name("cast"), to=elem_type),
             helper.make_node("Sub", [one, cast], [inverse], name=name("sub")),
             helper.make_node("Cast", [inverse], [flag], name=name("cast_bool"), to=TensorProto.BOOL),
@@ -242,13 +244,13 @@ def rewrite_padding_masks(model: onnx.ModelProto) -> int:
         for k in index.readers[node.output[0]]:
             add = index.nodes[k]
             add.input[:] = [added if i == node.output[0] else i for i in add.input]
-    if before:
+    if after:
         ordered = []
         for k, node in enumerate(index.nodes):
-            ordered.extend(before.get(k, ()))
             kept = onnx.NodeProto()
             kept.CopyFrom(node)  # (copied before the repeated field they live in is cleared)
             ordered.append(kept)
+            ordered.extend(after.get(k, ()))  # (they read the Where's output; its readers come later)
         del graph.node[:]
         graph.node.extend(ordered)
-    return len(before)
+    return len(after)

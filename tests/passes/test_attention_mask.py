@@ -146,3 +146,27 @@ def test_a_mask_of_any_values_keeps_its_outputs(dtype):
         values = feed["mask"] * rng.choice((1, 2, -1, 5), feed["mask"].shape)
         feed["mask"] = values.astype(dtype)
         np.testing.assert_array_equal(run(rewritten, feed)[0], run(model, feed)[0])
+
+
+@pytest.mark.parametrize("shapes", ["one query", "rank-5 zero"])
+def test_the_rewritten_mask_broadcasts_as_the_condition_did(shapes):
+    """The condition is (batch, 1, sequence, sequence): added to scores of one query row it
+    broadcasts them to every row, and a rank-5 zero adds a leading axis. The rewritten mask gives
+    the scores the same shape."""
+    model = _masked_scores()
+    if shapes == "one query":
+        model.graph.input[2].type.tensor_type.shape.dim[2].dim_value = 1
+    else:
+        zeros = next(i for i in model.graph.initializer if i.name == "zeros")
+        zeros.CopyFrom(numpy_helper.from_array(np.zeros((1, 1, 1, 1, 1), np.float32), "zeros"))
+        del model.graph.output[0].type.tensor_type.shape.dim[:]
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    rewrite_padding_masks(rewritten)
+    for feed in _feeds():
+        if shapes == "one query":
+            feed["scores"] = feed["scores"][:, :, :1]
+        expected = run(model, feed)[0]
+        got = run(rewritten, feed)[0]
+        assert got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
