@@ -101,8 +101,8 @@ def _check_shapes(index: NodeIndex, nodes: list[int]) -> tuple[tuple[int, int], 
                 numbers.append(abs(float(a.i)))
             elif a.type == onnx.AttributeProto.INTS:
                 numbers.extend(abs(float(i)) for i in a.ints)
-            elif a.type == onnx.AttributeProto.FLOAT:
-                numbers.extend(_magnitudes(np.array(a.f)))
+            elif a.type in (onnx.AttributeProto.FLOAT, onnx.AttributeProto.FLOATS):
+                numbers.extend(_magnitudes(np.array(a.floats if a.type == onnx.AttributeProto.FLOATS else a.f)))
             elif a.type == onnx.AttributeProto.TENSOR:
                 numbers.extend(_magnitudes(onnx.numpy_helper.to_array(a.t)))
     reach = max((n for n in numbers if n < SENTINEL), default=0.0)
