@@ -6,15 +6,16 @@ cast to bool, ``And``-ed with always-true position checks, then ``Where(cond, 0,
 the attention scores. onnxruntime's attention fusion (``fusion_attention.py``) matches the masks
 older exports write, not this one, so such an encoder was quantized MatMul by MatMul. The mask is
 written as transformers' SDPA export writes it, one of the forms the fusion matches:
-``inverse = 1 - float(Expand(Unsqueeze(Unsqueeze(mask))))``, ``Where(bool(inverse), min, inverse)``
-(the classic ``(1 - mask) * min`` is ambiguous to the matcher next to a scale written as Mul).
+``inverse = 1 - float(Expand(Unsqueeze(Unsqueeze(bool(mask)))))``, ``Where(bool(inverse), min, inverse)``
+(the classic ``(1 - mask) * min`` is ambiguous to the matcher next to a scale written as Mul),
+expanded to the old mask's shape.
 
-For a 0/1 mask the two are equal value for value. The condition's subgraph is checked equal to
-``bool(mask[b, j])`` broadcast over heads and query positions by running it, in onnxruntime, on
-masks of several batch sizes and lengths (all-zero and all-one rows among them; and longer than
-any number the subgraph holds, so that a local-attention band or a position limit shows), not read
-from its op types: exporters spell it in more ways than a pattern would cover. Anything else is
-left as it is.
+For any mask values the two are equal value for value. The condition's subgraph is checked equal
+to ``bool(mask[b, j])`` broadcast over heads and query positions by running it, in onnxruntime, on
+masks of several batch sizes and lengths (all-zero and all-one rows among them, 1, 2 and -1 at kept
+positions; and longer than any number the subgraph holds, so that a local-attention band or a
+position limit shows), not read from its op types: exporters spell it in more ways than a pattern
+would cover. Anything else is left as it is.
 """
 from __future__ import annotations
 
