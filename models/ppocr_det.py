@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-# Pre-processing used by rapidocr: RGB/255, then (x - 0.5) / 0.5, NCHW, sides multiple of 32.
+# Pre-processing used by rapidocr: BGR/255 (OpenCV's order), then (x - 0.5) / 0.5, NCHW, sides multiple of 32.
 MEAN = (127.5, 127.5, 127.5)
 STD = (127.5, 127.5, 127.5)
 

@@ -1,6 +1,6 @@
 """PP-OCRv4 text recogniser (CTC over 6,625 symbols), as shipped in ``rapidocr-onnxruntime``.
 
-Input: a text line, RGB, height 48, (x/255 - 0.5) / 0.5, NCHW; output (batch, time, symbols)
+Input: a text line in BGR order (rapidocr crops OpenCV's page), height 48, (x/255 - 0.5) / 0.5, NCHW; output (batch, time, symbols)
 softmax scores, decoded greedily with blank 0.
 """
 from __future__ import annotations
@@ -26,7 +26,9 @@ def build(out_path: Path) -> Path:
 
 
 def text_lines(part: str, count: int) -> list[dict[str, np.ndarray]]:
-    """Rendered English text lines (license texts, DejaVu fonts), one sample each: {"x": (1, 3, 48, 320)}."""
+    """Rendered English text lines (license texts, DejaVu fonts), one sample each: {"x": (1, 3, 48, 320)}.
+    Background and ink are drawn channel by channel independently, so reading them as RGB rather
+    than rapidocr's BGR draws from the same distribution."""
     from PIL import Image, ImageDraw, ImageFont
 
     from calibration.sets import _sentences, license_files

@@ -417,10 +417,15 @@ def _verdict(result: TrialResult, best: TrialResult | None, at_most: float | Non
         return f"removes less than {FLOAT_LAYERS_MIN_GAIN:.0%} of the int8 drop"
     ref = against if against is not None and against.error is None else best
     gain = compare(result.drop, result.pseudo, ref.drop, ref.pseudo)
+
+    def said(why: str) -> str:
+        """Judged against another trial than the best, the figures are that trial's: say so."""
+        return f"{CHOSEN} over {best.name}" + (f" (against {ref.name}: {why})" if ref is not best else f": {why}")
+
     if gain.clear:
-        return f"{CHOSEN} over {best.name}" + (f" (against {ref.name}: {gain})" if ref is not best else f": {gain}")
+        return said(str(gain))
     if not own_metric and gain.removes_most_of_a_large(ref.drop):
-        return f"{CHOSEN} over {best.name}: removes {gain.gain / ref.drop:.0%} of a drop of {ref.drop:.3g} ({gain})"
+        return said(f"removes {gain.gain / ref.drop:.0%} of a drop of {ref.drop:.3g} ({gain})")
     return f"gain over {ref.name} within noise ({gain})"
 
 

