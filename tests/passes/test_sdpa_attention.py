@@ -165,3 +165,19 @@ def test_an_eager_export_is_left_to_the_mask_rewrite(tmp_path):
     result = rewrite_sdpa_attention(work, HEAD_SIZE)
     assert (result.rewritten, result.declined) == (0, [])
     assert work.SerializeToString() == eager.SerializeToString()
+
+
+@pytest.mark.realmodel
+def test_minilm_sdpa_export_fuses_as_the_eager_one(tmp_path_factory):
+    """all-MiniLM-L6-v2 as transformers 5 and torch.onnx export it by default (SDPA attention,
+    dynamo): its six blocks are rewritten and fuse, and the fused graph's embeddings are fp32's."""
+    pytest.importorskip("onnxscript")
+    from benchmarks import metrics
+    from tests.conftest import zoo_model
+
+    model, _, held = zoo_model("minilm-sdpa", tmp_path_factory.mktemp("minilm-sdpa"))
+    fused, report = prepare_model(onnx.load(str(model)), transformer=True)
+    assert (report.transformer.attention, report.transformer.sdpa_rewritten, report.transformer.masks_rewritten) == (6, 6, 1)
+    samples = [dict(np.load(f)) for f in sorted(held.glob("*.npz"))][:16]
+    same = metrics.embedding([run(model, x)[0] for x in samples], [run(fused, x)[0] for x in samples])
+    assert same["cosine_min"] >= 0.99999
