@@ -104,21 +104,52 @@ def _mask_where(model: onnx.ModelProto) -> onnx.NodeProto:
                 if i in index.producer and index.nodes[index.producer[i]].op_type == "Where")
 
 
-def test_a_minus_infinity_mask_is_declined_and_said(bert_sdpa):
-    """With -inf masked scores a fully masked row is NaN until the guard zeroes it, which the fused
-    op does not do: the rewrite is declined, the encoder is quantized unfused, the summary says why."""
+def _minus_infinity_mask(bert_sdpa: onnx.ModelProto) -> onnx.ModelProto:
     model = _copy(bert_sdpa)
     where = _mask_where(model)
     model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(-np.inf, np.float32), "minus_inf"))
     where.input[2] = "minus_inf"
+    return model
+
+
+def test_a_minus_infinity_mask_is_declined_and_said(bert_sdpa):
+    """With -inf masked scores a fully masked row is NaN until the guard zeroes it, which the fused
+    op does not do: the rewrite is declined, the encoder is quantized unfused, a warning says why."""
+    model = _minus_infinity_mask(bert_sdpa)
     result = rewrite_sdpa_attention(_copy(prepare_model(model)[0]), HEAD_SIZE)
     assert result.rewritten == 0 and len(result.declined) == LAYERS
     assert all("not a Where of finite constants" in reason for reason in result.declined)
     fused, report = prepare_model(model, transformer=True)
     assert report.transformer.unmatched and report.transformer.attention == 0
     assert _ops(fused)["IsNaN"] == LAYERS
-    assert any("matched none of its blocks (its SDPA attention" in note and "-inf mask" in note
-               for note in report.notes)
+    assert any("matched none of its blocks (its SDPA attention not rewritten" in note for note in report.notes)
+    assert len(report.warnings) == 1
+    assert f"{LAYERS} SDPA attention block(s)" in report.warnings[0] and "-inf mask" in report.warnings[0]
+
+
+def test_a_declined_block_among_fused_ones_is_a_warning_in_the_quantize_summary(bert_sdpa, tmp_path):
+    """One block's scale changed: the other blocks fuse, and the summary still warns of the one left."""
+    from onnxquant.api import quantize
+    from onnxquant.cli.quantize import quantize_summary
+    from tests.conftest import write_npz
+
+    model = _copy(bert_sdpa)
+    index = NodeIndex(model.graph)
+    softmax = next(n for n in index.nodes if n.op_type == "Softmax")
+    add = index.nodes[index.producer[softmax.input[0]]]
+    matmul = next(index.nodes[index.producer[i]] for i in add.input
+                  if i in index.producer and index.nodes[index.producer[i]].op_type == "MatMul")
+    mul_q = index.nodes[index.producer[matmul.input[0]]]
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(0.3, np.float32), "other_scale"))
+    mul_q.input[1] = "other_scale"
+    path = tmp_path / "one-other-scale.onnx"
+    onnx.save(model, str(path))
+    result = quantize(path, write_npz(tmp_path / "calib", _samples(8)), output=tmp_path / "int8.onnx")
+    warnings = [w for w in result.warnings if "SDPA" in w]
+    assert len(warnings) == 1 and "1 SDPA attention block(s)" in warnings[0] and "is not 1/sqrt(head size" in warnings[0]
+    assert any(f"{LAYERS - 1} attention blocks fused" in n for n in result.notes)
+    summary = quantize_summary(result.to_dict())
+    assert "warning: transformer fusion: 1 SDPA attention block(s)" in summary
 
 
 def test_a_scale_other_than_the_fused_ops_is_declined(prepared):
