@@ -185,6 +185,7 @@ SETS = {
     "efficientnet-lite0-fp16-weights": efficientnet_samples,  # float32 input: the fp32 model's samples
     "minilm": minilm_samples,
     "minilm-dynamo": minilm_samples,
+    "minilm-sdpa": minilm_samples,
     "ppocr-det": ppocr_samples,
     "ppocrv5-det": ppocrv5_det_samples,
     # models from other frameworks (calibration/foreign.py); the partly-int8 and fp16 variants

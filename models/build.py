@@ -33,6 +33,8 @@ BUILDERS = {
     "minilm": (minilm.build, "all_minilm_l6_v2.onnx"),
     # the same encoder as torch.onnx exports it by default (dynamo): the attention mask as And/Where
     "minilm-dynamo": (minilm.build_dynamo, "all_minilm_l6_v2.dynamo.onnx"),
+    # and with transformers' default attention (SDPA) as well: what a user exports today
+    "minilm-sdpa": (minilm.build_dynamo_sdpa, "all_minilm_l6_v2.sdpa.onnx"),
     "ppocr-det": (ppocr_det.build, "ppocrv4_det.onnx"),
     # from other frameworks and converters: scikit-learn/skl2onnx, Paddle, JAX/tf2onnx; an fp16
     # model and an already partly quantized one

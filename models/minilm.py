@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "embedding"
 DYNAMO_DATA = "all_minilm_l6_v2.dynamo.weights"  # the dynamo export's external data file
+SDPA_DATA = "all_minilm_l6_v2.sdpa.weights"  # and its SDPA-attention export's
 
 
 def tokenizer_dir() -> Path:
@@ -32,13 +33,16 @@ def load_tokenizer():
     return AutoTokenizer.from_pretrained(str(tokenizer_dir()))
 
 
-def _embedder():
-    """The encoder with mean pooling and L2 normalisation: its output is the sentence embedding."""
+def _embedder(attention: str = "eager"):
+    """The encoder with mean pooling and L2 normalisation: its output is the sentence embedding.
+
+    ``attention`` is transformers' ``attn_implementation``: "eager" (the classic exports) or
+    "sdpa" (transformers' default, torch's scaled_dot_product_attention)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoModel
 
-    encoder = AutoModel.from_pretrained(str(tokenizer_dir()), attn_implementation="eager")
+    encoder = AutoModel.from_pretrained(str(tokenizer_dir()), attn_implementation=attention)
     encoder.eval()
 
     class SentenceEmbedder(torch.nn.Module):
@@ -78,7 +82,7 @@ def build(out_path: Path, opset: int = 17) -> Path:
     return out_path
 
 
-def build_dynamo(out_path: Path) -> Path:
+def build_dynamo(out_path: Path, attention: str = "eager") -> Path:
     """The same network as torch.onnx.export writes it by default since torch 2.9 (the dynamo
     exporter): opset 18, weights in external data, the attention mask built with Range, GatherND,
     And and Where (which onnxruntime's attention fusion does not match as it is), the scale as Mul."""
@@ -94,7 +98,7 @@ def build_dynamo(out_path: Path) -> Path:
         exported = Path(tmp) / "model.onnx"
         # The exporter names values after torch ops, and its word embedding's value is "embedding":
         # the graph output gets another name here and OUTPUT_NAME once that value is renamed.
-        torch.onnx.export(_embedder(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(exported),
+        torch.onnx.export(_embedder(attention), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(exported),
                           input_names=list(INPUT_NAMES), output_names=["sentence_embedding"],
                           dynamic_axes={**{n: dyn for n in INPUT_NAMES}, "sentence_embedding": {0: "batch"}},
                           opset_version=18, dynamo=True)
@@ -102,9 +106,16 @@ def build_dynamo(out_path: Path) -> Path:
         _rename_value(model.graph, OUTPUT_NAME, "word_embedding")
         _rename_value(model.graph, "sentence_embedding", OUTPUT_NAME)
         # saved again so that the data file's name does not depend on where it was first written
-        onnx.save_model(model, str(out_path), save_as_external_data=True, location=DYNAMO_DATA,
-                        size_threshold=1024)
+        data = DYNAMO_DATA if attention == "eager" else SDPA_DATA
+        onnx.save_model(model, str(out_path), save_as_external_data=True, location=data, size_threshold=1024)
     return out_path
+
+
+def build_dynamo_sdpa(out_path: Path) -> Path:
+    """What a user gets today from transformers' defaults and torch.onnx's: SDPA attention
+    exported by dynamo (Q and K each scaled by sqrt(scale), K reshaped twice, a -inf mask and an
+    IsNaN/Where guard after the Softmax)."""
+    return build_dynamo(out_path, attention="sdpa")
 
 
 def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:

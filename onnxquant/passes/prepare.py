@@ -48,6 +48,7 @@ class PrepareReport:
     simplified: bool = False
     node_annotation_bytes: int = 0  # node metadata and doc strings dropped (passes/node_annotations.py)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what was declined that a user would expect done
     pruning: Any = None  # the PruneReport, when the recipe prunes (set by the api after preparing)
 
 
@@ -270,6 +271,8 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
         work, report.transformer = fuse_transformer(work)
         if report.transformer.note():
             report.notes.append(report.transformer.note())
+        if report.transformer.warning():
+            report.warnings.append(report.transformer.warning())
     if gelu:
         report.fused_gelu = fuse_gelu(work.graph, default_opset(work))
         if report.fused_gelu and default_opset(work) < 20 and not any(o.domain == MS_DOMAIN for o in work.opset_import):

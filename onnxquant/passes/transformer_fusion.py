@@ -33,6 +33,7 @@ import onnx
 from onnxquant.model_io import tensor_array
 from onnxquant.passes.attention_mask import rewrite_padding_masks
 from onnxquant.passes.node_index import NodeIndex
+from onnxquant.passes.sdpa_attention import rewrite_sdpa_attention
 
 MS_DOMAIN = "com.microsoft"
 
@@ -48,16 +49,32 @@ class TransformerFusion:
     hidden_size: int = 0
     unmatched: bool = False  # an encoder's shape was read, yet onnxruntime's fusions matched no block
     masks_rewritten: int = 0  # And/Where padding masks (torch.onnx dynamo) written in the form the fusion matches
+    sdpa_rewritten: int = 0  # SDPA blocks (torch.onnx dynamo) written in the eager form the fusion matches
+    sdpa_declined: str = ""  # why SDPA blocks (a NaN guard after the Softmax) were not rewritten, if any were not
+    sdpa_declined_blocks: int = 0  # how many were not
+
+    def warning(self) -> str | None:
+        """SDPA blocks left unfused, fused blocks or not: a user exporting with transformers' defaults
+        expects them fused, and they run several times slower unfused."""
+        if not self.sdpa_declined_blocks:
+            return None
+        return (f"transformer fusion: {self.sdpa_declined_blocks} SDPA attention block(s) (torch.onnx dynamo: Q and K "
+                f"scaled apart, a NaN guard after the Softmax) not rewritten for the fusion ({self.sdpa_declined}): "
+                "they run as separate quantized MatMuls")
 
     def note(self) -> str | None:
         if self.unmatched:
+            why = ("its SDPA attention not rewritten, see the warning" if self.sdpa_declined_blocks
+                   else "a mask or layout other than BERT's export writes")
             return (f"transformer fusion: the graph reads as an encoder ({self.num_heads} heads, hidden size "
-                    f"{self.hidden_size}), but onnxruntime's attention fusion matched none of its blocks (a mask "
-                    "or layout other than BERT's export writes): attention runs as separate quantized MatMuls")
+                    f"{self.hidden_size}), but onnxruntime's attention fusion matched none of its blocks ({why}): "
+                    "attention runs as separate quantized MatMuls")
         if not self.attention:
             return None
         mask = (", its And/Where padding mask (torch.onnx dynamo) rewritten for the fusion"
                 if self.masks_rewritten else "")
+        if self.sdpa_rewritten:
+            mask += f", {self.sdpa_rewritten} SDPA blocks written as eager attention"
         return (f"transformer fusion: {self.attention} attention blocks fused into Attention "
                 f"({self.num_heads} heads, hidden size {self.hidden_size}{mask}), {self.gelu} Gelu; "
                 f"{self.residual_sums} residual Adds kept from SkipLayerNormalization")
@@ -183,6 +200,8 @@ def fuse_transformer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Transform
 
     work = onnx.ModelProto()
     work.CopyFrom(model)
+    sdpa = rewrite_sdpa_attention(work, hidden_size // num_heads)
+    declined = "; ".join(sorted(set(sdpa.declined)))
     masks = rewrite_padding_masks(work)
     with _quiet_logging():
         try:
@@ -190,12 +209,18 @@ def fuse_transformer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Transform
             bert.optimize(_fusion_options())
             bert.topological_sort()  # fused nodes are appended at the end of the node list
         except Exception:  # a pattern the fusions do not expect: quantize the graph as it is
-            return model, TransformerFusion(num_heads=num_heads, hidden_size=hidden_size, unmatched=True)
+            return model, TransformerFusion(num_heads=num_heads, hidden_size=hidden_size, unmatched=True,
+                                            sdpa_declined=declined,
+                                            sdpa_declined_blocks=len(sdpa.declined))
     ops = Counter(n.op_type for n in work.graph.node if n.domain == MS_DOMAIN)
     if not ops["Attention"]:
-        return model, TransformerFusion(num_heads=num_heads, hidden_size=hidden_size, unmatched=True)
+        return model, TransformerFusion(num_heads=num_heads, hidden_size=hidden_size, unmatched=True,
+                                        sdpa_declined=declined,
+                                            sdpa_declined_blocks=len(sdpa.declined))
     result = TransformerFusion(attention=ops["Attention"], gelu=ops["Gelu"] + ops["BiasGelu"] + ops["FastGelu"],
-                               num_heads=num_heads, hidden_size=hidden_size, masks_rewritten=masks)
+                               num_heads=num_heads, hidden_size=hidden_size, masks_rewritten=masks,
+                               sdpa_rewritten=sdpa.rewritten, sdpa_declined=declined,
+                               sdpa_declined_blocks=len(sdpa.declined))
     result.residual_sums = residual_adds_as_sum(work.graph)
     if not any(o.domain == MS_DOMAIN for o in work.opset_import):
         work.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))

@@ -28,7 +28,8 @@ def prepare(state: State, integer_kernels: bool = True) -> State:
     if shapes:
         notes.append("input shapes fixed to " + ", ".join(f"{k} {list(v)}" for k, v in sorted(shapes.items())))
     node_names(prepared)
-    return replace(state, model=prepared, owned=True, preparation=report, notes=(*state.notes, *notes))
+    return replace(state, model=prepared, owned=True, preparation=report,
+                   notes=(*state.notes, *notes)).warned(*report.warnings)
 
 
 def _integer_gates(recipe: Recipe) -> bool:

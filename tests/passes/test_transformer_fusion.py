@@ -25,13 +25,13 @@ from tests.conftest import run, write_npz
 LAYERS, HEADS, HIDDEN, VOCAB = 2, 4, 32, 100
 
 
-def _export_tiny_bert(path: Path, opset: int = 17, dynamo: bool = False) -> Path:
+def _export_tiny_bert(path: Path, opset: int = 17, dynamo: bool = False, attention: str = "eager") -> Path:
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
                                      num_attention_heads=HEADS, intermediate_size=4 * HIDDEN,
-                                     max_position_embeddings=64, attn_implementation="eager")
+                                     max_position_embeddings=64, attn_implementation=attention)
     encoder = transformers.BertModel(config, add_pooling_layer=False).eval()
 
     class Hidden(torch.nn.Module):

@@ -1,0 +1,280 @@
+"""Write torch's scaled_dot_product_attention, as torch.onnx's dynamo exporter writes it, in the form
+onnxruntime's attention fusion matches.
+
+transformers' default attention is SDPA. Exported by dynamo (torch >= 2.9), each block reads::
+
+    Mul(Q, c) -> MatMul <- Mul(Reshape(Transpose(Reshape(K, (-1, S, D)), (0, 2, 1)), (B, H, D, S)), c)
+    -> Add(mask) -> Softmax -> Where(IsNaN(p), 0, p) -> MatMul(., V)
+
+with ``c = sqrt(1/sqrt(D))`` on Q and K apart, K's transpose spelled as two reshapes around a 3-D
+transpose, and a guard that zeroes a Softmax row of NaNs. onnxruntime's fusion
+(``fusion_attention.py``) matches none of it. This pass writes each such block as the eager
+export does: ``MatMul(Q, Transpose(K, (0, 2, 3, 1))) * c**2 -> Add(mask) -> Softmax -> MatMul(., V)``.
+
+Exactness, part by part:
+- K's path: only moves data. Its subgraph (the reshapes and the shape arithmetic) is run in
+  onnxruntime on tensors of several shapes and must equal the swap of K's last two axes exactly.
+- The scale: ``(cQ)(cK^T) = c**2 (QK^T)`` in real arithmetic; in float32 the two differ by rounding
+  only. The fused Attention op applies ``1/sqrt(head_size)`` whatever the graph says, so the pass
+  requires ``c**2`` to be that value (relative 1e-6) and declines otherwise.
+- The guard: a Softmax of a finite row has no NaN (its largest term is exp(0) = 1), so the guard is
+  the identity there. The pass requires the mask added to the scores to be a ``Where`` of two
+  finite constants (transformers' ``Where(cond, 0, finfo.min)``): a fully masked query row (an
+  all-zero attention_mask row) then adds the same finite minimum to every score and the Softmax
+  is uniform, the same in the graph and in the fused op (its ``mask_filter_value`` is that
+  minimum). A ``-inf`` mask, whose fully masked rows are NaN until the guard zeroes them, is
+  declined, as is any other mask. (Scores below about -1e31, or non-finite activations, overflow
+  the sum to -inf in either form; the fp32 model is no reference there.)
+Anything else is left as it is.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxquant.model_io import tensor_array
+from onnxquant.passes.names import fresh_name
+from onnxquant.passes.node_index import NodeIndex, attributes
+
+# (batch, heads, sequence, head_size) shapes K's path is checked on; sequence 1 and unequal dims
+# catch shape arithmetic that only holds for square or single-batch inputs.
+CHECK_SHAPES = ((1, 2, 3, 4), (2, 3, 5, 4), (3, 1, 1, 2), (2, 4, 7, 3))
+SCALE_TOLERANCE = 1e-6  # relative, between c**2 and 1/sqrt(head_size): float32 rounding of c
+HEAD_SPLIT = [0, 2, 1, 3]  # (batch, sequence, heads, head_size) -> (batch, heads, sequence, head_size)
+K_TRANSPOSED = [0, 2, 3, 1]  # (batch, sequence, heads, head_size) -> (batch, heads, head_size, sequence)
+MAX_K_PATH = 8  # nodes walked back from the scaled K to its head split
+
+
+@dataclass
+class SdpaRewrite:
+    """What the pass did: blocks rewritten, and why the others (an SDPA NaN guard seen) were not."""
+
+    rewritten: int = 0
+    declined: list[str] = field(default_factory=list)
+
+
+def _scalar(index: NodeIndex, name: str) -> float | None:
+    init = index.inits.get(name)
+    if init is None:
+        return None
+    value = tensor_array(init)
+    return float(value.reshape(())) if value.size == 1 and value.dtype.kind == "f" else None
+
+
+def _producer(index: NodeIndex, name: str, op: str) -> onnx.NodeProto | None:
+    k = index.producer.get(name)
+    if k is None or index.nodes[k].op_type != op or index.nodes[k].domain not in ("", "ai.onnx"):
+        return None
+    return index.nodes[k]
+
+
+def _sole_reader(index: NodeIndex, name: str, op: str) -> onnx.NodeProto | None:
+    k = index.only_reader(name, op)
+    return None if k is None else index.nodes[k]
+
+
+def _scaled_input(index: NodeIndex, mul: onnx.NodeProto) -> tuple[str, float] | None:
+    """(the tensor, the constant) of a Mul of one tensor by a scalar constant."""
+    values = [_scalar(index, i) for i in mul.input]
+    if len(values) != 2 or (values[0] is None) == (values[1] is None):
+        return None
+    k = 0 if values[1] is not None else 1
+    return mul.input[k], float(values[1 - k])
+
+
+def _guard(index: NodeIndex, softmax: onnx.NodeProto) -> onnx.NodeProto | None:
+    """The ``Where(IsNaN(p), constant, p)`` that reads Softmax output ``p`` and nothing else, if
+    ``p`` is read by exactly that pair."""
+    p = softmax.output[0]
+    readers = [index.nodes[k] for k in index.readers.get(p, [])]
+    if p in index.outputs or sorted(n.op_type for n in readers) != ["IsNaN", "Where"]:
+        return None
+    isnan = next(n for n in readers if n.op_type == "IsNaN")
+    where = next(n for n in readers if n.op_type == "Where")
+    if (list(where.input) != [isnan.output[0], where.input[1], p] or _scalar(index, where.input[1]) is None
+            or index.only_reader(isnan.output[0], "Where") is None or where.output[0] in index.outputs):
+        return None
+    return where
+
+
+def _finite_where_mask(index: NodeIndex, name: str) -> bool:
+    where = _producer(index, name, "Where")
+    if where is None:
+        return False
+    values = [_scalar(index, i) for i in where.input[1:3]]
+    return all(v is not None and math.isfinite(v) for v in values)
+
+
+def _k_path(index: NodeIndex, kt: str) -> tuple[onnx.NodeProto, list[int]] | None:
+    """The head-split Transpose (perm 0,2,1,3 of a Reshape) that K's path starts from, and the
+    positions of the path's nodes from the split's input (the split among them); None unless the
+    path reads nothing but that input and constants (onnxruntime's simplifier may read the
+    split's input's Shape rather than the split's)."""
+    name, split = kt, None
+    for _ in range(MAX_K_PATH):
+        k = index.producer.get(name)
+        if k is None or index.nodes[k].op_type not in ("Reshape", "Transpose"):
+            return None
+        node = index.nodes[k]
+        if (node.op_type == "Transpose" and attributes(node).get("perm") == HEAD_SPLIT
+                and _producer(index, node.input[0], "Reshape") is not None):
+            split = node
+            break
+        name = node.input[0]
+    if split is None:
+        return None
+    seen: set[int] = set()
+    stack = [kt]
+    while stack:
+        value = stack.pop()
+        if value == split.input[0] or value in index.inits or not value:
+            continue
+        k = index.producer.get(value)
+        if k is None:  # a graph input other than the head split's output
+            return None
+        if k not in seen:
+            seen.add(k)
+            stack.extend(index.nodes[k].input)
+    return split, sorted(seen)
+
+
+def _transposes_keys(model: onnx.ModelProto, index: NodeIndex, nodes: list[int], source: str, kt: str) -> bool:
+    """True if the nodes, run in onnxruntime from ``source`` (batch, sequence, heads, head_size) to
+    ``kt``, equal its transpose to (batch, heads, head_size, sequence) on float tensors of every
+    CHECK_SHAPES shape."""
+    import onnxruntime as ort
+
+    used = {i for k in nodes for i in index.nodes[k].input}
+    graph = helper.make_graph(
+        [index.nodes[k] for k in nodes], "k_path",
+        [helper.make_tensor_value_info(source, TensorProto.FLOAT, [None] * 4)],
+        [helper.make_tensor_value_info(kt, TensorProto.FLOAT, None)],
+        initializer=[index.inits[i] for i in sorted(used) if i in index.inits])
+    check = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(check.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        for shape in CHECK_SHAPES:
+            batch, heads, length, size = shape
+            k = rng.standard_normal((batch, length, heads, size)).astype(np.float32)
+            (value,) = session.run(None, {source: k})
+            if value.shape != (batch, heads, size, length) or not np.array_equal(value, k.transpose(K_TRANSPOSED)):
+                return False
+    except Exception:  # a path onnxruntime cannot run alone, or that fails on some shape: leave it
+        return False
+    return True
+
+
+def _match(model: onnx.ModelProto, index: NodeIndex, softmax: onnx.NodeProto, head_size: int) -> dict | str:
+    """The pieces of one SDPA block, or why it is not rewritten."""
+    guard = _guard(index, softmax)
+    if guard is None:
+        return "no SDPA NaN guard"
+    add = _producer(index, softmax.input[0], "Add")
+    if add is None or index.only_reader(add.output[0], "Softmax") is None or len(add.input) != 2:
+        return "the Softmax does not read scores + mask"
+    scores = next((i for i in add.input if _producer(index, i, "MatMul") is not None), None)
+    mask = next((i for i in add.input if i != scores), None)
+    if scores is None or mask is None or index.only_reader(scores, "Add") is None:
+        return "the Softmax does not read scores + mask"
+    if not _finite_where_mask(index, mask):
+        return "its mask is not a Where of finite constants (a -inf mask needs the NaN guard)"
+    matmul = _producer(index, scores, "MatMul")
+    muls = [_producer(index, i, "Mul") for i in matmul.input]
+    if any(m is None or index.only_reader(m.output[0], "MatMul") is None for m in muls):
+        return "Q and K are not each scaled by a Mul"
+    (mul_q, mul_k) = muls
+    scaled = [_scaled_input(index, m) for m in muls]
+    if None in scaled:
+        return "Q's and K's scales are not constants"
+    (q, c_q), (kt, c_k) = scaled
+    c2 = float(np.float32(np.float64(c_q) * np.float64(c_k)))
+    if not (c_q > 0 and c_k > 0 and abs(c2 * math.sqrt(head_size) - 1.0) <= SCALE_TOLERANCE):
+        return f"its scale {c2:.6g} is not 1/sqrt(head size {head_size}), which the fused op applies"
+    q_split = _producer(index, q, "Transpose")
+    if q_split is None or attributes(q_split).get("perm") != HEAD_SPLIT:
+        return "Q is not a head split"
+    path = _k_path(index, kt)
+    if path is None:
+        return "K's path does not start at a head split"
+    split, nodes = path
+    if not _transposes_keys(model, index, nodes, split.input[0], kt):
+        return "K's path is not a transpose of its head split's last two axes"
+    return {"guard": guard, "matmul": matmul, "q": q, "split": split, "scale": c2,
+            "dead": [index.nodes.index(n) for n in (guard, mul_q, mul_k)] + nodes
+            + [index.producer[guard.input[0]]]}
+
+
+def rewrite_sdpa_attention(model: onnx.ModelProto, head_size: int) -> SdpaRewrite:
+    """Rewrite each SDPA block (see the module docstring) in place into
+    ``MatMul(Q, Transpose(K_heads, (0, 2, 3, 1))) * c**2 -> Add(mask) -> Softmax -> MatMul(., V)``.
+
+    Blocks with a NaN guard after their Softmax that are not rewritten are counted in ``declined``
+    with the reason. The nodes the rewrite leaves unread are removed.
+    """
+    graph = model.graph
+    index = NodeIndex(graph)
+    result = SdpaRewrite()
+    taken = {n for node in index.nodes for n in (*node.input, *node.output)} | set(index.inits)
+    taken |= {i.name for i in graph.input}
+    before: dict[int, list[onnx.NodeProto]] = {}
+    after: dict[int, list[onnx.NodeProto]] = {}
+    dead: set[int] = set()
+    for node in index.nodes:
+        if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
+            continue
+        if attributes(node).get("axis", -1) not in (-1, 3):
+            continue
+        found = _match(model, index, node, head_size)
+        if isinstance(found, str):
+            if found != "no SDPA NaN guard":
+                result.declined.append(found)
+            continue
+        matmul, split = found["matmul"], found["split"]
+        position = index.nodes.index(matmul)
+        base = matmul.output[0]
+        keys, raw, scale = (fresh_name(taken, f"{base}_{b}") for b in ("keys_transposed", "unscaled", "scale"))
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array(found["scale"], np.float32), scale))
+        before[position] = [helper.make_node("Transpose", [split.input[0]], [keys], perm=K_TRANSPOSED,
+                                             name=fresh_name(taken, f"{base}_transpose_keys"))]
+        after[position] = [helper.make_node("Mul", [raw, scale], [base], name=fresh_name(taken, f"{base}_scale"))]
+        matmul.input[:] = [found["q"], keys]
+        matmul.output[:] = [raw]
+        guard = found["guard"]
+        for k in index.readers.get(guard.output[0], []):
+            reader = index.nodes[k]
+            reader.input[:] = [node.output[0] if i == guard.output[0] else i for i in reader.input]
+        dead.update(found["dead"])
+        result.rewritten += 1
+    if result.rewritten:
+        ordered = []
+        for k, node in enumerate(index.nodes):
+            ordered.extend(before.get(k, ()))
+            kept = onnx.NodeProto()
+            kept.CopyFrom(node)  # (copied before the repeated field they live in is cleared)
+            ordered.append(kept)
+            ordered.extend(after.get(k, ()))
+        del graph.node[:]
+        graph.node.extend(_without_unread(ordered, dead, index, {o.name for o in graph.output}))
+    return result
+
+
+def _without_unread(nodes: list[onnx.NodeProto], candidates: set[int], index: NodeIndex,
+                    outputs: set[str]) -> list[onnx.NodeProto]:
+    """``nodes`` less those of the candidates (by their old position) nothing reads any more."""
+    names = {tuple(index.nodes[k].output) for k in candidates}
+    removed: set[tuple[str, ...]] = set()
+    while True:
+        read = {i for n in nodes if tuple(n.output) not in removed for i in n.input} | outputs
+        newly = {o for o in names - removed if not any(v in read for v in o)}
+        if not newly:
+            break
+        removed |= newly
+    return [n for n in nodes if tuple(n.output) not in removed]
