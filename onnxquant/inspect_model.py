@@ -18,7 +18,14 @@ import numpy as np
 import onnx
 
 from onnxquant.results import FLOAT_COMPUTE_KEY
-from onnxquant.float_weights import FLOAT_LAYERS_KEY, float_weighted_nodes, tensor_bytes, weight_bytes
+from onnxquant.float_weights import (
+    FLOAT_LAYERS_KEY,
+    attribute_parameter_bytes,
+    attribute_parameter_counts,
+    float_weighted_nodes,
+    tensor_bytes,
+    weight_bytes,
+)
 from onnxquant.model_io import (
     file_size,
     has_lazy,
@@ -225,6 +232,12 @@ def _all_layers(proto: onnx.ModelProto) -> list[LayerInfo]:
         count = sum(int(np.prod(w.dims)) if w.dims else 1 for w in found.weights)
         zeros = int(np.count_nonzero(values == 0)) if values is not None and len(found.weights) == 1 else 0
         layers.append(LayerInfo(found.node, found.op_type, first.name, "float", count, zeros, found.weight_bytes))
+    for graph in iter_graphs(proto.graph):  # ai.onnx.ml: tree ensembles' and SVMs' float parameters are attributes
+        for node in graph.node:
+            count = sum(attribute_parameter_counts(node).values())
+            if count:
+                layers.append(LayerInfo(node.name, node.op_type, "(attributes)", "float", count, 0,
+                                        attribute_parameter_bytes(node)))
     meta = {p.key: p.value for p in proto.metadata_props}
     reasons = {}
     if FLOAT_LAYERS_KEY in meta:
@@ -272,6 +285,9 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto) -> ModelInspection
         ops.update(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in graph.node)
         for tensor in graph.initializer:
             params[_dtype_name(tensor.data_type)] += int(np.prod(tensor.dims)) if tensor.dims else 1
+        for node in graph.node:
+            for data_type, count in attribute_parameter_counts(node).items():
+                params[_dtype_name(data_type)] += count
     meta = {p.key: p.value for p in proto.metadata_props}
     return ModelInspection(
         path=path, size=size, size_deflated=compressed_size(payload) if payload is not None else None,
