@@ -6,12 +6,16 @@ cast to bool, ``And``-ed with always-true position checks, then ``Where(cond, 0,
 the attention scores. onnxruntime's attention fusion (``fusion_attention.py``) matches the masks
 older exports write, not this one, so such an encoder was quantized MatMul by MatMul. The mask is
 written as transformers' SDPA export writes it, one of the forms the fusion matches:
-``inverse = 1 - float(Expand(Unsqueeze(Unsqueeze(mask))))``, ``Where(bool(inverse), min, inverse)``
-(the classic ``(1 - mask) * min`` is ambiguous to the matcher next to a scale written as Mul).
+``inverse = 1 - float(Expand(Unsqueeze(Unsqueeze(bool(mask)))))``, ``Where(bool(inverse), min, inverse)``
+(the classic ``(1 - mask) * min`` is ambiguous to the matcher next to a scale written as Mul),
+expanded to the old mask's shape.
 
-For a 0/1 mask the two are equal value for value. The condition's subgraph is checked equal to ``bool(mask[b, j])``
-broadcast over heads and query positions by running it, in onnxruntime, on masks of several batch sizes and lengths (all-zero and all-one rows among them), not read from its op types:
-exporters spell it in more ways than a pattern would cover. Anything else is left as it is.
+For any mask values the two are equal value for value. The condition's subgraph is checked equal
+to ``bool(mask[b, j])`` broadcast over heads and query positions by running it, in onnxruntime, on
+masks of several batch sizes and lengths (all-zero and all-one rows among them, 1, 2 and -1 at kept
+positions; and longer than any number the subgraph holds, so that a local-attention band or a
+position limit shows), not read from its op types: exporters spell it in more ways than a pattern
+would cover. Anything else is left as it is.
 """
 from __future__ import annotations
 
@@ -27,6 +31,14 @@ from onnxquant.passes.node_index import NodeIndex
 # arithmetic that only holds for square or single-batch inputs.
 CHECK_SHAPES = ((1, 1), (1, 7), (2, 5), (3, 9))
 INTEGER_TYPES = {TensorProto.INT64, TensorProto.INT32, TensorProto.BOOL}
+KEPT_VALUES = (1, 2, -1)  # values of an integer mask at kept positions, as checked
+# A number in the condition's subgraph (a local-attention band |q - k| < 128, a position limit
+# k < 512, a constant table's size) can make it differ from the padding mask only on longer
+# inputs: it is also checked on a batch and a sequence longer than its largest number up to this;
+# a larger one cannot be checked so, and the mask is left as it is.
+MAX_CHECK_LENGTH = 1024
+# Numbers this large are "to the end" sentinels (Slice ends, INT32/INT64 max, float min), not lengths.
+SENTINEL = 2**31 - 1
 
 
 def _constant(index: NodeIndex, name: str) -> np.ndarray | None:
@@ -65,6 +77,44 @@ def _ancestors(index: NodeIndex, name: str) -> list[int] | None:
     return sorted(seen)
 
 
+def _magnitudes(value: np.ndarray) -> list[float]:
+    """A constant's dims and the largest magnitude of its finite numbers."""
+    out = [float(d) for d in value.shape]
+    if value.size and value.dtype.kind in "biuf":
+        finite = np.abs(value.astype(np.float64))
+        finite = finite[np.isfinite(finite)]
+        if finite.size:
+            out.append(float(finite.max()))
+    return out
+
+
+def _check_shapes(index: NodeIndex, nodes: list[int]) -> tuple[tuple[int, int], ...] | None:
+    """CHECK_SHAPES, and a batch and a sequence longer than every number the subgraph's constants and
+    attributes hold; None if one is beyond MAX_CHECK_LENGTH (not a sentinel)."""
+    numbers: list[float] = []
+    for k in nodes:
+        node = index.nodes[k]
+        for name in node.input:
+            if name in index.inits:
+                numbers.extend(_magnitudes(tensor_array(index.inits[name])))
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.INT:
+                numbers.append(abs(float(a.i)))
+            elif a.type == onnx.AttributeProto.INTS:
+                numbers.extend(abs(float(i)) for i in a.ints)
+            elif a.type in (onnx.AttributeProto.FLOAT, onnx.AttributeProto.FLOATS):
+                numbers.extend(_magnitudes(np.array(a.floats if a.type == onnx.AttributeProto.FLOATS else a.f)))
+            elif a.type == onnx.AttributeProto.TENSOR:
+                numbers.extend(_magnitudes(onnx.numpy_helper.to_array(a.t)))
+    reach = max((n for n in numbers if n < SENTINEL), default=0.0)
+    if reach > MAX_CHECK_LENGTH:
+        return None
+    longer = int(np.ceil(reach)) + 2  # (k <= reach is false first at k = reach + 1)
+    if longer <= max(length for _, length in CHECK_SHAPES):
+        return CHECK_SHAPES
+    return (*CHECK_SHAPES, (2, longer), (longer, 3))
+
+
 def _condition_model(model: onnx.ModelProto, index: NodeIndex, nodes: list[int], cond: str,
                      inputs: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
     graph = helper.make_graph(
@@ -83,6 +133,9 @@ def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -
 
     nodes = _ancestors(index, cond)
     if not nodes:
+        return None
+    shapes = _check_shapes(index, nodes)
+    if shapes is None:
         return None
     graph_inputs = {i.name: i for i in model.graph.input if i.name not in index.inits}
     read = {i for k in nodes for i in index.nodes[k].input if i in graph_inputs}
@@ -105,13 +158,14 @@ def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -
         return None
     rng = np.random.default_rng(0)
     dtypes = {name: helper.tensor_dtype_to_np_dtype(graph_inputs[name].type.tensor_type.elem_type) for name in read}
-    for batch, length in CHECK_SHAPES:
+    for batch, length in shapes:
         bits = rng.integers(0, 2, (batch, length))
         bits[0, :] = 1
         if batch > 1:
             bits[-1, :] = 0
         feeds = {name: np.zeros((batch, length), dtypes[name]) for name in read}
-        feeds[mask] = bits.astype(dtypes[mask])
+        # kept positions hold 1, 2 and -1: the condition must be bool(mask), not mask == 1
+        feeds[mask] = (bits * rng.choice(KEPT_VALUES, bits.shape)).astype(dtypes[mask])
         try:
             (value,) = session.run(None, feeds)
         except Exception:
@@ -124,17 +178,19 @@ def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -
 
 
 def rewrite_padding_masks(model: onnx.ModelProto) -> int:
-    """Rewrite each ``Where(cond, 0, min)`` added to attention scores, whose ``cond`` is a 0/1 padding
-    mask input as bool, into ``Where(bool(1 - mask), min, 1 - mask)`` over (batch, 1, 1, sequence), in place.
+    """Rewrite each ``Where(cond, 0, min)`` added to attention scores, whose ``cond`` is a padding mask
+    input as bool, into ``Where(bool(1 - m), min, 1 - m)`` with ``m = float(bool(mask))`` expanded
+    to the old Where's shape, in place.
 
-    Returns how many masks were rewritten (the Where and its condition are left for the fusion to
-    prune once nothing reads them).
+    Returns how many masks were rewritten (the old Where and its condition are left, read by the
+    new mask's Shape only, for the fusion to prune with it).
     """
     graph = model.graph
     index = NodeIndex(graph)
     taken = {n for node in index.nodes for n in (*node.input, *node.output)} | set(index.inits)
     taken |= {i.name for i in graph.input}
-    before: dict[int, list[onnx.NodeProto]] = {}  # new nodes, by the position of the Where they replace
+    input_types = {i.name: i.type.tensor_type.elem_type for i in graph.input}
+    after: dict[int, list[onnx.NodeProto]] = {}  # new nodes, by the position of the Where they replace
     for position, node in enumerate(index.nodes):
         if node.op_type != "Where" or node.domain not in ("", "ai.onnx") or len(node.input) != 3:
             continue
@@ -153,20 +209,34 @@ def rewrite_padding_masks(model: onnx.ModelProto) -> int:
         def name(base: str) -> str:
             return fresh_name(taken, f"{mask}_{base}")
 
-        axis1, axis2, ones, one, filler = (name(b) for b in ("axis1", "axis2", "ones", "one", "filter_value"))
+        axis1, axis2, one, filler = (name(b) for b in ("axis1", "axis2", "one", "filter_value"))
         graph.initializer.extend([
             onnx.numpy_helper.from_array(np.array([1], np.int64), axis1),
             onnx.numpy_helper.from_array(np.array([2], np.int64), axis2),
-            onnx.numpy_helper.from_array(np.ones(4, np.int64), ones),
             onnx.numpy_helper.from_array(np.array(1, fill.dtype), one),
             onnx.numpy_helper.from_array(fill.reshape(()).copy(), filler),
         ])
-        heads, rows, full, cast, inverse, flag, added = (
-            name(b) for b in ("heads", "rows", "expanded", "float", "inverse", "masked", "additive"))
-        before[position] = [
-            helper.make_node("Unsqueeze", [mask, axis1], [heads], name=name("unsqueeze_heads")),
+        heads, rows, shape, full, cast, inverse, flag, added = (
+            name(b) for b in ("heads", "rows", "shape", "expanded", "float", "inverse", "masked", "additive"))
+        # bool(mask) first: an integer mask attends wherever it is non-zero (2 and -1 too), as the
+        # condition does, and the fusion reads that 0/1 mask. (Written Not(mask == 0): the fusion
+        # casts its mask to int32 and would fold a Cast to bool into that, -1 then masking.)
+        to_bool: list[onnx.NodeProto] = []
+        source = mask
+        if input_types[mask] != TensorProto.BOOL:
+            zero_mask, padded, source = name("zero"), name("padded"), name("kept")
+            graph.initializer.append(onnx.numpy_helper.from_array(
+                np.array(0, helper.tensor_dtype_to_np_dtype(input_types[mask])), zero_mask))
+            to_bool = [helper.make_node("Equal", [mask, zero_mask], [padded], name=name("equal_zero")),
+                       helper.make_node("Not", [padded], [source], name=name("not"))]
+        after[position] = [
+            *to_bool,
+            helper.make_node("Unsqueeze", [source, axis1], [heads], name=name("unsqueeze_heads")),
             helper.make_node("Unsqueeze", [heads, axis2], [rows], name=name("unsqueeze_rows")),
-            helper.make_node("Expand", [rows, ones], [full], name=name("expand")),
+            # to the old Where's shape (batch, 1, queries, sequence): scores of fewer query rows, or
+            # a zero of higher rank, broadcast as before (the fusion does not read it)
+            helper.make_node("Shape", [node.output[0]], [shape], name=name("shape")),
+            helper.make_node("Expand", [rows, shape], [full], name=name("expand")),
             helper.make_node("Cast", [full], [cast], name=name("cast"), to=elem_type),
             helper.make_node("Sub", [one, cast], [inverse], name=name("sub")),
             helper.make_node("Cast", [inverse], [flag], name=name("cast_bool"), to=TensorProto.BOOL),
@@ -175,13 +245,13 @@ def rewrite_padding_masks(model: onnx.ModelProto) -> int:
         for k in index.readers[node.output[0]]:
             add = index.nodes[k]
             add.input[:] = [added if i == node.output[0] else i for i in add.input]
-    if before:
+    if after:
         ordered = []
         for k, node in enumerate(index.nodes):
-            ordered.extend(before.get(k, ()))
             kept = onnx.NodeProto()
             kept.CopyFrom(node)  # (copied before the repeated field they live in is cleared)
             ordered.append(kept)
+            ordered.extend(after.get(k, ()))  # (they read the Where's output; its readers come later)
         del graph.node[:]
         graph.node.extend(ordered)
-    return len(before)
+    return len(after)

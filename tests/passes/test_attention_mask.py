@@ -20,10 +20,10 @@ MIN = np.finfo(np.float32).min
 
 
 def _masked_scores(query_floor: int = 0, zero: float = 0.0, fill: float = float(MIN), readers: str = "Softmax",
-                   causal: bool = False) -> onnx.ModelProto:
+                   causal: bool = False, window: int | None = None) -> onnx.ModelProto:
     """softmax(scores + Where(cond, zero, fill)) with cond = (q >= query_floor) & bool(mask[b, k]),
     built as torch.onnx's dynamo exporter builds it (GatherND of the bool mask at (batch, key)
-    indices from Range); ``causal`` adds ``q >= k``."""
+    indices from Range); ``causal`` adds ``q >= k``, ``window`` a local-attention band ``|q - k| < window``."""
     inits = [
         numpy_helper.from_array(np.array(0, np.int64), "zero_i"),
         numpy_helper.from_array(np.array(1, np.int64), "one_i"),
@@ -62,11 +62,20 @@ def _masked_scores(query_floor: int = 0, zero: float = 0.0, fill: float = float(
         helper.make_node("GatherND", ["mask_bool", "idx"], ["kept"]),
         helper.make_node("And", ["valid_q", "kept"], ["cond0"]),
     ]
+    if window is not None:
+        inits.append(numpy_helper.from_array(np.array(window, np.int64), "window"))
+        nodes += [helper.make_node("Sub", ["q4", "k4"], ["offset"]),
+                  helper.make_node("Abs", ["offset"], ["distance"]),
+                  helper.make_node("Less", ["distance", "window"], ["near"]),
+                  helper.make_node("And", ["cond0", "near"], ["cond0_windowed"])]
+        cond0 = "cond0_windowed"
+    else:
+        cond0 = "cond0"
     if causal:
         nodes += [helper.make_node("GreaterOrEqual", ["q4", "k4"], ["causal"]),
-                  helper.make_node("And", ["cond0", "causal"], ["cond"])]
+                  helper.make_node("And", [cond0, "causal"], ["cond"])]
     else:
-        nodes += [helper.make_node("Identity", ["cond0"], ["cond"])]
+        nodes += [helper.make_node("Identity", [cond0], ["cond"])]
     nodes += [helper.make_node("Where", ["cond", "zeros", "fill"], ["bias"]),
               helper.make_node("Add", ["scores", "bias"], ["masked"]),
               helper.make_node(readers, ["masked"], ["probs"])]
@@ -113,9 +122,51 @@ def test_the_padding_mask_is_rewritten_with_equal_outputs():
     {"zero": 0.5},  # a kept position is shifted, not left as it is
     {"fill": 1.0},  # "masked" positions raised
     {"readers": "Relu"},  # not added to scores read by a Softmax
+    {"window": 16},  # a local-attention band wider than short sequences: only long ones tell it apart
+    {"window": 5000},  # a band too wide to check by running it: left too
 ])
 def test_anything_else_is_left_as_it_is(change):
     model = _masked_scores(**change)
     before = model.SerializeToString()
     assert rewrite_padding_masks(model) == 0
     assert model.SerializeToString() == before
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.bool_])
+def test_a_mask_of_any_values_keeps_its_outputs(dtype):
+    """The dynamo mask attends where ``bool(mask)``: an integer mask holding 2 or -1 (not only 0/1),
+    and an int32 or bool mask input, give the same outputs rewritten."""
+    model = _masked_scores()
+    model.graph.input[1].type.tensor_type.elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    assert rewrite_padding_masks(rewritten) == 1
+    rng = np.random.default_rng(7)
+    for feed in _feeds(seed=3):
+        values = feed["mask"] * rng.choice((1, 2, -1, 5), feed["mask"].shape)
+        feed["mask"] = values.astype(dtype)
+        np.testing.assert_array_equal(run(rewritten, feed)[0], run(model, feed)[0])
+
+
+@pytest.mark.parametrize("shapes", ["one query", "rank-5 zero"])
+def test_the_rewritten_mask_broadcasts_as_the_condition_did(shapes):
+    """The condition is (batch, 1, sequence, sequence): added to scores of one query row it
+    broadcasts them to every row, and a rank-5 zero adds a leading axis. The rewritten mask gives
+    the scores the same shape."""
+    model = _masked_scores()
+    if shapes == "one query":
+        model.graph.input[2].type.tensor_type.shape.dim[2].dim_value = 1
+    else:
+        zeros = next(i for i in model.graph.initializer if i.name == "zeros")
+        zeros.CopyFrom(numpy_helper.from_array(np.zeros((1, 1, 1, 1, 1), np.float32), "zeros"))
+        del model.graph.output[0].type.tensor_type.shape.dim[:]
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    rewrite_padding_masks(rewritten)
+    for feed in _feeds():
+        if shapes == "one query":
+            feed["scores"] = feed["scores"][:, :, :1]
+        expected = run(model, feed)[0]
+        got = run(rewritten, feed)[0]
+        assert got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)

@@ -119,6 +119,9 @@ def test_a_dynamo_export_fuses_and_keeps_its_outputs(bert_dynamo):
     assert any("padding mask (torch.onnx dynamo) rewritten" in note for note in report.notes)
     for sample in _samples(6):
         np.testing.assert_allclose(run(fused, sample)[0], run(bert_dynamo, sample)[0], rtol=1e-4, atol=2e-5)
+        # the export attends wherever the mask is non-zero: a mask holding 2 or -1 there too
+        sample["attention_mask"] = sample["attention_mask"] * np.array([2, -1])[:, None]
+        np.testing.assert_allclose(run(fused, sample)[0], run(bert_dynamo, sample)[0], rtol=1e-4, atol=2e-5)
 
 
 def test_an_encoder_whose_attention_does_not_fuse_is_said(bert_dynamo):
