@@ -139,10 +139,35 @@ class ModelInspection:
 
 
 def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
+    """Name, type and shape; a sequence, map or optional (a ZipMap's probabilities) has no shape
+    (None) and its type spelled out, not a tensor's empty one."""
+    if value.type.WhichOneof("value") != "tensor_type":
+        return {"name": value.name, "dtype": _type_name(value.type), "shape": None}
     t = value.type.tensor_type
     dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "?"
-    return {"name": value.name, "dtype": dtype, "shape": dims}
+    return {"name": value.name, "dtype": _type_name(value.type), "shape": dims}
+
+
+def _type_name(t: onnx.TypeProto) -> str:
+    """``float32``, ``string``, ``seq(map(int64, float32))``...; ``?`` where the model does not say."""
+    kind = t.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        name = _elem_name(getattr(t, kind).elem_type)
+        return name if kind == "tensor_type" else f"sparse({name})"
+    if kind == "sequence_type":
+        return f"seq({_type_name(t.sequence_type.elem_type)})"
+    if kind == "optional_type":
+        return f"optional({_type_name(t.optional_type.elem_type)})"
+    if kind == "map_type":
+        return f"map({_elem_name(t.map_type.key_type)}, {_type_name(t.map_type.value_type)})"
+    return "?"
+
+
+def _elem_name(elem: int) -> str:
+    """numpy's name for a tensor element type, ``string`` for text (numpy's would be ``object``)."""
+    if not elem:
+        return "?"
+    return "string" if elem == onnx.TensorProto.STRING else onnx.helper.tensor_dtype_to_np_dtype(elem).name
 
 
 def _dtype_name(data_type: int) -> str:

@@ -117,3 +117,26 @@ def test_attribute_parameters_of_ml_ops_are_a_float_layer(tmp_path: Path):
     assert info.parameters == {"float": 5} and info.float_weight_share() == 1.0
     text = CliRunner().invoke(main, ["inspect", str(tmp_path / "stump.onnx")])
     assert text.exit_code == 0 and "float weighted layers: 1, 100.0% of the weight bytes" in text.output
+
+
+def test_sequence_map_and_string_values_are_named_by_type(tmp_path: Path):
+    # a classifier converted with ZipMap returns a sequence of maps, and a text model reads strings:
+    # inspect used to print "probabilities ? []" (a scalar's shape) and "text object [?, 1]"
+    h = onnx.helper
+    seq_map = h.make_sequence_type_proto(h.make_map_type_proto(onnx.TensorProto.INT64,
+                                                               h.make_tensor_type_proto(onnx.TensorProto.FLOAT, None)))
+    graph = h.make_graph(
+        [h.make_node("ZipMap", ["x"], ["probabilities"], domain="ai.onnx.ml", classlabels_int64s=[0, 1]),
+         h.make_node("Identity", ["text"], ["same"])], "g",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 2]),
+         h.make_tensor_value_info("text", onnx.TensorProto.STRING, ["n", 1])],
+        [h.make_value_info("probabilities", seq_map), h.make_tensor_value_info("same", onnx.TensorProto.STRING, ["n", 1])])
+    path = tmp_path / "zipmap.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 15), h.make_opsetid("ai.onnx.ml", 1)]), path)
+    info = inspect_model(path)
+    assert info.outputs[0] == {"name": "probabilities", "dtype": "seq(map(int64, float32))", "shape": None}
+    assert info.inputs[1] == {"name": "text", "dtype": "string", "shape": ["n", 1]}
+    text = CliRunner().invoke(main, ["inspect", str(path)])
+    assert text.exit_code == 0, text.output
+    assert "outputs: probabilities seq(map(int64, float32)); same string [n, 1]" in text.output
+    assert "inputs: x float32 [n, 2]; text string [n, 1]" in text.output
