@@ -58,6 +58,7 @@ def latency_ratio(fp32: Path, q: Path, held: Path, runs: int = RUNS) -> tuple[fl
                 times.append(time.perf_counter() - t)
         return statistics.median(times)
 
+    ort.set_default_logger_severity(3)  # the converters' fixed output dims warn on every batched run
     feeds = _samples(held)
     a, b = session(fp32), session(q)
     median(a, 3), median(b, 3)
@@ -97,6 +98,9 @@ def row(models: Path, out: Path, name: str, tool: str) -> str:
     q, told = quantize(models, out, name, tool)
     if q is None:
         return told
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
     try:
         rep = validate(model, q, held, ("cpu",), Budget(), latency_runs=1, threads=1).to_dict()
     except Exception as e:  # a tool's output that onnxruntime cannot run is a result too
