@@ -15,6 +15,11 @@ stay unseen (no recipe was tuned on them). Model files are read from installed p
   comes from; data: held-out sentences, as a (batch, 1) string tensor
 - mlp-diabetes: a scikit-learn StandardScaler + MLPRegressor pipeline on sklearn's diabetes set
   (regression), converted by skl2onnx; data: held-out rows
+
+Needs, beside the project's test extras (none is a runtime dependency of onnxquant):
+``pip install faster-whisper==1.2.1 --no-deps`` (only its asset is read: PyAV is not needed),
+``ddddocr==1.6.1``, ``lightgbm==4.7.0``, ``onnxmltools==1.16.0``, ``skl2onnx``, ``scikit-learn``.
+``compare.py`` quantizes them with each tool; ``RESULTS.md`` has the measured table.
 """
 from __future__ import annotations
 
