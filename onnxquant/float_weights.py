@@ -52,6 +52,21 @@ def is_float_weight(tensor: onnx.TensorProto) -> bool:
 ML_DOMAIN = "ai.onnx.ml"
 
 
+def attribute_parameter_counts(node: onnx.NodeProto) -> dict[int, int]:
+    """Float parameters an ai.onnx.ml node holds as attributes, counted by ONNX data type (FLOATS
+    attributes are float32): what ``inspect`` counts beside the initializers."""
+    counts: dict[int, int] = {}
+    if node.domain != ML_DOMAIN:
+        return counts
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.FLOATS and attr.floats:
+            counts[onnx.TensorProto.FLOAT] = counts.get(onnx.TensorProto.FLOAT, 0) + len(attr.floats)
+        elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in FLOAT_TYPES:
+            count = int(np.prod(attr.t.dims)) if attr.t.dims else 1
+            counts[attr.t.data_type] = counts.get(attr.t.data_type, 0) + count
+    return counts
+
+
 def attribute_parameter_bytes(node: onnx.NodeProto) -> int:
     """Bytes of the float parameters an ai.onnx.ml node holds as attributes (a tree ensemble's
     thresholds and leaf values, an SVM's support vectors): weights that no initializer shows."""

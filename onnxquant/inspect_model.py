@@ -18,7 +18,14 @@ import numpy as np
 import onnx
 
 from onnxquant.results import FLOAT_COMPUTE_KEY
-from onnxquant.float_weights import FLOAT_LAYERS_KEY, float_weighted_nodes, tensor_bytes, weight_bytes
+from onnxquant.float_weights import (
+    FLOAT_LAYERS_KEY,
+    attribute_parameter_bytes,
+    attribute_parameter_counts,
+    float_weighted_nodes,
+    tensor_bytes,
+    weight_bytes,
+)
 from onnxquant.model_io import (
     file_size,
     has_lazy,
@@ -132,10 +139,35 @@ class ModelInspection:
 
 
 def _value_info(value: onnx.ValueInfoProto) -> dict[str, Any]:
+    """Name, type and shape; a sequence, map or optional (a ZipMap's probabilities) has no shape
+    (None) and its type spelled out, not a tensor's empty one."""
+    if value.type.WhichOneof("value") != "tensor_type":
+        return {"name": value.name, "dtype": _type_name(value.type), "shape": None}
     t = value.type.tensor_type
     dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "?"
-    return {"name": value.name, "dtype": dtype, "shape": dims}
+    return {"name": value.name, "dtype": _type_name(value.type), "shape": dims}
+
+
+def _type_name(t: onnx.TypeProto) -> str:
+    """``float32``, ``string``, ``seq(map(int64, float32))``...; ``?`` where the model does not say."""
+    kind = t.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        name = _elem_name(getattr(t, kind).elem_type)
+        return name if kind == "tensor_type" else f"sparse({name})"
+    if kind == "sequence_type":
+        return f"seq({_type_name(t.sequence_type.elem_type)})"
+    if kind == "optional_type":
+        return f"optional({_type_name(t.optional_type.elem_type)})"
+    if kind == "map_type":
+        return f"map({_elem_name(t.map_type.key_type)}, {_type_name(t.map_type.value_type)})"
+    return "?"
+
+
+def _elem_name(elem: int) -> str:
+    """numpy's name for a tensor element type, ``string`` for text (numpy's would be ``object``)."""
+    if not elem:
+        return "?"
+    return "string" if elem == onnx.TensorProto.STRING else onnx.helper.tensor_dtype_to_np_dtype(elem).name
 
 
 def _dtype_name(data_type: int) -> str:
@@ -225,6 +257,12 @@ def _all_layers(proto: onnx.ModelProto) -> list[LayerInfo]:
         count = sum(int(np.prod(w.dims)) if w.dims else 1 for w in found.weights)
         zeros = int(np.count_nonzero(values == 0)) if values is not None and len(found.weights) == 1 else 0
         layers.append(LayerInfo(found.node, found.op_type, first.name, "float", count, zeros, found.weight_bytes))
+    for graph in iter_graphs(proto.graph):  # ai.onnx.ml: tree ensembles' and SVMs' float parameters are attributes
+        for node in graph.node:
+            count = sum(attribute_parameter_counts(node).values())
+            if count:
+                layers.append(LayerInfo(node.name, node.op_type, "(attributes)", "float", count, 0,
+                                        attribute_parameter_bytes(node)))
     meta = {p.key: p.value for p in proto.metadata_props}
     reasons = {}
     if FLOAT_LAYERS_KEY in meta:
@@ -272,6 +310,9 @@ def inspect_model(model: str | os.PathLike | onnx.ModelProto) -> ModelInspection
         ops.update(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in graph.node)
         for tensor in graph.initializer:
             params[_dtype_name(tensor.data_type)] += int(np.prod(tensor.dims)) if tensor.dims else 1
+        for node in graph.node:
+            for data_type, count in attribute_parameter_counts(node).items():
+                params[_dtype_name(data_type)] += count
     meta = {p.key: p.value for p in proto.metadata_props}
     return ModelInspection(
         path=path, size=size, size_deflated=compressed_size(payload) if payload is not None else None,

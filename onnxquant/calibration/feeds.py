@@ -43,7 +43,9 @@ def check_feed(feed: dict[str, np.ndarray], specs: list[InputSpec], index: int) 
     checked = {}
     for spec in specs:
         value = np.asarray(feed[spec.name])
-        if value.dtype == object:
+        if spec.dtype == object:  # a string input (a text classifier's raw text)
+            value = _strings(value, f"{where}: input {spec.name!r}")
+        elif value.dtype == object:
             raise CalibrationDataError(f"{where}: input {spec.name!r} is not a numeric array")
         if value.size == 0:
             raise CalibrationDataError(f"{where}: input {spec.name!r} has shape {value.shape}: no values "
@@ -68,6 +70,20 @@ def check_feed(feed: dict[str, np.ndarray], specs: list[InputSpec], index: int) 
             raise CalibrationDataError(f"{where}: input {spec.name!r} contains NaN or Inf")
         checked[spec.name] = value
     return checked
+
+
+def _strings(value: np.ndarray, where: str) -> np.ndarray:
+    """A string input's sample as onnxruntime takes it. ``.npz`` files store text as fixed-width
+    unicode (``<U``) or bytes (``S``) arrays, since object arrays need pickle to load: those are the
+    model's strings, not a wrong dtype."""
+    if value.dtype.kind == "U" or (value.dtype == object and all(isinstance(v, str) for v in value.flat)):
+        return value.astype(object)
+    if value.dtype.kind == "S":
+        try:
+            return np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(value)
+        except UnicodeDecodeError:
+            raise CalibrationDataError(f"{where} holds bytes that are not UTF-8 text") from None
+    raise CalibrationDataError(f"{where} has dtype {value.dtype}, the model expects strings")
 
 
 def _narrowed(value: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:

@@ -22,6 +22,8 @@ from onnxquant.recipe import TARGETS
 
 def _inspection_text(info: dict[str, Any], layers: bool) -> str:
     def shape(v: dict[str, Any]) -> str:
+        if v["shape"] is None:  # a sequence or map: no shape to show
+            return f"{v['name']} {v['dtype']}"
         return f"{v['name']} {v['dtype']} [{', '.join(str(d) for d in v['shape'])}]"
 
     deflated = f", {size_text(info['size_deflated'])} deflated" if info["size_deflated"] is not None else ""

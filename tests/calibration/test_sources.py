@@ -106,3 +106,58 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path, size: t
     preprocess = ImagePreprocess(size=(16, 16))
     with pytest.raises(CalibrationDataError, match="megapixels|decompression bomb"):
         preprocess(tmp_path / "bomb.png")
+
+
+STRINGS = [InputSpec("text", np.dtype(object), ("N", 1))]
+
+
+@pytest.mark.parametrize("value", [np.array([["a b"], ["c"]]), np.array([[b"a b"], [b"c"]]),
+                                   np.array([["a b"], ["c"]], dtype=object)])
+def test_text_for_a_string_input_is_accepted(value):
+    # np.savez stores text as a fixed-width unicode (or bytes) array; only pickle keeps objects
+    out = check_feed({"text": value}, STRINGS, 0)
+    assert out["text"].dtype == object and out["text"].tolist() == [["a b"], ["c"]]
+
+
+def test_numbers_for_a_string_input_are_refused():
+    with pytest.raises(CalibrationDataError, match="expects strings"):
+        check_feed({"text": np.zeros((2, 1), np.float32)}, STRINGS, 0)
+
+
+def _text_classifier() -> "onnx.ModelProto":
+    """A string input read by an ai.onnx.ml LabelEncoder (a word's score) into a small MLP: the
+    shape of a scikit-learn text pipeline (TfidfVectorizer + MLPClassifier) that skl2onnx writes."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta"]
+    nodes = [helper.make_node("LabelEncoder", ["text"], ["score"], domain="ai.onnx.ml", keys_strings=words,
+                              values_floats=[0.1, 0.5, -0.3, 0.9], default_float=0.0),
+             helper.make_node("MatMul", ["score", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["logits"])]
+    inits = [numpy_helper.from_array(rng.standard_normal((1, 64)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((64, 3)).astype(np.float32), "w2")]
+    graph = helper.make_graph(nodes, "text", [helper.make_tensor_value_info("text", onnx.TensorProto.STRING, ["N", 1])],
+                              [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 2)])
+
+
+def test_a_text_model_quantizes_from_an_npz_folder(tmp_path: Path):
+    import onnx
+
+    import onnxquant
+
+    model = tmp_path / "text.onnx"
+    onnx.save(_text_classifier(), str(model))
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    words = np.array(["alpha", "beta", "gamma", "delta", "other"])
+    rng = np.random.default_rng(1)
+    for i in range(8):
+        np.savez(calib / f"{i}.npz", text=rng.choice(words, (4, 1)))  # saved as '<U5', loaded without pickle
+    recipe = onnxquant.Recipe().with_overrides(search={"enabled": False})
+    result = onnxquant.quantize(str(model), str(calib), recipe, output=tmp_path / "text.int8.onnx")
+    assert result.samples == 8
+    written = onnx.load(str(tmp_path / "text.int8.onnx"))
+    assert sum(n.op_type == "DequantizeLinear" for n in written.graph.node) >= 2  # both MatMuls' weights

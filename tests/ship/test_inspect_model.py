@@ -90,3 +90,53 @@ def test_recurrent_layers_count_w_and_r_and_their_precision(tmp_path: Path):
         quantized = onnxquant.quantize(model, recurrent_samples(8), recipe_for_target(target)).model
         layer = next(x for x in inspect_model(quantized).layers if x.node == "rnn")
         assert layer.op_type == kernel and layer.precision == "int8" and layer.parameters == w.size + r.size
+
+
+def _tree_regressor(path: Path) -> Path:
+    """One decision stump (ai.onnx.ml): its thresholds and leaf values are attributes, no initializer."""
+    tree = onnx.helper.make_node(
+        "TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", name="stump", n_targets=1,
+        nodes_treeids=[0, 0, 0], nodes_nodeids=[0, 1, 2], nodes_featureids=[0, 0, 0],
+        nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"], nodes_values=[0.5, 0.0, 0.0],
+        nodes_truenodeids=[1, 0, 0], nodes_falsenodeids=[2, 0, 0],
+        target_treeids=[0, 0], target_nodeids=[1, 2], target_ids=[0, 0], target_weights=[-1.0, 1.0])
+    graph = onnx.helper.make_graph([tree], "stump", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 2])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 1])])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13),
+                                                         onnx.helper.make_opsetid("ai.onnx.ml", 1)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_attribute_parameters_of_ml_ops_are_a_float_layer(tmp_path: Path):
+    # a LightGBM/sklearn tree model keeps every parameter in attributes: inspect used to say
+    # "parameters: 0" and list no float layer, while quantize said 100% of the weight bytes stay float
+    info = inspect_model(_tree_regressor(tmp_path / "stump.onnx"))
+    assert [(layer.op_type, layer.precision, layer.parameters) for layer in info.layers] == \
+        [("TreeEnsembleRegressor", "float", 5)]  # 3 thresholds, 2 leaf weights
+    assert info.parameters == {"float": 5} and info.float_weight_share() == 1.0
+    text = CliRunner().invoke(main, ["inspect", str(tmp_path / "stump.onnx")])
+    assert text.exit_code == 0 and "float weighted layers: 1, 100.0% of the weight bytes" in text.output
+
+
+def test_sequence_map_and_string_values_are_named_by_type(tmp_path: Path):
+    # a classifier converted with ZipMap returns a sequence of maps, and a text model reads strings:
+    # inspect used to print "probabilities ? []" (a scalar's shape) and "text object [?, 1]"
+    h = onnx.helper
+    seq_map = h.make_sequence_type_proto(h.make_map_type_proto(onnx.TensorProto.INT64,
+                                                               h.make_tensor_type_proto(onnx.TensorProto.FLOAT, None)))
+    graph = h.make_graph(
+        [h.make_node("ZipMap", ["x"], ["probabilities"], domain="ai.onnx.ml", classlabels_int64s=[0, 1]),
+         h.make_node("Identity", ["text"], ["same"])], "g",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 2]),
+         h.make_tensor_value_info("text", onnx.TensorProto.STRING, ["n", 1])],
+        [h.make_value_info("probabilities", seq_map), h.make_tensor_value_info("same", onnx.TensorProto.STRING, ["n", 1])])
+    path = tmp_path / "zipmap.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 15), h.make_opsetid("ai.onnx.ml", 1)]), path)
+    info = inspect_model(path)
+    assert info.outputs[0] == {"name": "probabilities", "dtype": "seq(map(int64, float32))", "shape": None}
+    assert info.inputs[1] == {"name": "text", "dtype": "string", "shape": ["n", 1]}
+    text = CliRunner().invoke(main, ["inspect", str(path)])
+    assert text.exit_code == 0, text.output
+    assert "outputs: probabilities seq(map(int64, float32)); same string [n, 1]" in text.output
+    assert "inputs: x float32 [n, 2]; text string [n, 1]" in text.output
