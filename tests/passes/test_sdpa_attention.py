@@ -212,3 +212,62 @@ def test_minilm_sdpa_export_fuses_as_the_eager_one(tmp_path_factory):
     samples = [dict(np.load(f)) for f in sorted(held.glob("*.npz"))][:16]
     same = metrics.embedding([run(model, x)[0] for x in samples], [run(fused, x)[0] for x in samples])
     assert same["cosine_min"] >= 0.99999
+
+
+def _export_sdpa_block(kind: str) -> onnx.ModelProto:
+    """One SDPA attention (4 heads of 8) as torch.onnx's dynamo exporter writes it, batch and sequence
+    dynamic, with a boolean padding mask (the form with the NaN guard) and one variation."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    heads, size = 4, 8
+    kv_heads = 1 if kind == "one_kv_head" else 2 if kind == "grouped" else heads
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.q = torch.nn.Linear(heads * size, heads * size)
+            self.k = torch.nn.Linear(heads * size, kv_heads * size)
+            self.v = torch.nn.Linear(heads * size, kv_heads * size)
+
+        def forward(self, x, m):
+            b, s, _ = x.shape
+            q = self.q(x).view(b, s, heads, size).transpose(1, 2)
+            k = self.k(x).view(b, s, kv_heads, size).transpose(1, 2)
+            v = self.v(x).view(b, s, kv_heads, size).transpose(1, 2)
+            mask = m[:, None, None, :].bool()
+            extra = {}
+            if kind == "causal":
+                mask = mask & torch.ones(s, s, dtype=torch.bool).tril()[None, None]
+            elif kind == "grouped":
+                extra["enable_gqa"] = True
+            elif kind == "dropout":
+                extra["dropout_p"] = 0.1  # exported as a Dropout, identity at inference
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, **extra)
+            return out.transpose(1, 2).reshape(b, s, heads * size)
+
+    x, m = torch.randn(2, 5, heads * size), torch.ones(2, 5, dtype=torch.int64)
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
+    program = torch.onnx.export(Block().eval(), (x, m), dynamo=True, input_names=["x", "m"], output_names=["y"],
+                                dynamic_shapes=(dims, dims), opset_version=18)
+    return program.model_proto
+
+
+@pytest.mark.parametrize("kind, rewritten", [("causal", 1), ("one_kv_head", 1), ("dropout", 1), ("grouped", 0)])
+def test_sdpa_variants_are_rewritten_exactly_or_declined(kind, rewritten):
+    """A causal mask (fully masked rows among its padded ones), one K/V head broadcast over Q's heads,
+    and a Dropout after the guard are rewritten with the same outputs, on batches and lengths other
+    than the export's; grouped K/V heads (repeated by an Expand) are declined."""
+    model = _export_sdpa_block(kind)
+    prepared = prepare_model(model)[0]
+    assert _ops(prepared)["IsNaN"] == 1
+    work = _copy(prepared)
+    result = rewrite_sdpa_attention(work, 8)
+    assert result.rewritten == rewritten and len(result.declined) == 1 - rewritten
+    assert ("IsNaN" in _ops(work)) == (not rewritten)
+    rng = np.random.default_rng(1)
+    for batch, length in [(1, 1), (2, 5), (3, 9), (2, 17)]:
+        mask = rng.integers(0, 2, (batch, length))
+        mask[0] = 0  # a fully masked row
+        feed = {"x": rng.standard_normal((batch, length, 32)).astype(np.float32), "m": mask}
+        np.testing.assert_allclose(run(work, feed)[0], run(model, feed)[0], rtol=1e-5, atol=1e-6)
