@@ -1,7 +1,9 @@
 """The command classes every ``onnxquant`` command uses: errors become one line and an exit code.
 
 A typed library error prints ``error: <message>`` and exits with its code; Ctrl-C and SIGTERM
-unwind (so nothing is left behind) and exit 130 and 143; a traceback only with ``--debug``.
+unwind (so nothing is left behind) and exit 130 and 143; a traceback only with ``--debug``. With
+``--json``, stdout also gets ``{"error": ..., "exit_code": ...}`` where the command had written no
+JSON document yet, so a script that parses stdout always has one.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any
 
 import click
 
-from onnxquant.cli.output import one_line
+from onnxquant.cli.output import JSON_WRITTEN, echo_json, one_line
 from onnxquant.errors import EXIT_CODES, INTERRUPTED, TERMINATED, OnnxQuantError
 
 # Parameters that name files a command reads, and files it writes (``_refuse_aliasing``).
@@ -113,32 +115,35 @@ class Command(click.Command):
         except OnnxQuantError as exc:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"error: {one_line(str(exc))}", err=True)
-            ctx.exit(exc.exit_code)
+            _fail(ctx, one_line(str(exc)), exc.exit_code)
         except _Terminated:
-            click.echo("error: terminated; nothing was written", err=True)
-            ctx.exit(TERMINATED)
+            _fail(ctx, "terminated; nothing was written", TERMINATED)
         except KeyboardInterrupt:
-            click.echo("error: interrupted; nothing was written", err=True)
-            ctx.exit(INTERRUPTED)
+            _fail(ctx, "interrupted; nothing was written", INTERRUPTED)
         except MemoryError:
-            click.echo("error: out of memory", err=True)
-            ctx.exit(1)
+            _fail(ctx, "out of memory", 1)
         except OSError as exc:  # the system refused a file (full disk, size limit, permissions): exit 2
             if ctx.params.get("debug"):
                 raise
             where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(f"error: {one_line(where + (exc.strerror or str(exc)))}; nothing was written", err=True)
-            ctx.exit(2)
+            _fail(ctx, f"{one_line(where + (exc.strerror or str(exc)))}; nothing was written", 2)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as exc:  # a bug of ours: still one line, and the way to see more
             if ctx.params.get("debug"):
                 raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            click.echo(f"error: internal error ({type(exc).__name__}: {one_line(first)}); --debug shows the "
-                       "traceback; please report it", err=True)
-            ctx.exit(1)
+            _fail(ctx, f"internal error ({type(exc).__name__}: {one_line(first)}); --debug shows the traceback; "
+                  "please report it", 1)
+
+
+def _fail(ctx: click.Context, message: str, code: int) -> None:
+    """``error: message`` on stderr and exit ``code``; with --json, the error as JSON on stdout too
+    (unless the command already wrote its document there, as a failed budget's report)."""
+    click.echo(f"error: {message}", err=True)
+    if ctx.params.get("as_json") and not ctx.meta.get(JSON_WRITTEN):
+        echo_json({"error": message, "exit_code": code})
+    ctx.exit(code)
 
 
 class Group(click.Group):

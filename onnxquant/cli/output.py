@@ -13,10 +13,21 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
+JSON_WRITTEN = "onnxquant.json_written"
+
+
+def echo_json(document: dict[str, Any]) -> None:
+    """``document`` on stdout, remembered so that a failure after it adds no second document."""
+    click.echo(json.dumps(document, indent=2, sort_keys=True))
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[JSON_WRITTEN] = True
+
+
 def emit(summary: dict[str, Any], as_json: bool, quiet: bool, render: Callable[[dict[str, Any]], str]) -> None:
     """JSON for scripts, ``render(summary)`` for people, nothing when quiet."""
     if as_json:
-        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        echo_json(summary)
     elif not quiet:
         click.echo(render(summary))
 

@@ -4,7 +4,6 @@ Each one parses options, calls the library once, and prints (or, with --json, em
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import click
 
 from onnxquant.cli.command import Command
 from onnxquant.cli.options import output_options
-from onnxquant.cli.output import emit, size_text
+from onnxquant.cli.output import echo_json, emit, size_text
 from onnxquant.cli.progress import step_progress
 from onnxquant.cli.validate import validation_summary
 from onnxquant.errors import OnnxQuantError
@@ -148,7 +147,7 @@ def compress(job: Path, target: str | None, as_json: bool, quiet: bool, debug: b
     except OnnxQuantError as exc:
         report = getattr(exc, "report", None)
         if as_json and report is not None:
-            click.echo(json.dumps({"passed": False, "error": str(exc), "report": report}, indent=2, sort_keys=True))
+            echo_json({"passed": False, "error": str(exc), "report": report})
         elif report is not None and not quiet:
             click.echo(validation_summary(report["validation"]))
         raise
