@@ -7,8 +7,9 @@ from dataclasses import replace
 
 import onnx
 
+from onnxquant.dense_cost import estimate as dense_estimate
 from onnxquant.float_weights import WARN_FLOAT_SHARE, float_weighted_nodes
-from onnxquant.host import CPU_KINDS
+from onnxquant.host import CPU_KINDS, host_cpu
 from onnxquant.ops.recurrent import RECURRENT_OPS
 from onnxquant.passes.float16 import exact_float16_parameters, store_float16
 from onnxquant.pipeline.clock import timed
@@ -45,7 +46,7 @@ def check(state: State) -> State:
         warnings.append(f"{len(fusion.round_trips)} float op(s) run between integer kernels in onnxruntime "
                         f"({fusion.round_trip_summary()}): each pays a dequantize/quantize round trip, so these "
                         "parts may run slower than in fp32")
-    slower = _slower_by_construction(state)
+    slower = _slower_by_construction(state) or _small_dense_layers(state)
     if slower:
         warnings.append(slower)
     warnings.extend(f"node pattern {pattern!r} ({key}) matched no node: it changed nothing (patterns are a node "
@@ -66,6 +67,30 @@ def _slower_by_construction(state: State) -> str | None:
             f"fp32's time on {CPU_KINDS[found.cpu_kind].label} ({len(found.slower)} of {found.layers} are "
             "depthwise or have few channels, where onnxruntime's int8 kernels cost more than fp32's)"
             f"{forced}; measure with onnxquant validate")
+
+
+def _small_dense_layers(state: State) -> str | None:
+    """One line when the quantized MatMul/Gemm layers are so small that onnxruntime's per-call
+    int8 work is estimated to outweigh what int8 saves (dense_cost.py), with the convolutions'
+    estimate counted in, on a model that keeps its integer kernels."""
+    recipe = state.recipe
+    if recipe.target != "cpu" or state.float_compute is not None or state.first_sample is None:
+        return None
+    kind = recipe.cpu.kind if recipe.cpu is not None else host_cpu().kind
+    shapes = {name: tuple(value.shape) for name, value in state.first_sample.items()}
+    try:
+        found = dense_estimate(state.model, shapes, kind)
+    except onnx.shape_inference.InferenceError:  # shape inference refused the graph: no estimate
+        return None
+    if found is None or found.extra_us <= 0:
+        return None
+    convs = state.conv_estimate
+    if convs is not None and found.extra_us + convs.int8_us - convs.fp32_us <= 0:
+        return None
+    return (f"int8 may run slower than fp32 here: its {found.layers} MatMul/Gemm layer(s) are small ({found.macs:,} "
+            f"multiply-adds a sample in all), where onnxruntime's per-call int8 work (about 1 us a layer on "
+            f"{CPU_KINDS[found.cpu_kind].label}) outweighs what int8 saves; measure with onnxquant validate, or "
+            "keep fp32 speed with --float-compute (int8 weights, float compute)")
 
 
 def _float_report(quantized: onnx.ModelProto, sel: Selection, total_bytes: int) -> tuple[list[FloatNode], list[str]]:

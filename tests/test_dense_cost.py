@@ -1,0 +1,90 @@
+"""The shape-based estimate says when a quantized network's MatMul/Gemm layers are too small for
+int8 to pay on a CPU kind (onnxruntime's per-call int8 work on x86 without VNNI), and quantize
+warns in one line; wide layers, and CPU kinds without figures, get no claim."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxquant
+from onnxquant.dense_cost import COSTS, DenseShape, estimate, quantized_dense_shapes
+from onnxquant.recipe import recipe_for_target
+
+WARNING = "MatMul/Gemm layer(s) are small"
+
+
+def _mlp(width: int, depth: int = 3, features: int = 10, seed: int = 0) -> onnx.ModelProto:
+    """``depth`` MatMul + Add + Relu layers of ``width`` on a (rows, features) table."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, x, k = [], [], "x", features
+    for i in range(depth):
+        inits += [numpy_helper.from_array((rng.standard_normal((k, width)) / np.sqrt(k)).astype(np.float32), f"w{i}"),
+                  numpy_helper.from_array((rng.standard_normal(width) * 0.1).astype(np.float32), f"b{i}")]
+        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"dense{i}"),
+                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"], name=f"add{i}"),
+                  helper.make_node("Relu", [f"a{i}"], [f"r{i}"], name=f"relu{i}")]
+        x, k = f"r{i}", width
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", width])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _quantize(model: onnx.ModelProto, features: int, target: str, **overrides):
+    rng = np.random.default_rng(1)
+    samples = [{"x": rng.standard_normal((1, features)).astype(np.float32)} for _ in range(8)]
+    recipe = recipe_for_target(target).with_overrides(search={"enabled": False}, **overrides)
+    return onnxquant.quantize(model, samples, recipe)
+
+
+def test_a_small_mlp_is_called_slower_than_fp32_on_x86_without_vnni():
+    """Width 16, one row a sample (a scikit-learn MLP on a few features): measured 1.32x fp32 as
+    int8; every layer fuses and still the summary says so, with the way to fp32's speed."""
+    result = _quantize(_mlp(16), 10, "cpu-avx2")
+    assert result.fusion is not None and result.fusion.float_islands == []
+    found = estimate(result.model, {"x": (1, 10)}, "avx2")
+    assert found is not None and found.layers == 3 and found.extra_us > 0
+    said = [w for w in result.warnings if WARNING in w]
+    assert len(said) == 1 and "--float-compute" in said[0]
+
+
+def test_a_wide_mlp_is_not_called_slower():
+    """Width 512 (measured 0.55x fp32 at batch 1): int8 saves more per weight than it costs."""
+    result = _quantize(_mlp(512, features=512), 512, "cpu-avx2")
+    found = estimate(result.model, {"x": (1, 512)}, "avx2")
+    assert found is not None and found.extra_us < 0
+    assert not any(WARNING in w for w in result.warnings)
+
+
+def test_float_compute_takes_the_warning_away():
+    """Float compute on int8 weights runs at fp32's speed: nothing to warn about."""
+    result = _quantize(_mlp(16), 10, "cpu-avx2", quantization={"integer_compute": False})
+    assert result.float_compute is not None
+    assert not any(WARNING in w for w in result.warnings)
+
+
+def test_no_estimate_without_figures_for_the_cpu_kind():
+    """Only x86 without VNNI has measured figures: elsewhere nothing is claimed."""
+    result = _quantize(_mlp(16), 10, "cpu-vnni")
+    assert estimate(result.model, {"x": (1, 10)}, "vnni") is None
+    assert not any(WARNING in w for w in result.warnings)
+
+
+def test_rows_of_a_table_count_where_shape_inference_stops():
+    """A layer whose output shape inference cannot tell (after an op without a shape function)
+    still counts, with the rows of the model's one (rows, features) input."""
+    model = _mlp(16)
+    quantized = _quantize(model, 10, "cpu-avx2").model
+    for info in list(quantized.graph.value_info):
+        quantized.graph.value_info.remove(info)
+    shapes = quantized_dense_shapes(quantized, {"x": (8, 10)})
+    assert [s.macs for s in shapes] == [8 * 10 * 16, 8 * 16 * 16, 8 * 16 * 16]
+
+
+def test_the_figures_what_the_chains_showed():
+    """Per layer, from the fitted figures: a small layer costs more as int8 (per call), a large
+    one less (a quarter of the bytes read per weight, fewer cycles per multiply-add)."""
+    fp32, int8 = COSTS["avx2"]
+    small, large = DenseShape("s", 16 * 16, 16 * 16), DenseShape("l", 1024 * 1024, 1024 * 1024)
+    assert int8.nanoseconds(small) > fp32.nanoseconds(small)
+    assert int8.nanoseconds(large) < 0.5 * fp32.nanoseconds(large)
