@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from onnxquant.calibration.feeds import InputSpec, check_feed
@@ -124,7 +125,7 @@ def test_numbers_for_a_string_input_are_refused():
         check_feed({"text": np.zeros((2, 1), np.float32)}, STRINGS, 0)
 
 
-def _text_classifier() -> "onnx.ModelProto":
+def _text_classifier() -> onnx.ModelProto:
     """A string input read by an ai.onnx.ml LabelEncoder (a word's score) into a small MLP: the
     shape of a scikit-learn text pipeline (TfidfVectorizer + MLPClassifier) that skl2onnx writes."""
     import onnx
