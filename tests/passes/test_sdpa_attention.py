@@ -127,21 +127,27 @@ def test_a_minus_infinity_mask_is_declined_and_said(bert_sdpa):
     assert f"{LAYERS} SDPA attention block(s)" in report.warnings[0] and "-inf mask" in report.warnings[0]
 
 
+def _with_other_first_q_scale(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose first attention block scales Q by 0.3, not the fused op's 1/sqrt(head size)."""
+    work = _copy(model)
+    index = NodeIndex(work.graph)
+    softmax = next(n for n in index.nodes if n.op_type == "Softmax")
+    add = index.nodes[index.producer[softmax.input[0]]]
+    matmul = next(index.nodes[index.producer[i]] for i in add.input
+                  if i in index.producer and index.nodes[index.producer[i]].op_type == "MatMul")
+    mul_q = index.nodes[index.producer[matmul.input[0]]]
+    work.graph.initializer.append(onnx.numpy_helper.from_array(np.array(0.3, np.float32), "other_scale"))
+    mul_q.input[1] = "other_scale"
+    return work
+
+
 def test_a_declined_block_among_fused_ones_is_a_warning_in_the_quantize_summary(bert_sdpa, tmp_path):
     """One block's scale changed: the other blocks fuse, and the summary still warns of the one left."""
     from onnxquant.api import quantize
     from onnxquant.cli.quantize import quantize_summary
     from tests.conftest import write_npz
 
-    model = _copy(bert_sdpa)
-    index = NodeIndex(model.graph)
-    softmax = next(n for n in index.nodes if n.op_type == "Softmax")
-    add = index.nodes[index.producer[softmax.input[0]]]
-    matmul = next(index.nodes[index.producer[i]] for i in add.input
-                  if i in index.producer and index.nodes[index.producer[i]].op_type == "MatMul")
-    mul_q = index.nodes[index.producer[matmul.input[0]]]
-    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(0.3, np.float32), "other_scale"))
-    mul_q.input[1] = "other_scale"
+    model = _with_other_first_q_scale(bert_sdpa)
     path = tmp_path / "one-other-scale.onnx"
     onnx.save(model, str(path))
     result = quantize(path, write_npz(tmp_path / "calib", _samples(8)), output=tmp_path / "int8.onnx")
@@ -154,15 +160,7 @@ def test_a_declined_block_among_fused_ones_is_a_warning_in_the_quantize_summary(
 
 def test_a_scale_other_than_the_fused_ops_is_declined(prepared):
     """The fused Attention applies 1/sqrt(head size): another scale on Q is not rewritten."""
-    work = _copy(prepared)
-    index = NodeIndex(work.graph)
-    softmax = next(n for n in index.nodes if n.op_type == "Softmax")
-    add = index.nodes[index.producer[softmax.input[0]]]
-    matmul = next(index.nodes[index.producer[i]] for i in add.input
-                  if i in index.producer and index.nodes[index.producer[i]].op_type == "MatMul")
-    mul_q = index.nodes[index.producer[matmul.input[0]]]
-    work.graph.initializer.append(onnx.numpy_helper.from_array(np.array(0.3, np.float32), "other_scale"))
-    mul_q.input[1] = "other_scale"
+    work = _with_other_first_q_scale(prepared)
     result = rewrite_sdpa_attention(work, HEAD_SIZE)
     assert result.rewritten == LAYERS - 1
     assert len(result.declined) == 1 and "is not 1/sqrt(head size" in result.declined[0]
