@@ -9,11 +9,10 @@ import onnx
 
 from onnxquant.dense_cost import estimate as dense_estimate
 from onnxquant.float_weights import WARN_FLOAT_SHARE, float_weighted_nodes
-from onnxquant.host import CPU_KINDS
+from onnxquant.host import CPU_KINDS, host_cpu
 from onnxquant.ops.recurrent import RECURRENT_OPS
 from onnxquant.passes.float16 import exact_float16_parameters, store_float16
 from onnxquant.pipeline.clock import timed
-from onnxquant.pipeline.float_compute import cost_inputs
 from onnxquant.pipeline.state import State
 from onnxquant.planner import ALREADY_QUANTIZED, NOT_FLOAT, Selection, unmatched_patterns
 from onnxquant.prequantized import QOPERATOR_OPS
@@ -77,7 +76,8 @@ def _small_dense_layers(state: State) -> str | None:
     recipe = state.recipe
     if recipe.target != "cpu" or state.float_compute is not None or state.first_sample is None:
         return None
-    kind, shapes = cost_inputs(state)
+    kind = recipe.cpu.kind if recipe.cpu is not None else host_cpu().kind
+    shapes = {name: tuple(value.shape) for name, value in state.first_sample.items()}
     try:
         found = dense_estimate(state.model, shapes, kind)
     except onnx.shape_inference.InferenceError:  # shape inference refused the graph: no estimate

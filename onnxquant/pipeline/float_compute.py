@@ -71,21 +71,14 @@ def float_compute(state: State, float_model: Callable[[], State]) -> State:
                    float_compute=done, notes=(*prepared.notes, done.note()))
 
 
-def cost_inputs(state: State) -> tuple[str, dict[str, tuple[int, ...]]]:
-    """What the shape-based speed estimates (conv_cost.py, dense_cost.py) read: the target CPU
-    kind (the recipe's, else this host's) and the first calibration sample's input shapes."""
-    recipe = state.recipe
-    kind = recipe.cpu.kind if recipe.cpu is not None else host_cpu().kind
-    return kind, {name: tuple(value.shape) for name, value in (state.first_sample or {}).items()}
-
-
 def _conv_estimate(state: State) -> ConvEstimate | None:
     """The planned Convs' estimated time in fp32 and int8 on the target CPU kind, from their
     shapes for the first sample (conv_cost.py); None off the CPU target or where nothing is known."""
     recipe = state.recipe
     if recipe.target != "cpu" or state.first_sample is None or state.selection is None:
         return None
-    kind, shapes = cost_inputs(state)
+    kind = recipe.cpu.kind if recipe.cpu is not None else host_cpu().kind
+    shapes = {name: tuple(value.shape) for name, value in state.first_sample.items()}
     try:
         return estimate(state.model, shapes, kind, set(state.selection.quantized))
     except onnx.shape_inference.InferenceError:  # shape inference refused the graph: no estimate
