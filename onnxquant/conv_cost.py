@@ -195,15 +195,16 @@ def estimate(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], cpu_kin
     times = [(layer.name, fp32.nanoseconds(layer), int8.nanoseconds(layer)) for layer in layers]
     return ConvEstimate(len(layers), sum(t[1] for t in times) / 1e3, sum(t[2] for t in times) / 1e3,
                         tuple(name for name, f, i in times if i > f), cpu_kind,
-                        _conv_weight_share(model, {layer.name for layer in layers}, planned))
+                        layer_weight_share(model, {layer.name for layer in layers}, planned))
 
 
 _LOW_BIT = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
 
 
-def _conv_weight_share(model: onnx.ModelProto, convs: set[str], planned: set[str] | None) -> float:
-    """Elements of the ``convs``' weights over those of every low-bit initializer (zero points
-    included), or, in a float model, over those of every ``planned`` layer's weight (input 1)."""
+def layer_weight_share(model: onnx.ModelProto, convs: set[str], planned: set[str] | None) -> float:
+    """Elements of the named layers' (``convs``') weights over those of every low-bit initializer
+    (zero points included), or, in a float model, over those of every ``planned`` layer's weight
+    (input 1)."""
     if planned is not None:
         sizes = {i.name: int(np.prod(i.dims, dtype=np.int64)) for i in model.graph.initializer}
         weights = {n.input[1]: n.name for n in model.graph.node if n.name in planned and len(n.input) > 1}

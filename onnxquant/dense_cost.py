@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxquant.conv_cost import known_shapes
+from onnxquant.conv_cost import known_shapes, layer_weight_share
 
 
 @dataclass(frozen=True)
@@ -55,21 +55,28 @@ class DenseEstimate:
     extra_us: float  # int8 minus fp32 (negative: int8 faster)
     macs: int
     cpu_kind: str = "avx2"
+    # the layers' share of the planned layers' weight elements (``conv_cost.ConvEstimate``'s)
+    weight_share: float = 1.0
 
 
-def quantized_dense_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[DenseShape]:
+def quantized_dense_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
+                           planned: set[str] | None = None) -> list[DenseShape]:
     """Every MatMul/Gemm of the main graph whose 2-D weight comes through a DequantizeLinear of an
-    initializer, with its work for inputs of ``shapes`` (layers of unknown output shape left out)."""
+    initializer (or, in a float model, every MatMul/Gemm named in ``planned`` with a 2-D weight
+    initializer), with its work for inputs of ``shapes`` (layers of unknown output shape left out)."""
     producer = {o: n for n in model.graph.node for o in n.output}
     inits = {i.name: i for i in model.graph.initializer}
     layers = []
     for node in model.graph.node:
         if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
             continue
-        dq = producer.get(node.input[1])
-        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
-            continue
-        weight = list(inits[dq.input[0]].dims)
+        if planned is not None:
+            weight = list(inits[node.input[1]].dims) if node.name in planned and node.input[1] in inits else []
+        else:
+            dq = producer.get(node.input[1])
+            if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+                continue
+            weight = list(inits[dq.input[0]].dims)
         if len(weight) == 2:
             layers.append((node, weight))
     if not layers:
@@ -95,15 +102,18 @@ def quantized_dense_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, 
     return out
 
 
-def estimate(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], cpu_kind: str) -> DenseEstimate | None:
+def estimate(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], cpu_kind: str,
+             planned: set[str] | None = None) -> DenseEstimate | None:
     """The quantized MatMul/Gemm layers' estimated extra time as int8 on ``cpu_kind``; None where
-    this kind has no figures or there is no such layer of known shape."""
+    this kind has no figures or there is no such layer of known shape. ``planned``: the float
+    model's layers planned for quantization (the model has no DequantizeLinear yet)."""
     costs = COSTS.get(cpu_kind)
     if costs is None:
         return None
-    layers = quantized_dense_shapes(model, shapes)
+    layers = quantized_dense_shapes(model, shapes, planned)
     if not layers:
         return None
     fp32, int8 = costs
     extra = sum(int8.nanoseconds(layer) - fp32.nanoseconds(layer) for layer in layers)
-    return DenseEstimate(len(layers), extra / 1e3, sum(layer.macs for layer in layers), cpu_kind)
+    return DenseEstimate(len(layers), extra / 1e3, sum(layer.macs for layer in layers), cpu_kind,
+                         layer_weight_share(model, {layer.name for layer in layers}, planned))

@@ -10,6 +10,7 @@ import onnx
 
 from onnxquant.calibration.observers import StatsTable
 from onnxquant.conv_cost import ConvEstimate
+from onnxquant.dense_cost import DenseEstimate
 from onnxquant.fusion_check import FusionCheck
 from onnxquant.host import CPU_KINDS
 from onnxquant.prune.pipeline import PruneReport
@@ -34,9 +35,16 @@ class FloatCompute:
 
     layers: int  # weighted layers whose weights are stored int8 and folded to float
     estimate: ConvEstimate | None  # the integer model's convolutions (None: the recipe asked, not estimated)
+    # where small MatMul/Gemm layers decided (dense_cost.py), their estimated extra time as int8
+    dense: DenseEstimate | None = None
 
     @property
     def reason(self) -> str:
+        if self.dense is not None:
+            convs = self.estimate.int8_us - self.estimate.fp32_us if self.estimate is not None else 0.0
+            return (f"int8 kernels estimated {self.dense.extra_us + convs:.1f} us a sample slower than fp32 on "
+                    f"{CPU_KINDS[self.dense.cpu_kind].label} ({self.dense.layers} small MatMul/Gemm layers, where "
+                    "onnxruntime's per-call int8 work outweighs what int8 saves)")
         if self.estimate is None:
             return "the recipe asks for float compute (integer_compute = false)"
         return (f"int8 kernels estimated at {self.estimate.ratio:.2f}x fp32's convolution time on "
@@ -49,9 +57,10 @@ class FloatCompute:
 
     def to_dict(self) -> dict[str, Any]:
         found = self.estimate
-        return {"layers": self.layers, "reason": self.reason,
-                "cpu_kind": found.cpu_kind if found is not None else None,
-                "estimated_int8_over_fp32": round(found.ratio, 3) if found is not None else None}
+        kind = self.dense.cpu_kind if self.dense is not None else found.cpu_kind if found is not None else None
+        return {"layers": self.layers, "reason": self.reason, "cpu_kind": kind,
+                "estimated_int8_over_fp32": round(found.ratio, 3) if found is not None and self.dense is None else None,
+                **({"estimated_dense_extra_us": round(self.dense.extra_us, 2)} if self.dense is not None else {})}
 
     def metadata(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import onnxquant
 from models.tiny_control_flow import if_samples, tiny_if_network, tiny_loop_matmul, tiny_scan_matmul
 from onnxquant.model_io import iter_graphs
-from tests.conftest import run
+from tests.conftest import INTEGER_KERNELS, run
 
 
 def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
@@ -90,7 +90,7 @@ def test_a_branch_no_sample_took_keeps_its_int8_weights_through_the_self_check()
 def test_loop_body_matmul_is_calibrated_over_iterations(tmp_path: Path):
     model = tiny_loop_matmul()
     samples = [{"x": np.random.default_rng(i).normal(size=(1, 16)).astype(np.float32)} for i in range(8)]
-    result = onnxquant.quantize(model, samples)
+    result = onnxquant.quantize(model, samples, INTEGER_KERNELS)
     assert result.quantized_nodes.get("MatMul") == 2 and not result.weight_only
     ops = _optimized_ops(result.model, tmp_path)
     assert ops.count("MatMulIntegerToFloat") == 2 and "DequantizeLinear" not in ops  # fused, also in the body

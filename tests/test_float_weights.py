@@ -80,7 +80,7 @@ def test_the_cli_summary_says_what_stays_float_and_warns(tmp_path):
     source = tmp_path / "einsum.onnx"
     onnx.save(_einsum_model(), str(source))
     calib = write_npz(tmp_path / "calib", _samples())
-    result = CliRunner().invoke(main, ["quantize", str(source), "-o", str(tmp_path / "q.onnx"), "--calib-data", str(calib)])
+    result = CliRunner().invoke(main, ["quantize", "--integer-compute", str(source), "-o", str(tmp_path / "q.onnx"), "--calib-data", str(calib)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert "integer kernels: 1 of 1 quantized layers run as integer kernels in onnxruntime" in lines

@@ -9,10 +9,11 @@ from onnx import numpy_helper
 import onnxquant
 from models.quirks import feature_samples, sklearn_style_mlp
 from onnxquant.fusion_check import check_fusion, quantized_weights, round_trips
+from tests.conftest import INTEGER_KERNELS
 
 
 def test_integer_kernels_are_counted():
-    result = onnxquant.quantize(sklearn_style_mlp(), feature_samples(8))
+    result = onnxquant.quantize(sklearn_style_mlp(), feature_samples(8), INTEGER_KERNELS)
     check = check_fusion(result.model)
     assert (check.quantized_layers, check.integer_layers, check.float_islands) == (2, 2, [])
     assert check.summary() == "2 of 2 quantized layers run as integer kernels"
@@ -21,7 +22,7 @@ def test_integer_kernels_are_counted():
 def test_a_layer_onnxruntime_cannot_fuse_is_named():
     """A Gemm whose bias is float and (1, N) (what skl2onnx writes) stays a float Gemm between
     DequantizeLinear nodes: the check names it."""
-    model = onnxquant.quantize(sklearn_style_mlp(), feature_samples(8)).model
+    model = onnxquant.quantize(sklearn_style_mlp(), feature_samples(8), INTEGER_KERNELS).model
     layers = quantized_weights(model)
     first = next(n for n in model.graph.node if n.op_type == "Gemm")
     assert first.name in {n for names in layers.values() for n in names}
@@ -34,7 +35,7 @@ def test_a_layer_onnxruntime_cannot_fuse_is_named():
 
 
 def test_only_the_layers_asked_about_are_counted():
-    model = onnxquant.quantize(sklearn_style_mlp(), feature_samples(8)).model
+    model = onnxquant.quantize(sklearn_style_mlp(), feature_samples(8), INTEGER_KERNELS).model
     names = sorted({n for layers in quantized_weights(model).values() for n in layers})
     check = check_fusion(model, only={names[0]})
     assert check.quantized_layers == 1

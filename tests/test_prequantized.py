@@ -15,7 +15,7 @@ from models.tiny import image_samples, tiny_cnn
 from onnxquant.cli import main
 from onnxquant.errors import AlreadyQuantizedError
 from onnxquant.prequantized import compressed_layers
-from tests.conftest import run, write_npz
+from tests.conftest import INTEGER_KERNELS, run, write_npz
 
 
 class _Reader(CalibrationDataReader):
@@ -53,7 +53,7 @@ def test_the_float_remainder_of_a_qdq_model_is_quantized(tmp_path: Path):
     quantize_static(str(source), str(partial), _Reader(image_samples(6, seed=2)), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=["Conv"])
     assert compressed_layers(onnx.load(str(partial)))["QDQ Conv"] == 3
-    result = onnxquant.quantize(partial, image_samples(8, seed=3))
+    result = onnxquant.quantize(partial, image_samples(8, seed=3), INTEGER_KERNELS)
     assert result.quantized_nodes.get("Gemm") == 1 and "Conv" not in result.quantized_nodes
     assert any(note.startswith("already quantized: QDQ Conv 3") for note in result.notes)
     # the input's own QDQ layers are not reported as float

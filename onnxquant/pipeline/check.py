@@ -87,10 +87,11 @@ def _small_dense_layers(state: State) -> str | None:
     convs = state.conv_estimate
     if convs is not None and found.extra_us + convs.int8_us - convs.fp32_us <= 0:
         return None
+    forced = " (integer kernels forced: integer_compute = true)" if recipe.quantization.integer_compute else ""
     return (f"int8 may run slower than fp32 here: its {found.layers} MatMul/Gemm layer(s) are small ({found.macs:,} "
             f"multiply-adds a sample in all), where onnxruntime's per-call int8 work (about 1 us a layer on "
-            f"{CPU_KINDS[found.cpu_kind].label}) outweighs what int8 saves; measure with onnxquant validate, or "
-            "keep fp32 speed with --float-compute (int8 weights, float compute)")
+            f"{CPU_KINDS[found.cpu_kind].label}) outweighs what int8 saves{forced}; measure with onnxquant validate, "
+            "or keep fp32 speed with --float-compute (int8 weights, float compute)")
 
 
 def _float_report(quantized: onnx.ModelProto, sel: Selection, total_bytes: int) -> tuple[list[FloatNode], list[str]]:

@@ -11,9 +11,13 @@ Conv/Gemm/MatMul weight stored as ``Cast(int8) * scale`` (``passes/weight_only.p
 keeps int8 weights, and onnxruntime folds them back into float initializers when the session
 loads, so the runtime graph is fp32's. ``quantization.integer_compute`` overrides the estimate.
 
-The estimate counts convolutions only, so it decides only where the Convs hold at least
-``MIN_CONV_WEIGHT_SHARE`` of the 8-bit weights (a conv stem in front of a transformer or an LSTM
-keeps its integer kernels), and int8 must cost at least ``MIN_EXTRA_US`` more per sample.
+The convolutions' estimate decides only where the Convs hold at least ``MIN_CONV_WEIGHT_SHARE``
+of the 8-bit weights (a conv stem in front of a transformer or an LSTM keeps its integer
+kernels), and int8 must cost at least ``MIN_EXTRA_US`` more per sample. Small MatMul/Gemm layers
+(``dense_cost.py``: a scikit-learn MLP, 1.19x fp32 as int8 with every layer fused) decide where
+they hold that share of the weights themselves, with the convolutions' estimate counted in:
+their per-call int8 work is a fixed cost per layer, so no floor in microseconds applies (a 15 us
+model is as much slower, relatively, as a 15 ms one).
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ from dataclasses import replace
 import onnx
 
 from onnxquant.conv_cost import ConvEstimate, estimate
+from onnxquant.dense_cost import DenseEstimate
+from onnxquant.dense_cost import estimate as dense_estimate
 from onnxquant.host import host_cpu
 from onnxquant.ops import WEIGHTED_OPS
 from onnxquant.passes.prepare import default_opset
@@ -32,8 +38,9 @@ from onnxquant.passes.weight_only import (
     quantize_weights_only,
 )
 from onnxquant.pipeline.clock import timed
+from onnxquant.pipeline.selection import ALREADY_QUANTIZED_NOTE
 from onnxquant.pipeline.state import State
-from onnxquant.planner import Selection, _selected_by_user
+from onnxquant.planner import ALREADY_QUANTIZED, Selection, _selected_by_user
 from onnxquant.results import FloatCompute
 from onnxquant.weight_only_planner import select_weight_only
 
@@ -50,11 +57,12 @@ def float_compute(state: State, float_model: Callable[[], State]) -> State:
     integer kernels would be slower (or the recipe asks), the float-compute model built on
     ``float_model()``: the same input loaded, prepared for float kernels and pruned as
     ``state``'s was. The calibrated state's statistics, timings and warnings are kept."""
-    found = _conv_estimate(state)
+    found, dense = _estimates(state)
     setting = state.recipe.quantization.integer_compute
-    slower = (found is not None and found.int8_us - found.fp32_us >= MIN_EXTRA_US
-              and found.weight_share >= MIN_CONV_WEIGHT_SHARE)
-    if state.recipe.target != "cpu" or setting is True or (setting is None and not slower):
+    convs_slower = (found is not None and found.int8_us - found.fp32_us >= MIN_EXTRA_US
+                    and found.weight_share >= MIN_CONV_WEIGHT_SHARE)
+    dense_slower = dense is not None and _dense_slower(found, dense)
+    if state.recipe.target != "cpu" or setting is True or (setting is None and not (convs_slower or dense_slower)):
         return replace(state, conv_estimate=found)
     prepared = float_model()
     model, recipe = prepared.model, state.recipe
@@ -65,24 +73,42 @@ def float_compute(state: State, float_model: Callable[[], State]) -> State:
     quantize_weights_only(model, sel.weight_only, q.weight_type, default_opset(model),
                           dynamic_lstm=q.recurrent_integer is not False, fold_recurrent=q.recurrent_integer is False,
                           reduce_range=q.reduce_range)
-    done = FloatCompute(sum(w.fold for w in sel.weight_only.values()), found if setting is None else None)
+    estimated = setting is None
+    already = [note for note in state.notes if note.startswith(ALREADY_QUANTIZED_NOTE)]  # (said by selection.py)
+    done = FloatCompute(sum(w.fold for w in sel.weight_only.values()), found if estimated else None,
+                        dense if estimated and dense_slower and not convs_slower else None)
     return replace(state, model=model, selection=sel, preparation=prepared.preparation, pruning=prepared.pruning,
                    plan=None, fusion=None, float_nodes=None, mixed=None, search=None, conv_estimate=None,
-                   float_compute=done, notes=(*prepared.notes, done.note()))
+                   float_compute=done, notes=(*prepared.notes, *already, done.note()))
 
 
-def _conv_estimate(state: State) -> ConvEstimate | None:
-    """The planned Convs' estimated time in fp32 and int8 on the target CPU kind, from their
-    shapes for the first sample (conv_cost.py); None off the CPU target or where nothing is known."""
+def _estimates(state: State) -> tuple[ConvEstimate | None, DenseEstimate | None]:
+    """The planned Convs' estimated time in fp32 and int8, and the planned MatMul/Gemm layers'
+    extra time as int8, on the target CPU kind, from their shapes for the first sample
+    (conv_cost.py, dense_cost.py); None off the CPU target or where nothing is known."""
     recipe = state.recipe
     if recipe.target != "cpu" or state.first_sample is None or state.selection is None:
-        return None
+        return None, None
     kind = recipe.cpu.kind if recipe.cpu is not None else host_cpu().kind
     shapes = {name: tuple(value.shape) for name, value in state.first_sample.items()}
+    planned = set(state.selection.quantized)
     try:
-        return estimate(state.model, shapes, kind, set(state.selection.quantized))
+        convs = estimate(state.model, shapes, kind, planned)
     except onnx.shape_inference.InferenceError:  # shape inference refused the graph: no estimate
-        return None
+        convs = None
+    try:
+        dense = dense_estimate(state.model, shapes, kind, planned)
+    except onnx.shape_inference.InferenceError:
+        dense = None
+    return convs, dense
+
+
+def _dense_slower(convs: ConvEstimate | None, dense: DenseEstimate) -> bool:
+    """Whether the MatMul/Gemm layers, holding most of the weights, make the model slower as int8:
+    their extra time, with the Convs' difference counted in, above zero. (A CNN with a small
+    classifier head is the Convs' estimate's to decide, with its floor.)"""
+    extra = dense.extra_us + (convs.int8_us - convs.fp32_us if convs is not None else 0.0)
+    return dense.extra_us > 0 and extra > 0 and dense.weight_share >= MIN_CONV_WEIGHT_SHARE
 
 
 def _float_compute_selection(model: onnx.ModelProto, prepared: State, per_channel: bool) -> Selection:
@@ -90,7 +116,9 @@ def _float_compute_selection(model: onnx.ModelProto, prepared: State, per_channe
     others float, with why."""
     recipe = prepared.recipe
     op_types = set(recipe.quantization.op_types) if recipe.quantization.op_types else None
+    inits = {i.name for i in model.graph.initializer}
     floats = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    producer = {o: n for n in model.graph.node for o in n.output}
     sel = Selection()
     for node in model.graph.node:
         if node.op_type not in WEIGHTED_OPS or node.domain not in ("", "ai.onnx"):
@@ -98,10 +126,18 @@ def _float_compute_selection(model: onnx.ModelProto, prepared: State, per_channe
         reason = "op type not in the recipe's op_types" if op_types is not None and node.op_type not in op_types else None
         reason = reason or _selected_by_user(node, recipe.nodes)
         if reason is None and (len(node.input) < 2 or node.input[1] not in floats):
-            reason = "weight is not a float32 initializer"
+            reason = ALREADY_QUANTIZED if _dequantized(node.input[1:2], producer, inits) else \
+                "weight is not a float32 initializer"
         if reason:
             sel.float_nodes[node.name] = (node.op_type, reason)
             continue
         sel.quantized[node.name] = node.op_type
         sel.weight_only[node.name] = WeightOnly((1,), per_channel, WHY, fold=True)
     return sel
+
+
+def _dequantized(weight: list[str], producer: dict[str, onnx.NodeProto], inits: set[str]) -> bool:
+    """A weight the input model stores quantized: a DequantizeLinear of an initializer (as planner.py
+    tells it)."""
+    node = producer.get(weight[0]) if weight else None
+    return node is not None and node.op_type == "DequantizeLinear" and bool(node.input) and node.input[0] in inits

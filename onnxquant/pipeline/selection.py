@@ -34,6 +34,10 @@ def select_nodes(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | f
     return sel
 
 
+# the note's start: a float-compute model, prepared anew, carries it over (float_compute.py)
+ALREADY_QUANTIZED_NOTE = "already quantized: "
+
+
 def refuse_already_quantized(state: State) -> State:
     """Stop with one line when an already-quantized model has nothing float left to compress."""
     done = compressed_layers(state.model)
@@ -42,7 +46,7 @@ def refuse_already_quantized(state: State) -> State:
     if not any(RULES[op].kind == Kind.WEIGHTED for op in state.selection.quantized.values()):
         raise AlreadyQuantizedError(f"the model is already quantized ({describe(done)}) and has no float "
                                     "weighted layer left that onnxquant can quantize")
-    return state.noted(f"already quantized: {describe(done)}; the float remainder is quantized")
+    return state.noted(f"{ALREADY_QUANTIZED_NOTE}{describe(done)}; the float remainder is quantized")
 
 
 def int4_candidates(state: State) -> tuple[list[str], int]:

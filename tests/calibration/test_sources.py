@@ -157,7 +157,7 @@ def test_a_text_model_quantizes_from_an_npz_folder(tmp_path: Path):
     rng = np.random.default_rng(1)
     for i in range(8):
         np.savez(calib / f"{i}.npz", text=rng.choice(words, (4, 1)))  # saved as '<U5', loaded without pickle
-    recipe = onnxquant.Recipe().with_overrides(search={"enabled": False})
+    recipe = onnxquant.Recipe().with_overrides(quantization={"integer_compute": True}, search={"enabled": False})
     result = onnxquant.quantize(str(model), str(calib), recipe, output=tmp_path / "text.int8.onnx")
     assert result.samples == 8
     written = onnx.load(str(tmp_path / "text.int8.onnx"))

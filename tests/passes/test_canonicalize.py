@@ -10,7 +10,7 @@ from models.quirks import (feature_samples, image_like_samples, left_weight_matm
                            sklearn_style_mlp)
 from onnxquant.passes.canonicalize import canonicalize
 from onnxquant.passes.prepare import infer_shapes, prepare_model
-from tests.conftest import run
+from tests.conftest import INTEGER_KERNELS, run
 
 
 def _canonical(model: onnx.ModelProto) -> tuple[onnx.ModelProto, object]:
@@ -54,7 +54,7 @@ def test_sklearn_bias_shape_gives_integer_gemms():
     _, report = prepare_model(model)
     assert any("(1, N)" in note for note in report.notes)
     samples = feature_samples(8)
-    result = onnxquant.quantize(model, samples)
+    result = onnxquant.quantize(model, samples, INTEGER_KERNELS)
     assert result.quantized_nodes.get("Gemm") == 2
     assert result.fusion is not None and result.fusion.integer_layers == result.fusion.quantized_layers == 2
     for feed in feature_samples(4, seed=9):
@@ -65,7 +65,7 @@ def test_left_weight_matmuls_are_quantized_and_fused():
     model = left_weight_matmul()
     rng = np.random.default_rng(4)
     samples = [{"x": rng.normal(0, 1, (2, 8, 6)).astype(np.float32)} for _ in range(8)]
-    result = onnxquant.quantize(model, samples)
+    result = onnxquant.quantize(model, samples, INTEGER_KERNELS)
     assert result.quantized_nodes.get("MatMul") == 2
     assert result.fusion.integer_layers == 2
     feed = {"x": rng.normal(0, 1, (2, 8, 6)).astype(np.float32)}
@@ -116,7 +116,7 @@ def test_gemm_trans_a_becomes_a_transpose_and_the_gemm_fuses():
     feed = {"x": rng.normal(0, 1, (16, 4)).astype(np.float32)}
     np.testing.assert_allclose(run(work, feed)[0], run(model, feed)[0], rtol=1e-6, atol=1e-6)
     samples = [{"x": rng.normal(0, 1, (16, 4)).astype(np.float32)} for _ in range(6)]
-    result = onnxquant.quantize(model, samples)
+    result = onnxquant.quantize(model, samples, INTEGER_KERNELS)
     assert result.quantized_nodes.get("Gemm") == 1 and result.fusion.integer_layers == 1
 
 

@@ -8,7 +8,7 @@ import onnx
 import onnxquant
 from models.quirks import feature_samples, float16_mlp
 from onnxquant.passes.float16 import is_float16_model, widen_float16
-from tests.conftest import run
+from tests.conftest import INTEGER_KERNELS, run
 
 
 def _fp32_model() -> onnx.ModelProto:
@@ -35,7 +35,7 @@ def test_widening_is_exact_and_keeps_the_interface():
 def test_float16_model_is_quantized_with_fp16_io(tmp_path):
     model = float16_mlp()
     out = tmp_path / "q.onnx"
-    result = onnxquant.quantize(model, feature_samples(8, dtype=np.float16), output=out)
+    result = onnxquant.quantize(model, feature_samples(8, dtype=np.float16), INTEGER_KERNELS, output=out)
     assert result.quantized_nodes.get("Gemm") == 2
     assert result.fusion.integer_layers == 2
     written = onnx.load(str(out))
@@ -51,7 +51,7 @@ def test_float16_model_is_quantized_with_fp16_io(tmp_path):
 def test_float_weights_of_an_fp16_model_stay_fp16_on_disk():
     from onnxquant.recipe import Recipe
 
-    recipe = Recipe().with_overrides(nodes={"exclude": ("gemm2",)})
+    recipe = Recipe().with_overrides(quantization={"integer_compute": True}, nodes={"exclude": ("gemm2",)})
     result = onnxquant.quantize(float16_mlp(), feature_samples(8, dtype=np.float16), recipe)
     halves = [i for i in result.model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
     assert [tuple(i.dims) for i in halves] == [(64, 4)]  # w2, read through a Cast

@@ -56,7 +56,7 @@ def test_rows_are_stored_8_bit_with_one_scale_each():
 def test_cpu_target_gathers_rows_quantized_per_row(index_type: int):
     model, table = _embedding(index_type)
     dtype = np.int64 if index_type == TensorProto.INT64 else np.int32
-    result = onnxquant.quantize(model, _ids(16, 1, dtype), Recipe().with_overrides(search={"enabled": False}))
+    result = onnxquant.quantize(model, _ids(16, 1, dtype), Recipe().with_overrides(quantization={"integer_compute": True}, search={"enabled": False}))
     ops = [n.op_type for n in result.model.graph.node]
     assert ops.count("GatherBlockQuantized") == 2 and "Gather" not in ops
     assert not any(t.name == "table" for t in result.model.graph.initializer)  # the float table is gone

@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxquant
 from onnxquant.fusion_check import check_fusion
+from tests.conftest import INTEGER_KERNELS
 
 
 def _conv_gemm_matmul() -> onnx.ModelProto:
@@ -137,7 +138,7 @@ def test_a_weight_read_by_every_time_step_is_stored_once():
     model = _unrolled_rnn()
     rng = np.random.default_rng(4)
     samples = [{"x": rng.normal(0, 1, (1, 6, 32)).astype(np.float32)} for _ in range(16)]
-    result = onnxquant.quantize(model, samples)
+    result = onnxquant.quantize(model, samples, INTEGER_KERNELS)
     int8_matrices = sorted(tuple(i.dims) for i in result.model.graph.initializer
                            if i.data_type in (TensorProto.INT8, TensorProto.UINT8) and len(i.dims) == 2)
     assert int8_matrices == [(24, 24), (24, 32)]

@@ -57,7 +57,7 @@ def test_int4_sqnr_tells_heavy_tails_apart():
 
 def test_weight_bits_4_in_the_pipeline(tmp_path):
     model = _mlp(outlier=True)
-    result = onnxquant.quantize(model, _samples(16, 1), Recipe().with_overrides(quantization={"weight_bits": 4}),
+    result = onnxquant.quantize(model, _samples(16, 1), Recipe().with_overrides(quantization={"integer_compute": True, "weight_bits": 4}),
                                 tmp_path / "q.onnx")
     ops = [n.op_type for n in result.model.graph.node]
     assert ops.count("MatMulNBits") == 1  # mm1; mm2's weight has outliers and stays int8
@@ -70,7 +70,7 @@ def test_weight_bits_4_in_the_pipeline(tmp_path):
 
 def test_int4_with_a_budget_takes_only_what_the_budget_allows():
     model = _mlp()
-    recipe = Recipe().with_overrides(quantization={"weight_bits": 4})
+    recipe = Recipe().with_overrides(quantization={"integer_compute": True, "weight_bits": 4})
     loose = onnxquant.quantize(model, _samples(16, 1), recipe, holdout=_samples(8, 2), max_drop=0.5)
     assert len(loose.mixed_precision["int4_layers"]) == 2
     tight = onnxquant.quantize(model, _samples(16, 1), recipe, holdout=_samples(8, 2), max_drop=0.0)

@@ -95,7 +95,7 @@ def test_an_excluded_layer_name_still_selects_the_layer_onnxruntime_fused_it_int
 
 
 def test_a_node_pattern_that_matches_nothing_is_a_warning():
-    recipe = onnxquant.Recipe().with_overrides(search={"enabled": False}, nodes={"exclude": ("*mm*", "op:Conv")})
+    recipe = onnxquant.Recipe().with_overrides(quantization={"integer_compute": True}, search={"enabled": False}, nodes={"exclude": ("*mm*", "op:Conv")})
     result = onnxquant.quantize(_mlp_with_bias(), _samples(16), recipe)
     assert result.quantized_nodes == {"Gemm": 1, "Relu": 1, "MatMul": 1}  # nothing excluded
     unmatched = [w for w in result.warnings if "matched no node" in w]

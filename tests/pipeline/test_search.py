@@ -17,6 +17,7 @@ from onnxquant.recipe import RECIPE_KEY, Recipe, SearchSettings, recipe_for_targ
 from onnxquant.search.candidates import FLOAT_COMPUTE, Candidate, change
 from onnxquant.search.report import SEARCH_KEY, Trial
 from onnxquant.search.split import is_held_out
+from tests.conftest import INTEGER_KERNELS
 
 
 def _props(model: onnx.ModelProto) -> dict[str, str]:
@@ -271,11 +272,11 @@ def test_a_smoothquant_alpha_trial_calibrates_again_and_runs_alone_from_json():
     from tests.recovery.test_smoothquant import _outlier_matmul, _samples
 
     model, samples = _outlier_matmul(layer_norm=True), _samples(32, 1, outlier=True)
-    default = onnxquant.quantize(model, samples)  # 5 trials, then 2 x 3 do not fit in 10: said, not tried
+    default = onnxquant.quantize(model, samples, INTEGER_KERNELS)  # 5 trials, then 2 x 3 do not fit in 10: said, not tried
     assert default.search["not_tried"] == ["SmoothQuant alpha 0.5, SmoothQuant alpha 0.9 (each calibrates again, "
                                            "about 3 trials' time: --search-trials 11 tries them)"]
     assert any("not tried: SmoothQuant alpha 0.5" in n for n in default.notes)
-    result = onnxquant.quantize(model, samples, Recipe().with_overrides(search={"trials": 11}))
+    result = onnxquant.quantize(model, samples, Recipe().with_overrides(quantization={"integer_compute": True}, search={"trials": 11}))
     alphas = [t for t in result.search["trials"] if "smoothquant_alpha" in t["changes"].get("recovery", {})]
     assert [t["changes"]["recovery"]["smoothquant_alpha"] for t in alphas] == [0.5, 0.9]
     assert result.search["trials"][-2:] == alphas  # last: they cost a calibration each

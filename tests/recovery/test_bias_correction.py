@@ -85,8 +85,8 @@ def test_bias_correction_for_matmul_followed_by_a_bias_add():
     rng = np.random.default_rng(0)
     calib = [{"x": rng.uniform(0, 1, (1, 6, 8)).astype(np.float32)} for _ in range(16)]
     held = [{"x": rng.uniform(0, 1, (1, 6, 8)).astype(np.float32)} for _ in range(8)]
-    no_smooth = Recipe().with_overrides(recovery={"smoothquant": False})
-    plain = onnxquant.quantize(model, calib, no_smooth.with_overrides(recovery={"bias_correction": False}))
+    no_smooth = Recipe().with_overrides(quantization={"integer_compute": True}, recovery={"smoothquant": False})
+    plain = onnxquant.quantize(model, calib, no_smooth.with_overrides(quantization={"integer_compute": True}, recovery={"bias_correction": False}))
     corrected = onnxquant.quantize(model, calib, no_smooth)
 
     def shift(q: onnx.ModelProto) -> float:
@@ -240,7 +240,7 @@ def test_bias_correction_cancels_the_mean_weight_error_gptq_leaves():
     mix = np.random.default_rng(99).normal(size=(k, k))
     # correlated channels (GPTQ's case) with a mean away from zero, so a weight error shifts the output mean
     calib = [{"x": (rng.normal(size=(1, 10, k)) @ mix + 2.0).astype(np.float32)} for _ in range(24)]
-    recipe = Recipe().with_overrides(search={"enabled": False}, recovery={"smoothquant": False})
+    recipe = Recipe().with_overrides(quantization={"integer_compute": True}, search={"enabled": False}, recovery={"smoothquant": False})
     before, after = _shifts_without_and_with_correction(model, calib, recipe,
                                                         "GPTQ rounding: 1 token-activation layers improved", channel_axis=2)
     assert after < before / 10  # (measured 0.0325 against 0.0332 when only the input's rounding was corrected)

@@ -51,8 +51,8 @@ def test_gptq_rounding_reconstructs_better_than_nearest_with_the_same_scales():
 def test_gptq_is_on_by_default_for_token_activations_and_improves_int8():
     model = _token_matmul()
     calib, held = _correlated_tokens(24, 1), _correlated_tokens(8, 2)
-    on = onnxquant.quantize(model, calib, Recipe().with_overrides(search={"enabled": False}))
-    off = onnxquant.quantize(model, calib, Recipe().with_overrides(search={"enabled": False}, recovery={"gptq": False}))
+    on = onnxquant.quantize(model, calib, Recipe().with_overrides(quantization={"integer_compute": True}, search={"enabled": False}))
+    off = onnxquant.quantize(model, calib, Recipe().with_overrides(quantization={"integer_compute": True}, search={"enabled": False}, recovery={"gptq": False}))
     assert any(n.startswith("GPTQ rounding: 1 token-activation layers improved") for n in on.notes)
     assert not any("GPTQ" in n for n in off.notes)
 

@@ -65,11 +65,11 @@ def test_smoothing_keeps_the_float_function_and_folds_into_layer_norm():
 def test_smoothing_inserts_a_mul_when_it_cannot_fold_and_improves_int8():
     model = _outlier_matmul(layer_norm=False)
     calib, held = _samples(16, 1, outlier=True), _samples(8, 2, outlier=True)
-    on = onnxquant.quantize(model, calib, Recipe())
-    off = onnxquant.quantize(model, calib, Recipe().with_overrides(recovery={"smoothquant": False}))
+    on = onnxquant.quantize(model, calib, Recipe().with_overrides(quantization={"integer_compute": True}))
+    off = onnxquant.quantize(model, calib, Recipe().with_overrides(quantization={"integer_compute": True}, recovery={"smoothquant": False}))
     assert any("1 Mul nodes inserted" in n for n in on.notes)
     assert _sqnr(model, on.model, held) > _sqnr(model, off.model, held) + 3
-    only_fold = onnxquant.quantize(model, calib, Recipe().with_overrides(recovery={"smoothquant_fold_only": True}))
+    only_fold = onnxquant.quantize(model, calib, Recipe().with_overrides(quantization={"integer_compute": True}, recovery={"smoothquant_fold_only": True}))
     assert not any("SmoothQuant" in n for n in only_fold.notes)
 
 

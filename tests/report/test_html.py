@@ -8,6 +8,7 @@ from onnxquant.inspect_model import inspect_model
 from onnxquant.report.build import build_report
 from onnxquant.report.html import render_html
 from onnxquant.report.svg import histogram, horizontal_bars
+from tests.conftest import INTEGER_KERNELS
 
 
 def test_svg_is_deterministic_and_escapes_names():
@@ -93,7 +94,7 @@ def test_page_lists_float_layers_with_their_share_and_the_integer_kernels(tmp_pa
     from tests.test_float_weights import _einsum_model, _samples
 
     out = tmp_path / "einsum.int8.onnx"
-    result = onnxquant.quantize(_einsum_model(), _samples(), output=out)
+    result = onnxquant.quantize(_einsum_model(), _samples(), INTEGER_KERNELS, output=out)
     page = render_html(build_report(inspect_model(out), onnx.load(str(out)), out.name, quantization=result.to_dict()))
     assert "share of the weight bytes" in page and "op type not quantized" in page
     assert f"{result.float_nodes[-1].share:.1%}" in page and "warning:" in page
