@@ -181,14 +181,15 @@ def quantized_conv_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, .
 
 
 def estimate(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], cpu_kind: str,
-             planned: set[str] | None = None) -> ConvEstimate | None:
+             planned: set[str] | None = None, known: dict[str, list[int]] | None = None) -> ConvEstimate | None:
     """The quantized Convs' estimated time in fp32 and int8 on ``cpu_kind``; None where this
     kind has no figures or the model has no quantized Conv of known shape. ``planned``: the
-    float model's layers planned for quantization (the model has no DequantizeLinear yet)."""
+    float model's layers planned for quantization (the model has no DequantizeLinear yet).
+    ``known``: ``known_shapes`` of the same model and ``shapes``, where the caller has them."""
     costs = COSTS.get(cpu_kind)
     if costs is None:
         return None
-    layers = quantized_conv_shapes(model, shapes, planned)
+    layers = quantized_conv_shapes(model, shapes, planned, known)
     if not layers:
         return None
     fp32, int8 = costs

@@ -60,10 +60,12 @@ class DenseEstimate:
 
 
 def quantized_dense_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
-                           planned: set[str] | None = None) -> list[DenseShape]:
+                           planned: set[str] | None = None,
+                           known: dict[str, list[int]] | None = None) -> list[DenseShape]:
     """Every MatMul/Gemm of the main graph whose 2-D weight comes through a DequantizeLinear of an
     initializer (or, in a float model, every MatMul/Gemm named in ``planned`` with a 2-D weight
-    initializer), with its work for inputs of ``shapes`` (layers of unknown output shape left out)."""
+    initializer), with its work for inputs of ``shapes`` (layers of unknown output shape left out).
+    ``known``: ``known_shapes`` of the same model and ``shapes``, where the caller has them."""
     producer = {o: n for n in model.graph.node for o in n.output}
     inits = {i.name: i for i in model.graph.initializer}
     layers = []
@@ -81,7 +83,7 @@ def quantized_dense_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, 
             layers.append((node, weight))
     if not layers:
         return []
-    known = known_shapes(model, shapes)
+    known = known if known is not None else known_shapes(model, shapes)
     # a table's rows, where shape inference stops at an op it has no shape function for (a
     # converted scikit-learn pipeline's ai.onnx.ml Scaler before its MLP): one input of (rows, features)
     table_rows = None
@@ -103,14 +105,15 @@ def quantized_dense_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, 
 
 
 def estimate(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], cpu_kind: str,
-             planned: set[str] | None = None) -> DenseEstimate | None:
+             planned: set[str] | None = None, known: dict[str, list[int]] | None = None) -> DenseEstimate | None:
     """The quantized MatMul/Gemm layers' estimated extra time as int8 on ``cpu_kind``; None where
     this kind has no figures or there is no such layer of known shape. ``planned``: the float
-    model's layers planned for quantization (the model has no DequantizeLinear yet)."""
+    model's layers planned for quantization (the model has no DequantizeLinear yet); ``known``
+    as for ``quantized_dense_shapes``."""
     costs = COSTS.get(cpu_kind)
     if costs is None:
         return None
-    layers = quantized_dense_shapes(model, shapes, planned)
+    layers = quantized_dense_shapes(model, shapes, planned, known)
     if not layers:
         return None
     fp32, int8 = costs

@@ -7,6 +7,7 @@ turns calibration statistics into scales and zero points. Neither touches the gr
 from __future__ import annotations
 
 import re
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -157,6 +158,12 @@ def _selected_by_user(node: onnx.NodeProto, nodes: NodeSelection) -> str | None:
     return None
 
 
+def is_dequantized(name: str, producer: Mapping[str, onnx.NodeProto], initializers: Container[str]) -> bool:
+    """A weight stored quantized: the output of a DequantizeLinear of an initializer."""
+    node = producer.get(name)
+    return node is not None and node.op_type == "DequantizeLinear" and bool(node.input) and node.input[0] in initializers
+
+
 class _Graph:
     """Read-only indexes over a graph: producers, consumers, types, initializers."""
 
@@ -188,9 +195,7 @@ class _Graph:
 
     def is_dequantized(self, name: str) -> bool:
         """A weight stored quantized: the output of a DequantizeLinear of an initializer."""
-        producer = self.producer.get(name)
-        return (producer is not None and producer.op_type == "DequantizeLinear"
-                and bool(producer.input) and producer.input[0] in self.initializers)
+        return is_dequantized(name, self.producer, self.initializers)
 
     def constant_value(self, name: str) -> np.ndarray | None:
         init = self.initializers.get(name)

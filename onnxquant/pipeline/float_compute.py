@@ -26,7 +26,7 @@ from dataclasses import replace
 
 import onnx
 
-from onnxquant.conv_cost import ConvEstimate, estimate
+from onnxquant.conv_cost import ConvEstimate, estimate, known_shapes
 from onnxquant.dense_cost import DenseEstimate
 from onnxquant.dense_cost import estimate as dense_estimate
 from onnxquant.host import host_cpu
@@ -40,7 +40,7 @@ from onnxquant.passes.weight_only import (
 from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.selection import ALREADY_QUANTIZED_NOTE
 from onnxquant.pipeline.state import State
-from onnxquant.planner import ALREADY_QUANTIZED, Selection, _selected_by_user
+from onnxquant.planner import ALREADY_QUANTIZED, Selection, _selected_by_user, is_dequantized
 from onnxquant.results import FloatCompute
 from onnxquant.weight_only_planner import select_weight_only
 
@@ -92,15 +92,14 @@ def _estimates(state: State) -> tuple[ConvEstimate | None, DenseEstimate | None]
     kind = recipe.cpu.kind if recipe.cpu is not None else host_cpu().kind
     shapes = {name: tuple(value.shape) for name, value in state.first_sample.items()}
     planned = set(state.selection.quantized)
+    if not any(state.selection.quantized[name] in ("Conv", "MatMul", "Gemm") for name in planned):
+        return None, None  # (no layer either estimate counts: no shape inference)
     try:
-        convs = estimate(state.model, shapes, kind, planned)
+        known = known_shapes(state.model, shapes)  # one shape inference for both estimates
     except onnx.shape_inference.InferenceError:  # shape inference refused the graph: no estimate
-        convs = None
-    try:
-        dense = dense_estimate(state.model, shapes, kind, planned)
-    except onnx.shape_inference.InferenceError:
-        dense = None
-    return convs, dense
+        return None, None
+    return (estimate(state.model, shapes, kind, planned, known),
+            dense_estimate(state.model, shapes, kind, planned, known))
 
 
 def _dense_slower(convs: ConvEstimate | None, dense: DenseEstimate) -> bool:
@@ -126,8 +125,8 @@ def _float_compute_selection(model: onnx.ModelProto, prepared: State, per_channe
         reason = "op type not in the recipe's op_types" if op_types is not None and node.op_type not in op_types else None
         reason = reason or _selected_by_user(node, recipe.nodes)
         if reason is None and (len(node.input) < 2 or node.input[1] not in floats):
-            reason = ALREADY_QUANTIZED if _dequantized(node.input[1:2], producer, inits) else \
-                "weight is not a float32 initializer"
+            reason = ALREADY_QUANTIZED if len(node.input) > 1 and is_dequantized(node.input[1], producer, inits) \
+                else "weight is not a float32 initializer"
         if reason:
             sel.float_nodes[node.name] = (node.op_type, reason)
             continue
@@ -135,9 +134,3 @@ def _float_compute_selection(model: onnx.ModelProto, prepared: State, per_channe
         sel.weight_only[node.name] = WeightOnly((1,), per_channel, WHY, fold=True)
     return sel
 
-
-def _dequantized(weight: list[str], producer: dict[str, onnx.NodeProto], inits: set[str]) -> bool:
-    """A weight the input model stores quantized: a DequantizeLinear of an initializer (as planner.py
-    tells it)."""
-    node = producer.get(weight[0]) if weight else None
-    return node is not None and node.op_type == "DequantizeLinear" and bool(node.input) and node.input[0] in inits
