@@ -200,15 +200,17 @@ def estimate(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], cpu_kin
 
 
 _LOW_BIT = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+_RECURRENT = {"LSTM", "GRU", "RNN"}
 
 
 def layer_weight_share(model: onnx.ModelProto, convs: set[str], planned: set[str] | None) -> float:
     """Elements of the named layers' (``convs``') weights over those of every low-bit initializer
-    (zero points included), or, in a float model, over those of every ``planned`` layer's weight
-    (input 1)."""
+    (zero points included), or, in a float model, over those of every ``planned`` layer's weights
+    (input 1, and a recurrent layer's recurrence weights, input 2)."""
     if planned is not None:
         sizes = {i.name: int(np.prod(i.dims, dtype=np.int64)) for i in model.graph.initializer}
-        weights = {n.input[1]: n.name for n in model.graph.node if n.name in planned and len(n.input) > 1}
+        weights = {name: n.name for n in model.graph.node if n.name in planned
+                   for name in n.input[1:3 if n.op_type in _RECURRENT else 2]}
         total = sum(sizes.get(w, 0) for w in weights)
         ours = sum(sizes.get(w, 0) for w, node in weights.items() if node in convs)
         return ours / total if total else 1.0

@@ -84,12 +84,7 @@ def quantized_dense_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, 
     if not layers:
         return []
     known = known if known is not None else known_shapes(model, shapes)
-    # a table's rows, where shape inference stops at an op it has no shape function for (a
-    # converted scikit-learn pipeline's ai.onnx.ml Scaler before its MLP): one input of (rows, features)
-    table_rows = None
-    if len(shapes) == 1:
-        only = next(iter(shapes.values()))
-        table_rows = int(only[0]) if len(only) == 2 else None
+    table_rows = _table_rows(model, shapes)
     out = []
     for node, weight in layers:
         shape = known.get(node.output[0])
@@ -102,6 +97,22 @@ def quantized_dense_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, 
         elements = int(np.prod(weight))
         out.append(DenseShape(node.name, elements, rows * elements))
     return out
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+
+
+def _table_rows(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> int | None:
+    """A table's rows, for layers past an op shape inference has no function for (a converted
+    scikit-learn pipeline's ai.onnx.ml Scaler before its MLP): the model's one input, float and
+    of shape (rows, features). Not token ids: an integer input's rows are not the MatMuls' rows."""
+    if len(shapes) != 1:
+        return None
+    name, only = next(iter(shapes.items()))
+    declared = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    if len(only) != 2 or declared.get(name) not in _FLOAT_TYPES:
+        return None
+    return int(only[0])
 
 
 def estimate(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], cpu_kind: str,

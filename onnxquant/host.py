@@ -161,10 +161,14 @@ UINT8_WEIGHTS = ("full 8-bit uint8 weights as set: onnxruntime's u8u8 kernels wi
                  "multiplying and do not saturate there, but they are slower than its u8s8 ones")
 
 
+FLOAT_COMPUTE_WEIGHTS = "full 8-bit weights, computed in float (no int8 kernel to saturate)"
+
+
 def target_note(target: str, choice: CpuChoice | None, reduce_range: bool, host: HostCpu | None = None,
-                weight_type: str = "int8") -> str | None:
+                weight_type: str = "int8", float_compute: bool = False) -> str | None:
     """The summary's line on the CPU kind a model was quantized for and why its weights are what
-    they are (None for a recipe without a CPU kind: a non-CPU target, or ``Recipe()`` itself)."""
+    they are (None for a recipe without a CPU kind: a non-CPU target, or ``Recipe()`` itself).
+    ``float_compute``: no integer kernel is left (weights folded to float), whatever ``reduce_range``."""
     if target != "cpu" or choice is None:
         return None
     kind = CPU_KINDS[choice.kind]
@@ -174,6 +178,8 @@ def target_note(target: str, choice: CpuChoice | None, reduce_range: bool, host:
         head = f"target cpu: this host is {kind.label}" + (f" ({seen.describe()})" if seen else "")
     else:
         head = f"target {kind.target}: {kind.label} ({kind.covers})"
+    if float_compute:
+        return f"{head}: {FLOAT_COMPUTE_WEIGHTS}"
     if weight_type == "uint8" and not reduce_range:
         return f"{head}: {UINT8_WEIGHTS}"
     if reduce_range == kind.reduce_range:

@@ -335,9 +335,11 @@ class Recipe:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return dict(self.input_shapes)
 
-    def cpu_note(self, host: HostCpu | None = None) -> str | None:
-        """The summary's line on the CPU kind the weights were chosen for, and why (None: no kind)."""
-        return target_note(self.target, self.cpu, self.quantization.reduce_range, host, self.quantization.weight_type)
+    def cpu_note(self, host: HostCpu | None = None, float_compute: bool = False) -> str | None:
+        """The summary's line on the CPU kind the weights were chosen for, and why (None: no kind).
+        ``float_compute``: the model has no integer kernel left."""
+        return target_note(self.target, self.cpu, self.quantization.reduce_range, host, self.quantization.weight_type,
+                           float_compute)
 
     def to_dict(self) -> dict[str, Any]:
         return _clean(asdict(self))

@@ -39,10 +39,20 @@ class FloatCompute:
     dense: DenseEstimate | None = None
 
     @property
+    def extra_us(self) -> float | None:
+        """Where small MatMul/Gemm layers decided: their estimated extra int8 time a sample, the
+        convolutions' difference counted in (what the decision compared with zero)."""
+        if self.dense is None:
+            return None
+        convs = self.estimate.int8_us - self.estimate.fp32_us if self.estimate is not None else 0.0
+        return self.dense.extra_us + convs
+
+    @property
     def reason(self) -> str:
-        if self.dense is not None:
-            convs = self.estimate.int8_us - self.estimate.fp32_us if self.estimate is not None else 0.0
-            return (f"int8 kernels estimated {self.dense.extra_us + convs:.1f} us a sample slower than fp32 on "
+        extra = self.extra_us
+        if self.dense is not None and extra is not None:
+            amount = f"{extra:.1f} us" if extra >= 0.05 else "under 0.1 us"
+            return (f"int8 kernels estimated {amount} a sample slower than fp32 on "
                     f"{CPU_KINDS[self.dense.cpu_kind].label} ({self.dense.layers} small MatMul/Gemm layers, where "
                     "onnxruntime's per-call int8 work outweighs what int8 saves)")
         if self.estimate is None:
@@ -60,7 +70,8 @@ class FloatCompute:
         kind = self.dense.cpu_kind if self.dense is not None else found.cpu_kind if found is not None else None
         return {"layers": self.layers, "reason": self.reason, "cpu_kind": kind,
                 "estimated_int8_over_fp32": round(found.ratio, 3) if found is not None and self.dense is None else None,
-                **({"estimated_dense_extra_us": round(self.dense.extra_us, 2)} if self.dense is not None else {})}
+                **({"estimated_dense_extra_us": round(self.dense.extra_us, 2),
+                    "estimated_int8_extra_us": round(self.extra_us or 0.0, 2)} if self.dense is not None else {})}
 
     def metadata(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxquant
-from onnxquant.dense_cost import COSTS, DenseShape, estimate, quantized_dense_shapes
+from onnxquant.conv_cost import ConvEstimate, layer_weight_share
+from onnxquant.dense_cost import COSTS, DenseEstimate, DenseShape, estimate, quantized_dense_shapes
 from onnxquant.recipe import recipe_for_target
+from onnxquant.results import FloatCompute
 
 WARNING = "MatMul/Gemm layer(s) are small"
 
@@ -46,6 +49,8 @@ def test_a_small_mlp_computes_in_float_on_x86_without_vnni():
     assert "MatMul/Gemm" in result.float_compute["reason"] and result.float_compute["estimated_dense_extra_us"] > 0
     assert not any(n.op_type == "QuantizeLinear" for n in result.model.graph.node)  # no activation quantized
     assert not any(WARNING in w for w in result.warnings)
+    # no 7-bit claim: the folded weights are full 8-bit, and no kernel of the kind's is left to saturate
+    assert "full 8-bit weights, computed in float" in result.notes[0] and "7-bit" not in result.notes[0]
 
 
 def test_forced_integer_kernels_on_a_small_mlp_are_said_slower():
@@ -141,3 +146,41 @@ def test_a_small_head_behind_a_recurrent_layer_does_not_decide_for_the_model():
     result = onnxquant.quantize(_lstm_with_small_head(), samples, recipe)
     assert result.float_compute is None
     assert any(n.op_type == "DynamicQuantizeLSTM" for n in result.model.graph.node)
+
+
+def test_token_ids_are_not_a_tables_rows():
+    """Where shape inference stops, only a float (rows, features) input gives the layers' rows: an
+    integer input of token ids (batch, sequence) says nothing of the MatMuls' rows, so a layer of
+    unknown shape is left out rather than costed with the wrong rows."""
+    rng = np.random.default_rng(4)
+    table = numpy_helper.from_array(rng.standard_normal((100, 16)).astype(np.float32), "table")
+    weight = numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+             helper.make_node("MatMul", ["e", "w"], ["y"], name="dense")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [table, weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert quantized_dense_shapes(model, {"ids": (1, 8)}, planned={"dense"}, known={}) == []
+    float_input = _mlp(16)
+    assert len(quantized_dense_shapes(float_input, {"x": (4, 10)}, planned={"dense0"}, known={})) == 1
+
+
+def test_a_recurrent_layers_recurrence_weights_count_in_its_share():
+    """The share that lets small MatMuls decide counts an LSTM's W and R: the head is a small part
+    of the weights, not a third of them."""
+    model = _lstm_with_small_head()
+    share = layer_weight_share(model, {"head"}, {"lstm", "head"})
+    hidden, features, classes = 64, 16, 8
+    assert share == pytest.approx(hidden * classes / (4 * hidden * (features + hidden) + hidden * classes))
+
+
+def test_the_reason_quotes_the_total_the_decision_compared():
+    """The reason and ``--json`` give the same total (MatMuls and Convs together); a total under
+    0.05 us is not printed as '0.0 us slower'."""
+    dense = DenseEstimate(layers=3, extra_us=2.0, macs=100)
+    convs = ConvEstimate(layers=1, fp32_us=10.0, int8_us=8.5, slower=())
+    told = FloatCompute(layers=4, estimate=convs, dense=dense)
+    assert told.extra_us == pytest.approx(0.5)
+    assert "0.5 us a sample slower" in told.reason and told.to_dict()["estimated_int8_extra_us"] == 0.5
+    tiny = FloatCompute(layers=3, estimate=None, dense=DenseEstimate(layers=3, extra_us=0.01, macs=100))
+    assert "under 0.1 us a sample slower" in tiny.reason

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 from collections import Counter
 
+import onnx
+
 from onnxquant.passes.prepare import PrepareReport
 from onnxquant.pipeline.clock import StageClock
 from onnxquant.pipeline.state import State
+from onnxquant.model_io import iter_graphs
+from onnxquant.prequantized import QOPERATOR_OPS
 from onnxquant.results import QuantizeResult
 from onnxquant.weight_only_planner import weight_only_notes
 
@@ -41,9 +45,19 @@ def quantize_result(state: State, clock: StageClock, diagnostics: State | None =
 
 
 def _cpu_note(state: State) -> list[str]:
-    """Which CPU kind the weights were chosen for, and why (the summary's first line)."""
-    note = state.recipe.cpu_note()
+    """Which CPU kind the weights were chosen for, and why (the summary's first line). A
+    float-compute model with no integer kernel left (no recurrent one, none of the input's) has
+    full 8-bit weights whatever the kind: its note says so, not the kind's 7-bit reason."""
+    folded_only = state.float_compute is not None and not _integer_kernels(state.model)
+    note = state.recipe.cpu_note(float_compute=folded_only)
     return [note] if note is not None else []
+
+
+def _integer_kernels(model: onnx.ModelProto) -> bool:
+    """Whether any node can run an integer kernel: a QOperator one, or a QuantizeLinear (weights
+    behind DequantizeLinear alone compute in float)."""
+    return any(node.op_type in QOPERATOR_OPS or node.op_type == "QuantizeLinear"
+               for graph in iter_graphs(model.graph) for node in graph.node)
 
 
 def _preparation_notes(prep: PrepareReport) -> list[str]:

@@ -90,7 +90,9 @@ def test_a_gain_on_every_held_out_sample_is_taken():
     bright = samples[0]["x"].copy()
     bright[0, :, 0, 0] = 300 * np.abs(bright).max()
     samples[0] = {"x": bright}
-    result = onnxquant.quantize(tiny_cnn(), samples)
+    # 7-bit weights (x86 without VNNI) on every host: with a VNNI host's full 8-bit weights the
+    # weights' own error is smaller and the input's wasted steps show on 7 of 8 samples only
+    result = onnxquant.quantize(tiny_cnn(), samples, recipe_for_target("cpu-avx2"))
     assert result.search["chosen"] != "as given"
     # the first move away from the recipe as given; on x86 without VNNI, float compute on int8
     # weights is tried later and may be taken on top of it
