@@ -5,9 +5,11 @@ requantizing or rescaling its output: about 1.1 us a layer on x86 without VNNI),
 weight element read (1 byte against 4) and per multiply-add. A small network (a scikit-learn MLP
 on a few features, 15 us in fp32) is therefore slower as int8 with every layer fused: chains of 3
 MatMul + Add + Relu layers, one thread, measured int8/fp32 1.32 at width 16, 1.14 at 128 (batch 1),
-0.80 at 256, 0.32 at 1024 (AMD EPYC, AVX2 without VNNI, onnxruntime 1.32; README, "Not yet done").
+0.80 at 256, 0.32 at 1024 (AMD EPYC, AVX2 without VNNI, onnxruntime 1.32; README, "Not yet done");
+with VNNI (full 8-bit weights) 1.35 at 16, 1.03 at 256, 0.41 at 1024: the per-call cost is there too.
 Each layer's time is estimated as ``per_call + per_weight * weight elements + per_mac *
-multiply-adds``, fitted to those chains; only that CPU kind has figures. Deterministic: no timing.
+multiply-adds``, fitted to those chains (``benchmarks/dense_chains.py``) per CPU kind; ARM64 has
+no figures. Deterministic: no timing.
 """
 from __future__ import annotations
 
@@ -35,6 +37,10 @@ class DenseCost:
 # difference is told.
 COSTS: dict[str, tuple[DenseCost, DenseCost]] = {
     "avx2": (DenseCost(0.0, 0.065, 0.0203), DenseCost(1100.0, 0.0136, 0.0102)),
+    # AMD EPYC (family 26, AVX512-VNNI), onnxruntime 1.32, full 8-bit weights: the same chains
+    # (benchmarks/dense_chains.py, widths 16-1024, batch 1 and 8) measured int8/fp32 1.35 at
+    # width 16, 1.35 at 128, 1.03 at 256, 0.41 at 1024 (batch 1); fitted by non-negative least squares
+    "vnni": (DenseCost(0.0, 0.0374, 0.0066), DenseCost(830.0, 0.0141, 0.0020)),
 }
 
 
