@@ -194,3 +194,18 @@ def test_the_reason_quotes_the_total_the_decision_compared():
     assert "0.5 us a sample slower" in told.reason and told.to_dict()["estimated_int8_extra_us"] == 0.5
     tiny = FloatCompute(layers=3, estimate=None, dense=DenseEstimate(layers=3, extra_us=0.01, macs=100))
     assert "under 0.1 us a sample slower" in tiny.reason
+
+
+def test_a_small_head_is_not_said_to_make_the_model_slower():
+    """The head alone is estimated slower as int8, but it holds a few percent of the weights: no
+    warning that the model may run slower (seen on a VNNI host for a CNN classifier's small Gemm,
+    where no convolution figures offset it)."""
+    rng = np.random.default_rng(3)
+    samples = [{"x": rng.standard_normal((20, 1, 16)).astype(np.float32)} for _ in range(4)]
+    for target in ("cpu-avx2", "cpu-vnni"):
+        recipe = recipe_for_target(target).with_overrides(search={"enabled": False},
+                                                          quantization={"integer_compute": True})
+        result = onnxquant.quantize(_lstm_with_small_head(), samples, recipe)
+        head = estimate(result.model, {"x": (20, 1, 16)}, recipe.cpu.kind)
+        assert head is not None and head.extra_us > 0 and head.weight_share < 0.1
+        assert not any(WARNING in w for w in result.warnings)

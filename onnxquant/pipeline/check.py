@@ -13,6 +13,7 @@ from onnxquant.host import CPU_KINDS, host_cpu
 from onnxquant.ops.recurrent import RECURRENT_OPS
 from onnxquant.passes.float16 import exact_float16_parameters, store_float16
 from onnxquant.pipeline.clock import timed
+from onnxquant.pipeline.float_compute import MIN_CONV_WEIGHT_SHARE
 from onnxquant.pipeline.state import State
 from onnxquant.planner import ALREADY_QUANTIZED, NOT_FLOAT, Selection, unmatched_patterns
 from onnxquant.prequantized import QOPERATOR_OPS
@@ -72,7 +73,8 @@ def _slower_by_construction(state: State) -> str | None:
 def _small_dense_layers(state: State) -> str | None:
     """One line when the quantized MatMul/Gemm layers are so small that onnxruntime's per-call
     int8 work is estimated to outweigh what int8 saves (dense_cost.py), with the convolutions'
-    estimate counted in, on a model that keeps its integer kernels."""
+    estimate counted in, on a model that keeps its integer kernels, where they hold at least
+    ``MIN_CONV_WEIGHT_SHARE`` of the quantized weights (as for float compute's decision)."""
     recipe = state.recipe
     if recipe.target != "cpu" or state.float_compute is not None or state.first_sample is None:
         return None
@@ -82,8 +84,8 @@ def _small_dense_layers(state: State) -> str | None:
         found = dense_estimate(state.model, shapes, kind)
     except onnx.shape_inference.InferenceError:  # shape inference refused the graph: no estimate
         return None
-    if found is None or found.extra_us <= 0:
-        return None
+    if found is None or found.extra_us <= 0 or found.weight_share < MIN_CONV_WEIGHT_SHARE:
+        return None  # (a small head on a CNN: the Convs, not the head, make the model's speed)
     convs = state.conv_estimate
     if convs is not None and found.extra_us + convs.int8_us - convs.fp32_us <= 0:
         return None
