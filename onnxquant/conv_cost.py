@@ -72,6 +72,17 @@ COSTS: dict[str, tuple[ConvCost, ConvCost]] = {  # CPU kind -> (fp32, int8)
         ConvCost(depthwise=KindCost(3538.0, 9.439, 0.2135, 0.0577), pointwise=KindCost(5479.0, 5.677, 0.1626, 0.0109),
                  dense=KindCost(0.0, 23.40, 0.5865, 0.0211)),
     ),
+    # AMD EPYC (family 26, AVX512-VNNI), full 8-bit weights, onnxruntime 1.32: 221 Convs of
+    # EfficientNet-Lite0, MTCNN's O-Net, the PP-OCR v2 classifier (batch 1 and 8) and the PP-OCRv5
+    # text-line classifier, fitted by ``benchmarks/conv_fit.py`` (int8's per-call cost its own).
+    # Convs' int8/fp32 measured / estimated: 0.53 / 0.62, 0.72 / 0.82, 1.37 / 1.17 (batch 8: 1.32 /
+    # 1.02), 1.75 / 1.17. The gates' fp32 cost (folded into their Conv) is x86-without-VNNI's.
+    "vnni": (
+        ConvCost(depthwise=KindCost(1824.0, 0.0, 0.2006, 0.01048), pointwise=KindCost(3523.0, 2.207, 0.1116, 0.009511),
+                 dense=KindCost(0.0, 12.16, 0.0, 0.006938), folded_scale_per_output=0.12),
+        ConvCost(depthwise=KindCost(4241.0, 5.471, 0.1346, 0.02563), pointwise=KindCost(4801.0, 3.348, 0.01006, 0.002909),
+                 dense=KindCost(3646.0, 15.07, 0.3624, 0.0005922)),
+    ),
 }
 
 

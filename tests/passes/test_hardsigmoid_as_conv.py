@@ -18,6 +18,7 @@ from onnxquant.passes.hardsigmoid_as_conv import rewrite_hardsigmoid
 from onnxquant.passes.prepare import infer_shapes
 from onnxquant.ops.rules import DEFAULT_OP_TYPES
 from onnxquant.recipe import QuantizationSettings, Recipe
+from tests.conftest import INTEGER_KERNELS
 
 C, H, W = 8, 6, 10
 
@@ -176,7 +177,7 @@ def _silu_resize_concat_block() -> onnx.ModelProto:
 def test_silu_resize_and_concat_run_as_integer_kernels():
     """SiLU needs no rewrite (QLinearSigmoid, QLinearMul); Resize and Concat (one shared scale)
     run on the 8-bit tensors, their Q/DQ dropped."""
-    result = onnxquant.quantize(_silu_resize_concat_block(), _samples())
+    result = onnxquant.quantize(_silu_resize_concat_block(), _samples(), INTEGER_KERNELS)
     assert result.fusion is not None and result.fusion.round_trips == []
     optimized = optimized_graph(result.model).graph
     ops = {n.op_type for n in optimized.node}

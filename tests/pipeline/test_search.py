@@ -137,7 +137,7 @@ def test_few_samples_hold_out_enough_for_the_noise_test_to_pass():
     assert [held_out_every(n, 4) for n in (16, 20, 23, 24, 32, 100)] == [2, 3, 3, 4, 4, 4]
     assert all(n // held_out_every(n, 4) >= FEWEST_TESTABLE for n in range(16, 200))
     assert held_out_every(100, 10) == 10  # a user's rarer hold-out stays where it leaves enough
-    result = onnxquant.quantize(tiny_cnn(), image_samples(16))
+    result = onnxquant.quantize(tiny_cnn(), image_samples(16), INTEGER_KERNELS)
     assert (result.search["scored_samples"], result.search["calibration_samples"]) == (8, 8)
     assert result.samples == 16  # the chosen recipe calibrates again on every sample
 
@@ -221,7 +221,9 @@ def chain_searches():
     from onnxquant.recipe import recipe_for_target
 
     model, samples = conv_chain(80), conv_chain_samples(32)
-    trials = {"search": {"trials": 12}}  # every round's candidates, the sensitive layers' last
+    # every round's candidates, the sensitive layers' last; integer kernels on every host (the
+    # chain's thin Convs are estimated slower as int8, so by default they would compute in float)
+    trials = {"search": {"trials": 12}, "quantization": {"integer_compute": True}}
     return (onnxquant.quantize(model, samples, Recipe().with_overrides(**trials)),  # 7-bit: uint8 is the higher precision
             onnxquant.quantize(model, samples, recipe_for_target("cpu-vnni").with_overrides(**trials)))  # 8-bit: float
 
