@@ -72,7 +72,7 @@ COSTS: dict[str, tuple[ConvCost, ConvCost]] = {  # CPU kind -> (fp32, int8)
         ConvCost(depthwise=KindCost(3538.0, 9.439, 0.2135, 0.0577), pointwise=KindCost(5479.0, 5.677, 0.1626, 0.0109),
                  dense=KindCost(0.0, 23.40, 0.5865, 0.0211)),
     ),
-    # AMD EPYC (family 26, AVX512-VNNI), full 8-bit weights, onnxruntime 1.32: 221 Convs of
+    # AMD EPYC (family 26, AVX512-VNNI), full 8-bit weights, onnxruntime 1.32: 212 Convs (and 54 gates) of
     # EfficientNet-Lite0, MTCNN's O-Net, the PP-OCR v2 classifier (batch 1 and 8) and the PP-OCRv5
     # text-line classifier, fitted by ``benchmarks/conv_fit.py`` (int8's per-call cost its own).
     # Convs' int8/fp32 measured / estimated: 0.53 / 0.62, 0.72 / 0.82, 1.37 / 1.17 (batch 8: 1.32 /
