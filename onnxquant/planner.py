@@ -30,7 +30,7 @@ from onnxquant.ops.rules import (
 from onnxquant.passes.gather_rows import row_quantizable
 from onnxquant.passes.node_index import attributes
 from onnxquant.passes.weight_only import WeightOnly
-from onnxquant.qparams import MIN_SCALE, QParams, asymmetric, per_channel_absmax, quantize, symmetric
+from onnxquant.qparams import MIN_SCALE, QParams, above, asymmetric, per_channel_absmax, quantize, symmetric
 from onnxquant.recipe import NodeSelection, Recipe
 from onnxquant.shapes import known_elem_types
 
@@ -208,6 +208,14 @@ def _uniform(init: onnx.TensorProto) -> bool:
         return False
     value = tensor_array(init)
     return bool(value.size > 0 and np.all(value == value.flat[0]))
+
+
+def _clip_min(node: onnx.NodeProto, g: _Graph) -> float:
+    """A constant Clip's lower bound (-inf where it has none)."""
+    if len(node.input) > 1 and node.input[1]:
+        value = g.constant_value(node.input[1])
+        return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else -np.inf
+    return float(attributes(node).get("min", -np.inf))  # (before opset 11: an attribute)
 
 
 def _clip_is_constant(node: onnx.NodeProto, g: _Graph) -> bool:
@@ -444,6 +452,12 @@ def finalize(model: onnx.ModelProto, sel: Selection, stats: StatsTable, recipe: 
         old = group_range.get(root, (lo, hi))
         group_range[root] = (min(old[0], lo), max(old[1], hi))
     activations = {t: _activation_params(*group_range[sel.groups.get(t, t)], recipe) for t in sel.observed}
+    for node in model.graph.node:  # a Clip's Q must not reach past its lower bound
+        if node.op_type == "Clip" and node.name in sel.quantized and node.output[0] in activations:
+            low = _clip_min(node, g)
+            root = sel.groups.get(node.output[0], node.output[0])
+            for t in [t for t in activations if sel.groups.get(t, t) == root]:
+                activations[t] = above(activations[t], low)
     for t, src in sel.range_from.items():
         activations[t] = activations[src]
     notes: list[str] = []
