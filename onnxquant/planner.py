@@ -15,6 +15,7 @@ import onnx
 
 from onnxquant.calibration.observers import StatsTable, estimate_range
 from onnxquant.decode_tail import decode_tail_nodes
+from onnxquant.signal_front import front_end_nodes
 from onnxquant.model_io import tensor_array
 from onnxquant.ops.rules import (
     ACTIVATION_FUSERS,
@@ -249,14 +250,14 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
     def stay_float(node: onnx.NodeProto, reason: str) -> None:
         sel.float_nodes[node.name] = (node.op_type, reason)
 
-    decode_tail = decode_tail_nodes(model)
+    structural = {**front_end_nodes(model), **decode_tail_nodes(model)}  # kept float by what they compute
 
     for node in model.graph.node:
         rule = rule_for(node)
         if rule is None or node.op_type not in op_types:
             stay_float(node, "op type not quantized" if rule is None else "op type not in the recipe's op_types")
             continue
-        reason = _selected_by_user(node, recipe.nodes) or decode_tail.get(node.name)
+        reason = _selected_by_user(node, recipe.nodes) or structural.get(node.name)
         if reason:
             stay_float(node, reason)
             continue
