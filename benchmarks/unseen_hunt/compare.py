@@ -6,7 +6,8 @@ so its exit code and summary are what a user sees; ``ort`` (quantize_static), ``
 (quantize_dynamic) and ``nncf`` run through ``benchmarks.quantize_one``. Each output is compared
 with fp32 on the held-out samples by onnxquant's validate (agreement only), and timed here: one
 onnxruntime thread, best of 5 interleaved rounds of the median of ``RUNS`` runs over 8 held-out
-samples (validate's own latency, 20 runs, moves by 20-40% on sub-millisecond models).
+samples (validate's own latency, 20 runs, moves by 20-40% on sub-millisecond models); fewer runs
+(at least 3) where 50 would take more than about a second a round.
 usage: ``python -m benchmarks.unseen_hunt.compare MODELS_DIR OUT_DIR [NAME ...]``; run it under
 ``flock /tmp/onnxquant-bench.lock`` (it times), or with ``--no-latency`` (sizes and agreement only)
 while others time.
@@ -62,7 +63,9 @@ def latency_ratio(fp32: Path, q: Path, held: Path, runs: int = RUNS) -> tuple[fl
     ort.set_default_logger_severity(3)  # the converters' fixed output dims warn on every batched run
     feeds = _samples(held)
     a, b = session(fp32), session(q)
-    median(a, 3), median(b, 3)
+    warm = median(a, 3), median(b, 3)
+    # about a second a round per model: 50 runs of a 90 ms model would take half an hour
+    runs = max(3, min(runs, int(1.0 / (len(feeds) * max(warm)))))
     ta, tb = [], []
     for _ in range(5):
         ta.append(median(a, runs))
