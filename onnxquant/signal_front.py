@@ -10,8 +10,8 @@ and faster (the front end's Q/DQ round trips between the reshapes go too).
 
 Found from the graph alone: the learned layers (Conv/Gemm/MatMul) among the ancestors of a Log
 whose every ancestor is linear or magnitude arithmetic (layout ops, Conv/Gemm/MatMul, Neg, Add,
-Sub, Mul, Div, Sqrt, Abs, Pow, ReduceSum...). A network that ends in a Log (a classifier's
-log-probabilities) has an activation on the way and is left alone.
+Sub, Mul, Div, Sqrt, Abs, Pow, ReduceSum..., and a clamp). A network that ends in a Log of its
+probabilities has a Softmax or another activation on the way and is left alone.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ LEARNED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 FRONT_END_OPS = LEARNED | frozenset({
     "Reshape", "Unsqueeze", "Squeeze", "Transpose", "Concat", "Pad", "Slice", "Split", "Flatten", "Identity",
     "Cast", "Shape", "Constant", "Neg", "Add", "Sub", "Mul", "Div", "Sqrt", "Abs", "Pow", "ReduceSum", "ReduceMean",
+    "Clip", "Max", "Min",  # the floor before the log: log(clamp(power, 1e-10)) (openWakeWord's melspectrogram)
 })
 WHY = ("signal front end before a Log (a filter bank of the raw input: the log turns int8's fixed error on "
        "quiet bins into errors as large as the signal)")

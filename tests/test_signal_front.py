@@ -71,3 +71,11 @@ def test_a_network_that_ends_in_a_log_is_left_alone():
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     assert front_end_nodes(model) == {}
+
+
+def test_a_clamp_before_the_log_is_part_of_the_front_end():
+    """log(clamp(power, 1e-10)), as openWakeWord's melspectrogram.onnx writes it."""
+    model = _spectrogram_net()
+    floor = next(n for n in model.graph.node if n.name == "floor")
+    floor.op_type = "Max"
+    assert set(front_end_nodes(model)) == {"real", "imag"}
