@@ -118,6 +118,26 @@ def mean_pooled_cnn(seed: int = 0, opset: int = 17, keepdims: bool = False, chan
     return _model(graph, opset)
 
 
+def leaky_floor_cnn(seed: int = 0, channels: int = 16, floor: float = -0.4) -> onnx.ModelProto:
+    """Conv-LeakyRelu-Max, twice, then a 1x1 Conv, as tf2onnx writes Google's speech_embedding
+    (openWakeWord): ``tf.math.maximum(leaky_relu(x), -0.4)``, the bound a (1, 1, 1, 1) constant."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("w1", rng.normal(0, 0.3, (channels, 3, 3, 3))), _init("b1", rng.normal(0, 0.1, channels)),
+             _init("w2", rng.normal(0, 0.2, (channels, channels, 3, 3))), _init("b2", rng.normal(0, 0.1, channels)),
+             _init("w3", rng.normal(0, 0.2, (4, channels, 1, 1))), _init("floor", np.full((1, 1, 1, 1), floor))]
+    nodes = []
+    x = "x"
+    for k in (1, 2):
+        nodes += [helper.make_node("Conv", [x, f"w{k}", f"b{k}"], [f"c{k}"], name=f"conv{k}", pads=[1, 1, 1, 1]),
+                  helper.make_node("LeakyRelu", [f"c{k}"], [f"l{k}"], name=f"leaky{k}", alpha=0.2),
+                  helper.make_node("Max", [f"l{k}", "floor"], [f"m{k}"], name=f"floor{k}")]
+        x = f"m{k}"
+    nodes.append(helper.make_node("Conv", [x, "w3"], ["y"], name="conv3"))
+    graph = helper.make_graph(nodes, "leaky_floor_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 12, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 12, 12])], inits)
+    return _model(graph, 13)
+
+
 def image_like_samples(count: int, seed: int = 1, batch: int = 2) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     return [{"x": rng.normal(0, 1, (batch, 3, 12, 12)).astype(np.float32)} for _ in range(count)]

@@ -42,7 +42,8 @@ from onnxquant.pipeline.ranking import rank
 from onnxquant.pipeline.run_data import RunData, run_data
 from onnxquant.pipeline.float_compute import float_compute
 from onnxquant.pipeline.save import RECIPE_KEY, VERSION_KEY, save
-from onnxquant.pipeline.search import search, split_for_search
+from onnxquant.pipeline.search import float_compute_decided, search, split_for_search
+from onnxquant.search.candidates import FLOAT_COMPUTE
 from onnxquant.pipeline.selection import refuse_already_quantized
 from onnxquant.pipeline.smooth import smooth
 from onnxquant.pipeline.state import State
@@ -103,6 +104,9 @@ def quantize(
         conv_estimate = decided.conv_estimate
         if decided.float_compute is not None:
             state = decided
+            if split.searching:  # no trial ran; the held-out samples still score the chosen model
+                why = float_compute_decided(decided.float_compute)
+                state = split.unsearched(decided, calibrated.model, run, why, FLOAT_COMPUTE)
         elif split.searching:
             # handed over: without diagnostics, the search holds the only reference to the calibrated model
             handed = [decided]  # (the calibrated state, with the Convs' estimate for the float-compute trial)

@@ -72,8 +72,9 @@ class LayerInfo:
     precision: str  # "float", "int8", "int4"
     parameters: int
     zeros: int
-    float_bytes: int = 0  # bytes of the float weights it reads (0 for quantized layers)
+    float_bytes: int = 0  # bytes of the float weights it is the first reader of (0 for quantized layers)
     reason: str | None = None  # why a float layer stayed float, when the model says (onnxquant writes it)
+    shared: bool = False  # an earlier layer reads the same weight: totals count it there, once
 
     @property
     def sparsity(self) -> float:
@@ -82,7 +83,8 @@ class LayerInfo:
     def to_dict(self) -> dict[str, Any]:
         return {"node": self.node, "op_type": self.op_type, "weight": self.weight, "precision": self.precision,
                 "parameters": self.parameters, "sparsity": round(self.sparsity, 4),
-                **({"reason": self.reason} if self.reason is not None else {})}
+                **({"reason": self.reason} if self.reason is not None else {}),
+                **({"shared": True} if self.shared else {})}
 
 
 @dataclass
@@ -113,7 +115,7 @@ class ModelInspection:
         for layer in self.layers:
             entry = out.setdefault(layer.precision, {"layers": 0, "parameters": 0})
             entry["layers"] += 1
-            entry["parameters"] += layer.parameters
+            entry["parameters"] += 0 if layer.shared else layer.parameters
         return dict(sorted(out.items()))
 
     def float_weight_share(self) -> float:
@@ -122,8 +124,9 @@ class ModelInspection:
         return sum(layer.float_bytes for layer in self.layers) / total if total else 0.0
 
     def sparsity(self) -> float:
-        total = sum(layer.parameters for layer in self.layers)
-        return sum(layer.zeros for layer in self.layers) / total if total else 0.0
+        owned = [layer for layer in self.layers if not layer.shared]
+        total = sum(layer.parameters for layer in owned)
+        return sum(layer.zeros for layer in owned) / total if total else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -197,6 +200,7 @@ def _layers(graph: onnx.GraphProto) -> list[LayerInfo]:
     weights = _Weights(graph)
     producer = {o: n for n in graph.node for o in n.output}
     layers = []
+    seen: set[str] = set()  # weights an earlier layer reads (tied embeddings, one weight for two MatMuls)
     for node in graph.node:
         slot = WEIGHTED_OPS.get(node.op_type)
         if slot is None or len(node.input) <= slot:
@@ -235,8 +239,10 @@ def _layers(graph: onnx.GraphProto) -> list[LayerInfo]:
         zeros = 0
         if values is not None and node.op_type != "MatMulNBits":
             zeros = _zeros(values, zero_point, node, source)
-        float_bytes = tensor_bytes(tensor) if precision == "float" else 0
-        layers.append(LayerInfo(node.name, node.op_type, name, precision, count, zeros, float_bytes))
+        shared = name in seen
+        seen.add(name)
+        float_bytes = tensor_bytes(tensor) if precision == "float" and not shared else 0
+        layers.append(LayerInfo(node.name, node.op_type, name, precision, count, zeros, float_bytes, shared=shared))
     return layers
 
 
@@ -245,9 +251,12 @@ def _all_layers(proto: onnx.ModelProto) -> list[LayerInfo]:
     float weight; with the reasons onnxquant stamped for the float ones."""
     layers = _layers(proto.graph)
     known = {layer.node for layer in layers}
+    seen = {layer.weight for layer in layers}
     for found in float_weighted_nodes(proto):
         if found.node in known or not found.weights:
             continue
+        fresh = [w for w in found.weights if w.name not in seen]
+        seen.update(w.name for w in found.weights)
         first = found.weights[0]
         values = None
         try:
@@ -256,7 +265,8 @@ def _all_layers(proto: onnx.ModelProto) -> list[LayerInfo]:
             pass
         count = sum(int(np.prod(w.dims)) if w.dims else 1 for w in found.weights)
         zeros = int(np.count_nonzero(values == 0)) if values is not None and len(found.weights) == 1 else 0
-        layers.append(LayerInfo(found.node, found.op_type, first.name, "float", count, zeros, found.weight_bytes))
+        layers.append(LayerInfo(found.node, found.op_type, first.name, "float", count, zeros,
+                                sum(tensor_bytes(w) for w in fresh), shared=not fresh))
     for graph in iter_graphs(proto.graph):  # ai.onnx.ml: tree ensembles' and SVMs' float parameters are attributes
         for node in graph.node:
             count = sum(attribute_parameter_counts(node).values())

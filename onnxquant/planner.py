@@ -15,6 +15,7 @@ import onnx
 
 from onnxquant.calibration.observers import StatsTable, estimate_range
 from onnxquant.decode_tail import decode_tail_nodes
+from onnxquant.signal_front import front_end_nodes
 from onnxquant.model_io import tensor_array
 from onnxquant.ops.rules import (
     ACTIVATION_FUSERS,
@@ -30,7 +31,7 @@ from onnxquant.ops.rules import (
 from onnxquant.passes.gather_rows import row_quantizable
 from onnxquant.passes.node_index import attributes
 from onnxquant.passes.weight_only import WeightOnly
-from onnxquant.qparams import MIN_SCALE, QParams, asymmetric, per_channel_absmax, quantize, symmetric
+from onnxquant.qparams import MIN_SCALE, QParams, above, asymmetric, per_channel_absmax, quantize, symmetric
 from onnxquant.recipe import NodeSelection, Recipe
 from onnxquant.shapes import known_elem_types
 
@@ -210,6 +211,14 @@ def _uniform(init: onnx.TensorProto) -> bool:
     return bool(value.size > 0 and np.all(value == value.flat[0]))
 
 
+def _clip_min(node: onnx.NodeProto, g: _Graph) -> float:
+    """A constant Clip's lower bound (-inf where it has none)."""
+    if len(node.input) > 1 and node.input[1]:
+        value = g.constant_value(node.input[1])
+        return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else -np.inf
+    return float(attributes(node).get("min", -np.inf))  # (before opset 11: an attribute)
+
+
 def _clip_is_constant(node: onnx.NodeProto, g: _Graph) -> bool:
     return all(not name or name in g.initializers for name in node.input[1:])
 
@@ -241,14 +250,14 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
     def stay_float(node: onnx.NodeProto, reason: str) -> None:
         sel.float_nodes[node.name] = (node.op_type, reason)
 
-    decode_tail = decode_tail_nodes(model)
+    structural = {**front_end_nodes(model), **decode_tail_nodes(model)}  # kept float by what they compute
 
     for node in model.graph.node:
         rule = rule_for(node)
         if rule is None or node.op_type not in op_types:
             stay_float(node, "op type not quantized" if rule is None else "op type not in the recipe's op_types")
             continue
-        reason = _selected_by_user(node, recipe.nodes) or decode_tail.get(node.name)
+        reason = _selected_by_user(node, recipe.nodes) or structural.get(node.name)
         if reason:
             stay_float(node, reason)
             continue
@@ -444,6 +453,12 @@ def finalize(model: onnx.ModelProto, sel: Selection, stats: StatsTable, recipe: 
         old = group_range.get(root, (lo, hi))
         group_range[root] = (min(old[0], lo), max(old[1], hi))
     activations = {t: _activation_params(*group_range[sel.groups.get(t, t)], recipe) for t in sel.observed}
+    for node in model.graph.node:  # a Clip's Q must not reach past its lower bound
+        if node.op_type == "Clip" and node.name in sel.quantized and node.output[0] in activations:
+            low = _clip_min(node, g)
+            root = sel.groups.get(node.output[0], node.output[0])
+            for t in [t for t in activations if sel.groups.get(t, t) == root]:
+                activations[t] = above(activations[t], low)
     for t, src in sel.range_from.items():
         activations[t] = activations[src]
     notes: list[str] = []

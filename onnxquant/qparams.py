@@ -84,6 +84,23 @@ def asymmetric(lo: float, hi: float, dtype: QuantDType = "uint8") -> QParams:
     return QParams(scale.reshape(()), np.array(zp, np_dtype(dtype)), dtype)
 
 
+def above(params: QParams, bound: float) -> QParams:
+    """``params`` with a zero point whose lowest value is not below ``bound``, one step lower
+    where rounding put it below (a Clip's output: onnxruntime drops the Clip only when its Q
+    cannot reach past the Clip's bounds); as they are where no zero point can (``bound`` > 0)."""
+    if params.per_channel or not np.isfinite(bound):
+        return params
+    qmin, _ = qrange(params.dtype)
+    scale = np.float32(params.scale)
+    zp = int(params.zero_point)
+    if np.float32(scale * np.float32(qmin - zp)) >= bound:
+        return params
+    lowered = int(np.floor(qmin - bound / float(scale)))
+    if lowered < qmin or np.float32(scale * np.float32(qmin - lowered)) < np.float32(bound):
+        return params
+    return QParams(params.scale, np.array(lowered, params.zero_point.dtype), params.dtype)
+
+
 def symmetric(
     absmax: np.ndarray | float,
     dtype: QuantDType = "int8",

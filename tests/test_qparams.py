@@ -1,9 +1,11 @@
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxquant.qparams import (
     MIN_SCALE,
+    above,
     asymmetric,
     dequantize,
     per_channel_absmax,
@@ -64,3 +66,17 @@ def test_unsigned_symmetric_zero_point_is_midpoint():
 def test_quantize_matches_onnx_rounding_half_to_even():
     p = asymmetric(0.0, 255.0, "uint8")  # scale 1, zero point 0
     assert quantize(np.array([0.5, 1.5, 2.5]), p).tolist() == [0, 2, 2]
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_above_moves_the_zero_point_so_the_lowest_value_is_not_below_the_bound(dtype):
+    """A Clip(min=-0.4) output: onnxruntime drops the Clip only if its Q's lowest value is >= -0.4."""
+    qmin, _ = qrange(dtype)
+    for hi in np.linspace(0.5, 40.0, 200):
+        params = asymmetric(-0.4, float(hi), dtype)
+        got = above(params, -0.4)
+        lowest = np.float32(got.scale * np.float32(qmin - int(got.zero_point)))
+        assert lowest >= np.float32(-0.4) and lowest - np.float32(-0.4) < got.scale  # within one step
+        assert int(got.zero_point) - int(params.zero_point) in (0, -1) and got.scale == params.scale
+    params = asymmetric(0.0, 6.0, dtype)
+    assert above(params, 0.0) is params and above(params, 1.0) is params  # (0 stays representable)

@@ -6,9 +6,11 @@ so its exit code and summary are what a user sees; ``ort`` (quantize_static), ``
 (quantize_dynamic) and ``nncf`` run through ``benchmarks.quantize_one``. Each output is compared
 with fp32 on the held-out samples by onnxquant's validate (agreement only), and timed here: one
 onnxruntime thread, best of 5 interleaved rounds of the median of ``RUNS`` runs over 8 held-out
-samples (validate's own latency, 20 runs, moves by 20-40% on sub-millisecond models).
+samples (validate's own latency, 20 runs, moves by 20-40% on sub-millisecond models); fewer runs
+(at least 3) where 50 would take more than about a second a round.
 usage: ``python -m benchmarks.unseen_hunt.compare MODELS_DIR OUT_DIR [NAME ...]``; run it under
-``flock /tmp/onnxquant-bench.lock`` (it times).
+``flock /tmp/onnxquant-bench.lock`` (it times), or with ``--no-latency`` (sizes and agreement only)
+while others time.
 """
 from __future__ import annotations
 
@@ -61,7 +63,9 @@ def latency_ratio(fp32: Path, q: Path, held: Path, runs: int = RUNS) -> tuple[fl
     ort.set_default_logger_severity(3)  # the converters' fixed output dims warn on every batched run
     feeds = _samples(held)
     a, b = session(fp32), session(q)
-    median(a, 3), median(b, 3)
+    warm = median(a, 3), median(b, 3)
+    # about a second a round per model: 50 runs of a 90 ms model would take half an hour
+    runs = max(3, min(runs, int(1.0 / (len(feeds) * max(warm)))))
     ta, tb = [], []
     for _ in range(5):
         ta.append(median(a, runs))
@@ -93,7 +97,7 @@ def quantize(models: Path, out: Path, name: str, tool: str) -> tuple[Path | None
     return q, "ok"
 
 
-def row(models: Path, out: Path, name: str, tool: str) -> str:
+def row(models: Path, out: Path, name: str, tool: str, timed: bool = True) -> str:
     model, held = models / f"{name}.onnx", models / name / "held"
     q, told = quantize(models, out, name, tool)
     if q is None:
@@ -106,22 +110,25 @@ def row(models: Path, out: Path, name: str, tool: str) -> str:
     except Exception as e:  # a tool's output that onnxruntime cannot run is a result too
         return f"{told} | validate failed: {str(e)[:140]}"
     prov = rep["providers"][0]
+    if not prov["agreement"]:  # (a model onnxruntime cannot load has no figures; say why)
+        return f"{told} | {'; '.join(str(f) for f in prov['failures'])[:200]}"
     figs = []
     for o, a in prov["agreement"].items():
         figs.append(o[:14] + " " + " ".join(f"{k} {a[k]:.4g}" for k in FIGURES if isinstance(a.get(k), (int, float))))
-    fp32_ms, ratio = latency_ratio(model, q, held)
+    fp32_ms, ratio = latency_ratio(model, q, held) if timed else (float("nan"), float("nan"))
     size = os.path.getsize(q) / os.path.getsize(model)
     return (f"{told} | size {size:.3f} | int8/fp32 {ratio:.2f} (fp32 {fp32_ms:.3f} ms) | "
             f"pass {not prov['failures']} | " + "; ".join(figs))
 
 
 def main() -> None:
-    models, out = Path(sys.argv[1]), Path(sys.argv[2])
+    args = [a for a in sys.argv[1:] if a != "--no-latency"]
+    models, out = Path(args[0]), Path(args[1])
     out.mkdir(parents=True, exist_ok=True)
-    names = sys.argv[3:] or sorted(p.stem for p in models.glob("*.onnx"))
+    names = args[2:] or sorted(p.stem for p in models.glob("*.onnx"))
     for name in names:
         for tool in TOOLS:
-            print(f"{name} | {tool} | {row(models, out, name, tool)}", flush=True)
+            print(f"{name} | {tool} | {row(models, out, name, tool, '--no-latency' not in sys.argv)}", flush=True)
 
 
 if __name__ == "__main__":

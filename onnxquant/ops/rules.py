@@ -80,8 +80,9 @@ def rule_for(node: onnx.NodeProto) -> OpRule | None:
     domain = "" if node.domain == "ai.onnx" else node.domain
     return RULES.get(node.op_type) if domain == wanted else None
 
-# Producers whose int8 kernel can absorb a following Relu/Clip into its output quantization.
-ACTIVATION_FUSERS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"}
+# Producers whose int8 kernel can absorb a following Relu/Clip into its output quantization
+# (QLinearLeakyRelu too: onnxruntime drops a Clip whose output Q cannot leave its bounds).
+ACTIVATION_FUSERS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "LeakyRelu"}
 
 DEFAULT_OP_TYPES: tuple[str, ...] = tuple(sorted(RULES))
 

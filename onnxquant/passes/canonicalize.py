@@ -17,6 +17,9 @@ rounding of one product) and leaves anything it does not recognise alone:
 - Sum of two tensors (Caffe2-era residual connections): Add, which onnxruntime runs as
   QLinearAdd; a Sum that feeds a LayerNormalization is left as it is (transformer_fusion.py
   writes those on purpose);
+- Max (Min) of a tensor and a one-value constant (tf2onnx: ``tf.math.maximum(x, -0.4)`` after a
+  LeakyRelu in Google's speech_embedding): Clip with that lower (upper) bound, the same values,
+  which onnxruntime drops into the int8 output of the op before it (it has no integer Max);
 - a weight behind Cast (fp16 storage), Transpose, Reshape or Identity of an initializer: stored
   as the float32 initializer the layer reads (onnxruntime's simplifier does this too; this pass
   covers ``--no-simplify`` and models with external data, which skip the simplifier).
@@ -47,6 +50,7 @@ class CanonicalizeReport:
     left_matmuls: int = 0  # W @ X rewritten as (X^T @ W^T)^T
     global_means: int = 0  # ReduceMean over H and W written as GlobalAveragePool
     sums: int = 0  # two-input Sum written as Add
+    clips: int = 0  # Max/Min with a one-value constant written as Clip
 
     def notes(self) -> list[str]:
         out = []
@@ -62,6 +66,8 @@ class CanonicalizeReport:
             out.append(f"{self.left_matmuls} MatMul(s) with the weight on the left turned to put the weight on the right")
         if self.sums:
             out.append(f"{self.sums} two-input Sum(s) written as Add (an integer kernel)")
+        if self.clips:
+            out.append(f"{self.clips} Max/Min(s) with a constant bound written as Clip (absorbed by integer kernels)")
         if self.global_means:
             out.append(f"{self.global_means} ReduceMean(s) over height and width written as GlobalAveragePool "
                        "(an integer kernel)")
@@ -211,6 +217,29 @@ def _global_mean(position: int, inits: _Initializers, ranks: dict[str, int], typ
     report.global_means += 1
 
 
+# Clip takes its bounds as inputs from opset 11 (attributes before).
+CLIP_INPUTS_OPSET = 11
+
+
+def _bound_as_clip(position: int, inits: _Initializers, ranks: dict[str, int], types: dict[str, int],
+                   rewritten: dict[int, list[onnx.NodeProto]], report: CanonicalizeReport) -> None:
+    """Max(x, c) / Min(x, c) with ``c`` one float32 value of no higher rank than ``x``: Clip(x, c)
+    / Clip(x, max=c), element for element the same (and the same shape)."""
+    node = inits.index.nodes[position]
+    consts = [k for k, name in enumerate(node.input) if inits.is_float(name) and inits.value(name).size == 1]
+    if len(node.input) != 2 or len(node.output) != 1 or len(consts) != 1:
+        return
+    x, c = node.input[1 - consts[0]], node.input[consts[0]]
+    if types.get(x) != FLOAT or ranks.get(x) is None or ranks[x] < inits.value(c).ndim:
+        return
+    bound = inits.fresh(f"{node.name or node.output[0]}_bound")
+    inits.graph.initializer.append(numpy_helper.from_array(inits.value(c).reshape(()).astype(np.float32), bound))
+    inits.by_name[bound] = inits.graph.initializer[-1]
+    bounds = [bound, ""] if node.op_type == "Max" else ["", bound]
+    rewritten[position] = [helper.make_node("Clip", [x, *bounds], [node.output[0]], name=node.name)]
+    report.clips += 1
+
+
 _FOLDABLE = {"Cast", "Transpose", "Reshape", "Identity"}
 
 
@@ -271,6 +300,7 @@ def canonicalize(model: onnx.ModelProto) -> CanonicalizeReport:
     inits = _Initializers(graph, index)
     ranks, types = known_ranks(model), known_elem_types(model)
     rewritten: dict[int, list[onnx.NodeProto]] = {}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     for position, node in enumerate(index.nodes):
         if node.domain not in ("", "ai.onnx"):
             continue
@@ -281,6 +311,8 @@ def canonicalize(model: onnx.ModelProto) -> CanonicalizeReport:
             _left_matmul(position, inits, ranks, rewritten, report)
         elif node.op_type == "ReduceMean":
             _global_mean(position, inits, ranks, types, rewritten, report)
+        elif node.op_type in ("Max", "Min") and opset >= CLIP_INPUTS_OPSET:
+            _bound_as_clip(position, inits, ranks, types, rewritten, report)
         elif node.op_type == "Sum" and len(node.input) == 2 and len(node.output) == 1 \
                 and inits.index.only_reader(node.output[0], "LayerNormalization") is None:
             node.op_type = "Add"  # (the same sum; onnxruntime has an integer kernel for Add only)
@@ -290,7 +322,7 @@ def canonicalize(model: onnx.ModelProto) -> CanonicalizeReport:
         del graph.node[:]
         graph.node.extend(nodes)
     if (report.folded_weights or report.gemm_scales or report.gemm_biases or report.left_matmuls
-            or report.gemm_transposes or report.global_means):
+            or report.gemm_transposes or report.global_means or report.clips):
         used = {i for g in iter_graphs(graph) for n in g.node for i in n.input} | {o.name for o in graph.output}
         kept = [i for i in graph.initializer if i.name in used]
         if len(kept) != len(graph.initializer):

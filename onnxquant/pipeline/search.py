@@ -88,6 +88,25 @@ class SearchSplit:
             return state
         return replace(state, search=SearchReport(skipped=self.skipped)).noted(f"recipe search skipped: {self.skipped}")
 
+    def unsearched(self, state: State, reference: onnx.ModelProto, run: RunData, why: str, chosen: str) -> State:
+        """``state``, chosen before any trial ran (``why``), scored once on the held-out samples
+        against ``reference`` (the float model it was made from): the report still says what it costs."""
+        drop_by = "fine"  # as the trials score
+        held = Holdout.from_samples(reference, self.scored, None, drop_by)
+        m = score_outputs(run_holdout(state.model, held), held, run.metric)
+        report = SearchReport(chosen=chosen, scored_samples=len(held.feeds),
+                              calibration_samples=state.stats.samples if state.stats is not None else 0,
+                              drop_by="metric" if run.metric is not None else drop_by,
+                              planned_trials=state.recipe.search.trials, unsearched=why, drop=float(m.drop),
+                              sqnr_db=None if run.metric is not None else float(m.sqnr_db))
+        return replace(state, search=report).noted(report.summary())
+
+
+def float_compute_decided(done: FloatCompute) -> str:
+    """Why the search ran no trial where the float-compute stage decided before it."""
+    why = "the recipe asks" if done.estimate is None and done.dense is None else "int8 kernels are estimated slower here"
+    return f"float compute on int8 weights was decided before it: {why}"
+
 
 def split_for_search(state: State, run: RunData, *, saved_stats: bool, max_drop: float | None) -> SearchSplit:
     """How the calibration data divides for the search (``off`` when the recipe turns it off)."""

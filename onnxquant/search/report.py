@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -68,9 +69,18 @@ class SearchReport:
     # the layers the chosen recipe keeps float / gives uint8 weights, over every round (not only its last change)
     kept_float: list[str] = field(default_factory=list)
     uint8_weights: list[str] = field(default_factory=list)
+    # why no trial ran though the data was split for the search (float compute was decided before it):
+    # the chosen model is still scored once on the held-out samples, its drop and worst output's SQNR
+    unsearched: str | None = None
+    drop: float | None = None
+    sqnr_db: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        if self.drop is not None:
+            data["drop"] = round(self.drop, 6)
+        if self.sqnr_db is not None:
+            data["sqnr_db"] = round(self.sqnr_db, 3) if math.isfinite(self.sqnr_db) else "inf"
         for trial in data["trials"]:
             del trial["pseudo"]
             trial["drop"] = round(trial["drop"], 6)
@@ -92,6 +102,11 @@ class SearchReport:
     def summary(self) -> str:
         if self.skipped:
             return f"recipe search skipped: {self.skipped}"
+        if self.unsearched:
+            sqnr = "" if self.sqnr_db is None else f", worst output SQNR {self.sqnr_db:.1f} dB"
+            return (f"recipe search: no trial ran ({self.unsearched}); chose {self.chosen}, scored on "
+                    f"{self.scored_samples} held-out calibration sample(s) (drop by {self.drop_by}): "
+                    f"drop {self.drop:.4f}{sqnr}")
         done = [t for t in self.trials if t.error is None]
         given = next((t for t in done if t.name == "as given"), None)
         chosen = next((t for t in done if t.name == self.chosen), None)

@@ -6,8 +6,8 @@ import onnx
 import pytest
 
 import onnxquant
-from models.quirks import (feature_samples, image_like_samples, left_weight_matmul, mean_pooled_cnn, scaled_gemm_mlp,
-                           sklearn_style_mlp)
+from models.quirks import (feature_samples, image_like_samples, leaky_floor_cnn, left_weight_matmul, mean_pooled_cnn,
+                           scaled_gemm_mlp, sklearn_style_mlp)
 from onnxquant.passes.canonicalize import canonicalize
 from onnxquant.passes.prepare import infer_shapes, prepare_model
 from tests.conftest import INTEGER_KERNELS, run
@@ -186,3 +186,36 @@ def test_a_reduce_mean_of_integers_stays_a_reduce_mean():
     model.ir_version = 8
     work, report = _canonical(model)
     assert report.global_means == 0 and [n.op_type for n in work.graph.node] == ["Cast", "ReduceMean"]
+
+
+def test_max_and_min_with_a_constant_become_an_exact_clip():
+    model = leaky_floor_cnn()
+    for node in model.graph.node:
+        if node.name == "floor2":  # Min, the constant first: Clip(x, max=c)
+            node.op_type, node.input[:] = "Min", ["floor", node.input[0]]
+    work, report = _canonical(model)
+    assert report.clips == 2
+    clips = [n for n in work.graph.node if n.op_type == "Clip"]
+    assert [n.name for n in clips] == ["floor1", "floor2"]
+    assert clips[0].input[2:] in ([], [""]) and clips[1].input[1] == ""
+    for feed in image_like_samples(3):
+        np.testing.assert_array_equal(run(work, feed)[0], run(model, feed)[0])
+
+
+def test_a_max_of_two_tensors_or_a_wider_constant_is_left_alone():
+    model = leaky_floor_cnn()
+    model.graph.node[2].input[1] = "l1"  # Max(l1, l1): no constant
+    floor = next(i for i in model.graph.initializer if i.name == "floor")
+    floor.CopyFrom(onnx.numpy_helper.from_array(np.full((1, 1, 1, 1, 1), -0.4, np.float32), "floor"))  # rank 5 > 4
+    _, report = _canonical(model)
+    assert report.clips == 0
+
+
+def test_a_leaky_relu_floor_runs_in_integer_kernels():
+    """Before: each Max stayed float between the integer kernels (openWakeWord's embedding model: 19 of them)."""
+    model = leaky_floor_cnn()
+    result = onnxquant.quantize(model, image_like_samples(8), INTEGER_KERNELS.with_overrides(search={"enabled": False}))
+    assert result.quantized_nodes.get("Clip") == 2 and result.quantized_nodes.get("LeakyRelu") == 2
+    assert result.fusion is not None and not result.fusion.round_trips and not result.fusion.float_islands
+    for feed in image_like_samples(3, seed=7):
+        assert _cosine(run(model, feed)[0], run(result.model, feed)[0]) > 0.99

@@ -19,6 +19,7 @@ from onnxquant.errors import UsageError
 from onnxquant.inspect_model import inspect_model
 from onnxquant.recipe import recipe_for_target
 from onnxquant.results import FLOAT_COMPUTE_KEY
+from onnxquant.search.split import is_held_out
 from tests.test_conv_cost import _cnn, _samples
 
 SHAPE = (24, 96)
@@ -172,3 +173,27 @@ def test_with_vnni_a_thin_cnn_computes_in_float_too():
     result = _quantize(_cnn(8, 3, *SHAPE), "cpu-vnni")
     assert result.float_compute is not None and "with VNNI" in result.float_compute["reason"]
     assert not any(n.op_type == "QuantizeLinear" for n in result.model.graph.node)
+
+
+def test_decided_before_the_search_the_held_out_samples_still_score_it(tmp_path: Path):
+    """With the search on, float compute decided up front runs no trial; the report still says
+    the chosen model's drop and SQNR on the held-out calibration samples, in --json and the summary."""
+    model, samples = _cnn(8, 3, *SHAPE), _samples(*SHAPE, count=16)
+    result = onnxquant.quantize(model, samples, recipe_for_target("cpu-avx2"), output=tmp_path / "q.onnx")
+    assert result.float_compute is not None
+    report = result.to_dict()["search"]
+    assert report["trials"] == [] and report["chosen"] == "float compute on int8 weights"
+    assert report["scored_samples"] == 8 and "decided before it" in report["unsearched"]
+    # the same drop and SQNR, scored here against fp32 on the held-out half (one of every 2 samples)
+    held = [s for i, s in enumerate(samples) if is_held_out(i, 2, len(samples))]
+    got = np.concatenate([_run(result.model, s).ravel() for s in held])
+    want = np.concatenate([_run(model, s).ravel() for s in held])
+    sqnr = 10 * np.log10(np.sum(want.astype(np.float64) ** 2) / np.sum((want - got).astype(np.float64) ** 2))
+    assert report["sqnr_db"] == pytest.approx(sqnr, abs=0.5) and 0 <= report["drop"] < 0.01
+    line = [n for n in result.notes if n.startswith("recipe search: no trial ran")]
+    assert len(line) == 1 and f"drop {report['drop']:.4f}" in line[0] and "SQNR" in line[0]
+    assert "int8 kernels are estimated slower here" in line[0]
+
+    asked = recipe_for_target("cpu-vnni").with_overrides(quantization={"integer_compute": False})
+    report = onnxquant.quantize(_cnn(128, 1, *SHAPE), samples, asked).to_dict()["search"]
+    assert report["unsearched"].endswith("the recipe asks") and report["sqnr_db"] > 20

@@ -140,3 +140,33 @@ def test_sequence_map_and_string_values_are_named_by_type(tmp_path: Path):
     assert text.exit_code == 0, text.output
     assert "outputs: probabilities seq(map(int64, float32)); same string [n, 1]" in text.output
     assert "inputs: x float32 [n, 2]; text string [n, 1]" in text.output
+
+
+def _shared_weight_model() -> onnx.ModelProto:
+    """Two MatMuls read one 64x64 weight (as tied embeddings do); a third reads its own."""
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 64] x) => (float[1, 64] y) {
+            a = MatMul(x, w)
+            b = MatMul(a, w)
+            y = MatMul(b, v)
+        }""")
+    rng = np.random.default_rng(0)
+    model.graph.initializer.extend([numpy_helper.from_array(rng.standard_normal((64, 64), np.float32), name)
+                                    for name in ("w", "v")])
+    return model
+
+
+def test_a_weight_read_by_two_layers_counts_once(tmp_path: Path):
+    info = inspect_model(_shared_weight_model())
+    assert [layer.weight for layer in info.layers] == ["w", "w", "v"]
+    assert [layer.shared for layer in info.layers] == [False, True, False]
+    assert info.weight_bytes == 2 * 64 * 64 * 4
+    assert sum(layer.float_bytes for layer in info.layers) == info.weight_bytes
+    assert info.float_weight_share() == 1.0
+    assert info.precision_counts() == {"float": {"layers": 3, "parameters": 2 * 64 * 64}}
+    assert info.total_parameters == 2 * 64 * 64
+    path = tmp_path / "shared.onnx"
+    onnx.save(_shared_weight_model(), str(path))
+    data = json.loads(CliRunner().invoke(main, ["inspect", str(path), "--json"]).output)
+    assert data["float_weight_share"] == 1.0 and data["precision"]["float"]["parameters"] == 2 * 64 * 64
