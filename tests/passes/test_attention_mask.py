@@ -170,3 +170,54 @@ def test_the_rewritten_mask_broadcasts_as_the_condition_did(shapes):
         got = run(rewritten, feed)[0]
         assert got.shape == expected.shape
         np.testing.assert_array_equal(got, expected)
+
+
+def _static_mask(first_key_only: bool) -> onnx.ModelProto:
+    """softmax(scores + Where(cond, 0, min)) on inputs of one declared shape (2, 6), as a static-shape
+    export writes it; cond is bool(mask) or, wrongly, each row's first key broadcast over the row."""
+    inits = [numpy_helper.from_array(np.array([1, 2], np.int64), "ax12"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zeros"),
+             numpy_helper.from_array(np.array(MIN, np.float32), "fill")]
+    nodes = [helper.make_node("Cast", ["mask"], ["mask_bool"], to=TensorProto.BOOL)]
+    kept = "mask_bool"
+    if first_key_only:
+        inits += [numpy_helper.from_array(np.array([0], np.int64), "start"),
+                  numpy_helper.from_array(np.array([1], np.int64), "end"),
+                  numpy_helper.from_array(np.array([2, 6], np.int64), "full")]
+        nodes += [helper.make_node("Slice", ["mask_bool", "start", "end", "end"], ["first"]),
+                  helper.make_node("Expand", ["first", "full"], ["first_everywhere"])]
+        kept = "first_everywhere"
+    nodes += [helper.make_node("Unsqueeze", [kept, "ax12"], ["cond"]),
+              helper.make_node("Where", ["cond", "zeros", "fill"], ["bias"]),
+              helper.make_node("Add", ["scores", "bias"], ["masked"]),
+              helper.make_node("Softmax", ["masked"], ["probs"])]
+    graph = helper.make_graph(
+        nodes, "static_mask",
+        [helper.make_tensor_value_info("mask", TensorProto.INT64, [2, 6]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [2, 2, 6, 6])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [2, 2, 6, 6])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_a_static_shape_mask_is_checked_at_its_declared_shape():
+    """A static export's mask takes only its declared (2, 6): checked there, and rewritten."""
+    model = _static_mask(first_key_only=False)
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    assert rewrite_padding_masks(rewritten) == 1
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        mask = rng.integers(0, 2, (2, 6)).astype(np.int64)
+        mask[:, 0] = 1
+        feed = {"mask": mask, "scores": rng.normal(size=(2, 2, 6, 6)).astype(np.float32)}
+        np.testing.assert_array_equal(run(rewritten, feed)[0], run(model, feed)[0])
+
+
+def test_a_static_batch_of_two_does_not_make_the_check_blind():
+    """With batch 2 fixed, forcing the first row kept and the last padded on every check would leave
+    no random row: a condition reading each row's first key only would pass. Rows are forced on
+    every other check only, so it is caught."""
+    model = _static_mask(first_key_only=True)
+    before = model.SerializeToString()
+    assert rewrite_padding_masks(model) == 0
+    assert model.SerializeToString() == before
