@@ -1,0 +1,84 @@
+"""Reshape -> Gemm -> Reshape around a 3-D activation (onnxruntime's optimizer on a static-shape
+export) written back as MatMul + Add: equal outputs, and nothing else touched."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxquant.passes.gemm_as_matmul import gemm_as_matmul
+from tests.conftest import run
+
+BATCH, TOKENS, WIDTH, OUT = 2, 5, 8, 6
+
+
+def _flattened_linear(trans_b: int = 0, flat: tuple[int, int] = (BATCH * TOKENS, WIDTH),
+                      back: tuple[int, ...] = (BATCH, TOKENS, OUT), alpha: float = 1.0,
+                      shape: list | None = None) -> onnx.ModelProto:
+    """Relu(x) -> Reshape(flat) -> Gemm(W, b) -> Reshape(back) -> Relu, x of shape (2, 5, 8)."""
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(WIDTH, OUT)).astype(np.float32)
+    inits = [numpy_helper.from_array(weight.T.copy() if trans_b else weight, "w"),
+             numpy_helper.from_array(rng.normal(size=OUT).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array(flat, np.int64), "flat"),
+             numpy_helper.from_array(np.array(back, np.int64), "back")]
+    nodes = [helper.make_node("Relu", ["x"], ["h"]),
+             helper.make_node("Reshape", ["h", "flat"], ["h2"]),
+             helper.make_node("Gemm", ["h2", "w", "b"], ["y2"], transB=trans_b, alpha=alpha),
+             helper.make_node("Reshape", ["y2", "back"], ["y"]),
+             helper.make_node("Relu", ["y"], ["out"])]
+    graph = helper.make_graph(nodes, "flattened_linear",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape or [BATCH, TOKENS, WIDTH])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_the_flattened_linear_becomes_matmul_add_with_equal_outputs(trans_b):
+    model = _flattened_linear(trans_b)
+    work = _copy(model)
+    assert gemm_as_matmul(work) == 1
+    ops = Counter(n.op_type for n in work.graph.node)
+    assert ops == Counter({"Relu": 2, "MatMul": 1, "Add": 1})
+    matmul = next(n for n in work.graph.node if n.op_type == "MatMul")
+    assert matmul.input[0] == "h"  # the 3-D activation itself
+    assert not {"flat", "back"} & {i.name for i in work.graph.initializer}  # the shape constants went with them
+    x = {"x": np.random.default_rng(1).normal(size=(BATCH, TOKENS, WIDTH)).astype(np.float32)}
+    np.testing.assert_allclose(run(work, x)[0], run(model, x)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("change", [
+    {"back": (TOKENS, BATCH, OUT)},  # not the inverse of the flatten: moves rows
+    {"flat": (BATCH, TOKENS * WIDTH)},  # not a flatten of the leading dims
+    {"alpha": 2.0},  # a scaled Gemm
+    {"shape": ["B", TOKENS, WIDTH]},  # the activation's shape is not declared
+])
+def test_anything_else_is_left_as_it_is(change):
+    model = _flattened_linear(**change)
+    before = model.SerializeToString()
+    assert gemm_as_matmul(model) == 0
+    assert model.SerializeToString() == before
+
+
+def test_a_plain_2d_gemm_is_left_as_it_is():
+    """An MLP's Gemm on a 2-D input has no reshapes around it: nothing to undo."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"])], "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(rng.normal(size=(WIDTH, OUT)).astype(np.float32), "w"),
+                     numpy_helper.from_array(rng.normal(size=OUT).astype(np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    before = model.SerializeToString()
+    assert gemm_as_matmul(model) == 0
+    assert model.SerializeToString() == before
