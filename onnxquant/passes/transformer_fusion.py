@@ -32,8 +32,11 @@ import onnx
 
 from onnxquant.model_io import tensor_array
 from onnxquant.passes.attention_mask import rewrite_padding_masks
+from onnxquant.passes.declared_shapes import declared_shapes
+from onnxquant.passes.gemm_as_matmul import gemm_as_matmul
 from onnxquant.passes.node_index import NodeIndex
 from onnxquant.passes.sdpa_attention import rewrite_sdpa_attention
+from onnxquant.passes.static_bias import static_biases
 
 MS_DOMAIN = "com.microsoft"
 
@@ -52,6 +55,8 @@ class TransformerFusion:
     sdpa_rewritten: int = 0  # SDPA blocks (torch.onnx dynamo) written in the eager form the fusion matches
     sdpa_declined: str = ""  # why SDPA blocks (a NaN guard after the Softmax) were not rewritten, if any were not
     sdpa_declined_blocks: int = 0  # how many were not
+    unflattened_gemms: int = 0  # Reshape -> Gemm -> Reshape Linear layers (static shapes) written as MatMul + Add
+    static_biases: int = 0  # biases of static-shape 3-D MatMuls given their rank (kept from MatMulAddFusion)
 
     def warning(self) -> str | None:
         """SDPA blocks left unfused, fused blocks or not: a user exporting with transformers' defaults
@@ -200,6 +205,8 @@ def fuse_transformer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Transform
 
     work = onnx.ModelProto()
     work.CopyFrom(model)
+    unflattened = gemm_as_matmul(work)  # (static shapes: the optimizer's flattened Linear layers, back on 3-D)
+    shapes = declared_shapes(work)  # (before the fusions: onnx infers no shape past a com.microsoft op)
     sdpa = rewrite_sdpa_attention(work, hidden_size // num_heads)
     declined = "; ".join(sorted(set(sdpa.declined)))
     masks = rewrite_padding_masks(work)
@@ -222,6 +229,8 @@ def fuse_transformer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Transform
                                sdpa_rewritten=sdpa.rewritten, sdpa_declined=declined,
                                sdpa_declined_blocks=len(sdpa.declined))
     result.residual_sums = residual_adds_as_sum(work.graph)
+    result.unflattened_gemms = unflattened
+    result.static_biases = static_biases(work, shapes)
     if not any(o.domain == MS_DOMAIN for o in work.opset_import):
         work.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     return work, result

@@ -50,8 +50,9 @@ def _matmul_biases(index: NodeIndex, plan: QuantPlan, by_name: dict[str, onnx.No
             continue
         add = index.nodes[k]
         bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
-        if (bias in inits and len(inits[bias].dims) == 1 and len(inits[w].dims) == 2
-                and inits[bias].dims[0] == inits[w].dims[1] and index.uses(bias) == 1):
+        # (a bias may be written (1, ..., 1, N) to match a static-shape activation: passes/static_bias.py)
+        if (bias in inits and len(inits[bias].dims) >= 1 and all(d == 1 for d in inits[bias].dims[:-1])
+                and len(inits[w].dims) == 2 and inits[bias].dims[-1] == inits[w].dims[1] and index.uses(bias) == 1):
             found[name] = bias
     return found
 
@@ -297,6 +298,8 @@ def correct_biases(
         total, count = found[key]
         shift = total / max(count, 1)
         bias = tensor_array(inits[b]).astype(np.float64)
+        if b in float_adds and shift.ndim == 1 and shift.size == bias.size:
+            shift = shift.reshape(bias.shape)  # (a MatMul's bias of the activation's rank)
         if shift.shape != bias.shape or not np.all(np.isfinite(shift)):
             continue
         corrected = (bias + shift).astype(np.float32)
