@@ -80,6 +80,9 @@ class TransformerFusion:
                 if self.masks_rewritten else "")
         if self.sdpa_rewritten:
             mask += f", {self.sdpa_rewritten} SDPA blocks written as eager attention"
+        if self.unflattened_gemms or self.static_biases:
+            mask += (f", static shapes: {self.unflattened_gemms} Reshape/Gemm/Reshape Linear layers as MatMul + Add, "
+                     f"{self.static_biases} biases kept from onnxruntime's MatMul+Add->Gemm fusion")
         return (f"transformer fusion: {self.attention} attention blocks fused into Attention "
                 f"({self.num_heads} heads, hidden size {self.hidden_size}{mask}), {self.gelu} Gelu; "
                 f"{self.residual_sums} residual Adds kept from SkipLayerNormalization")
