@@ -36,6 +36,11 @@ from onnxquant.recovery.probe import Probe, run_probe
 from onnxquant.pipeline.clock import timed
 
 CORRECTABLE = {"Conv", "ConvTranspose", "Gemm"}
+STATIC_BIAS_RANK = 3
+
+
+def _vector_like(dims) -> bool:
+    return len(dims) == 1 or (len(dims) >= STATIC_BIAS_RANK and all(d == 1 for d in dims[:-1]))
 
 
 def _matmul_biases(index: NodeIndex, plan: QuantPlan, by_name: dict[str, onnx.NodeProto]) -> dict[str, str]:
@@ -50,8 +55,8 @@ def _matmul_biases(index: NodeIndex, plan: QuantPlan, by_name: dict[str, onnx.No
             continue
         add = index.nodes[k]
         bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
-        # (a bias may be written (1, ..., 1, N) to match a static-shape activation: passes/static_bias.py)
-        if (bias in inits and len(inits[bias].dims) >= 1 and all(d == 1 for d in inits[bias].dims[:-1])
+        # (or (1, ..., 1, N) of rank 3+, as passes/static_bias.py writes a static-shape 3-D Linear's)
+        if (bias in inits and _vector_like(inits[bias].dims)
                 and len(inits[w].dims) == 2 and inits[bias].dims[-1] == inits[w].dims[1] and index.uses(bias) == 1):
             found[name] = bias
     return found
