@@ -17,6 +17,11 @@ What is fused, and what is not, was measured (README, "Transformer fusion"):
 - EmbedLayerNormalization: not fused. It reads the word-embedding table in float; unfused, the
   table's Gather is stored and looked up in 8 bits.
 
+Static-shape exports (no dynamic axes): the Linear layers onnxruntime's simplifier flattened around
+Gemms are written back as MatMul + Add first (``gemm_as_matmul``), and after the fusion the
+remaining static 3-D MatMuls' biases get the activation's rank (``static_bias``), so that
+onnxruntime's load-time MatMulAddFusion leaves the quantized MatMuls to its QDQ fusions.
+
 Only the fusions change the graph, and only when at least one attention block fuses: any other
 model is returned as it came, the same object, byte for byte.
 """
