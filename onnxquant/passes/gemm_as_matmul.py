@@ -22,6 +22,7 @@ from onnx import helper
 
 from onnxquant.model_io import tensor_array
 from onnxquant.passes.declared_shapes import declared_shapes
+from onnxquant.passes.gemm_bias import channel_bias
 from onnxquant.passes.names import fresh_name
 from onnxquant.passes.node_index import NodeIndex, attributes
 
@@ -68,9 +69,11 @@ def _match(index: NodeIndex, gemm: onnx.NodeProto, shapes: dict[str, tuple[int, 
         return None
     out_width = weight.shape[1]
     bias = gemm.input[2] if len(gemm.input) > 2 and gemm.input[2] else None
+    vector = None
     if bias is not None:
         b = index.inits.get(bias)
-        if b is None or tensor_array(b).size != out_width or tensor_array(b).ndim > 2:
+        vector = None if b is None else channel_bias(tensor_array(b), out_width)
+        if vector is None:  # a per-row C ((M, 1), (M, N)) is no Linear's bias
             return None
     k = index.only_reader(gemm.output[0], "Reshape")
     if k is None or gemm.output[0] in index.outputs:
@@ -83,11 +86,7 @@ def _match(index: NodeIndex, gemm: onnx.NodeProto, shapes: dict[str, tuple[int, 
     if tuple(resolved) != (*leading, out_width):
         return None
     return {"flatten": flatten, "unflatten": unflatten, "x": x, "weight": weight,
-            "transposed": bool(attrs.get("transB", 0)), "bias": bias}
-
-
-def _bias_1d(index: NodeIndex, name: str) -> np.ndarray:
-    return tensor_array(index.inits[name]).reshape(-1)
+            "transposed": bool(attrs.get("transB", 0)), "bias": bias, "vector": vector}
 
 
 def gemm_as_matmul(model: onnx.ModelProto) -> int:
@@ -119,9 +118,9 @@ def gemm_as_matmul(model: onnx.ModelProto) -> int:
             replaced[k] = [helper.make_node("MatMul", [found["x"], weight], [out], name=fresh_name(taken, f"{base}_matmul"))]
         else:
             bias = found["bias"]
-            if tensor_array(index.inits[bias]).ndim != 1:
+            if list(index.inits[bias].dims) != [found["weight"].shape[1]]:
                 bias = fresh_name(taken, f"{bias}_1d")
-                graph.initializer.append(onnx.numpy_helper.from_array(_bias_1d(index, found["bias"]), bias))
+                graph.initializer.append(onnx.numpy_helper.from_array(found["vector"], bias))
             product = fresh_name(taken, f"{out}_matmul")
             replaced[k] = [helper.make_node("MatMul", [found["x"], weight], [product], name=fresh_name(taken, f"{base}_matmul")),
                            helper.make_node("Add", [product, bias], [out], name=fresh_name(taken, f"{base}_bias"))]

@@ -16,23 +16,31 @@ BATCH, TOKENS, WIDTH, OUT = 2, 5, 8, 6
 
 
 def _flattened_linear(trans_b: int = 0, flat: tuple[int, int] = (BATCH * TOKENS, WIDTH),
-                      back: tuple[int, ...] = (BATCH, TOKENS, OUT), alpha: float = 1.0,
-                      shape: list | None = None) -> onnx.ModelProto:
+                      back: tuple[int, ...] | None = None, alpha: float = 1.0,
+                      shape: list | None = None, out: int = OUT, bias_shape: tuple[int, ...] | None = None,
+                      trans_a: int = 0, beta: float = 1.0, flat_read_twice: bool = False,
+                      gemm_is_output: bool = False) -> onnx.ModelProto:
     """Relu(x) -> Reshape(flat) -> Gemm(W, b) -> Reshape(back) -> Relu, x of shape (2, 5, 8)."""
     rng = np.random.default_rng(0)
-    weight = rng.normal(size=(WIDTH, OUT)).astype(np.float32)
+    weight = rng.normal(size=(WIDTH, out)).astype(np.float32)
     inits = [numpy_helper.from_array(weight.T.copy() if trans_b else weight, "w"),
-             numpy_helper.from_array(rng.normal(size=OUT).astype(np.float32), "b"),
+             numpy_helper.from_array(rng.normal(size=bias_shape or (out,)).astype(np.float32), "b"),
              numpy_helper.from_array(np.array(flat, np.int64), "flat"),
-             numpy_helper.from_array(np.array(back, np.int64), "back")]
+             numpy_helper.from_array(np.array(back or (BATCH, TOKENS, out), np.int64), "back")]
     nodes = [helper.make_node("Relu", ["x"], ["h"]),
              helper.make_node("Reshape", ["h", "flat"], ["h2"]),
-             helper.make_node("Gemm", ["h2", "w", "b"], ["y2"], transB=trans_b, alpha=alpha),
+             helper.make_node("Gemm", ["h2", "w", "b"], ["y2"], transA=trans_a, transB=trans_b, alpha=alpha, beta=beta),
              helper.make_node("Reshape", ["y2", "back"], ["y"]),
              helper.make_node("Relu", ["y"], ["out"])]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)]
+    if flat_read_twice:
+        nodes.append(helper.make_node("Relu", ["h2"], ["h2_relu"]))
+        outputs.append(helper.make_tensor_value_info("h2_relu", TensorProto.FLOAT, None))
+    if gemm_is_output:
+        outputs.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, None))
     graph = helper.make_graph(nodes, "flattened_linear",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape or [BATCH, TOKENS, WIDTH])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], initializer=inits)
+                              outputs, initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -42,15 +50,22 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-@pytest.mark.parametrize("trans_b", [0, 1])
-def test_the_flattened_linear_becomes_matmul_add_with_equal_outputs(trans_b):
-    model = _flattened_linear(trans_b)
+@pytest.mark.parametrize("trans_b, bias_shape", [
+    (0, None), (1, None),
+    (0, (1, OUT)),  # a (1, N) C: one bias row added to every row
+    (0, (1,)),  # a single value, added everywhere
+    (0, (1, 1)),
+])
+def test_the_flattened_linear_becomes_matmul_add_with_equal_outputs(trans_b, bias_shape):
+    model = _flattened_linear(trans_b, bias_shape=bias_shape)
     work = _copy(model)
     assert gemm_as_matmul(work) == 1
     ops = Counter(n.op_type for n in work.graph.node)
     assert ops == Counter({"Relu": 2, "MatMul": 1, "Add": 1})
     matmul = next(n for n in work.graph.node if n.op_type == "MatMul")
     assert matmul.input[0] == "h"  # the 3-D activation itself
+    add = next(n for n in work.graph.node if n.op_type == "Add")
+    assert [list(i.dims) for i in work.graph.initializer if i.name == add.input[1]] == [[OUT]]
     assert not {"flat", "back"} & {i.name for i in work.graph.initializer}  # the shape constants went with them
     x = {"x": np.random.default_rng(1).normal(size=(BATCH, TOKENS, WIDTH)).astype(np.float32)}
     np.testing.assert_allclose(run(work, x)[0], run(model, x)[0], rtol=1e-5, atol=1e-5)
@@ -61,9 +76,19 @@ def test_the_flattened_linear_becomes_matmul_add_with_equal_outputs(trans_b):
     {"flat": (BATCH, TOKENS * WIDTH)},  # not a flatten of the leading dims
     {"alpha": 2.0},  # a scaled Gemm
     {"shape": ["B", TOKENS, WIDTH]},  # the activation's shape is not declared
+    # a per-row C of shape (M, 1), M == N == 10: its size is N, yet it is no channel bias
+    {"out": BATCH * TOKENS, "bias_shape": (BATCH * TOKENS, 1)},
+    {"out": BATCH * TOKENS, "bias_shape": (BATCH * TOKENS, BATCH * TOKENS)},  # a per-element C
+    # A transposed (square: 8 rows of 8, x of shape (2, 4, 8)): a valid Gemm, but not x @ W
+    {"trans_a": 1, "shape": [2, 4, WIDTH], "flat": (8, WIDTH), "back": (2, 4, OUT)},
+    {"beta": 0.5},  # a scaled bias
+    {"flat_read_twice": True},  # the flattened activation is read by another node too
+    {"gemm_is_output": True},  # the 2-D product is a graph output
 ])
 def test_anything_else_is_left_as_it_is(change):
     model = _flattened_linear(**change)
+    if "flat" not in change or "trans_a" in change:  # (the new flatten is a Gemm of mismatched shapes)
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)  # (each is a valid graph, not declined for being broken)
     before = model.SerializeToString()
     assert gemm_as_matmul(model) == 0
     assert model.SerializeToString() == before
