@@ -16,11 +16,14 @@ masks of several batch sizes and lengths (all-zero and all-one rows among them, 
 positions; and longer than any number the subgraph holds, so that a local-attention band or a
 position limit shows), not read from its op types: exporters spell it in more ways than a pattern
 would cover. A dim the mask input declares fixed (a static-shape export: its index constants
-hold that one shape) is checked at that size only; the checks then repeat on fresh masks, rows forced all
-kept and all padded only on every other one, so that a condition that reads a row's first
-position only (true of a forced row) is caught. Anything else is left as it is.
+hold that one shape) is checked at that size only (when every dim is, at any length: no other can
+be fed); the checks then repeat on fresh masks, rows forced all kept and all padded only on every
+other one, so that a condition that reads a row's first position only (true of a forced row) is
+caught. Anything else is left as it is.
 """
 from __future__ import annotations
+
+from typing import Iterator
 
 import numpy as np
 import onnx
@@ -133,15 +136,29 @@ def _with_declared_dims(shapes: tuple[tuple[int, int], ...], declared: tuple[int
     return trials
 
 
-def _mask_bits(rng: np.random.Generator, batch: int, length: int, trial: int) -> np.ndarray:
-    """A random 0/1 mask; on even trials its first row all kept and its last all padded, on odd
-    trials every row random (a fixed batch of two would otherwise have no random row at all)."""
-    bits = rng.integers(0, 2, (batch, length))
-    if trial % 2 == 0:
-        bits[0, :] = 1
-        if batch > 1:
-            bits[-1, :] = 0
-    return bits
+def _trial_shapes(index: NodeIndex, nodes: list[int], declared: tuple[int, int]) -> list[tuple[int, int]] | None:
+    """The (batch, sequence) shapes the condition is run on: a mask of fully declared dims (a static
+    export) takes that one shape only, however long (no longer one can be fed, so no band or limit
+    beyond it can show); otherwise ``_check_shapes``, each declared dim set to its value."""
+    if all(declared):
+        return [declared] * MIN_TRIALS
+    shapes = _check_shapes(index, nodes)
+    if shapes is None:
+        return None
+    return _with_declared_dims(shapes, declared) if any(declared) else list(shapes)
+
+
+def _trial_masks(rng: np.random.Generator, shapes: list[tuple[int, int]], static: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(bits, values) per trial shape: random 0/1 bits, and the mask fed, 1, 2 or -1 at kept positions.
+    Each has its first row all kept and its last all padded; with declared static dims (``static``)
+    only every other one does, so that a fixed batch of two still gets random rows."""
+    for trial, (batch, length) in enumerate(shapes):
+        bits = rng.integers(0, 2, (batch, length))
+        if not static or trial % 2 == 0:
+            bits[0, :] = 1
+            if batch > 1:
+                bits[-1, :] = 0
+        yield bits, bits * rng.choice(KEPT_VALUES, bits.shape)
 
 
 def _condition_model(model: onnx.ModelProto, index: NodeIndex, nodes: list[int], cond: str,
@@ -163,9 +180,6 @@ def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -
     nodes = _ancestors(index, cond)
     if not nodes:
         return None
-    shapes = _check_shapes(index, nodes)
-    if shapes is None:
-        return None
     graph_inputs = {i.name: i for i in model.graph.input if i.name not in index.inits}
     read = {i for k in nodes for i in index.nodes[k].input if i in graph_inputs}
     valued = {i for k in nodes if index.nodes[k].op_type != "Shape" for i in index.nodes[k].input if i in read}
@@ -179,8 +193,9 @@ def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -
     inputs = [graph_inputs[name] for name in sorted(read)]
     dims = graph_inputs[mask].type.tensor_type.shape.dim
     declared = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else 0 for d in dims)
-    if any(declared):
-        shapes = _with_declared_dims(shapes, declared)
+    shapes = _trial_shapes(index, nodes, declared)
+    if shapes is None:
+        return None
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 1
@@ -191,11 +206,11 @@ def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -
         return None
     rng = np.random.default_rng(0)
     dtypes = {name: helper.tensor_dtype_to_np_dtype(graph_inputs[name].type.tensor_type.elem_type) for name in read}
-    for trial, (batch, length) in enumerate(shapes):
-        bits = _mask_bits(rng, batch, length, trial)
+    for bits, values in _trial_masks(rng, shapes, any(declared)):
+        batch, length = bits.shape
         feeds = {name: np.zeros((batch, length), dtypes[name]) for name in read}
         # kept positions hold 1, 2 and -1: the condition must be bool(mask), not mask == 1
-        feeds[mask] = (bits * rng.choice(KEPT_VALUES, bits.shape)).astype(dtypes[mask])
+        feeds[mask] = values.astype(dtypes[mask])
         try:
             (value,) = session.run(None, feeds)
         except Exception:
