@@ -27,13 +27,14 @@ def _light(model: onnx.ModelProto) -> onnx.ModelProto:
     return helper.make_model(light, opset_imports=list(model.opset_import), ir_version=model.ir_version)
 
 
-def declared_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """The shape of every main-graph value whose dims shape inference finds all fixed; values with
-    a free or unknown dim are absent (so is everything, if inference fails)."""
+def infer_declared_shapes(model: onnx.ModelProto) -> tuple[dict[str, tuple[int, ...]], str | None]:
+    """The shape of every main-graph value whose dims shape inference finds all fixed (values with a
+    free or unknown dim are absent), and why inference failed (then no shapes), else None."""
     try:
         inferred = onnx.shape_inference.infer_shapes(_light(model))
-    except Exception:  # a graph onnx cannot infer (custom ops, bad types): no declared shapes
-        return {}
+    except Exception as error:  # a graph onnx cannot infer (custom ops, bad types): no declared shapes
+        first = (str(error).strip().splitlines() or [""])[0][:160]
+        return {}, f"{type(error).__name__}: {first}" if first else type(error).__name__
     out: dict[str, tuple[int, ...]] = {}
     for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         tensor_type = value.type.tensor_type
@@ -42,4 +43,20 @@ def declared_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
         dims = tensor_type.shape.dim
         if all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
             out[value.name] = tuple(int(d.dim_value) for d in dims)
-    return out
+    return out, None
+
+
+def declared_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """``infer_declared_shapes``' shapes; empty if inference fails."""
+    return infer_declared_shapes(model)[0]
+
+
+def static_inputs(model: onnx.ModelProto) -> bool:
+    """Every graph input (initializers aside) declares all its dims fixed: a static-shape export,
+    on which the static-shape passes would apply had inference declared its shapes."""
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    return bool(inputs) and all(
+        i.type.tensor_type.HasField("shape")
+        and all(d.HasField("dim_value") and d.dim_value > 0 for d in i.type.tensor_type.shape.dim)
+        for i in inputs)

@@ -89,14 +89,16 @@ def _match(index: NodeIndex, gemm: onnx.NodeProto, shapes: dict[str, tuple[int, 
             "transposed": bool(attrs.get("transB", 0)), "bias": bias, "vector": vector}
 
 
-def gemm_as_matmul(model: onnx.ModelProto) -> int:
+def gemm_as_matmul(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None) -> int:
     """Rewrite each ``Reshape -> Gemm -> Reshape`` Linear on a declared 3-D+ tensor as ``MatMul -> Add``
-    in place; return how many. Shape initializers left unread are removed."""
+    in place; return how many. Shape initializers left unread are removed. ``shapes``: the model's
+    declared shapes, if already inferred."""
     graph = model.graph
     index = NodeIndex(graph)
     if not any(n.op_type == "Gemm" for n in index.nodes):
         return 0
-    shapes = declared_shapes(model)
+    if shapes is None:
+        shapes = declared_shapes(model)
     taken = {n for node in index.nodes for n in (*node.input, *node.output)} | set(index.inits)
     taken |= {i.name for i in graph.input}
     replaced: dict[int, list[onnx.NodeProto]] = {}

@@ -41,7 +41,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxquant.model_io import tensor_array
-from onnxquant.passes.declared_shapes import declared_shapes
+from onnxquant.passes.declared_shapes import declared_shapes, static_inputs
 from onnxquant.passes.names import fresh_name
 from onnxquant.passes.node_index import NodeIndex, attributes
 
@@ -217,18 +217,22 @@ def _match(model: onnx.ModelProto, index: NodeIndex, softmax: onnx.NodeProto, he
     if static is not None and len(static) != 4:
         return "K's head split is not 4-D"
     if not _transposes_keys(model, index, nodes, split.input[0], kt, static):
+        if static is None and static_inputs(model):  # (a static export's path holds its one shape only)
+            return "K's head split's shape not declared (shape inference), so its path was checked on other shapes"
         return "K's path is not a transpose of its head split's last two axes"
     return {"guard": guard, "matmul": matmul, "q": q, "split": split, "scale": c2,
             "dead": [index.nodes.index(n) for n in (guard, mul_q, mul_k)] + nodes
             + [index.producer[guard.input[0]]]}
 
 
-def rewrite_sdpa_attention(model: onnx.ModelProto, head_size: int) -> SdpaRewrite:
+def rewrite_sdpa_attention(model: onnx.ModelProto, head_size: int,
+                           known: dict[str, tuple[int, ...]] | None = None) -> SdpaRewrite:
     """Rewrite each SDPA block (see the module docstring) in place into
     ``MatMul(Q, Transpose(K_heads, (0, 2, 3, 1))) * c**2 -> Add(mask) -> Softmax -> MatMul(., V)``.
 
     Blocks with a NaN guard after their Softmax that are not rewritten are counted in ``declined``
-    with the reason. The nodes the rewrite leaves unread are removed.
+    with the reason. The nodes the rewrite leaves unread are removed. ``known``: the model's declared
+    shapes, if already inferred.
     """
     graph = model.graph
     index = NodeIndex(graph)
@@ -238,7 +242,7 @@ def rewrite_sdpa_attention(model: onnx.ModelProto, head_size: int) -> SdpaRewrit
     before: dict[int, list[onnx.NodeProto]] = {}
     after: dict[int, list[onnx.NodeProto]] = {}
     dead: set[int] = set()
-    shapes: list[dict[str, tuple[int, ...]]] = []
+    shapes: list[dict[str, tuple[int, ...]]] = [] if known is None else [known]
 
     def declared() -> dict[str, tuple[int, ...]]:  # (inferred once, and only if a block gets that far)
         if not shapes:

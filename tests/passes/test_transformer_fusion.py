@@ -299,3 +299,40 @@ def test_minilm_static_shape_export_fuses_and_quantizes(tmp_path_factory):
     assert (kernels.quantized_layers, kernels.integer_layers) == (24, 24) and not kernels.float_islands
     agreement = metrics.embedding(ref, [run(result.model, x)[0] for x in samples])
     assert agreement["cosine"] >= 0.995  # 0.9986 measured (min 0.9971); main: see README, static shapes
+
+
+def _with_static_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    static = onnx.ModelProto()
+    static.CopyFrom(model)
+    for value in static.graph.input:
+        for dim, size in zip(value.type.tensor_type.shape.dim, (2, 8)):
+            dim.dim_value = size
+    return static
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_failed_shape_inference_on_a_static_export_is_said(bert, monkeypatch, static):
+    """Shape inference failing on a static-shape export skips its passes (nothing declared): the note
+    says so, and why. On free dims they would not apply, and nothing is said."""
+    from onnxquant.passes import declared_shapes
+
+    def fails(model):
+        raise ValueError("cannot infer this graph\nsecond line")
+
+    model = prepare_model(_with_static_inputs(bert) if static else bert)[0]
+    monkeypatch.setattr(declared_shapes, "_light", fails)
+    _, fusion = fuse_transformer(model)
+    assert fusion.attention == LAYERS  # the fusion itself needs no declared shapes
+    assert (fusion.unflattened_gemms, fusion.static_biases) == (0, 0)
+    if static:
+        assert fusion.static_skipped == "ValueError: cannot infer this graph"
+        assert fusion.note().endswith("; static-shape passes (Gemm unflattening, static biases) skipped: "
+                                      "onnx shape inference failed (ValueError: cannot infer this graph)")
+    else:
+        assert fusion.static_skipped == "" and "skipped" not in fusion.note()
+
+
+def test_a_static_export_whose_shapes_are_inferred_says_nothing_skipped(bert):
+    _, fusion = fuse_transformer(prepare_model(_with_static_inputs(bert))[0])
+    assert (fusion.unflattened_gemms, fusion.static_biases) == (2 * LAYERS, 2 * LAYERS)  # (the passes ran)
+    assert fusion.static_skipped == "" and "skipped" not in fusion.note()
