@@ -67,3 +67,10 @@ def test_anything_else_is_left_as_it_is(shape):
     before = model.SerializeToString()
     assert static_biases(model, declared_shapes(model)) == 0
     assert model.SerializeToString() == before
+
+
+def test_a_free_dim_3d_matmul_needs_no_rank_bias(tmp_path):
+    """Why a 3-D MatMul with a free dim is left: onnxruntime's MatMulAddFusion does not reshape it
+    either, the MatMul and Add survive its optimizer as they are."""
+    ops = _ort_ops(_linear(["B", 5, WIDTH]), tmp_path)
+    assert "Gemm" not in ops and "MatMul" in ops
