@@ -25,6 +25,7 @@ from onnxquant.passes.declared_shapes import declared_shapes
 from onnxquant.passes.gemm_bias import channel_bias
 from onnxquant.passes.names import fresh_name
 from onnxquant.passes.node_index import NodeIndex, attributes
+from onnxquant.passes.weight_only import drop_unread
 
 
 def _ints(index: NodeIndex, name: str) -> list[int] | None:
@@ -100,9 +101,11 @@ def gemm_as_matmul(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | 
     if shapes is None:
         shapes = declared_shapes(model)
     taken = {n for node in index.nodes for n in (*node.input, *node.output)} | set(index.inits)
-    taken |= {i.name for i in graph.input}
+    taken |= {i.name for i in graph.input} | {n.name for n in index.nodes if n.name}
+    transposed: dict[str, str] = {}  # a transposed weight -> its copy (tied weights are copied once)
     replaced: dict[int, list[onnx.NodeProto]] = {}
     dropped: set[int] = set()
+    removed: set[str] = set()  # the 2-D values (flattened input, Gemm output) no node computes any more
     released: set[str] = set()  # initializers the old nodes read (the reshape targets, a transposed weight)
     for k, node in enumerate(index.nodes):
         if node.op_type != "Gemm" or node.domain not in ("", "ai.onnx"):
@@ -112,8 +115,11 @@ def gemm_as_matmul(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | 
             continue
         weight = node.input[1]
         if found["transposed"]:
-            weight = fresh_name(taken, f"{node.input[1]}_transposed")
-            graph.initializer.append(onnx.numpy_helper.from_array(np.ascontiguousarray(found["weight"]), weight))
+            if weight not in transposed:
+                transposed[weight] = fresh_name(taken, f"{weight}_transposed")
+                graph.initializer.append(onnx.numpy_helper.from_array(np.ascontiguousarray(found["weight"]),
+                                                                      transposed[weight]))
+            weight = transposed[weight]
         out = found["unflatten"].output[0]
         base = node.name or out
         if found["bias"] is None:
@@ -127,6 +133,7 @@ def gemm_as_matmul(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | 
             replaced[k] = [helper.make_node("MatMul", [found["x"], weight], [product], name=fresh_name(taken, f"{base}_matmul")),
                            helper.make_node("Add", [product, bias], [out], name=fresh_name(taken, f"{base}_bias"))]
         dropped |= {index.producer[found["flatten"].output[0]], index.producer[out]}
+        removed.update((found["flatten"].output[0], node.output[0]))
         released.update(i for n in (found["flatten"], node, found["unflatten"]) for i in n.input if i in index.inits)
     if not replaced:
         return 0
@@ -142,8 +149,8 @@ def gemm_as_matmul(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | 
             nodes.append(kept)
     del graph.node[:]
     graph.node.extend(nodes)
-    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    unread = [i for i in graph.initializer if i.name in released and i.name not in read]
-    for init in unread:
-        graph.initializer.remove(init)
+    stale = [v for v in graph.value_info if v.name in removed]
+    for value in stale:
+        graph.value_info.remove(value)
+    drop_unread(graph, released)
     return len(replaced)

@@ -21,6 +21,7 @@ import onnx
 from onnxquant.model_io import tensor_array
 from onnxquant.passes.names import fresh_name
 from onnxquant.passes.node_index import NodeIndex
+from onnxquant.passes.weight_only import drop_unread
 
 MIN_RANK = 3  # onnxruntime reshapes (and so folds a 1-D bias) only around MatMuls of rank 3 or more
 
@@ -31,7 +32,7 @@ def static_biases(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) ->
     graph = model.graph
     index = NodeIndex(graph)
     taken = {n for node in index.nodes for n in (*node.input, *node.output)} | set(index.inits)
-    taken |= {i.name for i in graph.input}
+    taken |= {i.name for i in graph.input} | {n.name for n in index.nodes if n.name}
     replaced: set[str] = set()  # the old 1-D biases
     count = 0
     for node in index.nodes:
@@ -57,7 +58,5 @@ def static_biases(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) ->
         add.input[slot] = name
         replaced.add(bias.name)
         count += 1
-    read = {i for n in graph.node for i in n.input} | index.outputs
-    for init in [i for i in graph.initializer if i.name in replaced and i.name not in read]:
-        graph.initializer.remove(init)
+    drop_unread(graph, replaced)
     return count

@@ -107,3 +107,39 @@ def test_a_plain_2d_gemm_is_left_as_it_is():
     before = model.SerializeToString()
     assert gemm_as_matmul(model) == 0
     assert model.SerializeToString() == before
+
+
+def test_new_names_clash_with_no_node_and_stale_2d_shapes_go():
+    """A node already named as the new bias Add would be keeps its name alone; the value_info of the
+    removed 2-D tensors (what an earlier shape inference wrote) goes with them."""
+    model = _flattened_linear()
+    model.graph.node[0].name = "y_bias"  # (the name the unnamed Gemm's bias Add would take)
+    model.graph.value_info.extend([helper.make_tensor_value_info("h2", TensorProto.FLOAT, [BATCH * TOKENS, WIDTH]),
+                                   helper.make_tensor_value_info("y2", TensorProto.FLOAT, [BATCH * TOKENS, OUT]),
+                                   helper.make_tensor_value_info("y", TensorProto.FLOAT, [BATCH, TOKENS, OUT])])
+    assert gemm_as_matmul(model) == 1
+    names = [n.name for n in model.graph.node if n.name]
+    assert len(names) == len(set(names))
+    assert [v.name for v in model.graph.value_info] == ["y"]
+    x = {"x": np.random.default_rng(1).normal(size=(BATCH, TOKENS, WIDTH)).astype(np.float32)}
+    np.testing.assert_allclose(run(model, x)[0], run(_flattened_linear(), x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_weight_tied_between_two_transposed_gemms_is_copied_once():
+    """Two Linears reading one (N, K) weight with transB: one transposed copy, read by both MatMuls."""
+    model = _flattened_linear(trans_b=1)
+    graph = model.graph
+    second = [helper.make_node("Reshape", ["h", "flat"], ["g2"]),
+              helper.make_node("Gemm", ["g2", "w", "b2"], ["z2"], transB=1),
+              helper.make_node("Reshape", ["z2", "back"], ["z"])]
+    graph.node.extend(second)
+    graph.initializer.append(numpy_helper.from_array(np.arange(OUT, dtype=np.float32), "b2"))
+    graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    reference = _copy(model)
+    assert gemm_as_matmul(model) == 2
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    assert len({m.input[1] for m in matmuls}) == 1
+    assert [i.name for i in model.graph.initializer if i.name.startswith("w")] == ["w_transposed"]
+    x = {"x": np.random.default_rng(1).normal(size=(BATCH, TOKENS, WIDTH)).astype(np.float32)}
+    for got, want in zip(run(model, x), run(reference, x)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
