@@ -179,6 +179,12 @@ def _breast_cancer(part: str) -> list[dict[str, np.ndarray]]:
     return breast_cancer_samples(part)
 
 
+def _minilm_static(part: str) -> list[dict[str, np.ndarray]]:
+    from models.minilm import STATIC_SHAPE
+
+    return minilm_samples(part, pad_to=STATIC_SHAPE[1])
+
+
 SETS = {
     "efficientnet-lite0": efficientnet_samples,
     "efficientnet-lite0-dynamo": efficientnet_samples,
@@ -186,6 +192,7 @@ SETS = {
     "minilm": minilm_samples,
     "minilm-dynamo": minilm_samples,
     "minilm-sdpa": minilm_samples,
+    "minilm-sdpa-static": _minilm_static,  # padded to the export's one shape
     "ppocr-det": ppocr_samples,
     "ppocrv5-det": ppocrv5_det_samples,
     # models from other frameworks (calibration/foreign.py); the partly-int8 and fp16 variants

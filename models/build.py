@@ -35,6 +35,8 @@ BUILDERS = {
     "minilm-dynamo": (minilm.build_dynamo, "all_minilm_l6_v2.dynamo.onnx"),
     # and with transformers' default attention (SDPA) as well: what a user exports today
     "minilm-sdpa": (minilm.build_dynamo_sdpa, "all_minilm_l6_v2.sdpa.onnx"),
+    # and with static shapes (no dynamic axes given): reshape targets and mask indices constants
+    "minilm-sdpa-static": (minilm.build_dynamo_sdpa_static, "all_minilm_l6_v2.sdpa_static.onnx"),
     "ppocr-det": (ppocr_det.build, "ppocrv4_det.onnx"),
     # from other frameworks and converters: scikit-learn/skl2onnx, Paddle, JAX/tf2onnx; an fp16
     # model and an already partly quantized one

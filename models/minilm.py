@@ -17,6 +17,8 @@ INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "embedding"
 DYNAMO_DATA = "all_minilm_l6_v2.dynamo.weights"  # the dynamo export's external data file
 SDPA_DATA = "all_minilm_l6_v2.sdpa.weights"  # and its SDPA-attention export's
+STATIC_DATA = "all_minilm_l6_v2.sdpa_static.weights"  # and its static-shape export's
+STATIC_SHAPE = (1, 128)  # (batch, tokens) of the static-shape export; its samples are padded to it
 
 
 def tokenizer_dir() -> Path:
@@ -82,31 +84,33 @@ def build(out_path: Path, opset: int = 17) -> Path:
     return out_path
 
 
-def build_dynamo(out_path: Path, attention: str = "eager") -> Path:
+def build_dynamo(out_path: Path, attention: str = "eager", static: bool = False) -> Path:
     """The same network as torch.onnx.export writes it by default since torch 2.9 (the dynamo
     exporter): opset 18, weights in external data, the attention mask built with Range, GatherND,
-    And and Where (which onnxruntime's attention fusion does not match as it is), the scale as Mul."""
+    And and Where (which onnxruntime's attention fusion does not match as it is), the scale as Mul.
+    ``static``: no dynamic axes, as the exporter writes a model when none are given (every shape
+    fixed to STATIC_SHAPE, reshape targets and mask indices constants of it)."""
     import tempfile
 
     import onnx
     import torch
 
     dyn = {0: "batch", 1: "sequence"}
-    ids = torch.ones(1, 16, dtype=torch.int64)
+    ids = torch.ones(*(STATIC_SHAPE if static else (1, 16)), dtype=torch.int64)
+    axes = {} if static else {"dynamic_axes": {**{n: dyn for n in INPUT_NAMES}, "sentence_embedding": {0: "batch"}}}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         exported = Path(tmp) / "model.onnx"
         # The exporter names values after torch ops, and its word embedding's value is "embedding":
         # the graph output gets another name here and OUTPUT_NAME once that value is renamed.
         torch.onnx.export(_embedder(attention), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(exported),
-                          input_names=list(INPUT_NAMES), output_names=["sentence_embedding"],
-                          dynamic_axes={**{n: dyn for n in INPUT_NAMES}, "sentence_embedding": {0: "batch"}},
+                          input_names=list(INPUT_NAMES), output_names=["sentence_embedding"], **axes,
                           opset_version=18, dynamo=True)
         model = onnx.load(str(exported))
         _rename_value(model.graph, OUTPUT_NAME, "word_embedding")
         _rename_value(model.graph, "sentence_embedding", OUTPUT_NAME)
         # saved again so that the data file's name does not depend on where it was first written
-        data = DYNAMO_DATA if attention == "eager" else SDPA_DATA
+        data = STATIC_DATA if static else DYNAMO_DATA if attention == "eager" else SDPA_DATA
         onnx.save_model(model, str(out_path), save_as_external_data=True, location=data, size_threshold=1024)
     return out_path
 
@@ -116,6 +120,13 @@ def build_dynamo_sdpa(out_path: Path) -> Path:
     exported by dynamo (Q and K each scaled by sqrt(scale), K reshaped twice, a -inf mask and an
     IsNaN/Where guard after the Softmax)."""
     return build_dynamo(out_path, attention="sdpa")
+
+
+def build_dynamo_sdpa_static(out_path: Path) -> Path:
+    """``build_dynamo_sdpa`` with static shapes (STATIC_SHAPE): what torch.onnx writes when no
+    dynamic axes are given. onnxruntime's optimizer then writes its 3-D Linear layers whose shapes
+    it knows as Reshape -> Gemm -> Reshape."""
+    return build_dynamo(out_path, attention="sdpa", static=True)
 
 
 def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:

@@ -15,9 +15,15 @@ to ``bool(mask[b, j])`` broadcast over heads and query positions by running it, 
 masks of several batch sizes and lengths (all-zero and all-one rows among them, 1, 2 and -1 at kept
 positions; and longer than any number the subgraph holds, so that a local-attention band or a
 position limit shows), not read from its op types: exporters spell it in more ways than a pattern
-would cover. Anything else is left as it is.
+would cover. A dim the mask input declares fixed (a static-shape export: its index constants
+hold that one shape) is checked at that size only (when every dim is, at any length: no other can
+be fed); the checks then repeat on fresh masks, rows forced all kept and all padded only on every
+other one, so that a condition that reads a row's first position only (true of a forced row) is
+caught. Anything else is left as it is.
 """
 from __future__ import annotations
+
+from typing import Iterator
 
 import numpy as np
 import onnx
@@ -39,6 +45,7 @@ KEPT_VALUES = (1, 2, -1)  # values of an integer mask at kept positions, as chec
 MAX_CHECK_LENGTH = 1024
 # Numbers this large are "to the end" sentinels (Slice ends, INT32/INT64 max, float min), not lengths.
 SENTINEL = 2**31 - 1
+MIN_TRIALS = 6  # masks checked at least, when declared dims leave fewer distinct shapes
 
 
 def _constant(index: NodeIndex, name: str) -> np.ndarray | None:
@@ -115,6 +122,45 @@ def _check_shapes(index: NodeIndex, nodes: list[int]) -> tuple[tuple[int, int], 
     return (*CHECK_SHAPES, (2, longer), (longer, 3))
 
 
+def _with_declared_dims(shapes: tuple[tuple[int, int], ...], declared: tuple[int, int]) -> list[tuple[int, int]]:
+    """``shapes`` with each dim the mask input declares fixed (non-zero in ``declared``) set to it,
+    repeated to MIN_TRIALS checks when that leaves fewer."""
+    fixed: list[tuple[int, int]] = []
+    for batch, length in shapes:
+        shape = (declared[0] or batch, declared[1] or length)
+        if shape not in fixed:
+            fixed.append(shape)
+    trials = list(fixed)
+    while len(trials) < MIN_TRIALS:
+        trials.append(fixed[len(trials) % len(fixed)])
+    return trials
+
+
+def _trial_shapes(index: NodeIndex, nodes: list[int], declared: tuple[int, int]) -> list[tuple[int, int]] | None:
+    """The (batch, sequence) shapes the condition is run on: a mask of fully declared dims (a static
+    export) takes that one shape only, however long (no longer one can be fed, so no band or limit
+    beyond it can show); otherwise ``_check_shapes``, each declared dim set to its value."""
+    if all(declared):
+        return [declared] * MIN_TRIALS
+    shapes = _check_shapes(index, nodes)
+    if shapes is None:
+        return None
+    return _with_declared_dims(shapes, declared) if any(declared) else list(shapes)
+
+
+def _trial_masks(rng: np.random.Generator, shapes: list[tuple[int, int]], static: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(bits, values) per trial shape: random 0/1 bits, and the mask fed, 1, 2 or -1 at kept positions.
+    Each has its first row all kept and its last all padded; with declared static dims (``static``)
+    only every other one does, so that a fixed batch of two still gets random rows."""
+    for trial, (batch, length) in enumerate(shapes):
+        bits = rng.integers(0, 2, (batch, length))
+        if not static or trial % 2 == 0:
+            bits[0, :] = 1
+            if batch > 1:
+                bits[-1, :] = 0
+        yield bits, bits * rng.choice(KEPT_VALUES, bits.shape)
+
+
 def _condition_model(model: onnx.ModelProto, index: NodeIndex, nodes: list[int], cond: str,
                      inputs: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
     graph = helper.make_graph(
@@ -134,9 +180,6 @@ def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -
     nodes = _ancestors(index, cond)
     if not nodes:
         return None
-    shapes = _check_shapes(index, nodes)
-    if shapes is None:
-        return None
     graph_inputs = {i.name: i for i in model.graph.input if i.name not in index.inits}
     read = {i for k in nodes for i in index.nodes[k].input if i in graph_inputs}
     valued = {i for k in nodes if index.nodes[k].op_type != "Shape" for i in index.nodes[k].input if i in read}
@@ -148,6 +191,11 @@ def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -
         if tensor_type.elem_type not in INTEGER_TYPES or len(tensor_type.shape.dim) != 2:
             return None
     inputs = [graph_inputs[name] for name in sorted(read)]
+    dims = graph_inputs[mask].type.tensor_type.shape.dim
+    declared = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else 0 for d in dims)
+    shapes = _trial_shapes(index, nodes, declared)
+    if shapes is None:
+        return None
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 1
@@ -158,14 +206,11 @@ def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -
         return None
     rng = np.random.default_rng(0)
     dtypes = {name: helper.tensor_dtype_to_np_dtype(graph_inputs[name].type.tensor_type.elem_type) for name in read}
-    for batch, length in shapes:
-        bits = rng.integers(0, 2, (batch, length))
-        bits[0, :] = 1
-        if batch > 1:
-            bits[-1, :] = 0
+    for bits, values in _trial_masks(rng, shapes, any(declared)):
+        batch, length = bits.shape
         feeds = {name: np.zeros((batch, length), dtypes[name]) for name in read}
         # kept positions hold 1, 2 and -1: the condition must be bool(mask), not mask == 1
-        feeds[mask] = (bits * rng.choice(KEPT_VALUES, bits.shape)).astype(dtypes[mask])
+        feeds[mask] = values.astype(dtypes[mask])
         try:
             (value,) = session.run(None, feeds)
         except Exception:

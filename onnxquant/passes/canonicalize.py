@@ -34,6 +34,7 @@ from onnx import helper, numpy_helper
 
 from onnxquant.model_io import iter_graphs, tensor_array
 from onnxquant.passes.names import fresh_name
+from onnxquant.passes.gemm_bias import channel_bias
 from onnxquant.passes.node_index import NodeIndex, attributes
 from onnxquant.shapes import known_elem_types, known_ranks
 
@@ -136,12 +137,9 @@ def _gemm(node: onnx.NodeProto, inits: _Initializers, report: CanonicalizeReport
     n = weight_shape[0] if attrs.get("transB", 0) else weight_shape[1]
     if bias.ndim == 1 and bias.shape[0] == n:
         return  # already what the integer kernels take
-    if bias.size == 1:
-        flat = np.full(n, bias.reshape(()), dtype=np.float32)
-    elif bias.ndim == 2 and bias.shape == (1, n):
-        flat = bias.reshape(n)
-    else:
-        return  # a per-row bias (M, N) is not a channel bias
+    flat = channel_bias(bias, n)
+    if flat is None:
+        return  # a per-row bias (M, N) or (M, 1) is not a channel bias
     node.input[2] = inits.put(c, flat, inits.index.uses(c) > 1)
     report.gemm_biases += 1
 

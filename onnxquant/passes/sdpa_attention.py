@@ -14,6 +14,9 @@ export does: ``MatMul(Q, Transpose(K, (0, 2, 3, 1))) * c**2 -> Add(mask) -> Soft
 Exactness, part by part:
 - K's path: only moves data. Its subgraph (the reshapes and the shape arithmetic) is run in
   onnxruntime on tensors of several shapes and must equal the swap of K's last two axes exactly.
+  A static-shape export (no dynamic axes) writes its reshape targets as constants of its one
+  shape: where shape inference declares the head split's input fully static, the path is run on
+  that shape alone (the graph takes no other).
 - The scale: ``(cQ)(cK^T) = c**2 (QK^T)`` in real arithmetic; in float32 the two differ by rounding
   only. The fused Attention op applies ``1/sqrt(head_size)`` whatever the graph says, so the pass
   requires ``c**2`` to be that value (relative 1e-6) and declines otherwise.
@@ -31,12 +34,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from onnxquant.model_io import tensor_array
+from onnxquant.passes.declared_shapes import declared_shapes, static_inputs
 from onnxquant.passes.names import fresh_name
 from onnxquant.passes.node_index import NodeIndex, attributes
 
@@ -142,10 +147,11 @@ def _k_path(index: NodeIndex, kt: str) -> tuple[onnx.NodeProto, list[int]] | Non
     return split, sorted(seen)
 
 
-def _transposes_keys(model: onnx.ModelProto, index: NodeIndex, nodes: list[int], source: str, kt: str) -> bool:
+def _transposes_keys(model: onnx.ModelProto, index: NodeIndex, nodes: list[int], source: str, kt: str,
+                     static: tuple[int, ...] | None = None) -> bool:
     """True if the nodes, run in onnxruntime from ``source`` (batch, sequence, heads, head_size) to
     ``kt``, equal its transpose to (batch, heads, head_size, sequence) on float tensors of every
-    CHECK_SHAPES shape."""
+    CHECK_SHAPES shape, or of ``static`` (source's declared shape) alone when given."""
     import onnxruntime as ort
 
     used = {i for k in nodes for i in index.nodes[k].input}
@@ -161,7 +167,8 @@ def _transposes_keys(model: onnx.ModelProto, index: NodeIndex, nodes: list[int],
     try:
         session = ort.InferenceSession(check.SerializeToString(), options, providers=["CPUExecutionProvider"])
         rng = np.random.default_rng(0)
-        for shape in CHECK_SHAPES:
+        shapes = CHECK_SHAPES if static is None else ((static[0], static[2], static[1], static[3]),)
+        for shape in shapes:
             batch, heads, length, size = shape
             k = rng.standard_normal((batch, length, heads, size)).astype(np.float32)
             (value,) = session.run(None, {source: k})
@@ -172,7 +179,8 @@ def _transposes_keys(model: onnx.ModelProto, index: NodeIndex, nodes: list[int],
     return True
 
 
-def _match(model: onnx.ModelProto, index: NodeIndex, softmax: onnx.NodeProto, head_size: int) -> dict | str:
+def _match(model: onnx.ModelProto, index: NodeIndex, softmax: onnx.NodeProto, head_size: int,
+           declared: Callable[[], dict[str, tuple[int, ...]]]) -> dict | str:
     """The pieces of one SDPA block, or why it is not rewritten."""
     guard = _guard(index, softmax)
     if guard is None:
@@ -205,19 +213,26 @@ def _match(model: onnx.ModelProto, index: NodeIndex, softmax: onnx.NodeProto, he
     if path is None:
         return "K's path does not start at a head split"
     split, nodes = path
-    if not _transposes_keys(model, index, nodes, split.input[0], kt):
+    static = declared().get(split.input[0])
+    if static is not None and len(static) != 4:
+        return "K's head split is not 4-D"
+    if not _transposes_keys(model, index, nodes, split.input[0], kt, static):
+        if static is None and static_inputs(model):  # (a static export's path holds its one shape only)
+            return "K's head split's shape not declared (shape inference), so its path was checked on other shapes"
         return "K's path is not a transpose of its head split's last two axes"
     return {"guard": guard, "matmul": matmul, "q": q, "split": split, "scale": c2,
             "dead": [index.nodes.index(n) for n in (guard, mul_q, mul_k)] + nodes
             + [index.producer[guard.input[0]]]}
 
 
-def rewrite_sdpa_attention(model: onnx.ModelProto, head_size: int) -> SdpaRewrite:
+def rewrite_sdpa_attention(model: onnx.ModelProto, head_size: int,
+                           known: dict[str, tuple[int, ...]] | None = None) -> SdpaRewrite:
     """Rewrite each SDPA block (see the module docstring) in place into
     ``MatMul(Q, Transpose(K_heads, (0, 2, 3, 1))) * c**2 -> Add(mask) -> Softmax -> MatMul(., V)``.
 
     Blocks with a NaN guard after their Softmax that are not rewritten are counted in ``declined``
-    with the reason. The nodes the rewrite leaves unread are removed.
+    with the reason. The nodes the rewrite leaves unread are removed. ``known``: the model's declared
+    shapes, if already inferred.
     """
     graph = model.graph
     index = NodeIndex(graph)
@@ -227,12 +242,19 @@ def rewrite_sdpa_attention(model: onnx.ModelProto, head_size: int) -> SdpaRewrit
     before: dict[int, list[onnx.NodeProto]] = {}
     after: dict[int, list[onnx.NodeProto]] = {}
     dead: set[int] = set()
+    shapes: list[dict[str, tuple[int, ...]]] = [] if known is None else [known]
+
+    def declared() -> dict[str, tuple[int, ...]]:  # (inferred once, and only if a block gets that far)
+        if not shapes:
+            shapes.append(declared_shapes(model))
+        return shapes[0]
+
     for node in index.nodes:
         if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
             continue
         if attributes(node).get("axis", -1) not in (-1, 3):
             continue
-        found = _match(model, index, node, head_size)
+        found = _match(model, index, node, head_size, declared)
         if isinstance(found, str):
             if found != "no SDPA NaN guard":
                 result.declined.append(found)

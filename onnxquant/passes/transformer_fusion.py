@@ -17,6 +17,11 @@ What is fused, and what is not, was measured (README, "Transformer fusion"):
 - EmbedLayerNormalization: not fused. It reads the word-embedding table in float; unfused, the
   table's Gather is stored and looked up in 8 bits.
 
+Static-shape exports (no dynamic axes): the Linear layers onnxruntime's simplifier flattened around
+Gemms are written back as MatMul + Add first (``gemm_as_matmul``), and after the fusion the
+remaining static 3-D MatMuls' biases get the activation's rank (``static_bias``), so that
+onnxruntime's load-time MatMulAddFusion leaves the quantized MatMuls to its QDQ fusions.
+
 Only the fusions change the graph, and only when at least one attention block fuses: any other
 model is returned as it came, the same object, byte for byte.
 """
@@ -32,8 +37,11 @@ import onnx
 
 from onnxquant.model_io import tensor_array
 from onnxquant.passes.attention_mask import rewrite_padding_masks
+from onnxquant.passes.declared_shapes import declared_shapes, infer_declared_shapes, static_inputs
+from onnxquant.passes.gemm_as_matmul import gemm_as_matmul
 from onnxquant.passes.node_index import NodeIndex
 from onnxquant.passes.sdpa_attention import rewrite_sdpa_attention
+from onnxquant.passes.static_bias import static_biases
 
 MS_DOMAIN = "com.microsoft"
 
@@ -52,6 +60,9 @@ class TransformerFusion:
     sdpa_rewritten: int = 0  # SDPA blocks (torch.onnx dynamo) written in the eager form the fusion matches
     sdpa_declined: str = ""  # why SDPA blocks (a NaN guard after the Softmax) were not rewritten, if any were not
     sdpa_declined_blocks: int = 0  # how many were not
+    unflattened_gemms: int = 0  # Reshape -> Gemm -> Reshape Linear layers (static shapes) written as MatMul + Add
+    static_biases: int = 0  # biases of static-shape 3-D MatMuls given their rank (kept from MatMulAddFusion)
+    static_skipped: str = ""  # why shape inference failed on a static-shape export (its passes skipped), if it did
 
     def warning(self) -> str | None:
         """SDPA blocks left unfused, fused blocks or not: a user exporting with transformers' defaults
@@ -63,6 +74,14 @@ class TransformerFusion:
                 "they run as separate quantized MatMuls")
 
     def note(self) -> str | None:
+        line = self._fusion_note()
+        if not self.static_skipped:
+            return line
+        skipped = (f"static-shape passes (Gemm unflattening, static biases) skipped: onnx shape inference "
+                   f"failed ({self.static_skipped})")
+        return f"{line}; {skipped}" if line else f"transformer fusion: {skipped}"
+
+    def _fusion_note(self) -> str | None:
         if self.unmatched:
             why = ("its SDPA attention not rewritten, see the warning" if self.sdpa_declined_blocks
                    else "a mask or layout other than BERT's export writes")
@@ -75,6 +94,9 @@ class TransformerFusion:
                 if self.masks_rewritten else "")
         if self.sdpa_rewritten:
             mask += f", {self.sdpa_rewritten} SDPA blocks written as eager attention"
+        if self.unflattened_gemms or self.static_biases:
+            mask += (f", static shapes: {self.unflattened_gemms} Reshape/Gemm/Reshape Linear layers as MatMul + Add, "
+                     f"{self.static_biases} biases kept from onnxruntime's MatMul+Add->Gemm fusion")
         return (f"transformer fusion: {self.attention} attention blocks fused into Attention "
                 f"({self.num_heads} heads, hidden size {self.hidden_size}{mask}), {self.gelu} Gelu; "
                 f"{self.residual_sums} residual Adds kept from SkipLayerNormalization")
@@ -200,7 +222,12 @@ def fuse_transformer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Transform
 
     work = onnx.ModelProto()
     work.CopyFrom(model)
-    sdpa = rewrite_sdpa_attention(work, hidden_size // num_heads)
+    shapes, failure = infer_declared_shapes(work)
+    skipped = failure if failure and static_inputs(work) else ""  # (a static export: its passes need the shapes)
+    unflattened = gemm_as_matmul(work, shapes)  # (static shapes: the optimizer's flattened Linear layers, back on 3-D)
+    if unflattened:
+        shapes = declared_shapes(work)  # (before the fusions: onnx infers no shape past a com.microsoft op)
+    sdpa = rewrite_sdpa_attention(work, hidden_size // num_heads, shapes)
     declined = "; ".join(sorted(set(sdpa.declined)))
     masks = rewrite_padding_masks(work)
     with _quiet_logging():
@@ -210,18 +237,20 @@ def fuse_transformer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Transform
             bert.topological_sort()  # fused nodes are appended at the end of the node list
         except Exception:  # a pattern the fusions do not expect: quantize the graph as it is
             return model, TransformerFusion(num_heads=num_heads, hidden_size=hidden_size, unmatched=True,
-                                            sdpa_declined=declined,
+                                            sdpa_declined=declined, static_skipped=skipped,
                                             sdpa_declined_blocks=len(sdpa.declined))
     ops = Counter(n.op_type for n in work.graph.node if n.domain == MS_DOMAIN)
     if not ops["Attention"]:
         return model, TransformerFusion(num_heads=num_heads, hidden_size=hidden_size, unmatched=True,
-                                        sdpa_declined=declined,
-                                            sdpa_declined_blocks=len(sdpa.declined))
+                                        sdpa_declined=declined, static_skipped=skipped,
+                                        sdpa_declined_blocks=len(sdpa.declined))
     result = TransformerFusion(attention=ops["Attention"], gelu=ops["Gelu"] + ops["BiasGelu"] + ops["FastGelu"],
                                num_heads=num_heads, hidden_size=hidden_size, masks_rewritten=masks,
                                sdpa_rewritten=sdpa.rewritten, sdpa_declined=declined,
-                               sdpa_declined_blocks=len(sdpa.declined))
+                               sdpa_declined_blocks=len(sdpa.declined), static_skipped=skipped)
     result.residual_sums = residual_adds_as_sum(work.graph)
+    result.unflattened_gemms = unflattened
+    result.static_biases = static_biases(work, shapes)
     if not any(o.domain == MS_DOMAIN for o in work.opset_import):
         work.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     return work, result

@@ -36,6 +36,11 @@ from onnxquant.recovery.probe import Probe, run_probe
 from onnxquant.pipeline.clock import timed
 
 CORRECTABLE = {"Conv", "ConvTranspose", "Gemm"}
+STATIC_BIAS_RANK = 3
+
+
+def _vector_like(dims) -> bool:
+    return len(dims) == 1 or (len(dims) >= STATIC_BIAS_RANK and all(d == 1 for d in dims[:-1]))
 
 
 def _matmul_biases(index: NodeIndex, plan: QuantPlan, by_name: dict[str, onnx.NodeProto]) -> dict[str, str]:
@@ -50,8 +55,9 @@ def _matmul_biases(index: NodeIndex, plan: QuantPlan, by_name: dict[str, onnx.No
             continue
         add = index.nodes[k]
         bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
-        if (bias in inits and len(inits[bias].dims) == 1 and len(inits[w].dims) == 2
-                and inits[bias].dims[0] == inits[w].dims[1] and index.uses(bias) == 1):
+        # (or (1, ..., 1, N) of rank 3+, as passes/static_bias.py writes a static-shape 3-D Linear's)
+        if (bias in inits and _vector_like(inits[bias].dims)
+                and len(inits[w].dims) == 2 and inits[bias].dims[-1] == inits[w].dims[1] and index.uses(bias) == 1):
             found[name] = bias
     return found
 
@@ -297,6 +303,8 @@ def correct_biases(
         total, count = found[key]
         shift = total / max(count, 1)
         bias = tensor_array(inits[b]).astype(np.float64)
+        if b in float_adds and shift.ndim == 1 and shift.size == bias.size:
+            shift = shift.reshape(bias.shape)  # (a MatMul's bias of the activation's rank)
         if shift.shape != bias.shape or not np.all(np.isfinite(shift)):
             continue
         corrected = (bias + shift).astype(np.float32)

@@ -13,7 +13,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxquant.passes.attention_mask import rewrite_padding_masks
+from onnxquant.passes.attention_mask import (CHECK_SHAPES, MAX_CHECK_LENGTH, MIN_TRIALS, _trial_masks, _trial_shapes,
+                                             rewrite_padding_masks)
+from onnxquant.passes.node_index import NodeIndex
 from tests.conftest import run
 
 MIN = np.finfo(np.float32).min
@@ -170,3 +172,89 @@ def test_the_rewritten_mask_broadcasts_as_the_condition_did(shapes):
         got = run(rewritten, feed)[0]
         assert got.shape == expected.shape
         np.testing.assert_array_equal(got, expected)
+
+
+def _static_mask(first_key_only: bool, length: int = 6, full_expand: bool = False) -> onnx.ModelProto:
+    """softmax(scores + Where(cond, 0, min)) on inputs of one declared shape (2, length), as a static-shape
+    export writes it; cond is bool(mask) (expanded to its own shape, a constant holding ``length``,
+    with ``full_expand``) or, wrongly, each row's first key broadcast over the row."""
+    inits = [numpy_helper.from_array(np.array([1, 2], np.int64), "ax12"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zeros"),
+             numpy_helper.from_array(np.array(MIN, np.float32), "fill")]
+    nodes = [helper.make_node("Cast", ["mask"], ["mask_bool"], to=TensorProto.BOOL)]
+    kept = "mask_bool"
+    if first_key_only or full_expand:
+        inits.append(numpy_helper.from_array(np.array([2, length], np.int64), "full"))
+    if first_key_only:
+        inits += [numpy_helper.from_array(np.array([0], np.int64), "start"),
+                  numpy_helper.from_array(np.array([1], np.int64), "end")]
+        nodes += [helper.make_node("Slice", ["mask_bool", "start", "end", "end"], ["first"]),
+                  helper.make_node("Expand", ["first", "full"], ["first_everywhere"])]
+        kept = "first_everywhere"
+    elif full_expand:
+        nodes.append(helper.make_node("Expand", ["mask_bool", "full"], ["mask_full"]))
+        kept = "mask_full"
+    nodes += [helper.make_node("Unsqueeze", [kept, "ax12"], ["cond"]),
+              helper.make_node("Where", ["cond", "zeros", "fill"], ["bias"]),
+              helper.make_node("Add", ["scores", "bias"], ["masked"]),
+              helper.make_node("Softmax", ["masked"], ["probs"])]
+    graph = helper.make_graph(
+        nodes, "static_mask",
+        [helper.make_tensor_value_info("mask", TensorProto.INT64, [2, length]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [2, 2, 6, length])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [2, 2, 6, length])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_a_static_shape_mask_is_checked_at_its_declared_shape():
+    """A static export's mask takes only its declared (2, 6): checked there, and rewritten."""
+    model = _static_mask(first_key_only=False)
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    assert rewrite_padding_masks(rewritten) == 1
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        mask = rng.integers(0, 2, (2, 6)).astype(np.int64)
+        mask[:, 0] = 1
+        feed = {"mask": mask, "scores": rng.normal(size=(2, 2, 6, 6)).astype(np.float32)}
+        np.testing.assert_array_equal(run(rewritten, feed)[0], run(model, feed)[0])
+
+
+def test_a_static_batch_of_two_does_not_make_the_check_blind():
+    """With batch 2 fixed, forcing the first row kept and the last padded on every check would leave
+    no random row: a condition reading each row's first key only would pass. Rows are forced on
+    every other check only, so some trial mask has a row its first key does not describe."""
+    index = NodeIndex(_static_mask(first_key_only=True).graph)
+    shapes = _trial_shapes(index, list(range(4)), (2, 6))
+    assert shapes == [(2, 6)] * MIN_TRIALS
+    masks = [bits for bits, _ in _trial_masks(np.random.default_rng(0), shapes, static=True)]
+    assert any(not np.array_equal(row, np.full_like(row, row[0])) for bits in masks for row in bits)
+    model = _static_mask(first_key_only=True)
+    before = model.SerializeToString()
+    assert rewrite_padding_masks(model) == 0
+    assert model.SerializeToString() == before
+
+
+def test_a_dynamic_mask_has_its_rows_forced_on_every_trial():
+    """Free dims: every CHECK_SHAPES trial keeps a first row all kept and a last all padded (the
+    all-one and all-zero rows the check promises), as before static shapes were handled."""
+    masks = list(_trial_masks(np.random.default_rng(0), list(CHECK_SHAPES), static=False))
+    assert [bits.shape for bits, _ in masks] == list(CHECK_SHAPES)
+    for bits, values in masks:
+        assert bits[0].all() and (bits.shape[0] == 1 or not bits[-1].any())
+        np.testing.assert_array_equal(values != 0, bits.astype(bool))
+
+
+def test_a_static_mask_longer_than_the_check_limit_is_checked_at_its_length():
+    """A static export of more than MAX_CHECK_LENGTH tokens holds that length in its constants; it
+    is the only length the graph takes, so it is checked there rather than declined."""
+    length = MAX_CHECK_LENGTH + 6
+    model = _static_mask(first_key_only=False, length=length, full_expand=True)
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    assert rewrite_padding_masks(rewritten) == 1
+    rng = np.random.default_rng(3)
+    mask = rng.integers(0, 2, (2, length)).astype(np.int64)
+    mask[:, 0] = 1
+    feed = {"mask": mask, "scores": rng.normal(size=(2, 2, 6, length)).astype(np.float32)}
+    np.testing.assert_array_equal(run(rewritten, feed)[0], run(model, feed)[0])

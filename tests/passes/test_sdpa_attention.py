@@ -166,9 +166,8 @@ def test_a_scale_other_than_the_fused_ops_is_declined(prepared):
     assert len(result.declined) == 1 and "is not 1/sqrt(head size" in result.declined[0]
 
 
-def test_a_k_path_that_is_no_transpose_is_declined(prepared):
-    """K's reshapes are checked by running them: a last Reshape to (batch, heads, sequence, size)
-    (its shape's last two parts swapped) is no transpose of K, and is not rewritten."""
+def _swapped_k_reshape(prepared: onnx.ModelProto) -> onnx.ModelProto:
+    """``prepared`` with its first block's last K Reshape to (batch, heads, sequence, size): no transpose."""
     work = _copy(prepared)
     index = NodeIndex(work.graph)
     softmax = next(n for n in index.nodes if n.op_type == "Softmax")
@@ -181,9 +180,29 @@ def test_a_k_path_that_is_no_transpose_is_declined(prepared):
     concat = index.nodes[index.producer[reshape.input[1]]]
     assert concat.op_type == "Concat" and len(concat.input) == 3
     concat.input[1], concat.input[2] = concat.input[2], concat.input[1]
+    return work
+
+
+def test_a_k_path_that_is_no_transpose_is_declined(prepared):
+    """K's reshapes are checked by running them: a last Reshape to (batch, heads, sequence, size)
+    (its shape's last two parts swapped) is no transpose of K, and is not rewritten."""
+    work = _swapped_k_reshape(prepared)
     result = rewrite_sdpa_attention(work, HEAD_SIZE)
     assert result.rewritten == LAYERS - 1
     assert result.declined == ["K's path is not a transpose of its head split's last two axes"]
+
+
+def test_a_static_export_without_declared_shapes_says_so(prepared):
+    """On a static-shape export (every input's dims fixed) whose head split's shape inference did not
+    declare, K's path is checked on other shapes than the one it holds: the reason says the shape
+    was missing, not that the path is no transpose."""
+    work = _swapped_k_reshape(prepared)
+    for value in work.graph.input:
+        for dim, size in zip(value.type.tensor_type.shape.dim, (2, 8)):
+            dim.dim_value = size
+    result = rewrite_sdpa_attention(work, HEAD_SIZE, known={})
+    assert result.declined == ["K's head split's shape not declared (shape inference), so its path was checked "
+                               "on other shapes"]
 
 
 def test_an_eager_export_is_left_to_the_mask_rewrite(tmp_path):

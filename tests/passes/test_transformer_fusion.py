@@ -270,3 +270,69 @@ def test_minilm_dynamo_export_fuses_as_the_classic_one(tmp_path_factory):
     samples = [dict(np.load(f)) for f in sorted(held.glob("*.npz"))][:16]
     same = metrics.embedding([run(model, x)[0] for x in samples], [run(fused, x)[0] for x in samples])
     assert same["cosine_min"] >= 0.99999
+
+
+@pytest.mark.realmodel
+def test_minilm_static_shape_export_fuses_and_quantizes(tmp_path_factory):
+    """all-MiniLM-L6-v2 exported by dynamo with SDPA and no dynamic axes (1 x 128): reshape targets and
+    mask indices are constants, onnxruntime's optimizer flattens its FFN Linears around Gemms. Its
+    six blocks fuse, the fused graph's embeddings are fp32's, and quantized every layer runs an
+    integer kernel (no MatMul turned into a float Gemm at load time)."""
+    pytest.importorskip("onnxscript")
+    import onnxquant
+    from benchmarks import metrics
+    from onnxquant.fusion_check import check_fusion
+    from tests.conftest import zoo_model
+
+    model, calib, held = zoo_model("minilm-sdpa-static", tmp_path_factory.mktemp("minilm-sdpa-static"))
+    fused, report = prepare_model(onnx.load(str(model)), transformer=True)
+    fusion = report.transformer
+    assert (fusion.attention, fusion.sdpa_rewritten, fusion.masks_rewritten) == (6, 6, 1)
+    assert (fusion.unflattened_gemms, fusion.static_biases) == (12, 12)  # FFN Linears; FFN and attention outputs
+    samples = [dict(np.load(f)) for f in sorted(held.glob("*.npz"))]
+    ref = [run(model, x)[0] for x in samples]
+    same = metrics.embedding(ref[:16], [run(fused, x)[0] for x in samples[:16]])
+    assert same["cosine_min"] >= 0.99999
+    result = onnxquant.quantize(model, calib)
+    assert _ops(result.model)["QAttention"] == 6
+    kernels = check_fusion(result.model)
+    assert (kernels.quantized_layers, kernels.integer_layers) == (24, 24) and not kernels.float_islands
+    agreement = metrics.embedding(ref, [run(result.model, x)[0] for x in samples])
+    assert agreement["cosine"] >= 0.995  # 0.9986 measured (min 0.9971); main: see README, static shapes
+
+
+def _with_static_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    static = onnx.ModelProto()
+    static.CopyFrom(model)
+    for value in static.graph.input:
+        for dim, size in zip(value.type.tensor_type.shape.dim, (2, 8)):
+            dim.dim_value = size
+    return static
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_failed_shape_inference_on_a_static_export_is_said(bert, monkeypatch, static):
+    """Shape inference failing on a static-shape export skips its passes (nothing declared): the note
+    says so, and why. On free dims they would not apply, and nothing is said."""
+    from onnxquant.passes import declared_shapes
+
+    def fails(model):
+        raise ValueError("cannot infer this graph\nsecond line")
+
+    model = prepare_model(_with_static_inputs(bert) if static else bert)[0]
+    monkeypatch.setattr(declared_shapes, "_light", fails)
+    _, fusion = fuse_transformer(model)
+    assert fusion.attention == LAYERS  # the fusion itself needs no declared shapes
+    assert (fusion.unflattened_gemms, fusion.static_biases) == (0, 0)
+    if static:
+        assert fusion.static_skipped == "ValueError: cannot infer this graph"
+        assert fusion.note().endswith("; static-shape passes (Gemm unflattening, static biases) skipped: "
+                                      "onnx shape inference failed (ValueError: cannot infer this graph)")
+    else:
+        assert fusion.static_skipped == "" and "skipped" not in fusion.note()
+
+
+def test_a_static_export_whose_shapes_are_inferred_says_nothing_skipped(bert):
+    _, fusion = fuse_transformer(prepare_model(_with_static_inputs(bert))[0])
+    assert (fusion.unflattened_gemms, fusion.static_biases) == (2 * LAYERS, 2 * LAYERS)  # (the passes ran)
+    assert fusion.static_skipped == "" and "skipped" not in fusion.note()
