@@ -213,3 +213,25 @@ def test_few_channels_or_tiny_scales_keep_float32_scales(channels: int, scale: f
     stored, _ = _scale_and_weight(folded)
     assert stored.dtype == np.float32
     assert sum(n.op_type == "Cast" for n in folded.graph.node) == 1  # the int8 weight's only
+
+
+def test_integer_kernels_keep_float32_scales_and_fuse_as_before(monkeypatch: pytest.MonkeyPatch):
+    """The integer-kernel (QDQ) form: every DequantizeLinear reads a float32 scale initializer (a
+    Cast in front would keep onnxruntime from fusing it), and the fusion check counts the same
+    integer kernels as with float16 scales turned off."""
+    from onnxquant.fusion_check import check_fusion
+    from tests.test_conv_cost import _cnn, _samples
+
+    model, samples = _cnn(32, 2, 24, 48), _samples(24, 48)
+    recipe = recipe_for_target("cpu-vnni").with_overrides(search={"enabled": False},
+                                                          quantization={"integer_compute": True})
+    quantized = onnxquant.quantize(model, samples, recipe).model
+    inits = {i.name: i for i in quantized.graph.initializer}
+    dqs = [n for n in quantized.graph.node if n.op_type == "DequantizeLinear"]
+    assert dqs and all(inits[n.input[1]].data_type == onnx.TensorProto.FLOAT for n in dqs)
+    assert not any(i.data_type == onnx.TensorProto.FLOAT16 for i in inits.values())
+    monkeypatch.setattr(weight_only, "MIN_HALF_SCALE_CHANNELS", 10**9)
+    before = onnxquant.quantize(model, samples, recipe).model
+    fused, fused_before = check_fusion(quantized), check_fusion(before)
+    assert fused.integer_layers == fused.quantized_layers == fused_before.integer_layers > 0
+    assert quantized.SerializeToString() == before.SerializeToString()
