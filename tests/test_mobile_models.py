@@ -85,7 +85,7 @@ def test_text_line_classifier_gets_float_compute_on_x86_without_vnni(work: Path)
     result = onnxquant.quantize(model, calib, recipe, output=out)
     assert result.float_compute is not None and result.float_compute["cpu_kind"] == "avx2"
     assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in result.model.graph.node)
-    assert out.stat().st_size <= 0.36 * model.stat().st_size
+    assert out.stat().st_size <= 0.29 * model.stat().st_size  # 0.282 (issue 18)
     mine, theirs = _compared("ppocrv5-cls", model, calib, held, out, work)
     for tool, figures in theirs.items():
         assert mine["top1_agreement"] >= figures["top1_agreement"] and mine["kl"] <= figures["kl"], tool

@@ -13,16 +13,23 @@ shapes 0.014, next to int8 weights of 0.216. Three things go:
 - the long names onnxquant gave what it inserted (Q/DQ, Cast, Mul, scales, zero points, int8
   weights) become short ones (``t1a``, ``n2f``). The input model's own names, the graph's
   inputs and outputs, and every name a report mentions (``keep``) are left as they are.
+- attributes of convolutions, poolings and Pad written with their ONNX default value
+  (``dilations`` all 1, ``group`` 1, ``auto_pad`` NOTSET...; PyTorch and tf2onnx write every one):
+  the default of the op's schema at the model's opset, and for the per-axis lists the spec's
+  "1 (or 0) along each spatial axis". A required attribute is kept whatever its value.
 
-Only names and recorded shapes change, never a value, an op or an edge: onnxruntime runs the
-same graph (its outputs, and the kernels its optimizer picks, are compared in the tests).
+Only names, recorded shapes and attributes equal to their default change, never a value, an op
+or an edge: onnxruntime runs the same graph (its outputs, and the kernels its optimizer picks,
+are compared in the tests).
 """
 from __future__ import annotations
 
 from collections.abc import Iterator, Set
 from dataclasses import dataclass
+from functools import cache
 
 import onnx
+from onnx import defs, helper
 
 from onnxquant.graphs import iter_graphs
 
@@ -31,11 +38,17 @@ KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 # Scales and zero points up to this size are compared for sharing.
 SHARE_MAX_BYTES = 4096
 _QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
+# Ops whose default attributes are dropped (ai.onnx); list attributes whose spec default is a
+# value repeated along each spatial axis (the schemas record no default for them).
+DEFAULTED_OPS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv",
+                           "MaxPool", "AveragePool", "LpPool", "Pad"})
+_PER_AXIS_DEFAULTS = {"strides": 1, "dilations": 1, "pads": 0, "output_padding": 0}
 
 
 @dataclass
 class CompactResult:
     value_info: int = 0  # recorded shapes dropped
+    default_attributes: int = 0  # attributes dropped as equal to their default
     shared: int = 0  # initializers dropped as copies of another
     renamed: int = 0  # node and tensor names shortened
     bytes_before: int = 0
@@ -45,8 +58,11 @@ class CompactResult:
 def compact(model: onnx.ModelProto, keep: Set[str]) -> CompactResult:
     """Rewrite ``model`` in place (its functions are left alone); ``keep``: names never changed."""
     result = CompactResult(bytes_before=model.ByteSize())
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     for graph in iter_graphs(model.graph):
         result.value_info += _drop_value_info(graph)
+        if opset is not None:
+            result.default_attributes += sum(_drop_default_attributes(node, opset) for node in graph.node)
     interface = {v.name for v in [*model.graph.input, *model.graph.output]}
     fixed = set(keep) | interface | {""}
     for graph in iter_graphs(model.graph):
@@ -63,6 +79,47 @@ def _drop_value_info(graph: onnx.GraphProto) -> int:
     if dropped:
         del graph.value_info[:]
         graph.value_info.extend(kept)
+    return dropped
+
+
+@cache
+def _defaults(op_type: str, opset: int) -> dict[str, object] | None:
+    """Attribute name -> its default for ``op_type`` at ``opset`` (None: no schema)."""
+    try:
+        schema = defs.get_schema(op_type, opset, "")
+    except defs.SchemaError:
+        return None
+    out: dict[str, object] = {}
+    for name, attr in schema.attributes.items():
+        if attr.required:
+            continue
+        if attr.default_value.name:
+            out[name] = (attr.default_value.type, helper.get_attribute_value(attr.default_value))
+        elif name in _PER_AXIS_DEFAULTS:
+            out[name] = _PER_AXIS_DEFAULTS[name]
+    return out
+
+
+def _is_default(attr: onnx.AttributeProto, default: object) -> bool:
+    if isinstance(default, tuple):  # (type, value) from the schema
+        return attr.type == default[0] and helper.get_attribute_value(attr) == default[1]
+    return attr.type == onnx.AttributeProto.INTS and len(attr.ints) > 0 and all(v == default for v in attr.ints)
+
+
+def _drop_default_attributes(node: onnx.NodeProto, opset: int) -> int:
+    """Drop ``node``'s attributes that equal their default (convolutions, poolings, Pad)."""
+    if node.op_type not in DEFAULTED_OPS or node.domain not in ("", "ai.onnx"):
+        return 0
+    if any(a.name == "output_shape" for a in node.attribute):
+        return 0  # (a ConvTranspose's pads derived from its output shape: left as written)
+    defaults = _defaults(node.op_type, opset)
+    if not defaults:
+        return 0
+    kept = [a for a in node.attribute if not (a.name in defaults and _is_default(a, defaults[a.name]))]
+    dropped = len(node.attribute) - len(kept)
+    if dropped:
+        del node.attribute[:]
+        node.attribute.extend(kept)
     return dropped
 
 

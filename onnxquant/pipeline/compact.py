@@ -1,5 +1,6 @@
-"""Stage ``compact``: the quantized model, before it is saved, without recorded shapes, with
-identical generated initializers shared and short names for what onnxquant inserted
+"""Stage ``compact``: the quantized model, before it is saved, without recorded shapes or
+attributes equal to their default, with identical generated initializers shared and short names
+for what onnxquant inserted
 (``passes/compact.py``). Names the input model had, and names the run's reports mention
 (layers, activations, float nodes), are kept."""
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The compact pass drops recorded shapes, shares identical generated initializers and shortens
-generated names, and onnxruntime runs the same graph: outputs equal to the bit, the same kernels."""
+"""The compact pass drops recorded shapes and default attributes, shares identical generated
+initializers and shortens generated names, and onnxruntime runs the same graph: outputs equal to
+the bit, the same kernels."""
 from __future__ import annotations
 
 from collections import Counter
@@ -186,3 +187,65 @@ def test_float_compute_weights_still_fold_and_compute_the_same(uncompacted, tmp_
     _same_run(quantized, after, samples, tmp_path)
     ran = onnx.load(str(tmp_path / "after.onnx"))
     assert not any(n.op_type in ("Cast", "Mul") for n in ran.graph.node)  # folded at load
+
+
+def _spatial_model(opset: int) -> onnx.ModelProto:
+    """Convolutions, poolings and a Pad written with every attribute explicit, as exporters do:
+    some equal to their default, some not."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(8, 4, 3, 3)).astype(np.float32), "w")
+    dw = numpy_helper.from_array(rng.normal(size=(8, 1, 3, 3)).astype(np.float32), "dw")
+    spatial = {"dilations": [1, 1], "strides": [1, 1], "pads": [0, 0, 0, 0], "auto_pad": "NOTSET"}
+    pad = helper.make_node("Pad", ["x", "p"], ["xp"], name="pad", mode="constant") if opset >= 11 else \
+        helper.make_node("Pad", ["x"], ["xp"], name="pad", mode="constant", pads=[0, 0, 1, 1, 0, 0, 1, 1], value=0.0)
+    nodes = [
+        pad,
+        helper.make_node("Conv", ["xp", "w"], ["c1"], name="conv", group=1, kernel_shape=[3, 3], **spatial),
+        helper.make_node("Conv", ["c1", "dw"], ["c2"], name="depthwise", group=8, kernel_shape=[3, 3],
+                         dilations=[1, 1], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("MaxPool", ["c2"], ["m"], name="max", kernel_shape=[2, 2], ceil_mode=0, storage_order=0,
+                         **spatial),
+        helper.make_node("AveragePool", ["m"], ["out"], name="avg", kernel_shape=[2, 2], count_include_pad=0,
+                         ceil_mode=1, strides=[1, 1], pads=[0, 0, 0, 0], auto_pad="NOTSET"),
+    ]
+    inits = [w, dw] + ([numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "p")] if opset >= 11 else [])
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 6, 6])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("opset", [10, 17])
+def test_default_attributes_are_dropped_and_onnxruntime_computes_the_same(opset: int, tmp_path: Path):
+    model = _spatial_model(opset)
+    after = _copy(model)
+    result = compact(after, model_names(model))
+    onnx.checker.check_model(after)
+    attrs = {n.name: {a.name: helper.get_attribute_value(a) for a in n.attribute} for n in after.graph.node}
+    assert attrs["conv"] == {"kernel_shape": [3, 3]}  # no default: kept
+    assert attrs["depthwise"] == {"group": 8, "kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    assert attrs["max"] == {"kernel_shape": [2, 2]}
+    assert attrs["avg"] == {"kernel_shape": [2, 2], "ceil_mode": 1}
+    # Pad before opset 11: ``pads`` is a required attribute, kept; ``value`` 0.0 dropped
+    assert attrs["pad"] == ({} if opset >= 11 else {"pads": [0, 0, 1, 1, 0, 0, 1, 1]})
+    assert result.default_attributes == sum(len(n.attribute) for n in model.graph.node) - \
+        sum(len(n.attribute) for n in after.graph.node)
+    samples = [{"x": np.random.default_rng(s).normal(size=(1, 4, 16, 16)).astype(np.float32)} for s in range(3)]
+    _same_run(model, after, samples, tmp_path)
+    again = _copy(model)
+    compact(again, model_names(model))
+    assert again.SerializeToString(deterministic=True) == after.SerializeToString(deterministic=True)
+
+
+def test_attributes_of_other_ops_or_domains_and_of_mistyped_values_stay():
+    """Only the listed ops of the default domain, and only a value of the schema's own type."""
+    nodes = [helper.make_node("LpPool", ["x"], ["a"], name="lp", kernel_shape=[2, 2], p=2),
+             helper.make_node("LpPool", ["x"], ["d"], name="lp_float_p", kernel_shape=[2, 2], p=2.0),
+             helper.make_node("Conv", ["x", "w"], ["b"], name="ms", domain="com.example", group=1),
+             helper.make_node("Gemm", ["f", "g"], ["c"], name="gemm", alpha=1.0, transA=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "xwfg"],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "abcd"])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    compact(model, model_names(model))
+    attrs = {n.name: [a.name for a in n.attribute] for n in model.graph.node}
+    assert attrs == {"lp": ["kernel_shape"], "lp_float_p": ["kernel_shape", "p"], "ms": ["group"],
+                     "gemm": ["alpha", "transA"]}

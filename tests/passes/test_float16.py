@@ -135,7 +135,7 @@ def _with_original_values(model: onnx.ModelProto, original: onnx.ModelProto) -> 
     stands_for = {n.input[0]: n.output[0] for n in out.graph.node if n.op_type == "Cast"}
     values = {i.name: numpy_helper.to_array(i) for i in original.graph.initializer}
     for init in out.graph.initializer:
-        if init.data_type == onnx.TensorProto.FLOAT16:
+        if init.data_type == onnx.TensorProto.FLOAT16 and stands_for[init.name] in values:  # (not the scales)
             init.CopyFrom(numpy_helper.from_array(values[stands_for[init.name]], init.name))
     return out
 
@@ -150,19 +150,21 @@ def test_float_biases_that_are_fp16_values_are_stored_fp16_with_the_same_outputs
     original = _conv_with_biases(exact=True)
     result = onnxquant.quantize(original, _image_samples(8), recipe)
     halves = {i.name: i for i in result.model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
-    assert sorted(tuple(i.dims) for i in halves.values()) == [(32,), (32,)]
+    # the two biases, and the 32 scales of each Conv's int8 weight (passes/weight_only.py)
+    assert sorted(tuple(i.dims) for i in halves.values()) == [(32,), (32,), (32, 1, 1, 1), (32, 1, 1, 1)]
     assert any("2 float parameter(s) of Conv/Gemm layers stored fp16" in n for n in result.notes)
     # (against the input's float32 biases: a rounded bias would show here)
     restored = _with_original_values(result.model, original)
     for feed in _image_samples(3, seed=6):
         np.testing.assert_array_equal(run(result.model, feed)[0], run(restored, feed)[0])
-    # Arbitrary float32 biases stay float32.
+    # Arbitrary float32 biases stay float32 (the weights' scales are float16 as above).
     other = onnxquant.quantize(_conv_with_biases(exact=False), _image_samples(8), recipe)
-    assert not any(i.data_type == onnx.TensorProto.FLOAT16 for i in other.model.graph.initializer)
+    assert not any(i.data_type == onnx.TensorProto.FLOAT16 and len(i.dims) == 1 for i in other.model.graph.initializer)
     # With integer kernels, the first Conv's bias is int32; the last Conv writes the graph output
-    # (a float kernel on int8 weights), so only its bias is stored fp16.
+    # (a float kernel on int8 weights), so only its bias (and its weight's scales) are stored fp16.
     integer = onnxquant.quantize(_conv_with_biases(exact=True), _image_samples(8),
                                  Recipe().with_overrides(quantization={"integer_compute": True}))
     inits = {i.name: i for i in integer.model.graph.initializer}
-    assert [tuple(i.dims) for i in inits.values() if i.data_type == onnx.TensorProto.FLOAT16] == [(32,)]
+    assert sorted(tuple(i.dims) for i in inits.values() if i.data_type == onnx.TensorProto.FLOAT16) \
+        == [(32,), (32, 1, 1, 1)]
     assert sum(1 for i in inits.values() if i.data_type == onnx.TensorProto.INT32) == 1

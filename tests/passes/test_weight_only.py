@@ -1,4 +1,5 @@
-"""Recurrent layers and body layers with int8 weights: layout, scales, and the float result."""
+"""Recurrent layers, body layers and folded weights with int8 weights: layout, scales (float16
+behind a Cast for folded ones), and the float result."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,8 @@ from onnxquant.fusion_check import optimized_graph
 from onnxquant.recipe import recipe_for_target
 from onnxquant.model_io import iter_graphs, tensor_array
 from onnxquant.passes.scopes import iter_scoped_nodes
-from onnxquant.passes.weight_only import WeightOnly, quantize_weights_only
+from onnxquant.passes import weight_only
+from onnxquant.passes.weight_only import MIN_HALF_SCALE_CHANNELS, WeightOnly, half_scale, quantize_weights_only
 from tests.conftest import run
 
 
@@ -119,3 +121,117 @@ def test_lstm_float_compute_keeps_int8_weights_and_is_closer_to_fp32():
     feed = recurrent_samples(1, seed=7)[0]
     ref = run(model, feed)[0]
     assert _sqnr(ref, run(floated.model, feed)[0]) > _sqnr(ref, run(dynamic.model, feed)[0])
+
+
+def _conv_model(channels: int, scale: float = 1.0, seed: int = 0) -> onnx.ModelProto:
+    """One Conv (``channels`` outputs, weights of magnitude about ``scale``) and a Relu."""
+    rng = np.random.default_rng(seed)
+    weight = (rng.normal(size=(channels, 8, 3, 3)) * scale * rng.uniform(0.2, 2.0, size=(channels, 1, 1, 1)))
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+         onnx.helper.make_node("Relu", ["y"], ["out"], name="relu")],
+        "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 12, 12])],
+        [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, channels, 12, 12])],
+        [onnx.numpy_helper.from_array(weight.astype(np.float32), "w")])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def _folded(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    result = quantize_weights_only(out, {"conv": WeightOnly((1,), fold=True)}, "int8", 17)
+    assert result.nodes == 1 and result.tensors == 1
+    onnx.checker.check_model(out)
+    return out
+
+
+def _scale_and_weight(model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray]:
+    """(the folded weight's stored scale, its int8 values)."""
+    inits = {i.name: tensor_array(i) for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    mul = producer[conv.input[1]]
+    weight = inits[producer[mul.input[0]].input[0]]
+    scale = mul.input[1] if mul.input[1] in inits else producer[mul.input[1]].input[0]
+    return inits[scale], weight
+
+
+def test_half_scale_rounds_up_to_the_next_float16():
+    scale = np.random.default_rng(1).uniform(1e-3, 1e-1, size=64).astype(np.float32)
+    half = half_scale(scale)
+    assert half is not None and half.dtype == np.float16
+    assert np.all(half.astype(np.float32) >= scale)
+    below = np.nextafter(half, np.float16(0))  # the float16 under each: too small for its scale
+    assert np.all(below.astype(np.float32) < scale)
+    exact = np.full(32, 0.5, np.float32)  # representable: kept as it is
+    assert np.array_equal(half_scale(exact), exact.astype(np.float16))
+
+
+def test_half_scale_keeps_float32_for_few_channels_or_out_of_range():
+    assert half_scale(np.full(MIN_HALF_SCALE_CHANNELS - 1, 0.01, np.float32)) is None
+    assert half_scale(np.full(MIN_HALF_SCALE_CHANNELS, 0.01, np.float32)) is not None
+    tiny = np.full(32, 0.01, np.float32)
+    tiny[3] = 3e-5  # subnormal in float16
+    assert half_scale(tiny) is None
+    huge = np.full(32, 0.01, np.float32)
+    huge[5] = 7e4  # above float16's largest
+    assert half_scale(huge) is None
+
+
+def test_folded_weight_scales_stored_float16_and_weights_quantized_on_them():
+    model = _conv_model(32)
+    folded = _folded(model)
+    scale, q = _scale_and_weight(folded)
+    assert scale.dtype == np.float16 and scale.shape == (32, 1, 1, 1)
+    weight = tensor_array(model.graph.initializer[0]).astype(np.float64)
+    expected = np.clip(np.rint(weight / scale.astype(np.float64)), -127, 127)
+    assert np.array_equal(q, expected.astype(np.int8))
+    assert np.abs(weight / scale.astype(np.float64)).max() <= 127  # rounded up: nothing clips
+    # onnxruntime folds both Casts and the Mul into one float initializer at load
+    runtime = optimized_graph(folded).graph
+    assert [n.op_type for n in runtime.node] == ["FusedConv"]  # (Conv and Relu), as fp32's
+    assert {i.data_type for i in runtime.initializer} == {onnx.TensorProto.FLOAT}
+
+
+def test_float16_scales_compute_as_the_float32_ones(monkeypatch: pytest.MonkeyPatch):
+    model = _conv_model(48)
+    half = _folded(model)
+    monkeypatch.setattr(weight_only, "MIN_HALF_SCALE_CHANNELS", 10**9)
+    full = _folded(model)
+    assert _scale_and_weight(full)[0].dtype == np.float32
+    assert half.ByteSize() < full.ByteSize()
+    feed = {"x": np.random.default_rng(3).normal(size=(1, 8, 12, 12)).astype(np.float32)}
+    ref, got_half, got_full = run(model, feed)[0], run(half, feed)[0], run(full, feed)[0]
+    assert _sqnr(ref, got_half) > 40 and abs(_sqnr(ref, got_half) - _sqnr(ref, got_full)) < 0.5
+    # a weight may round to the neighbouring int8 value: the two differ by less than either's error
+    assert np.abs(got_half - got_full).max() <= np.abs(ref - got_full).max()
+
+
+@pytest.mark.parametrize("channels, scale", [(MIN_HALF_SCALE_CHANNELS - 1, 1.0), (32, 1e-4)])
+def test_few_channels_or_tiny_scales_keep_float32_scales(channels: int, scale: float):
+    folded = _folded(_conv_model(channels, scale))
+    stored, _ = _scale_and_weight(folded)
+    assert stored.dtype == np.float32
+    assert sum(n.op_type == "Cast" for n in folded.graph.node) == 1  # the int8 weight's only
+
+
+def test_integer_kernels_keep_float32_scales_and_fuse_as_before(monkeypatch: pytest.MonkeyPatch):
+    """The integer-kernel (QDQ) form: every DequantizeLinear reads a float32 scale initializer (a
+    Cast in front would keep onnxruntime from fusing it), and the fusion check counts the same
+    integer kernels as with float16 scales turned off."""
+    from onnxquant.fusion_check import check_fusion
+    from tests.test_conv_cost import _cnn, _samples
+
+    model, samples = _cnn(32, 2, 24, 48), _samples(24, 48)
+    recipe = recipe_for_target("cpu-vnni").with_overrides(search={"enabled": False},
+                                                          quantization={"integer_compute": True})
+    quantized = onnxquant.quantize(model, samples, recipe).model
+    inits = {i.name: i for i in quantized.graph.initializer}
+    dqs = [n for n in quantized.graph.node if n.op_type == "DequantizeLinear"]
+    assert dqs and all(inits[n.input[1]].data_type == onnx.TensorProto.FLOAT for n in dqs)
+    assert not any(i.data_type == onnx.TensorProto.FLOAT16 for i in inits.values())
+    monkeypatch.setattr(weight_only, "MIN_HALF_SCALE_CHANNELS", 10**9)
+    before = onnxquant.quantize(model, samples, recipe).model
+    fused, fused_before = check_fusion(quantized), check_fusion(before)
+    assert fused.integer_layers == fused.quantized_layers == fused_before.integer_layers > 0
+    assert quantized.SerializeToString() == before.SerializeToString()
