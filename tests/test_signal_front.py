@@ -56,6 +56,7 @@ def test_the_filter_bank_before_a_log_stays_float():
     result = onnxquant.quantize(model, _tones(16, 1), INTEGER_KERNELS.with_overrides(search={"enabled": False}))
     assert {f.name: f.reason for f in result.float_nodes if f.op_type == "Conv"} == {"real": WHY, "imag": WHY}
     assert result.quantized_nodes.get("Conv") == 2  # the learned layers after the Log
+    assert f"2 layer(s) kept float: {WHY}" in result.notes
     for feed in _tones(4, 7):
         got, want = run(result.model, feed)[0].ravel(), run(model, feed)[0].ravel()
         assert np.sum((got - want) ** 2) < 1e-3 * np.sum(want ** 2)  # SQNR above 30 dB
