@@ -434,6 +434,29 @@ def _activation_params(lo: float, hi: float, recipe: Recipe) -> QParams:
     return asymmetric(lo, hi, q.activation_type)  # type: ignore[arg-type]
 
 
+def _lift_clip_groups(
+    model: onnx.ModelProto,
+    g: _Graph,
+    sel: Selection,
+    activations: dict[str, QParams],
+    group_range: dict[str, tuple[float, float]],
+) -> None:
+    """Lift the zero point of a quantized Clip's scale group so its Q cannot reach below the Clip's
+    lower bound (onnxruntime then drops the Clip). Only where the whole group's range already sits
+    within one step of that bound: a group shared with a Concat's other inputs may hold negatives
+    the lift would wipe out."""
+    for node in model.graph.node:
+        if node.op_type != "Clip" or node.name not in sel.quantized or node.output[0] not in activations:
+            continue
+        low = _clip_min(node, g)
+        root = sel.groups.get(node.output[0], node.output[0])
+        scale = float(activations[node.output[0]].scale)
+        if group_range.get(root, (low, 0.0))[0] < low - scale:
+            continue
+        for t in [t for t in activations if sel.groups.get(t, t) == root]:
+            activations[t] = above(activations[t], low)
+
+
 def finalize(model: onnx.ModelProto, sel: Selection, stats: StatsTable, recipe: Recipe) -> QuantPlan:
     """Turn statistics into scales: shared groups take the union of their members' ranges."""
     g = _Graph(model)
@@ -453,12 +476,8 @@ def finalize(model: onnx.ModelProto, sel: Selection, stats: StatsTable, recipe: 
         old = group_range.get(root, (lo, hi))
         group_range[root] = (min(old[0], lo), max(old[1], hi))
     activations = {t: _activation_params(*group_range[sel.groups.get(t, t)], recipe) for t in sel.observed}
-    for node in model.graph.node:  # a Clip's Q must not reach past its lower bound
-        if node.op_type == "Clip" and node.name in sel.quantized and node.output[0] in activations:
-            low = _clip_min(node, g)
-            root = sel.groups.get(node.output[0], node.output[0])
-            for t in [t for t in activations if sel.groups.get(t, t) == root]:
-                activations[t] = above(activations[t], low)
+    if not recipe.quantization.activation_symmetric:  # a symmetric recipe keeps its zero points
+        _lift_clip_groups(model, g, sel, activations, group_range)
     for t, src in sel.range_from.items():
         activations[t] = activations[src]
     notes: list[str] = []

@@ -132,3 +132,61 @@ def test_dead_channel_bias_scale_never_underflows():
         warnings.simplefilter("error")
         q = quantize(bias, b)
     assert q[1] == 0 and abs(float(dequantize(q, b)[0]) - 0.1) < 1e-6
+
+
+def _relu6_concat_net(concat_plain_conv: bool) -> onnx.ModelProto:
+    """Conv -> MaxPool -> Clip(0, 6), optionally concatenated with a plain (signed) Conv, then a Conv."""
+    rng = np.random.default_rng(0)
+    init = lambda name, v: numpy_helper.from_array(np.asarray(v, np.float32), name)
+    inits = [init("z", 0), init("six", 6), init("wa", rng.normal(0, 1.5, (8, 3, 3, 3))),
+             init("wb", rng.normal(0, 0.15, (8, 3, 3, 3))), init("wc", rng.normal(0, 0.3, (4, 16 if concat_plain_conv else 8, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["ca"], name="ca", pads=[1] * 4),
+             helper.make_node("MaxPool", ["ca"], ["mp"], name="mp", kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("Clip", ["mp", "z", "six"], ["a"], name="relu6")]
+    head = "a"
+    if concat_plain_conv:
+        nodes += [helper.make_node("Conv", ["x", "wb"], ["b"], name="cb", pads=[1] * 4),
+                  helper.make_node("Concat", ["a", "b"], ["cat"], name="cat", axis=1)]
+        head = "cat"
+    nodes.append(helper.make_node("Conv", [head, "wc"], ["y"], name="cc"))
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _quantize_zero_points(model: onnx.ModelProto, recipe) -> tuple[dict[str, int], float]:
+    """Each QuantizeLinear's input -> zero point, and the worst SQNR (dB) over three samples."""
+    import onnxquant
+    from tests.conftest import run
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
+    res = onnxquant.quantize(model, feeds, recipe.with_overrides(search={"enabled": False}))
+    inits = {i.name: numpy_helper.to_array(i) for i in res.model.graph.initializer}
+    zps = {n.input[0]: int(inits[n.input[2]]) for n in res.model.graph.node if n.op_type == "QuantizeLinear"}
+    sqnr = min(10 * np.log10((w ** 2).sum() / ((w - q) ** 2).sum())
+               for w, q in ((run(model, f)[0], run(res.model, f)[0]) for f in feeds[:3]))
+    return zps, float(sqnr)
+
+
+def test_clip_zero_point_lift_spares_a_group_holding_negatives():
+    """A Clip output concatenated with a signed tensor shares its scale group: lifting the group's
+    zero point to the Clip's bound would wipe the negatives (SQNR 39 -> 17 dB)."""
+    from tests.conftest import INTEGER_KERNELS
+    zps, sqnr = _quantize_zero_points(_relu6_concat_net(True), INTEGER_KERNELS)
+    assert zps["a"] == zps["b"] == zps["cat"] and zps["cat"] > 0  # negatives stay representable
+    assert sqnr > 35.0
+
+
+def test_clip_zero_point_lift_applies_to_a_group_within_the_bound():
+    from tests.conftest import INTEGER_KERNELS
+    zps, _ = _quantize_zero_points(_relu6_concat_net(False), INTEGER_KERNELS)
+    assert zps["a"] == 0  # uint8: lowest value 0 = the Clip's bound, onnxruntime drops the Clip
+
+
+def test_clip_zero_point_lift_skipped_for_symmetric_activations():
+    from tests.conftest import INTEGER_KERNELS
+    recipe = INTEGER_KERNELS.with_overrides(quantization={"activation_type": "int8", "activation_symmetric": True})
+    zps, _ = _quantize_zero_points(_relu6_concat_net(False), recipe)
+    assert zps["a"] == 0  # int8 symmetric: the zero point stays in the middle

@@ -56,6 +56,7 @@ def test_the_filter_bank_before_a_log_stays_float():
     result = onnxquant.quantize(model, _tones(16, 1), INTEGER_KERNELS.with_overrides(search={"enabled": False}))
     assert {f.name: f.reason for f in result.float_nodes if f.op_type == "Conv"} == {"real": WHY, "imag": WHY}
     assert result.quantized_nodes.get("Conv") == 2  # the learned layers after the Log
+    assert f"2 layer(s) kept float: {WHY}" in result.notes
     for feed in _tones(4, 7):
         got, want = run(result.model, feed)[0].ravel(), run(model, feed)[0].ravel()
         assert np.sum((got - want) ** 2) < 1e-3 * np.sum(want ** 2)  # SQNR above 30 dB
@@ -79,3 +80,54 @@ def test_a_clamp_before_the_log_is_part_of_the_front_end():
     floor = next(n for n in model.graph.node if n.name == "floor")
     floor.op_type = "Max"
     assert set(front_end_nodes(model)) == {"real", "imag"}
+
+
+def _relu6_fcn() -> onnx.ModelProto:
+    """Conv + Clip(0, 6) x4 -> Conv -> Clip(1e-3) -> Log: a learned network ending in a floored log."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("z", 0), ("six", 6), ("eps", 1e-3))]
+    nodes, x, cin = [], "x", 3
+    for k in range(4):
+        inits += [numpy_helper.from_array(rng.normal(0, 0.3, (16, cin, 3, 3)).astype(np.float32), f"w{k}")]
+        nodes += [helper.make_node("Conv", [x, f"w{k}"], [f"c{k}"], name=f"conv{k}", pads=[1, 1, 1, 1]),
+                  helper.make_node("Clip", [f"c{k}", "z", "six"], [f"r{k}"], name=f"relu6_{k}")]
+        x, cin = f"r{k}", 16
+    inits.append(numpy_helper.from_array(rng.normal(0, 0.3, (1, 16, 1, 1)).astype(np.float32), "wo"))
+    nodes += [helper.make_node("Conv", [x, "wo"], ["o"], name="head"),
+              helper.make_node("Clip", ["o", "eps"], ["oc"], name="floor"),
+              helper.make_node("Log", ["oc"], ["y"], name="log")]
+    graph = helper.make_graph(nodes, "fcn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 16, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_relu6_network_ending_in_a_floored_log_is_not_a_front_end():
+    """No magnitude step between the learned layers and the Log: its Relu6 clamps are activations."""
+    model = _relu6_fcn()
+    assert front_end_nodes(model) == {}
+    result = onnxquant.quantize(model, [{"x": np.random.default_rng(s).normal(0, 1, (1, 3, 16, 16)).astype(np.float32)}
+                                        for s in range(8)], INTEGER_KERNELS.with_overrides(search={"enabled": False}))
+    assert result.quantized_nodes.get("Conv", 0) >= 4
+
+
+def test_a_clamp_before_the_magnitude_is_an_activation():
+    """A Clip between the filter bank and its squaring is not a log floor."""
+    model = _spectrogram_net()
+    model.graph.initializer.append(numpy_helper.from_array(np.array(0, np.float32), "zero"))
+    for node in model.graph.node:
+        if node.name == "r2":
+            node.input[:] = ["rc", "rc"]
+    model.graph.node.insert(3, helper.make_node("Clip", ["r", "zero"], ["rc"], name="clamp"))
+    assert front_end_nodes(model) == {}
+
+
+def test_the_first_learned_layer_must_read_the_input_through_layout_ops():
+    """A learned layer fed by another computation (here a Sqrt of the input) is not a filter bank of the raw samples."""
+    model = _spectrogram_net()
+    for node in model.graph.node:
+        if node.name in ("real", "imag"):
+            node.input[0] = "xs"
+    model.graph.node.insert(1, helper.make_node("Abs", ["x"], ["xs"], name="rectify"))
+    assert front_end_nodes(model) == {}

@@ -222,13 +222,15 @@ CLIP_INPUTS_OPSET = 11
 def _bound_as_clip(position: int, inits: _Initializers, ranks: dict[str, int], types: dict[str, int],
                    rewritten: dict[int, list[onnx.NodeProto]], report: CanonicalizeReport) -> None:
     """Max(x, c) / Min(x, c) with ``c`` one float32 value of no higher rank than ``x``: Clip(x, c)
-    / Clip(x, max=c), element for element the same (and the same shape)."""
+    / Clip(x, max=c), element for element the same (and the same shape); a NaN ``c`` is left alone."""
     node = inits.index.nodes[position]
     consts = [k for k, name in enumerate(node.input) if inits.is_float(name) and inits.value(name).size == 1]
     if len(node.input) != 2 or len(node.output) != 1 or len(consts) != 1:
         return
     x, c = node.input[1 - consts[0]], node.input[consts[0]]
     if types.get(x) != FLOAT or ranks.get(x) is None or ranks[x] < inits.value(c).ndim:
+        return
+    if np.isnan(inits.value(c)).any():  # Max/Min propagate a NaN; Clip's NaN bound is not defined to
         return
     bound = inits.fresh(f"{node.name or node.output[0]}_bound")
     inits.graph.initializer.append(numpy_helper.from_array(inits.value(c).reshape(()).astype(np.float32), bound))

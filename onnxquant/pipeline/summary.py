@@ -11,6 +11,7 @@ from onnxquant.pipeline.state import State
 from onnxquant.model_io import iter_graphs
 from onnxquant.prequantized import QOPERATOR_OPS
 from onnxquant.results import QuantizeResult
+from onnxquant import signal_front
 from onnxquant.weight_only_planner import weight_only_notes
 
 
@@ -29,7 +30,7 @@ def quantize_result(state: State, clock: StageClock, diagnostics: State | None =
         seconds={"calibration": state.seconds["calibration"], "total": clock.total()},
         stages=clock.breakdown(),
         recipe=state.recipe,
-        notes=[*_cpu_note(state), *state.notes, *_preparation_notes(state.preparation),
+        notes=[*_cpu_note(state), *state.notes, *_preparation_notes(state.preparation), *_front_end_note(state),
                *weight_only_notes(sel, state.recipe.target, state.recipe.quantization.recurrent_integer)],
         mixed_precision=state.mixed.to_dict() if state.mixed is not None else None,
         search=state.search.to_dict() if state.search is not None else None,
@@ -42,6 +43,12 @@ def quantize_result(state: State, clock: StageClock, diagnostics: State | None =
         weight_only={name: w.reason for name, w in sel.weight_only.items()},
         float_compute=state.float_compute.to_dict() if state.float_compute is not None else None,
     )
+
+
+def _front_end_note(state: State) -> list[str]:
+    """One line when layers stayed float as a signal front end: the user sees why without reading every layer."""
+    count = sum(f.reason == signal_front.WHY for f in state.float_nodes or ())
+    return [f"{count} layer(s) kept float: {signal_front.WHY}"] if count else []
 
 
 def _cpu_note(state: State) -> list[str]:

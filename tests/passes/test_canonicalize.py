@@ -211,6 +211,15 @@ def test_a_max_of_two_tensors_or_a_wider_constant_is_left_alone():
     assert report.clips == 0
 
 
+def test_a_max_with_a_nan_constant_is_left_alone():
+    """Max/Min propagate a NaN operand; a Clip with a NaN bound need not."""
+    model = leaky_floor_cnn()
+    floor = next(i for i in model.graph.initializer if i.name == "floor")
+    floor.CopyFrom(onnx.numpy_helper.from_array(np.array(np.nan, np.float32), "floor"))
+    _, report = _canonical(model)
+    assert report.clips == 0
+
+
 def test_a_leaky_relu_floor_runs_in_integer_kernels():
     """Before: each Max stayed float between the integer kernels (openWakeWord's embedding model: 19 of them)."""
     model = leaky_floor_cnn()
