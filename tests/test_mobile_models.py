@@ -127,15 +127,20 @@ def test_onet_default_search_takes_float_compute_and_is_as_close_as_quantize_dyn
         assert mine["kl"] <= figures["kl"], tool
 
 
-@pytest.mark.parametrize("name", ["ppocrv5-cls", "mtcnn-onet"])
-def test_integer_kernels_with_vnni(work: Path, name: str):
-    """No figures for VNNI machines: their integer kernels stay, every quantized layer fused."""
+@pytest.mark.parametrize("name, float_compute", [("ppocrv5-cls", True), ("mtcnn-onet", False)])
+def test_vnni_figures_decide_per_model(work: Path, name: str, float_compute: bool):
+    """With VNNI the thin text-line classifier's int8 Convs measured 1.75x fp32 (float compute on
+    int8 weights by default), O-Net's 0.72x (integer kernels stay, every quantized layer fused)."""
     model, calib, held = zoo_model(name, work)
     recipe = recipe_for_target("cpu-vnni").with_overrides(search={"enabled": False})
     result = onnxquant.quantize(model, calib, recipe)
-    assert result.float_compute is None
-    assert result.fusion is not None and result.fusion.quantized_layers > 0
-    assert any(n.op_type == "DequantizeLinear" for n in result.model.graph.node)
+    if float_compute:
+        assert result.float_compute is not None and "with VNNI" in result.float_compute["reason"]
+        assert not any(n.op_type == "QuantizeLinear" for n in result.model.graph.node)
+    else:
+        assert result.float_compute is None
+        assert result.fusion is not None and result.fusion.quantized_layers > 0
+        assert any(n.op_type == "DequantizeLinear" for n in result.model.graph.node)
     ref = _outputs(model, held, OUTPUT[name])
     written = work / f"{name}.vnni.onnx"
     onnx.save(result.model, str(written))
