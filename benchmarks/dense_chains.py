@@ -16,26 +16,10 @@ import time
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
 
 import onnxquant
+from models.tiny import dense_chain
 from onnxquant.host import host_cpu
-
-
-def chain(width: int, depth: int = 3, features: int = 10, seed: int = 0) -> onnx.ModelProto:
-    """``depth`` MatMul + Add + Relu layers of ``width`` on a (rows, features) table."""
-    rng = np.random.default_rng(seed)
-    nodes, inits, x, k = [], [], "x", features
-    for i in range(depth):
-        inits += [numpy_helper.from_array((rng.standard_normal((k, width)) / np.sqrt(k)).astype(np.float32), f"w{i}"),
-                  numpy_helper.from_array((rng.standard_normal(width) * 0.1).astype(np.float32), f"b{i}")]
-        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"dense{i}"),
-                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"], name=f"add{i}"),
-                  helper.make_node("Relu", [f"a{i}"], [f"r{i}"], name=f"relu{i}")]
-        x, k = f"r{i}", width
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features])],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", width])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -55,7 +39,7 @@ def _median_us(session: ort.InferenceSession, feed: dict[str, np.ndarray], runs:
 
 def measure(width: int, rows: int, rounds: int) -> tuple[float, float]:
     """(fp32 us, int8 us) of a 3-layer chain of ``width`` at batch ``rows``."""
-    model = chain(width)
+    model = dense_chain(width)
     rng = np.random.default_rng(1)
     samples = [{"x": rng.standard_normal((1, 10)).astype(np.float32)} for _ in range(8)]
     recipe = onnxquant.Recipe().with_overrides(quantization={"integer_compute": True}, search={"enabled": False})

@@ -316,3 +316,20 @@ def conv_chain(nodes: int, seed: int = 0) -> onnx.ModelProto:
 def conv_chain_samples(count: int = 2, seed: int = 1) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     return [{"x": rng.normal(0, 1, (1, CHAIN_CHANNELS, 4, 4)).astype(np.float32)} for _ in range(count)]
+
+
+def dense_chain(width: int, depth: int = 3, features: int = 10, seed: int = 0) -> onnx.ModelProto:
+    """``depth`` MatMul + Add + Relu layers of ``width`` on a (rows, features) table: a
+    scikit-learn-like MLP, the shape ``dense_cost.py``'s figures were timed on."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, x, k = [], [], "x", features
+    for i in range(depth):
+        inits += [numpy_helper.from_array((rng.standard_normal((k, width)) / np.sqrt(k)).astype(np.float32), f"w{i}"),
+                  numpy_helper.from_array((rng.standard_normal(width) * 0.1).astype(np.float32), f"b{i}")]
+        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"dense{i}"),
+                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"], name=f"add{i}"),
+                  helper.make_node("Relu", [f"a{i}"], [f"r{i}"], name=f"relu{i}")]
+        x, k = f"r{i}", width
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", width])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

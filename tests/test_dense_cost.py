@@ -9,28 +9,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxquant
+from models.tiny import dense_chain
 from onnxquant.conv_cost import ConvEstimate, layer_weight_share
 from onnxquant.dense_cost import COSTS, DenseEstimate, DenseShape, estimate, quantized_dense_shapes
 from onnxquant.recipe import recipe_for_target
 from onnxquant.results import FloatCompute
 
 WARNING = "MatMul/Gemm layer(s) are small"
-
-
-def _mlp(width: int, depth: int = 3, features: int = 10, seed: int = 0) -> onnx.ModelProto:
-    """``depth`` MatMul + Add + Relu layers of ``width`` on a (rows, features) table."""
-    rng = np.random.default_rng(seed)
-    nodes, inits, x, k = [], [], "x", features
-    for i in range(depth):
-        inits += [numpy_helper.from_array((rng.standard_normal((k, width)) / np.sqrt(k)).astype(np.float32), f"w{i}"),
-                  numpy_helper.from_array((rng.standard_normal(width) * 0.1).astype(np.float32), f"b{i}")]
-        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"dense{i}"),
-                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"], name=f"add{i}"),
-                  helper.make_node("Relu", [f"a{i}"], [f"r{i}"], name=f"relu{i}")]
-        x, k = f"r{i}", width
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features])],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", width])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def _quantize(model: onnx.ModelProto, features: int, target: str, **overrides):
@@ -44,7 +29,7 @@ def test_a_small_mlp_computes_in_float_on_x86_without_vnni():
     """Width 16, one row a sample (a scikit-learn MLP on a few features): measured 1.32x fp32 as
     int8 with every layer fused, so the default keeps int8 weights and computes in float, and says
     why: the MatMul layers' estimate, not the recipe."""
-    result = _quantize(_mlp(16), 10, "cpu-avx2")
+    result = _quantize(dense_chain(16), 10, "cpu-avx2")
     assert result.float_compute is not None and result.float_compute["layers"] == 3
     assert "MatMul/Gemm" in result.float_compute["reason"] and result.float_compute["estimated_dense_extra_us"] > 0
     assert not any(n.op_type == "QuantizeLinear" for n in result.model.graph.node)  # no activation quantized
@@ -56,7 +41,7 @@ def test_a_small_mlp_computes_in_float_on_x86_without_vnni():
 def test_forced_integer_kernels_on_a_small_mlp_are_said_slower():
     """``integer_compute = true`` keeps the integer kernels: every layer fuses and still the
     summary says int8 may be slower, with the way to fp32's speed."""
-    result = _quantize(_mlp(16), 10, "cpu-avx2", quantization={"integer_compute": True})
+    result = _quantize(dense_chain(16), 10, "cpu-avx2", quantization={"integer_compute": True})
     assert result.float_compute is None
     assert result.fusion is not None and result.fusion.float_islands == []
     found = estimate(result.model, {"x": (1, 10)}, "avx2")
@@ -68,7 +53,7 @@ def test_forced_integer_kernels_on_a_small_mlp_are_said_slower():
 def test_the_float_model_planned_gives_the_quantized_models_estimate():
     """Decided before the rewrite, on the float model's planned layers: the same layers, work and
     estimate as read from the integer model afterwards."""
-    model = _mlp(16)
+    model = dense_chain(16)
     planned = estimate(model, {"x": (1, 10)}, "avx2", {"dense0", "dense1", "dense2"})
     quantized = _quantize(model, 10, "cpu-avx2", quantization={"integer_compute": True}).model
     after = estimate(quantized, {"x": (1, 10)}, "avx2")
@@ -82,7 +67,7 @@ def test_the_float_model_planned_gives_the_quantized_models_estimate():
 
 def test_a_wide_mlp_is_not_called_slower():
     """Width 512 (measured 0.55x fp32 at batch 1): int8 saves more per weight than it costs."""
-    result = _quantize(_mlp(512, features=512), 512, "cpu-avx2")
+    result = _quantize(dense_chain(512, features=512), 512, "cpu-avx2")
     found = estimate(result.model, {"x": (1, 512)}, "avx2")
     assert found is not None and found.extra_us < 0
     assert not any(WARNING in w for w in result.warnings)
@@ -90,14 +75,14 @@ def test_a_wide_mlp_is_not_called_slower():
 
 def test_a_wide_mlp_keeps_integer_kernels():
     """Width 512 (measured 0.55x fp32 at batch 1): int8 is faster, so no float compute."""
-    result = _quantize(_mlp(512, features=512), 512, "cpu-avx2")
+    result = _quantize(dense_chain(512, features=512), 512, "cpu-avx2")
     assert result.float_compute is None
     assert any(n.op_type == "QuantizeLinear" for n in result.model.graph.node)
 
 
 def test_no_estimate_without_figures_for_the_cpu_kind():
     """ARM64 has no measured figures: nothing is claimed there."""
-    result = _quantize(_mlp(16), 10, "cpu-arm64")
+    result = _quantize(dense_chain(16), 10, "cpu-arm64")
     assert estimate(result.model, {"x": (1, 10)}, "arm64") is None
     assert result.float_compute is None  # integer kernels: nothing says they are slower there
     assert not any(WARNING in w for w in result.warnings)
@@ -106,9 +91,9 @@ def test_no_estimate_without_figures_for_the_cpu_kind():
 def test_vnni_figures_call_small_layers_slower_and_wide_ones_faster():
     """With VNNI (full 8-bit weights) the chains measured int8/fp32 1.35 at width 16 and 0.41 at
     1024: the per-call cost is there too, so a small MLP computes in float for that kind."""
-    result = _quantize(_mlp(16), 10, "cpu-vnni")
+    result = _quantize(dense_chain(16), 10, "cpu-vnni")
     assert result.float_compute is not None and "with VNNI" in result.float_compute["reason"]
-    wide = _quantize(_mlp(512, features=512), 512, "cpu-vnni", quantization={"integer_compute": True})
+    wide = _quantize(dense_chain(512, features=512), 512, "cpu-vnni", quantization={"integer_compute": True})
     found = estimate(wide.model, {"x": (1, 512)}, "vnni")
     assert found is not None and found.extra_us < 0
 
@@ -116,7 +101,7 @@ def test_vnni_figures_call_small_layers_slower_and_wide_ones_faster():
 def test_rows_of_a_table_count_where_shape_inference_stops():
     """A layer whose output shape inference cannot tell (after an op without a shape function)
     still counts, with the rows of the model's one (rows, features) input."""
-    model = _mlp(16)
+    model = dense_chain(16)
     quantized = _quantize(model, 10, "cpu-avx2", quantization={"integer_compute": True}).model
     for info in list(quantized.graph.value_info):
         quantized.graph.value_info.remove(info)
@@ -171,7 +156,7 @@ def test_token_ids_are_not_a_tables_rows():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [table, weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert quantized_dense_shapes(model, {"ids": (1, 8)}, planned={"dense"}, known={}) == []
-    float_input = _mlp(16)
+    float_input = dense_chain(16)
     assert len(quantized_dense_shapes(float_input, {"x": (4, 10)}, planned={"dense0"}, known={})) == 1
 
 

