@@ -9,29 +9,39 @@ megabytes is not copied to read its shapes.
 from __future__ import annotations
 
 import onnx
-from onnx import helper
 
 SMALL_INITIALIZER = 64  # elements: shape constants stay initializers (inference reads their values)
 
 
-def _light(model: onnx.ModelProto) -> onnx.ModelProto:
-    graph = model.graph
-    small, large = [], []
-    for init in graph.initializer:
+def skeleton(model: onnx.ModelProto, max_elements: int = 4096) -> onnx.ModelProto:
+    """The graph without its large weights: each becomes a typed graph input.
+
+    Shape inference needs the weights' shapes, and the values only of small tensors (shape
+    constants). Inferring on the skeleton gives the same shapes without copying the weights
+    (``prepare.infer_shapes`` and ``infer_declared_shapes`` both infer on it).
+    """
+    light = onnx.ModelProto(ir_version=model.ir_version)
+    light.opset_import.extend(model.opset_import)
+    graph = light.graph
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    for init in model.graph.initializer:
         count = 1
         for d in init.dims:
             count *= d
-        (small if count <= SMALL_INITIALIZER else large).append(init)
-    inputs = [*graph.input, *(helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in large)]
-    light = helper.make_graph(list(graph.node), graph.name, inputs, list(graph.output), initializer=small)
-    return helper.make_model(light, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+        if count <= max_elements and init.data_location != onnx.TensorProto.EXTERNAL:
+            graph.initializer.append(init)
+        else:
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return light
 
 
 def infer_declared_shapes(model: onnx.ModelProto) -> tuple[dict[str, tuple[int, ...]], str | None]:
     """The shape of every main-graph value whose dims shape inference finds all fixed (values with a
     free or unknown dim are absent), and why inference failed (then no shapes), else None."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(_light(model))
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model, SMALL_INITIALIZER))
     except Exception as error:  # a graph onnx cannot infer (custom ops, bad types): no declared shapes
         first = (str(error).strip().splitlines() or [""])[0][:160]
         return {}, f"{type(error).__name__}: {first}" if first else type(error).__name__

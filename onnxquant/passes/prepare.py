@@ -20,6 +20,7 @@ from onnxquant.errors import ModelError
 from onnxquant.outputs import scratch
 from onnxquant.model_io import has_lazy, iter_graphs, read_in_if_small, serialize, serialize_below_limit
 from onnxquant.passes.canonicalize import canonicalize
+from onnxquant.passes.declared_shapes import skeleton
 from onnxquant.passes.float16 import has_float16_interface, widen_float16
 from onnxquant.passes.fold_affine import fold_affine_into_conv
 from onnxquant.passes.fold_constants import fold_constant_nodes
@@ -182,33 +183,10 @@ def _simplify(model: onnx.ModelProto, report: PrepareReport, serialized: list[by
     return simplified
 
 
-def _skeleton(model: onnx.ModelProto, max_elements: int = 4096) -> onnx.ModelProto:
-    """The graph without its large weights: each becomes a typed graph input.
-
-    Shape inference needs the weights' shapes, and the values only of small tensors (shape
-    constants). Inferring on the skeleton gives the same shapes without copying the weights.
-    """
-    skeleton = onnx.ModelProto(ir_version=model.ir_version)
-    skeleton.opset_import.extend(model.opset_import)
-    graph = skeleton.graph
-    graph.node.extend(model.graph.node)
-    graph.input.extend(model.graph.input)
-    graph.output.extend(model.graph.output)
-    for init in model.graph.initializer:
-        count = 1
-        for d in init.dims:
-            count *= d
-        if count <= max_elements and init.data_location != onnx.TensorProto.EXTERNAL:
-            graph.initializer.append(init)
-        else:
-            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    return skeleton
-
-
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shape and type inference where onnx can do it, recorded as value_info in ``model``."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(_skeleton(model), strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False)
     except Exception:
         return model
     known = {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input}

@@ -316,11 +316,11 @@ def test_failed_shape_inference_on_a_static_export_is_said(bert, monkeypatch, st
     says so, and why. On free dims they would not apply, and nothing is said."""
     from onnxquant.passes import declared_shapes
 
-    def fails(model):
+    def fails(model, max_elements):
         raise ValueError("cannot infer this graph\nsecond line")
 
     model = prepare_model(_with_static_inputs(bert) if static else bert)[0]
-    monkeypatch.setattr(declared_shapes, "_light", fails)
+    monkeypatch.setattr(declared_shapes, "skeleton", fails)
     _, fusion = fuse_transformer(model)
     assert fusion.attention == LAYERS  # the fusion itself needs no declared shapes
     assert (fusion.unflattened_gemms, fusion.static_biases) == (0, 0)
