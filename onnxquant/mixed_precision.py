@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from onnxquant.agreement import DROP_BY, OutputAgreement, add_outputs, output_agreements
+from onnxquant.agreement.budgets import DEFAULT_MAX_METRIC_DROP, Budget, describe
 from onnxquant.calibration.collector import in_order, make_session, sample_workers
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.errors import BudgetExceededError, CalibrationDataError, UsageError
@@ -66,6 +67,9 @@ class Measurement:
     # 1 - worst mean cosine: a finer tie-break than top-1 agreement on a few dozen samples
     cosine_drop: float = 0.0
     sqnr_db: float = math.inf  # worst float output's SQNR
+    # validate's default budgets this model misses on these samples ("out: kl 0.62 > 0.5 (default)");
+    # measured on the whole set only (a leave-one-out subset does not say it)
+    misses: tuple[str, ...] = ()
 
 
 def measure(quantized: onnx.ModelProto | bytes, holdout: Holdout, metric: Metric | None = None) -> Measurement:
@@ -96,7 +100,9 @@ def score_outputs(outputs: list[list[np.ndarray]], holdout: Holdout, metric: Met
     outputs = [outputs[i] for i in picked]
     if metric is not None:
         base, got = float(metric(references)), float(metric(outputs))
-        return Measurement(base - got, {"metric_fp32": base, "metric": got})
+        missed = samples is None and base - got > DEFAULT_MAX_METRIC_DROP
+        misses = (f"metric drop {base - got:.4g} > {DEFAULT_MAX_METRIC_DROP:g} (default)",) if missed else ()
+        return Measurement(base - got, {"metric_fp32": base, "metric": got}, misses=misses)
     agreement_by = holdout.agreement
     scores, cosines, sqnrs = {}, [1.0], []
     names = holdout.output_names
@@ -118,7 +124,15 @@ def score_outputs(outputs: list[list[np.ndarray]], holdout: Holdout, metric: Met
         if agreement.tensor is not None and agreement.tensor.cosines:
             cosines.append(float(np.mean(agreement.tensor.cosines)))
             sqnrs.append(agreement.tensor.sqnr_db)
-    return Measurement(1.0 - min(scores.values()), scores, 1.0 - min(cosines), min(sqnrs, default=math.inf))
+    misses = _default_budget_misses(agreements) if samples is None else ()
+    return Measurement(1.0 - min(scores.values()), scores, 1.0 - min(cosines), min(sqnrs, default=math.inf), misses)
+
+
+def _default_budget_misses(agreements: dict[str, OutputAgreement]) -> tuple[str, ...]:
+    """Each output's failed checks against validate's default budgets, in words."""
+    budget = Budget()
+    return tuple(f"{name}: {describe(c)}" for name, agreement in agreements.items()
+                 for c in agreement.checks(budget) if c["passed"] is False)
 
 
 @dataclass

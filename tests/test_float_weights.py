@@ -84,6 +84,6 @@ def test_the_cli_summary_says_what_stays_float_and_warns(tmp_path):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert "integer kernels: 1 of 1 quantized layers run as integer kernels in onnxruntime" in lines
-    assert any(line.startswith("left float:") and "of the weight bytes" in line for line in lines)
+    assert any(line.startswith("left float:") and "of the input model's weight bytes" in line for line in lines)
     assert any("Einsum: op type not quantized (" in line for line in lines)
     assert any(line.startswith("warning: ") and "stay float (Einsum)" in line for line in lines)

@@ -85,3 +85,40 @@ def test_drop_by_kind_reads_each_output_by_its_own_figure():
     labels = OutputAgreement("label")
     labels.add(np.array([1, 2]), np.array([1, 3]))
     assert labels.score("cosine") == labels.score("kind") == 0.5
+
+
+def _holdout_of(references: list[np.ndarray]) -> Holdout:
+    """A holdout of one float output per sample, as the search builds it (no model needed)."""
+    return Holdout([{"x": np.zeros(1, np.float32)} for _ in references], [[r] for r in references], ["out"], "fine")
+
+
+def test_default_budget_misses_are_measured_on_the_whole_set_only():
+    """A regression output whose second channel int8 destroyed misses validate's default
+    worst-channel budget; the same outputs as fp32 miss nothing; a leave-one-out subset says nothing."""
+    from onnxquant.mixed_precision import score_outputs
+
+    rng = np.random.default_rng(0)
+    references = [rng.standard_normal((1, 16, 2)).astype(np.float32) * np.array([100.0, 0.1], np.float32)
+                  for _ in range(8)]
+    held = _holdout_of(references)
+    assert score_outputs([[r] for r in references], held).misses == ()
+    broken = [[r * np.array([1.0, 0.0], np.float32) + rng.standard_normal(r.shape).astype(np.float32)
+               * np.array([0.0, 0.1], np.float32)] for r in references]
+    misses = score_outputs(broken, held).misses
+    assert misses and all(m.startswith("out: ") for m in misses)
+    assert any("channel cosine min" in m and "< 0.8 (default)" in m for m in misses)
+    assert score_outputs(broken, held, samples=range(7)).misses == ()
+
+
+def test_a_user_metric_that_drops_more_than_the_default_is_a_miss():
+    from onnxquant.mixed_precision import score_outputs
+
+    references = [np.full((1, 4), 1.0, np.float32) for _ in range(4)]
+    held = _holdout_of(references)
+
+    def metric(outputs: list[list[np.ndarray]]) -> float:
+        return float(np.mean([out[0].mean() for out in outputs]))
+
+    assert score_outputs([[r * 0.99] for r in references], held, metric).misses == ()
+    assert score_outputs([[r * 0.9] for r in references], held, metric).misses == (
+        "metric drop 0.1 > 0.02 (default)",)

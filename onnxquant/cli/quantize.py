@@ -57,9 +57,9 @@ def quantize_summary(result: dict[str, Any]) -> str:
         by_reason: dict[tuple[str, str], list[float]] = {}
         for node in floats:
             by_reason.setdefault((node["op_type"], node["reason"]), []).append(node.get("share", 0.0))
-        lines.append(f"left float: {len(floats)} nodes, {result.get('float_weight_share', 0.0):.1%} of the weight bytes")
+        lines.append(f"left float: {len(floats)} nodes, {result.get('float_weight_share', 0.0):.1%} of the input model's weight bytes")
         for (op, reason), shares in sorted(by_reason.items(), key=lambda kv: (-sum(kv[1]), -len(kv[1]), kv[0])):
-            weights = f" ({sum(shares):.1%} of the weight bytes)" if sum(shares) else ""
+            weights = f" ({sum(shares):.1%} of the input's weight bytes)" if sum(shares) else ""
             lines.append(f"  {len(shares):4d} {op}: {reason}{weights}")
     for warning in result.get("warnings", []):
         lines.append(f"warning: {warning}")

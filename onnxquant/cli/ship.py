@@ -41,7 +41,7 @@ def _inspection_text(info: dict[str, Any], layers: bool) -> str:
             f"{p['layers']} {name} ({p['parameters']:,} weights)" for name, p in precision.items()))
     floats = [layer for layer in info["layers"] if layer["precision"] == "float"]
     if floats:
-        lines.append(f"float weighted layers: {len(floats)}, {info['float_weight_share']:.1%} of the weight bytes")
+        lines.append(f"float weighted layers: {len(floats)}, {info['float_weight_share']:.1%} of this file's weight bytes")
     if info.get("float_compute"):
         fc = info["float_compute"]
         lines.append(f"float compute: {fc['layers']} layers store int8 weights that onnxruntime folds to float "
@@ -111,7 +111,7 @@ def _compress_text(result: dict[str, Any]) -> str:
     quantization = report["quantization"]
     lines = [(f"quantized: {quantization['quantized_node_count']} nodes; "
               f"{len(quantization['float_nodes'])} compute nodes left float"
-              + (f" ({quantization['float_weight_share']:.1%} of the weight bytes)"
+              + (f" ({quantization['float_weight_share']:.1%} of the input model's weight bytes)"
                  if quantization.get("float_weight_share") else ""))]
     fusion = quantization.get("fusion")
     if fusion:

@@ -127,5 +127,5 @@ def _float_report(quantized: onnx.ModelProto, sel: Selection, total_bytes: int) 
                         "no smaller (see 'left float' for why)")
     if share > WARN_FLOAT_SHARE:
         top = sorted({n.op_type for n in floats if n.share}, key=lambda op: -sum(n.share for n in floats if n.op_type == op))
-        warnings.append(f"{share:.0%} of the weight bytes stay float ({', '.join(top[:4])}): see 'left float'")
+        warnings.append(f"{share:.0%} of the input model's weight bytes stay float ({', '.join(top[:4])}): see 'left float'")
     return floats, warnings

@@ -1,5 +1,6 @@
 """Stage ``rewrite``: the plan carried out on the graph: Q/DQ pairs, the bodies of If/Loop/Scan,
-int8 weights in front of float kernels (recurrent layers), 4-bit MatMul weights."""
+int8 weights in front of float kernels (recurrent layers), 4-bit MatMul weights; on the CPU,
+zero Pads on integers and PRelu as Max (both left float by onnxruntime otherwise, and slow)."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -8,6 +9,7 @@ from onnxquant.body_planner import rewrite_bodies
 from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.int4_matmul import to_matmul_nbits
 from onnxquant.passes.int8_pad import pad_integers
+from onnxquant.passes.prelu_as_max import prelu_as_max
 from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset
 from onnxquant.passes.weight_only import quantize_weights_only
 from onnxquant.pipeline.clock import timed
@@ -21,6 +23,7 @@ def rewrite(state: State) -> State:
     q = recipe.quantization
     quantized = insert_qdq(work, state.plan, default_opset(work), inplace=True)
     padded = pad_integers(quantized) if recipe.target == "cpu" else 0  # onnxruntime keeps DQ -> Pad -> Q float
+    as_max = prelu_as_max(quantized) if recipe.target == "cpu" else 0  # onnxruntime's PRelu kernel is slow
     opset = default_opset(work)  # (after insert_qdq, as the bodies' rewrite sees it)
     rewrite_bodies(quantized, recipe, state.stats, set(state.not_float), opset >= MIN_QDQ_OPSET, opset)
     # On the CPU, onnxruntime's DynamicQuantizeLSTM multiplies the int8 weights directly; the
@@ -30,6 +33,9 @@ def rewrite(state: State) -> State:
                           reduce_range=q.reduce_range,
                           fold_recurrent=recipe.target == "cpu" and q.recurrent_integer is False)
     notes = [f"{padded} zero Pad(s) pad the int8 tensor with its zero point (no float island)"] if padded else []
+    if as_max:
+        notes.append(f"{as_max} PRelu as Max(x, slope * x) (the same function for slopes <= 1; "
+                     "onnxruntime's PRelu kernel is several times slower)")
     if state.int4:
         replaced = to_matmul_nbits(quantized, set(state.int4), q.int4_block_size)
         notes.append(f"int4 weights: {replaced} MatMul layers as MatMulNBits "

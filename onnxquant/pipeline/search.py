@@ -25,7 +25,7 @@ import onnx
 
 from onnxquant.calibration.sources import SampleSource
 from onnxquant.errors import CalibrationDataError, QuantizationError
-from onnxquant.mixed_precision import Holdout, run_holdout, score_outputs
+from onnxquant.mixed_precision import Holdout, Measurement, run_holdout, score_outputs
 from onnxquant.model_io import model_digest
 from onnxquant.ops.rules import RULES, Kind
 from onnxquant.passes.node_index import NodeIndex
@@ -98,8 +98,8 @@ class SearchSplit:
                               calibration_samples=state.stats.samples if state.stats is not None else 0,
                               drop_by="metric" if run.metric is not None else drop_by,
                               planned_trials=state.recipe.search.trials, unsearched=why, drop=float(m.drop),
-                              sqnr_db=None if run.metric is not None else float(m.sqnr_db))
-        return replace(state, search=report).noted(report.summary())
+                              sqnr_db=None if run.metric is not None else float(m.sqnr_db), misses=m.misses)
+        return _warned(replace(state, search=report).noted(report.summary()), report)
 
 
 def float_compute_decided(done: FloatCompute) -> str:
@@ -298,7 +298,7 @@ def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrate
     if wide:
         state = state.noted(f"{len(wide)} layer(s) given full 8-bit uint8 weights by the recipe search (u8u8 "
                             f"kernels, which do not saturate on AVX2; slower than u8s8): {', '.join(wide)}")
-    return replace(state, search=report).noted(report.summary())
+    return _warned(replace(state, search=report).noted(report.summary()), report)
 
 
 def _float_compute_costs_no_speed(calibrated: State) -> bool:
@@ -330,7 +330,8 @@ def _float_compute_chosen(state: State, calibrated: State, report: SearchReport)
     state = _kept_float_said(state, report.kept_float)
     done = FloatCompute(state.float_compute.layers, calibrated.conv_estimate)
     notes = tuple(n for n in state.notes if n != state.float_compute.note())
-    return replace(state, float_compute=done, notes=notes, search=report).noted(done.note(), report.summary())
+    return _warned(replace(state, float_compute=done, notes=notes, search=report).noted(done.note(), report.summary()),
+                   report)
 
 
 def _refit(recipe: Recipe, run: RunData, float_model: Callable[[], State] | None) -> State | None:
@@ -404,17 +405,24 @@ def _trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: H
     except CalibrationDataError as exc:
         return (TrialResult(trial.candidate.name, changes, 1.0, 1.0, time.perf_counter() - started, str(exc)),
                 calibrated, None)
-    drop, cosine_drop, pseudo = _scored(built.model, held, run)
-    result = TrialResult(trial.candidate.name, changes, drop, cosine_drop, time.perf_counter() - started, pseudo=pseudo)
+    m, pseudo = _scored(built.model, held, run)
+    result = TrialResult(trial.candidate.name, changes, float(m.drop), float(m.cosine_drop),
+                         time.perf_counter() - started, pseudo=pseudo, misses=m.misses)
     return result, calibrated, built
 
 
 @timed("score")
-def _scored(model: onnx.ModelProto, held: Holdout, run: RunData) -> tuple[float, float, tuple[float, ...]]:
-    """A trial's model on the held-out samples: its drop, cosine drop and per-sample values."""
+def _scored(model: onnx.ModelProto, held: Holdout, run: RunData) -> tuple[Measurement, tuple[float, ...]]:
+    """A trial's model on the held-out samples: its measurement and per-sample values."""
     outputs = run_holdout(model, held)
     m = score_outputs(outputs, held, run.metric)
-    return float(m.drop), float(m.cosine_drop), pseudo_values(outputs, held, float(m.drop), run.metric)
+    return m, pseudo_values(outputs, held, float(m.drop), run.metric)
+
+
+def _warned(state: State, report: SearchReport) -> State:
+    """``state`` with the report's warning, if the chosen model misses validate's default budgets."""
+    warning = report.warning()
+    return state.warned(warning) if warning else state
 
 
 def _run_trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: Holdout,

@@ -193,7 +193,7 @@ def _float_nodes(quantization: dict[str, Any] | None) -> str:
     rows = [[n["name"], n["op_type"], n["reason"], f"{n['share']:.1%}" if n.get("share") else ""] for n in nodes]
     notes = "".join(f"<li>{_e(n)}</li>" for n in quantization.get("notes", []))
     warnings = "".join(f"<li><strong>warning:</strong> {_e(w)}</li>" for w in quantization.get("warnings", []))
-    text = (_table(["node", "op", "why it stayed float", "share of the weight bytes"], rows) if rows
+    text = (_table(["node", "op", "why it stayed float", "share of the input model weight bytes"], rows) if rows
             else "<p>Every supported node is quantized.</p>")
     return text + (f"<ul>{warnings}{notes}</ul>" if notes or warnings else "")
 

@@ -48,6 +48,8 @@ class TrialResult:
     # the drop's jackknife pseudo-values, one per held-out sample (``search.noise``): not reported
     pseudo: tuple[float, ...] = ()
     why: str = ""  # why the search did (not) move to this trial: "gain within noise", ...
+    # validate's default budgets this trial's model misses on the held-out samples (mixed_precision.Measurement)
+    misses: tuple[str, ...] = ()
 
     def key(self) -> tuple[float, float]:
         return (self.drop, self.cosine_drop)
@@ -74,6 +76,7 @@ class SearchReport:
     unsearched: str | None = None
     drop: float | None = None
     sqnr_db: float | None = None
+    misses: tuple[str, ...] = ()  # (no trial ran) the chosen model's, as TrialResult.misses
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -81,8 +84,10 @@ class SearchReport:
             data["drop"] = round(self.drop, 6)
         if self.sqnr_db is not None:
             data["sqnr_db"] = round(self.sqnr_db, 3) if math.isfinite(self.sqnr_db) else "inf"
+        data["misses"] = list(self.misses)
         for trial in data["trials"]:
             del trial["pseudo"]
+            trial["misses"] = list(trial["misses"])
             trial["drop"] = round(trial["drop"], 6)
             trial["cosine_drop"] = round(trial["cosine_drop"], 6)
             trial["seconds"] = round(trial["seconds"], 3)
@@ -91,13 +96,31 @@ class SearchReport:
     def metadata(self) -> str:
         """For the model's metadata: the same without timings, so the bytes stay reproducible, and
         without empty fields (no error, nothing kept float...): on a small model they cost size."""
-        data = _without_empty(self.to_dict())
+        data = _without_empty({k: v for k, v in self.to_dict().items() if k != "misses"})
         # no timings, and no reasons (the summary and --json say them; on a small model they cost size)
-        trials = [_without_empty({k: v for k, v in t.items() if k not in ("seconds", "why")})
+        trials = [_without_empty({k: v for k, v in t.items() if k not in ("seconds", "why", "misses")})
                   for t in data.pop("trials", [])]
         if trials:
             data["trials"] = trials
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    def chosen_misses(self) -> tuple[str, ...]:
+        """Validate's default budgets the chosen model misses on the held-out calibration samples."""
+        if self.unsearched:
+            return self.misses
+        chosen = next((t for t in self.trials if t.error is None and t.name == self.chosen), None)
+        return chosen.misses if chosen is not None else ()
+
+    def warning(self) -> str | None:
+        """One line when the chosen model already misses validate's default budgets on the held-out
+        calibration samples: a drop figure alone does not say that the model lost its accuracy."""
+        misses = self.chosen_misses()
+        if not misses:
+            return None
+        shown = "; ".join(misses[:3]) + (f"; and {len(misses) - 3} more" if len(misses) > 3 else "")
+        return (f"the chosen recipe ({self.chosen}) misses validate's default budgets on {self.scored_samples} "
+                f"held-out calibration sample(s): {shown}; check the model with onnxquant validate on "
+                "held-out data of your own")
 
     def summary(self) -> str:
         if self.skipped:

@@ -96,7 +96,7 @@ def test_page_lists_float_layers_with_their_share_and_the_integer_kernels(tmp_pa
     out = tmp_path / "einsum.int8.onnx"
     result = onnxquant.quantize(_einsum_model(), _samples(), INTEGER_KERNELS, output=out)
     page = render_html(build_report(inspect_model(out), onnx.load(str(out)), out.name, quantization=result.to_dict()))
-    assert "share of the weight bytes" in page and "op type not quantized" in page
+    assert "share of the input model weight bytes" in page and "op type not quantized" in page
     assert f"{result.float_nodes[-1].share:.1%}" in page and "warning:" in page
     assert "1 of 1" in page  # the Gemm runs as an integer kernel
 

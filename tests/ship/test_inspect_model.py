@@ -116,7 +116,7 @@ def test_attribute_parameters_of_ml_ops_are_a_float_layer(tmp_path: Path):
         [("TreeEnsembleRegressor", "float", 5)]  # 3 thresholds, 2 leaf weights
     assert info.parameters == {"float": 5} and info.float_weight_share() == 1.0
     text = CliRunner().invoke(main, ["inspect", str(tmp_path / "stump.onnx")])
-    assert text.exit_code == 0 and "float weighted layers: 1, 100.0% of the weight bytes" in text.output
+    assert text.exit_code == 0 and "float weighted layers: 1, 100.0% of this file's weight bytes" in text.output
 
 
 def test_sequence_map_and_string_values_are_named_by_type(tmp_path: Path):
