@@ -100,7 +100,7 @@ def score_outputs(outputs: list[list[np.ndarray]], holdout: Holdout, metric: Met
     outputs = [outputs[i] for i in picked]
     if metric is not None:
         base, got = float(metric(references)), float(metric(outputs))
-        missed = samples is None and base - got > DEFAULT_MAX_METRIC_DROP
+        missed = samples is None and not base - got <= DEFAULT_MAX_METRIC_DROP  # (a NaN drop misses too)
         misses = (f"metric drop {base - got:.4g} > {DEFAULT_MAX_METRIC_DROP:g} (default)",) if missed else ()
         return Measurement(base - got, {"metric_fp32": base, "metric": got}, misses=misses)
     agreement_by = holdout.agreement

@@ -122,3 +122,5 @@ def test_a_user_metric_that_drops_more_than_the_default_is_a_miss():
     assert score_outputs([[r * 0.99] for r in references], held, metric).misses == ()
     assert score_outputs([[r * 0.9] for r in references], held, metric).misses == (
         "metric drop 0.1 > 0.02 (default)",)
+    assert score_outputs([[r * np.nan] for r in references], held, metric).misses == (
+        "metric drop nan > 0.02 (default)",)

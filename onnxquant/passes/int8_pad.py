@@ -44,7 +44,9 @@ def pad_integers(model: onnx.ModelProto) -> int:
             readers.setdefault(i, []).append(n)
     # names If/Loop/Scan bodies read from this graph: such a value has readers the counts above miss
     outputs = {o.name for o in graph.output} | _read_in_bodies(graph)
-    used = {n.name for n in graph.node} | set(inits) | {v for n in graph.node for v in (*n.input, *n.output)}
+    used = set(inits)  # names in bodies too: a new name must be new there
+    for g in iter_graphs(graph):
+        used |= {n.name for n in g.node} | {i.name for i in g.initializer} | {v for n in g.node for v in (*n.input, *n.output)}
     dropped: set[int] = set()
     new_inits = []
     replacing: dict[int, onnx.NodeProto] = {}  # id of a Pad -> the Pad of integers that takes its place

@@ -3,11 +3,12 @@
 onnxruntime has no integer PRelu, so a PRelu between integer kernels stays a float op, and its
 CPU kernel is slow: in MTCNN's O-Net (per-channel slopes, some negative) the four PRelu took
 230 us of a 510 us int8 run, more than all its integer convolutions, against 97 us in fp32.
-``Max(x, x * a)`` is the same function wherever every slope is at most 1 (x >= 0: x >= a x;
-x < 0: a x >= x), and onnxruntime's Mul and Max are vectorised broadcasts: the O-Net's int8
-run fell from 1.01x to 0.74x fp32's time (one thread, AMD EPYC with VNNI). Only float32
-slopes held as initializers (or Constant nodes) are rewritten, in the main graph; the CPU
-target only (QNN and OpenVINO run PRelu natively).
+``Max(x, x * a)`` gives the same values wherever every slope is at most 1 (x >= 0: x >= a x;
+x < 0: a x >= x; a zero may change its sign), and onnxruntime's Mul and Max are vectorised
+broadcasts: the O-Net's int8 run fell from 0.90x to 0.65x fp32's time (one thread, AMD EPYC
+with VNNI). Only float32 slopes held as initializers (or Constant nodes) are rewritten, none of
+them 0 (0 * inf is NaN) and not a slope per element (a float weight, which reports name by its
+PRelu), in the main graph; the CPU target only (QNN and OpenVINO run PRelu natively).
 """
 from __future__ import annotations
 
@@ -15,19 +16,21 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxquant.float_weights import is_float_weight
+from onnxquant.graphs import iter_graphs
 from onnxquant.model_io import tensor_array
 from onnxquant.passes.names import fresh_name
 
 
-def _constant_slopes(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Float32 constants of the main graph by name (initializers and Constant nodes' values)."""
-    found = {i.name: i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+def _constant_slopes(graph: onnx.GraphProto, names: set[str]) -> dict[str, onnx.TensorProto]:
+    """The float32 constants among ``names`` (initializers and Constant nodes' values)."""
+    found = {i.name: i for i in graph.initializer if i.name in names and i.data_type == onnx.TensorProto.FLOAT}
     for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output[0] in names:
             for attr in node.attribute:
                 if attr.name == "value" and attr.t.data_type == onnx.TensorProto.FLOAT:
                     found[node.output[0]] = attr.t
-    return {name: tensor_array(tensor) for name, tensor in found.items()}
+    return found
 
 
 def prelu_as_max(model: onnx.ModelProto) -> int:
@@ -35,15 +38,24 @@ def prelu_as_max(model: onnx.ModelProto) -> int:
 
     The Max keeps the PRelu's name and output, so reports that name the PRelu still find it."""
     graph = model.graph
-    slopes = _constant_slopes(graph)
-    used = {n.name for n in graph.node} | {v for n in graph.node for v in (*n.input, *n.output)}
-    used |= {i.name for i in graph.initializer}
+    prelus = [n for n in graph.node if n.op_type == "PRelu" and n.domain in ("", "ai.onnx") and len(n.input) == 2]
+    if not prelus:
+        return 0
+    slopes = _constant_slopes(graph, {n.input[1] for n in prelus})
+    used = {v.name for v in (*graph.input, *graph.output)}  # names in bodies too: a new name must be new there
+    for g in iter_graphs(graph):
+        used |= {n.name for n in g.node} | {v for n in g.node for v in (*n.input, *n.output)}
+        used |= {i.name for i in g.initializer}
     rewritten: dict[int, list[onnx.NodeProto]] = {}  # position in graph.node -> its replacement
     for position, node in enumerate(graph.node):
         if node.op_type != "PRelu" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
             continue
-        slope = slopes.get(node.input[1])
-        if slope is None or slope.size == 0 or not np.all(np.isfinite(slope)) or np.any(slope > 1.0):
+        tensor = slopes.get(node.input[1])
+        if tensor is None or is_float_weight(tensor):
+            continue  # (a slope per element is a float weight: reports name the PRelu that reads it)
+        slope = tensor_array(tensor)
+        # a zero slope would turn x = +inf into Max(inf, 0 * inf) = NaN
+        if slope.size == 0 or not np.all(np.isfinite(slope)) or np.any(slope > 1.0) or np.any(slope == 0.0):
             continue
         scaled = fresh_name(used, f"{node.output[0]}_scaled")
         rewritten[position] = [

@@ -60,11 +60,11 @@ def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray], output: str = "out
     return session.run([output], feed)[0]
 
 
-MIXED_SLOPES = np.array([-0.47, -0.05, 0.0, 0.25, 0.75, 1.0], np.float32).reshape(C, 1, 1)
+MIXED_SLOPES = np.array([-0.47, -0.05, 1e-3, 0.25, 0.75, 1.0], np.float32).reshape(C, 1, 1)
 
 
 @pytest.mark.parametrize("slope, constant_node", [
-    (MIXED_SLOPES, False),  # per channel, negative, zero and exactly 1 among them
+    (MIXED_SLOPES, False),  # per channel, negative, near zero and exactly 1 among them
     (MIXED_SLOPES, True),  # the slope in a Constant node
     (np.array([0.1], np.float32), False),  # one slope for every channel
 ])
@@ -81,10 +81,46 @@ def test_rewrite_gives_bit_identical_values(slope, constant_node):
             np.testing.assert_array_equal(_run(rewritten, feed, output), _run(model, feed, output))
 
 
-def test_a_slope_above_one_or_not_constant_is_left_alone():
-    steep = _conv_prelu(np.array([0.5, 1.5, 0.2, 0.1, 0.3, 0.0], np.float32).reshape(C, 1, 1))
-    assert prelu_as_max(steep) == 0
-    assert [n.op_type for n in steep.graph.node].count("PRelu") == 2
+@pytest.mark.parametrize("slope", [
+    np.array([0.5, 1.5, 0.2, 0.1, 0.3, 0.1], np.float32).reshape(C, 1, 1),  # one above 1
+    np.array([0.5, 0.0, 0.2, 0.1, 0.3, 0.1], np.float32).reshape(C, 1, 1),  # a zero: 0 * inf is NaN
+    np.full((C, H, W), 0.25, np.float32),  # one per element: a float weight, reported by its PRelu
+])
+def test_slopes_that_are_not_rewritten(slope):
+    model = _conv_prelu(slope)
+    assert prelu_as_max(model) == 0
+    assert [n.op_type for n in model.graph.node].count("PRelu") == 2
+
+
+def test_infinite_inputs_keep_their_values():
+    x = np.array([np.inf, -np.inf, 3.0, -3.0], np.float32).reshape(1, 4)
+    slope = np.array([0.5, -0.5, 1e-3, 1.0], np.float32)
+    graph = helper.make_graph([helper.make_node("PRelu", ["x", "s"], ["y"], name="p")], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(slope, "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    rewritten = onnx.ModelProto.FromString(model.SerializeToString())
+    assert prelu_as_max(rewritten) == 1
+    np.testing.assert_array_equal(_run(rewritten, {"x": x}, "y"), _run(model, {"x": x}, "y"))
+
+
+def test_new_names_are_new_inside_bodies_too():
+    """An If branch that already defines ``p0_scaled``: the Mul's output must take another name."""
+    model = _conv_prelu(MIXED_SLOPES)
+    branch = helper.make_graph([helper.make_node("Identity", ["p0"], ["p0_scaled"], name="inner")], "then",
+                               [], [helper.make_tensor_value_info("p0_scaled", onnx.TensorProto.FLOAT, [1, C, H, W])])
+    other = helper.make_graph([helper.make_node("Identity", ["p0"], ["p0_other"], name="inner2")], "else",
+                              [], [helper.make_tensor_value_info("p0_other", onnx.TensorProto.FLOAT, [1, C, H, W])])
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+    model.graph.node.append(helper.make_node("If", ["cond"], ["branch_out"], name="if0",
+                                             then_branch=branch, else_branch=other))
+    model.graph.output.append(helper.make_tensor_value_info("branch_out", onnx.TensorProto.FLOAT, [1, C, H, W]))
+    assert prelu_as_max(model) == 2
+    muls = [n for n in model.graph.node if n.op_type == "Mul"]
+    assert "p0_scaled" not in {o for n in muls for o in n.output}
+    onnx.checker.check_model(model, full_check=True)
 
     fed = _conv_prelu(MIXED_SLOPES)
     del fed.graph.initializer[-1]  # the slope becomes a graph input: unknown values

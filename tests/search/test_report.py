@@ -17,7 +17,8 @@ def test_the_chosen_trials_misses_are_warned():
                           scored_samples=32)
     warning = report.warning()
     assert warning is not None
-    assert "the chosen recipe (as given) misses validate's default budgets on 32 held-out" in warning
+    assert ("the chosen recipe (as given), calibrated without them, misses validate's default budgets on 32 "
+            "held-out") in warning
     assert "logits: kl 0.61 > 0.5 (default)" in warning and "onnxquant validate" in warning
     assert report.to_dict()["trials"][0]["misses"] == list(misses)
     assert "misses" not in json.loads(report.metadata())["trials"][0]  # the metadata stays small
