@@ -50,6 +50,7 @@ MIN_TRIALS = 6  # masks checked at least, when declared dims leave fewer distinc
 SHAPE_OPERANDS = {"Reshape": (1,), "Expand": (1,), "Slice": (1, 2, 3, 4), "Range": (0, 1, 2), "ConstantOfShape": (0,),
                   "Tile": (1,), "Pad": (1, 3), "Unsqueeze": (1,), "Squeeze": (1,), "Split": (1,),
                   "Resize": (1, 2, 3), "Upsample": (1,), "TopK": (1,), "OneHot": (1,), "CenterCropPad": (1,),
+                  "Col2Im": (1, 2), "DFT": (1, 2), "STFT": (1, 2, 3), "MaxUnpool": (2,), "AffineGrid": (1,),
                   **{op: (1,) for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
                                          "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")}}
 VALUE_SHAPED = {"NonZero", "Compress", "Unique", "NonMaxSuppression", "StringSplit"}  # shape set by all values
@@ -153,7 +154,8 @@ def _check_shapes(index: NodeIndex, nodes: list[int], valued: set[int] | None = 
     for k in nodes:
         node = index.nodes[k]
         shape_only = valued is not None and k not in valued
-        operands = SHAPE_OPERANDS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
+        operands = (SHAPE_OPERANDS.get(node.op_type, ()) if node.domain in ("", "ai.onnx")
+                    else range(len(node.input)))  # (another domain's op: any input may set its shape)
         for position, name in enumerate(node.input):
             if name in index.inits and not (shape_only and position not in operands):
                 numbers.extend(_magnitudes(tensor_array(index.inits[name])))

@@ -346,12 +346,13 @@ def test_sdpa_variants_are_rewritten_exactly_or_declined(kind, rewritten):
         np.testing.assert_allclose(run(work, feed)[0], run(model, feed)[0], rtol=1e-5, atol=1e-6)
 
 
-def _torchscript_sdpa_block(condition: str = "padding") -> onnx.ModelProto:
+def _torchscript_sdpa_block(condition: str = "padding", length_from: str = "q_tokens") -> onnx.ModelProto:
     """One SDPA attention (4 heads of 8) in the TorchScript exporter's spelling, written here:
     ``Mul(Transpose(Q, 0213), c) @ Mul(Transpose(K, 0231), c) + Where(cond, 0, -inf) -> Softmax ->
     Where(IsNaN(p), 0, p) @ V``, then the identity Reshape of the context to (batch, -1, length,
     size) from Shapes, batch and sequence free. ``condition``: "padding" (``bool(m)[:, None, None, :]``)
-    or "causal" (that and ``key <= query``, fully masking a left-padded row's first queries)."""
+    or "causal" (that and ``key <= query``, fully masking a left-padded row's first queries).
+    ``length_from``: the tensor whose dim 1 the context Reshape's target reads (the export: Q's tokens)."""
     heads, size = 4, 8
     width = heads * size
     rng = np.random.default_rng(0)
@@ -403,7 +404,7 @@ def _torchscript_sdpa_block(condition: str = "padding") -> onnx.ModelProto:
         helper.make_node("Shape", ["context"], ["context_shape"]),
         helper.make_node("Gather", ["context_shape", "i0"], ["batch"]),
         helper.make_node("Unsqueeze", ["batch", "axis0"], ["batch1"]),
-        helper.make_node("Shape", ["q_tokens"], ["q_shape"]),
+        helper.make_node("Shape", [length_from], ["q_shape"]),
         helper.make_node("Gather", ["q_shape", "i1"], ["q_length"]),
         helper.make_node("Unsqueeze", ["q_length", "axis0"], ["q_length1"]),
         helper.make_node("Shape", ["v_heads"], ["v_shape"]),
@@ -454,6 +455,14 @@ def test_a_torchscript_block_with_a_minus_infinity_padding_mask_is_rewritten_exa
     ours, theirs = run(work, feed)[0], run(model, feed)[0]
     np.testing.assert_allclose(ours[[0, 2]], theirs[[0, 2]], rtol=1e-5, atol=1e-6)
     assert not theirs[1].any() and np.isfinite(ours[1]).all() and ours[1].any()
+
+
+def test_a_context_reshape_read_from_the_keys_length_is_declined():
+    """Its target reads K's length for the queries': the same in self-attention, but not the context's
+    own shape for every input the check tries (keys one longer), so the block is left."""
+    model = _torchscript_sdpa_block(length_from="k_tokens")
+    result = rewrite_sdpa_attention(_copy(model), 8)
+    assert result.rewritten == 0 and result.declined == ["the Reshape after its context is not checked to keep its shape"]
 
 
 def test_a_torchscript_block_with_a_causal_minus_infinity_mask_is_declined():
