@@ -192,6 +192,7 @@ SETS = {
     "minilm": minilm_samples,
     "minilm-dynamo": minilm_samples,
     "minilm-sdpa": minilm_samples,
+    "minilm-sdpa-ts": minilm_samples,
     "minilm-sdpa-static": _minilm_static,  # padded to the export's one shape
     "ppocr-det": ppocr_samples,
     "ppocrv5-det": ppocrv5_det_samples,

@@ -37,6 +37,8 @@ BUILDERS = {
     "minilm-sdpa": (minilm.build_dynamo_sdpa, "all_minilm_l6_v2.sdpa.onnx"),
     # and with static shapes (no dynamic axes given): reshape targets and mask indices constants
     "minilm-sdpa-static": (minilm.build_dynamo_sdpa_static, "all_minilm_l6_v2.sdpa_static.onnx"),
+    # transformers' default attention (SDPA) through the TorchScript exporter (dynamo=False): a -inf mask
+    "minilm-sdpa-ts": (minilm.build_torchscript_sdpa, "all_minilm_l6_v2.sdpa_ts.onnx"),
     "ppocr-det": (ppocr_det.build, "ppocrv4_det.onnx"),
     # from other frameworks and converters: scikit-learn/skl2onnx, Paddle, JAX/tf2onnx; an fp16
     # model and an already partly quantized one

@@ -63,10 +63,12 @@ def _embedder(attention: str = "eager"):
     return SentenceEmbedder(encoder).eval()
 
 
-def build(out_path: Path, opset: int = 17) -> Path:
+def build(out_path: Path, opset: int = 17, attention: str = "eager") -> Path:
+    """The classic export (torch.onnx's TorchScript exporter, ``dynamo=False``), free batch and
+    sequence; ``attention`` as in ``_embedder``."""
     import torch
 
-    model = _embedder()
+    model = _embedder(attention)
     ids = torch.ones(1, 16, dtype=torch.int64)
     dyn = {0: "batch", 1: "sequence"}
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,6 +122,13 @@ def build_dynamo_sdpa(out_path: Path) -> Path:
     exported by dynamo (Q and K each scaled by sqrt(scale), K reshaped twice, a -inf mask and an
     IsNaN/Where guard after the Softmax)."""
     return build_dynamo(out_path, attention="sdpa")
+
+
+def build_torchscript_sdpa(out_path: Path) -> Path:
+    """transformers' default attention (SDPA) exported by the TorchScript exporter (``dynamo=False``):
+    the padding mask a ``Where(bool mask, 0, -inf)``, Q and K scaled apart, a NaN guard after the
+    Softmax."""
+    return build(out_path, attention="sdpa")
 
 
 def build_dynamo_sdpa_static(out_path: Path) -> Path:

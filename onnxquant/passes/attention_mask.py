@@ -46,6 +46,14 @@ MAX_CHECK_LENGTH = 1024
 # Numbers this large are "to the end" sentinels (Slice ends, INT32/INT64 max, float min), not lengths.
 SENTINEL = 2**31 - 1
 MIN_TRIALS = 6  # masks checked at least, when declared dims leave fewer distinct shapes
+# Inputs of standard ops whose values set the output's shape (the rest set it through their shapes).
+SHAPE_OPERANDS = {"Reshape": (1,), "Expand": (1,), "Slice": (1, 2, 3, 4), "Range": (0, 1, 2), "ConstantOfShape": (0,),
+                  "Tile": (1,), "Pad": (1, 3), "Unsqueeze": (1,), "Squeeze": (1,), "Split": (1,),
+                  "Resize": (1, 2, 3), "Upsample": (1,), "TopK": (1,), "OneHot": (1,), "CenterCropPad": (1,),
+                  "Col2Im": (1, 2), "DFT": (1, 2), "STFT": (1, 2, 3), "MaxUnpool": (2,), "AffineGrid": (1,),
+                  **{op: (1,) for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+                                         "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")}}
+VALUE_SHAPED = {"NonZero", "Compress", "Unique", "NonMaxSuppression", "StringSplit"}  # shape set by all values
 
 
 def _constant(index: NodeIndex, name: str) -> np.ndarray | None:
@@ -84,6 +92,33 @@ def _ancestors(index: NodeIndex, name: str) -> list[int] | None:
     return sorted(seen)
 
 
+def _input_dependence(index: NodeIndex, nodes: list[int], graph_inputs: set[str], cond: str) -> tuple[set[str], set[str]]:
+    """The graph inputs whose values ``cond``'s values depend on, and those its shape depends on.
+
+    A Shape reads its input's shape only: an input reaching ``cond`` only through Shapes (the
+    TorchScript export takes batch and length from the embeddings' shape) is a value dependence
+    only if a value-dependent shape lies on the way (a Reshape target, a NonZero, an op of another
+    domain, computed from its values)."""
+    values: dict[str, set[str]] = {name: {name} for name in graph_inputs}
+    shapes: dict[str, set[str]] = {}
+    for k in nodes:  # (graph order: producers first)
+        node = index.nodes[k]
+        ins = [i for i in node.input if i]
+        shape_deps = set().union(*(shapes.get(i, set()) for i in ins))
+        standard = node.domain in ("", "ai.onnx")
+        if not standard or node.op_type in VALUE_SHAPED:
+            shape_deps |= set().union(*(values.get(i, set()) for i in ins))
+        else:
+            for position in SHAPE_OPERANDS.get(node.op_type, ()):
+                if position < len(node.input) and node.input[position]:
+                    shape_deps |= values.get(node.input[position], set())
+        value_deps = shape_deps if standard and node.op_type == "Shape" else \
+            set().union(*(values.get(i, set()) for i in ins)) | shape_deps
+        for out in node.output:
+            values[out], shapes[out] = value_deps, shape_deps
+    return values.get(cond, set()), shapes.get(cond, set())
+
+
 def _magnitudes(value: np.ndarray) -> list[float]:
     """A constant's dims and the largest magnitude of its finite numbers."""
     out = [float(d) for d in value.shape]
@@ -95,14 +130,34 @@ def _magnitudes(value: np.ndarray) -> list[float]:
     return out
 
 
-def _check_shapes(index: NodeIndex, nodes: list[int]) -> tuple[tuple[int, int], ...] | None:
+def _value_region(index: NodeIndex, cond: str) -> set[int]:
+    """Positions of the nodes whose output values reach ``cond`` other than through a Shape's input."""
+    seen: set[int] = set()
+    stack = [cond]
+    while stack:
+        k = index.producer.get(stack.pop())
+        if k is None or k in seen:
+            continue
+        seen.add(k)
+        node = index.nodes[k]
+        if not (node.op_type == "Shape" and node.domain in ("", "ai.onnx")):
+            stack.extend(i for i in node.input if i)
+    return seen
+
+
+def _check_shapes(index: NodeIndex, nodes: list[int], valued: set[int] | None = None) -> tuple[tuple[int, int], ...] | None:
     """CHECK_SHAPES, and a batch and a sequence longer than every number the subgraph's constants and
-    attributes hold; None if one is beyond MAX_CHECK_LENGTH (not a sentinel)."""
+    attributes hold; None if one is beyond MAX_CHECK_LENGTH (not a sentinel). Of the nodes that reach
+    the condition only through a Shape (not in ``valued``, when given: the TorchScript export's
+    embeddings), only the constants that set a shape count, not weights (a 30522-word table)."""
     numbers: list[float] = []
     for k in nodes:
         node = index.nodes[k]
-        for name in node.input:
-            if name in index.inits:
+        shape_only = valued is not None and k not in valued
+        operands = (SHAPE_OPERANDS.get(node.op_type, ()) if node.domain in ("", "ai.onnx")
+                    else range(len(node.input)))  # (another domain's op: any input may set its shape)
+        for position, name in enumerate(node.input):
+            if name in index.inits and not (shape_only and position not in operands):
                 numbers.extend(_magnitudes(tensor_array(index.inits[name])))
         for a in node.attribute:
             if a.type == onnx.AttributeProto.INT:
@@ -136,13 +191,14 @@ def _with_declared_dims(shapes: tuple[tuple[int, int], ...], declared: tuple[int
     return trials
 
 
-def _trial_shapes(index: NodeIndex, nodes: list[int], declared: tuple[int, int]) -> list[tuple[int, int]] | None:
+def _trial_shapes(index: NodeIndex, nodes: list[int], declared: tuple[int, int],
+                  valued: set[int] | None = None) -> list[tuple[int, int]] | None:
     """The (batch, sequence) shapes the condition is run on: a mask of fully declared dims (a static
     export) takes that one shape only, however long (no longer one can be fed, so no band or limit
     beyond it can show); otherwise ``_check_shapes``, each declared dim set to its value."""
     if all(declared):
         return [declared] * MIN_TRIALS
-    shapes = _check_shapes(index, nodes)
+    shapes = _check_shapes(index, nodes, valued)
     if shapes is None:
         return None
     return _with_declared_dims(shapes, declared) if any(declared) else list(shapes)
@@ -170,11 +226,11 @@ def _condition_model(model: onnx.ModelProto, index: NodeIndex, nodes: list[int],
     return helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
 
 
-def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -> str | None:
+def padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -> str | None:
     """The (batch, sequence) graph input ``mask`` for which ``cond`` equals ``bool(mask)[:, None, None, :]``
     broadcast to cond's 4-D shape, checked by running cond's subgraph; None if it does not, or if
-    it reads any other input's values (inputs it reads only through Shape are fed zeros of the
-    mask's shape)."""
+    it reads any other input's values (inputs it reads only through Shape, directly or through
+    ops whose output shape their values do not set, are fed zeros of the mask's shape)."""
     import onnxruntime as ort
 
     nodes = _ancestors(index, cond)
@@ -182,8 +238,8 @@ def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -
         return None
     graph_inputs = {i.name: i for i in model.graph.input if i.name not in index.inits}
     read = {i for k in nodes for i in index.nodes[k].input if i in graph_inputs}
-    valued = {i for k in nodes if index.nodes[k].op_type != "Shape" for i in index.nodes[k].input if i in read}
-    if len(valued) != 1:
+    valued, shaped = _input_dependence(index, nodes, set(read), cond)
+    if len(valued) != 1 or not shaped <= valued:
         return None
     mask = next(iter(valued))
     for name in read:
@@ -193,7 +249,7 @@ def _is_padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -
     inputs = [graph_inputs[name] for name in sorted(read)]
     dims = graph_inputs[mask].type.tensor_type.shape.dim
     declared = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else 0 for d in dims)
-    shapes = _trial_shapes(index, nodes, declared)
+    shapes = _trial_shapes(index, nodes, declared, _value_region(index, cond))
     if shapes is None:
         return None
     options = ort.SessionOptions()
@@ -246,7 +302,7 @@ def rewrite_padding_masks(model: onnx.ModelProto) -> int:
             continue
         if not _feeds_scores(index, node.output[0]):
             continue
-        mask = _is_padding_condition(model, index, node.input[0])
+        mask = padding_condition(model, index, node.input[0])
         if mask is None:
             continue
         elem_type = helper.np_dtype_to_tensor_dtype(fill.dtype)

@@ -57,7 +57,8 @@ class TransformerFusion:
     hidden_size: int = 0
     unmatched: bool = False  # an encoder's shape was read, yet onnxruntime's fusions matched no block
     masks_rewritten: int = 0  # And/Where padding masks (torch.onnx dynamo) written in the form the fusion matches
-    sdpa_rewritten: int = 0  # SDPA blocks (torch.onnx dynamo) written in the eager form the fusion matches
+    sdpa_rewritten: int = 0  # SDPA blocks (torch.onnx) written in the eager form the fusion matches
+    sdpa_infinite_masks: int = 0  # of which their -inf padding mask written with float's lowest (TorchScript export)
     sdpa_declined: str = ""  # why SDPA blocks (a NaN guard after the Softmax) were not rewritten, if any were not
     sdpa_declined_blocks: int = 0  # how many were not
     unflattened_gemms: int = 0  # Reshape -> Gemm -> Reshape Linear layers (static shapes) written as MatMul + Add
@@ -69,7 +70,7 @@ class TransformerFusion:
         expects them fused, and they run several times slower unfused."""
         if not self.sdpa_declined_blocks:
             return None
-        return (f"transformer fusion: {self.sdpa_declined_blocks} SDPA attention block(s) (torch.onnx dynamo: Q and K "
+        return (f"transformer fusion: {self.sdpa_declined_blocks} SDPA attention block(s) (torch.onnx: Q and K "
                 f"scaled apart, a NaN guard after the Softmax) not rewritten for the fusion ({self.sdpa_declined}): "
                 "they run as separate quantized MatMuls")
 
@@ -90,10 +91,14 @@ class TransformerFusion:
                     "attention runs as separate quantized MatMuls")
         if not self.attention:
             return None
-        mask = (", its And/Where padding mask (torch.onnx dynamo) rewritten for the fusion"
+        mask = (", its And/Where padding mask (torch.onnx) rewritten for the fusion"
                 if self.masks_rewritten else "")
         if self.sdpa_rewritten:
             mask += f", {self.sdpa_rewritten} SDPA blocks written as eager attention"
+        if self.sdpa_infinite_masks:
+            mask += (f" ({self.sdpa_infinite_masks} of them with their -inf padding mask as the lowest finite float, "
+                     "as the eager export's: outputs equal the export's except on an input whose tokens are all "
+                     "padding, which now attends evenly to them where the export's NaN guard gave zero attention)")
         if self.unflattened_gemms or self.static_biases:
             mask += (f", static shapes: {self.unflattened_gemms} Reshape/Gemm/Reshape Linear layers as MatMul + Add, "
                      f"{self.static_biases} biases kept from onnxruntime's MatMul+Add->Gemm fusion")
@@ -246,7 +251,8 @@ def fuse_transformer(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Transform
                                         sdpa_declined_blocks=len(sdpa.declined))
     result = TransformerFusion(attention=ops["Attention"], gelu=ops["Gelu"] + ops["BiasGelu"] + ops["FastGelu"],
                                num_heads=num_heads, hidden_size=hidden_size, masks_rewritten=masks,
-                               sdpa_rewritten=sdpa.rewritten, sdpa_declined=declined,
+                               sdpa_rewritten=sdpa.rewritten, sdpa_infinite_masks=sdpa.infinite_masks,
+                               sdpa_declined=declined,
                                sdpa_declined_blocks=len(sdpa.declined), static_skipped=skipped)
     result.residual_sums = residual_adds_as_sum(work.graph)
     result.unflattened_gemms = unflattened

@@ -22,10 +22,13 @@ MIN = np.finfo(np.float32).min
 
 
 def _masked_scores(query_floor: int = 0, zero: float = 0.0, fill: float = float(MIN), readers: str = "Softmax",
-                   causal: bool = False, window: int | None = None) -> onnx.ModelProto:
+                   causal: bool = False, window: int | None = None, lengths_from: str = "ids") -> onnx.ModelProto:
     """softmax(scores + Where(cond, zero, fill)) with cond = (q >= query_floor) & bool(mask[b, k]),
     built as torch.onnx's dynamo exporter builds it (GatherND of the bool mask at (batch, key)
-    indices from Range); ``causal`` adds ``q >= k``, ``window`` a local-attention band ``|q - k| < window``."""
+    indices from Range); ``causal`` adds ``q >= k``, ``window`` a local-attention band ``|q - k| < window``.
+    ``lengths_from``: batch and length from the Shape of "ids", of "embeddings" (a 5000-word table
+    looked up with ids, as the TorchScript export reads them), or of the embeddings "reshaped" to a
+    target computed from the ids' values."""
     inits = [
         numpy_helper.from_array(np.array(0, np.int64), "zero_i"),
         numpy_helper.from_array(np.array(1, np.int64), "one_i"),
@@ -39,10 +42,20 @@ def _masked_scores(query_floor: int = 0, zero: float = 0.0, fill: float = float(
         numpy_helper.from_array(np.array(zero, np.float32), "zeros"),
         numpy_helper.from_array(np.array(fill, np.float32), "fill"),
     ]
+    shaped = {"ids": "ids", "embeddings": "embedded", "reshaped": "reshaped"}[lengths_from]
+    inits += [numpy_helper.from_array(np.random.default_rng(0).normal(size=(5000, 8)).astype(np.float32), "table"),
+              numpy_helper.from_array(np.array([8], np.int64), "width")]
     nodes = [
-        helper.make_node("Shape", ["ids"], ["b1"], start=0, end=1),
+        helper.make_node("Gather", ["table", "ids"], ["embedded"]),
+        helper.make_node("Shape", ["ids"], ["ids_shape"]),
+        helper.make_node("ReduceMax", ["ids"], ["largest"], keepdims=0),
+        helper.make_node("Mul", ["largest", "zero_i"], ["nothing"]),
+        helper.make_node("Concat", ["ids_shape", "width"], ["target0"], axis=0),
+        helper.make_node("Max", ["target0", "nothing"], ["target"]),  # (the same target, from ids' values)
+        helper.make_node("Reshape", ["embedded", "target"], ["reshaped"]),
+        helper.make_node("Shape", [shaped], ["b1"], start=0, end=1),
         helper.make_node("Squeeze", ["b1"], ["b"]),
-        helper.make_node("Shape", ["ids"], ["s1"], start=1, end=2),
+        helper.make_node("Shape", [shaped], ["s1"], start=1, end=2),
         helper.make_node("Squeeze", ["s1"], ["s"]),
         helper.make_node("Cast", ["mask"], ["mask_bool"], to=TensorProto.BOOL),
         helper.make_node("Range", ["zero_i", "b", "one_i"], ["batch_idx"]),
@@ -118,6 +131,17 @@ def test_the_padding_mask_is_rewritten_with_equal_outputs():
         np.testing.assert_array_equal(run(rewritten, feed)[0], run(model, feed)[0])
 
 
+def test_lengths_read_from_the_embeddings_shape_are_no_dependence():
+    """The TorchScript export takes batch and length from the embeddings' Shape: the ids are looked
+    up in a table, not read by the condition, and the table's 5000 rows are no length to check."""
+    model = _masked_scores(lengths_from="embeddings")
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    assert rewrite_padding_masks(rewritten) == 1
+    for feed in _feeds():
+        np.testing.assert_array_equal(run(rewritten, feed)[0], run(model, feed)[0])
+
+
 @pytest.mark.parametrize("change", [
     {"query_floor": 1},  # the first query row masked too: not a padding mask
     {"causal": True},  # a causal mask And-ed in
@@ -126,6 +150,7 @@ def test_the_padding_mask_is_rewritten_with_equal_outputs():
     {"readers": "Relu"},  # not added to scores read by a Softmax
     {"window": 16},  # a local-attention band wider than short sequences: only long ones tell it apart
     {"window": 5000},  # a band too wide to check by running it: left too
+    {"lengths_from": "reshaped"},  # lengths from a shape the ids' values could set
 ])
 def test_anything_else_is_left_as_it_is(change):
     model = _masked_scores(**change)

@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 import pytest
 
+from onnx import TensorProto, helper, numpy_helper
+
 from onnxquant.passes.node_index import NodeIndex
 from onnxquant.passes.prepare import prepare_model
 from onnxquant.passes.sdpa_attention import rewrite_sdpa_attention
@@ -112,13 +114,39 @@ def _minus_infinity_mask(bert_sdpa: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def test_a_minus_infinity_mask_is_declined_and_said(bert_sdpa):
-    """With -inf masked scores a fully masked row is NaN until the guard zeroes it, which the fused
-    op does not do: the rewrite is declined, the encoder is quantized unfused, a warning says why."""
+def _condition_reading_ids(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its mask's condition And-ed with ``input_ids != 0``: equal to the padding mask on
+    samples whose padding holds id 0, but it reads the ids, so it is no padding mask."""
+    where = _mask_where(model)
+    names = [f"{where.input[0]}_{b}" for b in ("zero_id", "pad_id", "real_id", "kept")]
+    model.graph.initializer.append(numpy_helper.from_array(np.array(0, np.int64), names[0]))
+    model.graph.node.insert(list(model.graph.node).index(where), helper.make_node("And", [where.input[0], names[2]], [names[3]]))
+    model.graph.node.insert(0, helper.make_node("Not", [names[1]], [names[2]]))
+    model.graph.node.insert(0, helper.make_node("Equal", ["input_ids", names[0]], [names[1]]))
+    where.input[0] = names[3]
+    return model
+
+
+def test_a_minus_infinity_padding_mask_is_rewritten_and_said(bert_sdpa):
+    """A -inf padding mask (the TorchScript export's) is written with float32's lowest value: outputs
+    equal on every batch whose rows keep a key; the note says what changes for an all-padding input."""
     model = _minus_infinity_mask(bert_sdpa)
+    fused, report = prepare_model(model, transformer=True)
+    assert (report.transformer.attention, report.transformer.sdpa_infinite_masks) == (LAYERS, LAYERS)
+    assert not report.warnings
+    assert any("-inf padding mask as the lowest finite float" in note and "all padding" in note for note in report.notes)
+    for sample in _samples(6):
+        np.testing.assert_allclose(run(fused, sample)[0], run(model, sample)[0], rtol=1e-4, atol=2e-5)
+
+
+def test_a_minus_infinity_mask_that_is_no_padding_mask_is_declined_and_said(bert_sdpa):
+    """With -inf masked scores a fully masked row is NaN until the guard zeroes it, which the fused
+    op does not do: unless the mask is the padding mask (only an all-padding input has such rows)
+    the rewrite is declined, the encoder is quantized unfused, a warning says why."""
+    model = _condition_reading_ids(_minus_infinity_mask(bert_sdpa))
     result = rewrite_sdpa_attention(_copy(prepare_model(model)[0]), HEAD_SIZE)
     assert result.rewritten == 0 and len(result.declined) == LAYERS
-    assert all("not a Where of finite constants" in reason for reason in result.declined)
+    assert all("-inf mask is not a padding mask" in reason for reason in result.declined)
     fused, report = prepare_model(model, transformer=True)
     assert report.transformer.unmatched and report.transformer.attention == 0
     assert _ops(fused)["IsNaN"] == LAYERS
@@ -231,6 +259,34 @@ def test_minilm_sdpa_export_fuses_as_the_eager_one(tmp_path_factory):
     assert same["cosine_min"] >= 0.99999
 
 
+
+@pytest.mark.realmodel
+def test_minilm_torchscript_sdpa_export_fuses_and_quantizes(tmp_path_factory):
+    """all-MiniLM-L6-v2 with SDPA attention through the TorchScript exporter (``dynamo=False``): a
+    -inf padding mask, K transposed by one Transpose, the context reshaped to its own shape. Its six
+    blocks fuse, the fused graph's embeddings are fp32's, and quantized every layer is an integer
+    kernel with 6 QAttention (main: declined, 36 MatMuls, 6 float Mul round trips)."""
+    import onnxquant
+    from benchmarks import metrics
+    from onnxquant.fusion_check import check_fusion
+    from tests.conftest import zoo_model
+
+    model, calib, held = zoo_model("minilm-sdpa-ts", tmp_path_factory.mktemp("minilm-sdpa-ts"))
+    fused, report = prepare_model(onnx.load(str(model)), transformer=True)
+    fusion = report.transformer
+    assert (fusion.attention, fusion.sdpa_rewritten, fusion.sdpa_infinite_masks, fusion.masks_rewritten) == (6, 6, 6, 1)
+    assert not report.warnings
+    samples = [dict(np.load(f)) for f in sorted(held.glob("*.npz"))]
+    ref = [run(model, x)[0] for x in samples]
+    same = metrics.embedding(ref[:16], [run(fused, x)[0] for x in samples[:16]])
+    assert same["cosine_min"] >= 0.99999
+    result = onnxquant.quantize(model, calib)
+    assert _ops(result.model)["QAttention"] == 6 and not [w for w in result.warnings if "SDPA" in w]
+    kernels = check_fusion(result.model)
+    assert (kernels.quantized_layers, kernels.integer_layers) == (24, 24) and not kernels.float_islands
+    agreement = metrics.embedding(ref, [run(result.model, x)[0] for x in samples])
+    assert agreement["cosine"] >= 0.995  # 0.9986 measured (min 0.9971); main 0.9983 unfused
+
 def _export_sdpa_block(kind: str) -> onnx.ModelProto:
     """One SDPA attention (4 heads of 8) as torch.onnx's dynamo exporter writes it, batch and sequence
     dynamic, with a boolean padding mask (the form with the NaN guard) and one variation."""
@@ -288,3 +344,146 @@ def test_sdpa_variants_are_rewritten_exactly_or_declined(kind, rewritten):
         mask[0] = 0  # a fully masked row
         feed = {"x": rng.standard_normal((batch, length, 32)).astype(np.float32), "m": mask}
         np.testing.assert_allclose(run(work, feed)[0], run(model, feed)[0], rtol=1e-5, atol=1e-6)
+
+
+def _torchscript_sdpa_block(condition: str = "padding", length_from: str = "q_tokens") -> onnx.ModelProto:
+    """One SDPA attention (4 heads of 8) in the TorchScript exporter's spelling, written here:
+    ``Mul(Transpose(Q, 0213), c) @ Mul(Transpose(K, 0231), c) + Where(cond, 0, -inf) -> Softmax ->
+    Where(IsNaN(p), 0, p) @ V``, then the identity Reshape of the context to (batch, -1, length,
+    size) from Shapes, batch and sequence free. ``condition``: "padding" (``bool(m)[:, None, None, :]``)
+    or "causal" (that and ``key <= query``, fully masking a left-padded row's first queries).
+    ``length_from``: the tensor whose dim 1 the context Reshape's target reads (the export: Q's tokens)."""
+    heads, size = 4, 8
+    width = heads * size
+    rng = np.random.default_rng(0)
+    c = np.float32(np.sqrt(1 / np.sqrt(size)))
+    inits = [numpy_helper.from_array(rng.normal(size=(width, width)).astype(np.float32) * 0.3, f"w{p}") for p in "qkv"]
+    inits += [
+        numpy_helper.from_array(np.array([0, 0, heads, size], np.int64), "heads_shape"),
+        numpy_helper.from_array(np.array(c, np.float32), "c"),
+        numpy_helper.from_array(np.array([1, 2], np.int64), "axes12"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        numpy_helper.from_array(np.array(-np.inf, np.float32), "minus_inf"),
+        numpy_helper.from_array(np.array(0, np.int64), "i0"),
+        numpy_helper.from_array(np.array(1, np.int64), "i1"),
+        numpy_helper.from_array(np.array(3, np.int64), "i3"),
+        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+        numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
+        numpy_helper.from_array(np.array([0, 0, width], np.int64), "tokens_shape"),
+    ]
+    nodes = []
+    for p, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+        nodes += [helper.make_node("MatMul", ["x", f"w{p}"], [f"{p}_flat"]),
+                  helper.make_node("Reshape", [f"{p}_flat", "heads_shape"], [f"{p}_tokens"]),
+                  helper.make_node("Transpose", [f"{p}_tokens"], [f"{p}_heads"], perm=perm)]
+    nodes += [
+        helper.make_node("Mul", ["q_heads", "c"], ["q_scaled"]),
+        helper.make_node("Mul", ["k_heads", "c"], ["k_scaled"]),
+        helper.make_node("MatMul", ["q_scaled", "k_scaled"], ["scores"]),
+        helper.make_node("Cast", ["m"], ["m_bool"], to=TensorProto.BOOL),
+        helper.make_node("Unsqueeze", ["m_bool", "axes12"], ["padding"]),
+    ]
+    if condition == "causal":
+        nodes += [helper.make_node("Shape", ["m"], ["m_shape"]),
+                  helper.make_node("Gather", ["m_shape", "i1"], ["length"]),
+                  helper.make_node("Range", ["i0", "length", "i1"], ["positions"]),
+                  helper.make_node("Unsqueeze", ["positions", "axis0"], ["keys"]),
+                  helper.make_node("Unsqueeze", ["positions", "minus_one"], ["queries"]),
+                  helper.make_node("LessOrEqual", ["keys", "queries"], ["earlier"]),
+                  helper.make_node("And", ["padding", "earlier"], ["cond"])]
+    else:
+        nodes += [helper.make_node("Identity", ["padding"], ["cond"])]
+    nodes += [
+        helper.make_node("Where", ["cond", "zero", "minus_inf"], ["mask"]),
+        helper.make_node("Add", ["scores", "mask"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["probs"], axis=-1),
+        helper.make_node("IsNaN", ["probs"], ["nan"]),
+        helper.make_node("Where", ["nan", "zero", "probs"], ["guarded"]),
+        helper.make_node("MatMul", ["guarded", "v_heads"], ["context"]),
+        # the exporter's reshape of the context to (batch, -1, length, size): the same shape
+        helper.make_node("Shape", ["context"], ["context_shape"]),
+        helper.make_node("Gather", ["context_shape", "i0"], ["batch"]),
+        helper.make_node("Unsqueeze", ["batch", "axis0"], ["batch1"]),
+        helper.make_node("Shape", [length_from], ["q_shape"]),
+        helper.make_node("Gather", ["q_shape", "i1"], ["q_length"]),
+        helper.make_node("Unsqueeze", ["q_length", "axis0"], ["q_length1"]),
+        helper.make_node("Shape", ["v_heads"], ["v_shape"]),
+        helper.make_node("Gather", ["v_shape", "i3"], ["v_size"]),
+        helper.make_node("Unsqueeze", ["v_size", "axis0"], ["v_size1"]),
+        helper.make_node("Concat", ["batch1", "minus_one", "q_length1", "v_size1"], ["context_target"], axis=0),
+        helper.make_node("Reshape", ["context", "context_target"], ["context_same"]),
+        helper.make_node("Transpose", ["context_same"], ["context_tokens"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["context_tokens", "tokens_shape"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "torchscript_sdpa",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", width]),
+         helper.make_tensor_value_info("m", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", width])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def _block_feeds(batch: int, length: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    mask = rng.integers(0, 2, (batch, length))
+    mask[np.arange(batch), rng.integers(0, length, batch)] = 1  # every row keeps a key
+    return {"x": rng.standard_normal((batch, length, 32)).astype(np.float32), "m": mask}
+
+
+def test_a_torchscript_block_with_a_minus_infinity_padding_mask_is_rewritten_exactly():
+    """The -inf becomes float32's lowest value, the guard, the K transpose's Muls and the context's
+    identity Reshape go; every row with a kept key gives the export's values. An all-padding row,
+    NaN in the Softmax and zero after the guard, now attends evenly (as the eager export does)."""
+    model = _torchscript_sdpa_block()
+    work = _copy(model)
+    result = rewrite_sdpa_attention(work, 8)
+    assert (result.rewritten, result.infinite_masks, result.declined) == (1, 1, [])
+    onnx.checker.check_model(work)
+    ops = _ops(work)
+    assert "IsNaN" not in ops and ops["Reshape"] == 4 and ops["Where"] == 1  # (3 head splits and the output's)
+    index = NodeIndex(work.graph)
+    where = next(n for n in index.nodes if n.op_type == "Where")
+    assert numpy_helper.to_array(index.inits[where.input[2]]) == np.finfo(np.float32).min
+    assert "minus_inf" not in {i for n in index.nodes for i in n.input}
+    for batch, length in [(1, 1), (2, 5), (3, 9), (2, 17)]:
+        feed = _block_feeds(batch, length, batch * length)
+        np.testing.assert_allclose(run(work, feed)[0], run(model, feed)[0], rtol=1e-5, atol=1e-6)
+    feed = _block_feeds(3, 6, 0)
+    feed["m"][1] = 0
+    ours, theirs = run(work, feed)[0], run(model, feed)[0]
+    np.testing.assert_allclose(ours[[0, 2]], theirs[[0, 2]], rtol=1e-5, atol=1e-6)
+    assert not theirs[1].any() and np.isfinite(ours[1]).all() and ours[1].any()
+
+
+def test_a_context_reshape_read_from_the_keys_length_is_declined():
+    """Its target reads K's length for the queries': the same in self-attention, but not the context's
+    own shape for every input the check tries (keys one longer), so the block is left."""
+    model = _torchscript_sdpa_block(length_from="k_tokens")
+    result = rewrite_sdpa_attention(_copy(model), 8)
+    assert result.rewritten == 0 and result.declined == ["the Reshape after its context is not checked to keep its shape"]
+
+
+def test_a_torchscript_block_with_a_causal_minus_infinity_mask_is_declined():
+    """Causal and left padding fully mask a kept row's first queries: the guard matters there."""
+    model = _torchscript_sdpa_block("causal")
+    work = _copy(model)
+    result = rewrite_sdpa_attention(work, 8)
+    assert result.rewritten == 0 and len(result.declined) == 1 and "-inf mask is not a padding mask" in result.declined[0]
+    assert work.SerializeToString() == model.SerializeToString()
+
+
+def test_a_torchscript_sdpa_export_fuses_and_keeps_its_outputs(tmp_path):
+    """The small BertModel with SDPA attention through torch.onnx's TorchScript exporter: a -inf mask
+    read from the embeddings' shape, K transposed by one Transpose, the context reshaped to its own
+    shape. Its blocks fuse; the fused graph's outputs are the export's on padded batches."""
+    export = onnx.load(str(_export_tiny_bert(tmp_path / "bert-sdpa-ts.onnx", attention="sdpa")))
+    assert _ops(export)["IsNaN"] == LAYERS
+    fused, report = prepare_model(export, transformer=True)
+    ops = _ops(fused)
+    fusion = report.transformer
+    assert (fusion.attention, fusion.sdpa_rewritten, fusion.sdpa_infinite_masks) == (LAYERS, LAYERS, LAYERS)
+    assert ops["Attention"] == LAYERS and "IsNaN" not in ops and not report.warnings
+    for sample in _samples(6):
+        np.testing.assert_allclose(run(fused, sample)[0], run(export, sample)[0], rtol=1e-4, atol=2e-5)

@@ -116,7 +116,7 @@ def test_a_dynamo_export_fuses_and_keeps_its_outputs(bert_dynamo):
     ops = _ops(fused)
     assert report.transformer.attention == ops["Attention"] == LAYERS and report.transformer.masks_rewritten == 1
     assert ops["Softmax"] == 0 and "And" not in ops and "GatherND" not in ops
-    assert any("padding mask (torch.onnx dynamo) rewritten" in note for note in report.notes)
+    assert any("padding mask (torch.onnx) rewritten" in note for note in report.notes)
     for sample in _samples(6):
         np.testing.assert_allclose(run(fused, sample)[0], run(bert_dynamo, sample)[0], rtol=1e-4, atol=2e-5)
         # the export attends wherever the mask is non-zero: a mask holding 2 or -1 there too
