@@ -6,7 +6,9 @@ On a small model the graph is a large share of the file: in PP-OCR's direction c
 shapes 0.014, next to int8 weights of 0.216. Three things go:
 
 - ``value_info``: shapes onnxruntime infers again when it loads the model. Kept where a node of
-  a domain onnxruntime may have no schema for writes the value.
+  a domain onnxruntime may have no schema for writes the value, and where a Reshape to a
+  computed shape writes it: onnxruntime cannot infer that rank, and without it its layout
+  optimizer leaves Transposes around the ops after (``int8_upsample`` records such ranks).
 - identical scales and zero points onnxquant wrote (read by QuantizeLinear/DequantizeLinear
   only), stored once per graph. Integer weights are not shared even where equal (the gate
   Convs' one-value weights): the fusion check counts layers by their weight tensor.
@@ -74,7 +76,10 @@ def compact(model: onnx.ModelProto, keep: Set[str]) -> CompactResult:
 
 def _drop_value_info(graph: onnx.GraphProto) -> int:
     foreign = {out for node in graph.node if node.domain not in KNOWN_DOMAINS for out in node.output}
-    kept = [v for v in graph.value_info if v.name in foreign]
+    constants = {i.name for i in graph.initializer}
+    computed = {node.output[0] for node in graph.node if node.op_type == "Reshape" and node.domain in ("", "ai.onnx")
+                and len(node.input) > 1 and node.input[1] not in constants}
+    kept = [v for v in graph.value_info if v.name in foreign or v.name in computed]
     dropped = len(graph.value_info) - len(kept)
     if dropped:
         del graph.value_info[:]

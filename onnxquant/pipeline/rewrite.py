@@ -8,6 +8,7 @@ from onnxquant.body_planner import rewrite_bodies
 from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.int4_matmul import to_matmul_nbits
 from onnxquant.passes.int8_pad import pad_integers
+from onnxquant.passes.int8_upsample import upsample_integers
 from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset
 from onnxquant.passes.weight_only import quantize_weights_only
 from onnxquant.pipeline.clock import timed
@@ -21,6 +22,8 @@ def rewrite(state: State) -> State:
     q = recipe.quantization
     quantized = insert_qdq(work, state.plan, default_opset(work), inplace=True)
     padded = pad_integers(quantized) if recipe.target == "cpu" else 0  # onnxruntime keeps DQ -> Pad -> Q float
+    # onnxruntime's channels-last uint8 Resize is slow (no fast path for nearest by 2 there)
+    upsampled = upsample_integers(quantized) if recipe.target == "cpu" else 0
     opset = default_opset(work)  # (after insert_qdq, as the bodies' rewrite sees it)
     rewrite_bodies(quantized, recipe, state.stats, set(state.not_float), opset >= MIN_QDQ_OPSET, opset)
     # On the CPU, onnxruntime's DynamicQuantizeLSTM multiplies the int8 weights directly; the
@@ -30,6 +33,9 @@ def rewrite(state: State) -> State:
                           reduce_range=q.reduce_range,
                           fold_recurrent=recipe.target == "cpu" and q.recurrent_integer is False)
     notes = [f"{padded} zero Pad(s) pad the int8 tensor with its zero point (no float island)"] if padded else []
+    if upsampled:
+        notes.append(f"{upsampled} nearest Resize(s) by whole factors copy the int8 tensor channels-last "
+                     "(onnxruntime's channels-last int8 Resize is slow)")
     if state.int4:
         replaced = to_matmul_nbits(quantized, set(state.int4), q.int4_block_size)
         notes.append(f"int4 weights: {replaced} MatMul layers as MatMulNBits "
