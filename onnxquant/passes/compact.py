@@ -6,7 +6,10 @@ On a small model the graph is a large share of the file: in PP-OCR's direction c
 shapes 0.014, next to int8 weights of 0.216. Three things go:
 
 - ``value_info``: shapes onnxruntime infers again when it loads the model. Kept where a node of
-  a domain onnxruntime may have no schema for writes the value.
+  a domain onnxruntime may have no schema for writes the value, and where a Reshape to a
+  computed shape writes 8-bit integers: onnxruntime cannot infer that rank, and without it its
+  layout optimizer leaves Transposes around the ops after (``int8_upsample`` records such ranks;
+  float Reshapes, the input model's own, are left as before).
 - identical scales and zero points onnxquant wrote (read by QuantizeLinear/DequantizeLinear
   only), stored once per graph. Integer weights are not shared even where equal (the gate
   Convs' one-value weights): the fusion check counts layers by their weight tensor.
@@ -38,6 +41,7 @@ KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 # Scales and zero points up to this size are compared for sharing.
 SHARE_MAX_BYTES = 4096
 _QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
+_INTEGER_DATA = frozenset({onnx.TensorProto.UINT8, onnx.TensorProto.INT8})
 # Ops whose default attributes are dropped (ai.onnx); list attributes whose spec default is a
 # value repeated along each spatial axis (the schemas record no default for them).
 DEFAULTED_OPS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv",
@@ -74,7 +78,11 @@ def compact(model: onnx.ModelProto, keep: Set[str]) -> CompactResult:
 
 def _drop_value_info(graph: onnx.GraphProto) -> int:
     foreign = {out for node in graph.node if node.domain not in KNOWN_DOMAINS for out in node.output}
-    kept = [v for v in graph.value_info if v.name in foreign]
+    constants = {i.name for i in graph.initializer}
+    computed = {node.output[0] for node in graph.node if node.op_type == "Reshape" and node.domain in ("", "ai.onnx")
+                and len(node.input) > 1 and node.input[1] not in constants}
+    kept = [v for v in graph.value_info if v.name in foreign
+            or (v.name in computed and v.type.tensor_type.elem_type in _INTEGER_DATA)]
     dropped = len(graph.value_info) - len(kept)
     if dropped:
         del graph.value_info[:]

@@ -73,7 +73,8 @@ def _preparation_notes(prep: PrepareReport) -> list[str]:
     if prep.folded_constants:
         notes.append(f"{prep.folded_constants} Constant nodes folded into initializers")
     if prep.folded_affines:
-        notes.append(f"{prep.folded_affines} constant Mul/Add folded into Conv weights")
+        notes.append(f"{prep.folded_affines} constant Mul/Add (or BatchNormalization after a ConvTranspose) folded into "
+                     "Conv weights")
     if prep.fused_hardswish:
         notes.append(f"{prep.fused_hardswish} hard-swish patterns fused")
     if prep.fused_gelu:

@@ -249,3 +249,19 @@ def test_attributes_of_other_ops_or_domains_and_of_mistyped_values_stay():
     attrs = {n.name: [a.name for a in n.attribute] for n in model.graph.node}
     assert attrs == {"lp": ["kernel_shape"], "lp_float_p": ["kernel_shape", "p"], "ms": ["group"],
                      "gemm": ["alpha", "transA"]}
+
+
+def test_only_the_rank_of_an_integer_reshape_to_a_computed_shape_is_kept():
+    """onnxruntime cannot infer the rank of a Reshape to a computed shape: kept for the 8-bit
+    tensors onnxquant moves (passes/int8_upsample.py), dropped for float ones, as before."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["r"]),
+             helper.make_node("Cast", ["r"], ["c"], to=TensorProto.UINT8),
+             helper.make_node("Shape", ["c"], ["s2"]), helper.make_node("Reshape", ["c", "s2"], ["q"]),
+             helper.make_node("Identity", ["q"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["a", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, None)])
+    graph.value_info.extend([helper.make_tensor_value_info(name, elem, ["a", 4]) for name, elem in
+                             (("r", TensorProto.FLOAT), ("c", TensorProto.UINT8), ("q", TensorProto.UINT8))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    compact(model, {"r", "c", "q"})  # (names kept: the check reads them)
+    assert [(v.name, len(v.type.tensor_type.shape.dim)) for v in model.graph.value_info] == [("q", 2)]

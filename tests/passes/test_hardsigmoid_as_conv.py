@@ -176,12 +176,13 @@ def _silu_resize_concat_block() -> onnx.ModelProto:
 
 def test_silu_resize_and_concat_run_as_integer_kernels():
     """SiLU needs no rewrite (QLinearSigmoid, QLinearMul); Resize and Concat (one shared scale)
-    run on the 8-bit tensors, their Q/DQ dropped."""
+    run on the 8-bit tensors, their Q/DQ dropped (the nearest 2x Resize as an Expand of the
+    integers: passes/int8_upsample.py)."""
     result = onnxquant.quantize(_silu_resize_concat_block(), _samples(), INTEGER_KERNELS)
     assert result.fusion is not None and result.fusion.round_trips == []
     optimized = optimized_graph(result.model).graph
     ops = {n.op_type for n in optimized.node}
     assert {"QLinearSigmoid", "QLinearMul"} <= ops and not ops & {"Sigmoid", "Mul"}
     dequantized = {n.output[0] for n in optimized.node if n.op_type == "DequantizeLinear"}
-    moved = [n for n in optimized.node if n.op_type in ("Resize", "Concat", "QLinearConcat")]
+    moved = [n for n in optimized.node if n.op_type in ("Resize", "Expand", "Concat", "QLinearConcat")]
     assert len(moved) == 2 and not any(set(n.input) & dequantized for n in moved)

@@ -68,6 +68,52 @@ def test_affines_fold_into_conv_exactly():
         np.testing.assert_allclose(run(model, feed, optimize=False)[0], want, rtol=1e-4, atol=1e-4)
 
 
+def _conv_transpose_head(group: int) -> onnx.ModelProto:
+    """PP-OCR det's head: ConvTranspose -> Add (bias) -> BatchNormalization -> Relu -> ConvTranspose
+    -> Mul -> Sigmoid; the first ConvTranspose has no bias input, the second is grouped when asked."""
+    rng = np.random.default_rng(0)
+
+    def init(name: str, *shape: int, positive: bool = False) -> onnx.TensorProto:
+        value = rng.normal(size=shape).astype(np.float32)
+        return numpy_helper.from_array(np.abs(value) + 0.1 if positive else value, name)
+
+    inits = [init("w1", 6, 4, 2, 2), init("bias1", 1, 4, 1, 1), init("gamma", 4), init("beta", 4), init("mean", 4),
+             init("var", 4, positive=True), init("w2", 4, 4 // group, 2, 2), init("b2", 4), init("s2", 1, 4, 1, 1)]
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w1"], ["t1"], strides=[2, 2]),
+        helper.make_node("Add", ["t1", "bias1"], ["t2"]),
+        helper.make_node("BatchNormalization", ["t2", "gamma", "beta", "mean", "var"], ["t3"], epsilon=1e-3),
+        helper.make_node("Relu", ["t3"], ["t4"]),
+        helper.make_node("ConvTranspose", ["t4", "w2", "b2"], ["t5"], strides=[2, 2], group=group),
+        helper.make_node("Mul", ["t5", "s2"], ["t6"]),
+        helper.make_node("Sigmoid", ["t6"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 5, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_bias_batchnorm_and_scale_fold_into_conv_transpose_exactly():
+    feed = {"x": np.random.default_rng(1).normal(size=(1, 6, 5, 7)).astype(np.float32)}
+    for group in (1, 2):
+        model = _conv_transpose_head(group)
+        want = run(model, feed, optimize=False)[0]
+        assert fold_affine_into_conv(model) == 3
+        assert [n.op_type for n in model.graph.node] == ["ConvTranspose", "Relu", "ConvTranspose", "Sigmoid"]
+        np.testing.assert_allclose(run(model, feed, optimize=False)[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_nothing_before_a_conv_transpose_folds():
+    """A constant before a ConvTranspose is not folded (only its outputs are handled)."""
+    model = _conv_transpose_head(1)
+    scale = numpy_helper.from_array(np.full((1, 6, 1, 1), 1.5, np.float32), "pre")
+    model.graph.initializer.append(scale)
+    model.graph.node.insert(0, helper.make_node("Mul", ["x", "pre"], ["xs"]))
+    model.graph.node[1].input[0] = "xs"
+    fold_affine_into_conv(model)
+    assert [n.op_type for n in model.graph.node][:2] == ["Mul", "ConvTranspose"]
+
+
 def test_hardswish_pattern_fuses_exactly():
     inits = [numpy_helper.from_array(np.float32(v).reshape(()), n) for n, v in [("three", 3), ("zero", 0), ("six", 6)]]
     nodes = [
