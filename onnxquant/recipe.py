@@ -128,6 +128,10 @@ class RecoverySettings:
     # per-tensor weights (with per-channel weights it measured no gain: PP-OCR IoU 0.9378 ->
     # 0.9383, EfficientNet-Lite0 KL 0.025 -> 0.030).
     equalize: bool | None = None
+    # Magnify the quiet channels of depthwise-Conv inputs from calibration ranges, through their
+    # producing Conv (recovery/depthwise_ranges.py). None (not stamped): on with per-channel weights,
+    # which take the scale at no cost (PP-LCNet orientation classifier: held-out KL 0.0137 -> 0.0014).
+    depthwise_equalize: bool | None = None
     smoothquant: bool = True  # move activation outliers into MatMul weights (LayerNorm producers)
     smoothquant_alpha: float = 0.75  # measured best on MiniLM (0.5: cos 0.985, 0.75: 0.995)
     # True: only where the division folds into a LayerNormalization; False: also insert a Mul.

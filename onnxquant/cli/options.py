@@ -84,6 +84,9 @@ def recovery_options(command: Any) -> Any:
                      help="Cancel each layer's mean output shift (default on)."),
         click.option("--equalize/--no-equalize", "rc_equalize", default=None,
                      help="Cross-layer equalisation of Conv pairs joined by ReLU (default: with --per-tensor only)."),
+        click.option("--depthwise-equalize/--no-depthwise-equalize", "rc_depthwise_equalize", default=None,
+                     help="Even the channel ranges of depthwise-Conv inputs from calibration data, through "
+                          "their producing Conv (default: with per-channel weights)."),
         click.option("--smoothquant/--no-smoothquant", "rc_smoothquant", default=None,
                      help="Move token-activation outliers into MatMul weights (default on)."),
         click.option("--smoothquant-alpha", "rc_smoothquant_alpha", type=float, help="SmoothQuant migration strength (default 0.75)."),

@@ -17,6 +17,7 @@ from onnxquant.planner import QuantPlan, Selection
 from onnxquant.recipe import Recipe
 from onnxquant.recovery.adaround import adaround
 from onnxquant.recovery.bias_correction import MeasuredShifts, correct_biases
+from onnxquant.recovery.depthwise_ranges import even_depthwise_inputs, regions
 from onnxquant.recovery.equalize import equalize
 from onnxquant.recovery.gptq import GptqFactors, gptq
 from onnxquant.recovery.pair_limited import limit_pairs
@@ -48,6 +49,7 @@ def before_calibration(prepared: onnx.ModelProto, sel: Selection, recipe: Recipe
         if equalized.bounded:
             notes.append(f"cross-layer equalisation: {equalized.bounded} Conv pairs joined by a bounded "
                          "activation (ReLU6-like) left alone")
+    notes.extend(_depthwise(prepared, recipe, reopen, unavailable, saved_stats))
     if not settings.smoothquant or not any(op in ("MatMul", "Gemm") for op in sel.quantized.values()):
         return RangeChanges()
     if reopen is None:
@@ -68,6 +70,28 @@ def before_calibration(prepared: onnx.ModelProto, sel: Selection, recipe: Recipe
         notes.append(f"SmoothQuant (alpha {settings.smoothquant_alpha}): {report.folded} LayerNorm outputs "
                      f"folded, {report.inserted} Mul nodes inserted")
     return RangeChanges(nodes_added=bool(report.inserted), smoothed=bool(report.folded or report.inserted))
+
+
+def _depthwise(prepared: onnx.ModelProto, recipe: Recipe, reopen: Reopen | None, unavailable: str,
+               saved_stats: bool) -> list[str]:
+    """Even the depthwise-Conv inputs' channel ranges (on by default with per-channel weights)."""
+    wanted = recipe.recovery.depthwise_equalize
+    if wanted is False or (wanted is None and not recipe.quantization.per_channel):
+        return []
+    if reopen is None:
+        if not regions(prepared):
+            return []
+        if saved_stats:
+            raise UsageError("depthwise input equalisation changes activation ranges: to re-quantize from saved "
+                             "statistics, give the calibration data too, or turn it off (--no-depthwise-equalize) "
+                             "for both runs")
+        return [f"depthwise input equalisation skipped: {unavailable}"]
+    q = recipe.quantization
+    done = even_depthwise_inputs(prepared, reopen(), recipe.calibration.max_samples, q.activation_symmetric)
+    if not done.regions:
+        return []
+    return [f"depthwise input equalisation: {done.channels} channels magnified in {done.regions} depthwise Conv "
+            "inputs (from calibration ranges, through their producing Conv)"]
 
 
 def after_plan(prepared: onnx.ModelProto, plan: QuantPlan, recipe: Recipe, reopen: Reopen | None,
