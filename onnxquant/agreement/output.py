@@ -151,8 +151,10 @@ class OutputAgreement:
             out.update(self.labels.metrics())
         if self.tensor is not None and self.tensor.cosines:
             t = self.tensor
-            out.update({"cosine": float(np.mean(t.cosines)), "cosine_min": float(np.min(t.cosines)),
-                        "sqnr_db": t.sqnr_db, "max_abs_error": t.max_abs_error})
+            mean, lowest = t.cosine_mean_min()
+            out.update({"cosine": mean, "cosine_min": lowest, "sqnr_db": t.sqnr_db, "max_abs_error": t.max_abs_error})
+            if t.single_values:
+                out["cosine_over_samples"] = True
             if t.nonfinite:
                 out["nonfinite_samples"] = t.nonfinite
             channels = t.channels()
