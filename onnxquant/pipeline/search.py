@@ -99,7 +99,14 @@ class SearchSplit:
                               drop_by="metric" if run.metric is not None else drop_by,
                               planned_trials=state.recipe.search.trials, unsearched=why, drop=float(m.drop),
                               sqnr_db=None if run.metric is not None else float(m.sqnr_db))
-        return replace(state, search=report).noted(report.summary())
+        return _said(replace(state, search=report), report)
+
+
+def _said(state: State, report: SearchReport) -> State:
+    """``state`` with the search's summary noted, and its warning when the chosen drop is large."""
+    warning = report.warning()
+    state = state.noted(report.summary())
+    return state.warned(warning) if warning else state
 
 
 def float_compute_decided(done: FloatCompute) -> str:
@@ -298,7 +305,7 @@ def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrate
     if wide:
         state = state.noted(f"{len(wide)} layer(s) given full 8-bit uint8 weights by the recipe search (u8u8 "
                             f"kernels, which do not saturate on AVX2; slower than u8s8): {', '.join(wide)}")
-    return replace(state, search=report).noted(report.summary())
+    return _said(replace(state, search=report), report)
 
 
 def _float_compute_costs_no_speed(calibrated: State) -> bool:
@@ -330,7 +337,7 @@ def _float_compute_chosen(state: State, calibrated: State, report: SearchReport)
     state = _kept_float_said(state, report.kept_float)
     done = FloatCompute(state.float_compute.layers, calibrated.conv_estimate)
     notes = tuple(n for n in state.notes if n != state.float_compute.note())
-    return replace(state, float_compute=done, notes=notes, search=report).noted(done.note(), report.summary())
+    return _said(replace(state, float_compute=done, notes=notes, search=report).noted(done.note()), report)
 
 
 def _refit(recipe: Recipe, run: RunData, float_model: Callable[[], State] | None) -> State | None:
