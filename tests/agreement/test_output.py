@@ -143,3 +143,18 @@ def test_outputs_of_several_values_keep_the_per_sample_cosine():
     m = a.metrics()
     assert m["cosine"] == pytest.approx(0.5) and m["cosine_min"] == pytest.approx(0.0)
     assert "cosine_over_samples" not in m
+
+
+def test_a_few_positive_scores_read_as_logits_say_how_to_read_them_otherwise():
+    # DNSMOS: three opinion scores from 1 to 5 a row look like logits to the numbers alone
+    scores = np.array([[3.4, 1.6, 1.7], [3.6, 4.4, 3.5]], np.float32)
+    mos = OutputAgreement("Identity:0")
+    mos.add(scores, scores + 0.01)
+    assert mos.kind == "classification" and "--output-kind Identity:0=regression" in mos.kind_hint
+    logits = OutputAgreement("logits")
+    logits.add(np.array([[2.0, -1.0, 0.5]], np.float32), np.array([[2.0, -1.0, 0.5]], np.float32))
+    given = OutputAgreement("Identity:0", "regression")
+    given.add(scores, scores)
+    many = OutputAgreement("scores")
+    many.add(np.abs(np.random.default_rng(0).normal(size=(2, 10))).astype(np.float32) + 1, np.ones((2, 10), np.float32))
+    assert logits.kind_hint is None and given.kind_hint is None and many.kind_hint is None
