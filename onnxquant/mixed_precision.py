@@ -122,7 +122,7 @@ def score_outputs(outputs: list[list[np.ndarray]], holdout: Holdout, metric: Met
         if not agreement.decoded_elsewhere or agreement_by == "cosine":
             scores[name] = agreement.score(agreement_by)
         if agreement.tensor is not None and agreement.tensor.cosines:
-            cosines.append(float(np.mean(agreement.tensor.cosines)))
+            cosines.append(agreement.tensor.cosine_mean_min()[0])
             sqnrs.append(agreement.tensor.sqnr_db)
     misses = _default_budget_misses(agreements) if samples is None else ()
     return Measurement(1.0 - min(scores.values()), scores, 1.0 - min(cosines), min(sqnrs, default=math.inf), misses)

@@ -582,6 +582,8 @@ def _check_budget(report: ProviderReport, budget: Budget, boundary: set[str]) ->
             report.failures.append("no sample was compared: a verdict needs at least one")
         return
     for name, agreement in report.outputs.items():
+        if agreement.kind_hint:
+            report.notes.append(f"output {name!r}: {agreement.kind_hint}")
         for c in agreement.checks(budget):
             if c["passed"] is False:
                 report.failures.append(f"output {name!r} ({agreement.kind}): {describe(c)}")

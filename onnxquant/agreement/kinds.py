@@ -63,6 +63,13 @@ def _looks_like_ctc_logits(x: np.ndarray) -> bool:
     return bool(share >= 0.3)
 
 
+def few_positive_scores(value: Any) -> bool:
+    """A (batch, 2..4) float output with no negative value, read as logits: perhaps a few regression
+    scores instead (DNSMOS's three opinion scores, 1 to 5), which the numbers alone cannot tell."""
+    return (isinstance(value, np.ndarray) and value.ndim == 2 and 2 <= value.shape[1] <= 4 and value.size > 0
+            and bool(value.min() >= 0) and not is_probability_rows(value))
+
+
 def detect_kind(name: str, value: Any) -> str:
     """The kind of output ``name`` judged from one fp32 value of it (see the module docstring)."""
     if is_map_rows(value) or not isinstance(value, np.ndarray):

@@ -14,7 +14,7 @@ from onnxquant.agreement.budgets import OUTPUT_BUDGETS, Budget, check
 from onnxquant.agreement.classification import ClassificationAgreement
 from onnxquant.agreement.detection import DetectionAgreement, DetectionSettings, decode_pair, decode_yolo
 from onnxquant.agreement.heads import RawHeads, find_raw_heads
-from onnxquant.agreement.kinds import detect_kind, detection_pairs
+from onnxquant.agreement.kinds import detect_kind, detection_pairs, few_positive_scores
 from onnxquant.agreement.labels import LabelAgreement
 from onnxquant.agreement.sequence import SequenceAgreement, detect_blank
 from onnxquant.agreement.tensor import TensorAgreement
@@ -65,6 +65,7 @@ class OutputAgreement:
         self.samples = 0
         self.mismatched = 0  # samples whose int8 output has another shape or type than fp32's
         self.notes: list[str] = []
+        self.kind_hint: str | None = None  # a detected kind that may be wrong, and how to say otherwise
         self.tensor: TensorAgreement | None = None
         self.classes: ClassificationAgreement | None = None
         self.detections: DetectionAgreement | None = None
@@ -80,6 +81,9 @@ class OutputAgreement:
     def _start(self, reference: Any) -> None:
         if self.kind is None:
             self.kind = detect_kind(self.name, reference)
+            if self.kind == "classification" and few_positive_scores(reference):
+                self.kind_hint = (f"read as class logits ({reference.shape[-1]} values a row, none negative, not "
+                                  f"probabilities): --output-kind {self.name}=regression if they are scores, not classes")
         if self.kind == "labels":
             self.labels = LabelAgreement()
             return
@@ -151,8 +155,10 @@ class OutputAgreement:
             out.update(self.labels.metrics())
         if self.tensor is not None and self.tensor.cosines:
             t = self.tensor
-            out.update({"cosine": float(np.mean(t.cosines)), "cosine_min": float(np.min(t.cosines)),
-                        "sqnr_db": t.sqnr_db, "max_abs_error": t.max_abs_error})
+            mean, lowest = t.cosine_mean_min()
+            out.update({"cosine": mean, "cosine_min": lowest, "sqnr_db": t.sqnr_db, "max_abs_error": t.max_abs_error})
+            if t.single_values:
+                out["cosine_over_samples"] = True
             if t.nonfinite:
                 out["nonfinite_samples"] = t.nonfinite
             channels = t.channels()

@@ -1,5 +1,9 @@
 """Float-tensor agreement, streamed: cosine, SQNR, max error, and the same per channel.
 
+An output of one value a sample (a quality score, a probability of one event) has no per-sample
+cosine worth reading: the cosine of two single numbers is 1 whenever their signs agree. Its
+cosine is taken over the samples instead, as one vector of every sample's value.
+
 A tensor that joins quantities of different scale (box coordinates 0..320 next to class scores
 0..1) can look healthy as a whole while one slice has collapsed: the per-channel figures along
 its feature axis show the worst slice. Memory is a few sums per output (and per channel).
@@ -62,6 +66,9 @@ class TensorAgreement:
     cosines: list[float] = field(default_factory=list)  # one per sample: tiny
     max_abs_error: float = 0.0
     nonfinite: int = 0  # samples whose compressed output holds NaN or Inf
+    single_values: bool = True  # every sample so far held one value: cosine over the samples
+    _cross: float = 0.0  # sum reference * compressed, and sum compressed^2, over every sample
+    _compressed: float = 0.0
     axis: int | None = None
     _rr: np.ndarray | None = None  # per channel: sum r^2, sum c^2, sum r*c, sum (r-c)^2
     _cc: np.ndarray | None = None
@@ -83,6 +90,9 @@ class TensorAgreement:
         diff = r - c
         self.signal += float(np.vdot(r, r))
         self.noise += float(np.vdot(diff, diff))
+        self._cross += float(np.vdot(r, c))
+        self._compressed += float(np.vdot(c, c))
+        self.single_values = self.single_values and r.size == 1
         self.max_abs_error = max(self.max_abs_error, float(np.abs(diff).max(initial=0.0)))
         self.cosines.append(cosine(r, c))
         if self.per_channel:
@@ -109,6 +119,17 @@ class TensorAgreement:
     @property
     def sqnr_db(self) -> float:
         return sqnr_db(self.signal, self.noise)
+
+    def cosine_mean_min(self) -> tuple[float, float]:
+        """The mean and lowest cosine over samples; for single-value outputs, the one cosine of all
+        samples' values (0 once any output was not finite). Call after at least one sample."""
+        if not (self.single_values and self.cosines):
+            return float(np.mean(self.cosines)), float(np.min(self.cosines))
+        if self.nonfinite:
+            return 0.0, 0.0
+        norm = math.sqrt(self.signal * self._compressed)
+        pooled = self._cross / norm if norm > 0 else float(self.noise == 0.0)
+        return pooled, pooled
 
     def channels(self) -> dict[str, float | int] | None:
         """Worst channel's SQNR and centred cosine, over channels that vary; None without a feature axis.

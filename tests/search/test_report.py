@@ -31,6 +31,12 @@ def test_no_warning_when_the_chosen_trial_meets_the_defaults():
     assert SearchReport(skipped="no held-out samples").warning() is None
 
 
+def test_a_large_drop_without_misses_is_still_warned():
+    report = SearchReport(trials=[_trial("as given", 0.3)], chosen="as given", scored_samples=20, drop_by="fine")
+    warning = report.warning()
+    assert warning is not None and warning.startswith("the recipe search's best recipe (as given) still loses 0.30")
+
+
 def test_an_unsearched_choice_warns_from_its_own_score_and_lists_at_most_three():
     misses = tuple(f"out{i}: cosine 0.{i} < 0.95 (default)" for i in range(5))
     report = SearchReport(chosen="float compute", scored_samples=12, unsearched="decided up front", drop=0.5,
