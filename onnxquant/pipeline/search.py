@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxquant.agreement.tensor import SampleMemo
 from onnxquant.calibration.sources import SampleSource
 from onnxquant.errors import CalibrationDataError, QuantizationError
 from onnxquant.mixed_precision import Holdout, run_holdout, score_outputs
@@ -441,8 +442,9 @@ def _trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: H
 def _scored(model: onnx.ModelProto, held: Holdout, run: RunData) -> tuple[float, float, tuple[float, ...]]:
     """A trial's model on the held-out samples: its drop, cosine drop and per-sample values."""
     outputs = run_holdout(model, held)
-    m = score_outputs(outputs, held, run.metric)
-    return float(m.drop), float(m.cosine_drop), pseudo_values(outputs, held, float(m.drop), run.metric)
+    memo = SampleMemo()  # (the whole scoring's per-sample figures serve the leave-one-out ones)
+    m = score_outputs(outputs, held, run.metric, memo=memo)
+    return float(m.drop), float(m.cosine_drop), pseudo_values(outputs, held, float(m.drop), run.metric, memo)
 
 
 def _run_trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: Holdout,
