@@ -28,14 +28,13 @@ def remade_from_copy(state: State, make: Callable[[], State]) -> Iterator[Callab
     of its own at each call, kept on disk while the context lasts. Where the model keeps weights
     outside its serialization (external data) or cannot be serialized (the protobuf limit), or
     the scratch folder cannot take it, ``make`` itself."""
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in iter_tensors(state.model)):
-        yield make
-        return
-    data = serialize_below_limit(state.model)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in iter_tensors(state.model))
+    data = None if external else serialize_below_limit(state.model)
+    template = replace(state, model=onnx.ModelProto())
+    del state  # (this frame lives as long as the context: it must not hold the model, which the search lets go)
     if data is None:
         yield make
         return
-    template = replace(state, model=onnx.ModelProto())  # (holds no reference to the model: it is let go)
     with scratch() as folder:
         path = Path(folder) / "prepared.onnx"
         try:

@@ -67,3 +67,19 @@ def test_the_searched_model_is_the_same_bytes_without_loading_and_preparing_agai
     again = onnxquant.quantize(tiny_cnn(), samples)
     assert len(calls) == 3  # (the first run's and the refit's)
     assert _bytes(kept.model) == _bytes(again.model)
+
+
+def test_the_copy_holds_no_reference_to_the_model_it_was_made_from():
+    """The search lets the calibrated model go before its refit makes a new one (memory: a float
+    model's worth on all-MiniLM-L6-v2); the context open around it must not keep it alive."""
+    import gc
+    import weakref
+
+    run = RunData(calib_data=image_samples(4))
+    state = api._pruned(tiny_cnn(), onnxquant.Recipe(), run)
+    held = weakref.ref(state)  # (a ModelProto takes no weak reference: its state does)
+    with remade_from_copy(state, lambda: None) as again:
+        del state
+        gc.collect()
+        assert held() is None
+        assert again().model.graph.node
