@@ -8,6 +8,7 @@ The CLI is a thin layer over these.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from onnxquant.pipeline.mixed import mixed_precision
 from onnxquant.pipeline.prepare import prepare
 from onnxquant.pipeline.prune import prune as prune_stage
 from onnxquant.pipeline.ranking import rank
+from onnxquant.pipeline.remake import remade_from_copy
 from onnxquant.pipeline.run_data import RunData, run_data
 from onnxquant.pipeline.float_compute import float_compute
 from onnxquant.pipeline.save import RECIPE_KEY, VERSION_KEY, save
@@ -89,11 +91,14 @@ def quantize(
     ``diagnostics``: also keep histograms and the prepared float model in the result, for reports.
     """
     run = run_data(run, calib_data=data, holdout=holdout, metric=metric, drop_by=agreement, progress=progress)
-    with run.applied(), all_or_nothing(), stage_clock() as clock:
+    with run.applied(), all_or_nothing(), stage_clock() as clock, contextlib.ExitStack() as on_disk:
         recipe = recipe or recipe_for_target("cpu")
         _refuse_aliasing(model, run, stats if not isinstance(stats, StatsTable) else None, output, save_stats_to)
         pruned = _pruned(model, recipe, run)
         split = split_for_search(pruned, run, saved_stats=stats is not None, max_drop=max_drop)
+        # the search's refit smooths a fresh float model: this one, kept on disk before smoothing rewrites it
+        float_model = on_disk.enter_context(remade_from_copy(pruned, lambda: _pruned(model, recipe, run))) \
+            if split.searching else None
         calibrating = split.run if split.searching else run  # the search holds part of the data out
         state = refuse_already_quantized(smooth(pruned, calibrating, saved_stats=stats is not None))
         wanted = True if save_stats_to is not None or diagnostics or split.searching else None  # None: as the method needs
@@ -112,7 +117,7 @@ def quantize(
             handed = [decided]  # (the calibrated state, with the Convs' estimate for the float-compute trial)
             kept = calibrated if diagnostics else None
             del calibrated, pruned, decided, state
-            state = search(handed, split, run, diagnostics, lambda: _pruned(model, recipe, run),
+            state = search(handed, split, run, diagnostics, float_model,
                            lambda: _pruned(model, recipe, run, integer_kernels=False))
             calibrated = kept
         elif max_drop is None:

@@ -17,6 +17,7 @@ import onnx
 
 from onnxquant.agreement import DROP_BY, OutputAgreement, add_outputs, output_agreements
 from onnxquant.agreement.budgets import DEFAULT_MAX_METRIC_DROP, Budget, describe
+from onnxquant.agreement.tensor import SampleMemo
 from onnxquant.calibration.collector import in_order, make_session, sample_workers
 from onnxquant.calibration.feeds import check_feed, input_specs
 from onnxquant.errors import BudgetExceededError, CalibrationDataError, UsageError
@@ -91,10 +92,10 @@ def run_holdout(quantized: onnx.ModelProto | bytes, holdout: Holdout) -> list[li
 
 
 def score_outputs(outputs: list[list[np.ndarray]], holdout: Holdout, metric: Metric | None = None,
-                  samples: Sequence[int] | None = None) -> Measurement:
+                  samples: Sequence[int] | None = None, memo: SampleMemo | None = None) -> Measurement:
     """The drop (as ``measure``) of ``outputs`` against the references, on the held-out samples
     at ``samples`` (all by default): a subset scores the same way, for leave-one-out estimates
-    of its noise."""
+    of its noise. ``memo``: per-sample tensor figures shared by the scorings of one ``outputs``."""
     picked = range(len(outputs)) if samples is None else samples
     references = [holdout.references[i] for i in picked]
     outputs = [outputs[i] for i in picked]
@@ -117,7 +118,7 @@ def score_outputs(outputs: list[list[np.ndarray]], holdout: Holdout, metric: Met
     else:
         agreements = {name: OutputAgreement(name) for name in names}
     for i, ref, out in zip(picked, references, outputs):
-        add_outputs(agreements, names, ref, out, holdout.feeds[i])
+        add_outputs(agreements, names, ref, out, holdout.feeds[i], memo)
     for name, agreement in agreements.items():
         if not agreement.decoded_elsewhere or agreement_by == "cosine":
             scores[name] = agreement.score(agreement_by)

@@ -17,7 +17,7 @@ from onnxquant.agreement.heads import RawHeads, find_raw_heads
 from onnxquant.agreement.kinds import detect_kind, detection_pairs, few_positive_scores
 from onnxquant.agreement.labels import LabelAgreement
 from onnxquant.agreement.sequence import SequenceAgreement, detect_blank
-from onnxquant.agreement.tensor import TensorAgreement
+from onnxquant.agreement.tensor import SampleMemo, TensorAgreement
 
 # What a search's "drop" is 1 minus: cosine of float outputs; top1 of classifier scores; kind:
 # each output's own figure (PRIMARY below).
@@ -98,10 +98,11 @@ class OutputAgreement:
 
     def add(self, reference: Any, compressed: Any, scores: tuple[Any, Any] | None = None,
             outputs: tuple[dict[str, Any], dict[str, Any]] | None = None,
-            feed: dict[str, np.ndarray] | None = None) -> None:
+            feed: dict[str, np.ndarray] | None = None, memo: SampleMemo | None = None) -> None:
         """One sample; ``scores``: the pair's (fp32, int8) scores when this output holds its boxes;
         ``outputs``: every output by name (fp32, int8) when this output carries raw heads, and
-        ``feed`` the sample's inputs (an image of another size lays the heads' grids anew)."""
+        ``feed`` the sample's inputs (an image of another size lays the heads' grids anew).
+        ``memo``: the tensor figures of samples added before (``TensorAgreement.add``)."""
         if self.tensor is None and self.labels is None:
             self._start(reference)
         self.samples += 1
@@ -117,7 +118,7 @@ class OutputAgreement:
             self.tensor.cosines.append(0.0)
             self.tensor.max_abs_error = math.inf
             return
-        self.tensor.add(reference, compressed)
+        self.tensor.add(reference, compressed, memo)
         try:
             if self.classes is not None:
                 self.classes.add(reference, compressed)
@@ -274,14 +275,16 @@ def output_agreements(names: list[str], reference: list[Any], feed: dict[str, np
 
 
 def add_outputs(agreements: dict[str, OutputAgreement], names: list[str], reference: list[Any],
-                compressed: list[Any], feed: dict[str, np.ndarray] | None = None) -> None:
-    """One sample of every output into ``agreements`` (from ``output_agreements``); ``feed``: its inputs."""
+                compressed: list[Any], feed: dict[str, np.ndarray] | None = None,
+                memo: SampleMemo | None = None) -> None:
+    """One sample of every output into ``agreements`` (from ``output_agreements``); ``feed``: its
+    inputs; ``memo``: tensor figures kept from scoring the same outputs before."""
     by_name = {name: (ref, out) for name, ref, out in zip(names, reference, compressed)}
     group = (dict(zip(names, reference)), dict(zip(names, compressed)))
     for name, (ref, out) in by_name.items():
         agreement = agreements[name]
         agreement.add(ref, out, by_name[agreement.scores_in] if agreement.scores_in else None,
-                      group if agreement.heads is not None else None, feed)
+                      group if agreement.heads is not None else None, feed, memo)
 
 
 def unmeasured_budgets(outputs: list[OutputAgreement], budget: Budget) -> list[str]:

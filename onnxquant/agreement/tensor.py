@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,63 @@ def feature_axis(shape: tuple[int, ...]) -> int | None:
 
 
 @dataclass
+class SampleFigures:
+    """What one sample adds to a ``TensorAgreement``: its sums, worst error and cosine, and,
+    asked for by axis, its per-channel sums."""
+
+    finite: bool
+    signal: float = 0.0
+    noise: float = 0.0
+    max_abs_error: float = 0.0
+    cosine: float = 0.0
+    cross: float = 0.0  # sum r * c and sum c^2 (an output of one value a sample: cosine over the samples)
+    compressed: float = 0.0
+    _channels: dict[int, tuple[np.ndarray, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, reference: np.ndarray, compressed: np.ndarray, axis: int | None = None) -> SampleFigures:
+        """``axis``: the per-channel sums along it too (computed here from the same float64 copies)."""
+        r = reference.astype(np.float64)
+        c = compressed.astype(np.float64)
+        if not np.isfinite(c).all():
+            return cls(finite=False)
+        diff = r - c
+        figures = cls(True, float(np.vdot(r, r)), float(np.vdot(diff, diff)), float(np.abs(diff).max(initial=0.0)),
+                      cosine(r, c), float(np.vdot(r, c)), float(np.vdot(c, c)))
+        if axis is not None:
+            figures._sum_channels(r, c, diff, axis)
+        return figures
+
+    def channel_sums(self, reference: np.ndarray, compressed: np.ndarray, axis: int) -> tuple[np.ndarray, ...]:
+        """Per channel along ``axis``: sum r^2, c^2, r*c, (r-c)^2, r and c."""
+        if axis not in self._channels:
+            r = reference.astype(np.float64)
+            c = compressed.astype(np.float64)
+            self._sum_channels(r, c, r - c, axis)
+        return self._channels[axis]
+
+    def _sum_channels(self, r: np.ndarray, c: np.ndarray, diff: np.ndarray, axis: int) -> None:
+        others = tuple(a for a in range(r.ndim) if a != axis)
+        self._channels[axis] = ((r * r).sum(axis=others), (c * c).sum(axis=others), (r * c).sum(axis=others),
+                                (diff * diff).sum(axis=others), r.sum(axis=others), c.sum(axis=others))
+
+
+class SampleMemo:
+    """Figures of (reference, compressed) pairs already computed, by the arrays' identity, for
+    scorings of subsets of one set of outputs. It holds the arrays, so an identity is never
+    reused while it lives; it lives as long as one such scoring."""
+
+    def __init__(self) -> None:
+        self._by_pair: dict[tuple[int, int], tuple[Any, Any, SampleFigures]] = {}
+
+    def figures(self, reference: np.ndarray, compressed: np.ndarray, axis: int | None = None) -> SampleFigures:
+        key = (id(reference), id(compressed))
+        if key not in self._by_pair:
+            self._by_pair[key] = (reference, compressed, SampleFigures.of(reference, compressed, axis))
+        return self._by_pair[key][2]
+
+
+@dataclass
 class TensorAgreement:
     """Running cosine/SQNR/max-error of one float output, whole and per channel."""
 
@@ -78,43 +136,46 @@ class TensorAgreement:
     _c: np.ndarray | None = None
     _values: int = 0  # values summed into each channel
 
-    def add(self, reference: np.ndarray, compressed: np.ndarray) -> None:
-        r = reference.astype(np.float64)
-        c = compressed.astype(np.float64)
-        if not np.isfinite(c).all():
+    def add(self, reference: np.ndarray, compressed: np.ndarray, memo: SampleMemo | None = None) -> None:
+        """One sample. ``memo``: its figures kept from an earlier agreement over the same two
+        arrays (a leave-one-out scoring adds each sample n - 1 times): the same numbers, summed
+        in the same order, so the same bits, computed once."""
+        axis = feature_axis(reference.shape) if self.per_channel else None
+        figures = (memo.figures(reference, compressed, axis) if memo is not None
+                   else SampleFigures.of(reference, compressed, axis))
+        if not figures.finite:
             self.nonfinite += 1
             self.cosines.append(0.0)
             self.max_abs_error = math.inf
             self.noise = math.inf
             return
-        diff = r - c
-        self.signal += float(np.vdot(r, r))
-        self.noise += float(np.vdot(diff, diff))
-        self._cross += float(np.vdot(r, c))
-        self._compressed += float(np.vdot(c, c))
-        self.single_values = self.single_values and r.size == 1
-        self.max_abs_error = max(self.max_abs_error, float(np.abs(diff).max(initial=0.0)))
-        self.cosines.append(cosine(r, c))
+        self.signal += figures.signal
+        self.noise += figures.noise
+        self._cross += figures.cross
+        self._compressed += figures.compressed
+        self.single_values = self.single_values and reference.size == 1
+        self.max_abs_error = max(self.max_abs_error, figures.max_abs_error)
+        self.cosines.append(figures.cosine)
         if self.per_channel:
-            self._add_channels(r, c, diff)
+            self._add_channels(reference, compressed, figures)
 
-    def _add_channels(self, r: np.ndarray, c: np.ndarray, diff: np.ndarray) -> None:
-        axis = feature_axis(r.shape)
-        if axis is None or (self.axis is not None and (axis != self.axis or r.shape[axis] != len(self._rr))):
+    def _add_channels(self, reference: np.ndarray, compressed: np.ndarray, figures: SampleFigures) -> None:
+        axis = feature_axis(reference.shape)
+        if axis is None or (self.axis is not None and (axis != self.axis or reference.shape[axis] != len(self._rr))):
             self.per_channel = False  # shapes change between samples: no stable feature axis
             self._rr = self._cc = self._rc = self._nn = self._r = self._c = None
             return
         if self.axis is None:
-            self.axis, n = axis, r.shape[axis]
+            self.axis, n = axis, reference.shape[axis]
             self._rr, self._cc, self._rc, self._nn, self._r, self._c = (np.zeros(n) for _ in range(6))
-        others = tuple(a for a in range(r.ndim) if a != axis)
-        self._rr += (r * r).sum(axis=others)
-        self._cc += (c * c).sum(axis=others)
-        self._rc += (r * c).sum(axis=others)
-        self._nn += (diff * diff).sum(axis=others)
-        self._r += r.sum(axis=others)
-        self._c += c.sum(axis=others)
-        self._values += r.size // r.shape[axis]
+        rr, cc, rc, nn, r, c = figures.channel_sums(reference, compressed, axis)
+        self._rr += rr
+        self._cc += cc
+        self._rc += rc
+        self._nn += nn
+        self._r += r
+        self._c += c
+        self._values += reference.size // reference.shape[axis]
 
     @property
     def sqnr_db(self) -> float:

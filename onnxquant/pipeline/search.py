@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxquant.agreement.tensor import SampleMemo
 from onnxquant.calibration.sources import SampleSource
 from onnxquant.errors import CalibrationDataError, QuantizationError
 from onnxquant.mixed_precision import Holdout, Measurement, run_holdout, score_outputs
@@ -34,6 +35,7 @@ from onnxquant.pipeline.calibrate import calibrate as calibrate_stage
 from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.float_compute import float_compute
 from onnxquant.pipeline.islands import without_islands
+from onnxquant.pipeline.plan import plan as plan_stage
 from onnxquant.pipeline.run_data import RunData
 from onnxquant.pipeline.selection import refuse_already_quantized
 from onnxquant.pipeline.smooth import smooth
@@ -192,6 +194,8 @@ def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrate
             built[candidate.name] = model
         return result
 
+    # the estimators' trials measure bias correction's inputs in the first trial's pass
+    _expect(calibrated, rounds.estimators()[:settings.trials - 1], crun)
     best = attempt(GIVEN, calibrated.recipe)
     best_recipe = calibrated.recipe
     if best is not None:
@@ -231,8 +235,11 @@ def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrate
     # instead of 99.99: 15% less drop on its 6 scored pages, page CER +0.0080 against +0.0015 of
     # fp32's on 30 held-out pages, its large text lines lost).
     given = report.trials[0] if report.trials else None
-    for candidate in rounds.tighter_percentiles(best_recipe):
+    tighter = rounds.tighter_percentiles(best_recipe)
+    _expect(base, tighter[:max(0, settings.trials - len(report.trials))], crun, best_recipe)
+    for candidate in tighter:
         take(candidate, best_recipe, against=given, of_best=TIGHTER_MIN_GAIN)
+    _expect(base, [], crun)
     for candidate in rounds.bias_correction(best_recipe):
         take(candidate, best_recipe)
     int8_best = best
@@ -299,6 +306,28 @@ def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrate
         state = state.noted(f"{len(wide)} layer(s) given full 8-bit uint8 weights by the recipe search (u8u8 "
                             f"kernels, which do not saturate on AVX2; slower than u8s8): {', '.join(wide)}")
     return _warned(replace(state, search=report).noted(report.summary()), report)
+
+
+def _expect(calibrated: State, candidates: list[Candidate], crun: RunData, recipe: Recipe | None = None) -> None:
+    """Tell bias correction's measurements on ``calibrated`` which activation params the trials
+    of ``candidates`` (applied to ``recipe``, default the calibrated one) will plan: the next pass
+    over the samples measures their inputs under those too, so those trials run no pass of
+    their own (``MeasuredShifts.expected``; planned here on copies, which costs a plan each)."""
+    shifts = calibrated.measured_shifts
+    if shifts is None:
+        return
+    expected = []
+    for candidate in candidates:
+        planned_recipe = candidate.apply(recipe or calibrated.recipe)
+        if candidate.recalibrates or not planned_recipe.recovery.bias_correction:
+            continue
+        try:
+            planned = plan_stage(replace(calibrated, recipe=planned_recipe, excluded=(), int4=frozenset()), crun)
+        except (CalibrationDataError, QuantizationError):
+            continue  # (its trial says why)
+        expected.append(dict(planned.plan.activations))
+        del planned
+    shifts.expected = expected
 
 
 def _float_compute_costs_no_speed(calibrated: State) -> bool:
@@ -415,8 +444,9 @@ def _trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: H
 def _scored(model: onnx.ModelProto, held: Holdout, run: RunData) -> tuple[Measurement, tuple[float, ...]]:
     """A trial's model on the held-out samples: its measurement and per-sample values."""
     outputs = run_holdout(model, held)
-    m = score_outputs(outputs, held, run.metric)
-    return m, pseudo_values(outputs, held, float(m.drop), run.metric)
+    memo = SampleMemo()  # (the whole scoring's per-sample figures serve the leave-one-out ones)
+    m = score_outputs(outputs, held, run.metric, memo=memo)
+    return m, pseudo_values(outputs, held, float(m.drop), run.metric, memo)
 
 
 def _warned(state: State, report: SearchReport) -> State:

@@ -18,7 +18,7 @@ about as much again. ConvTranspose is still measured with such a copy (a "shadow
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,17 +100,31 @@ class MeasuredShifts:
     everything they depend on: the model's bytes (float graph, weights, biases), the layer, the
     quantization params of its input and weight, and the samples. A recipe search re-plans one
     calibrated model many times; a layer whose params a trial leaves as they were is not probed
-    again (every probe output is computed on its own, so the sums are the same bits)."""
+    again (every probe output is computed on its own, so the sums are the same bits).
+
+    ``inputs`` keeps the measured input means themselves (P(x) and P(x - Q(x)), by the model's
+    bytes, the input, its params, how it is reduced and the samples), so a layer whose weight
+    params or integers changed is corrected without a pass. ``expected``: activation params the
+    next re-plans are expected to use (the search's range estimators, planned before their
+    trials): a pass that measures an input also measures its rounding error under each of these,
+    so those trials find their inputs measured and run the float model on no sample again (it is
+    most of a pass's cost: EfficientNet-Lite0 and PP-OCRv4 det's probes cost 1.1-1.2 times the
+    float model). A wrong expectation costs time, never bits: a trial uses only what its own
+    params' keys find."""
 
     source: Any = None  # the calibration data the sums were taken over (compared by identity)
     context: str = ""  # and what else fits the samples to the model (preprocessing, sample cap)
     sums: dict[tuple, tuple[np.ndarray, int]] = field(default_factory=dict)  # key -> (sum, samples)
+    inputs: dict[tuple, _InputMeans] = field(default_factory=dict)  # input key -> its measured means
+    expected: list[Mapping[str, QParams]] = field(default_factory=list)  # tensor -> params, per expected plan
 
     def over(self, source: Any, context: str) -> MeasuredShifts:
-        """This cache, emptied first when the samples are not those its sums were taken over."""
+        """This cache, emptied first when the samples are not those its sums were taken over
+        (the expected params stay: they do not depend on the samples)."""
         if source is not self.source or context != self.context:
             self.source, self.context = source, context
             self.sums.clear()
+            self.inputs.clear()
         return self
 
 
@@ -133,13 +147,24 @@ class _InputMeans:
     sums: list[np.ndarray | None] = field(default_factory=lambda: [None, None])
     count: int = 0
 
-    def reduce(self, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        x, err = (values[o] for o in self.outputs)
-        if self.geometry is None:
-            return x.astype(np.float64), err.astype(np.float64)
-        if self.positions:
-            return x.astype(np.float64) / self.positions, err.astype(np.float64) / self.positions
-        return patch_means(x, self.geometry), patch_means(err, self.geometry)
+    def reduce(self, values: dict[str, np.ndarray], memo: dict[tuple, np.ndarray] | None = None,
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """This sample's two means. ``memo``: means already reduced from this sample's outputs,
+        by output and geometry (the inputs measured under several params share their x)."""
+        memo = {} if memo is None else memo
+        return self._one(values, self.outputs[0], memo), self._one(values, self.outputs[1], memo)
+
+    def _one(self, values: dict[str, np.ndarray], output: str, memo: dict[tuple, np.ndarray]) -> np.ndarray:
+        key = (output, self.geometry, self.positions)
+        if key not in memo:
+            value = values[output]
+            if self.geometry is None:
+                memo[key] = value.astype(np.float64)
+            elif self.positions:
+                memo[key] = value.astype(np.float64) / self.positions
+            else:
+                memo[key] = patch_means(value, self.geometry)
+        return memo[key]
 
     def add(self, means: tuple[np.ndarray, np.ndarray]) -> None:
         self.sums = [m if s is None else s + m for s, m in zip(self.sums, means)]
@@ -152,23 +177,48 @@ def _channel_axes(node: onnx.NodeProto, weight: np.ndarray) -> list[int]:
     return [0, *range(2, weight.ndim)]
 
 
-def _measure_input(probe: Probe, node: onnx.NodeProto, plan: QuantPlan, weight: np.ndarray, opset: int,
-                   known: dict[tuple, _InputMeans], model_shapes: dict[str, onnx.ValueInfoProto]) -> _InputMeans:
-    """The probe nodes measuring ``node``'s input (shared by layers reading it alike)."""
-    x = node.input[0]
+def _reduced(node: onnx.NodeProto, weight: np.ndarray) -> tuple[ConvGeometry | None, Any]:
+    """How ``node``'s input is reduced: its kernel geometry (None: to channel means) and a key
+    saying so for every layer reading it alike."""
     geometry = ConvGeometry.of(node, weight.shape) if node.op_type == "Conv" else None
     if geometry is not None and geometry.pointwise:
         geometry = None
-    reduced = "rows" if node.op_type == "MatMul" else geometry or tuple(_channel_axes(node, weight))
-    key = (x, _params_key(plan.activations[x]), reduced)
+    return geometry, "rows" if node.op_type == "MatMul" else geometry or tuple(_channel_axes(node, weight))
+
+
+def _measure_input(probe: Probe, node: onnx.NodeProto, params: QParams, weight: np.ndarray, opset: int,
+                   known: dict[tuple, _InputMeans], model_shapes: dict[str, onnx.ValueInfoProto],
+                   sides: dict[tuple, tuple[str, Any]]) -> _InputMeans:
+    """The probe nodes measuring ``node``'s input quantized with ``params`` (shared by layers
+    reading it alike). ``sides``: how each input's x side is measured already, with its
+    reduction (x, reduced) -> (the x output, a function making the same reduction of another
+    tensor): measured once for every params it is rounded with."""
+    x = node.input[0]
+    geometry, reduced = _reduced(node, weight)
+    key = (x, _params_key(params), reduced)
     if key in known:
         return known[key]
-    err = probe.node("Sub", [x, probe.fake_quant(x, plan.activations[x], opset)], "err")
+    err = probe.node("Sub", [x, probe.fake_quant(x, params, opset)], "err")
     spatial = _static_spatial(model_shapes, x) if geometry is not None else None
-    positions = 0
-    if geometry is not None and spatial is not None and len(spatial) in (1, 2):
+    in_graph = geometry is not None and spatial is not None and len(spatial) in (1, 2)
+    positions = int(np.prod([geometry.axis(i, n)[0] for i, n in enumerate(spatial)])) if in_graph else 0
+    if (x, reduced) not in sides:
+        sides[(x, reduced)] = _side(probe, x, node, geometry, spatial if in_graph else None, weight, opset)
+    measured, same_reduction = sides[(x, reduced)]
+    outputs = (measured, same_reduction(err))
+    probe.outputs.extend(o for o in outputs if o not in probe.outputs)
+    known[key] = _InputMeans(geometry, outputs, positions)
+    return known[key]
+
+
+def _side(probe: Probe, x: str, node: onnx.NodeProto, geometry: ConvGeometry | None,
+          spatial: tuple[int, ...] | None, weight: np.ndarray, opset: int) -> tuple[str, Any]:
+    """The probe output measuring ``x`` for ``node`` and a function adding the same reduction of
+    another tensor (its rounding error): per-tap sums in the graph where the input's spatial size
+    is fixed, channel means for pointwise layers, token-row means for MatMul; the raw tensor
+    (reduced in numpy) otherwise."""
+    if geometry is not None and spatial is not None:
         # Per-tap sums in the graph, one matrix product per spatial axis: only [C, *kernel] is fetched.
-        positions = int(np.prod([geometry.axis(i, n)[0] for i, n in enumerate(spatial)]))
         last = probe.constant(tap_selection(geometry, len(spatial) - 1, spatial[-1]).T, "taps")
         first = probe.constant(tap_selection(geometry, 0, spatial[0]), "taps") if len(spatial) == 2 else None
 
@@ -178,18 +228,29 @@ def _measure_input(probe: Probe, node: onnx.NodeProto, plan: QuantPlan, weight: 
                 t = probe.node("MatMul", [first, t])
             return probe.reduce("ReduceMean", t, [0], opset)
 
-        outputs = (tap_sums(x), tap_sums(err))
-    elif geometry is not None:
-        outputs = (x, err)
-    elif node.op_type == "MatMul":  # channels last, any rank: flatten the rest away
+        return tap_sums(x), tap_sums
+    if geometry is not None:
+        return x, lambda t: t
+    if node.op_type == "MatMul":  # channels last, any rank: flatten the rest away
         shape = probe.constant(np.array([-1, weight.shape[0]], np.int64), "shape")
-        outputs = tuple(probe.reduce("ReduceMean", probe.node("Reshape", [t, shape]), [0], opset) for t in (x, err))
-    else:
-        axes = _channel_axes(node, weight)
-        outputs = tuple(probe.reduce("ReduceMean", t, axes, opset) for t in (x, err))
-    probe.outputs.extend(o for o in outputs if o not in probe.outputs)
-    known[key] = _InputMeans(geometry, outputs, positions)
-    return known[key]
+
+        def rows(t: str) -> str:
+            return probe.reduce("ReduceMean", probe.node("Reshape", [t, shape]), [0], opset)
+
+        return rows(x), rows
+    axes = _channel_axes(node, weight)
+
+    def channels(t: str) -> str:
+        return probe.reduce("ReduceMean", t, axes, opset)
+
+    return channels(x), channels
+
+
+def _input_key(model_key: str, node: onnx.NodeProto, weight: np.ndarray, params: QParams,
+               max_samples: int | None) -> tuple:
+    """What an input's measured means depend on: the model's bytes, the input, its params, how
+    it is reduced for ``node``, and the samples."""
+    return (model_key, node.input[0], _params_key(params), _reduced(node, weight)[1], max_samples)
 
 
 def _static_spatial(shapes: dict[str, onnx.ValueInfoProto], name: str) -> tuple[int, ...] | None:
@@ -253,7 +314,10 @@ def correct_biases(
     # (the weights are read again after the probe ran: held here for every layer, their float64
     # roundings were 85 MB on all-MiniLM-L6-v2, alive while onnxruntime held its session)
     by_means: list[tuple[tuple, onnx.NodeProto, str, _InputMeans]] = []
-    inputs: dict[tuple, _InputMeans] = {}
+    inputs: dict[tuple, _InputMeans] = {}  # the inputs this pass measures, by (x, params, reduction)
+    sides: dict[tuple, tuple[str, Any]] = {}
+    kept: dict[int, tuple] = {}  # id of a measured input -> its key in ``measured.inputs``
+    read: list[tuple[onnx.NodeProto, np.ndarray]] = []  # layers whose input this pass measures
     graph = model.graph
     shapes = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
     float_adds = set()
@@ -279,23 +343,40 @@ def correct_biases(
             continue
         weight = tensor_array(inits[w])
         if node.op_type in MEASURED_BY_MEANS and weight.ndim >= 2:
-            by_means.append((key, node, w, _measure_input(probe, node, plan, weight, opset, inputs, shapes)))
+            params = plan.activations[node.input[0]]
+            held = _input_key(model_key, node, weight, params, max_samples)
+            means = measured.inputs.get(held) if measured is not None else None
+            if means is None:
+                means = _measure_input(probe, node, params, weight, opset, inputs, shapes, sides)
+                kept[id(means)] = held
+                read.append((node, weight))
+            by_means.append((key, node, w, means))
         else:
             probed[_layer_probe(probe, node, plan, weight, w, opset, reference)] = key
     if not targets:
         return 0
+    if measured is not None:  # the same inputs under the params later re-plans are expected to use
+        for node, weight in read:
+            for expected in measured.expected:
+                params = expected.get(node.input[0])
+                held = None if params is None else _input_key(model_key, node, weight, params, max_samples)
+                if held is not None and held not in measured.inputs and held not in kept.values():
+                    kept[id(_measure_input(probe, node, params, weight, opset, inputs, shapes, sides))] = held
     found = dict(measured.sums) if measured is not None else {}
+    new: dict[tuple, tuple[np.ndarray, int]] = {}
     if probe.outputs:
         new = _run_measurements(model, probe, samples, max_samples, probed, list(inputs.values()))
-        for key, node, w, means in by_means:
-            weight = tensor_array(inits[w])
-            # the integers the rewrite will store (a pass may have chosen them instead of nearest rounding)
-            rounded = dequantize(plan.quantized_weight((node.name, w), weight), plan.weights[(node.name, w)]).astype(np.float64)
-            reference = originals.get(w)
-            new[key] = (_mean_shift(node, weight if reference is None else reference, rounded, means), means.count)
-        found.update(new)
         if measured is not None:
-            measured.sums.update(new)
+            measured.inputs.update((kept[id(means)], means) for means in inputs.values())
+    for key, node, w, means in by_means:
+        weight = tensor_array(inits[w])
+        # the integers the rewrite will store (a pass may have chosen them instead of nearest rounding)
+        rounded = dequantize(plan.quantized_weight((node.name, w), weight), plan.weights[(node.name, w)]).astype(np.float64)
+        reference = originals.get(w)
+        new[key] = (_mean_shift(node, weight if reference is None else reference, rounded, means), means.count)
+    found.update(new)
+    if measured is not None:
+        measured.sums.update(new)
     changed = 0
     for key, name, b in targets:
         if key not in found:
@@ -321,7 +402,8 @@ def _run_measurements(model: onnx.ModelProto, probe: Probe, samples: Iterable[di
     """One pass over the samples: the shadow layers' summed shifts (by measurement key), and
     each measured input's summed means (into ``inputs``, with its sample count)."""
     def reduce(values: dict[str, np.ndarray]) -> dict:
-        return {"shadow": {out: values[out] for out in probed}, "means": [m.reduce(values) for m in inputs]}
+        memo: dict[tuple, np.ndarray] = {}
+        return {"shadow": {out: values[out] for out in probed}, "means": [m.reduce(values, memo) for m in inputs]}
 
     sums: dict[str, np.ndarray] = {}
     count = 0

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxquant.agreement.tensor import SampleMemo
 from onnxquant.mixed_precision import Holdout, Metric, score_outputs
 
 # The test's one-sided level: a trial no better than the best passes it about once in 40.
@@ -41,17 +42,20 @@ FEWEST_TESTABLE = next(n for n in range(1, 64) if 0.5**n < SIGNIFICANCE)
 
 
 def pseudo_values(outputs: list[list[np.ndarray]], holdout: Holdout, drop: float,
-                  metric: Metric | None = None) -> tuple[float, ...]:
+                  metric: Metric | None = None, memo: SampleMemo | None = None) -> tuple[float, ...]:
     """Jackknife pseudo-values of the drop, one per held-out sample: n D - (n - 1) D(without i).
     Their mean estimates the drop and their spread its noise (for a mean of per-sample figures,
-    such as a mean cosine, they are exactly the per-sample drops)."""
+    such as a mean cosine, they are exactly the per-sample drops). ``memo``: per-sample tensor
+    figures of ``outputs`` kept from scoring them whole; each of the n scorings adds n - 1
+    samples, whose figures are computed once (PP-OCRv4 det's 960x960 maps: most of a trial's score)."""
     n = len(outputs)
     if n < 2:
         return ()
+    memo = memo if memo is not None else SampleMemo()
     values = []
     for left_out in range(n):
         rest = [i for i in range(n) if i != left_out]
-        values.append(n * drop - (n - 1) * score_outputs(outputs, holdout, metric, rest).drop)
+        values.append(n * drop - (n - 1) * score_outputs(outputs, holdout, metric, rest, memo).drop)
     return tuple(float(v) for v in values)
 
 

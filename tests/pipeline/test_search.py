@@ -490,3 +490,35 @@ def test_a_chosen_recipe_far_from_fp32_is_a_warning_not_only_a_note():
     fine = onnxquant.quantize(tiny_cnn(), image_samples(32), recipe)
     assert fine.search["trials"][0]["drop"] < 0.05
     assert not [w for w in fine.warnings if w.startswith(("the recipe search's", "the chosen recipe"))]
+
+
+def test_trials_told_to_bias_correction_in_advance_run_no_pass_and_give_the_same_model(monkeypatch):
+    """The range-estimator trials (and, once percentile ranges are taken, the tighter levels) are
+    planned before the first of them runs, whose bias-correction pass measures their inputs too:
+    they run no pass of their own, and the searched model is byte for byte the one of a search
+    that measures each trial alone."""
+    import onnxquant.pipeline.search as stage
+    import onnxquant.recovery.bias_correction as bias_correction
+
+    def percentile_wins(result, best, at_most, own_metric=False, against=None, short=None):
+        return f"{CHOSEN}: fixed" if result.name == "percentile" or best is None else "no better"
+
+    monkeypatch.setattr(stage, "_verdict", percentile_wins)
+    passes: list[int] = []
+    real_probe = bias_correction.run_probe
+
+    def counting(*args, **kwargs):
+        passes.append(1)
+        yield from real_probe(*args, **kwargs)
+
+    monkeypatch.setattr(bias_correction, "run_probe", counting)
+    told = onnxquant.quantize(tiny_cnn(), image_samples(32))
+    told_passes = len(passes)
+    monkeypatch.setattr(stage, "_expect", lambda *args, **kwargs: None)
+    passes.clear()
+    alone = onnxquant.quantize(tiny_cnn(), image_samples(32))
+    names = [t["name"] for t in told.search["trials"]]
+    assert names == [t["name"] for t in alone.search["trials"]] and "percentile 99.9" in names
+    assert told_passes == 3  # the first trial's (estimators too), the first tighter level's (both), the refit's
+    assert len(passes) > told_passes
+    assert told.model.SerializeToString(deterministic=True) == alone.model.SerializeToString(deterministic=True)

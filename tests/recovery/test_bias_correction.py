@@ -194,6 +194,55 @@ def test_re_plans_of_one_calibrated_model_reuse_bias_measurements_with_the_same_
     assert len(probed) > before  # new activation params: measured, not taken from the cache
 
 
+def test_expected_params_are_measured_in_the_first_pass_and_give_the_same_bytes(monkeypatch):
+    """The search tells bias correction which activation params its range-estimator trials will
+    plan: the first trial's pass measures them too, those trials run no pass of their own, and
+    their models are byte for byte those measured afresh. A layer whose weight integers change
+    (not its input's params) is corrected from the kept input means, without a pass."""
+    from dataclasses import replace
+
+    from models.tiny import tiny_cnn
+    import onnxquant.recovery.bias_correction as bias_correction
+    from onnxquant.pipeline.build import build
+    from onnxquant.pipeline.calibrate import calibrate
+    from onnxquant.pipeline.load import load
+    from onnxquant.pipeline.plan import plan
+    from onnxquant.pipeline.prepare import prepare
+    from onnxquant.pipeline.run_data import RunData
+    from onnxquant.pipeline.smooth import smooth
+
+    run_data = RunData(calib_data=_cnn_samples())
+    calibrated = calibrate(smooth(prepare(load(tiny_cnn(), Recipe(), run_data)), run_data), run_data, histograms=True)
+    probed: list[int] = []
+    real_probe = bias_correction.run_probe
+
+    def counting(model, probe, samples, max_samples=None, **options):
+        probed.append(len(probe.outputs))
+        yield from real_probe(model, probe, samples, max_samples, **options)
+
+    monkeypatch.setattr(bias_correction, "run_probe", counting)
+    methods = ("entropy", "percentile")
+    others = [replace(calibrated, recipe=calibrated.recipe.with_overrides(calibration={"method": m})) for m in methods]
+    calibrated.measured_shifts.expected = [dict(plan(other, run_data).plan.activations) for other in others]
+    first = build(calibrated, run_data).model.SerializeToString(deterministic=True)
+    assert len(probed) == 1
+    built = [build(other, run_data).model.SerializeToString(deterministic=True) for other in others]
+    assert len(probed) == 1  # measured in the first pass
+    fresh = [build(replace(other, measured_shifts=None), run_data).model.SerializeToString(deterministic=True)
+             for other in others]
+    assert built == fresh and len(probed) == 3
+    assert first == build(replace(calibrated, measured_shifts=None), run_data).model.SerializeToString(deterministic=True)
+    assert probed[0] > probed[1]  # (the first pass measured more than the fresh one of the recipe as given)
+
+    # other weight integers, the same input params: the kept input means, no pass
+    calibrated.measured_shifts.sums.clear()
+    wide = replace(calibrated, recipe=calibrated.recipe.with_overrides(quantization={"per_channel": False}))
+    before = len(probed)
+    narrower = build(wide, run_data).model.SerializeToString(deterministic=True)
+    assert len(probed) == before
+    assert narrower == build(replace(wide, measured_shifts=None), run_data).model.SerializeToString(deterministic=True)
+
+
 def _mixed_layers(shape: list) -> onnx.ModelProto:
     """A dense strided padded Conv, an asymmetrically padded 5x5 depthwise one, a ConvTranspose,
     a pointwise Conv, a Gemm (transposed weight, alpha) and a MatMul with a bias Add."""

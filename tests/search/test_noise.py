@@ -133,3 +133,17 @@ def test_most_of_a_large_drop_removed_on_most_samples_is_taken_without_the_test(
     # a large drop cut by less than three quarters (0.433 -> 0.183, better on 4 of 6): the test decides
     mixed = _given("mixed", [0.0] * 3 + [0.5, 0.6, 0.0])
     assert _verdict(mixed, _given("as given", [0.5, 0.5, 0.5, 0.5, 0.5, 0.1]), None).startswith("gain over")
+
+
+def test_pseudo_values_with_the_whole_scorings_memo_are_the_same_bits():
+    """The search scores a trial whole, then leaves each sample out in turn, sharing one memo of
+    per-sample figures: the values are exactly those computed without it."""
+    from onnxquant.agreement.tensor import SampleMemo
+
+    for agreement in ("cosine", "fine"):
+        held = _holdout(agreement)
+        outputs = run_holdout(_scale(np.linspace(0.6, 1.0, FEATURES)), held)
+        memo = SampleMemo()
+        drop = score_outputs(outputs, held, memo=memo).drop
+        assert drop == score_outputs(outputs, held).drop
+        assert pseudo_values(outputs, held, drop, memo=memo) == pseudo_values(outputs, held, drop)
