@@ -172,9 +172,11 @@ def _check_shapes(index: NodeIndex, nodes: list[int], valued: set[int] | None = 
     if reach > MAX_CHECK_LENGTH:
         return None
     longer = int(np.ceil(reach)) + 2  # (k <= reach is false first at k = reach + 1)
-    if longer <= max(length for _, length in CHECK_SHAPES):
-        return CHECK_SHAPES
-    return (*CHECK_SHAPES, (2, longer), (longer, 3))
+    # a limit on the sequence shows on a longer sequence, one on the batch index on a larger batch
+    extra = [(2, longer)] if longer > max(length for _, length in CHECK_SHAPES) else []
+    if longer > max(batch for batch, _ in CHECK_SHAPES):
+        extra.append((longer, 3))
+    return (*CHECK_SHAPES, *extra)
 
 
 def _with_declared_dims(shapes: tuple[tuple[int, int], ...], declared: tuple[int, int]) -> list[tuple[int, int]]:
@@ -204,13 +206,14 @@ def _trial_shapes(index: NodeIndex, nodes: list[int], declared: tuple[int, int],
     return _with_declared_dims(shapes, declared) if any(declared) else list(shapes)
 
 
-def _trial_masks(rng: np.random.Generator, shapes: list[tuple[int, int]], static: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _trial_masks(rng: np.random.Generator, shapes: list[tuple[int, int]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(bits, values) per trial shape: random 0/1 bits, and the mask fed, 1, 2 or -1 at kept positions.
-    Each has its first row all kept and its last all padded; with declared static dims (``static``)
-    only every other one does, so that a fixed batch of two still gets random rows."""
+    Every other one has its first row all kept and its last all padded; the others are random in
+    every row, so that a condition reading another row (``padding & padding[0:1]``: kept only where
+    the first sample keeps it) cannot pass on forced rows, and a fixed batch of two gets random rows."""
     for trial, (batch, length) in enumerate(shapes):
         bits = rng.integers(0, 2, (batch, length))
-        if not static or trial % 2 == 0:
+        if trial % 2 == 0:
             bits[0, :] = 1
             if batch > 1:
                 bits[-1, :] = 0
@@ -262,7 +265,7 @@ def padding_condition(model: onnx.ModelProto, index: NodeIndex, cond: str) -> st
         return None
     rng = np.random.default_rng(0)
     dtypes = {name: helper.tensor_dtype_to_np_dtype(graph_inputs[name].type.tensor_type.elem_type) for name in read}
-    for bits, values in _trial_masks(rng, shapes, any(declared)):
+    for bits, values in _trial_masks(rng, shapes):
         batch, length = bits.shape
         feeds = {name: np.zeros((batch, length), dtypes[name]) for name in read}
         # kept positions hold 1, 2 and -1: the condition must be bool(mask), not mask == 1

@@ -19,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxquant.model_io import tensor_array
+from onnxquant.passes.int8_pad import _read_in_bodies
 from onnxquant.passes.node_index import attributes
 
 
@@ -48,7 +49,8 @@ class _Index:
                 self.producer[name] = k
             for name in node.input:
                 self.consumers.setdefault(name, []).append(k)
-        self.outputs = {o.name for o in graph.output}
+        # a value an If/Loop/Scan body reads counts as an output: it must keep its name and value
+        self.outputs = {o.name for o in graph.output} | _read_in_bodies(graph)
         self.removed: set[int] = set()
 
     def const(self, name: str) -> np.ndarray | None:
@@ -230,7 +232,7 @@ def _commit(graph: onnx.GraphProto, conv: onnx.NodeProto, w: np.ndarray, b: np.n
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output} | _read_in_bodies(graph)
     kept = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)

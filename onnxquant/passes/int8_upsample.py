@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxquant.graphs import iter_graphs
 from onnxquant.model_io import tensor_array
 from onnxquant.passes.int8_pad import _read_in_bodies, _scalar_params
 from onnxquant.passes.names import fresh_name
@@ -57,7 +58,9 @@ def upsample_integers(model: onnx.ModelProto) -> int:
         for i in n.input:
             readers.setdefault(i, []).append(n)
     outputs = {o.name for o in graph.output} | _read_in_bodies(graph)
-    used = {n.name for n in graph.node} | set(inits) | {v for n in graph.node for v in (*n.input, *n.output)}
+    used = set(inits) | {v.name for v in (*graph.input, *graph.output)}  # names in bodies too: new there as well
+    for g in iter_graphs(graph):
+        used |= {n.name for n in g.node} | {i.name for i in g.initializer} | {v for n in g.node for v in (*n.input, *n.output)}
     dropped: set[int] = set()
     replacing: dict[int, list[onnx.NodeProto]] = {}
     new_inits: list[TensorProto] = []

@@ -1,5 +1,6 @@
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from models.tiny import image_samples, tiny_cnn
@@ -228,3 +229,28 @@ def test_densified_sparse_initializers_equal_the_dense_ones():
         assert densify_sparse_initializers(model) == 1
         np.testing.assert_array_equal(numpy_helper.to_array(model.graph.initializer[0]), dense)
         assert model.graph.initializer[0].name == "w" and not model.graph.sparse_initializer
+
+
+@pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
+def test_a_fold_keeps_what_an_if_body_reads(op):
+    """A Mul after a Conv/ConvTranspose folds into its weights, but an initializer only an If branch
+    reads (``outer_only``) stays, and the model still loads."""
+    import onnxruntime as ort
+
+    w = np.random.default_rng(0).normal(size=(4, 4, 3, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(2.0).reshape(()), "c"),
+             numpy_helper.from_array(np.float32(5.0).reshape(()), "outer_only")]
+    then = helper.make_graph([helper.make_node("Add", ["y", "outer_only"], ["r"])], "then", [],
+                             [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Identity", ["y"], ["r2"])], "else", [],
+                              [helper.make_tensor_value_info("r2", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node(op, ["x", "w"], ["t"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["t", "c"], ["y"]),
+             helper.make_node("If", ["cond"], ["z"], then_branch=then, else_branch=other)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5]),
+                                           helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    fold_affine_into_conv(model)
+    assert "outer_only" in {i.name for i in model.graph.initializer}
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
