@@ -45,12 +45,16 @@ def test_the_search_clips_the_detectors_rare_extreme_activations_tighter(tmp_pat
     # tighter percentiles are never tried; here percentile leads entropy by 0.069 to 0.070.
     calib = ppocrv5_det_samples("calib")
     held = ppocrv5_det_samples("holdout", count=6)
-    # the estimators and the two tighter percentiles: the trials this test is about
-    searched = onnxquant.quantize(path, calib, Recipe().with_overrides(search={"trials": 6}))
+    # the estimators and the two tighter percentiles: the trials this test is about. The depthwise
+    # input equalisation (on by default since session 31) tames these activations itself: with it the
+    # search takes entropy ranges (held-out cosine 0.954 against 0.946 for this test's choice, and
+    # plain percentile 0.965 against 0.907), so it is off here, where the tighter levels are tested.
+    no_equalizer = {"depthwise_equalize": False}
+    searched = onnxquant.quantize(path, calib, Recipe().with_overrides(search={"trials": 6}, recovery=no_equalizer))
     chosen = next(t for t in searched.search["trials"] if t["name"] == searched.search["chosen"])
     assert chosen["name"] in ("percentile 99.99", "percentile 99.9"), searched.search["trials"]
     default_percentile = onnxquant.quantize(path, calib, Recipe().with_overrides(
-        calibration={"method": "percentile"}, search={"enabled": False}))
+        calibration={"method": "percentile"}, search={"enabled": False}, recovery=no_equalizer))
     tighter, plain = _cosines(path, searched.model, held), _cosines(path, default_percentile.model, held)
     assert tighter.mean() > plain.mean() + 0.01, (tighter, plain)
     assert (tighter > plain).sum() >= 5, (tighter, plain)
