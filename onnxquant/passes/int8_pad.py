@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 
 from onnxquant.graphs import iter_graphs
 from onnxquant.model_io import tensor_array
-from onnxquant.passes.names import fresh_name
+from onnxquant.passes.names import fresh_name, names_in_use
 
 PAD_INPUTS_OPSET = 11  # pads and the constant value became inputs
 
@@ -44,9 +44,7 @@ def pad_integers(model: onnx.ModelProto) -> int:
             readers.setdefault(i, []).append(n)
     # names If/Loop/Scan bodies read from this graph: such a value has readers the counts above miss
     outputs = {o.name for o in graph.output} | _read_in_bodies(graph)
-    used = set(inits)  # names in bodies too: a new name must be new there
-    for g in iter_graphs(graph):
-        used |= {n.name for n in g.node} | {i.name for i in g.initializer} | {v for n in g.node for v in (*n.input, *n.output)}
+    used = names_in_use(graph)
     dropped: set[int] = set()
     new_inits = []
     replacing: dict[int, onnx.NodeProto] = {}  # id of a Pad -> the Pad of integers that takes its place

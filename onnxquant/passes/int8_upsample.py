@@ -26,10 +26,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxquant.graphs import iter_graphs
 from onnxquant.model_io import tensor_array
 from onnxquant.passes.int8_pad import _read_in_bodies, _scalar_params
-from onnxquant.passes.names import fresh_name
+from onnxquant.passes.names import fresh_name, names_in_use
 
 MIN_OPSET = 11  # Resize(X, roi, scales, sizes) and its coordinate modes
 UNSQUEEZE_AXES_INPUT_OPSET = 13
@@ -58,9 +57,7 @@ def upsample_integers(model: onnx.ModelProto) -> int:
         for i in n.input:
             readers.setdefault(i, []).append(n)
     outputs = {o.name for o in graph.output} | _read_in_bodies(graph)
-    used = set(inits) | {v.name for v in (*graph.input, *graph.output)}  # names in bodies too: new there as well
-    for g in iter_graphs(graph):
-        used |= {n.name for n in g.node} | {i.name for i in g.initializer} | {v for n in g.node for v in (*n.input, *n.output)}
+    used = names_in_use(graph)
     dropped: set[int] = set()
     replacing: dict[int, list[onnx.NodeProto]] = {}
     new_inits: list[TensorProto] = []

@@ -17,9 +17,8 @@ import onnx
 from onnx import helper
 
 from onnxquant.float_weights import is_float_weight
-from onnxquant.graphs import iter_graphs
 from onnxquant.model_io import tensor_array
-from onnxquant.passes.names import fresh_name
+from onnxquant.passes.names import fresh_name, names_in_use
 
 
 def _constant_slopes(graph: onnx.GraphProto, names: set[str]) -> dict[str, onnx.TensorProto]:
@@ -42,10 +41,7 @@ def prelu_as_max(model: onnx.ModelProto) -> int:
     if not prelus:
         return 0
     slopes = _constant_slopes(graph, {n.input[1] for n in prelus})
-    used = {v.name for v in (*graph.input, *graph.output)}  # names in bodies too: a new name must be new there
-    for g in iter_graphs(graph):
-        used |= {n.name for n in g.node} | {v for n in g.node for v in (*n.input, *n.output)}
-        used |= {i.name for i in g.initializer}
+    used = names_in_use(graph)
     rewritten: dict[int, list[onnx.NodeProto]] = {}  # position in graph.node -> its replacement
     for position, node in enumerate(graph.node):
         if node.op_type != "PRelu" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
