@@ -35,6 +35,7 @@ from onnxquant.model_io import (
     serialize,
     tensor_array,
 )
+from onnxquant.passes.names import INSERTED_DOC
 from onnxquant.prune.storage import compressed_size
 
 # Ops whose second input (B for MatMulNBits: the first packed input) is a learned weight.
@@ -75,6 +76,7 @@ class LayerInfo:
     float_bytes: int = 0  # bytes of the float weights it is the first reader of (0 for quantized layers)
     reason: str | None = None  # why a float layer stayed float, when the model says (onnxquant writes it)
     shared: bool = False  # an earlier layer reads the same weight: totals count it there, once
+    inserted: bool = False  # a layer onnxquant's rewrites wrote where the input had none (passes.names.INSERTED_DOC)
 
     @property
     def sparsity(self) -> float:
@@ -84,7 +86,8 @@ class LayerInfo:
         return {"node": self.node, "op_type": self.op_type, "weight": self.weight, "precision": self.precision,
                 "parameters": self.parameters, "sparsity": round(self.sparsity, 4),
                 **({"reason": self.reason} if self.reason is not None else {}),
-                **({"shared": True} if self.shared else {})}
+                **({"shared": True} if self.shared else {}),
+                **({"inserted": True} if self.inserted else {})}
 
 
 @dataclass
@@ -118,6 +121,11 @@ class ModelInspection:
             entry["parameters"] += 0 if layer.shared else layer.parameters
         return dict(sorted(out.items()))
 
+    def inserted_counts(self) -> dict[str, int]:
+        """op type -> how many of the weighted layers onnxquant's rewrites inserted (gate and
+        affine depthwise Convs): layers the input model did not have."""
+        return dict(sorted(Counter(layer.op_type for layer in self.layers if layer.inserted).items()))
+
     def float_weight_share(self) -> float:
         """The share of all initializer bytes that float layers read."""
         total = self.weight_bytes
@@ -134,7 +142,8 @@ class ModelInspection:
             "ir_version": self.ir_version, "opsets": self.opsets, "producer": self.producer, "made_by": self.made_by,
             "inputs": self.inputs, "outputs": self.outputs, "op_counts": self.op_counts,
             "parameters": self.parameters, "total_parameters": self.total_parameters,
-            "precision": self.precision_counts(), "sparsity": round(self.sparsity(), 4),
+            "precision": self.precision_counts(), "inserted_layers": self.inserted_counts(),
+            "sparsity": round(self.sparsity(), 4),
             "float_weight_share": round(self.float_weight_share(), 4),
             "layers": [layer.to_dict() for layer in self.layers],
             **({"float_compute": self.float_compute} if self.float_compute is not None else {}),
@@ -242,7 +251,8 @@ def _layers(graph: onnx.GraphProto) -> list[LayerInfo]:
         shared = name in seen
         seen.add(name)
         float_bytes = tensor_bytes(tensor) if precision == "float" and not shared else 0
-        layers.append(LayerInfo(node.name, node.op_type, name, precision, count, zeros, float_bytes, shared=shared))
+        layers.append(LayerInfo(node.name, node.op_type, name, precision, count, zeros, float_bytes, shared=shared,
+                                inserted=node.doc_string == INSERTED_DOC))
     return layers
 
 
