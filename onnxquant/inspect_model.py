@@ -59,6 +59,22 @@ def _source(name: str, producer: dict[str, onnx.NodeProto]) -> onnx.NodeProto | 
     while node is not None and node.op_type in _LAYOUT_OPS and node.input:
         node = producer.get(node.input[0])
     return node
+
+
+def _cast_integers(mul: onnx.NodeProto, producer: dict[str, onnx.NodeProto],
+                   tensors: dict[str, onnx.TensorProto]) -> str | None:
+    """The int8 initializer a float-compute weight is made from (``Mul(Cast(int8 weight), scale)``,
+    as pipeline/float_compute.py writes it), or None: such a layer stores int8 weights."""
+    if mul.op_type != "Mul":
+        return None
+    for value in mul.input:
+        cast = producer.get(value)
+        if cast is not None and cast.op_type == "Cast" and cast.input and cast.input[0] in tensors \
+                and tensors[cast.input[0]].data_type in _INT8:
+            return cast.input[0]
+    return None
+
+
 _INT4 = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
 _INT8 = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16}
 
@@ -223,6 +239,8 @@ def _layers(graph: onnx.GraphProto) -> list[LayerInfo]:
             name = source.input[0]
             if len(source.input) > 2 and source.input[2]:
                 zero_point = weights.array(source.input[2])
+        elif source is not None and (stored := _cast_integers(source, producer, weights.tensors)) is not None:
+            tensor, precision, name = weights.tensors[stored], "int8", stored  # float compute: int8 stored, folded at load
         elif name in weights.tensors:
             tensor = weights.tensors[name]
             if node.op_type == "MatMulNBits":
