@@ -35,6 +35,7 @@ from onnxquant.model_io import (
     serialize,
     tensor_array,
 )
+from onnxquant.passes.names import INSERTED_DOC
 from onnxquant.prune.storage import compressed_size
 
 # Ops whose second input (B for MatMulNBits: the first packed input) is a learned weight.
@@ -58,6 +59,22 @@ def _source(name: str, producer: dict[str, onnx.NodeProto]) -> onnx.NodeProto | 
     while node is not None and node.op_type in _LAYOUT_OPS and node.input:
         node = producer.get(node.input[0])
     return node
+
+
+def _cast_integers(mul: onnx.NodeProto, producer: dict[str, onnx.NodeProto],
+                   tensors: dict[str, onnx.TensorProto]) -> str | None:
+    """The int8 initializer a float-compute weight is made from (``Mul(Cast(int8 weight), scale)``,
+    as pipeline/float_compute.py writes it), or None: such a layer stores int8 weights."""
+    if mul.op_type != "Mul":
+        return None
+    for value in mul.input:
+        cast = producer.get(value)
+        if cast is not None and cast.op_type == "Cast" and cast.input and cast.input[0] in tensors \
+                and tensors[cast.input[0]].data_type in _INT8:
+            return cast.input[0]
+    return None
+
+
 _INT4 = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
 _INT8 = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16}
 
@@ -75,6 +92,7 @@ class LayerInfo:
     float_bytes: int = 0  # bytes of the float weights it is the first reader of (0 for quantized layers)
     reason: str | None = None  # why a float layer stayed float, when the model says (onnxquant writes it)
     shared: bool = False  # an earlier layer reads the same weight: totals count it there, once
+    inserted: bool = False  # a layer onnxquant's rewrites wrote where the input had none (passes.names.INSERTED_DOC)
 
     @property
     def sparsity(self) -> float:
@@ -84,7 +102,8 @@ class LayerInfo:
         return {"node": self.node, "op_type": self.op_type, "weight": self.weight, "precision": self.precision,
                 "parameters": self.parameters, "sparsity": round(self.sparsity, 4),
                 **({"reason": self.reason} if self.reason is not None else {}),
-                **({"shared": True} if self.shared else {})}
+                **({"shared": True} if self.shared else {}),
+                **({"inserted": True} if self.inserted else {})}
 
 
 @dataclass
@@ -118,6 +137,11 @@ class ModelInspection:
             entry["parameters"] += 0 if layer.shared else layer.parameters
         return dict(sorted(out.items()))
 
+    def inserted_counts(self) -> dict[str, int]:
+        """op type -> how many of the weighted layers onnxquant's rewrites inserted (gate and
+        affine depthwise Convs): layers the input model did not have."""
+        return dict(sorted(Counter(layer.op_type for layer in self.layers if layer.inserted).items()))
+
     def float_weight_share(self) -> float:
         """The share of all initializer bytes that float layers read."""
         total = self.weight_bytes
@@ -134,7 +158,8 @@ class ModelInspection:
             "ir_version": self.ir_version, "opsets": self.opsets, "producer": self.producer, "made_by": self.made_by,
             "inputs": self.inputs, "outputs": self.outputs, "op_counts": self.op_counts,
             "parameters": self.parameters, "total_parameters": self.total_parameters,
-            "precision": self.precision_counts(), "sparsity": round(self.sparsity(), 4),
+            "precision": self.precision_counts(), "inserted_layers": self.inserted_counts(),
+            "sparsity": round(self.sparsity(), 4),
             "float_weight_share": round(self.float_weight_share(), 4),
             "layers": [layer.to_dict() for layer in self.layers],
             **({"float_compute": self.float_compute} if self.float_compute is not None else {}),
@@ -214,6 +239,8 @@ def _layers(graph: onnx.GraphProto) -> list[LayerInfo]:
             name = source.input[0]
             if len(source.input) > 2 and source.input[2]:
                 zero_point = weights.array(source.input[2])
+        elif source is not None and (stored := _cast_integers(source, producer, weights.tensors)) is not None:
+            tensor, precision, name = weights.tensors[stored], "int8", stored  # float compute: int8 stored, folded at load
         elif name in weights.tensors:
             tensor = weights.tensors[name]
             if node.op_type == "MatMulNBits":
@@ -242,7 +269,8 @@ def _layers(graph: onnx.GraphProto) -> list[LayerInfo]:
         shared = name in seen
         seen.add(name)
         float_bytes = tensor_bytes(tensor) if precision == "float" and not shared else 0
-        layers.append(LayerInfo(node.name, node.op_type, name, precision, count, zeros, float_bytes, shared=shared))
+        layers.append(LayerInfo(node.name, node.op_type, name, precision, count, zeros, float_bytes, shared=shared,
+                                inserted=node.doc_string == INSERTED_DOC))
     return layers
 
 

@@ -150,6 +150,12 @@ def unmatched_patterns(model: onnx.ModelProto, nodes: NodeSelection) -> list[tup
     return [(key, pattern) for key, pattern in keyed if not any(_matches(node, pattern) for node in named)]
 
 
+def excluded_names(graph: onnx.GraphProto, nodes: NodeSelection) -> set[str]:
+    """The names of ``graph``'s nodes (not its bodies') that the user's exclude patterns select:
+    rewrites that would replace an op keep these as they are."""
+    return {n.name for n in graph.node if any(_matches(n, p) for p in nodes.exclude)}
+
+
 def _selected_by_user(node: onnx.NodeProto, nodes: NodeSelection) -> str | None:
     """None when the user's include/exclude patterns allow the node, else the reason."""
     if nodes.include and not any(_matches(node, p) for p in nodes.include):

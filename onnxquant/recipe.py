@@ -349,9 +349,13 @@ class Recipe:
         return _clean(asdict(self))
 
     def to_json(self) -> str:
-        """The stamp a model carries: ``to_dict`` without empty lists (no layer excluded, ...), which
-        read back as their defaults; on a small model every byte of metadata is size."""
-        return json.dumps(_without_empty_lists(self.to_dict()), sort_keys=True, separators=(",", ":"))
+        """The stamp a model carries: only the fields that differ from ``Recipe()``'s (a field set
+        to None where the default is not: null), and the CPU kind without its reason (which the
+        kind implies). On a tiny model the full recipe (1 KB) was a fifth of the file;
+        ``recipe_of`` reads the stamp back whole, over the defaults of the version that reads it
+        (the model also carries ``onnxquant.version``)."""
+        stamp = _differences(_stamp_form(self.to_dict()), _stamp_form(Recipe().to_dict()))
+        return json.dumps(stamp, sort_keys=True, separators=(",", ":"))
 
     def with_overrides(self, **sections: Any) -> Recipe:
         """A copy with some fields replaced; ``None`` values keep the current setting.
@@ -376,10 +380,48 @@ class Recipe:
         return replace(self, **changes)
 
 
+def _stamp_form(data: dict[str, Any]) -> dict[str, Any]:
+    """``to_dict`` as stamped: no empty lists (they read back as their defaults), and no CPU
+    reason (``CpuChoice`` derives it from the kind)."""
+    data = _without_empty_lists(data)
+    if isinstance(data.get("cpu"), dict):
+        data["cpu"] = {k: v for k, v in data["cpu"].items() if k != "reason"}
+    return data
+
+
 def _without_empty_lists(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _without_empty_lists(v) for k, v in value.items() if not (isinstance(v, list) and not v)}
     return value
+
+
+def _differences(value: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+    """The keys of ``value`` that differ from ``default``, per section (a section with no
+    difference is left out); a key of ``default`` that ``value`` lacks (set to None) is null."""
+    out: dict[str, Any] = {}
+    for key in sorted({*value, *default}):
+        here, there = value.get(key), default.get(key)
+        if isinstance(here, dict) and isinstance(there, dict):
+            inner = _differences(here, there)
+            if inner:
+                out[key] = inner
+        elif here != there:
+            out[key] = here
+    return out
+
+
+def _over_defaults(stamp: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+    """``default`` with ``stamp``'s values over it, section by section; null removes a key
+    (``to_dict`` leaves None fields out)."""
+    out = dict(default)
+    for key, value in stamp.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _over_defaults(value, out[key])
+        elif value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
 
 
 def _clean(value: Any) -> Any:
@@ -489,12 +531,21 @@ def load_recipe(path: str | os.PathLike, target: str | None = None, host: HostCp
 
 
 def recipe_of(model: Any) -> dict[str, Any] | None:
-    """The recipe onnxquant stamped into ``model`` (an onnx.ModelProto), or None."""
+    """The recipe onnxquant stamped into ``model`` (an onnx.ModelProto), whole: the stamp holds
+    only what differs from the defaults (``Recipe.to_json``), read here over ``Recipe()``'s dict
+    (an older full stamp reads back as it is). The CPU kind's reason is told again. None: no
+    stamp, or not a JSON object."""
     text = next((p.value for p in model.metadata_props if p.key == RECIPE_KEY), None)
     if text is None:
         return None
     try:
-        recipe = parse_limited(text, json.loads, "the model's recipe")
+        stamp = parse_limited(text, json.loads, "the model's recipe")
     except (ValueError, UsageError):  # JSONDecodeError is a ValueError; too deep is a UsageError
         return None
-    return recipe if isinstance(recipe, dict) else None
+    if not isinstance(stamp, dict):
+        return None
+    recipe = _over_defaults(stamp, _without_empty_lists(Recipe().to_dict()))
+    cpu = recipe.get("cpu")
+    if isinstance(cpu, dict) and "reason" not in cpu and cpu.get("kind") in CPU_KINDS:
+        recipe["cpu"] = {**cpu, "reason": CPU_KINDS[cpu["kind"]].reason}
+    return recipe

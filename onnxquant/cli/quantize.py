@@ -1,6 +1,7 @@
 """``onnxquant quantize``: flags -> recipe -> ``onnxquant.api.quantize`` -> summary."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from onnxquant.recipe import (
     ACTIVATION_TYPES,
     TARGETS,
     WEIGHT_TYPES,
+    SearchSettings,
     load_recipe,
     recipe_for_target,
 )
@@ -75,6 +77,19 @@ def quantize_summary(result: dict[str, Any]) -> str:
 # Old spellings, accepted with a note until the next release.
 RENAMED = {"--int4-min-sqnr": "--int4-min-sqnr-db", "--symmetric-activations": "--activation-symmetric",
            "--asymmetric-activations": "--activation-asymmetric"}
+
+
+def _long_run_note(search: SearchSettings, projected: float, pace: float, samples: int) -> str:
+    """The line said early when calibration's pace projects a long run: the later stages (bias
+    correction, the search's trials) run the model over the samples again, several times this."""
+    if not search.enabled:
+        then = "bias correction runs the model over them again"  # (the search is off)
+    else:
+        cap = f", capped at {search.seconds:g} s" if search.seconds is not None else ""
+        then = (f"bias correction and the recipe search (up to {search.trials} trials{cap}) run the model again, "
+                "so quantize may take several times that: --search-seconds S caps the search, --no-search skips it")
+    return (f"note: a long run: calibration alone is projected at about {projected:.0f} s "
+            f"({pace:.1f} s a sample, {samples} samples); {then}")
 
 
 @click.command(cls=Command, renamed=RENAMED)
@@ -179,7 +194,7 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
     if max_drop is not None and calib_data is None:
         raise click.UsageError("--max-drop needs --calib-data")
     budget = parse_bytes(max_memory) if max_memory else None
-    with progress(quiet or as_json, "calibrating") as update:
+    with progress(quiet or as_json, "calibrating", long_note=partial(_long_run_note, recipe.search)) as update:
         run = RunData(calib_data=calib_data, holdout=holdout, drop_by=drop_by, progress=update, threads=threads,
                       max_memory=budget)  # the library applies threads and the memory budget
         result = run_quantize(model, recipe=recipe, output=output, stats=load_stats, save_stats_to=save_stats,

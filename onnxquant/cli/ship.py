@@ -39,6 +39,10 @@ def _inspection_text(info: dict[str, Any], layers: bool) -> str:
     if precision:
         lines.append("weighted layers: " + ", ".join(
             f"{p['layers']} {name} ({p['parameters']:,} weights)" for name, p in precision.items()))
+    added = info.get("inserted_layers")
+    if added:
+        lines.append("of these, inserted by onnxquant's rewrites (layers the input model did not have): "
+                     + ", ".join(f"{op} {n}" for op, n in added.items()))
     floats = [layer for layer in info["layers"] if layer["precision"] == "float"]
     if floats:
         lines.append(f"float weighted layers: {len(floats)}, {info['float_weight_share']:.1%} of this file's weight bytes")
@@ -53,7 +57,8 @@ def _inspection_text(info: dict[str, Any], layers: bool) -> str:
         for layer in info["layers"]:
             lines.append(f"{layer['precision']:9s} {layer['parameters']:10,d} {layer['sparsity']:6.1%}  "
                          f"{layer['op_type']} {layer['node'] or layer['weight']}"
-                         + (f"  ({layer['reason']})" if layer.get("reason") else ""))
+                         + (f"  ({layer['reason']})" if layer.get("reason") else "")
+                         + ("  (inserted by onnxquant)" if layer.get("inserted") else ""))
     return "\n".join(lines)
 
 

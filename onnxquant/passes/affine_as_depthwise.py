@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 from onnxquant.model_io import tensor_array
 from onnxquant.passes.fold_affine import _channel_vector
 from onnxquant.passes.hardsigmoid_as_conv import _channels, _detached
-from onnxquant.passes.names import fresh_name
+from onnxquant.passes.names import fresh_name, inserted
 from onnxquant.passes.node_index import NodeIndex
 
 _FEATURE_MAP_READERS = {"Conv", "ConvTranspose", "GlobalAveragePool", "AveragePool", "MaxPool"}
@@ -124,8 +124,8 @@ def _depthwise(node: onnx.NodeProto, x: str, out: str, scale: np.ndarray, shift:
     w_name, b_name = fresh_name(taken, f"{base}_dw_weight"), fresh_name(taken, f"{base}_dw_bias")
     new_inits += [numpy_helper.from_array(scale.astype(np.float32).reshape(channels, 1, 1, 1), w_name),
                   numpy_helper.from_array(shift.astype(np.float32), b_name)]
-    return helper.make_node("Conv", [x, w_name, b_name], [out], name=fresh_name(taken, f"{base}_dw"),
-                            group=channels, kernel_shape=[1, 1])
+    return inserted(helper.make_node("Conv", [x, w_name, b_name], [out], name=fresh_name(taken, f"{base}_dw"),
+                                     group=channels, kernel_shape=[1, 1]))
 
 
 def _batch_norm_affine(model: onnx.ModelProto, node: onnx.NodeProto,

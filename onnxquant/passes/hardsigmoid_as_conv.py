@@ -20,7 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxquant.model_io import tensor_array
-from onnxquant.passes.names import fresh_name
+from onnxquant.passes.names import fresh_name, inserted
 from onnxquant.passes.node_index import NodeIndex, attributes
 
 
@@ -139,8 +139,9 @@ def rewrite_hardsigmoid(model: onnx.ModelProto, opset: int) -> GateRewrite:
             new_inits += [numpy_helper.from_array(np.full((channels, 1) + (1,) * (rank - 2), alpha, np.float32), w_name),
                           numpy_helper.from_array(np.full(channels, beta, np.float32), b_name)]
             conv_out = fresh_name(taken, f"{base}_affine")
-            replace[k] = [helper.make_node("Conv", [x, w_name, b_name], [conv_out], name=fresh_name(taken, f"{base}_dw"),
-                                           group=channels, kernel_shape=[1] * (rank - 2))]
+            replace[k] = [inserted(helper.make_node("Conv", [x, w_name, b_name], [conv_out],
+                                                    name=fresh_name(taken, f"{base}_dw"), group=channels,
+                                                    kernel_shape=[1] * (rank - 2)))]
             x = conv_out
             report.depthwise += 1
         clip = helper.make_node("Clip", [x, *clip_bounds], [node.output[0]], name=fresh_name(taken, f"{base}_clip"))

@@ -6,6 +6,18 @@ import onnx
 from onnxquant.graphs import iter_graphs
 
 
+# The doc_string of a weighted node a rewrite inserts where the input had no layer (a gate's or an
+# affine's depthwise Conv): ``inspect`` tells such layers apart, so a user comparing layer counts
+# with the input model is not misled. (The input's own doc_strings are cleared: node_annotations.)
+INSERTED_DOC = "inserted by onnxquant"
+
+
+def inserted(node: onnx.NodeProto) -> onnx.NodeProto:
+    """``node``, marked as a layer onnxquant inserted (``INSERTED_DOC``)."""
+    node.doc_string = INSERTED_DOC
+    return node
+
+
 def fresh_name(used: set[str], base: str) -> str:
     """``base``, else ``base_2``, ``base_3``...: the first not in ``used``; it is added to ``used``."""
     name, k = base, 1

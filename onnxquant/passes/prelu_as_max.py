@@ -8,9 +8,13 @@ x < 0: a x >= x; a zero may change its sign), and onnxruntime's Mul and Max are 
 broadcasts: the O-Net's int8 run fell from 0.90x to 0.65x fp32's time (one thread, AMD EPYC
 with VNNI). Only float32 slopes held as initializers (or Constant nodes) are rewritten, none of
 them 0 (0 * inf is NaN) and not a slope per element (a float weight, which reports name by its
-PRelu), in the main graph; the CPU target only (QNN and OpenVINO run PRelu natively).
+PRelu), in the main graph; the CPU target only (QNN and OpenVINO run PRelu natively). A PRelu
+the user excluded (``--exclude op:PRelu``, or its name) stays a PRelu: excluding it means "keep
+this layer as it is".
 """
 from __future__ import annotations
+
+from collections.abc import Container
 
 import numpy as np
 import onnx
@@ -32,8 +36,9 @@ def _constant_slopes(graph: onnx.GraphProto, names: set[str]) -> dict[str, onnx.
     return found
 
 
-def prelu_as_max(model: onnx.ModelProto) -> int:
-    """Rewrite every PRelu of constant slopes <= 1 in the main graph (in place); returns how many.
+def prelu_as_max(model: onnx.ModelProto, keep: Container[str] = ()) -> int:
+    """Rewrite every PRelu of constant slopes <= 1 in the main graph (in place), except the ones
+    named in ``keep``; returns how many.
 
     The Max keeps the PRelu's name and output, so reports that name the PRelu still find it."""
     graph = model.graph
@@ -44,7 +49,7 @@ def prelu_as_max(model: onnx.ModelProto) -> int:
     used = names_in_use(graph)
     rewritten: dict[int, list[onnx.NodeProto]] = {}  # position in graph.node -> its replacement
     for position, node in enumerate(graph.node):
-        if node.op_type != "PRelu" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+        if node.op_type != "PRelu" or node.domain not in ("", "ai.onnx") or len(node.input) != 2 or node.name in keep:
             continue
         tensor = slopes.get(node.input[1])
         if tensor is None or is_float_weight(tensor):

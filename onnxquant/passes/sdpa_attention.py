@@ -47,7 +47,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -175,25 +175,31 @@ def _k_path(index: NodeIndex, kt: str) -> tuple[onnx.NodeProto, list[int]] | Non
     return split, sorted(seen)
 
 
+def _check_session(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[str], output: str, name: str,
+                   initializers: list[TensorProto]) -> Any:
+    """An onnxruntime session running ``nodes`` alone (one thread, no graph optimization), from
+    float ``inputs`` of rank 4 to ``output``, at ``model``'s opsets: a block's path checked on
+    random tensors before it is trusted. Raises what onnxruntime raises for a path it cannot run."""
+    import onnxruntime as ort
+
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None] * 4) for n in inputs],
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)], initializer=initializers)
+    check = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(check.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
 def _transposes_keys(model: onnx.ModelProto, index: NodeIndex, nodes: list[int], source: str, kt: str,
                      static: tuple[int, ...] | None = None) -> bool:
     """True if the nodes, run in onnxruntime from ``source`` (batch, sequence, heads, head_size) to
     ``kt``, equal its transpose to (batch, heads, head_size, sequence) on float tensors of every
     CHECK_SHAPES shape, or of ``static`` (source's declared shape) alone when given."""
-    import onnxruntime as ort
-
     used = {i for k in nodes for i in index.nodes[k].input}
-    graph = helper.make_graph(
-        [index.nodes[k] for k in nodes], "k_path",
-        [helper.make_tensor_value_info(source, TensorProto.FLOAT, [None] * 4)],
-        [helper.make_tensor_value_info(kt, TensorProto.FLOAT, None)],
-        initializer=[index.inits[i] for i in sorted(used) if i in index.inits])
-    check = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
     try:
-        session = ort.InferenceSession(check.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = _check_session(model, [index.nodes[k] for k in nodes], [source], kt, "k_path",
+                                 [index.inits[i] for i in sorted(used) if i in index.inits])
         rng = np.random.default_rng(0)
         shapes = CHECK_SHAPES if static is None else ((static[0], static[2], static[1], static[3]),)
         for shape in shapes:
@@ -245,8 +251,6 @@ def _output_reshape(model: onnx.ModelProto, index: NodeIndex, context: onnx.Node
     with keys as long as queries and V's heads as wide as Q's and once with both one longer (so a
     target reading the wrong tensor's dim shows), or only on ``static``, the K head split's input's
     declared shape; it must give the context back unchanged."""
-    import onnxruntime as ort
-
     out = context.output[0]
     readers = [index.nodes[k] for k in index.readers.get(out, [])]
     others = [n for n in readers if n.op_type != "Shape"]
@@ -262,17 +266,10 @@ def _output_reshape(model: onnx.ModelProto, index: NodeIndex, context: onnx.Node
         return why
     kinds = {out: "context", **roles}
     used = {i for k in nodes for i in index.nodes[k].input}
-    graph = helper.make_graph(
-        [index.nodes[k] for k in nodes] + [reshape], "context_reshape",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None] * 4) for n in sorted(shaped | {out})],
-        [helper.make_tensor_value_info(reshape.output[0], TensorProto.FLOAT, None)],
-        initializer=[index.inits[i] for i in sorted(used) if i in index.inits])
-    check = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
     try:
-        session = ort.InferenceSession(check.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = _check_session(model, [index.nodes[k] for k in nodes] + [reshape], sorted(shaped | {out}),
+                                 reshape.output[0], "context_reshape",
+                                 [index.inits[i] for i in sorted(used) if i in index.inits])
         rng = np.random.default_rng(0)
         shapes = CHECK_SHAPES if static is None else ((static[0], static[2], static[1], static[3]),)
         for (batch, heads, length, size), more in itertools.product(shapes, (0, 1) if static is None else (0,)):

@@ -50,10 +50,19 @@ def check(state: State) -> State:
     slower = _slower_by_construction(state) or _small_dense_layers(state)
     if slower:
         warnings.append(slower)
-    warnings.extend(f"node pattern {pattern!r} ({key}) matched no node: it changed nothing (patterns are a node "
-                    "name, op:TYPE or re:REGEX; onnxquant inspect --layers lists the layer names)"
+    warnings.extend(_unmatched(key, pattern, (key, pattern) in state.input_matched)
                     for key, pattern in unmatched_patterns(state.model, state.recipe.nodes))
     return replace(state, float_nodes=tuple(floats)).warned(*warnings)
+
+
+def _unmatched(key: str, pattern: str, in_input: bool) -> str:
+    """The warning for a node pattern that selects no node of the result; ``in_input``: it
+    selected nodes of the input model, which preparation or a rewrite replaced before planning."""
+    if in_input:
+        return (f"node pattern {pattern!r} ({key}) matched only nodes of the input model that onnxquant replaced "
+                "before applying it (folded, fused or rewritten into other ops): it changed nothing")
+    return (f"node pattern {pattern!r} ({key}) matched no node: it changed nothing (patterns are a node "
+            "name, op:TYPE or re:REGEX; onnxquant inspect --layers lists the layer names)")
 
 
 def _slower_by_construction(state: State) -> str | None:

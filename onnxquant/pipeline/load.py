@@ -14,6 +14,7 @@ from onnxquant.passes.compact import model_names
 from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.run_data import RunData
 from onnxquant.pipeline.state import State
+from onnxquant.planner import unmatched_patterns
 from onnxquant.recipe import Recipe
 from onnxquant.shapes import has_free_dims
 
@@ -29,7 +30,16 @@ def load(model: onnx.ModelProto | str | os.PathLike, recipe: Recipe, run: RunDat
         loaded, source = load_model(model), Path(model)
     size_before = file_size(source, loaded) if source else model_size(loaded)
     return State(model=loaded, recipe=recipe, source=source, size_before=size_before, owned=source is not None,
-                 shapes=_fixed_shapes(loaded, recipe, run), input_names=frozenset(model_names(loaded)))
+                 shapes=_fixed_shapes(loaded, recipe, run), input_names=frozenset(model_names(loaded)),
+                 input_matched=_matched(loaded, recipe))
+
+
+def _matched(model: onnx.ModelProto, recipe: Recipe) -> frozenset[tuple[str, str]]:
+    """(key, pattern) of the recipe's node patterns that select a node of ``model``."""
+    nodes = recipe.nodes
+    every = {("include", p) for p in nodes.include} | {("exclude", p) for p in nodes.exclude} | \
+        {("uint8_weights", p) for p in nodes.uint8_weights}
+    return frozenset(every - set(unmatched_patterns(model, nodes))) if every else frozenset()
 
 
 def _fixed_shapes(model: onnx.ModelProto, recipe: Recipe, run: RunData) -> dict[str, tuple[int, ...]]:

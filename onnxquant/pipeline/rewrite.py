@@ -16,6 +16,7 @@ from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset
 from onnxquant.passes.weight_only import quantize_weights_only
 from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.state import State
+from onnxquant.planner import excluded_names
 
 
 @timed("rewrite")
@@ -25,7 +26,8 @@ def rewrite(state: State) -> State:
     q = recipe.quantization
     quantized = insert_qdq(work, state.plan, default_opset(work), inplace=True)
     padded = pad_integers(quantized) if recipe.target == "cpu" else 0  # onnxruntime keeps DQ -> Pad -> Q float
-    as_max = prelu_as_max(quantized) if recipe.target == "cpu" else 0  # onnxruntime's PRelu kernel is slow
+    # onnxruntime's PRelu kernel is slow; a PRelu the user excluded stays as it is
+    as_max = prelu_as_max(quantized, excluded_names(quantized.graph, recipe.nodes)) if recipe.target == "cpu" else 0
     # onnxruntime's channels-last uint8 Resize is slow (no fast path for nearest by 2 there)
     upsampled = upsample_integers(quantized) if recipe.target == "cpu" else 0
     opset = default_opset(work)  # (after insert_qdq, as the bodies' rewrite sees it)

@@ -45,6 +45,9 @@ class State:
     owned: bool = False  # the model is this run's own: stages may rewrite it in place
     # every node and tensor name the input model had: the written model keeps them (stage compact)
     input_names: frozenset[str] | None = None
+    # (key, pattern) of the user's node patterns that select a node of the input model: one that
+    # selects none of the result was replaced by preparation or a rewrite, not mistyped (stage check)
+    input_matched: frozenset[tuple[str, str]] = frozenset()
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # input shapes fixed on loading
     preparation: PrepareReport | None = None
     pruning: PruneReport | None = None

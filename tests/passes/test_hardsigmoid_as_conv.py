@@ -186,3 +186,26 @@ def test_silu_resize_and_concat_run_as_integer_kernels():
     dequantized = {n.output[0] for n in optimized.node if n.op_type == "DequantizeLinear"}
     moved = [n for n in optimized.node if n.op_type in ("Resize", "Expand", "Concat", "QLinearConcat")]
     assert len(moved) == 2 and not any(set(n.input) & dequantized for n in moved)
+
+
+def test_inspect_tells_the_inserted_gate_conv_from_the_input_layers(tmp_path):
+    """The hard-swish gate's depthwise Conv is a layer the input did not have: ``inspect`` counts
+    it apart (4 Convs in the input, 5 in the result, of which 1 inserted), in the text too."""
+    from click.testing import CliRunner
+
+    from onnxquant.cli import main
+    from onnxquant.inspect_model import inspect_model
+
+    model = _mobile_block(opset=14)
+    result = onnxquant.quantize(model, _samples(), INTEGER_KERNELS, output=tmp_path / "q.onnx")
+    assert sum(n.op_type == "Conv" for n in model.graph.node) == 4
+    info = inspect_model(result.model)
+    assert info.inserted_counts() == {"Conv": 1}
+    assert sum(layer.op_type == "Conv" for layer in info.layers) == 5
+    assert [layer.inserted for layer in info.layers if layer.node == "stem"] == [False]
+    assert info.to_dict()["inserted_layers"] == {"Conv": 1}
+    assert inspect_model(model).inserted_counts() == {}
+    shown = CliRunner().invoke(main, ["inspect", str(tmp_path / "q.onnx"), "--layers"])
+    assert shown.exit_code == 0, shown.output
+    assert "of these, inserted by onnxquant's rewrites (layers the input model did not have): Conv 1" in shown.output
+    assert shown.output.count("(inserted by onnxquant)") == 1

@@ -138,3 +138,14 @@ def test_quantized_model_has_no_prelu_on_the_cpu_and_keeps_it_for_qnn():
     assert np.abs(got - ref).max() <= 0.1 * np.abs(ref).max()
     qnn = onnxquant.quantize(model, _samples(), onnxquant.Recipe(target="qnn"))
     assert sum(n.op_type == "PRelu" for n in qnn.model.graph.node) == 2
+
+
+@pytest.mark.parametrize("exclude, kept", [(("op:PRelu",), ["prelu0", "prelu1"]), (("prelu1",), ["prelu1"])])
+def test_an_excluded_prelu_stays_a_prelu(exclude, kept):
+    """``--exclude op:PRelu`` means "keep my PRelu layers as they are": the pattern selects the
+    input's PRelu, which the CPU rewrite must then leave alone (it once said "matched no node")."""
+    recipe = INTEGER_KERNELS.with_overrides(nodes={"exclude": exclude})
+    result = onnxquant.quantize(_conv_prelu(MIXED_SLOPES), _samples(), recipe)
+    assert [n.name for n in result.model.graph.node if n.op_type == "PRelu"] == kept
+    assert sum(n.op_type == "Max" for n in result.model.graph.node) == 2 - len(kept)
+    assert not any("matched" in w for w in result.warnings)

@@ -100,3 +100,16 @@ def test_a_node_pattern_that_matches_nothing_is_a_warning():
     assert result.quantized_nodes == {"Gemm": 1, "Relu": 1, "MatMul": 1}  # nothing excluded
     unmatched = [w for w in result.warnings if "matched no node" in w]
     assert len(unmatched) == 2 and "'*mm*'" in unmatched[0] and "'op:Conv'" in unmatched[1]
+
+
+def test_a_pattern_that_selects_only_replaced_nodes_of_the_input_says_so():
+    """The bias Add is fused into a Gemm before planning: ``op:Add`` selected a node of the input
+    model, so it is not called a mistyped pattern, but it changed nothing and the warning says why."""
+    recipe = onnxquant.Recipe().with_overrides(quantization={"integer_compute": True}, search={"enabled": False},
+                                               nodes={"exclude": ("op:Add", "op:Conv")})
+    result = onnxquant.quantize(_mlp_with_bias(), _samples(16), recipe)
+    said = [w for w in result.warnings if w.startswith("node pattern")]
+    assert len(said) == 2
+    assert said[0].startswith("node pattern 'op:Add' (exclude) matched only nodes of the input model that onnxquant "
+                              "replaced")
+    assert "'op:Conv' (exclude) matched no node" in said[1]

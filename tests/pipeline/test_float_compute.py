@@ -73,7 +73,11 @@ def test_a_depthwise_cnn_gets_float_compute_on_x86_without_vnni(tmp_path: Path):
     saved = onnx.load(str(tmp_path / "q.onnx"))
     stamp = json.loads({p.key: p.value for p in saved.metadata_props}[FLOAT_COMPUTE_KEY])
     assert stamp["layers"] == 7 and stamp["cpu_kind"] == "avx2"
-    assert inspect_model(tmp_path / "q.onnx").to_dict()["float_compute"] == stamp  # inspect tells it too
+    info = inspect_model(tmp_path / "q.onnx")
+    assert info.to_dict()["float_compute"] == stamp  # inspect tells it too
+    # and counts the 7 Convs as int8 layers (Cast * scale of their int8 weights), not as no layer at all
+    assert info.precision_counts() == {"int8": {"layers": 7, "parameters": sum(
+        int(np.prod(i.dims)) for i in stored)}}
 
     # onnxruntime folds each Cast * scale into a float initializer: the graph it runs is fp32's
     ran = _optimized(saved, tmp_path / "opt.onnx")

@@ -13,7 +13,7 @@ import onnxquant
 from models.tiny import image_samples, tiny_cnn
 from onnxquant.errors import UsageError
 from onnxquant.pipeline.search import CHOSEN, GIVEN, _run_trial
-from onnxquant.recipe import RECIPE_KEY, Recipe, SearchSettings, recipe_for_target
+from onnxquant.recipe import Recipe, SearchSettings, recipe_for_target, recipe_of
 from onnxquant.search.candidates import FLOAT_COMPUTE, Candidate, change
 from onnxquant.search.report import SEARCH_KEY, Trial
 from onnxquant.search.split import is_held_out
@@ -107,7 +107,7 @@ def test_the_model_says_what_was_tried_and_its_recipe_is_the_chosen_one(searched
     assert [t["name"] for t in told["trials"]] == [t["name"] for t in searched.search["trials"]]
     assert all("seconds" not in t for t in told["trials"])  # no timings: reproducible bytes
     chosen = next(t for t in searched.search["trials"] if t["name"] == searched.search["chosen"])
-    stamped = json.loads(props[onnxquant.api.RECIPE_KEY])
+    stamped = recipe_of(searched.model)
     for section, values in chosen["changes"].items():
         if section != "keep_float":
             assert {k: stamped[section][k] for k in values} == values
@@ -237,7 +237,7 @@ def test_the_layers_that_add_the_most_noise_get_higher_precision(chain_searches)
     assert [len(t["changes"]["keep_float"]) for t in floated] == [1, 2]
     assert not any(t["changes"].get("uint8_weights") for t in eight_bit.search["trials"])
     for result in chain_searches:  # the report says the chosen recipe's layer precision over all rounds
-        stamp = json.loads(_props(result.model)["onnxquant.recipe"])["nodes"]
+        stamp = recipe_of(result.model)["nodes"]
         assert result.search["kept_float"] == stamp.get("exclude", [])  # the stamp leaves out empty lists
         assert result.search["uint8_weights"] == stamp.get("uint8_weights", [])
 
@@ -262,7 +262,7 @@ def test_a_uint8_trial_writes_uint8_weights_for_its_layers_only_and_they_fuse():
         else:
             assert weight.dtype == np.int8 and np.abs(weight.astype(int)).max() <= 63
     assert result.fusion.float_islands == [] and result.fusion.integer_layers == len(convs)
-    assert json.loads(_props(result.model)["onnxquant.recipe"])["nodes"]["uint8_weights"] == [convs[2]]
+    assert recipe_of(result.model)["nodes"]["uint8_weights"] == [convs[2]]
 
 
 def test_a_smoothquant_alpha_trial_calibrates_again_and_runs_alone_from_json():
@@ -286,7 +286,7 @@ def test_a_smoothquant_alpha_trial_calibrates_again_and_runs_alone_from_json():
     assert result.search["trials"][-2:] == alphas  # last: they cost a calibration each
     chosen = next(t for t in result.search["trials"] if t["name"] == result.search["chosen"])
     alpha = chosen["changes"].get("recovery", {}).get("smoothquant_alpha", 0.75)
-    assert json.loads(_props(result.model)["onnxquant.recipe"])["recovery"]["smoothquant_alpha"] == alpha
+    assert recipe_of(result.model)["recovery"]["smoothquant_alpha"] == alpha
     assert [n for n in result.notes if n.startswith("SmoothQuant")] == [
         f"SmoothQuant (alpha {alpha}): 1 LayerNorm outputs folded, 0 Mul nodes inserted"]  # the model smoothed so
 
@@ -354,7 +354,7 @@ def test_the_search_takes_float_compute_on_int8_weights_where_int8_convs_are_no_
     assert [tuple(i.dims) for i in result.model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16] \
         == [(1, 64)]
     assert result.float_compute["layers"] == 3 and result.float_compute["estimated_int8_over_fp32"] > 1.0
-    stamped = json.loads(_props(result.model)[RECIPE_KEY])
+    stamped = recipe_of(result.model)
     assert stamped["quantization"]["integer_compute"] is False
     assert not any("slower than fp32 here by construction" in w for w in result.warnings)
     assert any(n.startswith("recipe search: ") and FLOAT_COMPUTE in n for n in result.notes)

@@ -152,14 +152,11 @@ def test_which_matmul_biases_are_read(x_shape, bias_shape, read):
     assert found == ({"mm": "b"} if read else {})
 
 
-def test_re_plans_of_one_calibrated_model_reuse_bias_measurements_with_the_same_bytes(monkeypatch):
-    """A search re-plans the calibrated model per trial: layers whose params a trial keeps are
-    not probed again, and the corrected model is byte for byte the one measured afresh."""
-    from dataclasses import replace
-
+def _calibrated_counting_probes(monkeypatch):
+    """The tiny CNN calibrated (with histograms, as a search calibrates), its run data, and the
+    list that gets the output count of every bias-correction probe pass run from now on."""
     from models.tiny import tiny_cnn
     import onnxquant.recovery.bias_correction as bias_correction
-    from onnxquant.pipeline.build import build
     from onnxquant.pipeline.calibrate import calibrate
     from onnxquant.pipeline.load import load
     from onnxquant.pipeline.prepare import prepare
@@ -176,6 +173,17 @@ def test_re_plans_of_one_calibrated_model_reuse_bias_measurements_with_the_same_
         yield from real_probe(model, probe, samples, max_samples, **options)
 
     monkeypatch.setattr(bias_correction, "run_probe", counting)
+    return calibrated, run_data, probed
+
+
+def test_re_plans_of_one_calibrated_model_reuse_bias_measurements_with_the_same_bytes(monkeypatch):
+    """A search re-plans the calibrated model per trial: layers whose params a trial keeps are
+    not probed again, and the corrected model is byte for byte the one measured afresh."""
+    from dataclasses import replace
+
+    from onnxquant.pipeline.build import build
+
+    calibrated, run_data, probed = _calibrated_counting_probes(monkeypatch)
     fresh = replace(calibrated, measured_shifts=None)
     first = build(calibrated, run_data).model.SerializeToString(deterministic=True)
     assert len(probed) == 1 and probed[0] > 1
@@ -201,26 +209,10 @@ def test_expected_params_are_measured_in_the_first_pass_and_give_the_same_bytes(
     (not its input's params) is corrected from the kept input means, without a pass."""
     from dataclasses import replace
 
-    from models.tiny import tiny_cnn
-    import onnxquant.recovery.bias_correction as bias_correction
     from onnxquant.pipeline.build import build
-    from onnxquant.pipeline.calibrate import calibrate
-    from onnxquant.pipeline.load import load
     from onnxquant.pipeline.plan import plan
-    from onnxquant.pipeline.prepare import prepare
-    from onnxquant.pipeline.run_data import RunData
-    from onnxquant.pipeline.smooth import smooth
 
-    run_data = RunData(calib_data=_cnn_samples())
-    calibrated = calibrate(smooth(prepare(load(tiny_cnn(), Recipe(), run_data)), run_data), run_data, histograms=True)
-    probed: list[int] = []
-    real_probe = bias_correction.run_probe
-
-    def counting(model, probe, samples, max_samples=None, **options):
-        probed.append(len(probe.outputs))
-        yield from real_probe(model, probe, samples, max_samples, **options)
-
-    monkeypatch.setattr(bias_correction, "run_probe", counting)
+    calibrated, run_data, probed = _calibrated_counting_probes(monkeypatch)
     methods = ("entropy", "percentile")
     others = [replace(calibrated, recipe=calibrated.recipe.with_overrides(calibration={"method": m})) for m in methods]
     calibrated.measured_shifts.expected = [dict(plan(other, run_data).plan.activations) for other in others]

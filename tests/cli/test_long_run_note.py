@@ -1,0 +1,54 @@
+"""A quantize whose calibration pace projects a long run says so early, in one line on stderr
+(dnsmos took 4 minutes with nothing said beforehand); a short one says nothing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from onnxquant.cli import main
+from onnxquant.cli import progress as progress_module
+from onnxquant.cli.progress import LONG_SECONDS, PaceWatch
+
+
+def test_the_pace_after_the_first_sample_projects_the_pass_and_is_told_once():
+    said: list[str] = []
+    ticks = iter([100.0, 103.0, 106.0, 109.0])  # 3 s a sample after the first (whose time has the session's start)
+    watch = PaceWatch(lambda projected, pace, n: f"{projected:.0f} s at {pace:.0f} s for {n}", said.append,
+                      clock=lambda: next(ticks))
+    for done in range(1, 5):
+        watch(done, 24)
+    assert said == ["72 s at 3 s for 24"]  # 72 s >= LONG_SECONDS: told at the second sample, and only then
+
+
+def test_a_quick_pass_or_an_unknown_total_says_nothing():
+    said: list[str] = []
+    ticks = iter([0.0, 0.1, 0.2])
+    quick = PaceWatch(lambda *_: "long", said.append, clock=lambda: next(ticks))
+    for done in range(1, 4):
+        quick(done, 24)  # 0.1 s a sample: 2.4 s
+    unknown = PaceWatch(lambda *_: "long", said.append, clock=lambda: 1000.0 * len(said))
+    unknown(1, None)
+    unknown(2, None)
+    assert said == [] and 0.1 * 24 < LONG_SECONDS
+
+
+def _quantize(args: list[str], cnn_path: Path, npz_dir: Path, tmp_path: Path):
+    return CliRunner().invoke(main, ["quantize", str(cnn_path), "-o", str(tmp_path / "q.onnx"),
+                                     "--calib-data", str(npz_dir), *args])
+
+
+def test_the_cli_says_it_early_on_stderr_unless_quiet(cnn_path: Path, npz_dir: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(progress_module, "LONG_SECONDS", 0.0)  # any pace is long
+    told = _quantize(["--search-trials", "3"], cnn_path, npz_dir, tmp_path)
+    assert told.exit_code == 0, told.output
+    notes = [line for line in told.stderr.splitlines() if line.startswith("note: a long run:")]
+    assert len(notes) == 1 and "up to 3 trials" in notes[0] and "--no-search skips it" in notes[0]
+    assert "note: a long run" not in told.stdout
+    quiet = _quantize(["-q"], cnn_path, npz_dir, tmp_path)
+    assert quiet.exit_code == 0 and "a long run" not in quiet.stderr
+
+
+def test_a_short_run_says_nothing(cnn_path: Path, npz_dir: Path, tmp_path: Path):
+    result = _quantize([], cnn_path, npz_dir, tmp_path)
+    assert result.exit_code == 0 and "a long run" not in result.output + result.stderr
