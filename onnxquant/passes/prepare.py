@@ -210,7 +210,7 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
     fuses a BERT-like encoder's attention blocks into onnxruntime's Attention (for the CPU
     target, which runs it as QAttention); other models are left as they are.
     ``integer_upsampling`` writes a ConvTranspose whose kernel equals its stride as a 1x1 Conv
-    and a channels-last pixel shuffle (onnxruntime's CPU provider has no integer ConvTranspose).
+    and a DepthToSpace (onnxruntime's CPU provider has no integer ConvTranspose).
     """
     report = PrepareReport()
     if owned:
