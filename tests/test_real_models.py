@@ -106,8 +106,10 @@ def test_ppocr_detector_with_constant_node_weights(work: Path):
     assert not onnx.load(str(model)).graph.initializer  # weights live in Constant nodes
     ours = onnxquant.quantize(model, calib, output=work / "det.int8.onnx")
     # 62 Convs of the model, 24 depthwise Convs for its hard-swish gates, 14 for its learnable
-    # affine blocks: no float op left between integer kernels
-    assert ours.quantized_nodes.get("Conv", 0) == 62 + 24 + 14
+    # affine blocks, 2 for its 2x2 stride-2 ConvTransposes (1x1 Conv + pixel shuffle): no float
+    # op left between integer kernels
+    assert ours.quantized_nodes.get("Conv", 0) == 62 + 24 + 14 + 2
+    assert not {"ConvTranspose", "DepthToSpace"} & {n.op_type for n in ours.model.graph.node}
     assert ours.fusion is not None and ours.fusion.round_trips == []
     ref = _outputs(model, held)
     mine = metrics.probability_map(ref, _outputs(work / "det.int8.onnx", held))

@@ -52,6 +52,8 @@ RULES: dict[str, OpRule] = {
     "Unsqueeze": OpRule(Kind.SHARED),
     "Flatten": OpRule(Kind.SHARED),
     "Resize": OpRule(Kind.SHARED),
+    # (passes/convtranspose_as_conv.py writes a kernel == stride ConvTranspose as Conv + DepthToSpace)
+    "DepthToSpace": OpRule(Kind.SHARED),
     # zero padding (TF-Lite's channel padding before a residual Add, a Pad split from its Conv):
     # zeros are exact at any scale, so the output shares the input's (planner: constant 0 only)
     "Pad": OpRule(Kind.SHARED),

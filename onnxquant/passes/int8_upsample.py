@@ -19,8 +19,12 @@ channels-last: elsewhere the Transposes would stay and cost more than they save.
 The Reshape's target shape is computed (the input's height and width are often dynamic), so
 onnxruntime would not know its rank and could not push its Transposes through the ops after it:
 the pass records the rank in ``value_info`` (which ``compact`` keeps for such a Reshape).
+
+``shuffle_integers`` does the same for a DepthToSpace (a pixel shuffle) between one scale's Q/DQ.
 """
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -46,6 +50,27 @@ _MAX_STEPS = 64  # how far back the search for a QDQ Conv goes
 def upsample_integers(model: onnx.ModelProto) -> int:
     """Rewrite every exact whole-factor nearest ``DQ -> Resize -> Q`` of one scale that a QDQ Conv
     feeds, in the main graph (in place); returns how many."""
+    return _on_integers(model, "Resize", _whole_factors, _repeat_nodes)
+
+
+def shuffle_integers(model: onnx.ModelProto) -> int:
+    """Rewrite every ``DQ -> DepthToSpace (DCR) -> Q`` of one scale that a QDQ Conv feeds, in the
+    main graph (in place), as a channels-last move of the integers; returns how many.
+
+    onnxruntime's CPU DepthToSpace is a generic 6-D shuffle (12 ms for uint8 96x120x160 by 2,
+    loaded machine, against 2.5 ms for the channels-last Transpose below). Channels-last, DCR's
+    channel ``(i * b + j) * C + c`` of pixel ``(h, w)`` goes to pixel ``(h * b + i, w * b + j)``:
+    ``Reshape(n, h, w, b, b * C) -> Transpose(n, h, b, w, b * C) -> Reshape(n, h * b, w * b, C)``
+    moves blocks of ``b * C`` values, and the outer Transposes cancel against the QLinearConvs'
+    as the upsample's do (passes/convtranspose_as_conv.py writes such DepthToSpaces)."""
+    return _on_integers(model, "DepthToSpace", _dcr_block, _shuffle_nodes)
+
+
+def _on_integers(model: onnx.ModelProto, op_type: str, matches: Callable[[onnx.NodeProto, dict[str, TensorProto]], Any],
+                 build: Callable[..., tuple[list[onnx.NodeProto], list[TensorProto], str]]) -> int:
+    """Replace each ``DQ -> op_type -> Q`` of one scale fed by a QDQ Conv for which
+    ``matches(node, inits)`` gives a parameter by ``build(name, source, target, parameter, used,
+    opset)``'s nodes (in place); returns how many."""
     graph = model.graph
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset < MIN_OPSET:
@@ -62,21 +87,21 @@ def upsample_integers(model: onnx.ModelProto) -> int:
     replacing: dict[int, list[onnx.NodeProto]] = {}
     new_inits: list[TensorProto] = []
     shapes: list[onnx.ValueInfoProto] = []
-    for resize in graph.node:
-        if resize.op_type != "Resize" or resize.domain not in ("", "ai.onnx") or resize.output[0] in outputs:
+    for node in graph.node:
+        if node.op_type != op_type or node.domain not in ("", "ai.onnx") or node.output[0] in outputs:
             continue
-        factors = _whole_factors(resize, inits)
-        dq = producer.get(resize.input[0])
-        after = readers.get(resize.output[0], [])
-        if factors is None or dq is None or dq.op_type != "DequantizeLinear" or len(after) != 1 \
+        parameter = matches(node, inits)
+        dq = producer.get(node.input[0])
+        after = readers.get(node.output[0], [])
+        if parameter is None or dq is None or dq.op_type != "DequantizeLinear" or len(after) != 1 \
                 or after[0].op_type != "QuantizeLinear":
             continue
         q = after[0]
         params = _scalar_params(dq, inits)
         if params is None or params != _scalar_params(q, inits) or not _fed_by_qdq_conv(dq, producer, inits):
             continue
-        nodes, tensors, reshaped = _repeat_nodes(resize.name, dq.input[0], q.output[0], factors, used, opset)
-        replacing[id(resize)] = nodes
+        nodes, tensors, reshaped = build(node.name, dq.input[0], q.output[0], parameter, used, opset)
+        replacing[id(node)] = nodes
         new_inits.extend(tensors)
         shapes.append(helper.make_tensor_value_info(reshaped, inits[q.input[2]].data_type,
                                                     [f"{reshaped}_{axis}" for axis in "nhwc"]))
@@ -88,7 +113,8 @@ def upsample_integers(model: onnx.ModelProto) -> int:
         kept = [m for n in graph.node if id(n) not in dropped for m in replacing.get(id(n), [n])]
         del graph.node[:]
         graph.node.extend(kept)
-        # the Resizes' roi and scales, and Q/DQ parameters, that no node reads any more
+        # the replaced nodes' constant inputs (a Resize's roi and scales), and Q/DQ parameters,
+        # that no node reads any more
         gone = {i for n in removed for i in n.input}
         read = {i for n in kept for i in n.input} | outputs | {i.name for i in graph.input}
         unread = [i for i in graph.initializer if i.name in gone and i.name not in read]
@@ -172,3 +198,37 @@ def _repeat_nodes(base: str, source: str, target: str, factors: tuple[int, int],
         helper.make_node("Transpose", [reshaped], [target], perm=[0, 3, 1, 2], name=name("to_nchw")),
     ]
     return nodes, constants, reshaped
+
+
+def _dcr_block(node: onnx.NodeProto, inits: dict[str, TensorProto]) -> int | None:
+    """The block size of a DCR-mode DepthToSpace (DepthToSpace's default mode), else None."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    block = int(attrs.get("blocksize", 0))
+    return block if attrs.get("mode", b"DCR") == b"DCR" and block > 1 else None
+
+
+def _shuffle_nodes(base: str, source: str, target: str, block: int, used: set[str],
+                   opset: int) -> tuple[list[onnx.NodeProto], list[TensorProto], str]:
+    """The nodes that move the DCR channel blocks of ``source`` (NCHW integers) into pixels of
+    ``target``, their constant inputs, and the name of the Reshape's output (its rank is recorded)."""
+
+    def name(suffix: str) -> str:
+        return fresh_name(used, f"{base}_{suffix}")
+
+    split = numpy_helper.from_array(np.array([0, 0, 0, block, -1], np.int64), name("split"))
+    grow = numpy_helper.from_array(np.array([1, block, block, 1], np.int64), name("grow"))
+    per_pixel = numpy_helper.from_array(np.array([1, 1, 1, block * block], np.int64), name("per_pixel"))
+    nhwc, rows, moved, shape, grown, merged, reshaped = (
+        name(s) for s in ("nhwc", "rows", "moved", "shape", "grown", "merged_shape", "nhwc_out"))
+    nodes = [
+        helper.make_node("Transpose", [source], [nhwc], perm=[0, 2, 3, 1], name=name("to_nhwc")),
+        helper.make_node("Reshape", [nhwc, split.name], [rows], name=name("split_rows")),
+        # named as the DepthToSpace was: reports and the summary find the layer by its name
+        helper.make_node("Transpose", [rows], [moved], perm=[0, 1, 3, 2, 4], name=base),
+        helper.make_node("Shape", [nhwc], [shape], name=name("shape_of")),
+        helper.make_node("Mul", [shape, grow.name], [grown], name=name("grow_shape")),
+        helper.make_node("Div", [grown, per_pixel.name], [merged], name=name("merge_shape")),
+        helper.make_node("Reshape", [moved, merged], [reshaped], name=name("merge")),
+        helper.make_node("Transpose", [reshaped], [target], perm=[0, 3, 1, 2], name=name("to_nchw")),
+    ]
+    return nodes, [split, grow, per_pixel], reshaped

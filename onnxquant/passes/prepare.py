@@ -20,6 +20,7 @@ from onnxquant.errors import ModelError
 from onnxquant.outputs import scratch
 from onnxquant.model_io import has_lazy, iter_graphs, read_in_if_small, serialize, serialize_below_limit
 from onnxquant.passes.canonicalize import canonicalize
+from onnxquant.passes.convtranspose_as_conv import convtranspose_as_conv
 from onnxquant.passes.declared_shapes import skeleton
 from onnxquant.passes.float16 import has_float16_interface, widen_float16
 from onnxquant.passes.fold_affine import fold_affine_into_conv
@@ -42,6 +43,7 @@ class PrepareReport:
     fused_gelu: int = 0
     gates: GateRewrite = field(default_factory=GateRewrite)  # HardSigmoid written as Conv + Clip
     affines_as_depthwise: int = 0  # constant x * c + d between activations written as a depthwise Conv
+    convtransposes_as_conv: int = 0  # kernel == stride ConvTranspose written as 1x1 Conv + pixel shuffle
     transformer: TransformerFusion = field(default_factory=TransformerFusion)  # attention blocks fused
     float16_weights: set[str] = field(default_factory=set)  # initializers that were fp16 (an fp16 model)
     opset_from: int = 0
@@ -197,7 +199,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = False,
                   gelu: bool = False, integer_gates: bool = False,
-                  transformer: bool = False) -> tuple[onnx.ModelProto, PrepareReport]:
+                  transformer: bool = False, integer_upsampling: bool = False) -> tuple[onnx.ModelProto, PrepareReport]:
     """Return a prepared model and what was done.
 
     ``model`` is copied first unless ``owned`` says the caller hands it over (it was just
@@ -207,6 +209,8 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
     and constant per-channel affines between activations as depthwise Convs. ``transformer``
     fuses a BERT-like encoder's attention blocks into onnxruntime's Attention (for the CPU
     target, which runs it as QAttention); other models are left as they are.
+    ``integer_upsampling`` writes a ConvTranspose whose kernel equals its stride as a 1x1 Conv
+    and a DepthToSpace (onnxruntime's CPU provider has no integer ConvTranspose).
     """
     report = PrepareReport()
     if owned:
@@ -255,6 +259,8 @@ def prepare_model(model: onnx.ModelProto, simplify: bool = True, owned: bool = F
         report.fused_gelu = fuse_gelu(work.graph, default_opset(work))
         if report.fused_gelu and default_opset(work) < 20 and not any(o.domain == MS_DOMAIN for o in work.opset_import):
             work.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+    if integer_upsampling:  # (after fold_affine: a BatchNormalization after it is in its weights)
+        report.convtransposes_as_conv = convtranspose_as_conv(work)
     work = infer_shapes(work)
     if integer_gates:
         report.gates = rewrite_hardsigmoid(work, default_opset(work))

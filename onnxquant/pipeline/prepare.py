@@ -22,7 +22,8 @@ def prepare(state: State, integer_kernels: bool = True) -> State:
         loaded = fix_input_shapes(loaded, shapes)
     prepared, report = prepare_model(loaded, simplify=state.recipe.simplify, owned=state.owned or bool(shapes),
                                      gelu=state.recipe.every_op, integer_gates=integer_kernels and _integer_gates(state.recipe),
-                                     transformer=_transformer_fusion(state.recipe))
+                                     transformer=_transformer_fusion(state.recipe),
+                                     integer_upsampling=integer_kernels and _integer_upsampling(state.recipe))
     del loaded
     notes = list(report.notes)
     if shapes:
@@ -36,6 +37,13 @@ def _integer_gates(recipe: Recipe) -> bool:
     """HardSigmoid becomes Conv + Clip only where that makes integer kernels: the CPU target,
     with Conv and Mul quantized (onnxruntime has no integer HardSigmoid)."""
     return recipe.target == "cpu" and {"Conv", "Mul"} <= set(recipe.quantization.op_types or DEFAULT_OP_TYPES)
+
+
+def _integer_upsampling(recipe: Recipe) -> bool:
+    """A kernel == stride ConvTranspose becomes a 1x1 Conv and a DepthToSpace only where both
+    make integer kernels: the CPU target with Conv and DepthToSpace quantized (onnxruntime's CPU
+    provider has no integer ConvTranspose; other targets run it themselves)."""
+    return recipe.target == "cpu" and {"Conv", "DepthToSpace"} <= set(recipe.quantization.op_types or DEFAULT_OP_TYPES)
 
 
 def _transformer_fusion(recipe: Recipe) -> bool:

@@ -1,6 +1,6 @@
 """Stage ``rewrite``: the plan carried out on the graph: Q/DQ pairs, the bodies of If/Loop/Scan,
 int8 weights in front of float kernels (recurrent layers), 4-bit MatMul weights; on the CPU,
-zero Pads and nearest upsamples on the integers, and PRelu as Max (each left float or slow in
+zero Pads, nearest upsamples and pixel shuffles on the integers, and PRelu as Max (each left float or slow in
 onnxruntime otherwise)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from onnxquant.body_planner import rewrite_bodies
 from onnxquant.passes.insert_qdq import insert_qdq
 from onnxquant.passes.int4_matmul import to_matmul_nbits
 from onnxquant.passes.int8_pad import pad_integers
-from onnxquant.passes.int8_upsample import upsample_integers
+from onnxquant.passes.int8_upsample import shuffle_integers, upsample_integers
 from onnxquant.passes.prelu_as_max import prelu_as_max
 from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset
 from onnxquant.passes.weight_only import quantize_weights_only
@@ -30,6 +30,7 @@ def rewrite(state: State) -> State:
     as_max = prelu_as_max(quantized, excluded_names(quantized.graph, recipe.nodes)) if recipe.target == "cpu" else 0
     # onnxruntime's channels-last uint8 Resize is slow (no fast path for nearest by 2 there)
     upsampled = upsample_integers(quantized) if recipe.target == "cpu" else 0
+    shuffled = shuffle_integers(quantized) if recipe.target == "cpu" else 0  # (and its DepthToSpace: a generic shuffle)
     opset = default_opset(work)  # (after insert_qdq, as the bodies' rewrite sees it)
     rewrite_bodies(quantized, recipe, state.stats, set(state.not_float), opset >= MIN_QDQ_OPSET, opset)
     # On the CPU, onnxruntime's DynamicQuantizeLSTM multiplies the int8 weights directly; the
@@ -45,6 +46,9 @@ def rewrite(state: State) -> State:
     if upsampled:
         notes.append(f"{upsampled} nearest Resize(s) by whole factors copy the int8 tensor channels-last "
                      "(onnxruntime's channels-last int8 Resize is slow)")
+    if shuffled:
+        notes.append(f"{shuffled} DepthToSpace(s) move the int8 tensor channels-last "
+                     "(onnxruntime's DepthToSpace is a slow generic shuffle)")
     if state.int4:
         replaced = to_matmul_nbits(quantized, set(state.int4), q.int4_block_size)
         notes.append(f"int4 weights: {replaced} MatMul layers as MatMulNBits "

@@ -85,4 +85,7 @@ def _preparation_notes(prep: PrepareReport) -> list[str]:
     if prep.affines_as_depthwise:
         notes.append(f"{prep.affines_as_depthwise} constant per-channel affine(s) (Mul/Add, BatchNormalization) "
                      "written as depthwise 1x1 Conv for integer kernels")
+    if prep.convtransposes_as_conv:
+        notes.append(f"{prep.convtransposes_as_conv} ConvTranspose(s) with kernel == stride written as 1x1 Conv + "
+                     "pixel shuffle for integer kernels (onnxruntime has no integer ConvTranspose)")
     return notes

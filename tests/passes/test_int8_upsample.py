@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 
 import onnxquant
 import onnxquant.pipeline.rewrite
-from onnxquant.passes.int8_upsample import _whole_factors, upsample_integers
+from onnxquant.passes.int8_upsample import _dcr_block, _whole_factors, upsample_integers
 from onnxquant.recipe import Recipe
 
 RECIPE = Recipe().with_overrides(quantization={"integer_compute": True}, search={"enabled": False})
@@ -140,3 +140,11 @@ def test_old_opset_is_left_alone(without_pass):
     old.opset_import[0].version = 10
     assert upsample_integers(old) == 0
     assert upsample_integers(model) == 2
+
+
+@pytest.mark.parametrize("attrs,block", [({"blocksize": 2}, 2), ({"blocksize": 4, "mode": "DCR"}, 4),
+                                         ({"blocksize": 2, "mode": "CRD"}, None), ({"blocksize": 1}, None)])
+def test_only_dcr_pixel_shuffles_move_channels_last(attrs, block):
+    """DCR's channel blocks are whole pixels channels-last (one Transpose of blocks moves them);
+    CRD's are not (tests/passes/test_convtranspose_as_conv.py checks the move against DepthToSpace)."""
+    assert _dcr_block(helper.make_node("DepthToSpace", ["x"], ["y"], **attrs), {}) == block

@@ -236,8 +236,8 @@ def test_expected_params_are_measured_in_the_first_pass_and_give_the_same_bytes(
 
 
 def _mixed_layers(shape: list) -> onnx.ModelProto:
-    """A dense strided padded Conv, an asymmetrically padded 5x5 depthwise one, a ConvTranspose,
-    a pointwise Conv, a Gemm (transposed weight, alpha) and a MatMul with a bias Add."""
+    """A dense strided padded Conv, an asymmetrically padded 5x5 depthwise one, a ConvTranspose
+    (3x3 stride 2: overlapping, so it stays one on the CPU target), a pointwise Conv, a Gemm (transposed weight, alpha) and a MatMul with a bias Add."""
     rng = np.random.default_rng(3)
 
     def init(name, *shape):
@@ -256,7 +256,7 @@ def _mixed_layers(shape: list) -> onnx.ModelProto:
         helper.make_node("MatMul", ["m", "w6"], ["mm"], name="matmul"),
         helper.make_node("Add", ["mm", "b6"], ["y"], name="bias"),
     ]
-    inits = [init("w1", 8, 3, 3, 3), init("b1", 8), init("w2", 8, 1, 5, 5), init("b2", 8), init("w3", 8, 4, 2, 2),
+    inits = [init("w1", 8, 3, 3, 3), init("b1", 8), init("w2", 8, 1, 5, 5), init("b2", 8), init("w3", 8, 4, 3, 3),
              init("b3", 4), init("w4", 6, 4, 1, 1), init("b4", 6), init("w5", 5, 6), init("b5", 5), init("w6", 5, 3),
              init("b6", 3)]
     graph = helper.make_graph(nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
