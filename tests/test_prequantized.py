@@ -62,3 +62,30 @@ def test_the_float_remainder_of_a_qdq_model_is_quantized(tmp_path: Path):
     feed = image_samples(1, seed=4)[0]
     ref, got = run(source, feed)[0].ravel(), run(result.model, feed)[0].ravel()
     assert ref @ got / np.linalg.norm(ref) / np.linalg.norm(got) > 0.98
+
+
+def _qdq_matmul_then_attention(folder: Path) -> Path:
+    """x @ W (a weight), then (x @ W) @ (x @ W)^T (two activations, as attention's scores); the
+    weighted MatMul alone quantized to QDQ by onnxruntime, as a shipped int8 transformer has it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(5).standard_normal((8, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="proj"),
+         helper.make_node("Transpose", ["y"], ["yt"], perm=[0, 2, 1], name="t"),
+         helper.make_node("MatMul", ["y", "yt"], ["scores"], name="scores_mm")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 4, 4])], [numpy_helper.from_array(w, "w")])
+    source, partial = folder / "attn.onnx", folder / "attn.qdq.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    feeds = [{"x": np.random.default_rng(s).standard_normal((1, 4, 8)).astype(np.float32)} for s in range(6)]
+    quantize_static(str(source), str(partial), _Reader(feeds), quant_format=QuantFormat.QDQ, nodes_to_quantize=["proj"])
+    return partial
+
+
+def test_a_qdq_model_whose_only_float_matmuls_read_two_activations_stops(tmp_path: Path):
+    partial = _qdq_matmul_then_attention(tmp_path)
+    assert compressed_layers(onnx.load(str(partial)))["QDQ MatMul"] == 1
+    feeds = [{"x": np.random.default_rng(10 + s).standard_normal((1, 4, 8)).astype(np.float32)} for s in range(4)]
+    with pytest.raises(AlreadyQuantizedError, match="already quantized .*QDQ MatMul 1"):
+        onnxquant.quantize(partial, feeds)

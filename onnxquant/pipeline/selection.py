@@ -39,11 +39,16 @@ ALREADY_QUANTIZED_NOTE = "already quantized: "
 
 
 def refuse_already_quantized(state: State) -> State:
-    """Stop with one line when an already-quantized model has nothing float left to compress."""
+    """Stop with one line when an already-quantized model has nothing float left to compress.
+    A MatMul of two activations (attention's scores) is of a weighted op type but holds no weight:
+    quantizing only those leaves the file as large and, on an int8 QDQ transformer (Pipecat's
+    smart-turn), slower and less accurate, so it does not count as a float weighted layer."""
     done = compressed_layers(state.model)
     if not done:
         return state
-    if not any(RULES[op].kind == Kind.WEIGHTED for op in state.selection.quantized.values()):
+    sel = state.selection
+    with_weight = {node for node, _ in sel.weights} | set(sel.weight_only)
+    if not any(RULES[op].kind == Kind.WEIGHTED and name in with_weight for name, op in sel.quantized.items()):
         raise AlreadyQuantizedError(f"the model is already quantized ({describe(done)}) and has no float "
                                     "weighted layer left that onnxquant can quantize")
     return state.noted(f"{ALREADY_QUANTIZED_NOTE}{describe(done)}; the float remainder is quantized")
