@@ -97,7 +97,8 @@ def plan_bodies(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | No
     plans = {}
     for path, body, enclosing in bodies:
         own, body_not_float = _body_model(model, body, enclosing, types)
-        sel = select(own, recipe, not_float=body_not_float | (not_float or set()), per_channel_ok=per_channel_ok)
+        sel = select(own, recipe, not_float=body_not_float | (not_float or set()), per_channel_ok=per_channel_ok,
+                     body=True)
         # A body some of whose values calibration never saw (an If branch no sample took) stays
         # unplanned: its layers get int8 weights only.
         if _has_weighted_kernel(sel) and not (not_float and set(sel.observed) & not_float):

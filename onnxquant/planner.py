@@ -33,6 +33,7 @@ from onnxquant.passes.node_index import attributes
 from onnxquant.passes.weight_only import WeightOnly
 from onnxquant.qparams import MIN_SCALE, QParams, above, asymmetric, per_channel_absmax, quantize, symmetric
 from onnxquant.recipe import NodeSelection, Recipe
+from onnxquant.score_tail import score_tail_nodes
 from onnxquant.shapes import known_elem_types
 
 FLOAT = onnx.TensorProto.FLOAT
@@ -230,11 +231,12 @@ def _clip_is_constant(node: onnx.NodeProto, g: _Graph) -> bool:
 
 
 def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = None,
-           per_channel_ok: bool = True) -> Selection:
+           per_channel_ok: bool = True, body: bool = False) -> Selection:
     """Decide which nodes become integer kernels.
 
     ``not_float`` names tensors that calibration found not to be float32 (types that shape
-    inference could not tell beforehand); nodes reading them stay float.
+    inference could not tell beforehand); nodes reading them stay float. ``body``: ``model`` wraps
+    an If/Loop/Scan body, whose outputs are carried state or per-step values, not a model's scores.
     """
     g = _Graph(model, not_float)
     op_types = set(recipe.quantization.op_types or DEFAULT_OP_TYPES)
@@ -256,7 +258,8 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
     def stay_float(node: onnx.NodeProto, reason: str) -> None:
         sel.float_nodes[node.name] = (node.op_type, reason)
 
-    structural = {**front_end_nodes(model), **decode_tail_nodes(model)}  # kept float by what they compute
+    # kept float by what they compute
+    structural = {**({} if body else score_tail_nodes(model)), **front_end_nodes(model), **decode_tail_nodes(model)}
 
     for node in model.graph.node:
         rule = rule_for(node)
