@@ -33,6 +33,29 @@ def test_a_quick_pass_or_an_unknown_total_says_nothing():
     assert said == [] and 0.1 * 24 < LONG_SECONDS
 
 
+def test_a_later_stage_counting_again_from_1_is_not_charged_the_gap_since_the_first_pass():
+    # calibration: 24 samples at 0.1 s; 500 s later (bias correction...) the search re-calibrates
+    # on the same callback, from 1 again, at the same quick pace: no stage is long
+    said: list[str] = []
+    times = [0.1 * i for i in range(24)] + [500.0 + 0.1 * i for i in range(24)]
+    ticks = iter(times)
+    watch = PaceWatch(lambda projected, pace, n: f"projected {projected:.0f} s", said.append, clock=lambda: next(ticks))
+    for _ in range(2):
+        for done in range(1, 25):
+            watch(done, 24)
+    assert said == []
+
+
+def test_a_count_that_goes_backwards_before_its_total_starts_the_watch_again():
+    said: list[str] = []
+    ticks = iter([0.0, 0.1, 300.0, 303.0])  # a pass cut short, then one at 3 s a sample
+    watch = PaceWatch(lambda projected, pace, n: f"{projected:.0f} s at {pace:.0f} s", said.append,
+                      clock=lambda: next(ticks))
+    for done in (1, 2, 1, 2):
+        watch(done, 24)
+    assert said == ["72 s at 3 s"]  # not (303 - 0) / 1 s a sample
+
+
 def _quantize(args: list[str], cnn_path: Path, npz_dir: Path, tmp_path: Path):
     return CliRunner().invoke(main, ["quantize", str(cnn_path), "-o", str(tmp_path / "q.onnx"),
                                      "--calib-data", str(npz_dir), *args])
