@@ -546,6 +546,7 @@ def recipe_of(model: Any) -> dict[str, Any] | None:
         return None
     recipe = _over_defaults(stamp, _without_empty_lists(Recipe().to_dict()))
     cpu = recipe.get("cpu")
-    if isinstance(cpu, dict) and "reason" not in cpu and cpu.get("kind") in CPU_KINDS:
-        recipe["cpu"] = {**cpu, "reason": CPU_KINDS[cpu["kind"]].reason}
+    kind = cpu.get("kind") if isinstance(cpu, dict) else None
+    if isinstance(cpu, dict) and "reason" not in cpu and isinstance(kind, str) and kind in CPU_KINDS:  # metadata: any JSON
+        recipe["cpu"] = {**cpu, "reason": CPU_KINDS[kind].reason}
     return recipe

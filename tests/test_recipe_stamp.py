@@ -7,7 +7,7 @@ import json
 import onnx
 from onnx import helper
 
-from onnxquant.host import CPU_KINDS
+from onnxquant.host import CPU_KINDS, HostCpu, cpu_mismatch
 from onnxquant.recipe import (
     RECIPE_KEY,
     Recipe,
@@ -61,3 +61,19 @@ def test_a_default_set_to_none_is_stamped_as_null_and_read_back_without_it():
 def test_a_broken_stamp_is_none():
     assert recipe_of(_carrying("[1, 2]")) is None
     assert recipe_of(_carrying("{not json")) is None
+
+
+MALFORMED = ['{"cpu":{"kind":[1]}}', '{"cpu":{"kind":{"a":1}}}', '{"cpu":[1]}', '{"cpu":"vnni"}',
+             '{"quantization":5}', '{"quantization":{"reduce_range":[1]},"target":["cpu"]}', '{"target":{}}']
+
+
+def test_malformed_metadata_reads_without_a_traceback():
+    # a stamp is input (any JSON): a CPU kind that is not a string raised TypeError (unhashable)
+    # in recipe_of, reaching validate and package as a traceback
+    hosts = [HostCpu(kind, "x86_64", (), "test") for kind in ("avx2", "vnni", "unknown")]
+    for text in MALFORMED:
+        recipe = recipe_of(_carrying(text))
+        assert isinstance(recipe, dict), text
+        for host in hosts:
+            note = cpu_mismatch(recipe, host)
+            assert note is None or isinstance(note, str)
