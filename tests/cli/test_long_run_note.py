@@ -63,13 +63,37 @@ def _quantize(args: list[str], cnn_path: Path, npz_dir: Path, tmp_path: Path):
 
 def test_the_cli_says_it_early_on_stderr_unless_quiet(cnn_path: Path, npz_dir: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setattr(progress_module, "LONG_SECONDS", 0.0)  # any pace is long
-    told = _quantize(["--search-trials", "3"], cnn_path, npz_dir, tmp_path)
+    told = _quantize(["--search-trials", "3", "--search-min-samples", "8"], cnn_path, npz_dir, tmp_path)
     assert told.exit_code == 0, told.output
     notes = [line for line in told.stderr.splitlines() if line.startswith("note: a long run:")]
     assert len(notes) == 1 and "up to 3 trials" in notes[0] and "--no-search skips it" in notes[0]
+    assert "(0.0 s a sample, 6 samples)" in notes[0]  # the search holds 6 of the 12 out
     assert "note: a long run" not in told.stdout
     quiet = _quantize(["-q"], cnn_path, npz_dir, tmp_path)
     assert quiet.exit_code == 0 and "a long run" not in quiet.stderr
+
+
+def _note(result) -> str:
+    assert result.exit_code == 0, result.output
+    (note,) = [line for line in result.stderr.splitlines() if line.startswith("note: a long run:")]
+    return note
+
+
+def test_the_note_promises_no_search_that_will_not_run(cnn_path: Path, npz_dir: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(progress_module, "LONG_SECONDS", 0.0)
+    # 12 samples, fewer than the search's 16: it is skipped (the note promised its trials)
+    few = _note(_quantize([], cnn_path, npz_dir, tmp_path))
+    assert few.endswith("(0.0 s a sample, 12 samples); bias correction runs the model again, "
+                        "so quantize may take several times that"), few
+    # --max-drop: mixed precision runs instead of the search
+    drop = _note(_quantize(["--max-drop", "0.5", "--search-min-samples", "8"], cnn_path, npz_dir, tmp_path))
+    assert "trials" not in drop and "--search-seconds" not in drop
+    assert drop.endswith("; bias correction and --max-drop's layer ranking and checks run the model again, so "
+                         "quantize may take several times that"), drop
+    # --max-memory: the count is of sample runs over the passes (samples x passes), not of samples
+    split = _note(_quantize(["--max-memory", "9K", "--no-search"], cnn_path, npz_dir, tmp_path))
+    assert "s a sample in each pass, " in split and " sample runs over the passes --max-memory needs)" in split
+    assert int(split.split(" sample runs")[0].rsplit(" ", 1)[1]) > 12, split  # several passes here
 
 
 def test_a_short_run_says_nothing(cnn_path: Path, npz_dir: Path, tmp_path: Path):
