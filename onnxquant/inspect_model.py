@@ -257,8 +257,12 @@ def _layers(graph: onnx.GraphProto) -> list[LayerInfo]:
         count = int(np.prod(tensor.dims)) if tensor.dims else 1
         if node.op_type in RECURRENT_OPS and len(node.input) > 2:
             recurrence = _source(node.input[2], producer)
-            r_name = recurrence.input[0] if recurrence is not None and recurrence.op_type == "DequantizeLinear" \
-                else node.input[2]
+            if recurrence is not None and recurrence.op_type == "DequantizeLinear":
+                r_name = recurrence.input[0]
+            elif recurrence is not None and (stored := _cast_integers(recurrence, producer, weights.tensors)):
+                r_name = stored  # float compute (recurrent_integer = false): R is Mul(Cast(int8), scale) too
+            else:
+                r_name = node.input[2]
             if r_name in weights.tensors:
                 count += int(np.prod(weights.tensors[r_name].dims))
         if node.op_type == "MatMulNBits":

@@ -146,6 +146,22 @@ def unmatched_patterns(model: onnx.ModelProto, nodes: NodeSelection) -> list[tup
         named.append(scoped.node)
         if scoped.in_body:
             named.append(onnx.helper.make_node(scoped.node.op_type, [], [], name=scoped.qualified))
+    return _unmatched_among(named, nodes)
+
+
+def planned_unmatched(selection: Selection, nodes: NodeSelection) -> list[tuple[str, str]]:
+    """``unmatched_patterns`` against the model the selection was planned on, by the names and
+    op types it decided on (every node it saw is quantized or kept float there): a pattern that
+    selected nodes a rewrite then replaced (the CPU's PRelus, made Max after planning) was
+    applied, not mistyped."""
+    if not (nodes.include or nodes.exclude or nodes.uint8_weights):
+        return []
+    named = [onnx.helper.make_node(op, [], [], name=name) for name, op in selection.quantized.items()] + \
+        [onnx.helper.make_node(op, [], [], name=name) for name, (op, _) in selection.float_nodes.items()]
+    return _unmatched_among(named, nodes)
+
+
+def _unmatched_among(named: list[onnx.NodeProto], nodes: NodeSelection) -> list[tuple[str, str]]:
     keyed = [("include", p) for p in nodes.include] + [("exclude", p) for p in nodes.exclude] + \
         [("uint8_weights", p) for p in nodes.uint8_weights]
     return [(key, pattern) for key, pattern in keyed if not any(_matches(node, pattern) for node in named)]

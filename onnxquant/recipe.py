@@ -28,6 +28,32 @@ from onnxquant.settings import check_fields, parse_limited
 # Where a quantized model keeps the recipe it was made with (metadata_props), as JSON.
 RECIPE_KEY = "onnxquant.recipe"
 
+# The stamp holds a recipe's differences from a fixed base table, named by its id under
+# STAMP_BASE_KEY, never from this version's defaults: defaults have changed before (search trials
+# 8 -> 10, smoothquant_alpha 0.5 -> 0.75, adaround_iterations 400 -> 300, equalize True -> None),
+# and a stamp read over the reading version's defaults would then say what its model was not made
+# with. A table is never edited: when the defaults drift far from it, add STAMP_BASE_2 and stamp
+# against that (readers keep every table). Fields not in the table are always stamped.
+STAMP_BASE_KEY = "stamp_base"
+STAMP_BASE_1: dict[str, Any] = {  # the defaults of 0.1.0 (session 32), in the stamp's form (_stamp_form)
+    "calibration": {"method": "minmax", "percentile": 99.999},
+    "nodes": {},
+    "preprocess": {"channel_order": "RGB", "dtype": "float32", "layout": "NCHW",
+                   "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]},
+    "prune": {"channel_multiple": 16, "depthwise": False, "method": "magnitude", "reconstruct": True,
+              "remove_dead": True, "scope": "layer", "sparse_storage": False},
+    "quantization": {"activation_symmetric": False, "activation_type": "uint8", "int4_block_size": 32,
+                     "int4_min_sqnr_db": 18.0, "per_channel": True, "quantize_bias": True, "reduce_range": True,
+                     "weight_bits": 8, "weight_type": "int8"},
+    "recovery": {"adaround": False, "adaround_iterations": 300, "bias_correction": True, "smoothquant": True,
+                 "smoothquant_alpha": 0.75, "smoothquant_fold_only": False},
+    "search": {"enabled": True, "min_samples": 16, "score_every": 4, "trials": 10},
+    "simplify": True,
+    "target": "cpu",
+}
+STAMP_BASES: dict[int, dict[str, Any]] = {1: STAMP_BASE_1}
+STAMP_BASE = 1  # the table new stamps are written against
+
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8")
 
@@ -349,13 +375,13 @@ class Recipe:
         return _clean(asdict(self))
 
     def to_json(self) -> str:
-        """The stamp a model carries: only the fields that differ from ``Recipe()``'s (a field set
-        to None where the default is not: null), and the CPU kind without its reason (which the
-        kind implies). On a tiny model the full recipe (1 KB) was a fifth of the file;
-        ``recipe_of`` reads the stamp back whole, over the defaults of the version that reads it
-        (the model also carries ``onnxquant.version``)."""
-        stamp = _differences(_stamp_form(self.to_dict()), _stamp_form(Recipe().to_dict()))
-        return json.dumps(stamp, sort_keys=True, separators=(",", ":"))
+        """The stamp a model carries: the id of a fixed base table (``STAMP_BASE``) and only the
+        fields that differ from that table (a field set to None where the table has a value:
+        null), with the CPU kind without its reason (which the kind implies). On a tiny model the
+        full recipe (1 KB) was a fifth of the file; ``recipe_of`` reads the stamp back whole, over
+        the same table, whatever this version's defaults are by then."""
+        stamp = _differences(_stamp_form(self.to_dict()), _base(STAMP_BASE))
+        return json.dumps({STAMP_BASE_KEY: STAMP_BASE, **stamp}, sort_keys=True, separators=(",", ":"))
 
     def with_overrides(self, **sections: Any) -> Recipe:
         """A copy with some fields replaced; ``None`` values keep the current setting.
@@ -408,6 +434,11 @@ def _differences(value: dict[str, Any], default: dict[str, Any]) -> dict[str, An
         elif here != there:
             out[key] = here
     return out
+
+
+def _base(number: int) -> dict[str, Any]:
+    """A fresh copy of base table ``number`` (the tables themselves are never changed)."""
+    return json.loads(json.dumps(STAMP_BASES[number]))
 
 
 def _over_defaults(stamp: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
@@ -531,10 +562,11 @@ def load_recipe(path: str | os.PathLike, target: str | None = None, host: HostCp
 
 
 def recipe_of(model: Any) -> dict[str, Any] | None:
-    """The recipe onnxquant stamped into ``model`` (an onnx.ModelProto), whole: the stamp holds
-    only what differs from the defaults (``Recipe.to_json``), read here over ``Recipe()``'s dict
-    (an older full stamp reads back as it is). The CPU kind's reason is told again. None: no
-    stamp, or not a JSON object."""
+    """The recipe onnxquant stamped into ``model`` (an onnx.ModelProto), whole: a stamp naming a
+    base table (``Recipe.to_json``) holds only what differs from it and is read over it; one
+    without (an older full stamp) reads back as it is. The CPU kind's reason is told again.
+    None: no stamp, not a JSON object, or a base table this version does not know (a later
+    version's: what it left out cannot be told)."""
     text = next((p.value for p in model.metadata_props if p.key == RECIPE_KEY), None)
     if text is None:
         return None
@@ -544,8 +576,14 @@ def recipe_of(model: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(stamp, dict):
         return None
-    recipe = _over_defaults(stamp, _without_empty_lists(Recipe().to_dict()))
+    recipe = stamp
+    if STAMP_BASE_KEY in stamp:
+        number = stamp.pop(STAMP_BASE_KEY)
+        if type(number) is not int or number not in STAMP_BASES:  # (not bool: True == 1)
+            return None
+        recipe = _over_defaults(stamp, _base(number))
     cpu = recipe.get("cpu")
-    if isinstance(cpu, dict) and "reason" not in cpu and cpu.get("kind") in CPU_KINDS:
-        recipe["cpu"] = {**cpu, "reason": CPU_KINDS[cpu["kind"]].reason}
+    kind = cpu.get("kind") if isinstance(cpu, dict) else None
+    if isinstance(cpu, dict) and "reason" not in cpu and isinstance(kind, str) and kind in CPU_KINDS:  # metadata: any JSON
+        recipe["cpu"] = {**cpu, "reason": CPU_KINDS[kind].reason}
     return recipe

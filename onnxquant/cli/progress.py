@@ -17,29 +17,35 @@ LONG_SECONDS = 20.0
 class PaceWatch:
     """Called like a progress callback: from the second sample on, projects the pass's time from
     its pace; the first projection of at least ``LONG_SECONDS`` makes ``note(projected seconds,
-    seconds a sample, samples)`` a line for ``say`` (once). ``clock``: for tests."""
+    seconds a sample, samples)`` a line for ``say`` (once). It watches the first pass only: the
+    same callback is reused by later stages (the search's re-calibrations, the ``--max-drop``
+    ranking), each counting again from 1, so a pass that reaches its total ends the watch, and a
+    count that goes backwards starts it again (a pass's pace is never measured from another
+    pass's start: that charged the whole gap between them to one sample). ``clock``: for tests."""
 
     def __init__(self, note: Callable[[float, float, int], str], say: Callable[[str], None],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.note, self.say, self.clock = note, say, clock
         self.first: tuple[int, float] | None = None
-        self.told = False
+        self.last = 0  # the latest count seen
+        self.told = False  # said, or the first pass is over: nothing more to watch
 
     def __call__(self, done: int, total: int | None) -> None:
         if self.told or total is None or done < 1:
             return
         now = self.clock()
-        if self.first is None:
-            self.first = (done, now)  # (the first sample's time includes the session's start)
-            return
-        counted, started = self.first
-        if done <= counted:
-            return
-        pace = (now - started) / (done - counted)
-        projected = pace * total
-        if projected >= LONG_SECONDS:
+        if self.first is None or done < self.last:
+            self.first, self.last = (done, now), done  # (the first sample's time includes the session's start)
+        elif done > self.last:
+            self.last = done
+            counted, started = self.first
+            pace = (now - started) / (done - counted)
+            projected = pace * total
+            if projected >= LONG_SECONDS:
+                self.told = True
+                self.say(self.note(projected, pace, total))
+        if done >= total:
             self.told = True
-            self.say(self.note(projected, pace, total))
 
 
 def _bar(desc: str, unit: str = "sample") -> tuple[Any, Any]:

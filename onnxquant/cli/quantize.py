@@ -1,6 +1,7 @@
 """``onnxquant quantize``: flags -> recipe -> ``onnxquant.api.quantize`` -> summary."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from onnxquant.recipe import (
     ACTIVATION_TYPES,
     TARGETS,
     WEIGHT_TYPES,
-    SearchSettings,
+    Recipe,
     load_recipe,
     recipe_for_target,
 )
@@ -79,17 +80,52 @@ RENAMED = {"--int4-min-sqnr": "--int4-min-sqnr-db", "--symmetric-activations": "
            "--asymmetric-activations": "--activation-asymmetric"}
 
 
-def _long_run_note(search: SearchSettings, projected: float, pace: float, samples: int) -> str:
-    """The line said early when calibration's pace projects a long run: the later stages (bias
-    correction, the search's trials) run the model over the samples again, several times this."""
-    if not search.enabled:
-        then = "bias correction runs the model over them again"  # (the search is off)
-    else:
+@dataclass(frozen=True)
+class _LaterStages:
+    """What runs the model over the samples again after calibration, as far as the CLI can tell
+    before the run: the long-run note names only those stages."""
+
+    recipe: Recipe
+    max_drop: float | None
+    calib_data: Path | None
+    passes: bool  # --max-memory: calibration may make several passes, each counted
+
+
+def _searches(later: _LaterStages) -> bool:
+    """Whether the recipe search will run: not with --max-drop (mixed precision chooses), nor with
+    fewer samples than it needs (counted in the folder as the library counts them)."""
+    from onnxquant.calibration.sources import open_source
+    from onnxquant.errors import CalibrationDataError
+    from onnxquant.pipeline.search import too_few_samples  # (lazy: the CLI starts without the pipeline)
+
+    search = later.recipe.search
+    if not search.enabled or later.max_drop is not None or later.calib_data is None:
+        return False
+    try:
+        samples = open_source(later.calib_data, ["input"]).length  # (the count only: no sample is read)
+    except CalibrationDataError:
+        return False
+    return samples is not None and not too_few_samples(samples, search, later.recipe.calibration.max_samples)
+
+
+def _long_run_note(later: _LaterStages, projected: float, pace: float, samples: int) -> str:
+    """The line said early when calibration's pace projects a long run: the later stages that run
+    the model over the samples again (bias correction, the search's trials, --max-drop's ranking)
+    take several times this."""
+    search = later.recipe.search
+    stages = ["bias correction"] if later.recipe.recovery.bias_correction else []
+    tail = ""
+    if later.max_drop is not None:
+        stages.append("--max-drop's layer ranking and checks")
+    elif _searches(later):
         cap = f", capped at {search.seconds:g} s" if search.seconds is not None else ""
-        then = (f"bias correction and the recipe search (up to {search.trials} trials{cap}) run the model again, "
-                "so quantize may take several times that: --search-seconds S caps the search, --no-search skips it")
-    return (f"note: a long run: calibration alone is projected at about {projected:.0f} s "
-            f"({pace:.1f} s a sample, {samples} samples); {then}")
+        stages.append(f"the recipe search (up to {search.trials} trials{cap})")
+        tail = ": --search-seconds S caps the search, --no-search skips it"
+    then = (f"; {' and '.join(stages)} run{'s' if len(stages) == 1 else ''} the model again, so quantize may take "
+            f"several times that{tail}") if stages else ""
+    counted = (f"{pace:.1f} s a sample in each pass, {samples} sample runs over the passes --max-memory needs"
+               if later.passes else f"{pace:.1f} s a sample, {samples} samples")
+    return f"note: a long run: calibration alone is projected at about {projected:.0f} s ({counted}){then}"
 
 
 @click.command(cls=Command, renamed=RENAMED)
@@ -194,7 +230,8 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
     if max_drop is not None and calib_data is None:
         raise click.UsageError("--max-drop needs --calib-data")
     budget = parse_bytes(max_memory) if max_memory else None
-    with progress(quiet or as_json, "calibrating", long_note=partial(_long_run_note, recipe.search)) as update:
+    later = _LaterStages(recipe, max_drop, calib_data, budget is not None)
+    with progress(quiet or as_json, "calibrating", long_note=partial(_long_run_note, later)) as update:
         run = RunData(calib_data=calib_data, holdout=holdout, drop_by=drop_by, progress=update, threads=threads,
                       max_memory=budget)  # the library applies threads and the memory budget
         result = run_quantize(model, recipe=recipe, output=output, stats=load_stats, save_stats_to=save_stats,

@@ -15,7 +15,7 @@ from onnxquant.passes.float16 import exact_float16_parameters, store_float16
 from onnxquant.pipeline.clock import timed
 from onnxquant.pipeline.float_compute import MIN_CONV_WEIGHT_SHARE
 from onnxquant.pipeline.state import State
-from onnxquant.planner import ALREADY_QUANTIZED, NOT_FLOAT, Selection, unmatched_patterns
+from onnxquant.planner import ALREADY_QUANTIZED, NOT_FLOAT, Selection, planned_unmatched, unmatched_patterns
 from onnxquant.prequantized import QOPERATOR_OPS
 from onnxquant.results import FloatNode
 
@@ -50,14 +50,20 @@ def check(state: State) -> State:
     slower = _slower_by_construction(state) or _small_dense_layers(state)
     if slower:
         warnings.append(slower)
+    # a pattern that selects no node of the result but did select nodes of the planned model took
+    # effect there (a rewrite replaced them after planning): no warning
+    nodes = state.recipe.nodes
+    planned = set(planned_unmatched(state.selection, nodes)) if state.selection is not None else None
     warnings.extend(_unmatched(key, pattern, (key, pattern) in state.input_matched)
-                    for key, pattern in unmatched_patterns(state.model, state.recipe.nodes))
+                    for key, pattern in unmatched_patterns(state.model, nodes)
+                    if planned is None or (key, pattern) in planned)
     return replace(state, float_nodes=tuple(floats)).warned(*warnings)
 
 
 def _unmatched(key: str, pattern: str, in_input: bool) -> str:
-    """The warning for a node pattern that selects no node of the result; ``in_input``: it
-    selected nodes of the input model, which preparation or a rewrite replaced before planning."""
+    """The warning for a node pattern that selects no node of the result nor of the planned
+    model; ``in_input``: it selected nodes of the input model, which preparation or a rewrite
+    replaced before planning."""
     if in_input:
         return (f"node pattern {pattern!r} ({key}) matched only nodes of the input model that onnxquant replaced "
                 "before applying it (folded, fused or rewritten into other ops): it changed nothing")

@@ -41,7 +41,7 @@ from onnxquant.pipeline.selection import refuse_already_quantized
 from onnxquant.pipeline.smooth import smooth
 from onnxquant.pipeline.state import State
 from onnxquant.planner import UINT8_WEIGHT_OPS
-from onnxquant.recipe import Recipe
+from onnxquant.recipe import Recipe, SearchSettings
 from onnxquant.results import FloatCompute
 from onnxquant.search.candidates import FLOAT_COMPUTE, FLOAT_LAYERS_MIN_GAIN, TIGHTER_MIN_GAIN, Candidate, Rounds
 from onnxquant.search.compute import conv_mac_share, float_compute_costs_no_speed
@@ -126,7 +126,7 @@ def split_for_search(state: State, run: RunData, *, saved_stats: bool, max_drop:
     if n is None:
         n = sum(1 for _ in source)
     limit = state.recipe.calibration.max_samples
-    if n < settings.min_samples or (limit is not None and limit < settings.min_samples):
+    if too_few_samples(n, settings, limit):
         have = n if limit is None else min(n, limit)
         return SearchSplit(run, skipped=f"{have} calibration sample(s); it holds one of every {settings.score_every} out "
                                         f"for scoring and needs at least {settings.min_samples}")
@@ -134,6 +134,12 @@ def split_for_search(state: State, run: RunData, *, saved_stats: bool, max_drop:
     every = held_out_every(n, settings.score_every)
     kept = one_per_block(counted, every, held_out=False)
     return SearchSplit(replace(run, calib_data=kept), one_per_block(counted, every, held_out=True))
+
+
+def too_few_samples(samples: int, settings: SearchSettings, max_samples: int | None) -> bool:
+    """Whether ``samples`` calibration samples (at most ``max_samples`` read) are too few for the
+    search to hold some out and score trials on them: it is skipped then."""
+    return samples < settings.min_samples or (max_samples is not None and max_samples < settings.min_samples)
 
 
 def held_out_every(samples: int, score_every: int) -> int:

@@ -37,7 +37,9 @@ def build_report(compressed: ModelInspection, compressed_model: onnx.ModelProto,
                  validation: dict[str, Any] | None = None, layer_errors: list[dict[str, Any]] | None = None,
                  activations: list[dict[str, Any]] | None = None, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything about one compressed model; the parts not measured are None."""
-    reduce_range = bool((recipe or (quantization or {}).get("recipe") or {}).get("quantization", {}).get("reduce_range", True))
+    stated = (recipe or (quantization or {}).get("recipe") or {}).get("quantization")
+    # a model's recipe is its metadata, any JSON: a section that is not an object says nothing
+    reduce_range = bool(stated.get("reduce_range", True)) if isinstance(stated, dict) else True
     report: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "tool": tool_versions(),

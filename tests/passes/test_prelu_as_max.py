@@ -149,3 +149,18 @@ def test_an_excluded_prelu_stays_a_prelu(exclude, kept):
     assert [n.name for n in result.model.graph.node if n.op_type == "PRelu"] == kept
     assert sum(n.op_type == "Max" for n in result.model.graph.node) == 2 - len(kept)
     assert not any("matched" in w for w in result.warnings)
+
+
+def test_an_included_prelu_rewritten_after_planning_is_no_warning():
+    """``--include op:PRelu,op:Conv``: the pattern selects the planned model's PRelus, which the CPU
+    rewrite makes Max after planning; the result has no PRelu, but the pattern was no mistake and
+    was not applied too late (it was said to have matched only nodes replaced before it applied)."""
+    recipe = INTEGER_KERNELS.with_overrides(nodes={"include": ("op:PRelu", "op:Conv")})
+    result = onnxquant.quantize(_conv_prelu(MIXED_SLOPES), _samples(), recipe)
+    assert not any(n.op_type == "PRelu" for n in result.model.graph.node)
+    assert not any(w.startswith("node pattern") for w in result.warnings), result.warnings
+    mistyped = onnxquant.quantize(_conv_prelu(MIXED_SLOPES), _samples(),
+                                  INTEGER_KERNELS.with_overrides(nodes={"include": ("op:PReLU", "op:Conv")}))
+    assert [w for w in mistyped.warnings if w.startswith("node pattern")] == [
+        "node pattern 'op:PReLU' (include) matched no node: it changed nothing (patterns are a node name, op:TYPE "
+        "or re:REGEX; onnxquant inspect --layers lists the layer names)"]

@@ -10,6 +10,7 @@ import onnxquant
 from models.tiny_control_flow import recurrent_samples, tiny_recurrent
 from onnxquant import Recipe
 from onnxquant.fusion_check import optimized_graph
+from onnxquant.inspect_model import inspect_model
 from onnxquant.recipe import recipe_for_target
 from onnxquant.model_io import iter_graphs, tensor_array
 from onnxquant.passes.scopes import iter_scoped_nodes
@@ -114,6 +115,9 @@ def test_lstm_float_compute_keeps_int8_weights_and_is_closer_to_fp32():
     folded = {i.name for i in runtime.initializer if i.data_type == onnx.TensorProto.FLOAT}
     (runtime_lstm,) = [n for n in runtime.node if n.op_type == "LSTM"]
     assert runtime_lstm.input[1] in folded and runtime_lstm.input[2] in folded
+    # inspect counts both int8 weights, W and the recurrence R (it counted W alone: 1,024 of 5,120)
+    (layer,) = [layer for layer in inspect_model(uni.model).layers if layer.op_type == "LSTM"]
+    assert layer.precision == "int8" and layer.parameters == 4 * 32 * (8 + 32)
     assert any("dequantized in front of float LSTM" in n for n in floated.notes)
     float_bytes = sum(t.ByteSize() for g in iter_graphs(floated.model.graph) for t in g.initializer
                       if t.data_type == onnx.TensorProto.FLOAT)

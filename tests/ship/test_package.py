@@ -43,6 +43,22 @@ def test_zip_bundle_holds_everything_and_the_manifest_hashes_it(quantized_path: 
     assert manifest["validated"] is None and result.report["validation"] is None
 
 
+def test_a_malformed_recipe_stamp_is_bundled_without_a_traceback(quantized_path: Path, tmp_path: Path):
+    from onnxquant.recipe import RECIPE_KEY
+
+    model = onnx.load(str(quantized_path))
+    for text in ('{"cpu":{"kind":[1]}}', '{"quantization":5}'):
+        for prop in model.metadata_props:
+            if prop.key == RECIPE_KEY:
+                prop.value = text
+        path = tmp_path / "odd.onnx"
+        onnx.save(model, str(path))
+        bundle = tmp_path / f"odd{len(text)}.zip"
+        result = _run("package", path, "-o", bundle)
+        assert result.exit_code == 0 and result.exception is None, result.output
+        assert json.loads(_zip_files(bundle)["recipe.json"]) is not None
+
+
 def test_same_inputs_give_a_byte_identical_bundle(quantized_path: Path, tmp_path: Path):
     copy = tmp_path / "elsewhere" / quantized_path.name
     copy.parent.mkdir()
