@@ -124,3 +124,20 @@ def test_gram_means_are_the_chunked_float32_products_summed_in_float64(monkeypat
         total += (block.T @ block).astype(np.float64)
     assert got.dtype == np.float32
     assert np.array_equal(got, (total / sum(len(r) for r in rows)).astype(np.float32))
+
+
+def test_search_trials_round_each_weight_once_per_calibrated_model(monkeypatch):
+    """The search's trials re-plan one calibrated model: GPTQ's roundings are kept between them,
+    so the samples run through GPTQ's pass once per calibrated model, not once per trial."""
+    from onnxquant.recovery import gptq as gptq_module
+
+    passes, calls = [], []
+    real_grams, real_gptq = gptq_module._grams, gptq_module._gptq
+    monkeypatch.setattr(gptq_module, "_grams", lambda *a, **k: passes.append(1) or real_grams(*a, **k))
+    monkeypatch.setattr(gptq_module, "_gptq", lambda *a, **k: calls.append(1) or real_gptq(*a, **k))
+    recipe = Recipe().with_overrides(quantization={"integer_compute": True}, recovery={"smoothquant": False})
+    result = onnxquant.quantize(_token_matmul(), _correlated_tokens(32, 1), recipe)
+    trials = len(result.search["trials"])
+    assert trials >= 3 and len(calls) >= trials
+    # one pass for the trials (the kept samples), one for the refit (all samples)
+    assert len(passes) == 2
