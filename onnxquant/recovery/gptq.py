@@ -26,6 +26,7 @@ from onnxquant.model_io import is_lazy, model_digest, tensor_array, uncached_key
 from onnxquant.passes.node_index import NodeIndex, attributes
 from onnxquant.planner import QuantPlan
 from onnxquant.qparams import qrange
+from onnxquant.recovery.blas import one_blas_thread
 from onnxquant.recovery.probe import Probe, run_probe
 from onnxquant.shapes import known_ranks
 from onnxquant.pipeline.clock import timed
@@ -48,23 +49,26 @@ class _Layer:
 
 @dataclass
 class GptqFactors:
-    """Each layer input's Gram matrix and the factor GPTQ needs, by everything they depend on:
-    the float model's bytes, the input, the samples. A recipe search re-plans one float model
-    many times; its trials share these, so the samples run and each factor is computed once."""
+    """What GPTQ worked out on one float model and these samples, for the calls after the first:
+    a recipe search re-plans one calibrated model many times, and its trials that change only
+    activation ranges, bias correction or the float layers round each weight the same. The Gram
+    matrices and factors are not kept (all-MiniLM-L6-v2: 128 MB, held through bias correction
+    and the whole search): a weight whose scales change (no trial of the search does that to a
+    signed weight) makes its input's pass again, which gives the same bits."""
 
     source: Any = None  # the calibration data (compared by identity)
     context: str = ""  # and what else fits the samples to the model
-    by_key: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
-    # (model, layer, weight, scales, qmax) -> (integers as int8, or None where nearest was as good; gain dB):
-    # trials that change only activation ranges or bias correction round each weight the same
+    # (model, layer, weight, scales, qmax) -> (integers as int8, or None where nearest was as good; gain dB)
     rounded: dict[tuple, tuple[np.ndarray | None, float]] = field(default_factory=dict)
+    # (model, input, max_samples) of the inputs the samples showed not to be token activations
+    not_tokens: set[tuple] = field(default_factory=set)
 
     def over(self, source: Any, context: str) -> GptqFactors:
         """This cache, emptied first when the samples are not those it was filled from."""
         if source is not self.source or context != self.context:
             self.source, self.context = source, context
-            self.by_key.clear()
             self.rounded.clear()
+            self.not_tokens.clear()
         return self
 
 
@@ -152,9 +156,13 @@ def _grams(model: onnx.ModelProto, inputs: list[str], samples: Iterable[dict[str
 
     def flush(x: str) -> None:
         rows = np.concatenate(pending.pop(x))
-        product = (rows.T @ rows).astype(np.float64)
-        grams[x] = grams[x] + product if x in grams else product
         counts[x] = counts.get(x, 0) + rows.shape[0]
+        product = (rows.T @ rows).astype(np.float64)
+        del rows
+        if x in grams:
+            grams[x] += product  # (in place: no third K x K float64 array while they add)
+        else:
+            grams[x] = product
 
     for values in run_probe(model, probe, samples, max_samples):
         for x, value in values.items():
@@ -166,7 +174,15 @@ def _grams(model: onnx.ModelProto, inputs: list[str], samples: Iterable[dict[str
                 flush(x)
     for x in list(pending):
         flush(x)
-    return {x: (gram / max(counts[x], 1)).astype(np.float32) for x, gram in grams.items() if x not in low_rank}
+    # one float64 sum at a time becomes float32 and is let go (all-MiniLM-L6-v2: 113 MB of float64
+    # sums beside their float32 means, otherwise)
+    means = {}
+    for x in list(grams):
+        gram = grams.pop(x)
+        if x not in low_rank:
+            means[x] = (gram / max(counts[x], 1)).astype(np.float32)
+        del gram
+    return means
 
 
 def factor(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -217,7 +233,15 @@ def gptq(model: onnx.ModelProto, plan: QuantPlan, samples: Iterable[dict[str, np
     multiples of their planned scales so the rewrite stores those integers. ``factors``: Gram
     matrices and factors computed before for this float model and these samples. ``float_source``:
     a model left as it is while the report is used (the calibrated model ``model`` is a copy of),
-    whose weights the report's originals refer to where they are the same."""
+    whose weights the report's originals refer to where they are the same. numpy's BLAS runs on
+    one thread here (``recovery.blas``): the factors' bits then do not depend on the core count."""
+    with one_blas_thread():
+        return _gptq(model, plan, samples, max_samples, factors, float_source)
+
+
+def _gptq(model: onnx.ModelProto, plan: QuantPlan, samples: Iterable[dict[str, np.ndarray]],
+          max_samples: int | None, factors: GptqFactors | None,
+          float_source: onnx.ModelProto | None) -> GptqReport:
     report = GptqReport()
     layers = _layers(model, plan)
     if not layers:
@@ -226,22 +250,34 @@ def gptq(model: onnx.ModelProto, plan: QuantPlan, samples: Iterable[dict[str, np
     if model_key is None or factors is None:  # unhashable: nothing kept that no later call could find
         factors, model_key = GptqFactors(), model_key or uncached_key()
     key = {layer.x: (model_key, layer.x, max_samples) for layer in layers}
-    missing = sorted({layer.x for layer in layers if key[layer.x] not in factors.by_key})
-    if missing:
-        for x, gram in _grams(model, missing, samples, max_samples).items():
-            order, hinv = factor(gram)
-            factors.by_key[key[x]] = (gram, order, hinv.astype(np.float32))
+
+    def done(layer: _Layer) -> tuple:
+        return model_key, layer.node, layer.weight, np.asarray(layer.scale).tobytes(), layer.qmax
+
     inits = {i.name: i for i in model.graph.initializer}
+    todo = [layer for layer in layers if done(layer) not in factors.rounded and key[layer.x] not in factors.not_tokens]
+    missing = sorted({layer.x for layer in todo})
+    if missing:
+        grams = _grams(model, missing, samples, max_samples)
+        factors.not_tokens.update(key[x] for x in missing if x not in grams)
+        for x in missing:  # one input's factor alive at a time, let go once its layers are rounded
+            gram = grams.pop(x, None)
+            if gram is None:
+                continue
+            order, hinv = factor(gram)
+            hinv = hinv.astype(np.float32)
+            for layer in (layer for layer in todo if layer.x == x):
+                stored = tensor_array(inits[layer.weight])
+                w = (stored.T if layer.transposed else stored).astype(np.float64)
+                factors.rounded[done(layer)] = _round_layer(w, layer, gram, order, hinv)
+                del stored, w
+            del gram, order, hinv
     source = {i.name: i for i in float_source.graph.initializer} if float_source is not None else {}
     for layer in layers:
-        if key[layer.x] not in factors.by_key:
+        if key[layer.x] in factors.not_tokens:
             continue  # not a token activation
         stored = tensor_array(inits[layer.weight])
-        w = (stored.T if layer.transposed else stored).astype(np.float64)
-        done = (model_key, layer.node, layer.weight, np.asarray(layer.scale).tobytes(), layer.qmax)
-        if done not in factors.rounded:
-            factors.rounded[done] = _round_layer(w, layer, *factors.by_key[key[layer.x]])
-        q, gain = factors.rounded[done]
+        q, gain = factors.rounded[done(layer)]
         if q is None:
             report.unchanged.append(layer.node)
             continue

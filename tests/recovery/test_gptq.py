@@ -75,3 +75,70 @@ def test_gptq_leaves_rank_two_inputs_alone():
                for r in (on, off)]
     assert weights[0] and len(weights[0]) == len(weights[1])
     assert all(np.array_equal(a, b) for a, b in zip(*weights))
+
+
+def test_gptq_runs_numpy_blas_on_one_thread_and_gives_the_threads_back(monkeypatch):
+    """Threaded LAPACK (``np.linalg.inv`` of a 1536-wide Gram matrix) gives other bits on two
+    threads than on one: GPTQ's factors run on one, so the output does not follow the core count."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import onnxquant.recovery.gptq as gptq_module
+
+    seen: list[int] = []
+    real = gptq_module.factor
+
+    def spying(gram: np.ndarray):
+        seen.extend(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+        return real(gram)
+
+    monkeypatch.setattr(gptq_module, "factor", spying)
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+        onnxquant.quantize(_token_matmul(), _correlated_tokens(24, 1),
+                           Recipe().with_overrides(quantization={"integer_compute": True}, search={"enabled": False}))
+        after = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    assert seen and set(seen) == {1}
+    assert after and after == before  # the caller's limit is back
+
+
+def test_gram_means_are_the_chunked_float32_products_summed_in_float64(monkeypatch):
+    """What ``_grams`` returns: per input, the float32 products of its chunks of token rows
+    (a chunk closes once it holds ``_CHUNK`` rows), summed in float64, over the row count, as float32."""
+    from onnxquant.recovery import gptq as gptq_module
+    from onnxquant.recovery.gptq import _grams
+
+    model = _token_matmul()
+    samples = _correlated_tokens(30, 3)
+    chunk = 64  # rows: 10 tokens a sample, so chunks close after 7 samples (70 rows)
+    monkeypatch.setattr(gptq_module, "_CHUNK", chunk)
+    got = _grams(model, ["x"], samples, None)["x"]
+    rows = [s["x"].reshape(-1, K).astype(np.float32) for s in samples]
+    total, pending = np.zeros((K, K)), []
+    for r in rows:
+        pending.append(r)
+        if sum(len(p) for p in pending) >= chunk:
+            block = np.concatenate(pending)
+            total += (block.T @ block).astype(np.float64)
+            pending = []
+    if pending:
+        block = np.concatenate(pending)
+        total += (block.T @ block).astype(np.float64)
+    assert got.dtype == np.float32
+    assert np.array_equal(got, (total / sum(len(r) for r in rows)).astype(np.float32))
+
+
+def test_search_trials_round_each_weight_once_per_calibrated_model(monkeypatch):
+    """The search's trials re-plan one calibrated model: GPTQ's roundings are kept between them,
+    so the samples run through GPTQ's pass once per calibrated model, not once per trial."""
+    from onnxquant.recovery import gptq as gptq_module
+
+    passes, calls = [], []
+    real_grams, real_gptq = gptq_module._grams, gptq_module._gptq
+    monkeypatch.setattr(gptq_module, "_grams", lambda *a, **k: passes.append(1) or real_grams(*a, **k))
+    monkeypatch.setattr(gptq_module, "_gptq", lambda *a, **k: calls.append(1) or real_gptq(*a, **k))
+    recipe = Recipe().with_overrides(quantization={"integer_compute": True}, recovery={"smoothquant": False})
+    result = onnxquant.quantize(_token_matmul(), _correlated_tokens(32, 1), recipe)
+    trials = len(result.search["trials"])
+    assert trials >= 3 and len(calls) >= trials
+    # one pass for the trials (the kept samples), one for the refit (all samples)
+    assert len(passes) == 2
