@@ -15,9 +15,10 @@ A Relu or Clip that alone reads the ConvTranspose's output moves before the shuf
 so the same values): it then follows the Conv and fuses into its output quantization.
 
 Only ConvTransposes with float initializer weights of rank 4, one group, unit dilations, no
-padding, output padding or output shape, and a square kernel larger than 1x1 equal to the stride
-are rewritten; for the CPU target with Conv and DepthToSpace quantized (other targets run
-ConvTranspose themselves).
+padding, output padding or output shape, and a square kernel larger than 1x1 equal to the stride,
+whose weight, bias and output no If/Loop/Scan body reads (the body would lose them), are
+rewritten; for the CPU target with uint8 activations and Conv and DepthToSpace quantized (other
+targets run ConvTranspose themselves; see pipeline/prepare.py for int8).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxquant.model_io import tensor_array
+from onnxquant.passes.int8_pad import _read_in_bodies
 from onnxquant.passes.names import fresh_name, names_in_use
 from onnxquant.passes.node_index import NodeIndex, attributes
 
@@ -42,9 +44,12 @@ def convtranspose_as_conv(model: onnx.ModelProto) -> int:
     moved: set[int] = set()
     new_inits: list[TensorProto] = []
     gone: set[str] = set()
+    vanished: set[str] = set()  # outputs no node writes any more (a moved activation's input)
+    # an If/Loop/Scan body reading the weight, bias or output from the outer scope would lose it
+    in_bodies = _read_in_bodies(graph)
     for k, node in enumerate(index.nodes):
         kernel = _shuffle_kernel(node, index)
-        if kernel is None:
+        if kernel is None or any(name in in_bodies for name in (*node.input[1:3], node.output[0])):
             continue
         weight = tensor_array(index.inits[node.input[1]]).astype(np.float32)
         bias = tensor_array(index.inits[node.input[2]]).astype(np.float32) \
@@ -57,6 +62,7 @@ def convtranspose_as_conv(model: onnx.ModelProto) -> int:
         gone.update(node.input[1:3])
         if activation is not None:
             moved.add(activation)
+            vanished.add(node.output[0])
     if not replacing:
         return 0
     kept = [m for k, n in enumerate(index.nodes) if k not in moved for m in replacing.get(k, [n])]
@@ -67,6 +73,9 @@ def convtranspose_as_conv(model: onnx.ModelProto) -> int:
     for init in unread:
         graph.initializer.remove(init)
     graph.initializer.extend(new_inits)
+    stale = [v for v in graph.value_info if v.name in vanished]
+    for info in stale:
+        graph.value_info.remove(info)
     return len(replacing)
 
 

@@ -98,7 +98,11 @@ def _on_integers(model: onnx.ModelProto, op_type: str, matches: Callable[[onnx.N
             continue
         q = after[0]
         params = _scalar_params(dq, inits)
-        if params is None or params != _scalar_params(q, inits) or not _fed_by_qdq_conv(dq, producer, inits):
+        # uint8 only: with int8 activations onnxruntime's x86 provider converts each Q -> DQ
+        # pair to uint8 for its kernels, and the reshuffle in between would break those pairs
+        # (the kernel check then finds float islands and the neighbours go float)
+        if params is None or params != _scalar_params(q, inits) or params[2] != TensorProto.UINT8 \
+                or not _fed_by_qdq_conv(dq, producer, inits):
             continue
         nodes, tensors, reshaped = build(node.name, dq.input[0], q.output[0], parameter, used, opset)
         replacing[id(node)] = nodes

@@ -42,8 +42,12 @@ def _integer_gates(recipe: Recipe) -> bool:
 def _integer_upsampling(recipe: Recipe) -> bool:
     """A kernel == stride ConvTranspose becomes a 1x1 Conv and a DepthToSpace only where both
     make integer kernels: the CPU target with Conv and DepthToSpace quantized (onnxruntime's CPU
-    provider has no integer ConvTranspose; other targets run it themselves)."""
-    return recipe.target == "cpu" and {"Conv", "DepthToSpace"} <= set(recipe.quantization.op_types or DEFAULT_OP_TYPES)
+    provider has no integer ConvTranspose; other targets run it themselves), and uint8
+    activations: the channels-last move of the integers that makes the shuffle fast is uint8
+    only (passes/int8_upsample.py), so with int8 it would stay onnxruntime's generic
+    DepthToSpace, a trade not measured."""
+    return recipe.target == "cpu" and recipe.quantization.activation_type == "uint8" \
+        and {"Conv", "DepthToSpace"} <= set(recipe.quantization.op_types or DEFAULT_OP_TYPES)
 
 
 def _transformer_fusion(recipe: Recipe) -> bool:

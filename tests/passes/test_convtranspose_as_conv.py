@@ -163,13 +163,93 @@ def test_cpu_target_runs_them_as_integer_convs_and_moves_the_integers(monkeypatc
 
 
 @pytest.mark.parametrize("recipe", [replace(RECIPE, target="qnn"),
-                                    RECIPE.with_overrides(quantization={"op_types": ["Conv", "Relu"]})])
-def test_left_alone_off_the_cpu_target_or_without_depth_to_space(recipe):
-    from onnxquant.passes.prepare import prepare_model
+                                    RECIPE.with_overrides(quantization={"op_types": ["Conv", "Relu"]}),
+                                    RECIPE.with_overrides(quantization={"activation_type": "int8"})])
+def test_left_alone_off_the_cpu_target_without_depth_to_space_or_with_int8_activations(recipe):
     from onnxquant.pipeline.prepare import _integer_upsampling
 
     assert not _integer_upsampling(recipe)
     assert _integer_upsampling(RECIPE)
-    prepared, report = prepare_model(_decoder(), integer_upsampling=False)
-    assert report.convtransposes_as_conv == 0
-    assert [n.op_type for n in prepared.graph.node].count("ConvTranspose") == 2
+
+
+def test_qnn_target_keeps_the_convtranspose():
+    result = onnxquant.quantize(_decoder(), _samples(), replace(RECIPE, target="qnn"))
+    ops = [n.op_type for n in result.model.graph.node]
+    assert ops.count("ConvTranspose") == 2 and "DepthToSpace" not in ops
+    assert not any("kernel == stride" in note for note in result.notes)
+
+
+def _upsampling_block(middle: str) -> onnx.ModelProto:
+    """Conv, Relu, a 2x2 stride-2 ConvTranspose or a DCR DepthToSpace by 2, Conv, Relu."""
+    rng = np.random.default_rng(4)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    inits = [init("wa", 16, 3, 3, 3), init("ba", 16), init("wd", 2, 4, 3, 3), init("bd", 2)]
+    if middle == "ConvTranspose":
+        inits += [init("wt", 16, 4, 2, 2), init("bt", 4)]
+        up = helper.make_node("ConvTranspose", ["a_relu", "wt", "bt"], ["t"], name="up", kernel_shape=[2, 2],
+                              strides=[2, 2])
+    else:
+        up = helper.make_node("DepthToSpace", ["a_relu"], ["t"], name="up", blocksize=2, mode="DCR")
+    nodes = [helper.make_node("Conv", ["input", "wa", "ba"], ["a"], name="stem", pads=[1] * 4),
+             helper.make_node("Relu", ["a"], ["a_relu"], name="stem_relu"), up,
+             helper.make_node("Conv", ["t", "wd", "bd"], ["h"], name="head", pads=[1] * 4),
+             helper.make_node("Relu", ["h"], ["out"], name="head_relu")]
+    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT,
+                                                                             ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, ["N", 2, "H2", "W2"])],
+                              inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("middle", ["ConvTranspose", "DepthToSpace"])
+def test_int8_activations_keep_the_convs_quantized(middle):
+    """With int8 activations onnxruntime's x86 provider converts each Q -> DQ pair to uint8; a
+    reshuffle of the integers between would break the pairs and send the Convs float."""
+    result = onnxquant.quantize(_upsampling_block(middle), _samples(),
+                                RECIPE.with_overrides(quantization={"activation_type": "int8"}))
+    nodes = list(result.model.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    assert [n.name for n in convs] == ["stem", "head"]
+    for conv in convs:  # input and weight dequantized: a QLinearConv
+        assert all(producer[name].op_type == "DequantizeLinear" for name in conv.input[:2]), conv.name
+    assert [n.op_type for n in nodes].count(middle) == 1 and "Transpose" not in [n.op_type for n in nodes]
+
+
+def _in_a_branch(reads: str) -> onnx.ModelProto:
+    """``_upsampler`` with a Relu after it and an If whose then-branch reads ``reads`` (the weight
+    or the ConvTranspose's output) from the outer scope."""
+    model = _upsampler(4, 4, activation="Relu")
+    shape = [4, 4, 2, 2] if reads == "w" else ["N", 4, "H2", "W2"]
+    then = helper.make_graph([helper.make_node("Identity", [reads], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, shape)])
+    other = helper.make_graph([helper.make_node("Identity", ["y"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", onnx.TensorProto.FLOAT, None)])
+    model.graph.node.append(helper.make_node("If", ["c"], ["z"], name="branch", then_branch=then, else_branch=other))
+    model.graph.input.append(helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, []))
+    model.graph.output.append(helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None))
+    return model
+
+
+@pytest.mark.parametrize("reads", ["w", "up"])
+def test_a_convtranspose_a_branch_reads_from_stays(reads):
+    model = _in_a_branch(reads)
+    assert convtranspose_as_conv(model) == 0
+    assert [n.op_type for n in model.graph.node] == ["ConvTranspose", "Relu", "If"]
+    feed = {"x": np.ones((1, 4, 3, 3), np.float32), "c": np.array(True)}
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    assert session.run(None, feed)[1].shape == ((4, 4, 2, 2) if reads == "w" else (1, 4, 6, 6))
+
+
+def test_the_moved_activation_drops_the_old_outputs_shape():
+    model = _upsampler(4, 4, activation="Relu")
+    model.graph.value_info.append(helper.make_tensor_value_info("up", onnx.TensorProto.FLOAT, ["N", 4, "H2", "W2"]))
+    assert convtranspose_as_conv(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Relu", "DepthToSpace"]
+    assert "up" not in {v.name for v in model.graph.value_info}
+    onnx.checker.check_model(model, full_check=True)

@@ -148,3 +148,16 @@ def test_only_dcr_pixel_shuffles_move_channels_last(attrs, block):
     """DCR's channel blocks are whole pixels channels-last (one Transpose of blocks moves them);
     CRD's are not (tests/passes/test_convtranspose_as_conv.py checks the move against DepthToSpace)."""
     assert _dcr_block(helper.make_node("DepthToSpace", ["x"], ["y"], **attrs), {}) == block
+
+
+def test_int8_activations_leave_the_resizes(monkeypatch):
+    """With int8 activations onnxruntime's x86 provider converts each Q -> DQ pair to uint8; the
+    repeat between would break the pairs and send the neighbours float (all of them here)."""
+    recipe = RECIPE.with_overrides(quantization={"activation_type": "int8"})
+    result = onnxquant.quantize(_fpn(), _samples(), recipe).model
+    with monkeypatch.context() as patch:
+        patch.setattr(onnxquant.pipeline.rewrite, "upsample_integers", lambda model: 0)
+        before = onnxquant.quantize(_fpn(), _samples(), recipe).model
+    ops = [n.op_type for n in result.graph.node]
+    assert ops == [n.op_type for n in before.graph.node]
+    assert ops.count("Resize") == 2 and ops.count("QuantizeLinear") > 0
