@@ -73,6 +73,9 @@ class Selection:
 
     # values inside If/Loop/Scan bodies that the bodies' own plans quantize (body_planner)
     body_observed: list[str] = field(default_factory=list)
+    # body nodes (qualified names) whose own plan gives them an int8 weight: ``weights`` holds
+    # main-graph nodes only, so the already-quantized check learns of body weights from here
+    body_weighted: set[str] = field(default_factory=set)
 
     @property
     def observed(self) -> list[str]:

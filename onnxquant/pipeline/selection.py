@@ -47,7 +47,7 @@ def refuse_already_quantized(state: State) -> State:
     if not done:
         return state
     sel = state.selection
-    with_weight = {node for node, _ in sel.weights} | set(sel.weight_only)
+    with_weight = {node for node, _ in sel.weights} | set(sel.weight_only) | sel.body_weighted
     if not any(RULES[op].kind == Kind.WEIGHTED and name in with_weight for name, op in sel.quantized.items()):
         raise AlreadyQuantizedError(f"the model is already quantized ({describe(done)}) and has no float "
                                     "weighted layer left that onnxquant can quantize")
