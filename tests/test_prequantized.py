@@ -126,3 +126,23 @@ def test_float_gemms_inside_an_if_body_are_quantized_not_refused():
     assert result.quantized_nodes.get("Gemm") == 2
     assert any(note.startswith("already quantized: QDQ MatMul 1") for note in result.notes)
 
+
+def test_a_float_lstm_after_a_qdq_matmul_gets_int8_weights():
+    """LSTM has no QDQ rule: the check counts it as a weighted layer instead of failing on it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(9)
+    inits = [numpy_helper.from_array(rng.standard_normal((1, 16, 8)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal((1, 16, 4)).astype(np.float32), "R"),
+             numpy_helper.from_array(np.array([0], np.int64), "ax")]
+    model = _qdq_matmul_then([helper.make_node("Unsqueeze", ["y", "ax"], ["y3"], name="unsq"),
+                              helper.make_node("LSTM", ["y3", "W", "R"], ["out"], name="lstm", hidden_size=4)],
+                             inits, [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 1, 4])])
+    feeds = [{"x": rng.standard_normal((1, 8)).astype(np.float32)} for _ in range(4)]
+    result = onnxquant.quantize(model, feeds, INTEGER_KERNELS)
+    assert result.quantized_nodes.get("LSTM") == 1
+    assert any(note.startswith("already quantized: QDQ MatMul 1") for note in result.notes)
+    lstm = next(n for n in result.model.graph.node if n.op_type in ("LSTM", "DynamicQuantizeLSTM"))
+    int8 = {i.name for i in result.model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    producers = {o: n for n in result.model.graph.node for o in n.output}
+    assert any(w in int8 or (w in producers and producers[w].input[0] in int8) for w in lstm.input[1:3])
