@@ -114,6 +114,7 @@ def merge_into(sel: Selection, plans: dict[str, Selection]) -> None:
         for name, (op, reason) in body.float_nodes.items():
             sel.float_nodes[f"{path}/{name}"] = (op, reason if reason == NOT_FLOAT else f"{IN_BODY}: {reason}")
         sel.body_observed.extend(body.observed)
+        sel.body_weighted.update(f"{path}/{name}" for name, _ in body.weights)
 
 
 def rewrite_bodies(model: onnx.ModelProto, recipe: Recipe, table: StatsTable, not_float: set[str] | None,

@@ -33,6 +33,7 @@ from onnxquant.passes.node_index import attributes
 from onnxquant.passes.weight_only import WeightOnly
 from onnxquant.qparams import MIN_SCALE, QParams, above, asymmetric, per_channel_absmax, quantize, symmetric
 from onnxquant.recipe import NodeSelection, Recipe
+from onnxquant.score_tail import REASON as SCORE_TAIL_REASON
 from onnxquant.score_tail import score_tail_nodes
 from onnxquant.shapes import known_elem_types
 
@@ -73,6 +74,9 @@ class Selection:
 
     # values inside If/Loop/Scan bodies that the bodies' own plans quantize (body_planner)
     body_observed: list[str] = field(default_factory=list)
+    # body nodes (qualified names) whose own plan gives them an int8 weight: ``weights`` holds
+    # main-graph nodes only, so the already-quantized check learns of body weights from here
+    body_weighted: set[str] = field(default_factory=set)
 
     @property
     def observed(self) -> list[str]:
@@ -443,6 +447,8 @@ def _decide_outputs(model: onnx.ModelProto, sel: Selection, g: _Graph, fused: se
             int8_reader = any(r.name in sel.quantized for r in readers)
             if not rule.float_output_ok or int8_reader:
                 sel.activations.append(out)
+                if any(sel.float_nodes.get(r.name, ("", ""))[1] == SCORE_TAIL_REASON for r in readers):
+                    sel.owned.discard(out)  # a score tail reads the unclipped float value
             else:
                 sel.owned.discard(out)
 

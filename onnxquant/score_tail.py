@@ -14,6 +14,9 @@ Found from the graph alone: for each graph output, the nodes after which no lear
 follows (``decode_tail``'s walk), where every learned layer that feeds them is a Gemm/MatMul
 with constant weights and at most ``MAX_SCORES`` output features. A classifier's 1000 logits
 before a Softmax, an embedding or a Conv head's map are left to the planner's usual rules.
+A head output that a quantized layer outside the tail also reads gets a Q/DQ pair for that layer
+only: the tail keeps reading the float value (``planner._decide_outputs``), else it would read the
+DQ and be capped at the calibrated top all the same.
 """
 from __future__ import annotations
 

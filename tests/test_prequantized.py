@@ -89,3 +89,60 @@ def test_a_qdq_model_whose_only_float_matmuls_read_two_activations_stops(tmp_pat
     feeds = [{"x": np.random.default_rng(10 + s).standard_normal((1, 4, 8)).astype(np.float32)} for s in range(4)]
     with pytest.raises(AlreadyQuantizedError, match="already quantized .*QDQ MatMul 1"):
         onnxquant.quantize(partial, feeds)
+
+
+def _qdq_matmul_then(extra_nodes: list, extra_inits: list, outputs: list, extra_inputs: tuple = ()) -> onnx.ModelProto:
+    """A shipped QDQ MatMul (int8 weight behind a DequantizeLinear) in front of ``extra_nodes``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(rng.integers(-100, 100, (8, 8)).astype(np.int8), "wq"),
+             numpy_helper.from_array(np.float32(0.01), "ws"), numpy_helper.from_array(np.int8(0), "wz"), *extra_inits]
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wdq"], name="dq"),
+             helper.make_node("MatMul", ["x", "wdq"], ["y"], name="pre_mm"), *extra_nodes]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8]),
+                                           *extra_inputs], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_float_gemms_inside_an_if_body_are_quantized_not_refused():
+    """The body's planned Gemms reach the selection under qualified names without the body's
+    weights: they still count as float weighted layers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(8)
+
+    def branch(name: str) -> onnx.GraphProto:
+        w = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), f"w_{name}")
+        return helper.make_graph([helper.make_node("Gemm", ["y", f"w_{name}"], [f"o_{name}"], name=f"g_{name}")],
+                                 name, [], [helper.make_tensor_value_info(f"o_{name}", TensorProto.FLOAT, [1, 8])], [w])
+
+    model = _qdq_matmul_then(
+        [helper.make_node("If", ["c"], ["out"], name="if0", then_branch=branch("a"), else_branch=branch("b"))], [],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8])],
+        (helper.make_tensor_value_info("c", TensorProto.BOOL, []),))
+    feeds = [{"x": rng.standard_normal((1, 8)).astype(np.float32), "c": np.array(b)} for b in (True, False) * 2]
+    result = onnxquant.quantize(model, feeds, INTEGER_KERNELS)
+    assert result.quantized_nodes.get("Gemm") == 2
+    assert any(note.startswith("already quantized: QDQ MatMul 1") for note in result.notes)
+
+
+def test_a_float_lstm_after_a_qdq_matmul_gets_int8_weights():
+    """LSTM has no QDQ rule: the check counts it as a weighted layer instead of failing on it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(9)
+    inits = [numpy_helper.from_array(rng.standard_normal((1, 16, 8)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal((1, 16, 4)).astype(np.float32), "R"),
+             numpy_helper.from_array(np.array([0], np.int64), "ax")]
+    model = _qdq_matmul_then([helper.make_node("Unsqueeze", ["y", "ax"], ["y3"], name="unsq"),
+                              helper.make_node("LSTM", ["y3", "W", "R"], ["out"], name="lstm", hidden_size=4)],
+                             inits, [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 1, 4])])
+    feeds = [{"x": rng.standard_normal((1, 8)).astype(np.float32)} for _ in range(4)]
+    result = onnxquant.quantize(model, feeds, INTEGER_KERNELS)
+    assert result.quantized_nodes.get("LSTM") == 1
+    assert any(note.startswith("already quantized: QDQ MatMul 1") for note in result.notes)
+    lstm = next(n for n in result.model.graph.node if n.op_type in ("LSTM", "DynamicQuantizeLSTM"))
+    int8 = {i.name for i in result.model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    producers = {o: n for n in result.model.graph.node for o in n.output}
+    assert any(w in int8 or (w in producers and producers[w].input[0] in int8) for w in lstm.input[1:3])

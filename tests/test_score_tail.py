@@ -69,3 +69,31 @@ def test_scores_beyond_the_calibrated_range_are_not_clipped():
     assert top.min() - mos[order[199]] > 0.3  # the held-out scores lie well above the calibrated ones
     assert max(errors) < 0.1, errors  # clipped at the calibrated top they would be off by the gap
     assert "sigmoid" in {f.name for f in result.float_nodes}
+
+
+def test_a_head_output_an_int8_layer_also_reads_leaves_the_tail_unclipped():
+    """The logit feeds the tail and a quantized Gemm outside it: the Gemm reads it through Q/DQ,
+    the tail the float logit (through the DQ it would be capped at the calibrated top)."""
+    model = _scorer()
+    rng = np.random.default_rng(2)
+    model.graph.initializer.extend([numpy_helper.from_array(rng.normal(0, 0.3, (4, 1)).astype(np.float32), "w3"),
+                                    numpy_helper.from_array(np.zeros(4, np.float32), "b3")])
+    model.graph.node.append(helper.make_node("Gemm", ["logit", "w3", "b3"], ["aux"], name="aux_gemm", transB=1))
+    model.graph.output.append(helper.make_tensor_value_info("aux", TensorProto.FLOAT, [1, 4]))
+    assert set(score_tail_nodes(model)) == {"plus1", "sigmoid", "squeeze", "times4"}
+    fp32 = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    pool = [rng.normal(0, 1, (1, FEATURES)).astype(np.float32) for _ in range(400)]
+    mos = np.array([fp32.run(None, {"x": x})[0].item() for x in pool])
+    order = np.argsort(mos)
+    calib = [{"x": pool[k]} for k in order[:200:4]]
+    held = [{"x": pool[k]} for k in order[-10:]]
+    result = onnxquant.quantize(model, calib, INTEGER)
+    int8 = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    errors = [abs(int8.run(None, f)[0].item() - fp32.run(None, f)[0].item()) for f in held]
+    assert mos[order[-10:]].min() - mos[order[199]] > 0.3
+    assert max(errors) < 0.1, errors
+    squeeze = next(n for n in result.model.graph.node if n.name == "squeeze")
+    assert squeeze.input[0] == "logit"
+    aux_gemm = next(n for n in result.model.graph.node if n.name == "aux_gemm")
+    producers = {o: n.op_type for n in result.model.graph.node for o in n.output}
+    assert producers[aux_gemm.input[0]] == "DequantizeLinear"

@@ -8,6 +8,7 @@ from onnxquant.body_planner import merge_into, plan_bodies
 from onnxquant.errors import AlreadyQuantizedError
 from onnxquant.model_io import tensor_array
 from onnxquant.npu_planner import select_every_op
+from onnxquant.ops.recurrent import RECURRENT_OPS
 from onnxquant.ops.rules import RULES, Kind
 from onnxquant.passes.int4_matmul import eligible as int4_eligible
 from onnxquant.passes.int4_matmul import int4_sqnr_db
@@ -38,6 +39,13 @@ def select_nodes(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | f
 ALREADY_QUANTIZED_NOTE = "already quantized: "
 
 
+def _weighted_op(op: str) -> bool:
+    """A layer type with a learned weight: a QDQ weighted rule, or a recurrent layer (which has no
+    QDQ rule; its weights are stored int8). Ops without a rule (an NPU's Softmax) are not."""
+    rule = RULES.get(op)
+    return op in RECURRENT_OPS or (rule is not None and rule.kind == Kind.WEIGHTED)
+
+
 def refuse_already_quantized(state: State) -> State:
     """Stop with one line when an already-quantized model has nothing float left to compress.
     A MatMul of two activations (attention's scores) is of a weighted op type but holds no weight:
@@ -47,8 +55,8 @@ def refuse_already_quantized(state: State) -> State:
     if not done:
         return state
     sel = state.selection
-    with_weight = {node for node, _ in sel.weights} | set(sel.weight_only)
-    if not any(RULES[op].kind == Kind.WEIGHTED and name in with_weight for name, op in sel.quantized.items()):
+    with_weight = {node for node, _ in sel.weights} | set(sel.weight_only) | sel.body_weighted
+    if not any(_weighted_op(op) and name in with_weight for name, op in sel.quantized.items()):
         raise AlreadyQuantizedError(f"the model is already quantized ({describe(done)}) and has no float "
                                     "weighted layer left that onnxquant can quantize")
     return state.noted(f"{ALREADY_QUANTIZED_NOTE}{describe(done)}; the float remainder is quantized")
