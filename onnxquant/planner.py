@@ -207,6 +207,7 @@ class _Graph:
             for name in node.input:
                 if name:
                     self.consumers.setdefault(name, []).append(node)
+        self.inputs = {i.name for i in graph.input}
         self.not_float = not_float or set()
         self.types = known_elem_types(model)
 
@@ -224,6 +225,24 @@ class _Graph:
     def is_dequantized(self, name: str) -> bool:
         """A weight stored quantized: the output of a DequantizeLinear of an initializer."""
         return is_dequantized(name, self.producer, self.initializers)
+
+    def why_not_a_weight(self, name: str, body: bool) -> str:
+        """Where a weighted op's weight comes from when it is no float32 initializer, so a user
+        can find it: converters pass Loop weights in as carried values (paddle2onnx), compute
+        them (Transpose, Cast), or store them in another type."""
+        if self.is_dequantized(name):
+            return ALREADY_QUANTIZED
+        init = self.initializers.get(name)
+        if init is not None:
+            return f"weight is stored as {onnx.TensorProto.DataType.Name(init.data_type).lower()}, not float32"
+        node = self.producer.get(name)
+        if node is not None:
+            return f"weight is computed by a {node.op_type} node, not stored as an initializer"
+        if name in self.inputs:
+            return ("weight enters the body as a loop-carried value or input, not an initializer of the body"
+                    if body else "weight is a graph input, not an initializer")
+        return ("weight comes from the enclosing graph, not an initializer of the body" if body
+                else "weight is not a float32 initializer")
 
     def constant_value(self, name: str) -> np.ndarray | None:
         init = self.initializers.get(name)
@@ -336,7 +355,7 @@ def select(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | None = 
                     stay_float(node, "MatMul weight is not float32")
                     continue
             elif not g.is_float_initializer(w):
-                stay_float(node, ALREADY_QUANTIZED if g.is_dequantized(w) else "weight is not a float32 initializer")
+                stay_float(node, g.why_not_a_weight(w, body))
                 continue
         elif rule.kind == Kind.FUSED_ACTIVATION:
             if node.op_type == "Clip" and not _clip_is_constant(node, g):

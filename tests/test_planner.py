@@ -190,3 +190,32 @@ def test_clip_zero_point_lift_skipped_for_symmetric_activations():
     recipe = INTEGER_KERNELS.with_overrides(quantization={"activation_type": "int8", "activation_symmetric": True})
     zps, _ = _quantize_zero_points(_relu6_concat_net(False), recipe)
     assert zps["a"] == 0  # int8 symmetric: the zero point stays in the middle
+
+
+def _gemm_model(weight_from: str) -> onnx.ModelProto:
+    """A Gemm whose weight is a graph input, a Transpose's output, or a float16 initializer."""
+    w = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])]
+    inits, nodes = [], []
+    if weight_from == "input":
+        inputs.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [3, 4]))
+    elif weight_from == "Transpose":
+        inits.append(numpy_helper.from_array(w.T.copy(), "wt"))
+        nodes.append(helper.make_node("Transpose", ["wt"], ["w"], name="t"))
+    else:
+        inits.append(numpy_helper.from_array(w.astype(np.float16), "w"))
+    nodes.append(helper.make_node("Gemm", ["x", "w"], ["y"], name="gemm"))
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_weight_that_is_no_float32_initializer_is_told_where_it_comes_from():
+    """A user must be able to find the weight a float layer kept: the reason names its source."""
+    for weight_from, said in (("input", "graph input"), ("Transpose", "computed by a Transpose node"),
+                              ("float16", "stored as float16")):
+        model = _gemm_model(weight_from)
+        sel = select(model, Recipe())
+        assert "gemm" in sel.float_nodes, weight_from
+        assert said in sel.float_nodes["gemm"][1], (weight_from, sel.float_nodes["gemm"])
+    body = select(_gemm_model("input"), Recipe(), body=True)
+    assert "loop-carried value" in body.float_nodes["gemm"][1]
