@@ -239,10 +239,9 @@ class _Graph:
         if node is not None:
             return f"weight is computed by a {node.op_type} node, not stored as an initializer"
         if name in self.inputs:
-            return ("weight enters the body as a loop-carried value or input, not an initializer of the body"
-                    if body else "weight is a graph input, not an initializer")
-        return ("weight comes from the enclosing graph, not an initializer of the body" if body
-                else "weight is not a float32 initializer")
+            return ("weight enters the body as an input (a loop-carried value or a value of the enclosing "
+                    "graph), not an initializer" if body else "weight is a graph input, not an initializer")
+        return "weight is not a float32 initializer"
 
     def constant_value(self, name: str) -> np.ndarray | None:
         init = self.initializers.get(name)
