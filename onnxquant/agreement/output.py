@@ -31,9 +31,9 @@ PRIMARY = {"classification": "top1", "embedding": "cosine", "regression": "cosin
 # string match moves in steps of one sample: KL for classifiers (scored as exp(-KL)), CER for
 # sequences (as 1 - CER), for detections F1 times the score agreement (1 - the mean score gap of
 # the fp32 and int8 detections, a lost or an extra box counting its whole score: F1 alone moves a
-# whole box at a time); for yes/no probabilities the decision agreement times 1 - the mean
-# probability change (two trials flipping the same decisions told apart by how far they moved);
-# the other kinds' primary figures are fine already.
+# whole box at a time); the other kinds' primary figures are fine already (yes/no probabilities:
+# the decision agreement, trials flipping as many told apart by the search's cosine tie-break,
+# which over one value a sample is how far the probabilities moved).
 FINE = {**PRIMARY, "classification": "kl", "sequence": "cer", "detection": "score_agreement"}
 
 
@@ -200,8 +200,6 @@ class OutputAgreement:
         elif by == "fine" and self.kind == "detection" and m.get("f1") is not None \
                 and m.get("score_agreement") is not None:
             return float(m["f1"]) * float(m["score_agreement"])  # every box lost: 0, as by F1
-        elif by == "fine" and self.kind == "binary" and m.get("decision_agreement") is not None:
-            return float(m["decision_agreement"]) * max(0.0, 1.0 - float(m["mean_probability_change"]))
         elif by == "fine" and FINE.get(self.kind or "") in ("kl", "cer") and m.get(FINE[self.kind]) is not None:
             value = float(m[FINE[self.kind]])
             if not math.isfinite(value):
