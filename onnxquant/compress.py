@@ -63,6 +63,8 @@ class ValidateSettings:
     min_string_agreement: float | None = None
     max_cer: float | None = None
     min_label_agreement: float | None = None
+    min_decision_agreement: float | None = None
+    max_probability_change: float | None = None
     max_metric_drop: float | None = None
     max_latency_ratio: float | None = None
     require_on_ep: bool = False
@@ -272,14 +274,17 @@ def _compress(job: CompressJob, progress: StepProgress | None) -> CompressResult
     from onnxquant.package import package
     from onnxquant.report.build import activation_report, build_report
     from onnxquant.report.html import render_html
+    from onnxquant.pipeline.run_data import RunData
 
     steps = _Steps(progress)
     holdout = job.holdout or job.calib_data
     with scratch() as tmp:
         compressed = Path(tmp) / f"{job.model.stem}.int8.onnx"
         update = steps.begin("quantize", "pruning and calibrating" if job.recipe.prune.enabled else "calibrating")
-        result = quantize(job.model, job.calib_data, job.recipe, compressed, progress=update, holdout=job.holdout,
-                          max_drop=job.max_drop, agreement=job.drop_by, diagnostics=True)
+        run = RunData(calib_data=job.calib_data, holdout=job.holdout, drop_by=job.drop_by, progress=update,
+                      output_kinds=job.validate.output_settings().kinds or None)  # the search reads outputs as validate
+        result = quantize(job.model, recipe=job.recipe, output=compressed, max_drop=job.max_drop, diagnostics=True,
+                          run=run)
         errors = None
         if job.layer_errors:
             update = steps.begin("measure", "measuring per-layer error")

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from onnxquant.agreement import DROP_BY, OutputAgreement, add_outputs, output_agreements
+from onnxquant.agreement.graph_hints import graph_hints
 from onnxquant.agreement.budgets import DEFAULT_MAX_METRIC_DROP, Budget, describe
 from onnxquant.agreement.tensor import SampleMemo
 from onnxquant.calibration.collector import in_order, make_session, sample_workers
@@ -38,10 +39,13 @@ class Holdout:
     references: list[list[np.ndarray]]
     output_names: list[str]
     agreement: str = "cosine"  # or "top1" for classifier scores (see ``measure``)
+    hints: dict[str, str] = field(default_factory=dict)  # graph_hints of the model: how outputs are read
+    kinds: dict[str, str] = field(default_factory=dict)  # output kinds the user gave (--output-kind)
 
     @classmethod
     def from_samples(cls, model: onnx.ModelProto, samples: Iterable[dict[str, np.ndarray]],
-                     max_samples: int | None = None, agreement: str = "cosine") -> Holdout:
+                     max_samples: int | None = None, agreement: str = "cosine",
+                     kinds: dict[str, str] | None = None) -> Holdout:
         if agreement not in AGREEMENTS:
             raise UsageError(f"agreement {agreement!r} unknown; choose from {', '.join(AGREEMENTS)}")
         session = make_session(lambda: serialize(model), threads=1, weights=model,  # bits independent of --threads
@@ -58,7 +62,8 @@ class Holdout:
             refs.append(ref)
         if not feeds:
             raise CalibrationDataError("no held-out samples were read")
-        return cls(feeds, refs, [o.name for o in session.get_outputs()], agreement)
+        return cls(feeds, refs, [o.name for o in session.get_outputs()], agreement, graph_hints(model),
+                   dict(kinds or {}))
 
 
 @dataclass
@@ -112,7 +117,8 @@ def score_outputs(outputs: list[list[np.ndarray]], holdout: Holdout, metric: Met
     # sample whatever the subset, so a leave-one-out subset is scored in the same units
     if references:
         first = holdout.references[0]
-        agreements = output_agreements(names, first, holdout.feeds[0])
+        agreements = output_agreements(names, first, holdout.feeds[0], kinds=holdout.kinds,
+                                       hints=holdout.hints)
         for name, value in zip(names, first):
             agreements[name].begin(value)
     else:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxquant.agreement.graph_hints import graph_hints
 from onnxquant.agreement import (
     Budget,
     DetectionSettings,
@@ -357,12 +358,14 @@ class _ProviderRun:
 
     def __init__(self, report: ProviderReport, original: Any, compressed: Any,
                  shapes: dict[str, tuple[int, ...]] | None, settings: OutputSettings,
-                 metric: tuple[str, SampleMetric] | None, original_is_reference: bool = False):
+                 metric: tuple[str, SampleMetric] | None, original_is_reference: bool = False,
+                 hints: dict[str, str] | None = None):
         self.report, self.original, self.compressed, self.shapes = report, original, compressed, shapes
         # the CPU provider's original session is the reference, which has just run each sample
         # (untimed) when it is timed: the compressed one runs it untimed too (see ``feed``)
         self.original_is_reference = original_is_reference
         self.settings = settings
+        self.hints = hints or {}  # graph_hints of the original model
         self.broken = compressed is None
         if metric is not None:
             report.metric = MetricAgreement(*metric)
@@ -372,7 +375,7 @@ class _ProviderRun:
         first fp32 outputs (and the sample's image size)."""
         self.report.outputs.update(output_agreements(
             names, reference, sample, kinds=self.settings.kinds, detection=self.settings.detection,
-            ctc_blank=self.settings.ctc_blank))
+            ctc_blank=self.settings.ctc_blank, hints=self.hints))
 
     def feed(self, index: int, sample: dict[str, np.ndarray], reference: list[Any], names: list[str],
              reference_score: float | None) -> None:
@@ -487,6 +490,7 @@ def validate(
         raise UsageError(f"output kind given for {unknown_outputs}, which the model does not have "
                          f"(outputs: {', '.join(out_names)})")
 
+    hints = graph_hints(original_model)
     source = open_for_model(original_model, holdout, preprocess or ImagePreprocess())
     first = next(iter(source), None)
     if first is None:
@@ -535,7 +539,7 @@ def validate(
         if sessions[1] is None:
             report.failures.append(f"the compressed model does not load ({report.compressed.error})")
         runs.append(_ProviderRun(report, sessions[0], sessions[1], shapes, settings, metric,
-                                 original_is_reference=sessions[0] is reference))
+                                 original_is_reference=sessions[0] is reference, hints=hints))
 
     count = 0
     total = min(len(source), max_samples) if max_samples and _has_len(source) else (len(source) if _has_len(source) else None)

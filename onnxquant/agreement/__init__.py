@@ -2,8 +2,9 @@
 
 One module per kind: tensor (cosine, SQNR, per channel), classification (top-1/5, KL), detection
 (YOLO decoding, NMS, matching), heads (raw detection heads: PicoDet/GFL maps, YOLOX grids, decoded
-as detections), sequence (greedy CTC), labels (labels and maps); kinds detects
-the kind of an output, budgets holds the limits and their defaults, output ties them together.
+as detections), sequence (greedy CTC), labels (labels and maps), binary (decisions of a yes/no
+probability); kinds detects the kind of an output (graph_hints: what its producing nodes say),
+budgets holds the limits and their defaults, output ties them together.
 """
 from onnxquant.agreement.budgets import DEFAULTS, Budget
 from onnxquant.agreement.detection import DetectionSettings

@@ -29,6 +29,8 @@ OUTPUT_BUDGETS: dict[str, tuple[str, str, float, float]] = {
     "min_string_agreement": ("string_agreement", "min", 0.0, 1.0),
     "max_cer": ("cer", "max", 0.0, math.inf),
     "min_label_agreement": ("label_agreement", "min", 0.0, 1.0),
+    "min_decision_agreement": ("decision_agreement", "min", 0.0, 1.0),
+    "max_probability_change": ("max_probability_change", "max", 0.0, 1.0),
 }
 
 # Defaults per kind, measured on healthy and broken int8 models (README, "Default budgets").
@@ -39,6 +41,8 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "detection": {"min_f1": 0.7},
     "sequence": {"max_cer": 0.05},  # string agreement depends on line length: reported, not budgeted
     "labels": {"min_label_agreement": 0.6},
+    # yes/no probabilities: below 50 decisions 0.98 allows no flip; a 0.1 move is a sure sign of damage
+    "binary": {"min_decision_agreement": 0.98, "max_probability_change": 0.1},
 }
 DEFAULT_MAX_METRIC_DROP = 0.02  # a --metric's mean score may drop this much (scores in 0..1)
 
@@ -74,6 +78,8 @@ class Budget:
     min_string_agreement: float | None = None  # sequences: decoded strings equal to fp32's
     max_cer: float | None = None  # character error rate against fp32's strings
     min_label_agreement: float | None = None  # labels and maps
+    min_decision_agreement: float | None = None  # binary: decisions at 0.5 equal to fp32's
+    max_probability_change: float | None = None  # binary: largest absolute probability change
     max_metric_drop: float | None = None  # your --metric: fp32 mean score minus int8 mean score
     max_latency_ratio: float | None = None  # compressed / original median latency, same provider
     require_on_ep: bool = False  # every node but the input/output boundary runs on the provider

@@ -13,13 +13,17 @@ apply. The rules, in order:
   and at least 100), with class-score columns in [0, 1] and non-negative box sizes -> ``detection``
 - rank 2 (batch, n >= 2): rows of probabilities -> ``classification``; rows of unit L2 norm, or
   a name that says embedding/feature/pool -> ``embedding``; otherwise -> ``classification`` (logits)
+- one value per sample in [0, 1] made by a Sigmoid (``graph_hints``: the values alone cannot
+  tell a probability from a regression value) -> ``binary``: judged by its decisions at 0.5
 - anything else (dense maps, single values, hidden states) -> ``regression``
 
 Boxes/scores pairs (``boxes (batch, n, 4)`` next to ``scores (batch, n, classes)`` or
 ``(batch, classes, n)`` with values in [0, 1]) are found across outputs by ``detection_pairs``:
 both become ``detection``, decoded together and reported under the boxes output. Raw detection
 heads (PicoDet/GFL per-level maps, YOLOX grids) are found the same way, with the image input's
-size, by ``onnxquant.agreement.heads.find_raw_heads``.
+size, by ``onnxquant.agreement.heads.find_raw_heads``. Outputs a Loop or Scan makes step by step
+(``graph_hints``: an attention decoder's per-step token probabilities and cell boxes, SLANet's)
+are never paired: their probabilities read as a sequence.
 """
 from __future__ import annotations
 
@@ -29,9 +33,10 @@ from typing import Any
 import numpy as np
 
 from onnxquant.agreement.classification import is_probability_rows
+from onnxquant.agreement.graph_hints import one_value_per_sample
 from onnxquant.agreement.labels import is_map_rows
 
-KINDS = ("classification", "embedding", "detection", "sequence", "regression", "labels")
+KINDS = ("classification", "embedding", "detection", "sequence", "regression", "binary", "labels")
 _EMBEDDING_NAME = re.compile(r"embed|feature|pool|sentence|hidden|vector|encod", re.IGNORECASE)
 
 
@@ -70,8 +75,11 @@ def few_positive_scores(value: Any) -> bool:
             and bool(value.min() >= 0) and not is_probability_rows(value))
 
 
-def detect_kind(name: str, value: Any) -> str:
-    """The kind of output ``name`` judged from one fp32 value of it (see the module docstring)."""
+def detect_kind(name: str, value: Any, hint: str | None = None) -> str:
+    """The kind of output ``name`` judged from one fp32 value of it and what its producing nodes
+    hint (``graph_hints``; see the module docstring)."""
+    if hint == "binary" and one_value_per_sample(value):
+        return "binary"
     if is_map_rows(value) or not isinstance(value, np.ndarray):
         return "labels"
     if value.dtype.kind != "f":
@@ -115,15 +123,18 @@ def parse_kind_overrides(items: dict[str, str] | list[str] | tuple[str, ...] | N
     return out
 
 
-def detection_pairs(values: dict[str, Any], kinds: dict[str, str] | None = None) -> dict[str, str]:
+def detection_pairs(values: dict[str, Any], kinds: dict[str, str] | None = None,
+                    hints: dict[str, str] | None = None) -> dict[str, str]:
     """Boxes output name -> scores output name, for outputs that form a boxes/scores pair.
 
     Boxes: float (batch, n, 4) with n >= 2. Scores: another float rank-3 output with the same
     batch, n on axis 1 or 2, values in [0, 1]. An output the user gave another kind than
-    detection is left out.
+    detection is left out, and so is one a Loop or Scan makes step by step (``hints``: a
+    decoder's per-step outputs) unless the user said it is a detection.
     """
-    kinds = kinds or {}
+    kinds, hints = kinds or {}, hints or {}
     free = {k: v for k, v in values.items() if kinds.get(k, "detection") == "detection"
+            and (k in kinds or hints.get(k) != "per_step")
             and isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.ndim == 3 and v.size}
     pairs: dict[str, str] = {}
     taken: set[str] = set()

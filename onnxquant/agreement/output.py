@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from onnxquant.agreement.budgets import OUTPUT_BUDGETS, Budget, check
+from onnxquant.agreement.binary import BinaryAgreement
 from onnxquant.agreement.classification import ClassificationAgreement
 from onnxquant.agreement.detection import DetectionAgreement, DetectionSettings, decode_pair, decode_yolo
 from onnxquant.agreement.heads import RawHeads, find_raw_heads
@@ -25,12 +26,14 @@ DROP_BY = ("cosine", "top1", "kind", "fine")
 
 # The one figure per kind that says "how much of the fp32 answer survived" (1 is all of it).
 PRIMARY = {"classification": "top1", "embedding": "cosine", "regression": "cosine", "detection": "f1",
-           "sequence": "string_agreement", "labels": "label_agreement"}
+           "sequence": "string_agreement", "labels": "label_agreement", "binary": "decision_agreement"}
 # The finest figure per kind, for choices made on a few dozen samples, where a top-1 or an exact
 # string match moves in steps of one sample: KL for classifiers (scored as exp(-KL)), CER for
 # sequences (as 1 - CER), for detections F1 times the score agreement (1 - the mean score gap of
 # the fp32 and int8 detections, a lost or an extra box counting its whole score: F1 alone moves a
-# whole box at a time); the other kinds' primary figures are fine already.
+# whole box at a time); the other kinds' primary figures are fine already (yes/no probabilities:
+# the decision agreement, trials flipping as many told apart by the search's cosine tie-break,
+# which over one value a sample is how far the probabilities moved).
 FINE = {**PRIMARY, "classification": "kl", "sequence": "cer", "detection": "score_agreement"}
 
 
@@ -48,11 +51,12 @@ class OutputAgreement:
 
     def __init__(self, name: str, kind: str | None = None, *, detection: DetectionSettings | None = None,
                  ctc_blank: int | None = None, boxes_of: str | None = None, scores_in: str | None = None,
-                 heads: RawHeads | None = None, head_of: str | None = None) -> None:
+                 heads: RawHeads | None = None, head_of: str | None = None, hint: str | None = None) -> None:
         """``scores_in``: this output holds the boxes of a pair whose scores are that output;
         ``boxes_of``: this output holds the scores of the pair whose boxes are that output;
         ``heads``: this output carries the detections decoded from those raw heads (it is one of
-        them); ``head_of``: this output is a raw head decoded with the others under that output."""
+        them); ``head_of``: this output is a raw head decoded with the others under that output;
+        ``hint``: what the graph says of it (``graph_hints``), for detecting its kind."""
         self.name = name
         self.scores_in, self.boxes_of = scores_in, boxes_of
         self.heads, self.head_of = heads, head_of
@@ -62,6 +66,7 @@ class OutputAgreement:
         self.kind_source = "given" if kind else "detected"
         self.detection_settings = detection or DetectionSettings()
         self.ctc_blank = ctc_blank
+        self.hint = hint
         self.samples = 0
         self.mismatched = 0  # samples whose int8 output has another shape or type than fp32's
         self.notes: list[str] = []
@@ -71,6 +76,7 @@ class OutputAgreement:
         self.detections: DetectionAgreement | None = None
         self.strings: SequenceAgreement | None = None
         self.labels: LabelAgreement | None = None
+        self.binary: BinaryAgreement | None = None
 
     def begin(self, reference: Any) -> None:
         """Decide how this output is read (its kind, and what that kind needs) from ``reference``,
@@ -80,7 +86,7 @@ class OutputAgreement:
 
     def _start(self, reference: Any) -> None:
         if self.kind is None:
-            self.kind = detect_kind(self.name, reference)
+            self.kind = detect_kind(self.name, reference, self.hint)
             if self.kind == "classification" and few_positive_scores(reference):
                 self.kind_hint = (f"read as class logits ({reference.shape[-1]} values a row, none negative, not "
                                   f"probabilities): --output-kind {self.name}=regression if they are scores, not classes")
@@ -92,6 +98,8 @@ class OutputAgreement:
             self.classes = ClassificationAgreement()
         elif self.kind == "detection" and not self.boxes_of and not self.head_of:  # decoded with another output
             self.detections = DetectionAgreement(self.detection_settings)
+        elif self.kind == "binary":
+            self.binary = BinaryAgreement()
         elif self.kind == "sequence":
             blank = self.ctc_blank if self.ctc_blank is not None else detect_blank(reference)
             self.strings = SequenceAgreement(blank)
@@ -143,6 +151,8 @@ class OutputAgreement:
                                            decode_yolo(compressed, self.detection_settings))
             elif self.strings is not None:
                 self.strings.add(reference, compressed)
+            elif self.binary is not None:
+                self.binary.add(reference, compressed)
         except (ValueError, IndexError) as exc:  # a kind the user forced on an output that does not fit it
             note = f"cannot measure as {self.kind} an output of shape {list(reference.shape)}: {exc}"
             if note not in self.notes:
@@ -165,7 +175,7 @@ class OutputAgreement:
             channels = t.channels()
             if channels:
                 out.update(channels)
-        for part in (self.classes, self.strings):
+        for part in (self.classes, self.strings, self.binary):
             if part is not None:
                 out.update(part.metrics())
         if self.detections is not None and self.detections.images:
@@ -254,15 +264,16 @@ def _same_shape(a: Any, b: Any) -> bool:
 
 def output_agreements(names: list[str], reference: list[Any], feed: dict[str, np.ndarray] | None = None, *,
                       kinds: dict[str, str] | None = None, detection: DetectionSettings | None = None,
-                      ctc_blank: int | None = None) -> dict[str, OutputAgreement]:
+                      ctc_blank: int | None = None, hints: dict[str, str] | None = None) -> dict[str, OutputAgreement]:
     """One agreement per output of a model, from its first fp32 outputs (and the sample ``feed``
     that made them, which gives raw detection heads their image size): boxes/scores pairs and raw
-    heads are found here and decoded together."""
-    kinds = kinds or {}
+    heads are found here and decoded together. ``hints``: ``graph_hints`` of the fp32 model."""
+    kinds, hints = kinds or {}, hints or {}
     values = dict(zip(names, reference))
-    pairs = detection_pairs(values, kinds)
+    pairs = detection_pairs(values, kinds, hints)
     boxes_of = {scores: boxes for boxes, scores in pairs.items()}
-    heads = None if pairs else find_raw_heads(values, feed, kinds)
+    stepwise = {name: "sequence" for name, hint in hints.items() if hint == "per_step"}  # not raw heads either
+    heads = None if pairs else find_raw_heads(values, feed, {**stepwise, **kinds})
     out = {}
     for name in names:
         carrier = heads is not None and name == heads.carrier
@@ -270,7 +281,8 @@ def output_agreements(names: list[str], reference: list[Any], feed: dict[str, np
         out[name] = OutputAgreement(name, kinds.get(name), detection=detection, ctc_blank=ctc_blank,
                                     scores_in=pairs.get(name), boxes_of=boxes_of.get(name),
                                     heads=heads if carrier else None,
-                                    head_of=heads.carrier if member and heads is not None else None)
+                                    head_of=heads.carrier if member and heads is not None else None,
+                                    hint=hints.get(name))
     return out
 
 

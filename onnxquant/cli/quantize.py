@@ -180,6 +180,9 @@ def _long_run_note(later: _LaterStages, projected: float, pace: float, samples: 
 @click.option("--search-min-samples", type=click.IntRange(min=2), help="Fewer calibration samples: no search (default 16).")
 @click.option("--search-score-every", type=click.IntRange(min=2), help="Hold out every Nth calibration sample to score "
               "the trials (default 4).")
+@click.option("--output-kind", "output_kinds", multiple=True, metavar="NAME=KIND",
+              help="Read output NAME as KIND when scoring the recipe search and --max-drop (as validate's "
+                   "--output-kind; default: detected). Repeatable.")
 @prune_options("prune-")
 @click.option("--no-simplify", is_flag=True, default=False, help="Skip graph simplification before quantizing.")
 @click.option("--threads", type=click.IntRange(0, MAX_THREADS), help="onnxruntime threads while calibrating (default: its own "
@@ -199,7 +202,8 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
              debug: bool, max_drop: float | None, holdout: Path | None, drop_by: str, weight_bits: str | None,
              int4_block_size: int | None, int4_min_sqnr_db: float | None, threads: int | None, max_memory: str | None,
              search_enabled: bool | None, search_trials: int | None, search_seconds: float | None,
-             search_min_samples: int | None, search_score_every: int | None, **image: Any) -> None:
+             search_min_samples: int | None, search_score_every: int | None, output_kinds: tuple[str, ...],
+             **image: Any) -> None:
     """Quantize MODEL to an int8 QDQ model using calibration data."""
     from onnxquant.api import quantize as run_quantize
 
@@ -230,10 +234,16 @@ def quantize(model: Path, output: Path, calib_data: Path | None, recipe_path: Pa
     if max_drop is not None and calib_data is None:
         raise click.UsageError("--max-drop needs --calib-data")
     budget = parse_bytes(max_memory) if max_memory else None
+    from onnxquant.agreement import parse_kind_overrides
+
+    try:
+        kinds = parse_kind_overrides(output_kinds)
+    except ValueError as exc:
+        raise click.UsageError(f"--output-kind: {exc}") from exc
     later = _LaterStages(recipe, max_drop, calib_data, budget is not None)
     with progress(quiet or as_json, "calibrating", long_note=partial(_long_run_note, later)) as update:
         run = RunData(calib_data=calib_data, holdout=holdout, drop_by=drop_by, progress=update, threads=threads,
-                      max_memory=budget)  # the library applies threads and the memory budget
+                      max_memory=budget, output_kinds=kinds or None)  # the library applies threads and the memory budget
         result = run_quantize(model, recipe=recipe, output=output, stats=load_stats, save_stats_to=save_stats,
                               max_drop=max_drop, run=run)
     emit(result.to_dict(), as_json, quiet, quantize_summary)

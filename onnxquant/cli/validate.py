@@ -98,6 +98,8 @@ def budget_options(command: Any) -> Any:
         ("min_string_agreement", "sequence outputs: decoded strings equal to fp32's"),
         ("max_cer", "sequence outputs: character error rate against fp32's strings"),
         ("min_label_agreement", "label and map outputs: agreement rate"),
+        ("min_decision_agreement", "binary outputs: decisions at 0.5 equal to fp32's"),
+        ("max_probability_change", "binary outputs: largest absolute probability change"),
         ("max_metric_drop", "--metric: fp32 mean score minus int8 mean score"),
         ("max_latency_ratio", "compressed / original median latency on each provider"),
     ]

@@ -26,7 +26,8 @@ class RunData:
     an onnxruntime ``CalibrationDataReader`` (read once). ``holdout``: samples to measure accuracy
     on (default: ``calib_data``). ``metric``: the user's score of a model's outputs (higher is
     better); ``drop_by``: the agreement kind otherwise ("cosine", "top1"...). ``progress``:
-    called with (done, total). ``threads``: onnxruntime intra-op threads (None: its default);
+    called with (done, total). ``output_kinds``: output name -> kind, as ``--output-kind`` (how the
+    search and mixed precision read those outputs; the rest detected). ``threads``: onnxruntime intra-op threads (None: its default);
     ``max_memory``: bytes of activations one calibration pass may fetch (None: no limit).
     """
 
@@ -37,6 +38,7 @@ class RunData:
     progress: ProgressCallback | None = None
     threads: int | None = None
     max_memory: int | None = None
+    output_kinds: dict[str, str] | None = None
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
@@ -83,7 +85,7 @@ class RunData:
             raise UsageError("mixed precision and sensitivity need held-out samples that can be read repeatedly "
                              "(a folder or a list)")
         return Holdout.from_samples(model, self.samples(model, recipe, source), recipe.calibration.max_samples,
-                                    self.drop_by)
+                                    self.drop_by, self.output_kinds)
 
 
 def _rereadable(data: Any) -> bool:

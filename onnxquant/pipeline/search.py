@@ -94,7 +94,7 @@ class SearchSplit:
         """``state``, chosen before any trial ran (``why``), scored once on the held-out samples
         against ``reference`` (the float model it was made from): the report still says what it costs."""
         drop_by = "fine"  # as the trials score
-        held = Holdout.from_samples(reference, self.scored, None, drop_by)
+        held = Holdout.from_samples(reference, self.scored, None, drop_by, run.output_kinds)
         m = score_outputs(run_holdout(state.model, held), held, run.metric)
         report = SearchReport(chosen=chosen, scored_samples=len(held.feeds),
                               calibration_samples=state.stats.samples if state.stats is not None else 0,
@@ -167,7 +167,7 @@ def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrate
     settings = calibrated.recipe.search
     crun = split.run
     drop_by = "fine"  # top-1 on a few dozen samples moves in steps of one sample
-    held = Holdout.from_samples(calibrated.model, split.scored, None, drop_by)
+    held = Holdout.from_samples(calibrated.model, split.scored, None, drop_by, run.output_kinds)
     first, heads, following = _edge_layers(calibrated)
     rounds = Rounds(calibrated.recipe, first, heads, following)
     report = SearchReport(scored_samples=len(held.feeds), calibration_samples=calibrated.stats.samples,

@@ -110,3 +110,9 @@ def test_search_flags_reach_the_recipe_and_the_summary_says_what_was_chosen(cnn_
                                     str(calib), "--no-search", "--json"])
     assert off.exit_code == 0 and "search" not in json.loads(off.output)
     assert json.loads(off.output)["calibration_samples"] == 32
+
+
+def test_output_kind_is_checked_like_validates(cnn_path: Path, npz_dir: Path, tmp_path: Path):
+    result = _run("quantize", cnn_path, "-o", tmp_path / "q.onnx", "--calib-data", npz_dir, "--output-kind", "out=vector")
+    assert result.exit_code == 2 and "--output-kind" in result.output and "unknown" in result.output
+    assert not (tmp_path / "q.onnx").exists()
