@@ -107,6 +107,8 @@ def quantize(
         # before any search: the float-compute model is built from the input again.
         decided = float_compute(calibrated, lambda: _pruned(model, recipe, run, integer_kernels=False))
         conv_estimate = decided.conv_estimate
+        if decided.float_compute is None:
+            calibrated = decided  # (with the first layers it gives float compute, if any)
         if decided.float_compute is not None:
             state = decided
             if split.searching:  # no trial ran; the held-out samples still score the chosen model

@@ -22,11 +22,11 @@ model is as much slower, relatively, as a 15 ms one).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import onnx
 
-from onnxquant.conv_cost import ConvEstimate, estimate, known_shapes
+from onnxquant.conv_cost import COSTS, ConvEstimate, estimate, known_shapes, layer_times, quantized_conv_shapes
 from onnxquant.dense_cost import DenseEstimate
 from onnxquant.dense_cost import estimate as dense_estimate
 from onnxquant.host import host_cpu
@@ -45,6 +45,10 @@ from onnxquant.results import FloatCompute
 from onnxquant.weight_only_planner import select_weight_only
 
 MIN_CONV_WEIGHT_SHARE = 0.5
+# A first-layer Conv computes in float where int8 is estimated this many times its fp32 time
+# (and MIN_EXTRA_US more): the cost model's per-model error was up to ~20% (conv_cost.py)
+STEM_MARGIN = 1.25
+FIRST_LAYERS_NOTE = "first layers with int8 weights and float compute, estimated slower as int8"
 # Below this estimated extra time per sample the difference is lost in what any onnxruntime run
 # costs (session.run's own overhead is 10-20 us here): a toy model keeps its integer kernels.
 MIN_EXTRA_US = 20.0
@@ -57,13 +61,16 @@ def float_compute(state: State, float_model: Callable[[], State]) -> State:
     integer kernels would be slower (or the recipe asks), the float-compute model built on
     ``float_model()``: the same input loaded, prepared for float kernels and pruned as
     ``state``'s was. The calibrated state's statistics, timings and warnings are kept."""
-    found, dense = _estimates(state)
+    found, dense, stems = _estimates(state)
     setting = state.recipe.quantization.integer_compute
     convs_slower = (found is not None and found.int8_us - found.fp32_us >= MIN_EXTRA_US
                     and found.weight_share >= MIN_CONV_WEIGHT_SHARE)
     dense_slower = dense is not None and _dense_slower(found, dense)
     if state.recipe.target != "cpu" or setting is True or (setting is None and not (convs_slower or dense_slower)):
-        return replace(state, conv_estimate=found)
+        if setting is True or not stems:
+            return replace(state, conv_estimate=found)
+        kept = _without(found, stems)
+        return replace(state, conv_estimate=kept, float_layers={s.name: s.reason for s in stems}).noted(stem_note(stems))
     prepared = float_model()
     model, recipe = prepared.model, state.recipe
     per_channel = recipe.quantization.per_channel and default_opset(model) >= PER_CHANNEL_OPSET
@@ -79,27 +86,82 @@ def float_compute(state: State, float_model: Callable[[], State]) -> State:
                         dense if estimated and dense_slower and not convs_slower else None)
     return replace(state, model=model, selection=sel, preparation=prepared.preparation, pruning=prepared.pruning,
                    plan=None, fusion=None, float_nodes=None, mixed=None, search=None, conv_estimate=None,
-                   float_compute=done, notes=(*prepared.notes, *already, done.note()))
+                   float_layers={}, float_compute=done, notes=(*prepared.notes, *already, done.note()))
 
 
-def _estimates(state: State) -> tuple[ConvEstimate | None, DenseEstimate | None]:
+def _estimates(state: State) -> tuple[ConvEstimate | None, DenseEstimate | None, list[SlowStem]]:
     """The planned Convs' estimated time in fp32 and int8, and the planned MatMul/Gemm layers'
     extra time as int8, on the target CPU kind, from their shapes for the first sample
-    (conv_cost.py, dense_cost.py); None off the CPU target or where nothing is known."""
+    (conv_cost.py, dense_cost.py); None off the CPU target or where nothing is known. And the
+    first-layer Convs estimated clearly slower as int8 (``slow_stems``)."""
     recipe = state.recipe
     if recipe.target != "cpu" or state.first_sample is None or state.selection is None:
-        return None, None
+        return None, None, []
     kind = recipe.cpu.kind if recipe.cpu is not None else host_cpu().kind
     shapes = {name: tuple(value.shape) for name, value in state.first_sample.items()}
     planned = set(state.selection.quantized)
     if not any(state.selection.quantized[name] in ("Conv", "MatMul", "Gemm") for name in planned):
-        return None, None  # (no layer either estimate counts: no shape inference)
+        return None, None, []  # (no layer either estimate counts: no shape inference)
     try:
         known = known_shapes(state.model, shapes)  # one shape inference for both estimates
     except onnx.shape_inference.InferenceError:  # shape inference refused the graph: no estimate
-        return None, None
+        return None, None, []
+    stems = slow_stems(state.model, shapes, kind, planned, known) if kind in COSTS else []
     return (estimate(state.model, shapes, kind, planned, known),
-            dense_estimate(state.model, shapes, kind, planned, known))
+            dense_estimate(state.model, shapes, kind, planned, known), stems)
+
+
+@dataclass(frozen=True)
+class SlowStem:
+    """A first-layer Conv estimated clearly slower as int8, and its estimates for one sample."""
+
+    name: str
+    int8_us: float
+    fp32_us: float
+    cpu_kind: str
+
+    @property
+    def reason(self) -> str:
+        return (f"int8 weights, float compute: a first layer estimated at {self.int8_us / 1e3:.2f} ms as int8 "
+                f"vs {self.fp32_us / 1e3:.2f} ms in fp32 ({self.cpu_kind})")
+
+
+def slow_stems(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], kind: str, planned: set[str],
+               known: dict[str, list[int]]) -> list[SlowStem]:
+    """Planned Convs that read a graph input (the few-channel stem of an image model) whose
+    estimated int8 time is at least ``STEM_MARGIN`` times their fp32 time and ``MIN_EXTRA_US``
+    more, graph order. Only first layers: kept float, they cost no Q/DQ round trip (their input
+    is float already, and one QuantizeLinear after them is what the next layer's input needs
+    anyway); a layer inside the integer graph would add a DequantizeLinear in front as well, and
+    the estimates say a quarter to half of PP-OCRv4 det's and EfficientNet-Lite0's depthwise layers
+    are slower as int8 alone, which Q/DQ round trips would undo."""
+    inputs = {i.name for i in model.graph.input} - {i.name for i in model.graph.initializer}
+    firsts = {n.name for n in model.graph.node if n.op_type == "Conv" and n.name in planned and n.input
+              and n.input[0] in inputs}
+    if not firsts:
+        return []
+    layers = quantized_conv_shapes(model, shapes, planned & firsts, known)
+    return [SlowStem(name, int8 / 1e3, fp32 / 1e3, kind) for name, fp32, int8 in layer_times(layers, kind)
+            if int8 - fp32 >= MIN_EXTRA_US * 1e3 and int8 >= STEM_MARGIN * fp32]
+
+
+def stem_note(stems: list[SlowStem]) -> str:
+    """The summary's line: which first layers compute in float on int8 weights, and why."""
+    each = ", ".join(f"{s.name} ({s.int8_us / 1e3:.2f} ms int8 vs {s.fp32_us / 1e3:.2f} ms fp32)" for s in stems)
+    return f"{FIRST_LAYERS_NOTE} on {stems[0].cpu_kind}: {each}"
+
+
+def _without(found: ConvEstimate | None, stems: list[SlowStem]) -> ConvEstimate | None:
+    """The Convs' estimate without the first layers that now compute in float."""
+    if found is None:
+        return None
+    names = {s.name for s in stems}
+    if found.layers <= len(names):
+        return None
+    return replace(found, layers=found.layers - len(names),
+                   fp32_us=found.fp32_us - sum(s.fp32_us for s in stems),
+                   int8_us=found.int8_us - sum(s.int8_us for s in stems),
+                   slower=tuple(n for n in found.slower if n not in names))
 
 
 def _dense_slower(convs: ConvEstimate | None, dense: DenseEstimate) -> bool:
