@@ -42,7 +42,7 @@ from onnxquant.pipeline.prune import prune as prune_stage
 from onnxquant.pipeline.ranking import rank
 from onnxquant.pipeline.remake import remade_from_copy
 from onnxquant.pipeline.run_data import RunData, run_data
-from onnxquant.pipeline.float_compute import float_compute
+from onnxquant.pipeline.float_compute import first_layers_said, float_compute
 from onnxquant.pipeline.save import RECIPE_KEY, VERSION_KEY, save
 from onnxquant.pipeline.search import float_compute_decided, search, split_for_search
 from onnxquant.search.candidates import FLOAT_COMPUTE
@@ -127,7 +127,7 @@ def quantize(
         else:
             state = mixed_precision(calibrated, run, max_drop)
         estimate = None if state.float_compute is not None else conv_estimate  # (the search's choice)
-        state = save(compact(check(split.told(replace(state, conv_estimate=estimate)))), output)
+        state = save(compact(check(split.told(first_layers_said(replace(state, conv_estimate=estimate))))), output)
         if save_stats_to is not None and stats is None:  # last: a failure before leaves no statistics file
             save_stats(state.stats, save_stats_to)
         return quantize_result(state, clock, calibrated if diagnostics else None)

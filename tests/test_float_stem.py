@@ -2,6 +2,9 @@
 large image) gets int8 weights and float compute, the rest of the model integer kernels."""
 from __future__ import annotations
 
+import re
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -9,6 +12,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxquant
+from onnxquant.passes.weight_only import WeightOnly
+from onnxquant.pipeline.float_compute import FIRST_LAYER_REASON, FIRST_LAYERS_NOTE, first_layers_said
+from onnxquant.pipeline.state import State
+from onnxquant.planner import Selection
 from onnxquant.recipe import recipe_for_target
 
 TARGETS = ["cpu-avx2", "cpu-vnni"]  # explicit CPU kinds: the same answer on any host
@@ -55,9 +62,11 @@ def test_a_slow_stem_computes_in_float_on_int8_weights_and_feeds_the_integer_lay
     result = _quantize(56, target)
     assert result.float_compute is None  # the model as a whole keeps integer kernels
     assert list(result.weight_only) == ["stem"]
-    assert "first layer estimated at" in result.weight_only["stem"] and "ms in fp32" in result.weight_only["stem"]
+    kind = target.split("-")[1]
+    assert re.fullmatch(r"int8 weights, float compute: a first layer estimated at (\d+\.\d\d) ms int8 vs "
+                        rf"(\d+\.\d\d) ms fp32 on {kind}", result.weight_only["stem"])
     notes = [n for n in result.notes if n.startswith("first layers with int8 weights and float compute")]
-    assert len(notes) == 1 and "stem (" in notes[0] and target.split("-")[1] in notes[0]
+    assert len(notes) == 1 and re.search(rf"stem \(\d+\.\d\d ms int8 vs \d+\.\d\d ms fp32 on {kind}\)$", notes[0])
     model = result.model
     producer = _producers(model)
     stem = next(n for n in model.graph.node if n.op_type == "Conv" and n.name == "stem")
@@ -107,7 +116,7 @@ def test_integer_compute_and_exclude_keep_their_meaning():
     assert kept.weight_only == {}
     assert any(n.op_type == "QuantizeLinear" and n.input[0] == "x" for n in kept.model.graph.node)
     excluded = _quantize(56, "cpu-avx2", nodes={"exclude": ["stem"]})
-    assert excluded.weight_only == {}
+    assert excluded.weight_only == {} and not any(n.startswith("first layers") for n in excluded.notes)
     assert [n.name for n in excluded.float_nodes if n.name == "stem"] == ["stem"]
     stem = next(n for n in excluded.model.graph.node if n.name == "stem")
     assert stem.input[1] in {i.name for i in excluded.model.graph.initializer}
@@ -124,3 +133,16 @@ def test_only_a_layer_reading_a_graph_input_is_considered():
     recipe = recipe_for_target("cpu-avx2").with_overrides(search={"enabled": False})
     result = onnxquant.quantize(model, _samples(56), recipe)
     assert result.weight_only == {}
+
+
+def test_the_note_names_only_first_layers_still_computed_in_float():
+    """A search trial or mixed precision may keep the stem entirely float: no note then."""
+    why = f"{FIRST_LAYER_REASON}0.34 ms int8 vs 0.23 ms fp32 on vnni"
+    kept = Selection(quantized={"stem": "Conv"}, weight_only={"stem": WeightOnly((1,), True, why, fold=True)})
+    state = State(model=onnx.ModelProto(), recipe=recipe_for_target("cpu-vnni"), float_layers={"stem": why},
+                  selection=kept, notes=(f"{FIRST_LAYERS_NOTE}: stale",))
+    assert first_layers_said(state).notes == (
+        "first layers with int8 weights and float compute, estimated slower as int8: stem (0.34 ms int8 vs 0.23 ms "
+        "fp32 on vnni)",)
+    floated = Selection(float_nodes={"stem": ("Conv", "excluded by --exclude")})
+    assert first_layers_said(replace(state, selection=floated)).notes == ()

@@ -49,6 +49,7 @@ MIN_CONV_WEIGHT_SHARE = 0.5
 # (and MIN_EXTRA_US more): the cost model's per-model error was up to ~20% (conv_cost.py)
 STEM_MARGIN = 1.25
 FIRST_LAYERS_NOTE = "first layers with int8 weights and float compute, estimated slower as int8"
+FIRST_LAYER_REASON = "int8 weights, float compute: a first layer estimated at "
 # Below this estimated extra time per sample the difference is lost in what any onnxruntime run
 # costs (session.run's own overhead is 10-20 us here): a toy model keeps its integer kernels.
 MIN_EXTRA_US = 20.0
@@ -70,7 +71,7 @@ def float_compute(state: State, float_model: Callable[[], State]) -> State:
         if setting is True or not stems:
             return replace(state, conv_estimate=found)
         kept = _without(found, stems)
-        return replace(state, conv_estimate=kept, float_layers={s.name: s.reason for s in stems}).noted(stem_note(stems))
+        return replace(state, conv_estimate=kept, float_layers={s.name: s.reason for s in stems})
     prepared = float_model()
     model, recipe = prepared.model, state.recipe
     per_channel = recipe.quantization.per_channel and default_opset(model) >= PER_CHANNEL_OPSET
@@ -122,8 +123,8 @@ class SlowStem:
 
     @property
     def reason(self) -> str:
-        return (f"int8 weights, float compute: a first layer estimated at {self.int8_us / 1e3:.2f} ms as int8 "
-                f"vs {self.fp32_us / 1e3:.2f} ms in fp32 ({self.cpu_kind})")
+        return (f"{FIRST_LAYER_REASON}{self.int8_us / 1e3:.2f} ms int8 vs {self.fp32_us / 1e3:.2f} ms fp32 "
+                f"on {self.cpu_kind}")
 
 
 def slow_stems(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], kind: str, planned: set[str],
@@ -145,10 +146,16 @@ def slow_stems(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], kind:
             if int8 - fp32 >= MIN_EXTRA_US * 1e3 and int8 >= STEM_MARGIN * fp32]
 
 
-def stem_note(stems: list[SlowStem]) -> str:
-    """The summary's line: which first layers compute in float on int8 weights, and why."""
-    each = ", ".join(f"{s.name} ({s.int8_us / 1e3:.2f} ms int8 vs {s.fp32_us / 1e3:.2f} ms fp32)" for s in stems)
-    return f"{FIRST_LAYERS_NOTE} on {stems[0].cpu_kind}: {each}"
+def first_layers_said(state: State) -> State:
+    """``state`` with one note naming the first layers that compute in float on int8 weights in
+    its final selection (a search trial or mixed precision may have kept one entirely float)."""
+    notes = tuple(note for note in state.notes if not note.startswith(FIRST_LAYERS_NOTE))
+    sel = state.selection
+    done = [name for name in state.float_layers if sel is not None and name in sel.weight_only]
+    if done:
+        each = ", ".join(f"{name} ({state.float_layers[name].removeprefix(FIRST_LAYER_REASON)})" for name in done)
+        notes = (*notes, f"{FIRST_LAYERS_NOTE}: {each}")
+    return replace(state, notes=notes)
 
 
 def _without(found: ConvEstimate | None, stems: list[SlowStem]) -> ConvEstimate | None:

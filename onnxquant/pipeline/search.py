@@ -33,7 +33,7 @@ from onnxquant.passes.node_index import NodeIndex
 from onnxquant.pipeline.build import build
 from onnxquant.pipeline.calibrate import calibrate as calibrate_stage
 from onnxquant.pipeline.clock import timed
-from onnxquant.pipeline.float_compute import FIRST_LAYERS_NOTE, float_compute
+from onnxquant.pipeline.float_compute import float_compute
 from onnxquant.pipeline.islands import without_islands
 from onnxquant.pipeline.plan import plan as plan_stage
 from onnxquant.pipeline.run_data import RunData
@@ -291,9 +291,7 @@ def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrate
     report.uint8_weights = [name for name in best_recipe.nodes.uint8_weights if name not in given.uint8_weights]
     if best.name == FLOAT_COMPUTE:
         return _float_compute_chosen(built[FLOAT_COMPUTE], calibrated, report)
-    # first layers given float compute by their estimate (float_compute.py), and the note saying so
-    firsts = calibrated.float_layers
-    said = [note for note in calibrated.notes if note.startswith(FIRST_LAYERS_NOTE)]
+    firsts = calibrated.float_layers  # first layers given float compute by their estimate (float_compute.py)
     if float_model is not None:  # the refit starts from a new float model: the calibrated one is let go
         del calibrated, held
         base = None
@@ -302,7 +300,6 @@ def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrate
         built.clear()  # (a SmoothQuant or learned-rounding trial's model, taken after the ranking)
     refit = _refit(best_recipe, run, float_model)
     chosen = replace(refit if refit is not None else base, recipe=best_recipe, float_layers=firsts)
-    chosen = chosen.noted(*[note for note in said if note not in chosen.notes])
     state = without_islands(chosen, run if refit is not None else crun, keep_calibrated=keep_calibrated)
     state = _kept_float_said(state, report.kept_float)
     wide = report.uint8_weights
