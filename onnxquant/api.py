@@ -23,6 +23,7 @@ from onnxquant.calibration.observers import StatsTable
 from onnxquant.calibration.sources import open_for_model
 from onnxquant.calibration.stats_io import save_stats
 from onnxquant.errors import CalibrationDataError, UsageError
+from onnxquant.first_layers import first_layers_said
 from onnxquant.float_weights import FLOAT_LAYERS_KEY
 from onnxquant.layer_errors import TensorError, dequantized_names, tensor_errors
 from onnxquant.mixed_precision import LayerSensitivity, Metric
@@ -42,7 +43,7 @@ from onnxquant.pipeline.prune import prune as prune_stage
 from onnxquant.pipeline.ranking import rank
 from onnxquant.pipeline.remake import remade_from_copy
 from onnxquant.pipeline.run_data import RunData, run_data
-from onnxquant.pipeline.float_compute import first_layers_said, float_compute
+from onnxquant.pipeline.float_compute import float_compute
 from onnxquant.pipeline.save import RECIPE_KEY, VERSION_KEY, save
 from onnxquant.pipeline.search import float_compute_decided, search, split_for_search
 from onnxquant.search.candidates import FLOAT_COMPUTE

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxquant
 from onnxquant.passes.weight_only import WeightOnly
-from onnxquant.pipeline.float_compute import FIRST_LAYER_REASON, FIRST_LAYERS_NOTE, first_layers_said
+from onnxquant.first_layers import FIRST_LAYER_REASON, FIRST_LAYERS_NOTE, first_layers_said
 from onnxquant.pipeline.state import State
 from onnxquant.planner import Selection
 from onnxquant.recipe import recipe_for_target

@@ -22,13 +22,14 @@ model is as much slower, relatively, as a 15 ms one).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import onnx
 
-from onnxquant.conv_cost import COSTS, ConvEstimate, estimate, known_shapes, layer_times, quantized_conv_shapes
+from onnxquant.conv_cost import COSTS, ConvEstimate, estimate, known_shapes
 from onnxquant.dense_cost import DenseEstimate
 from onnxquant.dense_cost import estimate as dense_estimate
+from onnxquant.first_layers import SlowStem, slow_stems
 from onnxquant.host import host_cpu
 from onnxquant.ops import WEIGHTED_OPS
 from onnxquant.passes.prepare import default_opset
@@ -45,11 +46,6 @@ from onnxquant.results import FloatCompute
 from onnxquant.weight_only_planner import select_weight_only
 
 MIN_CONV_WEIGHT_SHARE = 0.5
-# A first-layer Conv computes in float where int8 is estimated this many times its fp32 time
-# (and MIN_EXTRA_US more): the cost model's per-model error was up to ~20% (conv_cost.py)
-STEM_MARGIN = 1.25
-FIRST_LAYERS_NOTE = "first layers with int8 weights and float compute, estimated slower as int8"
-FIRST_LAYER_REASON = "int8 weights, float compute: a first layer estimated at "
 # Below this estimated extra time per sample the difference is lost in what any onnxruntime run
 # costs (session.run's own overhead is 10-20 us here): a toy model keeps its integer kernels.
 MIN_EXTRA_US = 20.0
@@ -107,55 +103,9 @@ def _estimates(state: State) -> tuple[ConvEstimate | None, DenseEstimate | None,
         known = known_shapes(state.model, shapes)  # one shape inference for both estimates
     except onnx.shape_inference.InferenceError:  # shape inference refused the graph: no estimate
         return None, None, []
-    stems = slow_stems(state.model, shapes, kind, planned, known) if kind in COSTS else []
+    stems = slow_stems(state.model, shapes, kind, planned, known, MIN_EXTRA_US) if kind in COSTS else []
     return (estimate(state.model, shapes, kind, planned, known),
             dense_estimate(state.model, shapes, kind, planned, known), stems)
-
-
-@dataclass(frozen=True)
-class SlowStem:
-    """A first-layer Conv estimated clearly slower as int8, and its estimates for one sample."""
-
-    name: str
-    int8_us: float
-    fp32_us: float
-    cpu_kind: str
-
-    @property
-    def reason(self) -> str:
-        return (f"{FIRST_LAYER_REASON}{self.int8_us / 1e3:.2f} ms int8 vs {self.fp32_us / 1e3:.2f} ms fp32 "
-                f"on {self.cpu_kind}")
-
-
-def slow_stems(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], kind: str, planned: set[str],
-               known: dict[str, list[int]]) -> list[SlowStem]:
-    """Planned Convs that read a graph input (the few-channel stem of an image model) whose
-    estimated int8 time is at least ``STEM_MARGIN`` times their fp32 time and ``MIN_EXTRA_US``
-    more, graph order. Only first layers: kept float, they cost no Q/DQ round trip (their input
-    is float already, and one QuantizeLinear after them is what the next layer's input needs
-    anyway); a layer inside the integer graph would add a DequantizeLinear in front as well, and
-    the estimates say a quarter to half of PP-OCRv4 det's and EfficientNet-Lite0's depthwise layers
-    are slower as int8 alone, which Q/DQ round trips would undo."""
-    inputs = {i.name for i in model.graph.input} - {i.name for i in model.graph.initializer}
-    firsts = {n.name for n in model.graph.node if n.op_type == "Conv" and n.name in planned and n.input
-              and n.input[0] in inputs}
-    if not firsts:
-        return []
-    layers = quantized_conv_shapes(model, shapes, planned & firsts, known)
-    return [SlowStem(name, int8 / 1e3, fp32 / 1e3, kind) for name, fp32, int8 in layer_times(layers, kind)
-            if int8 - fp32 >= MIN_EXTRA_US * 1e3 and int8 >= STEM_MARGIN * fp32]
-
-
-def first_layers_said(state: State) -> State:
-    """``state`` with one note naming the first layers that compute in float on int8 weights in
-    its final selection (a search trial or mixed precision may have kept one entirely float)."""
-    notes = tuple(note for note in state.notes if not note.startswith(FIRST_LAYERS_NOTE))
-    sel = state.selection
-    done = [name for name in state.float_layers if sel is not None and name in sel.weight_only]
-    if done:
-        each = ", ".join(f"{name} ({state.float_layers[name].removeprefix(FIRST_LAYER_REASON)})" for name in done)
-        notes = (*notes, f"{FIRST_LAYERS_NOTE}: {each}")
-    return replace(state, notes=notes)
 
 
 def _without(found: ConvEstimate | None, stems: list[SlowStem]) -> ConvEstimate | None:
