@@ -23,6 +23,7 @@ from onnxquant.calibration.observers import StatsTable
 from onnxquant.calibration.sources import open_for_model
 from onnxquant.calibration.stats_io import save_stats
 from onnxquant.errors import CalibrationDataError, UsageError
+from onnxquant.first_layers import first_layers_said
 from onnxquant.float_weights import FLOAT_LAYERS_KEY
 from onnxquant.layer_errors import TensorError, dequantized_names, tensor_errors
 from onnxquant.mixed_precision import LayerSensitivity, Metric
@@ -107,6 +108,8 @@ def quantize(
         # before any search: the float-compute model is built from the input again.
         decided = float_compute(calibrated, lambda: _pruned(model, recipe, run, integer_kernels=False))
         conv_estimate = decided.conv_estimate
+        if decided.float_compute is None:
+            calibrated = decided  # (with the first layers it gives float compute, if any)
         if decided.float_compute is not None:
             state = decided
             if split.searching:  # no trial ran; the held-out samples still score the chosen model
@@ -125,7 +128,7 @@ def quantize(
         else:
             state = mixed_precision(calibrated, run, max_drop)
         estimate = None if state.float_compute is not None else conv_estimate  # (the search's choice)
-        state = save(compact(check(split.told(replace(state, conv_estimate=estimate)))), output)
+        state = save(compact(check(split.told(first_layers_said(replace(state, conv_estimate=estimate))))), output)
         if save_stats_to is not None and stats is None:  # last: a failure before leaves no statistics file
             save_stats(state.stats, save_stats_to)
         return quantize_result(state, clock, calibrated if diagnostics else None)

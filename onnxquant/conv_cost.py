@@ -203,11 +203,17 @@ def estimate(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], cpu_kin
     layers = quantized_conv_shapes(model, shapes, planned, known)
     if not layers:
         return None
-    fp32, int8 = costs
-    times = [(layer.name, fp32.nanoseconds(layer), int8.nanoseconds(layer)) for layer in layers]
+    times = layer_times(layers, cpu_kind)
     return ConvEstimate(len(layers), sum(t[1] for t in times) / 1e3, sum(t[2] for t in times) / 1e3,
                         tuple(name for name, f, i in times if i > f), cpu_kind,
                         layer_weight_share(model, {layer.name for layer in layers}, planned))
+
+
+def layer_times(layers: list[ConvShape], cpu_kind: str) -> list[tuple[str, float, float]]:
+    """Each layer's name and estimated fp32 and int8 time in nanoseconds on ``cpu_kind`` (which
+    must have figures)."""
+    fp32, int8 = COSTS[cpu_kind]
+    return [(layer.name, fp32.nanoseconds(layer), int8.nanoseconds(layer)) for layer in layers]
 
 
 _LOW_BIT = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}

@@ -177,12 +177,16 @@ def excluded_names(graph: onnx.GraphProto, nodes: NodeSelection) -> set[str]:
     return {n.name for n in graph.node if any(_matches(n, p) for p in nodes.exclude)}
 
 
+# why a layer the recipe's (or a later decision's) exclude patterns match stays float
+EXCLUDED = "excluded by --exclude"
+
+
 def _selected_by_user(node: onnx.NodeProto, nodes: NodeSelection) -> str | None:
     """None when the user's include/exclude patterns allow the node, else the reason."""
     if nodes.include and not any(_matches(node, p) for p in nodes.include):
         return "not matched by --include"
     if any(_matches(node, p) for p in nodes.exclude):
-        return "excluded by --exclude"
+        return EXCLUDED
     return None
 
 

@@ -26,9 +26,10 @@ from dataclasses import replace
 
 import onnx
 
-from onnxquant.conv_cost import ConvEstimate, estimate, known_shapes
+from onnxquant.conv_cost import COSTS, ConvEstimate, estimate, known_shapes
 from onnxquant.dense_cost import DenseEstimate
 from onnxquant.dense_cost import estimate as dense_estimate
+from onnxquant.first_layers import SlowStem, slow_stems
 from onnxquant.host import host_cpu
 from onnxquant.ops import WEIGHTED_OPS
 from onnxquant.passes.prepare import default_opset
@@ -57,13 +58,16 @@ def float_compute(state: State, float_model: Callable[[], State]) -> State:
     integer kernels would be slower (or the recipe asks), the float-compute model built on
     ``float_model()``: the same input loaded, prepared for float kernels and pruned as
     ``state``'s was. The calibrated state's statistics, timings and warnings are kept."""
-    found, dense = _estimates(state)
+    found, dense, stems = _estimates(state)
     setting = state.recipe.quantization.integer_compute
     convs_slower = (found is not None and found.int8_us - found.fp32_us >= MIN_EXTRA_US
                     and found.weight_share >= MIN_CONV_WEIGHT_SHARE)
     dense_slower = dense is not None and _dense_slower(found, dense)
     if state.recipe.target != "cpu" or setting is True or (setting is None and not (convs_slower or dense_slower)):
-        return replace(state, conv_estimate=found)
+        if setting is True or not stems:
+            return replace(state, conv_estimate=found)
+        kept = _without(found, stems)
+        return replace(state, conv_estimate=kept, float_layers={s.name: s.reason for s in stems})
     prepared = float_model()
     model, recipe = prepared.model, state.recipe
     per_channel = recipe.quantization.per_channel and default_opset(model) >= PER_CHANNEL_OPSET
@@ -79,27 +83,42 @@ def float_compute(state: State, float_model: Callable[[], State]) -> State:
                         dense if estimated and dense_slower and not convs_slower else None)
     return replace(state, model=model, selection=sel, preparation=prepared.preparation, pruning=prepared.pruning,
                    plan=None, fusion=None, float_nodes=None, mixed=None, search=None, conv_estimate=None,
-                   float_compute=done, notes=(*prepared.notes, *already, done.note()))
+                   float_layers={}, float_compute=done, notes=(*prepared.notes, *already, done.note()))
 
 
-def _estimates(state: State) -> tuple[ConvEstimate | None, DenseEstimate | None]:
+def _estimates(state: State) -> tuple[ConvEstimate | None, DenseEstimate | None, list[SlowStem]]:
     """The planned Convs' estimated time in fp32 and int8, and the planned MatMul/Gemm layers'
     extra time as int8, on the target CPU kind, from their shapes for the first sample
-    (conv_cost.py, dense_cost.py); None off the CPU target or where nothing is known."""
+    (conv_cost.py, dense_cost.py); None off the CPU target or where nothing is known. And the
+    first-layer Convs estimated clearly slower as int8 (``slow_stems``)."""
     recipe = state.recipe
     if recipe.target != "cpu" or state.first_sample is None or state.selection is None:
-        return None, None
+        return None, None, []
     kind = recipe.cpu.kind if recipe.cpu is not None else host_cpu().kind
     shapes = {name: tuple(value.shape) for name, value in state.first_sample.items()}
     planned = set(state.selection.quantized)
     if not any(state.selection.quantized[name] in ("Conv", "MatMul", "Gemm") for name in planned):
-        return None, None  # (no layer either estimate counts: no shape inference)
+        return None, None, []  # (no layer either estimate counts: no shape inference)
     try:
         known = known_shapes(state.model, shapes)  # one shape inference for both estimates
     except onnx.shape_inference.InferenceError:  # shape inference refused the graph: no estimate
-        return None, None
+        return None, None, []
+    stems = slow_stems(state.model, shapes, kind, planned, known, MIN_EXTRA_US) if kind in COSTS else []
     return (estimate(state.model, shapes, kind, planned, known),
-            dense_estimate(state.model, shapes, kind, planned, known))
+            dense_estimate(state.model, shapes, kind, planned, known), stems)
+
+
+def _without(found: ConvEstimate | None, stems: list[SlowStem]) -> ConvEstimate | None:
+    """The Convs' estimate without the first layers that now compute in float."""
+    if found is None:
+        return None
+    names = {s.name for s in stems}
+    if found.layers <= len(names):
+        return None
+    return replace(found, layers=found.layers - len(names),
+                   fp32_us=found.fp32_us - sum(s.fp32_us for s in stems),
+                   int8_us=found.int8_us - sum(s.int8_us for s in stems),
+                   slower=tuple(n for n in found.slower if n not in names))
 
 
 def _dense_slower(convs: ConvEstimate | None, dense: DenseEstimate) -> bool:

@@ -52,7 +52,8 @@ def mixed_precision(calibrated: State, run: RunData, max_drop: float) -> State:
         kept += f"; {len(result.int4_layers)} of {len(int4)} int4 candidates given 4-bit weights"
     chosen = excluding(recipe, [*result.float_layers, *result.int4_layers])  # the int8 selection of this model
     state = replace(calibrated, model=result.model, recipe=chosen, mixed=result,
-                    selection=select_nodes(calibrated.model, chosen, set(calibrated.not_float))).noted(kept)
+                    selection=select_nodes(calibrated.model, chosen, set(calibrated.not_float),
+                                              calibrated.float_layers)).noted(kept)
     if recipe.target == "cpu":
         state = check_kernels(state)
     return int4_note(state, rejected)

@@ -25,7 +25,7 @@ def plan(state: State, run: RunData, inplace: bool = False) -> State:
     if not inplace:
         work = onnx.ModelProto()
         work.CopyFrom(state.model)
-    sel = select_nodes(work, recipe, set(state.not_float))
+    sel = select_nodes(work, recipe, set(state.not_float), state.float_layers)
     if not _ensure_stats(work, sel, state, run):
         raise CalibrationDataError("this selection needs statistics of tensors that were not observed")
     planned = finalize(work, sel, state.stats, recipe)

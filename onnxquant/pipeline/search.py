@@ -297,6 +297,7 @@ def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrate
     report.uint8_weights = [name for name in best_recipe.nodes.uint8_weights if name not in given.uint8_weights]
     if best.name == FLOAT_COMPUTE:
         return _float_compute_chosen(built[FLOAT_COMPUTE], calibrated, report)
+    firsts = calibrated.float_layers  # first layers given float compute by their estimate (float_compute.py)
     if float_model is not None:  # the refit starts from a new float model: the calibrated one is let go
         del calibrated, held
         base = None
@@ -304,7 +305,7 @@ def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrate
         digested.clear()
         built.clear()  # (a SmoothQuant or learned-rounding trial's model, taken after the ranking)
     refit = _refit(best_recipe, run, float_model)
-    chosen = replace(refit if refit is not None else base, recipe=best_recipe)
+    chosen = replace(refit if refit is not None else base, recipe=best_recipe, float_layers=firsts)
     state = without_islands(chosen, run if refit is not None else crun, keep_calibrated=keep_calibrated)
     state = _kept_float_said(state, report.kept_float)
     wide = report.uint8_weights

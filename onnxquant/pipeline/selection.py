@@ -1,6 +1,7 @@
 """Which nodes a recipe quantizes, and the decisions about that selection the stages share."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 
 import onnx
 
@@ -13,25 +14,30 @@ from onnxquant.ops.rules import RULES, Kind
 from onnxquant.passes.int4_matmul import eligible as int4_eligible
 from onnxquant.passes.int4_matmul import int4_sqnr_db
 from onnxquant.passes.prepare import MIN_QDQ_OPSET, default_opset
-from onnxquant.pipeline.state import State
-from onnxquant.planner import Selection, select
+from onnxquant.pipeline.state import State, excluding
+from onnxquant.planner import Selection, _selected_by_user, select
 from onnxquant.prequantized import compressed_layers, describe
 from onnxquant.recipe import Recipe
 from onnxquant.weight_only_planner import select_weight_only
 
 
-def select_nodes(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | frozenset[str] | None = None
-                 ) -> Selection:
+def select_nodes(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | frozenset[str] | None = None,
+                 float_layers: Mapping[str, str] | None = None) -> Selection:
     """The nodes ``recipe`` quantizes in ``model``: QDQ integer kernels (also inside bodies), then
-    the weight-only layers (recurrent layers, the rest of the bodies)."""
+    the weight-only layers (recurrent layers, the rest of the bodies, and ``float_layers``: Convs
+    given int8 weights and float compute, with why, unless the recipe keeps them float itself)."""
     per_channel_ok = default_opset(model) >= MIN_QDQ_OPSET
+    if float_layers:
+        mine = {n.name for n in model.graph.node if n.name in float_layers and _selected_by_user(n, recipe.nodes) is None}
+        float_layers = {name: why for name, why in float_layers.items() if name in mine}
+        recipe = excluding(recipe, sorted(float_layers))
     not_float = set(not_float) if not_float is not None else None
     if recipe.every_op:
         sel = select_every_op(model, recipe, not_float, per_channel_ok)
     else:
         sel = select(model, recipe, not_float=not_float, per_channel_ok=per_channel_ok)
     merge_into(sel, plan_bodies(model, recipe, not_float, per_channel_ok))  # integer kernels in bodies
-    select_weight_only(model, recipe, sel, per_channel_ok)  # recurrent layers, the rest of the bodies
+    select_weight_only(model, recipe, sel, per_channel_ok, float_layers)  # recurrent layers, the rest of the bodies
     return sel
 
 
