@@ -14,7 +14,6 @@ Body layers are named by their qualified name (``If_0/then_branch/Conv_3``, see
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 
 import onnx
 
@@ -23,7 +22,7 @@ from onnxquant.ops import WEIGHTED_OPS
 from onnxquant.ops.recurrent import RECURRENT_OPS, RECURRENT_WEIGHT_INPUTS, WEIGHT_ONLY_REASON, is_recurrent
 from onnxquant.passes.scopes import ScopedNode, iter_scoped_nodes
 from onnxquant.passes.weight_only import WeightOnly
-from onnxquant.planner import EXCLUDED, GRAPH_OUTPUT, Selection, _selected_by_user
+from onnxquant.planner import GRAPH_OUTPUT, Selection, _selected_by_user
 from onnxquant.recipe import Recipe
 
 # Graph-output layers whose weights are stored int8 for a float kernel (ConvTranspose: no per-channel
@@ -60,21 +59,8 @@ def _writes_graph_output(scoped: ScopedNode, sel: Selection) -> bool:
             and len(node.input) > 1 and _visible_float_initializer(scoped, node.input[1]))
 
 
-def _excluded_float_conv(scoped: ScopedNode, sel: Selection) -> bool:
-    """A main-graph Conv the planner left float only because the recipe excludes it, with a
-    float32 weight initializer."""
-    node = scoped.node
-    return (node.op_type == "Conv" and node.domain in ("", "ai.onnx")
-            and sel.float_nodes.get(scoped.qualified) == (node.op_type, EXCLUDED)
-            and len(node.input) > 1 and _visible_float_initializer(scoped, node.input[1]))
-
-
-def select_weight_only(model: onnx.ModelProto, recipe: Recipe, sel: Selection, per_channel_ok: bool,
-                       float_layers: Mapping[str, str] | None = None) -> None:
-    """Add recurrent layers, body layers, graph-output Convs and ``float_layers`` (main-graph Convs
-    the recipe excludes, each with why its compute stays float: ``pipeline/float_compute.py``) to
-    ``sel`` (in place)."""
-    float_layers = float_layers or {}
+def select_weight_only(model: onnx.ModelProto, recipe: Recipe, sel: Selection, per_channel_ok: bool) -> None:
+    """Add recurrent layers, body layers and graph-output Convs to ``sel`` (in place)."""
     op_types = set(recipe.quantization.op_types) if recipe.quantization.op_types else None
     per_channel = per_channel_ok and recipe.quantization.per_channel
     for scoped in iter_scoped_nodes(model.graph):
@@ -84,11 +70,6 @@ def select_weight_only(model: onnx.ModelProto, recipe: Recipe, sel: Selection, p
                 sel.float_nodes.pop(scoped.qualified)
                 sel.quantized[scoped.qualified] = node.op_type
                 sel.weight_only[scoped.qualified] = WeightOnly((1,), per_channel, GRAPH_OUTPUT_REASON, fold=True)
-            elif scoped.qualified in float_layers and _excluded_float_conv(scoped, sel):
-                sel.float_nodes.pop(scoped.qualified)
-                sel.quantized[scoped.qualified] = node.op_type
-                sel.weight_only[scoped.qualified] = WeightOnly((1,), per_channel, float_layers[scoped.qualified],
-                                                               fold=True)
             continue  # the main planner's
         inputs = _weight_inputs(node)
         if not inputs or scoped.qualified in sel.quantized:  # a body's own plan made it an integer kernel

@@ -12,7 +12,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxquant
-from onnxquant.passes.weight_only import WeightOnly
 from onnxquant.first_layers import FIRST_LAYER_REASON, FIRST_LAYERS_NOTE, first_layers_said
 from onnxquant.pipeline.state import State
 from onnxquant.planner import Selection
@@ -58,23 +57,23 @@ def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_a_slow_stem_computes_in_float_on_int8_weights_and_feeds_the_integer_layers(target: str):
+def test_a_slow_stem_stays_float_and_feeds_the_integer_layers(target: str):
     result = _quantize(56, target)
     assert result.float_compute is None  # the model as a whole keeps integer kernels
-    assert list(result.weight_only) == ["stem"]
+    assert result.weight_only == {}
     kind = target.split("-")[1]
-    assert re.fullmatch(r"int8 weights, float compute: a first layer estimated at (\d+\.\d\d) ms int8 vs "
-                        rf"(\d+\.\d\d) ms fp32 on {kind}", result.weight_only["stem"])
-    notes = [n for n in result.notes if n.startswith("first layers with int8 weights and float compute")]
+    reasons = {n.name: n.reason for n in result.float_nodes}
+    assert re.fullmatch(r"a first layer estimated slower as int8: (\d+\.\d\d) ms int8 vs "
+                        rf"(\d+\.\d\d) ms fp32 on {kind}", reasons["stem"])
+    notes = [n for n in result.notes if n.startswith("first layers kept float, estimated slower as int8")]
     assert len(notes) == 1 and re.search(rf"stem \(\d+\.\d\d ms int8 vs \d+\.\d\d ms fp32 on {kind}\)$", notes[0])
     model = result.model
     producer = _producers(model)
     stem = next(n for n in model.graph.node if n.op_type == "Conv" and n.name == "stem")
     assert stem.input[0] == "x"  # the graph input itself: no Q/DQ round trip in front
-    weight = producer[stem.input[1]]
-    assert weight.op_type == "Mul" and producer[weight.input[0]].op_type == "Cast"  # folded when the session loads
-    stored = {i.name: i for i in model.graph.initializer}[producer[weight.input[0]].input[0]]
-    assert stored.data_type == TensorProto.INT8
+    assert stem.input[1] not in producer  # its float weight, as given
+    stored = {i.name: i for i in model.graph.initializer}[stem.input[1]]
+    assert stored.data_type == TensorProto.FLOAT
     # the next layer reads the stem's output quantized, and runs as an integer kernel
     assert result.fusion is not None and result.fusion.float_islands == []
     consumers = [n for n in model.graph.node if any(i in stem.output or i == "stem" for i in n.input)]
@@ -132,17 +131,19 @@ def test_only_a_layer_reading_a_graph_input_is_considered():
     stem.input[0] = "x_relu"
     recipe = recipe_for_target("cpu-avx2").with_overrides(search={"enabled": False})
     result = onnxquant.quantize(model, _samples(56), recipe)
-    assert result.weight_only == {}
+    assert "stem" not in {n.name for n in result.float_nodes}
+    assert any(n.op_type == "DequantizeLinear" and n.output[0] in next(m for m in result.model.graph.node
+                                                                       if m.name == "stem").input
+               for n in result.model.graph.node)
 
 
 def test_the_note_names_only_first_layers_still_computed_in_float():
-    """A search trial or mixed precision may keep the stem entirely float: no note then."""
+    """A search trial or mixed precision may keep the stem float for its own reason: no note then."""
     why = f"{FIRST_LAYER_REASON}0.34 ms int8 vs 0.23 ms fp32 on vnni"
-    kept = Selection(quantized={"stem": "Conv"}, weight_only={"stem": WeightOnly((1,), True, why, fold=True)})
+    kept = Selection(float_nodes={"stem": ("Conv", why)})
     state = State(model=onnx.ModelProto(), recipe=recipe_for_target("cpu-vnni"), float_layers={"stem": why},
                   selection=kept, notes=(f"{FIRST_LAYERS_NOTE}: stale",))
     assert first_layers_said(state).notes == (
-        "first layers with int8 weights and float compute, estimated slower as int8: stem (0.34 ms int8 vs 0.23 ms "
-        "fp32 on vnni)",)
+        "first layers kept float, estimated slower as int8: stem (0.34 ms int8 vs 0.23 ms fp32 on vnni)",)
     floated = Selection(float_nodes={"stem": ("Conv", "excluded by --exclude")})
     assert first_layers_said(replace(state, selection=floated)).notes == ()

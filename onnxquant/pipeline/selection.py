@@ -24,8 +24,8 @@ from onnxquant.weight_only_planner import select_weight_only
 def select_nodes(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | frozenset[str] | None = None,
                  float_layers: Mapping[str, str] | None = None) -> Selection:
     """The nodes ``recipe`` quantizes in ``model``: QDQ integer kernels (also inside bodies), then
-    the weight-only layers (recurrent layers, the rest of the bodies, and ``float_layers``: Convs
-    given int8 weights and float compute, with why, unless the recipe keeps them float itself)."""
+    the weight-only layers (recurrent layers, the rest of the bodies). ``float_layers``: first-layer
+    Convs kept float, with why, unless the user's recipe selects them itself."""
     per_channel_ok = default_opset(model) >= MIN_QDQ_OPSET
     if float_layers:
         mine = {n.name for n in model.graph.node if n.name in float_layers and _selected_by_user(n, recipe.nodes) is None}
@@ -37,7 +37,10 @@ def select_nodes(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | f
     else:
         sel = select(model, recipe, not_float=not_float, per_channel_ok=per_channel_ok)
     merge_into(sel, plan_bodies(model, recipe, not_float, per_channel_ok))  # integer kernels in bodies
-    select_weight_only(model, recipe, sel, per_channel_ok, float_layers)  # recurrent layers, the rest of the bodies
+    select_weight_only(model, recipe, sel, per_channel_ok)  # recurrent layers, the rest of the bodies
+    for name, why in (float_layers or {}).items():
+        if name in sel.float_nodes:
+            sel.float_nodes[name] = (sel.float_nodes[name][0], why)
     return sel
 
 
