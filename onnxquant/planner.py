@@ -240,8 +240,12 @@ class _Graph:
         if init is not None:
             return f"weight is stored as {onnx.TensorProto.DataType.Name(init.data_type).lower()}, not float32"
         node = self.producer.get(name)
+        if node is not None and node.op_type == "DequantizeLinear":
+            return ALREADY_QUANTIZED
+        if node is not None and node.op_type == "Constant":
+            return "weight is a Constant node's value, not an initializer"
         if node is not None:
-            return f"weight is computed by a {node.op_type} node, not stored as an initializer"
+            return f"weight is the output of a {node.op_type} node, not an initializer"
         if name in self.inputs:
             return ("weight enters the body as an input (a loop-carried value or a value of the enclosing "
                     "graph), not an initializer" if body else "weight is a graph input, not an initializer")

@@ -42,6 +42,26 @@ def _visible_float_initializer(scoped: ScopedNode, name: str) -> bool:
     return False
 
 
+def _weight_source(scoped: ScopedNode, name: str) -> str:
+    """Where a body layer's weight comes from when it is no visible float32 initializer, so a
+    user can find it (paddle2onnx passes a Loop's weights in as loop-carried values)."""
+    for depth, (_, graph) in enumerate(reversed(scoped.scopes)):
+        where = "" if depth == 0 else " (in an enclosing graph)"
+        for init in graph.initializer:
+            if init.name == name:
+                return f"stored as {onnx.TensorProto.DataType.Name(init.data_type).lower()}{where}, not float32"
+        for node in graph.node:
+            if name in node.output:
+                if node.op_type == "DequantizeLinear":
+                    return "already quantized (it comes through a DequantizeLinear)"
+                return f"the output of a {node.op_type} node{where}, not an initializer"
+        if any(i.name == name for i in graph.input):
+            if depth == 0 and scoped.in_body:
+                return "an input of the body (a loop-carried value or a scan input), not an initializer"
+            return f"a graph input{where}, not an initializer"
+    return "not a float32 initializer"
+
+
 def _weight_inputs(node: onnx.NodeProto) -> tuple[int, ...]:
     if is_recurrent(node):
         return RECURRENT_WEIGHT_INPUTS
@@ -80,8 +100,10 @@ def select_weight_only(model: onnx.ModelProto, recipe: Recipe, sel: Selection, p
         if reason is None:
             missing = [i for i in inputs if len(node.input) <= i or not _visible_float_initializer(scoped, node.input[i])]
             if missing:
-                reason = ("weight is not a float32 initializer" if not is_recurrent(node) else
-                          f"{node.op_type} {'W' if missing[0] == 1 else 'R'} is not a float32 initializer")
+                what = "weight" if not is_recurrent(node) else f"{node.op_type} {'W' if missing[0] == 1 else 'R'}"
+                index = missing[0]
+                reason = (f"{what} is {_weight_source(scoped, node.input[index])}" if len(node.input) > index
+                          else f"{what} is missing")
         if reason:
             sel.float_nodes[scoped.qualified] = (node.op_type, f"{IN_BODY}: {reason}" if scoped.in_body else reason)
             continue

@@ -109,3 +109,34 @@ def test_scan_body_matmul_is_calibrated_and_fused(tmp_path: Path):
     feed = {"h0": np.zeros((1, 16), np.float32), "x": rng.normal(size=(9, 1, 16)).astype(np.float32)}
     for ref, got in zip(run(model, feed), run(result.model, feed)):
         assert _sqnr(ref, got) > 25
+
+
+def _loop_with_carried_weight() -> onnx.ModelProto:
+    """A Loop whose Gemm reads its weight as a loop-carried value (how paddle2onnx writes SLANet)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    f = TensorProto.FLOAT
+    body = helper.make_graph(
+        [helper.make_node("Gemm", ["h", "w"], ["h_next"], name="step_gemm"),
+         helper.make_node("Identity", ["cond"], ["cond_out"]),
+         helper.make_node("Identity", ["w"], ["w_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h", f, [1, 8]), helper.make_tensor_value_info("w", f, [8, 8])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h_next", f, [1, 8]),
+         helper.make_tensor_value_info("w_out", f, [8, 8])])
+    weight = np.random.default_rng(0).normal(0, 0.3, (8, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "", "x", "w0"], ["y", "w_last"], name="loop", body=body)], "g",
+        [helper.make_tensor_value_info("x", f, [1, 8])], [helper.make_tensor_value_info("y", f, [1, 8])],
+        [numpy_helper.from_array(np.array(3, np.int64), "trips"), numpy_helper.from_array(weight, "w0")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_loop_carried_weight_is_told_as_such():
+    """The float layer's reason says where its weight comes from, so the user can find it."""
+    samples = [{"x": np.random.default_rng(i).normal(size=(1, 8)).astype(np.float32)} for i in range(4)]
+    result = onnxquant.quantize(_loop_with_carried_weight(), samples)
+    reasons = {n.name: n.reason for n in result.float_nodes}
+    gemm = next(name for name in reasons if name.endswith("step_gemm"))
+    assert "loop-carried value" in reasons[gemm], reasons

@@ -211,7 +211,7 @@ def _gemm_model(weight_from: str) -> onnx.ModelProto:
 
 def test_a_weight_that_is_no_float32_initializer_is_told_where_it_comes_from():
     """A user must be able to find the weight a float layer kept: the reason names its source."""
-    for weight_from, said in (("input", "graph input"), ("Transpose", "computed by a Transpose node"),
+    for weight_from, said in (("input", "graph input"), ("Transpose", "the output of a Transpose node"),
                               ("float16", "stored as float16")):
         model = _gemm_model(weight_from)
         sel = select(model, Recipe())
