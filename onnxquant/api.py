@@ -109,7 +109,7 @@ def quantize(
         decided = float_compute(calibrated, lambda: _pruned(model, recipe, run, integer_kernels=False))
         conv_estimate = decided.conv_estimate
         if decided.float_compute is None:
-            calibrated = decided  # (with the first layers it gives float compute, if any)
+            calibrated = decided  # (with the first layers it keeps float for speed, if any)
         if decided.float_compute is not None:
             state = decided
             if split.searching:  # no trial ran; the held-out samples still score the chosen model

@@ -14,7 +14,6 @@ Body layers are named by their qualified name (``If_0/then_branch/Conv_3``, see
 """
 from __future__ import annotations
 
-
 import onnx
 
 from onnxquant.body_planner import IN_BODY

@@ -103,7 +103,8 @@ def _estimates(state: State) -> tuple[ConvEstimate | None, DenseEstimate | None,
         known = known_shapes(state.model, shapes)  # one shape inference for both estimates
     except onnx.shape_inference.InferenceError:  # shape inference refused the graph: no estimate
         return None, None, []
-    stems = slow_stems(state.model, shapes, kind, planned, known, MIN_EXTRA_US) if kind in COSTS else []
+    kernels = planned - set(state.selection.weight_only)  # (a graph-output Conv computes in float already)
+    stems = slow_stems(state.model, shapes, kind, kernels, known, MIN_EXTRA_US) if kind in COSTS else []
     return (estimate(state.model, shapes, kind, planned, known),
             dense_estimate(state.model, shapes, kind, planned, known), stems)
 

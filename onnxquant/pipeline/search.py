@@ -297,7 +297,7 @@ def search(handed: list[State], split: SearchSplit, run: RunData, keep_calibrate
     report.uint8_weights = [name for name in best_recipe.nodes.uint8_weights if name not in given.uint8_weights]
     if best.name == FLOAT_COMPUTE:
         return _float_compute_chosen(built[FLOAT_COMPUTE], calibrated, report)
-    firsts = calibrated.float_layers  # first layers given float compute by their estimate (float_compute.py)
+    firsts = calibrated.float_layers  # first layers kept float by their estimate (first_layers.py)
     if float_model is not None:  # the refit starts from a new float model: the calibrated one is let go
         del calibrated, held
         base = None
@@ -433,7 +433,8 @@ def _trial(trial: Trial, calibrated: State, base: Recipe, crun: RunData, held: H
     try:
         if trial.candidate.recalibrates:
             assert unsmoothed is not None
-            calibrated = calibrate_stage(smooth(replace(unsmoothed, recipe=recipe), crun), crun, histograms=True)
+            calibrated = calibrate_stage(smooth(replace(unsmoothed, recipe=recipe, float_layers=calibrated.float_layers),
+                                                crun), crun, histograms=True)
         if trial.candidate.name == FLOAT_COMPUTE:
             built = float_compute(replace(calibrated, recipe=recipe), float_kernels)
         else:

@@ -25,7 +25,7 @@ def select_nodes(model: onnx.ModelProto, recipe: Recipe, not_float: set[str] | f
                  float_layers: Mapping[str, str] | None = None) -> Selection:
     """The nodes ``recipe`` quantizes in ``model``: QDQ integer kernels (also inside bodies), then
     the weight-only layers (recurrent layers, the rest of the bodies). ``float_layers``: first-layer
-    Convs kept float, with why, unless the user's recipe selects them itself."""
+    Convs kept float, with why (a node the user's own patterns exclude keeps that reason)."""
     per_channel_ok = default_opset(model) >= MIN_QDQ_OPSET
     if float_layers:
         mine = {n.name for n in model.graph.node if n.name in float_layers and _selected_by_user(n, recipe.nodes) is None}

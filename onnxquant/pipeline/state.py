@@ -76,7 +76,7 @@ class State:
     conv_estimate: ConvEstimate | None = None
     # int8-stored weights computed in float instead of integer kernels, and why (float_compute.py)
     float_compute: FloatCompute | None = None
-    # first-layer Convs given int8 weights and float compute, each with why (float_compute.py)
+    # first-layer Convs kept float as estimated slower as int8, each with why (first_layers.py)
     float_layers: Mapping[str, str] = field(default_factory=dict)
 
     @property
