@@ -27,12 +27,15 @@ class BinaryAgreement:
     def add(self, reference: np.ndarray, compressed: np.ndarray) -> None:
         ref = reference.astype(np.float64).ravel()
         comp = compressed.astype(np.float64).ravel()
-        change = np.abs(ref - comp)
+        # a NaN or infinite value decides nothing: it never agrees (nan >= 0.5 is False, which would
+        # agree with every "no") and its change is infinite, so the budget and the search both see it
+        finite = np.isfinite(ref) & np.isfinite(comp)
+        change = np.where(finite, np.abs(ref - comp), np.inf)
         self.decisions += ref.size
-        self.same += int(np.sum((ref >= THRESHOLD) == (comp >= THRESHOLD)))
+        self.same += int(np.sum(((ref >= THRESHOLD) == (comp >= THRESHOLD)) & finite))
         if change.size:
-            self.max_change = max(self.max_change, float(np.nan_to_num(change, nan=1.0).max()))
-            self.total_change += float(np.nan_to_num(change, nan=1.0).sum())
+            self.max_change = max(self.max_change, float(change.max()))
+            self.total_change += float(change.sum())
 
     def metrics(self) -> dict[str, float | int]:
         if not self.decisions:
