@@ -96,6 +96,7 @@ def quantize(
         recipe = recipe or recipe_for_target("cpu")
         _refuse_aliasing(model, run, stats if not isinstance(stats, StatsTable) else None, output, save_stats_to)
         pruned = _pruned(model, recipe, run)
+        run.check_output_kinds(pruned.model)
         split = split_for_search(pruned, run, saved_stats=stats is not None, max_drop=max_drop)
         # the search's refit smooths a fresh float model: this one, kept on disk before smoothing rewrites it
         float_model = on_disk.enter_context(remade_from_copy(pruned, lambda: _pruned(model, recipe, run))) \
