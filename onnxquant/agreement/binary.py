@@ -8,6 +8,7 @@ and the mean one (which tells apart two trials that flip the same decisions).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,18 @@ class BinaryAgreement:
         if change.size:
             self.max_change = max(self.max_change, float(change.max()))
             self.total_change += float(change.sum())
+
+    def closeness(self, max_change: float) -> float:
+        """The search's tie-break between trials that flip the same decisions, in place of a cosine
+        (1 at no change; a cosine pooled over one value a sample ignores scale: halving every
+        probability keeps it at 1): 1 minus the mean probability change, and 1 less again when the
+        largest change exceeds ``max_change`` (the default budget), so such a trial ranks below
+        every one that meets it. A NaN or infinite output gives -2, the floor (finite: trial tables are JSON)."""
+        if not self.decisions:
+            return 1.0
+        mean = self.total_change / self.decisions
+        value = 1.0 - mean - (0.0 if self.max_change <= max_change else 1.0)
+        return max(value, -2.0) if math.isfinite(value) else -2.0
 
     def metrics(self) -> dict[str, float | int]:
         if not self.decisions:
