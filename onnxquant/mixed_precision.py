@@ -17,6 +17,7 @@ import onnx
 
 from onnxquant.agreement import DROP_BY, OutputAgreement, add_outputs, output_agreements
 from onnxquant.agreement.graph_hints import graph_hints
+from onnxquant.agreement.kinds import loop_pair_note, loop_refused_pairs
 from onnxquant.agreement.budgets import DEFAULT_MAX_METRIC_DROP, DEFAULTS, Budget, describe
 from onnxquant.agreement.tensor import SampleMemo
 from onnxquant.calibration.collector import in_order, make_session, sample_workers
@@ -41,6 +42,15 @@ class Holdout:
     agreement: str = "cosine"  # or "top1" for classifier scores (see ``measure``)
     hints: dict[str, str] = field(default_factory=dict)  # graph_hints of the model: how outputs are read
     kinds: dict[str, str] = field(default_factory=dict)  # output kinds the user gave (--output-kind)
+
+    def loop_pair_notes(self) -> tuple[str, ...]:
+        """Validate's note for each boxes/scores pair a Loop or Scan keeps apart (read on their own:
+        a decoder's, or a detector's whose NMS is a Loop), so quantize says it too."""
+        if not self.references:
+            return ()
+        values = dict(zip(self.output_names, self.references[0]))
+        return tuple(f"output {boxes!r}: {loop_pair_note(boxes, scores)}"
+                     for boxes, scores in loop_refused_pairs(values, self.kinds, self.hints).items())
 
     @classmethod
     def from_samples(cls, model: onnx.ModelProto, samples: Iterable[dict[str, np.ndarray]],
