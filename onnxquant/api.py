@@ -26,7 +26,8 @@ from onnxquant.errors import CalibrationDataError, UsageError
 from onnxquant.first_layers import first_layers_said
 from onnxquant.float_weights import FLOAT_LAYERS_KEY
 from onnxquant.layer_errors import TensorError, dequantized_names, tensor_errors
-from onnxquant.mixed_precision import LayerSensitivity, Metric
+from onnxquant.agreement.graph_hints import graph_hints
+from onnxquant.mixed_precision import Holdout, LayerSensitivity, Metric
 from onnxquant.model_io import PROTOBUF_LIMIT, serialize
 from onnxquant.ops import WEIGHTED_OPS
 from onnxquant.outputs import all_or_nothing, data_files, model_files, model_outputs, refuse_aliasing
@@ -96,6 +97,7 @@ def quantize(
         recipe = recipe or recipe_for_target("cpu")
         _refuse_aliasing(model, run, stats if not isinstance(stats, StatsTable) else None, output, save_stats_to)
         pruned = _pruned(model, recipe, run)
+        run.check_output_kinds(pruned.model)
         split = split_for_search(pruned, run, saved_stats=stats is not None, max_drop=max_drop)
         # the search's refit smooths a fresh float model: this one, kept on disk before smoothing rewrites it
         float_model = on_disk.enter_context(remade_from_copy(pruned, lambda: _pruned(model, recipe, run))) \
@@ -104,6 +106,7 @@ def quantize(
         state = refuse_already_quantized(smooth(pruned, calibrating, saved_stats=stats is not None))
         wanted = True if save_stats_to is not None or diagnostics or split.searching else None  # None: as the method needs
         calibrated = calibrate_stage(state, calibrating, stats, histograms=wanted)
+        said = _loop_pairs_said(calibrated, run)
         # Where integer kernels would be slower than fp32, float compute on int8 weights, decided
         # before any search: the float-compute model is built from the input again.
         decided = float_compute(calibrated, lambda: _pruned(model, recipe, run, integer_kernels=False))
@@ -128,7 +131,8 @@ def quantize(
         else:
             state = mixed_precision(calibrated, run, max_drop)
         estimate = None if state.float_compute is not None else conv_estimate  # (the search's choice)
-        state = save(compact(check(split.told(first_layers_said(replace(state, conv_estimate=estimate))))), output)
+        state = replace(state, conv_estimate=estimate).noted(*said)
+        state = save(compact(check(split.told(first_layers_said(state)))), output)
         if save_stats_to is not None and stats is None:  # last: a failure before leaves no statistics file
             save_stats(state.stats, save_stats_to)
         return quantize_result(state, clock, calibrated if diagnostics else None)
@@ -241,6 +245,16 @@ def diagnose(result: QuantizeResult, data: Any, max_samples: int | None = None,
     tensors = [t for t in dict.fromkeys(tensors) if t in produced]
     source = open_for_model(reference, data, result.recipe.preprocess)
     return tensor_errors(reference, quantized, tensors, source, max_samples, progress)
+
+
+def _loop_pairs_said(calibrated: State, run: RunData) -> tuple[str, ...]:
+    """Validate's note on a boxes/scores pair a Loop or Scan keeps apart (read on their own: a
+    decoder's outputs, or a detector's whose NMS is a Loop), from the first calibration sample's
+    fp32 outputs; only a model with an output out of a Loop or Scan runs that sample again."""
+    if calibrated.first_sample is None or "per_step" not in graph_hints(calibrated.model).values():
+        return ()
+    held = Holdout.from_samples(calibrated.model, [calibrated.first_sample], None, "fine", run.output_kinds)
+    return held.loop_pair_notes()
 
 
 def _pruned(model: Model, recipe: Recipe, run: RunData, integer_kernels: bool = True) -> State:

@@ -17,7 +17,8 @@ import onnx
 
 from onnxquant.agreement import DROP_BY, OutputAgreement, add_outputs, output_agreements
 from onnxquant.agreement.graph_hints import graph_hints
-from onnxquant.agreement.budgets import DEFAULT_MAX_METRIC_DROP, Budget, describe
+from onnxquant.agreement.kinds import loop_pair_note, loop_refused_pairs
+from onnxquant.agreement.budgets import DEFAULT_MAX_METRIC_DROP, DEFAULTS, Budget, describe
 from onnxquant.agreement.tensor import SampleMemo
 from onnxquant.calibration.collector import in_order, make_session, sample_workers
 from onnxquant.calibration.feeds import check_feed, input_specs
@@ -41,6 +42,15 @@ class Holdout:
     agreement: str = "cosine"  # or "top1" for classifier scores (see ``measure``)
     hints: dict[str, str] = field(default_factory=dict)  # graph_hints of the model: how outputs are read
     kinds: dict[str, str] = field(default_factory=dict)  # output kinds the user gave (--output-kind)
+
+    def loop_pair_notes(self) -> tuple[str, ...]:
+        """Validate's note for each boxes/scores pair a Loop or Scan keeps apart (read on their own:
+        a decoder's, or a detector's whose NMS is a Loop), so quantize says it too."""
+        if not self.references:
+            return ()
+        values = dict(zip(self.output_names, self.references[0]))
+        return tuple(f"output {boxes!r}: {loop_pair_note(boxes, scores)}"
+                     for boxes, scores in loop_refused_pairs(values, self.kinds, self.hints).items())
 
     @classmethod
     def from_samples(cls, model: onnx.ModelProto, samples: Iterable[dict[str, np.ndarray]],
@@ -70,7 +80,8 @@ class Holdout:
 class Measurement:
     drop: float
     scores: dict[str, float]  # per output: top-1 agreement, mean cosine or exact-match rate
-    # 1 - worst mean cosine: a finer tie-break than top-1 agreement on a few dozen samples
+    # 1 - worst mean cosine (a yes/no output: its BinaryAgreement.closeness): a finer tie-break than
+    # top-1 agreement on a few dozen samples
     cosine_drop: float = 0.0
     sqnr_db: float = math.inf  # worst float output's SQNR
     # validate's default budgets this model misses on these samples ("out: kl 0.62 > 0.5 (default)");
@@ -128,8 +139,12 @@ def score_outputs(outputs: list[list[np.ndarray]], holdout: Holdout, metric: Met
     for name, agreement in agreements.items():
         if not agreement.decoded_elsewhere or agreement_by == "cosine":
             scores[name] = agreement.score(agreement_by)
-        if agreement.tensor is not None and agreement.tensor.cosines:
+        if agreement.binary is not None and agreement.binary.decisions:
+            # yes/no probabilities: how far they moved, which a cosine over samples does not say
+            cosines.append(agreement.binary.closeness(DEFAULTS["binary"]["max_probability_change"]))
+        elif agreement.tensor is not None and agreement.tensor.cosines:
             cosines.append(agreement.tensor.cosine_mean_min()[0])
+        if agreement.tensor is not None and agreement.tensor.cosines:
             sqnrs.append(agreement.tensor.sqnr_db)
     misses = _default_budget_misses(agreements) if samples is None else ()
     return Measurement(1.0 - min(scores.values()), scores, 1.0 - min(cosines), min(sqnrs, default=math.inf), misses)

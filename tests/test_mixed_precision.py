@@ -124,3 +124,23 @@ def test_a_user_metric_that_drops_more_than_the_default_is_a_miss():
         "metric drop 0.1 > 0.02 (default)",)
     assert score_outputs([[r * np.nan] for r in references], held, metric).misses == (
         "metric drop nan > 0.02 (default)",)
+
+
+def test_a_yes_no_output_breaks_ties_by_how_far_its_probabilities_moved():
+    """Halving every probability keeps each decision and a pooled cosine of 1.0 but moves a
+    probability by 0.2 (over the default 0.1): it ranks below small noise, and NaN below both."""
+    from onnxquant.mixed_precision import score_outputs
+
+    refs = [np.array([[r]], np.float32) for r in (0.1, 0.2, 0.3, 0.4, 0.05, 0.15)]
+    held = Holdout([{"x": np.zeros(1, np.float32)} for _ in refs], [[r] for r in refs], ["out"], "fine",
+                   {"out": "binary"})
+    half = score_outputs([[r * 0.5] for r in refs], held)
+    noisy = score_outputs([[r + (0.01 if i % 2 else -0.01)] for i, r in enumerate(refs)], held)
+    nan = score_outputs([[r * np.nan] for r in refs], held)
+    assert half.drop == noisy.drop == 0.0
+    assert noisy.cosine_drop == pytest.approx(0.01, abs=1e-6)
+    assert half.cosine_drop == pytest.approx(1.1, abs=1e-6)  # the mean change, plus 1 for the failed budget
+    assert nan.drop == 1.0 and nan.cosine_drop == 3.0  # the floor: a finite figure for the trial table
+    assert sorted([(half.drop, half.cosine_drop, "half"), (noisy.drop, noisy.cosine_drop, "noisy"),
+                   (nan.drop, nan.cosine_drop, "nan")])[0][2] == "noisy"
+    assert score_outputs([[r * 0.5] for r in refs], held).cosine_drop == half.cosine_drop  # deterministic

@@ -23,7 +23,9 @@ both become ``detection``, decoded together and reported under the boxes output.
 heads (PicoDet/GFL per-level maps, YOLOX grids) are found the same way, with the image input's
 size, by ``onnxquant.agreement.heads.find_raw_heads``. Outputs a Loop or Scan makes step by step
 (``graph_hints``: an attention decoder's per-step token probabilities and cell boxes, SLANet's)
-are never paired: their probabilities read as a sequence.
+are not paired unless the user names either as a detection: their probabilities read as a sequence.
+A pair refused only for that is said (``loop_refused_pairs``, a note in validate and quantize): a
+Loop-based NMS hands out its kept boxes as loop-carried values, as SLANet its per-step ones.
 """
 from __future__ import annotations
 
@@ -129,13 +131,40 @@ def detection_pairs(values: dict[str, Any], kinds: dict[str, str] | None = None,
 
     Boxes: float (batch, n, 4) with n >= 2. Scores: another float rank-3 output with the same
     batch, n on axis 1 or 2, values in [0, 1]. An output the user gave another kind than
-    detection is left out, and so is one a Loop or Scan makes step by step (``hints``: a
-    decoder's per-step outputs) unless the user said it is a detection.
+    detection is left out, and so is a pair with an output a Loop or Scan makes step by step
+    (``hints``: a decoder's per-step outputs) unless the user said either is a detection (a
+    Loop-based NMS hands out its kept boxes as loop-carried values: naming the boxes is enough).
     """
     kinds, hints = kinds or {}, hints or {}
+    return _pairs(values, kinds, hints, steps_refuse=True)
+
+
+def loop_refused_pairs(values: dict[str, Any], kinds: dict[str, str] | None = None,
+                       hints: dict[str, str] | None = None) -> dict[str, str]:
+    """Boxes -> scores pairs refused only because a Loop or Scan makes one of them: a decoder's
+    per-step outputs, or a detector whose NMS is a Loop, which only the user can tell apart."""
+    kinds, hints = kinds or {}, hints or {}
+    found = _pairs(values, kinds, hints, steps_refuse=False)
+    paired = detection_pairs(values, kinds, hints)
+    taken = set(paired) | set(paired.values())
+    return {b: s for b, s in found.items() if b not in taken and s not in taken}
+
+
+def loop_pair_note(boxes: str, scores: str) -> str:
+    """What the user reads about a pair ``loop_refused_pairs`` found, and the flags that pair it."""
+    return (f"{boxes} and {scores} would pair as detections but come out of a Loop (or Scan), so they are "
+            f"read on their own: --output-kind {boxes}=detection --output-kind {scores}=detection if this is a "
+            f"detector")
+
+
+def _pairs(values: dict[str, Any], kinds: dict[str, str], hints: dict[str, str], steps_refuse: bool) -> dict[str, str]:
     free = {k: v for k, v in values.items() if kinds.get(k, "detection") == "detection"
-            and (k in kinds or hints.get(k) != "per_step")
             and isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.ndim == 3 and v.size}
+
+    def allowed(a: str, b: str) -> bool:
+        stepwise = hints.get(a) == "per_step" or hints.get(b) == "per_step"
+        return not (steps_refuse and stepwise) or a in kinds or b in kinds
+
     pairs: dict[str, str] = {}
     taken: set[str] = set()
     for name, boxes in free.items():
@@ -144,7 +173,8 @@ def detection_pairs(values: dict[str, Any], kinds: dict[str, str] | None = None,
         for other, scores in free.items():
             if other == name or other in taken or other in pairs or scores.shape[0] != boxes.shape[0]:
                 continue
-            if boxes.shape[1] in scores.shape[1:] and scores.min() >= 0 and scores.max() <= 1:
+            if boxes.shape[1] in scores.shape[1:] and scores.min() >= 0 and scores.max() <= 1 \
+                    and allowed(name, other):
                 pairs[name] = other
                 taken.add(other)
                 break

@@ -15,7 +15,13 @@ from onnxquant.agreement.binary import BinaryAgreement
 from onnxquant.agreement.classification import ClassificationAgreement
 from onnxquant.agreement.detection import DetectionAgreement, DetectionSettings, decode_pair, decode_yolo
 from onnxquant.agreement.heads import RawHeads, find_raw_heads
-from onnxquant.agreement.kinds import detect_kind, detection_pairs, few_positive_scores
+from onnxquant.agreement.kinds import (
+    detect_kind,
+    detection_pairs,
+    few_positive_scores,
+    loop_pair_note,
+    loop_refused_pairs,
+)
 from onnxquant.agreement.labels import LabelAgreement
 from onnxquant.agreement.sequence import SequenceAgreement, detect_blank
 from onnxquant.agreement.tensor import SampleMemo, TensorAgreement
@@ -283,6 +289,8 @@ def output_agreements(names: list[str], reference: list[Any], feed: dict[str, np
                                     heads=heads if carrier else None,
                                     head_of=heads.carrier if member and heads is not None else None,
                                     hint=hints.get(name))
+    for boxes, scores in loop_refused_pairs(values, kinds, hints).items():  # said, not silently dropped
+        out[boxes].kind_hint = loop_pair_note(boxes, scores)
     return out
 
 

@@ -40,6 +40,25 @@ class RunData:
     max_memory: int | None = None
     output_kinds: dict[str, str] | None = None
 
+    def __post_init__(self) -> None:
+        # a misspelt kind is a usage error here, where the run is described, not a KeyError mid-search
+        if self.output_kinds is not None:
+            from onnxquant.agreement import parse_kind_overrides
+
+            try:
+                object.__setattr__(self, "output_kinds", parse_kind_overrides(self.output_kinds) or None)
+            except ValueError as exc:
+                raise UsageError(f"output kinds: {exc}") from exc
+
+    def check_output_kinds(self, model: onnx.ModelProto) -> None:
+        """UsageError when a kind is given for an output ``model`` does not have (as validate):
+        a misspelt name would otherwise change nothing, silently."""
+        names = [o.name for o in model.graph.output]
+        unknown = sorted(set(self.output_kinds or {}) - set(names))
+        if unknown:
+            raise UsageError(f"output kind given for {unknown}, which the model does not have "
+                             f"(outputs: {', '.join(names)})")
+
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
         """Every session opened inside uses ``threads``; calibration keeps within ``max_memory``.

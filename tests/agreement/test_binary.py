@@ -55,3 +55,14 @@ def test_binary_budgets_are_checked_where_built():
     with pytest.raises(UsageError):
         Budget(max_probability_change=1.5)
     assert Budget(min_decision_agreement=0.9).for_kind("binary")["min_decision_agreement"] == (0.9, "given")
+
+
+def test_a_nan_output_never_agrees_with_a_no_and_fails_the_budget():
+    a = OutputAgreement("p", hint="binary")
+    a.add(_p(0.1, 0.2, 0.3, 0.05), _p(np.nan, np.nan, np.inf, 0.05))
+    m = a.metrics()
+    assert m["decision_agreement"] == 0.25  # only the finite sample agrees
+    assert m["max_probability_change"] == np.inf and m["mean_probability_change"] == np.inf
+    checks = {c["budget"]: c["passed"] for c in a.checks(Budget())}
+    assert checks == {"min_decision_agreement": False, "max_probability_change": False}
+    assert a.score("fine") == 0.25

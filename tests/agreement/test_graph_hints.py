@@ -134,3 +134,65 @@ def test_output_kinds_the_user_gives_quantize_reach_the_search_scoring():
     assert "decision agreement" not in " ".join(score_outputs(flipped, held).misses)  # regression, as the user said
     detected = RunData(calib_data=samples).held_out(model, recipe_for_target("cpu"))
     assert "decision agreement" in " ".join(score_outputs(flipped, detected).misses)
+
+
+def test_a_pair_kept_apart_by_a_loop_is_said_and_naming_either_output_pairs_it():
+    """A Loop-based NMS hands out its boxes as loop-carried values, which read as per-step as a
+    decoder's: the pair is not made silently any more, and --output-kind on one name is enough."""
+    model = _loop_decoder()
+    hints = graph_hints(model)
+    boxes, probs = _run(model, np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32))
+    values = {"boxes": boxes, "probs": probs}
+    from onnxquant.agreement.kinds import loop_refused_pairs
+
+    assert loop_refused_pairs(values, hints=hints) == {"boxes": "probs"}
+    agreements = output_agreements(["boxes", "probs"], [boxes, probs], hints=hints)
+    assert agreements["boxes"].kind_hint == (
+        "boxes and probs would pair as detections but come out of a Loop (or Scan), so they are read on their "
+        "own: --output-kind boxes=detection --output-kind probs=detection if this is a detector")
+    for named in ("boxes", "probs"):
+        assert detection_pairs(values, {named: "detection"}, hints) == {"boxes": "probs"}, named
+        assert loop_refused_pairs(values, {named: "detection"}, hints) == {}
+        said = output_agreements(["boxes", "probs"], [boxes, probs], kinds={named: "detection"}, hints=hints)
+        assert said["boxes"].scores_in == "probs" and said["boxes"].kind_hint is None
+    assert loop_refused_pairs(values, {"boxes": "regression"}, hints) == {}  # the user said what it is
+
+
+def _loop_nms() -> onnx.ModelProto:
+    """A detector whose NMS is a Loop: the kept boxes are its loop-carried value; the scores a
+    MatMul and a Sigmoid outside it (a layer for quantize)."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Identity", ["b_in"], ["b_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("b_in", TensorProto.FLOAT, [1, 200, 4])],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("b_out", TensorProto.FLOAT, [1, 200, 4])])
+    n = helper.make_tensor("n", TensorProto.INT64, [], [1])
+    true = helper.make_tensor("true", TensorProto.BOOL, [], [True])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 3], list(np.linspace(-1, 1, 9)))
+    nodes = [helper.make_node("Loop", ["n", "true", "raw"], ["boxes"], body=body),
+             helper.make_node("MatMul", ["logits", "w"], ["lw"]), helper.make_node("Sigmoid", ["lw"], ["scores"])]
+    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 200, 4]),
+                                             helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 200, 3])],
+                              [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 200, 4]),
+                               helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 200, 3])], [n, true, w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_validate_and_quantize_say_a_pair_a_loop_keeps_apart(tmp_path):
+    from onnxquant.api import quantize
+    from onnxquant.validate import validate
+
+    model = _loop_nms()
+    assert graph_hints(model)["boxes"] == "per_step"
+    path = tmp_path / "nms.onnx"
+    onnx.save(model, path)
+    rng = np.random.default_rng(1)
+    samples = [{"raw": np.abs(rng.normal(size=(1, 200, 4)) * 100).astype(np.float32),
+                "logits": rng.normal(size=(1, 200, 3)).astype(np.float32)} for _ in range(8)]
+    note = "output 'boxes': boxes and scores would pair as detections but come out of a Loop"
+    report = validate(path, path, samples, latency_runs=1).to_dict()["providers"][0]
+    assert any(n.startswith(note) for n in report["notes"])
+    result = quantize(path, samples, output=tmp_path / "q.onnx")
+    assert sum(n.startswith(note) for n in result.notes) == 1

@@ -116,3 +116,22 @@ def test_output_kind_is_checked_like_validates(cnn_path: Path, npz_dir: Path, tm
     result = _run("quantize", cnn_path, "-o", tmp_path / "q.onnx", "--calib-data", npz_dir, "--output-kind", "out=vector")
     assert result.exit_code == 2 and "--output-kind" in result.output and "unknown" in result.output
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_output_kind_for_an_output_the_model_lacks_is_refused_as_validate_does(cnn_path: Path, npz_dir: Path,
+                                                                              tmp_path: Path):
+    result = _run("quantize", cnn_path, "-o", tmp_path / "q.onnx", "--calib-data", npz_dir, "--output-kind", "typo=binary")
+    assert result.exit_code == 2 and "['typo']" in result.output and "does not have" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_library_callers_get_a_usage_error_for_an_unknown_kind():
+    import pytest
+
+    from onnxquant.errors import UsageError
+    from onnxquant.pipeline.run_data import RunData
+
+    with pytest.raises(UsageError, match="unknown"):
+        RunData(output_kinds={"out": "vector"})
+    assert RunData(output_kinds=["out=binary"]).output_kinds == {"out": "binary"}
