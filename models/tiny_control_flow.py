@@ -140,3 +140,53 @@ def tiny_scan_matmul(seed: int = 0) -> onnx.ModelProto:
          helper.make_tensor_value_info("ys", TensorProto.FLOAT, ["T", 1, 16])],
     )
     return _model(graph)
+
+
+def tiny_outer_weight_body(kind: str, seed: int = 0, width: int = 64) -> onnx.ModelProto:
+    """A Loop, If or Scan whose body MatMul reads a weight of the main graph (``kind``: "loop",
+    "if", "scan"); in the If both branches read it, through different activations. Input ``x``
+    (1, width) for loop/if (if: also ``flag``, a bool), (T, 1, width) for scan."""
+    rng = np.random.default_rng(seed)
+    v = [1, width]
+
+    def vi(name: str, elem: int = TensorProto.FLOAT, shape: list | None = None) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, elem, v if shape is None else shape)
+
+    outer = [_init("outer_w", rng.normal(0, 1.2 / np.sqrt(width), (width, width))),
+             _init("in_w", rng.normal(0, 1.2 / np.sqrt(width), (width, width)))]
+    inputs = [vi("x")]
+    if kind == "loop":
+        body = helper.make_graph(
+            [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+             helper.make_node("MatMul", ["h_in", "outer_w"], ["mm"], name="body_matmul"),
+             helper.make_node("Tanh", ["mm"], ["h_out"], name="body_tanh")],
+            "loop_body", [vi("i", TensorProto.INT64, []), vi("cond_in", TensorProto.BOOL, []), vi("h_in")],
+            [vi("cond_out", TensorProto.BOOL, []), vi("h_out")])
+        outer.append(onnx.numpy_helper.from_array(np.array(3, np.int64), "trips"))
+        nodes = [helper.make_node("MatMul", ["x", "in_w"], ["h0"], name="in_matmul"),
+                 helper.make_node("Loop", ["trips", "", "h0"], ["y"], name="loop", body=body)]
+    elif kind == "if":
+        def branch(name: str, act: str) -> onnx.GraphProto:
+            return helper.make_graph(
+                [helper.make_node("MatMul", ["h0", "outer_w"], [f"{name}_mm"], name=f"{name}_matmul"),
+                 helper.make_node(act, [f"{name}_mm"], [f"{name}_y"], name=f"{name}_act")],
+                name, [], [vi(f"{name}_y")])
+        inputs.append(vi("flag", TensorProto.BOOL, []))
+        nodes = [helper.make_node("MatMul", ["x", "in_w"], ["h0"], name="in_matmul"),
+                 helper.make_node("If", ["flag"], ["y"], name="branch", then_branch=branch("then", "Tanh"),
+                                  else_branch=branch("else", "Sigmoid"))]
+    elif kind == "scan":
+        body = helper.make_graph(
+            [helper.make_node("MatMul", ["x_t", "outer_w"], ["xw"], name="scan_matmul"),
+             helper.make_node("Tanh", ["xw"], ["act"], name="scan_tanh"),
+             helper.make_node("Add", ["act", "h_prev"], ["h_next"], name="scan_add"),
+             helper.make_node("Identity", ["h_next"], ["y_t"], name="scan_out")],
+            "scan_body", [vi("h_prev"), vi("x_t")], [vi("h_next"), vi("y_t")])
+        inputs = [vi("x", shape=["T", 1, width])]
+        outer.append(onnx.numpy_helper.from_array(np.zeros(v, np.float32), "h_zero"))
+        nodes = [helper.make_node("Scan", ["h_zero", "x"], ["y", "ys"], name="scan", body=body, num_scan_inputs=1)]
+        outer = [outer[0], outer[2]]
+    else:
+        raise ValueError(kind)
+    outputs = [vi("y")] + ([vi("ys", shape=["T", 1, width])] if kind == "scan" else [])
+    return _model(helper.make_graph(nodes, f"tiny_outer_{kind}", inputs, outputs, outer))

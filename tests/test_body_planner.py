@@ -7,9 +7,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
 import onnxquant
-from models.tiny_control_flow import if_samples, tiny_if_network, tiny_loop_matmul, tiny_scan_matmul
+from models.tiny_control_flow import (
+    if_samples,
+    tiny_if_network,
+    tiny_loop_matmul,
+    tiny_outer_weight_body,
+    tiny_scan_matmul,
+)
 from onnxquant.model_io import iter_graphs
 from tests.conftest import INTEGER_KERNELS, run
 
@@ -140,3 +147,45 @@ def test_a_loop_carried_weight_is_told_as_such():
     reasons = {n.name: n.reason for n in result.float_nodes}
     gemm = next(name for name in reasons if name.endswith("step_gemm"))
     assert "loop-carried value" in reasons[gemm], reasons
+
+
+def _outer_feed(kind: str, rng: np.random.Generator, index: int) -> dict[str, np.ndarray]:
+    if kind == "scan":
+        return {"x": rng.normal(size=(5, 1, 64)).astype(np.float32)}
+    feed = {"x": rng.normal(size=(1, 64)).astype(np.float32)}
+    if kind == "if":
+        feed["flag"] = np.array(index % 2 == 0)
+    return feed
+
+
+def _dq_reads_outside(model: onnx.ModelProto) -> list[str]:
+    """DequantizeLinear inputs a body reads from an enclosing graph (onnxruntime 1.32 looks a
+    DQ->MatMul weight up among the body's own initializers and refuses the model)."""
+    out = []
+    for graph in list(iter_graphs(model.graph))[1:]:
+        own = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
+        out += [i for n in graph.node if n.op_type == "DequantizeLinear" for i in n.input if i and i not in own]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["loop", "if", "scan"])
+@pytest.mark.parametrize("integer", [False, True])
+def test_body_matmul_reading_a_main_graph_weight_runs_and_stays_int8(kind: str, integer: bool):
+    model = tiny_outer_weight_body(kind)
+    rng = np.random.default_rng(1)
+    samples = [_outer_feed(kind, rng, i) for i in range(8)]
+    result = onnxquant.quantize(model, samples, INTEGER_KERNELS) if integer else onnxquant.quantize(model, samples)
+    assert result.quantized_nodes.get("MatMul") == {"loop": 2, "if": 3, "scan": 1}[kind]
+    assert not _dq_reads_outside(result.model)
+    assert _float_weight_bytes(result.model) < 0.1 * _float_weight_bytes(model)  # scales only
+    int8_weights = [t.name for g in iter_graphs(result.model.graph) for t in g.initializer
+                    if t.data_type == onnx.TensorProto.INT8 and list(t.dims) == [64, 64]]
+    # stored once, where the float weight was; but integer kernels need their weight inside the
+    # body, so each If branch running one keeps a copy of its own
+    assert len(int8_weights) == {"loop": 2, "if": 2, "scan": 1}[kind] + (integer and kind == "if")
+    if not (integer and kind == "if"):
+        assert result.size_after < 0.33 * result.size_before
+    for index in range(2):
+        feed = _outer_feed(kind, rng, index)
+        for ref, got in zip(run(model, feed), run(result.model, feed)):
+            assert _sqnr(ref, got) > (15 if integer else 30)

@@ -4,9 +4,13 @@ For layers onnxruntime has no QDQ fusion for (LSTM/GRU/RNN) and for layers insid
 bodies, whose activations are not calibrated: the file shrinks 4x and the layer computes in
 float on the exact dequantized weights (the DQ runs once per inference, so its cost is one pass
 over the weight bytes). An initializer captured from an outer graph is quantized once, where
-it lives; each body that reads it gets its own DequantizeLinear. Identical weights in several
-bodies (onnxruntime's constant folding copies a captured weight into each body that reshapes
-it) are stored once, in the innermost graph all their readers see.
+it lives. Identical weights in several bodies (onnxruntime's constant folding copies a captured
+weight into each body that reshapes it) are stored once, in the innermost graph all their
+readers see. The DequantizeLinear (or Cast and Mul) reading them sits in that same graph, once,
+and bodies read its float output from there: a DQ inside a body reading int8 tensors of an
+outer graph made onnxruntime 1.32 fail to load the model (its ``TransposeDQWeightsForMatMulNBits``
+looks the weight up among the body's own initializers: "Missing required weight"), and in a
+Loop the DQ would run at every iteration.
 
 A layer whose float compute must stay as fast as fp32's (the CPU fallback when int8 kernels are
 estimated slower, ``pipeline/float_compute.py``) gets its weight as ``Cast(int8) * scale``
@@ -116,6 +120,7 @@ class _Store:
         self.replaced: dict[str, set[str]] = {}  # graph path -> float initializers now stored int8
         self.initializers: dict[str, dict[str, onnx.TensorProto]] = {}  # graph path -> its initializers by name
         self.half_scales: set[str] = set()  # folded weights' scales stored float16 (read through a Cast)
+        self.key_of: dict[tuple[str, ...], tuple] = {}  # int8 tensor names -> first key of their content
 
     def find(self, scoped: ScopedNode, name: str) -> tuple[str, onnx.TensorProto] | None:
         """(owner graph path, initializer) of a float32 weight ``scoped`` reads, else None (the
@@ -148,10 +153,15 @@ class _Store:
             tensors = make(value, lambda suffix: self.names.fresh(f"{init.name}_{suffix}"))
             self.by_content[digest], self.home[key], self.pending[key] = key, chain, tensors
             self.stored[key] = [t.name for t in tensors]
+            self.key_of[tuple(self.stored[key])] = key
             self.result.tensors += 1
         self.replaced.setdefault(owner_path, set()).add(init.name)
         self.result.float_bytes += value.size * 4
         return self.stored[key]
+
+    def home_path(self, tensor_names: list[str]) -> str:
+        """The graph that stores ``tensor_names`` (known once every reader has been seen)."""
+        return self.home[self.key_of[tuple(tensor_names)]][-1]
 
     def written(self) -> dict[str, list[onnx.TensorProto]]:
         out: dict[str, list[onnx.TensorProto]] = {}
@@ -185,7 +195,7 @@ def quantize_weights_only(model: onnx.ModelProto, targets: dict[str, WeightOnly]
         return result
     store = _Store(model, weight_type, result)
     dq_of: dict[tuple, str] = {}
-    front: dict[str, list[onnx.NodeProto]] = {}  # graph path -> DQ nodes to put first
+    placed: dict[tuple, list[onnx.NodeProto]] = {}  # int8 tensor names -> the nodes reading them
     for scoped in list(iter_scoped_nodes(model.graph)):
         target = targets.get(scoped.qualified)
         if target is None:
@@ -206,7 +216,7 @@ def quantize_weights_only(model: onnx.ModelProto, targets: dict[str, WeightOnly]
             shape = tuple(init.dims)
             stored_shape, axis = _layout(node, index, shape, target.per_channel, opset)
             if target.fold and stored_shape == shape:
-                node.input[index] = _folded_weight(scoped, store, owner_path, init, axis, dq_of, front)
+                node.input[index] = _folded_weight(scoped, store, owner_path, init, axis, dq_of, placed)
                 changed = True
                 continue
 
@@ -220,7 +230,7 @@ def quantize_weights_only(model: onnx.ModelProto, targets: dict[str, WeightOnly]
                 return tensors
 
             tensor_names = store.int8(scoped, owner_path, init, ("dq", stored_shape, axis), make)
-            dq_key = (scoped.graph_path, tuple(tensor_names))
+            dq_key = ("dq", *tensor_names)
             if dq_key not in dq_of:
                 name = init.name
                 out = store.names.fresh(f"{name}_dequantized")
@@ -231,12 +241,15 @@ def quantize_weights_only(model: onnx.ModelProto, targets: dict[str, WeightOnly]
                 if len(tensor_names) == 4:
                     nodes.append(helper.make_node("Reshape", [dq_out, tensor_names[3]], [out],
                                                   name=store.names.fresh(f"{name}_Reshape")))
-                front.setdefault(scoped.graph_path, []).extend(nodes)
+                placed[dq_key] = nodes
                 dq_of[dq_key] = out
             node.input[index] = dq_of[dq_key]
             changed = True
         result.nodes += changed
     written = store.written()
+    front: dict[str, list[onnx.NodeProto]] = {}  # graph path -> nodes to put first
+    for key, nodes in placed.items():
+        front.setdefault(store.home_path(list(key[1:])), []).extend(nodes)
     # Deepest graphs first, each looked up afresh: rewriting a graph's node list copies the
     # bodies it holds, so a graph fetched before its parent was rewritten would be stale.
     for path in sorted({*front, *store.replaced, *written}, key=lambda p: (-p.count("/"), p)):
@@ -270,9 +283,9 @@ def half_scale(scale: np.ndarray) -> np.ndarray | None:
 
 
 def _folded_weight(scoped: ScopedNode, store: _Store, owner_path: str, init: onnx.TensorProto, axis: int | None,
-                   made: dict[tuple, str], front: dict[str, list[onnx.NodeProto]]) -> str:
-    """The name of ``Cast(int8 weight) * scale`` for ``init`` in the reader's graph (built once per
-    graph); the scale ``Cast(float16 scale)`` where ``half_scale`` allows."""
+                   made: dict[tuple, str], placed: dict[tuple, list[onnx.NodeProto]]) -> str:
+    """The name of ``Cast(int8 weight) * scale`` for ``init``, built once, in the graph that stores
+    the int8 tensors; the scale ``Cast(float16 scale)`` where ``half_scale`` allows."""
     shape = tuple(init.dims)
 
     def make(value: np.ndarray, fresh: Callable[[str], str]) -> list[onnx.TensorProto]:
@@ -290,7 +303,7 @@ def _folded_weight(scoped: ScopedNode, store: _Store, owner_path: str, init: onn
         return [numpy_helper.from_array(q, fresh("int8")), scale]
 
     tensor_names = store.int8(scoped, owner_path, init, ("fold", shape, axis), make)
-    key = (scoped.graph_path, tuple(tensor_names))
+    key = ("fold", *tensor_names)
     if key not in made:
         name = init.name
         cast, out = store.names.fresh(f"{name}_int8_as_float"), store.names.fresh(f"{name}_folded")
@@ -302,7 +315,7 @@ def _folded_weight(scoped: ScopedNode, store: _Store, owner_path: str, init: onn
             nodes.append(helper.make_node("Cast", [tensor_names[1]], [scale],
                                           name=store.names.fresh(f"{name}_scale_Cast"), to=onnx.TensorProto.FLOAT))
         nodes.append(helper.make_node("Mul", [cast, scale], [out], name=store.names.fresh(f"{name}_Mul")))
-        front.setdefault(scoped.graph_path, []).extend(nodes)
+        placed[key] = nodes
         made[key] = out
     return made[key]
 
