@@ -34,7 +34,7 @@ HEAD_REASON = ("detector head's last layer, read only by the decode tail: its cl
                "tens of units below zero, one uint8 scale leaves the scores coarse steps (kept float; cheap)")
 
 
-def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+def constants_of(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     found = {i.name: i for i in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant" and node.output:
@@ -59,16 +59,19 @@ def is_dfl_projection(node: onnx.NodeProto, constants: dict[str, onnx.TensorProt
     return bool(np.array_equal(w.reshape(-1), np.arange(w.shape[1], dtype=w.dtype)))
 
 
-def _is_learned(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> bool:
+def is_learned(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> bool:
     return (node.op_type in LEARNED and len(node.input) > 1 and node.input[1] in constants
             and not is_dfl_projection(node, constants))
 
 
-def decode_tail_nodes(model: onnx.ModelProto) -> dict[str, str]:
-    """Node name -> why it stays float, for every decode tail in ``model``'s main graph and the
-    learned layers read only by it (the head's last Convs); empty when the model has no tail."""
+def tail_context(model: onnx.ModelProto) -> tuple[list[onnx.NodeProto], dict[str, onnx.TensorProto],
+                                                  dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]],
+                                                  set[str]]:
+    """What a walk back from the graph outputs to the last learned layers reads: the main graph's
+    nodes, its constants, each value's producer and readers, and the nodes followed (downstream) by a learned
+    layer (the graph is in topological order)."""
     nodes = list(model.graph.node)
-    constants = _constants(model)
+    constants = constants_of(model)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     producer: dict[str, onnx.NodeProto] = {}
     for node in nodes:
@@ -76,28 +79,34 @@ def decode_tail_nodes(model: onnx.ModelProto) -> dict[str, str]:
             producer[out] = node
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    # nodes followed (downstream) by a learned layer; the graph is in topological order
     before_learned: set[str] = set()
     for node in reversed(nodes):
         readers = [r for out in node.output for r in consumers.get(out, [])]
-        if any(_is_learned(r, constants) or r.name in before_learned for r in readers):
+        if any(is_learned(r, constants) or r.name in before_learned for r in readers):
             before_learned.add(node.name)
+    return nodes, constants, producer, consumers, before_learned
+
+
+def decode_tail_nodes(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name -> why it stays float, for every decode tail in ``model``'s main graph and the
+    learned layers read only by it (the head's last Convs); empty when the model has no tail."""
+    nodes, constants, producer, consumers, before_learned = tail_context(model)
     found: set[str] = set()
     for output in model.graph.output:
         if not _holds_candidates(output):
             continue
-        tail = _tail_of(output.name, nodes, producer, constants, before_learned)
+        tail = tail_of(output.name, nodes, producer, constants, before_learned)
         if _joins_boxes_and_scores(tail, constants):
             found.update(n.name for n in tail)
     reasons = dict.fromkeys(sorted(found), REASON)
     for node in nodes:
         readers = [r for out in node.output for r in consumers.get(out, [])]
-        if _is_learned(node, constants) and readers and all(r.name in found for r in readers):
+        if is_learned(node, constants) and readers and all(r.name in found for r in readers):
             reasons[node.name] = HEAD_REASON
     return reasons
 
 
-def _tail_of(output: str, nodes: list[onnx.NodeProto], producer: dict[str, onnx.NodeProto], constants: dict[str, onnx.TensorProto],
+def tail_of(output: str, nodes: list[onnx.NodeProto], producer: dict[str, onnx.NodeProto], constants: dict[str, onnx.TensorProto],
              before_learned: set[str]) -> list[onnx.NodeProto]:
     """The nodes feeding ``output`` that no learned layer follows, in graph order (not the learned
     layers themselves, nor Constant nodes)."""
@@ -106,7 +115,7 @@ def _tail_of(output: str, nodes: list[onnx.NodeProto], producer: dict[str, onnx.
     while stack:
         node = producer.get(stack.pop())
         if node is None or node.name in seen or node.name in before_learned or node.op_type == "Constant" \
-                or _is_learned(node, constants):
+                or is_learned(node, constants):
             continue
         seen[node.name] = node
         stack.extend(i for i in node.input if i)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import onnx
 
-from onnxquant.decode_tail import _constants, _is_learned, _tail_of
+from onnxquant.decode_tail import is_learned, tail_context, tail_of
 
 # A head with at most this many outputs a sample gives calibration at most this many values a
 # sample: a range from a few dozen samples' values is no range for unseen ones.
@@ -44,28 +44,15 @@ def _features(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> i
 
 def score_tail_nodes(model: onnx.ModelProto) -> dict[str, str]:
     """Node name -> why it stays float, for every score head's tail in ``model``'s main graph."""
-    nodes = list(model.graph.node)
-    constants = _constants(model)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    producer: dict[str, onnx.NodeProto] = {}
-    for node in nodes:
-        for out in node.output:
-            producer[out] = node
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    before_learned: set[str] = set()
-    for node in reversed(nodes):
-        readers = [r for out in node.output for r in consumers.get(out, [])]
-        if any(_is_learned(r, constants) or r.name in before_learned for r in readers):
-            before_learned.add(node.name)
+    nodes, constants, producer, _, before_learned = tail_context(model)
     found: set[str] = set()
     for output in model.graph.output:
-        tail = _tail_of(output.name, nodes, producer, constants, before_learned)
+        tail = tail_of(output.name, nodes, producer, constants, before_learned)
         if not tail:
             continue
         names = {n.name for n in tail}
         heads = {producer[i].name: producer[i] for n in tail for i in n.input
-                 if i in producer and producer[i].name not in names and _is_learned(producer[i], constants)}
+                 if i in producer and producer[i].name not in names and is_learned(producer[i], constants)}
         if heads and all(h.op_type in SCORE_OPS and (_features(h, constants) or MAX_SCORES + 1) <= MAX_SCORES
                          for h in heads.values()):
             found.update(names)
