@@ -17,6 +17,7 @@ pytest.importorskip("torch")
 pytest.importorskip("skimage")
 
 import onnxquant
+from onnxquant.first_layers import FIRST_LAYER_REASON
 from benchmarks import metrics
 from benchmarks.quantize_one import NpzReader
 from tests.conftest import optimized_op_types, run, zoo_model
@@ -111,7 +112,9 @@ def test_ppocr_detector_with_constant_node_weights(work: Path):
     # 62 Convs of the model, 24 depthwise Convs for its hard-swish gates, 14 for its learnable
     # affine blocks, 2 for its 2x2 stride-2 ConvTransposes (1x1 Conv + pixel shuffle): no float
     # op left between integer kernels
-    assert ours.quantized_nodes.get("Conv", 0) == 62 + 24 + 14 + 2
+    # (its 3-channel stem on a 960-pixel page is estimated slower as int8 on both CPU kinds: float)
+    stems = [n.name for n in ours.float_nodes if n.reason.startswith(FIRST_LAYER_REASON)]
+    assert len(stems) <= 1 and ours.quantized_nodes.get("Conv", 0) + len(stems) == 62 + 24 + 14 + 2
     assert not {"ConvTranspose", "DepthToSpace"} & {n.op_type for n in ours.model.graph.node}
     assert ours.fusion is not None and ours.fusion.round_trips == []
     ref = _outputs(model, held)

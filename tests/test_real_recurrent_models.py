@@ -16,6 +16,7 @@ if importlib.util.find_spec("ddddocr") is None or importlib.util.find_spec("sile
     pytest.skip("needs the models extra (ddddocr, silero-vad)", allow_module_level=True)
 
 import onnxquant
+from onnxquant.first_layers import FIRST_LAYER_REASON
 from benchmarks.recurrent import _load, _session, ocr_agreement, vad_agreement
 from calibration.build import write_samples
 from calibration.speech import espeak_available
@@ -57,9 +58,11 @@ def test_ddddocr_recogniser_lstm_is_compressed(work: Path, tmp_path: Path):
     # The LSTM (a third of the weights) is int8 too: the whole file is a quarter of fp32.
     assert ours.size_after <= 0.3 * model.stat().st_size
     kept = ours.search["kept_float"] if ours.search else []  # first Convs the recipe search may keep float
-    assert ours.quantized_nodes.get("LSTM") == 1 and ours.quantized_nodes.get("Conv") + len(kept) == 21 and len(kept) <= 2
+    stems = [n.name for n in ours.float_nodes if n.reason.startswith(FIRST_LAYER_REASON)]  # (slower as int8 here)
+    assert ours.quantized_nodes.get("LSTM") == 1 and len(kept) <= 2 and len(stems) <= 1
+    assert ours.quantized_nodes.get("Conv") + len(kept) + len(stems) == 21
     ops = _optimized_ops(work / "ocr.int8.onnx", tmp_path)
-    assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops and ops.count("QLinearConv") >= 20
+    assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops and ops.count("QLinearConv") >= 21 - len(kept) - len(stems)
     theirs = ocr_agreement(ref, _session(_ort_dynamic(model, work / "ocr.ort.onnx")), held)["string_agreement"]
     mine = ocr_agreement(ref, _session(work / "ocr.int8.onnx"), held)["string_agreement"]
     assert mine > 0.85
