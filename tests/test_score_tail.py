@@ -52,21 +52,25 @@ def test_a_head_with_many_outputs_has_no_score_tail():
     assert set(score_tail_nodes(_scorer(MAX_SCORES))) == {"plus1", "sigmoid", "softmax", "times4"}
 
 
-def test_scores_beyond_the_calibrated_range_are_not_clipped():
-    model = _scorer()
+def _quantized_on_low_scores(model: onnx.ModelProto, rng: np.random.Generator):
+    """``model`` quantized on the lower half of 400 random inputs' scores and tried on the top 10
+    (a better clip than any calibration saw): the result, how far the held-out scores lie above
+    the calibrated ones, and each held-out score's error."""
     fp32 = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(1)
     pool = [rng.normal(0, 1, (1, FEATURES)).astype(np.float32) for _ in range(400)]
     mos = np.array([fp32.run(None, {"x": x})[0].item() for x in pool])
     order = np.argsort(mos)
-    # calibrate on the lower half of the scores, hold out the top ones (a better clip than any seen)
     calib = [{"x": pool[k]} for k in order[:200:4]]
     held = [{"x": pool[k]} for k in order[-10:]]
     result = onnxquant.quantize(model, calib, INTEGER)
     int8 = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
     errors = [abs(int8.run(None, f)[0].item() - fp32.run(None, f)[0].item()) for f in held]
-    top = mos[order[-10:]]
-    assert top.min() - mos[order[199]] > 0.3  # the held-out scores lie well above the calibrated ones
+    return result, float(mos[order[-10:]].min() - mos[order[199]]), errors
+
+
+def test_scores_beyond_the_calibrated_range_are_not_clipped():
+    result, gap, errors = _quantized_on_low_scores(_scorer(), np.random.default_rng(1))
+    assert gap > 0.3  # the held-out scores lie well above the calibrated ones
     assert max(errors) < 0.1, errors  # clipped at the calibrated top they would be off by the gap
     assert "sigmoid" in {f.name for f in result.float_nodes}
 
@@ -81,16 +85,8 @@ def test_a_head_output_an_int8_layer_also_reads_leaves_the_tail_unclipped():
     model.graph.node.append(helper.make_node("Gemm", ["logit", "w3", "b3"], ["aux"], name="aux_gemm", transB=1))
     model.graph.output.append(helper.make_tensor_value_info("aux", TensorProto.FLOAT, [1, 4]))
     assert set(score_tail_nodes(model)) == {"plus1", "sigmoid", "squeeze", "times4"}
-    fp32 = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    pool = [rng.normal(0, 1, (1, FEATURES)).astype(np.float32) for _ in range(400)]
-    mos = np.array([fp32.run(None, {"x": x})[0].item() for x in pool])
-    order = np.argsort(mos)
-    calib = [{"x": pool[k]} for k in order[:200:4]]
-    held = [{"x": pool[k]} for k in order[-10:]]
-    result = onnxquant.quantize(model, calib, INTEGER)
-    int8 = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
-    errors = [abs(int8.run(None, f)[0].item() - fp32.run(None, f)[0].item()) for f in held]
-    assert mos[order[-10:]].min() - mos[order[199]] > 0.3
+    result, gap, errors = _quantized_on_low_scores(model, rng)
+    assert gap > 0.3
     assert max(errors) < 0.1, errors
     squeeze = next(n for n in result.model.graph.node if n.name == "squeeze")
     assert squeeze.input[0] == "logit"
